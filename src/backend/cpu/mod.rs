@@ -1,0 +1,1 @@
+//! The float32 reference forward on the CPU.

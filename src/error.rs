@@ -1,0 +1,48 @@
+//! Typed library errors: each variant carries what was wrong and where.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A model file holds something the engine does not implement or that is inconsistent.
+    #[error("{path}: field `{field}`: {message}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("model `{model}` not found: {message}")]
+    ModelNotFound { model: String, message: String },
+    #[error("{path}: tensor `{name}`: {message}")]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("unknown prompt name `{name}`; the model defines: {known}")]
+    UnknownPrompt { name: String, known: String },
+    #[error("input {index}: {message}")]
+    Input { index: usize, message: String },
+    #[error("invalid batch: {0}")]
+    Batch(String),
+    #[error("dimensions must be in 1..={max}, got {got}")]
+    Dimensions { got: usize, max: usize },
+    #[error("CUDA: {0}")]
+    Cuda(String),
+}

@@ -1,0 +1,11 @@
+//! gemma-embed: an inference engine for EmbeddingGemma-300m.
+//!
+//! Data flows one way: text or ids -> [`tokenize`] -> packed [`backend::Batch`] ->
+//! [`backend::Backend::forward`] -> `[n_seq, D]` embeddings.
+
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod tokenize;
+
+pub use error::{Error, Result};

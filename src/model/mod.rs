@@ -1,0 +1,39 @@
+//! The model: configuration (Hugging Face + sentence-transformers files), weights, prompts,
+//! the layer schedule and the FLOP count. Knows nothing of devices, threads or HTTP.
+
+mod config;
+mod resolve;
+mod weights;
+
+pub use config::{LayerKind, ModelConfig};
+pub use resolve::resolve_model_dir;
+pub use weights::{LayerWeights, ModelWeights};
+
+use std::path::{Path, PathBuf};
+
+use crate::Result;
+
+/// A loaded EmbeddingGemma model: everything a backend needs, in float32 on the host.
+pub struct Model {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+}
+
+impl Model {
+    /// Load a model from a local directory or a Hugging Face id (see [`resolve_model_dir`]).
+    pub fn load(model: &str) -> Result<Self> {
+        let dir = resolve_model_dir(model)?;
+        Self::load_dir(&dir)
+    }
+
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let weights = ModelWeights::load(dir, &config)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+        })
+    }
+}
