@@ -12,6 +12,10 @@
 
 #include "params.h"
 
+#if !defined(__cplusplus)
+#include <stdbool.h>
+#endif
+
 #ifdef __CUDACC__
 #define ATTN_HD __host__ __device__ __forceinline__
 #else

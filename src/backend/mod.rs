@@ -2,6 +2,7 @@
 //! L2-normalized embedding per sequence.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::{Error, Result};
 
@@ -79,7 +80,10 @@ impl Batch {
         }
         for (s, w) in self.seq_offsets.windows(2).enumerate() {
             let len = w[1].checked_sub(w[0]).ok_or_else(|| {
-                Error::Batch(format!("sequence {s}: offsets decrease ({} > {})", w[0], w[1]))
+                Error::Batch(format!(
+                    "sequence {s}: offsets decrease ({} > {})",
+                    w[0], w[1]
+                ))
             })? as usize;
             if len == 0 || len > max_len {
                 return Err(Error::Batch(format!(
