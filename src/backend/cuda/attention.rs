@@ -190,6 +190,344 @@ pub fn allowed_pairs(seq_offsets: &[u32], window: Option<usize>) -> u64 {
         .sum()
 }
 
+/// Which attention kernel the CUDA backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `attention_flash`: tensor cores, windowed key blocks (the default).
+    Flash,
+    /// `attention_reference`: one warp per row, the simple fallback.
+    Reference,
+}
+
+impl AttentionKernel {
+    /// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash` (or unset) the
+    /// default one.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("GEMMA_EMBED_ATTENTION").as_deref() {
+            Err(_) | Ok("flash") => Ok(Self::Flash),
+            Ok("reference") => Ok(Self::Reference),
+            Ok(other) => Err(Error::Cuda(format!(
+                "GEMMA_EMBED_ATTENTION must be `flash` or `reference`, got `{other}`"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flash => FLASH_KERNEL,
+            Self::Reference => REFERENCE_KERNEL,
+        }
+    }
+}
+
+#[cfg(gemma_cuda_kernels)]
+pub use device::{check_attention, Attention, AttentionPlan};
+
+#[cfg(gemma_cuda_kernels)]
+mod device {
+    use std::sync::Arc;
+
+    use cudarc::driver::sys::CUfunction_attribute;
+    use cudarc::driver::{
+        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
+
+    use super::*;
+    use crate::backend::cuda::device::{driver_err, Device};
+    use crate::backend::cuda::params::AttentionParams;
+
+    // SAFETY: bindgen's `#[repr(C)]` copy of `AttentionParams` from kernels/params.h: device
+    // addresses and scalars only, passed to the kernels by value.
+    unsafe impl cudarc::driver::DeviceRepr for AttentionParams {}
+
+    /// Both attention kernels, resolved from the embedded modules and configured.
+    pub struct Attention {
+        reference: CudaFunction,
+        flash: CudaFunction,
+    }
+
+    impl Attention {
+        /// Prepare both kernels: the flash kernel needs more than the default 48 KB of dynamic
+        /// shared memory.
+        pub fn new(reference: CudaFunction, flash: CudaFunction) -> Result<Self> {
+            flash
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    FLASH_SMEM_BYTES as i32,
+                )
+                .map_err(driver_err(format!(
+                    "allow {FLASH_SMEM_BYTES} bytes of dynamic shared memory for {FLASH_KERNEL} \
+                     (the device's per-block opt-in limit is lower; set \
+                     GEMMA_EMBED_ATTENTION=reference)"
+                )))?;
+            Ok(Self { reference, flash })
+        }
+
+        /// Check the model against the compiled head shape, then resolve and prepare both
+        /// kernels.
+        pub fn load(dev: &Device, config: &ModelConfig) -> Result<Self> {
+            check_config(config)?;
+            Self::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)
+        }
+
+        /// `out = attention(q, k, v)` over the batch of `plan`: q and out
+        /// `[num_tokens, GROUP, HEAD_DIM]`, k and v `[num_tokens, HEAD_DIM]`, bf16 bits.
+        /// `window` is `Some(radius)` (must be the plan's sliding radius) or `None` (full).
+        #[allow(clippy::too_many_arguments)]
+        pub fn launch(
+            &self,
+            stream: &CudaStream,
+            kernel: AttentionKernel,
+            plan: &AttentionPlan,
+            window: Option<usize>,
+            softmax_scale: f32,
+            (q, k, v): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<u16>),
+            out: &mut CudaSlice<u16>,
+        ) -> Result<()> {
+            let n = plan.num_tokens;
+            if n == 0 {
+                return Ok(());
+            }
+            if q.len() < n * GROUP * HEAD_DIM
+                || k.len() < n * HEAD_DIM
+                || v.len() < n * HEAD_DIM
+                || out.len() < n * GROUP * HEAD_DIM
+            {
+                return Err(Error::Cuda(format!(
+                    "attention over {n} tokens: buffers too small (q {}, k {}, v {}, out {})",
+                    q.len(),
+                    k.len(),
+                    v.len(),
+                    out.len()
+                )));
+            }
+            let tiles = plan.tiles(window)?;
+            let (q_ptr, _q) = q.device_ptr(stream);
+            let (k_ptr, _k) = k.device_ptr(stream);
+            let (v_ptr, _v) = v.device_ptr(stream);
+            let (o_ptr, _o) = out.device_ptr_mut(stream);
+            let (offsets_ptr, _offsets) = plan.seq_offsets.device_ptr(stream);
+            let (tiles_ptr, _tiles) = tiles.list.device_ptr(stream);
+            let params = AttentionParams {
+                q: q_ptr as *const u16,
+                k: k_ptr as *const u16,
+                v: v_ptr as *const u16,
+                o: o_ptr as *mut u16,
+                seq_offsets: offsets_ptr as *const u32,
+                tiles: tiles_ptr as *const u32,
+                num_tokens: n as u32,
+                num_seqs: plan.num_seqs as u32,
+                num_tiles: tiles.count as u32,
+                window_radius: window_param(window)?,
+                softmax_scale,
+            };
+            let (func, cfg) = match kernel {
+                AttentionKernel::Reference => (
+                    &self.reference,
+                    LaunchConfig {
+                        grid_dim: ((n * GROUP).div_ceil(REFERENCE_WARPS) as u32, 1, 1),
+                        block_dim: (REFERENCE_WARPS as u32 * 32, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                ),
+                AttentionKernel::Flash => (
+                    &self.flash,
+                    LaunchConfig {
+                        grid_dim: (tiles.count as u32, 1, 1),
+                        block_dim: (FLASH_THREADS as u32, 1, 1),
+                        shared_mem_bytes: FLASH_SMEM_BYTES as u32,
+                    },
+                ),
+            };
+            // SAFETY: AttentionParams matches the kernel's parameter (same header); q, k, v,
+            // out hold at least num_tokens rows (checked above), seq_offsets and the tile list
+            // were built together from one batch by AttentionPlan::new, and the guards keep
+            // every buffer alive and ordered on `stream` until the launch is enqueued.
+            unsafe { stream.launch_builder(func).arg(&params).launch(cfg) }
+                .map_err(driver_err(format!("launch {}", kernel.name())))?;
+            Ok(())
+        }
+    }
+
+    /// A work list on the device.
+    struct DeviceTiles {
+        list: CudaSlice<u32>,
+        count: usize,
+    }
+
+    /// Per-batch attention metadata on the device: the sequence offsets and the flash work
+    /// lists of both layer kinds, uploaded once and used by every layer.
+    pub struct AttentionPlan {
+        seq_offsets: CudaSlice<u32>,
+        sliding: DeviceTiles,
+        full: DeviceTiles,
+        window_radius: usize,
+        num_tokens: usize,
+        num_seqs: usize,
+    }
+
+    impl AttentionPlan {
+        /// `seq_offsets` as in [`crate::backend::Batch`] (validated: non-decreasing from 0).
+        pub fn new(
+            stream: &Arc<CudaStream>,
+            seq_offsets: &[u32],
+            window_radius: usize,
+        ) -> Result<Self> {
+            let num_tokens = seq_offsets.last().copied().unwrap_or(0) as usize;
+            let num_seqs = seq_offsets.len().saturating_sub(1);
+            let upload = |data: &[u32], what: &str| {
+                // One element at least: an empty batch still gets valid (unused) buffers.
+                let data = if data.is_empty() { &[0u32][..] } else { data };
+                stream
+                    .clone_htod(data)
+                    .map_err(driver_err(format!("upload {what}")))
+            };
+            let tiles = |window: Option<usize>, what: &str| -> Result<DeviceTiles> {
+                let tiles = build_work_list(seq_offsets, window);
+                Ok(DeviceTiles {
+                    list: upload(&flatten_work_list(&tiles), what)?,
+                    count: tiles.len(),
+                })
+            };
+            Ok(Self {
+                seq_offsets: upload(seq_offsets, "attention sequence offsets")?,
+                sliding: tiles(Some(window_radius), "sliding attention work list")?,
+                full: tiles(None, "full attention work list")?,
+                window_radius,
+                num_tokens,
+                num_seqs,
+            })
+        }
+
+        fn tiles(&self, window: Option<usize>) -> Result<&DeviceTiles> {
+            match window {
+                None => Ok(&self.full),
+                Some(r) if r == self.window_radius => Ok(&self.sliding),
+                Some(r) => Err(Error::Cuda(format!(
+                    "attention plan built for window radius {}, asked for {r}",
+                    self.window_radius
+                ))),
+            }
+        }
+    }
+
+    pub use check::check_attention;
+
+    mod check {
+        use super::*;
+        use crate::backend::cpu::ops::{attention as cpu_attention, AttentionShape};
+        use crate::backend::cuda::check::{download, poisoned, time_launches, timing, Rng};
+        use crate::backend::cuda::KernelCheck;
+
+        /// Sliding window radius of EmbeddingGemma-300m (config.json 512 -> |i - j| <= 256).
+        const CHECK_WINDOW: usize = 256;
+        /// Tile, key-block and window edges, packed into one batch (8952 tokens).
+        const EDGE_LENGTHS: &[u32] = &[
+            1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 127, 128, 129, 255, 256, 257, 258,
+            511, 512, 513, 514, 1023, 2047, 2048,
+        ];
+        const BF16_POISON: u16 = 0x7fc0;
+        /// Q amplitude: with K in [-1, 1] the scores spread with a standard deviation of about
+        /// 2.3, so the running maximum moves and the rescaling is exercised.
+        const Q_AMPLITUDE: f32 = 0.5;
+        /// The output is one bf16 rounding (<= 2^-9 relative) of a convex combination of V
+        /// rows, and the flash kernel also rounds P to bf16 for P V (<= 2^-9 relative per
+        /// weight, while the row sum uses unrounded weights): at most about 2 * 2^-9 * max|v|
+        /// from exact attention. 2^-7 * max|v| (max|v| = 1) leaves a factor 2; the relative L2
+        /// error of these random cases is about 2e-3 in the host model of the flash loop.
+        const MAX_ABS_TOL: f64 = 1.0 / 128.0;
+        const REL_L2_TOL: f64 = 1e-2;
+
+        fn offsets(lengths: &[u32]) -> Vec<u32> {
+            let mut offsets = vec![0];
+            for &len in lengths {
+                offsets.push(offsets.last().expect("starts with 0") + len);
+            }
+            offsets
+        }
+
+        fn to_f32(bits: &[u16]) -> Vec<f32> {
+            bits.iter()
+                .map(|&b| half::bf16::from_bits(b).to_f32())
+                .collect()
+        }
+
+        /// Both kernels against the CPU attention (`cpu::ops::attention`, f32 on the same bf16
+        /// inputs) for both layer kinds, on the packed edge-length batch (accuracy only) and on
+        /// 32 x 512 and 8 x 2048 tokens (accuracy and timing).
+        pub fn check_attention(dev: &Device, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+            let attention =
+                Attention::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)?;
+            let cases: [(&str, Vec<u32>, bool); 3] = [
+                ("edge lengths", EDGE_LENGTHS.to_vec(), false),
+                ("32x512", vec![512; 32], true),
+                ("8x2048", vec![2048; 8], true),
+            ];
+            let mut checks = Vec::new();
+            for (label, lengths, timed) in cases {
+                let seq_offsets = offsets(&lengths);
+                let n = *seq_offsets.last().expect("non-empty") as usize;
+                let q_bits = rng.bf16s(n * GROUP * HEAD_DIM, -Q_AMPLITUDE, Q_AMPLITUDE);
+                let k_bits = rng.bf16s(n * HEAD_DIM, -1.0, 1.0);
+                let v_bits = rng.bf16s(n * HEAD_DIM, -1.0, 1.0);
+                let (q32, k32, v32) = (to_f32(&q_bits), to_f32(&k_bits), to_f32(&v_bits));
+                let q = dev.upload(&q_bits, "attention q")?;
+                let k = dev.upload(&k_bits, "attention k")?;
+                let v = dev.upload(&v_bits, "attention v")?;
+                let plan = AttentionPlan::new(&dev.stream, &seq_offsets, CHECK_WINDOW)?;
+                for window in [Some(CHECK_WINDOW), None] {
+                    let mut reference = vec![0.0f32; n * GROUP * HEAD_DIM];
+                    let shape = AttentionShape {
+                        num_heads: GROUP,
+                        num_kv_heads: 1,
+                        head_dim: HEAD_DIM,
+                        window,
+                        scale: 1.0,
+                    };
+                    cpu_attention(&q32, &k32, &v32, &seq_offsets, shape, &mut reference);
+                    let pairs = allowed_pairs(&seq_offsets, window);
+                    let flops = 4.0 * (HEAD_DIM * GROUP) as f64 * pairs as f64;
+                    let bytes = (n * (2 * GROUP + 2) * HEAD_DIM * 2) as f64;
+                    let window_label = window.map_or("full".to_string(), |r| format!("window={r}"));
+                    let case = format!("{label} tokens={n} seqs={} {window_label}", lengths.len());
+                    for kernel in [AttentionKernel::Reference, AttentionKernel::Flash] {
+                        let mut out =
+                            poisoned(dev, n * GROUP * HEAD_DIM, BF16_POISON, "attention out")?;
+                        let run = |out: &mut CudaSlice<u16>| {
+                            attention.launch(
+                                &dev.stream,
+                                kernel,
+                                &plan,
+                                window,
+                                1.0,
+                                (&q, &k, &v),
+                                out,
+                            )
+                        };
+                        run(&mut out)?;
+                        let got =
+                            to_f32(&download(dev, &out, n * GROUP * HEAD_DIM, "attention out")?);
+                        let mut check = KernelCheck::compare(
+                            kernel.name(),
+                            case.clone(),
+                            &got,
+                            &reference,
+                            (MAX_ABS_TOL, REL_L2_TOL),
+                        );
+                        if timed {
+                            let median_us = time_launches(dev, || run(&mut out))?;
+                            check =
+                                check.with_timing(timing(case.clone(), median_us, bytes, flops));
+                        }
+                        checks.push(check);
+                    }
+                }
+            }
+            Ok(checks)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,7 +828,9 @@ mod tests {
                     "unmasked block at {kb} holds ({pos}, {key})"
                 );
                 if allowed {
-                    visits[key] += 1;
+                    *visits
+                        .get_mut(key)
+                        .expect("allowed keys lie inside the sequence") += 1;
                 }
             }
         }
