@@ -15,7 +15,11 @@ use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 
 #[derive(Parser)]
-#[command(name = "gemma-embed", version, about = "Text embeddings with EmbeddingGemma-300m")]
+#[command(
+    name = "gemma-embed",
+    version,
+    about = "Text embeddings with EmbeddingGemma-300m"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -211,7 +215,10 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
     match &args.output {
         Some(path) => {
             if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
-                bail!("{}: the output of `tokenize` must end in .jsonl", path.display());
+                bail!(
+                    "{}: the output of `tokenize` must end in .jsonl",
+                    path.display()
+                );
             }
             let mut out = AtomicFile::create(path)?;
             for line in lines {
@@ -224,7 +231,9 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
         None => {
             let mut stdout = std::io::stdout().lock();
             for line in lines {
-                stdout.write_all(line.as_bytes()).context("writing to stdout")?;
+                stdout
+                    .write_all(line.as_bytes())
+                    .context("writing to stdout")?;
             }
         }
     }
@@ -256,7 +265,10 @@ fn info(args: InfoArgs) -> Result<()> {
         "heads:          {} query, {} key/value, head_dim {}",
         c.num_heads, c.num_kv_heads, c.head_dim
     );
-    println!("window:         |i - j| <= {} on sliding layers", c.window_radius);
+    println!(
+        "window:         |i - j| <= {} on sliding layers",
+        c.window_radius
+    );
     println!(
         "rope theta:     {} sliding, {} full",
         c.rope_theta_sliding, c.rope_theta_full

@@ -377,21 +377,27 @@ pub fn write_embeddings(
     let mut out = AtomicFile::create(path)?;
     let written = match format {
         OutputFormat::Npy => write_npy(out.writer(), ids.len(), dim, data),
-        OutputFormat::Jsonl => ids
-            .iter()
-            .zip(data.chunks_exact(dim.max(1)))
-            .try_for_each(|(id, row)| {
-                let line = serde_json::json!({ "id": id, "embedding": row });
-                serde_json::to_writer(&mut *out.writer(), &line)?;
-                out.writer().write_all(b"\n")
-            }),
+        OutputFormat::Jsonl => {
+            ids.iter()
+                .zip(data.chunks_exact(dim.max(1)))
+                .try_for_each(|(id, row)| {
+                    let line = serde_json::json!({ "id": id, "embedding": row });
+                    serde_json::to_writer(&mut *out.writer(), &line)?;
+                    out.writer().write_all(b"\n")
+                })
+        }
     };
     written.map_err(|e| out.io_error(e))?;
     out.commit()
 }
 
 /// NumPy `.npy` version 1.0: little-endian float32, C order, shape `(rows, dim)`.
-pub fn write_npy<W: Write>(w: &mut W, rows: usize, dim: usize, data: &[f32]) -> std::io::Result<()> {
+pub fn write_npy<W: Write>(
+    w: &mut W,
+    rows: usize,
+    dim: usize,
+    data: &[f32],
+) -> std::io::Result<()> {
     let mut header =
         format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
     // Magic (6) + version (2) + header length (2) + header, padded with spaces and ended by a
@@ -462,29 +468,44 @@ mod tests {
     #[test]
     fn bad_lines_are_named() {
         assert_eq!(line_error("{\"text\": \"a\"}\n{\"text\": 3}").0, 2);
-        assert!(line_error("{\"txt\": \"a\"}").1.contains("unknown field `txt`"));
+        assert!(line_error("{\"txt\": \"a\"}")
+            .1
+            .contains("unknown field `txt`"));
         assert!(line_error("{\"id\": 1}").1.contains("missing `text`"));
-        assert!(line_error("{\"text\": \"a\", \"ids\": [1]}").1.contains("not both"));
+        assert!(line_error("{\"text\": \"a\", \"ids\": [1]}")
+            .1
+            .contains("not both"));
         assert!(line_error("{\"ids\": [2, -1]}").1.contains("`ids[1]`"));
         assert!(line_error("{\"ids\": [2, 1], \"prompt_name\": \"query\"}")
             .1
             .contains("does not apply"));
-        assert!(line_error("{\"text\": \"a\", \"id\": [1]}").1.contains("`id`"));
+        assert!(line_error("{\"text\": \"a\", \"id\": [1]}")
+            .1
+            .contains("`id`"));
         assert!(line_error("[1]").1.contains("JSON object"));
         let (line, message) = line_error("{\"text\": \"a\"}\n\n{oops");
         assert_eq!(line, 3);
         assert!(message.contains("invalid JSON"), "{message}");
         let err = parse_records("in.txt", b"ok\n\xff\n", InputFormat::Text).unwrap_err();
-        assert!(err.to_string().starts_with("in.txt: line 2: not UTF-8"), "{err}");
+        assert!(
+            err.to_string().starts_with("in.txt: line 2: not UTF-8"),
+            "{err}"
+        );
     }
 
     #[test]
     fn formats_follow_the_extension() {
-        assert_eq!(InputFormat::from_path("a.jsonl").unwrap(), InputFormat::Jsonl);
+        assert_eq!(
+            InputFormat::from_path("a.jsonl").unwrap(),
+            InputFormat::Jsonl
+        );
         assert_eq!(InputFormat::from_path("-").unwrap(), InputFormat::Jsonl);
         assert_eq!(InputFormat::from_path("a.txt").unwrap(), InputFormat::Text);
         assert!(InputFormat::from_path("a.csv").is_err());
-        assert_eq!(OutputFormat::from_path(Path::new("o.npy")).unwrap(), OutputFormat::Npy);
+        assert_eq!(
+            OutputFormat::from_path(Path::new("o.npy")).unwrap(),
+            OutputFormat::Npy
+        );
         assert!(OutputFormat::from_path(Path::new("o.bin")).is_err());
     }
 
