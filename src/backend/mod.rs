@@ -2,6 +2,7 @@
 //! L2-normalized embedding per sequence.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::str::FromStr;
 use std::sync::Arc;
