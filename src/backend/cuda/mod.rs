@@ -26,7 +26,13 @@ pub mod params;
 #[cfg(gemma_cuda_kernels)]
 pub use check::run_kernel_checks;
 
+/// Open device 0 and load the kernels; returns the device description (`"<name> (sm_XY)"`).
+#[cfg(gemma_cuda_kernels)]
+pub fn probe() -> crate::Result<String> {
+    device::Device::open().map(|dev| dev.description)
+}
+
 #[cfg(not(gemma_cuda_kernels))]
 mod no_kernels;
 #[cfg(not(gemma_cuda_kernels))]
-pub use no_kernels::{run_kernel_checks, CudaBackend};
+pub use no_kernels::{probe, run_kernel_checks, CudaBackend};

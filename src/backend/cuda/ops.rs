@@ -450,7 +450,10 @@ mod tests {
 
     #[test]
     fn bf16_bits_round_to_nearest_even() {
-        assert_eq!(to_bf16_bits(&[1.0, -2.0, 27.712_812]), vec![0x3f80, 0xc000, 0x41de]);
+        assert_eq!(
+            to_bf16_bits(&[1.0, -2.0, 27.712_812]),
+            vec![0x3f80, 0xc000, 0x41de]
+        );
         // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
         assert_eq!(to_bf16_bits(&[1.0 + 1.0 / 256.0]), vec![0x3f80]);
     }
