@@ -197,6 +197,8 @@ pub fn run_kernel_checks(seed: u64) -> Result<Vec<KernelCheck>> {
     checks.push(check_geglu(&dev, &kernels, &mut rng)?);
     checks.extend(check_pool(&dev, &kernels, &mut rng)?);
     checks.extend(check_gemms(&dev, &mut rng)?);
+    // Last: a faulting attention kernel would poison the context for any check after it.
+    checks.extend(super::attention::check_attention(&dev, &mut rng)?);
     Ok(checks)
 }
 

@@ -4,6 +4,7 @@
 //! Built without nvcc, the crate keeps this module's API but every entry point answers
 //! [`Error::NoCudaKernels`](crate::Error::NoCudaKernels) (candle's dummy-backend pattern).
 
+pub mod attention;
 mod report;
 
 pub use report::{print_table, write_json, KernelCheck};
