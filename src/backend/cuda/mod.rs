@@ -14,6 +14,8 @@ pub use report::{print_table, write_json, KernelCheck};
 pub const EMBEDDED_ARCHS: &str = env!("GEMMA_EMBED_CUDA_ARCHS");
 
 #[cfg(gemma_cuda_kernels)]
+mod backend;
+#[cfg(gemma_cuda_kernels)]
 pub mod check;
 #[cfg(gemma_cuda_kernels)]
 pub mod device;
@@ -24,6 +26,8 @@ pub mod ops;
 #[cfg(gemma_cuda_kernels)]
 pub mod params;
 
+#[cfg(gemma_cuda_kernels)]
+pub use backend::CudaBackend;
 #[cfg(gemma_cuda_kernels)]
 pub use check::run_kernel_checks;
 
