@@ -25,6 +25,10 @@ impl Backend for CudaBackend {
     }
 }
 
+pub fn probe() -> Result<String> {
+    Err(Error::NoCudaKernels)
+}
+
 pub fn run_kernel_checks(_seed: u64) -> Result<Vec<KernelCheck>> {
     Err(Error::NoCudaKernels)
 }
