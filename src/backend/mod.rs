@@ -79,7 +79,10 @@ impl Batch {
         }
         for (s, w) in self.seq_offsets.windows(2).enumerate() {
             let len = w[1].checked_sub(w[0]).ok_or_else(|| {
-                Error::Batch(format!("sequence {s}: offsets decrease ({} > {})", w[0], w[1]))
+                Error::Batch(format!(
+                    "sequence {s}: offsets decrease ({} > {})",
+                    w[0], w[1]
+                ))
             })? as usize;
             if len == 0 || len > max_len {
                 return Err(Error::Batch(format!(
@@ -130,6 +133,11 @@ impl Embeddings {
 pub trait Backend: Send {
     /// Short name for logs and reports: `cpu` or `cuda`.
     fn name(&self) -> &'static str;
+
+    /// The device it runs on, for reports (a GPU's name); `None` for the host CPU.
+    fn device_name(&self) -> Option<String> {
+        None
+    }
 
     /// Embed every sequence of `batch`: mean pooling, Dense projections, L2 normalization and
     /// Matryoshka truncation to `dimensions` (then renormalized).
