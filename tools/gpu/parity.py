@@ -80,10 +80,16 @@ def cmd_reference(args):
 
 
 def cosine(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if not (math.isfinite(na) and math.isfinite(nb)) or na == 0.0 or nb == 0.0:
         return float("nan")
-    return float(np.dot(a.astype(np.float64), b.astype(np.float64)) / (na * nb))
+    return float(np.dot(a, b) / (na * nb))
+
+
+def worst(cosines):
+    """The smallest cosine, NaN if any is NaN."""
+    return float("nan") if any(math.isnan(c) for c in cosines) else min(cosines)
 
 
 def cmd_compare(args):
@@ -139,7 +145,7 @@ def cmd_compare(args):
         "num_vectors": n,
         "threshold": args.threshold,
         "cpu_threshold": args.cpu_threshold,
-        "min_cosine": {f"{a}_{b}": min(r[f"cos_{a}_{b}"] for r in rows) for a, b in pairs},
+        "min_cosine": {f"{a}_{b}": worst([r[f"cos_{a}_{b}"] for r in rows]) for a, b in pairs},
         "max_cosine_between_different_sequences": distinct,
         "problems": problems,
         "vectors": rows,
