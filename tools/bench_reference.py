@@ -32,6 +32,13 @@ MIXED_MAX_LEN = 1024
 FIRST_ORDINARY_ID = 6
 
 
+def hf_backbone(model):
+    """The transformers model inside a SentenceTransformer."""
+    from transformers import PreTrainedModel
+
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+
+
 def splitmix64(state):
     """One step of splitmix64: returns (new_state, output)."""
     state = (state + 0x9E3779B97F4A7C15) & MASK64
@@ -137,7 +144,7 @@ def main():
     model = SentenceTransformer(args.model, device=args.device,
                                 model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"})
     model.eval()
-    auto = model[0].auto_model
+    auto = hf_backbone(model)
     cfg = auto.config.to_dict()
     # transformers turns the raw bidirectional window w into an exclusive bound w/2 + 1 at load.
     radius = cfg["sliding_window"] - 1

@@ -26,6 +26,13 @@ PARITY_LENGTHS = [1, 2, 3, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257,
 FIRST_ORDINARY_ID = 6  # ids 0..5 are <pad>, <eos>, <bos>, <unk>, <mask>, [multimodal]
 
 
+def hf_backbone(model):
+    """The transformers model inside a SentenceTransformer."""
+    from transformers import PreTrainedModel
+
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+
+
 def parse_lengths(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -59,7 +66,7 @@ def cmd_reference(args):
     model = SentenceTransformer(args.model, device=args.device,
                                 model_kwargs={"attn_implementation": "eager", "dtype": torch.float32})
     model.eval()
-    attn = model[0].auto_model.config._attn_implementation
+    attn = hf_backbone(model).config._attn_implementation
     dtype = next(model.parameters()).dtype
     print(f"sentence-transformers reference: device {args.device}, {dtype}, attention {attn}, "
           f"loaded in {time.time() - start:.1f} s", file=sys.stderr)
