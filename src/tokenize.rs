@@ -1,2 +1,213 @@
 //! Tokenization: the model's `tokenizer.json`, prompt prepending, truncation keeping `<eos>`,
 //! id validation.
+//!
+//! The text the tokenizer sees is `prompt + text`, unchanged (sentence-transformers 6.x does not
+//! strip). Truncation matches `tokenizers`' own `TruncationParams` (right side, room kept for
+//! the special tokens), so a truncated sequence still ends with `<eos>`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use tokenizers::{PostProcessor, TruncationDirection};
+
+use crate::model::{Model, ModelConfig};
+use crate::{Error, Result};
+
+/// What to do with an input longer than `max_seq_len` tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    /// Keep the first tokens and the closing special tokens (sentence-transformers' behaviour).
+    Truncate,
+    /// Fail with an error naming the input and its length.
+    Refuse,
+}
+
+/// The model's tokenizer with its prompts and limits.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    prompts: BTreeMap<String, String>,
+    default_prompt_name: Option<String>,
+    vocab_size: usize,
+    max_seq_len: usize,
+    /// Special tokens the post-processor adds around a single sequence (`<bos>`, `<eos>`).
+    added_tokens: usize,
+}
+
+impl Tokenizer {
+    /// The tokenizer of a loaded model (`tokenizer.json` in its directory).
+    pub fn for_model(model: &Model) -> Result<Self> {
+        Self::load(&model.dir, &model.config)
+    }
+
+    pub fn load(dir: &Path, config: &ModelConfig) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let mut inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // Truncation is done here (see `encode_one`) so that an over-long input can be refused
+        // with its length; padding is never wanted for packed batches.
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        inner.with_padding(None);
+        let added_tokens = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        if added_tokens >= config.max_seq_len {
+            return Err(Error::Tokenizer(format!(
+                "the post-processor adds {added_tokens} tokens, max_seq_length is {}",
+                config.max_seq_len
+            )));
+        }
+        Ok(Self {
+            inner,
+            prompts: config.prompts.clone(),
+            default_prompt_name: config.default_prompt_name.clone(),
+            vocab_size: config.vocab_size,
+            max_seq_len: config.max_seq_len,
+            added_tokens,
+        })
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The prompt string of a named prompt (`query`, `document`, `STS`, ...).
+    pub fn prompt(&self, name: &str) -> Result<&str> {
+        self.prompts
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Error::UnknownPrompt {
+                name: name.to_string(),
+                known: if self.prompts.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    self.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })
+    }
+
+    /// The model's default prompt (`default_prompt_name`), if it has one.
+    pub fn default_prompt(&self) -> Option<&str> {
+        self.default_prompt_name
+            .as_deref()
+            .and_then(|name| self.prompts.get(name))
+            .map(String::as_str)
+    }
+
+    /// Token ids of `prompt + text`, `<bos>` first and `<eos>` last. `index` names the input in
+    /// errors.
+    pub fn encode(
+        &self,
+        index: usize,
+        prompt: Option<&str>,
+        text: &str,
+        truncation: Truncation,
+    ) -> Result<Vec<u32>> {
+        let full;
+        let text = match prompt {
+            Some(prompt) => {
+                full = format!("{prompt}{text}");
+                full.as_str()
+            }
+            None => text,
+        };
+        self.encode_one(index, text, truncation)
+    }
+
+    /// Encode many texts (prompts already prepended) in parallel; errors name the index of the
+    /// offending text in `texts`.
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        truncation: Truncation,
+    ) -> Result<Vec<Vec<u32>>> {
+        texts
+            .par_iter()
+            .enumerate()
+            .map(|(index, text)| self.encode_one(index, text.as_ref(), truncation))
+            .collect()
+    }
+
+    fn encode_one(&self, index: usize, text: &str, truncation: Truncation) -> Result<Vec<u32>> {
+        let tokenizer_error = |e: tokenizers::Error| Error::Input {
+            index,
+            message: format!("tokenizer: {e}"),
+        };
+        let mut encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tokenizer_error)?;
+        let len = encoding.len() + self.added_tokens;
+        if len > self.max_seq_len {
+            match truncation {
+                Truncation::Truncate => encoding.truncate(
+                    self.max_seq_len - self.added_tokens,
+                    0,
+                    TruncationDirection::Right,
+                ),
+                Truncation::Refuse => {
+                    return Err(Error::Input {
+                        index,
+                        message: format!(
+                            "{len} tokens, more than max_seq_length = {} (truncation is off)",
+                            self.max_seq_len
+                        ),
+                    })
+                }
+            }
+        }
+        let encoding = self
+            .inner
+            .post_process(encoding, None, true)
+            .map_err(tokenizer_error)?;
+        let ids = encoding.get_ids().to_vec();
+        self.check_ids(index, &ids)?;
+        Ok(ids)
+    }
+
+    /// Validate token ids given directly: non-empty, at most `max_seq_len` long, every id inside
+    /// the embedding table (the tokenizer knows one more id, `<image_soft_token>` = 262144, that
+    /// the model has no embedding for).
+    pub fn check_ids(&self, index: usize, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::Input {
+                index,
+                message: "no tokens".into(),
+            });
+        }
+        if ids.len() > self.max_seq_len {
+            return Err(Error::Input {
+                index,
+                message: format!(
+                    "{} tokens, more than max_seq_length = {}",
+                    ids.len(),
+                    self.max_seq_len
+                ),
+            });
+        }
+        if let Some((position, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.vocab_size)
+        {
+            let token = self
+                .inner
+                .id_to_token(id)
+                .map_or_else(String::new, |t| format!(" `{t}`"));
+            return Err(Error::Input {
+                index,
+                message: format!(
+                    "token {position}: id {id}{token} is outside the model's vocabulary of {} embeddings",
+                    self.vocab_size
+                ),
+            });
+        }
+        Ok(())
+    }
+}

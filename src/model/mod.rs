@@ -7,7 +7,7 @@ mod resolve;
 mod weights;
 
 pub use config::{LayerKind, ModelConfig};
-pub use resolve::resolve_model_dir;
+pub use resolve::{hub_cache_dir, resolve_model_dir, DEFAULT_MODEL_ID};
 pub use weights::{LayerWeights, ModelWeights};
 
 use std::path::{Path, PathBuf};

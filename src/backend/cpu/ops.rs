@@ -1,0 +1,455 @@
+//! Float32 reference implementations of every op of the EmbeddingGemma forward pass.
+//!
+//! Each function works on plain row-major slices with the dimensions passed explicitly, so the
+//! CPU engine and the GPU tests (which compare each CUDA kernel with its twin here) share one
+//! definition of the numerics. Semantics follow `shared/design/model-semantics.md`, which cites
+//! the transformers (`modeling_gemma3.py`) and sentence-transformers sources.
+//!
+//! The functions are sequential unless stated otherwise, so callers can split rows across
+//! threads. Slice lengths that do not match the given dimensions are programming errors and
+//! panic.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// `out[t] = table[ids[t]] * scale` for every token (Gemma's scaled word embedding).
+///
+/// `table` is `[vocab, hidden]`; `out` is `[ids.len(), hidden]`. `scale` is the float32
+/// `sqrt(hidden)` (`Gemma3TextScaledWordEmbedding`).
+pub fn embed_scaled(table: &[f32], hidden: usize, ids: &[u32], scale: f32, out: &mut [f32]) {
+    assert_eq!(out.len(), ids.len() * hidden);
+    for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
+        let start = id as usize * hidden;
+        for (o, &e) in row.iter_mut().zip(&table[start..start + hidden]) {
+            *o = e * scale;
+        }
+    }
+}
+
+/// Inverse root mean square of a row, `1 / sqrt(mean(x^2) + eps)`, accumulated in f64.
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let sum_sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean_sq = (sum_sq / row.len() as f64) as f32;
+    1.0 / (mean_sq + eps).sqrt()
+}
+
+/// Gemma RMSNorm over rows of `weight.len()` elements:
+/// `out = x * rsqrt(mean(x^2) + eps) * (1 + weight)`, all in f32 (`Gemma3RMSNorm`).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    assert_eq!(x.len() % weight.len(), 0);
+    let width = weight.len();
+    for (row, out_row) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let r = inv_rms(row, eps);
+        for ((o, &v), &w) in out_row.iter_mut().zip(row).zip(weight) {
+            *o = v * r * (1.0 + w);
+        }
+    }
+}
+
+/// [`rms_norm`] in place; used for the per-head q/k norms with rows of `head_dim`.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    assert_eq!(x.len() % weight.len(), 0);
+    for row in x.chunks_exact_mut(weight.len()) {
+        let r = inv_rms(row, eps);
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * r * (1.0 + w);
+        }
+    }
+}
+
+/// The sandwich-norm residual update of a Gemma3 decoder layer:
+/// `residual += RMSNorm_weight(branch)` over rows of `weight.len()` elements.
+pub fn residual_add_rms_norm(residual: &mut [f32], branch: &[f32], weight: &[f32], eps: f32) {
+    assert_eq!(residual.len(), branch.len());
+    assert_eq!(branch.len() % weight.len(), 0);
+    let width = weight.len();
+    for (res_row, row) in residual
+        .chunks_exact_mut(width)
+        .zip(branch.chunks_exact(width))
+    {
+        let r = inv_rms(row, eps);
+        for ((x, &v), &w) in res_row.iter_mut().zip(row).zip(weight) {
+            *x += v * r * (1.0 + w);
+        }
+    }
+}
+
+/// RoPE inverse frequencies `1 / base^(2i / head_dim)` for `i < head_dim / 2`, with the
+/// exponent and the power computed in f32 as transformers does
+/// (`base ** (arange(0, d, 2).float() / d)`).
+pub fn rope_inv_freq(head_dim: usize, base: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+        .collect()
+}
+
+/// Cosine and sine tables `[num_positions, head_dim / 2]` for positions `0..num_positions`.
+/// The angle is the f32 product `pos * inv_freq[i]`; cos and sin are taken in f32.
+pub fn rope_tables(num_positions: usize, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let mut cos = vec![0.0; num_positions * half];
+    let mut sin = vec![0.0; num_positions * half];
+    for pos in 0..num_positions {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let angle = pos as f32 * f;
+            cos[pos * half + i] = angle.cos();
+            sin[pos * half + i] = angle.sin();
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotary embedding, NeoX half-split pairing `(i, i + head_dim/2)`, in place on
+/// `x = [positions.len(), num_heads * head_dim]`, with tables from [`rope_tables`]:
+/// `out_i = x_i cos - x_{i+h} sin`, `out_{i+h} = x_{i+h} cos + x_i sin`.
+pub fn rope(
+    x: &mut [f32],
+    positions: &[u32],
+    num_heads: usize,
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+) {
+    let half = head_dim / 2;
+    assert_eq!(x.len(), positions.len() * num_heads * head_dim);
+    for (row, &pos) in x.chunks_exact_mut(num_heads * head_dim).zip(positions) {
+        let cos = &cos[pos as usize * half..][..half];
+        let sin = &sin[pos as usize * half..][..half];
+        for head in row.chunks_exact_mut(head_dim) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * cos[i] - b * sin[i];
+                hi[i] = b * cos[i] + a * sin[i];
+            }
+        }
+    }
+}
+
+/// GELU, tanh approximation (`gelu_pytorch_tanh`):
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// The MLP's gate: `out = gelu_tanh(gate) * up`, elementwise.
+pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert_eq!(gate.len(), up.len());
+    assert_eq!(gate.len(), out.len());
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = gelu_tanh(g) * u;
+    }
+}
+
+/// `out[rows, out_features] = x[rows, in_features] · w^T` for a PyTorch Linear weight
+/// `w = [out_features, in_features]`, through the `gemm` crate; threads on the rayon pool.
+pub fn linear(x: &[f32], w: &[f32], in_features: usize, out_features: usize, out: &mut [f32]) {
+    linear_with(x, w, in_features, out_features, out, Parallelism::Rayon(0));
+}
+
+/// [`linear`] with an explicit gemm parallelism (`None` inside already-parallel code).
+pub(crate) fn linear_with(
+    x: &[f32],
+    w: &[f32],
+    in_features: usize,
+    out_features: usize,
+    out: &mut [f32],
+    parallelism: Parallelism,
+) {
+    assert_eq!(x.len() % in_features, 0);
+    let rows = x.len() / in_features;
+    assert_eq!(w.len(), in_features * out_features);
+    assert_eq!(out.len(), rows * out_features);
+    // SAFETY: the asserts above bound every access: lhs is [rows, in] with row stride `in`,
+    // rhs is w^T, i.e. element (k, n) at n * in + k, dst is [rows, out] with row stride `out`.
+    unsafe {
+        gemm::gemm(
+            rows,
+            out_features,
+            in_features,
+            out.as_mut_ptr(),
+            1,
+            out_features as isize,
+            false,
+            x.as_ptr(),
+            1,
+            in_features as isize,
+            w.as_ptr(),
+            in_features as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Gemma's gated MLP: `out = (gelu_tanh(h Wg^T) * (h Wu^T)) Wd^T`, with `gate_w`, `up_w`
+/// `[intermediate, hidden]` and `down_w` `[hidden, intermediate]`.
+pub fn gated_mlp(
+    h: &[f32],
+    gate_w: &[f32],
+    up_w: &[f32],
+    down_w: &[f32],
+    hidden: usize,
+    intermediate: usize,
+    out: &mut [f32],
+) {
+    let rows = h.len() / hidden;
+    let mut gate = vec![0.0; rows * intermediate];
+    let mut up = vec![0.0; rows * intermediate];
+    linear(h, gate_w, hidden, intermediate, &mut gate);
+    linear(h, up_w, hidden, intermediate, &mut up);
+    let mut act = vec![0.0; rows * intermediate];
+    gelu_tanh_mul(&gate, &up, &mut act);
+    linear(&act, down_w, intermediate, hidden, out);
+}
+
+/// Shape of one attention call; see [`attention`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// `Some(r)`: token i sees token j of its own sequence iff `|i - j| <= r` (sliding
+    /// layers); `None`: it sees all of them (full layers).
+    pub window: Option<usize>,
+    /// Multiplies the raw scores `q · k` (`query_pre_attn_scalar^-0.5`).
+    pub scale: f32,
+}
+
+/// Query rows per attention task: one GEMM-shaped block of scores per task.
+const ATTENTION_QUERY_BLOCK: usize = 64;
+
+/// Bidirectional attention over a packed variable-length batch, threaded on the rayon pool.
+///
+/// `q`, `out` are `[tokens, num_heads * head_dim]`, `k`, `v` are
+/// `[tokens, num_kv_heads * head_dim]`; `seq_offsets` (`n_seq + 1` cumulative offsets) splits
+/// the tokens into sequences that never see each other. Query head `h` uses KV head
+/// `h / (num_heads / num_kv_heads)` (grouped/multi-query attention). For each query,
+/// `softmax(scale · q kᵀ)` (f32, max-subtracted) over the allowed keys, times `v`.
+///
+/// Work is split into blocks of up to 64 queries of one sequence; a block computes its scores
+/// with GEMMs against exactly the keys its window can reach, so the cost grows with the window,
+/// not with the sequence length.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq_offsets: &[u32],
+    shape: AttentionShape,
+    out: &mut [f32],
+) {
+    let AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        ..
+    } = shape;
+    let q_width = num_heads * head_dim;
+    let kv_width = num_kv_heads * head_dim;
+    let tokens = *seq_offsets.last().unwrap_or(&0) as usize;
+    assert!(num_kv_heads > 0 && num_heads % num_kv_heads == 0);
+    assert_eq!(q.len(), tokens * q_width);
+    assert_eq!(k.len(), tokens * kv_width);
+    assert_eq!(v.len(), tokens * kv_width);
+    assert_eq!(out.len(), tokens * q_width);
+
+    // (sequence start, sequence end, block start) for every query block, in token order, so
+    // `out` can be handed out as disjoint row ranges.
+    let blocks: Vec<(usize, usize, usize)> = seq_offsets
+        .windows(2)
+        .flat_map(|w| {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            (start..end)
+                .step_by(ATTENTION_QUERY_BLOCK)
+                .map(move |b| (start, end, b))
+        })
+        .collect();
+    let mut out_blocks = Vec::with_capacity(blocks.len());
+    let mut rest = out;
+    for &(_, end, b) in &blocks {
+        let rows = ATTENTION_QUERY_BLOCK.min(end - b);
+        let (head, tail) = rest.split_at_mut(rows * q_width);
+        out_blocks.push(head);
+        rest = tail;
+    }
+
+    blocks.into_par_iter().zip(out_blocks).for_each_init(
+        Vec::new,
+        |scores, ((start, end, b), out_block)| {
+            attention_block(q, k, v, shape, start, end, b, out_block, scores);
+        },
+    );
+}
+
+/// One query block `[b, b + rows)` of the sequence `[start, end)`; see [`attention`].
+#[allow(clippy::too_many_arguments)]
+fn attention_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    start: usize,
+    end: usize,
+    b: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        window,
+        scale,
+    } = shape;
+    let q_width = num_heads * head_dim;
+    let kv_width = num_kv_heads * head_dim;
+    let group = num_heads / num_kv_heads;
+    let rows = out.len() / q_width;
+    // Keys any query of the block may see, as absolute token indices [k0, k1).
+    let (k0, k1) = match window {
+        Some(r) => (b.saturating_sub(r).max(start), (b + rows + r).min(end)),
+        None => (start, end),
+    };
+    let keys = k1 - k0;
+    scores.resize(rows * keys, 0.0);
+
+    for head in 0..num_heads {
+        let kv_head = head / group;
+        let q_head = &q[b * q_width + head * head_dim..];
+        let k_head = &k[k0 * kv_width + kv_head * head_dim..];
+        let v_head = &v[k0 * kv_width + kv_head * head_dim..];
+        // SAFETY: lhs reads `rows` query rows of `head_dim` at stride q_width from q_head; rhs
+        // element (d, j) is key j's component d at j * kv_width + d in k_head, j < keys; dst
+        // is the [rows, keys] scores buffer resized above. All rows lie inside the slices.
+        unsafe {
+            gemm::gemm(
+                rows,
+                keys,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                keys as isize,
+                false,
+                q_head.as_ptr(),
+                1,
+                q_width as isize,
+                k_head.as_ptr(),
+                kv_width as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
+            let query = b + i;
+            let (lo, hi) = match window {
+                Some(r) => (
+                    query.saturating_sub(r).max(k0) - k0,
+                    (query + r + 1).min(k1) - k0,
+                ),
+                None => (0, keys),
+            };
+            softmax_in_window(row, lo, hi);
+        }
+        // SAFETY: lhs is the [rows, keys] probability buffer; rhs element (j, d) is value j's
+        // component d at j * kv_width + d in v_head, j < keys; dst writes `rows` output rows of
+        // `head_dim` at stride q_width starting at this head's column inside `out`.
+        unsafe {
+            gemm::gemm(
+                rows,
+                head_dim,
+                keys,
+                out.as_mut_ptr().add(head * head_dim),
+                1,
+                q_width as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                keys as isize,
+                v_head.as_ptr(),
+                1,
+                kv_width as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+}
+
+/// Softmax of `row[lo..hi]` in place (max-subtracted, f32); every other entry becomes 0.
+fn softmax_in_window(row: &mut [f32], lo: usize, hi: usize) {
+    let max = row[lo..hi]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for s in &mut row[lo..hi] {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    row[lo..hi].iter_mut().for_each(|s| *s *= inv);
+    row[..lo].fill(0.0);
+    row[hi..].fill(0.0);
+}
+
+/// Mean of the rows of each sequence: `out[s] = mean(x[seq_offsets[s]..seq_offsets[s+1]])`,
+/// accumulated in f64 (sentence-transformers mean pooling with every token counted).
+pub fn mean_pool(x: &[f32], hidden: usize, seq_offsets: &[u32], out: &mut [f32]) {
+    assert_eq!(out.len(), seq_offsets.len().saturating_sub(1) * hidden);
+    let mut acc = vec![0.0f64; hidden];
+    for (w, out_row) in seq_offsets.windows(2).zip(out.chunks_exact_mut(hidden)) {
+        let (start, end) = (w[0] as usize, w[1] as usize);
+        acc.fill(0.0);
+        for row in x[start * hidden..end * hidden].chunks_exact(hidden) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += f64::from(v);
+            }
+        }
+        let count = (end - start).max(1) as f64;
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = (a / count) as f32;
+        }
+    }
+}
+
+/// L2-normalize every row of `dim` elements in place: `y / max(||y||, 1e-12)`
+/// (`torch.nn.functional.normalize`).
+pub fn l2_normalize(x: &mut [f32], dim: usize) {
+    for row in x.chunks_exact_mut(dim) {
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt() as f32;
+        let inv = 1.0 / norm.max(1e-12);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Matryoshka truncation: the first `dimensions` components of every `dim`-wide row,
+/// renormalized to unit length. Returns `[rows, dimensions]`.
+pub fn truncate_normalize(x: &[f32], dim: usize, dimensions: usize) -> Vec<f32> {
+    assert!(dimensions <= dim);
+    let mut out: Vec<f32> = x
+        .chunks_exact(dim)
+        .flat_map(|row| row[..dimensions].iter().copied())
+        .collect();
+    l2_normalize(&mut out, dimensions);
+    out
+}

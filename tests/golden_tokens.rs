@@ -1,0 +1,134 @@
+//! Token ids against the sentence-transformers golden file, prompts, truncation and id checks.
+
+mod common;
+
+use gemma_embed::model::ModelConfig;
+use gemma_embed::tokenize::{Tokenizer, Truncation};
+use gemma_embed::Error;
+
+fn tokenizer() -> Option<Tokenizer> {
+    let dir = common::real_model_dir()?;
+    let config = ModelConfig::load(&dir).unwrap();
+    Some(Tokenizer::load(&dir, &config).unwrap())
+}
+
+#[test]
+fn token_ids_equal_the_golden_file_for_every_case() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    let golden = common::golden();
+    assert!(!golden.cases.is_empty());
+    for (i, case) in golden.cases.iter().enumerate() {
+        // The prompt comes from the model's config by name; the golden file's string must agree.
+        let prompt = case
+            .prompt_name
+            .as_deref()
+            .map(|name| tokenizer.prompt(name).unwrap());
+        assert_eq!(prompt.unwrap_or(""), case.prompt, "{}: prompt", case.name);
+        let ids = tokenizer
+            .encode(i, prompt, &case.text, Truncation::Truncate)
+            .unwrap();
+        assert_eq!(ids, case.token_ids, "{}", case.name);
+        assert_eq!(ids.len(), case.n_tokens, "{}", case.name);
+    }
+}
+
+#[test]
+fn batch_encoding_equals_the_golden_file() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    let golden = common::golden();
+    let texts: Vec<String> = golden
+        .cases
+        .iter()
+        .map(|c| format!("{}{}", c.prompt, c.text))
+        .collect();
+    let ids = tokenizer
+        .encode_batch(&texts, Truncation::Truncate)
+        .unwrap();
+    for (case, ids) in golden.cases.iter().zip(&ids) {
+        assert_eq!(ids, &case.token_ids, "{}", case.name);
+    }
+}
+
+#[test]
+fn truncation_keeps_eos_or_refuses_naming_the_length() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    let golden = common::golden();
+    let truncated = golden.cases.iter().find(|c| c.n_tokens == 2048).unwrap();
+    let err = tokenizer
+        .encode(
+            7,
+            Some(&truncated.prompt),
+            &truncated.text,
+            Truncation::Refuse,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Input { index: 7, .. }), "{err}");
+    assert!(err.to_string().contains("max_seq_length = 2048"), "{err}");
+
+    // "hello" then 2999 times " hello": <bos>, `hello`, 2999 x `▁hello`, <eos>.
+    let hello = tokenizer
+        .encode(0, None, "hello hello", Truncation::Refuse)
+        .unwrap();
+    assert_eq!((hello.len(), hello[0], hello[3]), (4, 2, 1));
+    assert_ne!(
+        hello[1], hello[2],
+        "`hello` and `▁hello` are different tokens"
+    );
+    let long = format!("hello{}", " hello".repeat(2999));
+    let err = tokenizer
+        .encode(3, None, &long, Truncation::Refuse)
+        .unwrap_err();
+    assert!(err.to_string().contains("3002 tokens"), "{err}");
+    let ids = tokenizer
+        .encode(3, None, &long, Truncation::Truncate)
+        .unwrap();
+    assert_eq!(ids.len(), 2048);
+    assert_eq!(ids[0], 2);
+    assert_eq!(ids[1], hello[1]);
+    assert!(ids[2..2047].iter().all(|&id| id == hello[2]));
+    assert_eq!(ids[2047], 1);
+}
+
+#[test]
+fn unknown_prompt_lists_the_known_names() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    let err = tokenizer.prompt("querry").unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::UnknownPrompt { .. }));
+    assert!(
+        message.contains("querry") && message.contains("query") && message.contains("STS"),
+        "{message}"
+    );
+}
+
+#[test]
+fn ids_outside_the_embedding_table_are_refused() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    // `<image_soft_token>` is an added token with id 262144, one past the embedding table.
+    let err = tokenizer
+        .encode(5, None, "look: <image_soft_token>", Truncation::Truncate)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Input { index: 5, .. }), "{message}");
+    assert!(
+        message.contains("262144") && message.contains("<image_soft_token>"),
+        "{message}"
+    );
+
+    assert!(tokenizer.check_ids(0, &[2, 9259, 1]).is_ok());
+    let err = tokenizer.check_ids(4, &[2, 262144, 1]).unwrap_err();
+    assert!(matches!(err, Error::Input { index: 4, .. }), "{err}");
+    assert!(err.to_string().contains("token 1: id 262144"), "{err}");
+    assert!(tokenizer.check_ids(1, &[]).is_err());
+    assert!(tokenizer.check_ids(1, &vec![2; 2049]).is_err());
+}
