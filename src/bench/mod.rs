@@ -165,12 +165,14 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Run every workload on `backend` and collect the measurements.
+/// Run every workload on `backend` and collect the measurements; `on_result` sees each
+/// workload's result as soon as it is measured.
 pub fn run(
     backend: &mut dyn Backend,
     model: &Model,
     workloads: &[Workload],
     options: &BenchOptions,
+    mut on_result: impl FnMut(&WorkloadResult),
 ) -> Result<Vec<WorkloadResult>> {
     check_options(model, workloads, options)?;
     let mut rng = SplitMix64::new(options.seed);
@@ -203,7 +205,9 @@ pub fn run(
         let seconds = (0..options.repeats)
             .map(|_| run_once(backend))
             .collect::<Result<Vec<f64>>>()?;
-        results.push(WorkloadResult::new(w, &batches, seconds, options, model));
+        let result = WorkloadResult::new(w, &batches, seconds, options, model);
+        on_result(&result);
+        results.push(result);
     }
     Ok(results)
 }
