@@ -43,7 +43,7 @@ model="$work/model"
 stages="$work/stages.tsv"
 : > "$stages"
 failed=0
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # stage NAME LIMIT_SECONDS COMMAND...: run under a time limit, record the outcome.
 stage() {
