@@ -47,4 +47,21 @@ pub enum Error {
     Dimensions { got: usize, max: usize },
     #[error("CUDA: {0}")]
     Cuda(String),
+    #[error(
+        "this binary has no CUDA kernels (it was built without nvcc): install nvcc with \
+         tools/install-cuda-toolchain.sh, set NVCC to the path it prints and rebuild"
+    )]
+    NoCudaKernels,
+    #[error("CUDA driver: {what}: {source}")]
+    CudaDriver {
+        what: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    #[error("cuBLAS: {what}: {source}")]
+    Cublas {
+        what: String,
+        #[source]
+        source: cudarc::cublas::result::CublasError,
+    },
 }

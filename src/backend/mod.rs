@@ -2,6 +2,7 @@
 //! L2-normalized embedding per sequence.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::{Error, Result};
 
