@@ -37,6 +37,16 @@ pub enum Error {
     Tokenizer(String),
     #[error("unknown prompt name `{name}`; the model defines: {known}")]
     UnknownPrompt { name: String, known: String },
+    /// A line of an input file that cannot be used (1-based line number).
+    #[error("{source_name}: line {line}: {message}")]
+    Line {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
+    /// An input file or output path the corpus job cannot use.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
     #[error("input {index}: {message}")]
     Input { index: usize, message: String },
     #[error("invalid batch: {0}")]

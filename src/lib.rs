@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod index;
 pub mod model;
 pub mod tokenize;
 

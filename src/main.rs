@@ -1,1 +1,309 @@
-fn main() {}
+//! The `gemma-embed` command line: one function per subcommand, anyhow at the edge.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use gemma_embed::backend::{self, BackendKind, Batch};
+use gemma_embed::index::{self, AtomicFile, InputFormat, OutputFormat, Record};
+use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
+use gemma_embed::tokenize::{Tokenizer, Truncation};
+
+#[derive(Parser)]
+#[command(
+    name = "gemma-embed",
+    version,
+    about = "Text embeddings with EmbeddingGemma-300m"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed every line of an input file into a .jsonl or .npy output, in input order.
+    Embed(EmbedArgs),
+    /// Write the token ids of every input line as JSON Lines.
+    Tokenize(TokenizeArgs),
+    /// Show the model configuration and the backends of this build.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A local model directory or a Hugging Face id (resolved through the HF cache).
+    #[arg(long, default_value = DEFAULT_MODEL_ID)]
+    model: String,
+}
+
+/// Input options shared by `embed` and `tokenize`.
+#[derive(Args)]
+struct InputArgs {
+    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`) or plain text; `-` is stdin.
+    #[arg(long)]
+    input: String,
+    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text; `-`: jsonl).
+    #[arg(long)]
+    input_format: Option<InputFormat>,
+    /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without
+    /// `prompt_name`.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_name: Option<String>,
+    /// A raw prompt string prepended as is to lines without `prompt_name`.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Fail on inputs longer than the model's max_seq_length instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Output file: .jsonl (`{"id", "embedding"}` per line) or .npy (float32 [N, D]).
+    #[arg(long)]
+    output: PathBuf,
+    /// Matryoshka truncation (then renormalized); 768, 512, 256 and 128 are the trained sizes.
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Token budget of one forward batch (a longer single input runs alone).
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Output .jsonl file (`{"id", "ids"}` per line); stdout when absent.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(args) => embed(args),
+        Command::Tokenize(args) => tokenize(args),
+        Command::Info(args) => info(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Read the input and tokenize it: the records and their token ids, in order.
+fn read_and_tokenize(
+    input: &InputArgs,
+    tokenizer: &Tokenizer,
+) -> Result<(Vec<Record>, Vec<Vec<u32>>)> {
+    let format = match input.input_format {
+        Some(format) => format,
+        None => InputFormat::from_path(&input.input)?,
+    };
+    let records = index::read_records(&input.input, format)?;
+    let job_prompt = match (&input.prompt, &input.prompt_name) {
+        (Some(prompt), _) => Some(prompt.as_str()),
+        (None, Some(name)) => Some(tokenizer.prompt(name)?),
+        (None, None) => tokenizer.default_prompt(),
+    };
+    let truncation = if input.no_truncate {
+        Truncation::Refuse
+    } else {
+        Truncation::Truncate
+    };
+    let ids = index::tokenize_records(
+        tokenizer,
+        &records,
+        index::source_name(&input.input),
+        job_prompt,
+        truncation,
+    )?;
+    Ok((records, ids))
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    let output_format = OutputFormat::from_path(&args.output)?;
+    if args.max_batch_tokens == 0 {
+        bail!("--max-batch-tokens must be at least 1");
+    }
+    let dir = resolve_model_dir(&args.model.model)?;
+    let config = ModelConfig::load(&dir)?;
+    let dimensions = args.dimensions.unwrap_or(config.embedding_dim);
+    if !(1..=config.embedding_dim).contains(&dimensions) {
+        return Err(gemma_embed::Error::Dimensions {
+            got: dimensions,
+            max: config.embedding_dim,
+        }
+        .into());
+    }
+    // Input errors surface before the weights are read.
+    let tokenizer = Tokenizer::load(&dir, &config)?;
+    let (records, sequences) = read_and_tokenize(&args.input, &tokenizer)?;
+    let model = Arc::new(Model::load_dir(&dir)?);
+    let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    eprintln!("backend: {note}");
+
+    let start = Instant::now();
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    let mut data = Vec::with_capacity(records.len() * dimensions);
+    for group in index::pack_batches(&lengths, args.max_batch_tokens) {
+        let batch = Batch::from_sequences(&sequences[group.clone()]);
+        let embeddings = backend
+            .forward(&batch, dimensions)
+            .with_context(|| format!("embedding input lines {}", line_span(&records[group])))?;
+        data.extend_from_slice(&embeddings.data);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+
+    let ids: Vec<_> = records.iter().map(Record::output_id).collect();
+    index::write_embeddings(&args.output, output_format, &ids, dimensions, &data)?;
+    let tokens: usize = lengths.iter().sum();
+    eprintln!(
+        "embedded {} docs, {tokens} tokens in {seconds:.2} s ({:.0} tokens/s) on {} -> {}",
+        records.len(),
+        tokens as f64 / seconds.max(1e-9),
+        backend.name(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// `12-40` (1-based input lines of a batch), for error context.
+fn line_span(records: &[Record]) -> String {
+    match (records.first(), records.last()) {
+        (Some(first), Some(last)) if first.line != last.line => {
+            format!("{}-{}", first.line, last.line)
+        }
+        (Some(first), _) => first.line.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let dir = resolve_model_dir(&args.model.model)?;
+    let config = ModelConfig::load(&dir)?;
+    let tokenizer = Tokenizer::load(&dir, &config)?;
+    let (records, sequences) = read_and_tokenize(&args.input, &tokenizer)?;
+    let lines = records.iter().zip(&sequences).map(|(record, ids)| {
+        serde_json::json!({ "id": record.output_id(), "ids": ids }).to_string() + "\n"
+    });
+    match &args.output {
+        Some(path) => {
+            if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+                bail!(
+                    "{}: the output of `tokenize` must end in .jsonl",
+                    path.display()
+                );
+            }
+            let mut out = AtomicFile::create(path)?;
+            for line in lines {
+                out.writer()
+                    .write_all(line.as_bytes())
+                    .map_err(|e| out.io_error(e))?;
+            }
+            out.commit()?;
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            for line in lines {
+                stdout
+                    .write_all(line.as_bytes())
+                    .context("writing to stdout")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let dir = resolve_model_dir(&args.model.model)?;
+    let c = ModelConfig::load(&dir)?;
+    let schedule: String = c
+        .layer_kinds
+        .iter()
+        .map(|k| match k {
+            gemma_embed::model::LayerKind::Sliding => 'S',
+            gemma_embed::model::LayerKind::Full => 'F',
+        })
+        .collect();
+    println!("model:          {}", display_dir(&dir));
+    println!("weights dtype:  {} (computed in float32)", c.weight_dtype);
+    println!(
+        "layers:         {} (schedule {schedule}: S = sliding window, F = full attention)",
+        c.num_layers
+    );
+    println!(
+        "hidden:         {} (MLP {}, vocab {})",
+        c.hidden_size, c.intermediate_size, c.vocab_size
+    );
+    println!(
+        "heads:          {} query, {} key/value, head_dim {}",
+        c.num_heads, c.num_kv_heads, c.head_dim
+    );
+    println!(
+        "window:         |i - j| <= {} on sliding layers",
+        c.window_radius
+    );
+    println!(
+        "rope theta:     {} sliding, {} full",
+        c.rope_theta_sliding, c.rope_theta_full
+    );
+    println!("max_seq_len:    {}", c.max_seq_len);
+    println!(
+        "embedding:      {} (Dense {:?}, mean pooling, L2 normalized)",
+        c.embedding_dim, c.dense_out_features
+    );
+    println!(
+        "prompts:        {}",
+        if c.prompts.is_empty() {
+            "(none)".to_string()
+        } else {
+            c.prompts
+                .iter()
+                .map(|(name, prompt)| format!("{name} = {prompt:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!(
+        "default prompt: {}",
+        c.default_prompt_name.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "backends:       {}",
+        backend::available_backends().join(", ")
+    );
+    Ok(())
+}
+
+fn display_dir(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
+}

@@ -4,6 +4,10 @@
 pub mod cpu;
 pub mod cuda;
 
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::model::Model;
 use crate::{Error, Result};
 
 /// Variable-length sequences packed back to back, no padding.
@@ -143,4 +147,47 @@ pub trait Backend: Send {
     /// Embed every sequence of `batch`: mean pooling, Dense projections, L2 normalization and
     /// Matryoshka truncation to `dimensions` (then renormalized).
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings>;
+}
+
+/// Which backend to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// CUDA when this build has it and a device is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(format!("`{s}` is not a backend (auto, cpu or cuda)")),
+        }
+    }
+}
+
+/// The backends compiled into this build.
+pub fn available_backends() -> Vec<&'static str> {
+    vec!["cpu"]
+}
+
+/// Open a backend for `model`; also returns a one-line note on what was chosen and why.
+pub fn open(kind: BackendKind, model: Arc<Model>) -> Result<(Box<dyn Backend>, String)> {
+    match kind {
+        BackendKind::Cpu => Ok((
+            Box::new(cpu::CpuBackend::new(model)?),
+            "cpu (requested)".into(),
+        )),
+        BackendKind::Cuda => Err(Error::Cuda("this build has no CUDA backend".into())),
+        BackendKind::Auto => Ok((
+            Box::new(cpu::CpuBackend::new(model)?),
+            "cpu (auto: this build has no CUDA backend)".into(),
+        )),
+    }
 }
