@@ -233,7 +233,7 @@ mod tests {
             .iter()
             .all(|&n| (MIXED_MIN_LEN..=MIXED_MAX_LEN).contains(&n)));
         let total = w.num_tokens();
-        assert!(total >= 50_000 && total < 50_000 + MIXED_MAX_LEN, "{total}");
+        assert!((50_000..50_000 + MIXED_MAX_LEN).contains(&total), "{total}");
         let mean = total as f64 / w.lengths.len() as f64;
         let expected = (MIXED_MIN_LEN + MIXED_MAX_LEN) as f64 / 2.0;
         assert!((mean - expected).abs() < 60.0, "mean length {mean}");
