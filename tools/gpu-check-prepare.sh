@@ -19,6 +19,10 @@ GEMMA_EMBED_REQUIRE_CUDA=1 cargo build --release --bin gemma-embed
 mkdir -p .gpu
 cp "$CARGO_TARGET_DIR/release/gemma-embed" .gpu/gemma-embed
 strip .gpu/gemma-embed
+# The target directory may be shared with other checkouts: make sure the copy is this build.
+for sub in embed bench check-kernels; do
+    .gpu/gemma-embed "$sub" --help > /dev/null || { echo ".gpu/gemma-embed has no \`$sub\` subcommand" >&2; exit 1; }
+done
 echo "$(git describe --always --dirty 2>/dev/null || echo unknown) built $(date -u +%FT%TZ)" > .gpu/build.txt
 
 # The GPU host must be able to run it: report what it needs from the C library and the size

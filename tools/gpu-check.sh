@@ -77,11 +77,11 @@ else
     parity_lengths=1,2,3,15,16,17,63,64,65,127,128,129,255,256,257,258,511,512,513,1023,2047,2048
     bench_tokens=262144; bench_repeats=5; ref_tokens=65536; ref_repeats=3
 fi
+bench_lengths=128,512,2048
 if [ $cpu_only = 1 ]; then
     # The CPU runs the same pipeline at a size it finishes in minutes.
-    bench_tokens=2048; bench_repeats=2; ref_tokens=2048; ref_repeats=2
+    bench_lengths=128,512; bench_tokens=1024; bench_repeats=1; ref_tokens=1024; ref_repeats=1
 fi
-bench_lengths=128,512,2048
 max_batch_tokens=65536
 
 main() {
