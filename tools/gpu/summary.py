@@ -82,9 +82,9 @@ def main():
         for name in list(ours) + [n for n in theirs if n not in ours]:
             a, b = ours.get(name), theirs.get(name)
             cells = [f"{a['tokens_per_s']:>16,.0f} tok/s" if a else f"{'-':>22}",
-                     f"{a['tflops_per_s']:>8.1f}" if a else f"{'-':>8}",
+                     f"{a['tflops_per_s']:>8.2f}" if a else f"{'-':>8}",
                      f"{b['tokens_per_s']:>12,.0f} tok/s" if b else f"{'-':>18}",
-                     f"{b['tflops_per_s']:>8.1f}" if b else f"{'-':>8}",
+                     f"{b['tflops_per_s']:>8.2f}" if b else f"{'-':>8}",
                      f"{a['tokens_per_s'] / b['tokens_per_s']:>6.1f}x" if a and b else f"{'-':>7}"]
             print(f"{name:<16} " + " ".join(cells))
         if bench and bench["backend"] == "cuda":
