@@ -36,6 +36,9 @@ enum Command {
     Info(InfoArgs),
     /// Measure offline throughput on synthetic workloads (random token ids).
     Bench(BenchArgs),
+    /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
+    /// non-zero when any check fails.
+    CheckKernels(CheckKernelsArgs),
 }
 
 #[derive(Args)]
@@ -103,6 +106,16 @@ struct InfoArgs {
     model: ModelArg,
 }
 
+#[derive(Args)]
+struct CheckKernelsArgs {
+    /// Seed of the random inputs (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -110,6 +123,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
         Command::Bench(args) => bench(args),
+        Command::CheckKernels(args) => check_kernels(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +182,10 @@ fn embed(args: EmbedArgs) -> Result<()> {
     // Input errors surface before the weights are read.
     let tokenizer = Tokenizer::load(&dir, &config)?;
     let (records, sequences) = read_and_tokenize(&args.input, &tokenizer)?;
+    if args.backend == BackendKind::Cuda {
+        // Fail before reading the weights when the device or the kernels are missing.
+        backend::cuda::probe()?;
+    }
     let model = Arc::new(Model::load_dir(&dir)?);
     let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
     eprintln!("backend: {note}");
@@ -245,6 +263,11 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
+    let archs = backend::cuda::EMBEDDED_ARCHS;
+    println!(
+        "cuda kernels:   {}",
+        if archs.is_empty() { "none" } else { archs }
+    );
     let dir = resolve_model_dir(&args.model.model)?;
     let c = ModelConfig::load(&dir)?;
     let schedule: String = c
@@ -302,6 +325,37 @@ fn info(args: InfoArgs) -> Result<()> {
         "backends:       {}",
         backend::available_backends().join(", ")
     );
+    Ok(())
+}
+
+fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
+    let seed = match args.seed {
+        Some(seed) => seed,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64,
+    };
+    let device = backend::cuda::probe()?;
+    println!("device: {device}, seed: {seed}");
+    let checks = backend::cuda::run_kernel_checks(seed)?;
+    backend::cuda::print_table(&checks, &mut std::io::stdout().lock())?;
+    if let Some(path) = &args.json {
+        backend::cuda::write_json(&checks, path)?;
+    }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} kernel checks failed (seed {seed}): {}",
+            failed.len(),
+            checks.len(),
+            failed.join(", ")
+        );
+    }
+    println!("all {} kernel checks passed", checks.len());
     Ok(())
 }
 

@@ -174,7 +174,11 @@ impl FromStr for BackendKind {
 
 /// The backends compiled into this build.
 pub fn available_backends() -> Vec<&'static str> {
-    vec!["cpu"]
+    if cuda::EMBEDDED_ARCHS.is_empty() {
+        vec!["cpu"]
+    } else {
+        vec!["cpu", "cuda"]
+    }
 }
 
 /// Open a backend for `model`; also returns a one-line note on what was chosen and why.
@@ -184,10 +188,20 @@ pub fn open(kind: BackendKind, model: Arc<Model>) -> Result<(Box<dyn Backend>, S
             Box::new(cpu::CpuBackend::new(model)?),
             "cpu (requested)".into(),
         )),
-        BackendKind::Cuda => Err(Error::Cuda("this build has no CUDA backend".into())),
-        BackendKind::Auto => Ok((
-            Box::new(cpu::CpuBackend::new(model)?),
-            "cpu (auto: this build has no CUDA backend)".into(),
-        )),
+        BackendKind::Cuda => {
+            let backend = cuda::CudaBackend::new(&model)?;
+            let note = format!("cuda (requested): {}", backend.device_description());
+            Ok((Box::new(backend), note))
+        }
+        BackendKind::Auto => match cuda::CudaBackend::new(&model) {
+            Ok(backend) => {
+                let note = format!("cuda (auto): {}", backend.device_description());
+                Ok((Box::new(backend), note))
+            }
+            Err(e) => Ok((
+                Box::new(cpu::CpuBackend::new(model)?),
+                format!("cpu (auto: CUDA unavailable: {e})"),
+            )),
+        },
     }
 }

@@ -47,22 +47,20 @@ pub fn check_config(config: &ModelConfig) -> Result<()> {
             config.num_heads, config.num_kv_heads
         ));
     }
-    if i32::try_from(config.window_radius).is_err() {
-        return Err(Error::Cuda(format!(
-            "sliding window radius {} does not fit the kernels' 32-bit window parameter",
-            config.window_radius
-        )));
-    }
     Ok(())
 }
 
-/// The kernels' `window_radius` parameter: the radius, or `ATTENTION_NO_WINDOW` (-1) for full
-/// attention.
-pub fn window_param(window: Option<usize>) -> Result<i32> {
+/// Bound on the window radius and on the packed rows (tokens * GROUP) of one launch, so that
+/// the kernels' `int` index math (`p_hi + radius + 1`, `len * GROUP`) cannot overflow. Any
+/// radius at least the longest sequence is full attention, so clamping it changes nothing.
+const KERNEL_INT_LIMIT: usize = 1 << 29;
+
+/// The kernels' `window_radius` parameter: the radius (clamped to an equivalent one that fits
+/// the kernels' 32-bit arithmetic), or `ATTENTION_NO_WINDOW` (-1) for full attention.
+pub fn window_param(window: Option<usize>) -> i32 {
     match window {
-        None => Ok(-1),
-        Some(r) => i32::try_from(r)
-            .map_err(|_| Error::Cuda(format!("attention window radius {r} exceeds i32"))),
+        None => -1,
+        Some(r) => r.min(KERNEL_INT_LIMIT) as i32,
     }
 }
 
@@ -288,6 +286,12 @@ mod device {
             if n == 0 {
                 return Ok(());
             }
+            if n * GROUP > KERNEL_INT_LIMIT {
+                return Err(Error::Cuda(format!(
+                    "attention over {n} tokens exceeds the kernels' {} packed rows",
+                    KERNEL_INT_LIMIT
+                )));
+            }
             if q.len() < n * GROUP * HEAD_DIM
                 || k.len() < n * HEAD_DIM
                 || v.len() < n * HEAD_DIM
@@ -318,7 +322,7 @@ mod device {
                 num_tokens: n as u32,
                 num_seqs: plan.num_seqs as u32,
                 num_tiles: tiles.count as u32,
-                window_radius: window_param(window)?,
+                window_radius: window_param(window),
                 softmax_scale,
             };
             let (func, cfg) = match kernel {
@@ -593,10 +597,7 @@ mod tests {
             define("ATTENTION_FLASH_SMEM_BYTES"),
             FLASH_SMEM_BYTES as i64
         );
-        assert_eq!(
-            define("ATTENTION_NO_WINDOW"),
-            window_param(None).unwrap() as i64
-        );
+        assert_eq!(define("ATTENTION_NO_WINDOW"), window_param(None) as i64);
         assert_eq!(
             FLASH_SMEM_BYTES,
             (FLASH_BLOCK_M + 2 * FLASH_BLOCK_N) * HEAD_DIM * 2

@@ -14,6 +14,8 @@ pub use report::{print_table, write_json, KernelCheck};
 pub const EMBEDDED_ARCHS: &str = env!("GEMMA_EMBED_CUDA_ARCHS");
 
 #[cfg(gemma_cuda_kernels)]
+mod backend;
+#[cfg(gemma_cuda_kernels)]
 pub mod check;
 #[cfg(gemma_cuda_kernels)]
 pub mod device;
@@ -25,9 +27,17 @@ pub mod ops;
 pub mod params;
 
 #[cfg(gemma_cuda_kernels)]
+pub use backend::CudaBackend;
+#[cfg(gemma_cuda_kernels)]
 pub use check::run_kernel_checks;
+
+/// Open device 0 and load the kernels; returns the device description (`"<name> (sm_XY)"`).
+#[cfg(gemma_cuda_kernels)]
+pub fn probe() -> crate::Result<String> {
+    device::Device::open().map(|dev| dev.description)
+}
 
 #[cfg(not(gemma_cuda_kernels))]
 mod no_kernels;
 #[cfg(not(gemma_cuda_kernels))]
-pub use no_kernels::{run_kernel_checks, CudaBackend};
+pub use no_kernels::{probe, run_kernel_checks, CudaBackend};

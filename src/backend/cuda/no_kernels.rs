@@ -13,6 +13,10 @@ impl CudaBackend {
     pub fn new(_model: &Model) -> Result<Self> {
         Err(Error::NoCudaKernels)
     }
+
+    pub fn device_description(&self) -> &str {
+        match *self {}
+    }
 }
 
 impl Backend for CudaBackend {
@@ -23,6 +27,10 @@ impl Backend for CudaBackend {
     fn forward(&mut self, _batch: &Batch, _dimensions: usize) -> Result<Embeddings> {
         match *self {}
     }
+}
+
+pub fn probe() -> Result<String> {
+    Err(Error::NoCudaKernels)
 }
 
 pub fn run_kernel_checks(_seed: u64) -> Result<Vec<KernelCheck>> {

@@ -23,6 +23,8 @@ pub struct KernelCheck {
     pub rel_l2_tol: f64,
     pub passed: bool,
     pub timing: Option<Timing>,
+    /// Why the check could not run (launch failure, device fault), if it did not.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,6 +75,23 @@ impl KernelCheck {
             rel_l2_tol,
             passed,
             timing: None,
+            error: None,
+        }
+    }
+
+    /// A check that could not run at all.
+    pub fn error(name: &str, message: String) -> Self {
+        Self {
+            name: name.to_string(),
+            case: "did not run".into(),
+            max_abs_err: f64::NAN,
+            rel_l2_err: f64::NAN,
+            bad_values: 0,
+            max_abs_tol: 0.0,
+            rel_l2_tol: 0.0,
+            passed: false,
+            timing: None,
+            error: Some(message),
         }
     }
 
@@ -124,6 +143,9 @@ pub fn print_table(checks: &[KernelCheck], out: &mut impl Write) -> std::io::Res
             gbs,
             tf
         )?;
+        if let Some(e) = &c.error {
+            writeln!(out, "{:<22}   ERROR: {e}", "")?;
+        }
         if let Some(t) = &c.timing {
             writeln!(out, "{:<22}   timed at {}", "", t.case)?;
         }
