@@ -217,7 +217,7 @@ static_assert((kBlockM * kChunks) % kThreads == 0 && (kBlockN * kChunks) % kThre
 template <int Rows>
 __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat16 *src,
                                           int valid_rows, int tid) {
-    /* Not unrolled: keeps the copy addresses out of the registers the accumulators need. */
+    /* Not unrolled: unrolled copy addresses take registers the accumulators need (spills). */
 #pragma unroll 1
     for (int i = 0; i < Rows * kChunks / kThreads; ++i) {
         const int chunk_index = tid + i * kThreads;
@@ -303,8 +303,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
                 s[t][e] = 0.0f;
             }
         }
-        /* Not unrolled: with 128 O registers live, unrolling the k-steps spills. */
-#pragma unroll 1
+#pragma unroll
         for (int ks = 0; ks < kHeadDim / 16; ++ks) {
             uint32_t a[4];
             ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + attn_ldsm_a_row(lane),

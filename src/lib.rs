@@ -4,6 +4,7 @@
 //! [`backend::Backend::forward`] -> `[n_seq, D]` embeddings.
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod index;
 pub mod model;

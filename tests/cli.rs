@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -234,6 +235,38 @@ fn tokenize_writes_the_golden_ids() {
         assert_eq!(row["id"], json!(case.name));
         assert_eq!(row["ids"], json!(case.token_ids), "{}", case.name);
     }
+}
+
+#[test]
+fn tokenize_reads_stdin() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args([
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"text\": \"Hello world\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // model-semantics.md section 7: "Hello world" -> <bos>, `Hello`, `▁world`, <eos>.
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{\"id\":1,\"ids\":[2,9259,1902,1]}\n"
+    );
 }
 
 #[test]
