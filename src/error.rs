@@ -51,6 +51,8 @@ pub enum Error {
     Input { index: usize, message: String },
     #[error("invalid batch: {0}")]
     Batch(String),
+    #[error("bench: {0}")]
+    Bench(String),
     #[error("dimensions must be in 1..={max}, got {got}")]
     Dimensions { got: usize, max: usize },
     /// The engine's queue budgets are full (a server answers 429).

@@ -5,7 +5,10 @@
 
 pub mod backend;
 pub mod bench;
+<<<<<<< HEAD
 pub mod engine;
+=======
+>>>>>>> main
 pub mod error;
 pub mod index;
 pub mod model;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use gemma_embed::backend::{self, BackendKind, Batch};
+use gemma_embed::bench;
 use gemma_embed::index::{self, AtomicFile, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
@@ -33,6 +34,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Show the model configuration and the backends of this build.
     Info(InfoArgs),
+    /// Measure offline throughput on synthetic workloads (random token ids).
+    Bench(BenchArgs),
     /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
     /// non-zero when any check fails.
     CheckKernels(CheckKernelsArgs),
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed(args),
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
+        Command::Bench(args) => bench(args),
         Command::CheckKernels(args) => check_kernels(args),
     };
     match result {
@@ -360,4 +364,97 @@ fn display_dir(dir: &Path) -> String {
         .unwrap_or_else(|_| dir.to_path_buf())
         .display()
         .to_string()
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Fixed-length workloads, one per length (comma separated; empty for none).
+    #[arg(long, value_delimiter = ',', default_value = "16,128,512,2048")]
+    lengths: Vec<usize>,
+    /// Add the mixed workload: lengths uniform in 16..=1024 (the draw of tools/bench_reference.py).
+    #[arg(long)]
+    mixed: bool,
+    /// Tokens per measured run of each workload [default: 262144 on a GPU, 4096 on the CPU].
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Token budget of one forward batch [default: 65536 on a GPU, 8192 on the CPU].
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Measured runs per workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Unmeasured runs before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Matryoshka width of the output [default: the model's embedding width].
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// Seed of the random token ids and of the mixed length draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the report as JSON (the schema of tools/bench_reference.py).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `gemma-embed bench`: offline throughput on synthetic workloads, through the same backend
+/// path as `embed`.
+fn bench(args: BenchArgs) -> Result<()> {
+    let model = Arc::new(Model::load(&args.model.model)?);
+    let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    eprintln!("backend: {note}");
+    let on_cpu = backend.name() == "cpu";
+    let tokens = args.tokens.unwrap_or(if on_cpu { 4096 } else { 262_144 });
+    let options = bench::BenchOptions {
+        max_batch_tokens: args
+            .max_batch_tokens
+            .unwrap_or(if on_cpu { 8192 } else { 65_536 }),
+        repeats: args.repeats,
+        warmup: args.warmup,
+        dimensions: args.dimensions.unwrap_or(model.config.embedding_dim),
+        seed: args.seed,
+    };
+    let mut workloads: Vec<bench::Workload> = args
+        .lengths
+        .iter()
+        .map(|&n| bench::Workload::fixed(n, tokens))
+        .collect();
+    if args.mixed {
+        workloads.push(bench::Workload::mixed(tokens, args.seed));
+    }
+    if workloads.is_empty() {
+        bail!("nothing to run: give --lengths and/or --mixed");
+    }
+    let results = bench::run(backend.as_mut(), &model, &workloads, &options, |w| {
+        eprintln!(
+            "{}: {:.0} tokens/s ({:.2} s median)",
+            w.name, w.tokens_per_s, w.seconds_median
+        )
+    })?;
+    let report = bench::Report::new(
+        backend.name(),
+        if on_cpu { "f32" } else { "bf16" },
+        bench::MachineInfo::host(backend.device_name()),
+        &model,
+        bench::Settings {
+            tokens_per_run: tokens,
+            max_batch_tokens: options.max_batch_tokens,
+            repeats: options.repeats,
+            warmup: options.warmup,
+            seed: options.seed,
+            dimensions: options.dimensions,
+        },
+        results,
+    );
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

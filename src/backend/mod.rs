@@ -139,6 +139,11 @@ pub trait Backend: Send {
     /// Short name for logs and reports: `cpu` or `cuda`.
     fn name(&self) -> &'static str;
 
+    /// The device it runs on, for reports (a GPU's name); `None` for the host CPU.
+    fn device_name(&self) -> Option<String> {
+        None
+    }
+
     /// Embed every sequence of `batch`: mean pooling, Dense projections, L2 normalization and
     /// Matryoshka truncation to `dimensions` (then renormalized).
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings>;

@@ -226,6 +226,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn device_name(&self) -> Option<String> {
+        Some(self.dev.description.clone())
+    }
+
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
         let d = self.kernels.dims;
         if dimensions == 0 || dimensions > d.embed_dim {
