@@ -5,10 +5,7 @@
 
 pub mod backend;
 pub mod bench;
-<<<<<<< HEAD
 pub mod engine;
-=======
->>>>>>> main
 pub mod error;
 pub mod index;
 pub mod model;
