@@ -73,6 +73,17 @@ impl Device {
         let blas = quietly("cuBLAS initialization", || {
             CudaBlas::new(stream.clone()).map_err(cublas_err("create cuBLAS handle"))
         })??;
+        // Split-K partial sums in f32 even when the output is bf16 (cuBLAS may otherwise reduce
+        // in the output type).
+        // SAFETY: a live handle; the mode is a plain enum value.
+        unsafe {
+            cudarc::cublas::sys::cublasSetMathMode(
+                *blas.handle(),
+                cudarc::cublas::sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+            )
+        }
+        .result()
+        .map_err(cublas_err("set math mode"))?;
 
         let mut modules = Vec::with_capacity(embedded::FATBINS.len());
         for (name, image) in embedded::FATBINS {
