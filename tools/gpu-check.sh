@@ -115,7 +115,8 @@ uname -a
 grep -m1 "model name" /proc/cpuinfo
 nproc
 if [ $cpu_only = 0 ]; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit,temperature.gpu,persistence_mode --format=csv
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv \
+        || nvidia-smi
     # cuBLAS (and NVRTC) for our binary come from the torch environment's NVIDIA wheels.
     nvidia_libs=$("$python" - <<'EOF'
 import glob, os, sys
