@@ -18,6 +18,112 @@ typedef uint16_t bf16_t;
 
 /* ---- attention (kernels/attention.cu) ---------------------------------------------- */
 
+/* Compile-time shape of the attention kernels; the host checks them against the ModelConfig
+ * (head_dim, num_heads / num_kv_heads) before it launches anything. */
+#define ATTENTION_HEAD_DIM 256
+/* Query heads sharing one K/V head (MQA group); packed row R = position * GROUP + head. */
+#define ATTENTION_GROUP 3
+/* attention_reference: one warp per (token, head), this many warps per block. */
+#define ATTENTION_REFERENCE_WARPS 4
+/* attention_flash: one CTA per work-list tile of BLOCK_M packed rows; keys in blocks of BLOCK_N. */
+#define ATTENTION_FLASH_BLOCK_M 64
+#define ATTENTION_FLASH_BLOCK_N 64
+#define ATTENTION_FLASH_THREADS 128
+/* Q tile + one K block + one V block, bf16: (64 + 64 + 64) * 256 * 2 bytes. */
+#define ATTENTION_FLASH_SMEM_BYTES 98304
+/* window_radius value meaning "full attention inside the sequence". */
+#define ATTENTION_NO_WINDOW (-1)
+
+/* One attention call over packed variable-length sequences (MQA, one K/V head).
+ * Token t of sequence s (t in [seq_offsets[s], seq_offsets[s+1])) attends to the keys of the
+ * same sequence whose position differs by at most window_radius (all of them when
+ * window_radius < 0). */
+typedef struct AttentionParams {
+    const bf16_t *q;              /* [num_tokens, GROUP, HEAD_DIM], RoPE'd, already scaled    */
+    const bf16_t *k;              /* [num_tokens, HEAD_DIM]                                   */
+    const bf16_t *v;              /* [num_tokens, HEAD_DIM]                                   */
+    bf16_t *o;                    /* [num_tokens, GROUP * HEAD_DIM], heads concatenated       */
+    const uint32_t *seq_offsets;  /* [num_seqs + 1], 0 .. num_tokens                          */
+    const uint32_t *tiles;        /* flash only: [num_tiles][2] = (sequence, first packed row
+                                     inside that sequence, a multiple of BLOCK_M)             */
+    uint32_t num_tokens;
+    uint32_t num_seqs;
+    uint32_t num_tiles;           /* flash only: grid size; CTAs at or past it exit           */
+    int32_t window_radius;        /* ATTENTION_NO_WINDOW (or any negative) = full attention   */
+    float softmax_scale;          /* multiplies q.k before the softmax (1.0: already folded)  */
+} AttentionParams;
+
 /* ---- other kernels ------------------------------------------------------------------ */
+
+/* embed.cu: residual = table[id] * scale, plus what the first pre-attention norm needs. */
+typedef struct {
+    const uint32_t *ids;         /* [num_tokens] */
+    const uint32_t *seq_offsets; /* [num_seqs + 1] */
+    const bf16_t *table;         /* [vocab, hidden] */
+    float *residual;             /* [num_tokens, hidden] out */
+    bf16_t *residual_bf16;       /* [num_tokens, hidden] out: bf16(residual) */
+    float *inv_rms;              /* [num_tokens] out: 1/sqrt(mean(residual^2) + eps) */
+    uint32_t *positions;         /* [num_tokens] out: index of the token inside its sequence */
+    float scale;
+    float eps;
+    uint32_t num_tokens;
+    uint32_t num_seqs;
+    uint32_t hidden;
+} EmbedParams;
+
+/* residual_norm.cu: residual += RMSNorm_post(branch), then the inverse RMS of the new residual. */
+typedef struct {
+    const float *branch;      /* [num_tokens, hidden] GEMM output of the attention or MLP block */
+    const float *post_norm;   /* [hidden] post-norm weight w (the kernel multiplies by 1 + w) */
+    float *residual;          /* [num_tokens, hidden] in/out */
+    bf16_t *residual_bf16;    /* [num_tokens, hidden] out: bf16(new residual) */
+    float *inv_rms;           /* [num_tokens] out: inverse RMS of the new residual */
+    float eps;
+    uint32_t num_tokens;
+    uint32_t hidden;
+} ResidualNormParams;
+
+/* qkv_post.cu: inverse-RMS scale, q/k RMSNorm, RoPE, query scale; splits Q, K, V. */
+typedef struct {
+    const bf16_t *qkv;        /* [num_tokens, (num_heads + 2) * head_dim]: q heads | k | v */
+    const float *inv_rms;     /* [num_tokens] inverse RMS of the GEMM's input rows */
+    const uint32_t *positions;/* [num_tokens] */
+    const float *q_norm;      /* [head_dim] weight w (1 + w applied) */
+    const float *k_norm;      /* [head_dim] */
+    const float *rope_cos;    /* [max_positions, head_dim / 2] */
+    const float *rope_sin;    /* [max_positions, head_dim / 2] */
+    bf16_t *q;                /* [num_tokens, num_heads, head_dim] out, times q_scale */
+    bf16_t *k;                /* [num_tokens, head_dim] out */
+    bf16_t *v;                /* [num_tokens, head_dim] out */
+    float q_scale;
+    float eps;
+    uint32_t num_tokens;
+    uint32_t num_heads;
+    uint32_t head_dim;
+    uint32_t max_positions;
+} QkvPostParams;
+
+/* geglu.cu: out = gelu_tanh(r * gate) * (r * up). */
+typedef struct {
+    const bf16_t *gate_up;    /* [num_tokens, 2 * intermediate]: gate | up */
+    const float *inv_rms;     /* [num_tokens] */
+    bf16_t *out;              /* [num_tokens, intermediate] */
+    uint32_t num_tokens;
+    uint32_t intermediate;
+} GegluParams;
+
+/* pool.cu: final norm, mean per sequence, folded Dense, L2 normalize, truncate, renormalize. */
+typedef struct {
+    const float *residual;    /* [num_tokens, hidden] */
+    const float *inv_rms;     /* [num_tokens] inverse RMS for the final norm */
+    const float *final_norm;  /* [hidden] weight w (1 + w applied) */
+    const uint32_t *seq_offsets; /* [num_seqs + 1] */
+    const float *dense;       /* [embed_dim, hidden] the Dense chain folded into one matrix */
+    float *out;               /* [num_seqs, out_dim] */
+    uint32_t num_seqs;
+    uint32_t hidden;
+    uint32_t embed_dim;
+    uint32_t out_dim;
+} PoolParams;
 
 #endif /* GEMMA_EMBED_PARAMS_H */

@@ -37,12 +37,41 @@ pub enum Error {
     Tokenizer(String),
     #[error("unknown prompt name `{name}`; the model defines: {known}")]
     UnknownPrompt { name: String, known: String },
+    /// A line of an input file that cannot be used (1-based line number).
+    #[error("{source_name}: line {line}: {message}")]
+    Line {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
+    /// An input file or output path the corpus job cannot use.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
     #[error("input {index}: {message}")]
     Input { index: usize, message: String },
     #[error("invalid batch: {0}")]
     Batch(String),
+    #[error("bench: {0}")]
+    Bench(String),
     #[error("dimensions must be in 1..={max}, got {got}")]
     Dimensions { got: usize, max: usize },
     #[error("CUDA: {0}")]
     Cuda(String),
+    #[error(
+        "this binary has no CUDA kernels (it was built without nvcc): install nvcc with \
+         tools/install-cuda-toolchain.sh, set NVCC to the path it prints and rebuild"
+    )]
+    NoCudaKernels,
+    #[error("CUDA driver: {what}: {source}")]
+    CudaDriver {
+        what: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    #[error("cuBLAS: {what}: {source}")]
+    Cublas {
+        what: String,
+        #[source]
+        source: cudarc::cublas::result::CublasError,
+    },
 }

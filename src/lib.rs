@@ -4,7 +4,9 @@
 //! [`backend::Backend::forward`] -> `[n_seq, D]` embeddings.
 
 pub mod backend;
+pub mod bench;
 pub mod error;
+pub mod index;
 pub mod model;
 pub mod tokenize;
 

@@ -1,1 +1,460 @@
-fn main() {}
+//! The `gemma-embed` command line: one function per subcommand, anyhow at the edge.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use gemma_embed::backend::{self, BackendKind, Batch};
+use gemma_embed::bench;
+use gemma_embed::index::{self, AtomicFile, InputFormat, OutputFormat, Record};
+use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
+use gemma_embed::tokenize::{Tokenizer, Truncation};
+
+#[derive(Parser)]
+#[command(
+    name = "gemma-embed",
+    version,
+    about = "Text embeddings with EmbeddingGemma-300m"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed every line of an input file into a .jsonl or .npy output, in input order.
+    Embed(EmbedArgs),
+    /// Write the token ids of every input line as JSON Lines.
+    Tokenize(TokenizeArgs),
+    /// Show the model configuration and the backends of this build.
+    Info(InfoArgs),
+    /// Measure offline throughput on synthetic workloads (random token ids).
+    Bench(BenchArgs),
+    /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
+    /// non-zero when any check fails.
+    CheckKernels(CheckKernelsArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A local model directory or a Hugging Face id (resolved through the HF cache).
+    #[arg(long, default_value = DEFAULT_MODEL_ID)]
+    model: String,
+}
+
+/// Input options shared by `embed` and `tokenize`.
+#[derive(Args)]
+struct InputArgs {
+    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`) or plain text; `-` is stdin.
+    #[arg(long)]
+    input: String,
+    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text; `-`: jsonl).
+    #[arg(long)]
+    input_format: Option<InputFormat>,
+    /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without
+    /// `prompt_name`.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_name: Option<String>,
+    /// A raw prompt string prepended as is to lines without `prompt_name`.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Fail on inputs longer than the model's max_seq_length instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Output file: .jsonl (`{"id", "embedding"}` per line) or .npy (float32 [N, D]).
+    #[arg(long)]
+    output: PathBuf,
+    /// Matryoshka truncation (then renormalized); 768, 512, 256 and 128 are the trained sizes.
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Token budget of one forward batch (a longer single input runs alone).
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Output .jsonl file (`{"id", "ids"}` per line); stdout when absent.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+#[derive(Args)]
+struct CheckKernelsArgs {
+    /// Seed of the random inputs (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(args) => embed(args),
+        Command::Tokenize(args) => tokenize(args),
+        Command::Info(args) => info(args),
+        Command::Bench(args) => bench(args),
+        Command::CheckKernels(args) => check_kernels(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Read the input and tokenize it: the records and their token ids, in order.
+fn read_and_tokenize(
+    input: &InputArgs,
+    tokenizer: &Tokenizer,
+) -> Result<(Vec<Record>, Vec<Vec<u32>>)> {
+    let format = match input.input_format {
+        Some(format) => format,
+        None => InputFormat::from_path(&input.input)?,
+    };
+    let records = index::read_records(&input.input, format)?;
+    let job_prompt = match (&input.prompt, &input.prompt_name) {
+        (Some(prompt), _) => Some(prompt.as_str()),
+        (None, Some(name)) => Some(tokenizer.prompt(name)?),
+        (None, None) => tokenizer.default_prompt(),
+    };
+    let truncation = if input.no_truncate {
+        Truncation::Refuse
+    } else {
+        Truncation::Truncate
+    };
+    let ids = index::tokenize_records(
+        tokenizer,
+        &records,
+        index::source_name(&input.input),
+        job_prompt,
+        truncation,
+    )?;
+    Ok((records, ids))
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    let output_format = OutputFormat::from_path(&args.output)?;
+    if args.max_batch_tokens == 0 {
+        bail!("--max-batch-tokens must be at least 1");
+    }
+    let dir = resolve_model_dir(&args.model.model)?;
+    let config = ModelConfig::load(&dir)?;
+    let dimensions = args.dimensions.unwrap_or(config.embedding_dim);
+    if !(1..=config.embedding_dim).contains(&dimensions) {
+        return Err(gemma_embed::Error::Dimensions {
+            got: dimensions,
+            max: config.embedding_dim,
+        }
+        .into());
+    }
+    // Input errors surface before the weights are read.
+    let tokenizer = Tokenizer::load(&dir, &config)?;
+    let (records, sequences) = read_and_tokenize(&args.input, &tokenizer)?;
+    if args.backend == BackendKind::Cuda {
+        // Fail before reading the weights when the device or the kernels are missing.
+        backend::cuda::probe()?;
+    }
+    let model = Arc::new(Model::load_dir(&dir)?);
+    let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    eprintln!("backend: {note}");
+
+    let start = Instant::now();
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    let mut data = Vec::with_capacity(records.len() * dimensions);
+    for group in index::pack_batches(&lengths, args.max_batch_tokens) {
+        let batch = Batch::from_sequences(&sequences[group.clone()]);
+        let embeddings = backend
+            .forward(&batch, dimensions)
+            .with_context(|| format!("embedding input lines {}", line_span(&records[group])))?;
+        data.extend_from_slice(&embeddings.data);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+
+    let ids: Vec<_> = records.iter().map(Record::output_id).collect();
+    index::write_embeddings(&args.output, output_format, &ids, dimensions, &data)?;
+    let tokens: usize = lengths.iter().sum();
+    eprintln!(
+        "embedded {} docs, {tokens} tokens in {seconds:.2} s ({:.0} tokens/s) on {} -> {}",
+        records.len(),
+        tokens as f64 / seconds.max(1e-9),
+        backend.name(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// `12-40` (1-based input lines of a batch), for error context.
+fn line_span(records: &[Record]) -> String {
+    match (records.first(), records.last()) {
+        (Some(first), Some(last)) if first.line != last.line => {
+            format!("{}-{}", first.line, last.line)
+        }
+        (Some(first), _) => first.line.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let dir = resolve_model_dir(&args.model.model)?;
+    let config = ModelConfig::load(&dir)?;
+    let tokenizer = Tokenizer::load(&dir, &config)?;
+    let (records, sequences) = read_and_tokenize(&args.input, &tokenizer)?;
+    let lines = records.iter().zip(&sequences).map(|(record, ids)| {
+        serde_json::json!({ "id": record.output_id(), "ids": ids }).to_string() + "\n"
+    });
+    match &args.output {
+        Some(path) => {
+            if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+                bail!(
+                    "{}: the output of `tokenize` must end in .jsonl",
+                    path.display()
+                );
+            }
+            let mut out = AtomicFile::create(path)?;
+            for line in lines {
+                out.writer()
+                    .write_all(line.as_bytes())
+                    .map_err(|e| out.io_error(e))?;
+            }
+            out.commit()?;
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            for line in lines {
+                stdout
+                    .write_all(line.as_bytes())
+                    .context("writing to stdout")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let archs = backend::cuda::EMBEDDED_ARCHS;
+    println!(
+        "cuda kernels:   {}",
+        if archs.is_empty() { "none" } else { archs }
+    );
+    let dir = resolve_model_dir(&args.model.model)?;
+    let c = ModelConfig::load(&dir)?;
+    let schedule: String = c
+        .layer_kinds
+        .iter()
+        .map(|k| match k {
+            gemma_embed::model::LayerKind::Sliding => 'S',
+            gemma_embed::model::LayerKind::Full => 'F',
+        })
+        .collect();
+    println!("model:          {}", display_dir(&dir));
+    println!("weights dtype:  {} (computed in float32)", c.weight_dtype);
+    println!(
+        "layers:         {} (schedule {schedule}: S = sliding window, F = full attention)",
+        c.num_layers
+    );
+    println!(
+        "hidden:         {} (MLP {}, vocab {})",
+        c.hidden_size, c.intermediate_size, c.vocab_size
+    );
+    println!(
+        "heads:          {} query, {} key/value, head_dim {}",
+        c.num_heads, c.num_kv_heads, c.head_dim
+    );
+    println!(
+        "window:         |i - j| <= {} on sliding layers",
+        c.window_radius
+    );
+    println!(
+        "rope theta:     {} sliding, {} full",
+        c.rope_theta_sliding, c.rope_theta_full
+    );
+    println!("max_seq_len:    {}", c.max_seq_len);
+    println!(
+        "embedding:      {} (Dense {:?}, mean pooling, L2 normalized)",
+        c.embedding_dim, c.dense_out_features
+    );
+    println!(
+        "prompts:        {}",
+        if c.prompts.is_empty() {
+            "(none)".to_string()
+        } else {
+            c.prompts
+                .iter()
+                .map(|(name, prompt)| format!("{name} = {prompt:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!(
+        "default prompt: {}",
+        c.default_prompt_name.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "backends:       {}",
+        backend::available_backends().join(", ")
+    );
+    Ok(())
+}
+
+fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
+    let seed = match args.seed {
+        Some(seed) => seed,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64,
+    };
+    let device = backend::cuda::probe()?;
+    println!("device: {device}, seed: {seed}");
+    let checks = backend::cuda::run_kernel_checks(seed)?;
+    backend::cuda::print_table(&checks, &mut std::io::stdout().lock())?;
+    if let Some(path) = &args.json {
+        backend::cuda::write_json(&checks, path)?;
+    }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} kernel checks failed (seed {seed}): {}",
+            failed.len(),
+            checks.len(),
+            failed.join(", ")
+        );
+    }
+    println!("all {} kernel checks passed", checks.len());
+    Ok(())
+}
+
+fn display_dir(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Fixed-length workloads, one per length (comma separated; empty for none).
+    #[arg(long, value_delimiter = ',', default_value = "16,128,512,2048")]
+    lengths: Vec<usize>,
+    /// Add the mixed workload: lengths uniform in 16..=1024 (the draw of tools/bench_reference.py).
+    #[arg(long)]
+    mixed: bool,
+    /// Tokens per measured run of each workload [default: 262144 on a GPU, 4096 on the CPU].
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Token budget of one forward batch [default: 65536 on a GPU, 8192 on the CPU].
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Measured runs per workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Unmeasured runs before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Matryoshka width of the output [default: the model's embedding width].
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// Seed of the random token ids and of the mixed length draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the report as JSON (the schema of tools/bench_reference.py).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `gemma-embed bench`: offline throughput on synthetic workloads, through the same backend
+/// path as `embed`.
+fn bench(args: BenchArgs) -> Result<()> {
+    let model = Arc::new(Model::load(&args.model.model)?);
+    let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    eprintln!("backend: {note}");
+    let on_cpu = backend.name() == "cpu";
+    let tokens = args.tokens.unwrap_or(if on_cpu { 4096 } else { 262_144 });
+    let options = bench::BenchOptions {
+        max_batch_tokens: args
+            .max_batch_tokens
+            .unwrap_or(if on_cpu { 8192 } else { 65_536 }),
+        repeats: args.repeats,
+        warmup: args.warmup,
+        dimensions: args.dimensions.unwrap_or(model.config.embedding_dim),
+        seed: args.seed,
+    };
+    let mut workloads: Vec<bench::Workload> = args
+        .lengths
+        .iter()
+        .map(|&n| bench::Workload::fixed(n, tokens))
+        .collect();
+    if args.mixed {
+        workloads.push(bench::Workload::mixed(tokens, args.seed));
+    }
+    if workloads.is_empty() {
+        bail!("nothing to run: give --lengths and/or --mixed");
+    }
+    let results = bench::run(backend.as_mut(), &model, &workloads, &options, |w| {
+        eprintln!(
+            "{}: {:.0} tokens/s ({:.2} s median)",
+            w.name, w.tokens_per_s, w.seconds_median
+        )
+    })?;
+    let report = bench::Report::new(
+        backend.name(),
+        if on_cpu { "f32" } else { "bf16" },
+        bench::MachineInfo::host(backend.device_name()),
+        &model,
+        bench::Settings {
+            tokens_per_run: tokens,
+            max_batch_tokens: options.max_batch_tokens,
+            repeats: options.repeats,
+            warmup: options.warmup,
+            seed: options.seed,
+            dimensions: options.dimensions,
+        },
+        results,
+    );
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -2,7 +2,12 @@
 //! L2-normalized embedding per sequence.
 
 pub mod cpu;
+pub mod cuda;
 
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::model::Model;
 use crate::{Error, Result};
 
 /// Variable-length sequences packed back to back, no padding.
@@ -134,7 +139,69 @@ pub trait Backend: Send {
     /// Short name for logs and reports: `cpu` or `cuda`.
     fn name(&self) -> &'static str;
 
+    /// The device it runs on, for reports (a GPU's name); `None` for the host CPU.
+    fn device_name(&self) -> Option<String> {
+        None
+    }
+
     /// Embed every sequence of `batch`: mean pooling, Dense projections, L2 normalization and
     /// Matryoshka truncation to `dimensions` (then renormalized).
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings>;
+}
+
+/// Which backend to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// CUDA when this build has it and a device is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(format!("`{s}` is not a backend (auto, cpu or cuda)")),
+        }
+    }
+}
+
+/// The backends compiled into this build.
+pub fn available_backends() -> Vec<&'static str> {
+    if cuda::EMBEDDED_ARCHS.is_empty() {
+        vec!["cpu"]
+    } else {
+        vec!["cpu", "cuda"]
+    }
+}
+
+/// Open a backend for `model`; also returns a one-line note on what was chosen and why.
+pub fn open(kind: BackendKind, model: Arc<Model>) -> Result<(Box<dyn Backend>, String)> {
+    match kind {
+        BackendKind::Cpu => Ok((
+            Box::new(cpu::CpuBackend::new(model)?),
+            "cpu (requested)".into(),
+        )),
+        BackendKind::Cuda => {
+            let backend = cuda::CudaBackend::new(&model)?;
+            let note = format!("cuda (requested): {}", backend.device_description());
+            Ok((Box::new(backend), note))
+        }
+        BackendKind::Auto => match cuda::CudaBackend::new(&model) {
+            Ok(backend) => {
+                let note = format!("cuda (auto): {}", backend.device_description());
+                Ok((Box::new(backend), note))
+            }
+            Err(e) => Ok((
+                Box::new(cpu::CpuBackend::new(model)?),
+                format!("cpu (auto: CUDA unavailable: {e})"),
+            )),
+        },
+    }
 }

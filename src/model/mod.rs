@@ -2,6 +2,7 @@
 //! the layer schedule and the FLOP count. Knows nothing of devices, threads or HTTP.
 
 mod config;
+mod flops;
 mod resolve;
 mod weights;
 

@@ -69,25 +69,16 @@ fn download(model: &str, org: &str, name: &str, hub: &Path) -> Result<PathBuf> {
         model: model.into(),
         message: format!("download failed ({e}); {}", not_found_help(hub)),
     };
-    let client = hf_hub::HFClientSync::builder()
+    let client = hf_hub::HFClient::builder()
         .cache_dir(hub)
         .build_sync()
         .map_err(failed)?;
     eprintln!("downloading {model} into {} ...", hub.display());
+    // Globs match across `/`, so these also select `2_Dense/config.json` etc.
     client
         .model(org, name)
         .snapshot_download()
-        .allow_patterns(
-            [
-                "*.json",
-                "*.safetensors",
-                "tokenizer.model",
-                "*/config.json",
-                "*/*.safetensors",
-            ]
-            .map(String::from)
-            .to_vec(),
-        )
+        .allow_patterns(vec!["*.json".to_string(), "*.safetensors".to_string()])
         .send()
         .map_err(failed)
 }

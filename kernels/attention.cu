@@ -1,0 +1,438 @@
+/* attention.cu: bidirectional multi-query attention over packed variable-length sequences.
+ *
+ * Layout (see AttentionParams in params.h): Q [num_tokens, GROUP, HEAD_DIM],
+ * K and V [num_tokens, HEAD_DIM] (one K/V head shared by the GROUP query heads),
+ * O [num_tokens, GROUP * HEAD_DIM]. All bf16. Both Q and O are therefore
+ * [num_tokens * GROUP, HEAD_DIM] matrices whose row R = token * GROUP + head ("packed row").
+ * Sequence s owns tokens [seq_offsets[s], seq_offsets[s+1]); positions restart at 0 in each.
+ * A query at position i sees the keys j of its own sequence with |i - j| <= window_radius,
+ * or all of them when window_radius < 0.
+ *
+ * Numerics: scores in f32 (tensor-core or FMA accumulation of bf16 products), multiplied by
+ * softmax_scale * log2(e) and exponentiated with exp2 (online softmax, running max and sum in
+ * f32), O accumulated in f32, one bf16 rounding of the normalized output. The flash kernel
+ * feeds the probabilities to the P.V product as bf16 (as FlashAttention-2 does); the row sum
+ * uses the unrounded f32 values.
+ *
+ * attention_reference: one warp per packed row, ATTENTION_REFERENCE_WARPS warps per block,
+ *   grid = ceil(num_tokens * GROUP / ATTENTION_REFERENCE_WARPS). Each lane owns 8 of the 256
+ *   dimensions; one key per step, dot product reduced with warp shuffles. Simple on purpose:
+ *   it is the fallback and the on-device cross-check of the flash kernel.
+ *
+ * attention_flash: one CTA of ATTENTION_FLASH_THREADS (4 warps) per work-list tile, grid =
+ *   num_tiles, ATTENTION_FLASH_SMEM_BYTES of dynamic shared memory. A tile is BLOCK_M = 64
+ *   consecutive packed rows of one sequence (about 21 positions x 3 heads), so every K/V block
+ *   loaded serves all three heads. The tile visits only the keys in the union of its rows'
+ *   windows, BLOCK_N = 64 keys at a time; blocks wholly inside every row's window skip the
+ *   masking. Warp w owns packed rows 16w..16w+15 of the tile: S = Q K^T and O += P V with
+ *   mma.sync.m16n8k16 (bf16 in, f32 accumulate), operands from XOR-swizzled shared memory via
+ *   ldmatrix (.trans for V). K and V blocks are single-buffered and fetched with cp.async so
+ *   that the next K block streams in during softmax and P.V and the next V block during Q K^T.
+ *   Rows past the sequence end are zero-filled and never stored; keys past the key range are
+ *   zero-filled and masked. The epilogue stages O through the warp's own Q rows in shared
+ *   memory for 16-byte coalesced stores.
+ */
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "attention.cuh"
+#include "params.h"
+
+namespace {
+
+constexpr int kHeadDim = ATTENTION_HEAD_DIM;
+constexpr int kGroup = ATTENTION_GROUP;
+constexpr int kChunks = kHeadDim / 8; /* 16-byte chunks per row */
+constexpr float kLog2e = 1.4426950408889634f;
+
+/* ---- small PTX wrappers (sm_80+) --------------------------------------------------------- */
+
+__device__ __forceinline__ uint32_t smem_addr(const void *ptr) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+/* 16-byte global -> shared copy; copies nothing and zero-fills when !valid. */
+__device__ __forceinline__ void cp_async_16(void *smem, const void *gmem, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+                 "l"(gmem), "r"(src_bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int Pending> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *smem) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(smem))
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(smem))
+                 : "memory");
+}
+
+/* c (16x8 f32) += a (16x16 bf16, row-major) * b (16x8 bf16, column-major). */
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* 2^x; -inf gives +0. */
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* Two floats rounded to bf16 (round to nearest even), `lo` in the low half. */
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 packed = __floats2bfloat162_rn(lo, hi);
+    uint32_t bits;
+    memcpy(&bits, &packed, sizeof(bits));
+    return bits;
+}
+
+} // namespace
+
+/* ---- reference kernel ------------------------------------------------------------------ */
+
+extern "C" __global__ void __launch_bounds__(ATTENTION_REFERENCE_WARPS * 32)
+    attention_reference(const AttentionParams p) {
+    static_assert(kHeadDim == 32 * 8, "one 16-byte vector of 8 dims per lane");
+    const int lane = threadIdx.x & 31;
+    const size_t row = static_cast<size_t>(blockIdx.x) * ATTENTION_REFERENCE_WARPS + threadIdx.x / 32;
+    if (row >= static_cast<size_t>(p.num_tokens) * kGroup) {
+        return;
+    }
+    const uint32_t token = static_cast<uint32_t>(row / kGroup);
+
+    /* The sequence holding `token`: seq_offsets[lo] <= token < seq_offsets[hi]. */
+    uint32_t lo = 0;
+    uint32_t hi = p.num_seqs;
+    while (hi - lo > 1) {
+        const uint32_t mid = (lo + hi) / 2;
+        if (p.seq_offsets[mid] <= token) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    const uint32_t seq_start = p.seq_offsets[lo];
+    const int len = static_cast<int>(p.seq_offsets[lo + 1] - seq_start);
+    const int pos = static_cast<int>(token - seq_start);
+    const AttnKeyRange keys = attn_key_range(pos, pos, len, p.window_radius);
+
+    float q[8];
+    {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(p.q + row * kHeadDim + lane * 8);
+        const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __bfloat1622float2(pairs[i]);
+            q[2 * i] = f.x;
+            q[2 * i + 1] = f.y;
+        }
+    }
+
+    const float scale_log2 = p.softmax_scale * kLog2e;
+    float running_max = -INFINITY;
+    float running_sum = 0.0f;
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = keys.begin; j < keys.end; ++j) {
+        const size_t key_row = static_cast<size_t>(seq_start) + j;
+        const uint4 k_raw = *reinterpret_cast<const uint4 *>(p.k + key_row * kHeadDim + lane * 8);
+        const __nv_bfloat162 *k_pairs = reinterpret_cast<const __nv_bfloat162 *>(&k_raw);
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __bfloat1622float2(k_pairs[i]);
+            dot = fmaf(q[2 * i], f.x, dot);
+            dot = fmaf(q[2 * i + 1], f.y, dot);
+        }
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+        }
+        const float score = dot * scale_log2;
+        const float new_max = fmaxf(running_max, score);
+        const float rescale = exp2f(running_max - new_max); /* 0 on the first key */
+        const float weight = exp2f(score - new_max);
+        running_sum = running_sum * rescale + weight;
+
+        const uint4 v_raw = *reinterpret_cast<const uint4 *>(p.v + key_row * kHeadDim + lane * 8);
+        const __nv_bfloat162 *v_pairs = reinterpret_cast<const __nv_bfloat162 *>(&v_raw);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __bfloat1622float2(v_pairs[i]);
+            acc[2 * i] = fmaf(weight, f.x, acc[2 * i] * rescale);
+            acc[2 * i + 1] = fmaf(weight, f.y, acc[2 * i + 1] * rescale);
+        }
+        running_max = new_max;
+    }
+
+    /* Every query sees at least its own key, so running_sum >= 1. */
+    const float inv_sum = 1.0f / running_sum;
+    uint4 out;
+    uint32_t *out_words = reinterpret_cast<uint32_t *>(&out);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out_words[i] = pack_bf16x2(acc[2 * i] * inv_sum, acc[2 * i + 1] * inv_sum);
+    }
+    *reinterpret_cast<uint4 *>(p.o + row * kHeadDim + lane * 8) = out;
+}
+
+/* ---- flash kernel ---------------------------------------------------------------------- */
+
+namespace {
+
+constexpr int kBlockM = ATTENTION_FLASH_BLOCK_M;
+constexpr int kBlockN = ATTENTION_FLASH_BLOCK_N;
+constexpr int kThreads = ATTENTION_FLASH_THREADS;
+constexpr int kWarps = kThreads / 32;
+constexpr int kScoreTiles = kBlockN / 8; /* n8 tiles of S per warp */
+constexpr int kOutTiles = kHeadDim / 8;  /* n8 tiles of O per warp */
+
+static_assert(kBlockM == kWarps * 16, "each warp owns 16 packed rows");
+static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "mma k-steps of 16");
+static_assert((kBlockM + 2 * kBlockN) * kHeadDim * 2 == ATTENTION_FLASH_SMEM_BYTES,
+              "shared memory = Q tile + K block + V block");
+static_assert((kBlockM * kChunks) % kThreads == 0 && (kBlockN * kChunks) % kThreads == 0,
+              "whole copy rounds");
+
+/* Rows [0, rows) of a [rows][kHeadDim] tile from `src` (row stride kHeadDim) into swizzled
+ * shared memory; row r is copied only if r < valid_rows, else zero-filled (reading row 0). */
+template <int Rows>
+__device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat16 *src,
+                                          int valid_rows, int tid) {
+    /* Not unrolled: unrolled copy addresses take registers the accumulators need (spills). */
+#pragma unroll 1
+    for (int i = 0; i < Rows * kChunks / kThreads; ++i) {
+        const int chunk_index = tid + i * kThreads;
+        const int r = chunk_index / kChunks;
+        const int c = (chunk_index % kChunks) * 8;
+        const bool valid = r < valid_rows;
+        const __nv_bfloat16 *from = src + static_cast<size_t>(valid ? r : 0) * kHeadDim + c;
+        cp_async_16(dst + attn_swizzle(r, c), from, valid);
+    }
+}
+
+} // namespace
+
+extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
+    attention_flash(const AttentionParams p) {
+    if (blockIdx.x >= p.num_tiles) {
+        return;
+    }
+    extern __shared__ __align__(128) unsigned char smem[];
+    __nv_bfloat16 *s_q = reinterpret_cast<__nv_bfloat16 *>(smem);
+    __nv_bfloat16 *s_k = s_q + kBlockM * kHeadDim;
+    __nv_bfloat16 *s_v = s_k + kBlockN * kHeadDim;
+
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    const int group_row = lane >> 2;  /* mma "groupID" */
+    const int group_lane = lane & 3;  /* mma "threadID_in_group" */
+
+    const uint32_t seq = p.tiles[2 * blockIdx.x];
+    const int row0 = static_cast<int>(p.tiles[2 * blockIdx.x + 1]);
+    const uint32_t seq_start = p.seq_offsets[seq];
+    const int len = static_cast<int>(p.seq_offsets[seq + 1] - seq_start);
+    const int rows_valid = min(kBlockM, len * kGroup - row0);
+    const int p_lo = row0 / kGroup;
+    const int p_hi = (row0 + rows_valid - 1) / kGroup;
+    const int radius = p.window_radius;
+    const AttnKeyRange keys = attn_key_range(p_lo, p_hi, len, radius);
+    const int num_blocks = (keys.end - keys.begin + kBlockN - 1) / kBlockN;
+
+    const size_t tile_row = static_cast<size_t>(seq_start) * kGroup + row0;
+    const __nv_bfloat16 *q_tile = p.q + tile_row * kHeadDim;
+    const __nv_bfloat16 *k_seq = p.k + static_cast<size_t>(seq_start) * kHeadDim;
+    const __nv_bfloat16 *v_seq = p.v + static_cast<size_t>(seq_start) * kHeadDim;
+
+    /* Prologue: group {Q, K block 0}, then group {V block 0}. */
+    load_tile<kBlockM>(s_q, q_tile, rows_valid, tid);
+    load_tile<kBlockN>(s_k, k_seq + static_cast<size_t>(keys.begin) * kHeadDim,
+                       keys.end - keys.begin, tid);
+    cp_async_commit();
+    load_tile<kBlockN>(s_v, v_seq + static_cast<size_t>(keys.begin) * kHeadDim,
+                       keys.end - keys.begin, tid);
+    cp_async_commit();
+
+    /* This thread's two rows of the warp's 16: packed rows (in the sequence) and positions. */
+    const int row_a = row0 + warp * 16 + group_row;
+    const int pos[2] = {row_a / kGroup, (row_a + 8) / kGroup};
+    const float scale_log2 = p.softmax_scale * kLog2e;
+
+    float o_acc[kOutTiles][4];
+#pragma unroll
+    for (int j = 0; j < kOutTiles; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            o_acc[j][e] = 0.0f;
+        }
+    }
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f}; /* this thread's partial sums; quad-reduced at the end */
+
+    for (int block = 0; block < num_blocks; ++block) {
+        const int kb = keys.begin + block * kBlockN;
+
+        /* Q and K block ready (only the V group of this block may still be in flight). */
+        cp_async_wait<1>();
+        __syncthreads();
+
+        float s[kScoreTiles][4];
+#pragma unroll
+        for (int t = 0; t < kScoreTiles; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[t][e] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+            uint32_t a[4];
+            ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + attn_ldsm_a_row(lane),
+                                               ks * 16 + attn_ldsm_a_col(lane)));
+#pragma unroll
+            for (int t = 0; t < kScoreTiles; t += 2) {
+                uint32_t b[4];
+                ldmatrix_x4(b, s_k + attn_swizzle(t * 8 + attn_ldsm_k_row(lane),
+                                                   ks * 16 + attn_ldsm_k_col(lane)));
+                mma_bf16_16816(s[t], a, b[0], b[1]);
+                mma_bf16_16816(s[t + 1], a, b[2], b[3]);
+            }
+        }
+
+        /* Every warp is done with this K block: stream in the next one (or an empty group). */
+        __syncthreads();
+        if (block + 1 < num_blocks) {
+            load_tile<kBlockN>(s_k, k_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
+                               keys.end - kb - kBlockN, tid);
+        }
+        cp_async_commit();
+
+        /* Scale into the log2 domain; mask only blocks that cross a window edge or the end. */
+        const bool needs_mask = attn_block_needs_mask(kb, kBlockN, keys.end, p_lo, p_hi, radius);
+#pragma unroll
+        for (int t = 0; t < kScoreTiles; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = kb + t * 8 + 2 * group_lane + (e & 1);
+                const bool allowed = !needs_mask || attn_key_allowed(pos[e >> 1], key, keys.end, radius);
+                s[t][e] = allowed ? s[t][e] * scale_log2 : -INFINITY;
+            }
+        }
+
+        /* Online softmax, per row half h (h = 0: row g, h = 1: row g + 8). */
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float block_max = -INFINITY;
+#pragma unroll
+            for (int t = 0; t < kScoreTiles; ++t) {
+                block_max = fmaxf(block_max, fmaxf(s[t][2 * h], s[t][2 * h + 1]));
+            }
+            block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
+            block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 2));
+            const float new_max = fmaxf(row_max[h], block_max);
+            /* A row with no allowed key so far keeps max -inf; subtract 0 so that every
+             * exponent stays -inf (weight 0) instead of NaN. */
+            const float base = new_max == -INFINITY ? 0.0f : new_max;
+            const float rescale = fast_exp2(row_max[h] - base);
+            row_max[h] = new_max;
+            row_sum[h] *= rescale;
+#pragma unroll
+            for (int j = 0; j < kOutTiles; ++j) {
+                o_acc[j][2 * h] *= rescale;
+                o_acc[j][2 * h + 1] *= rescale;
+            }
+#pragma unroll
+            for (int t = 0; t < kScoreTiles; ++t) {
+                s[t][2 * h] = fast_exp2(s[t][2 * h] - base);
+                s[t][2 * h + 1] = fast_exp2(s[t][2 * h + 1] - base);
+                row_sum[h] += s[t][2 * h] + s[t][2 * h + 1];
+            }
+        }
+
+        /* V block ready (only the next K block may still be in flight). */
+        cp_async_wait<1>();
+        __syncthreads();
+
+        /* O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk. */
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+            const uint32_t a[4] = {
+                pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
+            };
+#pragma unroll
+            for (int j = 0; j < kOutTiles; j += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, s_v + attn_swizzle(kk * 16 + attn_ldsm_a_row(lane),
+                                                         j * 8 + attn_ldsm_a_col(lane)));
+                mma_bf16_16816(o_acc[j], a, b[0], b[1]);
+                mma_bf16_16816(o_acc[j + 1], a, b[2], b[3]);
+            }
+        }
+
+        /* Every warp is done with this V block: stream in the next one (or an empty group). */
+        __syncthreads();
+        if (block + 1 < num_blocks) {
+            load_tile<kBlockN>(s_v, v_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
+                               keys.end - kb - kBlockN, tid);
+        }
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
+
+    /* Epilogue: normalize, round to bf16 into this warp's own 16 Q rows of shared memory (no
+     * other warp reads them), then 16-byte coalesced stores of the valid rows. */
+    float inv_sum[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float total = row_sum[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < kOutTiles; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = warp * 16 + group_row + 8 * h;
+            const int c = j * 8 + 2 * group_lane;
+            const uint32_t bits =
+                pack_bf16x2(o_acc[j][2 * h] * inv_sum[h], o_acc[j][2 * h + 1] * inv_sum[h]);
+            *reinterpret_cast<uint32_t *>(s_q + attn_swizzle(r, c)) = bits;
+        }
+    }
+    __syncwarp();
+    __nv_bfloat16 *o_tile = p.o + tile_row * kHeadDim;
+#pragma unroll
+    for (int i = 0; i < 16 * kChunks / 32; ++i) {
+        const int chunk_index = lane + i * 32;
+        const int r = warp * 16 + chunk_index / kChunks;
+        const int c = (chunk_index % kChunks) * 8;
+        if (r < rows_valid) {
+            *reinterpret_cast<uint4 *>(o_tile + static_cast<size_t>(r) * kHeadDim + c) =
+                *reinterpret_cast<const uint4 *>(s_q + attn_swizzle(r, c));
+        }
+    }
+}

@@ -1,0 +1,1022 @@
+//! Attention over packed variable-length sequences: the host half of `kernels/attention.cu`.
+//!
+//! - The compile-time shape of the kernels (mirrors of the `ATTENTION_*` defines in
+//!   `kernels/params.h`) and its check against the [`ModelConfig`].
+//! - The flash kernel's work list: one tile per `FLASH_BLOCK_M` packed rows of one sequence
+//!   (packed row `R = position * GROUP + head`), longest first.
+//! - The key-range and masking rules of `kernels/attention.cuh`, mirrored here so the host
+//!   tests can model the kernel's tiled loop.
+//! - Typed launch wrappers (with the `gemma_cuda_kernels` cfg) and the GPU check entries.
+
+use crate::model::ModelConfig;
+use crate::{Error, Result};
+
+/// `ATTENTION_HEAD_DIM`: head width the kernels are compiled for.
+pub const HEAD_DIM: usize = 256;
+/// `ATTENTION_GROUP`: query heads per K/V head (multi-query attention needs one K/V head).
+pub const GROUP: usize = 3;
+/// `ATTENTION_REFERENCE_WARPS`: warps per block of `attention_reference`, one per packed row.
+pub const REFERENCE_WARPS: usize = 4;
+/// `ATTENTION_FLASH_BLOCK_M`: packed rows per flash tile.
+pub const FLASH_BLOCK_M: usize = 64;
+/// `ATTENTION_FLASH_BLOCK_N`: keys per flash key block.
+pub const FLASH_BLOCK_N: usize = 64;
+/// `ATTENTION_FLASH_THREADS`: threads per flash CTA.
+pub const FLASH_THREADS: usize = 128;
+/// `ATTENTION_FLASH_SMEM_BYTES`: dynamic shared memory per flash CTA.
+pub const FLASH_SMEM_BYTES: usize = 98304;
+
+/// Kernel names in the embedded modules.
+pub const REFERENCE_KERNEL: &str = "attention_reference";
+pub const FLASH_KERNEL: &str = "attention_flash";
+
+/// The kernels have the head shape baked in: refuse a model that does not match it.
+pub fn check_config(config: &ModelConfig) -> Result<()> {
+    let mismatch = |what: String| {
+        Err(Error::Cuda(format!(
+            "the attention kernels are compiled for head_dim {HEAD_DIM}, 1 key/value head and \
+             {GROUP} query heads per key/value head; the model has {what}"
+        )))
+    };
+    if config.head_dim != HEAD_DIM {
+        return mismatch(format!("head_dim {}", config.head_dim));
+    }
+    if config.num_kv_heads != 1 || config.num_heads != GROUP {
+        return mismatch(format!(
+            "{} query heads and {} key/value heads",
+            config.num_heads, config.num_kv_heads
+        ));
+    }
+    Ok(())
+}
+
+/// Bound on the window radius and on the packed rows (tokens * GROUP) of one launch, so that
+/// the kernels' `int` index math (`p_hi + radius + 1`, `len * GROUP`) cannot overflow. Any
+/// radius at least the longest sequence is full attention, so clamping it changes nothing.
+const KERNEL_INT_LIMIT: usize = 1 << 29;
+
+/// The kernels' `window_radius` parameter: the radius (clamped to an equivalent one that fits
+/// the kernels' 32-bit arithmetic), or `ATTENTION_NO_WINDOW` (-1) for full attention.
+pub fn window_param(window: Option<usize>) -> i32 {
+    match window {
+        None => -1,
+        Some(r) => r.min(KERNEL_INT_LIMIT) as i32,
+    }
+}
+
+/// Keys `[begin, end)` of one sequence (positions inside the sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub begin: usize,
+    pub end: usize,
+}
+
+/// `attn_key_range`: the keys any query position in `[p_lo, p_hi]` of a sequence of length
+/// `len` may attend to, i.e. the union of their windows clipped to the sequence.
+pub fn key_range(p_lo: usize, p_hi: usize, len: usize, window: Option<usize>) -> KeyRange {
+    match window {
+        None => KeyRange { begin: 0, end: len },
+        Some(r) => KeyRange {
+            begin: p_lo.saturating_sub(r),
+            end: (p_hi + r + 1).min(len),
+        },
+    }
+}
+
+/// `attn_key_allowed`: may the query at `pos` attend to `key` (keys at or past `key_end` are
+/// outside the sequence or outside every window of the tile)?
+pub fn key_allowed(pos: usize, key: usize, key_end: usize, window: Option<usize>) -> bool {
+    key < key_end && window.is_none_or(|r| pos.abs_diff(key) <= r)
+}
+
+/// `attn_block_needs_mask`: does the key block `[kb, kb + block_n)` hold a (query, key) pair,
+/// for queries in `[p_lo, p_hi]`, that [`key_allowed`] rejects?
+pub fn block_needs_mask(
+    kb: usize,
+    block_n: usize,
+    key_end: usize,
+    p_lo: usize,
+    p_hi: usize,
+    window: Option<usize>,
+) -> bool {
+    if kb + block_n > key_end {
+        return true;
+    }
+    match window {
+        None => false,
+        // Signed as in the kernel: p_hi - r may be negative.
+        Some(r) => (kb as i64) < p_hi as i64 - r as i64 || kb + block_n - 1 > p_lo + r,
+    }
+}
+
+/// One CTA of `attention_flash`: packed rows `[first_row, first_row + FLASH_BLOCK_M)` of
+/// sequence `seq`, clipped to the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub seq: u32,
+    pub first_row: u32,
+}
+
+/// What a tile covers, computed exactly as the kernel does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileGeometry {
+    /// Valid packed rows of the tile (`<= FLASH_BLOCK_M`).
+    pub rows: usize,
+    /// First and last query position of the valid rows.
+    pub p_lo: usize,
+    pub p_hi: usize,
+    pub keys: KeyRange,
+    /// Key blocks of `FLASH_BLOCK_N` from `keys.begin` (the last one may be partial).
+    pub num_blocks: usize,
+}
+
+impl TileGeometry {
+    pub fn new(len: usize, first_row: usize, window: Option<usize>) -> Self {
+        let rows = FLASH_BLOCK_M.min(len * GROUP - first_row);
+        let p_lo = first_row / GROUP;
+        let p_hi = (first_row + rows - 1) / GROUP;
+        let keys = key_range(p_lo, p_hi, len, window);
+        TileGeometry {
+            rows,
+            p_lo,
+            p_hi,
+            keys,
+            num_blocks: (keys.end - keys.begin).div_ceil(FLASH_BLOCK_N),
+        }
+    }
+}
+
+/// The flash kernel's work list for one window kind: every packed row of every sequence in
+/// exactly one tile, tiles ordered by descending number of key blocks (longest first, so the
+/// tail of the grid is short tiles), ties in sequence order.
+pub fn build_work_list(seq_offsets: &[u32], window: Option<usize>) -> Vec<Tile> {
+    let mut tiles: Vec<(usize, Tile)> = Vec::new();
+    for (seq, w) in seq_offsets.windows(2).enumerate() {
+        let len = w[1].saturating_sub(w[0]) as usize;
+        for first_row in (0..len * GROUP).step_by(FLASH_BLOCK_M) {
+            let cost = TileGeometry::new(len, first_row, window).num_blocks;
+            let tile = Tile {
+                seq: seq as u32,
+                first_row: first_row as u32,
+            };
+            tiles.push((cost, tile));
+        }
+    }
+    tiles.sort_by_key(|&(cost, _)| std::cmp::Reverse(cost));
+    tiles.into_iter().map(|(_, tile)| tile).collect()
+}
+
+/// The work list as the kernel reads it: `[num_tiles][2]` = (sequence, first packed row).
+pub fn flatten_work_list(tiles: &[Tile]) -> Vec<u32> {
+    tiles.iter().flat_map(|t| [t.seq, t.first_row]).collect()
+}
+
+/// Number of (query position, key) pairs inside the mask, summed over the sequences; the
+/// attention FLOPs are `4 * HEAD_DIM * GROUP * allowed_pairs` (Q K^T and P V, 2 per MAC).
+pub fn allowed_pairs(seq_offsets: &[u32], window: Option<usize>) -> u64 {
+    seq_offsets
+        .windows(2)
+        .map(|w| {
+            let len = w[1].saturating_sub(w[0]) as usize;
+            (0..len)
+                .map(|i| {
+                    let keys = key_range(i, i, len, window);
+                    (keys.end - keys.begin) as u64
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Which attention kernel the CUDA backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `attention_flash`: tensor cores, windowed key blocks (the default).
+    Flash,
+    /// `attention_reference`: one warp per row, the simple fallback.
+    Reference,
+}
+
+impl AttentionKernel {
+    /// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash` (or unset) the
+    /// default one.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("GEMMA_EMBED_ATTENTION").as_deref() {
+            Err(_) | Ok("flash") => Ok(Self::Flash),
+            Ok("reference") => Ok(Self::Reference),
+            Ok(other) => Err(Error::Cuda(format!(
+                "GEMMA_EMBED_ATTENTION must be `flash` or `reference`, got `{other}`"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flash => FLASH_KERNEL,
+            Self::Reference => REFERENCE_KERNEL,
+        }
+    }
+}
+
+#[cfg(gemma_cuda_kernels)]
+pub use device::{check_attention, Attention, AttentionPlan};
+
+#[cfg(gemma_cuda_kernels)]
+mod device {
+    use std::sync::Arc;
+
+    use cudarc::driver::sys::CUfunction_attribute;
+    use cudarc::driver::{
+        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
+
+    use super::*;
+    use crate::backend::cuda::device::{driver_err, Device};
+    use crate::backend::cuda::params::AttentionParams;
+
+    // SAFETY: bindgen's `#[repr(C)]` copy of `AttentionParams` from kernels/params.h: device
+    // addresses and scalars only, passed to the kernels by value.
+    unsafe impl cudarc::driver::DeviceRepr for AttentionParams {}
+
+    /// Both attention kernels, resolved from the embedded modules and configured.
+    pub struct Attention {
+        reference: CudaFunction,
+        flash: CudaFunction,
+    }
+
+    impl Attention {
+        /// Prepare both kernels: the flash kernel needs more than the default 48 KB of dynamic
+        /// shared memory.
+        pub fn new(reference: CudaFunction, flash: CudaFunction) -> Result<Self> {
+            flash
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    FLASH_SMEM_BYTES as i32,
+                )
+                .map_err(driver_err(format!(
+                    "allow {FLASH_SMEM_BYTES} bytes of dynamic shared memory for {FLASH_KERNEL} \
+                     (the device's per-block opt-in limit is lower; set \
+                     GEMMA_EMBED_ATTENTION=reference)"
+                )))?;
+            Ok(Self { reference, flash })
+        }
+
+        /// Check the model against the compiled head shape, then resolve and prepare both
+        /// kernels.
+        pub fn load(dev: &Device, config: &ModelConfig) -> Result<Self> {
+            check_config(config)?;
+            Self::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)
+        }
+
+        /// `out = attention(q, k, v)` over the batch of `plan`: q and out
+        /// `[num_tokens, GROUP, HEAD_DIM]`, k and v `[num_tokens, HEAD_DIM]`, bf16 bits.
+        /// `window` is `Some(radius)` (must be the plan's sliding radius) or `None` (full).
+        #[allow(clippy::too_many_arguments)]
+        pub fn launch(
+            &self,
+            stream: &CudaStream,
+            kernel: AttentionKernel,
+            plan: &AttentionPlan,
+            window: Option<usize>,
+            softmax_scale: f32,
+            (q, k, v): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<u16>),
+            out: &mut CudaSlice<u16>,
+        ) -> Result<()> {
+            let n = plan.num_tokens;
+            if n == 0 {
+                return Ok(());
+            }
+            if n * GROUP > KERNEL_INT_LIMIT {
+                return Err(Error::Cuda(format!(
+                    "attention over {n} tokens exceeds the kernels' {} packed rows",
+                    KERNEL_INT_LIMIT
+                )));
+            }
+            if q.len() < n * GROUP * HEAD_DIM
+                || k.len() < n * HEAD_DIM
+                || v.len() < n * HEAD_DIM
+                || out.len() < n * GROUP * HEAD_DIM
+            {
+                return Err(Error::Cuda(format!(
+                    "attention over {n} tokens: buffers too small (q {}, k {}, v {}, out {})",
+                    q.len(),
+                    k.len(),
+                    v.len(),
+                    out.len()
+                )));
+            }
+            let tiles = plan.tiles(window)?;
+            let (q_ptr, _q) = q.device_ptr(stream);
+            let (k_ptr, _k) = k.device_ptr(stream);
+            let (v_ptr, _v) = v.device_ptr(stream);
+            let (o_ptr, _o) = out.device_ptr_mut(stream);
+            let (offsets_ptr, _offsets) = plan.seq_offsets.device_ptr(stream);
+            let (tiles_ptr, _tiles) = tiles.list.device_ptr(stream);
+            let params = AttentionParams {
+                q: q_ptr as *const u16,
+                k: k_ptr as *const u16,
+                v: v_ptr as *const u16,
+                o: o_ptr as *mut u16,
+                seq_offsets: offsets_ptr as *const u32,
+                tiles: tiles_ptr as *const u32,
+                num_tokens: n as u32,
+                num_seqs: plan.num_seqs as u32,
+                num_tiles: tiles.count as u32,
+                window_radius: window_param(window),
+                softmax_scale,
+            };
+            let (func, cfg) = match kernel {
+                AttentionKernel::Reference => (
+                    &self.reference,
+                    LaunchConfig {
+                        grid_dim: ((n * GROUP).div_ceil(REFERENCE_WARPS) as u32, 1, 1),
+                        block_dim: (REFERENCE_WARPS as u32 * 32, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                ),
+                AttentionKernel::Flash => (
+                    &self.flash,
+                    LaunchConfig {
+                        grid_dim: (tiles.count as u32, 1, 1),
+                        block_dim: (FLASH_THREADS as u32, 1, 1),
+                        shared_mem_bytes: FLASH_SMEM_BYTES as u32,
+                    },
+                ),
+            };
+            // SAFETY: AttentionParams matches the kernel's parameter (same header); q, k, v,
+            // out hold at least num_tokens rows (checked above), seq_offsets and the tile list
+            // were built together from one batch by AttentionPlan::new, and the guards keep
+            // every buffer alive and ordered on `stream` until the launch is enqueued.
+            unsafe { stream.launch_builder(func).arg(&params).launch(cfg) }
+                .map_err(driver_err(format!("launch {}", kernel.name())))?;
+            Ok(())
+        }
+    }
+
+    /// A work list on the device.
+    struct DeviceTiles {
+        list: CudaSlice<u32>,
+        count: usize,
+    }
+
+    /// Per-batch attention metadata on the device: the sequence offsets and the flash work
+    /// lists of both layer kinds, uploaded once and used by every layer.
+    pub struct AttentionPlan {
+        seq_offsets: CudaSlice<u32>,
+        sliding: DeviceTiles,
+        full: DeviceTiles,
+        window_radius: usize,
+        num_tokens: usize,
+        num_seqs: usize,
+    }
+
+    impl AttentionPlan {
+        /// `seq_offsets` as in [`crate::backend::Batch`] (validated: non-decreasing from 0).
+        pub fn new(
+            stream: &Arc<CudaStream>,
+            seq_offsets: &[u32],
+            window_radius: usize,
+        ) -> Result<Self> {
+            let num_tokens = seq_offsets.last().copied().unwrap_or(0) as usize;
+            let num_seqs = seq_offsets.len().saturating_sub(1);
+            let upload = |data: &[u32], what: &str| {
+                // One element at least: an empty batch still gets valid (unused) buffers.
+                let data = if data.is_empty() { &[0u32][..] } else { data };
+                stream
+                    .clone_htod(data)
+                    .map_err(driver_err(format!("upload {what}")))
+            };
+            let tiles = |window: Option<usize>, what: &str| -> Result<DeviceTiles> {
+                let tiles = build_work_list(seq_offsets, window);
+                Ok(DeviceTiles {
+                    list: upload(&flatten_work_list(&tiles), what)?,
+                    count: tiles.len(),
+                })
+            };
+            Ok(Self {
+                seq_offsets: upload(seq_offsets, "attention sequence offsets")?,
+                sliding: tiles(Some(window_radius), "sliding attention work list")?,
+                full: tiles(None, "full attention work list")?,
+                window_radius,
+                num_tokens,
+                num_seqs,
+            })
+        }
+
+        fn tiles(&self, window: Option<usize>) -> Result<&DeviceTiles> {
+            match window {
+                None => Ok(&self.full),
+                Some(r) if r == self.window_radius => Ok(&self.sliding),
+                Some(r) => Err(Error::Cuda(format!(
+                    "attention plan built for window radius {}, asked for {r}",
+                    self.window_radius
+                ))),
+            }
+        }
+    }
+
+    pub use check::check_attention;
+
+    mod check {
+        use super::*;
+        use crate::backend::cpu::ops::{attention as cpu_attention, AttentionShape};
+        use crate::backend::cuda::check::{download, poisoned, time_launches, timing, Rng};
+        use crate::backend::cuda::KernelCheck;
+
+        /// Sliding window radius of EmbeddingGemma-300m (config.json 512 -> |i - j| <= 256).
+        const CHECK_WINDOW: usize = 256;
+        /// Tile, key-block and window edges, packed into one batch (8952 tokens).
+        const EDGE_LENGTHS: &[u32] = &[
+            1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 127, 128, 129, 255, 256, 257, 258,
+            511, 512, 513, 514, 1023, 2047, 2048,
+        ];
+        const BF16_POISON: u16 = 0x7fc0;
+        /// Q amplitude: with K in [-1, 1] the scores spread with a standard deviation of about
+        /// 2.3, so the running maximum moves and the rescaling is exercised.
+        const Q_AMPLITUDE: f32 = 0.5;
+        /// The output is one bf16 rounding (<= 2^-9 relative) of a convex combination of V
+        /// rows, and the flash kernel also rounds P to bf16 for P V (<= 2^-9 relative per
+        /// weight, while the row sum uses unrounded weights): at most about 2 * 2^-9 * max|v|
+        /// from exact attention. 2^-7 * max|v| (max|v| = 1) leaves a factor 2; the relative L2
+        /// error of these random cases is about 2e-3 in the host model of the flash loop.
+        const MAX_ABS_TOL: f64 = 1.0 / 128.0;
+        const REL_L2_TOL: f64 = 1e-2;
+
+        fn offsets(lengths: &[u32]) -> Vec<u32> {
+            let mut offsets = vec![0];
+            for &len in lengths {
+                offsets.push(offsets.last().expect("starts with 0") + len);
+            }
+            offsets
+        }
+
+        fn to_f32(bits: &[u16]) -> Vec<f32> {
+            bits.iter()
+                .map(|&b| half::bf16::from_bits(b).to_f32())
+                .collect()
+        }
+
+        /// Both kernels against the CPU attention (`cpu::ops::attention`, f32 on the same bf16
+        /// inputs) for both layer kinds, on the packed edge-length batch (accuracy only) and on
+        /// 32 x 512 and 8 x 2048 tokens (accuracy and timing).
+        pub fn check_attention(dev: &Device, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+            let attention =
+                Attention::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)?;
+            let cases: [(&str, Vec<u32>, bool); 3] = [
+                ("edge lengths", EDGE_LENGTHS.to_vec(), false),
+                ("32x512", vec![512; 32], true),
+                ("8x2048", vec![2048; 8], true),
+            ];
+            let mut checks = Vec::new();
+            for (label, lengths, timed) in cases {
+                let seq_offsets = offsets(&lengths);
+                let n = *seq_offsets.last().expect("non-empty") as usize;
+                let q_bits = rng.bf16s(n * GROUP * HEAD_DIM, -Q_AMPLITUDE, Q_AMPLITUDE);
+                let k_bits = rng.bf16s(n * HEAD_DIM, -1.0, 1.0);
+                let v_bits = rng.bf16s(n * HEAD_DIM, -1.0, 1.0);
+                let (q32, k32, v32) = (to_f32(&q_bits), to_f32(&k_bits), to_f32(&v_bits));
+                let q = dev.upload(&q_bits, "attention q")?;
+                let k = dev.upload(&k_bits, "attention k")?;
+                let v = dev.upload(&v_bits, "attention v")?;
+                let plan = AttentionPlan::new(&dev.stream, &seq_offsets, CHECK_WINDOW)?;
+                for window in [Some(CHECK_WINDOW), None] {
+                    let mut reference = vec![0.0f32; n * GROUP * HEAD_DIM];
+                    let shape = AttentionShape {
+                        num_heads: GROUP,
+                        num_kv_heads: 1,
+                        head_dim: HEAD_DIM,
+                        window,
+                        scale: 1.0,
+                    };
+                    cpu_attention(&q32, &k32, &v32, &seq_offsets, shape, &mut reference);
+                    let pairs = allowed_pairs(&seq_offsets, window);
+                    let flops = 4.0 * (HEAD_DIM * GROUP) as f64 * pairs as f64;
+                    let bytes = (n * (2 * GROUP + 2) * HEAD_DIM * 2) as f64;
+                    let window_label = window.map_or("full".to_string(), |r| format!("window={r}"));
+                    let case = format!("{label} tokens={n} seqs={} {window_label}", lengths.len());
+                    for kernel in [AttentionKernel::Reference, AttentionKernel::Flash] {
+                        let mut out =
+                            poisoned(dev, n * GROUP * HEAD_DIM, BF16_POISON, "attention out")?;
+                        let run = |out: &mut CudaSlice<u16>| {
+                            attention.launch(
+                                &dev.stream,
+                                kernel,
+                                &plan,
+                                window,
+                                1.0,
+                                (&q, &k, &v),
+                                out,
+                            )
+                        };
+                        run(&mut out)?;
+                        let got =
+                            to_f32(&download(dev, &out, n * GROUP * HEAD_DIM, "attention out")?);
+                        let mut check = KernelCheck::compare(
+                            kernel.name(),
+                            case.clone(),
+                            &got,
+                            &reference,
+                            (MAX_ABS_TOL, REL_L2_TOL),
+                        );
+                        if timed {
+                            let median_us = time_launches(dev, || run(&mut out))?;
+                            check =
+                                check.with_timing(timing(case.clone(), median_us, bytes, flops));
+                        }
+                        checks.push(check);
+                    }
+                }
+            }
+            Ok(checks)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    /// Lengths the kernel must get right: tile edges at 64 packed rows (21/22, 42/43), key
+    /// block edges, window edges (255..258, 511..514) and the longest sequences.
+    const EDGE_LENGTHS: &[u32] = &[
+        1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 127, 128, 129, 255, 256, 257, 258, 511,
+        512, 513, 514, 1023, 2047, 2048,
+    ];
+
+    fn offsets(lengths: &[u32]) -> Vec<u32> {
+        let mut offsets = vec![0];
+        for &len in lengths {
+            offsets.push(offsets.last().unwrap() + len);
+        }
+        offsets
+    }
+
+    /// splitmix64: a small deterministic generator for test data.
+    struct Rng(u64);
+    impl Rng {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        /// Uniform in [-amplitude, amplitude), rounded to bf16.
+        fn bf16s(&mut self, n: usize, amplitude: f32) -> Vec<bf16> {
+            (0..n)
+                .map(|_| {
+                    let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+                    bf16::from_f32((2.0 * unit - 1.0) * amplitude)
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn tile_constants_match_params_header() {
+        let header = include_str!("../../../kernels/params.h");
+        let define = |name: &str| -> i64 {
+            let line = header
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("#define {name} missing from params.h"));
+            let value = line.split_whitespace().nth(2).unwrap();
+            value
+                .trim_matches(|c| c == '(' || c == ')')
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(define("ATTENTION_HEAD_DIM"), HEAD_DIM as i64);
+        assert_eq!(define("ATTENTION_GROUP"), GROUP as i64);
+        assert_eq!(define("ATTENTION_REFERENCE_WARPS"), REFERENCE_WARPS as i64);
+        assert_eq!(define("ATTENTION_FLASH_BLOCK_M"), FLASH_BLOCK_M as i64);
+        assert_eq!(define("ATTENTION_FLASH_BLOCK_N"), FLASH_BLOCK_N as i64);
+        assert_eq!(define("ATTENTION_FLASH_THREADS"), FLASH_THREADS as i64);
+        assert_eq!(
+            define("ATTENTION_FLASH_SMEM_BYTES"),
+            FLASH_SMEM_BYTES as i64
+        );
+        assert_eq!(define("ATTENTION_NO_WINDOW"), window_param(None) as i64);
+        assert_eq!(
+            FLASH_SMEM_BYTES,
+            (FLASH_BLOCK_M + 2 * FLASH_BLOCK_N) * HEAD_DIM * 2
+        );
+    }
+
+    #[test]
+    fn work_list_covers_every_packed_row_once() {
+        let lengths: Vec<u32> = EDGE_LENGTHS
+            .iter()
+            .chain(&[5, 1, 700, 3])
+            .copied()
+            .collect();
+        let seq_offsets = offsets(&lengths);
+        for window in [Some(256), None, Some(0), Some(1), Some(5000)] {
+            let tiles = build_work_list(&seq_offsets, window);
+            let mut hits: Vec<Vec<u8>> = lengths
+                .iter()
+                .map(|&l| vec![0; l as usize * GROUP])
+                .collect();
+            for tile in &tiles {
+                let len = lengths[tile.seq as usize] as usize;
+                assert_eq!(tile.first_row as usize % FLASH_BLOCK_M, 0);
+                let geometry = TileGeometry::new(len, tile.first_row as usize, window);
+                assert!(geometry.rows >= 1 && geometry.rows <= FLASH_BLOCK_M);
+                for r in 0..geometry.rows {
+                    hits[tile.seq as usize][tile.first_row as usize + r] += 1;
+                }
+            }
+            for (seq, rows) in hits.iter().enumerate() {
+                assert!(rows.iter().all(|&h| h == 1), "window {window:?}, seq {seq}");
+            }
+            let costs: Vec<usize> = tiles
+                .iter()
+                .map(|t| {
+                    let len = lengths[t.seq as usize] as usize;
+                    TileGeometry::new(len, t.first_row as usize, window).num_blocks
+                })
+                .collect();
+            assert!(
+                costs.windows(2).all(|c| c[0] >= c[1]),
+                "sorted longest first"
+            );
+            let flat = flatten_work_list(&tiles);
+            assert_eq!(flat.len(), 2 * tiles.len());
+            assert_eq!((flat[0], flat[1]), (tiles[0].seq, tiles[0].first_row));
+        }
+    }
+
+    /// Brute force: the allowed keys of every position equal the key range of that position
+    /// alone, and a tile's range is exactly the union of its rows' allowed keys.
+    #[test]
+    fn key_ranges_match_brute_force_mask() {
+        let mask =
+            |i: usize, j: usize, window: Option<usize>| window.is_none_or(|r| i.abs_diff(j) <= r);
+        for len in [1usize, 2, 3, 21, 22, 64, 65, 257, 300, 600] {
+            for window in [Some(256), Some(0), Some(3), Some(64), None] {
+                for first_row in (0..len * GROUP).step_by(FLASH_BLOCK_M) {
+                    let g = TileGeometry::new(len, first_row, window);
+                    let union: Vec<usize> = (0..len)
+                        .filter(|&j| (g.p_lo..=g.p_hi).any(|i| mask(i, j, window)))
+                        .collect();
+                    assert_eq!(
+                        g.keys.begin, union[0],
+                        "len {len} {window:?} row {first_row}"
+                    );
+                    assert_eq!(g.keys.end, union.last().unwrap() + 1);
+                    assert_eq!(union.len(), g.keys.end - g.keys.begin, "contiguous");
+                    for i in g.p_lo..=g.p_hi {
+                        for j in 0..len + FLASH_BLOCK_N {
+                            let expected = j < len && mask(i, j, window);
+                            assert_eq!(key_allowed(i, j, g.keys.end, window), expected);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn allowed_pairs_match_brute_force() {
+        let seq_offsets = offsets(&[1, 2, 300, 513, 600]);
+        for window in [Some(256), Some(1), None] {
+            let brute: u64 = seq_offsets
+                .windows(2)
+                .map(|w| {
+                    let len = (w[1] - w[0]) as usize;
+                    let mut n = 0u64;
+                    for i in 0..len {
+                        for j in 0..len {
+                            n += window.is_none_or(|r| i.abs_diff(j) <= r) as u64;
+                        }
+                    }
+                    n
+                })
+                .sum();
+            assert_eq!(allowed_pairs(&seq_offsets, window), brute);
+        }
+    }
+
+    #[test]
+    fn config_shape_is_checked() {
+        let base = ModelConfig {
+            hidden_size: 768,
+            intermediate_size: 1152,
+            num_layers: 1,
+            num_heads: 3,
+            num_kv_heads: 1,
+            head_dim: 256,
+            vocab_size: 16,
+            rms_norm_eps: 1e-6,
+            query_pre_attn_scalar: 256.0,
+            window_radius: 256,
+            rope_theta_sliding: 1e4,
+            rope_theta_full: 1e6,
+            layer_kinds: vec![crate::model::LayerKind::Sliding],
+            max_position_embeddings: 2048,
+            max_seq_len: 2048,
+            dense_out_features: vec![768],
+            embedding_dim: 768,
+            prompts: Default::default(),
+            default_prompt_name: None,
+            weight_dtype: "F32".into(),
+        };
+        assert!(check_config(&base).is_ok());
+        let bad_dim = ModelConfig {
+            head_dim: 128,
+            ..base.clone()
+        };
+        assert!(check_config(&bad_dim).is_err());
+        let bad_heads = ModelConfig {
+            num_heads: 4,
+            ..base.clone()
+        };
+        assert!(check_config(&bad_heads).is_err());
+        let two_kv = ModelConfig {
+            num_heads: 6,
+            num_kv_heads: 2,
+            ..base
+        };
+        assert!(check_config(&two_kv).is_err());
+    }
+
+    /// The fragment index math of the flash kernel (ldmatrix lane addresses, swizzle, mma
+    /// fragment layouts, P from the S accumulators, epilogue staging) against direct matrix
+    /// products, in the warp emulator `kernels/tests/attention_fragments.c`, compiled with the
+    /// C compiler the Rust toolchain links with (`CC`, else `cc`).
+    #[test]
+    fn flash_fragment_math_matches_direct_products() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let exe = std::env::temp_dir().join(format!("attention_fragments_{}", std::process::id()));
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = std::process::Command::new(&cc)
+            .args(["-std=c99", "-O1", "-I"])
+            .arg(root.join("kernels"))
+            .arg(root.join("kernels/tests/attention_fragments.c"))
+            .arg("-o")
+            .arg(&exe)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
+        assert!(status.success(), "compiling attention_fragments.c failed");
+        let output = std::process::Command::new(&exe)
+            .output()
+            .expect("run attention_fragments");
+        let _ = std::fs::remove_file(&exe);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "fragment emulator:\n{stdout}");
+        assert_eq!(stdout.trim(), "ok");
+    }
+
+    /// Plain attention in f64 over the bf16 inputs: the straightforward definition.
+    fn plain_attention(
+        q: &[bf16],
+        k: &[bf16],
+        v: &[bf16],
+        seq_offsets: &[u32],
+        window: Option<usize>,
+        scale: f64,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; q.len()];
+        for w in seq_offsets.windows(2) {
+            let (start, len) = (w[0] as usize, (w[1] - w[0]) as usize);
+            for i in 0..len {
+                for h in 0..GROUP {
+                    let row = (start + i) * GROUP + h;
+                    let qr = &q[row * HEAD_DIM..(row + 1) * HEAD_DIM];
+                    let keys: Vec<usize> = (0..len)
+                        .filter(|&j| window.is_none_or(|r| i.abs_diff(j) <= r))
+                        .collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&j| {
+                            let kr = &k[(start + j) * HEAD_DIM..(start + j + 1) * HEAD_DIM];
+                            scale
+                                * qr.iter()
+                                    .zip(kr)
+                                    .map(|(a, b)| a.to_f64() * b.to_f64())
+                                    .sum::<f64>()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    let o = &mut out[row * HEAD_DIM..(row + 1) * HEAD_DIM];
+                    for (&j, &wgt) in keys.iter().zip(&weights) {
+                        let vr = &v[(start + j) * HEAD_DIM..(start + j + 1) * HEAD_DIM];
+                        for (od, vd) in o.iter_mut().zip(vr) {
+                            *od += wgt / total * vd.to_f64();
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Walk the key blocks of one row of a tile as the kernel does and check the two claims it
+    /// relies on: a block it runs unmasked holds only allowed pairs, and the visited blocks
+    /// reach every allowed key of the row exactly once (and nothing else).
+    fn assert_row_coverage(g: &TileGeometry, pos: usize, len: usize, window: Option<usize>) {
+        let mut visits = vec![0u32; len];
+        for block in 0..g.num_blocks {
+            let kb = g.keys.begin + block * FLASH_BLOCK_N;
+            let masked = block_needs_mask(kb, FLASH_BLOCK_N, g.keys.end, g.p_lo, g.p_hi, window);
+            for key in kb..kb + FLASH_BLOCK_N {
+                let allowed = key_allowed(pos, key, g.keys.end, window);
+                assert!(
+                    masked || allowed,
+                    "unmasked block at {kb} holds ({pos}, {key})"
+                );
+                if allowed {
+                    *visits
+                        .get_mut(key)
+                        .expect("allowed keys lie inside the sequence") += 1;
+                }
+            }
+        }
+        for (key, &n) in visits.iter().enumerate() {
+            let expected = window.is_none_or(|r| pos.abs_diff(key) <= r) as u32;
+            assert_eq!(
+                n, expected,
+                "position {pos} of a {len}-token sequence, key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_blocks_reach_exactly_the_allowed_keys() {
+        let seq_offsets = offsets(EDGE_LENGTHS);
+        for window in [
+            Some(256),
+            None,
+            Some(0),
+            Some(1),
+            Some(21),
+            Some(64),
+            Some(2047),
+        ] {
+            for tile in build_work_list(&seq_offsets, window) {
+                let len = EDGE_LENGTHS[tile.seq as usize] as usize;
+                let g = TileGeometry::new(len, tile.first_row as usize, window);
+                for r in 0..g.rows {
+                    let pos = (tile.first_row as usize + r) / GROUP;
+                    assert_row_coverage(&g, pos, len, window);
+                }
+            }
+        }
+    }
+
+    /// Scalar model of `attention_flash`: the same work list, tile geometry, key blocks,
+    /// masking decisions and online-softmax arithmetic (f32 scores in the log2 domain, running
+    /// max with the -inf guard, bf16 probabilities into P V, f32 row sums of the unrounded
+    /// probabilities, one bf16 rounding of the output). Only the order of the f32 additions
+    /// inside the dot products differs from the tensor cores.
+    fn flash_model(
+        q: &[bf16],
+        k: &[bf16],
+        v: &[bf16],
+        seq_offsets: &[u32],
+        window: Option<usize>,
+        scale: f32,
+    ) -> Vec<f32> {
+        let scale_log2 = scale * std::f32::consts::LOG2_E;
+        let mut out = vec![f32::NAN; q.len()];
+        for tile in build_work_list(seq_offsets, window) {
+            let start = seq_offsets[tile.seq as usize] as usize;
+            let len = seq_offsets[tile.seq as usize + 1] as usize - start;
+            let g = TileGeometry::new(len, tile.first_row as usize, window);
+            for r in 0..g.rows {
+                let row_in_seq = tile.first_row as usize + r;
+                let pos = row_in_seq / GROUP;
+                let row = start * GROUP + row_in_seq;
+                let qr = &q[row * HEAD_DIM..(row + 1) * HEAD_DIM];
+                let mut row_max = f32::NEG_INFINITY;
+                let mut row_sum = 0.0f32;
+                let mut acc = vec![0.0f32; HEAD_DIM];
+                for block in 0..g.num_blocks {
+                    let kb = g.keys.begin + block * FLASH_BLOCK_N;
+                    let masked =
+                        block_needs_mask(kb, FLASH_BLOCK_N, g.keys.end, g.p_lo, g.p_hi, window);
+                    let scores: Vec<f32> = (kb..kb + FLASH_BLOCK_N)
+                        .map(|key| {
+                            if masked && !key_allowed(pos, key, g.keys.end, window) {
+                                return f32::NEG_INFINITY;
+                            }
+                            let kr = &k[(start + key) * HEAD_DIM..(start + key + 1) * HEAD_DIM];
+                            let dot: f32 = qr
+                                .iter()
+                                .zip(kr)
+                                .map(|(a, b)| a.to_f32() * b.to_f32())
+                                .sum();
+                            dot * scale_log2
+                        })
+                        .collect();
+                    let block_max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let new_max = row_max.max(block_max);
+                    let base = if new_max == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        new_max
+                    };
+                    let rescale = (row_max - base).exp2();
+                    row_max = new_max;
+                    row_sum *= rescale;
+                    acc.iter_mut().for_each(|a| *a *= rescale);
+                    for (n, s) in scores.iter().enumerate() {
+                        let p = (s - base).exp2();
+                        row_sum += p;
+                        let p_bf16 = bf16::from_f32(p).to_f32();
+                        if p_bf16 != 0.0 {
+                            let key = kb + n;
+                            let vr = &v[(start + key) * HEAD_DIM..(start + key + 1) * HEAD_DIM];
+                            for (a, vd) in acc.iter_mut().zip(vr) {
+                                *a += p_bf16 * vd.to_f32();
+                            }
+                        }
+                    }
+                }
+                let inv = if row_sum > 0.0 { 1.0 / row_sum } else { 0.0 };
+                for (o, a) in out[row * HEAD_DIM..(row + 1) * HEAD_DIM]
+                    .iter_mut()
+                    .zip(&acc)
+                {
+                    *o = bf16::from_f32(a * inv).to_f32();
+                }
+            }
+        }
+        out
+    }
+
+    /// Error of `got` against the f64 reference: (relative L2, max abs).
+    fn errors(got: &[f32], want: &[f64]) -> (f64, f64) {
+        let mut diff2 = 0.0;
+        let mut ref2 = 0.0;
+        let mut max_abs: f64 = 0.0;
+        for (&g, &w) in got.iter().zip(want) {
+            let d = g as f64 - w;
+            assert!(d.is_finite(), "non-finite output {g}");
+            diff2 += d * d;
+            ref2 += w * w;
+            max_abs = max_abs.max(d.abs());
+        }
+        ((diff2 / ref2).sqrt(), max_abs)
+    }
+
+    /// The output is one bf16 rounding (<= 2^-9 relative) of a convex combination of V rows,
+    /// and P enters P V rounded to bf16 (<= 2^-9 relative per weight) while the row sum uses
+    /// the unrounded weights: at most about 2 * 2^-9 * max|v| apart from exact attention, plus
+    /// f32 noise. 2^-7 * max|v| leaves a factor 2 of margin.
+    fn max_abs_bound(v_amplitude: f32) -> f64 {
+        v_amplitude as f64 / 128.0
+    }
+
+    fn check_model(lengths: &[u32], window: Option<usize>, seed: u64, q_amplitude: f32) {
+        let seq_offsets = offsets(lengths);
+        let tokens = *seq_offsets.last().unwrap() as usize;
+        let mut rng = Rng(seed);
+        let q = rng.bf16s(tokens * GROUP * HEAD_DIM, q_amplitude);
+        let k = rng.bf16s(tokens * HEAD_DIM, 1.0);
+        let v = rng.bf16s(tokens * HEAD_DIM, 1.0);
+        let want = plain_attention(&q, &k, &v, &seq_offsets, window, 1.0);
+        let got = flash_model(&q, &k, &v, &seq_offsets, window, 1.0);
+        let (rel_l2, max_abs) = errors(&got, &want);
+        eprintln!("window {window:?}: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}");
+        assert!(
+            rel_l2 < 1e-2 && max_abs < max_abs_bound(1.0),
+            "lengths {lengths:?} window {window:?}: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}"
+        );
+    }
+
+    #[test]
+    fn flash_model_matches_plain_attention_on_short_mixes() {
+        let mixes: &[&[u32]] = &[
+            &[1],
+            &[2, 1, 3],
+            &[15, 16, 17, 21, 22],
+            &[42, 43, 1, 63, 64, 65],
+            &[127, 2, 128, 129],
+            &[300, 5, 22],
+        ];
+        for (i, lengths) in mixes.iter().enumerate() {
+            for window in [Some(256), Some(7), Some(0), None] {
+                check_model(lengths, window, 17 + i as u64, 0.5);
+            }
+        }
+    }
+
+    /// Every edge length packed into one batch on a sliding layer; the full-attention run stops
+    /// at 1023 tokens to keep the f64 reference affordable (full layers only mask the tail
+    /// block, whose handling does not depend on the length; the coverage test above walks
+    /// the 2047/2048 cases). Large score spread: the running max moves a lot.
+    #[test]
+    fn flash_model_matches_plain_attention_on_edge_lengths() {
+        check_model(EDGE_LENGTHS, Some(256), 1, 0.5);
+        let up_to_1023: Vec<u32> = EDGE_LENGTHS
+            .iter()
+            .copied()
+            .filter(|&l| l <= 1023)
+            .collect();
+        check_model(&up_to_1023, None, 2, 2.0);
+    }
+}

@@ -1,0 +1,402 @@
+//! [`CudaBackend`]: the whole forward pass on the GPU.
+//!
+//! Per layer: QKV GEMM → `qkv_post` → attention → O GEMM → `residual_norm` → gate|up GEMM →
+//! `geglu` → down GEMM → `residual_norm`; then `pool_embeddings`. The residual stream is f32;
+//! GEMM operands bf16 with f32 accumulation. The input and pre-feedforward norms are folded:
+//! their `(1 + w)` scales the projection's weight columns at upload, and the per-row inverse
+//! RMS is applied by the consumer kernel (`qkv_post`, `geglu`).
+
+use cudarc::driver::CudaSlice;
+
+use super::attention::{Attention, AttentionKernel, AttentionPlan};
+use super::device::{driver_err, Device};
+use super::gemm::{linear, GemmOut};
+use super::ops::{
+    rope_tables, to_bf16_bits, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
+};
+use crate::backend::{Backend, Batch, Embeddings};
+use crate::model::{LayerKind, Model};
+use crate::{Error, Result};
+
+struct LayerOnDevice {
+    /// `[(heads + 2) · head_dim, hidden]`: q, k, v rows, columns scaled by `1 + input_layernorm`.
+    qkv: CudaSlice<u16>,
+    o: CudaSlice<u16>,
+    /// `[2 · intermediate, hidden]`: gate, up rows, columns scaled by `1 + pre_feedforward_layernorm`.
+    gate_up: CudaSlice<u16>,
+    down: CudaSlice<u16>,
+    q_norm: CudaSlice<f32>,
+    k_norm: CudaSlice<f32>,
+    post_attention_norm: CudaSlice<f32>,
+    post_feedforward_norm: CudaSlice<f32>,
+    kind: LayerKind,
+    window: Option<usize>,
+}
+
+/// Activation buffers sized for `capacity` tokens and `seq_capacity` sequences; they grow
+/// when a batch needs more and are reused otherwise.
+struct Activations {
+    capacity: usize,
+    seq_capacity: usize,
+    tokens: Tokens,
+    residual: Residual,
+    qkv: CudaSlice<u16>,
+    attention_in: QkvBuffers,
+    attention_out: CudaSlice<u16>,
+    branch: CudaSlice<f32>,
+    gate_up: CudaSlice<u16>,
+    mlp: CudaSlice<u16>,
+    embeddings: CudaSlice<f32>,
+}
+
+impl Activations {
+    fn new(dev: &Device, d: &ModelDims, capacity: usize, seq_capacity: usize) -> Result<Self> {
+        Ok(Self {
+            capacity,
+            seq_capacity,
+            tokens: Tokens {
+                ids: dev.alloc(capacity, "token ids")?,
+                seq_offsets: dev.alloc(seq_capacity + 1, "sequence offsets")?,
+                positions: dev.alloc(capacity, "positions")?,
+                num_tokens: 0,
+                num_seqs: 0,
+            },
+            residual: Residual {
+                x: dev.alloc(capacity * d.hidden, "residual")?,
+                x_bf16: dev.alloc(capacity * d.hidden, "residual bf16")?,
+                inv_rms: dev.alloc(capacity, "inverse RMS")?,
+            },
+            qkv: dev.alloc(capacity * d.qkv_width(), "qkv")?,
+            attention_in: QkvBuffers {
+                q: dev.alloc(capacity * d.q_width(), "q")?,
+                k: dev.alloc(capacity * d.head_dim, "k")?,
+                v: dev.alloc(capacity * d.head_dim, "v")?,
+            },
+            attention_out: dev.alloc(capacity * d.q_width(), "attention output")?,
+            branch: dev.alloc(capacity * d.hidden, "projection output")?,
+            gate_up: dev.alloc(capacity * 2 * d.intermediate, "gate|up")?,
+            mlp: dev.alloc(capacity * d.intermediate, "GEGLU output")?,
+            embeddings: dev.alloc(seq_capacity * d.embed_dim, "embeddings")?,
+        })
+    }
+}
+
+pub struct CudaBackend {
+    dev: Device,
+    kernels: Kernels,
+    attention: Attention,
+    attention_kernel: AttentionKernel,
+    window_radius: usize,
+    embed_tokens: CudaSlice<u16>,
+    layers: Vec<LayerOnDevice>,
+    /// RoPE tables for sliding and full layers.
+    rope_sliding: RopeTable,
+    rope_full: RopeTable,
+    final_norm: CudaSlice<f32>,
+    dense_folded: CudaSlice<f32>,
+    activations: Option<Activations>,
+    vocab_size: usize,
+    max_seq_len: usize,
+}
+
+/// `w[o, k] · (1 + norm[k])` for the rows of every matrix in turn, rounded once to bf16.
+fn fold_norm_into_columns(matrices: &[&[f32]], norm: &[f32]) -> Vec<u16> {
+    let cols = norm.len();
+    let total: usize = matrices.iter().map(|m| m.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    for m in matrices {
+        for row in m.chunks_exact(cols) {
+            out.extend(
+                row.iter()
+                    .zip(norm)
+                    .map(|(&w, &g)| half::bf16::from_f32(w * (1.0 + g)).to_bits()),
+            );
+        }
+    }
+    out
+}
+
+impl CudaBackend {
+    pub fn new(model: &Model) -> Result<Self> {
+        let config = &model.config;
+        let dims = ModelDims::new(config)?;
+        let dev = Device::open()?;
+        let kernels = Kernels::load(&dev, dims)?;
+        let attention = Attention::load(&dev, config)?;
+        let w = &model.weights;
+        if w.dense_folded.len() != dims.embed_dim * dims.hidden {
+            return Err(Error::Cuda(format!(
+                "folded Dense matrix has {} values, expected {}x{}",
+                w.dense_folded.len(),
+                dims.embed_dim,
+                dims.hidden
+            )));
+        }
+
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for (i, l) in w.layers.iter().enumerate() {
+            let upload_f32 =
+                |data: &[f32], what: &str| dev.upload(data, &format!("layer {i} {what}"));
+            let upload_bf16 =
+                |data: Vec<u16>, what: &str| dev.upload(&data, &format!("layer {i} {what}"));
+            layers.push(LayerOnDevice {
+                qkv: upload_bf16(
+                    fold_norm_into_columns(&[&l.q_proj, &l.k_proj, &l.v_proj], &l.input_layernorm),
+                    "qkv_proj",
+                )?,
+                o: upload_bf16(to_bf16_bits(&l.o_proj), "o_proj")?,
+                gate_up: upload_bf16(
+                    fold_norm_into_columns(
+                        &[&l.gate_proj, &l.up_proj],
+                        &l.pre_feedforward_layernorm,
+                    ),
+                    "gate|up_proj",
+                )?,
+                down: upload_bf16(to_bf16_bits(&l.down_proj), "down_proj")?,
+                q_norm: upload_f32(&l.q_norm, "q_norm")?,
+                k_norm: upload_f32(&l.k_norm, "k_norm")?,
+                post_attention_norm: upload_f32(
+                    &l.post_attention_layernorm,
+                    "post_attention_layernorm",
+                )?,
+                post_feedforward_norm: upload_f32(
+                    &l.post_feedforward_layernorm,
+                    "post_feedforward_layernorm",
+                )?,
+                kind: config.layer_kind(i),
+                window: config.window(i),
+            });
+        }
+
+        let max_positions = config.max_seq_len.max(config.max_position_embeddings);
+        let rope = |theta: f32, what: &str| -> Result<RopeTable> {
+            let (cos, sin) = rope_tables(theta, dims.head_dim, max_positions);
+            Ok(RopeTable {
+                cos: dev.upload(&cos, &format!("{what} RoPE cos"))?,
+                sin: dev.upload(&sin, &format!("{what} RoPE sin"))?,
+                max_positions,
+            })
+        };
+        Ok(Self {
+            kernels,
+            attention,
+            attention_kernel: AttentionKernel::from_env()?,
+            window_radius: config.window_radius,
+            embed_tokens: dev.upload(&to_bf16_bits(&w.embed_tokens), "embed_tokens")?,
+            layers,
+            rope_sliding: rope(config.rope_theta_sliding, "sliding")?,
+            rope_full: rope(config.rope_theta_full, "full")?,
+            final_norm: dev.upload(&w.final_norm, "final norm")?,
+            dense_folded: dev.upload(&w.dense_folded, "folded Dense")?,
+            activations: None,
+            vocab_size: config.vocab_size,
+            max_seq_len: config.max_seq_len,
+            dev,
+        })
+    }
+
+    /// `"<GPU name> (sm_XY)"`.
+    pub fn device_description(&self) -> &str {
+        &self.dev.description
+    }
+
+    fn activations_for(&mut self, num_tokens: usize, num_seqs: usize) -> Result<&mut Activations> {
+        let fits = self
+            .activations
+            .as_ref()
+            .is_some_and(|a| a.capacity >= num_tokens && a.seq_capacity >= num_seqs);
+        if !fits {
+            // Free the old buffers before allocating bigger ones.
+            self.activations = None;
+            let capacity = num_tokens.next_power_of_two().max(1024);
+            let seq_capacity = num_seqs.next_power_of_two().max(64);
+            self.activations = Some(Activations::new(
+                &self.dev,
+                &self.kernels.dims,
+                capacity,
+                seq_capacity,
+            )?);
+        }
+        Ok(self.activations.as_mut().expect("allocated above"))
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn device_name(&self) -> Option<String> {
+        Some(self.dev.description.clone())
+    }
+
+    fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
+        let d = self.kernels.dims;
+        if dimensions == 0 || dimensions > d.embed_dim {
+            return Err(Error::Dimensions {
+                got: dimensions,
+                max: d.embed_dim,
+            });
+        }
+        batch.validate(self.vocab_size, self.max_seq_len)?;
+        let (n, b) = (batch.num_tokens(), batch.num_sequences());
+        if b == 0 {
+            return Ok(Embeddings {
+                dim: dimensions,
+                data: Vec::new(),
+            });
+        }
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(driver_err("bind context"))?;
+        // Take the buffers out so `self`'s weights stay borrowable alongside them.
+        self.activations_for(n, b)?;
+        let mut act = self
+            .activations
+            .take()
+            .expect("allocated by activations_for");
+        let result = self.run(&mut act, batch, dimensions);
+        self.activations = Some(act);
+        result
+    }
+}
+
+impl CudaBackend {
+    fn run(&self, act: &mut Activations, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
+        let dev = &self.dev;
+        let k = &self.kernels;
+        let d = k.dims;
+        let (n, b) = (batch.num_tokens(), batch.num_sequences());
+        let stream = &dev.stream;
+        stream
+            .memcpy_htod(&batch.ids, &mut act.tokens.ids.slice_mut(..n))
+            .map_err(driver_err("upload token ids"))?;
+        stream
+            .memcpy_htod(
+                &batch.seq_offsets,
+                &mut act.tokens.seq_offsets.slice_mut(..=b),
+            )
+            .map_err(driver_err("upload sequence offsets"))?;
+        act.tokens.num_tokens = n;
+        act.tokens.num_seqs = b;
+        let plan = AttentionPlan::new(stream, &batch.seq_offsets, self.window_radius)?;
+        // Q arrives scaled by query_pre_attn_scalar^-0.5 (qkv_post), so the softmax scale is 1.
+        let attend = |window, qkv: &QkvBuffers, out: &mut CudaSlice<u16>| {
+            let inputs = (&qkv.q, &qkv.k, &qkv.v);
+            self.attention.launch(
+                stream,
+                self.attention_kernel,
+                &plan,
+                window,
+                1.0,
+                inputs,
+                out,
+            )
+        };
+
+        k.embed(dev, &mut act.tokens, &self.embed_tokens, &mut act.residual)?;
+        for layer in &self.layers {
+            linear(
+                dev,
+                &act.residual.x_bf16,
+                &layer.qkv,
+                GemmOut::Bf16(&mut act.qkv),
+                (n, d.qkv_width(), d.hidden),
+            )?;
+            let rope = match layer.kind {
+                LayerKind::Sliding => &self.rope_sliding,
+                LayerKind::Full => &self.rope_full,
+            };
+            let norms = QkNorms {
+                q_norm: &layer.q_norm,
+                k_norm: &layer.k_norm,
+                rope,
+            };
+            k.qkv_post(
+                dev,
+                &act.tokens,
+                &act.qkv,
+                &act.residual.inv_rms,
+                norms,
+                &mut act.attention_in,
+            )?;
+            attend(layer.window, &act.attention_in, &mut act.attention_out)?;
+            linear(
+                dev,
+                &act.attention_out,
+                &layer.o,
+                GemmOut::F32(&mut act.branch),
+                (n, d.hidden, d.q_width()),
+            )?;
+            k.residual_norm(
+                dev,
+                n,
+                &act.branch,
+                &layer.post_attention_norm,
+                &mut act.residual,
+            )?;
+            linear(
+                dev,
+                &act.residual.x_bf16,
+                &layer.gate_up,
+                GemmOut::Bf16(&mut act.gate_up),
+                (n, 2 * d.intermediate, d.hidden),
+            )?;
+            k.geglu(dev, n, &act.gate_up, &act.residual.inv_rms, &mut act.mlp)?;
+            linear(
+                dev,
+                &act.mlp,
+                &layer.down,
+                GemmOut::F32(&mut act.branch),
+                (n, d.hidden, d.intermediate),
+            )?;
+            k.residual_norm(
+                dev,
+                n,
+                &act.branch,
+                &layer.post_feedforward_norm,
+                &mut act.residual,
+            )?;
+        }
+        k.pool(
+            dev,
+            &act.tokens,
+            &act.residual,
+            (&self.final_norm, &self.dense_folded),
+            dimensions,
+            &mut act.embeddings,
+        )?;
+
+        let mut data = vec![0.0f32; b * dimensions];
+        stream
+            .memcpy_dtoh(&act.embeddings.slice(..b * dimensions), &mut data)
+            .map_err(driver_err("download embeddings"))?;
+        dev.synchronize()?;
+        Ok(Embeddings {
+            dim: dimensions,
+            data,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn norm_weights_fold_into_columns_of_every_matrix() {
+        let norm = [0.5f32, -1.0, 2.0];
+        let q = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let k = [-1.0f32, 0.25, 1.0 / 3.0];
+        let folded: Vec<f32> = fold_norm_into_columns(&[&q, &k], &norm)
+            .into_iter()
+            .map(|b| half::bf16::from_bits(b).to_f32())
+            .collect();
+        let expected: Vec<f32> = [1.5f32, 0.0, 9.0, 6.0, 0.0, 18.0, -1.5, 0.0, 1.0]
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(folded, expected);
+    }
+}

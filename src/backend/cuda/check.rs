@@ -1,0 +1,708 @@
+//! On-device kernel checks: every kernel against its CPU twin from [`crate::backend::cpu::ops`]
+//! run on the same bf16-rounded inputs, on fresh random data (seeded per run), with outputs
+//! poisoned (NaN) before the launch so unwritten elements show up; then timed at a realistic
+//! size.
+//!
+//! The shapes are EmbeddingGemma-300m's (`config.json`: hidden 768, 3 heads of 256,
+//! intermediate 1152, eps 1e-6, RoPE bases 1e4/1e6), so the timings are the engine's.
+
+use cudarc::driver::{sys::CUevent_flags, CudaSlice, DeviceRepr};
+use half::bf16;
+
+use super::device::{driver_err, Device};
+use super::gemm::{linear, GemmOut};
+use super::ops::{
+    rope_tables, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
+};
+use super::report::{KernelCheck, Timing};
+use crate::backend::cpu::ops as cpu;
+use crate::Result;
+
+/// EmbeddingGemma-300m's shapes and constants.
+pub fn check_dims() -> ModelDims {
+    ModelDims {
+        hidden: 768,
+        num_heads: 3,
+        head_dim: 256,
+        intermediate: 1152,
+        embed_dim: 768,
+        eps: 1e-6,
+        embed_scale: 27.75,
+        q_scale: 0.0625,
+    }
+}
+const ROPE_THETA: f32 = 10_000.0;
+const MAX_POSITIONS: usize = 2048;
+const VOCAB: usize = 4096;
+
+/// Sequence lengths of the checked batch: tile, warp and window edges.
+const CHECK_LENGTHS: &[u32] = &[
+    1, 2, 3, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257, 258, 511, 512, 513,
+];
+/// Tokens in the timed problems (32 sequences of 512).
+const TIMED_TOKENS: usize = 16384;
+const TIMED_SEQ_LEN: u32 = 512;
+const TIMED_REPS: usize = 20;
+
+/// bf16 outputs are compared with the reference rounded to bf16: f32 differences may flip a
+/// rounding, so allow one ulp at the largest magnitude and a relative L2 of a fraction of an ulp.
+const BF16_OUT_TOL: (f64, f64) = (1.0 / 128.0, 2e-3);
+/// f32 math against f64: a few ulps.
+const F32_OUT_TOL: f64 = 1e-5;
+
+/// splitmix64: small, deterministic, seedable.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+
+    pub fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// Uniform values rounded to bf16, as bits.
+    pub fn bf16s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<u16> {
+        (0..n)
+            .map(|_| bf16::from_f32(self.uniform(lo, hi)).to_bits())
+            .collect()
+    }
+}
+
+pub fn bf16_to_f32(bits: &[u16]) -> Vec<f32> {
+    bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+}
+
+/// The reference rounded where the kernel rounds its output.
+fn round_bf16(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+}
+
+/// Tolerance of an f32 output computed in f32: a few ulps of the largest reference value.
+fn f32_tol(reference: &[f32]) -> (f64, f64) {
+    let max = reference.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    (max * F32_OUT_TOL, F32_OUT_TOL)
+}
+
+/// Absolute tolerance of a bf16 output: one bf16 ulp at the largest reference magnitude.
+fn bf16_tol(reference: &[f32]) -> (f64, f64) {
+    let max = reference.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    (max * BF16_OUT_TOL.0, BF16_OUT_TOL.1)
+}
+
+fn offsets(lengths: &[u32]) -> Vec<u32> {
+    let mut offsets = vec![0];
+    for &len in lengths {
+        offsets.push(offsets.last().expect("starts with 0") + len);
+    }
+    offsets
+}
+
+fn positions(seq_offsets: &[u32]) -> Vec<u32> {
+    seq_offsets
+        .windows(2)
+        .flat_map(|w| 0..w[1] - w[0])
+        .collect()
+}
+
+/// A device buffer filled with `poison` (NaN patterns), so unwritten outputs stay visible.
+pub fn poisoned<T: DeviceRepr + Copy>(
+    dev: &Device,
+    len: usize,
+    poison: T,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    dev.upload(&vec![poison; len], what)
+}
+
+const F32_POISON: f32 = f32::NAN;
+const BF16_POISON: u16 = 0x7fc0;
+const U32_POISON: u32 = u32::MAX;
+
+pub fn download<T: DeviceRepr + Default + Clone>(
+    dev: &Device,
+    buffer: &CudaSlice<T>,
+    len: usize,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut host = vec![T::default(); len];
+    dev.stream
+        .memcpy_dtoh(&buffer.slice(..len), &mut host)
+        .map_err(driver_err(format!("download {what}")))?;
+    dev.synchronize()?;
+    Ok(host)
+}
+
+/// Median wall time of `launch` over [`TIMED_REPS`] runs, each between two CUDA events.
+pub fn time_launches(dev: &Device, mut launch: impl FnMut() -> Result<()>) -> Result<f64> {
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let start = dev
+        .ctx
+        .new_event(flags)
+        .map_err(driver_err("create event"))?;
+    let end = dev
+        .ctx
+        .new_event(flags)
+        .map_err(driver_err("create event"))?;
+    launch()?; // warm-up
+    let mut times = Vec::with_capacity(TIMED_REPS);
+    for _ in 0..TIMED_REPS {
+        start
+            .record(&dev.stream)
+            .map_err(driver_err("record event"))?;
+        launch()?;
+        end.record(&dev.stream)
+            .map_err(driver_err("record event"))?;
+        end.synchronize().map_err(driver_err("wait for event"))?;
+        times.push(f64::from(start.elapsed_ms(&end).map_err(driver_err("event time"))?) * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+pub fn timing(case: String, median_us: f64, bytes: f64, flops: f64) -> Timing {
+    Timing {
+        case,
+        median_us,
+        gbytes_per_s: bytes / (median_us * 1e-6) / 1e9,
+        tflops: flops / (median_us * 1e-6) / 1e12,
+    }
+}
+
+/// Run every check on device 0. A check family that fails to run (launch error, fault) is
+/// reported as one failed entry carrying the error, and the remaining families still run
+/// (after a fault the context is unusable, so they report the same error).
+pub fn run_kernel_checks(seed: u64) -> Result<Vec<KernelCheck>> {
+    let dev = Device::open()?;
+    let kernels = Kernels::load(&dev, check_dims())?;
+    let mut rng = Rng::new(seed);
+    let mut checks = Vec::new();
+    let mut run =
+        |name: &str, family: &mut dyn FnMut(&mut Rng) -> Result<Vec<KernelCheck>>| match family(
+            &mut rng,
+        ) {
+            Ok(results) => checks.extend(results),
+            Err(e) => checks.push(KernelCheck::error(name, e.to_string())),
+        };
+    run("embed_tokens", &mut |rng| check_embed(&dev, &kernels, rng));
+    run("residual_norm", &mut |rng| {
+        check_residual_norm(&dev, &kernels, rng)
+    });
+    run("qkv_post", &mut |rng| check_qkv_post(&dev, &kernels, rng));
+    run("geglu", &mut |rng| {
+        Ok(vec![check_geglu(&dev, &kernels, rng)?])
+    });
+    run("pool_embeddings", &mut |rng| {
+        check_pool(&dev, &kernels, rng)
+    });
+    run("gemm", &mut |rng| check_gemms(&dev, rng));
+    // Last: a faulting attention kernel would poison the context for any check after it.
+    run("attention", &mut |rng| {
+        super::attention::check_attention(&dev, rng)
+    });
+    Ok(checks)
+}
+
+struct TokenCase {
+    lengths: Vec<u32>,
+    seq_offsets: Vec<u32>,
+    n: usize,
+}
+
+impl TokenCase {
+    fn new(lengths: &[u32]) -> Self {
+        let seq_offsets = offsets(lengths);
+        let n = *seq_offsets.last().expect("non-empty") as usize;
+        Self {
+            lengths: lengths.to_vec(),
+            seq_offsets,
+            n,
+        }
+    }
+
+    fn timed() -> Self {
+        Self::new(&vec![TIMED_SEQ_LEN; TIMED_TOKENS / TIMED_SEQ_LEN as usize])
+    }
+
+    fn describe(&self) -> String {
+        format!("tokens={} seqs={}", self.n, self.lengths.len())
+    }
+
+    fn device_tokens(&self, dev: &Device, ids: &[u32]) -> Result<Tokens> {
+        Ok(Tokens {
+            ids: dev.upload(ids, "ids")?,
+            seq_offsets: dev.upload(&self.seq_offsets, "seq_offsets")?,
+            positions: dev.upload(&positions(&self.seq_offsets), "positions")?,
+            num_tokens: self.n,
+            num_seqs: self.lengths.len(),
+        })
+    }
+}
+
+fn poisoned_residual(dev: &Device, n: usize, hidden: usize) -> Result<Residual> {
+    Ok(Residual {
+        x: poisoned(dev, n * hidden, F32_POISON, "residual")?,
+        x_bf16: poisoned(dev, n * hidden, BF16_POISON, "residual bf16")?,
+        inv_rms: poisoned(dev, n, F32_POISON, "inv_rms")?,
+    })
+}
+
+/// Inverse RMS of every row (the statistic the kernels hand to the next consumer), in f64.
+fn inverse_rms_rows(x: &[f32], width: usize, eps: f32) -> Vec<f32> {
+    x.chunks_exact(width)
+        .map(|row| {
+            let mean = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / width as f64;
+            (1.0 / (mean + f64::from(eps)).sqrt()) as f32
+        })
+        .collect()
+}
+
+fn check_embed(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let table_bits = rng.bf16s(VOCAB * d.hidden, -0.5, 0.5);
+    let ids: Vec<u32> = (0..case.n)
+        .map(|_| (rng.next_u64() % VOCAB as u64) as u32)
+        .collect();
+    let table_dev = dev.upload(&table_bits, "table")?;
+    let mut tokens = case.device_tokens(dev, &ids)?;
+    tokens.positions = poisoned(dev, case.n, U32_POISON, "positions")?;
+    let mut out = poisoned_residual(dev, case.n, d.hidden)?;
+    k.embed(dev, &mut tokens, &table_dev, &mut out)?;
+
+    let table = bf16_to_f32(&table_bits);
+    let mut x_ref = vec![0.0f32; case.n * d.hidden];
+    cpu::embed_scaled(&table, d.hidden, &ids, d.embed_scale, &mut x_ref);
+    let inv_ref = inverse_rms_rows(&x_ref, d.hidden, d.eps);
+    let x_bf16_ref = round_bf16(&x_ref);
+    let pos_ref: Vec<f32> = positions(&case.seq_offsets)
+        .iter()
+        .map(|&p| p as f32)
+        .collect();
+
+    let x = download(dev, &out.x, case.n * d.hidden, "residual")?;
+    let x_bf16 = bf16_to_f32(&download(
+        dev,
+        &out.x_bf16,
+        case.n * d.hidden,
+        "residual bf16",
+    )?);
+    let inv = download(dev, &out.inv_rms, case.n, "inv_rms")?;
+    let pos: Vec<f32> = download(dev, &tokens.positions, case.n, "positions")?
+        .iter()
+        .map(|&p| p as f32)
+        .collect();
+
+    let desc = case.describe();
+    let mut checks = vec![
+        KernelCheck::compare(
+            "embed_tokens/residual",
+            desc.clone(),
+            &x,
+            &x_ref,
+            f32_tol(&x_ref),
+        ),
+        KernelCheck::compare(
+            "embed_tokens/bf16",
+            desc.clone(),
+            &x_bf16,
+            &x_bf16_ref,
+            bf16_tol(&x_ref),
+        ),
+        KernelCheck::compare(
+            "embed_tokens/inv_rms",
+            desc.clone(),
+            &inv,
+            &inv_ref,
+            f32_tol(&inv_ref),
+        ),
+        KernelCheck::compare("embed_tokens/positions", desc, &pos, &pos_ref, (0.0, 0.0)),
+    ];
+
+    let timed = TokenCase::timed();
+    let ids: Vec<u32> = (0..timed.n)
+        .map(|_| (rng.next_u64() % VOCAB as u64) as u32)
+        .collect();
+    let mut tokens = timed.device_tokens(dev, &ids)?;
+    let mut out = poisoned_residual(dev, timed.n, d.hidden)?;
+    let us = time_launches(dev, || k.embed(dev, &mut tokens, &table_dev, &mut out))?;
+    let bytes = timed.n as f64 * (d.hidden as f64 * (2.0 + 4.0 + 2.0) + 12.0);
+    checks[0] = checks[0]
+        .clone()
+        .with_timing(timing(timed.describe(), us, bytes, 0.0));
+    Ok(checks)
+}
+
+fn check_residual_norm(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let h = d.hidden;
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let n = case.n;
+    // Magnitudes like the real model's: residuals up to ~1e3, norm weights up to ~10.
+    let branch_host = rng.f32s(n * h, -30.0, 30.0);
+    let residual_host = rng.f32s(n * h, -500.0, 500.0);
+    let weight_host = rng.f32s(h, -1.0, 8.0);
+    let branch = dev.upload(&branch_host, "branch")?;
+    let weight = dev.upload(&weight_host, "post norm")?;
+    let mut residual = poisoned_residual(dev, n, h)?;
+    residual.x = dev.upload(&residual_host, "residual")?;
+    k.residual_norm(dev, n, &branch, &weight, &mut residual)?;
+
+    let mut x_ref = residual_host.clone();
+    cpu::residual_add_rms_norm(&mut x_ref, &branch_host, &weight_host, d.eps);
+    let inv_ref = inverse_rms_rows(&x_ref, h, d.eps);
+    let x_bf16_ref = round_bf16(&x_ref);
+
+    let x = download(dev, &residual.x, n * h, "residual")?;
+    let x_bf16 = bf16_to_f32(&download(dev, &residual.x_bf16, n * h, "residual bf16")?);
+    let inv = download(dev, &residual.inv_rms, n, "inv_rms")?;
+    let desc = case.describe();
+    let mut checks = vec![
+        KernelCheck::compare(
+            "residual_norm/residual",
+            desc.clone(),
+            &x,
+            &x_ref,
+            f32_tol(&x_ref),
+        ),
+        KernelCheck::compare(
+            "residual_norm/bf16",
+            desc.clone(),
+            &x_bf16,
+            &x_bf16_ref,
+            bf16_tol(&x_ref),
+        ),
+        KernelCheck::compare(
+            "residual_norm/inv_rms",
+            desc,
+            &inv,
+            &inv_ref,
+            f32_tol(&inv_ref),
+        ),
+    ];
+
+    let timed = TokenCase::timed();
+    let branch = dev.upload(&rng.f32s(timed.n * h, -30.0, 30.0), "branch")?;
+    let mut residual = poisoned_residual(dev, timed.n, h)?;
+    residual.x = dev.upload(&rng.f32s(timed.n * h, -500.0, 500.0), "residual")?;
+    let us = time_launches(dev, || {
+        k.residual_norm(dev, timed.n, &branch, &weight, &mut residual)
+    })?;
+    // Reads branch and residual (f32), writes residual (f32), its bf16 copy and inv_rms.
+    let bytes = timed.n as f64 * (h as f64 * (4.0 + 4.0 + 4.0 + 2.0) + 4.0);
+    checks[0] = checks[0]
+        .clone()
+        .with_timing(timing(timed.describe(), us, bytes, 0.0));
+    Ok(checks)
+}
+
+/// `qkv_post` from the CPU twins: inverse-RMS scale (the folded input norm), per-head
+/// RMSNorm of q and k, RoPE, query scale. Returns (q, k, v).
+fn qkv_post_reference(
+    d: &ModelDims,
+    qkv: &[f32],
+    inv_rms: &[f32],
+    positions: &[u32],
+    (q_norm, k_norm): (&[f32], &[f32]),
+    (cos, sin): (&[f32], &[f32]),
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (hd, heads) = (d.head_dim, d.num_heads);
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, &r) in qkv.chunks_exact(d.qkv_width()).zip(inv_rms) {
+        let scaled: Vec<f32> = row.iter().map(|&x| x * r).collect();
+        q.extend_from_slice(&scaled[..heads * hd]);
+        k.extend_from_slice(&scaled[heads * hd..(heads + 1) * hd]);
+        v.extend_from_slice(&scaled[(heads + 1) * hd..]);
+    }
+    cpu::rms_norm_in_place(&mut q, q_norm, d.eps);
+    cpu::rms_norm_in_place(&mut k, k_norm, d.eps);
+    cpu::rope(&mut q, positions, heads, hd, cos, sin);
+    cpu::rope(&mut k, positions, 1, hd, cos, sin);
+    q.iter_mut().for_each(|x| *x *= d.q_scale);
+    (q, k, v)
+}
+
+fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let n = case.n;
+    let w = d.qkv_width();
+    let qkv_bits = rng.bf16s(n * w, -4.0, 4.0);
+    let inv_rms_host = rng.f32s(n, 0.05, 2.0);
+    let q_norm_host = rng.f32s(d.head_dim, -1.0, 2.0);
+    let k_norm_host = rng.f32s(d.head_dim, -1.0, 2.0);
+    let (cos_host, sin_host) = rope_tables(ROPE_THETA, d.head_dim, MAX_POSITIONS);
+    let rope = RopeTable {
+        cos: dev.upload(&cos_host, "rope cos")?,
+        sin: dev.upload(&sin_host, "rope sin")?,
+        max_positions: MAX_POSITIONS,
+    };
+    let qkv = dev.upload(&qkv_bits, "qkv")?;
+    let inv_rms = dev.upload(&inv_rms_host, "inv_rms")?;
+    let q_norm = dev.upload(&q_norm_host, "q_norm")?;
+    let k_norm = dev.upload(&k_norm_host, "k_norm")?;
+    let tokens = case.device_tokens(dev, &vec![0; n])?;
+    let poisoned_qkv = |n: usize| -> Result<QkvBuffers> {
+        Ok(QkvBuffers {
+            q: poisoned(dev, n * d.q_width(), BF16_POISON, "q")?,
+            k: poisoned(dev, n * d.head_dim, BF16_POISON, "k")?,
+            v: poisoned(dev, n * d.head_dim, BF16_POISON, "v")?,
+        })
+    };
+    let mut out = poisoned_qkv(n)?;
+    let norms = || QkNorms {
+        q_norm: &q_norm,
+        k_norm: &k_norm,
+        rope: &rope,
+    };
+    k.qkv_post(dev, &tokens, &qkv, &inv_rms, norms(), &mut out)?;
+
+    let (q_ref, k_ref, v_ref) = qkv_post_reference(
+        &d,
+        &bf16_to_f32(&qkv_bits),
+        &inv_rms_host,
+        &positions(&case.seq_offsets),
+        (&q_norm_host, &k_norm_host),
+        (&cos_host, &sin_host),
+    );
+    let desc = case.describe();
+    let mut checks = Vec::new();
+    for (name, buffer, reference) in [
+        ("qkv_post/q", &out.q, q_ref),
+        ("qkv_post/k", &out.k, k_ref),
+        ("qkv_post/v", &out.v, v_ref),
+    ] {
+        let got = bf16_to_f32(&download(dev, buffer, reference.len(), name)?);
+        checks.push(KernelCheck::compare(
+            name,
+            desc.clone(),
+            &got,
+            &round_bf16(&reference),
+            bf16_tol(&reference),
+        ));
+    }
+
+    let timed = TokenCase::timed();
+    let qkv = dev.upload(&rng.bf16s(timed.n * w, -4.0, 4.0), "qkv")?;
+    let inv_rms = dev.upload(&rng.f32s(timed.n, 0.05, 2.0), "inv_rms")?;
+    let tokens = timed.device_tokens(dev, &vec![0; timed.n])?;
+    let mut out = poisoned_qkv(timed.n)?;
+    let us = time_launches(dev, || {
+        k.qkv_post(dev, &tokens, &qkv, &inv_rms, norms(), &mut out)
+    })?;
+    // Reads qkv (bf16), inv_rms, position and the RoPE rows (f32, cached); writes q, k, v.
+    let bytes = timed.n as f64 * (w as f64 * 2.0 * 2.0 + 8.0);
+    checks[0] = checks[0]
+        .clone()
+        .with_timing(timing(timed.describe(), us, bytes, 0.0));
+    Ok(checks)
+}
+
+fn check_geglu(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<KernelCheck> {
+    let d = k.dims;
+    let i = d.intermediate;
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let n = case.n;
+    let gate_up_bits = rng.bf16s(n * 2 * i, -6.0, 6.0);
+    let inv_rms_host = rng.f32s(n, 0.05, 2.0);
+    let gate_up = dev.upload(&gate_up_bits, "gate_up")?;
+    let inv_rms = dev.upload(&inv_rms_host, "inv_rms")?;
+    let mut out = poisoned(dev, n * i, BF16_POISON, "geglu out")?;
+    k.geglu(dev, n, &gate_up, &inv_rms, &mut out)?;
+
+    let gu = bf16_to_f32(&gate_up_bits);
+    let (mut gate, mut up) = (Vec::with_capacity(n * i), Vec::with_capacity(n * i));
+    for (row, &r) in gu.chunks_exact(2 * i).zip(&inv_rms_host) {
+        gate.extend(row[..i].iter().map(|&g| g * r));
+        up.extend(row[i..].iter().map(|&u| u * r));
+    }
+    let mut reference = vec![0.0f32; n * i];
+    cpu::gelu_tanh_mul(&gate, &up, &mut reference);
+    let got = bf16_to_f32(&download(dev, &out, n * i, "geglu out")?);
+    let check = KernelCheck::compare(
+        "geglu",
+        case.describe(),
+        &got,
+        &round_bf16(&reference),
+        bf16_tol(&reference),
+    );
+
+    let timed = TokenCase::timed();
+    let gate_up = dev.upload(&rng.bf16s(timed.n * 2 * i, -6.0, 6.0), "gate_up")?;
+    let inv_rms = dev.upload(&rng.f32s(timed.n, 0.05, 2.0), "inv_rms")?;
+    let mut out = poisoned(dev, timed.n * i, BF16_POISON, "geglu out")?;
+    let us = time_launches(dev, || k.geglu(dev, timed.n, &gate_up, &inv_rms, &mut out))?;
+    let bytes = timed.n as f64 * (i as f64 * (4.0 + 2.0) + 4.0);
+    Ok(check.with_timing(timing(timed.describe(), us, bytes, 0.0)))
+}
+
+fn check_pool(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let (h, e) = (d.hidden, d.embed_dim);
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let n = case.n;
+    let b = case.lengths.len();
+    let residual_host = rng.f32s(n * h, -300.0, 300.0);
+    let inv_rms_host = rng.f32s(n, 0.001, 0.02);
+    let final_norm_host = rng.f32s(h, -1.0, 4.0);
+    let dense_host = rng.f32s(e * h, -0.05, 0.05);
+    let residual = Residual {
+        x: dev.upload(&residual_host, "residual")?,
+        x_bf16: dev.alloc(1, "unused bf16 residual")?,
+        inv_rms: dev.upload(&inv_rms_host, "inv_rms")?,
+    };
+    let final_norm = dev.upload(&final_norm_host, "final norm")?;
+    let dense = dev.upload(&dense_host, "dense")?;
+    let tokens = case.device_tokens(dev, &vec![0; n])?;
+
+    // Twins: final norm (with the given inverse RMS), mean pooling, Dense, L2 normalize;
+    // Matryoshka truncation per output width below.
+    let normed: Vec<f32> = residual_host
+        .chunks_exact(h)
+        .zip(&inv_rms_host)
+        .flat_map(|(row, &r)| {
+            row.iter()
+                .zip(&final_norm_host)
+                .map(move |(&x, &w)| x * r * (1.0 + w))
+        })
+        .collect();
+    let mut pooled = vec![0.0f32; b * h];
+    cpu::mean_pool(&normed, h, &case.seq_offsets, &mut pooled);
+    let mut projected = vec![0.0f32; b * e];
+    cpu::linear(&pooled, &dense_host, h, e, &mut projected);
+    cpu::l2_normalize(&mut projected, e);
+
+    let mut checks = Vec::new();
+    for out_dim in [e, 128.min(e)] {
+        let mut out = poisoned(dev, b * out_dim, F32_POISON, "embeddings")?;
+        k.pool(
+            dev,
+            &tokens,
+            &residual,
+            (&final_norm, &dense),
+            out_dim,
+            &mut out,
+        )?;
+        let got = download(dev, &out, b * out_dim, "embeddings")?;
+        let reference = cpu::truncate_normalize(&projected, e, out_dim);
+        let name = format!("pool_embeddings/d{out_dim}");
+        checks.push(KernelCheck::compare(
+            &name,
+            case.describe(),
+            &got,
+            &reference,
+            (1e-5, 1e-5),
+        ));
+    }
+
+    let timed = TokenCase::timed();
+    let residual = Residual {
+        x: dev.upload(&rng.f32s(timed.n * h, -300.0, 300.0), "residual")?,
+        x_bf16: dev.alloc(1, "unused bf16 residual")?,
+        inv_rms: dev.upload(&rng.f32s(timed.n, 0.001, 0.02), "inv_rms")?,
+    };
+    let tokens = timed.device_tokens(dev, &vec![0; timed.n])?;
+    let tb = timed.lengths.len();
+    let mut out = poisoned(dev, tb * e, F32_POISON, "embeddings")?;
+    let us = time_launches(dev, || {
+        k.pool(dev, &tokens, &residual, (&final_norm, &dense), e, &mut out)
+    })?;
+    // The residual once from memory, the Dense matrix once per sequence (L2 after the first).
+    let bytes = timed.n as f64 * (h as f64 * 4.0 + 4.0) + (tb * e * h * 4) as f64;
+    let flops = (2 * tb * e * h) as f64;
+    checks[0] = checks[0]
+        .clone()
+        .with_timing(timing(timed.describe(), us, bytes, flops));
+    Ok(checks)
+}
+
+/// The four projections' shapes: (name, out features, in features, f32 output).
+fn gemm_shapes(d: &ModelDims) -> [(&'static str, usize, usize, bool); 4] {
+    [
+        ("gemm/qkv", d.qkv_width(), d.hidden, false),
+        ("gemm/o", d.hidden, d.q_width(), true),
+        ("gemm/gate_up", 2 * d.intermediate, d.hidden, false),
+        ("gemm/down", d.hidden, d.intermediate, true),
+    ]
+}
+
+/// Rows of the checked GEMMs (odd, so no tile divides it).
+const GEMM_CHECK_ROWS: usize = 257;
+
+fn check_gemms(dev: &Device, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+    let d = check_dims();
+    let mut checks = Vec::new();
+    for (name, n, kk, f32_out) in gemm_shapes(&d) {
+        let m = GEMM_CHECK_ROWS;
+        let a_bits = rng.bf16s(m * kk, -2.0, 2.0);
+        let w_bits = rng.bf16s(n * kk, -0.1, 0.1);
+        let a = dev.upload(&a_bits, "gemm a")?;
+        let w = dev.upload(&w_bits, "gemm w")?;
+        let mut reference = vec![0.0f32; m * n];
+        cpu::linear(
+            &bf16_to_f32(&a_bits),
+            &bf16_to_f32(&w_bits),
+            kk,
+            n,
+            &mut reference,
+        );
+        let desc = format!("m={m} n={n} k={kk}");
+        let check = if f32_out {
+            let mut out = poisoned(dev, m * n, F32_POISON, "gemm out")?;
+            linear(dev, &a, &w, GemmOut::F32(&mut out), (m, n, kk))?;
+            let got = download(dev, &out, m * n, name)?;
+            // f32 accumulation of k products; cuBLAS may split k.
+            let max = reference.iter().fold(0.0f32, |acc, v| acc.max(v.abs())) as f64;
+            KernelCheck::compare(name, desc, &got, &reference, (max * 1e-4, 1e-4))
+        } else {
+            let mut out = poisoned(dev, m * n, BF16_POISON, "gemm out")?;
+            linear(dev, &a, &w, GemmOut::Bf16(&mut out), (m, n, kk))?;
+            let got = bf16_to_f32(&download(dev, &out, m * n, name)?);
+            KernelCheck::compare(
+                name,
+                desc,
+                &got,
+                &round_bf16(&reference),
+                bf16_tol(&reference),
+            )
+        };
+
+        let tm = TIMED_TOKENS;
+        let a = dev.upload(&rng.bf16s(tm * kk, -2.0, 2.0), "gemm a")?;
+        let out_bytes = if f32_out { 4.0 } else { 2.0 };
+        let us = if f32_out {
+            let mut out = dev.alloc::<f32>(tm * n, "gemm out")?;
+            time_launches(dev, || {
+                linear(dev, &a, &w, GemmOut::F32(&mut out), (tm, n, kk))
+            })?
+        } else {
+            let mut out = dev.alloc::<u16>(tm * n, "gemm out")?;
+            time_launches(dev, || {
+                linear(dev, &a, &w, GemmOut::Bf16(&mut out), (tm, n, kk))
+            })?
+        };
+        let bytes = ((tm * kk + n * kk) * 2) as f64 + (tm * n) as f64 * out_bytes;
+        let flops = (2 * tm * n * kk) as f64;
+        checks.push(check.with_timing(timing(format!("m={tm} n={n} k={kk}"), us, bytes, flops)));
+    }
+    Ok(checks)
+}

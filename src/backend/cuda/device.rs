@@ -1,0 +1,177 @@
+//! The device: CUDA context and stream, cuBLAS handle, and the kernels of the embedded fatbins.
+//!
+//! Opening never panics when the driver, a device or cuBLAS is missing: cudarc's dynamic loader
+//! panics on a missing library, so every library is probed first and the first driver calls
+//! run under `catch_unwind`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::nvrtc::Ptx;
+
+use crate::{Error, Result};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Oldest architecture the kernels support (bf16 mma.sync, cp.async).
+const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+/// cuBLAS as the cudarc `cuda-13000` build loads it (it pulls in `libcublasLt.so.13`).
+const CUBLAS_LIBRARY: &str = "libcublas.so.13";
+
+pub(crate) fn driver_err(
+    what: impl Into<String>,
+) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    let what = what.into();
+    move |source| Error::CudaDriver { what, source }
+}
+
+pub(crate) fn cublas_err(
+    what: impl Into<String>,
+) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error {
+    let what = what.into();
+    move |source| Error::Cublas { what, source }
+}
+
+pub struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    /// `"<name> (sm_XY)"`, for logs.
+    pub description: String,
+    modules: Vec<(&'static str, Arc<CudaModule>)>,
+    functions: std::sync::Mutex<HashMap<String, CudaFunction>>,
+}
+
+impl Device {
+    /// Open device 0 and load every embedded kernel module.
+    pub fn open() -> Result<Self> {
+        // SAFETY: only probes whether the driver library can be dlopen'ed.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "the NVIDIA driver library libcuda.so could not be loaded (no driver on this \
+                 machine, or it is not on the library path)"
+                    .into(),
+            ));
+        }
+        let (ctx, description) = quietly("CUDA driver initialization", open_context)??;
+        // One stream and no cross-stream event tracking: the backend orders its work itself.
+        // SAFETY: called before any allocation or launch on this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver_err("create stream"))?;
+
+        if let Err(e) = unsafe { libloading::Library::new(CUBLAS_LIBRARY) } {
+            return Err(Error::Cuda(format!(
+                "cuBLAS could not be loaded ({e}); put the directory holding {CUBLAS_LIBRARY} \
+                 and libcublasLt.so.13 on LD_LIBRARY_PATH"
+            )));
+        }
+        let blas = quietly("cuBLAS initialization", || {
+            CudaBlas::new(stream.clone()).map_err(cublas_err("create cuBLAS handle"))
+        })??;
+        // Split-K partial sums in f32 even when the output is bf16 (cuBLAS may otherwise reduce
+        // in the output type).
+        // SAFETY: a live handle; the mode is a plain enum value.
+        unsafe {
+            cudarc::cublas::sys::cublasSetMathMode(
+                *blas.handle(),
+                cudarc::cublas::sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+            )
+        }
+        .result()
+        .map_err(cublas_err("set math mode"))?;
+
+        let mut modules = Vec::with_capacity(embedded::FATBINS.len());
+        for (name, image) in embedded::FATBINS {
+            let module = ctx
+                .load_module(Ptx::from_binary(image.to_vec()))
+                .map_err(driver_err(format!("load kernel module {name}.cu")))?;
+            modules.push((*name, module));
+        }
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            description,
+            modules,
+            functions: Default::default(),
+        })
+    }
+
+    /// Look a kernel up by its `extern "C"` name in the embedded modules.
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let found = self
+            .modules
+            .iter()
+            .find_map(|(_, module)| module.load_function(name).ok())
+            .ok_or_else(|| {
+                let files: Vec<_> = self.modules.iter().map(|(n, _)| *n).collect();
+                Error::Cuda(format!(
+                    "kernel `{name}` is not in the embedded modules ({})",
+                    files.join(", ")
+                ))
+            })?;
+        cache.insert(name.to_string(), found.clone());
+        Ok(found)
+    }
+
+    pub fn alloc<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
+        // SAFETY: every buffer is written by a kernel or a copy before it is read.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }
+            .map_err(driver_err(format!("allocate {what} ({len} elements)")))
+    }
+
+    pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(data)
+            .map_err(driver_err(format!("upload {what}")))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_err("synchronize"))
+    }
+}
+
+fn open_context() -> Result<(Arc<CudaContext>, String)> {
+    let count = CudaContext::device_count().map_err(driver_err("count devices"))?;
+    if count < 1 {
+        return Err(Error::Cuda("no CUDA device found".into()));
+    }
+    let ctx = CudaContext::new(0).map_err(driver_err("create context on device 0"))?;
+    let name = ctx.name().map_err(driver_err("device name"))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(driver_err("compute capability"))?;
+    if (major, minor) < MIN_COMPUTE_CAPABILITY {
+        return Err(Error::Cuda(format!(
+            "{name} has compute capability {major}.{minor}; the kernels need {}.{} or newer",
+            MIN_COMPUTE_CAPABILITY.0, MIN_COMPUTE_CAPABILITY.1
+        )));
+    }
+    Ok((ctx, format!("{name} (sm_{major}{minor})")))
+}
+
+/// Run `f`, turning a panic inside cudarc's loader (a missing library or symbol) into an error,
+/// without the default hook printing it.
+fn quietly<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Error::Cuda(format!("{what} failed: {message}"))
+    })
+}

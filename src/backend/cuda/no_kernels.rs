@@ -1,0 +1,38 @@
+//! Stand-in for a binary built without nvcc: same API, every entry point reports that the
+//! kernels are missing and how to rebuild.
+
+use super::KernelCheck;
+use crate::backend::{Backend, Batch, Embeddings};
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// Cannot be constructed in a build without kernels.
+pub enum CudaBackend {}
+
+impl CudaBackend {
+    pub fn new(_model: &Model) -> Result<Self> {
+        Err(Error::NoCudaKernels)
+    }
+
+    pub fn device_description(&self) -> &str {
+        match *self {}
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        match *self {}
+    }
+
+    fn forward(&mut self, _batch: &Batch, _dimensions: usize) -> Result<Embeddings> {
+        match *self {}
+    }
+}
+
+pub fn probe() -> Result<String> {
+    Err(Error::NoCudaKernels)
+}
+
+pub fn run_kernel_checks(_seed: u64) -> Result<Vec<KernelCheck>> {
+    Err(Error::NoCudaKernels)
+}

@@ -1,0 +1,548 @@
+//! The corpus job's files: JSON Lines and plain-text readers, ordered `.jsonl` and `.npy`
+//! writers that never leave a half-written output (a temporary file renamed at the end), and the
+//! greedy token-budget packing of sequences into batches.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use crate::tokenize::{Tokenizer, Truncation};
+use crate::{Error, Result};
+
+/// How input lines are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// One JSON object per line: `text` or `ids`, optional `id` and `prompt_name`.
+    Jsonl,
+    /// One document per line, taken as is.
+    Text,
+}
+
+impl InputFormat {
+    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text.
+    pub fn from_path(path: &str) -> Result<Self> {
+        if path == "-" {
+            return Ok(Self::Jsonl);
+        }
+        match Path::new(path).extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "json") => Ok(Self::Jsonl),
+            Some("txt") => Ok(Self::Text),
+            _ => Err(Error::File {
+                path: path.into(),
+                message: "cannot tell the input format from the extension \
+                          (.jsonl, .json or .txt); pass --input-format jsonl|text"
+                    .into(),
+            }),
+        }
+    }
+}
+
+impl FromStr for InputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "jsonl" => Ok(Self::Jsonl),
+            "text" => Ok(Self::Text),
+            _ => Err(format!("`{s}` is not an input format (jsonl or text)")),
+        }
+    }
+}
+
+/// What a record holds: text to tokenize, or token ids used as is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// The prompt a record asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptChoice {
+    /// No `prompt_name` field: the job's prompt (command line or the model's default).
+    Inherit,
+    /// `"prompt_name": null`: no prompt.
+    NoPrompt,
+    Named(String),
+}
+
+/// One input document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// 1-based line number in the input.
+    pub line: usize,
+    /// The `id` field (a string or a number), if given.
+    pub id: Option<Value>,
+    pub content: Content,
+    pub prompt: PromptChoice,
+}
+
+impl Record {
+    /// The id written with the output: the record's `id`, else its 1-based line number.
+    pub fn output_id(&self) -> Value {
+        self.id.clone().unwrap_or_else(|| Value::from(self.line))
+    }
+}
+
+/// The display name of an input path (`<stdin>` for `-`).
+pub fn source_name(path: &str) -> &str {
+    if path == "-" {
+        "<stdin>"
+    } else {
+        path
+    }
+}
+
+/// Read every record of `path` (`-` is stdin). Blank JSON Lines are skipped; in text format
+/// every line is a document, an empty one included. Errors name the line.
+pub fn read_records(path: &str, format: InputFormat) -> Result<Vec<Record>> {
+    let name = source_name(path);
+    let mut bytes = Vec::new();
+    let read = if path == "-" {
+        std::io::stdin().read_to_end(&mut bytes)
+    } else {
+        File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    read.map_err(|source| Error::Io {
+        path: name.into(),
+        source,
+    })?;
+    parse_records(name, &bytes, format)
+}
+
+/// Parse the bytes of an input file (see [`read_records`]).
+pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut records = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        let error = |message: String| Error::Line {
+            source_name: name.into(),
+            line,
+            message,
+        };
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = std::str::from_utf8(raw).map_err(|e| error(format!("not UTF-8 ({e})")))?;
+        match format {
+            InputFormat::Text => records.push(Record {
+                line,
+                id: None,
+                content: Content::Text(text.to_string()),
+                prompt: PromptChoice::Inherit,
+            }),
+            InputFormat::Jsonl if text.trim().is_empty() => {}
+            InputFormat::Jsonl => records.push(parse_json_line(line, text).map_err(error)?),
+        }
+    }
+    Ok(records)
+}
+
+const FIELDS: &str = "`text` or `ids`, optional `id` and `prompt_name`";
+
+fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err(format!("expected a JSON object with {FIELDS}"));
+    };
+    if let Some(key) = map
+        .keys()
+        .find(|k| !["text", "ids", "id", "prompt_name"].contains(&k.as_str()))
+    {
+        return Err(format!("unknown field `{key}` (expected {FIELDS})"));
+    }
+    let content = match (map.get("text"), map.get("ids")) {
+        (Some(Value::String(text)), None) => Content::Text(text.clone()),
+        (Some(other), None) => return Err(format!("`text` must be a string, got {other}")),
+        (None, Some(Value::Array(ids))) => Content::Ids(
+            ids.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_u64()
+                        .and_then(|id| u32::try_from(id).ok())
+                        .ok_or_else(|| format!("`ids[{i}]` is not a token id: {v}"))
+                })
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        (None, Some(other)) => {
+            return Err(format!("`ids` must be an array of token ids, got {other}"))
+        }
+        (Some(_), Some(_)) => return Err("give `text` or `ids`, not both".into()),
+        (None, None) => return Err(format!("missing `text` (expected {FIELDS})")),
+    };
+    let id = match map.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(other) => return Err(format!("`id` must be a string or a number, got {other}")),
+    };
+    let prompt = match map.get("prompt_name") {
+        None => PromptChoice::Inherit,
+        Some(Value::Null) => PromptChoice::NoPrompt,
+        Some(Value::String(name)) => PromptChoice::Named(name.clone()),
+        Some(other) => {
+            return Err(format!(
+                "`prompt_name` must be a string or null, got {other}"
+            ))
+        }
+    };
+    if matches!(content, Content::Ids(_)) && matches!(prompt, PromptChoice::Named(_)) {
+        return Err("`prompt_name` does not apply to `ids` (token ids are used as is)".into());
+    }
+    Ok(Record {
+        line,
+        id,
+        content,
+        prompt,
+    })
+}
+
+/// Token ids of every record, in order: text gets its prompt prepended (the record's
+/// `prompt_name`, else `job_prompt`) and is tokenized in parallel; ids are validated.
+/// Errors name the input line.
+pub fn tokenize_records(
+    tokenizer: &Tokenizer,
+    records: &[Record],
+    source_name: &str,
+    job_prompt: Option<&str>,
+    truncation: Truncation,
+) -> Result<Vec<Vec<u32>>> {
+    let line_error = |line: usize, err: Error| {
+        let message = match err {
+            Error::Input { message, .. } => message,
+            other => other.to_string(),
+        };
+        Error::Line {
+            source_name: source_name.into(),
+            line,
+            message,
+        }
+    };
+    let mut texts = Vec::new();
+    let mut text_records = Vec::new();
+    for (r, record) in records.iter().enumerate() {
+        if let Content::Text(text) = &record.content {
+            let prompt = match &record.prompt {
+                PromptChoice::Inherit => job_prompt,
+                PromptChoice::NoPrompt => None,
+                PromptChoice::Named(name) => Some(
+                    tokenizer
+                        .prompt(name)
+                        .map_err(|e| line_error(record.line, e))?,
+                ),
+            };
+            texts.push(format!("{}{text}", prompt.unwrap_or("")));
+            text_records.push(r);
+        }
+    }
+    let mut encoded = tokenizer
+        .encode_batch(&texts, truncation)
+        .map_err(|e| match e {
+            Error::Input { index, .. } => line_error(records[text_records[index]].line, e),
+            other => other,
+        })?
+        .into_iter();
+    records
+        .iter()
+        .map(|record| match &record.content {
+            Content::Text(_) => Ok(encoded.next().expect("one encoding per text record")),
+            Content::Ids(ids) => {
+                tokenizer
+                    .check_ids(0, ids)
+                    .map_err(|e| line_error(record.line, e))?;
+                Ok(ids.clone())
+            }
+        })
+        .collect()
+}
+
+/// Split `lengths` (sequence lengths, in order) into consecutive groups of at most `max_tokens`
+/// tokens; a sequence longer than the budget forms a group of its own.
+pub fn pack_batches(lengths: &[usize], max_tokens: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        if i > start && tokens + len > max_tokens {
+            groups.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += len;
+    }
+    if start < lengths.len() {
+        groups.push(start..lengths.len());
+    }
+    groups
+}
+
+/// What an output file holds, by extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `{"id": ..., "embedding": [...]}` per input line.
+    Jsonl,
+    /// float32 `[N, D]`.
+    Npy,
+}
+
+impl OutputFormat {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => Ok(Self::Jsonl),
+            Some("npy") => Ok(Self::Npy),
+            _ => Err(Error::File {
+                path: path.into(),
+                message: "the output must end in .jsonl or .npy".into(),
+            }),
+        }
+    }
+}
+
+/// A file written under a temporary name next to its destination and renamed over it by
+/// [`AtomicFile::commit`]; dropped without a commit, the temporary file is removed.
+pub struct AtomicFile {
+    dest: PathBuf,
+    tmp: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(dest: &Path) -> Result<Self> {
+        let file_name = dest.file_name().ok_or_else(|| Error::File {
+            path: dest.into(),
+            message: "not a file name".into(),
+        })?;
+        let tmp = dest.with_file_name(format!(
+            ".{}.tmp-{}",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&tmp).map_err(|source| Error::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok(Self {
+            dest: dest.into(),
+            tmp,
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    pub fn writer(&mut self) -> &mut BufWriter<File> {
+        self.writer.as_mut().expect("writer lives until commit")
+    }
+
+    /// An I/O error on the temporary file.
+    pub fn io_error(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.tmp.clone(),
+            source,
+        }
+    }
+
+    /// Flush, sync and rename onto the destination.
+    pub fn commit(mut self) -> Result<()> {
+        let writer = self.writer.take().expect("committed once");
+        let file = writer
+            .into_inner()
+            .map_err(|e| self.io_error(e.into_error()))?;
+        file.sync_all().map_err(|e| self.io_error(e))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|source| Error::Io {
+            path: self.dest.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `[ids.len(), dim]` row-major embeddings to `path` in input order, atomically.
+pub fn write_embeddings(
+    path: &Path,
+    format: OutputFormat,
+    ids: &[Value],
+    dim: usize,
+    data: &[f32],
+) -> Result<()> {
+    assert_eq!(ids.len() * dim, data.len(), "one row per id");
+    let mut out = AtomicFile::create(path)?;
+    let written = match format {
+        OutputFormat::Npy => write_npy(out.writer(), ids.len(), dim, data),
+        OutputFormat::Jsonl => {
+            ids.iter()
+                .zip(data.chunks_exact(dim.max(1)))
+                .try_for_each(|(id, row)| {
+                    let line = serde_json::json!({ "id": id, "embedding": row });
+                    serde_json::to_writer(&mut *out.writer(), &line)?;
+                    out.writer().write_all(b"\n")
+                })
+        }
+    };
+    written.map_err(|e| out.io_error(e))?;
+    out.commit()
+}
+
+/// NumPy `.npy` version 1.0: little-endian float32, C order, shape `(rows, dim)`.
+pub fn write_npy<W: Write>(
+    w: &mut W,
+    rows: usize,
+    dim: usize,
+    data: &[f32],
+) -> std::io::Result<()> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    // Magic (6) + version (2) + header length (2) + header, padded with spaces and ended by a
+    // newline to a multiple of 64 bytes.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    for chunk in data.chunks(1 << 14) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.write_all(&bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jsonl(text: &str) -> Result<Vec<Record>> {
+        parse_records("in.jsonl", text.as_bytes(), InputFormat::Jsonl)
+    }
+
+    fn line_error(text: &str) -> (usize, String) {
+        match jsonl(text).unwrap_err() {
+            Error::Line { line, message, .. } => (line, message),
+            other => panic!("expected a line error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn reads_json_lines() {
+        let records = jsonl(
+            "{\"text\": \"a\"}\n\n{\"id\": \"x\", \"text\": \" b \", \"prompt_name\": \"query\"}\r\n\
+             {\"id\": 7, \"ids\": [2, 5, 1], \"prompt_name\": null}\n",
+        )
+        .unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].content, Content::Text("a".into()));
+        assert_eq!(records[0].output_id(), Value::from(1));
+        assert_eq!(records[0].prompt, PromptChoice::Inherit);
+        assert_eq!(records[1].line, 3);
+        assert_eq!(records[1].content, Content::Text(" b ".into()));
+        assert_eq!(records[1].output_id(), Value::from("x"));
+        assert_eq!(records[1].prompt, PromptChoice::Named("query".into()));
+        assert_eq!(records[2].content, Content::Ids(vec![2, 5, 1]));
+        assert_eq!(records[2].output_id(), Value::from(7));
+        assert_eq!(records[2].prompt, PromptChoice::NoPrompt);
+    }
+
+    #[test]
+    fn reads_text_lines_as_is() {
+        let records = parse_records("in.txt", b"one\n\n  two \r\n", InputFormat::Text).unwrap();
+        let texts: Vec<_> = records.iter().map(|r| r.content.clone()).collect();
+        assert_eq!(
+            texts,
+            [
+                Content::Text("one".into()),
+                Content::Text(String::new()),
+                Content::Text("  two ".into())
+            ]
+        );
+        assert_eq!(records[2].line, 3);
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        assert_eq!(line_error("{\"text\": \"a\"}\n{\"text\": 3}").0, 2);
+        assert!(line_error("{\"txt\": \"a\"}")
+            .1
+            .contains("unknown field `txt`"));
+        assert!(line_error("{\"id\": 1}").1.contains("missing `text`"));
+        assert!(line_error("{\"text\": \"a\", \"ids\": [1]}")
+            .1
+            .contains("not both"));
+        assert!(line_error("{\"ids\": [2, -1]}").1.contains("`ids[1]`"));
+        assert!(line_error("{\"ids\": [2, 1], \"prompt_name\": \"query\"}")
+            .1
+            .contains("does not apply"));
+        assert!(line_error("{\"text\": \"a\", \"id\": [1]}")
+            .1
+            .contains("`id`"));
+        assert!(line_error("[1]").1.contains("JSON object"));
+        let (line, message) = line_error("{\"text\": \"a\"}\n\n{oops");
+        assert_eq!(line, 3);
+        assert!(message.contains("invalid JSON"), "{message}");
+        let err = parse_records("in.txt", b"ok\n\xff\n", InputFormat::Text).unwrap_err();
+        assert!(
+            err.to_string().starts_with("in.txt: line 2: not UTF-8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(
+            InputFormat::from_path("a.jsonl").unwrap(),
+            InputFormat::Jsonl
+        );
+        assert_eq!(InputFormat::from_path("-").unwrap(), InputFormat::Jsonl);
+        assert_eq!(InputFormat::from_path("a.txt").unwrap(), InputFormat::Text);
+        assert!(InputFormat::from_path("a.csv").is_err());
+        assert_eq!(
+            OutputFormat::from_path(Path::new("o.npy")).unwrap(),
+            OutputFormat::Npy
+        );
+        assert!(OutputFormat::from_path(Path::new("o.bin")).is_err());
+    }
+
+    #[test]
+    fn packing_is_greedy_in_order() {
+        assert_eq!(pack_batches(&[3, 3, 3, 5, 1], 6), [0..2, 2..3, 3..5]);
+        assert_eq!(pack_batches(&[9, 2], 6), [0..1, 1..2]);
+        assert_eq!(pack_batches(&[], 6), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn npy_layout_matches_the_format_spec() {
+        let mut bytes = Vec::new();
+        write_npy(&mut bytes, 2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, -0.5]).unwrap();
+        // The header NumPy 1.x/2.x writes for np.zeros((2, 3), '<f4'), byte for byte.
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+        let mut expected = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+        expected.extend_from_slice(header.as_bytes());
+        expected.extend(std::iter::repeat_n(b' ', 128 - 10 - header.len() - 1));
+        expected.push(b'\n');
+        assert_eq!(&bytes[..128], &expected[..]);
+        assert_eq!(bytes.len(), 128 + 6 * 4);
+        assert_eq!(&bytes[128..132], &1.0f32.to_le_bytes());
+        assert_eq!(&bytes[148..], &(-0.5f32).to_le_bytes());
+    }
+
+    #[test]
+    fn uncommitted_output_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.npy");
+        {
+            let mut file = AtomicFile::create(&dest).unwrap();
+            file.writer().write_all(b"partial").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_embeddings(&dest, OutputFormat::Npy, &[Value::from(1)], 2, &[0.6, 0.8]).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(std::fs::read(&dest).unwrap().len(), 128 + 8);
+    }
+}

@@ -1,0 +1,371 @@
+//! End-to-end runs of the `gemma-embed` binary on the real model: input formats, prompts, id
+//! input, output formats and order, errors naming the line, nothing written on failure.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{cosine, golden, GoldenCase};
+use serde_json::{json, Value};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(args)
+        .output()
+        .expect("run gemma-embed")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn case<'a>(cases: &'a [GoldenCase], name: &str) -> &'a GoldenCase {
+    cases.iter().find(|c| c.name == name).unwrap()
+}
+
+/// Rows of a float32 `.npy` file written by us: (shape, data).
+fn read_npy(path: &Path) -> ((usize, usize), Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"));
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(data.len(), dims[0] * dims[1]);
+    ((dims[0], dims[1]), data)
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn renormalized_prefix(v: &[f32], d: usize) -> Vec<f32> {
+    let norm = v[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
+    v[..d].iter().map(|x| x / norm).collect()
+}
+
+#[test]
+fn embed_writes_jsonl_and_npy_in_input_order() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let model = model.to_str().unwrap();
+    let golden = golden();
+    let cases = &golden.cases;
+    let (query, doc, plain, sts) = (
+        case(cases, "card_query"),
+        case(cases, "card_doc1"),
+        case(cases, "no_prompt_short"),
+        case(cases, "sts_prompt"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = [
+        json!({"id": "q", "text": query.text, "prompt_name": "query"}),
+        json!({"text": doc.text}), // inherits --prompt-name document
+        json!({"id": 42, "text": plain.text, "prompt_name": null}),
+        json!({"ids": sts.token_ids}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let expected = [query, doc, plain, sts];
+
+    let out_jsonl = dir.path().join("out.jsonl");
+    let out = run(&[
+        "embed",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out_jsonl.to_str().unwrap(),
+        "--prompt-name",
+        "document",
+        "--backend",
+        "cpu",
+        "--max-batch-tokens",
+        "40",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("embedded 4 docs"), "{}", stderr(&out));
+    let rows = read_jsonl(&out_jsonl);
+    let ids: Vec<Value> = rows.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, [json!("q"), json!(2), json!(42), json!(4)]);
+    let mut from_jsonl = Vec::new();
+    for (row, case) in rows.iter().zip(expected) {
+        let embedding: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        let cos = cosine(&embedding, &case.embedding);
+        assert!(cos >= 0.99999, "{}: cosine {cos}", case.name);
+        from_jsonl.extend(embedding);
+    }
+
+    let out_npy = dir.path().join("out.npy");
+    let out = run(&[
+        "embed",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out_npy.to_str().unwrap(),
+        "--prompt-name",
+        "document",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, data) = read_npy(&out_npy);
+    assert_eq!(shape, (4, 768));
+    for (r, case) in expected.iter().enumerate() {
+        let row = &data[r * 768..(r + 1) * 768];
+        assert!(cosine(row, &case.embedding) >= 0.99999, "{}", case.name);
+        assert!(cosine(row, &from_jsonl[r * 768..(r + 1) * 768]) >= 0.999999);
+    }
+
+    // Matryoshka: the renormalized prefix of the reference.
+    let out_small = dir.path().join("small.npy");
+    let out = run(&[
+        "embed",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out_small.to_str().unwrap(),
+        "--prompt-name",
+        "document",
+        "--dimensions",
+        "128",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, data) = read_npy(&out_small);
+    assert_eq!(shape, (4, 128));
+    for (r, case) in expected.iter().enumerate() {
+        let reference = renormalized_prefix(&case.embedding, 128);
+        assert!(
+            cosine(&data[r * 128..(r + 1) * 128], &reference) >= 0.99999,
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn text_input_and_raw_prompt() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let golden = golden();
+    let query = case(&golden.cases, "card_query");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, format!("{}\n", query.text)).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = run(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--prompt",
+        &query.prompt,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_jsonl(&output);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["id"], json!(1));
+    let embedding: Vec<f32> = serde_json::from_value(rows[0]["embedding"].clone()).unwrap();
+    assert!(cosine(&embedding, &query.embedding) >= 0.99999);
+}
+
+#[test]
+fn tokenize_writes_the_golden_ids() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let golden = golden();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let text: String = golden
+        .cases
+        .iter()
+        .map(|c| {
+            format!(
+                "{}\n",
+                json!({"id": c.name, "text": c.text, "prompt_name": c.prompt_name})
+            )
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let out = run(&[
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), golden.cases.len());
+    for (row, case) in rows.iter().zip(&golden.cases) {
+        assert_eq!(row["id"], json!(case.name));
+        assert_eq!(row["ids"], json!(case.token_ids), "{}", case.name);
+    }
+}
+
+#[test]
+fn tokenize_reads_stdin() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args([
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"text\": \"Hello world\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // model-semantics.md section 7: "Hello world" -> <bos>, `Hello`, `▁world`, <eos>.
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{\"id\":1,\"ids\":[2,9259,1902,1]}\n"
+    );
+}
+
+#[test]
+fn bad_input_names_the_line_and_writes_nothing() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let model = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.npy");
+    let check = |content: &str, extra: &[&str], expected: &[&str]| {
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, content).unwrap();
+        let mut args = vec![
+            "embed",
+            "--model",
+            model,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let message = stderr(&out);
+        assert!(!out.status.success(), "{message}");
+        for part in expected {
+            assert!(message.contains(part), "expected `{part}` in: {message}");
+        }
+        std::fs::remove_file(&input).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a file was left behind"
+        );
+    };
+    check(
+        "{\"text\": \"a\"}\n{\"text\": \"b\"\n",
+        &[],
+        &["in.jsonl: line 2: invalid JSON"],
+    );
+    check(
+        "{\"text\": \"a\"}\n\n{\"text\": \"b\", \"prompt_name\": \"querry\"}\n",
+        &[],
+        &["line 3", "querry", "query"],
+    );
+    check("{\"ids\": [2, 262144, 1]}\n", &[], &["line 1", "262144"]);
+    check(
+        "{\"text\": \"<image_soft_token>\"}\n",
+        &[],
+        &["line 1", "<image_soft_token>"],
+    );
+    let long = format!(
+        "{{\"text\": \"a\"}}\n{{\"text\": \"{}\"}}\n",
+        "word ".repeat(3000)
+    );
+    check(
+        &long,
+        &["--no-truncate"],
+        &["line 2", "max_seq_length = 2048"],
+    );
+    check(
+        "{\"text\": \"a\"}\n",
+        &["--dimensions", "769"],
+        &["dimensions must be in 1..=768"],
+    );
+    check(
+        "{\"text\": \"a\"}\n",
+        &["--prompt-name", "nope"],
+        &["unknown prompt name `nope`"],
+    );
+}
+
+#[test]
+fn info_describes_the_model() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let out = run(&["info", "--model", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for part in [
+        "layers:         24",
+        "SSSSSFSSSSSFSSSSSFSSSSSF",
+        "|i - j| <= 256",
+        "F32",
+        "cpu",
+    ] {
+        assert!(text.contains(part), "expected `{part}` in:\n{text}");
+    }
+}
+
+#[test]
+fn missing_model_is_one_clear_error() {
+    let out = run(&["info", "--model", "/no/such/dir"]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.starts_with("error: model `/no/such/dir` not found"),
+        "{message}"
+    );
+}

@@ -1,0 +1,161 @@
+//! A host model of the CUDA backend's numerics on the real model, against the
+//! sentence-transformers float32 golden embeddings: the rounding points the GPU pipeline has,
+//! applied to the CPU twins of its kernels. It runs without a GPU, so the bf16 design's parity
+//! (cosine >= 0.9995 per vector) is known before the first device run.
+//!
+//! Rounding points modelled (see `src/backend/cuda/backend.rs`): weights in bf16, with the input
+//! and pre-feedforward norms' `(1 + w)` folded into the QKV and gate|up columns; embedding scale
+//! bf16(sqrt(hidden)); f32 residual stream; bf16 GEMM inputs with f32 accumulation; bf16 QKV
+//! and gate|up GEMM outputs; the per-row inverse RMS applied by the consumer; bf16 Q, K, V, the
+//! attention output and the GEGLU output; f32 O and down projection outputs; f32 pooling with
+//! the folded Dense. Not modelled: the flash kernel's bf16 probabilities and summation order.
+//! Skips loudly without the model; fails under `CI=true`.
+
+mod common;
+
+use gemma_embed::backend::cpu::ops as cpu;
+use gemma_embed::backend::Batch;
+use gemma_embed::model::{LayerKind, Model};
+
+fn bf16(values: &mut [f32]) {
+    for v in values {
+        *v = half::bf16::from_f32(*v).to_f32();
+    }
+}
+
+fn rounded(values: &[f32]) -> Vec<f32> {
+    let mut out = values.to_vec();
+    bf16(&mut out);
+    out
+}
+
+/// Rows of every matrix with columns scaled by `1 + norm`, rounded to bf16.
+fn folded(matrices: &[&[f32]], norm: &[f32]) -> Vec<f32> {
+    let mut out: Vec<f32> = matrices
+        .iter()
+        .flat_map(|m| m.chunks_exact(norm.len()))
+        .flat_map(|row| row.iter().zip(norm).map(|(&w, &g)| w * (1.0 + g)))
+        .collect();
+    bf16(&mut out);
+    out
+}
+
+fn inverse_rms(x: &[f32], width: usize, eps: f32) -> Vec<f32> {
+    x.chunks_exact(width)
+        .map(|row| {
+            let mean = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / width as f64;
+            (1.0 / (mean + f64::from(eps)).sqrt()) as f32
+        })
+        .collect()
+}
+
+fn gemm_bf16(x: &[f32], w: &[f32], in_features: usize, out_features: usize) -> Vec<f32> {
+    let rows = x.len() / in_features;
+    let mut out = vec![0.0; rows * out_features];
+    cpu::linear(&rounded(x), w, in_features, out_features, &mut out);
+    out
+}
+
+/// The CUDA pipeline's numerics on the host: `[num_seqs, embedding_dim]`, L2-normalized.
+fn cuda_model_forward(model: &Model, batch: &Batch) -> Vec<f32> {
+    let c = &model.config;
+    let w = &model.weights;
+    let (h, hd, heads, inter) = (c.hidden_size, c.head_dim, c.num_heads, c.intermediate_size);
+    let n = batch.num_tokens();
+    let positions = batch.positions();
+    let embed_scale = half::bf16::from_f32(c.embed_scale()).to_f32();
+
+    let table = rounded(&w.embed_tokens);
+    let mut x = vec![0.0f32; n * h];
+    cpu::embed_scaled(&table, h, &batch.ids, embed_scale, &mut x);
+
+    let tables = |theta| cpu::rope_tables(c.max_seq_len, &cpu::rope_inv_freq(hd, theta));
+    let (sliding, full) = (tables(c.rope_theta_sliding), tables(c.rope_theta_full));
+    for (i, l) in w.layers.iter().enumerate() {
+        let qkv_w = folded(&[&l.q_proj, &l.k_proj, &l.v_proj], &l.input_layernorm);
+        let gate_up_w = folded(&[&l.gate_proj, &l.up_proj], &l.pre_feedforward_layernorm);
+        let (o_w, down_w) = (rounded(&l.o_proj), rounded(&l.down_proj));
+
+        let inv = inverse_rms(&x, h, c.rms_norm_eps);
+        let width = (heads + 2) * hd;
+        let qkv = rounded(&gemm_bf16(&x, &qkv_w, h, width));
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, &r) in qkv.chunks_exact(width).zip(&inv) {
+            let scaled: Vec<f32> = row.iter().map(|&e| e * r).collect();
+            q.extend_from_slice(&scaled[..heads * hd]);
+            k.extend_from_slice(&scaled[heads * hd..(heads + 1) * hd]);
+            v.extend_from_slice(&scaled[(heads + 1) * hd..]);
+        }
+        cpu::rms_norm_in_place(&mut q, &l.q_norm, c.rms_norm_eps);
+        cpu::rms_norm_in_place(&mut k, &l.k_norm, c.rms_norm_eps);
+        let (cos, sin) = match c.layer_kind(i) {
+            LayerKind::Sliding => (&sliding.0, &sliding.1),
+            LayerKind::Full => (&full.0, &full.1),
+        };
+        cpu::rope(&mut q, &positions, heads, hd, cos, sin);
+        cpu::rope(&mut k, &positions, 1, hd, cos, sin);
+        q.iter_mut().for_each(|e| *e *= c.attention_scale());
+        bf16(&mut q);
+        bf16(&mut k);
+        bf16(&mut v);
+        let mut attention = vec![0.0f32; n * heads * hd];
+        let shape = cpu::AttentionShape {
+            num_heads: heads,
+            num_kv_heads: 1,
+            head_dim: hd,
+            window: c.window(i),
+            scale: 1.0,
+        };
+        cpu::attention(&q, &k, &v, &batch.seq_offsets, shape, &mut attention);
+        let o = gemm_bf16(&attention, &o_w, heads * hd, h);
+        cpu::residual_add_rms_norm(&mut x, &o, &l.post_attention_layernorm, c.rms_norm_eps);
+
+        let inv = inverse_rms(&x, h, c.rms_norm_eps);
+        let gate_up = rounded(&gemm_bf16(&x, &gate_up_w, h, 2 * inter));
+        let (mut gate, mut up) = (Vec::with_capacity(n * inter), Vec::with_capacity(n * inter));
+        for (row, &r) in gate_up.chunks_exact(2 * inter).zip(&inv) {
+            gate.extend(row[..inter].iter().map(|&g| g * r));
+            up.extend(row[inter..].iter().map(|&u| u * r));
+        }
+        let mut mlp = vec![0.0f32; n * inter];
+        cpu::gelu_tanh_mul(&gate, &up, &mut mlp);
+        let down = gemm_bf16(&mlp, &down_w, inter, h);
+        cpu::residual_add_rms_norm(&mut x, &down, &l.post_feedforward_layernorm, c.rms_norm_eps);
+    }
+
+    let mut normed = vec![0.0f32; n * h];
+    cpu::rms_norm(&x, &w.final_norm, c.rms_norm_eps, &mut normed);
+    let mut pooled = vec![0.0f32; batch.num_sequences() * h];
+    cpu::mean_pool(&normed, h, &batch.seq_offsets, &mut pooled);
+    let mut out = vec![0.0f32; batch.num_sequences() * c.embedding_dim];
+    cpu::linear(&pooled, &w.dense_folded, h, c.embedding_dim, &mut out);
+    cpu::l2_normalize(&mut out, c.embedding_dim);
+    out
+}
+
+#[test]
+fn bf16_pipeline_meets_the_parity_target() {
+    let Some(dir) = common::real_model_dir() else {
+        return;
+    };
+    let model = Model::load_dir(&dir).expect("load the real model");
+    let golden = common::golden();
+    let sequences: Vec<&[u32]> = golden.cases.iter().map(|c| &c.token_ids[..]).collect();
+    let out = cuda_model_forward(&model, &Batch::from_sequences(&sequences));
+    let dim = model.config.embedding_dim;
+    let mut worst = 1.0f64;
+    for (case, got) in golden.cases.iter().zip(out.chunks_exact(dim)) {
+        let cos = common::cosine(got, &case.embedding);
+        eprintln!(
+            "{:>16} {:>5} tokens: cosine {cos:.6}",
+            case.name, case.n_tokens
+        );
+        worst = worst.min(cos);
+    }
+    eprintln!("worst cosine {worst:.6}");
+    assert!(worst >= 0.9995, "bf16 pipeline worst cosine {worst}");
+}

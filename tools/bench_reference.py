@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Reference throughput: the workloads of `gemma-embed bench`, run through sentence-transformers,
+written in the same JSON schema (so the two reports can be compared workload by workload).
+
+    python3 tools/bench_reference.py --model DIR [--device cuda] [--lengths 128,512,2048] [--mixed]
+                                     [--tokens N] [--repeats N] [--json out.json]
+
+On a GPU the model runs in bfloat16 with SDPA attention; on the CPU in float32 (how each is
+normally used). Token ids are random (ids >= 6) and fed straight to the model: tokenization is not
+timed, as in `gemma-embed bench`. Sequences are sorted by length and packed into padded batches of
+at most --max-batch-tokens (padded) tokens, so the reference gets large batches. Warm-up runs are
+excluded; the reported rate is the median over --repeats runs of the whole workload.
+
+The mixed workload's lengths are drawn exactly as `gemma-embed bench --mixed` draws them (the same
+splitmix64 stream), so both engines see the same sequence lengths.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+MIXED_MIN_LEN = 16
+MIXED_MAX_LEN = 1024
+FIRST_ORDINARY_ID = 6
+
+
+def hf_backbone(model):
+    """The transformers model inside a SentenceTransformer."""
+    from transformers import PreTrainedModel
+
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+
+
+def splitmix64(state):
+    """One step of splitmix64: returns (new_state, output)."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return state, z ^ (z >> 31)
+
+
+def mixed_lengths(tokens, seed):
+    """Uniform lengths in MIXED_MIN_LEN..=MIXED_MAX_LEN until their sum reaches `tokens`."""
+    state, lengths, total = seed & MASK64, [], 0
+    while total < tokens:
+        state, z = splitmix64(state)
+        n = MIXED_MIN_LEN + z % (MIXED_MAX_LEN - MIXED_MIN_LEN + 1)
+        lengths.append(n)
+        total += n
+    return lengths
+
+
+def workloads(args):
+    out = []
+    for n in args.lengths:
+        out.append({"name": f"fixed-{n}", "seq_len": n, "lengths": [n] * max(1, args.tokens // n)})
+    if args.mixed:
+        out.append({"name": f"mixed-{MIXED_MIN_LEN}-{MIXED_MAX_LEN}", "seq_len": None,
+                    "lengths": mixed_lengths(args.tokens, args.seed)})
+    return out
+
+
+def model_flops(cfg, radius, dense_shapes, n):
+    """Matmul FLOPs of one sequence of n tokens: projections, MLP, attention inside each layer's
+    window (QK^T and PV), and the Dense head. Same formula as `gemma-embed bench`."""
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    head_dim, heads, kv_heads = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+    per_token = 2 * (hidden * (q_dim + 2 * kv_dim) + q_dim * hidden + 3 * hidden * inter)
+    total = 0
+    for kind in cfg["layer_types"]:
+        pairs = n * n
+        if kind == "sliding_attention" and n > radius + 1:
+            pairs -= (n - radius - 1) * (n - radius)
+        total += per_token * n + 4 * heads * head_dim * pairs
+    total += 2 * sum(i * o for i, o in dense_shapes)
+    return total
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def batches_of(lengths, max_batch_tokens):
+    """Sort by length (longest first, as sentence-transformers does) and cut into padded batches
+    whose padded size (rows x longest) stays within max_batch_tokens (one sequence at least)."""
+    order = sorted(lengths, reverse=True)
+    batches, current = [], []
+    for n in order:
+        if current and (len(current) + 1) * current[0] > max_batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(n)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="sentence-transformers model directory or id")
+    ap.add_argument("--device", help="cuda (bf16 + SDPA) or cpu (float32); default: cuda when available")
+    ap.add_argument("--dtype", choices=["bf16", "f32"], help="default: bf16 on cuda, f32 on cpu")
+    ap.add_argument("--lengths", default="128,512,2048",
+                    type=lambda s: [int(x) for x in s.split(",") if x.strip()])
+    ap.add_argument("--mixed", action="store_true", help="add the mixed-length workload")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="tokens per measured run of a workload (default: 65536 on cuda, 2048 on cpu)")
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="padded tokens per forward pass (default: 16384 on cuda, 4096 on cpu)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the report here")
+    args = ap.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = args.device.startswith("cuda")
+    dtype_name = args.dtype or ("bf16" if on_gpu else "f32")
+    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
+    args.tokens = args.tokens or (65536 if on_gpu else 2048)
+    args.max_batch_tokens = args.max_batch_tokens or (16384 if on_gpu else 4096)
+
+    start = time.time()
+    model = SentenceTransformer(args.model, device=args.device,
+                                model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"})
+    model.eval()
+    auto = hf_backbone(model)
+    cfg = auto.config.to_dict()
+    # transformers turns the raw bidirectional window w into an exclusive bound w/2 + 1 at load.
+    radius = cfg["sliding_window"] - 1
+    dense_shapes = [(m.linear.in_features, m.linear.out_features) for m in model if hasattr(m, "linear")]
+    print(f"bench_reference: {args.device} {next(model.parameters()).dtype} "
+          f"attention {auto.config._attn_implementation}, loaded in {time.time() - start:.1f} s", file=sys.stderr)
+
+    rng = np.random.default_rng(args.seed)
+    vocab = cfg["vocab_size"]
+
+    def run(batches_ids):
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for input_ids, mask in batches_ids:
+                features = {"input_ids": input_ids.to(args.device), "attention_mask": mask.to(args.device)}
+                model(features)["sentence_embedding"].float().cpu()
+        if on_gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    results = []
+    for w in workloads(args):
+        lengths = w["lengths"]
+        batches = batches_of(lengths, args.max_batch_tokens)
+        batch_tensors = []
+        for b in batches:
+            ids = torch.zeros((len(b), b[0]), dtype=torch.long)
+            mask = torch.zeros((len(b), b[0]), dtype=torch.long)
+            for r, n in enumerate(b):
+                ids[r, :n] = torch.from_numpy(rng.integers(FIRST_ORDINARY_ID, vocab, size=n))
+                mask[r, :n] = 1
+            batch_tensors.append((ids, mask))
+        for _ in range(args.warmup):
+            run(batch_tensors)
+        seconds = [run(batch_tensors) for _ in range(args.repeats)]
+        num_tokens = sum(lengths)
+        padded = sum(len(b) * b[0] for b in batches)
+        flops = sum(model_flops(cfg, radius, dense_shapes, n) for n in lengths)
+        med = statistics.median(seconds)
+        results.append({
+            "name": w["name"],
+            "seq_len": w["seq_len"],
+            "num_sequences": len(lengths),
+            "num_tokens": num_tokens,
+            "num_batches": len(batches),
+            "batch_fill": num_tokens / padded,
+            "seconds": seconds,
+            "seconds_median": med,
+            "tokens_per_s": num_tokens / med,
+            "tokens_per_s_min": num_tokens / max(seconds),
+            "tokens_per_s_max": num_tokens / min(seconds),
+            "sequences_per_s": len(lengths) / med,
+            "flops": flops,
+            "tflops_per_s": flops / med / 1e12,
+        })
+        r = results[-1]
+        print(f"{r['name']:>16}: {r['tokens_per_s']:>12,.0f} tok/s  ({r['tokens_per_s_min']:,.0f}.."
+              f"{r['tokens_per_s_max']:,.0f})  {r['sequences_per_s']:>9,.1f} seq/s  "
+              f"{r['tflops_per_s']:>7.2f} TFLOP/s  fill {r['batch_fill']:.2f}", file=sys.stderr)
+
+    import sentence_transformers
+    import transformers
+    report = {
+        "schema": "gemma-embed-bench/1",
+        "engine": "sentence-transformers",
+        "backend": "cuda" if on_gpu else "cpu",
+        "dtype": dtype_name,
+        "mode": "offline",
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_name(),
+            "cpu_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if on_gpu else None,
+        },
+        "build": {
+            "sentence_transformers": sentence_transformers.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "attention": auto.config._attn_implementation,
+        },
+        "model": {
+            "dir": args.model,
+            "num_layers": cfg["num_hidden_layers"],
+            "hidden_size": cfg["hidden_size"],
+            "embedding_dim": dense_shapes[-1][1] if dense_shapes else cfg["hidden_size"],
+        },
+        "settings": {
+            "tokens_per_run": args.tokens,
+            "max_batch_tokens": args.max_batch_tokens,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "seed": args.seed,
+        },
+        "workloads": results,
+    }
+    text = json.dumps(report, indent=1)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

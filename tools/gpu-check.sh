@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The GPU check (issue 3): validate and time a prebuilt gemma-embed on a GPU host that has python3
+# with torch, transformers and sentence-transformers, but no Rust toolchain, no network and no
+# real weights. Prepare the binary first with tools/gpu-check-prepare.sh (it lands in .gpu/).
+#
+#   tools/gpu-check.sh [--quick] [--cpu-only] [--bin PATH] [--work DIR]
+#
+# Stages (each under its own time limit; a failing stage does not stop the later ones, but the
+# exit status is 1 if any stage failed):
+#   1. a full-size random-weight EmbeddingGemma with the real config (tools/gpu/make_random_model.py)
+#   2. gemma-embed check-kernels: every kernel against its CPU twin, timed      -> $OUT/kernels.json
+#   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
+#      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector    -> $OUT/parity.json
+#   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA) vs
+#      sentence-transformers bf16 + SDPA on the same card                        -> $OUT/bench*.json
+#   5. a short summary table, printed last.
+#
+# --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
+# on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
+# the timed workloads. Everything lands in $OUT (default: ./gpu-check-out), at most 8 files.
+set -u -o pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="$repo/.gpu/gemma-embed"
+work="${TMPDIR:-/tmp}/gemma-embed-gpu-check"
+quick=0
+cpu_only=0
+python="${PYTHON:-python3}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --cpu-only) cpu_only=1 ;;
+        --bin) bin="$2"; shift ;;
+        --work) work="$2"; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+out="${OUT:-$work/out}"
+mkdir -p "$out" "$work"
+model="$work/model"
+stages="$work/stages.tsv"
+: > "$stages"
+failed=0
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+# stage NAME LIMIT_SECONDS COMMAND...: run under a time limit, record the outcome.
+stage() {
+    local name="$1" limit="$2"
+    shift 2
+    echo
+    echo "=== $name (limit ${limit}s): $*"
+    local start rc status
+    start=$(date +%s%N)
+    timeout -k 10 "$limit" "$@"
+    rc=$?
+    case $rc in
+        0) status=ok ;;
+        124|137) status=TIMEOUT; failed=1 ;;
+        *) status="FAIL(rc=$rc)"; failed=1 ;;
+    esac
+    printf '%s\t%s\t%d\n' "$name" "$status" $((($(date +%s%N) - start) / 1000000)) >> "$stages"
+    echo "=== $name: $status"
+    return $rc
+}
+
+if [ $cpu_only = 1 ]; then
+    backend=cpu; st_device=cpu
+else
+    backend=cuda; st_device=cuda
+fi
+if [ $quick = 1 ]; then
+    parity_lengths=1,2,3,15,16,17,63,64,65,127,128,129,255,256,257,258,511,512,513
+    bench_tokens=65536; bench_repeats=3; ref_tokens=16384; ref_repeats=2
+else
+    parity_lengths=1,2,3,15,16,17,63,64,65,127,128,129,255,256,257,258,511,512,513,1023,2047,2048
+    bench_tokens=262144; bench_repeats=5; ref_tokens=65536; ref_repeats=3
+fi
+bench_lengths=128,512,2048
+if [ $cpu_only = 1 ]; then
+    # The CPU runs the same pipeline at a size it finishes in minutes.
+    bench_lengths=128,512; bench_tokens=1024; bench_repeats=1; ref_tokens=1024; ref_repeats=1
+fi
+max_batch_tokens=65536
+
+main() {
+echo "=== machine"
+date -u +"%Y-%m-%dT%H:%M:%SZ"
+uname -a
+grep -m1 "model name" /proc/cpuinfo
+nproc
+if [ $cpu_only = 0 ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit,temperature.gpu,persistence_mode --format=csv
+    # cuBLAS for our binary comes from the torch environment's NVIDIA wheels.
+    nvidia_libs=$("$python" - <<'EOF'
+import glob, os, sys
+dirs = set()
+for base in sys.path:
+    for lib in glob.glob(os.path.join(base, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+EOF
+)
+    export LD_LIBRARY_PATH="${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    (IFS=:; for d in $nvidia_libs; do ls "$d"/libcublas*.so* 2>/dev/null; done)
+fi
+"$python" -c 'import torch, transformers, sentence_transformers as st; print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| sentence-transformers", st.__version__)'
+echo "binary: $bin ($(cat "$(dirname "$bin")/build.txt" 2>/dev/null || echo "no build.txt"))"
+
+stage make-model 180 "$python" "$repo/tools/gpu/make_random_model.py" "$model"
+"$bin" info --model "$model"
+
+if [ $cpu_only = 0 ]; then
+    stage check-kernels 150 "$bin" check-kernels --json "$out/kernels.json"
+fi
+
+ids="$work/parity-ids.jsonl"
+stage parity-ids 30 "$python" "$repo/tools/gpu/parity.py" ids --output "$ids" --lengths "$parity_lengths"
+compare_args=()
+if [ $cpu_only = 0 ]; then
+    stage embed-cuda 120 "$bin" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
+        --backend cuda --max-batch-tokens 16384
+    compare_args+=(--cuda "$work/cuda.npy")
+fi
+stage embed-cpu 240 "$bin" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
+    --backend cpu --max-batch-tokens 16384
+stage reference-st-f32 240 "$python" "$repo/tools/gpu/parity.py" reference --model "$model" \
+    --input "$ids" --output "$work/st.npy" --device "$st_device"
+stage parity 60 "$python" "$repo/tools/gpu/parity.py" compare --ids "$ids" "${compare_args[@]}" \
+    --cpu "$work/cpu.npy" --st "$work/st.npy" --json "$out/parity.json"
+
+stage bench 240 "$bin" bench --model "$model" --backend "$backend" --lengths "$bench_lengths" --mixed \
+    --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
+    --json "$out/bench.json"
+stage bench-reference 240 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
+    --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
+    --json "$out/bench_reference.json"
+
+echo
+"$python" "$repo/tools/gpu/summary.py" --stages "$stages" --out "$out" | tee "$out/summary.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || failed=1
+return $failed
+}
+
+main 2>&1 | tee "$out/gpu-check.log"
+exit "${PIPESTATUS[0]}"

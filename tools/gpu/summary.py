@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""The closing table of tools/gpu-check.sh: stage outcomes, kernel checks, parity, and
+throughput of gemma-embed against sentence-transformers, from the files the stages wrote.
+
+    summary.py --stages stages.tsv --out DIR
+
+Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json and DIR/bench_reference.json where they
+exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+# Issue 3 targets, measured on an H100 or H200.
+TARGET_TOKENS_PER_S_512 = 1_000_000
+TARGET_RATIO_VS_ST_BF16 = 10.0
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    ok = True
+
+    print("=" * 78)
+    print("GPU CHECK SUMMARY")
+    bench = load(os.path.join(args.out, "bench.json"))
+    ref = load(os.path.join(args.out, "bench_reference.json"))
+    device = None
+    for report in (bench, ref):
+        if report and not device:
+            device = report["machine"].get("gpu") or report["machine"].get("cpu")
+    if device:
+        print(f"device: {device}")
+
+    print(f"\n{'stage':<20} {'status':<14} {'seconds':>8}")
+    with open(args.stages) as f:
+        for line in f:
+            name, status, millis = line.rstrip("\n").split("\t")
+            print(f"{name:<20} {status:<14} {int(millis) / 1000:>8.1f}")
+            ok &= status == "ok"
+
+    kernels = load(os.path.join(args.out, "kernels.json"))
+    if kernels is not None:
+        failing = [k for k in kernels if not k.get("passed")]
+        print(f"\nkernels: {len(kernels) - len(failing)}/{len(kernels)} pass")
+        for k in failing:
+            print(f"  FAIL {k['name']} [{k['case']}]: max abs {k['max_abs_err']:.3e} "
+                  f"(tol {k['max_abs_tol']:.1e}), rel L2 {k['rel_l2_err']:.3e} "
+                  f"(tol {k['rel_l2_tol']:.1e}), bad values {k['bad_values']}")
+        ok &= not failing and len(kernels) > 0
+
+    parity = load(os.path.join(args.out, "parity.json"))
+    if parity is not None:
+        print(f"\nparity over {parity['num_vectors']} vectors: "
+              + ", ".join(f"min cos({k.replace('_', ',')}) {v:.6f}" for k, v in parity["min_cosine"].items()))
+        print(f"  thresholds {parity['threshold']} (cpu,st: {parity['cpu_threshold']}); "
+              f"max cos between different sequences "
+              + ", ".join(f"{k} {v:.3f}" for k, v in parity["max_cosine_between_different_sequences"].items()))
+        for p in parity["problems"][:10]:
+            print(f"  PROBLEM {p}")
+        print(f"  parity {'PASS' if parity['pass'] else 'FAIL'}")
+        ok &= parity["pass"]
+
+    if bench or ref:
+        ours = {w["name"]: w for w in bench["workloads"]} if bench else {}
+        theirs = {w["name"]: w for w in ref["workloads"]} if ref else {}
+        ours_label = f"gemma-embed {bench['backend']} {bench['dtype']}" if bench else "gemma-embed"
+        ref_label = f"ST {ref['backend']} {ref['dtype']}" if ref else "ST"
+        print(f"\n{'workload':<16} {ours_label:>22} {'TFLOP/s':>8} {ref_label:>18} {'TFLOP/s':>8} {'ratio':>7}")
+        for name in list(ours) + [n for n in theirs if n not in ours]:
+            a, b = ours.get(name), theirs.get(name)
+            cells = [f"{a['tokens_per_s']:>16,.0f} tok/s" if a else f"{'-':>22}",
+                     f"{a['tflops_per_s']:>8.2f}" if a else f"{'-':>8}",
+                     f"{b['tokens_per_s']:>12,.0f} tok/s" if b else f"{'-':>18}",
+                     f"{b['tflops_per_s']:>8.2f}" if b else f"{'-':>8}",
+                     f"{a['tokens_per_s'] / b['tokens_per_s']:>6.1f}x" if a and b else f"{'-':>7}"]
+            print(f"{name:<16} " + " ".join(cells))
+        if bench and bench["backend"] == "cuda":
+            w512 = ours.get("fixed-512")
+            if w512:
+                met = w512["tokens_per_s"] >= TARGET_TOKENS_PER_S_512
+                print(f"target >= {TARGET_TOKENS_PER_S_512:,} tok/s at 512: "
+                      f"{'met' if met else 'NOT met'} ({w512['tokens_per_s']:,.0f})")
+            ratios = [ours[n]["tokens_per_s"] / theirs[n]["tokens_per_s"] for n in ours if n in theirs]
+            if ratios:
+                print(f"target >= {TARGET_RATIO_VS_ST_BF16:.0f}x sentence-transformers bf16: "
+                      f"{'met' if min(ratios) >= TARGET_RATIO_VS_ST_BF16 else 'NOT met'} "
+                      f"(lowest {min(ratios):.1f}x)")
+
+    print(f"\nGPU CHECK {'PASS' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
