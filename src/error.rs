@@ -55,6 +55,18 @@ pub enum Error {
     Bench(String),
     #[error("dimensions must be in 1..={max}, got {got}")]
     Dimensions { got: usize, max: usize },
+    /// The engine's queue budgets are full (a server answers 429).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    #[error("the engine has stopped")]
+    EngineStopped,
+    #[error("engine configuration: {0}")]
+    EngineConfig(String),
+    #[error("a request needs at least one input")]
+    EmptyRequest,
+    /// The backend failed on the batch an input was in.
+    #[error("backend: {0}")]
+    Backend(String),
     #[error("CUDA: {0}")]
     Cuda(String),
     #[error(

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod index;
 pub mod model;

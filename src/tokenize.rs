@@ -73,6 +73,11 @@ impl Tokenizer {
         self.max_seq_len
     }
 
+    /// Special tokens added around every sequence (`<bos>`, `<eos>`).
+    pub fn added_tokens(&self) -> usize {
+        self.added_tokens
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }

@@ -206,6 +206,32 @@ pub(crate) fn linear_with(
     let rows = x.len() / in_features;
     assert_eq!(w.len(), in_features * out_features);
     assert_eq!(out.len(), rows * out_features);
+    // gemm 0.19 picks its algorithm by shape (gemm-common `gemm_basic_generic`): a gemv for one
+    // row, a "horizontal" kernel when rows * out <= 256, and a different k-blocking when rows
+    // and out are both <= 64. Those paths sum in another order, so a row's result would depend
+    // on how many rows share the call, i.e. on the batch it is in. Short calls are padded with
+    // zero rows up to the row count where the blocked kernel (whose k-blocking does not depend
+    // on the row count) always runs; every row then gets the same bits whatever the batch.
+    let min_rows = if out_features <= 64 && in_features > 512 {
+        65
+    } else {
+        (256 / out_features + 1).max(2)
+    };
+    if rows < min_rows {
+        let mut padded_x = vec![0.0; min_rows * in_features];
+        padded_x[..x.len()].copy_from_slice(x);
+        let mut padded_out = vec![0.0; min_rows * out_features];
+        linear_with(
+            &padded_x,
+            w,
+            in_features,
+            out_features,
+            &mut padded_out,
+            parallelism,
+        );
+        out.copy_from_slice(&padded_out[..out.len()]);
+        return;
+    }
     // SAFETY: the asserts above bound every access: lhs is [rows, in] with row stride `in`,
     // rhs is w^T, i.e. element (k, n) at n * in + k, dst is [rows, out] with row stride `out`.
     unsafe {

@@ -1,0 +1,395 @@
+//! The engine's scheduler: packing properties with a recording backend, bit-identical results
+//! through the scheduler with the CPU backend on the tiny fixture, overload and cancellation.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gemma_embed::backend::cpu::CpuBackend;
+use gemma_embed::backend::{Backend, Batch, Embeddings};
+use gemma_embed::engine::{Admission, Engine, EngineConfig, Input, Request, Response};
+use gemma_embed::model::{Model, ModelConfig};
+use gemma_embed::tokenize::{Tokenizer, Truncation};
+use gemma_embed::{Error, Result};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+}
+
+fn tiny_tokenizer() -> (Tokenizer, ModelConfig) {
+    let config = ModelConfig::load(&fixture_dir()).unwrap();
+    (Tokenizer::load(&fixture_dir(), &config).unwrap(), config)
+}
+
+/// xorshift64*: a small deterministic generator for the randomized cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn ids(&mut self, max_len: usize, vocab: usize) -> Vec<u32> {
+        let len = 1 + self.below(max_len);
+        (0..len).map(|_| self.below(vocab) as u32).collect()
+    }
+}
+
+/// The reference "embedding" of a sequence for the recording backend: a function of its own
+/// ids only, `dimensions` long.
+fn signature(ids: &[u32], dimensions: usize) -> Vec<f32> {
+    let sum: u64 = ids.iter().map(|&i| i as u64).sum();
+    let weighted: u64 = ids
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| (p as u64 + 1) * i as u64)
+        .sum();
+    (0..dimensions)
+        .map(|d| match d % 4 {
+            0 => ids.len() as f32,
+            1 => sum as f32,
+            2 => weighted as f32,
+            _ => ids[0] as f32 + d as f32,
+        })
+        .collect()
+}
+
+/// A backend that records every batch it gets and answers with [`signature`].
+struct Recording {
+    batches: Arc<Mutex<Vec<Batch>>>,
+    /// When set, every forward first waits for one message (lets a test hold the backend).
+    gate: Option<mpsc::Receiver<()>>,
+}
+
+impl Backend for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+
+    fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
+        if let Some(gate) = &self.gate {
+            gate.recv()
+                .map_err(|_| Error::Backend("gate closed".into()))?;
+        }
+        self.batches.lock().unwrap().push(batch.clone());
+        let data = (0..batch.num_sequences())
+            .flat_map(|s| signature(batch.sequence(s), dimensions))
+            .collect();
+        Ok(Embeddings {
+            dim: dimensions,
+            data,
+        })
+    }
+}
+
+fn ids_request(inputs: &[Vec<u32>], dimensions: usize) -> Request {
+    Request {
+        inputs: inputs.iter().cloned().map(Input::Ids).collect(),
+        dimensions,
+        truncation: Truncation::Truncate,
+    }
+}
+
+fn embeddings(response: Response) -> Vec<Vec<f32>> {
+    response
+        .outputs
+        .into_iter()
+        .map(|o| o.expect("embedded").embedding)
+        .collect()
+}
+
+#[test]
+fn packing_answers_every_input_once_within_budgets() {
+    let (_, config) = tiny_tokenizer();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for case in 0..40 {
+        let (tokenizer, _) = tiny_tokenizer();
+        let max_batch_tokens = 1 + rng.below(150);
+        let max_batch_sequences = 1 + rng.below(12);
+        let engine_config = EngineConfig {
+            max_batch_tokens,
+            max_batch_sequences,
+            max_wait: Duration::from_micros(rng.below(3000) as u64),
+            max_queued_inputs: 64,
+            max_queued_tokens: 64 * config.max_seq_len,
+            tokenizer_workers: 1 + rng.below(3),
+        };
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let backend = Recording {
+            batches: Arc::clone(&batches),
+            gate: None,
+        };
+        let engine = Engine::start(Box::new(backend), tokenizer, 8, engine_config).unwrap();
+        // Several client threads, each with a few requests of 1..10 inputs and mixed dimensions.
+        let requests: Vec<Vec<(Vec<Vec<u32>>, usize)>> = (0..1 + rng.below(4))
+            .map(|_| {
+                (0..1 + rng.below(5))
+                    .map(|_| {
+                        let inputs = (0..1 + rng.below(10))
+                            .map(|_| rng.ids(config.max_seq_len, config.vocab_size))
+                            .collect();
+                        (inputs, [8, 4][rng.below(2)])
+                    })
+                    .collect()
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for client in &requests {
+                let engine = &engine;
+                scope.spawn(move || {
+                    let tickets: Vec<_> = client
+                        .iter()
+                        .map(|(inputs, dims)| {
+                            engine
+                                .submit(ids_request(inputs, *dims), Admission::Wait)
+                                .unwrap()
+                        })
+                        .collect();
+                    for (ticket, (inputs, dims)) in tickets.into_iter().zip(client) {
+                        let got = embeddings(ticket.wait().unwrap());
+                        let want: Vec<_> = inputs.iter().map(|ids| signature(ids, *dims)).collect();
+                        assert_eq!(got, want, "case {case}: answers out of order or misrouted");
+                    }
+                });
+            }
+        });
+        let stats = engine.stats();
+        drop(engine);
+        let batches = batches.lock().unwrap();
+        let total_inputs: usize = requests.iter().flatten().map(|(i, _)| i.len()).sum();
+        let run: usize = batches.iter().map(Batch::num_sequences).sum();
+        assert_eq!(
+            run, total_inputs,
+            "case {case}: every input runs exactly once"
+        );
+        assert_eq!(stats.batches as usize, batches.len());
+        assert_eq!((stats.queued_inputs, stats.queued_tokens), (0, 0));
+        for batch in batches.iter() {
+            assert!(batch.num_sequences() <= max_batch_sequences, "case {case}");
+            assert!(
+                batch.num_tokens() <= max_batch_tokens || batch.num_sequences() == 1,
+                "case {case}: {} tokens in {} sequences over a budget of {max_batch_tokens}",
+                batch.num_tokens(),
+                batch.num_sequences()
+            );
+        }
+    }
+}
+
+#[test]
+fn results_are_bit_identical_whatever_the_packing() {
+    let dir = fixture_dir();
+    let model = Arc::new(Model::load_dir(&dir).unwrap());
+    let config = model.config.clone();
+    let mut rng = Rng(42);
+    let inputs: Vec<Vec<u32>> = (0..60)
+        .map(|_| rng.ids(config.max_seq_len, config.vocab_size))
+        .collect();
+    // Reference: every sequence alone, straight through the backend.
+    let mut alone = CpuBackend::new(Arc::clone(&model)).unwrap();
+    let reference: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|ids| {
+            alone
+                .forward(&Batch::from_sequences(&[ids]), config.embedding_dim)
+                .unwrap()
+                .data
+        })
+        .collect();
+    for (max_batch_tokens, max_batch_sequences) in [(1, 1), (70, 3), (200, 64), (5000, 1000)] {
+        let engine = Engine::start(
+            Box::new(CpuBackend::new(Arc::clone(&model)).unwrap()),
+            Tokenizer::load(&dir, &config).unwrap(),
+            config.embedding_dim,
+            EngineConfig {
+                max_batch_tokens,
+                max_batch_sequences,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let tickets: Vec<_> = inputs
+            .chunks(7)
+            .map(|chunk| {
+                engine
+                    .submit(ids_request(chunk, config.embedding_dim), Admission::Wait)
+                    .unwrap()
+            })
+            .collect();
+        let got: Vec<Vec<f32>> = tickets
+            .into_iter()
+            .flat_map(|t| embeddings(t.wait().unwrap()))
+            .collect();
+        let batches = engine.stats().batches;
+        for (i, (got, want)) in got.iter().zip(&reference).enumerate() {
+            let same = got
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "input {i} differs packed ({max_batch_tokens} tokens, \
+                 {max_batch_sequences} sequences per batch, {batches} batches) vs alone"
+            );
+        }
+    }
+}
+
+#[test]
+fn text_inputs_are_tokenized_with_their_prompt_and_errors_stay_per_input() {
+    let dir = fixture_dir();
+    let model = Arc::new(Model::load_dir(&dir).unwrap());
+    let config = model.config.clone();
+    let tokenizer = Tokenizer::load(&dir, &config).unwrap();
+    let prompt = tokenizer.prompt("query").unwrap().to_string();
+    let with_prompt = tokenizer
+        .encode(0, Some(&prompt), "hello world", Truncation::Truncate)
+        .unwrap();
+    let plain = tokenizer
+        .encode(0, None, "hello world", Truncation::Truncate)
+        .unwrap();
+    let engine = Engine::start(
+        Box::new(CpuBackend::new(Arc::clone(&model)).unwrap()),
+        tokenizer,
+        config.embedding_dim,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let text = |text: &str, prompt: Option<&str>| Input::Text {
+        text: text.into(),
+        prompt: prompt.map(String::from),
+    };
+    let response = engine
+        .submit(
+            Request {
+                inputs: vec![
+                    text("hello world", Some(&prompt)),
+                    Input::Ids(vec![2, 5000, 1]),
+                    text("hello world", None),
+                    Input::Ids(Vec::new()),
+                ],
+                dimensions: 16,
+                truncation: Truncation::Truncate,
+            },
+            Admission::Reject,
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mut backend = CpuBackend::new(model).unwrap();
+    let mut expect = |ids: &[u32]| {
+        backend
+            .forward(&Batch::from_sequences(&[ids]), 16)
+            .unwrap()
+            .data
+    };
+    let outputs = response.outputs;
+    let first = outputs[0].as_ref().unwrap();
+    assert_eq!(first.tokens, with_prompt.len());
+    assert_eq!(first.embedding, expect(&with_prompt));
+    assert_eq!(outputs[2].as_ref().unwrap().embedding, expect(&plain));
+    let bad_id = outputs[1].as_ref().unwrap_err().to_string();
+    assert!(
+        bad_id.contains("input 1") && bad_id.contains("5000"),
+        "{bad_id}"
+    );
+    let empty = outputs[3].as_ref().unwrap_err().to_string();
+    assert!(
+        empty.contains("input 3") && empty.contains("no tokens"),
+        "{empty}"
+    );
+    let too_wide = config.embedding_dim + 1;
+    assert!(matches!(
+        engine.submit(ids_request(&[vec![2, 1]], too_wide), Admission::Reject),
+        Err(Error::Dimensions { got, max }) if got == too_wide && max == config.embedding_dim
+    ));
+    assert!(matches!(
+        engine.submit(ids_request(&[], 16), Admission::Reject),
+        Err(Error::EmptyRequest)
+    ));
+}
+
+#[test]
+fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
+    let (tokenizer, _) = tiny_tokenizer();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let (open_gate, gate) = mpsc::channel();
+    let backend = Recording {
+        batches: Arc::clone(&batches),
+        gate: Some(gate),
+    };
+    let engine = Engine::start(
+        Box::new(backend),
+        tokenizer,
+        4,
+        EngineConfig {
+            max_batch_tokens: 100,
+            max_batch_sequences: 1,
+            max_wait: Duration::ZERO,
+            max_queued_inputs: 3,
+            max_queued_tokens: 1000,
+            tokenizer_workers: 1,
+        },
+    )
+    .unwrap();
+    let first = engine
+        .submit(ids_request(&[vec![2, 10, 1]], 4), Admission::Reject)
+        .unwrap();
+    let second = engine
+        .submit(ids_request(&[vec![2, 11, 1]], 4), Admission::Reject)
+        .unwrap();
+    // The backend holds the first input, the scheduler the second: let both get there.
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped = engine
+        .submit(ids_request(&[vec![2, 12, 1]], 4), Admission::Reject)
+        .unwrap();
+    let overloaded = engine.submit(ids_request(&[vec![2, 13, 1]], 4), Admission::Reject);
+    assert!(
+        matches!(&overloaded, Err(Error::Overloaded(m)) if m.contains("3 of 3 inputs")),
+        "{:?}",
+        overloaded.err()
+    );
+    let too_big = engine.submit(ids_request(&vec![vec![2, 1]; 4], 4), Admission::Wait);
+    assert!(matches!(too_big, Err(Error::Overloaded(_))));
+    drop(dropped);
+    for _ in 0..3 {
+        open_gate.send(()).unwrap();
+    }
+    assert_eq!(
+        embeddings(first.wait().unwrap()),
+        [signature(&[2, 10, 1], 4)]
+    );
+    assert_eq!(
+        embeddings(second.wait().unwrap()),
+        [signature(&[2, 11, 1], 4)]
+    );
+    // Room again once answered.
+    let after = engine
+        .submit(ids_request(&[vec![2, 14, 1]], 4), Admission::Reject)
+        .unwrap();
+    assert_eq!(
+        embeddings(after.wait().unwrap()),
+        [signature(&[2, 14, 1], 4)]
+    );
+    drop(open_gate);
+    drop(engine);
+    let ran: Vec<u32> = batches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.sequence(0)[1])
+        .collect();
+    assert_eq!(
+        ran,
+        [10, 11, 14],
+        "the dropped request never reached the backend"
+    );
+}
