@@ -167,6 +167,21 @@ fn rope_rotates_half_split_pairs() {
     assert_close(&got, &want, 1e-6);
 }
 
+#[test]
+fn exp_f32_is_accurate_over_the_clamped_range() {
+    let mut worst = 0.0f64;
+    for i in 0..175_000 {
+        let x = (-87.0 + f64::from(i) * 0.001) as f32;
+        let got = f64::from(ops::exp_f32(x));
+        let want = f64::from(x).exp();
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 3e-7, "worst relative error {worst:e}");
+    // Beyond the clamp the result stays finite and tiny, never NaN, infinite or denormal.
+    assert_eq!(ops::exp_f32(-1000.0), ops::exp_f32(-87.0));
+    assert!(ops::exp_f32(1000.0).is_finite());
+}
+
 fn gelu_tanh_ref(x: f64) -> f64 {
     0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
 }

@@ -57,7 +57,10 @@ fn golden_cases_match_sentence_transformers() {
             ));
         }
     }
-    eprintln!("worst cosine {worst_cos:.8}, worst max abs diff {worst_diff:.2e}");
+    eprintln!(
+        "worst 1 - cosine {:.2e}, worst max abs diff {worst_diff:.2e}",
+        1.0 - worst_cos
+    );
     assert!(failures.is_empty(), "golden mismatches: {failures:#?}");
 }
 

@@ -3,7 +3,7 @@
 # with torch, transformers and sentence-transformers, but no Rust toolchain, no network and no
 # real weights. Prepare the binary first with tools/gpu-check-prepare.sh (it lands in .gpu/).
 #
-#   tools/gpu-check.sh [--quick] [--cpu-only] [--bin PATH] [--work DIR]
+#   tools/gpu-check.sh [--quick] [--cpu-only] [--bin PATH] [--work DIR] [--budget SECONDS]
 #
 # Stages (each under its own time limit; a failing stage does not stop the later ones, but the
 # exit status is 1 if any stage failed):
@@ -17,7 +17,9 @@
 #
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
-# the timed workloads. Everything lands in $OUT (default: ./gpu-check-out), at most 8 files.
+# the timed workloads. Each stage has its own time limit, and all together keep within --budget
+# seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
+# $TMPDIR/gemma-embed-gpu-check/out), at most 8 files.
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,31 +27,52 @@ bin="$repo/.gpu/gemma-embed"
 work="${TMPDIR:-/tmp}/gemma-embed-gpu-check"
 quick=0
 cpu_only=0
+budget=""
 python="${PYTHON:-python3}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
+        --budget) budget="$2"; shift ;;
         --cpu-only) cpu_only=1 ;;
         --bin) bin="$2"; shift ;;
         --work) work="$2"; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 out="${OUT:-$work/out}"
+# Nothing from an earlier run may stand in for this run's results.
+rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work/cpu.npy" "$work/st.npy"
+(cd "$out" 2>/dev/null && rm -f gpu-check.log kernels.json parity.json bench.json bench_reference.json summary.txt)
 mkdir -p "$out" "$work"
+# The device call allows about 8 minutes: by default the whole check keeps within 7.
+[ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
+deadline=$(($(date +%s) + budget))
+# Stage limits are sized for the GPU host; the CPU dry run's Python reference is far slower.
+limit_scale=1
+[ $cpu_only = 1 ] && limit_scale=4
 model="$work/model"
 stages="$work/stages.tsv"
 : > "$stages"
 failed=0
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
-# stage NAME LIMIT_SECONDS COMMAND...: run under a time limit, record the outcome.
+# stage NAME LIMIT_SECONDS COMMAND...: run under a time limit (cut to what is left of the
+# whole run's budget, so that the summary always gets printed), record the outcome.
 stage() {
     local name="$1" limit="$2"
     shift 2
     echo
+    limit=$((limit * limit_scale))
+    local left=$((deadline - $(date +%s) - 20))
+    if [ $left -lt 10 ]; then
+        echo "=== $name: SKIPPED (the run's budget of ${budget}s is spent)"
+        printf '%s\tSKIPPED\t0\n' "$name" >> "$stages"
+        failed=1
+        return 1
+    fi
+    [ $left -lt "$limit" ] && limit=$left
     echo "=== $name (limit ${limit}s): $*"
     local start rc status
     start=$(date +%s%N)
@@ -65,6 +88,7 @@ stage() {
     return $rc
 }
 
+gemma=("$bin")
 if [ $cpu_only = 1 ]; then
     backend=cpu; st_device=cpu
 else
@@ -91,50 +115,52 @@ uname -a
 grep -m1 "model name" /proc/cpuinfo
 nproc
 if [ $cpu_only = 0 ]; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit,temperature.gpu,persistence_mode --format=csv
-    # cuBLAS for our binary comes from the torch environment's NVIDIA wheels.
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv \
+        || nvidia-smi
+    # cuBLAS (and NVRTC) for our binary come from the torch environment's NVIDIA wheels.
     nvidia_libs=$("$python" - <<'EOF'
 import glob, os, sys
 dirs = set()
 for base in sys.path:
-    for lib in glob.glob(os.path.join(base, "nvidia", "**", "lib*.so*"), recursive=True):
-        dirs.add(os.path.dirname(lib))
+    for name in ["libcublas.so*", "libcublasLt.so*", "libnvrtc.so*"]:
+        for lib in glob.glob(os.path.join(base, "nvidia", "**", name), recursive=True):
+            dirs.add(os.path.dirname(lib))
 print(":".join(sorted(dirs)))
 EOF
 )
-    export LD_LIBRARY_PATH="${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    gemma=(env "LD_LIBRARY_PATH=${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$bin")
+    echo "our binary runs with LD_LIBRARY_PATH=${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     (IFS=:; for d in $nvidia_libs; do ls "$d"/libcublas*.so* 2>/dev/null; done)
 fi
 "$python" -c 'import torch, transformers, sentence_transformers as st; print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| sentence-transformers", st.__version__)'
 echo "binary: $bin ($(cat "$(dirname "$bin")/build.txt" 2>/dev/null || echo "no build.txt"))"
 
-stage make-model 180 "$python" "$repo/tools/gpu/make_random_model.py" "$model"
-"$bin" info --model "$model"
+stage make-model 120 "$python" "$repo/tools/gpu/make_random_model.py" "$model"
+"${gemma[@]}" info --model "$model"
 
 if [ $cpu_only = 0 ]; then
-    stage check-kernels 150 "$bin" check-kernels --json "$out/kernels.json"
+    stage check-kernels 150 "${gemma[@]}" check-kernels --json "$out/kernels.json"
 fi
 
 ids="$work/parity-ids.jsonl"
 stage parity-ids 30 "$python" "$repo/tools/gpu/parity.py" ids --output "$ids" --lengths "$parity_lengths"
 compare_args=()
 if [ $cpu_only = 0 ]; then
-    stage embed-cuda 120 "$bin" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
+    stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
 fi
-stage embed-cpu 240 "$bin" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
+stage embed-cpu 150 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
     --backend cpu --max-batch-tokens 16384
-stage reference-st-f32 240 "$python" "$repo/tools/gpu/parity.py" reference --model "$model" \
+stage reference-st-f32 180 "$python" "$repo/tools/gpu/parity.py" reference --model "$model" \
     --input "$ids" --output "$work/st.npy" --device "$st_device"
-stage parity 60 "$python" "$repo/tools/gpu/parity.py" compare --ids "$ids" "${compare_args[@]}" \
+stage parity 30 "$python" "$repo/tools/gpu/parity.py" compare --ids "$ids" "${compare_args[@]}" \
     --cpu "$work/cpu.npy" --st "$work/st.npy" --json "$out/parity.json"
 
-stage bench 240 "$bin" bench --model "$model" --backend "$backend" --lengths "$bench_lengths" --mixed \
+stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --lengths "$bench_lengths" --mixed \
     --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
     --json "$out/bench.json"
-stage bench-reference 240 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
+stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
     --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
     --json "$out/bench_reference.json"
 

@@ -26,10 +26,26 @@ pub fn embed_scaled(table: &[f32], hidden: usize, ids: &[u32], scale: f32, out: 
     }
 }
 
+/// `sum(x^2)` in f64, over 8 independent lanes so the loop vectorizes.
+fn sum_of_squares(row: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v) * f64::from(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// Inverse root mean square of a row, `1 / sqrt(mean(x^2) + eps)`, accumulated in f64.
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let sum_sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let mean_sq = (sum_sq / row.len() as f64) as f32;
+    let mean_sq = (sum_of_squares(row) / row.len() as f64) as f32;
     1.0 / (mean_sq + eps).sqrt()
 }
 
@@ -127,11 +143,39 @@ pub fn rope(
     }
 }
 
+/// `e^x` in f32 without libm calls, so loops over it vectorize: Cody-Waite reduction by ln 2 and
+/// the Cephes `expf` polynomial (about 1 ulp). Inputs are clamped to [-87, 88], so the result
+/// stays finite and normal (`exp(-87)` = 1.6e-38 stands in for anything smaller).
+#[inline]
+pub fn exp_f32(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds x / ln 2 to the nearest integer n and leaves n in the low
+    // mantissa bits, so neither `floor` nor a saturating float-to-int cast is needed.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // ln 2 split into 355/512 (exact, so n * it is exact) and a small correction.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let e = p * r * r + r + 1.0;
+    let biased_exponent = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    e * f32::from_bits(biased_exponent << 23)
+}
+
 /// GELU, tanh approximation (`gelu_pytorch_tanh`):
-/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+/// `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, evaluated as the identical
+/// `x / (1 + e^(-2u))` through [`exp_f32`] (one exp instead of a libm `tanh`).
+#[inline]
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    x / (1.0 + exp_f32(-2.0 * u))
 }
 
 /// The MLP's gate: `out = gelu_tanh(gate) * up`, elementwise.
@@ -419,17 +463,19 @@ fn attention_block(
 
 /// Softmax of `row[lo..hi]` in place (max-subtracted, f32); every other entry becomes 0.
 fn softmax_in_window(row: &mut [f32], lo: usize, hi: usize) {
-    let max = row[lo..hi]
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for s in &mut row[lo..hi] {
-        *s = (*s - max).exp();
-        sum += *s;
+    let window = &mut row[lo..hi];
+    let max = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    window.iter_mut().for_each(|s| *s = exp_f32(*s - max));
+    let mut lanes = [0.0f32; 8];
+    let chunks = window.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, &e) in lanes.iter_mut().zip(chunk) {
+            *lane += e;
+        }
     }
-    let inv = 1.0 / sum;
-    row[lo..hi].iter_mut().for_each(|s| *s *= inv);
+    let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
+    window.iter_mut().for_each(|s| *s *= inv);
     row[..lo].fill(0.0);
     row[hi..].fill(0.0);
 }
@@ -458,11 +504,7 @@ pub fn mean_pool(x: &[f32], hidden: usize, seq_offsets: &[u32], out: &mut [f32])
 /// (`torch.nn.functional.normalize`).
 pub fn l2_normalize(x: &mut [f32], dim: usize) {
     for row in x.chunks_exact_mut(dim) {
-        let norm = row
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt() as f32;
+        let norm = sum_of_squares(row).sqrt() as f32;
         let inv = 1.0 / norm.max(1e-12);
         row.iter_mut().for_each(|v| *v *= inv);
     }
