@@ -10,6 +10,7 @@ pub mod reader;
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -266,6 +267,25 @@ pub fn tokenize_records(
         .collect()
 }
 
+/// Split `lengths` (sequence lengths, in order) into consecutive groups of at most `max_tokens`
+/// tokens; a sequence longer than the budget forms a group of its own (the offline packing of
+/// `bench`; the engine's scheduler also fills a batch with later inputs that fit).
+pub fn pack_batches(lengths: &[usize], max_tokens: usize) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        if i > start && tokens + len > max_tokens {
+            groups.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += len;
+    }
+    if start < lengths.len() {
+        groups.push(start..lengths.len());
+    }
+    groups
+}
+
 /// What an output file holds, by extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -445,6 +465,13 @@ mod tests {
             OutputFormat::Npy
         );
         assert!(OutputFormat::from_path(Path::new("o.bin")).is_err());
+    }
+
+    #[test]
+    fn packing_is_greedy_in_order() {
+        assert_eq!(pack_batches(&[3, 3, 3, 5, 1], 6), [0..2, 2..3, 3..5]);
+        assert_eq!(pack_batches(&[9, 2], 6), [0..1, 1..2]);
+        assert_eq!(pack_batches(&[], 6), Vec::<Range<usize>>::new());
     }
 
     #[test]
