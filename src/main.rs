@@ -282,6 +282,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         }),
     };
     let summary = job::run(&engine, &options)?;
+    let stats = engine.stats();
     drop(engine);
     let rejected = if summary.rejected > 0 {
         format!(
@@ -308,6 +309,18 @@ fn embed(args: EmbedArgs) -> Result<()> {
             String::new()
         },
     );
+    if stats.batches > 0 {
+        let forward = stats.forward_time.as_secs_f64();
+        eprintln!(
+            "backend: {} batches ({:.0} sequences, {:.0} tokens on average), forward {forward:.2} s \
+             = {:.1}% of the job's wall time ({:.0} tokens/s while computing)",
+            stats.batches,
+            stats.batch_sequences as f64 / stats.batches as f64,
+            stats.batch_tokens as f64 / stats.batches as f64,
+            100.0 * forward / summary.seconds.max(1e-9),
+            stats.batch_tokens as f64 / forward.max(1e-9),
+        );
+    }
     Ok(())
 }
 
