@@ -13,7 +13,7 @@ use gemma_embed::bench;
 use gemma_embed::engine::{Engine, EngineConfig};
 use gemma_embed::index::job::{self, JobOptions, OnError, ProgressMode, Shard};
 use gemma_embed::index::output::Dtype;
-use gemma_embed::index::{self, AtomicFile, InputFormat, OutputFormat, Record};
+use gemma_embed::index::{self, AtomicFile, CsvColumns, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 
@@ -56,10 +56,12 @@ struct ModelArg {
 /// Input options shared by `embed` and `tokenize`.
 #[derive(Args)]
 struct InputArgs {
-    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`) or plain text; `-` is stdin.
+    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`), plain text (one document per
+    /// line) or CSV with a header (`--text-column`, `--id-column`); `-` is stdin.
     #[arg(long)]
     input: String,
-    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text; `-`: jsonl).
+    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv;
+    /// `-`: jsonl).
     #[arg(long)]
     input_format: Option<InputFormat>,
     /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without
@@ -72,6 +74,21 @@ struct InputArgs {
     /// Fail on inputs longer than the model's max_seq_length instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
+    /// CSV input: the column holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// CSV input: the column holding the id (default: the line number).
+    #[arg(long)]
+    id_column: Option<String>,
+}
+
+impl InputArgs {
+    fn csv_columns(&self) -> CsvColumns {
+        CsvColumns {
+            text: self.text_column.clone(),
+            id: self.id_column.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -180,7 +197,7 @@ fn read_and_tokenize(
         Some(format) => format,
         None => InputFormat::from_path(&input.input)?,
     };
-    let records = index::read_records(&input.input, format)?;
+    let records = index::read_records(&input.input, format, &input.csv_columns())?;
     let job_prompt = match (&input.prompt, &input.prompt_name) {
         (Some(prompt), _) => Some(prompt.as_str()),
         (None, Some(name)) => Some(tokenizer.prompt(name)?),
@@ -257,6 +274,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let options = JobOptions {
         input: input.input.clone(),
         input_format,
+        columns: input.csv_columns(),
         output: args.output.clone(),
         output_format,
         dtype: args.dtype,

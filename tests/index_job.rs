@@ -324,3 +324,45 @@ fn a_checkpoint_of_other_parameters_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn csv_input_embeds_like_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = [
+        "plain".to_string(),
+        "with, comma".into(),
+        "two\nlines \"quoted\"".into(),
+    ];
+    let jsonl = dir.path().join("in.jsonl");
+    write_jsonl(&jsonl, &texts);
+    let mut csv = String::from("body,key\n");
+    for (i, t) in texts.iter().enumerate() {
+        csv += &format!("\"{}\",doc-{i}\n", t.replace('"', "\"\""));
+    }
+    let csv_path = dir.path().join("in.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let from_jsonl = dir.path().join("a.jsonl");
+    let from_csv = dir.path().join("b.jsonl");
+    run_ok(&[
+        "embed",
+        "--input",
+        jsonl.to_str().unwrap(),
+        "--output",
+        from_jsonl.to_str().unwrap(),
+    ]);
+    run_ok(&[
+        "embed",
+        "--input",
+        csv_path.to_str().unwrap(),
+        "--output",
+        from_csv.to_str().unwrap(),
+        "--text-column",
+        "body",
+        "--id-column",
+        "key",
+    ]);
+    assert_eq!(
+        std::fs::read(&from_csv).unwrap(),
+        std::fs::read(&from_jsonl).unwrap()
+    );
+}

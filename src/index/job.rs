@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::checkpoint::{sibling, sync_dir, Checkpoint};
 use super::output::{Dtype, RowWriter};
 use super::reader::{ReadPosition, RecordReader};
-use super::{Content, InputFormat, OutputFormat, PromptChoice, Record};
+use super::{Content, CsvColumns, InputFormat, OutputFormat, PromptChoice, Record};
 use crate::engine::{Admission, Engine, Input, Request, Ticket};
 use crate::tokenize::Truncation;
 use crate::{Error, Result};
@@ -109,6 +109,8 @@ pub struct JobOptions {
     /// Input path, `-` for stdin (not resumable).
     pub input: String,
     pub input_format: InputFormat,
+    /// The text and id columns of a CSV input.
+    pub columns: CsvColumns,
     pub output: PathBuf,
     pub output_format: OutputFormat,
     pub dtype: Dtype,
@@ -160,6 +162,7 @@ impl JobOptions {
             "input_len": len,
             "input_modified": modified,
             "input_format": format!("{:?}", self.input_format),
+            "csv_columns": [&self.columns.text, &self.columns.id],
             "output_format": format!("{:?}", self.output_format),
             "dtype": format!("{:?}", self.dtype),
             "dimensions": self.dimensions,
@@ -259,7 +262,12 @@ fn run_from(
     resume: Option<&Checkpoint>,
 ) -> Result<JobSummary> {
     let start_position = resume.map(Checkpoint::position).unwrap_or_default();
-    let mut reader = RecordReader::open(&options.input, options.input_format, start_position)?;
+    let mut reader = RecordReader::open(
+        &options.input,
+        options.input_format,
+        &options.columns,
+        start_position,
+    )?;
     let output = RowWriter::open(
         &options.partial_path(),
         options.output_format,

@@ -26,10 +26,28 @@ pub enum InputFormat {
     Jsonl,
     /// One document per line, taken as is.
     Text,
+    /// Comma-separated values with a header row; the text (and id) come from named columns.
+    Csv,
+}
+
+/// The columns of a CSV input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvColumns {
+    pub text: String,
+    pub id: Option<String>,
+}
+
+impl Default for CsvColumns {
+    fn default() -> Self {
+        Self {
+            text: "text".into(),
+            id: None,
+        }
+    }
 }
 
 impl InputFormat {
-    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text.
+    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV.
     pub fn from_path(path: &str) -> Result<Self> {
         if path == "-" {
             return Ok(Self::Jsonl);
@@ -37,10 +55,11 @@ impl InputFormat {
         match Path::new(path).extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "json") => Ok(Self::Jsonl),
             Some("txt") => Ok(Self::Text),
+            Some("csv") => Ok(Self::Csv),
             _ => Err(Error::File {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
-                          (.jsonl, .json or .txt); pass --input-format jsonl|text"
+                          (.jsonl, .json, .txt or .csv); pass --input-format jsonl|text|csv"
                     .into(),
             }),
         }
@@ -54,7 +73,8 @@ impl FromStr for InputFormat {
         match s {
             "jsonl" => Ok(Self::Jsonl),
             "text" => Ok(Self::Text),
-            _ => Err(format!("`{s}` is not an input format (jsonl or text)")),
+            "csv" => Ok(Self::Csv),
+            _ => Err(format!("`{s}` is not an input format (jsonl, text or csv)")),
         }
     }
 }
@@ -105,8 +125,17 @@ pub fn source_name(path: &str) -> &str {
 
 /// Read every record of `path` (`-` is stdin). Blank JSON Lines are skipped; in text format
 /// every line is a document, an empty one included. Errors name the line.
-pub fn read_records(path: &str, format: InputFormat) -> Result<Vec<Record>> {
+pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Result<Vec<Record>> {
     let name = source_name(path);
+    if format == InputFormat::Csv {
+        let mut reader =
+            reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
+        let mut records = Vec::new();
+        while let Some(document) = reader.next_document()? {
+            records.push(document.record?);
+        }
+        return Ok(records);
+    }
     let mut bytes = Vec::new();
     let read = if path == "-" {
         std::io::stdin().read_to_end(&mut bytes)
@@ -122,6 +151,12 @@ pub fn read_records(path: &str, format: InputFormat) -> Result<Vec<Record>> {
 
 /// Parse the bytes of an input file (see [`read_records`]).
 pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
+    if format == InputFormat::Csv {
+        return Err(Error::File {
+            path: name.into(),
+            message: "CSV is read from a file (see read_records)".into(),
+        });
+    }
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -143,8 +178,11 @@ pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Ve
                 content: Content::Text(text.to_string()),
                 prompt: PromptChoice::Inherit,
             }),
-            InputFormat::Jsonl if text.trim().is_empty() => {}
-            InputFormat::Jsonl => records.push(parse_json_line(line, text).map_err(error)?),
+            // (CSV was refused above.)
+            InputFormat::Jsonl | InputFormat::Csv if text.trim().is_empty() => {}
+            InputFormat::Jsonl | InputFormat::Csv => {
+                records.push(parse_json_line(line, text).map_err(error)?)
+            }
         }
     }
     Ok(records)
@@ -459,7 +497,8 @@ mod tests {
         );
         assert_eq!(InputFormat::from_path("-").unwrap(), InputFormat::Jsonl);
         assert_eq!(InputFormat::from_path("a.txt").unwrap(), InputFormat::Text);
-        assert!(InputFormat::from_path("a.csv").is_err());
+        assert_eq!(InputFormat::from_path("a.csv").unwrap(), InputFormat::Csv);
+        assert!(InputFormat::from_path("a.tsv").is_err());
         assert_eq!(
             OutputFormat::from_path(Path::new("o.npy")).unwrap(),
             OutputFormat::Npy
