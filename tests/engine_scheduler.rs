@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gemma_embed::backend::cpu::CpuBackend;
 use gemma_embed::backend::{Backend, Batch, Embeddings};
-use gemma_embed::engine::{Admission, Engine, EngineConfig, Input, Request, Response};
+use gemma_embed::engine::{Admission, BatchReport, Engine, EngineConfig, Input, Request, Response};
 use gemma_embed::model::{Model, ModelConfig};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 use gemma_embed::{Error, Result};
@@ -127,7 +127,19 @@ fn packing_answers_every_input_once_within_budgets() {
             batches: Arc::clone(&batches),
             gate: None,
         };
-        let engine = Engine::start(Box::new(backend), tokenizer, 8, engine_config).unwrap();
+        let observed = Arc::new(Mutex::new(Vec::new()));
+        let observer = {
+            let observed = Arc::clone(&observed);
+            Box::new(move |report: &BatchReport| observed.lock().unwrap().push(*report))
+        };
+        let engine = Engine::start_observed(
+            Box::new(backend),
+            tokenizer,
+            8,
+            engine_config,
+            Some(observer),
+        )
+        .unwrap();
         // Several client threads, each with a few requests of 1..10 inputs and mixed dimensions.
         let requests: Vec<Vec<(Vec<Vec<u32>>, usize)>> = (0..1 + rng.below(4))
             .map(|_| {
@@ -171,6 +183,20 @@ fn packing_answers_every_input_once_within_budgets() {
             "case {case}: every input runs exactly once"
         );
         assert_eq!(stats.batches as usize, batches.len());
+        let observed: Vec<(usize, usize)> = observed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.sequences, r.tokens))
+            .collect();
+        let recorded: Vec<(usize, usize)> = batches
+            .iter()
+            .map(|b| (b.num_sequences(), b.num_tokens()))
+            .collect();
+        assert_eq!(
+            observed, recorded,
+            "case {case}: the observer saw every batch"
+        );
         assert_eq!((stats.queued_inputs, stats.queued_tokens), (0, 0));
         for batch in batches.iter() {
             assert!(batch.num_sequences() <= max_batch_sequences, "case {case}");

@@ -186,6 +186,20 @@ pub struct EngineStats {
     pub forward_time: Duration,
 }
 
+/// One batch the backend ran, as reported to a [`BatchObserver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchReport {
+    pub sequences: usize,
+    pub tokens: usize,
+    /// Time in `forward`.
+    pub forward: Duration,
+    pub failed: bool,
+}
+
+/// Called by the backend worker after every batch (for metrics such as batch-size histograms);
+/// it runs on the backend's thread, so it must be quick.
+pub type BatchObserver = Box<dyn Fn(&BatchReport) + Send>;
+
 /// Lock a mutex, going on with its data if another thread panicked while holding it (every
 /// critical section here leaves the data consistent).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -356,6 +370,17 @@ impl Engine {
         embedding_dim: usize,
         config: EngineConfig,
     ) -> Result<Self> {
+        Self::start_observed(backend, tokenizer, embedding_dim, config, None)
+    }
+
+    /// [`Engine::start`] with an observer told about every batch.
+    pub fn start_observed(
+        backend: Box<dyn Backend>,
+        tokenizer: Tokenizer,
+        embedding_dim: usize,
+        config: EngineConfig,
+        observer: Option<BatchObserver>,
+    ) -> Result<Self> {
         config.validate()?;
         let shared = Arc::new(Shared {
             budget: Budget {
@@ -398,7 +423,7 @@ impl Engine {
         })?;
         let backend_shared = Arc::clone(&shared);
         let backend_thread = spawn("backend", move || {
-            backend_worker(&backend_shared, backend, &batch_receiver)
+            backend_worker(&backend_shared, backend, &batch_receiver, observer)
         })?;
         Ok(Self {
             shared,
@@ -638,6 +663,7 @@ fn backend_worker(
     shared: &Shared,
     mut backend: Box<dyn Backend>,
     batches: &Receiver<PreparedBatch>,
+    observer: Option<BatchObserver>,
 ) {
     while let Ok(PreparedBatch {
         batch,
@@ -652,6 +678,14 @@ fn backend_worker(
         }
         let result = backend.forward(&batch, dimensions);
         let end = Instant::now();
+        if let Some(observe) = &observer {
+            observe(&BatchReport {
+                sequences: entries.len(),
+                tokens: batch.num_tokens(),
+                forward: end - start,
+                failed: result.is_err(),
+            });
+        }
         shared.batches.fetch_add(1, Ordering::Relaxed);
         shared
             .forward_nanos
