@@ -54,10 +54,7 @@ fn main() {
             if require {
                 panic!("GEMMA_EMBED_REQUIRE_CUDA=1 but {reason}");
             }
-            println!(
-                "cargo:warning=building without CUDA kernels: {reason}. Install nvcc with \
-                 tools/install-cuda-toolchain.sh, set NVCC to its path and rebuild."
-            );
+            println!("cargo:warning=building without CUDA kernels: {reason}, then rebuild");
             println!("cargo:rustc-env=GEMMA_EMBED_CUDA_ARCHS=");
         }
     }
@@ -68,7 +65,11 @@ struct Missing(String);
 
 fn build_kernels(kernel_dir: &Path, out_dir: &Path) -> Result<String, Missing> {
     let nvcc = find_nvcc().ok_or_else(|| {
-        Missing("nvcc not found (looked at NVCC, CUDA_HOME, CUDA_PATH and PATH)".into())
+        Missing(
+            "nvcc not found (looked at NVCC, CUDA_HOME, CUDA_PATH and PATH); install it with \
+             tools/install-cuda-toolchain.sh and set NVCC to the path it prints"
+                .into(),
+        )
     })?;
     generate_params_bindings(kernel_dir, out_dir)?;
 

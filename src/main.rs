@@ -4,14 +4,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use gemma_embed::backend::{self, BackendKind, Batch};
+use gemma_embed::backend::{self, BackendKind};
 use gemma_embed::bench;
-use gemma_embed::index::{self, AtomicFile, InputFormat, OutputFormat, Record};
+use gemma_embed::engine::{Engine, EngineConfig};
+use gemma_embed::index::job::{self, JobOptions, OnError, ProgressMode, Shard};
+use gemma_embed::index::output::Dtype;
+use gemma_embed::index::{self, AtomicFile, CsvColumns, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 
@@ -28,8 +30,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Embed every line of an input file into a .jsonl or .npy output, in input order.
+    /// Embed every document of an input file into a .jsonl or .npy output, in input order;
+    /// streams, checkpoints, and resumes when rerun after an interruption.
     Embed(EmbedArgs),
+    /// Merge the outputs of `embed --shard 0/N` .. `N-1/N` back into input order.
+    Merge(MergeArgs),
     /// Write the token ids of every input line as JSON Lines.
     Tokenize(TokenizeArgs),
     /// Show the model configuration and the backends of this build.
@@ -51,10 +56,12 @@ struct ModelArg {
 /// Input options shared by `embed` and `tokenize`.
 #[derive(Args)]
 struct InputArgs {
-    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`) or plain text; `-` is stdin.
+    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`), plain text (one document per
+    /// line) or CSV with a header (`--text-column`, `--id-column`); `-` is stdin.
     #[arg(long)]
     input: String,
-    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text; `-`: jsonl).
+    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv;
+    /// `-`: jsonl).
     #[arg(long)]
     input_format: Option<InputFormat>,
     /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without
@@ -67,6 +74,21 @@ struct InputArgs {
     /// Fail on inputs longer than the model's max_seq_length instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
+    /// CSV input: the column holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// CSV input: the column holding the id (default: the line number).
+    #[arg(long)]
+    id_column: Option<String>,
+}
+
+impl InputArgs {
+    fn csv_columns(&self) -> CsvColumns {
+        CsvColumns {
+            text: self.text_column.clone(),
+            id: self.id_column.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -75,9 +97,21 @@ struct EmbedArgs {
     model: ModelArg,
     #[command(flatten)]
     input: InputArgs,
-    /// Output file: .jsonl (`{"id", "embedding"}` per line) or .npy (float32 [N, D]).
+    /// Output file: .jsonl (`{"id", "embedding"}` per line) or .npy ([N, D]). Written as
+    /// OUTPUT.partial with a checkpoint OUTPUT.checkpoint; rerunning the same command after an
+    /// interruption continues from the checkpoint.
     #[arg(long)]
     output: PathBuf,
+    /// Element type of a .npy output: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Embed only every N-th document starting at document I (0-based), e.g. `--shard 1/4`;
+    /// `gemma-embed merge` puts the shard outputs back together.
+    #[arg(long, default_value = "0/1")]
+    shard: Shard,
+    /// fail: stop at the first bad document; skip: log it to OUTPUT.rejects.jsonl and go on.
+    #[arg(long, default_value = "fail")]
+    on_error: OnError,
     /// Matryoshka truncation (then renormalized); 768, 512, 256 and 128 are the trained sizes.
     #[arg(long)]
     dimensions: Option<usize>,
@@ -87,6 +121,25 @@ struct EmbedArgs {
     /// Token budget of one forward batch (a longer single input runs alone).
     #[arg(long, default_value_t = 16384)]
     max_batch_tokens: usize,
+    /// Sequence cap of one forward batch.
+    #[arg(long, default_value_t = 1024)]
+    max_batch_sequences: usize,
+    /// Documents per engine request (the unit of reading, ordering and checkpointing).
+    #[arg(long, default_value_t = 64)]
+    docs_per_request: usize,
+    /// Progress: a bar on a terminal, a line every 10 s otherwise; `--quiet` turns it off.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Shard outputs in shard order (0/N first), all .npy or all .jsonl.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// The merged file.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -120,6 +173,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed(args),
+        Command::Merge(args) => merge(args),
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
         Command::Bench(args) => bench(args),
@@ -143,7 +197,7 @@ fn read_and_tokenize(
         Some(format) => format,
         None => InputFormat::from_path(&input.input)?,
     };
-    let records = index::read_records(&input.input, format)?;
+    let records = index::read_records(&input.input, format, &input.csv_columns())?;
     let job_prompt = match (&input.prompt, &input.prompt_name) {
         (Some(prompt), _) => Some(prompt.as_str()),
         (None, Some(name)) => Some(tokenizer.prompt(name)?),
@@ -166,9 +220,23 @@ fn read_and_tokenize(
 
 fn embed(args: EmbedArgs) -> Result<()> {
     let output_format = OutputFormat::from_path(&args.output)?;
-    if args.max_batch_tokens == 0 {
-        bail!("--max-batch-tokens must be at least 1");
+    if args.dtype == Dtype::F16 && output_format != OutputFormat::Npy {
+        bail!("--dtype f16 is for .npy outputs");
     }
+    for (flag, value) in [
+        ("--max-batch-tokens", args.max_batch_tokens),
+        ("--max-batch-sequences", args.max_batch_sequences),
+        ("--docs-per-request", args.docs_per_request),
+    ] {
+        if value == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    let input = &args.input;
+    let input_format = match input.input_format {
+        Some(format) => format,
+        None => InputFormat::from_path(&input.input)?,
+    };
     let dir = resolve_model_dir(&args.model.model)?;
     let config = ModelConfig::load(&dir)?;
     let dimensions = args.dimensions.unwrap_or(config.embedding_dim);
@@ -179,51 +247,109 @@ fn embed(args: EmbedArgs) -> Result<()> {
         }
         .into());
     }
-    // Input errors surface before the weights are read.
     let tokenizer = Tokenizer::load(&dir, &config)?;
-    let (records, sequences) = read_and_tokenize(&args.input, &tokenizer)?;
-    if args.backend == BackendKind::Cuda {
-        // Fail before reading the weights when the device or the kernels are missing.
-        backend::cuda::probe()?;
-    }
+    let job_prompt = match (&input.prompt, &input.prompt_name) {
+        (Some(prompt), _) => Some(prompt.clone()),
+        (None, Some(name)) => Some(tokenizer.prompt(name)?.to_string()),
+        (None, None) => tokenizer.default_prompt().map(String::from),
+    };
     let model = Arc::new(Model::load_dir(&dir)?);
-    let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;
     eprintln!("backend: {note}");
-
-    let start = Instant::now();
-    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
-    let mut data = Vec::with_capacity(records.len() * dimensions);
-    for group in index::pack_batches(&lengths, args.max_batch_tokens) {
-        let batch = Batch::from_sequences(&sequences[group.clone()]);
-        let embeddings = backend
-            .forward(&batch, dimensions)
-            .with_context(|| format!("embedding input lines {}", line_span(&records[group])))?;
-        data.extend_from_slice(&embeddings.data);
-    }
-    let seconds = start.elapsed().as_secs_f64();
-
-    let ids: Vec<_> = records.iter().map(Record::output_id).collect();
-    index::write_embeddings(&args.output, output_format, &ids, dimensions, &data)?;
-    let tokens: usize = lengths.iter().sum();
+    let backend_name = backend.name();
+    // Admission waits (never rejects) in a job; the bound keeps CHUNKS_IN_FLIGHT requests queued.
+    let queued = args.docs_per_request * 16;
+    let engine = Engine::start(
+        backend,
+        tokenizer,
+        config.embedding_dim,
+        EngineConfig {
+            max_batch_tokens: args.max_batch_tokens,
+            max_batch_sequences: args.max_batch_sequences,
+            max_queued_inputs: queued,
+            max_queued_tokens: queued * config.max_seq_len,
+            ..EngineConfig::default()
+        },
+    )?;
+    let options = JobOptions {
+        input: input.input.clone(),
+        input_format,
+        columns: input.csv_columns(),
+        output: args.output.clone(),
+        output_format,
+        dtype: args.dtype,
+        dimensions,
+        job_prompt,
+        truncation: if input.no_truncate {
+            Truncation::Refuse
+        } else {
+            Truncation::Truncate
+        },
+        shard: args.shard,
+        on_error: args.on_error,
+        docs_per_request: args.docs_per_request,
+        progress: if args.quiet {
+            ProgressMode::Off
+        } else {
+            ProgressMode::for_stderr()
+        },
+        // Batch sizes are left out on purpose: embeddings do not depend on them.
+        params: serde_json::json!({
+            "model": display_dir(&dir),
+            "backend": backend_name,
+        }),
+    };
+    let summary = job::run(&engine, &options)?;
+    let stats = engine.stats();
+    drop(engine);
+    let rejected = if summary.rejected > 0 {
+        format!(
+            ", {} rejected (see {})",
+            summary.rejected,
+            options.rejects_path().display()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "embedded {} docs, {tokens} tokens in {seconds:.2} s ({:.0} tokens/s) on {} -> {}",
-        records.len(),
-        tokens as f64 / seconds.max(1e-9),
-        backend.name(),
-        args.output.display()
+        "embedded {} docs, {} tokens in {:.2} s ({:.1} docs/s, {:.0} tokens/s) on {backend_name} \
+         -> {} ({} rows{}{rejected})",
+        summary.docs,
+        summary.tokens,
+        summary.seconds,
+        summary.docs as f64 / summary.seconds.max(1e-9),
+        summary.tokens as f64 / summary.seconds.max(1e-9),
+        args.output.display(),
+        summary.rows,
+        if summary.resumed_rows > 0 {
+            format!(", {} from the interrupted run", summary.resumed_rows)
+        } else {
+            String::new()
+        },
     );
+    if stats.batches > 0 {
+        let forward = stats.forward_time.as_secs_f64();
+        eprintln!(
+            "backend: {} batches ({:.0} sequences, {:.0} tokens on average), forward {forward:.2} s \
+             = {:.1}% of the job's wall time ({:.0} tokens/s while computing)",
+            stats.batches,
+            stats.batch_sequences as f64 / stats.batches as f64,
+            stats.batch_tokens as f64 / stats.batches as f64,
+            100.0 * forward / summary.seconds.max(1e-9),
+            stats.batch_tokens as f64 / forward.max(1e-9),
+        );
+    }
     Ok(())
 }
 
-/// `12-40` (1-based input lines of a batch), for error context.
-fn line_span(records: &[Record]) -> String {
-    match (records.first(), records.last()) {
-        (Some(first), Some(last)) if first.line != last.line => {
-            format!("{}-{}", first.line, last.line)
-        }
-        (Some(first), _) => first.line.to_string(),
-        _ => String::new(),
-    }
+fn merge(args: MergeArgs) -> Result<()> {
+    let rows = index::merge::merge(&args.shards, &args.output)?;
+    eprintln!(
+        "merged {} shards: {rows} rows -> {}",
+        args.shards.len(),
+        args.output.display()
+    );
+    Ok(())
 }
 
 fn tokenize(args: TokenizeArgs) -> Result<()> {

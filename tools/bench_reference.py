@@ -143,6 +143,7 @@ def main():
     start = time.time()
     model = SentenceTransformer(args.model, device=args.device,
                                 model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"})
+    model.to(dtype)
     model.eval()
     auto = hf_backbone(model)
     cfg = auto.config.to_dict()

@@ -8,7 +8,8 @@
 # Stages (each under its own time limit; a failing stage does not stop the later ones, but the
 # exit status is 1 if any stage failed):
 #   1. a full-size random-weight EmbeddingGemma with the real config (tools/gpu/make_random_model.py)
-#   2. gemma-embed check-kernels: every kernel against its CPU twin, timed      -> $OUT/kernels.json
+#   2. the card's ceilings (copy bandwidth, bf16 matmul rate) measured with torch -> $OUT/ceilings.json;
+#      gemma-embed check-kernels: every kernel against its CPU twin, timed      -> $OUT/kernels.json
 #   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector    -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA) vs
@@ -44,7 +45,7 @@ done
 out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work/cpu.npy" "$work/st.npy"
-(cd "$out" 2>/dev/null && rm -f gpu-check.log kernels.json parity.json bench.json bench_reference.json summary.txt)
+(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_reference.json summary.txt)
 mkdir -p "$out" "$work"
 # The device call allows about 8 minutes: by default the whole check keeps within 7.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
@@ -115,7 +116,8 @@ uname -a
 grep -m1 "model name" /proc/cpuinfo
 nproc
 if [ $cpu_only = 0 ]; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit,temperature.gpu,persistence_mode --format=csv
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv \
+        || nvidia-smi
     # cuBLAS (and NVRTC) for our binary come from the torch environment's NVIDIA wheels.
     nvidia_libs=$("$python" - <<'EOF'
 import glob, os, sys
@@ -138,6 +140,7 @@ stage make-model 120 "$python" "$repo/tools/gpu/make_random_model.py" "$model"
 "${gemma[@]}" info --model "$model"
 
 if [ $cpu_only = 0 ]; then
+    stage ceilings 60 "$python" "$repo/tools/gpu/ceilings.py" --json "$out/ceilings.json"
     stage check-kernels 150 "${gemma[@]}" check-kernels --json "$out/kernels.json"
 fi
 

@@ -16,6 +16,7 @@ pub use report::{BuildInfo, MachineInfo, ModelInfo, Report, Settings, WorkloadRe
 use std::time::Instant;
 
 use crate::backend::{Backend, Batch};
+use crate::index;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -101,32 +102,30 @@ pub struct BenchOptions {
     pub seed: u64,
 }
 
-/// Pack sequences of the given lengths, in order, into batches of at most `max_batch_tokens`
-/// tokens, filled with random ordinary token ids below `vocab_size`.
+/// Pack sequences of the given lengths into batches exactly as `embed` does
+/// ([`index::pack_batches`]: in order, at most `max_batch_tokens` tokens each), filled with
+/// random ordinary token ids below `vocab_size`.
 pub fn pack_offline(
     lengths: &[usize],
     max_batch_tokens: usize,
     vocab_size: usize,
     rng: &mut SplitMix64,
 ) -> Vec<Batch> {
-    let mut batches = Vec::new();
-    let mut current = Batch::from_sequences::<&[u32]>(&[]);
     let mut ids = Vec::new();
-    for &n in lengths {
-        if current.num_sequences() > 0 && current.num_tokens() + n > max_batch_tokens {
-            batches.push(std::mem::replace(
-                &mut current,
-                Batch::from_sequences::<&[u32]>(&[]),
-            ));
-        }
-        ids.clear();
-        ids.extend((0..n).map(|_| rng.in_range(FIRST_ORDINARY_ID, vocab_size as u64 - 1) as u32));
-        current.push(&ids);
-    }
-    if current.num_sequences() > 0 {
-        batches.push(current);
-    }
-    batches
+    index::pack_batches(lengths, max_batch_tokens)
+        .into_iter()
+        .map(|group| {
+            let mut batch = Batch::from_sequences::<&[u32]>(&[]);
+            for &n in &lengths[group] {
+                ids.clear();
+                ids.extend(
+                    (0..n).map(|_| rng.in_range(FIRST_ORDINARY_ID, vocab_size as u64 - 1) as u32),
+                );
+                batch.push(&ids);
+            }
+            batch
+        })
+        .collect()
 }
 
 fn check_options(model: &Model, workloads: &[Workload], options: &BenchOptions) -> Result<()> {

@@ -182,6 +182,8 @@ pub struct EngineStats {
     pub batches: u64,
     pub batch_sequences: u64,
     pub batch_tokens: u64,
+    /// Time the backend spent in `forward`, in total.
+    pub forward_time: Duration,
 }
 
 /// Lock a mutex, going on with its data if another thread panicked while holding it (every
@@ -324,6 +326,7 @@ struct Shared {
     batches: AtomicU64,
     batch_sequences: AtomicU64,
     batch_tokens: AtomicU64,
+    forward_nanos: AtomicU64,
 }
 
 impl Shared {
@@ -366,6 +369,7 @@ impl Engine {
             batches: AtomicU64::new(0),
             batch_sequences: AtomicU64::new(0),
             batch_tokens: AtomicU64::new(0),
+            forward_nanos: AtomicU64::new(0),
         });
         let tokenizer = Arc::new(tokenizer);
         let backend_name = backend.name();
@@ -429,6 +433,7 @@ impl Engine {
             batches: self.shared.batches.load(Ordering::Relaxed),
             batch_sequences: self.shared.batch_sequences.load(Ordering::Relaxed),
             batch_tokens: self.shared.batch_tokens.load(Ordering::Relaxed),
+            forward_time: Duration::from_nanos(self.shared.forward_nanos.load(Ordering::Relaxed)),
         }
     }
 
@@ -648,6 +653,9 @@ fn backend_worker(
         let result = backend.forward(&batch, dimensions);
         let end = Instant::now();
         shared.batches.fetch_add(1, Ordering::Relaxed);
+        shared
+            .forward_nanos
+            .fetch_add((end - start).as_nanos() as u64, Ordering::Relaxed);
         shared
             .batch_sequences
             .fetch_add(entries.len() as u64, Ordering::Relaxed);

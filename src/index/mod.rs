@@ -1,9 +1,15 @@
-//! The corpus job's files: JSON Lines and plain-text readers, ordered `.jsonl` and `.npy`
-//! writers that never leave a half-written output (a temporary file renamed at the end), and the
-//! greedy token-budget packing of sequences into batches.
+//! The corpus job and its files: JSON Lines and plain-text records ([`reader`] streams them),
+//! ordered `.npy`/`.jsonl` writers ([`output`]), checkpoints ([`checkpoint`]), the job itself
+//! ([`job`]) and the merge of shard outputs ([`merge`]).
+
+pub mod checkpoint;
+pub mod job;
+pub mod merge;
+pub mod output;
+pub mod reader;
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,10 +26,28 @@ pub enum InputFormat {
     Jsonl,
     /// One document per line, taken as is.
     Text,
+    /// Comma-separated values with a header row; the text (and id) come from named columns.
+    Csv,
+}
+
+/// The columns of a CSV input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvColumns {
+    pub text: String,
+    pub id: Option<String>,
+}
+
+impl Default for CsvColumns {
+    fn default() -> Self {
+        Self {
+            text: "text".into(),
+            id: None,
+        }
+    }
 }
 
 impl InputFormat {
-    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text.
+    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV.
     pub fn from_path(path: &str) -> Result<Self> {
         if path == "-" {
             return Ok(Self::Jsonl);
@@ -31,10 +55,11 @@ impl InputFormat {
         match Path::new(path).extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "json") => Ok(Self::Jsonl),
             Some("txt") => Ok(Self::Text),
+            Some("csv") => Ok(Self::Csv),
             _ => Err(Error::File {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
-                          (.jsonl, .json or .txt); pass --input-format jsonl|text"
+                          (.jsonl, .json, .txt or .csv); pass --input-format jsonl|text|csv"
                     .into(),
             }),
         }
@@ -48,7 +73,8 @@ impl FromStr for InputFormat {
         match s {
             "jsonl" => Ok(Self::Jsonl),
             "text" => Ok(Self::Text),
-            _ => Err(format!("`{s}` is not an input format (jsonl or text)")),
+            "csv" => Ok(Self::Csv),
+            _ => Err(format!("`{s}` is not an input format (jsonl, text or csv)")),
         }
     }
 }
@@ -99,8 +125,17 @@ pub fn source_name(path: &str) -> &str {
 
 /// Read every record of `path` (`-` is stdin). Blank JSON Lines are skipped; in text format
 /// every line is a document, an empty one included. Errors name the line.
-pub fn read_records(path: &str, format: InputFormat) -> Result<Vec<Record>> {
+pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Result<Vec<Record>> {
     let name = source_name(path);
+    if format == InputFormat::Csv {
+        let mut reader =
+            reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
+        let mut records = Vec::new();
+        while let Some(document) = reader.next_document()? {
+            records.push(document.record?);
+        }
+        return Ok(records);
+    }
     let mut bytes = Vec::new();
     let read = if path == "-" {
         std::io::stdin().read_to_end(&mut bytes)
@@ -116,6 +151,12 @@ pub fn read_records(path: &str, format: InputFormat) -> Result<Vec<Record>> {
 
 /// Parse the bytes of an input file (see [`read_records`]).
 pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
+    if format == InputFormat::Csv {
+        return Err(Error::File {
+            path: name.into(),
+            message: "CSV is read from a file (see read_records)".into(),
+        });
+    }
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -137,8 +178,11 @@ pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Ve
                 content: Content::Text(text.to_string()),
                 prompt: PromptChoice::Inherit,
             }),
-            InputFormat::Jsonl if text.trim().is_empty() => {}
-            InputFormat::Jsonl => records.push(parse_json_line(line, text).map_err(error)?),
+            // (CSV was refused above.)
+            InputFormat::Jsonl | InputFormat::Csv if text.trim().is_empty() => {}
+            InputFormat::Jsonl | InputFormat::Csv => {
+                records.push(parse_json_line(line, text).map_err(error)?)
+            }
         }
     }
     Ok(records)
@@ -262,7 +306,8 @@ pub fn tokenize_records(
 }
 
 /// Split `lengths` (sequence lengths, in order) into consecutive groups of at most `max_tokens`
-/// tokens; a sequence longer than the budget forms a group of its own.
+/// tokens; a sequence longer than the budget forms a group of its own (the offline packing of
+/// `bench`; the engine's scheduler also fills a batch with later inputs that fit).
 pub fn pack_batches(lengths: &[usize], max_tokens: usize) -> Vec<Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut tokens) = (0, 0);
@@ -284,7 +329,7 @@ pub fn pack_batches(lengths: &[usize], max_tokens: usize) -> Vec<Range<usize>> {
 pub enum OutputFormat {
     /// `{"id": ..., "embedding": [...]}` per input line.
     Jsonl,
-    /// float32 `[N, D]`.
+    /// `[N, D]` float32 (or float16).
     Npy,
 }
 
@@ -365,59 +410,10 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Write `[ids.len(), dim]` row-major embeddings to `path` in input order, atomically.
-pub fn write_embeddings(
-    path: &Path,
-    format: OutputFormat,
-    ids: &[Value],
-    dim: usize,
-    data: &[f32],
-) -> Result<()> {
-    assert_eq!(ids.len() * dim, data.len(), "one row per id");
-    let mut out = AtomicFile::create(path)?;
-    let written = match format {
-        OutputFormat::Npy => write_npy(out.writer(), ids.len(), dim, data),
-        OutputFormat::Jsonl => {
-            ids.iter()
-                .zip(data.chunks_exact(dim.max(1)))
-                .try_for_each(|(id, row)| {
-                    let line = serde_json::json!({ "id": id, "embedding": row });
-                    serde_json::to_writer(&mut *out.writer(), &line)?;
-                    out.writer().write_all(b"\n")
-                })
-        }
-    };
-    written.map_err(|e| out.io_error(e))?;
-    out.commit()
-}
-
-/// NumPy `.npy` version 1.0: little-endian float32, C order, shape `(rows, dim)`.
-pub fn write_npy<W: Write>(
-    w: &mut W,
-    rows: usize,
-    dim: usize,
-    data: &[f32],
-) -> std::io::Result<()> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    // Magic (6) + version (2) + header length (2) + header, padded with spaces and ended by a
-    // newline to a multiple of 64 bytes.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    w.write_all(b"\x93NUMPY\x01\x00")?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    for chunk in data.chunks(1 << 14) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.write_all(&bytes)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn jsonl(text: &str) -> Result<Vec<Record>> {
         parse_records("in.jsonl", text.as_bytes(), InputFormat::Jsonl)
@@ -501,7 +497,8 @@ mod tests {
         );
         assert_eq!(InputFormat::from_path("-").unwrap(), InputFormat::Jsonl);
         assert_eq!(InputFormat::from_path("a.txt").unwrap(), InputFormat::Text);
-        assert!(InputFormat::from_path("a.csv").is_err());
+        assert_eq!(InputFormat::from_path("a.csv").unwrap(), InputFormat::Csv);
+        assert!(InputFormat::from_path("a.tsv").is_err());
         assert_eq!(
             OutputFormat::from_path(Path::new("o.npy")).unwrap(),
             OutputFormat::Npy
@@ -517,22 +514,6 @@ mod tests {
     }
 
     #[test]
-    fn npy_layout_matches_the_format_spec() {
-        let mut bytes = Vec::new();
-        write_npy(&mut bytes, 2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, -0.5]).unwrap();
-        // The header NumPy 1.x/2.x writes for np.zeros((2, 3), '<f4'), byte for byte.
-        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
-        let mut expected = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
-        expected.extend_from_slice(header.as_bytes());
-        expected.extend(std::iter::repeat_n(b' ', 128 - 10 - header.len() - 1));
-        expected.push(b'\n');
-        assert_eq!(&bytes[..128], &expected[..]);
-        assert_eq!(bytes.len(), 128 + 6 * 4);
-        assert_eq!(&bytes[128..132], &1.0f32.to_le_bytes());
-        assert_eq!(&bytes[148..], &(-0.5f32).to_le_bytes());
-    }
-
-    #[test]
     fn uncommitted_output_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.npy");
@@ -541,8 +522,10 @@ mod tests {
             file.writer().write_all(b"partial").unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        write_embeddings(&dest, OutputFormat::Npy, &[Value::from(1)], 2, &[0.6, 0.8]).unwrap();
+        let mut file = AtomicFile::create(&dest).unwrap();
+        file.writer().write_all(b"whole").unwrap();
+        file.commit().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert_eq!(std::fs::read(&dest).unwrap().len(), 128 + 8);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
     }
 }

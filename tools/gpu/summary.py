@@ -60,6 +60,17 @@ def main():
                   f"(tol {k['max_abs_tol']:.1e}), rel L2 {k['rel_l2_err']:.3e} "
                   f"(tol {k['rel_l2_tol']:.1e}), bad values {k['bad_values']}")
         ok &= not failing and len(kernels) > 0
+        ceilings = load(os.path.join(args.out, "ceilings.json"))
+        if ceilings is not None:
+            copy, mm = ceilings["copy_gb_per_s"], ceilings["matmul_bf16_tflop_per_s"]
+            print(f"card ceilings (measured): copy {copy:,.0f} GB/s, bf16 matmul {mm:,.1f} TFLOP/s")
+            print(f"  {'kernel':<22} {'timed case':<38} {'us':>8} {'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'%mm':>5}")
+            for k in kernels:
+                t = k.get("timing")
+                if not t:
+                    continue
+                print(f"  {k['name']:<22} {t['case']:<38} {t['median_us']:>8.1f} {t['gbytes_per_s']:>7.0f} "
+                      f"{100 * t['gbytes_per_s'] / copy:>5.0f}% {t['tflops']:>8.1f} {100 * t['tflops'] / mm:>4.0f}%")
 
     parity = load(os.path.join(args.out, "parity.json"))
     if parity is not None:

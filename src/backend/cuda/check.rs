@@ -4,7 +4,7 @@
 //! size.
 //!
 //! The shapes are EmbeddingGemma-300m's (`config.json`: hidden 768, 3 heads of 256,
-//! intermediate 1152, eps 1e-6, RoPE bases 1e4/1e6), so the timings are the engine's.
+//! intermediate 1152, eps 1e-6, sliding-layer RoPE base 1e4), so the timings are the engine's.
 
 use cudarc::driver::{sys::CUevent_flags, CudaSlice, DeviceRepr};
 use half::bf16;
@@ -47,7 +47,7 @@ const TIMED_REPS: usize = 20;
 /// bf16 outputs are compared with the reference rounded to bf16: f32 differences may flip a
 /// rounding, so allow one ulp at the largest magnitude and a relative L2 of a fraction of an ulp.
 const BF16_OUT_TOL: (f64, f64) = (1.0 / 128.0, 2e-3);
-/// f32 math against f64: a few ulps.
+/// f32 kernel math against the CPU twin: a few f32 ulps, relative to the largest value.
 const F32_OUT_TOL: f64 = 1e-5;
 
 /// splitmix64: small, deterministic, seedable.

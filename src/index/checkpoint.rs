@@ -1,0 +1,120 @@
+//! The job's checkpoint: a small JSON sidecar saying how much of the output is durable and
+//! where the input continues, replaced atomically (write, fsync, rename, fsync the directory).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::reader::ReadPosition;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Everything that shapes the output (model, input, prompt, dims, dtype, shard, ...): a
+    /// rerun with other parameters must not continue this file.
+    pub params: Value,
+    /// Rows durably in the output, and its length in bytes.
+    pub rows: u64,
+    pub output_bytes: u64,
+    /// Lines durably in the rejects file, and its length in bytes.
+    pub rejects: u64,
+    pub rejects_bytes: u64,
+    /// Where the input continues.
+    pub input_offset: u64,
+    pub input_line: usize,
+    pub input_docs: u64,
+}
+
+impl Checkpoint {
+    pub fn position(&self) -> ReadPosition {
+        ReadPosition {
+            offset: self.input_offset,
+            line: self.input_line,
+            docs: self.input_docs,
+        }
+    }
+
+    /// The checkpoint at `path`, if there is one.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| Error::Json {
+                path: path.into(),
+                source,
+            })
+    }
+
+    pub fn store(&self, path: &Path) -> Result<()> {
+        let tmp = sibling(path, ".tmp");
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let text = serde_json::to_string(self).expect("a checkpoint serializes");
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_error(path))?;
+        sync_dir(path)
+    }
+}
+
+/// `path` with `suffix` appended to its file name.
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Make a rename or creation in `path`'s directory durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.into(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.npy.checkpoint");
+        assert_eq!(Checkpoint::load(&path).unwrap(), None);
+        let checkpoint = Checkpoint {
+            params: serde_json::json!({"dimensions": 768}),
+            rows: 10,
+            output_bytes: 128 + 10 * 768 * 4,
+            rejects: 1,
+            rejects_bytes: 80,
+            input_offset: 4096,
+            input_line: 12,
+            input_docs: 11,
+        };
+        checkpoint.store(&path).unwrap();
+        assert_eq!(Checkpoint::load(&path).unwrap(), Some(checkpoint));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,675 @@
+//! The corpus job: stream documents from the input, embed them through the [`Engine`] and
+//! append the rows in input order, checkpointing as it goes so that a rerun of the same
+//! command after a crash or a kill continues where the durable output stops.
+//!
+//! Files, for an output `out.npy`: `out.npy.partial` (rows so far), `out.npy.checkpoint` (how
+//! many rows and bytes of it are durable, where the input continues, and the parameters that
+//! shape the output) and, with `--on-error skip`, `out.npy.rejects.jsonl`. At the end the
+//! partial file gets its final header and is renamed to `out.npy`; the checkpoint goes.
+//!
+//! A resumed run truncates the partial file to the checkpointed length and reads the input from
+//! the checkpointed offset; embeddings do not depend on batching, so the final file is the one
+//! an uninterrupted run writes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::checkpoint::{sibling, sync_dir, Checkpoint};
+use super::output::{Dtype, RowWriter};
+use super::reader::{ReadPosition, RecordReader};
+use super::{Content, CsvColumns, InputFormat, OutputFormat, PromptChoice, Record};
+use crate::engine::{Admission, Engine, Input, Request, Ticket};
+use crate::tokenize::Truncation;
+use crate::{Error, Result};
+
+/// The least time between two checkpoints: a kill loses the batches in flight and at most this
+/// much of finished work.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// Chunks submitted and not yet written, at most.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// What to do with a document that cannot be embedded (bad line, unknown prompt, too long
+/// without truncation, token id out of range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    Fail,
+    /// Log its line, document index, id and error to the rejects file and go on.
+    Skip,
+}
+
+impl FromStr for OnError {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fail" => Ok(Self::Fail),
+            "skip" => Ok(Self::Skip),
+            _ => Err(format!("`{s}` is not an error policy (fail or skip)")),
+        }
+    }
+}
+
+/// `I/N`: every N-th document starting at document I (0-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));
+        match parsed {
+            Some((index, count)) if index < count => Ok(Self { index, count }),
+            _ => Err(format!(
+                "`{s}` is not a shard: give I/N with 0 <= I < N, e.g. 0/4"
+            )),
+        }
+    }
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// One line redrawn in place (stderr is a terminal).
+    Bar,
+    /// A plain line every interval.
+    Lines(Duration),
+    Off,
+}
+
+impl ProgressMode {
+    /// A bar on a terminal, else a line every 10 s.
+    pub fn for_stderr() -> Self {
+        if std::io::stderr().is_terminal() {
+            Self::Bar
+        } else {
+            Self::Lines(Duration::from_secs(10))
+        }
+    }
+}
+
+pub struct JobOptions {
+    /// Input path, `-` for stdin (not resumable).
+    pub input: String,
+    pub input_format: InputFormat,
+    /// The text and id columns of a CSV input.
+    pub columns: CsvColumns,
+    pub output: PathBuf,
+    pub output_format: OutputFormat,
+    pub dtype: Dtype,
+    pub dimensions: usize,
+    /// Prompt string for documents without `prompt_name`.
+    pub job_prompt: Option<String>,
+    pub truncation: Truncation,
+    pub shard: Shard,
+    pub on_error: OnError,
+    /// Documents per engine request.
+    pub docs_per_request: usize,
+    pub progress: ProgressMode,
+    /// What else shapes the output (model, backend, ...), recorded in the checkpoint.
+    pub params: Value,
+}
+
+impl JobOptions {
+    pub fn partial_path(&self) -> PathBuf {
+        sibling(&self.output, ".partial")
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        sibling(&self.output, ".checkpoint")
+    }
+
+    pub fn rejects_path(&self) -> PathBuf {
+        sibling(&self.output, ".rejects.jsonl")
+    }
+
+    /// Everything that shapes the output, the input file's size and modification time included.
+    fn fingerprint(&self) -> Result<Value> {
+        let (len, modified) = if self.input == "-" {
+            (None, None)
+        } else {
+            let meta = std::fs::metadata(&self.input).map_err(|source| Error::Io {
+                path: self.input.clone().into(),
+                source,
+            })?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos().to_string());
+            (Some(meta.len()), modified)
+        };
+        Ok(json!({
+            "input": std::fs::canonicalize(&self.input)
+                .map_or_else(|_| self.input.clone(), |p| p.display().to_string()),
+            "input_len": len,
+            "input_modified": modified,
+            "input_format": format!("{:?}", self.input_format),
+            "csv_columns": [&self.columns.text, &self.columns.id],
+            "output_format": format!("{:?}", self.output_format),
+            "dtype": format!("{:?}", self.dtype),
+            "dimensions": self.dimensions,
+            "prompt": self.job_prompt,
+            "truncation": format!("{:?}", self.truncation),
+            "shard": format!("{}/{}", self.shard.index, self.shard.count),
+            "on_error": format!("{:?}", self.on_error),
+            "job": self.params,
+        }))
+    }
+}
+
+/// What a job did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobSummary {
+    /// Rows in the output and rejected documents, in total.
+    pub rows: u64,
+    pub rejected: u64,
+    /// Rows that were already durable from an earlier, interrupted run.
+    pub resumed_rows: u64,
+    /// Documents embedded and their tokens in this run, and its wall time.
+    pub docs: u64,
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+/// One document's place in a chunk.
+enum Slot {
+    Embed {
+        line: usize,
+        doc: u64,
+        id: Value,
+    },
+    Reject {
+        line: usize,
+        doc: u64,
+        id: Option<Value>,
+        error: String,
+    },
+}
+
+/// Consecutive documents of the shard, their request, and where the input continues after them.
+struct Chunk {
+    slots: Vec<Slot>,
+    ticket: Option<Ticket>,
+    end: ReadPosition,
+}
+
+/// Run the job to its end (resuming if a checkpoint of the same parameters exists).
+pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
+    let checkpoint_path = options.checkpoint_path();
+    let partial_path = options.partial_path();
+    let params = options.fingerprint()?;
+    let resume = match Checkpoint::load(&checkpoint_path)? {
+        Some(checkpoint) if checkpoint.params != params => {
+            return Err(Error::File {
+                path: checkpoint_path,
+                message: format!(
+                    "a checkpoint of another command ({}); rerun that command to finish it, or \
+                     delete this file and {} to start over",
+                    differences(&checkpoint.params, &params),
+                    partial_path.display()
+                ),
+            })
+        }
+        Some(checkpoint) if partial_path.exists() => Some(checkpoint),
+        _ => None,
+    };
+    let result = run_from(engine, options, params, resume.as_ref());
+    if matches!(result, Err(Error::Line { .. })) {
+        // A bad document under --on-error fail: the input needs fixing, so what was written
+        // cannot be continued.
+        for path in [checkpoint_path, partial_path, options.rejects_path()] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+/// `a: x -> y` for every top-level field that differs.
+fn differences(old: &Value, new: &Value) -> String {
+    let (Value::Object(old), Value::Object(new)) = (old, new) else {
+        return "different parameters".into();
+    };
+    let fields: Vec<String> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: {} -> {v}", old.get(k).unwrap_or(&Value::Null)))
+        .collect();
+    fields.join(", ")
+}
+
+fn run_from(
+    engine: &Engine,
+    options: &JobOptions,
+    params: Value,
+    resume: Option<&Checkpoint>,
+) -> Result<JobSummary> {
+    let start_position = resume.map(Checkpoint::position).unwrap_or_default();
+    let mut reader = RecordReader::open(
+        &options.input,
+        options.input_format,
+        &options.columns,
+        start_position,
+    )?;
+    let output = RowWriter::open(
+        &options.partial_path(),
+        options.output_format,
+        options.dtype,
+        options.dimensions,
+        resume.map(|c| (c.rows, c.output_bytes)),
+    )?;
+    let rejects = match options.on_error {
+        OnError::Skip => Some(Rejects::open(
+            &options.rejects_path(),
+            resume.map(|c| (c.rejects, c.rejects_bytes)),
+        )?),
+        OnError::Fail => None,
+    };
+    let input_len = std::fs::metadata(&options.input).ok().map(|m| m.len());
+    let mut writer = Writer {
+        options,
+        params,
+        output,
+        rejects,
+        summary: JobSummary {
+            resumed_rows: resume.map_or(0, |c| c.rows),
+            ..JobSummary::default()
+        },
+        progress: Progress {
+            mode: options.progress,
+            start: Instant::now(),
+            last: Instant::now(),
+            start_offset: start_position.offset,
+            input_len,
+            drawn: false,
+        },
+        last_checkpoint: Instant::now(),
+    };
+    if let Some(c) = resume {
+        eprintln!(
+            "resuming: {} rows already written, input from line {}",
+            c.rows,
+            c.input_line + 1
+        );
+    }
+
+    let (chunks, chunk_receiver) = mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let write = scope.spawn(move || -> Result<Writer> {
+            for chunk in chunk_receiver {
+                writer.write_chunk(chunk)?;
+            }
+            Ok(writer)
+        });
+        let read = read_chunks(engine, options, &mut reader, &chunks);
+        drop(chunks);
+        let writer = write.join().expect("the writer thread does not panic");
+        // A writer error ends the reading (its channel closes): report the writer's error.
+        let writer = writer?;
+        read?;
+        writer.finish()
+    })
+}
+
+/// Read the shard's documents into chunks, submit them, and pass them on in order.
+fn read_chunks(
+    engine: &Engine,
+    options: &JobOptions,
+    reader: &mut RecordReader,
+    chunks: &mpsc::SyncSender<Chunk>,
+) -> Result<()> {
+    let mut slots = Vec::new();
+    let mut inputs = Vec::new();
+    let send = |slots: Vec<Slot>, inputs: Vec<Input>, end: ReadPosition| -> Result<bool> {
+        let ticket = if inputs.is_empty() {
+            None
+        } else {
+            Some(engine.submit(
+                Request {
+                    inputs,
+                    dimensions: options.dimensions,
+                    truncation: options.truncation,
+                },
+                Admission::Wait,
+            )?)
+        };
+        Ok(chunks.send(Chunk { slots, ticket, end }).is_ok())
+    };
+    while let Some(document) = reader.next_document()? {
+        if document.doc % options.shard.count != options.shard.index {
+            continue;
+        }
+        let (line, doc) = (document.line, document.doc);
+        match document
+            .record
+            .and_then(|record| to_input(engine, options, record))
+        {
+            Ok((id, input)) => {
+                slots.push(Slot::Embed { line, doc, id });
+                inputs.push(input);
+            }
+            Err(err) => match options.on_error {
+                OnError::Fail => return Err(err),
+                OnError::Skip => slots.push(Slot::Reject {
+                    line,
+                    doc,
+                    id: None,
+                    error: line_message(err),
+                }),
+            },
+        }
+        if slots.len() >= options.docs_per_request
+            && !send(
+                std::mem::take(&mut slots),
+                std::mem::take(&mut inputs),
+                reader.position(),
+            )?
+        {
+            return Ok(());
+        }
+    }
+    send(slots, inputs, reader.position())?;
+    Ok(())
+}
+
+/// The output id and engine input of a record.
+fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Value, Input)> {
+    let id = record.output_id();
+    let input = match record.content {
+        Content::Ids(ids) => Input::Ids(ids),
+        Content::Text(text) => {
+            let prompt = match &record.prompt {
+                PromptChoice::Inherit => options.job_prompt.clone(),
+                PromptChoice::NoPrompt => None,
+                PromptChoice::Named(name) => Some(
+                    engine
+                        .tokenizer()
+                        .prompt(name)
+                        .map_err(|e| Error::Line {
+                            source_name: super::source_name(&options.input).into(),
+                            line: record.line,
+                            message: e.to_string(),
+                        })?
+                        .to_string(),
+                ),
+            };
+            Input::Text { text, prompt }
+        }
+    };
+    Ok((id, input))
+}
+
+/// The message of a line error without its `file: line N:` prefix.
+fn line_message(err: Error) -> String {
+    match err {
+        Error::Line { message, .. } | Error::Input { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+/// The rejects file: `{"line", "doc", "id", "error"}` per skipped document.
+struct Rejects {
+    path: PathBuf,
+    file: File,
+    lines: u64,
+    bytes: u64,
+}
+
+impl Rejects {
+    fn open(path: &Path, resume: Option<(u64, u64)>) -> Result<Self> {
+        let io_error = |source| Error::Io {
+            path: path.into(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(resume.is_none())
+            .write(true)
+            .open(path)
+            .map_err(io_error)?;
+        let (lines, bytes) = resume.unwrap_or((0, 0));
+        file.set_len(bytes)
+            .and_then(|()| file.seek(SeekFrom::Start(bytes)).map(drop))
+            .map_err(io_error)?;
+        Ok(Self {
+            path: path.into(),
+            file,
+            lines,
+            bytes,
+        })
+    }
+
+    fn write(&mut self, line: usize, doc: u64, id: Option<&Value>, error: &str) -> Result<()> {
+        let text = json!({ "line": line, "doc": doc, "id": id, "error": error }).to_string() + "\n";
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.lines += 1;
+        self.bytes += text.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+struct Writer<'a> {
+    options: &'a JobOptions,
+    params: Value,
+    output: RowWriter,
+    rejects: Option<Rejects>,
+    summary: JobSummary,
+    progress: Progress,
+    last_checkpoint: Instant,
+}
+
+impl Writer<'_> {
+    fn write_chunk(&mut self, chunk: Chunk) -> Result<()> {
+        let mut outputs = match chunk.ticket {
+            Some(ticket) => ticket.wait()?.outputs.into_iter(),
+            None => Vec::new().into_iter(),
+        };
+        for slot in chunk.slots {
+            match slot {
+                Slot::Embed { line, doc, id } => {
+                    let outcome = outputs.next().expect("one output per embedded slot");
+                    match outcome {
+                        Ok(embedded) => {
+                            self.output.write_row(&id, &embedded.embedding)?;
+                            self.summary.docs += 1;
+                            self.summary.tokens += embedded.tokens as u64;
+                        }
+                        // A bad input; backend failures fail the job whatever the policy.
+                        Err(Error::Input { message, .. }) => match &mut self.rejects {
+                            Some(rejects) => rejects.write(line, doc, Some(&id), &message)?,
+                            None => {
+                                return Err(Error::Line {
+                                    source_name: super::source_name(&self.options.input).into(),
+                                    line,
+                                    message,
+                                })
+                            }
+                        },
+                        Err(other) => return Err(other),
+                    }
+                }
+                Slot::Reject {
+                    line,
+                    doc,
+                    id,
+                    error,
+                } => {
+                    let rejects = self.rejects.as_mut().expect("rejects only when skipping");
+                    rejects.write(line, doc, id.as_ref(), &error)?;
+                }
+            }
+        }
+        if self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            self.checkpoint(chunk.end)?;
+        }
+        self.progress
+            .update(&self.summary, self.output.rows(), chunk.end);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, position: ReadPosition) -> Result<()> {
+        let (rows, output_bytes) = self.output.sync()?;
+        let (rejects, rejects_bytes) = match &self.rejects {
+            Some(r) => {
+                r.sync()?;
+                (r.lines, r.bytes)
+            }
+            None => (0, 0),
+        };
+        Checkpoint {
+            params: self.params.clone(),
+            rows,
+            output_bytes,
+            rejects,
+            rejects_bytes,
+            input_offset: position.offset,
+            input_line: position.line,
+            input_docs: position.docs,
+        }
+        .store(&self.options.checkpoint_path())?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn finish(self) -> Result<JobSummary> {
+        let mut summary = self.summary;
+        summary.seconds = self.progress.start.elapsed().as_secs_f64();
+        self.progress.done();
+        summary.rows = self.output.finish()?;
+        if let Some(rejects) = self.rejects {
+            rejects.sync()?;
+            summary.rejected = rejects.lines;
+            if rejects.lines == 0 {
+                let _ = std::fs::remove_file(&rejects.path);
+            }
+        }
+        let output = &self.options.output;
+        std::fs::rename(self.options.partial_path(), output).map_err(|source| Error::Io {
+            path: output.clone(),
+            source,
+        })?;
+        sync_dir(output)?;
+        let checkpoint = self.options.checkpoint_path();
+        match std::fs::remove_file(&checkpoint) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io {
+                    path: checkpoint,
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+        Ok(summary)
+    }
+}
+
+struct Progress {
+    mode: ProgressMode,
+    start: Instant,
+    last: Instant,
+    start_offset: u64,
+    input_len: Option<u64>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn update(&mut self, summary: &JobSummary, rows: u64, position: ReadPosition) {
+        let interval = match self.mode {
+            ProgressMode::Off => return,
+            ProgressMode::Bar => Duration::from_millis(200),
+            ProgressMode::Lines(interval) => interval,
+        };
+        if self.last.elapsed() < interval {
+            return;
+        }
+        self.last = Instant::now();
+        let seconds = self.start.elapsed().as_secs_f64().max(1e-9);
+        let mut line = format!(
+            "{rows} docs written, {:.0} docs/s, {:.0} tokens/s",
+            summary.docs as f64 / seconds,
+            summary.tokens as f64 / seconds
+        );
+        if let Some(len) = self.input_len.filter(|&l| l > 0) {
+            let done = position.offset.saturating_sub(self.start_offset) as f64;
+            let left = len.saturating_sub(position.offset) as f64;
+            line += &format!(
+                ", {:.1}% of the input",
+                100.0 * position.offset as f64 / len as f64
+            );
+            if done > 0.0 {
+                line += &format!(", ETA {}", clock(seconds * left / done));
+            }
+        }
+        if self.mode == ProgressMode::Bar {
+            eprint!("\r{line}\x1b[K");
+            self.drawn = true;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn done(&self) {
+        if self.drawn {
+            eprintln!();
+        }
+    }
+}
+
+/// `1h02m03s`, `2m03s`, `3s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse() {
+        assert_eq!("1/4".parse(), Ok(Shard { index: 1, count: 4 }));
+        assert!("4/4".parse::<Shard>().is_err());
+        assert!("1".parse::<Shard>().is_err());
+        assert!("a/2".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn clock_reads_well() {
+        assert_eq!(clock(3.4), "3s");
+        assert_eq!(clock(123.0), "2m03s");
+        assert_eq!(clock(3723.0), "1h02m03s");
+    }
+}

@@ -1,0 +1,267 @@
+//! `gemma-embed merge`: put the outputs of `--shard 0/N` .. `--shard N-1/N` back into input
+//! order. Document `k` of the input went to shard `k % N`, so rows are taken round robin; a
+//! document a shard skipped (listed in its `.rejects.jsonl`) has no row there and is passed over.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::checkpoint::sibling;
+use super::output::{Dtype, RowWriter, NPY_HEADER_LEN};
+use super::OutputFormat;
+use crate::{Error, Result};
+
+/// One shard's rows, read one at a time.
+enum ShardRows {
+    Npy {
+        file: BufReader<File>,
+        rows_left: u64,
+        row_bytes: usize,
+    },
+    Jsonl {
+        lines: std::io::Lines<BufReader<File>>,
+    },
+}
+
+/// A row: its id (`.jsonl`) and values.
+type Row = (Value, Vec<f32>);
+
+struct ShardFile {
+    path: PathBuf,
+    rows: ShardRows,
+    rejected: HashSet<u64>,
+    dim: usize,
+    dtype: Dtype,
+}
+
+impl ShardFile {
+    fn open(path: &Path, format: OutputFormat) -> Result<Self> {
+        let file_error = |message: String| Error::File {
+            path: path.into(),
+            message,
+        };
+        if sibling(path, ".checkpoint").exists() {
+            return Err(file_error(
+                "this shard's job has not finished (its checkpoint is still there)".into(),
+            ));
+        }
+        let io_error = |source| Error::Io {
+            path: path.into(),
+            source,
+        };
+        let mut file = BufReader::new(File::open(path).map_err(io_error)?);
+        let (rows, dim, dtype) = match format {
+            OutputFormat::Npy => {
+                let mut header = [0u8; NPY_HEADER_LEN];
+                file.read_exact(&mut header).map_err(io_error)?;
+                let (rows, dim, dtype) = parse_npy_header(&header)
+                    .ok_or_else(|| file_error("not a .npy file written by gemma-embed".into()))?;
+                let row_bytes = dim * dtype.size();
+                let shard_rows = ShardRows::Npy {
+                    file,
+                    rows_left: rows,
+                    row_bytes,
+                };
+                (shard_rows, dim, dtype)
+            }
+            OutputFormat::Jsonl => (
+                ShardRows::Jsonl {
+                    lines: file.lines(),
+                },
+                0,
+                Dtype::F32,
+            ),
+        };
+        let rejected = read_rejected(&sibling(path, ".rejects.jsonl"))?;
+        Ok(Self {
+            path: path.into(),
+            rows,
+            rejected,
+            dim,
+            dtype,
+        })
+    }
+
+    fn next_row(&mut self) -> Result<Option<Row>> {
+        let io_error = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        match &mut self.rows {
+            ShardRows::Npy {
+                file,
+                rows_left,
+                row_bytes,
+            } => {
+                if *rows_left == 0 {
+                    return Ok(None);
+                }
+                *rows_left -= 1;
+                let mut bytes = vec![0u8; *row_bytes];
+                file.read_exact(&mut bytes).map_err(io_error)?;
+                let values = match self.dtype {
+                    Dtype::F32 => bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    Dtype::F16 => bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                };
+                Ok(Some((Value::Null, values)))
+            }
+            ShardRows::Jsonl { lines } => {
+                let Some(line) = lines.next() else {
+                    return Ok(None);
+                };
+                let line = line.map_err(io_error)?;
+                let value: Value = serde_json::from_str(&line).map_err(|source| Error::Json {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                let embedding = value["embedding"]
+                    .as_array()
+                    .and_then(|a| a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect())
+                    .ok_or_else(|| Error::File {
+                        path: self.path.clone(),
+                        message: "a line without an `embedding` array".into(),
+                    })?;
+                Ok(Some((value["id"].clone(), embedding)))
+            }
+        }
+    }
+}
+
+/// `(rows, dim, dtype)` from a header written by [`super::output::npy_header`].
+fn parse_npy_header(header: &[u8]) -> Option<(u64, usize, Dtype)> {
+    let text = std::str::from_utf8(header.strip_prefix(b"\x93NUMPY\x01\x00")?.get(2..)?).ok()?;
+    let descr = text.split("'descr': '").nth(1)?.split('\'').next()?;
+    let shape = text.split("'shape': (").nth(1)?.split(')').next()?;
+    let (rows, dim) = shape.split_once(',')?;
+    Some((
+        rows.trim().parse().ok()?,
+        dim.trim().parse().ok()?,
+        Dtype::from_descr(descr)?,
+    ))
+}
+
+/// Document indices listed in a rejects file (none if there is no such file).
+fn read_rejected(path: &Path) -> Result<HashSet<u64>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    BufReader::new(file)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line.map_err(|source| Error::Io {
+                path: path.into(),
+                source,
+            })?;
+            serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["doc"].as_u64())
+                .ok_or_else(|| Error::Line {
+                    source_name: path.display().to_string(),
+                    line: i + 1,
+                    message: "expected a JSON object with a `doc` index".into(),
+                })
+        })
+        .collect()
+}
+
+/// Merge `shards` (in shard order 0..N) into `output`; returns the rows written.
+pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
+    let format = OutputFormat::from_path(output)?;
+    let mut files = shards
+        .iter()
+        .map(|path| {
+            if OutputFormat::from_path(path)? != format {
+                return Err(Error::File {
+                    path: path.clone(),
+                    message: format!("not the format of {}", output.display()),
+                });
+            }
+            ShardFile::open(path, format)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = files.first() else {
+        return Err(Error::File {
+            path: output.into(),
+            message: "no shards to merge".into(),
+        });
+    };
+    let (dim, dtype) = (first.dim, first.dtype);
+    if let Some(other) = files.iter().find(|f| (f.dim, f.dtype) != (dim, dtype)) {
+        return Err(Error::File {
+            path: other.path.clone(),
+            message: format!(
+                "{} columns of {:?}, the first shard has {dim} of {dtype:?}",
+                other.dim, other.dtype
+            ),
+        });
+    }
+    let partial = sibling(output, ".partial");
+    let mut writer: Option<RowWriter> = None;
+    let count = files.len() as u64;
+    let mut exhausted = vec![false; files.len()];
+    let mut doc = 0u64;
+    while exhausted.iter().any(|e| !e) {
+        let shard = (doc % count) as usize;
+        let file = &mut files[shard];
+        if !exhausted[shard] && !file.rejected.contains(&doc) {
+            match file.next_row()? {
+                Some((id, row)) => {
+                    let writer = match &mut writer {
+                        Some(w) => w,
+                        None => writer.insert(RowWriter::open(
+                            &partial,
+                            format,
+                            dtype,
+                            row.len(),
+                            None,
+                        )?),
+                    };
+                    write_row(writer, &id, &row, &file.path)?;
+                }
+                None => exhausted[shard] = true,
+            }
+        }
+        doc += 1;
+    }
+    let writer = match writer {
+        Some(w) => w,
+        None => RowWriter::open(&partial, format, dtype, dim, None)?,
+    };
+    let rows = writer.finish()?;
+    std::fs::rename(&partial, output).map_err(|source| Error::Io {
+        path: output.into(),
+        source,
+    })?;
+    Ok(rows)
+}
+
+fn write_row(writer: &mut RowWriter, id: &Value, row: &[f32], path: &Path) -> Result<()> {
+    if row.len() != writer.dim() {
+        return Err(Error::File {
+            path: path.into(),
+            message: format!(
+                "a row of {} values among rows of {}",
+                row.len(),
+                writer.dim()
+            ),
+        });
+    }
+    writer.write_row(id, row)
+}

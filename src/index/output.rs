@@ -1,0 +1,273 @@
+//! Incremental, resumable output: rows appended in input order to a `.npy` (whose header is
+//! rewritten with the final row count at the end) or a `.jsonl` file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use super::OutputFormat;
+use crate::{Error, Result};
+
+/// Element type of `.npy` rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Dtype {
+    fn descr(self) -> &'static str {
+        match self {
+            Self::F32 => "<f4",
+            Self::F16 => "<f2",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+        }
+    }
+
+    /// Parse a `.npy` `descr`.
+    pub fn from_descr(descr: &str) -> Option<Self> {
+        match descr {
+            "<f4" => Some(Self::F32),
+            "<f2" => Some(Self::F16),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => Err(format!("`{s}` is not an output dtype (f32 or f16)")),
+        }
+    }
+}
+
+/// Bytes of every `.npy` header written here: what NumPy itself writes for any 2-D shape below
+/// 10^40 rows (magic, version, length, dict padded with spaces and a newline to 64-byte lines).
+pub const NPY_HEADER_LEN: usize = 128;
+
+/// NumPy `.npy` version 1.0 header for a C-order `(rows, dim)` array.
+pub fn npy_header(rows: u64, dim: usize, dtype: Dtype) -> Vec<u8> {
+    let dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}",
+        dtype.descr()
+    );
+    let mut header = b"\x93NUMPY\x01\x00".to_vec();
+    header.extend_from_slice(&((NPY_HEADER_LEN - 10) as u16).to_le_bytes());
+    header.extend_from_slice(dict.as_bytes());
+    header.resize(NPY_HEADER_LEN - 1, b' ');
+    header.push(b'\n');
+    header
+}
+
+/// Appends rows to a file, tracking how many rows and bytes are in it.
+pub struct RowWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    format: OutputFormat,
+    dtype: Dtype,
+    dim: usize,
+    rows: u64,
+    bytes: u64,
+}
+
+impl RowWriter {
+    /// Start `path` afresh, or (with `resume = Some((rows, bytes))`) keep its first `bytes`
+    /// bytes, which hold `rows` rows, and append after them.
+    pub fn open(
+        path: &Path,
+        format: OutputFormat,
+        dtype: Dtype,
+        dim: usize,
+        resume: Option<(u64, u64)>,
+    ) -> Result<Self> {
+        let io_error = |source| Error::Io {
+            path: path.into(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(resume.is_none())
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_error)?;
+        let (rows, bytes) = match resume {
+            Some((rows, bytes)) => {
+                let len = file.metadata().map_err(io_error)?.len();
+                if len < bytes {
+                    return Err(Error::File {
+                        path: path.into(),
+                        message: format!(
+                            "holds {len} bytes, fewer than the {bytes} its checkpoint recorded"
+                        ),
+                    });
+                }
+                file.set_len(bytes).map_err(io_error)?;
+                (rows, bytes)
+            }
+            None => {
+                let header = match format {
+                    OutputFormat::Npy => npy_header(0, dim, dtype),
+                    OutputFormat::Jsonl => Vec::new(),
+                };
+                file.write_all(&header).map_err(io_error)?;
+                (0, header.len() as u64)
+            }
+        };
+        file.seek(SeekFrom::Start(bytes)).map_err(io_error)?;
+        Ok(Self {
+            path: path.into(),
+            file: BufWriter::with_capacity(1 << 20, file),
+            format,
+            dtype,
+            dim,
+            rows,
+            bytes,
+        })
+    }
+
+    fn io_error(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Append one row (`dim` values; `id` goes into `.jsonl` lines).
+    pub fn write_row(&mut self, id: &Value, row: &[f32]) -> Result<()> {
+        assert_eq!(row.len(), self.dim, "one full row");
+        let mut line = Vec::new();
+        let bytes: &[u8] = match (self.format, self.dtype) {
+            (OutputFormat::Npy, Dtype::F32) => {
+                line.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+                &line
+            }
+            (OutputFormat::Npy, Dtype::F16) => {
+                line.extend(
+                    row.iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes()),
+                );
+                &line
+            }
+            (OutputFormat::Jsonl, _) => {
+                serde_json::to_writer(
+                    &mut line,
+                    &serde_json::json!({ "id": id, "embedding": row }),
+                )
+                .map_err(|e| self.io_error(e.into()))?;
+                line.push(b'\n');
+                &line
+            }
+        };
+        self.file.write_all(bytes).map_err(|e| self.io_error(e))?;
+        self.rows += 1;
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Make every row written so far durable; returns `(rows, bytes)` for a checkpoint.
+    pub fn sync(&mut self) -> Result<(u64, u64)> {
+        self.file.flush().map_err(|e| self.io_error(e))?;
+        self.file
+            .get_ref()
+            .sync_data()
+            .map_err(|e| self.io_error(e))?;
+        Ok((self.rows, self.bytes))
+    }
+
+    /// Write the final `.npy` header and sync.
+    pub fn finish(mut self) -> Result<u64> {
+        self.file.flush().map_err(|e| self.io_error(e))?;
+        if self.format == OutputFormat::Npy {
+            let header = npy_header(self.rows, self.dim, self.dtype);
+            let file = self.file.get_mut();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.write_all(&header))
+                .map_err(|e| self.io_error(e))?;
+        }
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(|e| self.io_error(e))?;
+        Ok(self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_matches_numpy() {
+        // What NumPy 1.x/2.x writes for np.zeros((2, 3), '<f4'), byte for byte.
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+        let mut expected = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+        expected.extend_from_slice(dict.as_bytes());
+        expected.extend(std::iter::repeat_n(b' ', 128 - 10 - dict.len() - 1));
+        expected.push(b'\n');
+        assert_eq!(npy_header(2, 3, Dtype::F32), expected);
+        let f16 = npy_header(123_456_789_012, 768, Dtype::F16);
+        assert_eq!(f16.len(), NPY_HEADER_LEN);
+        assert!(String::from_utf8_lossy(&f16).contains("'<f2'"));
+    }
+
+    #[test]
+    fn rows_append_and_resume_after_the_recorded_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.npy");
+        let mut writer = RowWriter::open(&path, OutputFormat::Npy, Dtype::F32, 2, None).unwrap();
+        writer.write_row(&Value::Null, &[1.0, 2.0]).unwrap();
+        let checkpoint = writer.sync().unwrap();
+        assert_eq!(checkpoint, (1, 136));
+        writer.write_row(&Value::Null, &[9.0, 9.0]).unwrap();
+        writer.sync().unwrap();
+        drop(writer);
+        // A crash after the checkpoint: the second row is dropped and rewritten.
+        let mut writer =
+            RowWriter::open(&path, OutputFormat::Npy, Dtype::F32, 2, Some(checkpoint)).unwrap();
+        writer.write_row(&Value::Null, &[3.0, -0.5]).unwrap();
+        assert_eq!(writer.finish().unwrap(), 2);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..128], &npy_header(2, 2, Dtype::F32)[..]);
+        let values: Vec<f32> = bytes[128..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, [1.0, 2.0, 3.0, -0.5]);
+    }
+
+    #[test]
+    fn f16_rows_round_to_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.npy");
+        let mut writer = RowWriter::open(&path, OutputFormat::Npy, Dtype::F16, 2, None).unwrap();
+        writer.write_row(&Value::Null, &[0.1, -1.0]).unwrap();
+        writer.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // IEEE half: 0.1 rounds to 0x2e66, -1.0 is 0xbc00.
+        assert_eq!(&bytes[128..], &[0x66, 0x2e, 0x00, 0xbc]);
+    }
+}

@@ -1,0 +1,352 @@
+//! Streaming input: one record at a time with the byte offset after it, so a job can resume
+//! by seeking (never holding the corpus in memory).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+
+use serde_json::Value;
+
+use super::{parse_json_line, source_name, Content, CsvColumns, InputFormat, PromptChoice, Record};
+use crate::{Error, Result};
+
+/// Where a reader stands: the next byte to read, the last line read, documents seen so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadPosition {
+    pub offset: u64,
+    /// 1-based number of the last line read (0 before the first).
+    pub line: usize,
+    /// Documents (non-blank JSON lines, every text line) seen so far, bad ones included.
+    pub docs: u64,
+}
+
+/// One document of the input: its 0-based document index and the record, or why its line
+/// cannot be used (an [`Error::Line`]).
+pub struct Document {
+    pub doc: u64,
+    pub line: usize,
+    pub record: Result<Record>,
+}
+
+/// Reads documents from a file (or stdin, `-`, which cannot resume past its start).
+pub struct RecordReader {
+    source: Source,
+    name: String,
+    format: InputFormat,
+    position: ReadPosition,
+    buf: Vec<u8>,
+}
+
+enum Source {
+    Lines(Box<dyn BufRead + Send>),
+    Csv {
+        reader: csv::Reader<File>,
+        record: csv::StringRecord,
+        text: usize,
+        id: Option<usize>,
+    },
+}
+
+/// A CSV reader on `path` past its header, with the indices of the text and id columns.
+fn open_csv(path: &str, columns: &CsvColumns) -> Result<(csv::Reader<File>, usize, Option<usize>)> {
+    let file_error = |message: String| Error::File {
+        path: path.into(),
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .from_path(path)
+        .map_err(|e| file_error(e.to_string()))?;
+    let headers = reader
+        .headers()
+        .map_err(|e| file_error(format!("CSV header: {e}")))?
+        .clone();
+    let find = |name: &str, flag: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            file_error(format!(
+                "no column `{name}` ({flag}); the header has: {}",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    };
+    let text = find(&columns.text, "--text-column")?;
+    let id = columns
+        .id
+        .as_deref()
+        .map(|name| find(name, "--id-column"))
+        .transpose()?;
+    Ok((reader, text, id))
+}
+
+impl RecordReader {
+    pub fn open(
+        path: &str,
+        format: InputFormat,
+        columns: &CsvColumns,
+        start: ReadPosition,
+    ) -> Result<Self> {
+        let name = source_name(path).to_string();
+        if format == InputFormat::Csv {
+            if path == "-" {
+                return Err(Error::File {
+                    path: name.into(),
+                    message: "CSV input must be a file".into(),
+                });
+            }
+            let (mut reader, text, id) = open_csv(path, columns)?;
+            if start.offset > 0 {
+                let mut position = csv::Position::new();
+                position
+                    .set_byte(start.offset)
+                    .set_line(start.line as u64 + 1)
+                    .set_record(start.docs + 1);
+                reader.seek(position).map_err(|e| Error::File {
+                    path: path.into(),
+                    message: format!("cannot resume at byte {}: {e}", start.offset),
+                })?;
+            }
+            return Ok(Self {
+                source: Source::Csv {
+                    reader,
+                    record: csv::StringRecord::new(),
+                    text,
+                    id,
+                },
+                name,
+                format,
+                position: start,
+                buf: Vec::new(),
+            });
+        }
+        let input: Box<dyn BufRead + Send> = if path == "-" {
+            if start.offset != 0 {
+                return Err(Error::File {
+                    path: name.into(),
+                    message: "standard input cannot be resumed: give a file".into(),
+                });
+            }
+            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
+        } else {
+            let io_error = |source| Error::Io {
+                path: path.into(),
+                source,
+            };
+            let mut file = File::open(path).map_err(io_error)?;
+            file.seek(SeekFrom::Start(start.offset)).map_err(io_error)?;
+            Box::new(BufReader::with_capacity(1 << 20, file))
+        };
+        Ok(Self {
+            source: Source::Lines(input),
+            name,
+            format,
+            position: start,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Where the next document starts.
+    pub fn position(&self) -> ReadPosition {
+        self.position
+    }
+
+    /// The next document, `None` at the end of the input.
+    pub fn next_document(&mut self) -> Result<Option<Document>> {
+        let input = match &mut self.source {
+            Source::Lines(input) => input,
+            Source::Csv { .. } => return self.next_csv_document(),
+        };
+        loop {
+            self.buf.clear();
+            let read = input
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| Error::Io {
+                    path: self.name.clone().into(),
+                    source,
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.position.offset += read as u64;
+            self.position.line += 1;
+            let line = self.position.line;
+            let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let error = |message: String| Error::Line {
+                source_name: self.name.clone(),
+                line,
+                message,
+            };
+            let record = match std::str::from_utf8(raw) {
+                Err(e) => Err(error(format!("not UTF-8 ({e})"))),
+                Ok(text) => match self.format {
+                    InputFormat::Jsonl | InputFormat::Csv if text.trim().is_empty() => continue,
+                    InputFormat::Jsonl | InputFormat::Csv => {
+                        parse_json_line(line, text).map_err(error)
+                    }
+                    InputFormat::Text => Ok(Record {
+                        line,
+                        id: None,
+                        content: Content::Text(text.to_string()),
+                        prompt: PromptChoice::Inherit,
+                    }),
+                },
+            };
+            let doc = self.position.docs;
+            self.position.docs += 1;
+            return Ok(Some(Document { doc, line, record }));
+        }
+    }
+}
+
+impl RecordReader {
+    fn next_csv_document(&mut self) -> Result<Option<Document>> {
+        let Source::Csv {
+            reader,
+            record,
+            text,
+            id,
+        } = &mut self.source
+        else {
+            return Ok(None);
+        };
+        let line = reader.position().line() as usize;
+        let read = reader.read_record(record);
+        let next = reader.position();
+        let line_error = |message: String| Error::Line {
+            source_name: self.name.clone(),
+            line,
+            message,
+        };
+        let record = match read {
+            Ok(false) => return Ok(None),
+            // Unreadable bytes in the file, not a bad row: the job cannot go on.
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                return Err(Error::File {
+                    path: self.name.clone().into(),
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => Err(line_error(format!("CSV: {e}"))),
+            Ok(true) => match record.get(*text) {
+                None => Err(line_error(format!(
+                    "no field {} (the text column)",
+                    *text + 1
+                ))),
+                Some(value) => Ok(Record {
+                    line,
+                    id: id.and_then(|i| record.get(i)).map(Value::from),
+                    content: Content::Text(value.to_string()),
+                    prompt: PromptChoice::Inherit,
+                }),
+            },
+        };
+        self.position.offset = next.byte();
+        self.position.line = next.line() as usize - 1;
+        let doc = self.position.docs;
+        self.position.docs += 1;
+        Ok(Some(Document { doc, line, record }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(path: &str, format: InputFormat, start: ReadPosition) -> Vec<(u64, usize, bool)> {
+        let mut reader = RecordReader::open(path, format, &CsvColumns::default(), start).unwrap();
+        let mut docs = Vec::new();
+        while let Some(d) = reader.next_document().unwrap() {
+            docs.push((d.doc, d.line, d.record.is_ok()));
+        }
+        docs
+    }
+
+    #[test]
+    fn resumes_at_a_recorded_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(
+            &path,
+            "{\"text\": \"a\"}\n\n{\"text\": 1}\r\n{\"text\": \"c\"}\n{\"text\": \"d\"}",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let all = read_all(path, InputFormat::Jsonl, ReadPosition::default());
+        assert_eq!(
+            all,
+            [(0, 1, true), (1, 3, false), (2, 4, true), (3, 5, true)]
+        );
+        let mut reader = RecordReader::open(
+            path,
+            InputFormat::Jsonl,
+            &CsvColumns::default(),
+            ReadPosition::default(),
+        )
+        .unwrap();
+        reader.next_document().unwrap();
+        reader.next_document().unwrap();
+        let middle = reader.position();
+        assert_eq!((middle.line, middle.docs), (3, 2));
+        let rest = read_all(path, InputFormat::Jsonl, middle);
+        assert_eq!(rest, [(2, 4, true), (3, 5, true)]);
+    }
+
+    #[test]
+    fn csv_columns_quotes_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(
+            &path,
+            "key,body\nk1,plain\nk2,\"two\nlines, quoted\"\nk3\nk4,last\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let columns = CsvColumns {
+            text: "body".into(),
+            id: Some("key".into()),
+        };
+        let open = |start| RecordReader::open(path, InputFormat::Csv, &columns, start).unwrap();
+        let mut reader = open(ReadPosition::default());
+        let mut seen = Vec::new();
+        let mut after_first = None;
+        while let Some(d) = reader.next_document().unwrap() {
+            let summary = match d.record {
+                Ok(r) => format!("{:?} {:?}", r.id, r.content),
+                Err(e) => e.to_string(),
+            };
+            seen.push((d.doc, d.line, summary));
+            after_first.get_or_insert(reader.position());
+        }
+        assert_eq!(
+            seen[0],
+            (0, 2, "Some(String(\"k1\")) Text(\"plain\")".into())
+        );
+        assert_eq!(
+            seen[1],
+            (
+                1,
+                3,
+                "Some(String(\"k2\")) Text(\"two\\nlines, quoted\")".into()
+            )
+        );
+        assert_eq!((seen[2].0, seen[2].1), (2, 5));
+        assert!(seen[2].2.contains("in.csv: line 5: CSV: "), "{}", seen[2].2);
+        assert_eq!(
+            seen[3],
+            (3, 6, "Some(String(\"k4\")) Text(\"last\")".into())
+        );
+        let mut resumed = open(after_first.unwrap());
+        let next = resumed.next_document().unwrap().unwrap();
+        assert_eq!((next.doc, next.line), (1, 3));
+        let missing = CsvColumns {
+            text: "text".into(),
+            id: None,
+        };
+        let err = RecordReader::open(path, InputFormat::Csv, &missing, ReadPosition::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("no column `text`") && err.contains("key, body"),
+            "{err}"
+        );
+    }
+}
