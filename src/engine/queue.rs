@@ -94,3 +94,82 @@ impl Queue {
         (batch, cancelled)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn pending() -> (
+        Arc<Pending>,
+        tokio::sync::oneshot::Receiver<super::super::Response>,
+    ) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            outputs: Mutex::new(Vec::new()),
+            remaining: AtomicUsize::new(0),
+            sender: Mutex::new(Some(sender)),
+            times: Mutex::default(),
+        };
+        (Arc::new(pending), receiver)
+    }
+
+    fn queue_of(lengths: &[(usize, usize)], pending: &Arc<Pending>) -> Queue {
+        let mut queue = Queue::default();
+        for (index, &(len, dimensions)) in lengths.iter().enumerate() {
+            queue.push(Entry {
+                pending: Arc::clone(pending),
+                index,
+                ids: vec![7; len],
+                dimensions,
+                enqueued: Instant::now(),
+            });
+        }
+        queue
+    }
+
+    fn indices(batch: &[Entry]) -> Vec<usize> {
+        batch.iter().map(|e| e.index).collect()
+    }
+
+    #[test]
+    fn the_oldest_input_always_goes_first_even_over_the_budget() {
+        let (pending, _receiver) = pending();
+        let mut queue = queue_of(&[(3, 8), (100, 8), (4, 8), (2, 8), (3, 8)], &pending);
+        assert_eq!(queue.tokens(), 112);
+        // Later inputs that fit fill the batch; the long one waits only until it is the oldest.
+        assert_eq!(indices(&queue.take_batch(10, 8).0), [0, 2, 3]);
+        assert_eq!(indices(&queue.take_batch(10, 8).0), [1]);
+        assert_eq!(indices(&queue.take_batch(10, 8).0), [4]);
+        assert_eq!((queue.len(), queue.tokens()), (0, 0));
+    }
+
+    #[test]
+    fn batches_keep_one_dimension_and_the_sequence_cap() {
+        let (pending, _receiver) = pending();
+        let mut queue = queue_of(&[(1, 8), (1, 4), (1, 8), (1, 8), (1, 8)], &pending);
+        assert_eq!(indices(&queue.take_batch(100, 2).0), [0, 2]);
+        assert_eq!(indices(&queue.take_batch(100, 2).0), [1]);
+        assert_eq!(indices(&queue.take_batch(100, 2).0), [3, 4]);
+    }
+
+    #[test]
+    fn entries_of_dropped_requests_are_removed() {
+        let (live, _receiver) = pending();
+        let (dropped, receiver) = pending();
+        let mut queue = queue_of(&[(2, 8)], &dropped);
+        queue.push(Entry {
+            pending: live,
+            index: 9,
+            ids: vec![1; 5],
+            dimensions: 8,
+            enqueued: Instant::now(),
+        });
+        drop(receiver);
+        let (batch, cancelled) = queue.take_batch(100, 8);
+        assert_eq!((indices(&batch), indices(&cancelled)), (vec![9], vec![0]));
+        assert_eq!(queue.tokens(), 0);
+    }
+}
