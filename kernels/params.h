@@ -116,7 +116,7 @@ typedef struct {
  * One POOL_BLOCK-thread block per sequence; its tokens are split over
  * POOL_BLOCK / (hidden / 4) token groups, whose partial sums take group*hidden floats of the
  * dynamic shared memory, followed by hidden + embed_dim floats. */
-#define POOL_BLOCK 1024
+#define POOL_BLOCK 768
 typedef struct {
     const float *residual;    /* [num_tokens, hidden] */
     const float *inv_rms;     /* [num_tokens] inverse RMS for the final norm */
