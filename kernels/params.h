@@ -112,7 +112,11 @@ typedef struct {
     uint32_t intermediate;
 } GegluParams;
 
-/* pool.cu: final norm, mean per sequence, folded Dense, L2 normalize, truncate, renormalize. */
+/* pool.cu: final norm, mean per sequence, folded Dense, L2 normalize, truncate, renormalize.
+ * One POOL_BLOCK-thread block per sequence; its tokens are split over
+ * POOL_BLOCK / (hidden / 4) token groups, whose partial sums take group*hidden floats of the
+ * dynamic shared memory, followed by hidden + embed_dim floats. */
+#define POOL_BLOCK 768
 typedef struct {
     const float *residual;    /* [num_tokens, hidden] */
     const float *inv_rms;     /* [num_tokens] inverse RMS for the final norm */

@@ -4,7 +4,9 @@
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, Device};
-use super::params::{EmbedParams, GegluParams, PoolParams, QkvPostParams, ResidualNormParams};
+use super::params::{
+    EmbedParams, GegluParams, PoolParams, QkvPostParams, ResidualNormParams, POOL_BLOCK,
+};
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
@@ -409,8 +411,16 @@ impl Kernels {
             embed_dim: u32_of(d.embed_dim, "embed_dim")?,
             out_dim: u32_of(out_dim, "out_dim")?,
         };
+        let quads = d.hidden / 4;
+        if d.hidden % 4 != 0 || quads > POOL_BLOCK as usize {
+            return Err(Error::Cuda(format!(
+                "pool_embeddings needs hidden % 4 == 0 and hidden / 4 <= {POOL_BLOCK}, got hidden {}",
+                d.hidden
+            )));
+        }
+        let token_groups = POOL_BLOCK as usize / quads;
         let smem = u32_of(
-            (d.hidden + d.embed_dim) * std::mem::size_of::<f32>(),
+            ((token_groups + 1) * d.hidden + d.embed_dim) * std::mem::size_of::<f32>(),
             "pool smem",
         )?;
         // SAFETY: sizes checked above; every sequence is non-empty (validated batch).
@@ -420,7 +430,7 @@ impl Kernels {
                 &self.pool,
                 "pool_embeddings",
                 params,
-                (u32_of(b, "num_seqs")?, ROW_BLOCK, smem),
+                (u32_of(b, "num_seqs")?, POOL_BLOCK, smem),
             )
         }
     }
