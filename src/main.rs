@@ -127,6 +127,10 @@ struct EmbedArgs {
     /// Documents per engine request (the unit of reading, ordering and checkpointing).
     #[arg(long, default_value_t = 64)]
     docs_per_request: usize,
+    /// The least time between two checkpoints, in milliseconds (0: after every request). A kill
+    /// loses the batches in flight and at most this much of finished work.
+    #[arg(long, default_value_t = 200)]
+    checkpoint_interval_ms: u64,
     /// Progress: a bar on a terminal, a line every 10 s otherwise; `--quiet` turns it off.
     #[arg(long)]
     quiet: bool,
@@ -288,6 +292,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         shard: args.shard,
         on_error: args.on_error,
         docs_per_request: args.docs_per_request,
+        checkpoint_interval: std::time::Duration::from_millis(args.checkpoint_interval_ms),
         progress: if args.quiet {
             ProgressMode::Off
         } else {

@@ -28,9 +28,6 @@ use crate::engine::{Admission, Engine, Input, Request, Ticket};
 use crate::tokenize::Truncation;
 use crate::{Error, Result};
 
-/// The least time between two checkpoints: a kill loses the batches in flight and at most this
-/// much of finished work.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// Chunks submitted and not yet written, at most.
 const CHUNKS_IN_FLIGHT: usize = 8;
 
@@ -122,6 +119,9 @@ pub struct JobOptions {
     pub on_error: OnError,
     /// Documents per engine request.
     pub docs_per_request: usize,
+    /// The least time between two checkpoints (zero: after every request): a kill loses the
+    /// batches in flight and at most this much of finished work.
+    pub checkpoint_interval: Duration,
     pub progress: ProgressMode,
     /// What else shapes the output (model, backend, ...), recorded in the checkpoint.
     pub params: Value,
@@ -528,7 +528,7 @@ impl Writer<'_> {
                 }
             }
         }
-        if self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+        if self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
             self.checkpoint(chunk.end)?;
         }
         self.progress
