@@ -176,6 +176,7 @@ fn a_killed_job_resumes_to_the_uninterrupted_output() {
         0 < done && done < texts.len() as u64,
         "{done} rows at the kill"
     );
+    let stale = std::fs::read(&checkpoint).unwrap();
     let out = run_ok(&killed_args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("resuming"), "{stderr}");
@@ -186,6 +187,17 @@ fn a_killed_job_resumes_to_the_uninterrupted_output() {
     );
     assert!(!checkpoint.exists());
     assert!(!dir.path().join("killed.npy.partial").exists());
+
+    // A checkpoint whose partial output is gone is dropped and the job starts over.
+    std::fs::write(&checkpoint, stale).unwrap();
+    let out = run_ok(&killed_args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("resuming"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&killed).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    assert!(!checkpoint.exists());
 }
 
 #[test]

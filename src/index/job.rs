@@ -229,7 +229,16 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
             })
         }
         Some(checkpoint) if partial_path.exists() => Some(checkpoint),
-        _ => None,
+        Some(_) => {
+            // Its partial output is gone: start over, without a checkpoint that no longer
+            // describes the file being written.
+            std::fs::remove_file(&checkpoint_path).map_err(|source| Error::Io {
+                path: checkpoint_path.clone(),
+                source,
+            })?;
+            None
+        }
+        None => None,
     };
     let result = run_from(engine, options, params, resume.as_ref());
     if matches!(result, Err(Error::Line { .. })) {
