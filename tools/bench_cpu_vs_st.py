@@ -5,7 +5,7 @@ Both embed the same documents (a deterministic mix of 20..300-token texts cut fr
 file's texts) with the same number of threads; the script prints tokens/s of each, the ratio, and
 the agreement of the two sets of embeddings.
 
-    /work/pyenv/bin/python tools/bench_cpu_vs_st.py [--model DIR] [--threads 2] [--docs 64]
+    python3 tools/bench_cpu_vs_st.py [--model DIR] [--threads 2] [--docs 64]
 
 Our side runs `examples/cpu_throughput.rs` (built here with `cargo build --release --example
 cpu_throughput`), which times `CpuBackend::forward` over packed batches after one warm-up batch;

@@ -8,7 +8,7 @@ sliding_window of 8 (window radius 4, so it bites on the longer test inputs). Th
 sentence-transformers modules match the real model: mean pooling including the prompt, Dense
 48->144 and Dense 144->48 without bias, Normalize.
 
-Run:  /work/pyenv/bin/python tools/make_tiny_fixture.py [--out tests/fixtures/tiny]
+Run:  python3 tools/make_tiny_fixture.py [--out tests/fixtures/tiny]
 Needs torch, transformers (>= 4.57, Gemma3 bidirectional), sentence-transformers, tokenizers,
 safetensors.
 """
