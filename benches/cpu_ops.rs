@@ -2,7 +2,7 @@
 //! 768, intermediate 1152, 3 query heads and 1 KV head of 256, window radius 256), with all
 //! tokens of a 2048-token batch as GEMM rows, as the CPU engine runs them.
 //!
-//!     CARGO_TARGET_DIR=/work/target cargo bench --bench cpu_ops
+//!     cargo bench --bench cpu_ops
 //!
 //! Throughput is reported in elements per second, where one element is one floating-point
 //! operation for the GEMMs and attention (so `Gelem/s` reads as GFLOP/s) and one activation
