@@ -229,20 +229,6 @@ fn poisoned_residual(dev: &Device, n: usize, hidden: usize) -> Result<Residual> 
     })
 }
 
-/// Inverse RMS of every row (the statistic the kernels hand to the next consumer), in f64.
-fn inverse_rms_rows(x: &[f32], width: usize, eps: f32) -> Vec<f32> {
-    x.chunks_exact(width)
-        .map(|row| {
-            let mean = row
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                / width as f64;
-            (1.0 / (mean + f64::from(eps)).sqrt()) as f32
-        })
-        .collect()
-}
-
 fn check_embed(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let case = TokenCase::new(CHECK_LENGTHS);
@@ -259,7 +245,7 @@ fn check_embed(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<Ke
     let table = bf16_to_f32(&table_bits);
     let mut x_ref = vec![0.0f32; case.n * d.hidden];
     cpu::embed_scaled(&table, d.hidden, &ids, d.embed_scale, &mut x_ref);
-    let inv_ref = inverse_rms_rows(&x_ref, d.hidden, d.eps);
+    let inv_ref = cpu::inverse_rms_rows_f64(&x_ref, d.hidden, d.eps);
     let x_bf16_ref = round_bf16(&x_ref);
     let pos_ref: Vec<f32> = positions(&case.seq_offsets)
         .iter()
@@ -340,7 +326,7 @@ fn check_residual_norm(
 
     let mut x_ref = residual_host.clone();
     cpu::residual_add_rms_norm(&mut x_ref, &branch_host, &weight_host, d.eps);
-    let inv_ref = inverse_rms_rows(&x_ref, h, d.eps);
+    let inv_ref = cpu::inverse_rms_rows_f64(&x_ref, h, d.eps);
     let x_bf16_ref = round_bf16(&x_ref);
 
     let x = download(dev, &residual.x, n * h, "residual")?;
