@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod index;
 pub mod model;
+pub mod rng;
 pub mod tokenize;
 
 pub use error::{Error, Result};

@@ -1,23 +1,11 @@
 //! Every op of `backend::cpu::ops` against a straightforward f64 loop on random inputs.
 
 use gemma_embed::backend::cpu::ops::{self, AttentionShape};
+use gemma_embed::rng::SplitMix64;
 
-/// Deterministic uniform numbers in [-1, 1) (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.next_f32() * scale).collect()
-    }
+/// `len` uniform numbers in `[-scale, scale)`.
+fn random_vec(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(-1.0, 1.0) * scale).collect()
 }
 
 #[track_caller]
@@ -57,9 +45,9 @@ fn linear_ref(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f64> {
 
 #[test]
 fn embed_scaled_gathers_and_scales_rows() {
-    let mut rng = Rng(1);
+    let mut rng = SplitMix64::new(1);
     let (vocab, hidden) = (50, 24);
-    let table = rng.vec(vocab * hidden, 1.0);
+    let table = random_vec(&mut rng, vocab * hidden, 1.0);
     let ids = [3u32, 0, 49, 3, 17];
     let scale = (hidden as f32).sqrt();
     let mut out = vec![f32::NAN; ids.len() * hidden];
@@ -74,11 +62,11 @@ fn embed_scaled_gathers_and_scales_rows() {
 
 #[test]
 fn rms_norm_matches_gemma_definition() {
-    let mut rng = Rng(2);
+    let mut rng = SplitMix64::new(2);
     let (rows, width, eps) = (7, 96, 1e-6f32);
     // Large values like the real residual stream (up to ~1e5).
-    let x = rng.vec(rows * width, 3e4);
-    let weight = rng.vec(width, 2.0);
+    let x = random_vec(&mut rng, rows * width, 3e4);
+    let weight = random_vec(&mut rng, width, 2.0);
     let want: Vec<f64> = x
         .chunks(width)
         .flat_map(|row| rms_norm_ref(row, &weight, eps.into()))
@@ -107,11 +95,11 @@ fn rms_norm_eps_is_inside_the_root() {
 
 #[test]
 fn residual_add_rms_norm_adds_the_normed_branch() {
-    let mut rng = Rng(3);
+    let mut rng = SplitMix64::new(3);
     let (rows, width, eps) = (5, 64, 1e-6f32);
-    let residual = rng.vec(rows * width, 100.0);
-    let branch = rng.vec(rows * width, 10.0);
-    let weight = rng.vec(width, 1.0);
+    let residual = random_vec(&mut rng, rows * width, 100.0);
+    let branch = random_vec(&mut rng, rows * width, 10.0);
+    let weight = random_vec(&mut rng, width, 1.0);
     let want: Vec<f64> = residual
         .chunks(width)
         .zip(branch.chunks(width))
@@ -141,13 +129,13 @@ fn rope_inv_freq_follows_the_base_power() {
 
 #[test]
 fn rope_rotates_half_split_pairs() {
-    let mut rng = Rng(4);
+    let mut rng = SplitMix64::new(4);
     let (heads, head_dim) = (3, 32);
     let half = head_dim / 2;
     let positions = [0u32, 1, 2, 7, 40, 1000, 2047];
     let inv_freq = ops::rope_inv_freq(head_dim, 1e4);
     let (cos, sin) = ops::rope_tables(2048, &inv_freq);
-    let x = rng.vec(positions.len() * heads * head_dim, 1.0);
+    let x = random_vec(&mut rng, positions.len() * heads * head_dim, 1.0);
 
     let mut want = vec![0.0f64; x.len()];
     for (t, &pos) in positions.iter().enumerate() {
@@ -200,9 +188,9 @@ fn gelu_tanh_matches_formula_and_torch_values() {
             "gelu({x})"
         );
     }
-    let mut rng = Rng(5);
-    let gate = rng.vec(500, 8.0);
-    let up = rng.vec(500, 2.0);
+    let mut rng = SplitMix64::new(5);
+    let gate = random_vec(&mut rng, 500, 8.0);
+    let up = random_vec(&mut rng, 500, 2.0);
     let mut got = vec![f32::NAN; 500];
     ops::gelu_tanh_mul(&gate, &up, &mut got);
     let want: Vec<f64> = gate
@@ -215,10 +203,10 @@ fn gelu_tanh_matches_formula_and_torch_values() {
 
 #[test]
 fn linear_multiplies_by_the_transposed_weight() {
-    let mut rng = Rng(6);
+    let mut rng = SplitMix64::new(6);
     for (rows, k, n) in [(1usize, 8usize, 3usize), (37, 96, 70), (130, 257, 33)] {
-        let x = rng.vec(rows * k, 1.0);
-        let w = rng.vec(n * k, 1.0);
+        let x = random_vec(&mut rng, rows * k, 1.0);
+        let w = random_vec(&mut rng, n * k, 1.0);
         let mut got = vec![f32::NAN; rows * n];
         ops::linear(&x, &w, k, n, &mut got);
         assert_close(&got, &linear_ref(&x, &w, k, n), 1e-5);
@@ -227,12 +215,12 @@ fn linear_multiplies_by_the_transposed_weight() {
 
 #[test]
 fn gated_mlp_matches_naive_loops() {
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64::new(7);
     let (rows, hidden, inter) = (9, 48, 80);
-    let h = rng.vec(rows * hidden, 1.0);
-    let gate_w = rng.vec(inter * hidden, 0.3);
-    let up_w = rng.vec(inter * hidden, 0.3);
-    let down_w = rng.vec(hidden * inter, 0.3);
+    let h = random_vec(&mut rng, rows * hidden, 1.0);
+    let gate_w = random_vec(&mut rng, inter * hidden, 0.3);
+    let up_w = random_vec(&mut rng, inter * hidden, 0.3);
+    let down_w = random_vec(&mut rng, hidden * inter, 0.3);
     let gate = linear_ref(&h, &gate_w, hidden, inter);
     let up = linear_ref(&h, &up_w, hidden, inter);
     let act: Vec<f64> = gate
@@ -302,7 +290,7 @@ fn attention_ref(
 
 #[test]
 fn attention_matches_masked_softmax_over_packed_sequences() {
-    let mut rng = Rng(8);
+    let mut rng = SplitMix64::new(8);
     // Lengths around the 64-query block and the windows; a 1-token sequence too.
     let lengths = [1usize, 5, 64, 65, 130, 200];
     let mut seq_offsets = vec![0u32];
@@ -320,9 +308,9 @@ fn attention_matches_masked_softmax_over_packed_sequences() {
                 window,
                 scale: (head_dim as f32).powf(-0.5),
             };
-            let q = rng.vec(tokens * num_heads * head_dim, 2.0);
-            let k = rng.vec(tokens * num_kv_heads * head_dim, 2.0);
-            let v = rng.vec(tokens * num_kv_heads * head_dim, 1.0);
+            let q = random_vec(&mut rng, tokens * num_heads * head_dim, 2.0);
+            let k = random_vec(&mut rng, tokens * num_kv_heads * head_dim, 2.0);
+            let v = random_vec(&mut rng, tokens * num_kv_heads * head_dim, 1.0);
             let mut got = vec![f32::NAN; q.len()];
             ops::attention(&q, &k, &v, &seq_offsets, shape, &mut got);
             assert_close(&got, &attention_ref(&q, &k, &v, &seq_offsets, shape), 1e-5);
@@ -332,10 +320,10 @@ fn attention_matches_masked_softmax_over_packed_sequences() {
 
 #[test]
 fn mean_pool_averages_each_sequence() {
-    let mut rng = Rng(9);
+    let mut rng = SplitMix64::new(9);
     let hidden = 16;
     let seq_offsets = [0u32, 1, 4, 20];
-    let x = rng.vec(20 * hidden, 50.0);
+    let x = random_vec(&mut rng, 20 * hidden, 50.0);
     let mut got = vec![f32::NAN; 3 * hidden];
     ops::mean_pool(&x, hidden, &seq_offsets, &mut got);
     let mut want = Vec::new();
@@ -366,9 +354,9 @@ fn normalized_ref(row: &[f32]) -> Vec<f64> {
 
 #[test]
 fn l2_normalize_and_matryoshka_truncation() {
-    let mut rng = Rng(10);
+    let mut rng = SplitMix64::new(10);
     let dim = 40;
-    let x = rng.vec(3 * dim, 5.0);
+    let x = random_vec(&mut rng, 3 * dim, 5.0);
     let mut got = x.clone();
     ops::l2_normalize(&mut got, dim);
     let want: Vec<f64> = x.chunks(dim).flat_map(normalized_ref).collect();

@@ -40,19 +40,6 @@ fn folded(matrices: &[&[f32]], norm: &[f32]) -> Vec<f32> {
     out
 }
 
-fn inverse_rms(x: &[f32], width: usize, eps: f32) -> Vec<f32> {
-    x.chunks_exact(width)
-        .map(|row| {
-            let mean = row
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                / width as f64;
-            (1.0 / (mean + f64::from(eps)).sqrt()) as f32
-        })
-        .collect()
-}
-
 fn gemm_bf16(x: &[f32], w: &[f32], in_features: usize, out_features: usize) -> Vec<f32> {
     let rows = x.len() / in_features;
     let mut out = vec![0.0; rows * out_features];
@@ -80,7 +67,7 @@ fn cuda_model_forward(model: &Model, batch: &Batch) -> Vec<f32> {
         let gate_up_w = folded(&[&l.gate_proj, &l.up_proj], &l.pre_feedforward_layernorm);
         let (o_w, down_w) = (rounded(&l.o_proj), rounded(&l.down_proj));
 
-        let inv = inverse_rms(&x, h, c.rms_norm_eps);
+        let inv = cpu::inverse_rms_rows_f64(&x, h, c.rms_norm_eps);
         let width = (heads + 2) * hd;
         let qkv = rounded(&gemm_bf16(&x, &qkv_w, h, width));
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
@@ -114,7 +101,7 @@ fn cuda_model_forward(model: &Model, batch: &Batch) -> Vec<f32> {
         let o = gemm_bf16(&attention, &o_w, heads * hd, h);
         cpu::residual_add_rms_norm(&mut x, &o, &l.post_attention_layernorm, c.rms_norm_eps);
 
-        let inv = inverse_rms(&x, h, c.rms_norm_eps);
+        let inv = cpu::inverse_rms_rows_f64(&x, h, c.rms_norm_eps);
         let gate_up = rounded(&gemm_bf16(&x, &gate_up_w, h, 2 * inter));
         let (mut gate, mut up) = (Vec::with_capacity(n * inter), Vec::with_capacity(n * inter));
         for (row, &r) in gate_up.chunks_exact(2 * inter).zip(&inv) {

@@ -18,6 +18,7 @@ use std::time::Instant;
 use crate::backend::{Backend, Batch};
 use crate::index;
 use crate::model::Model;
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// Mixed workloads draw lengths uniformly from this range (inclusive).
@@ -25,29 +26,6 @@ pub const MIXED_MIN_LEN: usize = 16;
 pub const MIXED_MAX_LEN: usize = 1024;
 /// Token ids below this are special tokens (`<pad>`, `<eos>`, `<bos>`, `<unk>`, ...).
 const FIRST_ORDINARY_ID: u64 = 6;
-
-/// The splitmix64 generator: small, well mixed, and trivially reproduced in Python.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi` (modulo bias is irrelevant at these ranges).
-    pub fn in_range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-}
 
 /// A named list of sequence lengths.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,15 +192,6 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix64_matches_the_reference_stream() {
-        // First outputs of splitmix64 seeded with 0 (Vigna's reference implementation).
-        let mut rng = SplitMix64::new(0);
-        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-        assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
-    }
 
     #[test]
     fn mixed_lengths_stay_in_range_and_cover_the_tokens() {

@@ -49,6 +49,21 @@ fn inv_rms(row: &[f32], eps: f32) -> f32 {
     1.0 / (mean_sq + eps).sqrt()
 }
 
+/// The f64 inverse RMS per row, `1 / sqrt(mean(x^2) + eps)` over rows of `width` elements,
+/// summed and rounded once in f64: a reference statistic for tests and kernel checks.
+pub fn inverse_rms_rows_f64(x: &[f32], width: usize, eps: f32) -> Vec<f32> {
+    x.chunks_exact(width)
+        .map(|row| {
+            let mean = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / width as f64;
+            (1.0 / (mean + f64::from(eps)).sqrt()) as f32
+        })
+        .collect()
+}
+
 /// Gemma RMSNorm over rows of `weight.len()` elements:
 /// `out = x * rsqrt(mean(x^2) + eps) * (1 + weight)`, all in f32 (`Gemma3RMSNorm`).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

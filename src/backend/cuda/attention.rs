@@ -420,8 +420,9 @@ mod device {
     mod check {
         use super::*;
         use crate::backend::cpu::ops::{attention as cpu_attention, AttentionShape};
-        use crate::backend::cuda::check::{download, poisoned, time_launches, timing, Rng};
+        use crate::backend::cuda::check::{download, poisoned, time_launches, timing};
         use crate::backend::cuda::KernelCheck;
+        use crate::rng::SplitMix64;
 
         /// Sliding window radius of EmbeddingGemma-300m (config.json 512 -> |i - j| <= 256).
         const CHECK_WINDOW: usize = 256;
@@ -459,7 +460,7 @@ mod device {
         /// Both kernels against the CPU attention (`cpu::ops::attention`, f32 on the same bf16
         /// inputs) for both layer kinds, on the packed edge-length batch (accuracy only) and on
         /// 32 x 512 and 8 x 2048 tokens (accuracy and timing).
-        pub fn check_attention(dev: &Device, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+        pub fn check_attention(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
             let attention =
                 Attention::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)?;
             let cases: [(&str, Vec<u32>, bool); 3] = [
@@ -535,6 +536,7 @@ mod device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
     use half::bf16;
 
     /// Lengths the kernel must get right: tile edges at 64 packed rows (21/22, 42/43), key
@@ -550,27 +552,6 @@ mod tests {
             offsets.push(offsets.last().unwrap() + len);
         }
         offsets
-    }
-
-    /// splitmix64: a small deterministic generator for test data.
-    struct Rng(u64);
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        /// Uniform in [-amplitude, amplitude), rounded to bf16.
-        fn bf16s(&mut self, n: usize, amplitude: f32) -> Vec<bf16> {
-            (0..n)
-                .map(|_| {
-                    let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-                    bf16::from_f32((2.0 * unit - 1.0) * amplitude)
-                })
-                .collect()
-        }
     }
 
     #[test]
@@ -974,10 +955,14 @@ mod tests {
     fn check_model(lengths: &[u32], window: Option<usize>, seed: u64, q_amplitude: f32) {
         let seq_offsets = offsets(lengths);
         let tokens = *seq_offsets.last().unwrap() as usize;
-        let mut rng = Rng(seed);
-        let q = rng.bf16s(tokens * GROUP * HEAD_DIM, q_amplitude);
-        let k = rng.bf16s(tokens * HEAD_DIM, 1.0);
-        let v = rng.bf16s(tokens * HEAD_DIM, 1.0);
+        let mut rng = SplitMix64::new(seed);
+        let mut bf16s = |n: usize, amplitude: f32| -> Vec<bf16> {
+            let bits = rng.bf16s(n, -amplitude, amplitude);
+            bits.into_iter().map(bf16::from_bits).collect()
+        };
+        let q = bf16s(tokens * GROUP * HEAD_DIM, q_amplitude);
+        let k = bf16s(tokens * HEAD_DIM, 1.0);
+        let v = bf16s(tokens * HEAD_DIM, 1.0);
         let want = plain_attention(&q, &k, &v, &seq_offsets, window, 1.0);
         let got = flash_model(&q, &k, &v, &seq_offsets, window, 1.0);
         let (rel_l2, max_abs) = errors(&got, &want);

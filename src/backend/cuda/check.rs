@@ -16,6 +16,7 @@ use super::ops::{
 };
 use super::report::{KernelCheck, Timing};
 use crate::backend::cpu::ops as cpu;
+use crate::rng::SplitMix64;
 use crate::Result;
 
 /// EmbeddingGemma-300m's shapes and constants.
@@ -49,40 +50,6 @@ const TIMED_REPS: usize = 20;
 const BF16_OUT_TOL: (f64, f64) = (1.0 / 128.0, 2e-3);
 /// f32 kernel math against the CPU twin: a few f32 ulps, relative to the largest value.
 const F32_OUT_TOL: f64 = 1e-5;
-
-/// splitmix64: small, deterministic, seedable.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    pub fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-
-    /// Uniform values rounded to bf16, as bits.
-    pub fn bf16s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<u16> {
-        (0..n)
-            .map(|_| bf16::from_f32(self.uniform(lo, hi)).to_bits())
-            .collect()
-    }
-}
 
 pub fn bf16_to_f32(bits: &[u16]) -> Vec<f32> {
     bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
@@ -190,14 +157,14 @@ pub fn timing(case: String, median_us: f64, bytes: f64, flops: f64) -> Timing {
 pub fn run_kernel_checks(seed: u64) -> Result<Vec<KernelCheck>> {
     let dev = Device::open()?;
     let kernels = Kernels::load(&dev, check_dims())?;
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut checks = Vec::new();
     let mut run =
-        |name: &str, family: &mut dyn FnMut(&mut Rng) -> Result<Vec<KernelCheck>>| match family(
-            &mut rng,
-        ) {
-            Ok(results) => checks.extend(results),
-            Err(e) => checks.push(KernelCheck::error(name, e.to_string())),
+        |name: &str, family: &mut dyn FnMut(&mut SplitMix64) -> Result<Vec<KernelCheck>>| {
+            match family(&mut rng) {
+                Ok(results) => checks.extend(results),
+                Err(e) => checks.push(KernelCheck::error(name, e.to_string())),
+            }
         };
     run("embed_tokens", &mut |rng| check_embed(&dev, &kernels, rng));
     run("residual_norm", &mut |rng| {
@@ -262,21 +229,7 @@ fn poisoned_residual(dev: &Device, n: usize, hidden: usize) -> Result<Residual> 
     })
 }
 
-/// Inverse RMS of every row (the statistic the kernels hand to the next consumer), in f64.
-fn inverse_rms_rows(x: &[f32], width: usize, eps: f32) -> Vec<f32> {
-    x.chunks_exact(width)
-        .map(|row| {
-            let mean = row
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                / width as f64;
-            (1.0 / (mean + f64::from(eps)).sqrt()) as f32
-        })
-        .collect()
-}
-
-fn check_embed(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+fn check_embed(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let case = TokenCase::new(CHECK_LENGTHS);
     let table_bits = rng.bf16s(VOCAB * d.hidden, -0.5, 0.5);
@@ -292,7 +245,7 @@ fn check_embed(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelChe
     let table = bf16_to_f32(&table_bits);
     let mut x_ref = vec![0.0f32; case.n * d.hidden];
     cpu::embed_scaled(&table, d.hidden, &ids, d.embed_scale, &mut x_ref);
-    let inv_ref = inverse_rms_rows(&x_ref, d.hidden, d.eps);
+    let inv_ref = cpu::inverse_rms_rows_f64(&x_ref, d.hidden, d.eps);
     let x_bf16_ref = round_bf16(&x_ref);
     let pos_ref: Vec<f32> = positions(&case.seq_offsets)
         .iter()
@@ -352,7 +305,11 @@ fn check_embed(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelChe
     Ok(checks)
 }
 
-fn check_residual_norm(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+fn check_residual_norm(
+    dev: &Device,
+    k: &Kernels,
+    rng: &mut SplitMix64,
+) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let h = d.hidden;
     let case = TokenCase::new(CHECK_LENGTHS);
@@ -369,7 +326,7 @@ fn check_residual_norm(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<K
 
     let mut x_ref = residual_host.clone();
     cpu::residual_add_rms_norm(&mut x_ref, &branch_host, &weight_host, d.eps);
-    let inv_ref = inverse_rms_rows(&x_ref, h, d.eps);
+    let inv_ref = cpu::inverse_rms_rows_f64(&x_ref, h, d.eps);
     let x_bf16_ref = round_bf16(&x_ref);
 
     let x = download(dev, &residual.x, n * h, "residual")?;
@@ -441,7 +398,7 @@ fn qkv_post_reference(
     (q, k, v)
 }
 
-fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let case = TokenCase::new(CHECK_LENGTHS);
     let n = case.n;
@@ -517,7 +474,7 @@ fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<Kernel
     Ok(checks)
 }
 
-fn check_geglu(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<KernelCheck> {
+fn check_geglu(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<KernelCheck> {
     let d = k.dims;
     let i = d.intermediate;
     let case = TokenCase::new(CHECK_LENGTHS);
@@ -555,7 +512,7 @@ fn check_geglu(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<KernelCheck> 
     Ok(check.with_timing(timing(timed.describe(), us, bytes, 0.0)))
 }
 
-fn check_pool(dev: &Device, k: &Kernels, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+fn check_pool(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let (h, e) = (d.hidden, d.embed_dim);
     let case = TokenCase::new(CHECK_LENGTHS);
@@ -648,7 +605,7 @@ fn gemm_shapes(d: &ModelDims) -> [(&'static str, usize, usize, bool); 4] {
 /// Rows of the checked GEMMs (odd, so no tile divides it).
 const GEMM_CHECK_ROWS: usize = 257;
 
-fn check_gemms(dev: &Device, rng: &mut Rng) -> Result<Vec<KernelCheck>> {
+fn check_gemms(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
     let d = check_dims();
     let mut checks = Vec::new();
     for (name, n, kk, f32_out) in gemm_shapes(&d) {
