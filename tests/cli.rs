@@ -21,6 +21,21 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `gemma-embed embed --model MODEL --input INPUT --output OUTPUT EXTRA...`
+fn embed(model: &str, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "embed",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn case<'a>(cases: &'a [GoldenCase], name: &str) -> &'a GoldenCase {
     cases.iter().find(|c| c.name == name).unwrap()
 }
@@ -91,21 +106,19 @@ fn embed_writes_jsonl_and_npy_in_input_order() {
     let expected = [query, doc, plain, sts];
 
     let out_jsonl = dir.path().join("out.jsonl");
-    let out = run(&[
-        "embed",
-        "--model",
+    let out = embed(
         model,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out_jsonl.to_str().unwrap(),
-        "--prompt-name",
-        "document",
-        "--backend",
-        "cpu",
-        "--max-batch-tokens",
-        "40",
-    ]);
+        &input,
+        &out_jsonl,
+        &[
+            "--prompt-name",
+            "document",
+            "--backend",
+            "cpu",
+            "--max-batch-tokens",
+            "40",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("embedded 4 docs"), "{}", stderr(&out));
     let rows = read_jsonl(&out_jsonl);
@@ -120,17 +133,7 @@ fn embed_writes_jsonl_and_npy_in_input_order() {
     }
 
     let out_npy = dir.path().join("out.npy");
-    let out = run(&[
-        "embed",
-        "--model",
-        model,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out_npy.to_str().unwrap(),
-        "--prompt-name",
-        "document",
-    ]);
+    let out = embed(model, &input, &out_npy, &["--prompt-name", "document"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (shape, data) = read_npy(&out_npy);
     assert_eq!(shape, (4, 768));
@@ -142,19 +145,12 @@ fn embed_writes_jsonl_and_npy_in_input_order() {
 
     // Matryoshka: the renormalized prefix of the reference.
     let out_small = dir.path().join("small.npy");
-    let out = run(&[
-        "embed",
-        "--model",
+    let out = embed(
         model,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out_small.to_str().unwrap(),
-        "--prompt-name",
-        "document",
-        "--dimensions",
-        "128",
-    ]);
+        &input,
+        &out_small,
+        &["--prompt-name", "document", "--dimensions", "128"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let (shape, data) = read_npy(&out_small);
     assert_eq!(shape, (4, 128));
@@ -179,17 +175,12 @@ fn text_input_and_raw_prompt() {
     let input = dir.path().join("in.txt");
     std::fs::write(&input, format!("{}\n", query.text)).unwrap();
     let output = dir.path().join("out.jsonl");
-    let out = run(&[
-        "embed",
-        "--model",
+    let out = embed(
         model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--prompt",
-        &query.prompt,
-    ]);
+        &input,
+        &output,
+        &["--prompt", &query.prompt],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = read_jsonl(&output);
     assert_eq!(rows.len(), 1);
@@ -280,17 +271,7 @@ fn bad_input_names_the_line_and_writes_nothing() {
     let check = |content: &str, extra: &[&str], expected: &[&str]| {
         let input = dir.path().join("in.jsonl");
         std::fs::write(&input, content).unwrap();
-        let mut args = vec![
-            "embed",
-            "--model",
-            model,
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = run(&args);
+        let out = embed(model, &input, &output, extra);
         let message = stderr(&out);
         assert!(!out.status.success(), "{message}");
         for part in expected {
