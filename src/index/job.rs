@@ -11,8 +11,8 @@
 //! the checkpointed offset; embeddings do not depend on batching, so the final file is the one
 //! an uninterrupted run writes.
 
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::checkpoint::{sibling, sync_dir, Checkpoint};
-use super::output::{Dtype, RowWriter};
+use super::output::{open_resumable, Dtype, RowWriter};
 use super::reader::{ReadPosition, RecordReader};
 use super::{Content, CsvColumns, InputFormat, OutputFormat, PromptChoice, Record};
 use crate::engine::{Admission, Engine, Input, Request, Ticket};
@@ -443,20 +443,8 @@ struct Rejects {
 
 impl Rejects {
     fn open(path: &Path, resume: Option<(u64, u64)>) -> Result<Self> {
-        let io_error = |source| Error::Io {
-            path: path.into(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(resume.is_none())
-            .write(true)
-            .open(path)
-            .map_err(io_error)?;
         let (lines, bytes) = resume.unwrap_or((0, 0));
-        file.set_len(bytes)
-            .and_then(|()| file.seek(SeekFrom::Start(bytes)).map(drop))
-            .map_err(io_error)?;
+        let file = open_resumable(path, resume.map(|(_, bytes)| bytes))?;
         Ok(Self {
             path: path.into(),
             file,

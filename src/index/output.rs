@@ -85,6 +85,37 @@ pub struct RowWriter {
     bytes: u64,
 }
 
+/// Open an output file of the job: afresh (`durable_bytes = None`), or keeping its first
+/// `durable_bytes` bytes (what a checkpoint recorded) and positioned right after them. A file
+/// shorter than its checkpoint is an error: nothing may be silently zero-filled.
+pub(crate) fn open_resumable(path: &Path, durable_bytes: Option<u64>) -> Result<File> {
+    let io_error = |source| Error::Io {
+        path: path.into(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(durable_bytes.is_none())
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error)?;
+    if let Some(bytes) = durable_bytes {
+        let len = file.metadata().map_err(io_error)?.len();
+        if len < bytes {
+            return Err(Error::File {
+                path: path.into(),
+                message: format!(
+                    "holds {len} bytes, fewer than the {bytes} its checkpoint recorded"
+                ),
+            });
+        }
+        file.set_len(bytes).map_err(io_error)?;
+        file.seek(SeekFrom::Start(bytes)).map_err(io_error)?;
+    }
+    Ok(file)
+}
+
 impl RowWriter {
     /// Start `path` afresh, or (with `resume = Some((rows, bytes))`) keep its first `bytes`
     /// bytes, which hold `rows` rows, and append after them.
@@ -95,41 +126,21 @@ impl RowWriter {
         dim: usize,
         resume: Option<(u64, u64)>,
     ) -> Result<Self> {
-        let io_error = |source| Error::Io {
-            path: path.into(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(resume.is_none())
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_error)?;
-        let (rows, bytes) = match resume {
-            Some((rows, bytes)) => {
-                let len = file.metadata().map_err(io_error)?.len();
-                if len < bytes {
-                    return Err(Error::File {
-                        path: path.into(),
-                        message: format!(
-                            "holds {len} bytes, fewer than the {bytes} its checkpoint recorded"
-                        ),
-                    });
-                }
-                file.set_len(bytes).map_err(io_error)?;
-                (rows, bytes)
-            }
+        let (file, rows, bytes) = match resume {
+            Some((rows, bytes)) => (open_resumable(path, Some(bytes))?, rows, bytes),
             None => {
+                let mut file = open_resumable(path, None)?;
                 let header = match format {
                     OutputFormat::Npy => npy_header(0, dim, dtype),
                     OutputFormat::Jsonl => Vec::new(),
                 };
-                file.write_all(&header).map_err(io_error)?;
-                (0, header.len() as u64)
+                file.write_all(&header).map_err(|source| Error::Io {
+                    path: path.into(),
+                    source,
+                })?;
+                (file, 0, header.len() as u64)
             }
         };
-        file.seek(SeekFrom::Start(bytes)).map_err(io_error)?;
         Ok(Self {
             path: path.into(),
             file: BufWriter::with_capacity(1 << 20, file),
