@@ -144,6 +144,12 @@ pub trait Backend: Send {
         None
     }
 
+    /// Device memory in use now, in bytes (the whole device, as the driver reports it), for
+    /// the bench's peak-memory figure; `None` for the host CPU.
+    fn device_memory_used(&self) -> Option<u64> {
+        None
+    }
+
     /// Embed every sequence of `batch`: mean pooling, Dense projections, L2 normalization and
     /// Matryoshka truncation to `dimensions` (then renormalized).
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings>;

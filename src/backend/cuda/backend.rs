@@ -230,6 +230,11 @@ impl Backend for CudaBackend {
         Some(self.dev.description.clone())
     }
 
+    fn device_memory_used(&self) -> Option<u64> {
+        let (free, total) = self.dev.ctx.mem_get_info().ok()?;
+        Some((total - free) as u64)
+    }
+
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
         let d = self.kernels.dims;
         if dimensions == 0 || dimensions > d.embed_dim {
