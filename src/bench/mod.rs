@@ -1,24 +1,38 @@
-//! `gemma-embed bench`: offline throughput of a backend on synthetic workloads.
+//! `gemma-embed bench`: throughput and latency of a backend on synthetic workloads.
 //!
 //! A workload is a list of sequence lengths filled with random token ids: fixed lengths, or a
 //! mixed draw of lengths. Offline mode queues the whole workload at once and packs it, in order,
 //! into batches of at most `max_batch_tokens` tokens, which the backend runs one after another.
-//! Warm-up runs are excluded; each measured run embeds the whole workload, and rates are
-//! reported as the median over runs with the slowest and fastest run as the spread.
+//! Online mode ([`online`]) sends it as requests through the [`Engine`] at a fixed concurrency
+//! or a Poisson arrival rate and measures each request's latency. Every combination of the
+//! swept settings ([`Setting::sweep`]) is one run per workload. Warm-up runs are excluded; rates
+//! are reported as the median over the measured runs with the slowest and fastest as the spread.
 //!
 //! The mixed length draw is shared with `tools/bench_reference.py` (same splitmix64 stream), so
 //! the reference sees the same lengths.
 
+pub mod compare;
+mod memory;
+pub mod online;
+pub mod plot;
 mod report;
+mod stats;
 
-pub use report::{BuildInfo, MachineInfo, ModelInfo, Report, Settings, WorkloadResult};
+pub use memory::SharedBackend;
+pub use online::Load;
+pub use report::{
+    known_peak_tflops, BuildInfo, Latency, MachineInfo, ModelInfo, Report, Settings,
+    WorkloadResult, SCHEMA,
+};
 
 use std::time::Instant;
 
 use crate::backend::{Backend, Batch};
+use crate::engine::{Engine, EngineConfig};
 use crate::index;
 use crate::model::Model;
 use crate::rng::SplitMix64;
+use crate::tokenize::Tokenizer;
 use crate::{Error, Result};
 
 /// Mixed workloads draw lengths uniformly from this range (inclusive).
@@ -68,50 +82,101 @@ impl Workload {
     }
 }
 
+/// One point of a sweep: a batch budget and how requests arrive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Setting {
+    pub max_batch_tokens: usize,
+    pub load: Load,
+}
+
+impl Setting {
+    /// Every combination of the batch budgets and the loads (offline when `loads` is empty),
+    /// batch budget outermost.
+    pub fn sweep(max_batch_tokens: &[usize], loads: &[Load]) -> Vec<Setting> {
+        let offline = [Load::Offline];
+        let loads = if loads.is_empty() {
+            &offline[..]
+        } else {
+            loads
+        };
+        max_batch_tokens
+            .iter()
+            .flat_map(|&max_batch_tokens| {
+                loads.iter().map(move |&load| Setting {
+                    max_batch_tokens,
+                    load,
+                })
+            })
+            .collect()
+    }
+}
+
 /// How to run the workloads.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    pub max_batch_tokens: usize,
     pub repeats: usize,
     pub warmup: usize,
     /// Matryoshka output width passed to the backend.
     pub dimensions: usize,
-    /// Seed of the random token ids.
+    /// Seed of the random token ids and of the arrival times.
     pub seed: u64,
+    /// Online mode: inputs per request.
+    pub inputs_per_request: usize,
+    /// The card's dense peak in TFLOP/s, for the percentage of peak.
+    pub peak_tflops: Option<f64>,
 }
 
-/// Pack sequences of the given lengths into batches exactly as `embed` does
-/// ([`index::pack_batches`]: in order, at most `max_batch_tokens` tokens each), filled with
-/// random ordinary token ids below `vocab_size`.
-pub fn pack_offline(
-    lengths: &[usize],
-    max_batch_tokens: usize,
-    vocab_size: usize,
-    rng: &mut SplitMix64,
-) -> Vec<Batch> {
-    let mut ids = Vec::new();
-    index::pack_batches(lengths, max_batch_tokens)
+/// Pack sequences into batches exactly as `embed` does ([`index::pack_batches`]: in order, at
+/// most `max_batch_tokens` tokens each).
+pub fn pack_offline(sequences: &[Vec<u32>], max_batch_tokens: usize) -> Vec<Batch> {
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    index::pack_batches(&lengths, max_batch_tokens)
         .into_iter()
-        .map(|group| {
-            let mut batch = Batch::from_sequences::<&[u32]>(&[]);
-            for &n in &lengths[group] {
-                ids.clear();
-                ids.extend(
-                    (0..n).map(|_| rng.in_range(FIRST_ORDINARY_ID, vocab_size as u64 - 1) as u32),
-                );
-                batch.push(&ids);
-            }
-            batch
+        .map(|group| Batch::from_sequences(&sequences[group]))
+        .collect()
+}
+
+/// Random ordinary token ids (below `vocab_size`) for sequences of the given lengths.
+fn random_sequences(lengths: &[usize], vocab_size: usize, rng: &mut SplitMix64) -> Vec<Vec<u32>> {
+    lengths
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|_| rng.in_range(FIRST_ORDINARY_ID, vocab_size as u64 - 1) as u32)
+                .collect()
         })
         .collect()
 }
 
-fn check_options(model: &Model, workloads: &[Workload], options: &BenchOptions) -> Result<()> {
+fn check_options(
+    model: &Model,
+    workloads: &[Workload],
+    settings: &[Setting],
+    options: &BenchOptions,
+) -> Result<()> {
     let invalid = |message: String| Err(Error::Bench(message));
     if options.repeats == 0 {
         return invalid("--repeats must be at least 1".into());
     }
+    if options.inputs_per_request == 0 {
+        return invalid("--inputs-per-request must be at least 1".into());
+    }
+    if settings.is_empty() {
+        return invalid("no --max-batch-tokens given".into());
+    }
+    for setting in settings {
+        match setting.load {
+            Load::Concurrency(0) => return invalid("--concurrency must be at least 1".into()),
+            Load::Rate(r) if !(r.is_finite() && r > 0.0) => {
+                return invalid(format!(
+                    "--rate {r}: must be a positive number of requests/s"
+                ))
+            }
+            _ => {}
+        }
+    }
     let max_len = model.config.max_seq_len;
+    let smallest_budget = settings.iter().map(|s| s.max_batch_tokens).min();
     for w in workloads {
         if w.lengths.is_empty() {
             return invalid(format!("workload {} has no sequences", w.name));
@@ -123,70 +188,184 @@ fn check_options(model: &Model, workloads: &[Workload], options: &BenchOptions) 
             ));
         }
         let longest = *w.lengths.iter().max().unwrap_or(&0);
-        if longest > options.max_batch_tokens {
+        if let Some(budget) = smallest_budget.filter(|&b| longest > b) {
             return invalid(format!(
-                "workload {}: --max-batch-tokens {} is below its longest sequence ({longest})",
-                w.name, options.max_batch_tokens
+                "workload {}: --max-batch-tokens {budget} is below its longest sequence ({longest})",
+                w.name
             ));
         }
     }
     Ok(())
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
-    }
+/// What one (workload, setting) run measured, before it becomes a [`WorkloadResult`].
+pub(crate) struct Measured {
+    /// Wall time of each measured run of the whole workload.
+    seconds: Vec<f64>,
+    /// Online: per measured run, every request's latency in seconds.
+    latencies: Vec<Vec<f64>>,
+    /// Online: requests per run, and the fewest answered in any run.
+    requests: Option<(usize, usize)>,
+    /// Batches of the median measured run; batches and the tokens they held, over all
+    /// measured runs.
+    batches_per_run: usize,
+    batches: u64,
+    batch_tokens: u64,
+    peak_host_rss: Option<u64>,
+    peak_device_memory: Option<u64>,
 }
 
-/// Run every workload on `backend` and collect the measurements; `on_result` sees each
-/// workload's result as soon as it is measured.
+/// Run every workload under every setting on `backend` and collect the measurements;
+/// `on_result` sees each result as soon as it is measured.
 pub fn run(
-    backend: &mut dyn Backend,
+    backend: Box<dyn Backend>,
     model: &Model,
     workloads: &[Workload],
+    settings: &[Setting],
     options: &BenchOptions,
     mut on_result: impl FnMut(&WorkloadResult),
 ) -> Result<Vec<WorkloadResult>> {
-    check_options(model, workloads, options)?;
+    check_options(model, workloads, settings, options)?;
+    let mut backend = SharedBackend::new(backend);
     let mut rng = SplitMix64::new(options.seed);
-    let mut results = Vec::with_capacity(workloads.len());
+    let mut results = Vec::with_capacity(workloads.len() * settings.len());
     for w in workloads {
-        let batches = pack_offline(
-            &w.lengths,
-            options.max_batch_tokens,
-            model.config.vocab_size,
-            &mut rng,
-        );
-        let run_once = |backend: &mut dyn Backend| -> Result<f64> {
-            let start = Instant::now();
-            for batch in &batches {
-                let embeddings = backend.forward(batch, options.dimensions)?;
-                if embeddings.len() != batch.num_sequences() {
-                    return Err(Error::Bench(format!(
-                        "backend {} returned {} embeddings for {} sequences",
-                        backend.name(),
-                        embeddings.len(),
-                        batch.num_sequences()
-                    )));
+        let sequences = random_sequences(&w.lengths, model.config.vocab_size, &mut rng);
+        for setting in settings {
+            let measured = match setting.load {
+                Load::Offline => run_offline(&mut backend, &sequences, setting, options)?,
+                load => {
+                    let arrivals = match load {
+                        Load::Rate(rate) => {
+                            let n = sequences.len().div_ceil(options.inputs_per_request);
+                            online::poisson_arrivals(n, rate, &mut rng)
+                        }
+                        _ => Vec::new(),
+                    };
+                    run_online(&backend, model, &sequences, setting, &arrivals, options)?
                 }
-            }
-            Ok(start.elapsed().as_secs_f64())
-        };
-        for _ in 0..options.warmup {
-            run_once(backend)?;
+            };
+            let result = WorkloadResult::new(w, setting, measured, options, model);
+            on_result(&result);
+            results.push(result);
         }
-        let seconds = (0..options.repeats)
-            .map(|_| run_once(backend))
-            .collect::<Result<Vec<f64>>>()?;
-        let result = WorkloadResult::new(w, &batches, seconds, options, model);
-        on_result(&result);
-        results.push(result);
     }
     Ok(results)
+}
+
+/// Warm-up runs, then the peaks are reset and the measured runs timed.
+fn measure<T>(
+    backend: &SharedBackend,
+    options: &BenchOptions,
+    mut run_once: impl FnMut() -> Result<T>,
+) -> Result<(Vec<T>, Option<u64>, Option<u64>)> {
+    for _ in 0..options.warmup {
+        run_once()?;
+    }
+    let host_peak_resets = memory::reset_host_peak();
+    backend.reset_device_peak();
+    let runs = (0..options.repeats)
+        .map(|_| run_once())
+        .collect::<Result<Vec<T>>>()?;
+    let host_peak = memory::host_peak_rss().filter(|_| host_peak_resets);
+    Ok((runs, host_peak, backend.device_peak()))
+}
+
+fn run_offline(
+    backend: &mut SharedBackend,
+    sequences: &[Vec<u32>],
+    setting: &Setting,
+    options: &BenchOptions,
+) -> Result<Measured> {
+    let batches = pack_offline(sequences, setting.max_batch_tokens);
+    let shared = backend.clone();
+    let (seconds, peak_host_rss, peak_device_memory) = measure(&shared, options, || {
+        let start = Instant::now();
+        for batch in &batches {
+            let embeddings = backend.forward(batch, options.dimensions)?;
+            if embeddings.len() != batch.num_sequences() {
+                return Err(Error::Bench(format!(
+                    "backend {} returned {} embeddings for {} sequences",
+                    backend.name(),
+                    embeddings.len(),
+                    batch.num_sequences()
+                )));
+            }
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    Ok(Measured {
+        seconds,
+        latencies: Vec::new(),
+        requests: None,
+        batches_per_run: batches.len(),
+        batches: (batches.len() * options.repeats) as u64,
+        batch_tokens: sequences.iter().map(|s| s.len() as u64).sum::<u64>()
+            * options.repeats as u64,
+        peak_host_rss,
+        peak_device_memory,
+    })
+}
+
+fn run_online(
+    backend: &SharedBackend,
+    model: &Model,
+    sequences: &[Vec<u32>],
+    setting: &Setting,
+    arrivals: &[std::time::Duration],
+    options: &BenchOptions,
+) -> Result<Measured> {
+    let requests = online::requests_of(sequences, options.inputs_per_request, options.dimensions);
+    let num_tokens: usize = sequences.iter().map(Vec::len).sum();
+    let tokenizer = Tokenizer::load(&model.dir, &model.config)?;
+    let engine = Engine::start(
+        Box::new(backend.clone()),
+        tokenizer,
+        model.config.embedding_dim,
+        EngineConfig {
+            max_batch_tokens: setting.max_batch_tokens,
+            // Room for the whole workload: admission never blocks the submitting thread.
+            max_queued_inputs: sequences.len(),
+            max_queued_tokens: num_tokens,
+            // Ids are only validated, not tokenized.
+            tokenizer_workers: 1,
+            ..EngineConfig::default()
+        },
+    )?;
+    let mut batch_counts = Vec::new();
+    let (mut batches_total, mut batch_tokens) = (0, 0);
+    let (runs, peak_host_rss, peak_device_memory) = measure(backend, options, || {
+        let before = engine.stats();
+        let run = online::run_requests(&engine, requests.clone(), setting.load, arrivals)?;
+        let after = engine.stats();
+        Ok((
+            run,
+            after.batches - before.batches,
+            after.batch_tokens - before.batch_tokens,
+        ))
+    })?;
+    let mut seconds = Vec::with_capacity(runs.len());
+    let mut latencies = Vec::with_capacity(runs.len());
+    let mut fewest_answered = requests.len();
+    for (run, batches, tokens) in runs {
+        seconds.push(run.seconds);
+        latencies.push(run.latencies);
+        fewest_answered = fewest_answered.min(run.answered);
+        batch_counts.push(batches as f64);
+        batches_total += batches;
+        batch_tokens += tokens;
+    }
+    batch_counts.sort_by(f64::total_cmp);
+    Ok(Measured {
+        seconds,
+        latencies,
+        requests: Some((requests.len(), fewest_answered)),
+        batches_per_run: stats::median(&batch_counts).round() as usize,
+        batches: batches_total,
+        batch_tokens,
+        peak_host_rss,
+        peak_device_memory,
+    })
 }
 
 #[cfg(test)]
@@ -226,7 +405,8 @@ mod tests {
     fn offline_packing_keeps_order_and_budget() {
         let lengths = [5, 3, 4, 8, 1, 1, 6];
         let mut rng = SplitMix64::new(1);
-        let batches = pack_offline(&lengths, 8, 100, &mut rng);
+        let sequences = random_sequences(&lengths, 100, &mut rng);
+        let batches = pack_offline(&sequences, 8);
         let per_batch: Vec<Vec<usize>> = batches
             .iter()
             .map(|b| {
@@ -243,8 +423,25 @@ mod tests {
     }
 
     #[test]
-    fn median_of_odd_and_even_runs() {
-        assert_eq!(median(&[1.0, 2.0, 9.0]), 2.0);
-        assert_eq!(median(&[1.0, 2.0, 4.0, 9.0]), 3.0);
+    fn sweep_is_every_combination_budget_outermost() {
+        let loads = [Load::Concurrency(1), Load::Concurrency(4)];
+        let settings = Setting::sweep(&[4096, 8192], &loads);
+        let pairs: Vec<(usize, Load)> = settings
+            .iter()
+            .map(|s| (s.max_batch_tokens, s.load))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (4096, Load::Concurrency(1)),
+                (4096, Load::Concurrency(4)),
+                (8192, Load::Concurrency(1)),
+                (8192, Load::Concurrency(4)),
+            ]
+        );
+        let offline = Setting::sweep(&[512, 1024], &[]);
+        assert_eq!(offline.len(), 2);
+        assert!(offline.iter().all(|s| s.load == Load::Offline));
+        assert!(Setting::sweep(&[], &loads).is_empty());
     }
 }

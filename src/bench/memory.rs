@@ -1,0 +1,120 @@
+//! Peak memory: the process's resident set (host) and the backend's device.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::backend::{Backend, Batch, Embeddings};
+use crate::Result;
+
+/// Reset the kernel's peak-RSS mark of this process (`VmHWM`) to its current RSS, by writing
+/// `5` to `/proc/self/clear_refs` (Linux 4.0+). Returns whether it worked.
+pub fn reset_host_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak resident set size in bytes (`VmHWM` of `/proc/self/status`), since start
+/// or since the last successful [`reset_host_peak`]; `None` where there is no procfs.
+pub fn host_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line["VmHWM:".len()..]
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// A backend shared between the bench's runs (each online run starts an engine that takes a
+/// `Box<dyn Backend>`), recording the device memory in use after every batch.
+#[derive(Clone)]
+pub struct SharedBackend {
+    inner: Arc<Mutex<Box<dyn Backend>>>,
+    name: &'static str,
+    device_peak: Arc<AtomicU64>,
+}
+
+impl SharedBackend {
+    pub fn new(backend: Box<dyn Backend>) -> Self {
+        Self {
+            name: backend.name(),
+            inner: Arc::new(Mutex::new(backend)),
+            device_peak: Arc::default(),
+        }
+    }
+
+    /// Forget the device peak recorded so far (the next batch starts a new one).
+    pub fn reset_device_peak(&self) {
+        self.device_peak.store(0, Ordering::Relaxed);
+    }
+
+    /// The most device memory seen in use after a batch since the last reset; `None` for a
+    /// backend that does not report device memory or when no batch ran.
+    pub fn device_peak(&self) -> Option<u64> {
+        Some(self.device_peak.load(Ordering::Relaxed)).filter(|&b| b > 0)
+    }
+
+    fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn Backend>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Backend for SharedBackend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn device_name(&self) -> Option<String> {
+        self.backend().device_name()
+    }
+
+    fn device_memory_used(&self) -> Option<u64> {
+        self.backend().device_memory_used()
+    }
+
+    fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
+        let mut backend = self.backend();
+        let result = backend.forward(batch, dimensions);
+        if let Some(used) = backend.device_memory_used() {
+            self.device_peak.fetch_max(used, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    1936 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1936 * 1024));
+        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn host_peak_follows_a_large_allocation_and_resets() {
+        if !reset_host_peak() {
+            eprintln!("SKIPPED: /proc/self/clear_refs is not writable here");
+            return;
+        }
+        let before = host_peak_rss().expect("procfs");
+        let mut block = vec![0u8; 256 << 20];
+        // Touch every page so it becomes resident.
+        for i in (0..block.len()).step_by(4096) {
+            block[i] = 1;
+        }
+        let grown = host_peak_rss().expect("procfs");
+        assert!(grown >= before + (200 << 20), "{before} -> {grown}");
+        drop(std::hint::black_box(block));
+        assert!(reset_host_peak());
+        let after = host_peak_rss().expect("procfs");
+        assert!(after + (200 << 20) <= grown, "{grown} -> {after}");
+    }
+}
