@@ -39,7 +39,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Show the model configuration and the backends of this build.
     Info(InfoArgs),
-    /// Measure offline throughput on synthetic workloads (random token ids).
+    /// Measure throughput (offline) or latency under load (online, through the engine) on
+    /// synthetic workloads of random token ids.
     Bench(BenchArgs),
     /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
     /// non-zero when any check fails.
@@ -497,6 +498,15 @@ fn display_dir(dir: &Path) -> String {
         .to_string()
 }
 
+/// `bench --mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMode {
+    /// The whole workload queued at once, packed into batches, straight on the backend.
+    Offline,
+    /// Requests through the engine at a fixed --concurrency or Poisson --rate; latencies.
+    Online,
+}
+
 #[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
@@ -504,6 +514,9 @@ struct BenchArgs {
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     backend: BackendKind,
+    /// offline (throughput, no engine) or online (through the engine, with latencies).
+    #[arg(long, value_enum, default_value = "offline")]
+    mode: BenchMode,
     /// Fixed-length workloads, one per length (comma separated; empty for none).
     #[arg(long, value_delimiter = ',', default_value = "16,128,512,2048")]
     lengths: Vec<usize>,
@@ -513,10 +526,21 @@ struct BenchArgs {
     /// Tokens per measured run of each workload [default: 262144 on a GPU, 4096 on the CPU].
     #[arg(long)]
     tokens: Option<usize>,
-    /// Token budget of one forward batch [default: 65536 on a GPU, 8192 on the CPU].
-    #[arg(long)]
-    max_batch_tokens: Option<usize>,
-    /// Measured runs per workload (the median is reported).
+    /// Token budgets of one forward batch, comma separated (each one a run)
+    /// [default: 65536 on a GPU, 8192 on the CPU].
+    #[arg(long, value_delimiter = ',')]
+    max_batch_tokens: Vec<usize>,
+    /// Online, closed loop: clients each sending its next request when the last is answered;
+    /// comma separated (each one a run).
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
+    concurrency: Vec<usize>,
+    /// Online, open loop: Poisson arrivals, requests per second; comma separated (each one a run).
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Online: inputs (sequences of the workload) per request.
+    #[arg(long, default_value_t = 1)]
+    inputs_per_request: usize,
+    /// Measured runs per workload and setting (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Unmeasured runs before the measured ones.
@@ -525,30 +549,78 @@ struct BenchArgs {
     /// Matryoshka width of the output [default: the model's embedding width].
     #[arg(long)]
     dimensions: Option<usize>,
-    /// Seed of the random token ids and of the mixed length draw.
+    /// Seed of the random token ids, the mixed length draw and the arrival times.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The GPU's dense bf16 peak in TFLOP/s, for the % of peak [default: known for H100, H200
+    /// and A100 from the device name].
+    #[arg(long)]
+    peak_tflops: Option<f64>,
     /// Also write the report as JSON (the schema of tools/bench_reference.py).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Compare with another report (tools/bench_reference.py or `bench --json`): tokens/s per
+    /// workload, theirs, and the ratio.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Draw throughput per workload and (online) latency vs load to a .png or .svg file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
-/// `gemma-embed bench`: offline throughput on synthetic workloads, through the same backend
-/// path as `embed`.
+/// `gemma-embed bench`: throughput (and online latency) on synthetic workloads, through the
+/// same backend path as `embed` (offline) or the engine (online).
 fn bench(args: BenchArgs) -> Result<()> {
+    let loads: Vec<bench::Load> = match args.mode {
+        BenchMode::Offline => {
+            if !args.concurrency.is_empty() || !args.rate.is_empty() {
+                bail!("--concurrency and --rate are for --mode online");
+            }
+            Vec::new()
+        }
+        BenchMode::Online => {
+            let loads: Vec<bench::Load> = args
+                .concurrency
+                .iter()
+                .map(|&c| bench::Load::Concurrency(c))
+                .chain(args.rate.iter().map(|&r| bench::Load::Rate(r)))
+                .collect();
+            if loads.is_empty() {
+                bail!("--mode online needs --concurrency C or --rate R (requests/s)");
+            }
+            loads
+        }
+    };
+    // Fail on a bad plot path or a missing font before measuring anything.
+    if let Some(path) = &args.plot {
+        bench::plot::prepare(path)?;
+    }
+    let other = args
+        .compare
+        .as_deref()
+        .map(bench::compare::OtherReport::load)
+        .transpose()?;
     let model = Arc::new(Model::load(&args.model.model)?);
-    let (mut backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;
     eprintln!("backend: {note}");
     let on_cpu = backend.name() == "cpu";
+    let device = backend.device_name();
     let tokens = args.tokens.unwrap_or(if on_cpu { 4096 } else { 262_144 });
+    let budgets = if args.max_batch_tokens.is_empty() {
+        vec![if on_cpu { 8192 } else { 65_536 }]
+    } else {
+        args.max_batch_tokens.clone()
+    };
+    let peak_tflops = args
+        .peak_tflops
+        .or_else(|| device.as_deref().and_then(bench::known_peak_tflops));
     let options = bench::BenchOptions {
-        max_batch_tokens: args
-            .max_batch_tokens
-            .unwrap_or(if on_cpu { 8192 } else { 65_536 }),
         repeats: args.repeats,
         warmup: args.warmup,
         dimensions: args.dimensions.unwrap_or(model.config.embedding_dim),
         seed: args.seed,
+        inputs_per_request: args.inputs_per_request,
+        peak_tflops,
     };
     let mut workloads: Vec<bench::Workload> = args
         .lengths
@@ -561,31 +633,56 @@ fn bench(args: BenchArgs) -> Result<()> {
     if workloads.is_empty() {
         bail!("nothing to run: give --lengths and/or --mixed");
     }
-    let results = bench::run(backend.as_mut(), &model, &workloads, &options, |w| {
+    let settings = bench::Setting::sweep(&budgets, &loads);
+    let backend_name = backend.name();
+    let results = bench::run(backend, &model, &workloads, &settings, &options, |w| {
+        let latency = w.latency.map_or(String::new(), |l| {
+            format!(", p50 {:.1} ms, p99 {:.1} ms", l.p50_ms, l.p99_ms)
+        });
         eprintln!(
-            "{}: {:.0} tokens/s ({:.2} s median)",
-            w.name, w.tokens_per_s, w.seconds_median
+            "{} [{}]: {:.0} tokens/s ({:.2} s median{latency})",
+            w.name,
+            w.setting_label(),
+            w.tokens_per_s,
+            w.seconds_median
         )
     })?;
     let report = bench::Report::new(
-        backend.name(),
+        backend_name,
         if on_cpu { "f32" } else { "bf16" },
-        bench::MachineInfo::host(backend.device_name()),
+        bench::MachineInfo::host(device),
         &model,
         bench::Settings {
             tokens_per_run: tokens,
-            max_batch_tokens: options.max_batch_tokens,
+            max_batch_tokens: budgets,
+            concurrency: args.concurrency.clone(),
+            rate: args.rate.clone(),
+            inputs_per_request: args.inputs_per_request,
             repeats: options.repeats,
             warmup: options.warmup,
             seed: options.seed,
             dimensions: options.dimensions,
+            peak_tflops,
         },
         results,
     );
     print!("{}", report.table());
+    if let Some(other) = &other {
+        print!("{}", bench::compare::table(&report.workloads, other));
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "gemma-embed bench: {} ({}) on {}",
+            report.backend,
+            report.dtype,
+            report.machine.gpu.as_deref().unwrap_or(&report.machine.cpu)
+        );
+        bench::plot::write(path, &report.workloads, &title)?;
+        eprintln!("plot: {}", path.display());
     }
     Ok(())
 }
