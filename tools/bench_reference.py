@@ -2,8 +2,12 @@
 """Reference throughput: the workloads of `gemma-embed bench`, run through sentence-transformers,
 written in the same JSON schema (so the two reports can be compared workload by workload).
 
-    python3 tools/bench_reference.py --model DIR [--device cuda] [--lengths 128,512,2048] [--mixed]
-                                     [--tokens N] [--repeats N] [--json out.json]
+    python3 tools/bench_reference.py --model DIR [--device cuda] [--full] [--lengths 128,512,2048]
+                                     [--mixed] [--tokens N] [--repeats N] [--json out.json]
+
+By default the CPU run is CI-sized (fixed-128 and fixed-512, 1024 tokens each, 2 repeats: about a
+minute on 2 cores); `--full` runs the whole set (16, 128, 512, 2048 and the mixed workload, 16384
+tokens on the CPU, 262144 on a GPU, 5 repeats). Explicit flags override either.
 
 On a GPU the model runs in bfloat16 with SDPA attention; on the CPU in float32 (how each is
 normally used). Token ids are random (ids >= 6) and fed straight to the model: tokenization is not
@@ -117,14 +121,19 @@ def main():
     ap.add_argument("--model", required=True, help="sentence-transformers model directory or id")
     ap.add_argument("--device", help="cuda (bf16 + SDPA) or cpu (float32); default: cuda when available")
     ap.add_argument("--dtype", choices=["bf16", "f32"], help="default: bf16 on cuda, f32 on cpu")
-    ap.add_argument("--lengths", default="128,512,2048",
-                    type=lambda s: [int(x) for x in s.split(",") if x.strip()])
-    ap.add_argument("--mixed", action="store_true", help="add the mixed-length workload")
+    ap.add_argument("--full", action="store_true",
+                    help="the full set: lengths 16,128,512,2048 plus mixed, 16384 tokens on cpu "
+                         "(262144 on cuda), 5 repeats; without it a CI-sized run")
+    ap.add_argument("--lengths", default=None,
+                    type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+                    help="default: 128,512 on cpu (128,512,2048 on cuda); 16,128,512,2048 with --full")
+    ap.add_argument("--mixed", action="store_true", help="add the mixed-length workload (on with --full)")
     ap.add_argument("--tokens", type=int, default=None,
-                    help="tokens per measured run of a workload (default: 65536 on cuda, 2048 on cpu)")
+                    help="tokens per measured run of a workload (default: 65536 on cuda, 1024 on cpu; "
+                         "--full: 262144 on cuda, 16384 on cpu)")
     ap.add_argument("--max-batch-tokens", type=int, default=None,
                     help="padded tokens per forward pass (default: 16384 on cuda, 4096 on cpu)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=None, help="default: 2 on cpu, 3 on cuda; 5 with --full")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the report here")
@@ -137,7 +146,14 @@ def main():
     on_gpu = args.device.startswith("cuda")
     dtype_name = args.dtype or ("bf16" if on_gpu else "f32")
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
-    args.tokens = args.tokens or (65536 if on_gpu else 2048)
+    if args.full:
+        args.lengths = args.lengths or [16, 128, 512, 2048]
+        args.mixed = True
+        args.tokens = args.tokens or (262144 if on_gpu else 16384)
+        args.repeats = args.repeats or 5
+    args.lengths = args.lengths or ([128, 512, 2048] if on_gpu else [128, 512])
+    args.tokens = args.tokens or (65536 if on_gpu else 1024)
+    args.repeats = args.repeats or (3 if on_gpu else 2)
     args.max_batch_tokens = args.max_batch_tokens or (16384 if on_gpu else 4096)
 
     start = time.time()
@@ -190,6 +206,8 @@ def main():
         results.append({
             "name": w["name"],
             "seq_len": w["seq_len"],
+            "mode": "offline",
+            "max_batch_tokens": args.max_batch_tokens,
             "num_sequences": len(lengths),
             "num_tokens": num_tokens,
             "num_batches": len(batches),
@@ -211,7 +229,7 @@ def main():
     import sentence_transformers
     import transformers
     report = {
-        "schema": "gemma-embed-bench/1",
+        "schema": "gemma-embed-bench/2",
         "engine": "sentence-transformers",
         "backend": "cuda" if on_gpu else "cpu",
         "dtype": dtype_name,
@@ -236,7 +254,7 @@ def main():
         },
         "settings": {
             "tokens_per_run": args.tokens,
-            "max_batch_tokens": args.max_batch_tokens,
+            "max_batch_tokens": [args.max_batch_tokens],
             "repeats": args.repeats,
             "warmup": args.warmup,
             "seed": args.seed,

@@ -18,7 +18,7 @@ pub mod plot;
 mod report;
 mod stats;
 
-pub use memory::SharedBackend;
+pub use memory::{host_peak_rss, reset_host_peak, SharedBackend};
 pub use online::Load;
 pub use report::{
     known_peak_tflops, BuildInfo, Latency, MachineInfo, ModelInfo, Report, Settings,

@@ -1,0 +1,311 @@
+//! `gemma-embed bench` end to end on the tiny fixture model: offline sweeps, online runs through
+//! the engine (closed loop and Poisson arrivals), `--compare` against a report written by
+//! `tools/bench_reference.py`, `--plot`. Nothing here asserts a speed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tiny() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .display()
+        .to_string()
+}
+
+/// `gemma-embed bench --model tiny --backend cpu --repeats 2 --warmup 1 ARGS...`
+fn bench(args: &[&str]) -> Output {
+    let model = tiny();
+    let mut all = vec![
+        "bench",
+        "--model",
+        &model,
+        "--backend",
+        "cpu",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+    ];
+    all.extend_from_slice(args);
+    Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(&all)
+        .output()
+        .expect("run gemma-embed")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn rows(report: &Value) -> &Vec<Value> {
+    report["workloads"].as_array().unwrap()
+}
+
+/// The online fields of one row: every request answered, latencies positive and ordered.
+fn check_online_row(row: &Value, expected_requests: u64) {
+    assert_eq!(row["mode"], "online");
+    assert_eq!(
+        row["num_requests"].as_u64(),
+        Some(expected_requests),
+        "{row}"
+    );
+    assert_eq!(
+        row["answered_requests"].as_u64(),
+        Some(expected_requests),
+        "{row}"
+    );
+    let latency = &row["latency"];
+    let (p50, p90, p99, max) = (
+        latency["p50_ms"].as_f64().unwrap(),
+        latency["p90_ms"].as_f64().unwrap(),
+        latency["p99_ms"].as_f64().unwrap(),
+        latency["max_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        p50 > 0.0 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{latency}"
+    );
+    let fill = row["batch_fill"].as_f64().unwrap();
+    assert!(fill > 0.0 && fill <= 1.0, "{row}");
+    assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(row["seconds"].as_array().unwrap().len(), 2);
+    assert!(row["peak_device_memory_bytes"].is_null());
+}
+
+#[test]
+fn online_closed_loop_answers_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("online.json");
+    let out = bench(&[
+        "--mode",
+        "online",
+        "--concurrency",
+        "2",
+        "--lengths",
+        "16,40",
+        "--tokens",
+        "480",
+        "--inputs-per-request",
+        "3",
+        "--max-batch-tokens",
+        "128",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = ok(&out);
+    let report = read_json(&json);
+    assert_eq!(report["schema"], "gemma-embed-bench/2");
+    assert_eq!(report["mode"], "online");
+    assert_eq!(report["settings"]["concurrency"], serde_json::json!([2]));
+    let rows = rows(&report);
+    assert_eq!(rows.len(), 2);
+    // 480 / 16 = 30 sequences in requests of 3; 480 / 40 = 12 sequences in requests of 3.
+    for (row, (name, requests)) in rows.iter().zip([("fixed-16", 10), ("fixed-40", 4)]) {
+        assert_eq!(row["name"], name);
+        assert_eq!(row["concurrency"], 2);
+        check_online_row(row, requests);
+    }
+    assert!(
+        table.contains("p99 ms") && table.contains("10/10"),
+        "{table}"
+    );
+}
+
+#[test]
+fn online_poisson_rate_answers_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("rate.json");
+    let out = bench(&[
+        "--mode",
+        "online",
+        "--rate",
+        "400,800",
+        "--lengths",
+        "24",
+        "--tokens",
+        "480",
+        "--max-batch-tokens",
+        "96",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let report = read_json(&json);
+    let rows = rows(&report);
+    // One row per rate; 20 sequences, one per request.
+    assert_eq!(rows.len(), 2);
+    for (row, rate) in rows.iter().zip([400.0, 800.0]) {
+        assert_eq!(row["rate"].as_f64(), Some(rate));
+        assert!(row["concurrency"].is_null());
+        check_online_row(row, 20);
+    }
+}
+
+#[test]
+fn offline_sweep_has_a_row_per_workload_and_budget_with_its_batch_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("offline.json");
+    let out = bench(&[
+        "--lengths",
+        "16,32",
+        "--tokens",
+        "256",
+        "--max-batch-tokens",
+        "64,40",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = ok(&out);
+    let report = read_json(&json);
+    assert_eq!(report["mode"], "offline");
+    assert_eq!(
+        report["settings"]["max_batch_tokens"],
+        serde_json::json!([64, 40])
+    );
+    // (workload, budget) -> (batches, fill): 16 x 16 tokens pack 4 per 64-token batch (fill
+    // 1.0) and 2 per 40-token batch (32/40); 8 x 32 tokens pack 2 per 64 and 1 per 40.
+    let expected = [
+        ("fixed-16", 64, 4, 1.0),
+        ("fixed-16", 40, 8, 0.8),
+        ("fixed-32", 64, 4, 1.0),
+        ("fixed-32", 40, 8, 0.8),
+    ];
+    let rows = rows(&report);
+    assert_eq!(rows.len(), expected.len());
+    for (row, (name, budget, batches, fill)) in rows.iter().zip(expected) {
+        assert_eq!(row["name"], name);
+        assert_eq!(row["mode"], "offline");
+        assert_eq!(row["max_batch_tokens"], budget);
+        assert_eq!(row["num_batches"], batches, "{row}");
+        assert!(
+            (row["batch_fill"].as_f64().unwrap() - fill).abs() < 1e-12,
+            "{row}"
+        );
+        assert!(row["latency"].is_null());
+        // Peak RSS of the process: at least the weights are resident.
+        if let Some(rss) = row["peak_host_rss_bytes"].as_u64() {
+            assert!(rss > 1 << 20, "{row}");
+        }
+    }
+    assert!(
+        table.contains("mbt=40") && table.contains("GFLOP/s"),
+        "{table}"
+    );
+}
+
+#[test]
+fn compare_matches_the_reference_report_by_workload() {
+    // Written by `tools/bench_reference.py --model tests/fixtures/tiny --device cpu
+    // --lengths 16,64 --tokens 1024 --json tests/fixtures/bench_reference_tiny.json`.
+    let reference: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_reference_tiny.json");
+    let theirs = read_json(&reference);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ours.json");
+    let out = bench(&[
+        "--lengths",
+        "16,32",
+        "--tokens",
+        "512",
+        "--compare",
+        reference.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = ok(&out);
+    let ours = read_json(&json);
+    let compare = table
+        .split("compared with")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no comparison in {table}"));
+    assert!(
+        compare.contains("sentence-transformers cpu f32"),
+        "{compare}"
+    );
+    let line = |name: &str| {
+        compare
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {compare}"))
+            .to_string()
+    };
+    // fixed-16 is in both: our rate, theirs and the ratio, as printed.
+    let ours_16 = rows(&ours)[0]["tokens_per_s"].as_f64().unwrap();
+    let theirs_16 = rows(&theirs)
+        .iter()
+        .find(|w| w["name"] == "fixed-16")
+        .unwrap()["tokens_per_s"]
+        .as_f64()
+        .unwrap();
+    let fields: Vec<String> = line("fixed-16")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(fields[3], format!("{ours_16:.0}"), "{fields:?}");
+    assert_eq!(fields[4], format!("{theirs_16:.0}"), "{fields:?}");
+    assert_eq!(
+        fields[5],
+        format!("{:.2}x", ours_16 / theirs_16),
+        "{fields:?}"
+    );
+    // fixed-32 only here, fixed-64 only there.
+    assert!(line("fixed-32").contains("no match"));
+    assert!(line("fixed-64").contains("(not run here)"));
+}
+
+#[test]
+fn plot_writes_a_png_and_an_svg_or_says_which_font_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("bench.png");
+    let svg = dir.path().join("bench.svg");
+    let common = [
+        "--mode",
+        "online",
+        "--concurrency",
+        "1,2",
+        "--lengths",
+        "8,16",
+    ];
+    let common_tail = ["--tokens", "128", "--max-batch-tokens", "64"];
+    for path in [&png, &svg] {
+        let mut args = common.to_vec();
+        args.extend_from_slice(&common_tail);
+        args.extend_from_slice(&["--plot", path.to_str().unwrap()]);
+        let out = bench(&args);
+        if !out.status.success() {
+            // A machine without any TrueType font: the error says so and how to fix it.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("needs a TrueType font") && stderr.contains("GEMMA_EMBED_FONT"),
+                "{stderr}"
+            );
+            return;
+        }
+    }
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("latency vs load"));
+    assert!(text.contains("fixed-16") && text.contains("c=2 mbt=64"));
+}
+
+#[test]
+fn bad_flags_are_refused_before_measuring() {
+    let out = bench(&["--concurrency", "2", "--lengths", "8"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("for --mode online"));
+    let out = bench(&["--mode", "online", "--lengths", "8"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency C or --rate R"));
+    let out = bench(&["--lengths", "8", "--plot", "chart.gif"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".png or .svg"));
+    let out = bench(&["--mode", "online", "--concurrency", "0", "--lengths", "8"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency must be at least 1"));
+}
