@@ -1,5 +1,5 @@
 //! `gemma-embed bench --plot out.png|out.svg`: throughput per workload (one line per setting)
-//! and, for online runs, latency against achieved throughput (one line per workload and batch
+//! and, for online runs, latency against the offered load (one line per workload and batch
 //! budget, p50 and p99).
 //!
 //! Drawn with plotters' own bitmap and SVG backends. Text goes through ab_glyph and needs a
@@ -264,18 +264,30 @@ fn throughput_panel<DB: DrawingBackend>(
         .map_err(plot_error)
 }
 
-/// p50 and p99 latency against achieved tokens/s, one pair of lines per workload and budget.
+/// The offered load of an online row: its concurrency or its arrival rate.
+fn offered_load(row: &WorkloadResult) -> f64 {
+    row.concurrency
+        .map_or(row.rate.unwrap_or(0.0), |c| c as f64)
+}
+
+/// p50 and p99 latency against the offered load (concurrency or rate; a run sweeps one of the
+/// two), one pair of lines per workload and budget.
 fn latency_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     online: &[&WorkloadResult],
 ) -> Result<()> {
     let groups = distinct(online.iter().map(|r| (r.name.as_str(), r.max_batch_tokens)));
-    let right = online.iter().map(|r| r.tokens_per_s).fold(0.0, f64::max) * 1.15;
+    let right = online.iter().map(|r| offered_load(r)).fold(0.0, f64::max) * 1.1;
     let top = online
         .iter()
         .filter_map(|r| r.latency.map(|l| l.p99_ms))
         .fold(0.0, f64::max)
         * 1.15;
+    let load_desc = if online.iter().any(|r| r.rate.is_some()) {
+        "offered rate (requests/s, Poisson arrivals)"
+    } else {
+        "concurrency (closed-loop clients)"
+    };
     let mut chart = ChartBuilder::on(area)
         .caption("latency vs load (online)", ("sans-serif", 18))
         .margin(15)
@@ -285,9 +297,8 @@ fn latency_panel<DB: DrawingBackend>(
         .map_err(plot_error)?;
     chart
         .configure_mesh()
-        .x_desc("achieved tokens/s")
+        .x_desc(load_desc)
         .y_desc("latency (ms)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(plot_error)?;
     for (k, (name, budget)) in groups.iter().enumerate() {
@@ -296,7 +307,7 @@ fn latency_panel<DB: DrawingBackend>(
             .iter()
             .filter(|r| r.name == *name && r.max_batch_tokens == *budget)
             .collect();
-        rows.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+        rows.sort_by(|a, b| offered_load(a).total_cmp(&offered_load(b)));
         for (percentile, style) in [
             ("p50", color.stroke_width(2)),
             ("p99", color.mix(0.45).stroke_width(2)),
@@ -310,7 +321,7 @@ fn latency_panel<DB: DrawingBackend>(
                         } else {
                             l.p99_ms
                         };
-                        (r.tokens_per_s, ms)
+                        (offered_load(r), ms)
                     })
                 })
                 .collect();
