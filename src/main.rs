@@ -517,9 +517,11 @@ struct BenchArgs {
     /// offline (throughput, no engine) or online (through the engine, with latencies).
     #[arg(long, value_enum, default_value = "offline")]
     mode: BenchMode,
-    /// Fixed-length workloads, one per length (comma separated; empty for none).
-    #[arg(long, value_delimiter = ',', default_value = "16,128,512,2048")]
-    lengths: Vec<usize>,
+    /// Fixed-length workloads, one per length, comma separated (`--lengths` alone: none)
+    /// [default: 16,128,512,2048, or with --compare and no --tokens either, the workloads of the
+    /// compared report].
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    lengths: Option<Vec<usize>>,
     /// Add the mixed workload: lengths uniform in 16..=1024 (the draw of tools/bench_reference.py).
     #[arg(long)]
     mixed: bool,
@@ -573,8 +575,9 @@ struct BenchArgs {
 fn bench(args: BenchArgs) -> Result<()> {
     let loads: Vec<bench::Load> = match args.mode {
         BenchMode::Offline => {
-            if !args.concurrency.is_empty() || !args.rate.is_empty() {
-                bail!("--concurrency and --rate are for --mode online");
+            if !args.concurrency.is_empty() || !args.rate.is_empty() || args.inputs_per_request != 1
+            {
+                bail!("--concurrency, --rate and --inputs-per-request are for --mode online");
             }
             Vec::new()
         }
@@ -606,6 +609,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     let on_cpu = backend.name() == "cpu";
     let device = backend.device_name();
     let tokens = args.tokens.unwrap_or(if on_cpu { 4096 } else { 262_144 });
+    // With --compare and no workload flags, run the compared report's workloads.
+    let from_other = match &other {
+        Some(other) if args.lengths.is_none() && args.tokens.is_none() && !args.mixed => {
+            other.workloads()
+        }
+        _ => None,
+    };
     let budgets = if args.max_batch_tokens.is_empty() {
         vec![if on_cpu { 8192 } else { 65_536 }]
     } else {
@@ -622,14 +632,28 @@ fn bench(args: BenchArgs) -> Result<()> {
         inputs_per_request: args.inputs_per_request,
         peak_tflops,
     };
-    let mut workloads: Vec<bench::Workload> = args
-        .lengths
-        .iter()
-        .map(|&n| bench::Workload::fixed(n, tokens))
-        .collect();
-    if args.mixed {
-        workloads.push(bench::Workload::mixed(tokens, args.seed));
-    }
+    let (workloads, tokens) = match from_other {
+        Some(workloads) => {
+            let names: Vec<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
+            eprintln!("workloads of the compared report: {}", names.join(", "));
+            let tokens = other
+                .as_ref()
+                .and_then(|o| o.settings.tokens_per_run)
+                .unwrap_or(tokens);
+            (workloads, tokens)
+        }
+        None => {
+            let lengths = args.lengths.clone().unwrap_or(vec![16, 128, 512, 2048]);
+            let mut workloads: Vec<bench::Workload> = lengths
+                .iter()
+                .map(|&n| bench::Workload::fixed(n, tokens))
+                .collect();
+            if args.mixed {
+                workloads.push(bench::Workload::mixed(tokens, args.seed));
+            }
+            (workloads, tokens)
+        }
+    };
     if workloads.is_empty() {
         bail!("nothing to run: give --lengths and/or --mixed");
     }

@@ -301,11 +301,40 @@ fn plot_writes_a_png_and_an_svg_or_says_which_font_is_missing() {
 fn bad_flags_are_refused_before_measuring() {
     let out = bench(&["--concurrency", "2", "--lengths", "8"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("for --mode online"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("are for --mode online"));
     let out = bench(&["--mode", "online", "--lengths", "8"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency C or --rate R"));
     let out = bench(&["--lengths", "8", "--plot", "chart.gif"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(".png or .svg"));
     let out = bench(&["--mode", "online", "--concurrency", "0", "--lengths", "8"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency must be at least 1"));
+}
+
+#[test]
+fn compare_without_workload_flags_runs_the_reports_workloads() {
+    let reference: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_reference_tiny.json");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ours.json");
+    let out = bench(&[
+        "--compare",
+        reference.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = ok(&out);
+    let ours = read_json(&json);
+    let names: Vec<&str> = rows(&ours)
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    // The reference ran fixed-16 and fixed-64 with 1024 tokens each.
+    assert_eq!(names, vec!["fixed-16", "fixed-64"]);
+    assert_eq!(ours["settings"]["tokens_per_run"], 1024);
+    assert_eq!(rows(&ours)[1]["num_sequences"], 16);
+    let compare = table.split("compared with").nth(1).unwrap();
+    assert!(
+        !compare.contains("no match") && !compare.contains("(not run here)"),
+        "{compare}"
+    );
 }

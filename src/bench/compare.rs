@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::WorkloadResult;
+use super::{Workload, WorkloadResult};
 use crate::{Error, Result};
 
 /// The parts of a report that a comparison reads (any `gemma-embed-bench/*` schema).
@@ -17,12 +17,26 @@ pub struct OtherReport {
     pub backend: String,
     #[serde(default)]
     pub dtype: Option<String>,
+    #[serde(default)]
+    pub settings: OtherSettings,
     pub workloads: Vec<OtherWorkload>,
+}
+
+/// The settings a comparison can reuse to run the same workloads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct OtherSettings {
+    #[serde(default)]
+    pub tokens_per_run: Option<usize>,
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct OtherWorkload {
     pub name: String,
+    /// The length of every sequence of a fixed-length workload.
+    #[serde(default)]
+    pub seq_len: Option<usize>,
     pub tokens_per_s: f64,
     /// Absent in schema version 1 (offline, one budget per report).
     #[serde(default)]
@@ -48,6 +62,29 @@ impl OtherReport {
             )));
         }
         Ok(report)
+    }
+
+    /// The workloads of this report, rebuilt: one fixed-length workload per distinct `seq_len`,
+    /// and the mixed draw (with the report's seed) when it has a row of that name. `None` when
+    /// the report does not record its tokens per run.
+    pub fn workloads(&self) -> Option<Vec<Workload>> {
+        let tokens = self.settings.tokens_per_run?;
+        let mut out: Vec<Workload> = Vec::new();
+        for w in &self.workloads {
+            if out.iter().any(|o| o.name == w.name) {
+                continue;
+            }
+            match w.seq_len {
+                Some(n) => out.push(Workload::fixed(n, tokens)),
+                None => {
+                    let mixed = Workload::mixed(tokens, self.settings.seed.unwrap_or(0));
+                    if mixed.name == w.name {
+                        out.push(mixed);
+                    }
+                }
+            }
+        }
+        Some(out)
     }
 
     /// `engine backend dtype`, e.g. `sentence-transformers cpu f32`.
@@ -228,6 +265,27 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("sentence-transformers cpu f32"), "{table}");
+    }
+
+    #[test]
+    fn the_reports_workloads_are_rebuilt_from_its_settings() {
+        let other: OtherReport = serde_json::from_str(
+            r#"{"schema": "gemma-embed-bench/2", "engine": "sentence-transformers", "backend": "cpu",
+                "settings": {"tokens_per_run": 3000, "seed": 7},
+                "workloads": [
+                  {"name": "fixed-512", "seq_len": 512, "tokens_per_s": 1},
+                  {"name": "mixed-16-1024", "seq_len": null, "tokens_per_s": 1},
+                  {"name": "corpus-x", "seq_len": null, "tokens_per_s": 1}
+                ]}"#,
+        )
+        .unwrap();
+        let workloads = other.workloads().unwrap();
+        assert_eq!(workloads.len(), 2);
+        assert_eq!(workloads[0].lengths, vec![512; 5]);
+        // `mixed_lengths(3000, 7)` in tools/bench_reference.py.
+        assert_eq!(workloads[1].lengths, vec![139, 27, 600, 320, 453, 925, 644]);
+        let v1: OtherReport = serde_json::from_str(REFERENCE_V1).unwrap();
+        assert!(v1.workloads().is_none());
     }
 
     #[test]
