@@ -9,6 +9,7 @@
 //! 2. Load: `--concurrency` clients (one keep-alive connection each) send `--requests` requests
 //!    in all, each of `--inputs-per-request` texts picked deterministically from the set, and
 //!    stop early after `--max-seconds`.
+//!    Texts longer than the model's limit are truncated (`truncate: true`).
 //! 3. Every 200 answer is compared with the reference embeddings of its texts (max absolute
 //!    difference at most `--tolerance`; the CPU backend is bit-exact whatever the packing).
 //!
@@ -124,8 +125,8 @@ impl Client {
 
     fn embed(&self, texts: &[String]) -> Result<Answer> {
         let body = match self.route {
-            Route::Openai => json!({"input": texts, "model": "loadgen"}),
-            Route::Tei => json!({"inputs": texts}),
+            Route::Openai => json!({"input": texts, "model": "loadgen", "truncate": true}),
+            Route::Tei => json!({"inputs": texts, "truncate": true}),
         };
         let mut request = self.agent.post(&self.url);
         if let Some(key) = &self.api_key {
