@@ -457,6 +457,10 @@ fn info_and_metrics_describe_the_server() {
     assert!(info["prompts"]["query"].is_string());
     assert!(info["version"].is_string());
 
+    let models = server.get("/v1/models", &[]).json();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "tiny-gemma");
+
     for _ in 0..3 {
         let answer = server.post("/v1/embeddings", &json!({"input": ["a b", "c"]}));
         assert_eq!(answer.json()["model"], "tiny-gemma");
