@@ -80,7 +80,10 @@ fn token_id_inputs_match_sentence_transformers_on_every_route() {
             answer.header("x-compute-tokens"),
             Some(total_tokens.to_string().as_str())
         );
+        assert_eq!(answer.header("x-compute-characters"), Some("0"));
+        assert_eq!(answer.header("x-compute-type"), Some("cpu"));
         for header in [
+            "x-compute-time",
             "x-tokenization-time",
             "x-queue-time",
             "x-inference-time",
@@ -155,6 +158,13 @@ fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     let by_text = openai_vectors(&server.post("/v1/embeddings", &json!({"input": texts})));
     let by_ids = openai_vectors(&server.post("/v1/embeddings", &json!({"input": ids})));
     assert_eq!(by_text, by_ids);
+    let alias = server.post("/embeddings", &json!({"input": texts}));
+    assert_eq!(openai_vectors(&alias), by_text);
+    let characters: usize = texts.iter().map(|t| t.chars().count()).sum();
+    assert_eq!(
+        alias.header("x-compute-characters"),
+        Some(characters.to_string().as_str())
+    );
 
     // /tokenize shows the text each token covers.
     let answer = server
