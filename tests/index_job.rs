@@ -636,8 +636,18 @@ fn parquet_output_holds_the_npy_rows() {
 fn a_killed_parquet_job_resumes_to_the_uninterrupted_output() {
     let dir = tempfile::tempdir().unwrap();
     let texts = corpus(3000);
-    let input = dir.path().join("in.jsonl");
-    write_jsonl(&input, &texts);
+    // Parquet in and out: the resumes start reading inside an input row group of 100 and
+    // continue an output row group of 64.
+    let input = dir.path().join("in.parquet");
+    let ids: Vec<String> = (0..texts.len()).map(|i| format!("doc-{i}")).collect();
+    write_parquet(
+        &input,
+        vec![
+            ("text", Arc::new(StringArray::from_iter_values(&texts))),
+            ("id", Arc::new(StringArray::from_iter_values(&ids))),
+        ],
+        100,
+    );
     let input = input.to_str().unwrap();
     let args = |output: &Path| {
         [
@@ -654,12 +664,14 @@ fn a_killed_parquet_job_resumes_to_the_uninterrupted_output() {
             "0",
             "--row-group-rows",
             "64",
+            "--id-column",
+            "id",
         ]
         .map(String::from)
     };
     let whole = dir.path().join("whole.parquet");
     run_ok(&args(&whole).each_ref().map(String::as_str));
-    assert_eq!(read_parquet_output(&whole).rows.len(), texts.len());
+    assert_eq!(read_parquet_output(&whole).ids, ids);
 
     let killed = dir.path().join("killed.parquet");
     let checkpoint = dir.path().join("killed.parquet.checkpoint");

@@ -1,5 +1,10 @@
 //! Parquet input: the text column (and the id column) read record batch by record batch, only
 //! those columns decoded, resumable at any row (whole row groups before it are skipped).
+//!
+//! Columns are typed from the Parquet schema alone (an embedded Arrow schema is ignored), so
+//! string columns read as utf8 whether a writer stored them as large strings, string views or
+//! dictionaries (pandas categoricals). Codecs: uncompressed, snappy and gzip; zstd with the
+//! `parquet-zstd` feature.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -10,8 +15,11 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
+use parquet::basic::Compression;
 use serde_json::Value;
 
 use super::CsvColumns;
@@ -34,10 +42,18 @@ pub struct ParquetInput {
 }
 
 fn is_string(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    )
+    data_type == &DataType::Utf8
+}
+
+/// The name of `codec` if this build cannot decode it.
+fn undecodable(codec: Compression) -> Option<&'static str> {
+    match codec {
+        Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::GZIP(_) => None,
+        Compression::ZSTD(_) => (!cfg!(feature = "parquet-zstd")).then_some("zstd"),
+        Compression::LZO => Some("lzo"),
+        Compression::BROTLI(_) => Some("brotli"),
+        Compression::LZ4 | Compression::LZ4_RAW => Some("lz4"),
+    }
 }
 
 impl ParquetInput {
@@ -51,7 +67,8 @@ impl ParquetInput {
             path: path.into(),
             source,
         })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
             .map_err(|e| file_error(format!("not a readable Parquet file: {e}")))?;
         let schema = Arc::clone(builder.schema());
         let find = |name: &str, flag: &str, wanted: &str, fits: fn(&DataType) -> bool| {
@@ -70,12 +87,7 @@ impl ParquetInput {
             }
             Ok(index)
         };
-        let text = find(
-            &columns.text,
-            "--text-column",
-            "strings (utf8, large_utf8 or utf8_view)",
-            is_string,
-        )?;
+        let text = find(&columns.text, "--text-column", "strings", is_string)?;
         let id = columns
             .id
             .as_deref()
@@ -87,6 +99,21 @@ impl ParquetInput {
             .transpose()?;
 
         let metadata = Arc::clone(builder.metadata());
+        let parquet_schema = builder.parquet_schema();
+        for group in metadata.row_groups() {
+            for (leaf, chunk) in group.columns().iter().enumerate() {
+                let root = parquet_schema.get_column_root_idx(leaf);
+                let codec = undecodable(chunk.compression());
+                if let Some(codec) = codec.filter(|_| root == text || Some(root) == id) {
+                    return Err(file_error(format!(
+                        "column `{}` is compressed with {codec}, which this build cannot read \
+                         (it reads uncompressed, snappy and gzip; zstd when built with \
+                         `--features parquet-zstd`)",
+                        schema.field(root).name(),
+                    )));
+                }
+            }
+        }
         let total_rows = metadata.file_metadata().num_rows().max(0) as u64;
         if start_row > total_rows {
             return Err(file_error(format!(
@@ -94,19 +121,18 @@ impl ParquetInput {
             )));
         }
         // Skip the row groups that end before `start_row`, then the rows before it in the next.
-        let mut first_row_of_group = 0u64;
         let mut groups = Vec::new();
-        let mut skip_in_groups = 0u64;
+        let mut skip_in_groups = 0;
+        let mut group_start = 0u64;
         for (g, group) in metadata.row_groups().iter().enumerate() {
-            let rows = group.num_rows().max(0) as u64;
-            if first_row_of_group + rows <= start_row {
-                first_row_of_group += rows;
-                continue;
+            let group_end = group_start + group.num_rows().max(0) as u64;
+            if group_end > start_row {
+                if groups.is_empty() {
+                    skip_in_groups = start_row - group_start;
+                }
+                groups.push(g);
             }
-            if groups.is_empty() {
-                skip_in_groups = start_row - first_row_of_group;
-            }
-            groups.push(g);
+            group_start = group_end;
         }
         let roots = std::iter::once(text).chain(id);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
@@ -191,12 +217,7 @@ impl ParquetInput {
 
 /// `Some(None)` for a null, `None` when `array` holds no strings.
 fn string_at(array: &ArrayRef, i: usize) -> Option<Option<&str>> {
-    let value = match array.data_type() {
-        DataType::Utf8 => array.as_string_opt::<i32>()?.value(i),
-        DataType::LargeUtf8 => array.as_string_opt::<i64>()?.value(i),
-        DataType::Utf8View => array.as_string_view_opt()?.value(i),
-        _ => return None,
-    };
+    let value = array.as_string_opt::<i32>()?.value(i);
     Some((!array.is_null(i)).then_some(value))
 }
 
@@ -220,7 +241,10 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    use arrow_array::{Float64Array, Int64Array, LargeStringArray, StringArray, StringViewArray};
+    use arrow_array::types::Int32Type;
+    use arrow_array::{
+        DictionaryArray, Float64Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
+    };
     use arrow_schema::{Field, Schema};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
@@ -274,6 +298,12 @@ mod tests {
                     "view",
                     Arc::new(StringViewArray::from_iter_values(texts.iter().rev())),
                 ),
+                (
+                    "category",
+                    Arc::new(DictionaryArray::<Int32Type>::from_iter(
+                        (0..8).map(|i| ["x", "y", "z"][i % 3]),
+                    )),
+                ),
             ],
         );
         let all = read_from(&path, &columns("body", Some("n")), 0);
@@ -281,8 +311,8 @@ mod tests {
             .map(|i| Ok((texts[i].clone(), Some(Value::from(100 + i as i64)))))
             .collect();
         assert_eq!(all, want);
-        // Row groups of 3: starts inside a group, at a boundary and at the end.
-        for start in [1, 3, 4, 7, 8] {
+        // Row groups of 3: every start, inside a group, at a boundary and at the end.
+        for start in 0..=8 {
             let rest = read_from(&path, &columns("body", Some("n")), start);
             assert_eq!(rest, want[start as usize..], "from row {start}");
         }
@@ -294,6 +324,12 @@ mod tests {
                 Ok(("text 0".to_string(), Some(Value::from("text 7"))))
             ]
         );
+        let categories = read_from(&path, &columns("category", None), 2);
+        let want: Vec<Row> = ["z", "x", "y", "z", "x", "y"]
+            .iter()
+            .map(|c| Ok((c.to_string(), None)))
+            .collect();
+        assert_eq!(categories, want);
         assert_eq!(
             ParquetInput::open(path.to_str().unwrap(), &columns("body", None), 0)
                 .unwrap()
