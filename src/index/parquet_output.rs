@@ -108,10 +108,12 @@ pub fn describe(
 
 fn properties(row_group_rows: usize) -> WriterProperties {
     WriterProperties::builder()
+        // Embeddings hardly compress; snappy costs little and is what readers expect.
         .set_compression(Compression::SNAPPY)
-        // Embeddings and ids are all distinct: a dictionary would only be built and dropped.
+        // Embeddings and ids are all distinct: a dictionary would only be built and dropped,
+        // and min/max statistics of embedding values help no query.
         .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_statistics_enabled(EnabledStatistics::None)
         .set_key_value_metadata(Some(vec![KeyValue::new(
             ROW_GROUP_ROWS_KEY.to_string(),
             row_group_rows.to_string(),
