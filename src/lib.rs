@@ -10,6 +10,7 @@ pub mod error;
 pub mod index;
 pub mod model;
 pub mod rng;
+pub mod server;
 pub mod tokenize;
 
 pub use error::{Error, Result};

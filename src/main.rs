@@ -15,6 +15,7 @@ use gemma_embed::index::job::{self, JobOptions, OnError, ProgressMode, Shard};
 use gemma_embed::index::output::Dtype;
 use gemma_embed::index::{self, AtomicFile, CsvColumns, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
+use gemma_embed::server;
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 
 #[derive(Parser)]
@@ -41,6 +42,9 @@ enum Command {
     Info(InfoArgs),
     /// Measure offline throughput on synthetic workloads (random token ids).
     Bench(BenchArgs),
+    /// Serve embeddings over HTTP: OpenAI `/v1/embeddings` and TEI `/embed`, `/tokenize`,
+    /// `/health`, `/info`, `/metrics`.
+    Serve(ServeArgs),
     /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
     /// non-zero when any check fails.
     CheckKernels(CheckKernelsArgs),
@@ -188,6 +192,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Bench(args) => bench(args),
         Command::CheckKernels(args) => check_kernels(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -596,4 +601,160 @@ fn bench(args: BenchArgs) -> Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the address is printed once listening).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model name answered in `model` fields and /info [default: the --model argument].
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Bearer token required on every route but /health and /metrics.
+    #[arg(long, env = "GEMMA_EMBED_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Token budget of one forward batch [default: 16384 on a GPU, 8192 on the CPU].
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Sequence cap of one forward batch.
+    #[arg(long, default_value_t = 1024)]
+    max_batch_sequences: usize,
+    /// Inputs per request, at most (413 beyond).
+    #[arg(long, default_value_t = 2048)]
+    max_client_batch_size: usize,
+    /// Request body size in bytes, at most (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    payload_limit: usize,
+    /// Inputs admitted and not yet answered, at most (429 beyond).
+    #[arg(long, default_value_t = 16384)]
+    max_queued_inputs: usize,
+    /// Tokens admitted and not yet answered, at most (429 beyond; counted before tokenization
+    /// as an upper bound of one token per byte).
+    #[arg(long, default_value_t = 1 << 21)]
+    max_queued_tokens: usize,
+    /// How long a thin queue waits for more inputs before a partial batch goes, in ms.
+    #[arg(long, default_value_t = 2)]
+    max_wait_ms: u64,
+    /// Tokenization threads [default: cores - 1].
+    #[arg(long)]
+    tokenization_workers: Option<usize>,
+    /// On SIGTERM/SIGINT, how long requests in flight may still take, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+}
+
+/// `gemma-embed serve`: load and warm up the model, then listen until SIGTERM or SIGINT.
+fn serve(args: ServeArgs) -> Result<()> {
+    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
+        bail!("--shutdown-timeout must be a non-negative number of seconds");
+    }
+    let dir = resolve_model_dir(&args.model.model)?;
+    let model = Arc::new(Model::load_dir(&dir)?);
+    let tokenizer = Tokenizer::for_model(&model)?;
+    if args.max_queued_tokens < model.config.max_seq_len {
+        bail!(
+            "--max-queued-tokens {} is below the model's max_seq_length {}: a longest input could \
+             never be admitted",
+            args.max_queued_tokens,
+            model.config.max_seq_len
+        );
+    }
+    let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;
+    eprintln!("backend: {note}");
+    let on_cpu = backend.name() == "cpu";
+    let device = backend.device_name();
+    let engine_config = EngineConfig {
+        max_batch_tokens: args
+            .max_batch_tokens
+            .unwrap_or(if on_cpu { 8192 } else { 16384 }),
+        max_batch_sequences: args.max_batch_sequences,
+        max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+        max_queued_inputs: args.max_queued_inputs,
+        max_queued_tokens: args.max_queued_tokens,
+        tokenizer_workers: args
+            .tokenization_workers
+            .unwrap_or(EngineConfig::default().tokenizer_workers),
+    };
+    let metrics = Arc::new(server::Metrics::default());
+    let engine = Engine::start_observed(
+        backend,
+        tokenizer,
+        model.config.embedding_dim,
+        engine_config.clone(),
+        Some(metrics.batch_observer()),
+    )?;
+    let config = server::ServerConfig {
+        model_id: args
+            .served_model_name
+            .unwrap_or_else(|| args.model.model.clone()),
+        max_client_batch_size: args.max_client_batch_size,
+        payload_limit: args.payload_limit,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        health_timeout: std::time::Duration::from_secs(10),
+        info: server::ServerInfo {
+            model_dir: display_dir(&dir),
+            model_dtype: if on_cpu { "float32" } else { "bfloat16" },
+            device,
+            max_batch_tokens: engine_config.max_batch_tokens,
+            max_batch_requests: engine_config.max_batch_sequences,
+            max_queued_inputs: engine_config.max_queued_inputs,
+            max_queued_tokens: engine_config.max_queued_tokens,
+            tokenization_workers: engine_config.tokenizer_workers,
+        },
+    };
+    drop(model);
+    let state = server::AppState::new(engine, metrics, config);
+    let warm_up = std::time::Instant::now();
+    state.warm_up().context("warm-up")?;
+    eprintln!("warmed up in {:.2} s", warm_up.elapsed().as_secs_f64());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        // Tests and scripts read this line for the port.
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        server::serve(
+            listener,
+            Arc::clone(&state),
+            shutdown_signal(),
+            std::time::Duration::from_secs_f64(args.shutdown_timeout),
+        )
+        .await
+        .context("serving")
+    })?;
+    drop(runtime);
+    state.shut_down();
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                eprintln!("cannot listen for SIGTERM ({e}); only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
 }

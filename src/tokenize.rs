@@ -19,8 +19,23 @@ use crate::{Error, Result};
 pub enum Truncation {
     /// Keep the first tokens and the closing special tokens (sentence-transformers' behaviour).
     Truncate,
+    /// Keep the last tokens (and the special tokens around them), as TEI's
+    /// `truncation_direction: "Left"`; a prompt is cut first.
+    TruncateLeft,
     /// Fail with an error naming the input and its length.
     Refuse,
+}
+
+/// One token as `/tokenize` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: u32,
+    /// The piece of the input it covers (the token's own string for special tokens).
+    pub text: String,
+    pub special: bool,
+    /// Byte offsets into `prompt + text`; none for special tokens.
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
 }
 
 /// The model's tokenizer with its prompts and limits.
@@ -97,6 +112,15 @@ impl Tokenizer {
             })
     }
 
+    /// The named prompts.
+    pub fn prompts(&self) -> &BTreeMap<String, String> {
+        &self.prompts
+    }
+
+    pub fn default_prompt_name(&self) -> Option<&str> {
+        self.default_prompt_name.as_deref()
+    }
+
     /// The model's default prompt (`default_prompt_name`), if it has one.
     pub fn default_prompt(&self) -> Option<&str> {
         self.default_prompt_name
@@ -150,12 +174,10 @@ impl Tokenizer {
             .map_err(tokenizer_error)?;
         let len = encoding.len() + self.added_tokens;
         if len > self.max_seq_len {
+            let keep = self.max_seq_len - self.added_tokens;
             match truncation {
-                Truncation::Truncate => encoding.truncate(
-                    self.max_seq_len - self.added_tokens,
-                    0,
-                    TruncationDirection::Right,
-                ),
+                Truncation::Truncate => encoding.truncate(keep, 0, TruncationDirection::Right),
+                Truncation::TruncateLeft => encoding.truncate(keep, 0, TruncationDirection::Left),
                 Truncation::Refuse => {
                     return Err(Error::Input {
                         index,
@@ -174,6 +196,48 @@ impl Tokenizer {
         let ids = encoding.get_ids().to_vec();
         self.check_ids(index, &ids)?;
         Ok(ids)
+    }
+
+    /// The tokens of `prompt + text` with their text and byte offsets into `prompt + text`
+    /// (special tokens have no offsets), without truncation: what a `/tokenize` route shows.
+    pub fn tokens(
+        &self,
+        prompt: Option<&str>,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<TokenInfo>> {
+        let full = format!("{}{text}", prompt.unwrap_or(""));
+        let encoding = self
+            .inner
+            .encode(full.as_str(), add_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let tokens = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_tokens())
+            .zip(encoding.get_offsets())
+            .zip(encoding.get_special_tokens_mask())
+            .map(|(((&id, token), &(start, stop)), &special)| {
+                let special = special == 1;
+                match full.get(start..stop).filter(|_| !special) {
+                    Some(piece) => TokenInfo {
+                        id,
+                        text: piece.to_string(),
+                        special,
+                        start: Some(start),
+                        stop: Some(stop),
+                    },
+                    None => TokenInfo {
+                        id,
+                        text: token.clone(),
+                        special,
+                        start: None,
+                        stop: None,
+                    },
+                }
+            })
+            .collect();
+        Ok(tokens)
     }
 
     /// Validate token ids given directly: non-empty, at most `max_seq_len` long, every id inside

@@ -78,3 +78,168 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A `gemma-embed serve` child process on a free loopback port, killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+    /// Everything the server wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// One HTTP answer: status, body and headers (names lowercase).
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Server {
+    /// Start `gemma-embed serve --model MODEL --port 0 ARGS...` and wait until it listens.
+    pub fn start(model: &Path, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--model"])
+            .arg(model)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start gemma-embed serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let log_writer = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = address_tx.send(url.to_string());
+                }
+                let mut log = log_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let url = match address_rx.recv_timeout(std::time::Duration::from_secs(300)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start: {}", log.lock().unwrap());
+            }
+        };
+        Self { child, url, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(300)))
+            .build()
+            .into()
+    }
+
+    fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> HttpAnswer {
+        let mut response = response.expect("an HTTP answer");
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .expect("a UTF-8 body");
+        HttpAnswer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// POST raw bytes with optional extra headers.
+    pub fn post_bytes(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpAnswer {
+        let mut request = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(request.send(body))
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> HttpAnswer {
+        self.post_bytes(path, body.to_string().as_bytes(), &[])
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+        let mut request = Self::agent().get(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(request.call())
+    }
+
+    /// Send SIGTERM and wait (at most `within`) for the exit status.
+    pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "the server did not exit within {within:?} of SIGTERM: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
+    pub fn memory_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

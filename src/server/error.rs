@@ -1,0 +1,152 @@
+//! Errors as each API family shapes them: OpenAI's `{"error": {"message", "type", "param",
+//! "code"}}` and text-embeddings-inference's `{"error", "error_type"}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::Error;
+
+/// Which API's error body a route answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    Tei,
+}
+
+/// What went wrong, which decides the status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The body is not JSON (400).
+    Malformed,
+    /// A field is missing, of the wrong type or out of range; an input cannot be embedded (422).
+    Validation,
+    /// Too many inputs or too many bytes in one request (413).
+    TooLarge,
+    /// Missing or wrong API key (401).
+    Unauthorized,
+    /// The queue is full (429).
+    Overloaded,
+    /// No such route (404).
+    NotFound,
+    /// The backend failed or the engine stopped (500; TEI: 424).
+    Backend,
+    /// The health probe failed (503).
+    Unhealthy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The request field at fault (OpenAI's `param`), when one is.
+    pub param: Option<String>,
+    pub flavor: Flavor,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            flavor: Flavor::OpenAi,
+        }
+    }
+
+    /// A validation error on request field `param`.
+    pub fn field(param: &str, message: impl std::fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Validation,
+            message: format!("`{param}`: {message}"),
+            param: Some(param.to_string()),
+            flavor: Flavor::OpenAi,
+        }
+    }
+
+    pub fn flavored(mut self, flavor: Flavor) -> Self {
+        self.flavor = flavor;
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match (self.kind, self.flavor) {
+            (ErrorKind::Malformed, _) => StatusCode::BAD_REQUEST,
+            (ErrorKind::Validation, _) => StatusCode::UNPROCESSABLE_ENTITY,
+            (ErrorKind::TooLarge, _) => StatusCode::PAYLOAD_TOO_LARGE,
+            (ErrorKind::Unauthorized, _) => StatusCode::UNAUTHORIZED,
+            (ErrorKind::Overloaded, _) => StatusCode::TOO_MANY_REQUESTS,
+            (ErrorKind::NotFound, _) => StatusCode::NOT_FOUND,
+            (ErrorKind::Backend, Flavor::OpenAi) => StatusCode::INTERNAL_SERVER_ERROR,
+            (ErrorKind::Backend, Flavor::Tei) => StatusCode::FAILED_DEPENDENCY,
+            (ErrorKind::Unhealthy, _) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self.flavor {
+            Flavor::OpenAi => {
+                let (error_type, code) = match self.kind {
+                    ErrorKind::Malformed | ErrorKind::Validation | ErrorKind::NotFound => {
+                        ("invalid_request_error", None)
+                    }
+                    ErrorKind::TooLarge => ("invalid_request_error", Some("request_too_large")),
+                    ErrorKind::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
+                    ErrorKind::Overloaded => ("rate_limit_error", Some("rate_limit_exceeded")),
+                    ErrorKind::Backend | ErrorKind::Unhealthy => ("server_error", None),
+                };
+                json!({"error": {
+                    "message": self.message,
+                    "type": error_type,
+                    "param": self.param,
+                    "code": code,
+                }})
+            }
+            Flavor::Tei => {
+                let error_type = match self.kind {
+                    ErrorKind::Malformed | ErrorKind::Validation | ErrorKind::TooLarge => {
+                        "Validation"
+                    }
+                    ErrorKind::Unauthorized => "Unauthorized",
+                    ErrorKind::Overloaded => "Overloaded",
+                    ErrorKind::NotFound => "NotFound",
+                    ErrorKind::Backend => "Backend",
+                    ErrorKind::Unhealthy => "Unhealthy",
+                };
+                json!({"error": self.message, "error_type": error_type})
+            }
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let kind = match &error {
+            Error::Overloaded(_) => ErrorKind::Overloaded,
+            Error::Input { .. }
+            | Error::Dimensions { .. }
+            | Error::EmptyRequest
+            | Error::UnknownPrompt { .. } => ErrorKind::Validation,
+            _ => ErrorKind::Backend,
+        };
+        let param = match &error {
+            Error::Input { index, .. } => Some(format!("input[{index}]")),
+            Error::Dimensions { .. } => Some("dimensions".to_string()),
+            Error::UnknownPrompt { .. } => Some("prompt_name".to_string()),
+            _ => None,
+        };
+        Self {
+            kind,
+            message: error.to_string(),
+            param,
+            flavor: Flavor::OpenAi,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
+    }
+}

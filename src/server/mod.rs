@@ -1,0 +1,604 @@
+//! `gemma-embed serve`: the HTTP front end of the engine, compatible with the clients of OpenAI's
+//! embeddings API and of text-embeddings-inference (TEI).
+//!
+//! | route | body | answer |
+//! | --- | --- | --- |
+//! | `POST /v1/embeddings` | OpenAI: `input`, `model`, `encoding_format`, `dimensions`, `user`; extensions `prompt_name`, `truncate` | OpenAI's list of embeddings with `usage` |
+//! | `POST /embed` | TEI: `inputs`, `normalize`, `truncate`, `truncation_direction`, `prompt_name`, `dimensions` | `[[f32]]` |
+//! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
+//! | `GET /health` | | 200 when a probe went through the backend, else 503 |
+//! | `GET /info` | | model, dims, prompts, backend, limits, version |
+//! | `GET /metrics` | | Prometheus text |
+//!
+//! Every embedding route submits to the shared [`Engine`] with [`Admission::Reject`]: a full
+//! queue answers 429 at once. A client that disconnects drops its handler, hence its
+//! [`crate::engine::Ticket`], and the engine skips its queued inputs. Responses carry
+//! `x-tokenization-time`, `x-queue-time`, `x-inference-time` and `x-total-time` (milliseconds)
+//! and `x-compute-tokens`.
+
+mod error;
+mod metrics;
+mod request;
+
+pub use error::{ApiError, ErrorKind, Flavor};
+pub use metrics::Metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+use crate::engine::{Admission, Embedded, Engine, Input, Request, Timings};
+use crate::tokenize::Truncation;
+use crate::Error;
+
+use request::RawInput;
+
+/// The server's own limits and identity (the engine's are in its [`crate::engine::EngineConfig`]).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The name answered in `model` fields and `/info`.
+    pub model_id: String,
+    /// Inputs per request, at most (413 beyond).
+    pub max_client_batch_size: usize,
+    /// Request body bytes, at most (413 beyond).
+    pub payload_limit: usize,
+    /// Bearer token required on every route but `/health` and `/metrics`.
+    pub api_key: Option<String>,
+    /// How long `/health` waits for its probe through the backend.
+    pub health_timeout: Duration,
+    /// Facts for `/info` that the engine does not know.
+    pub info: ServerInfo,
+}
+
+/// What `/info` reports beyond the server's limits.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ServerInfo {
+    pub model_dir: String,
+    pub model_dtype: &'static str,
+    pub device: Option<String>,
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+    pub max_queued_inputs: usize,
+    pub max_queued_tokens: usize,
+    pub tokenization_workers: usize,
+}
+
+/// What every route shares.
+pub struct AppState {
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    config: ServerConfig,
+}
+
+impl AppState {
+    /// `metrics` must be the one whose [`Metrics::batch_observer`] the engine was started with.
+    pub fn new(engine: Engine, metrics: Arc<Metrics>, config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            metrics,
+            config,
+        })
+    }
+
+    /// Run a short text, then a longest-possible one, through the whole path (buffers at their
+    /// largest) before the listener opens.
+    pub fn warm_up(&self) -> crate::Result<()> {
+        let longest = self.engine.tokenizer().max_seq_len();
+        for text in ["warm-up".to_string(), "warm-up ".repeat(longest)] {
+            let request = Request {
+                inputs: vec![Input::Text { text, prompt: None }],
+                dimensions: self.engine.embedding_dim(),
+                truncation: Truncation::Truncate,
+            };
+            let response = self.engine.submit(request, Admission::Wait)?.wait()?;
+            response.outputs.into_iter().try_for_each(|o| o.map(drop))?;
+        }
+        Ok(())
+    }
+
+    /// Release the engine (draining what it still holds) once the server is done with it.
+    pub fn shut_down(self: Arc<Self>) {
+        drop(self);
+    }
+}
+
+/// The routes, their limits and their metrics.
+pub fn router(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/embed", post(tei_embed))
+        .route("/tokenize", post(tei_tokenize))
+        .route("/info", get(info))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            record_request,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.payload_limit))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight requests
+/// finish for at most `deadline`, and return (the count of connections still open is logged).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    deadline: Duration,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        eprintln!(
+            "shutting down: no new connections; waiting up to {:.1} s for requests in flight",
+            deadline.as_secs_f64()
+        );
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_rx = stop_rx;
+    let expired = async move {
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = expired => {
+            eprintln!("shutdown deadline reached: dropping the requests still in flight");
+            Ok(())
+        }
+    }
+}
+
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    let Some(key) = &state.config.api_key else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        return next.run(request).await;
+    }
+    let flavor = flavor_of(request.uri().path());
+    ApiError::new(
+        ErrorKind::Unauthorized,
+        "missing or wrong API key: send `Authorization: Bearer <key>`",
+    )
+    .flavored(flavor)
+    .into_response()
+}
+
+/// Compare without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn flavor_of(path: &str) -> Flavor {
+    if path.starts_with("/v1/") {
+        Flavor::OpenAi
+    } else {
+        Flavor::Tei
+    }
+}
+
+async fn record_request(
+    State(state): State<Arc<AppState>>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .record_request(&route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+async fn not_found(request: HttpRequest) -> ApiError {
+    let path = request.uri().path().to_string();
+    ApiError::new(ErrorKind::NotFound, format!("no route {path}")).flavored(flavor_of(&path))
+}
+
+/// A request body, or the error that reading it gave (413 past the payload limit).
+fn body_bytes(body: Result<Bytes, BytesRejection>, flavor: Flavor) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorKind::TooLarge
+        } else {
+            ErrorKind::Malformed
+        };
+        ApiError::new(
+            kind,
+            format!("cannot read the body: {}", rejection.body_text()),
+        )
+        .flavored(flavor)
+    })
+}
+
+/// What an embedding route asks of the engine.
+struct EmbedQuery {
+    inputs: Vec<RawInput>,
+    prompt_name: Option<String>,
+    dimensions: Option<usize>,
+    truncation: Truncation,
+}
+
+/// The engine's answer: one embedding per input, in order.
+struct Answer {
+    embeddings: Vec<Embedded>,
+    timings: Timings,
+    elapsed: Duration,
+}
+
+impl Answer {
+    fn tokens(&self) -> usize {
+        self.embeddings.iter().map(|e| e.tokens).sum()
+    }
+
+    /// The timing headers of TEI (in milliseconds).
+    fn headers(&self) -> HeaderMap {
+        let ms = |d: Duration| {
+            HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
+                .expect("a number is a valid header value")
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tokenization-time", ms(self.timings.tokenization));
+        headers.insert("x-queue-time", ms(self.timings.queue));
+        headers.insert("x-inference-time", ms(self.timings.inference));
+        headers.insert("x-total-time", ms(self.elapsed));
+        headers.insert("x-compute-tokens", HeaderValue::from(self.tokens()));
+        headers
+    }
+}
+
+async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> {
+    let start = Instant::now();
+    let tokenizer = state.engine.tokenizer();
+    let prompt = match &query.prompt_name {
+        Some(name) => Some(tokenizer.prompt(name)?.to_string()),
+        None => tokenizer.default_prompt().map(str::to_string),
+    };
+    let inputs = query
+        .inputs
+        .into_iter()
+        .map(|input| match input {
+            RawInput::Text(text) => Input::Text {
+                text,
+                prompt: prompt.clone(),
+            },
+            RawInput::Ids(ids) => Input::Ids(ids),
+        })
+        .collect();
+    let request = Request {
+        inputs,
+        dimensions: query
+            .dimensions
+            .unwrap_or_else(|| state.engine.embedding_dim()),
+        truncation: query.truncation,
+    };
+    let response = state.engine.submit(request, Admission::Reject)?.await?;
+    let embeddings = response
+        .outputs
+        .into_iter()
+        .collect::<Result<Vec<_>, Error>>()?;
+    let answer = Answer {
+        embeddings,
+        timings: response.timings,
+        elapsed: start.elapsed(),
+    };
+    state
+        .metrics
+        .record_embedding(answer.embeddings.len(), answer.tokens(), &answer.timings);
+    Ok(answer)
+}
+
+/// `truncate` (bool, default false) and TEI's `truncation_direction` (`Right` | `Left`).
+fn truncation(body: &Map<String, Value>, with_direction: bool) -> Result<Truncation, ApiError> {
+    if !request::optional_bool(body, "truncate")?.unwrap_or(false) {
+        return Ok(Truncation::Refuse);
+    }
+    let direction = if with_direction {
+        request::optional_str(body, "truncation_direction")?
+    } else {
+        None
+    };
+    match direction.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("right") => Ok(Truncation::Truncate),
+        Some("left") => Ok(Truncation::TruncateLeft),
+        Some(other) => Err(ApiError::field(
+            "truncation_direction",
+            format!("must be `Right` or `Left`, got `{other}`"),
+        )),
+    }
+}
+
+fn prompt_name(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    Ok(request::optional_str(body, "prompt_name")?.map(str::to_string))
+}
+
+async fn openai_embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    openai_embeddings_inner(&state, body)
+        .await
+        .map_err(|e| e.flavored(Flavor::OpenAi))
+}
+
+async fn openai_embeddings_inner(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = request::object(&body_bytes(body, Flavor::OpenAi)?)?;
+    let as_base64 = match request::optional_str(&body, "encoding_format")? {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                "encoding_format",
+                format!("must be `float` or `base64`, got `{other}`"),
+            ))
+        }
+    };
+    // Accepted for compatibility; this server has one model.
+    request::optional_str(&body, "model")?;
+    request::optional_str(&body, "user")?;
+    let query = EmbedQuery {
+        inputs: request::inputs(&body, "input", state.config.max_client_batch_size)?,
+        prompt_name: prompt_name(&body)?,
+        dimensions: request::optional_count(&body, "dimensions")?,
+        truncation: truncation(&body, false)?,
+    };
+    let answer = embed(state, query).await?;
+    let tokens = answer.tokens();
+    let data = answer
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, e)| OpenAiEmbedding {
+            object: "embedding",
+            index,
+            embedding: if as_base64 {
+                let bytes: Vec<u8> = e.embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
+                OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                OpenAiVector::Float(&e.embedding)
+            },
+        })
+        .collect();
+    let body = OpenAiList {
+        object: "list",
+        data,
+        model: &state.config.model_id,
+        usage: OpenAiUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    };
+    Ok((answer.headers(), Json(body)).into_response())
+}
+
+/// OpenAI's embeddings response (f32 written in their shortest form).
+#[derive(serde::Serialize)]
+struct OpenAiList<'a> {
+    object: &'static str,
+    data: Vec<OpenAiEmbedding<'a>>,
+    model: &'a str,
+    usage: OpenAiUsage,
+}
+
+#[derive(serde::Serialize)]
+struct OpenAiEmbedding<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: OpenAiVector<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum OpenAiVector<'a> {
+    Float(&'a [f32]),
+    /// Little-endian f32 bytes.
+    Base64(String),
+}
+
+#[derive(serde::Serialize)]
+struct OpenAiUsage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+async fn tei_embed(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    tei_embed_inner(&state, body)
+        .await
+        .map_err(|e| e.flavored(Flavor::Tei))
+}
+
+async fn tei_embed_inner(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = request::object(&body_bytes(body, Flavor::Tei)?)?;
+    if request::optional_bool(&body, "normalize")? == Some(false) {
+        return Err(ApiError::field(
+            "normalize",
+            "`false` is not supported: this model's sentence-transformers pipeline ends in \
+             Normalize, and the engine returns only unit vectors",
+        ));
+    }
+    let query = EmbedQuery {
+        inputs: request::inputs(&body, "inputs", state.config.max_client_batch_size)?,
+        prompt_name: prompt_name(&body)?,
+        dimensions: request::optional_count(&body, "dimensions")?,
+        truncation: truncation(&body, true)?,
+    };
+    let answer = embed(state, query).await?;
+    let vectors: Vec<&[f32]> = answer
+        .embeddings
+        .iter()
+        .map(|e| e.embedding.as_slice())
+        .collect();
+    Ok((answer.headers(), Json(vectors)).into_response())
+}
+
+async fn tei_tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let answer = async {
+        let body = request::object(&body_bytes(body, Flavor::Tei)?)?;
+        let inputs = request::inputs(&body, "inputs", state.config.max_client_batch_size)?;
+        let add_special_tokens =
+            request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
+        let prompt_name = prompt_name(&body)?;
+        let state = Arc::clone(&state);
+        // Tokenization is CPU work: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let tokenizer = state.engine.tokenizer();
+            let prompt = match &prompt_name {
+                Some(name) => Some(tokenizer.prompt(name)?),
+                None => tokenizer.default_prompt(),
+            };
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| match input {
+                    RawInput::Text(text) => tokenizer
+                        .tokens(prompt, text, add_special_tokens)
+                        .map_err(ApiError::from),
+                    RawInput::Ids(_) => Err(ApiError::field(
+                        &format!("inputs[{i}]"),
+                        "must be a string (token ids are already tokenized)",
+                    )),
+                })
+                .collect::<Result<Vec<_>, ApiError>>()
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Backend, format!("tokenization failed: {e}")))?
+    }
+    .await
+    .map_err(|e| e.flavored(Flavor::Tei))?;
+    Ok(Json(answer).into_response())
+}
+
+/// 200 when a one-input probe goes through the backend within the health timeout. A full queue
+/// is not a failure as long as the backend keeps finishing batches.
+async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
+    let unhealthy =
+        |message: String| ApiError::new(ErrorKind::Unhealthy, message).flavored(Flavor::Tei);
+    let engine = &state.engine;
+    let tokenizer = engine.tokenizer();
+    let probe = Request {
+        inputs: vec![Input::Ids(
+            tokenizer
+                .encode(0, None, "health", Truncation::Truncate)
+                .map_err(|e| unhealthy(e.to_string()))?,
+        )],
+        dimensions: engine.embedding_dim(),
+        truncation: Truncation::Truncate,
+    };
+    let timeout = state.config.health_timeout;
+    match engine.submit(probe, Admission::Reject) {
+        Ok(ticket) => match tokio::time::timeout(timeout, ticket).await {
+            Ok(Ok(response)) => match response.outputs.into_iter().next() {
+                Some(Ok(_)) => Ok(StatusCode::OK),
+                Some(Err(e)) => Err(unhealthy(format!("probe failed: {e}"))),
+                None => Err(unhealthy("probe got no answer".to_string())),
+            },
+            Ok(Err(e)) => Err(unhealthy(format!("probe failed: {e}"))),
+            Err(_) => Err(unhealthy(format!(
+                "probe not answered within {:.1} s",
+                timeout.as_secs_f64()
+            ))),
+        },
+        Err(Error::Overloaded(_)) => {
+            // Busy: healthy if batches keep finishing.
+            let before = engine.stats().batches;
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if engine.stats().batches > before {
+                    return Ok(StatusCode::OK);
+                }
+            }
+            Err(unhealthy(format!(
+                "the queue is full and no batch finished within {:.1} s",
+                timeout.as_secs_f64()
+            )))
+        }
+        Err(e) => Err(unhealthy(format!("probe failed: {e}"))),
+    }
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let tokenizer = state.engine.tokenizer();
+    let config = &state.config;
+    Json(json!({
+        "model_id": config.model_id,
+        "model_dir": config.info.model_dir,
+        "model_dtype": config.info.model_dtype,
+        "model_type": {"embedding": {"pooling": "mean"}},
+        "embedding_dim": state.engine.embedding_dim(),
+        "prompts": tokenizer.prompts(),
+        "default_prompt_name": tokenizer.default_prompt_name(),
+        "backend": state.engine.backend_name(),
+        "device": config.info.device,
+        "max_input_length": tokenizer.max_seq_len(),
+        "max_batch_tokens": config.info.max_batch_tokens,
+        "max_batch_requests": config.info.max_batch_requests,
+        "max_client_batch_size": config.max_client_batch_size,
+        "max_queued_inputs": config.info.max_queued_inputs,
+        "max_queued_tokens": config.info.max_queued_tokens,
+        "payload_limit": config.payload_limit,
+        "tokenization_workers": config.info.tokenization_workers,
+        "auth": config.api_key.is_some(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(&state.engine.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

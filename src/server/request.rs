@@ -1,0 +1,270 @@
+//! Reading request bodies field by field, so that every error names the field (and the input
+//! index) at fault instead of a position in the JSON text.
+
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ErrorKind};
+
+/// One input as a client sent it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawInput {
+    Text(String),
+    /// Token ids, used as they are (`<bos>`/`<eos>` included if the client wants them, as
+    /// `/tokenize` returns them).
+    Ids(Vec<u32>),
+}
+
+/// The body as a JSON object.
+pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Malformed,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(ApiError::new(
+            ErrorKind::Malformed,
+            format!("the body must be a JSON object, got {}", kind(&other)),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Field `name`, absent when missing or null.
+fn present<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+pub fn optional_bool(body: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+    present(body, name)
+        .map(|v| {
+            v.as_bool()
+                .ok_or_else(|| ApiError::field(name, format!("must be a boolean, got {}", kind(v))))
+        })
+        .transpose()
+}
+
+pub fn optional_str<'a>(
+    body: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    present(body, name)
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| ApiError::field(name, format!("must be a string, got {}", kind(v))))
+        })
+        .transpose()
+}
+
+/// A positive integer field.
+pub fn optional_count(body: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiError> {
+    present(body, name)
+        .map(|v| match v.as_u64() {
+            Some(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => Err(ApiError::field(
+                name,
+                format!("must be a positive integer, got {v}"),
+            )),
+        })
+        .transpose()
+}
+
+/// The inputs in field `name`: a string, an array of token ids (one input), or an array whose
+/// elements are strings or arrays of token ids. At most `max_inputs` of them (else 413); no
+/// empty string or empty id list.
+pub fn inputs(
+    body: &Map<String, Value>,
+    name: &str,
+    max_inputs: usize,
+) -> Result<Vec<RawInput>, ApiError> {
+    let value = present(body, name).ok_or_else(|| ApiError::field(name, "is required"))?;
+    let inputs = match value {
+        Value::String(text) => vec![text_input(name, text)?],
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::field(name, "must not be an empty array"))
+        }
+        Value::Array(items) if items.iter().all(Value::is_number) => {
+            vec![RawInput::Ids(token_ids(name, items)?)]
+        }
+        Value::Array(items) => {
+            if items.len() > max_inputs {
+                return Err(ApiError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "`{name}` holds {} inputs, more than the server's limit of {max_inputs} per \
+                         request (--max-client-batch-size)",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let field = format!("{name}[{i}]");
+                    match item {
+                        Value::String(text) => text_input(&field, text),
+                        Value::Array(ids) if ids.is_empty() => {
+                            Err(ApiError::field(&field, "must not be an empty array"))
+                        }
+                        Value::Array(ids) => Ok(RawInput::Ids(token_ids(&field, ids)?)),
+                        other => Err(ApiError::field(
+                            &field,
+                            format!(
+                                "must be a string or an array of token ids, got {}",
+                                kind(other)
+                            ),
+                        )),
+                    }
+                })
+                .collect::<Result<_, _>>()?
+        }
+        other => {
+            return Err(ApiError::field(
+                name,
+                format!(
+                    "must be a string, an array of strings, an array of token ids or an array of \
+                     such arrays, got {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    Ok(inputs)
+}
+
+fn text_input(field: &str, text: &str) -> Result<RawInput, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::field(field, "must not be an empty string"));
+    }
+    Ok(RawInput::Text(text.to_string()))
+}
+
+fn token_ids(field: &str, items: &[Value]) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    ApiError::field(
+                        &format!("{field}[{i}]"),
+                        format!("must be a token id (an integer in 0..2^32), got {item}"),
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<Vec<RawInput>, ApiError> {
+        inputs(value.as_object().unwrap(), "input", 3)
+    }
+
+    #[test]
+    fn every_openai_input_shape_is_read() {
+        assert_eq!(
+            parse(json!({"input": "a"})).unwrap(),
+            vec![RawInput::Text("a".into())]
+        );
+        assert_eq!(
+            parse(json!({"input": ["a", "b"]})).unwrap(),
+            vec![RawInput::Text("a".into()), RawInput::Text("b".into())]
+        );
+        assert_eq!(
+            parse(json!({"input": [2, 7, 1]})).unwrap(),
+            vec![RawInput::Ids(vec![2, 7, 1])]
+        );
+        assert_eq!(
+            parse(json!({"input": [[2, 1], "x"]})).unwrap(),
+            vec![RawInput::Ids(vec![2, 1]), RawInput::Text("x".into())]
+        );
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let cases = [
+            (json!({}), "`input`: is required", ErrorKind::Validation),
+            (
+                json!({"input": null}),
+                "`input`: is required",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": []}),
+                "`input`: must not be an empty array",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": ""}),
+                "`input`: must not be an empty string",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": ["a", ""]}),
+                "`input[1]`: must not be an empty",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": ["a", 5]}),
+                "`input[1]`: must be a string or",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": [[1, -2]]}),
+                "`input[0][1]`: must be a token id",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": [1.5]}),
+                "`input[0]`: must be a token id",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": {"a": 1}}),
+                "got an object",
+                ErrorKind::Validation,
+            ),
+            (
+                json!({"input": ["a", "b", "c", "d"]}),
+                "4 inputs, more than",
+                ErrorKind::TooLarge,
+            ),
+        ];
+        for (body, message, kind) in cases {
+            let error = parse(body.clone()).unwrap_err();
+            assert!(error.message.contains(message), "{body}: {}", error.message);
+            assert_eq!(error.kind, kind, "{body}");
+        }
+    }
+
+    #[test]
+    fn scalar_fields_are_checked() {
+        let body = json!({"d": 0, "b": "yes", "s": 3, "n": null});
+        let body = body.as_object().unwrap();
+        assert!(optional_count(body, "d").is_err());
+        assert!(optional_bool(body, "b").is_err());
+        assert!(optional_str(body, "s").is_err());
+        assert_eq!(optional_count(body, "n").unwrap(), None);
+        assert_eq!(optional_count(body, "missing").unwrap(), None);
+        assert!(object(b"[1]").is_err());
+        assert_eq!(object(b"{oops").unwrap_err().kind, ErrorKind::Malformed);
+    }
+}

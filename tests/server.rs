@@ -1,0 +1,522 @@
+//! `gemma-embed serve` over real loopback sockets, with the tiny random model (whose
+//! sentence-transformers embeddings are in `tests/fixtures/tiny/expected.json`).
+
+mod common;
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use common::{cosine, max_abs_diff, HttpAnswer, Server};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Deserialize)]
+struct Expected {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    token_ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+}
+
+fn expected() -> Expected {
+    let text = std::fs::read_to_string(tiny().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The embeddings of an OpenAI answer, decoding base64 where given.
+fn openai_vectors(answer: &HttpAnswer) -> Vec<Vec<f32>> {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body = answer.json();
+    assert_eq!(body["object"], "list");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(d["object"], "embedding");
+            assert_eq!(d["index"], i);
+            match &d["embedding"] {
+                Value::String(b64) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                other => floats(other),
+            }
+        })
+        .collect()
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let (cos, diff) = (cosine(got, want), max_abs_diff(got, want));
+    assert!(
+        cos >= 0.99999 && diff <= 1e-5,
+        "{name}: cos {cos}, max diff {diff}"
+    );
+}
+
+fn renormalized_prefix(v: &[f32], n: usize) -> Vec<f32> {
+    let norm = v[..n].iter().map(|x| x * x).sum::<f32>().sqrt();
+    v[..n].iter().map(|x| x / norm).collect()
+}
+
+#[test]
+fn token_id_inputs_match_sentence_transformers_on_every_route() {
+    let server = Server::start(&tiny(), &["--backend", "cpu"]);
+    let expected = expected();
+    let ids: Vec<&Vec<u32>> = expected.cases.iter().map(|c| &c.token_ids).collect();
+    let total_tokens: usize = ids.iter().map(|i| i.len()).sum();
+
+    for format in ["float", "base64"] {
+        let answer = server.post(
+            "/v1/embeddings",
+            &json!({"input": ids, "model": "tiny", "encoding_format": format}),
+        );
+        let vectors = openai_vectors(&answer);
+        assert_eq!(vectors.len(), expected.cases.len());
+        for (case, got) in expected.cases.iter().zip(&vectors) {
+            assert_close(&format!("{format} {}", case.name), got, &case.embedding);
+        }
+        let body = answer.json();
+        assert_eq!(body["usage"]["prompt_tokens"], total_tokens);
+        assert_eq!(body["usage"]["total_tokens"], total_tokens);
+        assert_eq!(
+            answer.header("x-compute-tokens"),
+            Some(total_tokens.to_string().as_str())
+        );
+        for header in [
+            "x-tokenization-time",
+            "x-queue-time",
+            "x-inference-time",
+            "x-total-time",
+        ] {
+            let ms: f64 = answer.header(header).unwrap().parse().unwrap();
+            assert!(ms >= 0.0, "{header}");
+        }
+    }
+
+    let answer = server.post("/embed", &json!({"inputs": ids}));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let vectors: Vec<Vec<f32>> = answer
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
+    for (case, got) in expected.cases.iter().zip(&vectors) {
+        assert_close(&format!("/embed {}", case.name), got, &case.embedding);
+    }
+
+    // One input given as a flat id array (OpenAI's "array of tokens").
+    let case = &expected.cases[3];
+    let single = openai_vectors(&server.post("/v1/embeddings", &json!({"input": case.token_ids})));
+    assert_eq!(single.len(), 1);
+    assert_close("flat ids", &single[0], &case.embedding);
+
+    // Matryoshka: the renormalized prefix of the reference.
+    for dims in [7, 16] {
+        let answer = server.post(
+            "/v1/embeddings",
+            &json!({"input": [case.token_ids], "dimensions": dims}),
+        );
+        let got = &openai_vectors(&answer)[0];
+        assert_close(
+            &format!("dimensions {dims}"),
+            got,
+            &renormalized_prefix(&case.embedding, dims),
+        );
+    }
+}
+
+/// The ids `/tokenize` reports for `text` (special tokens included).
+fn tokenize(server: &Server, body: Value) -> Vec<Vec<u32>> {
+    let answer = server.post("/tokenize", &body);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tokens| {
+            tokens
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
+    let server = Server::start(&tiny(), &["--backend", "cpu"]);
+    let texts = ["hello world", "the quick brown fox jumps over the lazy dog"];
+    let ids = tokenize(&server, json!({"inputs": texts}));
+    assert_eq!(ids[0].first(), Some(&2), "<bos> first");
+    assert_eq!(ids[0].last(), Some(&1), "<eos> last");
+    let by_text = openai_vectors(&server.post("/v1/embeddings", &json!({"input": texts})));
+    let by_ids = openai_vectors(&server.post("/v1/embeddings", &json!({"input": ids})));
+    assert_eq!(by_text, by_ids);
+
+    // /tokenize shows the text each token covers.
+    let answer = server
+        .post("/tokenize", &json!({"inputs": "hello world"}))
+        .json();
+    let tokens = answer[0].as_array().unwrap();
+    assert_eq!(tokens[0]["special"], true);
+    assert_eq!(tokens[1]["text"], "hello");
+    assert_eq!(
+        (tokens[1]["start"].as_u64(), tokens[1]["stop"].as_u64()),
+        (Some(0), Some(5))
+    );
+    let plain = tokenize(
+        &server,
+        json!({"inputs": "hello world", "add_special_tokens": false}),
+    );
+    assert_eq!(plain[0], ids[0][1..ids[0].len() - 1]);
+
+    // A prompt is prepended to the text.
+    let prompted_ids = tokenize(
+        &server,
+        json!({"inputs": "hello world", "prompt_name": "query"}),
+    );
+    let info = server.get("/info", &[]).json();
+    let query_prompt = info["prompts"]["query"].as_str().unwrap();
+    let direct = tokenize(
+        &server,
+        json!({"inputs": format!("{query_prompt}hello world")}),
+    );
+    assert_eq!(prompted_ids, direct);
+    let prompted = server.post(
+        "/embed",
+        &json!({"inputs": "hello world", "prompt_name": "query"}),
+    );
+    assert_eq!(
+        floats(&prompted.json()[0]),
+        openai_vectors(&server.post("/v1/embeddings", &json!({"input": prompted_ids})))[0]
+    );
+
+    // Longer than max_input_length (64 for the tiny model): refused, or truncated on request.
+    let max_len = info["max_input_length"].as_u64().unwrap() as usize;
+    let long = (0..100)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let full = tokenize(&server, json!({"inputs": long}))[0].clone();
+    assert!(full.len() > max_len);
+    let refused = server.post("/v1/embeddings", &json!({"input": ["short", long]}));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("input 1") && message.contains(&format!("{} tokens", full.len())),
+        "{message}"
+    );
+    let (bos, eos) = (full[0], full[full.len() - 1]);
+    let body = &full[1..full.len() - 1];
+    let keep = max_len - 2;
+    let right: Vec<u32> = [&[bos][..], &body[..keep], &[eos]].concat();
+    let left: Vec<u32> = [&[bos][..], &body[body.len() - keep..], &[eos]].concat();
+    for (direction, ids) in [("Right", right), ("Left", left)] {
+        let truncated = server.post(
+            "/embed",
+            &json!({"inputs": long, "truncate": true, "truncation_direction": direction}),
+        );
+        assert_eq!(truncated.status, 200, "{}", truncated.body);
+        assert_eq!(
+            floats(&truncated.json()[0]),
+            openai_vectors(&server.post("/v1/embeddings", &json!({"input": [ids]})))[0],
+            "{direction}"
+        );
+    }
+    let openai_truncated = server.post("/v1/embeddings", &json!({"input": long, "truncate": true}));
+    assert_eq!(openai_truncated.status, 200);
+    assert_eq!(openai_truncated.json()["usage"]["prompt_tokens"], max_len);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
+    let server = Server::start(
+        &tiny(),
+        &[
+            "--backend",
+            "cpu",
+            "--payload-limit",
+            "100000",
+            "--max-client-batch-size",
+            "64",
+        ],
+    );
+    let openai = |body: &[u8]| server.post_bytes("/v1/embeddings", body, &[]);
+    let tei = |body: &[u8]| server.post_bytes("/embed", body, &[]);
+    let huge = format!(r#"{{"input": "{}"}}"#, "a ".repeat(100_000));
+    let many = json!({"input": vec!["x"; 10_000]}).to_string();
+    let cases: Vec<(&str, HttpAnswer, u16, &str)> = vec![
+        ("malformed", openai(b"{\"input\": "), 400, "not valid JSON"),
+        (
+            "not an object",
+            openai(b"[\"a\"]"),
+            400,
+            "must be a JSON object",
+        ),
+        (
+            "invalid UTF-8",
+            openai(b"{\"input\": \"\xff\xfe\"}"),
+            400,
+            "not valid JSON",
+        ),
+        ("missing input", openai(b"{}"), 422, "`input`: is required"),
+        (
+            "wrong type",
+            openai(br#"{"input": 5}"#),
+            422,
+            "`input`: must be a string",
+        ),
+        (
+            "empty string",
+            openai(br#"{"input": ""}"#),
+            422,
+            "must not be an empty string",
+        ),
+        (
+            "empty array",
+            openai(br#"{"input": []}"#),
+            422,
+            "must not be an empty array",
+        ),
+        (
+            "mixed array",
+            openai(br#"{"input": ["a", {}]}"#),
+            422,
+            "`input[1]`",
+        ),
+        (
+            "negative id",
+            openai(br#"{"input": [[2, -1]]}"#),
+            422,
+            "`input[0][1]`",
+        ),
+        (
+            "id out of range",
+            openai(br#"{"input": [[2, 100000, 1]]}"#),
+            422,
+            "outside the model's vocabulary",
+        ),
+        (
+            "zero dims",
+            openai(br#"{"input": "a", "dimensions": 0}"#),
+            422,
+            "`dimensions`",
+        ),
+        (
+            "too many dims",
+            openai(br#"{"input": "a", "dimensions": 49}"#),
+            422,
+            "dimensions must be in 1..=48",
+        ),
+        (
+            "dims type",
+            openai(br#"{"input": "a", "dimensions": "big"}"#),
+            422,
+            "`dimensions`",
+        ),
+        (
+            "encoding",
+            openai(br#"{"input": "a", "encoding_format": "hex"}"#),
+            422,
+            "`encoding_format`",
+        ),
+        (
+            "prompt",
+            openai(br#"{"input": "a", "prompt_name": "nope"}"#),
+            422,
+            "unknown prompt name `nope`",
+        ),
+        (
+            "model type",
+            openai(br#"{"input": "a", "model": 3}"#),
+            422,
+            "`model`",
+        ),
+        ("huge string", openai(huge.as_bytes()), 413, "length limit"),
+        ("10k inputs", openai(many.as_bytes()), 413, "10000 inputs"),
+        (
+            "tei normalize",
+            tei(br#"{"inputs": "a", "normalize": false}"#),
+            422,
+            "`normalize`",
+        ),
+        (
+            "tei direction",
+            tei(br#"{"inputs": "a", "truncate": true, "truncation_direction": "up"}"#),
+            422,
+            "`truncation_direction`",
+        ),
+        (
+            "tei inputs",
+            tei(br#"{"input": "a"}"#),
+            422,
+            "`inputs`: is required",
+        ),
+        (
+            "tokenize ids",
+            server.post_bytes("/tokenize", br#"{"inputs": [[1, 2]]}"#, &[]),
+            422,
+            "`inputs[0]`",
+        ),
+    ];
+    for (name, answer, status, message) in &cases {
+        assert_eq!(answer.status, *status, "{name}: {}", answer.body);
+        let body = answer.json();
+        let text = if body["error"].is_object() {
+            // OpenAI's shape.
+            assert!(body["error"]["type"].is_string(), "{name}: {body}");
+            body["error"]["message"].as_str().unwrap().to_string()
+        } else {
+            assert!(body["error_type"].is_string(), "{name}: {body}");
+            body["error"].as_str().unwrap().to_string()
+        };
+        assert!(text.contains(message), "{name}: {text}");
+    }
+    assert_eq!(server.get("/health", &[]).status, 200);
+    let ok = server.post("/v1/embeddings", &json!({"input": "still fine"}));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+#[test]
+fn api_key_guards_every_route_but_health_and_metrics() {
+    let server = Server::start(&tiny(), &["--backend", "cpu", "--api-key", "s3cret"]);
+    let body = json!({"input": "hi"}).to_string();
+    let denied = server.post_bytes("/v1/embeddings", body.as_bytes(), &[]);
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.json()["error"]["code"], "invalid_api_key");
+    let wrong = server.post_bytes(
+        "/v1/embeddings",
+        body.as_bytes(),
+        &[("authorization", "Bearer nope")],
+    );
+    assert_eq!(wrong.status, 401);
+    let allowed = server.post_bytes(
+        "/v1/embeddings",
+        body.as_bytes(),
+        &[("authorization", "Bearer s3cret")],
+    );
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(server.get("/info", &[]).status, 401);
+    assert_eq!(server.post("/embed", &json!({"inputs": "hi"})).status, 401);
+    assert_eq!(server.get("/health", &[]).status, 200);
+    assert_eq!(server.get("/metrics", &[]).status, 200);
+}
+
+#[test]
+fn a_request_beyond_the_queue_budget_gets_429_at_once() {
+    let server = Server::start(&tiny(), &["--backend", "cpu", "--max-queued-inputs", "4"]);
+    let start = std::time::Instant::now();
+    let answer = server.post("/v1/embeddings", &json!({"input": vec!["x"; 5]}));
+    assert_eq!(answer.status, 429, "{}", answer.body);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(answer.json()["error"]["code"], "rate_limit_exceeded");
+    let tei = server.post("/embed", &json!({"inputs": vec!["x"; 5]}));
+    assert_eq!(tei.status, 429);
+    assert_eq!(tei.json()["error_type"], "Overloaded");
+    assert_eq!(
+        server
+            .post("/embed", &json!({"inputs": vec!["x"; 4]}))
+            .status,
+        200
+    );
+}
+
+/// The value of an unlabelled or labelled sample in Prometheus text.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn info_and_metrics_describe_the_server() {
+    let server = Server::start(
+        &tiny(),
+        &["--backend", "cpu", "--served-model-name", "tiny-gemma"],
+    );
+    let info = server.get("/info", &[]).json();
+    assert_eq!(info["model_id"], "tiny-gemma");
+    assert_eq!(info["embedding_dim"], 48);
+    assert_eq!(info["backend"], "cpu");
+    assert_eq!(info["max_input_length"], 64);
+    assert!(info["prompts"]["query"].is_string());
+    assert!(info["version"].is_string());
+
+    for _ in 0..3 {
+        let answer = server.post("/v1/embeddings", &json!({"input": ["a b", "c"]}));
+        assert_eq!(answer.json()["model"], "tiny-gemma");
+    }
+    server.post("/v1/embeddings", &json!({"input": ""}));
+    let metrics = server.get("/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = &metrics.body;
+    assert_eq!(
+        sample(
+            text,
+            r#"gemma_embed_requests_total{route="/v1/embeddings",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            text,
+            r#"gemma_embed_requests_total{route="/v1/embeddings",status="422"}"#
+        ),
+        1.0
+    );
+    assert_eq!(sample(text, "gemma_embed_embedded_inputs_total"), 6.0);
+    // The warm-up ran too; every request's inputs went through a batch.
+    assert!(sample(text, "gemma_embed_batches_total") >= 2.0);
+    assert!(sample(text, "gemma_embed_batch_sequences_count") >= 2.0);
+    assert_eq!(sample(text, "gemma_embed_queue_inputs"), 0.0);
+    assert_eq!(sample(text, "gemma_embed_tokenization_seconds_count"), 3.0);
+}
+
+#[test]
+fn sigterm_stops_the_server_with_exit_code_zero() {
+    let mut server = Server::start(&tiny(), &["--backend", "cpu"]);
+    assert_eq!(server.post("/embed", &json!({"inputs": "hi"})).status, 200);
+    let status = server.terminate(std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(server.log().contains("shutting down"));
+    let url = server.url.clone();
+    let refused = std::net::TcpStream::connect(url.trim_start_matches("http://"));
+    assert!(refused.is_err(), "still accepting after exit");
+}
