@@ -4,6 +4,7 @@
 //! | route | body | answer |
 //! | --- | --- | --- |
 //! | `POST /v1/embeddings` | OpenAI: `input`, `model`, `encoding_format`, `dimensions`, `user`; extensions `prompt_name`, `truncate` | OpenAI's list of embeddings with `usage` |
+//! | `GET /v1/models` | | OpenAI's model list: the one served model |
 //! | `POST /embed` | TEI: `inputs`, `normalize`, `truncate`, `truncation_direction`, `prompt_name`, `dimensions` | `[[f32]]` |
 //! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
 //! | `GET /health` | | 200 when a probe went through the backend, else 503 |
@@ -118,6 +119,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1/models", get(openai_models))
         .route("/embed", post(tei_embed))
         .route("/tokenize", post(tei_tokenize))
         .route("/info", get(info))
@@ -438,6 +440,18 @@ enum OpenAiVector<'a> {
 struct OpenAiUsage {
     prompt_tokens: usize,
     total_tokens: usize,
+}
+
+async fn openai_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.config.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "gemma-embed",
+        }],
+    }))
 }
 
 async fn tei_embed(
