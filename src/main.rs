@@ -226,7 +226,7 @@ fn read_and_tokenize(
     let ids = index::tokenize_records(
         tokenizer,
         &records,
-        index::source_name(&input.input),
+        (&input.input, format),
         job_prompt,
         truncation,
     )?;

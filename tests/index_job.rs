@@ -554,6 +554,35 @@ fn parquet_input_embeds_like_json_lines() {
         assert_eq!(got, want, "row {i}");
     }
 
+    // `tokenize` reads Parquet too; a too-long text under --no-truncate names its row.
+    let tokenize = |input: &Path, extra: &[&str]| {
+        let mut args = vec!["tokenize", "--input", input.to_str().unwrap()];
+        args.extend(extra);
+        gemma_embed(&args).output().unwrap()
+    };
+    let parquet_columns = ["--text-column", "body", "--id-column", "key"];
+    let from_parquet = tokenize(&path("in.parquet"), &parquet_columns);
+    let from_jsonl = tokenize(&path("in.jsonl"), &[]);
+    assert!(
+        from_parquet.status.success(),
+        "{}",
+        stderr_of(&from_parquet)
+    );
+    assert_eq!(from_parquet.stdout, from_jsonl.stdout);
+    let mut strict = parquet_columns.to_vec();
+    strict.push("--no-truncate");
+    let jsonl_error = stderr_of(&tokenize(&path("in.jsonl"), &["--no-truncate"]));
+    let parquet_error = stderr_of(&tokenize(&path("in.parquet"), &strict));
+    let line = jsonl_error
+        .split("in.jsonl: line ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("{jsonl_error}"));
+    assert!(
+        parquet_error.contains(&format!("in.parquet: row {line}: ")),
+        "{parquet_error}"
+    );
+
     // Integer ids and utf8_view text, against JSON Lines with number ids.
     let lines: String = texts
         .iter()

@@ -430,19 +430,7 @@ fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Va
 
 /// An error about the document at 1-based `line` (a row number in Parquet).
 fn document_error(options: &JobOptions, line: usize, message: String) -> Error {
-    let source_name = super::source_name(&options.input).into();
-    match options.input_format {
-        InputFormat::Parquet => Error::Row {
-            source_name,
-            row: line as u64,
-            message,
-        },
-        InputFormat::Jsonl | InputFormat::Text | InputFormat::Csv => Error::Line {
-            source_name,
-            line,
-            message,
-        },
-    }
+    super::document_error(&options.input, options.input_format, line, message)
 }
 
 /// The message of a line error without its `file: line N:` prefix.

@@ -258,13 +258,30 @@ fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, Strin
     })
 }
 
-/// Token ids of every record, in order: text gets its prompt prepended (the record's
-/// `prompt_name`, else `job_prompt`) and is tokenized in parallel; ids are validated.
-/// Errors name the input line.
+/// An error about the document at 1-based `line` of the input `path` (a row in Parquet).
+pub fn document_error(path: &str, format: InputFormat, line: usize, message: String) -> Error {
+    let source_name = source_name(path).into();
+    match format {
+        InputFormat::Parquet => Error::Row {
+            source_name,
+            row: line as u64,
+            message,
+        },
+        InputFormat::Jsonl | InputFormat::Text | InputFormat::Csv => Error::Line {
+            source_name,
+            line,
+            message,
+        },
+    }
+}
+
+/// Token ids of every record of the input `path` (read as `format`), in order: text gets its
+/// prompt prepended (the record's `prompt_name`, else `job_prompt`) and is tokenized in
+/// parallel; ids are validated. Errors name the input line (row).
 pub fn tokenize_records(
     tokenizer: &Tokenizer,
     records: &[Record],
-    source_name: &str,
+    (path, format): (&str, InputFormat),
     job_prompt: Option<&str>,
     truncation: Truncation,
 ) -> Result<Vec<Vec<u32>>> {
@@ -273,11 +290,7 @@ pub fn tokenize_records(
             Error::Input { message, .. } => message,
             other => other.to_string(),
         };
-        Error::Line {
-            source_name: source_name.into(),
-            line,
-            message,
-        }
+        document_error(path, format, line, message)
     };
     let mut texts = Vec::new();
     let mut text_records = Vec::new();

@@ -564,6 +564,28 @@ mod tests {
     }
 
     #[test]
+    fn leftovers_of_an_interrupted_finish_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = uninterrupted(dir.path(), Dtype::F32, 10);
+        let partial = dir.path().join("out.parquet.partial");
+        let dest = dir.path().join("out.parquet");
+        let mut writer = ParquetWriter::open(&partial, Dtype::F32, DIM, 4, None).unwrap();
+        for i in 0..10 {
+            writer.write_row(&id(i), &row(i)).unwrap();
+        }
+        let checkpoint = writer.sync().unwrap();
+        drop(writer);
+        // A kill inside `finish`: the last group's part, half a splice, a part being written.
+        std::fs::write(partial.join(part_name(2)), b"PAR1").unwrap();
+        std::fs::write(partial.join("assembled.parquet"), b"PAR1...").unwrap();
+        std::fs::write(partial.join(format!("{}.tmp", part_name(3))), b"").unwrap();
+        let writer = ParquetWriter::open(&partial, Dtype::F32, DIM, 4, Some(checkpoint)).unwrap();
+        assert_eq!(writer.rows(), 10);
+        writer.finish(&dest).unwrap();
+        assert!(std::fs::read(&dest).unwrap() == whole);
+    }
+
+    #[test]
     fn a_missing_part_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("out.parquet.partial");
