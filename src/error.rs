@@ -44,6 +44,13 @@ pub enum Error {
         line: usize,
         message: String,
     },
+    /// A row of a Parquet input that cannot be used (1-based row number).
+    #[error("{source_name}: row {row}: {message}")]
+    Row {
+        source_name: String,
+        row: u64,
+        message: String,
+    },
     /// An input file or output path the corpus job cannot use.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },

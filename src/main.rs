@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Embed every document of an input file into a .jsonl or .npy output, in input order;
+    /// Embed every document of an input file into a .jsonl, .npy or .parquet output, in input order;
     /// streams, checkpoints, and resumes when rerun after an interruption.
     Embed(EmbedArgs),
     /// Merge the outputs of `embed --shard 0/N` .. `N-1/N` back into input order.
@@ -62,11 +62,11 @@ struct ModelArg {
 #[derive(Args)]
 struct InputArgs {
     /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`), plain text (one document per
-    /// line) or CSV with a header (`--text-column`, `--id-column`); `-` is stdin.
+    /// line), CSV with a header or Parquet (`--text-column`, `--id-column`); `-` is stdin.
     #[arg(long)]
     input: String,
-    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv;
-    /// `-`: jsonl).
+    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv,
+    /// .parquet: parquet; `-`: jsonl).
     #[arg(long)]
     input_format: Option<InputFormat>,
     /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without
@@ -79,10 +79,12 @@ struct InputArgs {
     /// Fail on inputs longer than the model's max_seq_length instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
-    /// CSV input: the column holding the text.
+    /// CSV or Parquet input: the column holding the text (Parquet: utf8, large_utf8 or
+    /// utf8_view).
     #[arg(long, default_value = "text")]
     text_column: String,
-    /// CSV input: the column holding the id (default: the line number).
+    /// CSV or Parquet input: the column holding the id (Parquet: strings or integers; default:
+    /// the line number, in Parquet the 1-based row number).
     #[arg(long)]
     id_column: Option<String>,
 }
@@ -102,14 +104,18 @@ struct EmbedArgs {
     model: ModelArg,
     #[command(flatten)]
     input: InputArgs,
-    /// Output file: .jsonl (`{"id", "embedding"}` per line) or .npy ([N, D]). Written as
-    /// OUTPUT.partial with a checkpoint OUTPUT.checkpoint; rerunning the same command after an
-    /// interruption continues from the checkpoint.
+    /// Output file: .jsonl (`{"id", "embedding"}` per line), .npy ([N, D]) or .parquet (`id`
+    /// utf8, `embedding` fixed-size list of D floats). Written as OUTPUT.partial (a directory
+    /// of row groups for Parquet) with a checkpoint OUTPUT.checkpoint; rerunning the same
+    /// command after an interruption continues from the checkpoint.
     #[arg(long)]
     output: PathBuf,
-    /// Element type of a .npy output: f32 or f16.
+    /// Element type of a .npy or .parquet output: f32 or f16.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
+    /// Rows per row group of a .parquet output (each is written out once full).
+    #[arg(long, default_value_t = index::parquet_output::DEFAULT_ROW_GROUP_ROWS)]
+    row_group_rows: usize,
     /// Embed only every N-th document starting at document I (0-based), e.g. `--shard 1/4`;
     /// `gemma-embed merge` puts the shard outputs back together.
     #[arg(long, default_value = "0/1")]
@@ -143,7 +149,7 @@ struct EmbedArgs {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// Shard outputs in shard order (0/N first), all .npy or all .jsonl.
+    /// Shard outputs in shard order (0/N first), all .npy, all .jsonl or all .parquet.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
     /// The merged file.
@@ -221,7 +227,7 @@ fn read_and_tokenize(
     let ids = index::tokenize_records(
         tokenizer,
         &records,
-        index::source_name(&input.input),
+        (&input.input, format),
         job_prompt,
         truncation,
     )?;
@@ -230,10 +236,11 @@ fn read_and_tokenize(
 
 fn embed(args: EmbedArgs) -> Result<()> {
     let output_format = OutputFormat::from_path(&args.output)?;
-    if args.dtype == Dtype::F16 && output_format != OutputFormat::Npy {
-        bail!("--dtype f16 is for .npy outputs");
+    if args.dtype == Dtype::F16 && output_format == OutputFormat::Jsonl {
+        bail!("--dtype f16 is for .npy and .parquet outputs");
     }
     for (flag, value) in [
+        ("--row-group-rows", args.row_group_rows),
         ("--max-batch-tokens", args.max_batch_tokens),
         ("--max-batch-sequences", args.max_batch_sequences),
         ("--docs-per-request", args.docs_per_request),
@@ -289,6 +296,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         output_format,
         dtype: args.dtype,
         dimensions,
+        row_group_rows: args.row_group_rows,
         job_prompt,
         truncation: if input.no_truncate {
             Truncation::Refuse

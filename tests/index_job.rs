@@ -1,15 +1,27 @@
 //! The corpus job end to end on the tiny fixture model: rows against the backend run on each
-//! document alone, a real SIGKILL mid-run then a resume, shards merged, rejected documents.
+//! document alone, a real SIGKILL mid-run then a resume, shards merged, rejected documents;
+//! Parquet input (files written here with the arrow writer) and output (read back with the
+//! parquet crate).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type};
+use arrow_array::{
+    ArrayRef, Float64Array, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+};
+use arrow_schema::{DataType, Field, Schema};
 use gemma_embed::backend::cpu::CpuBackend;
 use gemma_embed::backend::{Backend, Batch};
 use gemma_embed::model::Model;
 use gemma_embed::tokenize::{Tokenizer, Truncation};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -92,9 +104,134 @@ fn reference_rows(texts: &[String]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// A Parquet file of `columns` (all nullable) in row groups of `group_rows` rows.
+fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>, group_rows: usize) {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch =
+        RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group_rows))
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(File::create(path).unwrap(), schema, Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// A Parquet output read back: ids, the embeddings' element type, the values of each row as
+/// f32 bits (f16 bits widened for float16), and the rows of each row group.
+struct ParquetOutput {
+    ids: Vec<String>,
+    item: DataType,
+    rows: Vec<Vec<u32>>,
+    row_groups: Vec<i64>,
+}
+
+fn read_parquet_output(path: &Path) -> ParquetOutput {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    let schema = builder.schema().clone();
+    assert_eq!(schema.fields().len(), 2);
+    assert_eq!(schema.field(0).name(), "id");
+    assert_eq!(schema.field(0).data_type(), &DataType::Utf8);
+    assert_eq!(schema.field(1).name(), "embedding");
+    let DataType::FixedSizeList(item, dim) = schema.field(1).data_type() else {
+        panic!("embedding is {}", schema.field(1).data_type());
+    };
+    let (item, dim) = (item.data_type().clone(), *dim as usize);
+    let row_groups = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect();
+    let mut out = ParquetOutput {
+        ids: Vec::new(),
+        item: item.clone(),
+        rows: Vec::new(),
+        row_groups,
+    };
+    for batch in builder.build().unwrap() {
+        let batch = batch.unwrap();
+        let ids = batch.column(0).as_string::<i32>();
+        let lists = batch.column(1).as_fixed_size_list();
+        for r in 0..batch.num_rows() {
+            out.ids.push(ids.value(r).to_string());
+            let values = lists.value(r);
+            let bits: Vec<u32> = match item {
+                DataType::Float32 => values
+                    .as_primitive::<Float32Type>()
+                    .values()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+                DataType::Float16 => values
+                    .as_primitive::<Float16Type>()
+                    .values()
+                    .iter()
+                    .map(|x| x.to_bits() as u32)
+                    .collect(),
+                ref other => panic!("embedding items are {other}"),
+            };
+            assert_eq!(bits.len(), dim);
+            out.rows.push(bits);
+        }
+    }
+    out
+}
+
+/// The rows of a `.npy` output (f32 or f16) as bits, and its dtype.
+fn read_npy_bits(path: &Path) -> (String, Vec<u32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let header = String::from_utf8_lossy(&bytes[10..128]).to_string();
+    let descr = header.split("'descr': '").nth(1).unwrap()[..3].to_string();
+    let bits = match descr.as_str() {
+        "<f4" => bytes[128..]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        "<f2" => bytes[128..]
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect(),
+        other => panic!("dtype {other}"),
+    };
+    (descr, bits)
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn checkpoint_rows(path: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str::<Value>(&text).ok()?["rows"].as_u64()
+}
+
+/// Start the job twice and SIGKILL it once its checkpoint moved `step` rows past where that
+/// run started; returns how many runs were killed (not finished first).
+fn kill_twice(args: &[&str], checkpoint: &Path, step: u64) -> u32 {
+    let mut kills = 0;
+    for _ in 0..2 {
+        let mut child = gemma_embed(args).stderr(Stdio::null()).spawn().unwrap();
+        let start = Instant::now();
+        let before = checkpoint_rows(checkpoint).unwrap_or(0);
+        while checkpoint_rows(checkpoint).unwrap_or(0) < before + step
+            && start.elapsed() < Duration::from_secs(60)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    kills
 }
 
 #[test]
@@ -145,27 +282,7 @@ fn a_killed_job_resumes_to_the_uninterrupted_output() {
     let checkpoint = dir.path().join("killed.npy.checkpoint");
     let killed_args = args(killed.to_str().unwrap());
     let killed_args: Vec<&str> = killed_args.iter().map(String::as_str).collect();
-    let mut kills = 0;
-    for _ in 0..2 {
-        let mut child = gemma_embed(&killed_args)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let before = checkpoint_rows(&checkpoint).unwrap_or(0);
-        // Kill once the checkpoint moved past where this run started.
-        while checkpoint_rows(&checkpoint).unwrap_or(0) <= before
-            && start.elapsed() < Duration::from_secs(60)
-            && child.try_wait().unwrap().is_none()
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_twice(&killed_args, &checkpoint, 1);
     assert!(kills >= 1, "the job finished before it could be killed");
     assert!(
         !killed.exists(),
@@ -215,7 +332,12 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     std::fs::write(&input, content).unwrap();
     texts.push("the end".into());
     let input = input.to_str().unwrap();
-    for (extension, dtype) in [("jsonl", "f32"), ("npy", "f16")] {
+    for (extension, dtype) in [
+        ("jsonl", "f32"),
+        ("npy", "f16"),
+        ("parquet", "f32"),
+        ("parquet", "f16"),
+    ] {
         let path = |name: &str| dir.path().join(format!("{name}.{extension}"));
         let path_str = |name: &str| path(name).to_str().unwrap().to_string();
         let common = [
@@ -225,6 +347,9 @@ fn sharded_runs_merge_to_the_unsharded_output() {
             dtype,
             "--docs-per-request",
             "3",
+            // Parquet: the unsharded 51 rows in 7 groups, each shard's 17 in 3.
+            "--row-group-rows",
+            "8",
         ];
         let whole = path_str("whole");
         let mut args = vec!["embed", "--input", input, "--output", &whole];
@@ -255,7 +380,7 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         assert_eq!(
             std::fs::read(&merged).unwrap(),
             std::fs::read(&whole).unwrap(),
-            "merged {extension} shards differ from the unsharded run"
+            "merged {extension} {dtype} shards differ from the unsharded run"
         );
     }
     // Rows of the f32 .jsonl against each document alone; ids in input order.
@@ -379,5 +504,325 @@ fn csv_input_embeds_like_json_lines() {
     assert_eq!(
         std::fs::read(&from_csv).unwrap(),
         std::fs::read(&from_jsonl).unwrap()
+    );
+}
+
+#[test]
+fn parquet_input_embeds_like_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut texts = corpus(40);
+    texts[3] = String::new();
+    texts[5] = "Ünïcödé, \"quoted\"\nand a new line".into();
+    let path = |name: &str| dir.path().join(name);
+    let embed = |input: &Path, output: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "embed",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run_ok(&args)
+    };
+    // String ids, large_utf8 text, row groups of 7 (the reader's batches cross them).
+    write_jsonl(&path("in.jsonl"), &texts);
+    let ids: Vec<String> = (0..texts.len()).map(|i| format!("doc-{i}")).collect();
+    write_parquet(
+        &path("in.parquet"),
+        vec![
+            ("key", Arc::new(StringArray::from_iter_values(&ids))),
+            ("body", Arc::new(LargeStringArray::from_iter_values(&texts))),
+        ],
+        7,
+    );
+    embed(&path("in.jsonl"), &path("from_jsonl.jsonl"), &[]);
+    embed(
+        &path("in.parquet"),
+        &path("from_parquet.jsonl"),
+        &["--text-column", "body", "--id-column", "key"],
+    );
+    let from_parquet = std::fs::read_to_string(path("from_parquet.jsonl")).unwrap();
+    assert_eq!(
+        from_parquet,
+        std::fs::read_to_string(path("from_jsonl.jsonl")).unwrap()
+    );
+    for (i, (line, want)) in from_parquet.lines().zip(reference_rows(&texts)).enumerate() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(row["id"], Value::from(ids[i].clone()));
+        let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        assert_eq!(got, want, "row {i}");
+    }
+
+    // `tokenize` reads Parquet too; a too-long text under --no-truncate names its row.
+    let tokenize = |input: &Path, extra: &[&str]| {
+        let mut args = vec!["tokenize", "--input", input.to_str().unwrap()];
+        args.extend(extra);
+        gemma_embed(&args).output().unwrap()
+    };
+    let parquet_columns = ["--text-column", "body", "--id-column", "key"];
+    let from_parquet = tokenize(&path("in.parquet"), &parquet_columns);
+    let from_jsonl = tokenize(&path("in.jsonl"), &[]);
+    assert!(
+        from_parquet.status.success(),
+        "{}",
+        stderr_of(&from_parquet)
+    );
+    assert_eq!(from_parquet.stdout, from_jsonl.stdout);
+    let mut strict = parquet_columns.to_vec();
+    strict.push("--no-truncate");
+    let jsonl_error = stderr_of(&tokenize(&path("in.jsonl"), &["--no-truncate"]));
+    let parquet_error = stderr_of(&tokenize(&path("in.parquet"), &strict));
+    let line = jsonl_error
+        .split("in.jsonl: line ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("{jsonl_error}"));
+    assert!(
+        parquet_error.contains(&format!("in.parquet: row {line}: ")),
+        "{parquet_error}"
+    );
+
+    // Integer ids and utf8_view text, against JSON Lines with number ids.
+    let lines: String = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"id": 1000 + i, "text": t}).to_string() + "\n")
+        .collect();
+    std::fs::write(path("numbered.jsonl"), lines).unwrap();
+    write_parquet(
+        &path("numbered.parquet"),
+        vec![
+            ("text", Arc::new(StringViewArray::from_iter_values(&texts))),
+            (
+                "n",
+                Arc::new(Int64Array::from_iter_values(
+                    1000..1000 + texts.len() as i64,
+                )),
+            ),
+        ],
+        16,
+    );
+    embed(&path("numbered.jsonl"), &path("a.jsonl"), &[]);
+    embed(
+        &path("numbered.parquet"),
+        &path("b.jsonl"),
+        &["--id-column", "n"],
+    );
+    assert_eq!(
+        std::fs::read(path("b.jsonl")).unwrap(),
+        std::fs::read(path("a.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn parquet_output_holds_the_npy_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = corpus(50);
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &texts);
+    let input = input.to_str().unwrap();
+    for (dtype, dimensions, item) in [
+        ("f32", "48", DataType::Float32),
+        ("f16", "16", DataType::Float16),
+    ] {
+        let path = |ext: &str| dir.path().join(format!("out-{dtype}.{ext}"));
+        let common = [
+            "--input",
+            input,
+            "--dtype",
+            dtype,
+            "--dimensions",
+            dimensions,
+            "--row-group-rows",
+            "16",
+        ];
+        for ext in ["npy", "parquet"] {
+            let output = path(ext);
+            let mut args = vec!["embed", "--output", output.to_str().unwrap()];
+            args.extend(common);
+            run_ok(&args);
+        }
+        let parquet = read_parquet_output(&path("parquet"));
+        assert_eq!(parquet.item, item);
+        assert_eq!(parquet.row_groups, [16, 16, 16, 2]);
+        let want_ids: Vec<String> = (0..texts.len()).map(|i| format!("doc-{i}")).collect();
+        assert_eq!(parquet.ids, want_ids);
+        let (_, npy) = read_npy_bits(&path("npy"));
+        let dim: usize = dimensions.parse().unwrap();
+        assert_eq!(npy.len(), texts.len() * dim);
+        for (i, row) in parquet.rows.iter().enumerate() {
+            assert_eq!(row[..], npy[i * dim..(i + 1) * dim], "{dtype} row {i}");
+        }
+        assert!(!dir
+            .path()
+            .join(format!("out-{dtype}.parquet.partial"))
+            .exists());
+    }
+}
+
+#[test]
+fn a_killed_parquet_job_resumes_to_the_uninterrupted_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = corpus(3000);
+    // Parquet in and out: the resumes start reading inside an input row group of 100 and
+    // continue an output row group of 64.
+    let input = dir.path().join("in.parquet");
+    let ids: Vec<String> = (0..texts.len()).map(|i| format!("doc-{i}")).collect();
+    write_parquet(
+        &input,
+        vec![
+            ("text", Arc::new(StringArray::from_iter_values(&texts))),
+            ("id", Arc::new(StringArray::from_iter_values(&ids))),
+        ],
+        100,
+    );
+    let input = input.to_str().unwrap();
+    let args = |output: &Path| {
+        [
+            "embed",
+            "--input",
+            input,
+            "--output",
+            output.to_str().unwrap(),
+            "--docs-per-request",
+            "4",
+            "--max-batch-tokens",
+            "64",
+            "--checkpoint-interval-ms",
+            "0",
+            "--row-group-rows",
+            "64",
+            "--id-column",
+            "id",
+        ]
+        .map(String::from)
+    };
+    let whole = dir.path().join("whole.parquet");
+    run_ok(&args(&whole).each_ref().map(String::as_str));
+    assert_eq!(read_parquet_output(&whole).ids, ids);
+
+    let killed = dir.path().join("killed.parquet");
+    let checkpoint = dir.path().join("killed.parquet.checkpoint");
+    let killed_args = args(&killed);
+    let killed_args = killed_args.each_ref().map(String::as_str);
+    // Each run is killed some row groups after it started: the resumes have parts to keep and
+    // a group in progress to read back.
+    let kills = kill_twice(&killed_args, &checkpoint, 150);
+    assert!(kills >= 1, "the job finished before it could be killed");
+    assert!(!killed.exists());
+    let done = checkpoint_rows(&checkpoint).unwrap();
+    assert!(
+        150 <= done && done < texts.len() as u64,
+        "{done} rows at the kill"
+    );
+    let partial = dir.path().join("killed.parquet.partial");
+    assert!(partial.join("part-000001.parquet").exists());
+    let out = run_ok(&killed_args);
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert!(
+        std::fs::read(&killed).unwrap() == std::fs::read(&whole).unwrap(),
+        "the resumed Parquet output differs from the uninterrupted one"
+    );
+    assert!(!checkpoint.exists());
+    assert!(!partial.exists());
+}
+
+#[test]
+fn bad_parquet_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.parquet");
+    write_parquet(
+        &input,
+        vec![
+            (
+                "text",
+                Arc::new(StringArray::from(vec![
+                    Some("one"),
+                    Some("two"),
+                    None,
+                    Some("four"),
+                    Some("five"),
+                ])),
+            ),
+            ("n", Arc::new(Int64Array::from_iter_values(10..15))),
+            (
+                "score",
+                Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5, 3.5, 4.5])),
+            ),
+        ],
+        2,
+    );
+    let input = input.to_str().unwrap();
+    let output = dir.path().join("out.jsonl");
+    let output = output.to_str().unwrap();
+    let fails = |extra: &[&str]| {
+        let mut args = vec!["embed", "--input", input, "--output", output];
+        args.extend(extra);
+        let out = gemma_embed(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, ["in.parquet"], "{args:?} left files");
+        stderr_of(&out)
+    };
+    let err = fails(&["--text-column", "body"]);
+    assert!(
+        err.contains("in.parquet: no column `body` (--text-column); the file has: text, n, score"),
+        "{err}"
+    );
+    let err = fails(&["--text-column", "score"]);
+    assert!(
+        err.contains("in.parquet: column `score` (--text-column) holds Float64, not strings"),
+        "{err}"
+    );
+    let err = fails(&["--id-column", "score"]);
+    assert!(
+        err.contains("column `score` (--id-column) holds Float64, not strings or integers"),
+        "{err}"
+    );
+    let err = fails(&["--id-column", "n"]);
+    assert!(
+        err.contains("in.parquet: row 3: null text (--text-column `text`)"),
+        "{err}"
+    );
+
+    let out = run_ok(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        output,
+        "--id-column",
+        "n",
+        "--on-error",
+        "skip",
+    ]);
+    assert!(
+        stderr_of(&out).contains("1 rejected"),
+        "{}",
+        stderr_of(&out)
+    );
+    let rows: Vec<Value> = std::fs::read_to_string(output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&Value> = rows.iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, [10, 11, 13, 14].map(Value::from).each_ref());
+    let want = reference_rows(&["one", "two", "four", "five"].map(String::from));
+    for (row, want) in rows.iter().zip(&want) {
+        let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        assert_eq!(&got, want);
+    }
+    let rejects = std::fs::read_to_string(dir.path().join("out.jsonl.rejects.jsonl")).unwrap();
+    let reject: Value = serde_json::from_str(rejects.trim()).unwrap();
+    assert_eq!(
+        reject,
+        serde_json::json!({
+            "line": 3, "doc": 2, "id": null, "error": "null text (--text-column `text`)"
+        })
     );
 }

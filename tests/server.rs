@@ -3,33 +3,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use base64::Engine as _;
-use common::{cosine, max_abs_diff, HttpAnswer, Server};
-use serde::Deserialize;
+use common::{cosine, max_abs_diff, tiny_expected, HttpAnswer, Server};
 use serde_json::{json, Value};
-
-#[derive(Deserialize)]
-struct Expected {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    token_ids: Vec<u32>,
-    embedding: Vec<f32>,
-}
-
-fn tiny() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
-}
-
-fn expected() -> Expected {
-    let text = std::fs::read_to_string(tiny().join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn floats(value: &Value) -> Vec<f32> {
     value
@@ -82,8 +58,8 @@ fn renormalized_prefix(v: &[f32], n: usize) -> Vec<f32> {
 
 #[test]
 fn token_id_inputs_match_sentence_transformers_on_every_route() {
-    let server = Server::start(&tiny(), &["--backend", "cpu"]);
-    let expected = expected();
+    let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let expected = tiny_expected();
     let ids: Vec<&Vec<u32>> = expected.cases.iter().map(|c| &c.token_ids).collect();
     let total_tokens: usize = ids.iter().map(|i| i.len()).sum();
 
@@ -104,7 +80,10 @@ fn token_id_inputs_match_sentence_transformers_on_every_route() {
             answer.header("x-compute-tokens"),
             Some(total_tokens.to_string().as_str())
         );
+        assert_eq!(answer.header("x-compute-characters"), Some("0"));
+        assert_eq!(answer.header("x-compute-type"), Some("cpu"));
         for header in [
+            "x-compute-time",
             "x-tokenization-time",
             "x-queue-time",
             "x-inference-time",
@@ -171,7 +150,7 @@ fn tokenize(server: &Server, body: Value) -> Vec<Vec<u32>> {
 
 #[test]
 fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
-    let server = Server::start(&tiny(), &["--backend", "cpu"]);
+    let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
     let texts = ["hello world", "the quick brown fox jumps over the lazy dog"];
     let ids = tokenize(&server, json!({"inputs": texts}));
     assert_eq!(ids[0].first(), Some(&2), "<bos> first");
@@ -179,6 +158,13 @@ fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     let by_text = openai_vectors(&server.post("/v1/embeddings", &json!({"input": texts})));
     let by_ids = openai_vectors(&server.post("/v1/embeddings", &json!({"input": ids})));
     assert_eq!(by_text, by_ids);
+    let alias = server.post("/embeddings", &json!({"input": texts}));
+    assert_eq!(openai_vectors(&alias), by_text);
+    let characters: usize = texts.iter().map(|t| t.chars().count()).sum();
+    assert_eq!(
+        alias.header("x-compute-characters"),
+        Some(characters.to_string().as_str())
+    );
 
     // /tokenize shows the text each token covers.
     let answer = server
@@ -261,7 +247,7 @@ fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
 #[test]
 fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
     let server = Server::start(
-        &tiny(),
+        &common::tiny_model_dir(),
         &[
             "--backend",
             "cpu",
@@ -409,7 +395,10 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
 
 #[test]
 fn api_key_guards_every_route_but_health_and_metrics() {
-    let server = Server::start(&tiny(), &["--backend", "cpu", "--api-key", "s3cret"]);
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--api-key", "s3cret"],
+    );
     let body = json!({"input": "hi"}).to_string();
     let denied = server.post_bytes("/v1/embeddings", body.as_bytes(), &[]);
     assert_eq!(denied.status, 401);
@@ -434,7 +423,10 @@ fn api_key_guards_every_route_but_health_and_metrics() {
 
 #[test]
 fn a_request_beyond_the_queue_budget_gets_429_at_once() {
-    let server = Server::start(&tiny(), &["--backend", "cpu", "--max-queued-inputs", "4"]);
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--max-queued-inputs", "4"],
+    );
     let start = std::time::Instant::now();
     let answer = server.post("/v1/embeddings", &json!({"input": vec!["x"; 5]}));
     assert_eq!(answer.status, 429, "{}", answer.body);
@@ -464,7 +456,7 @@ fn sample(metrics: &str, name: &str) -> f64 {
 #[test]
 fn info_and_metrics_describe_the_server() {
     let server = Server::start(
-        &tiny(),
+        &common::tiny_model_dir(),
         &["--backend", "cpu", "--served-model-name", "tiny-gemma"],
     );
     let info = server.get("/info", &[]).json();
@@ -474,6 +466,10 @@ fn info_and_metrics_describe_the_server() {
     assert_eq!(info["max_input_length"], 64);
     assert!(info["prompts"]["query"].is_string());
     assert!(info["version"].is_string());
+
+    let models = server.get("/v1/models", &[]).json();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "tiny-gemma");
 
     for _ in 0..3 {
         let answer = server.post("/v1/embeddings", &json!({"input": ["a b", "c"]}));
@@ -511,7 +507,7 @@ fn info_and_metrics_describe_the_server() {
 
 #[test]
 fn sigterm_stops_the_server_with_exit_code_zero() {
-    let mut server = Server::start(&tiny(), &["--backend", "cpu"]);
+    let mut server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
     assert_eq!(server.post("/embed", &json!({"inputs": "hi"})).status, 200);
     let status = server.terminate(std::time::Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", server.log());

@@ -5,15 +5,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::Server;
 
 #[test]
 fn many_concurrent_clients_get_correct_answers_or_429_and_memory_stays_bounded() {
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
-    let server = Server::start(&model, &["--backend", "cpu", "--max-queued-inputs", "96"]);
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--max-queued-inputs", "96"],
+    );
     let rss_before_kb = server.memory_kb("VmRSS");
     let requests = 3000;
     let output = Command::new(env!("CARGO_BIN_EXE_gemma-embed-loadgen"))

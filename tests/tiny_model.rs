@@ -7,42 +7,18 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::{tiny_expected, tiny_model_dir, TinyExpected};
+
 use std::sync::Arc;
 
 use gemma_embed::backend::cpu::CpuBackend;
 use gemma_embed::backend::{Backend, Batch};
 use gemma_embed::model::Model;
 use gemma_embed::Error;
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Expected {
-    meta: Meta,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Meta {
-    window_radius: usize,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    token_ids: Vec<u32>,
-    embedding: Vec<f32>,
-}
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
-}
-
-fn load() -> (CpuBackend, Expected) {
-    let dir = fixture_dir();
-    let model = Model::load_dir(&dir).expect("load the tiny fixture");
-    let text = std::fs::read_to_string(dir.join("expected.json")).expect("read expected.json");
-    let expected: Expected = serde_json::from_str(&text).expect("parse expected.json");
+fn load() -> (CpuBackend, TinyExpected) {
+    let model = Model::load_dir(&tiny_model_dir()).expect("load the tiny fixture");
+    let expected = tiny_expected();
     assert_eq!(model.config.window_radius, expected.meta.window_radius);
     (CpuBackend::new(Arc::new(model)).unwrap(), expected)
 }

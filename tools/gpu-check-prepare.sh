@@ -15,12 +15,14 @@ fi
 export NVCC
 echo "nvcc: $NVCC" >&2
 
-GEMMA_EMBED_REQUIRE_CUDA=1 cargo build --release --bin gemma-embed
+GEMMA_EMBED_REQUIRE_CUDA=1 cargo build --release --bin gemma-embed --bin gemma-embed-loadgen
 mkdir -p .gpu
-cp "$CARGO_TARGET_DIR/release/gemma-embed" .gpu/gemma-embed
-strip .gpu/gemma-embed
+for name in gemma-embed gemma-embed-loadgen; do
+    cp "$CARGO_TARGET_DIR/release/$name" ".gpu/$name"
+    strip ".gpu/$name"
+done
 # The target directory may be shared with other checkouts: make sure the copy is this build.
-for sub in embed bench check-kernels; do
+for sub in embed bench check-kernels serve; do
     .gpu/gemma-embed "$sub" --help > /dev/null || { echo ".gpu/gemma-embed has no \`$sub\` subcommand" >&2; exit 1; }
 done
 echo "$(git describe --always --dirty 2>/dev/null || echo unknown) built $(date -u +%FT%TZ)" > .gpu/build.txt
@@ -28,8 +30,8 @@ echo "$(git describe --always --dirty 2>/dev/null || echo unknown) built $(date 
 # The GPU host must be able to run it: report what it needs from the C library and the size
 # (the device call carries at most 64 MiB).
 glibc=$(objdump -T .gpu/gemma-embed | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
-size=$(du -m .gpu/gemma-embed | cut -f1)
-echo ".gpu/gemma-embed: ${size} MiB, needs up to $glibc, $(cat .gpu/build.txt)" >&2
+size=$(du -cm .gpu/gemma-embed .gpu/gemma-embed-loadgen | tail -1 | cut -f1)
+echo ".gpu/gemma-embed + loadgen: ${size} MiB, needs up to $glibc, $(cat .gpu/build.txt)" >&2
 if [ "$size" -ge 60 ]; then
     echo "the binary is too large to carry to the GPU host (64 MiB limit)" >&2
     exit 1

@@ -14,13 +14,16 @@
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector    -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA) vs
 #      sentence-transformers bf16 + SDPA on the same card                        -> $OUT/bench*.json
-#   5. a short summary table, printed last.
+#   5. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
+#      (many concurrent connections, every answer checked against the text's lone embedding),
+#      then SIGTERM and a clean exit                                             -> $OUT/serve.json
+#   6. a short summary table, printed last.
 #
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
 # seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
-# $TMPDIR/gemma-embed-gpu-check/out), at most 8 files.
+# $TMPDIR/gemma-embed-gpu-check/out), at most 9 files.
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +48,7 @@ done
 out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work/cpu.npy" "$work/st.npy"
-(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_reference.json summary.txt)
+(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_reference.json serve.json summary.txt)
 mkdir -p "$out" "$work"
 # The device call allows about 8 minutes: by default the whole check keeps within 7.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
@@ -108,6 +111,13 @@ if [ $cpu_only = 1 ]; then
     bench_lengths=128,512; bench_tokens=1024; bench_repeats=1; ref_tokens=1024; ref_repeats=1
 fi
 max_batch_tokens=65536
+if [ $cpu_only = 1 ]; then
+    serve_load=(--requests 60 --concurrency 4 --inputs-per-request 1 --texts 16 --tolerance 0)
+else
+    # Packings differ between the lone reference and the loaded run; bf16 GEMMs of other shapes
+    # may round differently, hence the tolerance (the largest difference seen is reported).
+    serve_load=(--requests 2000 --concurrency 64 --inputs-per-request 8 --texts 48 --tolerance 0.01)
+fi
 
 main() {
 echo "=== machine"
@@ -165,6 +175,9 @@ stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --leng
 stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
     --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
     --json "$out/bench_reference.json"
+
+stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/serve.json" \
+    "$work/serve.log" "$(dirname "$bin")/gemma-embed-loadgen" "${serve_load[@]}" -- "${gemma[@]}"
 
 echo
 "$python" "$repo/tools/gpu/summary.py" --stages "$stages" --out "$out" | tee "$out/summary.txt"

@@ -183,6 +183,8 @@ struct Tally {
     transport_errors: Vec<String>,
     mismatches: Vec<String>,
     latencies_ok: Vec<f64>,
+    /// The largest absolute difference from a reference seen in any 200 answer.
+    max_abs_diff: f32,
     inputs_ok: usize,
     tokens_ok: usize,
 }
@@ -261,6 +263,7 @@ fn main() -> Result<()> {
                                     .zip(got)
                                     .map(|(a, b)| (a - b).abs())
                                     .fold(0.0f32, f32::max);
+                                tally.max_abs_diff = tally.max_abs_diff.max(worst);
                                 if got.len() != reference[i].len() || worst > args.tolerance {
                                     tally.mismatches.push(format!(
                                         "request {r}, text {i}: max |difference| {worst}"
@@ -286,6 +289,8 @@ fn main() -> Result<()> {
         "statuses": tally.statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "transport_errors": tally.transport_errors.len(),
         "mismatches": tally.mismatches.len(),
+        "max_abs_diff": tally.max_abs_diff,
+        "tolerance": args.tolerance,
         "seconds": seconds,
         "ok_requests_per_s": ok as f64 / seconds,
         "ok_inputs_per_s": tally.inputs_ok as f64 / seconds,

@@ -9,7 +9,7 @@ them (full width). Checks, exiting non-zero on the first failure:
 - `embeddings.create` with the client's default encoding (base64 when numpy is installed) and
   with `encoding_format="float"` returns the CLI's embeddings (max abs difference <= --tolerance);
 - `dimensions=256` returns the renormalized 256-prefix of the CLI's embedding;
-- `usage.prompt_tokens` is positive; errors come back as the client's typed exceptions
+- `models.list()` names the served model; `usage.prompt_tokens` is positive; errors come back as the client's typed exceptions
   (422 -> UnprocessableEntityError, 401 -> AuthenticationError).
 """
 
@@ -43,6 +43,10 @@ def main():
 
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
     failures = []
+
+    served = [m.id for m in client.models.list()]
+    if served != [args.model]:
+        failures.append(f"models.list(): {served}")
 
     for label, kwargs in [("default encoding", {}), ("float", {"encoding_format": "float"})]:
         response = client.embeddings.create(model=args.model, input=texts, **kwargs)

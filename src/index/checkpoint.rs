@@ -16,7 +16,8 @@ pub struct Checkpoint {
     /// Everything that shapes the output (model, input, prompt, dims, dtype, shard, ...): a
     /// rerun with other parameters must not continue this file.
     pub params: Value,
-    /// Rows durably in the output, and its length in bytes.
+    /// Rows durably in the output, and its length in bytes (Parquet: the length of the rows
+    /// file of the row group being filled; see `parquet_output`).
     pub rows: u64,
     pub output_bytes: u64,
     /// Lines durably in the rejects file, and its length in bytes.

@@ -5,7 +5,8 @@
 //! Files, for an output `out.npy`: `out.npy.partial` (rows so far), `out.npy.checkpoint` (how
 //! many rows and bytes of it are durable, where the input continues, and the parameters that
 //! shape the output) and, with `--on-error skip`, `out.npy.rejects.jsonl`. At the end the
-//! partial file gets its final header and is renamed to `out.npy`; the checkpoint goes.
+//! partial file gets its final header and is renamed to `out.npy`; the checkpoint goes. A
+//! Parquet output's partial is a directory of row groups (see [`super::parquet_output`]).
 //!
 //! A resumed run truncates the partial file to the checkpointed length and reads the input from
 //! the checkpointed offset; embeddings do not depend on batching, so the final file is the one
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::checkpoint::{sibling, sync_dir, Checkpoint};
-use super::output::{open_resumable, Dtype, RowWriter};
+use super::checkpoint::{sibling, Checkpoint};
+use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{ReadPosition, RecordReader};
 use super::{Content, CsvColumns, InputFormat, OutputFormat, PromptChoice, Record};
 use crate::engine::{Admission, Engine, Input, Request, Ticket};
@@ -112,6 +113,8 @@ pub struct JobOptions {
     pub output_format: OutputFormat,
     pub dtype: Dtype,
     pub dimensions: usize,
+    /// Rows per row group of a Parquet output.
+    pub row_group_rows: usize,
     /// Prompt string for documents without `prompt_name`.
     pub job_prompt: Option<String>,
     pub truncation: Truncation,
@@ -142,6 +145,8 @@ impl JobOptions {
 
     /// Everything that shapes the output, the input file's size and modification time included.
     fn fingerprint(&self) -> Result<Value> {
+        let row_group_rows =
+            (self.output_format == OutputFormat::Parquet).then_some(self.row_group_rows);
         let (len, modified) = if self.input == "-" {
             (None, None)
         } else {
@@ -166,6 +171,7 @@ impl JobOptions {
             "output_format": format!("{:?}", self.output_format),
             "dtype": format!("{:?}", self.dtype),
             "dimensions": self.dimensions,
+            "row_group_rows": row_group_rows,
             "prompt": self.job_prompt,
             "truncation": format!("{:?}", self.truncation),
             "shard": format!("{}/{}", self.shard.index, self.shard.count),
@@ -241,11 +247,11 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
         None => None,
     };
     let result = run_from(engine, options, params, resume.as_ref());
-    if matches!(result, Err(Error::Line { .. })) {
+    if matches!(result, Err(Error::Line { .. } | Error::Row { .. })) {
         // A bad document under --on-error fail: the input needs fixing, so what was written
         // cannot be continued.
         for path in [checkpoint_path, partial_path, options.rejects_path()] {
-            let _ = std::fs::remove_file(path);
+            let _ = remove_partial(&path);
         }
     }
     result
@@ -277,11 +283,12 @@ fn run_from(
         &options.columns,
         start_position,
     )?;
-    let output = RowWriter::open(
+    let output = OutputWriter::open(
         &options.partial_path(),
         options.output_format,
         options.dtype,
         options.dimensions,
+        options.row_group_rows,
         resume.map(|c| (c.rows, c.output_bytes)),
     )?;
     let rejects = match options.on_error {
@@ -291,7 +298,7 @@ fn run_from(
         )?),
         OnError::Fail => None,
     };
-    let input_len = std::fs::metadata(&options.input).ok().map(|m| m.len());
+    let input_len = reader.extent(&options.input);
     let mut writer = Writer {
         options,
         params,
@@ -411,11 +418,7 @@ fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Va
                     engine
                         .tokenizer()
                         .prompt(name)
-                        .map_err(|e| Error::Line {
-                            source_name: super::source_name(&options.input).into(),
-                            line: record.line,
-                            message: e.to_string(),
-                        })?
+                        .map_err(|e| document_error(options, record.line, e.to_string()))?
                         .to_string(),
                 ),
             };
@@ -425,10 +428,17 @@ fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Va
     Ok((id, input))
 }
 
+/// An error about the document at 1-based `line` (a row number in Parquet).
+fn document_error(options: &JobOptions, line: usize, message: String) -> Error {
+    super::document_error(&options.input, options.input_format, line, message)
+}
+
 /// The message of a line error without its `file: line N:` prefix.
 fn line_message(err: Error) -> String {
     match err {
-        Error::Line { message, .. } | Error::Input { message, .. } => message,
+        Error::Line { message, .. } | Error::Row { message, .. } | Error::Input { message, .. } => {
+            message
+        }
         other => other.to_string(),
     }
 }
@@ -477,7 +487,7 @@ impl Rejects {
 struct Writer<'a> {
     options: &'a JobOptions,
     params: Value,
-    output: RowWriter,
+    output: OutputWriter,
     rejects: Option<Rejects>,
     summary: JobSummary,
     progress: Progress,
@@ -503,13 +513,7 @@ impl Writer<'_> {
                         // A bad input; backend failures fail the job whatever the policy.
                         Err(Error::Input { message, .. }) => match &mut self.rejects {
                             Some(rejects) => rejects.write(line, doc, Some(&id), &message)?,
-                            None => {
-                                return Err(Error::Line {
-                                    source_name: super::source_name(&self.options.input).into(),
-                                    line,
-                                    message,
-                                })
-                            }
+                            None => return Err(document_error(self.options, line, message)),
                         },
                         Err(other) => return Err(other),
                     }
@@ -561,7 +565,8 @@ impl Writer<'_> {
         let mut summary = self.summary;
         summary.seconds = self.progress.start.elapsed().as_secs_f64();
         self.progress.done();
-        summary.rows = self.output.finish()?;
+        let output = &self.options.output;
+        summary.rows = self.output.finish(&self.options.partial_path(), output)?;
         if let Some(rejects) = self.rejects {
             rejects.sync()?;
             summary.rejected = rejects.lines;
@@ -569,12 +574,6 @@ impl Writer<'_> {
                 let _ = std::fs::remove_file(&rejects.path);
             }
         }
-        let output = &self.options.output;
-        std::fs::rename(self.options.partial_path(), output).map_err(|source| Error::Io {
-            path: output.clone(),
-            source,
-        })?;
-        sync_dir(output)?;
         let checkpoint = self.options.checkpoint_path();
         match std::fs::remove_file(&checkpoint) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

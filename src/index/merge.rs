@@ -1,16 +1,21 @@
 //! `gemma-embed merge`: put the outputs of `--shard 0/N` .. `--shard N-1/N` back into input
 //! order. Document `k` of the input went to shard `k % N`, so rows are taken round robin; a
 //! document a shard skipped (listed in its `.rejects.jsonl`) has no row there and is passed over.
+//! Parquet shards merge into row groups of the shards' size, as the unsharded job writes them.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde_json::Value;
 
 use super::checkpoint::sibling;
-use super::output::{Dtype, RowWriter, NPY_HEADER_LEN};
+use super::output::{Dtype, OutputWriter, NPY_HEADER_LEN};
+use super::parquet_output::{self, DEFAULT_ROW_GROUP_ROWS};
 use super::OutputFormat;
 use crate::{Error, Result};
 
@@ -24,6 +29,12 @@ enum ShardRows {
     Jsonl {
         lines: std::io::Lines<BufReader<File>>,
     },
+    Parquet {
+        batches: ParquetRecordBatchReader,
+        ids: Vec<String>,
+        values: Vec<f32>,
+        next: usize,
+    },
 }
 
 /// A row: its id (`.jsonl`) and values.
@@ -35,6 +46,7 @@ struct ShardFile {
     rejected: HashSet<u64>,
     dim: usize,
     dtype: Dtype,
+    row_group_rows: usize,
 }
 
 impl ShardFile {
@@ -52,9 +64,35 @@ impl ShardFile {
             path: path.into(),
             source,
         };
-        let mut file = BufReader::new(File::open(path).map_err(io_error)?);
-        let (rows, dim, dtype) = match format {
-            OutputFormat::Npy => {
+        let file = File::open(path).map_err(io_error)?;
+        if format == OutputFormat::Parquet {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| file_error(format!("Parquet: {e}")))?;
+            let (dtype, dim, group_rows) = parquet_output::describe(
+                path,
+                builder.metadata().file_metadata(),
+                builder.schema(),
+            )?;
+            let batches = builder
+                .build()
+                .map_err(|e| file_error(format!("Parquet: {e}")))?;
+            return Ok(Self {
+                path: path.into(),
+                rows: ShardRows::Parquet {
+                    batches,
+                    ids: Vec::new(),
+                    values: Vec::new(),
+                    next: 0,
+                },
+                rejected: read_rejected(&sibling(path, ".rejects.jsonl"))?,
+                dim,
+                dtype,
+                row_group_rows: group_rows,
+            });
+        }
+        let mut file = BufReader::new(file);
+        let (rows, dim, dtype) = if format == OutputFormat::Npy {
+            {
                 let mut header = [0u8; NPY_HEADER_LEN];
                 file.read_exact(&mut header).map_err(io_error)?;
                 let (rows, dim, dtype) = parse_npy_header(&header)
@@ -67,13 +105,9 @@ impl ShardFile {
                 };
                 (shard_rows, dim, dtype)
             }
-            OutputFormat::Jsonl => (
-                ShardRows::Jsonl {
-                    lines: file.lines(),
-                },
-                0,
-                Dtype::F32,
-            ),
+        } else {
+            let lines = file.lines();
+            (ShardRows::Jsonl { lines }, 0, Dtype::F32)
         };
         let rejected = read_rejected(&sibling(path, ".rejects.jsonl"))?;
         Ok(Self {
@@ -82,6 +116,7 @@ impl ShardFile {
             rejected,
             dim,
             dtype,
+            row_group_rows: DEFAULT_ROW_GROUP_ROWS,
         })
     }
 
@@ -131,6 +166,60 @@ impl ShardFile {
                         message: "a line without an `embedding` array".into(),
                     })?;
                 Ok(Some((value["id"].clone(), embedding)))
+            }
+            ShardRows::Parquet {
+                batches,
+                ids,
+                values,
+                next,
+            } => {
+                while *next == ids.len() {
+                    let Some(batch) = batches.next() else {
+                        return Ok(None);
+                    };
+                    let parquet_error = |e: String| Error::File {
+                        path: self.path.clone(),
+                        message: format!("Parquet: {e}"),
+                    };
+                    let batch = batch.map_err(|e| parquet_error(e.to_string()))?;
+                    let (Some(id_column), Some(embeddings)) = (
+                        batch
+                            .column_by_name("id")
+                            .and_then(|c| c.as_string_opt::<i32>()),
+                        batch
+                            .column_by_name("embedding")
+                            .and_then(|c| c.as_fixed_size_list_opt()),
+                    ) else {
+                        return Err(parquet_error("a batch without `id` or `embedding`".into()));
+                    };
+                    *ids = id_column
+                        .iter()
+                        .map(|id| id.unwrap_or("").to_string())
+                        .collect();
+                    let items = embeddings.values();
+                    *values = match self.dtype {
+                        Dtype::F32 => items
+                            .as_primitive_opt::<Float32Type>()
+                            .map(|a| a.values().to_vec()),
+                        Dtype::F16 => items
+                            .as_primitive_opt::<Float16Type>()
+                            .map(|a| a.values().iter().map(|x| x.to_f32()).collect()),
+                    }
+                    .ok_or_else(|| parquet_error("embeddings of another type".into()))?;
+                    if values.len() != ids.len() * self.dim {
+                        return Err(parquet_error(format!(
+                            "{} values for {} rows of {}",
+                            values.len(),
+                            ids.len(),
+                            self.dim
+                        )));
+                    }
+                    *next = 0;
+                }
+                let row = values[*next * self.dim..(*next + 1) * self.dim].to_vec();
+                let id = Value::from(ids[*next].clone());
+                *next += 1;
+                Ok(Some((id, row)))
             }
         }
     }
@@ -202,7 +291,7 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
             message: "no shards to merge".into(),
         });
     };
-    let (dim, dtype) = (first.dim, first.dtype);
+    let (dim, dtype, row_group_rows) = (first.dim, first.dtype, first.row_group_rows);
     if let Some(other) = files.iter().find(|f| (f.dim, f.dtype) != (dim, dtype)) {
         return Err(Error::File {
             path: other.path.clone(),
@@ -213,7 +302,7 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
         });
     }
     let partial = sibling(output, ".partial");
-    let mut writer: Option<RowWriter> = None;
+    let mut writer: Option<OutputWriter> = None;
     let count = files.len() as u64;
     let mut exhausted = vec![false; files.len()];
     let mut doc = 0u64;
@@ -225,11 +314,12 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
                 Some((id, row)) => {
                     let writer = match &mut writer {
                         Some(w) => w,
-                        None => writer.insert(RowWriter::open(
+                        None => writer.insert(OutputWriter::open(
                             &partial,
                             format,
                             dtype,
                             row.len(),
+                            row_group_rows,
                             None,
                         )?),
                     };
@@ -242,17 +332,12 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
     }
     let writer = match writer {
         Some(w) => w,
-        None => RowWriter::open(&partial, format, dtype, dim, None)?,
+        None => OutputWriter::open(&partial, format, dtype, dim, row_group_rows, None)?,
     };
-    let rows = writer.finish()?;
-    std::fs::rename(&partial, output).map_err(|source| Error::Io {
-        path: output.into(),
-        source,
-    })?;
-    Ok(rows)
+    writer.finish(&partial, output)
 }
 
-fn write_row(writer: &mut RowWriter, id: &Value, row: &[f32], path: &Path) -> Result<()> {
+fn write_row(writer: &mut OutputWriter, id: &Value, row: &[f32], path: &Path) -> Result<()> {
     if row.len() != writer.dim() {
         return Err(Error::File {
             path: path.into(),

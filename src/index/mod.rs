@@ -1,11 +1,14 @@
-//! The corpus job and its files: JSON Lines and plain-text records ([`reader`] streams them),
-//! ordered `.npy`/`.jsonl` writers ([`output`]), checkpoints ([`checkpoint`]), the job itself
-//! ([`job`]) and the merge of shard outputs ([`merge`]).
+//! The corpus job and its files: JSON Lines, plain-text, CSV and Parquet records ([`reader`]
+//! streams them, [`parquet_input`] decodes Parquet), ordered `.npy`/`.jsonl` writers
+//! ([`output`]) and the resumable Parquet writer ([`parquet_output`]), checkpoints
+//! ([`checkpoint`]), the job itself ([`job`]) and the merge of shard outputs ([`merge`]).
 
 pub mod checkpoint;
 pub mod job;
 pub mod merge;
 pub mod output;
+pub mod parquet_input;
+pub mod parquet_output;
 pub mod reader;
 
 use std::fs::File;
@@ -28,9 +31,11 @@ pub enum InputFormat {
     Text,
     /// Comma-separated values with a header row; the text (and id) come from named columns.
     Csv,
+    /// Apache Parquet; the text (and id) come from named columns.
+    Parquet,
 }
 
-/// The columns of a CSV input.
+/// The columns of a CSV or Parquet input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CsvColumns {
     pub text: String,
@@ -47,7 +52,8 @@ impl Default for CsvColumns {
 }
 
 impl InputFormat {
-    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV.
+    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV;
+    /// `.parquet` is Parquet.
     pub fn from_path(path: &str) -> Result<Self> {
         if path == "-" {
             return Ok(Self::Jsonl);
@@ -56,10 +62,12 @@ impl InputFormat {
             Some("jsonl" | "json") => Ok(Self::Jsonl),
             Some("txt") => Ok(Self::Text),
             Some("csv") => Ok(Self::Csv),
+            Some("parquet") => Ok(Self::Parquet),
             _ => Err(Error::File {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
-                          (.jsonl, .json, .txt or .csv); pass --input-format jsonl|text|csv"
+                          (.jsonl, .json, .txt, .csv or .parquet); pass \
+                          --input-format jsonl|text|csv|parquet"
                     .into(),
             }),
         }
@@ -74,7 +82,10 @@ impl FromStr for InputFormat {
             "jsonl" => Ok(Self::Jsonl),
             "text" => Ok(Self::Text),
             "csv" => Ok(Self::Csv),
-            _ => Err(format!("`{s}` is not an input format (jsonl, text or csv)")),
+            "parquet" => Ok(Self::Parquet),
+            _ => Err(format!(
+                "`{s}` is not an input format (jsonl, text, csv or parquet)"
+            )),
         }
     }
 }
@@ -127,7 +138,7 @@ pub fn source_name(path: &str) -> &str {
 /// every line is a document, an empty one included. Errors name the line.
 pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Result<Vec<Record>> {
     let name = source_name(path);
-    if format == InputFormat::Csv {
+    if matches!(format, InputFormat::Csv | InputFormat::Parquet) {
         let mut reader =
             reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
         let mut records = Vec::new();
@@ -151,10 +162,10 @@ pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Re
 
 /// Parse the bytes of an input file (see [`read_records`]).
 pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
-    if format == InputFormat::Csv {
+    if matches!(format, InputFormat::Csv | InputFormat::Parquet) {
         return Err(Error::File {
             path: name.into(),
-            message: "CSV is read from a file (see read_records)".into(),
+            message: format!("{format:?} is read from a file (see read_records)"),
         });
     }
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
@@ -178,9 +189,10 @@ pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Ve
                 content: Content::Text(text.to_string()),
                 prompt: PromptChoice::Inherit,
             }),
-            // (CSV was refused above.)
-            InputFormat::Jsonl | InputFormat::Csv if text.trim().is_empty() => {}
-            InputFormat::Jsonl | InputFormat::Csv => {
+            // (CSV and Parquet were refused above.)
+            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
+                if text.trim().is_empty() => {}
+            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => {
                 records.push(parse_json_line(line, text).map_err(error)?)
             }
         }
@@ -246,13 +258,30 @@ fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, Strin
     })
 }
 
-/// Token ids of every record, in order: text gets its prompt prepended (the record's
-/// `prompt_name`, else `job_prompt`) and is tokenized in parallel; ids are validated.
-/// Errors name the input line.
+/// An error about the document at 1-based `line` of the input `path` (a row in Parquet).
+pub fn document_error(path: &str, format: InputFormat, line: usize, message: String) -> Error {
+    let source_name = source_name(path).into();
+    match format {
+        InputFormat::Parquet => Error::Row {
+            source_name,
+            row: line as u64,
+            message,
+        },
+        InputFormat::Jsonl | InputFormat::Text | InputFormat::Csv => Error::Line {
+            source_name,
+            line,
+            message,
+        },
+    }
+}
+
+/// Token ids of every record of the input `path` (read as `format`), in order: text gets its
+/// prompt prepended (the record's `prompt_name`, else `job_prompt`) and is tokenized in
+/// parallel; ids are validated. Errors name the input line (row).
 pub fn tokenize_records(
     tokenizer: &Tokenizer,
     records: &[Record],
-    source_name: &str,
+    (path, format): (&str, InputFormat),
     job_prompt: Option<&str>,
     truncation: Truncation,
 ) -> Result<Vec<Vec<u32>>> {
@@ -261,11 +290,7 @@ pub fn tokenize_records(
             Error::Input { message, .. } => message,
             other => other.to_string(),
         };
-        Error::Line {
-            source_name: source_name.into(),
-            line,
-            message,
-        }
+        document_error(path, format, line, message)
     };
     let mut texts = Vec::new();
     let mut text_records = Vec::new();
@@ -331,6 +356,8 @@ pub enum OutputFormat {
     Jsonl,
     /// `[N, D]` float32 (or float16).
     Npy,
+    /// Apache Parquet: `id` (utf8) and `embedding` (fixed-size list of D float32 or float16).
+    Parquet,
 }
 
 impl OutputFormat {
@@ -338,9 +365,10 @@ impl OutputFormat {
         match path.extension().and_then(|e| e.to_str()) {
             Some("jsonl") => Ok(Self::Jsonl),
             Some("npy") => Ok(Self::Npy),
+            Some("parquet") => Ok(Self::Parquet),
             _ => Err(Error::File {
                 path: path.into(),
-                message: "the output must end in .jsonl or .npy".into(),
+                message: "the output must end in .jsonl, .npy or .parquet".into(),
             }),
         }
     }

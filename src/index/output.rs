@@ -1,5 +1,6 @@
 //! Incremental, resumable output: rows appended in input order to a `.npy` (whose header is
-//! rewritten with the final row count at the end) or a `.jsonl` file.
+//! rewritten with the final row count at the end) or a `.jsonl` file, or written by row groups
+//! to Parquet ([`ParquetWriter`]); [`OutputWriter`] is either.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -8,10 +9,12 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
+use super::checkpoint::sync_dir;
+use super::parquet_output::ParquetWriter;
 use super::OutputFormat;
 use crate::{Error, Result};
 
-/// Element type of `.npy` rows.
+/// Element type of `.npy` and Parquet rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dtype {
     #[default]
@@ -74,11 +77,18 @@ pub fn npy_header(rows: u64, dim: usize, dtype: Dtype) -> Vec<u8> {
     header
 }
 
+/// The formats a [`RowWriter`] appends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowFormat {
+    Jsonl,
+    Npy,
+}
+
 /// Appends rows to a file, tracking how many rows and bytes are in it.
 pub struct RowWriter {
     path: PathBuf,
     file: BufWriter<File>,
-    format: OutputFormat,
+    format: RowFormat,
     dtype: Dtype,
     dim: usize,
     rows: u64,
@@ -121,7 +131,7 @@ impl RowWriter {
     /// bytes, which hold `rows` rows, and append after them.
     pub fn open(
         path: &Path,
-        format: OutputFormat,
+        format: RowFormat,
         dtype: Dtype,
         dim: usize,
         resume: Option<(u64, u64)>,
@@ -131,8 +141,8 @@ impl RowWriter {
             None => {
                 let mut file = open_resumable(path, None)?;
                 let header = match format {
-                    OutputFormat::Npy => npy_header(0, dim, dtype),
-                    OutputFormat::Jsonl => Vec::new(),
+                    RowFormat::Npy => npy_header(0, dim, dtype),
+                    RowFormat::Jsonl => Vec::new(),
                 };
                 file.write_all(&header).map_err(|source| Error::Io {
                     path: path.into(),
@@ -172,18 +182,18 @@ impl RowWriter {
         assert_eq!(row.len(), self.dim, "one full row");
         let mut line = Vec::new();
         let bytes: &[u8] = match (self.format, self.dtype) {
-            (OutputFormat::Npy, Dtype::F32) => {
+            (RowFormat::Npy, Dtype::F32) => {
                 line.extend(row.iter().flat_map(|x| x.to_le_bytes()));
                 &line
             }
-            (OutputFormat::Npy, Dtype::F16) => {
+            (RowFormat::Npy, Dtype::F16) => {
                 line.extend(
                     row.iter()
                         .flat_map(|&x| half::f16::from_f32(x).to_le_bytes()),
                 );
                 &line
             }
-            (OutputFormat::Jsonl, _) => {
+            (RowFormat::Jsonl, _) => {
                 serde_json::to_writer(
                     &mut line,
                     &serde_json::json!({ "id": id, "embedding": row }),
@@ -212,7 +222,7 @@ impl RowWriter {
     /// Write the final `.npy` header and sync.
     pub fn finish(mut self) -> Result<u64> {
         self.file.flush().map_err(|e| self.io_error(e))?;
-        if self.format == OutputFormat::Npy {
+        if self.format == RowFormat::Npy {
             let header = npy_header(self.rows, self.dim, self.dtype);
             let file = self.file.get_mut();
             file.seek(SeekFrom::Start(0))
@@ -224,6 +234,95 @@ impl RowWriter {
             .sync_all()
             .map_err(|e| self.io_error(e))?;
         Ok(self.rows)
+    }
+}
+
+/// The writer of a job's or a merge's output, written under a partial path (a file, or a
+/// directory for Parquet) and moved onto its destination by [`OutputWriter::finish`].
+pub enum OutputWriter {
+    Rows(RowWriter),
+    Parquet(ParquetWriter),
+}
+
+impl OutputWriter {
+    /// Open the partial output afresh or from a checkpoint's `(rows, bytes)` (see
+    /// [`RowWriter::open`] and [`ParquetWriter::open`]); `row_group_rows` is for Parquet.
+    pub fn open(
+        partial: &Path,
+        format: OutputFormat,
+        dtype: Dtype,
+        dim: usize,
+        row_group_rows: usize,
+        resume: Option<(u64, u64)>,
+    ) -> Result<Self> {
+        let rows = |format| RowWriter::open(partial, format, dtype, dim, resume);
+        Ok(match format {
+            OutputFormat::Jsonl => Self::Rows(rows(RowFormat::Jsonl)?),
+            OutputFormat::Npy => Self::Rows(rows(RowFormat::Npy)?),
+            OutputFormat::Parquet => Self::Parquet(ParquetWriter::open(
+                partial,
+                dtype,
+                dim,
+                row_group_rows,
+                resume,
+            )?),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::Rows(w) => w.dim(),
+            Self::Parquet(w) => w.dim(),
+        }
+    }
+
+    pub fn rows(&self) -> u64 {
+        match self {
+            Self::Rows(w) => w.rows(),
+            Self::Parquet(w) => w.rows(),
+        }
+    }
+
+    pub fn write_row(&mut self, id: &Value, row: &[f32]) -> Result<()> {
+        match self {
+            Self::Rows(w) => w.write_row(id, row),
+            Self::Parquet(w) => w.write_row(id, row),
+        }
+    }
+
+    /// Make every row written so far durable; returns `(rows, bytes)` for a checkpoint.
+    pub fn sync(&mut self) -> Result<(u64, u64)> {
+        match self {
+            Self::Rows(w) => w.sync(),
+            Self::Parquet(w) => w.sync(),
+        }
+    }
+
+    /// Complete the output at `partial` and move it onto `dest`; returns the rows.
+    pub fn finish(self, partial: &Path, dest: &Path) -> Result<u64> {
+        let rows = match self {
+            Self::Rows(w) => {
+                let rows = w.finish()?;
+                std::fs::rename(partial, dest).map_err(|source| Error::Io {
+                    path: dest.into(),
+                    source,
+                })?;
+                rows
+            }
+            Self::Parquet(w) => w.finish(dest)?,
+        };
+        sync_dir(dest)?;
+        Ok(rows)
+    }
+}
+
+/// Remove a partial output (a file, or a Parquet output's directory), if there is one.
+pub fn remove_partial(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -249,7 +348,7 @@ mod tests {
     fn rows_append_and_resume_after_the_recorded_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.npy");
-        let mut writer = RowWriter::open(&path, OutputFormat::Npy, Dtype::F32, 2, None).unwrap();
+        let mut writer = RowWriter::open(&path, RowFormat::Npy, Dtype::F32, 2, None).unwrap();
         writer.write_row(&Value::Null, &[1.0, 2.0]).unwrap();
         let checkpoint = writer.sync().unwrap();
         assert_eq!(checkpoint, (1, 136));
@@ -258,7 +357,7 @@ mod tests {
         drop(writer);
         // A crash after the checkpoint: the second row is dropped and rewritten.
         let mut writer =
-            RowWriter::open(&path, OutputFormat::Npy, Dtype::F32, 2, Some(checkpoint)).unwrap();
+            RowWriter::open(&path, RowFormat::Npy, Dtype::F32, 2, Some(checkpoint)).unwrap();
         writer.write_row(&Value::Null, &[3.0, -0.5]).unwrap();
         assert_eq!(writer.finish().unwrap(), 2);
         let bytes = std::fs::read(&path).unwrap();
@@ -274,7 +373,7 @@ mod tests {
     fn f16_rows_round_to_half() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.npy");
-        let mut writer = RowWriter::open(&path, OutputFormat::Npy, Dtype::F16, 2, None).unwrap();
+        let mut writer = RowWriter::open(&path, RowFormat::Npy, Dtype::F16, 2, None).unwrap();
         writer.write_row(&Value::Null, &[0.1, -1.0]).unwrap();
         writer.finish().unwrap();
         let bytes = std::fs::read(&path).unwrap();

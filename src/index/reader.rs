@@ -1,28 +1,31 @@
-//! Streaming input: one record at a time with the byte offset after it, so a job can resume
-//! by seeking (never holding the corpus in memory).
+//! Streaming input: one record at a time with the byte offset (the row, for Parquet) after it,
+//! so a job can resume by seeking (never holding the corpus in memory).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 
 use serde_json::Value;
 
+use super::parquet_input::ParquetInput;
 use super::{parse_json_line, source_name, Content, CsvColumns, InputFormat, PromptChoice, Record};
 use crate::{Error, Result};
 
 /// Where a reader stands: the next byte to read, the last line read, documents seen so far.
+/// In a Parquet input all three are the number of rows read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadPosition {
     pub offset: u64,
-    /// 1-based number of the last line read (0 before the first).
+    /// 1-based number of the last line (Parquet: row) read (0 before the first).
     pub line: usize,
     /// Documents (non-blank JSON lines, every text line) seen so far, bad ones included.
     pub docs: u64,
 }
 
 /// One document of the input: its 0-based document index and the record, or why its line
-/// cannot be used (an [`Error::Line`]).
+/// cannot be used (an [`Error::Line`]; an [`Error::Row`] in Parquet).
 pub struct Document {
     pub doc: u64,
+    /// 1-based line (Parquet: row) number.
     pub line: usize,
     pub record: Result<Record>,
 }
@@ -44,6 +47,7 @@ enum Source {
         text: usize,
         id: Option<usize>,
     },
+    Parquet(ParquetInput),
 }
 
 /// A CSV reader on `path` past its header, with the indices of the text and id columns.
@@ -84,6 +88,21 @@ impl RecordReader {
         start: ReadPosition,
     ) -> Result<Self> {
         let name = source_name(path).to_string();
+        if format == InputFormat::Parquet {
+            if path == "-" {
+                return Err(Error::File {
+                    path: name.into(),
+                    message: "Parquet input must be a file".into(),
+                });
+            }
+            return Ok(Self {
+                source: Source::Parquet(ParquetInput::open(path, columns, start.offset)?),
+                name,
+                format,
+                position: start,
+                buf: Vec::new(),
+            });
+        }
         if format == InputFormat::Csv {
             if path == "-" {
                 return Err(Error::File {
@@ -147,11 +166,21 @@ impl RecordReader {
         self.position
     }
 
+    /// Where [`ReadPosition::offset`] ends: the file's length, or its rows for Parquet;
+    /// `None` for stdin.
+    pub fn extent(&self, path: &str) -> Option<u64> {
+        match &self.source {
+            Source::Parquet(input) => Some(input.total_rows()),
+            Source::Lines(_) | Source::Csv { .. } => std::fs::metadata(path).ok().map(|m| m.len()),
+        }
+    }
+
     /// The next document, `None` at the end of the input.
     pub fn next_document(&mut self) -> Result<Option<Document>> {
         let input = match &mut self.source {
             Source::Lines(input) => input,
             Source::Csv { .. } => return self.next_csv_document(),
+            Source::Parquet(_) => return self.next_parquet_document(),
         };
         loop {
             self.buf.clear();
@@ -177,8 +206,13 @@ impl RecordReader {
             let record = match std::str::from_utf8(raw) {
                 Err(e) => Err(error(format!("not UTF-8 ({e})"))),
                 Ok(text) => match self.format {
-                    InputFormat::Jsonl | InputFormat::Csv if text.trim().is_empty() => continue,
-                    InputFormat::Jsonl | InputFormat::Csv => {
+                    // (CSV and Parquet have sources of their own.)
+                    InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
+                        if text.trim().is_empty() =>
+                    {
+                        continue
+                    }
+                    InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => {
                         parse_json_line(line, text).map_err(error)
                     }
                     InputFormat::Text => Ok(Record {
@@ -197,6 +231,40 @@ impl RecordReader {
 }
 
 impl RecordReader {
+    fn next_parquet_document(&mut self) -> Result<Option<Document>> {
+        let Source::Parquet(input) = &mut self.source else {
+            return Ok(None);
+        };
+        let Some(row) = input.next_row()? else {
+            return Ok(None);
+        };
+        let doc = self.position.docs;
+        let number = doc + 1;
+        let record = match row {
+            Ok((text, id)) => Ok(Record {
+                line: number as usize,
+                id,
+                content: Content::Text(text),
+                prompt: PromptChoice::Inherit,
+            }),
+            Err(message) => Err(Error::Row {
+                source_name: self.name.clone(),
+                row: number,
+                message,
+            }),
+        };
+        self.position = ReadPosition {
+            offset: number,
+            line: number as usize,
+            docs: number,
+        };
+        Ok(Some(Document {
+            doc,
+            line: number as usize,
+            record,
+        }))
+    }
+
     fn next_csv_document(&mut self) -> Result<Option<Document>> {
         let Source::Csv {
             reader,

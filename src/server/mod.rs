@@ -4,6 +4,7 @@
 //! | route | body | answer |
 //! | --- | --- | --- |
 //! | `POST /v1/embeddings` | OpenAI: `input`, `model`, `encoding_format`, `dimensions`, `user`; extensions `prompt_name`, `truncate` | OpenAI's list of embeddings with `usage` |
+//! | `GET /v1/models` | | OpenAI's model list: the one served model |
 //! | `POST /embed` | TEI: `inputs`, `normalize`, `truncate`, `truncation_direction`, `prompt_name`, `dimensions` | `[[f32]]` |
 //! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
 //! | `GET /health` | | 200 when a probe went through the backend, else 503 |
@@ -13,8 +14,9 @@
 //! Every embedding route submits to the shared [`Engine`] with [`Admission::Reject`]: a full
 //! queue answers 429 at once. A client that disconnects drops its handler, hence its
 //! [`crate::engine::Ticket`], and the engine skips its queued inputs. Responses carry
-//! `x-tokenization-time`, `x-queue-time`, `x-inference-time` and `x-total-time` (milliseconds)
-//! and `x-compute-tokens`.
+//! TEI's headers: `x-tokenization-time`, `x-queue-time`, `x-inference-time`, `x-compute-time`
+//! and `x-total-time` (milliseconds), `x-compute-tokens`, `x-compute-characters` and
+//! `x-compute-type` (the backend). `/embeddings` is an alias of `/v1/embeddings`, as in TEI.
 
 mod error;
 mod metrics;
@@ -118,6 +120,8 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/embeddings", post(openai_embeddings))
+        .route("/v1/models", get(openai_models))
         .route("/embed", post(tei_embed))
         .route("/tokenize", post(tei_tokenize))
         .route("/info", get(info))
@@ -201,7 +205,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn flavor_of(path: &str) -> Flavor {
-    if path.starts_with("/v1/") {
+    if path.starts_with("/v1/") || path == "/embeddings" {
         Flavor::OpenAi
     } else {
         Flavor::Tei
@@ -260,6 +264,9 @@ struct Answer {
     embeddings: Vec<Embedded>,
     timings: Timings,
     elapsed: Duration,
+    /// Characters of the text inputs.
+    characters: usize,
+    backend: &'static str,
 }
 
 impl Answer {
@@ -278,7 +285,11 @@ impl Answer {
         headers.insert("x-queue-time", ms(self.timings.queue));
         headers.insert("x-inference-time", ms(self.timings.inference));
         headers.insert("x-total-time", ms(self.elapsed));
+        let compute = self.timings.tokenization + self.timings.queue + self.timings.inference;
+        headers.insert("x-compute-time", ms(compute));
         headers.insert("x-compute-tokens", HeaderValue::from(self.tokens()));
+        headers.insert("x-compute-characters", HeaderValue::from(self.characters));
+        headers.insert("x-compute-type", HeaderValue::from_static(self.backend));
         headers
     }
 }
@@ -290,6 +301,14 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
         Some(name) => Some(tokenizer.prompt(name)?.to_string()),
         None => tokenizer.default_prompt().map(str::to_string),
     };
+    let characters = query
+        .inputs
+        .iter()
+        .map(|input| match input {
+            RawInput::Text(text) => text.chars().count(),
+            RawInput::Ids(_) => 0,
+        })
+        .sum();
     let inputs = query
         .inputs
         .into_iter()
@@ -317,6 +336,8 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
         embeddings,
         timings: response.timings,
         elapsed: start.elapsed(),
+        characters,
+        backend: state.engine.backend_name(),
     };
     state
         .metrics
@@ -438,6 +459,18 @@ enum OpenAiVector<'a> {
 struct OpenAiUsage {
     prompt_tokens: usize,
     total_tokens: usize,
+}
+
+async fn openai_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.config.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "gemma-embed",
+        }],
+    }))
 }
 
 async fn tei_embed(

@@ -65,6 +65,38 @@ pub fn golden() -> Golden {
         .unwrap_or_else(|e| panic!("cannot parse the golden file {}: {e}", path.display()))
 }
 
+/// `tests/fixtures/tiny`: a 4-layer random-weight EmbeddingGemma (tools/make_tiny_fixture.py).
+pub fn tiny_model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+}
+
+/// The tiny fixture's `expected.json`: float32 sentence-transformers embeddings of token-id
+/// sequences.
+#[derive(Debug, Deserialize)]
+pub struct TinyExpected {
+    pub meta: TinyMeta,
+    pub cases: Vec<TinyCase>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TinyMeta {
+    pub window_radius: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TinyCase {
+    pub name: String,
+    pub token_ids: Vec<u32>,
+    pub embedding: Vec<f32>,
+}
+
+pub fn tiny_expected() -> TinyExpected {
+    let path = tiny_model_dir().join("expected.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("cannot parse {}: {e}", path.display()))
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
     let na: f64 = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();

@@ -4,7 +4,7 @@ throughput of gemma-embed against sentence-transformers, from the files the stag
 
     summary.py --stages stages.tsv --out DIR
 
-Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json and DIR/bench_reference.json where they
+Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_reference.json and DIR/serve.json where they
 exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
 """
 
@@ -109,6 +109,16 @@ def main():
                 print(f"target >= {TARGET_RATIO_VS_ST_BF16:.0f}x sentence-transformers bf16: "
                       f"{'met' if min(ratios) >= TARGET_RATIO_VS_ST_BF16 else 'NOT met'} "
                       f"(lowest {min(ratios):.1f}x)")
+
+    serve = load(os.path.join(args.out, "serve.json"))
+    if serve is not None:
+        latency = serve["latency_ms"]
+        print(f"\nserve under load: {serve['statuses']} over {serve['seconds']:.1f} s, "
+              f"{serve['ok_tokens_per_s']:,.0f} tok/s, {serve['ok_inputs_per_s']:,.0f} inputs/s, "
+              f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms "
+              f"({serve['concurrency']} connections x {serve['inputs_per_request']} inputs), "
+              f"wrong answers {serve['mismatches']} (largest difference {serve['max_abs_diff']:.1e})")
+        ok &= serve["mismatches"] == 0 and serve["transport_errors"] == 0
 
     print(f"\nGPU CHECK {'PASS' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
