@@ -538,6 +538,20 @@ struct BenchArgs {
     /// Add the mixed workload: lengths uniform in 16..=1024 (the draw of tools/bench_reference.py).
     #[arg(long)]
     mixed: bool,
+    /// Add a corpus workload: the documents of this file (JSON Lines, text, CSV or Parquet, as
+    /// for `embed`), tokenized with their prompts, truncated to max_seq_length (tokenization is
+    /// not timed). Without --lengths, the only workload.
+    #[arg(long)]
+    corpus: Option<String>,
+    /// Corpus: only its first N documents.
+    #[arg(long)]
+    corpus_docs: Option<usize>,
+    /// Corpus (CSV or Parquet): the column holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Corpus: the named prompt for documents without their own `prompt_name`.
+    #[arg(long)]
+    prompt_name: Option<String>,
     /// Tokens per measured run of each workload [default: 262144 on a GPU, 4096 on the CPU].
     #[arg(long)]
     tokens: Option<usize>,
@@ -583,6 +597,44 @@ struct BenchArgs {
     plot: Option<PathBuf>,
 }
 
+/// The documents of `--corpus`, tokenized as `embed` tokenizes them.
+fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench::Workload> {
+    if args.corpus_docs == Some(0) {
+        bail!("--corpus-docs must be at least 1");
+    }
+    let format = InputFormat::from_path(path)?;
+    let columns = CsvColumns {
+        text: args.text_column.clone(),
+        id: None,
+    };
+    let mut records = index::read_records(path, format, &columns)?;
+    if let Some(n) = args.corpus_docs {
+        records.truncate(n);
+    }
+    let tokenizer = Tokenizer::for_model(model)?;
+    let prompt = match &args.prompt_name {
+        Some(name) => Some(tokenizer.prompt(name)?),
+        None => tokenizer.default_prompt(),
+    };
+    let ids = index::tokenize_records(
+        &tokenizer,
+        &records,
+        (path, format),
+        prompt,
+        Truncation::Truncate,
+    )?;
+    let stem = Path::new(path)
+        .file_stem()
+        .map_or_else(|| "stdin".into(), |s| s.to_string_lossy().into_owned());
+    let workload = bench::Workload::corpus(&stem, ids);
+    eprintln!(
+        "corpus {path}: {} documents, {} tokens",
+        workload.lengths.len(),
+        workload.num_tokens()
+    );
+    Ok(workload)
+}
+
 /// `gemma-embed bench`: throughput (and online latency) on synthetic workloads, through the
 /// same backend path as `embed` (offline) or the engine (online).
 fn bench(args: BenchArgs) -> Result<()> {
@@ -624,7 +676,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     let tokens = args.tokens.unwrap_or(if on_cpu { 4096 } else { 262_144 });
     // With --compare and no workload flags, run the compared report's workloads.
     let from_other = match &other {
-        Some(other) if args.lengths.is_none() && args.tokens.is_none() && !args.mixed => {
+        Some(other)
+            if args.lengths.is_none()
+                && args.tokens.is_none()
+                && !args.mixed
+                && args.corpus.is_none() =>
+        {
             other.workloads()
         }
         _ => None,
@@ -656,7 +713,11 @@ fn bench(args: BenchArgs) -> Result<()> {
             (workloads, tokens)
         }
         None => {
-            let lengths = args.lengths.clone().unwrap_or(vec![16, 128, 512, 2048]);
+            let default_lengths = match &args.corpus {
+                Some(_) => Vec::new(),
+                None => vec![16, 128, 512, 2048],
+            };
+            let lengths = args.lengths.clone().unwrap_or(default_lengths);
             let mut workloads: Vec<bench::Workload> = lengths
                 .iter()
                 .map(|&n| bench::Workload::fixed(n, tokens))
@@ -664,11 +725,14 @@ fn bench(args: BenchArgs) -> Result<()> {
             if args.mixed {
                 workloads.push(bench::Workload::mixed(tokens, args.seed));
             }
+            if let Some(path) = &args.corpus {
+                workloads.push(corpus_workload(&args, path, &model)?);
+            }
             (workloads, tokens)
         }
     };
     if workloads.is_empty() {
-        bail!("nothing to run: give --lengths and/or --mixed");
+        bail!("nothing to run: give --lengths, --mixed and/or --corpus");
     }
     let settings = bench::Setting::sweep(&budgets, &loads);
     let backend_name = backend.name();

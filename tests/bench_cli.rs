@@ -344,3 +344,65 @@ fn compare_without_workload_flags_runs_the_reports_workloads() {
         "{compare}"
     );
 }
+
+#[test]
+fn corpus_workload_tokenizes_like_sentence_transformers() {
+    // Written by `tools/bench_reference.py --model tests/fixtures/tiny --device cpu --corpus
+    // examples/corpus.jsonl --prompt-name document --repeats 2
+    // --json tests/fixtures/bench_reference_tiny_corpus.json`: the corpus tokenized by the
+    // sentence-transformers tokenizer (per-line prompts, `null` for none, truncation at 64).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference = root.join("tests/fixtures/bench_reference_tiny_corpus.json");
+    let corpus = root.join("examples/corpus.jsonl");
+    let theirs = read_json(&reference);
+    let theirs = &rows(&theirs)[0];
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ours.json");
+    let out = bench(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--prompt-name",
+        "document",
+        "--compare",
+        reference.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let table = ok(&out);
+    let ours = read_json(&json);
+    assert_eq!(rows(&ours).len(), 1, "only the corpus without --lengths");
+    let row = &rows(&ours)[0];
+    assert_eq!(row["name"], "corpus-corpus");
+    assert_eq!(row["name"], theirs["name"]);
+    assert_eq!(row["num_sequences"], theirs["num_sequences"]);
+    assert_eq!(row["num_tokens"], theirs["num_tokens"]);
+    let compare = table
+        .split("compared with")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        compare
+            .lines()
+            .any(|l| l.starts_with("corpus-corpus") && l.ends_with('x')),
+        "{compare}"
+    );
+
+    // The first 5 documents only, online.
+    let out = bench(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--corpus-docs",
+        "5",
+        "--mode",
+        "online",
+        "--concurrency",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let report = read_json(&json);
+    let row = &rows(&report)[0];
+    assert_eq!(row["num_sequences"], 5);
+    check_online_row(row, 5);
+}

@@ -3,7 +3,8 @@
 written in the same JSON schema (so the two reports can be compared workload by workload).
 
     python3 tools/bench_reference.py --model DIR [--device cuda] [--full] [--lengths 128,512,2048]
-                                     [--mixed] [--tokens N] [--repeats N] [--json out.json]
+                                     [--mixed] [--corpus FILE [--corpus-docs N] [--prompt-name P]]
+                                     [--tokens N] [--repeats N] [--json out.json]
 
 By default the CPU run is CI-sized (fixed-128 and fixed-512, 1024 tokens each, 2 repeats: about a
 minute on 2 cores); `--full` runs the whole set (16, 128, 512, 2048 and the mixed workload, 16384
@@ -15,7 +16,8 @@ timed, as in `gemma-embed bench`. Sequences are sorted by length and packed into
 at most --max-batch-tokens (padded) tokens, so the reference gets large batches. Warm-up runs are
 excluded; the reported rate is the median over --repeats runs of the whole workload.
 
-The mixed workload's lengths are drawn exactly as `gemma-embed bench --mixed` draws them (the same
+A corpus workload (--corpus) uses the documents' real token ids, tokenized as `gemma-embed bench
+--corpus` tokenizes them. The mixed workload's lengths are drawn exactly as `gemma-embed bench --mixed` draws them (the same
 splitmix64 stream), so both engines see the same sequence lengths.
 """
 
@@ -63,13 +65,36 @@ def mixed_lengths(tokens, seed):
     return lengths
 
 
-def workloads(args):
+def corpus_workload(args, model):
+    """The documents of --corpus (JSON Lines with `text` and optional `prompt_name`, or plain text
+    lines), tokenized as `gemma-embed bench --corpus` tokenizes them: prompt + text, <bos>/<eos>,
+    truncated to max_seq_length."""
+    docs = []
+    with open(args.corpus, encoding="utf-8") as f:
+        for line in f:
+            if args.corpus.endswith(".txt"):
+                docs.append((line.rstrip("\n"), args.prompt_name))
+            elif line.strip():
+                record = json.loads(line)
+                # `"prompt_name": null` means no prompt, as in `gemma-embed embed`.
+                docs.append((record["text"], record.get("prompt_name", args.prompt_name)))
+    if args.corpus_docs:
+        docs = docs[:args.corpus_docs]
+    ids = [model.tokenizer(model.prompts[name] + text if name else text, truncation=True,
+                           max_length=model.max_seq_length)["input_ids"] for text, name in docs]
+    stem = os.path.splitext(os.path.basename(args.corpus))[0]
+    return {"name": f"corpus-{stem}", "seq_len": None, "lengths": [len(i) for i in ids], "ids": ids}
+
+
+def workloads(args, model):
     out = []
     for n in args.lengths:
         out.append({"name": f"fixed-{n}", "seq_len": n, "lengths": [n] * max(1, args.tokens // n)})
     if args.mixed:
         out.append({"name": f"mixed-{MIXED_MIN_LEN}-{MIXED_MAX_LEN}", "seq_len": None,
                     "lengths": mixed_lengths(args.tokens, args.seed)})
+    if args.corpus:
+        out.append(corpus_workload(args, model))
     return out
 
 
@@ -128,6 +153,10 @@ def main():
                     type=lambda s: [int(x) for x in s.split(",") if x.strip()],
                     help="default: 128,512 on cpu (128,512,2048 on cuda); 16,128,512,2048 with --full")
     ap.add_argument("--mixed", action="store_true", help="add the mixed-length workload (on with --full)")
+    ap.add_argument("--corpus", help="add a corpus workload: a .jsonl (`text`, optional `prompt_name`) "
+                                      "or .txt file; without --lengths the only workload")
+    ap.add_argument("--corpus-docs", type=int, default=None, help="only the corpus's first N documents")
+    ap.add_argument("--prompt-name", default=None, help="corpus: prompt for documents without their own")
     ap.add_argument("--tokens", type=int, default=None,
                     help="tokens per measured run of a workload (default: 65536 on cuda, 1024 on cpu; "
                          "--full: 262144 on cuda, 16384 on cpu)")
@@ -151,7 +180,8 @@ def main():
         args.mixed = True
         args.tokens = args.tokens or (262144 if on_gpu else 16384)
         args.repeats = args.repeats or 5
-    args.lengths = args.lengths or ([128, 512, 2048] if on_gpu else [128, 512])
+    if args.lengths is None:
+        args.lengths = [] if args.corpus else ([128, 512, 2048] if on_gpu else [128, 512])
     args.tokens = args.tokens or (65536 if on_gpu else 1024)
     args.repeats = args.repeats or (3 if on_gpu else 2)
     args.max_batch_tokens = args.max_batch_tokens or (16384 if on_gpu else 4096)
@@ -185,15 +215,20 @@ def main():
         return time.perf_counter() - t0
 
     results = []
-    for w in workloads(args):
+    for w in workloads(args, model):
         lengths = w["lengths"]
         batches = batches_of(lengths, args.max_batch_tokens)
+        # A corpus's own ids, longest first as batches_of orders the lengths.
+        corpus_ids = iter(sorted(w["ids"], key=len, reverse=True)) if "ids" in w else None
         batch_tensors = []
         for b in batches:
             ids = torch.zeros((len(b), b[0]), dtype=torch.long)
             mask = torch.zeros((len(b), b[0]), dtype=torch.long)
             for r, n in enumerate(b):
-                ids[r, :n] = torch.from_numpy(rng.integers(FIRST_ORDINARY_ID, vocab, size=n))
+                if corpus_ids is None:
+                    ids[r, :n] = torch.from_numpy(rng.integers(FIRST_ORDINARY_ID, vocab, size=n))
+                else:
+                    ids[r, :n] = torch.tensor(next(corpus_ids))
                 mask[r, :n] = 1
             batch_tensors.append((ids, mask))
         for _ in range(args.warmup):

@@ -1,7 +1,7 @@
 //! `gemma-embed bench`: throughput and latency of a backend on synthetic workloads.
 //!
 //! A workload is a list of sequence lengths filled with random token ids: fixed lengths, or a
-//! mixed draw of lengths. Offline mode queues the whole workload at once and packs it, in order,
+//! mixed draw of lengths; or the documents of a corpus file with their real token ids. Offline mode queues the whole workload at once and packs it, in order,
 //! into batches of at most `max_batch_tokens` tokens, which the backend runs one after another.
 //! Online mode ([`online`]) sends it as requests through the [`Engine`] at a fixed concurrency
 //! or a Poisson arrival rate and measures each request's latency. Every combination of the
@@ -41,13 +41,15 @@ pub const MIXED_MAX_LEN: usize = 1024;
 /// Token ids below this are special tokens (`<pad>`, `<eos>`, `<bos>`, `<unk>`, ...).
 const FIRST_ORDINARY_ID: u64 = 6;
 
-/// A named list of sequence lengths.
+/// A named list of sequence lengths, filled with random token ids, or a corpus's real token ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
     pub name: String,
     /// The length of every sequence for a fixed-length workload.
     pub seq_len: Option<usize>,
     pub lengths: Vec<usize>,
+    /// The token ids of a corpus workload (`None`: random ids of `lengths`).
+    pub token_ids: Option<Vec<Vec<u32>>>,
 }
 
 impl Workload {
@@ -57,6 +59,7 @@ impl Workload {
             name: format!("fixed-{seq_len}"),
             seq_len: Some(seq_len),
             lengths: vec![seq_len; (tokens / seq_len.max(1)).max(1)],
+            token_ids: None,
         }
     }
 
@@ -74,6 +77,18 @@ impl Workload {
             name: format!("mixed-{MIXED_MIN_LEN}-{MIXED_MAX_LEN}"),
             seq_len: None,
             lengths,
+            token_ids: None,
+        }
+    }
+
+    /// The documents of a corpus file, as tokenized (prompt and special tokens included), named
+    /// `corpus-STEM`.
+    pub fn corpus(stem: &str, token_ids: Vec<Vec<u32>>) -> Self {
+        Self {
+            name: format!("corpus-{stem}"),
+            seq_len: None,
+            lengths: token_ids.iter().map(Vec::len).collect(),
+            token_ids: Some(token_ids),
         }
     }
 
@@ -230,7 +245,10 @@ pub fn run(
     let mut rng = SplitMix64::new(options.seed);
     let mut results = Vec::with_capacity(workloads.len() * settings.len());
     for w in workloads {
-        let sequences = random_sequences(&w.lengths, model.config.vocab_size, &mut rng);
+        let sequences = match &w.token_ids {
+            Some(ids) => ids.clone(),
+            None => random_sequences(&w.lengths, model.config.vocab_size, &mut rng),
+        };
         for setting in settings {
             let measured = match setting.load {
                 Load::Offline => run_offline(&mut backend, &sequences, setting, options)?,
