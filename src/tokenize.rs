@@ -149,18 +149,19 @@ impl Tokenizer {
         self.encode_one(index, text, truncation)
     }
 
-    /// Encode many texts (prompts already prepended) in parallel; errors name the index of the
-    /// offending text in `texts`.
+    /// Encode many texts (prompts already prepended) in parallel; an error names the first
+    /// offending text (lowest index in `texts`), whatever the threads' timing.
     pub fn encode_batch<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         truncation: Truncation,
     ) -> Result<Vec<Vec<u32>>> {
-        texts
+        let encoded: Vec<Result<Vec<u32>>> = texts
             .par_iter()
             .enumerate()
             .map(|(index, text)| self.encode_one(index, text.as_ref(), truncation))
-            .collect()
+            .collect();
+        encoded.into_iter().collect()
     }
 
     fn encode_one(&self, index: usize, text: &str, truncation: Truncation) -> Result<Vec<u32>> {

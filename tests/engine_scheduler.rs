@@ -419,3 +419,25 @@ fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
         "the dropped request never reached the backend"
     );
 }
+
+#[test]
+fn a_batch_tokenization_error_names_the_first_bad_text() {
+    let (tokenizer, config) = tiny_tokenizer();
+    // The first bad text is slow to tokenize, the later ones are quick: another thread meets a
+    // later error first.
+    let slow = "word ".repeat(200_000);
+    let quick = "word ".repeat(config.max_seq_len * 2);
+    let texts: Vec<&str> = (0..64)
+        .map(|i| match i {
+            3 => slow.as_str(),
+            i if i >= 32 => quick.as_str(),
+            _ => "short",
+        })
+        .collect();
+    for _ in 0..5 {
+        match tokenizer.encode_batch(&texts, Truncation::Refuse) {
+            Err(Error::Input { index, .. }) => assert_eq!(index, 3),
+            other => panic!("expected an Input error, got {other:?}"),
+        }
+    }
+}
