@@ -815,6 +815,10 @@ struct ServeArgs {
     /// Inputs per request, at most (413 beyond).
     #[arg(long, default_value_t = 2048)]
     max_client_batch_size: usize,
+    /// Truncate inputs longer than max_seq_length when a request does not say `truncate`
+    /// (as TEI's --auto-truncate); without it they get 422.
+    #[arg(long)]
+    auto_truncate: bool,
     /// Request body size in bytes, at most (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     payload_limit: usize,
@@ -883,6 +887,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_client_batch_size: args.max_client_batch_size,
         payload_limit: args.payload_limit,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        auto_truncate: args.auto_truncate,
         health_timeout: std::time::Duration::from_secs(10),
         info: server::ServerInfo {
             model_dir: display_dir(&dir),

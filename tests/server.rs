@@ -516,3 +516,28 @@ fn sigterm_stops_the_server_with_exit_code_zero() {
     let refused = std::net::TcpStream::connect(url.trim_start_matches("http://"));
     assert!(refused.is_err(), "still accepting after exit");
 }
+
+#[test]
+fn auto_truncate_makes_truncation_the_default() {
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--auto-truncate"],
+    );
+    let long = (0..100)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(server.get("/info", &[]).json()["auto_truncate"], true);
+    let truncated = server.post("/v1/embeddings", &json!({"input": long}));
+    assert_eq!(truncated.status, 200, "{}", truncated.body);
+    assert_eq!(truncated.json()["usage"]["prompt_tokens"], 64);
+    let tei = server.post("/embed", &json!({"inputs": long}));
+    assert_eq!(tei.status, 200, "{}", tei.body);
+    assert_eq!(
+        floats(&tei.json()[0]),
+        openai_vectors(&truncated)[0],
+        "both routes truncate on the right"
+    );
+    let refused = server.post("/embed", &json!({"inputs": long, "truncate": false}));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+}

@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub payload_limit: usize,
     /// Bearer token required on every route but `/health` and `/metrics`.
     pub api_key: Option<String>,
+    /// Truncate over-long inputs of requests that do not say `truncate` (TEI's
+    /// `--auto-truncate`); otherwise they are refused with 422.
+    pub auto_truncate: bool,
     /// How long `/health` waits for its probe through the backend.
     pub health_timeout: Duration,
     /// Facts for `/info` that the engine does not know.
@@ -345,9 +348,14 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
     Ok(answer)
 }
 
-/// `truncate` (bool, default false) and TEI's `truncation_direction` (`Right` | `Left`).
-fn truncation(body: &Map<String, Value>, with_direction: bool) -> Result<Truncation, ApiError> {
-    if !request::optional_bool(body, "truncate")?.unwrap_or(false) {
+/// `truncate` (bool, default `--auto-truncate`) and TEI's `truncation_direction` (`Right` |
+/// `Left`).
+fn truncation(
+    body: &Map<String, Value>,
+    auto_truncate: bool,
+    with_direction: bool,
+) -> Result<Truncation, ApiError> {
+    if !request::optional_bool(body, "truncate")?.unwrap_or(auto_truncate) {
         return Ok(Truncation::Refuse);
     }
     let direction = if with_direction {
@@ -400,7 +408,7 @@ async fn openai_embeddings_inner(
         inputs: request::inputs(&body, "input", state.config.max_client_batch_size)?,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
-        truncation: truncation(&body, false)?,
+        truncation: truncation(&body, state.config.auto_truncate, false)?,
     };
     let answer = embed(state, query).await?;
     let tokens = answer.tokens();
@@ -498,7 +506,7 @@ async fn tei_embed_inner(
         inputs: request::inputs(&body, "inputs", state.config.max_client_batch_size)?,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
-        truncation: truncation(&body, true)?,
+        truncation: truncation(&body, state.config.auto_truncate, true)?,
     };
     let answer = embed(state, query).await?;
     let vectors: Vec<&[f32]> = answer
@@ -620,6 +628,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "payload_limit": config.payload_limit,
         "tokenization_workers": config.info.tokenization_workers,
         "auth": config.api_key.is_some(),
+        "auto_truncate": config.auto_truncate,
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
