@@ -926,7 +926,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         .context("serving")
     })?;
     drop(runtime);
-    state.shut_down();
+    // The last reference: the engine drains what it still holds and stops its threads.
+    drop(state);
     eprintln!("stopped");
     Ok(())
 }

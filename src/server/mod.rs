@@ -112,11 +112,6 @@ impl AppState {
         }
         Ok(())
     }
-
-    /// Release the engine (draining what it still holds) once the server is done with it.
-    pub fn shut_down(self: Arc<Self>) {
-        drop(self);
-    }
 }
 
 /// The routes, their limits and their metrics.
