@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use gemma_embed::bench::stats::percentile;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,14 +190,6 @@ struct Tally {
     tokens_ok: usize,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.requests == 0
@@ -279,6 +272,13 @@ fn main() -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let mut tally = tally.into_inner().unwrap_or_else(|e| e.into_inner());
     tally.latencies_ok.sort_by(f64::total_cmp);
+    let latency_ms = |p: f64| {
+        if tally.latencies_ok.is_empty() {
+            0.0
+        } else {
+            percentile(&tally.latencies_ok, p) * 1e3
+        }
+    };
     let answered: usize = tally.statuses.values().sum();
     let ok = tally.statuses.get(&200).copied().unwrap_or(0);
     let summary = json!({
@@ -296,9 +296,9 @@ fn main() -> Result<()> {
         "ok_inputs_per_s": tally.inputs_ok as f64 / seconds,
         "ok_tokens_per_s": tally.tokens_ok as f64 / seconds,
         "latency_ms": {
-            "p50": percentile(&tally.latencies_ok, 50.0) * 1e3,
-            "p90": percentile(&tally.latencies_ok, 90.0) * 1e3,
-            "p99": percentile(&tally.latencies_ok, 99.0) * 1e3,
+            "p50": latency_ms(50.0),
+            "p90": latency_ms(90.0),
+            "p99": latency_ms(99.0),
             "max": tally.latencies_ok.last().copied().unwrap_or(0.0) * 1e3,
         },
     });

@@ -16,7 +16,7 @@ mod memory;
 pub mod online;
 pub mod plot;
 mod report;
-mod stats;
+pub mod stats;
 
 pub use memory::{host_peak_rss, reset_host_peak, SharedBackend};
 pub use online::Load;
