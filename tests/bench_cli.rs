@@ -2,16 +2,15 @@
 //! the engine (closed loop and Poisson arrivals), `--compare` against a report written by
 //! `tools/bench_reference.py`, `--plot`. Nothing here asserts a speed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
 fn tiny() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .display()
-        .to_string()
+    common::tiny_model_dir().display().to_string()
 }
 
 /// `gemma-embed bench --model tiny --backend cpu --repeats 2 --warmup 1 ARGS...`

@@ -1,7 +1,8 @@
 //! The engine's scheduler: packing properties with a recording backend, bit-identical results
 //! through the scheduler with the CPU backend on the tiny fixture, overload and cancellation.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,13 +14,12 @@ use gemma_embed::model::{Model, ModelConfig};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 use gemma_embed::{Error, Result};
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
-}
-
 fn tiny_tokenizer() -> (Tokenizer, ModelConfig) {
-    let config = ModelConfig::load(&fixture_dir()).unwrap();
-    (Tokenizer::load(&fixture_dir(), &config).unwrap(), config)
+    let config = ModelConfig::load(&common::tiny_model_dir()).unwrap();
+    (
+        Tokenizer::load(&common::tiny_model_dir(), &config).unwrap(),
+        config,
+    )
 }
 
 /// xorshift64*: a small deterministic generator for the randomized cases.
@@ -212,7 +212,7 @@ fn packing_answers_every_input_once_within_budgets() {
 
 #[test]
 fn results_are_bit_identical_whatever_the_packing() {
-    let dir = fixture_dir();
+    let dir = common::tiny_model_dir();
     let model = Arc::new(Model::load_dir(&dir).unwrap());
     let config = model.config.clone();
     let mut rng = Rng(42);
@@ -271,7 +271,7 @@ fn results_are_bit_identical_whatever_the_packing() {
 
 #[test]
 fn text_inputs_are_tokenized_with_their_prompt_and_errors_stay_per_input() {
-    let dir = fixture_dir();
+    let dir = common::tiny_model_dir();
     let model = Arc::new(Model::load_dir(&dir).unwrap());
     let config = model.config.clone();
     let tokenizer = Tokenizer::load(&dir, &config).unwrap();

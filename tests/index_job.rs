@@ -3,8 +3,10 @@
 //! Parquet input (files written here with the arrow writer) and output (read back with the
 //! parquet crate).
 
+mod common;
+
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,15 +26,11 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
-}
-
 fn gemma_embed(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gemma-embed"));
     command
         .arg(args[0])
-        .args(["--model", fixture_dir().to_str().unwrap()])
+        .args(["--model", common::tiny_model_dir().to_str().unwrap()])
         .args(&args[1..]);
     command
 }
@@ -88,8 +86,8 @@ fn read_npy_f32(path: &Path) -> (usize, Vec<f32>) {
 
 /// The reference: each document tokenized and run alone through the CPU backend.
 fn reference_rows(texts: &[String]) -> Vec<Vec<f32>> {
-    let model = Arc::new(Model::load_dir(&fixture_dir()).unwrap());
-    let tokenizer = Tokenizer::load(&fixture_dir(), &model.config).unwrap();
+    let model = Arc::new(Model::load_dir(&common::tiny_model_dir()).unwrap());
+    let tokenizer = Tokenizer::load(&common::tiny_model_dir(), &model.config).unwrap();
     let dim = model.config.embedding_dim;
     let mut backend = CpuBackend::new(model).unwrap();
     texts

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{cosine, max_abs_diff, Server};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Texts of about 250 tokens each.
 fn long_texts(n: usize) -> Vec<String> {
@@ -140,19 +140,8 @@ fn sigterm_lets_a_request_in_flight_finish() {
         let url = format!("{}/v1/embeddings", server.url);
         let body = json!({"input": texts}).to_string();
         std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut response = agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(body)
-                .expect("an answer after SIGTERM");
-            let status = response.status().as_u16();
-            let body: Value =
-                serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-            (status, body)
+            let answer = common::http_post(&url, body.as_bytes(), &[]);
+            (answer.status, answer.json())
         })
     };
     wait_for("the request to be queued", Duration::from_secs(60), || {

@@ -111,6 +111,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// A blocking HTTP/1.1 client that returns 4xx/5xx answers instead of failing on them.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// POST raw JSON bytes to `url` (any thread; no [`Server`] needed) with optional extra headers.
+pub fn http_post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpAnswer {
+    let mut request = http_agent()
+        .post(url)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Server::answer(request.send(body))
+}
+
 /// A `gemma-embed serve` child process on a free loopback port, killed when dropped.
 pub struct Server {
     child: std::process::Child,
@@ -184,14 +204,6 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
-    fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(300)))
-            .build()
-            .into()
-    }
-
     fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> HttpAnswer {
         let mut response = response.expect("an HTTP answer");
         let headers = response
@@ -215,13 +227,7 @@ impl Server {
 
     /// POST raw bytes with optional extra headers.
     pub fn post_bytes(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpAnswer {
-        let mut request = Self::agent()
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        Self::answer(request.send(body))
+        http_post(&format!("{}{path}", self.url), body, headers)
     }
 
     pub fn post(&self, path: &str, body: &serde_json::Value) -> HttpAnswer {
@@ -229,7 +235,7 @@ impl Server {
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
-        let mut request = Self::agent().get(format!("{}{path}", self.url));
+        let mut request = http_agent().get(format!("{}{path}", self.url));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
