@@ -196,12 +196,15 @@ pub fn open(kind: BackendKind, model: Arc<Model>) -> Result<(Box<dyn Backend>, S
         )),
         BackendKind::Cuda => {
             let backend = cuda::CudaBackend::new(&model)?;
-            let note = format!("cuda (requested): {}", backend.device_description());
+            let note = format!(
+                "cuda (requested): {}",
+                backend.device_name().unwrap_or_default()
+            );
             Ok((Box::new(backend), note))
         }
         BackendKind::Auto => match cuda::CudaBackend::new(&model) {
             Ok(backend) => {
-                let note = format!("cuda (auto): {}", backend.device_description());
+                let note = format!("cuda (auto): {}", backend.device_name().unwrap_or_default());
                 Ok((Box::new(backend), note))
             }
             Err(e) => Ok((

@@ -195,11 +195,6 @@ impl CudaBackend {
         })
     }
 
-    /// `"<GPU name> (sm_XY)"`.
-    pub fn device_description(&self) -> &str {
-        &self.dev.description
-    }
-
     fn activations_for(&mut self, num_tokens: usize, num_seqs: usize) -> Result<&mut Activations> {
         let fits = self
             .activations
@@ -226,6 +221,7 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    /// `"<GPU name> (sm_XY)"`.
     fn device_name(&self) -> Option<String> {
         Some(self.dev.description.clone())
     }

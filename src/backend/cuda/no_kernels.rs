@@ -13,10 +13,6 @@ impl CudaBackend {
     pub fn new(_model: &Model) -> Result<Self> {
         Err(Error::NoCudaKernels)
     }
-
-    pub fn device_description(&self) -> &str {
-        match *self {}
-    }
 }
 
 impl Backend for CudaBackend {
