@@ -344,8 +344,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn release_entry(&self, entry: &Entry) {
-        self.budget.release(1, entry.ids.len());
+    /// Give back the budget of entries that leave the engine, in one release.
+    fn release_entries(&self, entries: &[Entry]) {
+        if !entries.is_empty() {
+            let tokens = entries.iter().map(|e| e.ids.len()).sum();
+            self.budget.release(entries.len(), tokens);
+        }
     }
 }
 
@@ -551,7 +555,7 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
         let job = lock(receiver).recv();
         let Ok(job) = job else { return };
         let start = Instant::now();
-        let mut entries = Vec::with_capacity(job.inputs.len());
+        let mut tokenized = Vec::with_capacity(job.inputs.len());
         let mut failures = Vec::new();
         let (mut released_inputs, mut released_tokens) = (0, 0);
         for (index, (input, &reserved)) in job.inputs.iter().zip(&job.reserved).enumerate() {
@@ -565,13 +569,7 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
                 Ok(ids) => {
                     // The real count is at most the reservation: give back the difference.
                     released_tokens += reserved - ids.len();
-                    entries.push(Entry {
-                        pending: Arc::clone(&job.pending),
-                        index,
-                        ids,
-                        dimensions: job.dimensions,
-                        enqueued: start,
-                    });
+                    tokenized.push((index, ids));
                 }
                 Err(err) => {
                     released_inputs += 1;
@@ -590,11 +588,16 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
         for (index, err) in failures {
             job.pending.finish(index, Err(err));
         }
-        if !entries.is_empty() {
+        if !tokenized.is_empty() {
             let mut queue = lock(&shared.queue);
-            for mut entry in entries {
-                entry.enqueued = now;
-                queue.push(entry);
+            for (index, ids) in tokenized {
+                queue.push(Entry {
+                    pending: Arc::clone(&job.pending),
+                    index,
+                    ids,
+                    dimensions: job.dimensions,
+                    enqueued: now,
+                });
             }
             drop(queue);
             shared.queue_changed.notify_all();
@@ -630,9 +633,7 @@ fn scheduler(shared: &Shared, config: &EngineConfig, batches: &SyncSender<Prepar
                     .0;
             }
         };
-        for entry in &cancelled {
-            shared.release_entry(entry);
-        }
+        shared.release_entries(&cancelled);
         drop(cancelled);
         if entries.is_empty() {
             continue;
@@ -651,8 +652,8 @@ fn scheduler(shared: &Shared, config: &EngineConfig, batches: &SyncSender<Prepar
         };
         if let Err(mpsc::SendError(prepared)) = batches.send(prepared) {
             // The backend worker is gone (it panicked): fail what this batch held.
+            shared.release_entries(&prepared.entries);
             for entry in prepared.entries {
-                shared.release_entry(&entry);
                 entry.pending.finish(entry.index, Err(Error::EngineStopped));
             }
         }
@@ -672,10 +673,6 @@ fn backend_worker(
     }) = batches.recv()
     {
         let start = Instant::now();
-        for entry in &entries {
-            let mut times = lock(&entry.pending.times);
-            times.first_batch.get_or_insert(start);
-        }
         let result = backend.forward(&batch, dimensions);
         let end = Instant::now();
         if let Some(observe) = &observer {
@@ -696,9 +693,14 @@ fn backend_worker(
         shared
             .batch_tokens
             .fetch_add(batch.num_tokens() as u64, Ordering::Relaxed);
+        // One release (and one wake-up of waiting submitters) for the whole batch.
+        shared.budget.release(entries.len(), batch.num_tokens());
         for (s, entry) in entries.into_iter().enumerate() {
-            shared.release_entry(&entry);
-            lock(&entry.pending.times).last_batch_end = Some(end);
+            {
+                let mut times = lock(&entry.pending.times);
+                times.first_batch.get_or_insert(start);
+                times.last_batch_end = Some(end);
+            }
             let outcome = match &result {
                 Ok(embeddings) => Ok(Embedded {
                     tokens: entry.ids.len(),
