@@ -39,6 +39,7 @@ pub struct TokenInfo {
 }
 
 /// The model's tokenizer with its prompts and limits.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     prompts: BTreeMap<String, String>,

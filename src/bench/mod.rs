@@ -244,6 +244,12 @@ pub fn run(
     let mut backend = SharedBackend::new(backend);
     let mut rng = SplitMix64::new(options.seed);
     let mut results = Vec::with_capacity(workloads.len() * settings.len());
+    // Online runs start an engine each; the tokenizer is parsed once for all of them.
+    let tokenizer = if settings.iter().any(|s| s.load != Load::Offline) {
+        Some(Tokenizer::for_model(model)?)
+    } else {
+        None
+    };
     for w in workloads {
         let sequences = match &w.token_ids {
             Some(ids) => ids.clone(),
@@ -260,7 +266,10 @@ pub fn run(
                         }
                         _ => Vec::new(),
                     };
-                    run_online(&backend, model, &sequences, setting, &arrivals, options)?
+                    let tokenizer = tokenizer.clone().expect("loaded for online settings");
+                    run_online(
+                        &backend, tokenizer, model, &sequences, setting, &arrivals, options,
+                    )?
                 }
             };
             let result = WorkloadResult::new(w, setting, measured, options, model);
@@ -327,6 +336,7 @@ fn run_offline(
 
 fn run_online(
     backend: &SharedBackend,
+    tokenizer: Tokenizer,
     model: &Model,
     sequences: &[Vec<u32>],
     setting: &Setting,
@@ -335,7 +345,6 @@ fn run_online(
 ) -> Result<Measured> {
     let requests = online::requests_of(sequences, options.inputs_per_request, options.dimensions);
     let num_tokens: usize = sequences.iter().map(Vec::len).sum();
-    let tokenizer = Tokenizer::load(&model.dir, &model.config)?;
     let engine = Engine::start(
         Box::new(backend.clone()),
         tokenizer,
