@@ -255,6 +255,7 @@ fn results_are_bit_identical_whatever_the_packing() {
             .flat_map(|t| embeddings(t.wait().unwrap()))
             .collect();
         let batches = engine.stats().batches;
+        assert_eq!(got.len(), reference.len());
         for (i, (got, want)) in got.iter().zip(&reference).enumerate() {
             let same = got
                 .iter()

@@ -545,6 +545,7 @@ fn parquet_input_embeds_like_json_lines() {
         from_parquet,
         std::fs::read_to_string(path("from_jsonl.jsonl")).unwrap()
     );
+    assert_eq!(from_parquet.lines().count(), texts.len());
     for (i, (line, want)) in from_parquet.lines().zip(reference_rows(&texts)).enumerate() {
         let row: Value = serde_json::from_str(line).unwrap();
         assert_eq!(row["id"], Value::from(ids[i].clone()));

@@ -103,6 +103,7 @@ fn token_id_inputs_match_sentence_transformers_on_every_route() {
         .iter()
         .map(floats)
         .collect();
+    assert_eq!(vectors.len(), expected.cases.len());
     for (case, got) in expected.cases.iter().zip(&vectors) {
         assert_close(&format!("/embed {}", case.name), got, &case.embedding);
     }
