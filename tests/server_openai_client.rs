@@ -39,12 +39,22 @@ fn the_openai_python_client_gets_the_clis_embeddings() {
     };
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("texts.jsonl");
-    let texts = [
+    // The golden cases without a prompt anchor the CLI's rows to sentence-transformers; the
+    // script then holds the server's answers to the CLI's rows.
+    let golden = common::golden();
+    let anchors: Vec<_> = golden
+        .cases
+        .iter()
+        .filter(|c| c.prompt_name.is_none() && !c.text.is_empty())
+        .collect();
+    assert!(!anchors.is_empty(), "golden cases without a prompt");
+    let mut texts: Vec<&str> = anchors.iter().map(|c| c.text.as_str()).collect();
+    texts.extend([
         "The quick brown fox jumps over the lazy dog.",
         "EmbeddingGemma turns text into 768-dimensional vectors.",
         "Wie spät ist es?",
         "def add(a, b): return a + b",
-    ];
+    ]);
     let lines: String = texts
         .iter()
         .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
@@ -65,6 +75,19 @@ fn the_openai_python_client_gets_the_clis_embeddings() {
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
+    let rows = std::fs::read_to_string(&expected).unwrap();
+    assert_eq!(rows.lines().count(), texts.len());
+    for (case, line) in anchors.iter().zip(rows.lines()) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        let cos = common::cosine(&got, &case.embedding);
+        let diff = common::max_abs_diff(&got, &case.embedding);
+        assert!(
+            cos >= 0.99999 && diff <= 1e-4,
+            "{}: cos {cos}, max diff {diff}",
+            case.name
+        );
+    }
 
     let server = Server::start(
         &model,
@@ -93,7 +116,10 @@ fn the_openai_python_client_gets_the_clis_embeddings() {
     println!("{stdout}");
     assert!(check.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("default encoding: 4 embeddings match the CLI"),
+        stdout.contains(&format!(
+            "default encoding: {} embeddings match the CLI",
+            texts.len()
+        )),
         "{stdout}"
     );
 }
