@@ -233,9 +233,10 @@ async fn not_found(request: HttpRequest) -> ApiError {
     ApiError::new(ErrorKind::NotFound, format!("no route {path}")).flavored(flavor_of(&path))
 }
 
-/// A request body, or the error that reading it gave (413 past the payload limit).
-fn body_bytes(body: Result<Bytes, BytesRejection>, flavor: Flavor) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
+/// A request body as a JSON object, or the error that reading it gave (413 past the payload
+/// limit, 400 for anything but a JSON object).
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|rejection| {
         let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ErrorKind::TooLarge
         } else {
@@ -245,8 +246,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, flavor: Flavor) -> Result<Byt
             kind,
             format!("cannot read the body: {}", rejection.body_text()),
         )
-        .flavored(flavor)
-    })
+    })?;
+    request::object(&bytes)
 }
 
 /// What an embedding route asks of the engine.
@@ -385,7 +386,7 @@ async fn openai_embeddings_inner(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request::object(&body_bytes(body, Flavor::OpenAi)?)?;
+    let body = json_body(body)?;
     let as_base64 = match request::optional_str(&body, "encoding_format")? {
         None | Some("float") => false,
         Some("base64") => true,
@@ -489,7 +490,7 @@ async fn tei_embed_inner(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request::object(&body_bytes(body, Flavor::Tei)?)?;
+    let body = json_body(body)?;
     if request::optional_bool(&body, "normalize")? == Some(false) {
         return Err(ApiError::field(
             "normalize",
@@ -517,7 +518,7 @@ async fn tei_tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let body = request::object(&body_bytes(body, Flavor::Tei)?)?;
+        let body = json_body(body)?;
         let inputs = request::inputs(&body, "inputs", state.config.max_client_batch_size)?;
         let add_special_tokens =
             request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
