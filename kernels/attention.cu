@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "attention.cuh"
+#include "mma.cuh"
 #include "params.h"
 
 namespace {
@@ -45,64 +46,11 @@ constexpr int kGroup = ATTENTION_GROUP;
 constexpr int kChunks = kHeadDim / 8; /* 16-byte chunks per row */
 constexpr float kLog2e = 1.4426950408889634f;
 
-/* ---- small PTX wrappers (sm_80+) --------------------------------------------------------- */
-
-__device__ __forceinline__ uint32_t smem_addr(const void *ptr) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
-/* 16-byte global -> shared copy; copies nothing and zero-fills when !valid. */
-__device__ __forceinline__ void cp_async_16(void *smem, const void *gmem, bool valid) {
-    const int src_bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-                 "l"(gmem), "r"(src_bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int Pending> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *smem) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(smem))
-                 : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(smem))
-                 : "memory");
-}
-
-/* c (16x8 f32) += a (16x16 bf16, row-major) * b (16x8 bf16, column-major). */
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                               uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* 2^x; -inf gives +0. */
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
-}
-
-/* Two floats rounded to bf16 (round to nearest even), `lo` in the low half. */
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 packed = __floats2bfloat162_rn(lo, hi);
-    uint32_t bits;
-    memcpy(&bits, &packed, sizeof(bits));
-    return bits;
 }
 
 } // namespace
@@ -306,13 +254,13 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
 #pragma unroll
         for (int ks = 0; ks < kHeadDim / 16; ++ks) {
             uint32_t a[4];
-            ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + attn_ldsm_a_row(lane),
-                                               ks * 16 + attn_ldsm_a_col(lane)));
+            ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + ldsm_a_row(lane),
+                                               ks * 16 + ldsm_a_col(lane)));
 #pragma unroll
             for (int t = 0; t < kScoreTiles; t += 2) {
                 uint32_t b[4];
-                ldmatrix_x4(b, s_k + attn_swizzle(t * 8 + attn_ldsm_k_row(lane),
-                                                   ks * 16 + attn_ldsm_k_col(lane)));
+                ldmatrix_x4(b, s_k + attn_swizzle(t * 8 + ldsm_b_row(lane),
+                                                   ks * 16 + ldsm_b_col(lane)));
                 mma_bf16_16816(s[t], a, b[0], b[1]);
                 mma_bf16_16816(s[t + 1], a, b[2], b[3]);
             }
@@ -384,8 +332,8 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
 #pragma unroll
             for (int j = 0; j < kOutTiles; j += 2) {
                 uint32_t b[4];
-                ldmatrix_x4_trans(b, s_v + attn_swizzle(kk * 16 + attn_ldsm_a_row(lane),
-                                                         j * 8 + attn_ldsm_a_col(lane)));
+                ldmatrix_x4_trans(b, s_v + attn_swizzle(kk * 16 + ldsm_a_row(lane),
+                                                         j * 8 + ldsm_a_col(lane)));
                 mma_bf16_16816(o_acc[j], a, b[0], b[1]);
                 mma_bf16_16816(o_acc[j + 1], a, b[2], b[3]);
             }

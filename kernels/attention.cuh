@@ -4,13 +4,14 @@
  * Rust host model in src/backend/cuda/attention.rs) without any CUDA in mind:
  * - the key range a set of query positions may look at,
  * - whether a key block needs per-element masking,
- * - the shared-memory swizzle of a [rows][ATTENTION_HEAD_DIM] bf16 tile,
- * - the lane -> (row, column) addresses of the ldmatrix loads feeding mma.m16n8k16.
+ * - the shared-memory swizzle of a [rows][ATTENTION_HEAD_DIM] bf16 tile (tile.cuh holds the
+ *   swizzle and the ldmatrix lane addresses shared with the other tensor-core kernels).
  */
 #ifndef GEMMA_EMBED_ATTENTION_CUH
 #define GEMMA_EMBED_ATTENTION_CUH
 
 #include "params.h"
+#include "tile.cuh"
 
 #if !defined(__cplusplus)
 #include <stdbool.h>
@@ -67,29 +68,8 @@ ATTN_HD bool attn_block_needs_mask(int kb, int block_n, int key_end, int p_lo, i
     return kb < p_hi - radius || kb + block_n - 1 > p_lo + radius;
 }
 
-/* Element offset of (row, col) in a [rows][ATTENTION_HEAD_DIM] bf16 shared-memory tile whose
- * 16-byte chunks are XOR-swizzled inside each 128-byte segment: chunk ^ (row & 7). Eight
- * consecutive rows read at the same logical chunk (one ldmatrix 8x8 matrix) then hit eight
- * different chunks of the segment, i.e. all 32 banks, instead of one 4-bank group. */
-ATTN_HD int attn_swizzle(int row, int col) {
-    const int chunk = col >> 3;
-    return row * ATTENTION_HEAD_DIM + ((chunk ^ (row & 7)) << 3) + (col & 7);
-}
-
-/* ldmatrix.x4 lane addresses. Lanes 8i..8i+7 give the eight row addresses of matrix i, and
- * matrix i lands in register i of every lane.
- *
- * A operand (16x16 at rows r0.., cols c0.., row-major; also V^T as the B operand of P.V,
- * loaded with .trans): matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7),
- * (rows 0-7, cols 8-15), (rows 8-15, cols 8-15) = a0..a3 of mma.m16n8k16, or for V^T
- * (keys k0.., dims n0..) = b0, b1 of dims n0..n0+7 and b0, b1 of dims n0+8..n0+15. */
-ATTN_HD int attn_ldsm_a_row(int lane) { return lane & 15; }
-ATTN_HD int attn_ldsm_a_col(int lane) { return (lane >> 4) << 3; }
-
-/* B operand from K stored [key][dim] (16 dims x 16 keys = two n8 tiles): matrices
- * (keys 0-7, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, dims 0-7), (keys 8-15, dims 8-15)
- * = b0, b1 of keys 0..7 and b0, b1 of keys 8..15. */
-ATTN_HD int attn_ldsm_k_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
-ATTN_HD int attn_ldsm_k_col(int lane) { return ((lane >> 3) & 1) << 3; }
+/* Element offset of (row, col) in a [rows][ATTENTION_HEAD_DIM] bf16 shared-memory tile, swizzled
+ * as tile_swizzle (tile.cuh) describes. */
+ATTN_HD int attn_swizzle(int row, int col) { return tile_swizzle(row, col, ATTENTION_HEAD_DIM); }
 
 #endif /* GEMMA_EMBED_ATTENTION_CUH */

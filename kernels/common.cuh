@@ -73,3 +73,10 @@ __device__ __forceinline__ void store_f32x4(float* p, const f32x4& x) {
 __device__ __forceinline__ float inverse_rms(float sum_squares, uint32_t n, float eps) {
     return rsqrtf(sum_squares / static_cast<float>(n) + eps);
 }
+
+// torch's gelu(approximate="tanh"): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with the
+// accurate tanhf (no fast-math intrinsics).
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float sqrt_2_over_pi = 0.7978845608028654f;
+    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
+}

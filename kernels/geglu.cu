@@ -9,11 +9,6 @@
 // gelu(approximate="tanh"); accurate tanhf, no fast-math intrinsics.
 #include "common.cuh"
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float sqrt_2_over_pi = 0.7978845608028654f;
-    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
-}
-
 extern "C" __global__ void __launch_bounds__(256) geglu(GegluParams p) {
     const uint32_t groups_per_row = p.intermediate / 4;
     const size_t total = static_cast<size_t>(p.num_tokens) * groups_per_row;

@@ -1,9 +1,9 @@
 /* attention_fragments.c: host check of the flash kernel's fragment index math.
  *
- * No simulator runs mma.sync/ldmatrix, so this emulates one warp in plain C from the PTX ISA
- * definitions of ldmatrix.m8n8.x4(.trans).b16 and mma.m16n8k16 (bf16, f32 accumulate) and
- * drives it with the lane -> (row, column) functions and the swizzle of attention.cuh, in the
- * same loop order as attention_flash:
+ * No simulator runs mma.sync/ldmatrix, so this drives the warp emulator of warp_emulator.h
+ * (ldmatrix.m8n8.x4(.trans).b16 and mma.m16n8k16 from the PTX ISA definitions) with the lane
+ * -> (row, column) functions and the swizzle of tile.cuh / attention.cuh, in the same loop
+ * order as attention_flash:
  *   S = Q K^T for one warp's 16 rows and a 64-key block, O = P V with P taken from the S
  *   accumulators exactly as the kernel packs them, and the epilogue staging of O through the
  *   swizzled Q tile. Values are small integers, so every product is exact and the results
@@ -11,112 +11,19 @@
  *   of every ldmatrix touches all 32 shared-memory banks once (no bank conflicts).
  *
  * Build and run (src/backend/cuda/attention.rs does this in a test):
- *   cc -std=c99 -O1 -I kernels kernels/tests/attention_fragments.c -o frag && ./frag
+ *   cc -std=c99 -O1 -I kernels -I kernels/tests kernels/tests/attention_fragments.c -o frag && ./frag
  * Exit status 0 and "ok" on success; the first mismatch is printed otherwise.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "attention.cuh"
+#include "warp_emulator.h"
 
 #define D ATTENTION_HEAD_DIM
 #define BM ATTENTION_FLASH_BLOCK_M
 #define BN ATTENTION_FLASH_BLOCK_N
 #define WARPS (ATTENTION_FLASH_THREADS / 32)
-
-/* One 32-bit register holding two 16-bit elements: lo = lower index. */
-typedef struct {
-    float lo, hi;
-} Pair;
-
-static int failures = 0;
-
-static void expect(int ok, const char *what, int a, int b, int c) {
-    if (!ok && failures++ < 10) {
-        printf("mismatch: %s (%d, %d, %d)\n", what, a, b, c);
-    }
-}
-
-/* Bank of a 4-byte word at element offset `elem` (2-byte elements). */
-static int bank_of(int elem) { return (elem * 2 / 4) % 32; }
-
-/* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l supplies the address (element
- * offset) of row l % 8 of matrix l / 8; lane t receives in register i, without .trans,
- * elements [t / 4][2 (t % 4)] and [t / 4][2 (t % 4) + 1] of matrix i, with .trans elements
- * [2 (t % 4)][t / 4] and [2 (t % 4) + 1][t / 4]. */
-static void ldmatrix_x4(const float *smem, const int addr[32], int trans, Pair out[32][4]) {
-    for (int m = 0; m < 4; ++m) {
-        int banks[32] = {0};
-        for (int r = 0; r < 8; ++r) {
-            const int a = addr[8 * m + r];
-            expect(a % 8 == 0, "ldmatrix row address 16-byte aligned", m, r, a);
-            for (int w = 0; w < 4; ++w) {
-                banks[bank_of(a + 2 * w)]++;
-            }
-        }
-        for (int b = 0; b < 32; ++b) {
-            expect(banks[b] == 1, "ldmatrix phase conflict-free", m, b, banks[b]);
-        }
-    }
-    for (int t = 0; t < 32; ++t) {
-        for (int m = 0; m < 4; ++m) {
-            int r0, c0, r1, c1;
-            if (!trans) {
-                r0 = r1 = t / 4;
-                c0 = 2 * (t % 4);
-                c1 = c0 + 1;
-            } else {
-                r0 = 2 * (t % 4);
-                r1 = r0 + 1;
-                c0 = c1 = t / 4;
-            }
-            out[t][m].lo = smem[addr[8 * m + r0] + c0];
-            out[t][m].hi = smem[addr[8 * m + r1] + c1];
-        }
-    }
-}
-
-/* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with groupID g = t / 4 and
- * threadID_in_group q = t % 4:
- *   A element i of lane t: row g (i in 0,1,4,5) or g + 8 (2,3,6,7); col 2q + (i & 1) (+8 for
- *   i >= 4); register j holds elements 2j, 2j + 1.
- *   B element i: row (k) 2q + (i & 1) (+8 for i >= 2), col (n) g; register j holds 2j, 2j + 1.
- *   C element i: row g (i < 2) or g + 8, col 2q + (i & 1). */
-static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
-    float A[16][16], B[16][8], C[16][8];
-    for (int t = 0; t < 32; ++t) {
-        const int g = t / 4, q = t % 4;
-        for (int i = 0; i < 8; ++i) {
-            const int row = (i == 2 || i == 3 || i == 6 || i == 7) ? g + 8 : g;
-            const int col = 2 * q + (i & 1) + (i >= 4 ? 8 : 0);
-            const Pair reg = a[t][i / 2];
-            A[row][col] = (i & 1) ? reg.hi : reg.lo;
-        }
-        for (int i = 0; i < 4; ++i) {
-            const int row = 2 * q + (i & 1) + (i >= 2 ? 8 : 0);
-            const Pair reg = b[t][i / 2];
-            B[row][g] = (i & 1) ? reg.hi : reg.lo;
-        }
-        for (int i = 0; i < 4; ++i) {
-            C[i < 2 ? g : g + 8][2 * q + (i & 1)] = c[t][i];
-        }
-    }
-    for (int r = 0; r < 16; ++r) {
-        for (int n = 0; n < 8; ++n) {
-            float acc = C[r][n];
-            for (int k = 0; k < 16; ++k) {
-                acc += A[r][k] * B[k][n];
-            }
-            C[r][n] = acc;
-        }
-    }
-    for (int t = 0; t < 32; ++t) {
-        const int g = t / 4, q = t % 4;
-        for (int i = 0; i < 4; ++i) {
-            c[t][i] = C[i < 2 ? g : g + 8][2 * q + (i & 1)];
-        }
-    }
-}
 
 static float sq[BM * D], sk[BN * D], sv[BN * D];
 static float q_log[BM][D], k_log[BN][D], v_log[BN][D];
@@ -162,13 +69,13 @@ int main(void) {
             int addr[32];
             Pair a[32][4];
             for (int l = 0; l < 32; ++l) {
-                addr[l] = attn_swizzle(warp * 16 + attn_ldsm_a_row(l), ks * 16 + attn_ldsm_a_col(l));
+                addr[l] = attn_swizzle(warp * 16 + ldsm_a_row(l), ks * 16 + ldsm_a_col(l));
             }
             ldmatrix_x4(sq, addr, 0, a);
             for (int t = 0; t < BN / 8; t += 2) {
                 Pair b[32][4], b_lo[32][2], b_hi[32][2];
                 for (int l = 0; l < 32; ++l) {
-                    addr[l] = attn_swizzle(t * 8 + attn_ldsm_k_row(l), ks * 16 + attn_ldsm_k_col(l));
+                    addr[l] = attn_swizzle(t * 8 + ldsm_b_row(l), ks * 16 + ldsm_b_col(l));
                 }
                 ldmatrix_x4(sk, addr, 0, b);
                 for (int l = 0; l < 32; ++l) {
@@ -217,7 +124,7 @@ int main(void) {
                 int addr[32];
                 Pair b[32][4], b_lo[32][2], b_hi[32][2];
                 for (int l = 0; l < 32; ++l) {
-                    addr[l] = attn_swizzle(kk * 16 + attn_ldsm_a_row(l), j * 8 + attn_ldsm_a_col(l));
+                    addr[l] = attn_swizzle(kk * 16 + ldsm_a_row(l), j * 8 + ldsm_a_col(l));
                 }
                 ldmatrix_x4(sv, addr, 1, b);
                 for (int l = 0; l < 32; ++l) {

@@ -724,29 +724,10 @@ mod tests {
 
     /// The fragment index math of the flash kernel (ldmatrix lane addresses, swizzle, mma
     /// fragment layouts, P from the S accumulators, epilogue staging) against direct matrix
-    /// products, in the warp emulator `kernels/tests/attention_fragments.c`, compiled with the
-    /// C compiler the Rust toolchain links with (`CC`, else `cc`).
+    /// products, in the warp emulator `kernels/tests/attention_fragments.c`.
     #[test]
     fn flash_fragment_math_matches_direct_products() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let exe = std::env::temp_dir().join(format!("attention_fragments_{}", std::process::id()));
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = std::process::Command::new(&cc)
-            .args(["-std=c99", "-O1", "-I"])
-            .arg(root.join("kernels"))
-            .arg(root.join("kernels/tests/attention_fragments.c"))
-            .arg("-o")
-            .arg(&exe)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
-        assert!(status.success(), "compiling attention_fragments.c failed");
-        let output = std::process::Command::new(&exe)
-            .output()
-            .expect("run attention_fragments");
-        let _ = std::fs::remove_file(&exe);
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "fragment emulator:\n{stdout}");
-        assert_eq!(stdout.trim(), "ok");
+        super::super::run_fragment_emulator("attention_fragments.c");
     }
 
     /// Plain attention in f64 over the bf16 inputs: the straightforward definition.

@@ -1,0 +1,109 @@
+/* warp_emulator.h: one warp's ldmatrix and mma.sync, emulated in plain C for the fragment checks.
+ *
+ * No simulator runs mma.sync/ldmatrix on a machine without a GPU, so the fragment checks
+ * (kernels/tests/<kernel>_fragments.c) emulate them from the PTX ISA definitions of
+ * ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16 and
+ * mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, and drive them with the kernels' own index
+ * functions. Shared memory is an array of floats, one per bf16 element; values are small
+ * integers in the checks, so every product and sum is exact.
+ */
+#ifndef GEMMA_EMBED_WARP_EMULATOR_H
+#define GEMMA_EMBED_WARP_EMULATOR_H
+
+#include <stdio.h>
+
+/* One 32-bit register holding two 16-bit elements: lo = lower index. */
+typedef struct {
+    float lo, hi;
+} Pair;
+
+static int failures = 0;
+
+static void expect(int ok, const char *what, int a, int b, int c) {
+    if (!ok && failures++ < 10) {
+        printf("mismatch: %s (%d, %d, %d)\n", what, a, b, c);
+    }
+}
+
+/* Bank of a 4-byte word at element offset `elem` (2-byte elements). */
+static int bank_of(int elem) { return (elem * 2 / 4) % 32; }
+
+/* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l supplies the address (element
+ * offset) of row l % 8 of matrix l / 8; lane t receives in register i, without .trans,
+ * elements [t / 4][2 (t % 4)] and [t / 4][2 (t % 4) + 1] of matrix i, with .trans elements
+ * [2 (t % 4)][t / 4] and [2 (t % 4) + 1][t / 4]. */
+static void ldmatrix_x4(const float *smem, const int addr[32], int trans, Pair out[32][4]) {
+    for (int m = 0; m < 4; ++m) {
+        int banks[32] = {0};
+        for (int r = 0; r < 8; ++r) {
+            const int a = addr[8 * m + r];
+            expect(a % 8 == 0, "ldmatrix row address 16-byte aligned", m, r, a);
+            for (int w = 0; w < 4; ++w) {
+                banks[bank_of(a + 2 * w)]++;
+            }
+        }
+        for (int b = 0; b < 32; ++b) {
+            expect(banks[b] == 1, "ldmatrix phase conflict-free", m, b, banks[b]);
+        }
+    }
+    for (int t = 0; t < 32; ++t) {
+        for (int m = 0; m < 4; ++m) {
+            int r0, c0, r1, c1;
+            if (!trans) {
+                r0 = r1 = t / 4;
+                c0 = 2 * (t % 4);
+                c1 = c0 + 1;
+            } else {
+                r0 = 2 * (t % 4);
+                r1 = r0 + 1;
+                c0 = c1 = t / 4;
+            }
+            out[t][m].lo = smem[addr[8 * m + r0] + c0];
+            out[t][m].hi = smem[addr[8 * m + r1] + c1];
+        }
+    }
+}
+
+/* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with groupID g = t / 4 and
+ * threadID_in_group q = t % 4:
+ *   A element i of lane t: row g (i in 0,1,4,5) or g + 8 (2,3,6,7); col 2q + (i & 1) (+8 for
+ *   i >= 4); register j holds elements 2j, 2j + 1.
+ *   B element i: row (k) 2q + (i & 1) (+8 for i >= 2), col (n) g; register j holds 2j, 2j + 1.
+ *   C element i: row g (i < 2) or g + 8, col 2q + (i & 1). */
+static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
+    float A[16][16], B[16][8], C[16][8];
+    for (int t = 0; t < 32; ++t) {
+        const int g = t / 4, q = t % 4;
+        for (int i = 0; i < 8; ++i) {
+            const int row = (i == 2 || i == 3 || i == 6 || i == 7) ? g + 8 : g;
+            const int col = 2 * q + (i & 1) + (i >= 4 ? 8 : 0);
+            const Pair reg = a[t][i / 2];
+            A[row][col] = (i & 1) ? reg.hi : reg.lo;
+        }
+        for (int i = 0; i < 4; ++i) {
+            const int row = 2 * q + (i & 1) + (i >= 2 ? 8 : 0);
+            const Pair reg = b[t][i / 2];
+            B[row][g] = (i & 1) ? reg.hi : reg.lo;
+        }
+        for (int i = 0; i < 4; ++i) {
+            C[i < 2 ? g : g + 8][2 * q + (i & 1)] = c[t][i];
+        }
+    }
+    for (int r = 0; r < 16; ++r) {
+        for (int n = 0; n < 8; ++n) {
+            float acc = C[r][n];
+            for (int k = 0; k < 16; ++k) {
+                acc += A[r][k] * B[k][n];
+            }
+            C[r][n] = acc;
+        }
+    }
+    for (int t = 0; t < 32; ++t) {
+        const int g = t / 4, q = t % 4;
+        for (int i = 0; i < 4; ++i) {
+            c[t][i] = C[i < 2 ? g : g + 8][2 * q + (i & 1)];
+        }
+    }
+}
+
+#endif /* GEMMA_EMBED_WARP_EMULATOR_H */

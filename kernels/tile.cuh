@@ -1,0 +1,43 @@
+/* tile.cuh: shared-memory tile index math of the tensor-core kernels, shared by host and device.
+ *
+ * Plain integer arithmetic, so the host-side warp emulators in kernels/tests/ drive the very
+ * functions the kernels use:
+ * - the XOR swizzle of a [rows][row_elems] bf16 tile,
+ * - the lane -> (row, column) addresses of the ldmatrix.x4 loads feeding mma.m16n8k16.
+ */
+#ifndef GEMMA_EMBED_TILE_CUH
+#define GEMMA_EMBED_TILE_CUH
+
+#ifdef __CUDACC__
+#define TILE_HD __host__ __device__ __forceinline__
+#else
+#define TILE_HD static inline
+#endif
+
+/* Element offset of (row, col) in a [rows][row_elems] bf16 shared-memory tile (row_elems a
+ * multiple of 64) whose 16-byte chunks are XOR-swizzled inside each 128-byte segment:
+ * chunk ^ (row & 7). Eight consecutive rows read at the same logical chunk (one ldmatrix 8x8
+ * matrix) then hit eight different chunks of the segment, i.e. all 32 banks, instead of one
+ * 4-bank group; eight threads storing one row's eight chunks of a segment do too. */
+TILE_HD int tile_swizzle(int row, int col, int row_elems) {
+    const int chunk = col >> 3;
+    return row * row_elems + ((chunk ^ (row & 7)) << 3) + (col & 7);
+}
+
+/* ldmatrix.x4 lane addresses. Lanes 8i..8i+7 give the eight row addresses of matrix i, and
+ * matrix i lands in register i of every lane.
+ *
+ * A operand (16x16 at rows r0.., cols c0.., row-major; also V^T as the B operand of P.V,
+ * loaded with .trans): matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7),
+ * (rows 0-7, cols 8-15), (rows 8-15, cols 8-15) = a0..a3 of mma.m16n8k16, or for V^T
+ * (keys k0.., dims n0..) = b0, b1 of dims n0..n0+7 and b0, b1 of dims n0+8..n0+15. */
+TILE_HD int ldsm_a_row(int lane) { return lane & 15; }
+TILE_HD int ldsm_a_col(int lane) { return (lane >> 4) << 3; }
+
+/* B operand from a matrix stored [n][k] (a weight [out][in], or K [key][dim]): 16 k x 16 n
+ * = two n8 tiles. Matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+ * = b0, b1 of n 0..7 and b0, b1 of n 8..15. */
+TILE_HD int ldsm_b_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
+TILE_HD int ldsm_b_col(int lane) { return ((lane >> 3) & 1) << 3; }
+
+#endif /* GEMMA_EMBED_TILE_CUH */
