@@ -112,6 +112,28 @@ typedef struct {
     uint32_t intermediate;
 } GegluParams;
 
+/* gate_up_geglu.cu: the gate|up GEMM with geglu's arithmetic in its epilogue. CTA tile:
+ * BLOCK_M token rows x BLOCK_OUT outputs, i.e. 2 * BLOCK_OUT weight rows (gate, then up),
+ * through a STAGES-deep pipeline of BLOCK_K-wide k slices. */
+#define GEGLU_GEMM_BLOCK_M 128
+#define GEGLU_GEMM_BLOCK_OUT 64
+#define GEGLU_GEMM_BLOCK_K 64
+#define GEGLU_GEMM_STAGES 3
+#define GEGLU_GEMM_THREADS 256
+/* STAGES * (BLOCK_M + 2 * BLOCK_OUT) * BLOCK_K bf16. */
+#define GEGLU_GEMM_SMEM_BYTES 98304
+typedef struct {
+    const bf16_t *x;          /* [num_tokens, hidden] bf16(residual) */
+    const bf16_t *w;          /* [2 * intermediate, hidden]: gate and up rows interleaved in
+                                 blocks of GEGLU_GEMM_BLOCK_OUT rows (gate block b, up block b,
+                                 ...), columns scaled by 1 + pre_feedforward_layernorm */
+    const float *inv_rms;     /* [num_tokens] */
+    bf16_t *out;              /* [num_tokens, intermediate] */
+    uint32_t num_tokens;
+    uint32_t hidden;          /* a multiple of GEGLU_GEMM_BLOCK_K */
+    uint32_t intermediate;    /* a multiple of GEGLU_GEMM_BLOCK_OUT */
+} GateUpGegluParams;
+
 /* pool.cu: final norm, mean per sequence, folded Dense, L2 normalize, truncate, renormalize.
  * One POOL_BLOCK-thread block per sequence; its tokens are split over
  * POOL_BLOCK / (hidden / 4) token groups, whose partial sums take group*hidden floats of the

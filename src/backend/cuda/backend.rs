@@ -1,7 +1,8 @@
 //! [`CudaBackend`]: the whole forward pass on the GPU.
 //!
 //! Per layer: QKV GEMM → `qkv_post` → attention → O GEMM → `residual_norm` → gate|up GEMM →
-//! `geglu` → down GEMM → `residual_norm`; then `pool_embeddings`. The residual stream is f32;
+//! `geglu` (or both in `gate_up_geglu`, see [`MlpKernel`]) → down GEMM → `residual_norm`; then
+//! `pool_embeddings`. The residual stream is f32;
 //! GEMM operands bf16 with f32 accumulation. The input and pre-feedforward norms are folded:
 //! their `(1 + w)` scales the projection's weight columns at upload, and the per-row inverse
 //! RMS is applied by the consumer kernel (`qkv_post`, `geglu`).
@@ -11,6 +12,7 @@ use cudarc::driver::CudaSlice;
 use super::attention::{Attention, AttentionKernel, AttentionPlan};
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
+use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
     rope_tables, to_bf16_bits, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
 };
@@ -22,7 +24,8 @@ struct LayerOnDevice {
     /// `[(heads + 2) · head_dim, hidden]`: q, k, v rows, columns scaled by `1 + input_layernorm`.
     qkv: CudaSlice<u16>,
     o: CudaSlice<u16>,
-    /// `[2 · intermediate, hidden]`: gate, up rows, columns scaled by `1 + pre_feedforward_layernorm`.
+    /// `[2 · intermediate, hidden]`: gate, up rows (interleaved by blocks for the fused kernel,
+    /// see [`interleave_gate_up`]), columns scaled by `1 + pre_feedforward_layernorm`.
     gate_up: CudaSlice<u16>,
     down: CudaSlice<u16>,
     q_norm: CudaSlice<f32>,
@@ -44,13 +47,23 @@ struct Activations {
     attention_in: QkvBuffers,
     attention_out: CudaSlice<u16>,
     branch: CudaSlice<f32>,
+    /// cuBLAS's gate|up output; one unused element with the fused kernel.
     gate_up: CudaSlice<u16>,
     mlp: CudaSlice<u16>,
     embeddings: CudaSlice<f32>,
 }
 
 impl Activations {
-    fn new(dev: &Device, d: &ModelDims, capacity: usize, seq_capacity: usize) -> Result<Self> {
+    fn new(
+        dev: &Device,
+        d: &ModelDims,
+        (capacity, seq_capacity): (usize, usize),
+        mlp_kernel: MlpKernel,
+    ) -> Result<Self> {
+        let gate_up_len = match mlp_kernel {
+            MlpKernel::Cublas => capacity * 2 * d.intermediate,
+            MlpKernel::Fused => 1,
+        };
         Ok(Self {
             capacity,
             seq_capacity,
@@ -74,16 +87,32 @@ impl Activations {
             },
             attention_out: dev.alloc(capacity * d.q_width(), "attention output")?,
             branch: dev.alloc(capacity * d.hidden, "projection output")?,
-            gate_up: dev.alloc(capacity * 2 * d.intermediate, "gate|up")?,
+            gate_up: dev.alloc(gate_up_len, "gate|up")?,
             mlp: dev.alloc(capacity * d.intermediate, "GEGLU output")?,
             embeddings: dev.alloc(seq_capacity * d.embed_dim, "embeddings")?,
         })
     }
 }
 
+/// How the layers compute `gelu_tanh(r·gate)·(r·up)`.
+enum Mlp {
+    Cublas,
+    Fused(GateUpGeglu),
+}
+
+impl Mlp {
+    fn kernel(&self) -> MlpKernel {
+        match self {
+            Self::Cublas => MlpKernel::Cublas,
+            Self::Fused(_) => MlpKernel::Fused,
+        }
+    }
+}
+
 pub struct CudaBackend {
     dev: Device,
     kernels: Kernels,
+    mlp: Mlp,
     attention: Attention,
     attention_kernel: AttentionKernel,
     window_radius: usize,
@@ -123,6 +152,13 @@ impl CudaBackend {
         let dev = Device::open()?;
         let kernels = Kernels::load(&dev, dims)?;
         let attention = Attention::load(&dev, config)?;
+        let mlp = match MlpKernel::from_env()? {
+            MlpKernel::Cublas => Mlp::Cublas,
+            MlpKernel::Fused => {
+                mlp::check_shape(dims.hidden, dims.intermediate)?;
+                Mlp::Fused(GateUpGeglu::load(&dev)?)
+            }
+        };
         let w = &model.weights;
         if w.dense_folded.len() != dims.embed_dim * dims.hidden {
             return Err(Error::Cuda(format!(
@@ -139,6 +175,8 @@ impl CudaBackend {
                 |data: &[f32], what: &str| dev.upload(data, &format!("layer {i} {what}"));
             let upload_bf16 =
                 |data: Vec<u16>, what: &str| dev.upload(&data, &format!("layer {i} {what}"));
+            let gate_up =
+                fold_norm_into_columns(&[&l.gate_proj, &l.up_proj], &l.pre_feedforward_layernorm);
             layers.push(LayerOnDevice {
                 qkv: upload_bf16(
                     fold_norm_into_columns(&[&l.q_proj, &l.k_proj, &l.v_proj], &l.input_layernorm),
@@ -146,10 +184,12 @@ impl CudaBackend {
                 )?,
                 o: upload_bf16(to_bf16_bits(&l.o_proj), "o_proj")?,
                 gate_up: upload_bf16(
-                    fold_norm_into_columns(
-                        &[&l.gate_proj, &l.up_proj],
-                        &l.pre_feedforward_layernorm,
-                    ),
+                    match mlp.kernel() {
+                        MlpKernel::Cublas => gate_up,
+                        MlpKernel::Fused => {
+                            interleave_gate_up(&gate_up, dims.intermediate, dims.hidden)
+                        }
+                    },
                     "gate|up_proj",
                 )?,
                 down: upload_bf16(to_bf16_bits(&l.down_proj), "down_proj")?,
@@ -179,6 +219,7 @@ impl CudaBackend {
         };
         Ok(Self {
             kernels,
+            mlp,
             attention,
             attention_kernel: AttentionKernel::from_env()?,
             window_radius: config.window_radius,
@@ -208,8 +249,8 @@ impl CudaBackend {
             self.activations = Some(Activations::new(
                 &self.dev,
                 &self.kernels.dims,
-                capacity,
-                seq_capacity,
+                (capacity, seq_capacity),
+                self.mlp.kernel(),
             )?);
         }
         Ok(self.activations.as_mut().expect("allocated above"))
@@ -337,14 +378,24 @@ impl CudaBackend {
                 &layer.post_attention_norm,
                 &mut act.residual,
             )?;
-            linear(
-                dev,
-                &act.residual.x_bf16,
-                &layer.gate_up,
-                GemmOut::Bf16(&mut act.gate_up),
-                (n, 2 * d.intermediate, d.hidden),
-            )?;
-            k.geglu(dev, n, &act.gate_up, &act.residual.inv_rms, &mut act.mlp)?;
+            match &self.mlp {
+                Mlp::Cublas => {
+                    linear(
+                        dev,
+                        &act.residual.x_bf16,
+                        &layer.gate_up,
+                        GemmOut::Bf16(&mut act.gate_up),
+                        (n, 2 * d.intermediate, d.hidden),
+                    )?;
+                    k.geglu(dev, n, &act.gate_up, &act.residual.inv_rms, &mut act.mlp)?;
+                }
+                Mlp::Fused(gate_up_geglu) => gate_up_geglu.launch(
+                    dev,
+                    (&act.residual.x_bf16, &layer.gate_up, &act.residual.inv_rms),
+                    &mut act.mlp,
+                    (n, d.hidden, d.intermediate),
+                )?,
+            }
             linear(
                 dev,
                 &act.mlp,

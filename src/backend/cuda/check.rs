@@ -11,10 +11,11 @@ use half::bf16;
 
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
+use super::mlp::{interleave_gate_up, GateUpGeglu, FUSED_KERNEL};
 use super::ops::{
     rope_tables, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
 };
-use super::report::{KernelCheck, Timing};
+use super::report::{KernelCheck, KernelChecks, Timing};
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
 use crate::Result;
@@ -154,7 +155,7 @@ pub fn timing(case: String, median_us: f64, bytes: f64, flops: f64) -> Timing {
 /// Run every check on device 0. A check family that fails to run (launch error, fault) is
 /// reported as one failed entry carrying the error, and the remaining families still run
 /// (after a fault the context is unusable, so they report the same error).
-pub fn run_kernel_checks(seed: u64) -> Result<Vec<KernelCheck>> {
+pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     let dev = Device::open()?;
     let kernels = Kernels::load(&dev, check_dims())?;
     let mut rng = SplitMix64::new(seed);
@@ -174,6 +175,9 @@ pub fn run_kernel_checks(seed: u64) -> Result<Vec<KernelCheck>> {
     run("geglu", &mut |rng| {
         Ok(vec![check_geglu(&dev, &kernels, rng)?])
     });
+    run(FUSED_KERNEL, &mut |rng| {
+        check_gate_up_geglu(&dev, &kernels, rng)
+    });
     run("pool_embeddings", &mut |rng| {
         check_pool(&dev, &kernels, rng)
     });
@@ -182,7 +186,10 @@ pub fn run_kernel_checks(seed: u64) -> Result<Vec<KernelCheck>> {
     run("attention", &mut |rng| {
         super::attention::check_attention(&dev, rng)
     });
-    Ok(checks)
+    Ok(KernelChecks {
+        device: dev.description.clone(),
+        checks,
+    })
 }
 
 struct TokenCase {
@@ -510,6 +517,105 @@ fn check_geglu(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Kernel
     let us = time_launches(dev, || k.geglu(dev, timed.n, &gate_up, &inv_rms, &mut out))?;
     let bytes = timed.n as f64 * (i as f64 * (4.0 + 2.0) + 4.0);
     Ok(check.with_timing(timing(timed.describe(), us, bytes, 0.0)))
+}
+
+/// The MLP's `gelu_tanh(r·gate)·(r·up)` from x = bf16(residual), two ways: the fused
+/// `gate_up_geglu` kernel and the cuBLAS gate|up GEMM followed by `geglu` (the baseline it is
+/// measured against), both against the CPU twins (`linear`, then `gelu_tanh_mul`) on the same
+/// bf16 inputs; then both timed at the same size.
+fn check_gate_up_geglu(
+    dev: &Device,
+    k: &Kernels,
+    rng: &mut SplitMix64,
+) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let (h, i) = (d.hidden, d.intermediate);
+    let fused = GateUpGeglu::load(dev)?;
+    // Weights like the folded real ones; x and r give gate and up values of a few units, where
+    // GELU-tanh bends.
+    let w_bits = rng.bf16s(2 * i * h, -0.1, 0.1);
+    let w_interleaved = dev.upload(&interleave_gate_up(&w_bits, i, h), "gate|up interleaved")?;
+    let w = dev.upload(&w_bits, "gate|up")?;
+    let run_fused = |x: &CudaSlice<u16>, r: &CudaSlice<f32>, n: usize, out: &mut CudaSlice<u16>| {
+        fused.launch(dev, (x, &w_interleaved, r), out, (n, h, i))
+    };
+    let run_baseline = |x: &CudaSlice<u16>,
+                        r: &CudaSlice<f32>,
+                        n: usize,
+                        gate_up: &mut CudaSlice<u16>,
+                        out: &mut CudaSlice<u16>| {
+        linear(dev, x, &w, GemmOut::Bf16(gate_up), (n, 2 * i, h))?;
+        k.geglu(dev, n, gate_up, r, out)
+    };
+
+    // Odd row count: the last row block is partial.
+    let m = GEMM_CHECK_ROWS;
+    let x_bits = rng.bf16s(m * h, -2.0, 2.0);
+    let inv_rms_host = rng.f32s(m, 0.05, 2.0);
+    let x = dev.upload(&x_bits, "x")?;
+    let inv_rms = dev.upload(&inv_rms_host, "inv_rms")?;
+    let mut gate_up_f32 = vec![0.0f32; m * 2 * i];
+    cpu::linear(
+        &bf16_to_f32(&x_bits),
+        &bf16_to_f32(&w_bits),
+        h,
+        2 * i,
+        &mut gate_up_f32,
+    );
+    let (mut gate, mut up) = (Vec::with_capacity(m * i), Vec::with_capacity(m * i));
+    for (row, &r) in gate_up_f32.chunks_exact(2 * i).zip(&inv_rms_host) {
+        gate.extend(row[..i].iter().map(|&g| g * r));
+        up.extend(row[i..].iter().map(|&u| u * r));
+    }
+    let mut reference = vec![0.0f32; m * i];
+    cpu::gelu_tanh_mul(&gate, &up, &mut reference);
+    let desc = format!("m={m} n={} k={h}", 2 * i);
+
+    let mut out = poisoned(dev, m * i, BF16_POISON, "gate_up_geglu out")?;
+    run_fused(&x, &inv_rms, m, &mut out)?;
+    let got = bf16_to_f32(&download(dev, &out, m * i, FUSED_KERNEL)?);
+    let fused_check = KernelCheck::compare(
+        FUSED_KERNEL,
+        desc.clone(),
+        &got,
+        &round_bf16(&reference),
+        bf16_tol(&reference),
+    );
+    let mut gate_up = poisoned(dev, m * 2 * i, BF16_POISON, "gate|up")?;
+    let mut out = poisoned(dev, m * i, BF16_POISON, "geglu out")?;
+    run_baseline(&x, &inv_rms, m, &mut gate_up, &mut out)?;
+    let got = bf16_to_f32(&download(dev, &out, m * i, "cublas+geglu")?);
+    // cuBLAS rounds gate and up to bf16 before geglu: two more roundings of up to 2^-9
+    // relative each, whose errors do not cancel against the reference's f32 values.
+    let (max_abs, _) = bf16_tol(&reference);
+    let baseline_check = KernelCheck::compare(
+        "gate_up+geglu (cuBLAS)",
+        desc,
+        &got,
+        &round_bf16(&reference),
+        (2.0 * max_abs, 1e-2),
+    );
+
+    let timed = TokenCase::timed();
+    let n = timed.n;
+    let x = dev.upload(&rng.bf16s(n * h, -2.0, 2.0), "x")?;
+    let inv_rms = dev.upload(&rng.f32s(n, 0.05, 2.0), "inv_rms")?;
+    let mut out = dev.alloc::<u16>(n * i, "out")?;
+    let mut gate_up = dev.alloc::<u16>(n * 2 * i, "gate|up")?;
+    let fused_us = time_launches(dev, || run_fused(&x, &inv_rms, n, &mut out))?;
+    let baseline_us = time_launches(dev, || {
+        run_baseline(&x, &inv_rms, n, &mut gate_up, &mut out)
+    })?;
+    let flops = (2 * n * 2 * i * h) as f64;
+    // x, the weights, inv_rms and the output once; the baseline also writes gate|up and
+    // geglu reads it back.
+    let fused_bytes = ((n * h + 2 * i * h + n * i) * 2 + n * 4) as f64;
+    let baseline_bytes = fused_bytes + (n * 2 * i * 2 * 2) as f64;
+    let case = format!("m={n} n={} k={h}", 2 * i);
+    Ok(vec![
+        fused_check.with_timing(timing(case.clone(), fused_us, fused_bytes, flops)),
+        baseline_check.with_timing(timing(case, baseline_us, baseline_bytes, flops)),
+    ])
 }
 
 fn check_pool(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {

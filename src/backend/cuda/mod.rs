@@ -5,9 +5,10 @@
 //! [`Error::NoCudaKernels`](crate::Error::NoCudaKernels) (candle's dummy-backend pattern).
 
 pub mod attention;
+pub mod mlp;
 mod report;
 
-pub use report::{print_table, write_json, KernelCheck};
+pub use report::{print_table, write_json, KernelCheck, KernelChecks};
 
 /// The GPU architectures whose machine code is embedded, e.g. `sm_80 sm_86 sm_89 sm_90a`;
 /// empty when the binary has no kernels.
@@ -41,3 +42,35 @@ pub fn probe() -> crate::Result<String> {
 mod no_kernels;
 #[cfg(not(gemma_cuda_kernels))]
 pub use no_kernels::{probe, run_kernel_checks, CudaBackend};
+
+/// Compile and run a warp-emulator check of `kernels/tests/` (`"<kernel>_fragments.c"`) with
+/// the C compiler the Rust toolchain links with (`CC`, else `cc`); it prints "ok" when the
+/// kernel's fragment index math matches direct matrix products.
+#[cfg(test)]
+fn run_fragment_emulator(file: &str) {
+    let kernels = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let exe = std::env::temp_dir().join(format!(
+        "{}_{}",
+        file.trim_end_matches(".c"),
+        std::process::id()
+    ));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = std::process::Command::new(&cc)
+        .args(["-std=c99", "-O1", "-I"])
+        .arg(&kernels)
+        .arg("-I")
+        .arg(kernels.join("tests"))
+        .arg(kernels.join("tests").join(file))
+        .args(["-lm", "-o"])
+        .arg(&exe)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
+    assert!(status.success(), "compiling {file} failed");
+    let output = std::process::Command::new(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("run {file}: {e}"));
+    let _ = std::fs::remove_file(&exe);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{file}:\n{stdout}");
+    assert_eq!(stdout.trim(), "ok");
+}

@@ -1,0 +1,158 @@
+/* gate_up_geglu.cu: the MLP's gate|up projection with the gated GELU in its epilogue.
+ *
+ * out[t, j] = gelu_tanh(r_t g[t, j]) * (r_t u[t, j]) with g = x W_gate^T, u = x W_up^T, where
+ * x = bf16(residual) and r_t = inv_rms[t] completes the folded pre-feedforward RMSNorm (its
+ * 1 + w scales the weight columns): the cuBLAS gate|up GEMM followed by geglu.cu, in one
+ * kernel, so the [num_tokens, 2 * intermediate] gate|up activations never reach memory.
+ *
+ * Layout (GateUpGegluParams in params.h): x bf16 [num_tokens, hidden]; w bf16
+ * [2 * intermediate, hidden] with gate and up rows interleaved in blocks of BLOCK_OUT rows
+ * (rows 2 * BLOCK_OUT * b .. + BLOCK_OUT are gate rows BLOCK_OUT * b .., the next BLOCK_OUT the
+ * up rows of the same outputs; the host reorders them at upload); inv_rms f32 [num_tokens];
+ * out bf16 [num_tokens, intermediate].
+ *
+ * Launch: grid (intermediate / BLOCK_OUT, ceil(num_tokens / BLOCK_M)), GEGLU_GEMM_THREADS (8
+ * warps), GEGLU_GEMM_SMEM_BYTES of dynamic shared memory. A CTA computes BLOCK_M = 128 token
+ * rows x 128 weight rows (64 outputs), k in BLOCK_K = 64 slices through a 3-stage cp.async
+ * pipeline; each stage holds the x slice [128][64] and the weight slice [128][64], 16-byte
+ * chunks XOR-swizzled (tile_swizzle) so cp.async stores and ldmatrix loads are conflict-free.
+ * Warp w owns 32 token rows x 32 outputs (gate_up_geglu.cuh): 2 m16 tiles x (4 gate + 4 up)
+ * n8 tiles of mma.sync.m16n8k16; the gate and up values of one output sit in the same lane
+ * and register of their tiles, so the epilogue needs no data exchange. Rows past num_tokens
+ * are zero-filled on load and never stored.
+ *
+ * Numerics: bf16 products accumulated in f32 by the tensor cores; r, GELU-tanh (accurate
+ * tanhf) and the product in f32; one bf16 rounding of the output. The cuBLAS path rounds gate
+ * and up to bf16 before geglu; this kernel does not.
+ */
+#include "common.cuh"
+#include "gate_up_geglu.cuh"
+#include "mma.cuh"
+
+namespace {
+
+constexpr int kBlockM = GEGLU_GEMM_BLOCK_M;
+constexpr int kWeightRows = 2 * GEGLU_GEMM_BLOCK_OUT;
+constexpr int kBlockK = GEGLU_GEMM_BLOCK_K;
+constexpr int kStages = GEGLU_GEMM_STAGES;
+constexpr int kThreads = GEGLU_GEMM_THREADS;
+constexpr int kStageElems = (kBlockM + kWeightRows) * kBlockK;
+
+static_assert(kStages * kStageElems * 2 == GEGLU_GEMM_SMEM_BYTES, "params.h smem size");
+static_assert(GEGLU_WARPS_M * (GEGLU_GEMM_BLOCK_OUT / GEGLU_WARP_OUT) * 32 == kThreads,
+              "the warps tile the CTA");
+static_assert(kBlockK % 64 == 0, "tile_swizzle needs 128-byte rows");
+static_assert(kThreads % GEGLU_CHUNKS_PER_ROW == 0 && kBlockM % (kThreads / GEGLU_CHUNKS_PER_ROW) == 0 &&
+                  kWeightRows % (kThreads / GEGLU_CHUNKS_PER_ROW) == 0,
+              "every thread copies whole columns of both tiles");
+
+/* Start copying k slice `k_tile` of the CTA's x rows and weight rows into `stage`. Thread i
+ * copies chunks i, i + THREADS, ... of each tile: one column, every ROW_STEP-th row. */
+__device__ __forceinline__ void load_stage(bf16_t *stage, const GateUpGegluParams &p,
+                                           uint32_t first_row, uint32_t first_weight_row,
+                                           uint32_t k_tile) {
+    constexpr int kRowStep = kThreads / GEGLU_CHUNKS_PER_ROW;
+    const int r0 = geglu_chunk_row(threadIdx.x), c = geglu_chunk_col(threadIdx.x);
+    const size_t k0 = static_cast<size_t>(k_tile) * kBlockK + c;
+    bf16_t *x_tile = stage;
+    bf16_t *w_tile = stage + kBlockM * kBlockK;
+#pragma unroll
+    for (int r = r0; r < kBlockM; r += kRowStep) {
+        const uint32_t row = first_row + r;
+        const bool valid = row < p.num_tokens;
+        const bf16_t *src = p.x + static_cast<size_t>(valid ? row : 0) * p.hidden + k0;
+        cp_async_16(x_tile + tile_swizzle(r, c, kBlockK), src, valid);
+    }
+#pragma unroll
+    for (int r = r0; r < kWeightRows; r += kRowStep) {
+        const bf16_t *src = p.w + static_cast<size_t>(first_weight_row + r) * p.hidden + k0;
+        cp_async_16(w_tile + tile_swizzle(r, c, kBlockK), src, true);
+    }
+}
+
+} // namespace
+
+extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
+    gate_up_geglu(const GateUpGegluParams p) {
+    extern __shared__ __align__(128) unsigned char smem_bytes[];
+    bf16_t *smem = reinterpret_cast<bf16_t *>(smem_bytes);
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warp_row = geglu_warp_row(warp);
+    const uint32_t first_row = blockIdx.y * kBlockM;
+    const uint32_t first_out = blockIdx.x * GEGLU_GEMM_BLOCK_OUT;
+    const uint32_t first_weight_row = blockIdx.x * kWeightRows;
+    const uint32_t k_tiles = p.hidden / kBlockK;
+
+    float acc[GEGLU_M_TILES][2 * GEGLU_OUT_TILES][4];
+#pragma unroll
+    for (int mt = 0; mt < GEGLU_M_TILES; ++mt) {
+#pragma unroll
+        for (int t = 0; t < 2 * GEGLU_OUT_TILES; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.0f;
+        }
+    }
+
+    /* Prologue: the first STAGES - 1 slices in flight, one commit group each. */
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < k_tiles) load_stage(smem + s * kStageElems, p, first_row, first_weight_row, s);
+        cp_async_commit();
+    }
+    for (uint32_t kt = 0; kt < k_tiles; ++kt) {
+        /* Slice kt has landed (at most STAGES - 2 younger groups pending) for every thread, and
+         * every warp is done with slice kt - 1, whose stage the next load overwrites. */
+        cp_async_wait<kStages - 2>();
+        __syncthreads();
+        const uint32_t next = kt + kStages - 1;
+        if (next < k_tiles) {
+            load_stage(smem + (next % kStages) * kStageElems, p, first_row, first_weight_row, next);
+        }
+        cp_async_commit(); /* possibly empty, so the group count stays in step */
+
+        const bf16_t *x_tile = smem + (kt % kStages) * kStageElems;
+        const bf16_t *w_tile = x_tile + kBlockM * kBlockK;
+#pragma unroll
+        for (int ks = 0; ks < kBlockK / 16; ++ks) {
+            uint32_t a[GEGLU_M_TILES][4];
+#pragma unroll
+            for (int mt = 0; mt < GEGLU_M_TILES; ++mt) {
+                ldmatrix_x4(a[mt], x_tile + tile_swizzle(warp_row + mt * 16 + ldsm_a_row(lane),
+                                                         ks * 16 + ldsm_a_col(lane), kBlockK));
+            }
+#pragma unroll
+            for (int t = 0; t < 2 * GEGLU_OUT_TILES; t += 2) {
+                uint32_t b[4];
+                ldmatrix_x4(b, w_tile + tile_swizzle(geglu_tile_weight_row(warp, t) + ldsm_b_row(lane),
+                                                     ks * 16 + ldsm_b_col(lane), kBlockK));
+#pragma unroll
+                for (int mt = 0; mt < GEGLU_M_TILES; ++mt) {
+                    mma_bf16_16816(acc[mt][t], a[mt], b[0], b[1]);
+                    mma_bf16_16816(acc[mt][t + 1], a[mt], b[2], b[3]);
+                }
+            }
+        }
+    }
+
+    /* Epilogue: gate tile t and up tile t + OUT_TILES hold the same outputs. */
+#pragma unroll
+    for (int mt = 0; mt < GEGLU_M_TILES; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const uint32_t row = first_row + geglu_acc_row(warp, mt, lane, half);
+            if (row >= p.num_tokens) continue;
+            const float r = p.inv_rms[row];
+            bf16_t *out_row = p.out + static_cast<size_t>(row) * p.intermediate + first_out;
+#pragma unroll
+            for (int t = 0; t < GEGLU_OUT_TILES; ++t) {
+                const float *gate = &acc[mt][t][2 * half];
+                const float *up = &acc[mt][t + GEGLU_OUT_TILES][2 * half];
+                const int col = geglu_acc_out(warp, t, lane);
+                *reinterpret_cast<uint32_t *>(out_row + col) =
+                    pack_bf16x2(gelu_tanh(r * gate[0]) * (r * up[0]),
+                                gelu_tanh(r * gate[1]) * (r * up[1]));
+            }
+        }
+    }
+}

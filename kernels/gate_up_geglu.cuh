@@ -1,0 +1,54 @@
+/* gate_up_geglu.cuh: index math of the gate_up_geglu kernel, shared by host and device.
+ *
+ * Plain integer arithmetic, driven by the kernel and by its host-side warp emulator
+ * (kernels/tests/gate_up_geglu_fragments.c):
+ * - which 16-byte chunk of a stage tile each thread copies,
+ * - which rows and outputs each warp owns,
+ * - which weight rows of the CTA's tile feed each of a warp's n8 accumulator tiles.
+ */
+#ifndef GEMMA_EMBED_GATE_UP_GEGLU_CUH
+#define GEMMA_EMBED_GATE_UP_GEGLU_CUH
+
+#include "params.h"
+#include "tile.cuh"
+
+/* Each warp owns GEGLU_WARP_ROWS token rows x GEGLU_WARP_OUT outputs: 2 m16 tiles times
+ * 4 gate and 4 up n8 tiles. */
+#define GEGLU_WARP_ROWS 32
+#define GEGLU_WARP_OUT 32
+#define GEGLU_WARPS_M (GEGLU_GEMM_BLOCK_M / GEGLU_WARP_ROWS)
+#define GEGLU_M_TILES (GEGLU_WARP_ROWS / 16)
+#define GEGLU_OUT_TILES (GEGLU_WARP_OUT / 8)
+/* 16-byte chunks in one row of a stage tile. */
+#define GEGLU_CHUNKS_PER_ROW (GEGLU_GEMM_BLOCK_K / 8)
+
+/* Chunk `i` of a stage tile (row-major over [rows][BLOCK_K]): its row and first column.
+ * Consecutive threads take consecutive chunks, so eight threads copy one 128-byte row. */
+TILE_HD int geglu_chunk_row(int i) { return i / GEGLU_CHUNKS_PER_ROW; }
+TILE_HD int geglu_chunk_col(int i) { return (i % GEGLU_CHUNKS_PER_ROW) * 8; }
+
+/* The warp's first token row inside the CTA tile, and the first of its outputs inside the
+ * CTA's BLOCK_OUT outputs. */
+TILE_HD int geglu_warp_row(int warp) { return (warp % GEGLU_WARPS_M) * GEGLU_WARP_ROWS; }
+TILE_HD int geglu_warp_out(int warp) { return (warp / GEGLU_WARPS_M) * GEGLU_WARP_OUT; }
+
+/* First weight row (inside the CTA's 2 * BLOCK_OUT rows: gate rows, then up rows) of the
+ * warp's n8 tile `tile`: tiles 0..OUT_TILES-1 are gate, OUT_TILES..2*OUT_TILES-1 the up rows
+ * of the same outputs, so gate tile t and up tile t + OUT_TILES share lane and register. */
+TILE_HD int geglu_tile_weight_row(int warp, int tile) {
+    const int half = tile / GEGLU_OUT_TILES;
+    return half * GEGLU_GEMM_BLOCK_OUT + geglu_warp_out(warp) + (tile % GEGLU_OUT_TILES) * 8;
+}
+
+/* Where accumulator elements 2 * half and 2 * half + 1 of lane `lane` in m16 tile `m_tile`
+ * and gate tile `tile` (< OUT_TILES) land: the token row inside the CTA tile and the first of
+ * the two adjacent outputs inside the CTA's BLOCK_OUT (mma.m16n8k16's C layout: row lane / 4
+ * (+ 8), columns 2 (lane % 4) + 0, 1). */
+TILE_HD int geglu_acc_row(int warp, int m_tile, int lane, int half) {
+    return geglu_warp_row(warp) + m_tile * 16 + lane / 4 + 8 * half;
+}
+TILE_HD int geglu_acc_out(int warp, int tile, int lane) {
+    return geglu_warp_out(warp) + tile * 8 + 2 * (lane % 4);
+}
+
+#endif /* GEMMA_EMBED_GATE_UP_GEGLU_CUH */

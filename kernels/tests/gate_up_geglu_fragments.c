@@ -1,0 +1,211 @@
+/* gate_up_geglu_fragments.c: host check of the gate_up_geglu kernel's index math.
+ *
+ * Drives the warp emulator of warp_emulator.h (ldmatrix.x4 and mma.m16n8k16 from the PTX ISA
+ * definitions) with the chunk, warp and tile functions of gate_up_geglu.cuh and the swizzle
+ * and lane addresses of tile.cuh, in the loop order of the kernel: every CTA of a problem with
+ * two row blocks (the second one partial) and two output blocks, three k slices rotating
+ * through the stage buffers, the weight rows interleaved in blocks as the host uploads them.
+ * The epilogue mapping is followed to the output element, writing the gate and the up value
+ * it would combine into two arrays, which must equal the direct products x W_gate^T and
+ * x W_up^T bit for bit (small integers: exact), with every output written exactly once and
+ * no row past num_tokens written. It also checks that the cp.async stores and every ldmatrix
+ * phase are free of shared-memory bank conflicts.
+ *
+ * Build and run (src/backend/cuda/mlp.rs does this in a test):
+ *   cc -std=c99 -O1 -I kernels -I kernels/tests kernels/tests/gate_up_geglu_fragments.c -o frag && ./frag
+ * Exit status 0 and "ok" on success; the first mismatches are printed otherwise.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "gate_up_geglu.cuh"
+#include "warp_emulator.h"
+
+#define BM GEGLU_GEMM_BLOCK_M
+#define BO GEGLU_GEMM_BLOCK_OUT
+#define BK GEGLU_GEMM_BLOCK_K
+#define WR (2 * BO)
+#define STAGES GEGLU_GEMM_STAGES
+#define THREADS GEGLU_GEMM_THREADS
+#define WARPS (THREADS / 32)
+#define M_TILES GEGLU_M_TILES
+#define N_TILES (2 * GEGLU_OUT_TILES)
+
+#define HIDDEN (3 * BK)
+#define INTER (2 * BO)
+#define TOKENS (BM + 37)
+
+static float x[TOKENS][HIDDEN], gate_w[INTER][HIDDEN], up_w[INTER][HIDDEN];
+static float w_interleaved[2 * INTER][HIDDEN];
+static float stage_x[STAGES][BM * BK], stage_w[STAGES][WR * BK];
+static float out_gate[TOKENS][INTER], out_up[TOKENS][INTER];
+static int writes[TOKENS][INTER];
+static float acc[WARPS][M_TILES][N_TILES][32][4];
+
+/* One cp.async.16 per thread of a warp stores 16 bytes each; shared memory serves them in
+ * phases of eight threads, which must cover the 32 banks once. */
+static void check_store_phase(const int offsets[8], int phase) {
+    int banks[32] = {0};
+    for (int t = 0; t < 8; ++t) {
+        expect(offsets[t] % 8 == 0, "cp.async destination 16-byte aligned", phase, t, offsets[t]);
+        for (int w = 0; w < 4; ++w) {
+            banks[bank_of(offsets[t] + 2 * w)]++;
+        }
+    }
+    for (int b = 0; b < 32; ++b) {
+        expect(banks[b] == 1, "cp.async store phase conflict-free", phase, b, banks[b]);
+    }
+}
+
+/* load_stage of the kernel for one thread-block, all threads. */
+static void load_stage(int stage, int first_row, int first_weight_row, int k_tile) {
+    const int row_step = THREADS / GEGLU_CHUNKS_PER_ROW;
+    for (int tile = 0; tile < 2; ++tile) {
+        const int rows = tile == 0 ? BM : WR;
+        for (int j = 0; j * row_step < rows; ++j) {
+            int phase_offsets[8];
+            for (int tid = 0; tid < THREADS; ++tid) {
+                const int r = geglu_chunk_row(tid) + j * row_step;
+                const int c = geglu_chunk_col(tid);
+                const int dst = tile_swizzle(r, c, BK);
+                phase_offsets[tid % 8] = dst;
+                if (tid % 8 == 7) {
+                    check_store_phase(phase_offsets, tid / 8);
+                }
+                for (int e = 0; e < 8; ++e) {
+                    const int k = k_tile * BK + c + e;
+                    if (tile == 0) {
+                        const int row = first_row + r;
+                        stage_x[stage][dst + e] = row < TOKENS ? x[row][k] : 0.0f;
+                    } else {
+                        stage_w[stage][dst + e] = w_interleaved[first_weight_row + r][k];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void run_cta(int block_out, int block_row) {
+    const int first_row = block_row * BM;
+    const int first_out = block_out * BO;
+    const int first_weight_row = block_out * WR;
+    for (int w = 0; w < WARPS; ++w)
+        for (int mt = 0; mt < M_TILES; ++mt)
+            for (int t = 0; t < N_TILES; ++t)
+                for (int l = 0; l < 32; ++l)
+                    for (int e = 0; e < 4; ++e) acc[w][mt][t][l][e] = 0.0f;
+
+    for (int kt = 0; kt < HIDDEN / BK; ++kt) {
+        load_stage(kt % STAGES, first_row, first_weight_row, kt);
+        const float *xs = stage_x[kt % STAGES];
+        const float *ws = stage_w[kt % STAGES];
+        for (int warp = 0; warp < WARPS; ++warp) {
+            const int warp_row = geglu_warp_row(warp);
+            for (int ks = 0; ks < BK / 16; ++ks) {
+                Pair a[M_TILES][32][4];
+                int addr[32];
+                for (int mt = 0; mt < M_TILES; ++mt) {
+                    for (int l = 0; l < 32; ++l) {
+                        addr[l] = tile_swizzle(warp_row + mt * 16 + ldsm_a_row(l),
+                                               ks * 16 + ldsm_a_col(l), BK);
+                    }
+                    ldmatrix_x4(xs, addr, 0, a[mt]);
+                }
+                for (int t = 0; t < N_TILES; t += 2) {
+                    Pair b[32][4], b_lo[32][2], b_hi[32][2];
+                    for (int l = 0; l < 32; ++l) {
+                        addr[l] = tile_swizzle(geglu_tile_weight_row(warp, t) + ldsm_b_row(l),
+                                               ks * 16 + ldsm_b_col(l), BK);
+                    }
+                    ldmatrix_x4(ws, addr, 0, b);
+                    for (int l = 0; l < 32; ++l) {
+                        b_lo[l][0] = b[l][0];
+                        b_lo[l][1] = b[l][1];
+                        b_hi[l][0] = b[l][2];
+                        b_hi[l][1] = b[l][3];
+                    }
+                    for (int mt = 0; mt < M_TILES; ++mt) {
+                        mma_16816(acc[warp][mt][t], a[mt], b_lo);
+                        mma_16816(acc[warp][mt][t + 1], a[mt], b_hi);
+                    }
+                }
+            }
+        }
+    }
+
+    /* Epilogue mapping of the kernel. */
+    for (int warp = 0; warp < WARPS; ++warp) {
+        for (int mt = 0; mt < M_TILES; ++mt) {
+            for (int half = 0; half < 2; ++half) {
+                for (int l = 0; l < 32; ++l) {
+                    const int row = first_row + geglu_acc_row(warp, mt, l, half);
+                    if (row >= TOKENS) {
+                        continue;
+                    }
+                    for (int t = 0; t < GEGLU_OUT_TILES; ++t) {
+                        const int col = geglu_acc_out(warp, t, l);
+                        for (int e = 0; e < 2; ++e) {
+                            const int j = first_out + col + e;
+                            out_gate[row][j] = acc[warp][mt][t][l][2 * half + e];
+                            out_up[row][j] = acc[warp][mt][t + GEGLU_OUT_TILES][l][2 * half + e];
+                            writes[row][j]++;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+int main(void) {
+    srand(11);
+    for (int r = 0; r < TOKENS; ++r)
+        for (int k = 0; k < HIDDEN; ++k) x[r][k] = (float)(rand() % 7 - 3);
+    for (int j = 0; j < INTER; ++j) {
+        for (int k = 0; k < HIDDEN; ++k) {
+            gate_w[j][k] = (float)(rand() % 7 - 3);
+            up_w[j][k] = (float)(rand() % 7 - 3);
+        }
+    }
+    /* The upload order: gate block b, then up block b. */
+    for (int b = 0; b < INTER / BO; ++b) {
+        for (int i = 0; i < BO; ++i) {
+            for (int k = 0; k < HIDDEN; ++k) {
+                w_interleaved[b * WR + i][k] = gate_w[b * BO + i][k];
+                w_interleaved[b * WR + BO + i][k] = up_w[b * BO + i][k];
+            }
+        }
+    }
+    for (int r = 0; r < TOKENS; ++r) {
+        for (int j = 0; j < INTER; ++j) {
+            out_gate[r][j] = out_up[r][j] = NAN;
+        }
+    }
+
+    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
+        for (int block_out = 0; block_out < INTER / BO; ++block_out) {
+            run_cta(block_out, block_row);
+        }
+    }
+
+    for (int r = 0; r < TOKENS; ++r) {
+        for (int j = 0; j < INTER; ++j) {
+            float g = 0.0f, u = 0.0f;
+            for (int k = 0; k < HIDDEN; ++k) {
+                g += x[r][k] * gate_w[j][k];
+                u += x[r][k] * up_w[j][k];
+            }
+            expect(writes[r][j] == 1, "every output written once", r, j, writes[r][j]);
+            expect(out_gate[r][j] == g, "gate = x W_gate^T", r, j, (int)g);
+            expect(out_up[r][j] == u, "up = x W_up^T", r, j, (int)u);
+        }
+    }
+    if (failures) {
+        printf("%d mismatches\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}

@@ -1,0 +1,266 @@
+//! The MLP's gate|up projection and gated GELU: the host half of `kernels/gate_up_geglu.cu`.
+//!
+//! - The two ways to compute it: the cuBLAS gate|up GEMM followed by `geglu`, or the fused
+//!   `gate_up_geglu` kernel with the GELU-tanh·up product in its epilogue ([`MlpKernel`]).
+//! - The fused kernel's compile-time tile (mirrors of the `GEGLU_GEMM_*` defines in
+//!   `kernels/params.h`) and its check against the model's shape.
+//! - The weight order the fused kernel reads ([`interleave_gate_up`]).
+//! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
+
+use crate::{Error, Result};
+
+/// `GEGLU_GEMM_BLOCK_M`: token rows per CTA.
+pub const BLOCK_M: usize = 128;
+/// `GEGLU_GEMM_BLOCK_OUT`: outputs per CTA (twice as many weight rows: gate, then up).
+pub const BLOCK_OUT: usize = 64;
+/// `GEGLU_GEMM_BLOCK_K`: k per pipeline stage.
+pub const BLOCK_K: usize = 64;
+/// `GEGLU_GEMM_STAGES`: depth of the cp.async pipeline.
+pub const STAGES: usize = 3;
+/// `GEGLU_GEMM_THREADS`: threads per CTA.
+pub const THREADS: usize = 256;
+/// `GEGLU_GEMM_SMEM_BYTES`: dynamic shared memory per CTA.
+pub const SMEM_BYTES: usize = 98304;
+
+/// Kernel name in the embedded modules.
+pub const FUSED_KERNEL: &str = "gate_up_geglu";
+
+/// How the engine computes `gelu_tanh(r·gate)·(r·up)` from the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKernel {
+    /// cuBLAS writes gate|up as bf16, then `geglu` reads it back: the default until the fused
+    /// kernel is measured faster on a GPU (docs/gpu-report.md).
+    Cublas,
+    /// `gate_up_geglu`: one kernel, the gate|up activations never reach memory.
+    Fused,
+}
+
+impl MlpKernel {
+    /// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `cublas` (or unset) cuBLAS + `geglu`.
+    pub fn from_env() -> Result<Self> {
+        Self::parse(std::env::var("GEMMA_EMBED_MLP").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self> {
+        match value {
+            None | Some("cublas") => Ok(Self::Cublas),
+            Some("fused") => Ok(Self::Fused),
+            Some(other) => Err(Error::Cuda(format!(
+                "GEMMA_EMBED_MLP must be `cublas` or `fused`, got `{other}`"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cublas => "cublas+geglu",
+            Self::Fused => FUSED_KERNEL,
+        }
+    }
+}
+
+/// The fused kernel tiles k by [`BLOCK_K`] and the outputs by [`BLOCK_OUT`], without edge
+/// handling in either: refuse a model whose shape does not divide.
+pub fn check_shape(hidden: usize, intermediate: usize) -> Result<()> {
+    if hidden % BLOCK_K != 0 || intermediate % BLOCK_OUT != 0 || hidden == 0 || intermediate == 0 {
+        return Err(Error::Cuda(format!(
+            "{FUSED_KERNEL} needs hidden a multiple of {BLOCK_K} and intermediate a multiple of \
+             {BLOCK_OUT}; the model has hidden {hidden}, intermediate {intermediate} (unset \
+             GEMMA_EMBED_MLP to use cuBLAS + geglu)"
+        )));
+    }
+    Ok(())
+}
+
+/// The fused kernel's weight order, from `[gate rows; up rows]` (`[2·intermediate, hidden]`):
+/// gate rows `BLOCK_OUT·b ..` then the up rows of the same outputs, for b = 0, 1, ...
+pub fn interleave_gate_up<T: Copy>(gate_up: &[T], intermediate: usize, hidden: usize) -> Vec<T> {
+    let block = BLOCK_OUT * hidden;
+    let (gate, up) = gate_up.split_at(intermediate * hidden);
+    gate.chunks(block)
+        .zip(up.chunks(block))
+        .flat_map(|(g, u)| g.iter().chain(u).copied())
+        .collect()
+}
+
+#[cfg(gemma_cuda_kernels)]
+pub use device::GateUpGeglu;
+
+#[cfg(gemma_cuda_kernels)]
+mod device {
+    use cudarc::driver::sys::CUfunction_attribute;
+    use cudarc::driver::PushKernelArg;
+    use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+
+    use super::*;
+    use crate::backend::cuda::device::{driver_err, Device};
+    use crate::backend::cuda::params::GateUpGegluParams;
+
+    // SAFETY: bindgen's `#[repr(C)]` copy of `GateUpGegluParams` from kernels/params.h: device
+    // addresses and scalars only, passed to the kernel by value.
+    unsafe impl cudarc::driver::DeviceRepr for GateUpGegluParams {}
+
+    /// `gate_up_geglu`, resolved from the embedded modules and allowed its shared memory.
+    pub struct GateUpGeglu {
+        func: CudaFunction,
+    }
+
+    impl GateUpGeglu {
+        pub fn load(dev: &Device) -> Result<Self> {
+            let func = dev.function(FUSED_KERNEL)?;
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                SMEM_BYTES as i32,
+            )
+            .map_err(driver_err(format!(
+                "allow {SMEM_BYTES} bytes of dynamic shared memory for {FUSED_KERNEL} (the \
+                 device's per-block opt-in limit is lower; unset GEMMA_EMBED_MLP)"
+            )))?;
+            Ok(Self { func })
+        }
+
+        /// `out[t, j] = gelu_tanh(r_t·g[t, j])·(r_t·u[t, j])`, `g, u = x · w_gateᵀ, x · w_upᵀ`:
+        /// x bf16 `[num_tokens, hidden]`, w bf16 `[2·intermediate, hidden]` in the order of
+        /// [`interleave_gate_up`], inv_rms `[num_tokens]`, out bf16 `[num_tokens, intermediate]`.
+        pub fn launch(
+            &self,
+            dev: &Device,
+            (x, w, inv_rms): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
+            out: &mut CudaSlice<u16>,
+            (num_tokens, hidden, intermediate): (usize, usize, usize),
+        ) -> Result<()> {
+            check_shape(hidden, intermediate)?;
+            if num_tokens == 0 {
+                return Ok(());
+            }
+            if x.len() < num_tokens * hidden
+                || w.len() < 2 * intermediate * hidden
+                || inv_rms.len() < num_tokens
+                || out.len() < num_tokens * intermediate
+            {
+                return Err(Error::Cuda(format!(
+                    "{FUSED_KERNEL} over {num_tokens} tokens (hidden {hidden}, intermediate \
+                     {intermediate}): buffers too small (x {}, w {}, inv_rms {}, out {})",
+                    x.len(),
+                    w.len(),
+                    inv_rms.len(),
+                    out.len()
+                )));
+            }
+            let to_u32 = |v: usize, what: &str| {
+                u32::try_from(v)
+                    .map_err(|_| Error::Cuda(format!("{FUSED_KERNEL}: {what} {v} exceeds u32")))
+            };
+            let row_blocks = to_u32(num_tokens.div_ceil(BLOCK_M), "row blocks")?;
+            if row_blocks > 65_535 {
+                return Err(Error::Cuda(format!(
+                    "{FUSED_KERNEL}: {num_tokens} tokens exceed the grid's {} rows",
+                    65_535 * BLOCK_M
+                )));
+            }
+            let s = &dev.stream;
+            let (x_ptr, _x) = x.device_ptr(s);
+            let (w_ptr, _w) = w.device_ptr(s);
+            let (r_ptr, _r) = inv_rms.device_ptr(s);
+            let (o_ptr, _o) = out.device_ptr_mut(s);
+            let params = GateUpGegluParams {
+                x: x_ptr as *const u16,
+                w: w_ptr as *const u16,
+                inv_rms: r_ptr as *const f32,
+                out: o_ptr as *mut u16,
+                num_tokens: to_u32(num_tokens, "num_tokens")?,
+                hidden: to_u32(hidden, "hidden")?,
+                intermediate: to_u32(intermediate, "intermediate")?,
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (to_u32(intermediate / BLOCK_OUT, "grid x")?, row_blocks, 1),
+                block_dim: (THREADS as u32, 1, 1),
+                shared_mem_bytes: SMEM_BYTES as u32,
+            };
+            // SAFETY: GateUpGegluParams matches the kernel's parameter (same header); every
+            // buffer covers what the kernel touches for these shapes (checked above), the shape
+            // divides the kernel's tiles (check_shape), and the guards keep the buffers alive
+            // and ordered on the stream until the launch is enqueued.
+            unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
+                .map_err(driver_err(format!("launch {FUSED_KERNEL}")))?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_constants_match_params_header() {
+        let header = include_str!("../../../kernels/params.h");
+        let define = |name: &str| -> usize {
+            let line = header
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("#define {name} missing from params.h"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(define("GEGLU_GEMM_BLOCK_M"), BLOCK_M);
+        assert_eq!(define("GEGLU_GEMM_BLOCK_OUT"), BLOCK_OUT);
+        assert_eq!(define("GEGLU_GEMM_BLOCK_K"), BLOCK_K);
+        assert_eq!(define("GEGLU_GEMM_STAGES"), STAGES);
+        assert_eq!(define("GEGLU_GEMM_THREADS"), THREADS);
+        assert_eq!(define("GEGLU_GEMM_SMEM_BYTES"), SMEM_BYTES);
+        assert_eq!(SMEM_BYTES, STAGES * (BLOCK_M + 2 * BLOCK_OUT) * BLOCK_K * 2);
+    }
+
+    #[test]
+    fn interleaving_alternates_gate_and_up_blocks() {
+        // intermediate 2 blocks of BLOCK_OUT rows, hidden 2: row i of gate is (i, -1),
+        // row i of up is (i, 1).
+        let (inter, hidden) = (2 * BLOCK_OUT, 2);
+        let mut gate_up = Vec::new();
+        for sign in [-1i32, 1] {
+            for i in 0..inter as i32 {
+                gate_up.extend([i, sign]);
+            }
+        }
+        let out = interleave_gate_up(&gate_up, inter, hidden);
+        assert_eq!(out.len(), gate_up.len());
+        for (r, row) in out.chunks(hidden).enumerate() {
+            let block = r / (2 * BLOCK_OUT);
+            let within = r % (2 * BLOCK_OUT);
+            let (output, sign) = if within < BLOCK_OUT {
+                (block * BLOCK_OUT + within, -1)
+            } else {
+                (block * BLOCK_OUT + within - BLOCK_OUT, 1)
+            };
+            assert_eq!(row, [output as i32, sign], "interleaved row {r}");
+        }
+    }
+
+    #[test]
+    fn shape_check_refuses_what_the_tiles_do_not_divide() {
+        assert!(check_shape(768, 1152).is_ok());
+        assert!(check_shape(768 + 32, 1152).is_err());
+        assert!(check_shape(768, 1152 + 32).is_err());
+        assert!(check_shape(0, 1152).is_err());
+    }
+
+    #[test]
+    fn the_variable_selects_the_kernel() {
+        assert_eq!(MlpKernel::parse(None).unwrap(), MlpKernel::Cublas);
+        assert_eq!(MlpKernel::parse(Some("cublas")).unwrap(), MlpKernel::Cublas);
+        assert_eq!(MlpKernel::parse(Some("fused")).unwrap(), MlpKernel::Fused);
+        let err = MlpKernel::parse(Some("fast")).unwrap_err().to_string();
+        assert!(
+            err.contains("GEMMA_EMBED_MLP") && err.contains("fast"),
+            "{err}"
+        );
+    }
+
+    /// The fused kernel's index math (stage copies, swizzle, ldmatrix lanes, mma fragments,
+    /// gate/up pairing in the epilogue) against direct products, in the warp emulator
+    /// `kernels/tests/gate_up_geglu_fragments.c`.
+    #[test]
+    fn fused_fragment_math_matches_direct_products() {
+        super::super::run_fragment_emulator("gate_up_geglu_fragments.c");
+    }
+}
