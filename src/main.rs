@@ -480,9 +480,8 @@ fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos() as u64,
     };
-    let device = backend::cuda::probe()?;
+    let backend::cuda::KernelChecks { device, checks } = backend::cuda::run_kernel_checks(seed)?;
     println!("device: {device}, seed: {seed}");
-    let checks = backend::cuda::run_kernel_checks(seed)?;
     backend::cuda::print_table(&checks, &mut std::io::stdout().lock())?;
     if let Some(path) = &args.json {
         backend::cuda::write_json(&checks, path)?;

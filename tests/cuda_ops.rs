@@ -23,7 +23,9 @@ fn every_kernel_matches_its_cpu_twin() {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    let checks = cuda::run_kernel_checks(seed).expect("kernel checks run");
+    let checks = cuda::run_kernel_checks(seed)
+        .expect("kernel checks run")
+        .checks;
     let mut table = Vec::new();
     cuda::print_table(&checks, &mut table).expect("format table");
     eprintln!(

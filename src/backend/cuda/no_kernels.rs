@@ -1,7 +1,7 @@
 //! Stand-in for a binary built without nvcc: same API, every entry point reports that the
 //! kernels are missing and how to rebuild.
 
-use super::KernelCheck;
+use super::KernelChecks;
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::Model;
 use crate::{Error, Result};
@@ -29,6 +29,6 @@ pub fn probe() -> Result<String> {
     Err(Error::NoCudaKernels)
 }
 
-pub fn run_kernel_checks(_seed: u64) -> Result<Vec<KernelCheck>> {
+pub fn run_kernel_checks(_seed: u64) -> Result<KernelChecks> {
     Err(Error::NoCudaKernels)
 }

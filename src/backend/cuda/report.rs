@@ -8,6 +8,13 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
+/// Every check of one `check-kernels` run, with the device they ran on.
+pub struct KernelChecks {
+    /// `"<GPU name> (sm_XY)"`.
+    pub device: String,
+    pub checks: Vec<KernelCheck>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelCheck {
     /// Kernel (or cuBLAS GEMM) name.
