@@ -11,9 +11,10 @@
 #   2. the card's ceilings (copy bandwidth, bf16 matmul rate) measured with torch -> $OUT/ceilings.json;
 #      gemma-embed check-kernels: every kernel against its CPU twin, timed      -> $OUT/kernels.json
 #   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
-#      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector    -> $OUT/parity.json
-#   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA) vs
-#      sentence-transformers bf16 + SDPA on the same card                        -> $OUT/bench*.json
+#      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
+#      once with each MLP path (GEMMA_EMBED_MLP unset = cuBLAS + geglu, =fused)  -> $OUT/parity.json
+#   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, both MLP
+#      paths) vs sentence-transformers bf16 + SDPA on the same card              -> $OUT/bench*.json
 #   5. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
 #      (many concurrent connections, every answer checked against the text's lone embedding),
 #      then SIGTERM and a clean exit                                             -> $OUT/serve.json
@@ -23,7 +24,7 @@
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
 # seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
-# $TMPDIR/gemma-embed-gpu-check/out), at most 9 files.
+# $TMPDIR/gemma-embed-gpu-check/out), at most 10 files.
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,8 +48,8 @@ while [ $# -gt 0 ]; do
 done
 out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
-rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work/cpu.npy" "$work/st.npy"
-(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_reference.json serve.json summary.txt)
+rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work/fused.npy" "$work/cpu.npy" "$work/st.npy"
+(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_fused_mlp.json bench_reference.json serve.json summary.txt)
 mkdir -p "$out" "$work"
 # The device call allows about 8 minutes: by default the whole check keeps within 7.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
@@ -161,6 +162,9 @@ if [ $cpu_only = 0 ]; then
     stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
+    stage embed-cuda-fused-mlp 90 env GEMMA_EMBED_MLP=fused "${gemma[@]}" embed --model "$model" --input "$ids" \
+        --output "$work/fused.npy" --backend cuda --max-batch-tokens 16384
+    compare_args+=(--fused "$work/fused.npy")
 fi
 stage embed-cpu 150 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
     --backend cpu --max-batch-tokens 16384
@@ -172,6 +176,11 @@ stage parity 30 "$python" "$repo/tools/gpu/parity.py" compare --ids "$ids" "${co
 stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --lengths "$bench_lengths" --mixed \
     --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
     --json "$out/bench.json"
+if [ $cpu_only = 0 ]; then
+    stage bench-fused-mlp 150 env GEMMA_EMBED_MLP=fused "${gemma[@]}" bench --model "$model" --backend cuda \
+        --lengths "$bench_lengths" --mixed --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 \
+        --max-batch-tokens "$max_batch_tokens" --json "$out/bench_fused_mlp.json"
+fi
 stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
     --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
     --json "$out/bench_reference.json"
