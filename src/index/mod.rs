@@ -12,7 +12,7 @@ pub mod parquet_output;
 pub mod reader;
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -134,128 +134,17 @@ pub fn source_name(path: &str) -> &str {
     }
 }
 
-/// Read every record of `path` (`-` is stdin). Blank JSON Lines are skipped; in text format
-/// every line is a document, an empty one included. Errors name the line.
+/// Read every record of `path` (`-` is stdin) with a [`reader::RecordReader`]: blank JSON Lines
+/// are skipped; in text format every line is a document, an empty one included. The first
+/// document that cannot be used is the error, naming its line (row).
 pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Result<Vec<Record>> {
-    let name = source_name(path);
-    if matches!(format, InputFormat::Csv | InputFormat::Parquet) {
-        let mut reader =
-            reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
-        let mut records = Vec::new();
-        while let Some(document) = reader.next_document()? {
-            records.push(document.record?);
-        }
-        return Ok(records);
-    }
-    let mut bytes = Vec::new();
-    let read = if path == "-" {
-        std::io::stdin().read_to_end(&mut bytes)
-    } else {
-        File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
-    };
-    read.map_err(|source| Error::Io {
-        path: name.into(),
-        source,
-    })?;
-    parse_records(name, &bytes, format)
-}
-
-/// Parse the bytes of an input file (see [`read_records`]).
-pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
-    if matches!(format, InputFormat::Csv | InputFormat::Parquet) {
-        return Err(Error::File {
-            path: name.into(),
-            message: format!("{format:?} is read from a file (see read_records)"),
-        });
-    }
-    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
+    let mut reader =
+        reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
     let mut records = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let error = |message: String| Error::Line {
-            source_name: name.into(),
-            line,
-            message,
-        };
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw).map_err(|e| error(format!("not UTF-8 ({e})")))?;
-        match format {
-            InputFormat::Text => records.push(Record {
-                line,
-                id: None,
-                content: Content::Text(text.to_string()),
-                prompt: PromptChoice::Inherit,
-            }),
-            // (CSV and Parquet were refused above.)
-            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
-                if text.trim().is_empty() => {}
-            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => {
-                records.push(parse_json_line(line, text).map_err(error)?)
-            }
-        }
+    while let Some(document) = reader.next_document()? {
+        records.push(document.record?);
     }
     Ok(records)
-}
-
-const FIELDS: &str = "`text` or `ids`, optional `id` and `prompt_name`";
-
-fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err(format!("expected a JSON object with {FIELDS}"));
-    };
-    if let Some(key) = map
-        .keys()
-        .find(|k| !["text", "ids", "id", "prompt_name"].contains(&k.as_str()))
-    {
-        return Err(format!("unknown field `{key}` (expected {FIELDS})"));
-    }
-    let content = match (map.get("text"), map.get("ids")) {
-        (Some(Value::String(text)), None) => Content::Text(text.clone()),
-        (Some(other), None) => return Err(format!("`text` must be a string, got {other}")),
-        (None, Some(Value::Array(ids))) => Content::Ids(
-            ids.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_u64()
-                        .and_then(|id| u32::try_from(id).ok())
-                        .ok_or_else(|| format!("`ids[{i}]` is not a token id: {v}"))
-                })
-                .collect::<std::result::Result<_, _>>()?,
-        ),
-        (None, Some(other)) => {
-            return Err(format!("`ids` must be an array of token ids, got {other}"))
-        }
-        (Some(_), Some(_)) => return Err("give `text` or `ids`, not both".into()),
-        (None, None) => return Err(format!("missing `text` (expected {FIELDS})")),
-    };
-    let id = match map.get("id") {
-        None => None,
-        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
-        Some(other) => return Err(format!("`id` must be a string or a number, got {other}")),
-    };
-    let prompt = match map.get("prompt_name") {
-        None => PromptChoice::Inherit,
-        Some(Value::Null) => PromptChoice::NoPrompt,
-        Some(Value::String(name)) => PromptChoice::Named(name.clone()),
-        Some(other) => {
-            return Err(format!(
-                "`prompt_name` must be a string or null, got {other}"
-            ))
-        }
-    };
-    if matches!(content, Content::Ids(_)) && matches!(prompt, PromptChoice::Named(_)) {
-        return Err("`prompt_name` does not apply to `ids` (token ids are used as is)".into());
-    }
-    Ok(Record {
-        line,
-        id,
-        content,
-        prompt,
-    })
 }
 
 /// An error about the document at 1-based `line` of the input `path` (a row in Parquet).
@@ -442,80 +331,6 @@ impl Drop for AtomicFile {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    fn jsonl(text: &str) -> Result<Vec<Record>> {
-        parse_records("in.jsonl", text.as_bytes(), InputFormat::Jsonl)
-    }
-
-    fn line_error(text: &str) -> (usize, String) {
-        match jsonl(text).unwrap_err() {
-            Error::Line { line, message, .. } => (line, message),
-            other => panic!("expected a line error, got {other}"),
-        }
-    }
-
-    #[test]
-    fn reads_json_lines() {
-        let records = jsonl(
-            "{\"text\": \"a\"}\n\n{\"id\": \"x\", \"text\": \" b \", \"prompt_name\": \"query\"}\r\n\
-             {\"id\": 7, \"ids\": [2, 5, 1], \"prompt_name\": null}\n",
-        )
-        .unwrap();
-        assert_eq!(records.len(), 3);
-        assert_eq!(records[0].content, Content::Text("a".into()));
-        assert_eq!(records[0].output_id(), Value::from(1));
-        assert_eq!(records[0].prompt, PromptChoice::Inherit);
-        assert_eq!(records[1].line, 3);
-        assert_eq!(records[1].content, Content::Text(" b ".into()));
-        assert_eq!(records[1].output_id(), Value::from("x"));
-        assert_eq!(records[1].prompt, PromptChoice::Named("query".into()));
-        assert_eq!(records[2].content, Content::Ids(vec![2, 5, 1]));
-        assert_eq!(records[2].output_id(), Value::from(7));
-        assert_eq!(records[2].prompt, PromptChoice::NoPrompt);
-    }
-
-    #[test]
-    fn reads_text_lines_as_is() {
-        let records = parse_records("in.txt", b"one\n\n  two \r\n", InputFormat::Text).unwrap();
-        let texts: Vec<_> = records.iter().map(|r| r.content.clone()).collect();
-        assert_eq!(
-            texts,
-            [
-                Content::Text("one".into()),
-                Content::Text(String::new()),
-                Content::Text("  two ".into())
-            ]
-        );
-        assert_eq!(records[2].line, 3);
-    }
-
-    #[test]
-    fn bad_lines_are_named() {
-        assert_eq!(line_error("{\"text\": \"a\"}\n{\"text\": 3}").0, 2);
-        assert!(line_error("{\"txt\": \"a\"}")
-            .1
-            .contains("unknown field `txt`"));
-        assert!(line_error("{\"id\": 1}").1.contains("missing `text`"));
-        assert!(line_error("{\"text\": \"a\", \"ids\": [1]}")
-            .1
-            .contains("not both"));
-        assert!(line_error("{\"ids\": [2, -1]}").1.contains("`ids[1]`"));
-        assert!(line_error("{\"ids\": [2, 1], \"prompt_name\": \"query\"}")
-            .1
-            .contains("does not apply"));
-        assert!(line_error("{\"text\": \"a\", \"id\": [1]}")
-            .1
-            .contains("`id`"));
-        assert!(line_error("[1]").1.contains("JSON object"));
-        let (line, message) = line_error("{\"text\": \"a\"}\n\n{oops");
-        assert_eq!(line, 3);
-        assert!(message.contains("invalid JSON"), "{message}");
-        let err = parse_records("in.txt", b"ok\n\xff\n", InputFormat::Text).unwrap_err();
-        assert!(
-            err.to_string().starts_with("in.txt: line 2: not UTF-8"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn formats_follow_the_extension() {
