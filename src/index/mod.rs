@@ -107,6 +107,35 @@ pub enum PromptChoice {
     Named(String),
 }
 
+impl PromptChoice {
+    /// The prompt text of this choice: `job_prompt`, none, or the model's named prompt.
+    pub fn resolve<'a>(
+        &'a self,
+        tokenizer: &'a Tokenizer,
+        job_prompt: Option<&'a str>,
+    ) -> Result<Option<&'a str>> {
+        match self {
+            Self::Inherit => Ok(job_prompt),
+            Self::NoPrompt => Ok(None),
+            Self::Named(name) => tokenizer.prompt(name).map(Some),
+        }
+    }
+}
+
+/// The prompt of the documents that do not choose their own: the raw `prompt` string, else the
+/// model's prompt named `prompt_name`, else the model's default prompt.
+pub fn job_prompt<'a>(
+    tokenizer: &'a Tokenizer,
+    prompt: Option<&'a str>,
+    prompt_name: Option<&str>,
+) -> Result<Option<&'a str>> {
+    match (prompt, prompt_name) {
+        (Some(prompt), _) => Ok(Some(prompt)),
+        (None, Some(name)) => tokenizer.prompt(name).map(Some),
+        (None, None) => Ok(tokenizer.default_prompt()),
+    }
+}
+
 /// One input document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -185,15 +214,10 @@ pub fn tokenize_records(
     let mut text_records = Vec::new();
     for (r, record) in records.iter().enumerate() {
         if let Content::Text(text) = &record.content {
-            let prompt = match &record.prompt {
-                PromptChoice::Inherit => job_prompt,
-                PromptChoice::NoPrompt => None,
-                PromptChoice::Named(name) => Some(
-                    tokenizer
-                        .prompt(name)
-                        .map_err(|e| line_error(record.line, e))?,
-                ),
-            };
+            let prompt = record
+                .prompt
+                .resolve(tokenizer, job_prompt)
+                .map_err(|e| line_error(record.line, e))?;
             texts.push(format!("{}{text}", prompt.unwrap_or("")));
             text_records.push(r);
         }
@@ -347,6 +371,45 @@ mod tests {
             OutputFormat::Npy
         );
         assert!(OutputFormat::from_path(Path::new("o.bin")).is_err());
+    }
+
+    #[test]
+    fn prompts_resolve_raw_then_named_then_default() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+        let config = crate::model::ModelConfig::load(&dir).unwrap();
+        let tokenizer = Tokenizer::load(&dir, &config).unwrap();
+        let st_config: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config_sentence_transformers.json")).unwrap(),
+        )
+        .unwrap();
+        let prompt = |name: &str| st_config["prompts"][name].as_str().unwrap();
+        // The fixture has no default prompt.
+        assert_eq!(st_config["default_prompt_name"], Value::Null);
+
+        let job = |raw, name| job_prompt(&tokenizer, raw, name);
+        assert_eq!(job(Some("raw: "), Some("query")).unwrap(), Some("raw: "));
+        assert_eq!(job(None, Some("query")).unwrap(), Some(prompt("query")));
+        assert_eq!(job(None, None).unwrap(), None);
+        let err = job(None, Some("querry")).unwrap_err().to_string();
+        assert!(err.contains("unknown prompt name `querry`"), "{err}");
+
+        let choice = |choice: PromptChoice| {
+            choice
+                .resolve(&tokenizer, Some("job: "))
+                .map(|p| p.map(String::from))
+        };
+        assert_eq!(
+            choice(PromptChoice::Inherit).unwrap().as_deref(),
+            Some("job: ")
+        );
+        assert_eq!(choice(PromptChoice::NoPrompt).unwrap(), None);
+        assert_eq!(
+            choice(PromptChoice::Named("document".into()))
+                .unwrap()
+                .as_deref(),
+            Some(prompt("document"))
+        );
+        assert!(choice(PromptChoice::Named("nope".into())).is_err());
     }
 
     #[test]
