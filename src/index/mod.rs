@@ -287,15 +287,19 @@ impl OutputFormat {
     }
 }
 
-/// A file written under a temporary name next to its destination and renamed over it by
-/// [`AtomicFile::commit`]; dropped without a commit, the temporary file is removed.
+/// A file written under a temporary name in its destination's directory and renamed onto it
+/// by [`AtomicFile::commit`], which syncs the file and the directory. Dropped without a
+/// successful commit (an error on the way, a failed commit included), the temporary file is
+/// removed.
 pub struct AtomicFile {
     dest: PathBuf,
     tmp: PathBuf,
     writer: Option<BufWriter<File>>,
+    committed: bool,
 }
 
 impl AtomicFile {
+    /// Written as `.NAME.tmp-PID` next to `dest`.
     pub fn create(dest: &Path) -> Result<Self> {
         let file_name = dest.file_name().ok_or_else(|| Error::File {
             path: dest.into(),
@@ -306,6 +310,11 @@ impl AtomicFile {
             file_name.to_string_lossy(),
             std::process::id()
         ));
+        Self::create_at(dest, tmp)
+    }
+
+    /// Written as `tmp`, which must be on the file system of `dest` (for the rename).
+    pub fn create_at(dest: &Path, tmp: PathBuf) -> Result<Self> {
         let file = File::create(&tmp).map_err(|source| Error::Io {
             path: tmp.clone(),
             source,
@@ -314,6 +323,7 @@ impl AtomicFile {
             dest: dest.into(),
             tmp,
             writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            committed: false,
         })
     }
 
@@ -329,7 +339,7 @@ impl AtomicFile {
         }
     }
 
-    /// Flush, sync and rename onto the destination.
+    /// Flush, sync, rename onto the destination and sync its directory.
     pub fn commit(mut self) -> Result<()> {
         let writer = self.writer.take().expect("committed once");
         let file = writer
@@ -339,13 +349,17 @@ impl AtomicFile {
         std::fs::rename(&self.tmp, &self.dest).map_err(|source| Error::Io {
             path: self.dest.clone(),
             source,
-        })
+        })?;
+        self.committed = true;
+        checkpoint::sync_dir(&self.dest)
     }
 }
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.writer.take().is_some() {
+        if !self.committed {
+            // Drop the buffered bytes unwritten: the file goes anyway.
+            drop(self.writer.take().map(BufWriter::into_parts));
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -433,5 +447,28 @@ mod tests {
         file.commit().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the destination is a directory that is not empty.
+        let dest = dir.path().join("out.npy");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("keep"), b"").unwrap();
+        for tmp in [None, Some(dir.path().join("out.npy.tmp"))] {
+            let mut file = match tmp {
+                None => AtomicFile::create(&dest).unwrap(),
+                Some(tmp) => AtomicFile::create_at(&dest, tmp).unwrap(),
+            };
+            file.writer().write_all(b"rows").unwrap();
+            let err = file.commit().unwrap_err().to_string();
+            assert!(err.contains("out.npy"), "{err}");
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["out.npy"], "a temporary file was left behind");
+        }
     }
 }

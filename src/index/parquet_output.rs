@@ -40,6 +40,7 @@ use serde_json::Value;
 
 use super::checkpoint::sync_dir;
 use super::output::{open_resumable, Dtype};
+use super::AtomicFile;
 use crate::{Error, Result};
 
 /// Rows per row group unless told otherwise (25 MB of 768-d float32 embeddings).
@@ -311,22 +312,16 @@ impl ParquetWriter {
             vec![Arc::new(ids), Arc::new(embeddings)],
         )
         .map_err(|e| parquet_error(&tmp, e))?;
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = AtomicFile::create_at(&path, tmp.clone())?;
         let mut writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            file.writer(),
             Arc::clone(&self.schema),
             Some(properties(self.row_group_rows)),
         )
         .map_err(|e| parquet_error(&tmp, e))?;
         writer.write(&batch).map_err(|e| parquet_error(&tmp, e))?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| parquet_error(&tmp, e))?
-            .into_inner()
-            .map_err(|e| io_error(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
-        sync_dir(&path)
+        writer.close().map_err(|e| parquet_error(&tmp, e))?;
+        file.commit()
     }
 
     /// Make every row written so far durable; returns `(rows, bytes)` for a checkpoint. Called
@@ -363,9 +358,9 @@ impl ParquetWriter {
         }
         let parts = self.rows.div_ceil(self.row_group_rows as u64);
         let tmp = self.dir.join("assembled.parquet");
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = AtomicFile::create_at(dest, tmp.clone())?;
         let writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            file.writer(),
             Arc::clone(&self.schema),
             Some(properties(self.row_group_rows)),
         )
@@ -400,14 +395,8 @@ impl ParquetWriter {
                 out.close().map_err(|e| parquet_error(&tmp, e))?;
             }
         }
-        let file = file_writer
-            .into_inner()
-            .map_err(|e| parquet_error(&tmp, e))?
-            .into_inner()
-            .map_err(|e| io_error(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, dest).map_err(io_error(dest))?;
-        sync_dir(dest)?;
+        file_writer.close().map_err(|e| parquet_error(&tmp, e))?;
+        file.commit()?;
         std::fs::remove_dir_all(&self.dir).map_err(io_error(&self.dir))?;
         Ok(self.rows)
     }
@@ -583,6 +572,49 @@ mod tests {
         assert_eq!(writer.rows(), 10);
         writer.finish(&dest).unwrap();
         assert!(std::fs::read(&dest).unwrap() == whole);
+    }
+
+    /// The sorted file names in `dir`.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each rename fails onto a directory that is not empty.
+        let blocker = |path: &Path| {
+            std::fs::create_dir(path).unwrap();
+            std::fs::write(path.join("keep"), b"").unwrap();
+        };
+        let partial = dir.path().join("a.parquet.partial");
+        let mut writer = ParquetWriter::open(&partial, Dtype::F32, DIM, 2, None).unwrap();
+        writer.write_row(&id(0), &row(0)).unwrap();
+        blocker(&partial.join(part_name(0)));
+        assert!(writer.write_row(&id(1), &row(1)).is_err());
+        assert_eq!(names(&partial), [part_name(0), rows_name(0)]);
+
+        let partial = dir.path().join("b.parquet.partial");
+        let dest = dir.path().join("b.parquet");
+        blocker(&dest);
+        let mut writer = ParquetWriter::open(&partial, Dtype::F32, DIM, 2, None).unwrap();
+        for i in 0..3 {
+            writer.write_row(&id(i), &row(i)).unwrap();
+        }
+        assert!(writer.finish(&dest).is_err());
+        assert_eq!(
+            names(&partial),
+            [part_name(0), part_name(1), rows_name(0), rows_name(1)]
+        );
+        assert_eq!(
+            names(dir.path()),
+            ["a.parquet.partial", "b.parquet", "b.parquet.partial"]
+        );
     }
 
     #[test]
