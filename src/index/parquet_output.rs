@@ -22,14 +22,14 @@
 //! and rerun writes the same bytes as an uninterrupted run. The cost: the final file is copied
 //! once at the end, and the disk holds the output twice for that moment.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, StringArray,
-};
+use arrow_array::builder::{ArrayBuilder, StringBuilder};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -147,8 +147,11 @@ pub struct ParquetWriter {
     /// Rows written, those of the group being filled included.
     rows: u64,
     /// The group being filled, also in `rows-G.bin`.
-    pending_ids: Vec<String>,
+    pending_ids: StringBuilder,
     pending_values: Vec<f32>,
+    /// The text of a number id, and a row's `rows-G.bin` record (kept for the next row).
+    id_text: String,
+    record: Vec<u8>,
     staging: BufWriter<File>,
     staging_bytes: u64,
     /// Whether `rows-G.bin` was created since the last sync (its directory entry is not durable).
@@ -201,8 +204,10 @@ impl ParquetWriter {
             dtype,
             dim,
             rows,
-            pending_ids: Vec::new(),
+            pending_ids: StringBuilder::new(),
             pending_values: Vec::new(),
+            id_text: String::new(),
+            record: Vec::new(),
             staging: BufWriter::with_capacity(1 << 20, file),
             staging_bytes: bytes,
             staging_created,
@@ -232,7 +237,7 @@ impl ParquetWriter {
                 return Err(damaged());
             }
             let id = std::str::from_utf8(&tail[..len]).map_err(|_| damaged())?;
-            self.pending_ids.push(id.to_string());
+            self.pending_ids.append_value(id);
             self.pending_values.extend(
                 tail[len..len + row_bytes]
                     .chunks_exact(4)
@@ -258,33 +263,43 @@ impl ParquetWriter {
         self.rows / self.row_group_rows as u64
     }
 
+    fn staging_path(&self) -> PathBuf {
+        self.dir.join(rows_name(self.group()))
+    }
+
     /// Append one row (`dim` values); a number id is written as its JSON text.
     pub fn write_row(&mut self, id: &Value, row: &[f32]) -> Result<()> {
         assert_eq!(row.len(), self.dim, "one full row");
         let id = match id {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+            Value::String(s) => s,
+            other => {
+                self.id_text.clear();
+                write!(self.id_text, "{other}").expect("a String takes any text");
+                &self.id_text
+            }
         };
-        let staging_path = self.dir.join(rows_name(self.group()));
         let id_len = u32::try_from(id.len()).map_err(|_| Error::File {
-            path: staging_path.clone(),
+            path: self.staging_path(),
             message: format!("an id of {} bytes", id.len()),
         })?;
-        let mut record = Vec::with_capacity(4 + id.len() + row.len() * 4);
-        record.extend_from_slice(&id_len.to_le_bytes());
-        record.extend_from_slice(id.as_bytes());
-        record.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+        self.record.clear();
+        self.record.extend_from_slice(&id_len.to_le_bytes());
+        self.record.extend_from_slice(id.as_bytes());
+        self.record.extend(row.iter().flat_map(|x| x.to_le_bytes()));
         self.staging
-            .write_all(&record)
-            .map_err(io_error(&staging_path))?;
-        self.staging_bytes += record.len() as u64;
-        self.pending_ids.push(id);
+            .write_all(&self.record)
+            .map_err(|source| Error::Io {
+                path: self.staging_path(),
+                source,
+            })?;
+        self.staging_bytes += self.record.len() as u64;
+        self.pending_ids.append_value(id);
         self.pending_values.extend_from_slice(row);
         self.rows += 1;
         if self.pending_ids.len() == self.row_group_rows {
             self.write_part(self.group() - 1)?;
             // The next group's rows file; the full one stays until a checkpoint is past it.
-            let path = self.dir.join(rows_name(self.group()));
+            let path = self.staging_path();
             let file = open_resumable(&path, None)?;
             self.staging = BufWriter::with_capacity(1 << 20, file);
             self.staging_bytes = 0;
@@ -306,7 +321,7 @@ impl ParquetWriter {
         let embeddings =
             FixedSizeListArray::try_new(item_field(self.dtype), self.dim as i32, values, None)
                 .map_err(|e| parquet_error(&tmp, e))?;
-        let ids = StringArray::from(std::mem::take(&mut self.pending_ids));
+        let ids = self.pending_ids.finish();
         let batch = RecordBatch::try_new(
             Arc::clone(&self.schema),
             vec![Arc::new(ids), Arc::new(embeddings)],
@@ -327,7 +342,7 @@ impl ParquetWriter {
     /// Make every row written so far durable; returns `(rows, bytes)` for a checkpoint. Called
     /// once the previous checkpoint is stored: rows files older than its group go.
     pub fn sync(&mut self) -> Result<(u64, u64)> {
-        let staging_path = self.dir.join(rows_name(self.group()));
+        let staging_path = self.staging_path();
         self.staging.flush().map_err(io_error(&staging_path))?;
         self.staging
             .get_ref()
