@@ -96,6 +96,32 @@ impl InputArgs {
             id: self.id_column.clone(),
         }
     }
+
+    /// `--input-format`, else the format of the input's extension.
+    fn format(&self) -> Result<InputFormat> {
+        match self.input_format {
+            Some(format) => Ok(format),
+            None => Ok(InputFormat::from_path(&self.input)?),
+        }
+    }
+
+    /// The prompt of documents without `prompt_name` (`--prompt`, `--prompt-name` or the model's
+    /// default).
+    fn job_prompt<'a>(&'a self, tokenizer: &'a Tokenizer) -> Result<Option<&'a str>> {
+        Ok(index::job_prompt(
+            tokenizer,
+            self.prompt.as_deref(),
+            self.prompt_name.as_deref(),
+        )?)
+    }
+
+    fn truncation(&self) -> Truncation {
+        if self.no_truncate {
+            Truncation::Refuse
+        } else {
+            Truncation::Truncate
+        }
+    }
 }
 
 #[derive(Args)]
@@ -209,27 +235,14 @@ fn read_and_tokenize(
     input: &InputArgs,
     tokenizer: &Tokenizer,
 ) -> Result<(Vec<Record>, Vec<Vec<u32>>)> {
-    let format = match input.input_format {
-        Some(format) => format,
-        None => InputFormat::from_path(&input.input)?,
-    };
+    let format = input.format()?;
     let records = index::read_records(&input.input, format, &input.csv_columns())?;
-    let job_prompt = match (&input.prompt, &input.prompt_name) {
-        (Some(prompt), _) => Some(prompt.as_str()),
-        (None, Some(name)) => Some(tokenizer.prompt(name)?),
-        (None, None) => tokenizer.default_prompt(),
-    };
-    let truncation = if input.no_truncate {
-        Truncation::Refuse
-    } else {
-        Truncation::Truncate
-    };
     let ids = index::tokenize_records(
         tokenizer,
         &records,
         (&input.input, format),
-        job_prompt,
-        truncation,
+        input.job_prompt(tokenizer)?,
+        input.truncation(),
     )?;
     Ok((records, ids))
 }
@@ -250,10 +263,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         }
     }
     let input = &args.input;
-    let input_format = match input.input_format {
-        Some(format) => format,
-        None => InputFormat::from_path(&input.input)?,
-    };
+    let input_format = input.format()?;
     let dir = resolve_model_dir(&args.model.model)?;
     let config = ModelConfig::load(&dir)?;
     let dimensions = args.dimensions.unwrap_or(config.embedding_dim);
@@ -265,11 +275,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         .into());
     }
     let tokenizer = Tokenizer::load(&dir, &config)?;
-    let job_prompt = match (&input.prompt, &input.prompt_name) {
-        (Some(prompt), _) => Some(prompt.clone()),
-        (None, Some(name)) => Some(tokenizer.prompt(name)?.to_string()),
-        (None, None) => tokenizer.default_prompt().map(String::from),
-    };
+    let job_prompt = input.job_prompt(&tokenizer)?.map(String::from);
     let model = Arc::new(Model::load_dir(&dir)?);
     let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;
     eprintln!("backend: {note}");
@@ -298,11 +304,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         dimensions,
         row_group_rows: args.row_group_rows,
         job_prompt,
-        truncation: if input.no_truncate {
-            Truncation::Refuse
-        } else {
-            Truncation::Truncate
-        },
+        truncation: input.truncation(),
         shard: args.shard,
         on_error: args.on_error,
         docs_per_request: args.docs_per_request,
@@ -611,10 +613,7 @@ fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench:
         records.truncate(n);
     }
     let tokenizer = Tokenizer::for_model(model)?;
-    let prompt = match &args.prompt_name {
-        Some(name) => Some(tokenizer.prompt(name)?),
-        None => tokenizer.default_prompt(),
-    };
+    let prompt = index::job_prompt(&tokenizer, None, args.prompt_name.as_deref())?;
     let ids = index::tokenize_records(
         &tokenizer,
         &records,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::reader::ReadPosition;
+use super::AtomicFile;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,19 +59,14 @@ impl Checkpoint {
             })
     }
 
+    /// Replace the checkpoint at `path` (written as `PATH.tmp` first).
     pub fn store(&self, path: &Path) -> Result<()> {
-        let tmp = sibling(path, ".tmp");
-        let io_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = AtomicFile::create_at(path, sibling(path, ".tmp"))?;
         let text = serde_json::to_string(self).expect("a checkpoint serializes");
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_error(path))?;
-        sync_dir(path)
+        file.writer()
+            .write_all(text.as_bytes())
+            .map_err(|e| file.io_error(e))?;
+        file.commit()
     }
 }
 
@@ -117,5 +113,30 @@ mod tests {
         checkpoint.store(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(checkpoint));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_store_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the checkpoint path is a directory that is not empty.
+        let path = dir.path().join("out.npy.checkpoint");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), b"").unwrap();
+        let checkpoint = Checkpoint {
+            params: Value::Null,
+            rows: 0,
+            output_bytes: 0,
+            rejects: 0,
+            rejects_bytes: 0,
+            input_offset: 0,
+            input_line: 0,
+            input_docs: 0,
+        };
+        assert!(checkpoint.store(&path).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out.npy.checkpoint"]);
     }
 }

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::checkpoint::{sibling, Checkpoint};
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{ReadPosition, RecordReader};
-use super::{Content, CsvColumns, InputFormat, OutputFormat, PromptChoice, Record};
+use super::{Content, CsvColumns, InputFormat, OutputFormat, Record};
 use crate::engine::{Admission, Engine, Input, Request, Ticket};
 use crate::tokenize::Truncation;
 use crate::{Error, Result};
@@ -411,17 +411,11 @@ fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Va
     let input = match record.content {
         Content::Ids(ids) => Input::Ids(ids),
         Content::Text(text) => {
-            let prompt = match &record.prompt {
-                PromptChoice::Inherit => options.job_prompt.clone(),
-                PromptChoice::NoPrompt => None,
-                PromptChoice::Named(name) => Some(
-                    engine
-                        .tokenizer()
-                        .prompt(name)
-                        .map_err(|e| document_error(options, record.line, e.to_string()))?
-                        .to_string(),
-                ),
-            };
+            let prompt = record
+                .prompt
+                .resolve(engine.tokenizer(), options.job_prompt.as_deref())
+                .map_err(|e| document_error(options, record.line, e.to_string()))?
+                .map(String::from);
             Input::Text { text, prompt }
         }
     };

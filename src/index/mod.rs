@@ -12,7 +12,7 @@ pub mod parquet_output;
 pub mod reader;
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -107,6 +107,35 @@ pub enum PromptChoice {
     Named(String),
 }
 
+impl PromptChoice {
+    /// The prompt text of this choice: `job_prompt`, none, or the model's named prompt.
+    pub fn resolve<'a>(
+        &'a self,
+        tokenizer: &'a Tokenizer,
+        job_prompt: Option<&'a str>,
+    ) -> Result<Option<&'a str>> {
+        match self {
+            Self::Inherit => Ok(job_prompt),
+            Self::NoPrompt => Ok(None),
+            Self::Named(name) => tokenizer.prompt(name).map(Some),
+        }
+    }
+}
+
+/// The prompt of the documents that do not choose their own: the raw `prompt` string, else the
+/// model's prompt named `prompt_name`, else the model's default prompt.
+pub fn job_prompt<'a>(
+    tokenizer: &'a Tokenizer,
+    prompt: Option<&'a str>,
+    prompt_name: Option<&str>,
+) -> Result<Option<&'a str>> {
+    match (prompt, prompt_name) {
+        (Some(prompt), _) => Ok(Some(prompt)),
+        (None, Some(name)) => tokenizer.prompt(name).map(Some),
+        (None, None) => Ok(tokenizer.default_prompt()),
+    }
+}
+
 /// One input document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -134,128 +163,17 @@ pub fn source_name(path: &str) -> &str {
     }
 }
 
-/// Read every record of `path` (`-` is stdin). Blank JSON Lines are skipped; in text format
-/// every line is a document, an empty one included. Errors name the line.
+/// Read every record of `path` (`-` is stdin) with a [`reader::RecordReader`]: blank JSON Lines
+/// are skipped; in text format every line is a document, an empty one included. The first
+/// document that cannot be used is the error, naming its line (row).
 pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Result<Vec<Record>> {
-    let name = source_name(path);
-    if matches!(format, InputFormat::Csv | InputFormat::Parquet) {
-        let mut reader =
-            reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
-        let mut records = Vec::new();
-        while let Some(document) = reader.next_document()? {
-            records.push(document.record?);
-        }
-        return Ok(records);
-    }
-    let mut bytes = Vec::new();
-    let read = if path == "-" {
-        std::io::stdin().read_to_end(&mut bytes)
-    } else {
-        File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
-    };
-    read.map_err(|source| Error::Io {
-        path: name.into(),
-        source,
-    })?;
-    parse_records(name, &bytes, format)
-}
-
-/// Parse the bytes of an input file (see [`read_records`]).
-pub fn parse_records(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
-    if matches!(format, InputFormat::Csv | InputFormat::Parquet) {
-        return Err(Error::File {
-            path: name.into(),
-            message: format!("{format:?} is read from a file (see read_records)"),
-        });
-    }
-    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
+    let mut reader =
+        reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
     let mut records = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let error = |message: String| Error::Line {
-            source_name: name.into(),
-            line,
-            message,
-        };
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw).map_err(|e| error(format!("not UTF-8 ({e})")))?;
-        match format {
-            InputFormat::Text => records.push(Record {
-                line,
-                id: None,
-                content: Content::Text(text.to_string()),
-                prompt: PromptChoice::Inherit,
-            }),
-            // (CSV and Parquet were refused above.)
-            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
-                if text.trim().is_empty() => {}
-            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => {
-                records.push(parse_json_line(line, text).map_err(error)?)
-            }
-        }
+    while let Some(document) = reader.next_document()? {
+        records.push(document.record?);
     }
     Ok(records)
-}
-
-const FIELDS: &str = "`text` or `ids`, optional `id` and `prompt_name`";
-
-fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err(format!("expected a JSON object with {FIELDS}"));
-    };
-    if let Some(key) = map
-        .keys()
-        .find(|k| !["text", "ids", "id", "prompt_name"].contains(&k.as_str()))
-    {
-        return Err(format!("unknown field `{key}` (expected {FIELDS})"));
-    }
-    let content = match (map.get("text"), map.get("ids")) {
-        (Some(Value::String(text)), None) => Content::Text(text.clone()),
-        (Some(other), None) => return Err(format!("`text` must be a string, got {other}")),
-        (None, Some(Value::Array(ids))) => Content::Ids(
-            ids.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_u64()
-                        .and_then(|id| u32::try_from(id).ok())
-                        .ok_or_else(|| format!("`ids[{i}]` is not a token id: {v}"))
-                })
-                .collect::<std::result::Result<_, _>>()?,
-        ),
-        (None, Some(other)) => {
-            return Err(format!("`ids` must be an array of token ids, got {other}"))
-        }
-        (Some(_), Some(_)) => return Err("give `text` or `ids`, not both".into()),
-        (None, None) => return Err(format!("missing `text` (expected {FIELDS})")),
-    };
-    let id = match map.get("id") {
-        None => None,
-        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
-        Some(other) => return Err(format!("`id` must be a string or a number, got {other}")),
-    };
-    let prompt = match map.get("prompt_name") {
-        None => PromptChoice::Inherit,
-        Some(Value::Null) => PromptChoice::NoPrompt,
-        Some(Value::String(name)) => PromptChoice::Named(name.clone()),
-        Some(other) => {
-            return Err(format!(
-                "`prompt_name` must be a string or null, got {other}"
-            ))
-        }
-    };
-    if matches!(content, Content::Ids(_)) && matches!(prompt, PromptChoice::Named(_)) {
-        return Err("`prompt_name` does not apply to `ids` (token ids are used as is)".into());
-    }
-    Ok(Record {
-        line,
-        id,
-        content,
-        prompt,
-    })
 }
 
 /// An error about the document at 1-based `line` of the input `path` (a row in Parquet).
@@ -296,15 +214,10 @@ pub fn tokenize_records(
     let mut text_records = Vec::new();
     for (r, record) in records.iter().enumerate() {
         if let Content::Text(text) = &record.content {
-            let prompt = match &record.prompt {
-                PromptChoice::Inherit => job_prompt,
-                PromptChoice::NoPrompt => None,
-                PromptChoice::Named(name) => Some(
-                    tokenizer
-                        .prompt(name)
-                        .map_err(|e| line_error(record.line, e))?,
-                ),
-            };
+            let prompt = record
+                .prompt
+                .resolve(tokenizer, job_prompt)
+                .map_err(|e| line_error(record.line, e))?;
             texts.push(format!("{}{text}", prompt.unwrap_or("")));
             text_records.push(r);
         }
@@ -374,15 +287,19 @@ impl OutputFormat {
     }
 }
 
-/// A file written under a temporary name next to its destination and renamed over it by
-/// [`AtomicFile::commit`]; dropped without a commit, the temporary file is removed.
+/// A file written under a temporary name in its destination's directory and renamed onto it
+/// by [`AtomicFile::commit`], which syncs the file and the directory. Dropped without a
+/// successful commit (an error on the way, a failed commit included), the temporary file is
+/// removed.
 pub struct AtomicFile {
     dest: PathBuf,
     tmp: PathBuf,
     writer: Option<BufWriter<File>>,
+    committed: bool,
 }
 
 impl AtomicFile {
+    /// Written as `.NAME.tmp-PID` next to `dest`.
     pub fn create(dest: &Path) -> Result<Self> {
         let file_name = dest.file_name().ok_or_else(|| Error::File {
             path: dest.into(),
@@ -393,6 +310,11 @@ impl AtomicFile {
             file_name.to_string_lossy(),
             std::process::id()
         ));
+        Self::create_at(dest, tmp)
+    }
+
+    /// Written as `tmp`, which must be on the file system of `dest` (for the rename).
+    pub fn create_at(dest: &Path, tmp: PathBuf) -> Result<Self> {
         let file = File::create(&tmp).map_err(|source| Error::Io {
             path: tmp.clone(),
             source,
@@ -401,6 +323,7 @@ impl AtomicFile {
             dest: dest.into(),
             tmp,
             writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            committed: false,
         })
     }
 
@@ -416,7 +339,7 @@ impl AtomicFile {
         }
     }
 
-    /// Flush, sync and rename onto the destination.
+    /// Flush, sync, rename onto the destination and sync its directory.
     pub fn commit(mut self) -> Result<()> {
         let writer = self.writer.take().expect("committed once");
         let file = writer
@@ -426,13 +349,17 @@ impl AtomicFile {
         std::fs::rename(&self.tmp, &self.dest).map_err(|source| Error::Io {
             path: self.dest.clone(),
             source,
-        })
+        })?;
+        self.committed = true;
+        checkpoint::sync_dir(&self.dest)
     }
 }
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.writer.take().is_some() {
+        if !self.committed {
+            // Drop the buffered bytes unwritten: the file goes anyway.
+            drop(self.writer.take().map(BufWriter::into_parts));
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -442,80 +369,6 @@ impl Drop for AtomicFile {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    fn jsonl(text: &str) -> Result<Vec<Record>> {
-        parse_records("in.jsonl", text.as_bytes(), InputFormat::Jsonl)
-    }
-
-    fn line_error(text: &str) -> (usize, String) {
-        match jsonl(text).unwrap_err() {
-            Error::Line { line, message, .. } => (line, message),
-            other => panic!("expected a line error, got {other}"),
-        }
-    }
-
-    #[test]
-    fn reads_json_lines() {
-        let records = jsonl(
-            "{\"text\": \"a\"}\n\n{\"id\": \"x\", \"text\": \" b \", \"prompt_name\": \"query\"}\r\n\
-             {\"id\": 7, \"ids\": [2, 5, 1], \"prompt_name\": null}\n",
-        )
-        .unwrap();
-        assert_eq!(records.len(), 3);
-        assert_eq!(records[0].content, Content::Text("a".into()));
-        assert_eq!(records[0].output_id(), Value::from(1));
-        assert_eq!(records[0].prompt, PromptChoice::Inherit);
-        assert_eq!(records[1].line, 3);
-        assert_eq!(records[1].content, Content::Text(" b ".into()));
-        assert_eq!(records[1].output_id(), Value::from("x"));
-        assert_eq!(records[1].prompt, PromptChoice::Named("query".into()));
-        assert_eq!(records[2].content, Content::Ids(vec![2, 5, 1]));
-        assert_eq!(records[2].output_id(), Value::from(7));
-        assert_eq!(records[2].prompt, PromptChoice::NoPrompt);
-    }
-
-    #[test]
-    fn reads_text_lines_as_is() {
-        let records = parse_records("in.txt", b"one\n\n  two \r\n", InputFormat::Text).unwrap();
-        let texts: Vec<_> = records.iter().map(|r| r.content.clone()).collect();
-        assert_eq!(
-            texts,
-            [
-                Content::Text("one".into()),
-                Content::Text(String::new()),
-                Content::Text("  two ".into())
-            ]
-        );
-        assert_eq!(records[2].line, 3);
-    }
-
-    #[test]
-    fn bad_lines_are_named() {
-        assert_eq!(line_error("{\"text\": \"a\"}\n{\"text\": 3}").0, 2);
-        assert!(line_error("{\"txt\": \"a\"}")
-            .1
-            .contains("unknown field `txt`"));
-        assert!(line_error("{\"id\": 1}").1.contains("missing `text`"));
-        assert!(line_error("{\"text\": \"a\", \"ids\": [1]}")
-            .1
-            .contains("not both"));
-        assert!(line_error("{\"ids\": [2, -1]}").1.contains("`ids[1]`"));
-        assert!(line_error("{\"ids\": [2, 1], \"prompt_name\": \"query\"}")
-            .1
-            .contains("does not apply"));
-        assert!(line_error("{\"text\": \"a\", \"id\": [1]}")
-            .1
-            .contains("`id`"));
-        assert!(line_error("[1]").1.contains("JSON object"));
-        let (line, message) = line_error("{\"text\": \"a\"}\n\n{oops");
-        assert_eq!(line, 3);
-        assert!(message.contains("invalid JSON"), "{message}");
-        let err = parse_records("in.txt", b"ok\n\xff\n", InputFormat::Text).unwrap_err();
-        assert!(
-            err.to_string().starts_with("in.txt: line 2: not UTF-8"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn formats_follow_the_extension() {
@@ -532,6 +385,45 @@ mod tests {
             OutputFormat::Npy
         );
         assert!(OutputFormat::from_path(Path::new("o.bin")).is_err());
+    }
+
+    #[test]
+    fn prompts_resolve_raw_then_named_then_default() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+        let config = crate::model::ModelConfig::load(&dir).unwrap();
+        let tokenizer = Tokenizer::load(&dir, &config).unwrap();
+        let st_config: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config_sentence_transformers.json")).unwrap(),
+        )
+        .unwrap();
+        let prompt = |name: &str| st_config["prompts"][name].as_str().unwrap();
+        // The fixture has no default prompt.
+        assert_eq!(st_config["default_prompt_name"], Value::Null);
+
+        let job = |raw, name| job_prompt(&tokenizer, raw, name);
+        assert_eq!(job(Some("raw: "), Some("query")).unwrap(), Some("raw: "));
+        assert_eq!(job(None, Some("query")).unwrap(), Some(prompt("query")));
+        assert_eq!(job(None, None).unwrap(), None);
+        let err = job(None, Some("querry")).unwrap_err().to_string();
+        assert!(err.contains("unknown prompt name `querry`"), "{err}");
+
+        let choice = |choice: PromptChoice| {
+            choice
+                .resolve(&tokenizer, Some("job: "))
+                .map(|p| p.map(String::from))
+        };
+        assert_eq!(
+            choice(PromptChoice::Inherit).unwrap().as_deref(),
+            Some("job: ")
+        );
+        assert_eq!(choice(PromptChoice::NoPrompt).unwrap(), None);
+        assert_eq!(
+            choice(PromptChoice::Named("document".into()))
+                .unwrap()
+                .as_deref(),
+            Some(prompt("document"))
+        );
+        assert!(choice(PromptChoice::Named("nope".into())).is_err());
     }
 
     #[test]
@@ -555,5 +447,28 @@ mod tests {
         file.commit().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the destination is a directory that is not empty.
+        let dest = dir.path().join("out.npy");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("keep"), b"").unwrap();
+        for tmp in [None, Some(dir.path().join("out.npy.tmp"))] {
+            let mut file = match tmp {
+                None => AtomicFile::create(&dest).unwrap(),
+                Some(tmp) => AtomicFile::create_at(&dest, tmp).unwrap(),
+            };
+            file.writer().write_all(b"rows").unwrap();
+            let err = file.commit().unwrap_err().to_string();
+            assert!(err.contains("out.npy"), "{err}");
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["out.npy"], "a temporary file was left behind");
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::checkpoint::sync_dir;
@@ -93,6 +94,25 @@ pub struct RowWriter {
     dim: usize,
     rows: u64,
     bytes: u64,
+    /// The encoded row being written (kept for the next one).
+    encoded: Vec<u8>,
+}
+
+/// A `.jsonl` output line as `serde_json` writes `json!({"id": id, "embedding": row})`: keys
+/// in sorted order, every value the `f64` of its `f32` (non-finite ones `null`), encoded
+/// without building that `Value`.
+#[derive(Serialize)]
+struct JsonlRow<'a> {
+    embedding: WidenedFloats<'a>,
+    id: &'a Value,
+}
+
+struct WidenedFloats<'a>(&'a [f32]);
+
+impl Serialize for WidenedFloats<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|&x| f64::from(x)))
+    }
 }
 
 /// Open an output file of the job: afresh (`durable_bytes = None`), or keeping its first
@@ -159,6 +179,7 @@ impl RowWriter {
             dim,
             rows,
             bytes,
+            encoded: Vec::new(),
         })
     }
 
@@ -180,32 +201,33 @@ impl RowWriter {
     /// Append one row (`dim` values; `id` goes into `.jsonl` lines).
     pub fn write_row(&mut self, id: &Value, row: &[f32]) -> Result<()> {
         assert_eq!(row.len(), self.dim, "one full row");
-        let mut line = Vec::new();
-        let bytes: &[u8] = match (self.format, self.dtype) {
+        self.encoded.clear();
+        match (self.format, self.dtype) {
             (RowFormat::Npy, Dtype::F32) => {
-                line.extend(row.iter().flat_map(|x| x.to_le_bytes()));
-                &line
+                self.encoded
+                    .extend(row.iter().flat_map(|x| x.to_le_bytes()));
             }
             (RowFormat::Npy, Dtype::F16) => {
-                line.extend(
+                self.encoded.extend(
                     row.iter()
                         .flat_map(|&x| half::f16::from_f32(x).to_le_bytes()),
                 );
-                &line
             }
             (RowFormat::Jsonl, _) => {
-                serde_json::to_writer(
-                    &mut line,
-                    &serde_json::json!({ "id": id, "embedding": row }),
-                )
-                .map_err(|e| self.io_error(e.into()))?;
-                line.push(b'\n');
-                &line
+                let line = JsonlRow {
+                    embedding: WidenedFloats(row),
+                    id,
+                };
+                serde_json::to_writer(&mut self.encoded, &line)
+                    .map_err(|e| self.io_error(e.into()))?;
+                self.encoded.push(b'\n');
             }
-        };
-        self.file.write_all(bytes).map_err(|e| self.io_error(e))?;
+        }
+        self.file
+            .write_all(&self.encoded)
+            .map_err(|e| self.io_error(e))?;
         self.rows += 1;
-        self.bytes += bytes.len() as u64;
+        self.bytes += self.encoded.len() as u64;
         Ok(())
     }
 
@@ -367,6 +389,34 @@ mod tests {
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect();
         assert_eq!(values, [1.0, 2.0, 3.0, -0.5]);
+    }
+
+    #[test]
+    fn jsonl_rows_are_the_json_of_id_and_embedding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let rows = [
+            (Value::from("a"), [0.5, -2.0, 0.0]),
+            (Value::from(7), [0.1, -0.0, 1e-40]),
+            (Value::from("q\"é\n"), [f32::MAX, f32::NAN, -1.5e-7]),
+        ];
+        let mut writer = RowWriter::open(&path, RowFormat::Jsonl, Dtype::F32, 3, None).unwrap();
+        for (id, row) in &rows {
+            writer.write_row(id, row).unwrap();
+        }
+        let (_, bytes) = writer.sync().unwrap();
+        assert_eq!(writer.finish().unwrap(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(bytes, text.len() as u64);
+        assert!(text.starts_with("{\"embedding\":[0.5,-2.0,0.0],\"id\":\"a\"}\n"));
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        assert_eq!(lines.len(), rows.len());
+        for (line, (id, row)) in lines.iter().zip(&rows) {
+            // serde_json's text of the plain `Value`: keys sorted, each f32 widened to f64, NaN
+            // as null.
+            let expected = serde_json::json!({ "id": id, "embedding": row }).to_string();
+            assert_eq!(*line, expected);
+        }
     }
 
     #[test]

@@ -22,14 +22,14 @@
 //! and rerun writes the same bytes as an uninterrupted run. The cost: the final file is copied
 //! once at the end, and the disk holds the output twice for that moment.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, StringArray,
-};
+use arrow_array::builder::{ArrayBuilder, StringBuilder};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -40,6 +40,7 @@ use serde_json::Value;
 
 use super::checkpoint::sync_dir;
 use super::output::{open_resumable, Dtype};
+use super::AtomicFile;
 use crate::{Error, Result};
 
 /// Rows per row group unless told otherwise (25 MB of 768-d float32 embeddings).
@@ -146,8 +147,11 @@ pub struct ParquetWriter {
     /// Rows written, those of the group being filled included.
     rows: u64,
     /// The group being filled, also in `rows-G.bin`.
-    pending_ids: Vec<String>,
+    pending_ids: StringBuilder,
     pending_values: Vec<f32>,
+    /// The text of a number id, and a row's `rows-G.bin` record (kept for the next row).
+    id_text: String,
+    record: Vec<u8>,
     staging: BufWriter<File>,
     staging_bytes: u64,
     /// Whether `rows-G.bin` was created since the last sync (its directory entry is not durable).
@@ -200,8 +204,10 @@ impl ParquetWriter {
             dtype,
             dim,
             rows,
-            pending_ids: Vec::new(),
+            pending_ids: StringBuilder::new(),
             pending_values: Vec::new(),
+            id_text: String::new(),
+            record: Vec::new(),
             staging: BufWriter::with_capacity(1 << 20, file),
             staging_bytes: bytes,
             staging_created,
@@ -231,7 +237,7 @@ impl ParquetWriter {
                 return Err(damaged());
             }
             let id = std::str::from_utf8(&tail[..len]).map_err(|_| damaged())?;
-            self.pending_ids.push(id.to_string());
+            self.pending_ids.append_value(id);
             self.pending_values.extend(
                 tail[len..len + row_bytes]
                     .chunks_exact(4)
@@ -257,33 +263,43 @@ impl ParquetWriter {
         self.rows / self.row_group_rows as u64
     }
 
+    fn staging_path(&self) -> PathBuf {
+        self.dir.join(rows_name(self.group()))
+    }
+
     /// Append one row (`dim` values); a number id is written as its JSON text.
     pub fn write_row(&mut self, id: &Value, row: &[f32]) -> Result<()> {
         assert_eq!(row.len(), self.dim, "one full row");
         let id = match id {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+            Value::String(s) => s,
+            other => {
+                self.id_text.clear();
+                write!(self.id_text, "{other}").expect("a String takes any text");
+                &self.id_text
+            }
         };
-        let staging_path = self.dir.join(rows_name(self.group()));
         let id_len = u32::try_from(id.len()).map_err(|_| Error::File {
-            path: staging_path.clone(),
+            path: self.staging_path(),
             message: format!("an id of {} bytes", id.len()),
         })?;
-        let mut record = Vec::with_capacity(4 + id.len() + row.len() * 4);
-        record.extend_from_slice(&id_len.to_le_bytes());
-        record.extend_from_slice(id.as_bytes());
-        record.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+        self.record.clear();
+        self.record.extend_from_slice(&id_len.to_le_bytes());
+        self.record.extend_from_slice(id.as_bytes());
+        self.record.extend(row.iter().flat_map(|x| x.to_le_bytes()));
         self.staging
-            .write_all(&record)
-            .map_err(io_error(&staging_path))?;
-        self.staging_bytes += record.len() as u64;
-        self.pending_ids.push(id);
+            .write_all(&self.record)
+            .map_err(|source| Error::Io {
+                path: self.staging_path(),
+                source,
+            })?;
+        self.staging_bytes += self.record.len() as u64;
+        self.pending_ids.append_value(id);
         self.pending_values.extend_from_slice(row);
         self.rows += 1;
         if self.pending_ids.len() == self.row_group_rows {
             self.write_part(self.group() - 1)?;
             // The next group's rows file; the full one stays until a checkpoint is past it.
-            let path = self.dir.join(rows_name(self.group()));
+            let path = self.staging_path();
             let file = open_resumable(&path, None)?;
             self.staging = BufWriter::with_capacity(1 << 20, file);
             self.staging_bytes = 0;
@@ -305,34 +321,28 @@ impl ParquetWriter {
         let embeddings =
             FixedSizeListArray::try_new(item_field(self.dtype), self.dim as i32, values, None)
                 .map_err(|e| parquet_error(&tmp, e))?;
-        let ids = StringArray::from(std::mem::take(&mut self.pending_ids));
+        let ids = self.pending_ids.finish();
         let batch = RecordBatch::try_new(
             Arc::clone(&self.schema),
             vec![Arc::new(ids), Arc::new(embeddings)],
         )
         .map_err(|e| parquet_error(&tmp, e))?;
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = AtomicFile::create_at(&path, tmp.clone())?;
         let mut writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            file.writer(),
             Arc::clone(&self.schema),
             Some(properties(self.row_group_rows)),
         )
         .map_err(|e| parquet_error(&tmp, e))?;
         writer.write(&batch).map_err(|e| parquet_error(&tmp, e))?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| parquet_error(&tmp, e))?
-            .into_inner()
-            .map_err(|e| io_error(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
-        sync_dir(&path)
+        writer.close().map_err(|e| parquet_error(&tmp, e))?;
+        file.commit()
     }
 
     /// Make every row written so far durable; returns `(rows, bytes)` for a checkpoint. Called
     /// once the previous checkpoint is stored: rows files older than its group go.
     pub fn sync(&mut self) -> Result<(u64, u64)> {
-        let staging_path = self.dir.join(rows_name(self.group()));
+        let staging_path = self.staging_path();
         self.staging.flush().map_err(io_error(&staging_path))?;
         self.staging
             .get_ref()
@@ -363,9 +373,9 @@ impl ParquetWriter {
         }
         let parts = self.rows.div_ceil(self.row_group_rows as u64);
         let tmp = self.dir.join("assembled.parquet");
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = AtomicFile::create_at(dest, tmp.clone())?;
         let writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            file.writer(),
             Arc::clone(&self.schema),
             Some(properties(self.row_group_rows)),
         )
@@ -400,14 +410,8 @@ impl ParquetWriter {
                 out.close().map_err(|e| parquet_error(&tmp, e))?;
             }
         }
-        let file = file_writer
-            .into_inner()
-            .map_err(|e| parquet_error(&tmp, e))?
-            .into_inner()
-            .map_err(|e| io_error(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, dest).map_err(io_error(dest))?;
-        sync_dir(dest)?;
+        file_writer.close().map_err(|e| parquet_error(&tmp, e))?;
+        file.commit()?;
         std::fs::remove_dir_all(&self.dir).map_err(io_error(&self.dir))?;
         Ok(self.rows)
     }
@@ -583,6 +587,49 @@ mod tests {
         assert_eq!(writer.rows(), 10);
         writer.finish(&dest).unwrap();
         assert!(std::fs::read(&dest).unwrap() == whole);
+    }
+
+    /// The sorted file names in `dir`.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each rename fails onto a directory that is not empty.
+        let blocker = |path: &Path| {
+            std::fs::create_dir(path).unwrap();
+            std::fs::write(path.join("keep"), b"").unwrap();
+        };
+        let partial = dir.path().join("a.parquet.partial");
+        let mut writer = ParquetWriter::open(&partial, Dtype::F32, DIM, 2, None).unwrap();
+        writer.write_row(&id(0), &row(0)).unwrap();
+        blocker(&partial.join(part_name(0)));
+        assert!(writer.write_row(&id(1), &row(1)).is_err());
+        assert_eq!(names(&partial), [part_name(0), rows_name(0)]);
+
+        let partial = dir.path().join("b.parquet.partial");
+        let dest = dir.path().join("b.parquet");
+        blocker(&dest);
+        let mut writer = ParquetWriter::open(&partial, Dtype::F32, DIM, 2, None).unwrap();
+        for i in 0..3 {
+            writer.write_row(&id(i), &row(i)).unwrap();
+        }
+        assert!(writer.finish(&dest).is_err());
+        assert_eq!(
+            names(&partial),
+            [part_name(0), part_name(1), rows_name(0), rows_name(1)]
+        );
+        assert_eq!(
+            names(dir.path()),
+            ["a.parquet.partial", "b.parquet", "b.parquet.partial"]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use serde_json::Value;
 
 use super::parquet_input::ParquetInput;
-use super::{parse_json_line, source_name, Content, CsvColumns, InputFormat, PromptChoice, Record};
+use super::{source_name, Content, CsvColumns, InputFormat, PromptChoice, Record};
 use crate::{Error, Result};
 
 /// Where a reader stands: the next byte to read, the last line read, documents seen so far.
@@ -314,8 +314,68 @@ impl RecordReader {
     }
 }
 
+const FIELDS: &str = "`text` or `ids`, optional `id` and `prompt_name`";
+
+/// A JSON line's record; the error message is about the line (the caller names it).
+fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err(format!("expected a JSON object with {FIELDS}"));
+    };
+    if let Some(key) = map
+        .keys()
+        .find(|k| !["text", "ids", "id", "prompt_name"].contains(&k.as_str()))
+    {
+        return Err(format!("unknown field `{key}` (expected {FIELDS})"));
+    }
+    let content = match (map.get("text"), map.get("ids")) {
+        (Some(Value::String(text)), None) => Content::Text(text.clone()),
+        (Some(other), None) => return Err(format!("`text` must be a string, got {other}")),
+        (None, Some(Value::Array(ids))) => Content::Ids(
+            ids.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_u64()
+                        .and_then(|id| u32::try_from(id).ok())
+                        .ok_or_else(|| format!("`ids[{i}]` is not a token id: {v}"))
+                })
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        (None, Some(other)) => {
+            return Err(format!("`ids` must be an array of token ids, got {other}"))
+        }
+        (Some(_), Some(_)) => return Err("give `text` or `ids`, not both".into()),
+        (None, None) => return Err(format!("missing `text` (expected {FIELDS})")),
+    };
+    let id = match map.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(other) => return Err(format!("`id` must be a string or a number, got {other}")),
+    };
+    let prompt = match map.get("prompt_name") {
+        None => PromptChoice::Inherit,
+        Some(Value::Null) => PromptChoice::NoPrompt,
+        Some(Value::String(name)) => PromptChoice::Named(name.clone()),
+        Some(other) => {
+            return Err(format!(
+                "`prompt_name` must be a string or null, got {other}"
+            ))
+        }
+    };
+    if matches!(content, Content::Ids(_)) && matches!(prompt, PromptChoice::Named(_)) {
+        return Err("`prompt_name` does not apply to `ids` (token ids are used as is)".into());
+    }
+    Ok(Record {
+        line,
+        id,
+        content,
+        prompt,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::read_records;
     use super::*;
 
     fn read_all(path: &str, format: InputFormat, start: ReadPosition) -> Vec<(u64, usize, bool)> {
@@ -414,6 +474,92 @@ mod tests {
             .to_string();
         assert!(
             err.contains("no column `text`") && err.contains("key, body"),
+            "{err}"
+        );
+    }
+
+    /// The records of a file `name` holding `bytes`, read by `read_records`.
+    fn read(name: &str, bytes: &[u8], format: InputFormat) -> Result<Vec<Record>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        read_records(path.to_str().unwrap(), format, &CsvColumns::default())
+    }
+
+    fn jsonl(text: &str) -> Result<Vec<Record>> {
+        read("in.jsonl", text.as_bytes(), InputFormat::Jsonl)
+    }
+
+    fn line_error(text: &str) -> (usize, String) {
+        match jsonl(text).unwrap_err() {
+            Error::Line { line, message, .. } => (line, message),
+            other => panic!("expected a line error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn reads_json_lines() {
+        let records = jsonl(
+            "{\"text\": \"a\"}\n\n{\"id\": \"x\", \"text\": \" b \", \"prompt_name\": \"query\"}\r\n\
+             {\"id\": 7, \"ids\": [2, 5, 1], \"prompt_name\": null}\n",
+        )
+        .unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].content, Content::Text("a".into()));
+        assert_eq!(records[0].output_id(), Value::from(1));
+        assert_eq!(records[0].prompt, PromptChoice::Inherit);
+        assert_eq!(records[1].line, 3);
+        assert_eq!(records[1].content, Content::Text(" b ".into()));
+        assert_eq!(records[1].output_id(), Value::from("x"));
+        assert_eq!(records[1].prompt, PromptChoice::Named("query".into()));
+        assert_eq!(records[2].content, Content::Ids(vec![2, 5, 1]));
+        assert_eq!(records[2].output_id(), Value::from(7));
+        assert_eq!(records[2].prompt, PromptChoice::NoPrompt);
+    }
+
+    #[test]
+    fn reads_text_lines_as_is() {
+        let records = read("in.txt", b"one\n\n  two \r\n", InputFormat::Text).unwrap();
+        let texts: Vec<_> = records.iter().map(|r| r.content.clone()).collect();
+        assert_eq!(
+            texts,
+            [
+                Content::Text("one".into()),
+                Content::Text(String::new()),
+                Content::Text("  two ".into())
+            ]
+        );
+        assert_eq!(records[2].line, 3);
+        let empty_line = read("in.txt", b"\n", InputFormat::Text).unwrap();
+        assert_eq!(empty_line.len(), 1);
+        assert_eq!(empty_line[0].content, Content::Text(String::new()));
+        assert!(read("in.txt", b"", InputFormat::Text).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        assert_eq!(line_error("{\"text\": \"a\"}\n{\"text\": 3}").0, 2);
+        assert!(line_error("{\"txt\": \"a\"}")
+            .1
+            .contains("unknown field `txt`"));
+        assert!(line_error("{\"id\": 1}").1.contains("missing `text`"));
+        assert!(line_error("{\"text\": \"a\", \"ids\": [1]}")
+            .1
+            .contains("not both"));
+        assert!(line_error("{\"ids\": [2, -1]}").1.contains("`ids[1]`"));
+        assert!(line_error("{\"ids\": [2, 1], \"prompt_name\": \"query\"}")
+            .1
+            .contains("does not apply"));
+        assert!(line_error("{\"text\": \"a\", \"id\": [1]}")
+            .1
+            .contains("`id`"));
+        assert!(line_error("[1]").1.contains("JSON object"));
+        let (line, message) = line_error("{\"text\": \"a\"}\n\n{oops");
+        assert_eq!(line, 3);
+        assert!(message.contains("invalid JSON"), "{message}");
+        let err = read("in.txt", b"ok\n\xff\n", InputFormat::Text).unwrap_err();
+        assert!(
+            err.to_string().contains("in.txt: line 2: not UTF-8"),
             "{err}"
         );
     }
