@@ -11,15 +11,16 @@
  * up rows of the same outputs; the host reorders them at upload); inv_rms f32 [num_tokens];
  * out bf16 [num_tokens, intermediate].
  *
- * Launch: grid (intermediate / BLOCK_OUT, ceil(num_tokens / BLOCK_M)), GEGLU_GEMM_THREADS (8
- * warps), GEGLU_GEMM_SMEM_BYTES of dynamic shared memory. A CTA computes BLOCK_M = 128 token
- * rows x 128 weight rows (64 outputs), k in BLOCK_K = 64 slices through a 3-stage cp.async
- * pipeline; each stage holds the x slice [128][64] and the weight slice [128][64], 16-byte
- * chunks XOR-swizzled (tile_swizzle) so cp.async stores and ldmatrix loads are conflict-free.
- * Warp w owns 32 token rows x 32 outputs (gate_up_geglu.cuh): 2 m16 tiles x (4 gate + 4 up)
- * n8 tiles of mma.sync.m16n8k16; the gate and up values of one output sit in the same lane
- * and register of their tiles, so the epilogue needs no data exchange. Rows past num_tokens
- * are zero-filled on load and never stored.
+ * Launch: grid (intermediate / BLOCK_OUT, ceil(num_tokens / BLOCK_M)), GEGLU_GEMM_THREADS (4
+ * warps), GEGLU_GEMM_SMEM_BYTES of dynamic shared memory, two CTAs per SM. A CTA computes
+ * BLOCK_M = 128 token rows x 128 weight rows (64 outputs), k in BLOCK_K = 64 slices through a
+ * 3-stage cp.async pipeline; each stage holds the x slice [128][64] and the weight slice
+ * [128][64], 16-byte chunks XOR-swizzled (tile_swizzle) so cp.async stores and ldmatrix loads
+ * are conflict-free. The warps form a 2 x 2 grid; warp w owns 64 token rows x 32 outputs
+ * (gate_up_geglu.cuh), i.e. a 64 x 64 product: 4 m16 tiles x (4 gate + 4 up) n8 tiles of
+ * mma.sync.m16n8k16, 8 ldmatrix.x4 per 32 mma. The gate and up values of one output sit in
+ * the same lane and register of their tiles, so the epilogue needs no data exchange. Rows past
+ * num_tokens are zero-filled on load and never stored.
  *
  * Numerics: bf16 products accumulated in f32 by the tensor cores; r, GELU-tanh (accurate
  * tanhf) and the product in f32; one bf16 rounding of the output. The cuBLAS path rounds gate

@@ -12,9 +12,9 @@
 #include "params.h"
 #include "tile.cuh"
 
-/* Each warp owns GEGLU_WARP_ROWS token rows x GEGLU_WARP_OUT outputs: 2 m16 tiles times
+/* Each warp owns GEGLU_WARP_ROWS token rows x GEGLU_WARP_OUT outputs: 4 m16 tiles times
  * 4 gate and 4 up n8 tiles. */
-#define GEGLU_WARP_ROWS 32
+#define GEGLU_WARP_ROWS 64
 #define GEGLU_WARP_OUT 32
 #define GEGLU_WARPS_M (GEGLU_GEMM_BLOCK_M / GEGLU_WARP_ROWS)
 #define GEGLU_M_TILES (GEGLU_WARP_ROWS / 16)

@@ -119,7 +119,7 @@ typedef struct {
 #define GEGLU_GEMM_BLOCK_OUT 64
 #define GEGLU_GEMM_BLOCK_K 64
 #define GEGLU_GEMM_STAGES 3
-#define GEGLU_GEMM_THREADS 256
+#define GEGLU_GEMM_THREADS 128
 /* STAGES * (BLOCK_M + 2 * BLOCK_OUT) * BLOCK_K bf16. */
 #define GEGLU_GEMM_SMEM_BYTES 98304
 typedef struct {

@@ -18,7 +18,7 @@ pub const BLOCK_K: usize = 64;
 /// `GEGLU_GEMM_STAGES`: depth of the cp.async pipeline.
 pub const STAGES: usize = 3;
 /// `GEGLU_GEMM_THREADS`: threads per CTA.
-pub const THREADS: usize = 256;
+pub const THREADS: usize = 128;
 /// `GEGLU_GEMM_SMEM_BYTES`: dynamic shared memory per CTA.
 pub const SMEM_BYTES: usize = 98304;
 
