@@ -146,13 +146,18 @@ fn fold_norm_into_columns(matrices: &[&[f32]], norm: &[f32]) -> Vec<u16> {
 }
 
 impl CudaBackend {
+    /// The backend with the MLP path `GEMMA_EMBED_MLP` selects.
     pub fn new(model: &Model) -> Result<Self> {
+        Self::with_mlp_kernel(model, MlpKernel::from_env()?)
+    }
+
+    pub fn with_mlp_kernel(model: &Model, mlp_kernel: MlpKernel) -> Result<Self> {
         let config = &model.config;
         let dims = ModelDims::new(config)?;
         let dev = Device::open()?;
         let kernels = Kernels::load(&dev, dims)?;
         let attention = Attention::load(&dev, config)?;
-        let mlp = match MlpKernel::from_env()? {
+        let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
             MlpKernel::Fused => {
                 mlp::check_shape(dims.hidden, dims.intermediate)?;

@@ -1,6 +1,7 @@
 //! Stand-in for a binary built without nvcc: same API, every entry point reports that the
 //! kernels are missing and how to rebuild.
 
+use super::mlp::MlpKernel;
 use super::KernelChecks;
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::Model;
@@ -11,6 +12,10 @@ pub enum CudaBackend {}
 
 impl CudaBackend {
     pub fn new(_model: &Model) -> Result<Self> {
+        Err(Error::NoCudaKernels)
+    }
+
+    pub fn with_mlp_kernel(_model: &Model, _mlp_kernel: MlpKernel) -> Result<Self> {
         Err(Error::NoCudaKernels)
     }
 }
