@@ -245,6 +245,47 @@ fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     assert_eq!(openai_truncated.json()["usage"]["prompt_tokens"], max_len);
 }
 
+/// Which API's error body a route answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `{"error", "error_type"}`.
+    Tei,
+}
+
+/// The message of an error body, once the body is checked to hold exactly `shape`'s fields.
+fn error_message(name: &str, body: &Value, shape: Shape) -> String {
+    let keys = |v: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: not an object: {body}"))
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    match shape {
+        Shape::OpenAi => {
+            assert_eq!(keys(body), ["error"], "{name}: {body}");
+            let error = &body["error"];
+            assert_eq!(
+                keys(error),
+                ["code", "message", "param", "type"],
+                "{name}: {body}"
+            );
+            assert!(error["type"].is_string(), "{name}: {body}");
+            error["message"].as_str().unwrap().to_string()
+        }
+        Shape::Tei => {
+            assert_eq!(keys(body), ["error", "error_type"], "{name}: {body}");
+            assert!(body["error_type"].is_string(), "{name}: {body}");
+            body["error"].as_str().unwrap().to_string()
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
     let server = Server::start(
@@ -262,133 +303,235 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
     let tei = |body: &[u8]| server.post_bytes("/embed", body, &[]);
     let huge = format!(r#"{{"input": "{}"}}"#, "a ".repeat(100_000));
     let many = json!({"input": vec!["x"; 10_000]}).to_string();
-    let cases: Vec<(&str, HttpAnswer, u16, &str)> = vec![
-        ("malformed", openai(b"{\"input\": "), 400, "not valid JSON"),
+    let tei_many = json!({"inputs": vec!["x"; 65]}).to_string();
+    use Shape::{OpenAi, Tei};
+    let cases: Vec<(&str, HttpAnswer, u16, Shape, &str)> = vec![
+        (
+            "malformed",
+            openai(b"{\"input\": "),
+            400,
+            OpenAi,
+            "not valid JSON",
+        ),
         (
             "not an object",
             openai(b"[\"a\"]"),
             400,
+            OpenAi,
             "must be a JSON object",
         ),
         (
             "invalid UTF-8",
             openai(b"{\"input\": \"\xff\xfe\"}"),
             400,
+            OpenAi,
             "not valid JSON",
         ),
-        ("missing input", openai(b"{}"), 422, "`input`: is required"),
+        (
+            "missing input",
+            openai(b"{}"),
+            422,
+            OpenAi,
+            "`input`: is required",
+        ),
         (
             "wrong type",
             openai(br#"{"input": 5}"#),
             422,
+            OpenAi,
             "`input`: must be a string",
         ),
         (
             "empty string",
             openai(br#"{"input": ""}"#),
             422,
+            OpenAi,
             "must not be an empty string",
         ),
         (
             "empty array",
             openai(br#"{"input": []}"#),
             422,
+            OpenAi,
             "must not be an empty array",
         ),
         (
             "mixed array",
             openai(br#"{"input": ["a", {}]}"#),
             422,
+            OpenAi,
             "`input[1]`",
         ),
         (
             "negative id",
             openai(br#"{"input": [[2, -1]]}"#),
             422,
+            OpenAi,
             "`input[0][1]`",
         ),
         (
             "id out of range",
             openai(br#"{"input": [[2, 100000, 1]]}"#),
             422,
+            OpenAi,
             "outside the model's vocabulary",
         ),
         (
             "zero dims",
             openai(br#"{"input": "a", "dimensions": 0}"#),
             422,
+            OpenAi,
             "`dimensions`",
         ),
         (
             "too many dims",
             openai(br#"{"input": "a", "dimensions": 49}"#),
             422,
+            OpenAi,
             "dimensions must be in 1..=48",
         ),
         (
             "dims type",
             openai(br#"{"input": "a", "dimensions": "big"}"#),
             422,
+            OpenAi,
             "`dimensions`",
         ),
         (
             "encoding",
             openai(br#"{"input": "a", "encoding_format": "hex"}"#),
             422,
+            OpenAi,
             "`encoding_format`",
         ),
         (
             "prompt",
             openai(br#"{"input": "a", "prompt_name": "nope"}"#),
             422,
+            OpenAi,
             "unknown prompt name `nope`",
         ),
         (
             "model type",
             openai(br#"{"input": "a", "model": 3}"#),
             422,
+            OpenAi,
             "`model`",
         ),
-        ("huge string", openai(huge.as_bytes()), 413, "length limit"),
-        ("10k inputs", openai(many.as_bytes()), 413, "10000 inputs"),
+        (
+            "huge string",
+            openai(huge.as_bytes()),
+            413,
+            OpenAi,
+            "length limit",
+        ),
+        (
+            "10k inputs",
+            openai(many.as_bytes()),
+            413,
+            OpenAi,
+            "10000 inputs",
+        ),
+        (
+            "alias malformed",
+            server.post_bytes("/embeddings", b"{", &[]),
+            400,
+            OpenAi,
+            "not valid JSON",
+        ),
+        (
+            "openai no route",
+            server.post_bytes("/v1/nope", b"{}", &[]),
+            404,
+            OpenAi,
+            "no route /v1/nope",
+        ),
+        ("tei malformed", tei(b"{"), 400, Tei, "not valid JSON"),
         (
             "tei normalize",
             tei(br#"{"inputs": "a", "normalize": false}"#),
             422,
+            Tei,
             "`normalize`",
         ),
         (
             "tei direction",
             tei(br#"{"inputs": "a", "truncate": true, "truncation_direction": "up"}"#),
             422,
+            Tei,
             "`truncation_direction`",
         ),
         (
             "tei inputs",
             tei(br#"{"input": "a"}"#),
             422,
+            Tei,
             "`inputs`: is required",
+        ),
+        (
+            "tei id out of range",
+            tei(br#"{"inputs": [[2, 100000, 1]]}"#),
+            422,
+            Tei,
+            "outside the model's vocabulary",
+        ),
+        (
+            "tei prompt",
+            tei(br#"{"inputs": "a", "prompt_name": "nope"}"#),
+            422,
+            Tei,
+            "unknown prompt name `nope`",
+        ),
+        (
+            "tei 65 inputs",
+            tei(tei_many.as_bytes()),
+            413,
+            Tei,
+            "65 inputs",
+        ),
+        (
+            "tei huge string",
+            tei(huge.as_bytes()),
+            413,
+            Tei,
+            "length limit",
         ),
         (
             "tokenize ids",
             server.post_bytes("/tokenize", br#"{"inputs": [[1, 2]]}"#, &[]),
             422,
+            Tei,
             "`inputs[0]`",
         ),
+        (
+            "tokenize malformed",
+            server.post_bytes("/tokenize", b"[1]", &[]),
+            400,
+            Tei,
+            "must be a JSON object",
+        ),
+        (
+            "tei no route",
+            server.post_bytes("/nope", b"{}", &[]),
+            404,
+            Tei,
+            "no route /nope",
+        ),
     ];
-    for (name, answer, status, message) in &cases {
+    for (name, answer, status, shape, message) in &cases {
         assert_eq!(answer.status, *status, "{name}: {}", answer.body);
-        let body = answer.json();
-        let text = if body["error"].is_object() {
-            // OpenAI's shape.
-            assert!(body["error"]["type"].is_string(), "{name}: {body}");
-            body["error"]["message"].as_str().unwrap().to_string()
-        } else {
-            assert!(body["error_type"].is_string(), "{name}: {body}");
-            body["error"].as_str().unwrap().to_string()
-        };
+        let text = error_message(name, &answer.json(), *shape);
         assert!(text.contains(message), "{name}: {text}");
     }
+    // One body of each shape, byte for byte.
+    assert_eq!(
+        openai(b"{}").body,
+        r#"{"error":{"code":null,"message":"`input`: is required","param":"input","type":"invalid_request_error"}}"#
+    );
+    assert_eq!(
+        tei(b"{}").body,
+        r#"{"error":"`inputs`: is required","error_type":"Validation"}"#
+    );
     assert_eq!(server.get("/health", &[]).status, 200);
     let ok = server.post("/v1/embeddings", &json!({"input": "still fine"}));
     assert_eq!(ok.status, 200, "{}", ok.body);

@@ -1,6 +1,5 @@
 //! Peak memory: the process's resident set (host) and the backend's device.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::backend::{Backend, Batch, Embeddings};
@@ -31,12 +30,11 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
 }
 
 /// A backend shared between the bench's runs (each online run starts an engine that takes a
-/// `Box<dyn Backend>`), recording the device memory in use after every batch.
+/// `Box<dyn Backend>`).
 #[derive(Clone)]
 pub struct SharedBackend {
     inner: Arc<Mutex<Box<dyn Backend>>>,
     name: &'static str,
-    device_peak: Arc<AtomicU64>,
 }
 
 impl SharedBackend {
@@ -44,19 +42,7 @@ impl SharedBackend {
         Self {
             name: backend.name(),
             inner: Arc::new(Mutex::new(backend)),
-            device_peak: Arc::default(),
         }
-    }
-
-    /// Forget the device peak recorded so far (the next batch starts a new one).
-    pub fn reset_device_peak(&self) {
-        self.device_peak.store(0, Ordering::Relaxed);
-    }
-
-    /// The most device memory seen in use after a batch since the last reset; `None` for a
-    /// backend that does not report device memory or when no batch ran.
-    pub fn device_peak(&self) -> Option<u64> {
-        Some(self.device_peak.load(Ordering::Relaxed)).filter(|&b| b > 0)
     }
 
     fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn Backend>> {
@@ -78,12 +64,7 @@ impl Backend for SharedBackend {
     }
 
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
-        let mut backend = self.backend();
-        let result = backend.forward(batch, dimensions);
-        if let Some(used) = backend.device_memory_used() {
-            self.device_peak.fetch_max(used, Ordering::Relaxed);
-        }
-        result
+        self.backend().forward(batch, dimensions)
     }
 }
 

@@ -280,7 +280,15 @@ pub fn run(
     Ok(results)
 }
 
-/// Warm-up runs, then the peaks are reset and the measured runs timed.
+/// Warm-up runs, then the measured runs (each `run_once` times itself) with the host and
+/// device peaks over them: the runs, the peak host RSS and the peak device memory.
+///
+/// The device peak is the most device memory in use (the whole device, as the driver reports
+/// it) right after a measured run, read between runs so that no timed region pays for the
+/// driver call. The CUDA backend's activation buffers grow to its largest batch so far and stay
+/// allocated, so this is the footprint of the workload's largest batch: context, weights and
+/// activations (and whatever else runs on the device). An allocation made and freed inside one
+/// batch is not seen.
 fn measure<T>(
     backend: &SharedBackend,
     options: &BenchOptions,
@@ -290,12 +298,14 @@ fn measure<T>(
         run_once()?;
     }
     let host_peak_resets = memory::reset_host_peak();
-    backend.reset_device_peak();
-    let runs = (0..options.repeats)
-        .map(|_| run_once())
-        .collect::<Result<Vec<T>>>()?;
+    let mut runs = Vec::with_capacity(options.repeats);
+    let mut device_peak = None;
+    for _ in 0..options.repeats {
+        runs.push(run_once()?);
+        device_peak = device_peak.max(backend.device_memory_used());
+    }
     let host_peak = memory::host_peak_rss().filter(|_| host_peak_resets);
-    Ok((runs, host_peak, backend.device_peak()))
+    Ok((runs, host_peak, device_peak))
 }
 
 fn run_offline(
@@ -398,6 +408,63 @@ fn run_online(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Embeddings;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A device whose memory in use grows by one byte per batch run, counting how often that
+    /// memory is read.
+    struct GrowingDevice {
+        batches: u64,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl Backend for GrowingDevice {
+        fn name(&self) -> &'static str {
+            "growing"
+        }
+
+        fn device_memory_used(&self) -> Option<u64> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Some(1000 + self.batches)
+        }
+
+        fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
+            self.batches += 1;
+            Ok(Embeddings {
+                dim: dimensions,
+                data: vec![0.0; batch.num_sequences() * dimensions],
+            })
+        }
+    }
+
+    #[test]
+    fn device_memory_is_read_after_each_measured_run_not_per_batch() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut backend = SharedBackend::new(Box::new(GrowingDevice {
+            batches: 0,
+            reads: Arc::clone(&reads),
+        }));
+        // Six sequences of 4 tokens under a budget of 8: three batches per run.
+        let sequences = vec![vec![7u32; 4]; 6];
+        let setting = Setting {
+            max_batch_tokens: 8,
+            load: Load::Offline,
+        };
+        let options = BenchOptions {
+            repeats: 3,
+            warmup: 1,
+            dimensions: 2,
+            seed: 0,
+            inputs_per_request: 1,
+            peak_tflops: None,
+        };
+        let measured = run_offline(&mut backend, &sequences, &setting, &options).unwrap();
+        assert_eq!(measured.batches_per_run, 3);
+        assert_eq!(reads.load(Ordering::Relaxed), options.repeats);
+        // The last read follows (1 warm-up + 3 measured runs) x 3 batches.
+        assert_eq!(measured.peak_device_memory, Some(1000 + 12));
+    }
 
     #[test]
     fn mixed_lengths_stay_in_range_and_cover_the_tokens() {

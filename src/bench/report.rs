@@ -81,7 +81,8 @@ pub struct WorkloadResult {
     pub percent_of_peak: Option<f64>,
     /// Peak resident set of the whole process during the measured runs (weights included).
     pub peak_host_rss_bytes: Option<u64>,
-    /// Peak device memory in use (whole device) seen after a batch; `None` on the CPU.
+    /// Peak device memory in use (whole device): the most read right after any measured run,
+    /// outside its timing; `None` on the CPU.
     pub peak_device_memory_bytes: Option<u64>,
 }
 

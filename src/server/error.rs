@@ -1,5 +1,8 @@
 //! Errors as each API family shapes them: OpenAI's `{"error": {"message", "type", "param",
 //! "code"}}` and text-embeddings-inference's `{"error", "error_type"}`.
+//!
+//! An [`ApiError`] says what went wrong; a route picks the shape through its error type,
+//! [`OpenAiError`] or [`TeiError`], into which `?` converts every [`ApiError`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -42,7 +45,6 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault (OpenAI's `param`), when one is.
     pub param: Option<String>,
-    pub flavor: Flavor,
 }
 
 impl ApiError {
@@ -51,7 +53,6 @@ impl ApiError {
             kind,
             message: message.into(),
             param: None,
-            flavor: Flavor::OpenAi,
         }
     }
 
@@ -61,17 +62,16 @@ impl ApiError {
             kind: ErrorKind::Validation,
             message: format!("`{param}`: {message}"),
             param: Some(param.to_string()),
-            flavor: Flavor::OpenAi,
         }
     }
 
-    pub fn flavored(mut self, flavor: Flavor) -> Self {
-        self.flavor = flavor;
-        self
+    /// The answer in `flavor`'s shape.
+    pub fn respond(self, flavor: Flavor) -> Response {
+        (self.status(flavor), Json(self.body(flavor))).into_response()
     }
 
-    pub fn status(&self) -> StatusCode {
-        match (self.kind, self.flavor) {
+    pub fn status(&self, flavor: Flavor) -> StatusCode {
+        match (self.kind, flavor) {
             (ErrorKind::Malformed, _) => StatusCode::BAD_REQUEST,
             (ErrorKind::Validation, _) => StatusCode::UNPROCESSABLE_ENTITY,
             (ErrorKind::TooLarge, _) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,8 +84,8 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> serde_json::Value {
-        match self.flavor {
+    fn body(&self, flavor: Flavor) -> serde_json::Value {
+        match flavor {
             Flavor::OpenAi => {
                 let (error_type, code) = match self.kind {
                     ErrorKind::Malformed | ErrorKind::Validation | ErrorKind::NotFound => {
@@ -140,13 +140,38 @@ impl From<Error> for ApiError {
             kind,
             message: error.to_string(),
             param,
-            flavor: Flavor::OpenAi,
         }
     }
 }
 
-impl IntoResponse for ApiError {
+/// The error of the OpenAI routes: an [`ApiError`] answered in OpenAI's shape.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        self.0.respond(Flavor::OpenAi)
+    }
+}
+
+/// The error of the TEI routes: an [`ApiError`] answered in TEI's shape.
+#[derive(Debug)]
+pub struct TeiError(pub ApiError);
+
+impl From<ApiError> for TeiError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for TeiError {
+    fn into_response(self) -> Response {
+        self.0.respond(Flavor::Tei)
     }
 }

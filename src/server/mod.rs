@@ -22,7 +22,7 @@ mod error;
 mod metrics;
 mod request;
 
-pub use error::{ApiError, ErrorKind, Flavor};
+pub use error::{ApiError, ErrorKind, Flavor, OpenAiError, TeiError};
 pub use metrics::Metrics;
 
 use std::future::Future;
@@ -188,13 +188,11 @@ async fn require_api_key(
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
         return next.run(request).await;
     }
-    let flavor = flavor_of(request.uri().path());
     ApiError::new(
         ErrorKind::Unauthorized,
         "missing or wrong API key: send `Authorization: Bearer <key>`",
     )
-    .flavored(flavor)
-    .into_response()
+    .respond(flavor_of(request.uri().path()))
 }
 
 /// Compare without an early exit on the first differing byte.
@@ -202,6 +200,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The error shape of a path that no typed handler answers (a refused API key, no route).
 fn flavor_of(path: &str) -> Flavor {
     if path.starts_with("/v1/") || path == "/embeddings" {
         Flavor::OpenAi
@@ -228,9 +227,9 @@ async fn record_request(
     response
 }
 
-async fn not_found(request: HttpRequest) -> ApiError {
-    let path = request.uri().path().to_string();
-    ApiError::new(ErrorKind::NotFound, format!("no route {path}")).flavored(flavor_of(&path))
+async fn not_found(request: HttpRequest) -> Response {
+    let path = request.uri().path();
+    ApiError::new(ErrorKind::NotFound, format!("no route {path}")).respond(flavor_of(path))
 }
 
 /// A request body as a JSON object, or the error that reading it gave (413 past the payload
@@ -376,16 +375,7 @@ fn prompt_name(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 async fn openai_embeddings(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    openai_embeddings_inner(&state, body)
-        .await
-        .map_err(|e| e.flavored(Flavor::OpenAi))
-}
-
-async fn openai_embeddings_inner(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, OpenAiError> {
     let body = json_body(body)?;
     let as_base64 = match request::optional_str(&body, "encoding_format")? {
         None | Some("float") => false,
@@ -394,7 +384,8 @@ async fn openai_embeddings_inner(
             return Err(ApiError::field(
                 "encoding_format",
                 format!("must be `float` or `base64`, got `{other}`"),
-            ))
+            )
+            .into())
         }
     };
     // Accepted for compatibility; this server has one model.
@@ -406,7 +397,7 @@ async fn openai_embeddings_inner(
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, false)?,
     };
-    let answer = embed(state, query).await?;
+    let answer = embed(&state, query).await?;
     let tokens = answer.tokens();
     let data = answer
         .embeddings
@@ -480,23 +471,15 @@ async fn openai_models(State(state): State<Arc<AppState>>) -> Json<Value> {
 async fn tei_embed(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    tei_embed_inner(&state, body)
-        .await
-        .map_err(|e| e.flavored(Flavor::Tei))
-}
-
-async fn tei_embed_inner(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, TeiError> {
     let body = json_body(body)?;
     if request::optional_bool(&body, "normalize")? == Some(false) {
         return Err(ApiError::field(
             "normalize",
             "`false` is not supported: this model's sentence-transformers pipeline ends in \
              Normalize, and the engine returns only unit vectors",
-        ));
+        )
+        .into());
     }
     let query = EmbedQuery {
         inputs: request::inputs(&body, "inputs", state.config.max_client_batch_size)?,
@@ -504,7 +487,7 @@ async fn tei_embed_inner(
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, true)?,
     };
-    let answer = embed(state, query).await?;
+    let answer = embed(&state, query).await?;
     let vectors: Vec<&[f32]> = answer
         .embeddings
         .iter()
@@ -516,48 +499,41 @@ async fn tei_embed_inner(
 async fn tei_tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let answer = async {
-        let body = json_body(body)?;
-        let inputs = request::inputs(&body, "inputs", state.config.max_client_batch_size)?;
-        let add_special_tokens =
-            request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
-        let prompt_name = prompt_name(&body)?;
-        let state = Arc::clone(&state);
-        // Tokenization is CPU work: off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let tokenizer = state.engine.tokenizer();
-            let prompt = match &prompt_name {
-                Some(name) => Some(tokenizer.prompt(name)?),
-                None => tokenizer.default_prompt(),
-            };
-            inputs
-                .iter()
-                .enumerate()
-                .map(|(i, input)| match input {
-                    RawInput::Text(text) => tokenizer
-                        .tokens(prompt, text, add_special_tokens)
-                        .map_err(ApiError::from),
-                    RawInput::Ids(_) => Err(ApiError::field(
-                        &format!("inputs[{i}]"),
-                        "must be a string (token ids are already tokenized)",
-                    )),
-                })
-                .collect::<Result<Vec<_>, ApiError>>()
-        })
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::Backend, format!("tokenization failed: {e}")))?
-    }
+) -> Result<Response, TeiError> {
+    let body = json_body(body)?;
+    let inputs = request::inputs(&body, "inputs", state.config.max_client_batch_size)?;
+    let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
+    let prompt_name = prompt_name(&body)?;
+    // Tokenization is CPU work: off the async workers.
+    let tokens = tokio::task::spawn_blocking(move || {
+        let tokenizer = state.engine.tokenizer();
+        let prompt = match &prompt_name {
+            Some(name) => Some(tokenizer.prompt(name)?),
+            None => tokenizer.default_prompt(),
+        };
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| match input {
+                RawInput::Text(text) => tokenizer
+                    .tokens(prompt, text, add_special_tokens)
+                    .map_err(ApiError::from),
+                RawInput::Ids(_) => Err(ApiError::field(
+                    &format!("inputs[{i}]"),
+                    "must be a string (token ids are already tokenized)",
+                )),
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
     .await
-    .map_err(|e| e.flavored(Flavor::Tei))?;
-    Ok(Json(answer).into_response())
+    .map_err(|e| ApiError::new(ErrorKind::Backend, format!("tokenization failed: {e}")))??;
+    Ok(Json(tokens).into_response())
 }
 
 /// 200 when a one-input probe goes through the backend within the health timeout. A full queue
 /// is not a failure as long as the backend keeps finishing batches.
-async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
-    let unhealthy =
-        |message: String| ApiError::new(ErrorKind::Unhealthy, message).flavored(Flavor::Tei);
+async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiError> {
+    let unhealthy = |message: String| TeiError(ApiError::new(ErrorKind::Unhealthy, message));
     let engine = &state.engine;
     let tokenizer = engine.tokenizer();
     let probe = Request {
