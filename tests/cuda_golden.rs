@@ -8,10 +8,19 @@ mod common;
 use std::io::Write;
 
 use gemma_embed::backend::cuda::{self, mlp::MlpKernel, CudaBackend};
-use gemma_embed::backend::{Backend, Batch};
+use gemma_embed::backend::{Backend, Batch, Embeddings};
 use gemma_embed::model::Model;
 
 const PARITY: f64 = 0.9995;
+
+fn cuda_forward(
+    model: &Model,
+    mlp_kernel: MlpKernel,
+    batch: &Batch,
+) -> gemma_embed::Result<Embeddings> {
+    let mut backend = CudaBackend::with_mlp_kernel(model, mlp_kernel)?;
+    backend.forward(batch, model.config.embedding_dim)
+}
 
 #[test]
 fn cuda_embeddings_match_sentence_transformers_on_both_mlp_paths() {
@@ -25,13 +34,10 @@ fn cuda_embeddings_match_sentence_transformers_on_both_mlp_paths() {
     };
     let model = Model::load_dir(&dir).expect("load the real model");
     let golden = common::golden();
-    let sequences: Vec<&[u32]> = golden.cases.iter().map(|c| &c.token_ids[..]).collect();
-    let batch = Batch::from_sequences(&sequences);
+    let batch = golden.batch();
     let dim = model.config.embedding_dim;
     for mlp_kernel in [MlpKernel::Cublas, MlpKernel::Fused] {
-        let mut backend =
-            CudaBackend::with_mlp_kernel(&model, mlp_kernel).expect("CUDA backend loads");
-        let out = backend.forward(&batch, dim).expect("CUDA forward");
+        let out = cuda_forward(&model, mlp_kernel, &batch).expect("CUDA forward");
         assert_eq!(out.data.len(), golden.cases.len() * dim);
         let mut worst = 1.0f64;
         for (case, got) in golden.cases.iter().zip(out.data.chunks_exact(dim)) {

@@ -145,8 +145,7 @@ fn bf16_pipeline_meets_the_parity_target() {
     };
     let model = Model::load_dir(&dir).expect("load the real model");
     let golden = common::golden();
-    let sequences: Vec<&[u32]> = golden.cases.iter().map(|c| &c.token_ids[..]).collect();
-    let batch = Batch::from_sequences(&sequences);
+    let batch = golden.batch();
     let dim = model.config.embedding_dim;
     for mlp_path in [MlpPath::Cublas, MlpPath::Fused] {
         let out = cuda_model_forward(&model, &batch, mlp_path);

@@ -34,10 +34,7 @@ fn golden_cases_match_sentence_transformers() {
     let golden = common::golden();
     let mut backend = CpuBackend::new(model).unwrap();
     // One packed batch of every case (about 9k tokens, 24 sequences of 2..2048 tokens).
-    let sequences: Vec<&[u32]> = golden.cases.iter().map(|c| &c.token_ids[..]).collect();
-    let out = backend
-        .forward(&Batch::from_sequences(&sequences), 768)
-        .unwrap();
+    let out = backend.forward(&golden.batch(), 768).unwrap();
 
     let (mut worst_cos, mut worst_diff) = (1.0f64, 0.0f32);
     let mut failures = Vec::new();

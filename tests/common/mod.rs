@@ -31,6 +31,14 @@ pub struct Golden {
     pub cases: Vec<GoldenCase>,
 }
 
+impl Golden {
+    /// Every case's token ids, packed into one batch in file order.
+    pub fn batch(&self) -> gemma_embed::backend::Batch {
+        let sequences: Vec<&[u32]> = self.cases.iter().map(|c| &c.token_ids[..]).collect();
+        gemma_embed::backend::Batch::from_sequences(&sequences)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct GoldenMeta {
     pub model: String,

@@ -482,6 +482,21 @@ fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
     Ok(checks)
 }
 
+/// The CPU twins of `geglu`: `gelu_tanh(r·gate)·(r·up)` per row of `gate_up`
+/// (`[rows, 2·intermediate]`: gate, then up) with `r` its row's inverse RMS.
+fn geglu_reference(gate_up: &[f32], inv_rms: &[f32], intermediate: usize) -> Vec<f32> {
+    let i = intermediate;
+    let rows = inv_rms.len();
+    let (mut gate, mut up) = (Vec::with_capacity(rows * i), Vec::with_capacity(rows * i));
+    for (row, &r) in gate_up.chunks_exact(2 * i).zip(inv_rms) {
+        gate.extend(row[..i].iter().map(|&g| g * r));
+        up.extend(row[i..].iter().map(|&u| u * r));
+    }
+    let mut reference = vec![0.0f32; rows * i];
+    cpu::gelu_tanh_mul(&gate, &up, &mut reference);
+    reference
+}
+
 fn check_geglu(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<KernelCheck> {
     let d = k.dims;
     let i = d.intermediate;
@@ -494,14 +509,7 @@ fn check_geglu(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Kernel
     let mut out = poisoned(dev, n * i, BF16_POISON, "geglu out")?;
     k.geglu(dev, n, &gate_up, &inv_rms, &mut out)?;
 
-    let gu = bf16_to_f32(&gate_up_bits);
-    let (mut gate, mut up) = (Vec::with_capacity(n * i), Vec::with_capacity(n * i));
-    for (row, &r) in gu.chunks_exact(2 * i).zip(&inv_rms_host) {
-        gate.extend(row[..i].iter().map(|&g| g * r));
-        up.extend(row[i..].iter().map(|&u| u * r));
-    }
-    let mut reference = vec![0.0f32; n * i];
-    cpu::gelu_tanh_mul(&gate, &up, &mut reference);
+    let reference = geglu_reference(&bf16_to_f32(&gate_up_bits), &inv_rms_host, i);
     let got = bf16_to_f32(&download(dev, &out, n * i, "geglu out")?);
     let check = KernelCheck::compare(
         "geglu",
@@ -563,13 +571,7 @@ fn check_gate_up_geglu(
         2 * i,
         &mut gate_up_f32,
     );
-    let (mut gate, mut up) = (Vec::with_capacity(m * i), Vec::with_capacity(m * i));
-    for (row, &r) in gate_up_f32.chunks_exact(2 * i).zip(&inv_rms_host) {
-        gate.extend(row[..i].iter().map(|&g| g * r));
-        up.extend(row[i..].iter().map(|&u| u * r));
-    }
-    let mut reference = vec![0.0f32; m * i];
-    cpu::gelu_tanh_mul(&gate, &up, &mut reference);
+    let reference = geglu_reference(&gate_up_f32, &inv_rms_host, i);
     let desc = format!("m={m} n={} k={h}", 2 * i);
 
     let mut out = poisoned(dev, m * i, BF16_POISON, "gate_up_geglu out")?;
