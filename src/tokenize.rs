@@ -130,6 +130,15 @@ impl Tokenizer {
             .map(String::as_str)
     }
 
+    /// The prompt named `name`, or without a name the model's default prompt (if any): what
+    /// sentence-transformers' `encode(prompt_name=...)` prepends.
+    pub fn named_or_default_prompt(&self, name: Option<&str>) -> Result<Option<&str>> {
+        match name {
+            Some(name) => self.prompt(name).map(Some),
+            None => Ok(self.default_prompt()),
+        }
+    }
+
     /// Token ids of `prompt + text`, `<bos>` first and `<eos>` last. `index` names the input in
     /// errors.
     pub fn encode(

@@ -129,10 +129,9 @@ pub fn job_prompt<'a>(
     prompt: Option<&'a str>,
     prompt_name: Option<&str>,
 ) -> Result<Option<&'a str>> {
-    match (prompt, prompt_name) {
-        (Some(prompt), _) => Ok(Some(prompt)),
-        (None, Some(name)) => tokenizer.prompt(name).map(Some),
-        (None, None) => Ok(tokenizer.default_prompt()),
+    match prompt {
+        Some(prompt) => Ok(Some(prompt)),
+        None => tokenizer.named_or_default_prompt(prompt_name),
     }
 }
 

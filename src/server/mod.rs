@@ -295,10 +295,9 @@ impl Answer {
 async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> {
     let start = Instant::now();
     let tokenizer = state.engine.tokenizer();
-    let prompt = match &query.prompt_name {
-        Some(name) => Some(tokenizer.prompt(name)?.to_string()),
-        None => tokenizer.default_prompt().map(str::to_string),
-    };
+    let prompt = tokenizer
+        .named_or_default_prompt(query.prompt_name.as_deref())?
+        .map(str::to_string);
     let characters = query
         .inputs
         .iter()
@@ -507,10 +506,7 @@ async fn tei_tokenize(
     // Tokenization is CPU work: off the async workers.
     let tokens = tokio::task::spawn_blocking(move || {
         let tokenizer = state.engine.tokenizer();
-        let prompt = match &prompt_name {
-            Some(name) => Some(tokenizer.prompt(name)?),
-            None => tokenizer.default_prompt(),
-        };
+        let prompt = tokenizer.named_or_default_prompt(prompt_name.as_deref())?;
         inputs
             .iter()
             .enumerate()
