@@ -43,16 +43,18 @@ static_assert(kStages * kStageElems * 2 == GEGLU_GEMM_SMEM_BYTES, "params.h smem
 static_assert(GEGLU_WARPS_M * (GEGLU_GEMM_BLOCK_OUT / GEGLU_WARP_OUT) * 32 == kThreads,
               "the warps tile the CTA");
 static_assert(kBlockK % 64 == 0, "tile_swizzle needs 128-byte rows");
-static_assert(kThreads % GEGLU_CHUNKS_PER_ROW == 0 && kBlockM % (kThreads / GEGLU_CHUNKS_PER_ROW) == 0 &&
-                  kWeightRows % (kThreads / GEGLU_CHUNKS_PER_ROW) == 0,
-              "every thread copies whole columns of both tiles");
 
-/* Start copying k slice `k_tile` of the CTA's x rows and weight rows into `stage`. Thread i
- * copies chunks i, i + THREADS, ... of each tile: one column, every ROW_STEP-th row. */
+/* Start copying k slice `k_tile` of the CTA's x rows and weight rows into `stage`. Thread i of
+ * Threads copies chunks i, i + Threads, ... of each tile: one column, every ROW_STEP-th row. */
+template <int Threads>
 __device__ __forceinline__ void load_stage(bf16_t *stage, const GateUpGegluParams &p,
                                            uint32_t first_row, uint32_t first_weight_row,
                                            uint32_t k_tile) {
-    constexpr int kRowStep = kThreads / GEGLU_CHUNKS_PER_ROW;
+    static_assert(Threads % GEGLU_CHUNKS_PER_ROW == 0 &&
+                      kBlockM % (Threads / GEGLU_CHUNKS_PER_ROW) == 0 &&
+                      kWeightRows % (Threads / GEGLU_CHUNKS_PER_ROW) == 0,
+                  "every thread copies whole columns of both tiles");
+    constexpr int kRowStep = Threads / GEGLU_CHUNKS_PER_ROW;
     const int r0 = geglu_chunk_row(threadIdx.x), c = geglu_chunk_col(threadIdx.x);
     const size_t k0 = static_cast<size_t>(k_tile) * kBlockK + c;
     bf16_t *x_tile = stage;
@@ -98,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
     /* Prologue: the first STAGES - 1 slices in flight, one commit group each. */
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-        if (s < k_tiles) load_stage(smem + s * kStageElems, p, first_row, first_weight_row, s);
+        if (s < k_tiles) load_stage<kThreads>(smem + s * kStageElems, p, first_row, first_weight_row, s);
         cp_async_commit();
     }
     for (uint32_t kt = 0; kt < k_tiles; ++kt) {
@@ -108,7 +110,8 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
         __syncthreads();
         const uint32_t next = kt + kStages - 1;
         if (next < k_tiles) {
-            load_stage(smem + (next % kStages) * kStageElems, p, first_row, first_weight_row, next);
+            load_stage<kThreads>(smem + (next % kStages) * kStageElems, p, first_row, first_weight_row,
+                                 next);
         }
         cp_async_commit(); /* possibly empty, so the group count stays in step */
 
@@ -156,4 +159,90 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
             }
         }
     }
+}
+
+/* ---- gate_up_geglu_wgmma (sm_90a) ---------------------------------------------------------------
+ *
+ * The same product, tiles, stages, weight order and epilogue arithmetic, on Hopper's warpgroup
+ * MMA. Launch: the same grid, GEGLU_WGMMA_THREADS (two warpgroups), GEGLU_WGMMA_SMEM_BYTES. The
+ * stages start at the first 1024-byte boundary of the dynamic shared memory, so each x and weight
+ * tile is a run of the 128-byte swizzle's 1024-byte atoms, and wgmma reads them through
+ * descriptors (wgmma_desc_sw128) instead of ldmatrix. Warpgroup g multiplies token rows
+ * 64 g .. 64 g + 63 by all 128 weight rows: four wgmma.m64n128k16 per k slice, 64 f32
+ * accumulators per thread, gate in registers 0..31 and up in 32..63 (gate_up_geglu.cuh). Each
+ * thread fences its cp.async writes into the async proxy before the barrier that precedes the
+ * wgmmas, and the wgmmas of a slice complete before the next barrier, after which that stage may
+ * be overwritten. On other architectures the kernel traps; the host launches it only on sm_90.
+ */
+extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
+    gate_up_geglu_wgmma(const GateUpGegluParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kWgThreads = GEGLU_WGMMA_THREADS;
+    static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
+    static_assert(2 * GEGLU_WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
+    static_assert(kWeightRows == 128 && GEGLU_WGMMA_ACC_REGS == 64, "wgmma.m64n128");
+    extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
+    const uint32_t smem_base = smem_addr(wgmma_smem_bytes);
+    bf16_t *smem =
+        reinterpret_cast<bf16_t *>(wgmma_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warpgroup = warp / 4;
+    const uint32_t first_row = blockIdx.y * kBlockM;
+    const uint32_t first_out = blockIdx.x * GEGLU_GEMM_BLOCK_OUT;
+    const uint32_t first_weight_row = blockIdx.x * kWeightRows;
+    const uint32_t k_tiles = p.hidden / kBlockK;
+
+    float acc[GEGLU_WGMMA_ACC_REGS];
+#pragma unroll
+    for (int r = 0; r < GEGLU_WGMMA_ACC_REGS; ++r) acc[r] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < k_tiles) {
+            load_stage<kWgThreads>(smem + s * kStageElems, p, first_row, first_weight_row, s);
+        }
+        cp_async_commit();
+    }
+    for (uint32_t kt = 0; kt < k_tiles; ++kt) {
+        cp_async_wait<kStages - 2>();
+        fence_proxy_async_shared();
+        __syncthreads();
+        const uint32_t next = kt + kStages - 1;
+        if (next < k_tiles) {
+            load_stage<kWgThreads>(smem + (next % kStages) * kStageElems, p, first_row,
+                                   first_weight_row, next);
+        }
+        cp_async_commit();
+
+        const uint32_t x_tile = smem_addr(smem + (kt % kStages) * kStageElems);
+        const uint32_t w_tile = x_tile + kBlockM * kBlockK * 2;
+        wgmma_fence_operands(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kBlockK / 16; ++ks) {
+            wgmma_m64n128k16_bf16(acc, wgmma_desc_sw128(x_tile + geglu_wgmma_x_offset(warpgroup, ks)),
+                                  wgmma_desc_sw128(w_tile + geglu_wgmma_w_offset(ks)));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+    }
+
+    /* Epilogue: register r (gate) and r + GEGLU_WGMMA_ACC_REGS / 2 (up) hold one output. */
+    constexpr int kUp = GEGLU_WGMMA_ACC_REGS / 2;
+#pragma unroll
+    for (int r = 0; r < kUp; r += 2) {
+        const uint32_t row = first_row + geglu_wgmma_acc_row(warp, lane, r);
+        if (row >= p.num_tokens) continue;
+        const float inv = p.inv_rms[row];
+        const int col = geglu_wgmma_acc_col(lane, r);
+        *reinterpret_cast<uint32_t *>(p.out + static_cast<size_t>(row) * p.intermediate + first_out +
+                                      col) =
+            pack_bf16x2(gelu_tanh(inv * acc[r]) * (inv * acc[r + kUp]),
+                        gelu_tanh(inv * acc[r + 1]) * (inv * acc[r + 1 + kUp]));
+    }
+#else
+    __trap();
+#endif
 }

@@ -122,6 +122,10 @@ typedef struct {
 #define GEGLU_GEMM_THREADS 128
 /* STAGES * (BLOCK_M + 2 * BLOCK_OUT) * BLOCK_K bf16. */
 #define GEGLU_GEMM_SMEM_BYTES 98304
+/* gate_up_geglu_wgmma (sm_90a): the same CTA tile and stages, two warpgroups of 64 rows each;
+ * 1024 bytes of slack to align the stages to the 128-byte swizzle's 1024-byte atoms. */
+#define GEGLU_WGMMA_THREADS 256
+#define GEGLU_WGMMA_SMEM_BYTES 99328
 typedef struct {
     const bf16_t *x;          /* [num_tokens, hidden] bf16(residual) */
     const bf16_t *w;          /* [2 * intermediate, hidden]: gate and up rows interleaved in

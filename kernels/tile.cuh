@@ -8,6 +8,8 @@
 #ifndef GEMMA_EMBED_TILE_CUH
 #define GEMMA_EMBED_TILE_CUH
 
+#include <stdint.h>
+
 #ifdef __CUDACC__
 #define TILE_HD __host__ __device__ __forceinline__
 #else
@@ -39,5 +41,19 @@ TILE_HD int ldsm_a_col(int lane) { return (lane >> 4) << 3; }
  * = b0, b1 of n 0..7 and b0, b1 of n 8..15. */
 TILE_HD int ldsm_b_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
 TILE_HD int ldsm_b_col(int lane) { return ((lane >> 3) & 1) << 3; }
+
+/* wgmma (sm_90a) shared-memory matrix descriptor of a K-major operand stored as tile_swizzle
+ * lays out [rows][64] bf16 tiles, at shared-memory byte address `addr` (PTX ISA, "Matrix
+ * Descriptor Format"): bits 0-13 start address >> 4, bits 16-29 leading byte offset >> 4 (unused
+ * by swizzled K-major layouts, 1 by convention), bits 32-45 stride byte offset >> 4 (1024: from
+ * one group of 8 rows to the next), bits 49-51 base offset (0: tiles are 1024-byte aligned),
+ * bits 62-63 swizzle mode (1 = 128-byte). The 128-byte swizzle XORs address bits 4-6 (the
+ * 16-byte chunk) with bits 7-9 (the row within its group of 8), which is tile_swizzle's
+ * chunk ^ (row & 7) on a 1024-byte aligned tile; the k16 step s of a 64-wide tile starts at
+ * addr + 32 s. */
+TILE_HD uint64_t wgmma_desc_sw128(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
 
 #endif /* GEMMA_EMBED_TILE_CUH */

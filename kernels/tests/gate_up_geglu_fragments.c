@@ -1,10 +1,17 @@
-/* gate_up_geglu_fragments.c: host check of the gate_up_geglu kernel's index math.
+/* gate_up_geglu_fragments.c: host check of the gate_up_geglu kernels' index math.
  *
- * Drives the warp emulator of warp_emulator.h (ldmatrix.x4 and mma.m16n8k16 from the PTX ISA
- * definitions) with the chunk, warp and tile functions of gate_up_geglu.cuh and the swizzle
- * and lane addresses of tile.cuh, in the loop order of the kernel: every CTA of a problem with
- * two row blocks (the second one partial) and two output blocks, three k slices rotating
- * through the stage buffers, the weight rows interleaved in blocks as the host uploads them.
+ * gate_up_geglu: drives the warp emulator of warp_emulator.h (ldmatrix.x4 and mma.m16n8k16 from
+ * the PTX ISA definitions) with the chunk, warp and tile functions of gate_up_geglu.cuh and the
+ * swizzle and lane addresses of tile.cuh, in the loop order of the kernel: every CTA of a
+ * problem with two row blocks (the second one partial) and two output blocks, three k slices
+ * rotating through the stage buffers, the weight rows interleaved in blocks as the host uploads
+ * them.
+ * gate_up_geglu_wgmma: the same problem through wgmma.m64n128k16 as the PTX ISA defines its
+ * shared-memory operands: the descriptors the kernel builds (wgmma_desc_sw128) are decoded, and
+ * operand element (row, k) is read at start + (row / 8) * stride_offset + (row % 8) * 128 +
+ * 2 k with the 128-byte swizzle (address bits 4-6 ^= bits 7-9) applied; the accumulators are
+ * dealt to threads and registers by geglu_wgmma_acc_row/col and combined as the epilogue does.
+ * For both kernels:
  * The epilogue mapping is followed to the output element, writing the gate and the up value
  * it would combine into two arrays, which must equal the direct products x W_gate^T and
  * x W_up^T bit for bit (small integers: exact), with every output written exactly once and
@@ -28,6 +35,7 @@
 #define WR (2 * BO)
 #define STAGES GEGLU_GEMM_STAGES
 #define THREADS GEGLU_GEMM_THREADS
+#define WGMMA_THREADS GEGLU_WGMMA_THREADS
 #define WARPS (THREADS / 32)
 #define M_TILES GEGLU_M_TILES
 #define N_TILES (2 * GEGLU_OUT_TILES)
@@ -38,7 +46,8 @@
 
 static float x[TOKENS][HIDDEN], gate_w[INTER][HIDDEN], up_w[INTER][HIDDEN];
 static float w_interleaved[2 * INTER][HIDDEN];
-static float stage_x[STAGES][BM * BK], stage_w[STAGES][WR * BK];
+/* One stage: the x tile, then the weight tile (as in the kernels' shared memory). */
+static float stage[STAGES][(BM + WR) * BK];
 static float out_gate[TOKENS][INTER], out_up[TOKENS][INTER];
 static int writes[TOKENS][INTER];
 static float acc[WARPS][M_TILES][N_TILES][32][4];
@@ -58,14 +67,14 @@ static void check_store_phase(const int offsets[8], int phase) {
     }
 }
 
-/* load_stage of the kernel for one thread-block, all threads. */
-static void load_stage(int stage, int first_row, int first_weight_row, int k_tile) {
-    const int row_step = THREADS / GEGLU_CHUNKS_PER_ROW;
+/* load_stage<threads> of the kernels for one thread-block, all threads. */
+static void load_stage(int threads, int s, int first_row, int first_weight_row, int k_tile) {
+    const int row_step = threads / GEGLU_CHUNKS_PER_ROW;
     for (int tile = 0; tile < 2; ++tile) {
         const int rows = tile == 0 ? BM : WR;
         for (int j = 0; j * row_step < rows; ++j) {
             int phase_offsets[8];
-            for (int tid = 0; tid < THREADS; ++tid) {
+            for (int tid = 0; tid < threads; ++tid) {
                 const int r = geglu_chunk_row(tid) + j * row_step;
                 const int c = geglu_chunk_col(tid);
                 const int dst = tile_swizzle(r, c, BK);
@@ -77,9 +86,9 @@ static void load_stage(int stage, int first_row, int first_weight_row, int k_til
                     const int k = k_tile * BK + c + e;
                     if (tile == 0) {
                         const int row = first_row + r;
-                        stage_x[stage][dst + e] = row < TOKENS ? x[row][k] : 0.0f;
+                        stage[s][dst + e] = row < TOKENS ? x[row][k] : 0.0f;
                     } else {
-                        stage_w[stage][dst + e] = w_interleaved[first_weight_row + r][k];
+                        stage[s][BM * BK + dst + e] = w_interleaved[first_weight_row + r][k];
                     }
                 }
             }
@@ -98,9 +107,9 @@ static void run_cta(int block_out, int block_row) {
                     for (int e = 0; e < 4; ++e) acc[w][mt][t][l][e] = 0.0f;
 
     for (int kt = 0; kt < HIDDEN / BK; ++kt) {
-        load_stage(kt % STAGES, first_row, first_weight_row, kt);
-        const float *xs = stage_x[kt % STAGES];
-        const float *ws = stage_w[kt % STAGES];
+        load_stage(THREADS, kt % STAGES, first_row, first_weight_row, kt);
+        const float *xs = stage[kt % STAGES];
+        const float *ws = stage[kt % STAGES] + BM * BK;
         for (int warp = 0; warp < WARPS; ++warp) {
             const int warp_row = geglu_warp_row(warp);
             for (int ks = 0; ks < BK / 16; ++ks) {
@@ -159,6 +168,110 @@ static void run_cta(int block_out, int block_row) {
     }
 }
 
+/* The element a wgmma descriptor addresses for operand row `row` (M for A, N for B) and k
+ * `k` < 16, as an element index into the stage (stage byte address 0, 1024-byte aligned). */
+static int wgmma_element(uint64_t desc, int row, int k) {
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
+    const uint32_t stride = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    expect((desc >> 62) == 1, "descriptor: 128-byte swizzle", row, k, (int)(desc >> 62));
+    expect(((desc >> 49) & 7) == 0, "descriptor: base offset 0", row, k, 0);
+    const uint32_t linear = start + (uint32_t)(row / 8) * stride + (uint32_t)(row % 8) * 128 + 2 * k;
+    const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
+    return (int)(swizzled / 2);
+}
+
+static float wg_acc[WGMMA_THREADS][GEGLU_WGMMA_ACC_REGS];
+
+static void run_cta_wgmma(int block_out, int block_row) {
+    const int first_row = block_row * BM;
+    const int first_out = block_out * BO;
+    const int first_weight_row = block_out * WR;
+    static float d[BM][WR];
+    for (int r = 0; r < BM; ++r)
+        for (int n = 0; n < WR; ++n) d[r][n] = 0.0f;
+    for (int kt = 0; kt < HIDDEN / BK; ++kt) {
+        load_stage(WGMMA_THREADS, kt % STAGES, first_row, first_weight_row, kt);
+        const float *st = stage[kt % STAGES];
+        /* Stage byte address 0: x tile at 0, weight tile right after it. */
+        const uint32_t x_tile = 0, w_tile = BM * BK * 2;
+        for (int wg = 0; wg < WGMMA_THREADS / 128; ++wg) {
+            for (int ks = 0; ks < BK / 16; ++ks) {
+                const uint64_t da = wgmma_desc_sw128(x_tile + geglu_wgmma_x_offset(wg, ks));
+                const uint64_t db = wgmma_desc_sw128(w_tile + geglu_wgmma_w_offset(ks));
+                for (int m = 0; m < GEGLU_WGMMA_ROWS; ++m) {
+                    for (int n = 0; n < WR; ++n) {
+                        float sum = 0.0f;
+                        for (int k = 0; k < 16; ++k) {
+                            sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
+                        }
+                        d[wg * GEGLU_WGMMA_ROWS + m][n] += sum;
+                    }
+                }
+            }
+        }
+    }
+    /* Deal the accumulators to threads and registers, each element exactly once. */
+    static int dealt[BM][WR];
+    for (int r = 0; r < BM; ++r)
+        for (int n = 0; n < WR; ++n) dealt[r][n] = 0;
+    for (int t = 0; t < WGMMA_THREADS; ++t) {
+        for (int reg = 0; reg < GEGLU_WGMMA_ACC_REGS; ++reg) {
+            const int row = geglu_wgmma_acc_row(t / 32, t % 32, reg);
+            const int col = geglu_wgmma_acc_col(t % 32, reg);
+            wg_acc[t][reg] = d[row][col];
+            dealt[row][col]++;
+        }
+    }
+    for (int r = 0; r < BM; ++r)
+        for (int n = 0; n < WR; ++n)
+            expect(dealt[r][n] == 1, "wgmma accumulators dealt once", r, n, dealt[r][n]);
+    /* Epilogue mapping of the kernel. */
+    const int up = GEGLU_WGMMA_ACC_REGS / 2;
+    for (int t = 0; t < WGMMA_THREADS; ++t) {
+        for (int reg = 0; reg < up; reg += 2) {
+            const int row = first_row + geglu_wgmma_acc_row(t / 32, t % 32, reg);
+            if (row >= TOKENS) {
+                continue;
+            }
+            const int col = geglu_wgmma_acc_col(t % 32, reg);
+            for (int e = 0; e < 2; ++e) {
+                const int j = first_out + col + e;
+                out_gate[row][j] = wg_acc[t][reg + e];
+                out_up[row][j] = wg_acc[t][reg + e + up];
+                writes[row][j]++;
+            }
+        }
+    }
+}
+
+/* Reset the outputs, run `cta` over every CTA, compare with the direct products. */
+static void check_kernel(const char *name, void (*cta)(int, int)) {
+    checking = name;
+    for (int r = 0; r < TOKENS; ++r) {
+        for (int j = 0; j < INTER; ++j) {
+            out_gate[r][j] = out_up[r][j] = NAN;
+            writes[r][j] = 0;
+        }
+    }
+    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
+        for (int block_out = 0; block_out < INTER / BO; ++block_out) {
+            cta(block_out, block_row);
+        }
+    }
+    for (int r = 0; r < TOKENS; ++r) {
+        for (int j = 0; j < INTER; ++j) {
+            float g = 0.0f, u = 0.0f;
+            for (int k = 0; k < HIDDEN; ++k) {
+                g += x[r][k] * gate_w[j][k];
+                u += x[r][k] * up_w[j][k];
+            }
+            expect(writes[r][j] == 1, "every output written once", r, j, writes[r][j]);
+            expect(out_gate[r][j] == g, "gate = x W_gate^T", r, j, (int)g);
+            expect(out_up[r][j] == u, "up = x W_up^T", r, j, (int)u);
+        }
+    }
+}
+
 int main(void) {
     srand(11);
     for (int r = 0; r < TOKENS; ++r)
@@ -178,30 +291,8 @@ int main(void) {
             }
         }
     }
-    for (int r = 0; r < TOKENS; ++r) {
-        for (int j = 0; j < INTER; ++j) {
-            out_gate[r][j] = out_up[r][j] = NAN;
-        }
-    }
-
-    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
-        for (int block_out = 0; block_out < INTER / BO; ++block_out) {
-            run_cta(block_out, block_row);
-        }
-    }
-
-    for (int r = 0; r < TOKENS; ++r) {
-        for (int j = 0; j < INTER; ++j) {
-            float g = 0.0f, u = 0.0f;
-            for (int k = 0; k < HIDDEN; ++k) {
-                g += x[r][k] * gate_w[j][k];
-                u += x[r][k] * up_w[j][k];
-            }
-            expect(writes[r][j] == 1, "every output written once", r, j, writes[r][j]);
-            expect(out_gate[r][j] == g, "gate = x W_gate^T", r, j, (int)g);
-            expect(out_up[r][j] == u, "up = x W_up^T", r, j, (int)u);
-        }
-    }
+    check_kernel("gate_up_geglu", run_cta);
+    check_kernel("gate_up_geglu_wgmma", run_cta_wgmma);
     if (failures) {
         printf("%d mismatches\n", failures);
         return 1;

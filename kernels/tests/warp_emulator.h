@@ -18,10 +18,12 @@ typedef struct {
 } Pair;
 
 static int failures = 0;
+/* What is being checked, printed with each mismatch. */
+static const char *checking = "";
 
 static void expect(int ok, const char *what, int a, int b, int c) {
     if (!ok && failures++ < 10) {
-        printf("mismatch: %s (%d, %d, %d)\n", what, a, b, c);
+        printf("mismatch: %s%s%s (%d, %d, %d)\n", checking, *checking ? ": " : "", what, a, b, c);
     }
 }
 

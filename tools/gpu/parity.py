@@ -4,7 +4,7 @@ gemma-embed (CUDA and CPU backends) and by sentence-transformers in float32, com
 
     parity.py ids --output ids.jsonl [--lengths 1,2,...] [--seed N] [--vocab V]
     parity.py reference --model DIR --input ids.jsonl --output st.npy [--device cuda]
-    parity.py compare --ids ids.jsonl [--cuda a.npy] [--fused f.npy] [--cpu b.npy] [--st c.npy] [--json out.json]
+    parity.py compare --ids ids.jsonl [--cuda a.npy] [--fused f.npy] [--wgmma w.npy] [--cpu b.npy] [--st c.npy] [--json out.json]
 
 `reference` feeds the exact ids to the model (no tokenizer), one sequence per forward pass, so
 there is no padding at all, with eager attention and full float32 matmuls (no TF32): the spec's
@@ -107,7 +107,7 @@ def cmd_compare(args):
     n = len(lengths)
     problems = []
     arrays = {}
-    for name in ["cuda", "fused", "cpu", "st"]:
+    for name in ["cuda", "fused", "wgmma", "cpu", "st"]:
         path = getattr(args, name)
         if path is None:
             continue
@@ -122,7 +122,7 @@ def cmd_compare(args):
         arrays[name] = arr
 
     pairs = [(a, b) for a, b in [("cuda", "cpu"), ("cuda", "st"), ("fused", "st"), ("fused", "cuda"),
-                                 ("cpu", "st")]
+                                 ("wgmma", "st"), ("wgmma", "cuda"), ("cpu", "st")]
              if a in arrays and b in arrays]
     thresholds = {p: (args.cpu_threshold if p == ("cpu", "st") else args.threshold) for p in pairs}
     rows = []
@@ -207,6 +207,7 @@ def main():
     p.add_argument("--ids", required=True, help="the ids.jsonl the arrays were made from")
     p.add_argument("--cuda")
     p.add_argument("--fused", help="CUDA embeddings made with GEMMA_EMBED_MLP=fused")
+    p.add_argument("--wgmma", help="CUDA embeddings made with GEMMA_EMBED_MLP=wgmma")
     p.add_argument("--cpu")
     p.add_argument("--st")
     p.add_argument("--threshold", type=float, default=0.9995)

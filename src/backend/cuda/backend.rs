@@ -58,11 +58,12 @@ impl Activations {
         dev: &Device,
         d: &ModelDims,
         (capacity, seq_capacity): (usize, usize),
-        mlp_kernel: MlpKernel,
+        cublas_mlp: bool,
     ) -> Result<Self> {
-        let gate_up_len = match mlp_kernel {
-            MlpKernel::Cublas => capacity * 2 * d.intermediate,
-            MlpKernel::Fused => 1,
+        let gate_up_len = if cublas_mlp {
+            capacity * 2 * d.intermediate
+        } else {
+            1
         };
         Ok(Self {
             capacity,
@@ -101,11 +102,10 @@ enum Mlp {
 }
 
 impl Mlp {
-    fn kernel(&self) -> MlpKernel {
-        match self {
-            Self::Cublas => MlpKernel::Cublas,
-            Self::Fused(_) => MlpKernel::Fused,
-        }
+    /// Whether the layers need cuBLAS's gate|up scratch and the uploaded gate|up weights in
+    /// their plain order (true) or interleaved for a fused kernel (false).
+    fn uses_cublas(&self) -> bool {
+        matches!(self, Self::Cublas)
     }
 }
 
@@ -159,9 +159,9 @@ impl CudaBackend {
         let attention = Attention::load(&dev, config)?;
         let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
-            MlpKernel::Fused => {
+            MlpKernel::Fused | MlpKernel::Wgmma => {
                 mlp::check_shape(dims.hidden, dims.intermediate)?;
-                Mlp::Fused(GateUpGeglu::load(&dev)?)
+                Mlp::Fused(GateUpGeglu::load(&dev, mlp_kernel)?)
             }
         };
         let w = &model.weights;
@@ -189,11 +189,10 @@ impl CudaBackend {
                 )?,
                 o: upload_bf16(to_bf16_bits(&l.o_proj), "o_proj")?,
                 gate_up: upload_bf16(
-                    match mlp.kernel() {
-                        MlpKernel::Cublas => gate_up,
-                        MlpKernel::Fused => {
-                            interleave_gate_up(&gate_up, dims.intermediate, dims.hidden)
-                        }
+                    if mlp.uses_cublas() {
+                        gate_up
+                    } else {
+                        interleave_gate_up(&gate_up, dims.intermediate, dims.hidden)
                     },
                     "gate|up_proj",
                 )?,
@@ -255,7 +254,7 @@ impl CudaBackend {
                 &self.dev,
                 &self.kernels.dims,
                 (capacity, seq_capacity),
-                self.mlp.kernel(),
+                self.mlp.uses_cublas(),
             )?);
         }
         Ok(self.activations.as_mut().expect("allocated above"))

@@ -11,7 +11,7 @@ use half::bf16;
 
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
-use super::mlp::{interleave_gate_up, GateUpGeglu, FUSED_KERNEL};
+use super::mlp::{interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
     rope_tables, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
 };
@@ -184,7 +184,7 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     run("attention", &mut |rng| {
         super::attention::check_attention(&dev, rng)
     });
-    run(FUSED_KERNEL, &mut |rng| {
+    run("gate_up_geglu (cuBLAS + fused)", &mut |rng| {
         check_gate_up_geglu(&dev, &kernels, rng)
     });
     Ok(KernelChecks {
@@ -528,10 +528,11 @@ fn check_geglu(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Kernel
     Ok(check.with_timing(timing(timed.describe(), us, bytes, 0.0)))
 }
 
-/// The MLP's `gelu_tanh(r·gate)·(r·up)` from x = bf16(residual), two ways: the fused
-/// `gate_up_geglu` kernel and the cuBLAS gate|up GEMM followed by `geglu` (the baseline it is
-/// measured against), both against the CPU twins (`linear`, then `gelu_tanh_mul`) on the same
-/// bf16 inputs; then both timed at the same size.
+/// The MLP's `gelu_tanh(r·gate)·(r·up)` from x = bf16(residual): the cuBLAS gate|up GEMM
+/// followed by `geglu` (the baseline), then each fused kernel the device runs (`gate_up_geglu`;
+/// `gate_up_geglu_wgmma` on sm_90), all against the CPU twins (`linear`, then `gelu_tanh_mul`)
+/// on the same bf16 inputs, and timed at the same size. A fused kernel that fails to run is
+/// reported as a failed entry after the others' results.
 fn check_gate_up_geglu(
     dev: &Device,
     k: &Kernels,
@@ -539,15 +540,11 @@ fn check_gate_up_geglu(
 ) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let (h, i) = (d.hidden, d.intermediate);
-    let fused = GateUpGeglu::load(dev)?;
     // Weights like the folded real ones; x and r give gate and up values of a few units, where
     // GELU-tanh bends.
     let w_bits = rng.bf16s(2 * i * h, -0.1, 0.1);
     let w_interleaved = dev.upload(&interleave_gate_up(&w_bits, i, h), "gate|up interleaved")?;
     let w = dev.upload(&w_bits, "gate|up")?;
-    let run_fused = |x: &CudaSlice<u16>, r: &CudaSlice<f32>, n: usize, out: &mut CudaSlice<u16>| {
-        fused.launch(dev, (x, &w_interleaved, r), out, (n, h, i))
-    };
     let run_baseline = |x: &CudaSlice<u16>,
                         r: &CudaSlice<f32>,
                         n: usize,
@@ -574,16 +571,17 @@ fn check_gate_up_geglu(
     let reference = geglu_reference(&gate_up_f32, &inv_rms_host, i);
     let desc = format!("m={m} n={} k={h}", 2 * i);
 
-    let mut out = poisoned(dev, m * i, BF16_POISON, "gate_up_geglu out")?;
-    run_fused(&x, &inv_rms, m, &mut out)?;
-    let got = bf16_to_f32(&download(dev, &out, m * i, FUSED_KERNEL)?);
-    let fused_check = KernelCheck::compare(
-        FUSED_KERNEL,
-        desc.clone(),
-        &got,
-        &round_bf16(&reference),
-        bf16_tol(&reference),
-    );
+    let timed = TokenCase::timed();
+    let n = timed.n;
+    let x_timed = dev.upload(&rng.bf16s(n * h, -2.0, 2.0), "x")?;
+    let inv_rms_timed = dev.upload(&rng.f32s(n, 0.05, 2.0), "inv_rms")?;
+    let flops = (2 * n * 2 * i * h) as f64;
+    // x, the weights, inv_rms and the output once; the baseline also writes gate|up and
+    // geglu reads it back.
+    let fused_bytes = ((n * h + 2 * i * h + n * i) * 2 + n * 4) as f64;
+    let baseline_bytes = fused_bytes + (n * 2 * i * 2 * 2) as f64;
+    let timed_case = format!("m={n} n={} k={h}", 2 * i);
+
     let mut gate_up = poisoned(dev, m * 2 * i, BF16_POISON, "gate|up")?;
     let mut out = poisoned(dev, m * i, BF16_POISON, "geglu out")?;
     run_baseline(&x, &inv_rms, m, &mut gate_up, &mut out)?;
@@ -593,32 +591,51 @@ fn check_gate_up_geglu(
     let (max_abs, _) = bf16_tol(&reference);
     let baseline_check = KernelCheck::compare(
         "gate_up+geglu (cuBLAS)",
-        desc,
+        desc.clone(),
         &got,
         &round_bf16(&reference),
         (2.0 * max_abs, 1e-2),
     );
-
-    let timed = TokenCase::timed();
-    let n = timed.n;
-    let x = dev.upload(&rng.bf16s(n * h, -2.0, 2.0), "x")?;
-    let inv_rms = dev.upload(&rng.f32s(n, 0.05, 2.0), "inv_rms")?;
     let mut out = dev.alloc::<u16>(n * i, "out")?;
     let mut gate_up = dev.alloc::<u16>(n * 2 * i, "gate|up")?;
-    let fused_us = time_launches(dev, || run_fused(&x, &inv_rms, n, &mut out))?;
     let baseline_us = time_launches(dev, || {
-        run_baseline(&x, &inv_rms, n, &mut gate_up, &mut out)
+        run_baseline(&x_timed, &inv_rms_timed, n, &mut gate_up, &mut out)
     })?;
-    let flops = (2 * n * 2 * i * h) as f64;
-    // x, the weights, inv_rms and the output once; the baseline also writes gate|up and
-    // geglu reads it back.
-    let fused_bytes = ((n * h + 2 * i * h + n * i) * 2 + n * 4) as f64;
-    let baseline_bytes = fused_bytes + (n * 2 * i * 2 * 2) as f64;
-    let case = format!("m={n} n={} k={h}", 2 * i);
-    Ok(vec![
-        fused_check.with_timing(timing(case.clone(), fused_us, fused_bytes, flops)),
-        baseline_check.with_timing(timing(case, baseline_us, baseline_bytes, flops)),
-    ])
+    let mut checks = vec![baseline_check.with_timing(timing(
+        timed_case.clone(),
+        baseline_us,
+        baseline_bytes,
+        flops,
+    ))];
+
+    let mut fused_kernels = vec![MlpKernel::Fused];
+    if dev.ctx.compute_capability().ok() == Some((9, 0)) {
+        fused_kernels.push(MlpKernel::Wgmma);
+    }
+    for kernel in fused_kernels {
+        let check = || -> Result<KernelCheck> {
+            let fused = GateUpGeglu::load(dev, kernel)?;
+            let run =
+                |x: &CudaSlice<u16>, r: &CudaSlice<f32>, rows: usize, out: &mut CudaSlice<u16>| {
+                    fused.launch(dev, (x, &w_interleaved, r), out, (rows, h, i))
+                };
+            let mut out = poisoned(dev, m * i, BF16_POISON, "fused out")?;
+            run(&x, &inv_rms, m, &mut out)?;
+            let got = bf16_to_f32(&download(dev, &out, m * i, kernel.name())?);
+            let check = KernelCheck::compare(
+                kernel.name(),
+                desc.clone(),
+                &got,
+                &round_bf16(&reference),
+                bf16_tol(&reference),
+            );
+            let mut out = dev.alloc::<u16>(n * i, "fused out")?;
+            let us = time_launches(dev, || run(&x_timed, &inv_rms_timed, n, &mut out))?;
+            Ok(check.with_timing(timing(timed_case.clone(), us, fused_bytes, flops)))
+        };
+        checks.push(check().unwrap_or_else(|e| KernelCheck::error(kernel.name(), e.to_string())));
+    }
+    Ok(checks)
 }
 
 fn check_pool(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {

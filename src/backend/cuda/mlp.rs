@@ -1,7 +1,8 @@
 //! The MLP's gate|up projection and gated GELU: the host half of `kernels/gate_up_geglu.cu`.
 //!
-//! - The two ways to compute it: the cuBLAS gate|up GEMM followed by `geglu`, or the fused
-//!   `gate_up_geglu` kernel with the GELU-tanh·up product in its epilogue ([`MlpKernel`]).
+//! - The ways to compute it: the cuBLAS gate|up GEMM followed by `geglu`, or one fused kernel
+//!   with the GELU-tanh·up product in its epilogue: `gate_up_geglu` (mma.sync, sm_80+) or
+//!   `gate_up_geglu_wgmma` (wgmma, sm_90 only) ([`MlpKernel`]).
 //! - The fused kernel's compile-time tile (mirrors of the `GEGLU_GEMM_*` defines in
 //!   `kernels/params.h`) and its check against the model's shape.
 //! - The weight order the fused kernel reads ([`interleave_gate_up`]).
@@ -22,8 +23,14 @@ pub const THREADS: usize = 128;
 /// `GEGLU_GEMM_SMEM_BYTES`: dynamic shared memory per CTA.
 pub const SMEM_BYTES: usize = 98304;
 
-/// Kernel name in the embedded modules.
+/// `GEGLU_WGMMA_THREADS`: threads per CTA of the wgmma kernel (two warpgroups).
+pub const WGMMA_THREADS: usize = 256;
+/// `GEGLU_WGMMA_SMEM_BYTES`: the same stages plus 1024 bytes to align them.
+pub const WGMMA_SMEM_BYTES: usize = SMEM_BYTES + 1024;
+
+/// Kernel names in the embedded modules.
 pub const FUSED_KERNEL: &str = "gate_up_geglu";
+pub const WGMMA_KERNEL: &str = "gate_up_geglu_wgmma";
 
 /// How the engine computes `gelu_tanh(r·gate)·(r·up)` from the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,10 +40,13 @@ pub enum MlpKernel {
     Cublas,
     /// `gate_up_geglu`: one kernel, the gate|up activations never reach memory.
     Fused,
+    /// `gate_up_geglu_wgmma`: the same on Hopper's warpgroup MMA (sm_90 devices only).
+    Wgmma,
 }
 
 impl MlpKernel {
-    /// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `cublas` (or unset) cuBLAS + `geglu`.
+    /// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `wgmma` `gate_up_geglu_wgmma`, `cublas`
+    /// (or unset) cuBLAS + `geglu`.
     pub fn from_env() -> Result<Self> {
         Self::parse(std::env::var("GEMMA_EMBED_MLP").ok().as_deref())
     }
@@ -45,8 +55,9 @@ impl MlpKernel {
         match value {
             None | Some("cublas") => Ok(Self::Cublas),
             Some("fused") => Ok(Self::Fused),
+            Some("wgmma") => Ok(Self::Wgmma),
             Some(other) => Err(Error::Cuda(format!(
-                "GEMMA_EMBED_MLP must be `cublas` or `fused`, got `{other}`"
+                "GEMMA_EMBED_MLP must be `cublas`, `fused` or `wgmma`, got `{other}`"
             ))),
         }
     }
@@ -55,6 +66,7 @@ impl MlpKernel {
         match self {
             Self::Cublas => "cublas+geglu",
             Self::Fused => FUSED_KERNEL,
+            Self::Wgmma => WGMMA_KERNEL,
         }
     }
 }
@@ -100,23 +112,58 @@ mod device {
     // addresses and scalars only, passed to the kernel by value.
     unsafe impl cudarc::driver::DeviceRepr for GateUpGegluParams {}
 
-    /// `gate_up_geglu`, resolved from the embedded modules and allowed its shared memory.
+    /// One of the fused kernels, resolved from the embedded modules and allowed its shared
+    /// memory.
     pub struct GateUpGeglu {
         func: CudaFunction,
+        name: &'static str,
+        threads: usize,
+        smem_bytes: usize,
     }
 
     impl GateUpGeglu {
-        pub fn load(dev: &Device) -> Result<Self> {
-            let func = dev.function(FUSED_KERNEL)?;
+        /// `kernel` is [`MlpKernel::Fused`] or [`MlpKernel::Wgmma`] (which needs an sm_90
+        /// device: its SASS is sm_90a, and other architectures' code only traps).
+        pub fn load(dev: &Device, kernel: MlpKernel) -> Result<Self> {
+            let (name, threads, smem_bytes) = match kernel {
+                MlpKernel::Fused => (FUSED_KERNEL, THREADS, SMEM_BYTES),
+                MlpKernel::Wgmma => (WGMMA_KERNEL, WGMMA_THREADS, WGMMA_SMEM_BYTES),
+                MlpKernel::Cublas => {
+                    return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
+                }
+            };
+            if kernel == MlpKernel::Wgmma {
+                let capability = dev
+                    .ctx
+                    .compute_capability()
+                    .map_err(driver_err("compute capability"))?;
+                if capability != (9, 0) {
+                    return Err(Error::Cuda(format!(
+                        "{WGMMA_KERNEL} runs on sm_90 devices only; {} is not one (use \
+                         GEMMA_EMBED_MLP=fused or unset it)",
+                        dev.description
+                    )));
+                }
+            }
+            let func = dev.function(name)?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                SMEM_BYTES as i32,
+                smem_bytes as i32,
             )
             .map_err(driver_err(format!(
-                "allow {SMEM_BYTES} bytes of dynamic shared memory for {FUSED_KERNEL} (the \
-                 device's per-block opt-in limit is lower; unset GEMMA_EMBED_MLP)"
+                "allow {smem_bytes} bytes of dynamic shared memory for {name} (the device's \
+                 per-block opt-in limit is lower; unset GEMMA_EMBED_MLP)"
             )))?;
-            Ok(Self { func })
+            Ok(Self {
+                func,
+                name,
+                threads,
+                smem_bytes,
+            })
+        }
+
+        pub fn name(&self) -> &'static str {
+            self.name
         }
 
         /// `out[t, j] = gelu_tanh(r_t·g[t, j])·(r_t·u[t, j])`, `g, u = x · w_gateᵀ, x · w_upᵀ`:
@@ -139,22 +186,23 @@ mod device {
                 || out.len() < num_tokens * intermediate
             {
                 return Err(Error::Cuda(format!(
-                    "{FUSED_KERNEL} over {num_tokens} tokens (hidden {hidden}, intermediate \
-                     {intermediate}): buffers too small (x {}, w {}, inv_rms {}, out {})",
+                    "{} over {num_tokens} tokens (hidden {hidden}, intermediate {intermediate}): \
+                     buffers too small (x {}, w {}, inv_rms {}, out {})",
+                    self.name,
                     x.len(),
                     w.len(),
                     inv_rms.len(),
                     out.len()
                 )));
             }
+            let name = self.name;
             let to_u32 = |v: usize, what: &str| {
-                u32::try_from(v)
-                    .map_err(|_| Error::Cuda(format!("{FUSED_KERNEL}: {what} {v} exceeds u32")))
+                u32::try_from(v).map_err(|_| Error::Cuda(format!("{name}: {what} {v} exceeds u32")))
             };
             let row_blocks = to_u32(num_tokens.div_ceil(BLOCK_M), "row blocks")?;
             if row_blocks > 65_535 {
                 return Err(Error::Cuda(format!(
-                    "{FUSED_KERNEL}: {num_tokens} tokens exceed the grid's {} rows",
+                    "{name}: {num_tokens} tokens exceed the grid's {} rows",
                     65_535 * BLOCK_M
                 )));
             }
@@ -174,15 +222,16 @@ mod device {
             };
             let cfg = LaunchConfig {
                 grid_dim: (to_u32(intermediate / BLOCK_OUT, "grid x")?, row_blocks, 1),
-                block_dim: (THREADS as u32, 1, 1),
-                shared_mem_bytes: SMEM_BYTES as u32,
+                block_dim: (self.threads as u32, 1, 1),
+                shared_mem_bytes: self.smem_bytes as u32,
             };
-            // SAFETY: GateUpGegluParams matches the kernel's parameter (same header); every
+            // SAFETY: GateUpGegluParams matches the kernels' parameter (same header); every
             // buffer covers what the kernel touches for these shapes (checked above), the shape
-            // divides the kernel's tiles (check_shape), and the guards keep the buffers alive
-            // and ordered on the stream until the launch is enqueued.
+            // divides the kernel's tiles (check_shape), the wgmma kernel only runs on sm_90
+            // (load), and the guards keep the buffers alive and ordered on the stream until
+            // the launch is enqueued.
             unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
-                .map_err(driver_err(format!("launch {FUSED_KERNEL}")))?;
+                .map_err(driver_err(format!("launch {name}")))?;
             Ok(())
         }
     }
@@ -209,6 +258,8 @@ mod tests {
         assert_eq!(define("GEGLU_GEMM_THREADS"), THREADS);
         assert_eq!(define("GEGLU_GEMM_SMEM_BYTES"), SMEM_BYTES);
         assert_eq!(SMEM_BYTES, STAGES * (BLOCK_M + 2 * BLOCK_OUT) * BLOCK_K * 2);
+        assert_eq!(define("GEGLU_WGMMA_THREADS"), WGMMA_THREADS);
+        assert_eq!(define("GEGLU_WGMMA_SMEM_BYTES"), WGMMA_SMEM_BYTES);
     }
 
     #[test]
@@ -249,6 +300,7 @@ mod tests {
         assert_eq!(MlpKernel::parse(None).unwrap(), MlpKernel::Cublas);
         assert_eq!(MlpKernel::parse(Some("cublas")).unwrap(), MlpKernel::Cublas);
         assert_eq!(MlpKernel::parse(Some("fused")).unwrap(), MlpKernel::Fused);
+        assert_eq!(MlpKernel::parse(Some("wgmma")).unwrap(), MlpKernel::Wgmma);
         let err = MlpKernel::parse(Some("fast")).unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_MLP") && err.contains("fast"),
@@ -256,9 +308,9 @@ mod tests {
         );
     }
 
-    /// The fused kernel's index math (stage copies, swizzle, ldmatrix lanes, mma fragments,
-    /// gate/up pairing in the epilogue) against direct products, in the warp emulator
-    /// `kernels/tests/gate_up_geglu_fragments.c`.
+    /// Both fused kernels' index math (stage copies, swizzle, ldmatrix lanes, mma fragments,
+    /// wgmma descriptors and accumulator layout, gate/up pairing in the epilogues) against
+    /// direct products, in the warp emulator `kernels/tests/gate_up_geglu_fragments.c`.
     #[test]
     fn fused_fragment_math_matches_direct_products() {
         super::super::run_fragment_emulator("gate_up_geglu_fragments.c");
