@@ -149,17 +149,7 @@ fn bf16_pipeline_meets_the_parity_target() {
     let dim = model.config.embedding_dim;
     for mlp_path in [MlpPath::Cublas, MlpPath::Fused] {
         let out = cuda_model_forward(&model, &batch, mlp_path);
-        assert_eq!(out.len(), golden.cases.len() * dim);
-        let mut worst = 1.0f64;
-        for (case, got) in golden.cases.iter().zip(out.chunks_exact(dim)) {
-            let cos = common::cosine(got, &case.embedding);
-            eprintln!(
-                "{mlp_path:?} {:>16} {:>5} tokens: cosine {cos:.6}",
-                case.name, case.n_tokens
-            );
-            worst = worst.min(cos);
-        }
-        eprintln!("{mlp_path:?} MLP path: worst cosine {worst:.6}");
+        let worst = golden.worst_cosine(&format!("{mlp_path:?} MLP path"), &out, dim);
         assert!(
             worst >= 0.9995,
             "{mlp_path:?} bf16 pipeline worst cosine {worst}"

@@ -37,6 +37,27 @@ impl Golden {
         let sequences: Vec<&[u32]> = self.cases.iter().map(|c| &c.token_ids[..]).collect();
         gemma_embed::backend::Batch::from_sequences(&sequences)
     }
+
+    /// The smallest cosine between `embeddings` (`[cases, dim]`, in file order) and the
+    /// golden ones, after printing every case's cosine under `label`.
+    pub fn worst_cosine(&self, label: &str, embeddings: &[f32], dim: usize) -> f64 {
+        assert_eq!(
+            embeddings.len(),
+            self.cases.len() * dim,
+            "{label}: embeddings"
+        );
+        let mut worst = 1.0f64;
+        for (case, got) in self.cases.iter().zip(embeddings.chunks_exact(dim)) {
+            let cos = cosine(got, &case.embedding);
+            eprintln!(
+                "{label} {:>16} {:>5} tokens: cosine {cos:.6}",
+                case.name, case.n_tokens
+            );
+            worst = worst.min(cos);
+        }
+        eprintln!("{label}: worst cosine {worst:.6}");
+        worst
+    }
 }
 
 #[derive(Debug, Deserialize)]
