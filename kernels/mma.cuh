@@ -91,7 +91,8 @@ template <int Pending> __device__ __forceinline__ void wgmma_wait() {
 }
 
 /* d (64 f32 per thread, m64n128 layout) += A (64x16, descriptor) * B (16x128, descriptor); both
- * K-major, no transpose, no negation. */
+ * K-major, no transpose, no negation. It reads shared memory: the "memory" clobber keeps it
+ * after the fences and barrier that publish the tiles. */
 __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
     asm volatile(
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -113,7 +114,8 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t d
           "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
           "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b));
+        : "l"(desc_a), "l"(desc_b)
+        : "memory");
 }
 
 } // namespace
