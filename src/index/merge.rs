@@ -24,7 +24,8 @@ enum ShardRows {
     Npy {
         file: BufReader<File>,
         rows_left: u64,
-        row_bytes: usize,
+        /// One row's bytes, reused for every row.
+        bytes: Vec<u8>,
     },
     Jsonl {
         lines: std::io::Lines<BufReader<File>>,
@@ -36,9 +37,6 @@ enum ShardRows {
         next: usize,
     },
 }
-
-/// A row: its id (`.jsonl`) and values.
-type Row = (Value, Vec<f32>);
 
 struct ShardFile {
     path: PathBuf,
@@ -101,7 +99,7 @@ impl ShardFile {
                 let shard_rows = ShardRows::Npy {
                     file,
                     rows_left: rows,
-                    row_bytes,
+                    bytes: vec![0u8; row_bytes],
                 };
                 (shard_rows, dim, dtype)
             }
@@ -120,7 +118,10 @@ impl ShardFile {
         })
     }
 
-    fn next_row(&mut self) -> Result<Option<Row>> {
+    /// The next row's values into `row` (cleared first) and its id (`Value::Null` in `.npy`),
+    /// or `None` at the end of the shard.
+    fn next_row(&mut self, row: &mut Vec<f32>) -> Result<Option<Value>> {
+        row.clear();
         let io_error = |source| Error::Io {
             path: self.path.clone(),
             source,
@@ -129,43 +130,45 @@ impl ShardFile {
             ShardRows::Npy {
                 file,
                 rows_left,
-                row_bytes,
+                bytes,
             } => {
                 if *rows_left == 0 {
                     return Ok(None);
                 }
                 *rows_left -= 1;
-                let mut bytes = vec![0u8; *row_bytes];
-                file.read_exact(&mut bytes).map_err(io_error)?;
-                let values = match self.dtype {
-                    Dtype::F32 => bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                    Dtype::F16 => bytes
-                        .chunks_exact(2)
-                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                        .collect(),
-                };
-                Ok(Some((Value::Null, values)))
+                file.read_exact(bytes).map_err(io_error)?;
+                match self.dtype {
+                    Dtype::F32 => row.extend(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    ),
+                    Dtype::F16 => row.extend(
+                        bytes
+                            .chunks_exact(2)
+                            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                    ),
+                }
+                Ok(Some(Value::Null))
             }
             ShardRows::Jsonl { lines } => {
                 let Some(line) = lines.next() else {
                     return Ok(None);
                 };
                 let line = line.map_err(io_error)?;
-                let value: Value = serde_json::from_str(&line).map_err(|source| Error::Json {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                let embedding = value["embedding"]
-                    .as_array()
-                    .and_then(|a| a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect())
-                    .ok_or_else(|| Error::File {
+                let mut value: Value =
+                    serde_json::from_str(&line).map_err(|source| Error::Json {
                         path: self.path.clone(),
-                        message: "a line without an `embedding` array".into(),
+                        source,
                     })?;
-                Ok(Some((value["id"].clone(), embedding)))
+                let no_embedding = || Error::File {
+                    path: self.path.clone(),
+                    message: "a line without an `embedding` array".into(),
+                };
+                for v in value["embedding"].as_array().ok_or_else(no_embedding)? {
+                    row.push(v.as_f64().ok_or_else(no_embedding)? as f32);
+                }
+                Ok(Some(value["id"].take()))
             }
             ShardRows::Parquet {
                 batches,
@@ -216,10 +219,11 @@ impl ShardFile {
                     }
                     *next = 0;
                 }
-                let row = values[*next * self.dim..(*next + 1) * self.dim].to_vec();
-                let id = Value::from(ids[*next].clone());
+                row.extend_from_slice(&values[*next * self.dim..(*next + 1) * self.dim]);
+                // Each id is read once: move it out instead of copying it.
+                let id = Value::from(std::mem::take(&mut ids[*next]));
                 *next += 1;
-                Ok(Some((id, row)))
+                Ok(Some(id))
             }
         }
     }
@@ -305,13 +309,14 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
     let mut writer: Option<OutputWriter> = None;
     let count = files.len() as u64;
     let mut exhausted = vec![false; files.len()];
+    let mut row = Vec::with_capacity(dim);
     let mut doc = 0u64;
     while exhausted.iter().any(|e| !e) {
         let shard = (doc % count) as usize;
         let file = &mut files[shard];
         if !exhausted[shard] && !file.rejected.contains(&doc) {
-            match file.next_row()? {
-                Some((id, row)) => {
+            match file.next_row(&mut row)? {
+                Some(id) => {
                     let writer = match &mut writer {
                         Some(w) => w,
                         None => writer.insert(OutputWriter::open(
