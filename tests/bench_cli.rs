@@ -40,6 +40,17 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`bench`] with `--json` into a temporary file, which must succeed: the table it printed and
+/// the report it wrote.
+fn bench_json(args: &[&str]) -> (String, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    let table = ok(&bench(&all));
+    (table, read_json(&json))
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -81,9 +92,7 @@ fn check_online_row(row: &Value, expected_requests: u64) {
 
 #[test]
 fn online_closed_loop_answers_every_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("online.json");
-    let out = bench(&[
+    let (table, report) = bench_json(&[
         "--mode",
         "online",
         "--concurrency",
@@ -96,11 +105,7 @@ fn online_closed_loop_answers_every_request() {
         "3",
         "--max-batch-tokens",
         "128",
-        "--json",
-        json.to_str().unwrap(),
     ]);
-    let table = ok(&out);
-    let report = read_json(&json);
     assert_eq!(report["schema"], "gemma-embed-bench/2");
     assert_eq!(report["mode"], "online");
     assert_eq!(report["settings"]["concurrency"], serde_json::json!([2]));
@@ -120,9 +125,7 @@ fn online_closed_loop_answers_every_request() {
 
 #[test]
 fn online_poisson_rate_answers_every_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("rate.json");
-    let out = bench(&[
+    let (_, report) = bench_json(&[
         "--mode",
         "online",
         "--rate",
@@ -133,11 +136,7 @@ fn online_poisson_rate_answers_every_request() {
         "480",
         "--max-batch-tokens",
         "96",
-        "--json",
-        json.to_str().unwrap(),
     ]);
-    ok(&out);
-    let report = read_json(&json);
     let rows = rows(&report);
     // One row per rate; 20 sequences, one per request.
     assert_eq!(rows.len(), 2);
@@ -150,20 +149,14 @@ fn online_poisson_rate_answers_every_request() {
 
 #[test]
 fn offline_sweep_has_a_row_per_workload_and_budget_with_its_batch_fill() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("offline.json");
-    let out = bench(&[
+    let (table, report) = bench_json(&[
         "--lengths",
         "16,32",
         "--tokens",
         "256",
         "--max-batch-tokens",
         "64,40",
-        "--json",
-        json.to_str().unwrap(),
     ]);
-    let table = ok(&out);
-    let report = read_json(&json);
     assert_eq!(report["mode"], "offline");
     assert_eq!(
         report["settings"]["max_batch_tokens"],
@@ -208,20 +201,14 @@ fn compare_matches_the_reference_report_by_workload() {
     let reference: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_reference_tiny.json");
     let theirs = read_json(&reference);
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ours.json");
-    let out = bench(&[
+    let (table, ours) = bench_json(&[
         "--lengths",
         "16,32",
         "--tokens",
         "512",
         "--compare",
         reference.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
     ]);
-    let table = ok(&out);
-    let ours = read_json(&json);
     let compare = table
         .split("compared with")
         .nth(1)
@@ -320,16 +307,7 @@ fn bad_flags_are_refused_before_measuring() {
 fn compare_without_workload_flags_runs_the_reports_workloads() {
     let reference: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_reference_tiny.json");
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ours.json");
-    let out = bench(&[
-        "--compare",
-        reference.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let table = ok(&out);
-    let ours = read_json(&json);
+    let (table, ours) = bench_json(&["--compare", reference.to_str().unwrap()]);
     let names: Vec<&str> = rows(&ours)
         .iter()
         .map(|w| w["name"].as_str().unwrap())
@@ -356,20 +334,14 @@ fn corpus_workload_tokenizes_like_sentence_transformers() {
     let corpus = root.join("examples/corpus.jsonl");
     let theirs = read_json(&reference);
     let theirs = &rows(&theirs)[0];
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ours.json");
-    let out = bench(&[
+    let (table, ours) = bench_json(&[
         "--corpus",
         corpus.to_str().unwrap(),
         "--prompt-name",
         "document",
         "--compare",
         reference.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
     ]);
-    let table = ok(&out);
-    let ours = read_json(&json);
     assert_eq!(rows(&ours).len(), 1, "only the corpus without --lengths");
     let row = &rows(&ours)[0];
     assert_eq!(row["name"], "corpus-corpus");
@@ -388,7 +360,7 @@ fn corpus_workload_tokenizes_like_sentence_transformers() {
     );
 
     // The first 5 documents only, online.
-    let out = bench(&[
+    let (_, report) = bench_json(&[
         "--corpus",
         corpus.to_str().unwrap(),
         "--corpus-docs",
@@ -397,11 +369,7 @@ fn corpus_workload_tokenizes_like_sentence_transformers() {
         "online",
         "--concurrency",
         "2",
-        "--json",
-        json.to_str().unwrap(),
     ]);
-    ok(&out);
-    let report = read_json(&json);
     let row = &rows(&report)[0];
     assert_eq!(row["num_sequences"], 5);
     check_online_row(row, 5);
