@@ -97,21 +97,12 @@ impl OtherReport {
     }
 }
 
-/// One of our rows and the row of the other report it is compared with.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pair {
-    pub ours: usize,
-    /// Index into the other report's workloads; `None` when it has no workload of that name.
-    pub theirs: Option<usize>,
-}
-
-/// For each of our rows, the other report's row of the same workload name: the one with the
-/// same setting (mode, batch budget, concurrency, rate) when there is one, else the fastest of
-/// that name.
-pub fn match_rows(ours: &[WorkloadResult], theirs: &[OtherWorkload]) -> Vec<Pair> {
+/// For each of our rows, the index of the other report's row of the same workload name: the one
+/// with the same setting (mode, batch budget, concurrency, rate) when there is one, else the
+/// fastest of that name; `None` when it has no workload of that name.
+pub fn match_rows(ours: &[WorkloadResult], theirs: &[OtherWorkload]) -> Vec<Option<usize>> {
     ours.iter()
-        .enumerate()
-        .map(|(i, our)| {
+        .map(|our| {
             let same_name = || {
                 theirs
                     .iter()
@@ -126,10 +117,7 @@ pub fn match_rows(ours: &[WorkloadResult], theirs: &[OtherWorkload]) -> Vec<Pair
             });
             let fastest =
                 || same_name().max_by(|(_, a), (_, b)| a.tokens_per_s.total_cmp(&b.tokens_per_s));
-            Pair {
-                ours: i,
-                theirs: same_setting.or_else(fastest).map(|(j, _)| j),
-            }
+            same_setting.or_else(fastest).map(|(j, _)| j)
         })
         .collect()
 }
@@ -150,10 +138,8 @@ pub fn table(ours: &[WorkloadResult], other: &OtherReport) -> String {
         "{:<16} {:<18} {:>12} {:>12} {:>8}",
         "workload", "setting", "ours tok/s", "theirs tok/s", "ratio"
     );
-    let pairs = match_rows(ours, &other.workloads);
-    for pair in &pairs {
-        let our = &ours[pair.ours];
-        let (theirs, ratio) = match pair.theirs {
+    for (our, theirs) in ours.iter().zip(match_rows(ours, &other.workloads)) {
+        let (theirs, ratio) = match theirs {
             Some(j) => {
                 let t = other.workloads[j].tokens_per_s;
                 (format!("{t:.0}"), format!("{:.2}x", our.tokens_per_s / t))
@@ -170,8 +156,9 @@ pub fn table(ours: &[WorkloadResult], other: &OtherReport) -> String {
             ratio
         );
     }
-    for (j, t) in other.workloads.iter().enumerate() {
-        if !pairs.iter().any(|p| p.theirs == Some(j)) && !ours.iter().any(|o| o.name == t.name) {
+    // A row of theirs is matched only by a row of ours of the same name.
+    for t in &other.workloads {
+        if !ours.iter().any(|o| o.name == t.name) {
             let _ = writeln!(
                 out,
                 "{:<16} {:<18} {:>12} {:>12.0} {:>8}",
@@ -246,11 +233,10 @@ mod tests {
             ours("fixed-128", "offline", 16384, None),
             ours("fixed-16", "offline", 4096, None),
         ];
-        let theirs: Vec<Option<usize>> = match_rows(&rows, &other.workloads)
-            .into_iter()
-            .map(|p| p.theirs)
-            .collect();
-        assert_eq!(theirs, vec![Some(0), Some(2), Some(1), None]);
+        assert_eq!(
+            match_rows(&rows, &other.workloads),
+            vec![Some(0), Some(2), Some(1), None]
+        );
     }
 
     #[test]
