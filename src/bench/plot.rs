@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
-use super::WorkloadResult;
+use super::{Latency, WorkloadResult};
 use crate::{Error, Result};
 
 const SIZE_ONE_PANEL: (u32, u32) = (1000, 500);
@@ -239,24 +239,46 @@ fn throughput_panel<DB: DrawingBackend>(
                     .map(|r| (SegmentValue::CenterOf(i), r.tokens_per_s))
             })
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(plot_error)?
-            .label(setting.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, color.filled())),
-            )
-            .map_err(plot_error)?;
+        draw_line(&mut chart, points, color.stroke_width(2), 4, setting)?;
     }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// A labelled line through `points` with a filled marker of `marker_radius` pixels at each.
+fn draw_line<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    points: Vec<(X::ValueType, Y::ValueType)>,
+    style: ShapeStyle,
+    marker_radius: i32,
+    label: &str,
+) -> Result<()>
+where
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points.clone(), style))
+        .map_err(plot_error)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, marker_radius, style.filled())),
+        )
+        .map_err(plot_error)?;
+    Ok(())
+}
+
+/// The legend of the labelled lines, in a box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -308,45 +330,21 @@ fn latency_panel<DB: DrawingBackend>(
             .filter(|r| r.name == *name && r.max_batch_tokens == *budget)
             .collect();
         rows.sort_by(|a, b| offered_load(a).total_cmp(&offered_load(b)));
-        for (percentile, style) in [
-            ("p50", color.stroke_width(2)),
-            ("p99", color.mix(0.45).stroke_width(2)),
+        let p50 = |l: &Latency| l.p50_ms;
+        let p99 = |l: &Latency| l.p99_ms;
+        for (percentile, ms, style) in [
+            ("p50", p50 as fn(&Latency) -> f64, color.stroke_width(2)),
+            ("p99", p99, color.mix(0.45).stroke_width(2)),
         ] {
             let points: Vec<(f64, f64)> = rows
                 .iter()
-                .filter_map(|r| {
-                    r.latency.map(|l| {
-                        let ms = if percentile == "p50" {
-                            l.p50_ms
-                        } else {
-                            l.p99_ms
-                        };
-                        (offered_load(r), ms)
-                    })
-                })
+                .filter_map(|r| r.latency.as_ref().map(|l| (offered_load(r), ms(l))))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))
-                .map_err(plot_error)?
-                .label(format!("{name} mbt={budget} {percentile}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 3, style.filled())),
-                )
-                .map_err(plot_error)?;
+            let label = format!("{name} mbt={budget} {percentile}");
+            draw_line(&mut chart, points, style, 3, &label)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(plot_error)
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 #[cfg(test)]
