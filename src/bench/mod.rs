@@ -251,13 +251,17 @@ pub fn run(
         None
     };
     for w in workloads {
-        let sequences = match &w.token_ids {
-            Some(ids) => ids.clone(),
-            None => random_sequences(&w.lengths, model.config.vocab_size, &mut rng),
+        let random;
+        let sequences: &[Vec<u32>] = match &w.token_ids {
+            Some(ids) => ids,
+            None => {
+                random = random_sequences(&w.lengths, model.config.vocab_size, &mut rng);
+                &random
+            }
         };
         for setting in settings {
             let measured = match setting.load {
-                Load::Offline => run_offline(&mut backend, &sequences, setting, options)?,
+                Load::Offline => run_offline(&mut backend, sequences, setting, options)?,
                 load => {
                     let arrivals = match load {
                         Load::Rate(rate) => {
@@ -268,7 +272,7 @@ pub fn run(
                     };
                     let tokenizer = tokenizer.clone().expect("loaded for online settings");
                     run_online(
-                        &backend, tokenizer, model, &sequences, setting, &arrivals, options,
+                        &backend, tokenizer, model, sequences, setting, &arrivals, options,
                     )?
                 }
             };
