@@ -532,8 +532,8 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value = "offline")]
     mode: BenchMode,
     /// Fixed-length workloads, one per length, comma separated (`--lengths` alone: none)
-    /// [default: 16,128,512,2048, or with --compare and no --tokens either, the workloads of the
-    /// compared report].
+    /// [default: 16,128,512,2048; none with --corpus; with --compare and none of --tokens,
+    /// --mixed, --corpus: the workloads of the compared report].
     #[arg(long, value_delimiter = ',', num_args = 0..)]
     lengths: Option<Vec<usize>>,
     /// Add the mixed workload: lengths uniform in 16..=1024 (the draw of tools/bench_reference.py).
