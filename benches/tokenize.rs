@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gemma_embed::index::{self, Content, CsvColumns, InputFormat};
 use gemma_embed::model::{resolve_model_dir, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 
@@ -28,15 +29,20 @@ fn tokenizer() -> Tokenizer {
     Tokenizer::load(&dir, &config).expect("tokenizer")
 }
 
+/// The texts of the corpus, read as `embed` reads its input.
 fn corpus_texts() -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/corpus.jsonl");
-    std::fs::read_to_string(&path)
-        .expect("read examples/corpus.jsonl")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let value: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-            value["text"].as_str().unwrap_or_default().to_string()
+    let records = index::read_records(
+        path.to_str().expect("a UTF-8 path"),
+        InputFormat::Jsonl,
+        &CsvColumns::default(),
+    )
+    .expect("read examples/corpus.jsonl");
+    records
+        .into_iter()
+        .filter_map(|r| match r.content {
+            Content::Text(text) => Some(text),
+            Content::Ids(_) => None,
         })
         .collect()
 }
