@@ -292,15 +292,28 @@ fn plot_writes_a_png_and_an_svg_or_says_which_font_is_missing() {
 
 #[test]
 fn bad_flags_are_refused_before_measuring() {
-    let out = bench(&["--concurrency", "2", "--lengths", "8"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("are for --mode online"));
-    let out = bench(&["--mode", "online", "--lengths", "8"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency C or --rate R"));
-    let out = bench(&["--lengths", "8", "--plot", "chart.gif"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains(".png or .svg"));
-    let out = bench(&["--mode", "online", "--concurrency", "0", "--lengths", "8"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency must be at least 1"));
+    let refused = |args: &[&str], message: &str| {
+        let out = bench(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        // No table, and no workload measured (each prints its tokens/s to stderr).
+        assert!(out.stdout.is_empty(), "{args:?} printed a table");
+        assert!(!stderr.contains("tokens/s"), "{args:?} measured: {stderr}");
+    };
+    refused(
+        &["--concurrency", "2", "--lengths", "8"],
+        "are for --mode online",
+    );
+    refused(
+        &["--mode", "online", "--lengths", "8"],
+        "--concurrency C or --rate R",
+    );
+    refused(&["--lengths", "8", "--plot", "chart.gif"], ".png or .svg");
+    refused(
+        &["--mode", "online", "--concurrency", "0", "--lengths", "8"],
+        "--concurrency must be at least 1",
+    );
 }
 
 #[test]
