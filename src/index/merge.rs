@@ -300,9 +300,10 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
     let mut writer: Option<OutputWriter> = None;
     let count = files.len() as u64;
     let mut exhausted = vec![false; files.len()];
+    let mut live = files.len();
     let mut row = Vec::with_capacity(dim);
     let mut doc = 0u64;
-    while exhausted.iter().any(|e| !e) {
+    while live > 0 {
         let shard = (doc % count) as usize;
         let file = &mut files[shard];
         if !exhausted[shard] && !file.rejected.contains(&doc) {
@@ -321,7 +322,10 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
                     };
                     write_row(writer, &id, &row, &file.path)?;
                 }
-                None => exhausted[shard] = true,
+                None => {
+                    exhausted[shard] = true;
+                    live -= 1;
+                }
             }
         }
         doc += 1;
