@@ -96,7 +96,12 @@ impl ShardFile {
             }
             OutputFormat::Jsonl => {
                 let lines = BufReader::new(file).lines();
-                (ShardRows::Jsonl { lines }, 0, Dtype::F32, DEFAULT_ROW_GROUP_ROWS)
+                (
+                    ShardRows::Jsonl { lines },
+                    0,
+                    Dtype::F32,
+                    DEFAULT_ROW_GROUP_ROWS,
+                )
             }
         };
         Ok(Self {
