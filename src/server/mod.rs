@@ -530,13 +530,12 @@ async fn tei_tokenize(
 async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiError> {
     let unhealthy = |message: String| TeiError(ApiError::new(ErrorKind::Unhealthy, message));
     let engine = &state.engine;
-    let tokenizer = engine.tokenizer();
+    // Tokenized by the engine's workers, like any input: the probe goes through the whole path.
     let probe = Request {
-        inputs: vec![Input::Ids(
-            tokenizer
-                .encode(0, None, "health", Truncation::Truncate)
-                .map_err(|e| unhealthy(e.to_string()))?,
-        )],
+        inputs: vec![Input::Text {
+            text: "health".to_string(),
+            prompt: None,
+        }],
         dimensions: engine.embedding_dim(),
         truncation: Truncation::Truncate,
     };
