@@ -152,6 +152,24 @@ fn tokenize(server: &Server, body: Value) -> Vec<Vec<u32>> {
 #[test]
 fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    // The fixture's text cases: sentence-transformers' token ids and embeddings.
+    let expected = tiny_expected();
+    let text_cases: Vec<_> = expected
+        .cases
+        .iter()
+        .filter_map(|c| Some((c, c.text.as_deref()?)))
+        .collect();
+    assert!(!text_cases.is_empty(), "the fixture has text cases");
+    let fixture_texts: Vec<&str> = text_cases.iter().map(|&(_, text)| text).collect();
+    let fixture_ids = tokenize(&server, json!({ "inputs": fixture_texts }));
+    let fixture_vectors =
+        openai_vectors(&server.post("/v1/embeddings", &json!({ "input": fixture_texts })));
+    assert_eq!(fixture_vectors.len(), text_cases.len());
+    for (((case, _), ids), got) in text_cases.iter().zip(&fixture_ids).zip(&fixture_vectors) {
+        assert_eq!(ids, &case.token_ids, "{}", case.name);
+        assert_close(&format!("text {}", case.name), got, &case.embedding);
+    }
+
     let texts = ["hello world", "the quick brown fox jumps over the lazy dog"];
     let ids = tokenize(&server, json!({"inputs": texts}));
     assert_eq!(ids[0].first(), Some(&2), "<bos> first");
