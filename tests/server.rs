@@ -619,10 +619,25 @@ fn sample(metrics: &str, name: &str) -> f64 {
 fn info_and_metrics_describe_the_server() {
     let server = Server::start(
         &common::tiny_model_dir(),
-        &["--backend", "cpu", "--served-model-name", "tiny-gemma"],
+        &[
+            "--backend",
+            "cpu",
+            "--served-model-name",
+            "tiny-gemma",
+            "--max-batch-tokens",
+            "4096",
+            "--max-queued-inputs",
+            "77",
+            "--tokenization-workers",
+            "1",
+        ],
     );
     let info = server.get("/info", &[]).json();
     assert_eq!(info["model_id"], "tiny-gemma");
+    // The engine's limits, as the flags set them.
+    assert_eq!(info["max_batch_tokens"], 4096);
+    assert_eq!(info["max_queued_inputs"], 77);
+    assert_eq!(info["tokenization_workers"], 1);
     assert_eq!(info["embedding_dim"], 48);
     assert_eq!(info["backend"], "cpu");
     assert_eq!(info["max_input_length"], 64);

@@ -67,17 +67,12 @@ pub struct ServerConfig {
     pub info: ServerInfo,
 }
 
-/// What `/info` reports beyond the server's limits.
-#[derive(Clone, Debug, serde::Serialize)]
+/// What `/info` reports beyond the server's and the engine's limits.
+#[derive(Clone, Debug)]
 pub struct ServerInfo {
     pub model_dir: String,
     pub model_dtype: &'static str,
     pub device: Option<String>,
-    pub max_batch_tokens: usize,
-    pub max_batch_requests: usize,
-    pub max_queued_inputs: usize,
-    pub max_queued_tokens: usize,
-    pub tokenization_workers: usize,
 }
 
 /// What every route shares.
@@ -574,6 +569,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiErr
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
     let tokenizer = state.engine.tokenizer();
+    let engine = state.engine.config();
     let config = &state.config;
     Json(json!({
         "model_id": config.model_id,
@@ -586,13 +582,13 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "backend": state.engine.backend_name(),
         "device": config.info.device,
         "max_input_length": tokenizer.max_seq_len(),
-        "max_batch_tokens": config.info.max_batch_tokens,
-        "max_batch_requests": config.info.max_batch_requests,
+        "max_batch_tokens": engine.max_batch_tokens,
+        "max_batch_requests": engine.max_batch_sequences,
         "max_client_batch_size": config.max_client_batch_size,
-        "max_queued_inputs": config.info.max_queued_inputs,
-        "max_queued_tokens": config.info.max_queued_tokens,
+        "max_queued_inputs": engine.max_queued_inputs,
+        "max_queued_tokens": engine.max_queued_tokens,
         "payload_limit": config.payload_limit,
-        "tokenization_workers": config.info.tokenization_workers,
+        "tokenization_workers": engine.tokenizer_workers,
         "auth": config.api_key.is_some(),
         "auto_truncate": config.auto_truncate,
         "version": env!("CARGO_PKG_VERSION"),
