@@ -608,11 +608,10 @@ fn check_gate_up_geglu(
         flops,
     ))];
 
-    let mut fused_kernels = vec![MlpKernel::Fused];
-    if dev.ctx.compute_capability().ok() == Some((9, 0)) {
-        fused_kernels.push(MlpKernel::Wgmma);
-    }
-    for kernel in fused_kernels {
+    for kernel in [MlpKernel::Fused, MlpKernel::Wgmma]
+        .into_iter()
+        .filter(|k| k.runs_on(dev.compute_capability))
+    {
         let check = || -> Result<KernelCheck> {
             let fused = GateUpGeglu::load(dev, kernel)?;
             let run =

@@ -43,6 +43,8 @@ pub struct Device {
     pub blas: CudaBlas,
     /// `"<name> (sm_XY)"`, for logs.
     pub description: String,
+    /// (major, minor), e.g. (9, 0) for H100 and H200.
+    pub compute_capability: (i32, i32),
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     functions: std::sync::Mutex<HashMap<String, CudaFunction>>,
 }
@@ -58,7 +60,8 @@ impl Device {
                     .into(),
             ));
         }
-        let (ctx, description) = quietly("CUDA driver initialization", open_context)??;
+        let (ctx, description, compute_capability) =
+            quietly("CUDA driver initialization", open_context)??;
         // One stream and no cross-stream event tracking: the backend orders its work itself.
         // SAFETY: called before any allocation or launch on this context.
         unsafe { ctx.disable_event_tracking() };
@@ -97,6 +100,7 @@ impl Device {
             stream,
             blas,
             description,
+            compute_capability,
             modules,
             functions: Default::default(),
         })
@@ -140,7 +144,7 @@ impl Device {
     }
 }
 
-fn open_context() -> Result<(Arc<CudaContext>, String)> {
+fn open_context() -> Result<(Arc<CudaContext>, String, (i32, i32))> {
     let count = CudaContext::device_count().map_err(driver_err("count devices"))?;
     if count < 1 {
         return Err(Error::Cuda("no CUDA device found".into()));
@@ -156,7 +160,7 @@ fn open_context() -> Result<(Arc<CudaContext>, String)> {
             MIN_COMPUTE_CAPABILITY.0, MIN_COMPUTE_CAPABILITY.1
         )));
     }
-    Ok((ctx, format!("{name} (sm_{major}{minor})")))
+    Ok((ctx, format!("{name} (sm_{major}{minor})"), (major, minor)))
 }
 
 /// Run `f`, turning a panic inside cudarc's loader (a missing library or symbol) into an error,

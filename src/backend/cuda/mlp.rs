@@ -62,6 +62,12 @@ impl MlpKernel {
         }
     }
 
+    /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
+    /// code only (other architectures' builds of it trap).
+    pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
+        self != Self::Wgmma || compute_capability == (9, 0)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Cublas => "cublas+geglu",
@@ -132,18 +138,12 @@ mod device {
                     return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
                 }
             };
-            if kernel == MlpKernel::Wgmma {
-                let capability = dev
-                    .ctx
-                    .compute_capability()
-                    .map_err(driver_err("compute capability"))?;
-                if capability != (9, 0) {
-                    return Err(Error::Cuda(format!(
-                        "{WGMMA_KERNEL} runs on sm_90 devices only; {} is not one (use \
-                         GEMMA_EMBED_MLP=fused or unset it)",
-                        dev.description
-                    )));
-                }
+            if !kernel.runs_on(dev.compute_capability) {
+                return Err(Error::Cuda(format!(
+                    "{name} runs on sm_90 devices only; {} is not one (use GEMMA_EMBED_MLP=fused \
+                     or unset it)",
+                    dev.description
+                )));
             }
             let func = dev.function(name)?;
             func.set_attribute(
@@ -301,6 +301,14 @@ mod tests {
         assert_eq!(MlpKernel::parse(Some("cublas")).unwrap(), MlpKernel::Cublas);
         assert_eq!(MlpKernel::parse(Some("fused")).unwrap(), MlpKernel::Fused);
         assert_eq!(MlpKernel::parse(Some("wgmma")).unwrap(), MlpKernel::Wgmma);
+    }
+
+    #[test]
+    fn only_hopper_runs_the_wgmma_kernel() {
+        for cc in [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)] {
+            assert!(MlpKernel::Cublas.runs_on(cc) && MlpKernel::Fused.runs_on(cc));
+            assert_eq!(MlpKernel::Wgmma.runs_on(cc), cc == (9, 0), "{cc:?}");
+        }
         let err = MlpKernel::parse(Some("fast")).unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_MLP") && err.contains("fast"),
