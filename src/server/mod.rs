@@ -369,7 +369,7 @@ async fn openai_embeddings(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let body = json_body(body)?;
+    let mut body = json_body(body)?;
     let as_base64 = match request::optional_str(&body, "encoding_format")? {
         None | Some("float") => false,
         Some("base64") => true,
@@ -385,7 +385,7 @@ async fn openai_embeddings(
     request::optional_str(&body, "model")?;
     request::optional_str(&body, "user")?;
     let query = EmbedQuery {
-        inputs: request::inputs(&body, "input", state.config.max_client_batch_size)?,
+        inputs: request::inputs(&mut body, "input", state.config.max_client_batch_size)?,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, false)?,
@@ -465,7 +465,7 @@ async fn tei_embed(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
-    let body = json_body(body)?;
+    let mut body = json_body(body)?;
     if request::optional_bool(&body, "normalize")? == Some(false) {
         return Err(ApiError::field(
             "normalize",
@@ -475,7 +475,7 @@ async fn tei_embed(
         .into());
     }
     let query = EmbedQuery {
-        inputs: request::inputs(&body, "inputs", state.config.max_client_batch_size)?,
+        inputs: request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, true)?,
@@ -493,8 +493,8 @@ async fn tei_tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
-    let body = json_body(body)?;
-    let inputs = request::inputs(&body, "inputs", state.config.max_client_batch_size)?;
+    let mut body = json_body(body)?;
+    let inputs = request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
     let prompt_name = prompt_name(&body)?;
     // Tokenization is CPU work: off the async workers.
