@@ -86,9 +86,14 @@ fn read_npy_f32(path: &Path) -> (usize, Vec<f32>) {
 
 /// The reference: each document tokenized and run alone through the CPU backend.
 fn reference_rows(texts: &[String]) -> Vec<Vec<f32>> {
+    reference_rows_of_width(texts, None)
+}
+
+/// [`reference_rows`] at Matryoshka width `dimensions` (default: the model's width).
+fn reference_rows_of_width(texts: &[String], dimensions: Option<usize>) -> Vec<Vec<f32>> {
     let model = Arc::new(Model::load_dir(&common::tiny_model_dir()).unwrap());
     let tokenizer = Tokenizer::load(&common::tiny_model_dir(), &model.config).unwrap();
-    let dim = model.config.embedding_dim;
+    let dim = dimensions.unwrap_or(model.config.embedding_dim);
     let mut backend = CpuBackend::new(model).unwrap();
     texts
         .iter()
@@ -503,6 +508,17 @@ fn csv_input_embeds_like_json_lines() {
         std::fs::read(&from_csv).unwrap(),
         std::fs::read(&from_jsonl).unwrap()
     );
+    let rows: Vec<Value> = std::fs::read_to_string(&from_csv)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), texts.len());
+    for (i, (row, want)) in rows.iter().zip(reference_rows(&texts)).enumerate() {
+        assert_eq!(row["id"], Value::from(format!("doc-{i}")));
+        let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        assert_eq!(got, want, "row {i} differs from document {i} alone");
+    }
 }
 
 #[test]
@@ -652,6 +668,22 @@ fn parquet_output_holds_the_npy_rows() {
         assert_eq!(npy.len(), texts.len() * dim);
         for (i, row) in parquet.rows.iter().enumerate() {
             assert_eq!(row[..], npy[i * dim..(i + 1) * dim], "{dtype} row {i}");
+        }
+        // Both against each document embedded alone at that width, rounded to the dtype.
+        let reference = reference_rows_of_width(&texts, Some(dim));
+        assert_eq!(parquet.rows.len(), reference.len());
+        for (i, (row, want)) in parquet.rows.iter().zip(&reference).enumerate() {
+            let want: Vec<u32> = match item {
+                DataType::Float32 => want.iter().map(|x| x.to_bits()).collect(),
+                _ => want
+                    .iter()
+                    .map(|&x| u32::from(half::f16::from_f32(x).to_bits()))
+                    .collect(),
+            };
+            assert_eq!(
+                *row, want,
+                "{dtype} row {i} differs from document {i} alone"
+            );
         }
         assert!(!dir
             .path()

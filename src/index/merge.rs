@@ -63,58 +63,54 @@ impl ShardFile {
             source,
         };
         let file = File::open(path).map_err(io_error)?;
-        if format == OutputFormat::Parquet {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| file_error(format!("Parquet: {e}")))?;
-            let (dtype, dim, group_rows) = parquet_output::describe(
-                path,
-                builder.metadata().file_metadata(),
-                builder.schema(),
-            )?;
-            let batches = builder
-                .build()
-                .map_err(|e| file_error(format!("Parquet: {e}")))?;
-            return Ok(Self {
-                path: path.into(),
-                rows: ShardRows::Parquet {
-                    batches,
+        let (rows, dim, dtype, row_group_rows) = match format {
+            OutputFormat::Parquet => {
+                let parquet_error = |e| file_error(format!("Parquet: {e}"));
+                let builder =
+                    ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+                let (dtype, dim, group_rows) = parquet_output::describe(
+                    path,
+                    builder.metadata().file_metadata(),
+                    builder.schema(),
+                )?;
+                let rows = ShardRows::Parquet {
+                    batches: builder.build().map_err(parquet_error)?,
                     ids: Vec::new(),
                     values: Vec::new(),
                     next: 0,
-                },
-                rejected: read_rejected(&sibling(path, ".rejects.jsonl"))?,
-                dim,
-                dtype,
-                row_group_rows: group_rows,
-            });
-        }
-        let mut file = BufReader::new(file);
-        let (rows, dim, dtype) = if format == OutputFormat::Npy {
-            {
+                };
+                (rows, dim, dtype, group_rows)
+            }
+            OutputFormat::Npy => {
+                let mut file = BufReader::new(file);
                 let mut header = [0u8; NPY_HEADER_LEN];
                 file.read_exact(&mut header).map_err(io_error)?;
                 let (rows, dim, dtype) = parse_npy_header(&header)
                     .ok_or_else(|| file_error("not a .npy file written by gemma-embed".into()))?;
-                let row_bytes = dim * dtype.size();
-                let shard_rows = ShardRows::Npy {
+                let rows = ShardRows::Npy {
                     file,
                     rows_left: rows,
-                    bytes: vec![0u8; row_bytes],
+                    bytes: vec![0u8; dim * dtype.size()],
                 };
-                (shard_rows, dim, dtype)
+                (rows, dim, dtype, DEFAULT_ROW_GROUP_ROWS)
             }
-        } else {
-            let lines = file.lines();
-            (ShardRows::Jsonl { lines }, 0, Dtype::F32)
+            OutputFormat::Jsonl => {
+                let lines = BufReader::new(file).lines();
+                (
+                    ShardRows::Jsonl { lines },
+                    0,
+                    Dtype::F32,
+                    DEFAULT_ROW_GROUP_ROWS,
+                )
+            }
         };
-        let rejected = read_rejected(&sibling(path, ".rejects.jsonl"))?;
         Ok(Self {
             path: path.into(),
             rows,
-            rejected,
+            rejected: read_rejected(&sibling(path, ".rejects.jsonl"))?,
             dim,
             dtype,
-            row_group_rows: DEFAULT_ROW_GROUP_ROWS,
+            row_group_rows,
         })
     }
 
@@ -309,9 +305,10 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
     let mut writer: Option<OutputWriter> = None;
     let count = files.len() as u64;
     let mut exhausted = vec![false; files.len()];
+    let mut live = files.len();
     let mut row = Vec::with_capacity(dim);
     let mut doc = 0u64;
-    while exhausted.iter().any(|e| !e) {
+    while live > 0 {
         let shard = (doc % count) as usize;
         let file = &mut files[shard];
         if !exhausted[shard] && !file.rejected.contains(&doc) {
@@ -330,7 +327,10 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
                     };
                     write_row(writer, &id, &row, &file.path)?;
                 }
-                None => exhausted[shard] = true,
+                None => {
+                    exhausted[shard] = true;
+                    live -= 1;
+                }
             }
         }
         doc += 1;

@@ -378,10 +378,19 @@ mod tests {
         assert_eq!(InputFormat::from_path("-").unwrap(), InputFormat::Jsonl);
         assert_eq!(InputFormat::from_path("a.txt").unwrap(), InputFormat::Text);
         assert_eq!(InputFormat::from_path("a.csv").unwrap(), InputFormat::Csv);
+        assert_eq!(
+            InputFormat::from_path("a.parquet").unwrap(),
+            InputFormat::Parquet
+        );
+        assert_eq!("parquet".parse(), Ok(InputFormat::Parquet));
         assert!(InputFormat::from_path("a.tsv").is_err());
         assert_eq!(
             OutputFormat::from_path(Path::new("o.npy")).unwrap(),
             OutputFormat::Npy
+        );
+        assert_eq!(
+            OutputFormat::from_path(Path::new("o.parquet")).unwrap(),
+            OutputFormat::Parquet
         );
         assert!(OutputFormat::from_path(Path::new("o.bin")).is_err());
     }

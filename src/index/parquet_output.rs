@@ -24,7 +24,7 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -196,7 +196,8 @@ impl ParquetWriter {
         }
         let staging_path = dir.join(rows_name(group));
         let staging_created = !staging_path.exists();
-        let file = open_resumable(&staging_path, Some(bytes))?;
+        let mut file = open_resumable(&staging_path, Some(bytes))?;
+        let pending = read_rows(&mut file, &staging_path, bytes)?;
         let mut writer = Self {
             dir: dir.into(),
             schema,
@@ -214,22 +215,19 @@ impl ParquetWriter {
             checkpointed_group: group,
             removed_below: group,
         };
-        writer.read_back_pending(&staging_path, bytes, rows % group_rows)?;
+        writer.load_pending(&pending, &staging_path, rows % group_rows)?;
         Ok(writer)
     }
 
-    /// Load the first `bytes` bytes of the rows file, which must hold `expected` rows.
-    fn read_back_pending(&mut self, path: &Path, bytes: u64, expected: u64) -> Result<()> {
-        let mut data = Vec::new();
-        File::open(path)
-            .and_then(|f| f.take(bytes).read_to_end(&mut data))
-            .map_err(io_error(path))?;
+    /// Load `data`, the durable bytes of the rows file `path`, which must hold `expected` rows.
+    fn load_pending(&mut self, data: &[u8], path: &Path, expected: u64) -> Result<()> {
+        let bytes = data.len();
         let damaged = || Error::File {
             path: path.into(),
             message: format!("damaged: its first {bytes} bytes do not hold {expected} rows"),
         };
         let row_bytes = self.dim * 4;
-        let mut rest = &data[..];
+        let mut rest = data;
         while !rest.is_empty() {
             let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
             let len = u32::from_le_bytes(*len) as usize;
@@ -415,6 +413,18 @@ impl ParquetWriter {
         std::fs::remove_dir_all(&self.dir).map_err(io_error(&self.dir))?;
         Ok(self.rows)
     }
+}
+
+/// The first `bytes` bytes of `file` (`path`), read back from its start; `file` is left
+/// positioned after them (where [`open_resumable`] put it).
+fn read_rows(file: &mut File, path: &Path, bytes: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    if bytes > 0 {
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| (&*file).take(bytes).read_to_end(&mut data))
+            .map_err(io_error(path))?;
+    }
+    Ok(data)
 }
 
 /// Keep what a checkpoint at group `group` needs in `dir` (parts `0..group`, `rows-group.bin`),
