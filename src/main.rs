@@ -875,7 +875,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         backend,
         tokenizer,
         model.config.embedding_dim,
-        engine_config.clone(),
+        engine_config,
         Some(metrics.batch_observer()),
     )?;
     let config = server::ServerConfig {
@@ -891,11 +891,6 @@ fn serve(args: ServeArgs) -> Result<()> {
             model_dir: display_dir(&dir),
             model_dtype: if on_cpu { "float32" } else { "bfloat16" },
             device,
-            max_batch_tokens: engine_config.max_batch_tokens,
-            max_batch_requests: engine_config.max_batch_sequences,
-            max_queued_inputs: engine_config.max_queued_inputs,
-            max_queued_tokens: engine_config.max_queued_tokens,
-            tokenization_workers: engine_config.tokenizer_workers,
         },
     };
     drop(model);

@@ -152,6 +152,24 @@ fn tokenize(server: &Server, body: Value) -> Vec<Vec<u32>> {
 #[test]
 fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    // The fixture's text cases: sentence-transformers' token ids and embeddings.
+    let expected = tiny_expected();
+    let text_cases: Vec<_> = expected
+        .cases
+        .iter()
+        .filter_map(|c| Some((c, c.text.as_deref()?)))
+        .collect();
+    assert!(!text_cases.is_empty(), "the fixture has text cases");
+    let fixture_texts: Vec<&str> = text_cases.iter().map(|&(_, text)| text).collect();
+    let fixture_ids = tokenize(&server, json!({ "inputs": fixture_texts }));
+    let fixture_vectors =
+        openai_vectors(&server.post("/v1/embeddings", &json!({ "input": fixture_texts })));
+    assert_eq!(fixture_vectors.len(), text_cases.len());
+    for (((case, _), ids), got) in text_cases.iter().zip(&fixture_ids).zip(&fixture_vectors) {
+        assert_eq!(ids, &case.token_ids, "{}", case.name);
+        assert_close(&format!("text {}", case.name), got, &case.embedding);
+    }
+
     let texts = ["hello world", "the quick brown fox jumps over the lazy dog"];
     let ids = tokenize(&server, json!({"inputs": texts}));
     assert_eq!(ids[0].first(), Some(&2), "<bos> first");
@@ -601,10 +619,25 @@ fn sample(metrics: &str, name: &str) -> f64 {
 fn info_and_metrics_describe_the_server() {
     let server = Server::start(
         &common::tiny_model_dir(),
-        &["--backend", "cpu", "--served-model-name", "tiny-gemma"],
+        &[
+            "--backend",
+            "cpu",
+            "--served-model-name",
+            "tiny-gemma",
+            "--max-batch-tokens",
+            "4096",
+            "--max-queued-inputs",
+            "77",
+            "--tokenization-workers",
+            "1",
+        ],
     );
     let info = server.get("/info", &[]).json();
     assert_eq!(info["model_id"], "tiny-gemma");
+    // The engine's limits, as the flags set them.
+    assert_eq!(info["max_batch_tokens"], 4096);
+    assert_eq!(info["max_queued_inputs"], 77);
+    assert_eq!(info["tokenization_workers"], 1);
     assert_eq!(info["embedding_dim"], 48);
     assert_eq!(info["backend"], "cpu");
     assert_eq!(info["max_input_length"], 64);

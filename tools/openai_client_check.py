@@ -2,14 +2,16 @@
 """The official `openai` Python client against `gemma-embed serve`, unchanged but for base_url.
 
     python3 tools/openai_client_check.py --base-url http://127.0.0.1:8080/v1 --api-key KEY \
-        --input texts.jsonl --expected cli-output.jsonl
+        --input texts.jsonl --expected expected.jsonl
 
-`--input` holds `{"text": ...}` lines; `--expected` is `gemma-embed embed`'s .jsonl output for
-them (full width). Checks, exiting non-zero on the first failure:
+`--input` holds `{"text": ...}` lines; `--expected` holds their full-width reference embeddings as
+`{"embedding": [...]}` lines (tests/server_openai_client.rs writes sentence-transformers' golden
+ones). Checks, exiting non-zero when any fails:
 - `embeddings.create` with the client's default encoding (base64 when numpy is installed) and
-  with `encoding_format="float"` returns the CLI's embeddings (max abs difference <= --tolerance);
-- `dimensions=256` returns the renormalized 256-prefix of the CLI's embedding;
-- `models.list()` names the served model; `usage.prompt_tokens` is positive; errors come back as the client's typed exceptions
+  with `encoding_format="float"` returns the expected embeddings (max abs difference <= --tolerance);
+- `dimensions=256` returns the renormalized 256-prefix of the expected embedding (10 x --tolerance);
+- `models.list()` names the served model; `usage.prompt_tokens` is positive (and the sum of the
+  expected rows' `n_tokens` when they give it); errors come back as the client's typed exceptions
   (422 -> UnprocessableEntityError, 401 -> AuthenticationError).
 """
 
@@ -38,8 +40,12 @@ def main():
     args = parser.parse_args()
 
     texts = [json.loads(line)["text"] for line in open(args.input) if line.strip()]
-    expected = [json.loads(line)["embedding"] for line in open(args.expected) if line.strip()]
-    assert len(texts) == len(expected), "one expected embedding per text"
+    rows = [json.loads(line) for line in open(args.expected) if line.strip()]
+    assert len(texts) == len(rows), "one expected embedding per text"
+    expected = [row["embedding"] for row in rows]
+    # The reference's token counts, when given, are what `usage` must report.
+    expected_tokens = (sum(row["n_tokens"] for row in rows)
+                       if all("n_tokens" in row for row in rows) else None)
 
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
     failures = []
@@ -53,14 +59,18 @@ def main():
         if len(response.data) != len(texts):
             failures.append(f"{label}: {len(response.data)} embeddings for {len(texts)} texts")
             continue
+        failed_before = len(failures)
         for i, (item, want) in enumerate(zip(response.data, expected)):
             diff = max_abs_diff(list(item.embedding), want)
             if item.index != i or diff > args.tolerance:
                 failures.append(f"{label}: text {i}: index {item.index}, max diff {diff}")
-        if response.usage.prompt_tokens <= 0 or response.model != args.model:
-            failures.append(f"{label}: usage {response.usage}, model {response.model}")
-        print(f"{label}: {len(texts)} embeddings match the CLI "
-              f"({response.usage.prompt_tokens} tokens)")
+        tokens = response.usage.prompt_tokens
+        wrong_tokens = tokens <= 0 or expected_tokens not in (None, tokens)
+        if wrong_tokens or response.model != args.model:
+            failures.append(f"{label}: usage {response.usage} (expected {expected_tokens} "
+                            f"prompt tokens), model {response.model}")
+        if len(failures) == failed_before:
+            print(f"{label}: {len(texts)} embeddings match the expected ones ({tokens} tokens)")
 
     response = client.embeddings.create(model=args.model, input=texts[0], dimensions=256)
     prefix = expected[0][:256]

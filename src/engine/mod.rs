@@ -363,6 +363,7 @@ pub struct Engine {
     backend_thread: Option<JoinHandle<()>>,
     backend_name: &'static str,
     embedding_dim: usize,
+    config: EngineConfig,
 }
 
 impl Engine {
@@ -422,8 +423,9 @@ impl Engine {
         // A rendezvous: the scheduler holds batch N+1, built, while the backend computes batch N.
         let (batches, batch_receiver) = mpsc::sync_channel::<PreparedBatch>(0);
         let scheduler_shared = Arc::clone(&shared);
+        let scheduler_config = config.clone();
         let scheduler_thread = spawn("scheduler", move || {
-            scheduler(&scheduler_shared, &config, &batches)
+            scheduler(&scheduler_shared, &scheduler_config, &batches)
         })?;
         let backend_shared = Arc::clone(&shared);
         let backend_thread = spawn("backend", move || {
@@ -438,7 +440,13 @@ impl Engine {
             backend_thread: Some(backend_thread),
             backend_name,
             embedding_dim,
+            config,
         })
+    }
+
+    /// The limits the engine was started with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// The tokenizer the engine uses (for prompts, limits and standalone tokenization).

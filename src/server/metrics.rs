@@ -79,12 +79,17 @@ impl Histogram {
     }
 }
 
+/// The requests answered on one route.
+struct RouteMetrics {
+    /// status -> requests.
+    statuses: BTreeMap<u16, u64>,
+    seconds: Histogram,
+}
+
 /// Everything `/metrics` shows; shared by the routes and the engine's batch observer.
 pub struct Metrics {
-    /// (route, status) -> requests.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    /// route -> duration histogram.
-    request_seconds: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    /// route -> its requests.
+    routes: Mutex<BTreeMap<String, RouteMetrics>>,
     batch_sequences: Histogram,
     batch_tokens: Histogram,
     forward_seconds: Histogram,
@@ -99,8 +104,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            requests: Mutex::default(),
-            request_seconds: Mutex::default(),
+            routes: Mutex::default(),
             batch_sequences: Histogram::new(&SEQUENCE_BUCKETS),
             batch_tokens: Histogram::new(&TOKEN_BUCKETS),
             forward_seconds: Histogram::new(&SECONDS_BUCKETS),
@@ -130,22 +134,19 @@ impl Metrics {
         })
     }
 
-    /// One answered HTTP request.
+    /// One answered HTTP request (the route's name is copied only the first time it is seen).
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        let histogram = Arc::clone(
-            self.request_seconds
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(route.to_string())
-                .or_insert_with(|| Arc::new(Histogram::new(&SECONDS_BUCKETS))),
-        );
-        histogram.observe(elapsed.as_secs_f64());
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !routes.contains_key(route) {
+            let metrics = RouteMetrics {
+                statuses: BTreeMap::new(),
+                seconds: Histogram::new(&SECONDS_BUCKETS),
+            };
+            routes.insert(route.to_string(), metrics);
+        }
+        let metrics = routes.get_mut(route).expect("inserted above");
+        *metrics.statuses.entry(status).or_default() += 1;
+        metrics.seconds.observe(elapsed.as_secs_f64());
     }
 
     /// One embedding request answered by the engine.
@@ -174,16 +175,14 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by route and status.",
         );
-        for ((route, status), count) in self
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "gemma_embed_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        for (route, metrics) in routes.iter() {
+            for (status, count) in &metrics.statuses {
+                let _ = writeln!(
+                    out,
+                    "gemma_embed_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
         header(
             &mut out,
@@ -191,18 +190,14 @@ impl Metrics {
             "histogram",
             "Time from request to response, by route.",
         );
-        for (route, histogram) in self
-            .request_seconds
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            histogram.render(
+        for (route, metrics) in routes.iter() {
+            metrics.seconds.render(
                 &mut out,
                 "gemma_embed_request_duration_seconds",
                 &format!("route=\"{route}\""),
             );
         }
+        drop(routes);
 
         let gauges = [
             (

@@ -67,17 +67,12 @@ pub struct ServerConfig {
     pub info: ServerInfo,
 }
 
-/// What `/info` reports beyond the server's limits.
-#[derive(Clone, Debug, serde::Serialize)]
+/// What `/info` reports beyond the server's and the engine's limits.
+#[derive(Clone, Debug)]
 pub struct ServerInfo {
     pub model_dir: String,
     pub model_dtype: &'static str,
     pub device: Option<String>,
-    pub max_batch_tokens: usize,
-    pub max_batch_requests: usize,
-    pub max_queued_inputs: usize,
-    pub max_queued_tokens: usize,
-    pub tokenization_workers: usize,
 }
 
 /// What every route shares.
@@ -215,15 +210,14 @@ async fn record_request(
     next: Next,
 ) -> Response {
     let start = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_string();
+    // A shared handle to the route's pattern: no copy of the string per request.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    state
-        .metrics
-        .record_request(&route, response.status().as_u16(), start.elapsed());
+    state.metrics.record_request(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        response.status().as_u16(),
+        start.elapsed(),
+    );
     response
 }
 
@@ -375,7 +369,7 @@ async fn openai_embeddings(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let body = json_body(body)?;
+    let mut body = json_body(body)?;
     let as_base64 = match request::optional_str(&body, "encoding_format")? {
         None | Some("float") => false,
         Some("base64") => true,
@@ -391,7 +385,7 @@ async fn openai_embeddings(
     request::optional_str(&body, "model")?;
     request::optional_str(&body, "user")?;
     let query = EmbedQuery {
-        inputs: request::inputs(&body, "input", state.config.max_client_batch_size)?,
+        inputs: request::inputs(&mut body, "input", state.config.max_client_batch_size)?,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, false)?,
@@ -471,7 +465,7 @@ async fn tei_embed(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
-    let body = json_body(body)?;
+    let mut body = json_body(body)?;
     if request::optional_bool(&body, "normalize")? == Some(false) {
         return Err(ApiError::field(
             "normalize",
@@ -481,7 +475,7 @@ async fn tei_embed(
         .into());
     }
     let query = EmbedQuery {
-        inputs: request::inputs(&body, "inputs", state.config.max_client_batch_size)?,
+        inputs: request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, true)?,
@@ -499,8 +493,8 @@ async fn tei_tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
-    let body = json_body(body)?;
-    let inputs = request::inputs(&body, "inputs", state.config.max_client_batch_size)?;
+    let mut body = json_body(body)?;
+    let inputs = request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
     let prompt_name = prompt_name(&body)?;
     // Tokenization is CPU work: off the async workers.
@@ -531,13 +525,12 @@ async fn tei_tokenize(
 async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiError> {
     let unhealthy = |message: String| TeiError(ApiError::new(ErrorKind::Unhealthy, message));
     let engine = &state.engine;
-    let tokenizer = engine.tokenizer();
+    // Tokenized by the engine's workers, like any input: the probe goes through the whole path.
     let probe = Request {
-        inputs: vec![Input::Ids(
-            tokenizer
-                .encode(0, None, "health", Truncation::Truncate)
-                .map_err(|e| unhealthy(e.to_string()))?,
-        )],
+        inputs: vec![Input::Text {
+            text: "health".to_string(),
+            prompt: None,
+        }],
         dimensions: engine.embedding_dim(),
         truncation: Truncation::Truncate,
     };
@@ -576,6 +569,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiErr
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
     let tokenizer = state.engine.tokenizer();
+    let engine = state.engine.config();
     let config = &state.config;
     Json(json!({
         "model_id": config.model_id,
@@ -588,13 +582,13 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "backend": state.engine.backend_name(),
         "device": config.info.device,
         "max_input_length": tokenizer.max_seq_len(),
-        "max_batch_tokens": config.info.max_batch_tokens,
-        "max_batch_requests": config.info.max_batch_requests,
+        "max_batch_tokens": engine.max_batch_tokens,
+        "max_batch_requests": engine.max_batch_sequences,
         "max_client_batch_size": config.max_client_batch_size,
-        "max_queued_inputs": config.info.max_queued_inputs,
-        "max_queued_tokens": config.info.max_queued_tokens,
+        "max_queued_inputs": engine.max_queued_inputs,
+        "max_queued_tokens": engine.max_queued_tokens,
         "payload_limit": config.payload_limit,
-        "tokenization_workers": config.info.tokenization_workers,
+        "tokenization_workers": engine.tokenizer_workers,
         "auth": config.api_key.is_some(),
         "auto_truncate": config.auto_truncate,
         "version": env!("CARGO_PKG_VERSION"),

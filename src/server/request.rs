@@ -81,22 +81,25 @@ pub fn optional_count(body: &Map<String, Value>, name: &str) -> Result<Option<us
         .transpose()
 }
 
-/// The inputs in field `name`: a string, an array of token ids (one input), or an array whose
-/// elements are strings or arrays of token ids. At most `max_inputs` of them (else 413); no
-/// empty string or empty id list.
+/// The inputs in field `name`, taken out of `body` (their texts are moved, not copied): a
+/// string, an array of token ids (one input), or an array whose elements are strings or arrays
+/// of token ids. At most `max_inputs` of them (else 413); no empty string or empty id list.
 pub fn inputs(
-    body: &Map<String, Value>,
+    body: &mut Map<String, Value>,
     name: &str,
     max_inputs: usize,
 ) -> Result<Vec<RawInput>, ApiError> {
-    let value = present(body, name).ok_or_else(|| ApiError::field(name, "is required"))?;
+    let value = body
+        .remove(name)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ApiError::field(name, "is required"))?;
     let inputs = match value {
         Value::String(text) => vec![text_input(name, text)?],
         Value::Array(items) if items.is_empty() => {
             return Err(ApiError::field(name, "must not be an empty array"))
         }
         Value::Array(items) if items.iter().all(Value::is_number) => {
-            vec![RawInput::Ids(token_ids(name, items)?)]
+            vec![RawInput::Ids(token_ids(name, &items)?)]
         }
         Value::Array(items) => {
             if items.len() > max_inputs {
@@ -110,21 +113,21 @@ pub fn inputs(
                 ));
             }
             items
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    let field = format!("{name}[{i}]");
+                    let field = || format!("{name}[{i}]");
                     match item {
-                        Value::String(text) => text_input(&field, text),
+                        Value::String(text) => text_input(&field(), text),
                         Value::Array(ids) if ids.is_empty() => {
-                            Err(ApiError::field(&field, "must not be an empty array"))
+                            Err(ApiError::field(&field(), "must not be an empty array"))
                         }
-                        Value::Array(ids) => Ok(RawInput::Ids(token_ids(&field, ids)?)),
+                        Value::Array(ids) => Ok(RawInput::Ids(token_ids(&field(), &ids)?)),
                         other => Err(ApiError::field(
-                            &field,
+                            &field(),
                             format!(
                                 "must be a string or an array of token ids, got {}",
-                                kind(other)
+                                kind(&other)
                             ),
                         )),
                     }
@@ -137,7 +140,7 @@ pub fn inputs(
                 format!(
                     "must be a string, an array of strings, an array of token ids or an array of \
                      such arrays, got {}",
-                    kind(other)
+                    kind(&other)
                 ),
             ))
         }
@@ -145,11 +148,11 @@ pub fn inputs(
     Ok(inputs)
 }
 
-fn text_input(field: &str, text: &str) -> Result<RawInput, ApiError> {
+fn text_input(field: &str, text: String) -> Result<RawInput, ApiError> {
     if text.is_empty() {
         return Err(ApiError::field(field, "must not be an empty string"));
     }
-    Ok(RawInput::Text(text.to_string()))
+    Ok(RawInput::Text(text))
 }
 
 fn token_ids(field: &str, items: &[Value]) -> Result<Vec<u32>, ApiError> {
@@ -174,8 +177,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(value: Value) -> Result<Vec<RawInput>, ApiError> {
-        inputs(value.as_object().unwrap(), "input", 3)
+    fn parse(mut value: Value) -> Result<Vec<RawInput>, ApiError> {
+        inputs(value.as_object_mut().unwrap(), "input", 3)
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn tiny_model_dir() -> PathBuf {
 }
 
 /// The tiny fixture's `expected.json`: float32 sentence-transformers embeddings of token-id
-/// sequences.
+/// sequences (some of them tokenized from a text).
 #[derive(Debug, Deserialize)]
 pub struct TinyExpected {
     pub meta: TinyMeta,
@@ -115,6 +115,8 @@ pub struct TinyMeta {
 #[derive(Debug, Deserialize)]
 pub struct TinyCase {
     pub name: String,
+    /// The text that tokenizes to `token_ids`, for the cases made from a text.
+    pub text: Option<String>,
     pub token_ids: Vec<u32>,
     pub embedding: Vec<f32>,
 }
