@@ -1,5 +1,7 @@
 //! The official `openai` Python client against `gemma-embed serve` (real model, CPU), compared
-//! with sentence-transformers' embeddings of the golden texts (tools/openai_client_check.py).
+//! with sentence-transformers' embeddings of the golden texts, and with the CLI's embeddings of
+//! texts the golden file lacks (the CLI held to the golden cases first)
+//! (tools/openai_client_check.py).
 //! Python comes from
 //! `GEMMA_EMBED_PYTHON` (else `python3`); without the `openai` package the test skips loudly,
 //! and fails under `CI=true` (.ci/run installs it).
@@ -10,6 +12,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::Server;
+use gemma_embed::model::ModelConfig;
+use gemma_embed::tokenize::{Tokenizer, Truncation};
 use serde_json::json;
 
 fn python_with_openai() -> Option<String> {
@@ -54,15 +58,72 @@ fn the_openai_python_client_gets_the_golden_embeddings() {
         std::fs::write(&path, lines).unwrap();
         path
     };
+    // Texts the golden file lacks (German, code, ...) have no sentence-transformers reference
+    // here: their expected rows are the CLI's, and the CLI is first held to the golden cases it
+    // shares with them, so the server is held to sentence-transformers through it.
+    let extras = [
+        "The quick brown fox jumps over the lazy dog.",
+        "EmbeddingGemma turns text into 768-dimensional vectors.",
+        "Wie spät ist es?",
+        "def add(a, b): return a + b",
+    ];
+    let texts: Vec<&str> = cases
+        .iter()
+        .map(|c| c.text.as_str())
+        .chain(extras)
+        .collect();
     let input = write_jsonl(
         "texts.jsonl",
-        cases.iter().map(|c| json!({ "text": c.text })).collect(),
+        texts.iter().map(|t| json!({ "text": t })).collect(),
     );
+    let cli_out = dir.path().join("cli.jsonl");
+    let cli = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["embed", "--backend", "cpu", "--quiet", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&cli_out)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let cli_rows: Vec<Vec<f32>> = std::fs::read_to_string(&cli_out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            serde_json::from_value(row["embedding"].clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(cli_rows.len(), texts.len());
+    for (case, got) in cases.iter().zip(&cli_rows) {
+        let cos = common::cosine(got, &case.embedding);
+        let diff = common::max_abs_diff(got, &case.embedding);
+        assert!(
+            cos >= 0.99999 && diff <= 1e-4,
+            "CLI {}: cos {cos}, max diff {diff}",
+            case.name
+        );
+    }
+    let config = ModelConfig::load(&model).unwrap();
+    let tokenizer = Tokenizer::load(&model, &config).unwrap();
+    let extra_rows = extras
+        .iter()
+        .zip(&cli_rows[cases.len()..])
+        .map(|(text, row)| {
+            let ids = tokenizer.encode(0, None, text, Truncation::Refuse).unwrap();
+            json!({ "embedding": row, "n_tokens": ids.len() })
+        });
     let expected = write_jsonl(
-        "golden.jsonl",
+        "expected.jsonl",
         cases
             .iter()
             .map(|c| json!({ "embedding": c.embedding, "n_tokens": c.n_tokens }))
+            .chain(extra_rows)
             .collect(),
     );
 
@@ -97,7 +158,7 @@ fn the_openai_python_client_gets_the_golden_embeddings() {
     assert!(
         stdout.contains(&format!(
             "default encoding: {} embeddings match the expected ones",
-            cases.len()
+            texts.len()
         )),
         "{stdout}"
     );
