@@ -5,7 +5,7 @@ Both embed the same documents (a deterministic mix of 20..300-token texts cut fr
 file's texts) with the same number of threads; the script prints tokens/s of each, the ratio, and
 the agreement of the two sets of embeddings.
 
-    python3 tools/bench_cpu_vs_st.py [--model DIR] [--threads 2] [--docs 64]
+    python3 tools/bench_cpu_vs_st.py [--model DIR] [--threads 2] [--docs 64] [--rounds 2] [--avx2]
 
 Our side runs `examples/cpu_throughput.rs` (built here with `cargo build --release --example
 cpu_throughput`), which times `CpuBackend::forward` over packed batches after one warm-up batch;
@@ -59,9 +59,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side counts")
+    parser.add_argument("--avx2", action="store_true",
+                        help="both sides on AVX2 kernels only: ours built without the `avx512` feature, "
+                             "torch/MKL/oneDNN capped at AVX2 (what an AVX2-only machine runs)")
     args = parser.parse_args()
 
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    if args.avx2:
+        # Read by torch, MKL and oneDNN when they load: set before the import.
+        os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
@@ -75,7 +81,9 @@ def main() -> None:
     print(f"{len(docs)} documents, {tokens} tokens, lengths {min(map(len, ids))}..{max(map(len, ids))}, "
           f"{args.threads} threads", flush=True)
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "cpu_throughput"], cwd=ROOT, check=True)
+    features = ["--no-default-features"] if args.avx2 else []
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "cpu_throughput", *features],
+                   cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     tmp = Path(tempfile.mkdtemp())
     ids_path, out_path = tmp / "ids.jsonl", tmp / "out.f32"
