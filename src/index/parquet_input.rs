@@ -36,9 +36,32 @@ pub struct ParquetInput {
     path: String,
     batches: ParquetRecordBatchReader,
     columns: CsvColumns,
-    batch: Option<RecordBatch>,
+    batch: Option<BatchColumns>,
     next_in_batch: usize,
     total_rows: u64,
+}
+
+/// The text (and id) column of the record batch being read, looked up once per batch.
+struct BatchColumns {
+    text: ArrayRef,
+    id: Option<ArrayRef>,
+    rows: usize,
+}
+
+impl BatchColumns {
+    fn of(batch: &RecordBatch, columns: &CsvColumns) -> std::result::Result<Self, String> {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| format!("column `{name}` missing from a record batch"))
+        };
+        Ok(Self {
+            text: column(&columns.text)?,
+            id: columns.id.as_deref().map(column).transpose()?,
+            rows: batch.num_rows(),
+        })
+    }
 }
 
 fn is_string(data_type: &DataType) -> bool {
@@ -161,9 +184,13 @@ impl ParquetInput {
     /// The next row, `None` at the end. An error is a file that cannot be decoded; a row
     /// that cannot be used (a null text or id) is an `Err` inside.
     pub fn next_row(&mut self) -> Result<Option<Row>> {
+        let file_error = |message: String| Error::File {
+            path: self.path.clone().into(),
+            message,
+        };
         loop {
             if let Some(batch) = &self.batch {
-                if self.next_in_batch < batch.num_rows() {
+                if self.next_in_batch < batch.rows {
                     let i = self.next_in_batch;
                     self.next_in_batch += 1;
                     return Ok(Some(self.row(batch, i)));
@@ -171,36 +198,25 @@ impl ParquetInput {
             }
             match self.batches.next() {
                 None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(Error::File {
-                        path: self.path.clone().into(),
-                        message: format!("Parquet: {e}"),
-                    })
-                }
+                Some(Err(e)) => return Err(file_error(format!("Parquet: {e}"))),
                 Some(Ok(batch)) => {
-                    self.batch = Some(batch);
+                    let columns = BatchColumns::of(&batch, &self.columns)
+                        .map_err(|e| file_error(format!("Parquet: {e}")))?;
+                    self.batch = Some(columns);
                     self.next_in_batch = 0;
                 }
             }
         }
     }
 
-    fn row(&self, batch: &RecordBatch, i: usize) -> Row {
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| format!("column `{name}` missing from a record batch"))
-        };
-        let text = column(&self.columns.text)?;
-        let text = match string_at(text, i) {
+    fn row(&self, batch: &BatchColumns, i: usize) -> Row {
+        let text = match string_at(&batch.text, i) {
             Some(Some(text)) => text.to_string(),
             Some(None) => return Err(format!("null text (--text-column `{}`)", self.columns.text)),
             None => return Err(format!("column `{}` is not a string", self.columns.text)),
         };
-        let id = match &self.columns.id {
-            None => None,
-            Some(name) => {
-                let ids = column(name)?;
+        let id = match (&self.columns.id, &batch.id) {
+            (Some(name), Some(ids)) => {
                 if ids.is_null(i) {
                     return Err(format!("null id (--id-column `{name}`)"));
                 }
@@ -210,6 +226,7 @@ impl ParquetInput {
                 };
                 Some(id.ok_or_else(|| format!("column `{name}` is not a string or integer"))?)
             }
+            _ => None,
         };
         Ok((text, id))
     }
