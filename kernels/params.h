@@ -73,7 +73,8 @@ typedef struct {
 
 /* residual_norm.cu: residual += RMSNorm_post(branch), then the inverse RMS of the new residual. */
 typedef struct {
-    const float *branch;      /* [num_tokens, hidden] GEMM output of the attention or MLP block */
+    const void *branch;       /* [num_tokens, hidden] GEMM output of the attention or MLP block:
+                                 f32 for residual_norm, bf16 for residual_norm_bf16_branch */
     const float *post_norm;   /* [hidden] post-norm weight w (the kernel multiplies by 1 + w) */
     float *residual;          /* [num_tokens, hidden] in/out */
     bf16_t *residual_bf16;    /* [num_tokens, hidden] out: bf16(new residual) */

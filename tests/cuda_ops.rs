@@ -8,7 +8,7 @@ use gemma_embed::backend::cuda;
 /// The device description, or `None` after printing why the test is skipped.
 fn device() -> Option<String> {
     match cuda::probe() {
-        Ok(description) => Some(description),
+        Ok(info) => Some(info.description),
         Err(e) => {
             // Written to stderr directly, past the test harness's output capture.
             let _ = writeln!(std::io::stderr(), "SKIPPED: no CUDA device ({e})");

@@ -2,8 +2,9 @@
 //!
 //! Per layer: QKV GEMM → `qkv_post` → attention → O GEMM → `residual_norm` → gate|up GEMM →
 //! `geglu` (or both in `gate_up_geglu`, see [`MlpKernel`]) → down GEMM → `residual_norm`; then
-//! `pool_embeddings`. The residual stream is f32;
-//! GEMM operands bf16 with f32 accumulation. The input and pre-feedforward norms are folded:
+//! `pool_embeddings`. The residual stream is f32; the O and down projection outputs f32, or
+//! bf16 with `GEMMA_EMBED_BRANCH=bf16` ([`BranchStorage`]); GEMM operands bf16 with f32
+//! accumulation. The input and pre-feedforward norms are folded:
 //! their `(1 + w)` scales the projection's weight columns at upload, and the per-row inverse
 //! RMS is applied by the consumer kernel (`qkv_post`, `geglu`).
 
@@ -14,8 +15,10 @@ use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
-    rope_tables, to_bf16_bits, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
+    rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
+    RopeTable, Tokens,
 };
+use super::options::{BranchStorage, CudaOptions};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::{LayerKind, Model};
 use crate::{Error, Result};
@@ -46,7 +49,7 @@ struct Activations {
     qkv: CudaSlice<u16>,
     attention_in: QkvBuffers,
     attention_out: CudaSlice<u16>,
-    branch: CudaSlice<f32>,
+    branch: Branch,
     /// cuBLAS's gate|up output; one unused element with the fused kernel.
     gate_up: CudaSlice<u16>,
     mlp: CudaSlice<u16>,
@@ -59,6 +62,7 @@ impl Activations {
         d: &ModelDims,
         (capacity, seq_capacity): (usize, usize),
         cublas_mlp: bool,
+        branch: BranchStorage,
     ) -> Result<Self> {
         let gate_up_len = if cublas_mlp {
             capacity * 2 * d.intermediate
@@ -87,7 +91,7 @@ impl Activations {
                 v: dev.alloc(capacity * d.head_dim, "v")?,
             },
             attention_out: dev.alloc(capacity * d.q_width(), "attention output")?,
-            branch: dev.alloc(capacity * d.hidden, "projection output")?,
+            branch: Branch::alloc(dev, branch, capacity * d.hidden)?,
             gate_up: dev.alloc(gate_up_len, "gate|up")?,
             mlp: dev.alloc(capacity * d.intermediate, "GEGLU output")?,
             embeddings: dev.alloc(seq_capacity * d.embed_dim, "embeddings")?,
@@ -115,6 +119,7 @@ pub struct CudaBackend {
     mlp: Mlp,
     attention: Attention,
     attention_kernel: AttentionKernel,
+    branch: BranchStorage,
     window_radius: usize,
     embed_tokens: CudaSlice<u16>,
     layers: Vec<LayerOnDevice>,
@@ -146,12 +151,13 @@ fn fold_norm_into_columns(matrices: &[&[f32]], norm: &[f32]) -> Vec<u16> {
 }
 
 impl CudaBackend {
-    /// The backend with the MLP path `GEMMA_EMBED_MLP` selects.
+    /// The backend with the kernels the environment selects ([`CudaOptions::from_env`]).
     pub fn new(model: &Model) -> Result<Self> {
-        Self::with_mlp_kernel(model, MlpKernel::from_env()?)
+        Self::with_options(model, CudaOptions::from_env()?)
     }
 
-    pub fn with_mlp_kernel(model: &Model, mlp_kernel: MlpKernel) -> Result<Self> {
+    pub fn with_options(model: &Model, options: CudaOptions) -> Result<Self> {
+        let mlp_kernel = options.mlp;
         let config = &model.config;
         let dims = ModelDims::new(config)?;
         let dev = Device::open()?;
@@ -225,7 +231,8 @@ impl CudaBackend {
             kernels,
             mlp,
             attention,
-            attention_kernel: AttentionKernel::from_env()?,
+            attention_kernel: options.attention,
+            branch: options.branch,
             window_radius: config.window_radius,
             embed_tokens: dev.upload(&to_bf16_bits(&w.embed_tokens), "embed_tokens")?,
             layers,
@@ -255,6 +262,7 @@ impl CudaBackend {
                 &self.kernels.dims,
                 (capacity, seq_capacity),
                 self.mlp.uses_cublas(),
+                self.branch,
             )?);
         }
         Ok(self.activations.as_mut().expect("allocated above"))
@@ -372,7 +380,7 @@ impl CudaBackend {
                 dev,
                 &act.attention_out,
                 &layer.o,
-                GemmOut::F32(&mut act.branch),
+                act.branch.gemm_out(),
                 (n, d.hidden, d.q_width()),
             )?;
             k.residual_norm(
@@ -404,7 +412,7 @@ impl CudaBackend {
                 dev,
                 &act.mlp,
                 &layer.down,
-                GemmOut::F32(&mut act.branch),
+                act.branch.gemm_out(),
                 (n, d.hidden, d.intermediate),
             )?;
             k.residual_norm(

@@ -13,8 +13,10 @@ use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
-    rope_tables, Kernels, ModelDims, QkNorms, QkvBuffers, Residual, RopeTable, Tokens,
+    rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
+    RopeTable, Tokens,
 };
+use super::options::BranchStorage;
 use super::report::{KernelCheck, KernelChecks, Timing};
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
@@ -169,7 +171,7 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
         };
     run("embed_tokens", &mut |rng| check_embed(&dev, &kernels, rng));
     run("residual_norm", &mut |rng| {
-        check_residual_norm(&dev, &kernels, rng)
+        check_residual_norm(&dev, &kernels, BranchStorage::F32, rng)
     });
     run("qkv_post", &mut |rng| check_qkv_post(&dev, &kernels, rng));
     run("geglu", &mut |rng| {
@@ -180,9 +182,12 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     });
     run("gemm", &mut |rng| check_gemms(&dev, rng));
     // Last: a faulting kernel poisons the context for every check after it, so the newest
-    // kernels (attention, then gate_up_geglu, not yet run on a GPU) come at the end.
+    // kernels (attention, then those not yet run on a GPU) come at the end.
     run("attention", &mut |rng| {
         super::attention::check_attention(&dev, rng)
+    });
+    run("residual_norm_bf16_branch", &mut |rng| {
+        check_residual_norm(&dev, &kernels, BranchStorage::Bf16, rng)
     });
     run("gate_up_geglu (cuBLAS + fused)", &mut |rng| {
         check_gate_up_geglu(&dev, &kernels, rng)
@@ -316,17 +321,22 @@ fn check_embed(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<Ke
 fn check_residual_norm(
     dev: &Device,
     k: &Kernels,
+    storage: BranchStorage,
     rng: &mut SplitMix64,
 ) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let h = d.hidden;
+    let name = storage.residual_norm_kernel();
     let case = TokenCase::new(CHECK_LENGTHS);
     let n = case.n;
     // Magnitudes like the real model's: residuals up to ~1e3, norm weights up to ~10.
-    let branch_host = rng.f32s(n * h, -30.0, 30.0);
+    let mut branch_host = rng.f32s(n * h, -30.0, 30.0);
+    if storage == BranchStorage::Bf16 {
+        branch_host = round_bf16(&branch_host);
+    }
     let residual_host = rng.f32s(n * h, -500.0, 500.0);
     let weight_host = rng.f32s(h, -1.0, 8.0);
-    let branch = dev.upload(&branch_host, "branch")?;
+    let branch = upload_branch(dev, storage, &branch_host)?;
     let weight = dev.upload(&weight_host, "post norm")?;
     let mut residual = poisoned_residual(dev, n, h)?;
     residual.x = dev.upload(&residual_host, "residual")?;
@@ -343,21 +353,21 @@ fn check_residual_norm(
     let desc = case.describe();
     let mut checks = vec![
         KernelCheck::compare(
-            "residual_norm/residual",
+            &format!("{name}/residual"),
             desc.clone(),
             &x,
             &x_ref,
             f32_tol(&x_ref),
         ),
         KernelCheck::compare(
-            "residual_norm/bf16",
+            &format!("{name}/bf16"),
             desc.clone(),
             &x_bf16,
             &x_bf16_ref,
             bf16_tol(&x_ref),
         ),
         KernelCheck::compare(
-            "residual_norm/inv_rms",
+            &format!("{name}/inv_rms"),
             desc,
             &inv,
             &inv_ref,
@@ -366,18 +376,30 @@ fn check_residual_norm(
     ];
 
     let timed = TokenCase::timed();
-    let branch = dev.upload(&rng.f32s(timed.n * h, -30.0, 30.0), "branch")?;
+    let branch = upload_branch(dev, storage, &rng.f32s(timed.n * h, -30.0, 30.0))?;
     let mut residual = poisoned_residual(dev, timed.n, h)?;
     residual.x = dev.upload(&rng.f32s(timed.n * h, -500.0, 500.0), "residual")?;
     let us = time_launches(dev, || {
         k.residual_norm(dev, timed.n, &branch, &weight, &mut residual)
     })?;
     // Reads branch and residual (f32), writes residual (f32), its bf16 copy and inv_rms.
-    let bytes = timed.n as f64 * (h as f64 * (4.0 + 4.0 + 4.0 + 2.0) + 4.0);
+    let branch_bytes = match storage {
+        BranchStorage::F32 => 4.0,
+        BranchStorage::Bf16 => 2.0,
+    };
+    let bytes = timed.n as f64 * (h as f64 * (branch_bytes + 4.0 + 4.0 + 2.0) + 4.0);
     checks[0] = checks[0]
         .clone()
         .with_timing(timing(timed.describe(), us, bytes, 0.0));
     Ok(checks)
+}
+
+/// `values` on the device in `storage` (rounded to bf16 for [`BranchStorage::Bf16`]).
+fn upload_branch(dev: &Device, storage: BranchStorage, values: &[f32]) -> Result<Branch> {
+    Ok(match storage {
+        BranchStorage::F32 => Branch::F32(dev.upload(values, "branch")?),
+        BranchStorage::Bf16 => Branch::Bf16(dev.upload(&to_bf16_bits(values), "branch (bf16)")?),
+    })
 }
 
 /// `qkv_post` from the CPU twins: inverse-RMS scale (the folded input norm), per-head

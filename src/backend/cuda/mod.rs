@@ -6,8 +6,10 @@
 
 pub mod attention;
 pub mod mlp;
+pub mod options;
 mod report;
 
+pub use options::{BranchStorage, CudaOptions};
 pub use report::{print_table, write_json, KernelCheck, KernelChecks};
 
 /// The GPU architectures whose machine code is embedded, e.g. `sm_80 sm_86 sm_89 sm_90a`;
@@ -32,10 +34,22 @@ pub use backend::CudaBackend;
 #[cfg(gemma_cuda_kernels)]
 pub use check::run_kernel_checks;
 
-/// Open device 0 and load the kernels; returns the device description (`"<name> (sm_XY)"`).
+/// What [`probe`] found.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// `"<name> (sm_XY)"`, for logs.
+    pub description: String,
+    /// (major, minor), e.g. (9, 0) for H100 and H200.
+    pub compute_capability: (i32, i32),
+}
+
+/// Open device 0 and load the kernels.
 #[cfg(gemma_cuda_kernels)]
-pub fn probe() -> crate::Result<String> {
-    device::Device::open().map(|dev| dev.description)
+pub fn probe() -> crate::Result<DeviceInfo> {
+    device::Device::open().map(|dev| DeviceInfo {
+        description: dev.description,
+        compute_capability: dev.compute_capability,
+    })
 }
 
 #[cfg(not(gemma_cuda_kernels))]

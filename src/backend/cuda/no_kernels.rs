@@ -1,8 +1,7 @@
 //! Stand-in for a binary built without nvcc: same API, every entry point reports that the
 //! kernels are missing and how to rebuild.
 
-use super::mlp::MlpKernel;
-use super::KernelChecks;
+use super::{CudaOptions, DeviceInfo, KernelChecks};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::Model;
 use crate::{Error, Result};
@@ -15,7 +14,7 @@ impl CudaBackend {
         Err(Error::NoCudaKernels)
     }
 
-    pub fn with_mlp_kernel(_model: &Model, _mlp_kernel: MlpKernel) -> Result<Self> {
+    pub fn with_options(_model: &Model, _options: CudaOptions) -> Result<Self> {
         Err(Error::NoCudaKernels)
     }
 }
@@ -30,7 +29,7 @@ impl Backend for CudaBackend {
     }
 }
 
-pub fn probe() -> Result<String> {
+pub fn probe() -> Result<DeviceInfo> {
     Err(Error::NoCudaKernels)
 }
 

@@ -1,9 +1,11 @@
 //! Typed launchers for the custom kernels (everything but GEMMs and attention). Each wrapper
 //! checks buffer sizes against the shapes, fills the kernel's `params.h` struct and launches.
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, Device};
+use super::gemm::GemmOut;
+use super::options::BranchStorage;
 use super::params::{
     EmbedParams, GegluParams, PoolParams, QkvPostParams, ResidualNormParams, POOL_BLOCK,
 };
@@ -86,6 +88,51 @@ pub struct Residual {
     pub inv_rms: CudaSlice<f32>,
 }
 
+/// The O or down projection's output, stored as [`BranchStorage`] chose: what
+/// [`Kernels::residual_norm`] adds to the residual stream.
+pub enum Branch {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<u16>),
+}
+
+impl Branch {
+    pub fn alloc(dev: &Device, storage: BranchStorage, len: usize) -> Result<Self> {
+        Ok(match storage {
+            BranchStorage::F32 => Self::F32(dev.alloc(len, "projection output")?),
+            BranchStorage::Bf16 => Self::Bf16(dev.alloc(len, "projection output (bf16)")?),
+        })
+    }
+
+    pub fn storage(&self) -> BranchStorage {
+        match self {
+            Self::F32(_) => BranchStorage::F32,
+            Self::Bf16(_) => BranchStorage::Bf16,
+        }
+    }
+
+    /// Where the projection GEMM writes it.
+    pub fn gemm_out(&mut self) -> GemmOut<'_> {
+        match self {
+            Self::F32(b) => GemmOut::F32(b),
+            Self::Bf16(b) => GemmOut::Bf16(b),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(b) => b.len(),
+            Self::Bf16(b) => b.len(),
+        }
+    }
+
+    fn device_address(&self, stream: &CudaStream) -> u64 {
+        match self {
+            Self::F32(b) => b.device_ptr(stream).0,
+            Self::Bf16(b) => b.device_ptr(stream).0,
+        }
+    }
+}
+
 /// Attention inputs: Q `[tokens, heads, head_dim]`, K and V `[tokens, head_dim]`, bf16.
 pub struct QkvBuffers {
     pub q: CudaSlice<u16>,
@@ -139,16 +186,20 @@ pub struct Kernels {
     pub dims: ModelDims,
     embed: CudaFunction,
     residual_norm: CudaFunction,
+    residual_norm_bf16_branch: CudaFunction,
     qkv_post: CudaFunction,
     geglu: CudaFunction,
     pool: CudaFunction,
 }
 
 fn check_len<T>(buffer: &CudaSlice<T>, needed: usize, what: &str) -> Result<()> {
-    if buffer.len() < needed {
+    check_count(buffer.len(), needed, what)
+}
+
+fn check_count(held: usize, needed: usize, what: &str) -> Result<()> {
+    if held < needed {
         return Err(Error::Cuda(format!(
-            "{what}: device buffer holds {} elements, the launch needs {needed}",
-            buffer.len()
+            "{what}: device buffer holds {held} elements, the launch needs {needed}"
         )));
     }
     Ok(())
@@ -167,7 +218,8 @@ impl Kernels {
         Ok(Self {
             dims,
             embed: dev.function("embed_tokens")?,
-            residual_norm: dev.function("residual_norm")?,
+            residual_norm: dev.function(BranchStorage::F32.residual_norm_kernel())?,
+            residual_norm_bf16_branch: dev.function(BranchStorage::Bf16.residual_norm_kernel())?,
             qkv_post: dev.function("qkv_post")?,
             geglu: dev.function("geglu")?,
             pool: dev.function("pool_embeddings")?,
@@ -254,19 +306,19 @@ impl Kernels {
         &self,
         dev: &Device,
         num_tokens: usize,
-        branch: &CudaSlice<f32>,
+        branch: &Branch,
         post_norm: &CudaSlice<f32>,
         residual: &mut Residual,
     ) -> Result<()> {
         let (n, h) = (num_tokens, self.dims.hidden);
-        check_len(branch, n * h, "residual_norm branch")?;
+        check_count(branch.len(), n * h, "residual_norm branch")?;
         check_len(post_norm, h, "residual_norm weight")?;
         check_len(&residual.x, n * h, "residual_norm residual")?;
         check_len(&residual.x_bf16, n * h, "residual_norm residual bf16")?;
         check_len(&residual.inv_rms, n, "residual_norm inv_rms")?;
         let s = &dev.stream;
         let params = ResidualNormParams {
-            branch: branch.device_ptr(s).0 as _,
+            branch: branch.device_address(s) as _,
             post_norm: post_norm.device_ptr(s).0 as _,
             residual: residual.x.device_ptr(s).0 as _,
             residual_bf16: residual.x_bf16.device_ptr(s).0 as _,
@@ -275,12 +327,18 @@ impl Kernels {
             num_tokens: u32_of(n, "num_tokens")?,
             hidden: u32_of(h, "hidden")?,
         };
-        // SAFETY: sizes checked above.
+        let storage = branch.storage();
+        let function = match storage {
+            BranchStorage::F32 => &self.residual_norm,
+            BranchStorage::Bf16 => &self.residual_norm_bf16_branch,
+        };
+        // SAFETY: sizes checked above; the kernel reads the branch in the element type of
+        // `storage`, the type of the buffer it came from.
         unsafe {
             Self::launch(
                 dev,
-                &self.residual_norm,
-                "residual_norm",
+                function,
+                storage.residual_norm_kernel(),
                 params,
                 (blocks_for_rows(n)?, ROW_BLOCK, 0),
             )

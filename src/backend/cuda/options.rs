@@ -1,0 +1,117 @@
+//! The CUDA backend's kernel choices, read once from the environment ([`CudaOptions`]).
+//!
+//! Each choice has a default that the GPU reports back (docs/gpu-report.md); the others are
+//! candidates `tools/gpu-check.sh` checks and times next to it.
+
+use super::attention::AttentionKernel;
+use super::mlp::MlpKernel;
+use crate::{Error, Result};
+
+/// How the O and down projections hand their output to `residual_norm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BranchStorage {
+    /// cuBLAS writes f32; `residual_norm` reads it (the default).
+    F32,
+    /// cuBLAS rounds to bf16; `residual_norm_bf16_branch` reads half the bytes. The worst
+    /// cosine against sentence-transformers drops from 0.999924 to 0.999898 in the host model
+    /// (`tests/cuda_numerics.rs`).
+    Bf16,
+}
+
+impl BranchStorage {
+    /// `GEMMA_EMBED_BRANCH=bf16` selects bf16, `f32` (or unset) f32.
+    pub fn from_env() -> Result<Self> {
+        Self::parse(std::env::var("GEMMA_EMBED_BRANCH").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self> {
+        match value {
+            None | Some("f32") => Ok(Self::F32),
+            Some("bf16") => Ok(Self::Bf16),
+            Some(other) => Err(Error::Cuda(format!(
+                "GEMMA_EMBED_BRANCH must be `f32` or `bf16`, got `{other}`"
+            ))),
+        }
+    }
+
+    /// The `residual_norm` kernel that reads this storage.
+    pub fn residual_norm_kernel(self) -> &'static str {
+        match self {
+            Self::F32 => "residual_norm",
+            Self::Bf16 => "residual_norm_bf16_branch",
+        }
+    }
+}
+
+/// Every kernel choice of the CUDA backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    pub attention: AttentionKernel,
+    pub mlp: MlpKernel,
+    pub branch: BranchStorage,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            attention: AttentionKernel::Flash,
+            mlp: MlpKernel::Cublas,
+            branch: BranchStorage::F32,
+        }
+    }
+}
+
+impl CudaOptions {
+    /// `GEMMA_EMBED_ATTENTION`, `GEMMA_EMBED_MLP` and `GEMMA_EMBED_BRANCH`.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            attention: AttentionKernel::from_env()?,
+            mlp: MlpKernel::from_env()?,
+            branch: BranchStorage::from_env()?,
+        })
+    }
+
+    /// E.g. `attention_flash, cublas+geglu, f32 branch`, for logs and test messages.
+    pub fn describe(&self) -> String {
+        let branch = match self.branch {
+            BranchStorage::F32 => "f32",
+            BranchStorage::Bf16 => "bf16",
+        };
+        format!(
+            "{}, {}, {branch} branch",
+            self.attention.name(),
+            self.mlp.name()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_storage_parses_its_two_names_and_refuses_others() {
+        assert_eq!(BranchStorage::parse(None).unwrap(), BranchStorage::F32);
+        assert_eq!(
+            BranchStorage::parse(Some("f32")).unwrap(),
+            BranchStorage::F32
+        );
+        assert_eq!(
+            BranchStorage::parse(Some("bf16")).unwrap(),
+            BranchStorage::Bf16
+        );
+        let err = BranchStorage::parse(Some("f16")).unwrap_err().to_string();
+        assert!(
+            err.contains("GEMMA_EMBED_BRANCH") && err.contains("`f16`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_options_are_the_measured_paths() {
+        assert_eq!(
+            CudaOptions::default().describe(),
+            "attention_flash, cublas+geglu, f32 branch"
+        );
+    }
+}
