@@ -12,10 +12,11 @@
 #      gemma-embed check-kernels: every kernel against its CPU twin, timed      -> $OUT/kernels.json
 #   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
-#      once with each MLP path (GEMMA_EMBED_MLP unset = cuBLAS + geglu, =fused, and =wgmma
-#      on sm_90 cards)                                                            -> $OUT/parity.json
-#   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, both MLP
-#      paths) vs sentence-transformers bf16 + SDPA on the same card              -> $OUT/bench*.json
+#      with the default kernels and once with each candidate choice (see `variants` below:
+#      GEMMA_EMBED_MLP=fused, =wgmma on sm_90 cards, GEMMA_EMBED_BRANCH=bf16, and the two
+#      together)                                                                   -> $OUT/parity.json
+#   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
+#      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
 #   5. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
 #      (many concurrent connections, every answer checked against the text's lone embedding),
 #      then SIGTERM and a clean exit                                             -> $OUT/serve.json
@@ -25,7 +26,7 @@
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
 # seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
-# $TMPDIR/gemma-embed-gpu-check/out), at most 11 files.
+# $TMPDIR/gemma-embed-gpu-check/out), at most 12 files.
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,10 +50,9 @@ while [ $# -gt 0 ]; do
 done
 out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
-rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work/fused.npy" "$work/wgmma.npy" "$work/cpu.npy" \
-    "$work/st.npy"
-(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_fused_mlp.json \
-    bench_wgmma_mlp.json bench_reference.json serve.json summary.txt)
+rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
+(cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
+    bench_reference.json serve.json summary.txt)
 mkdir -p "$out" "$work"
 # The device call allows about 8 minutes: by default the whole check keeps within 7.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
@@ -165,13 +165,20 @@ if [ $cpu_only = 0 ]; then
     stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
-    # The fused MLP kernels (docs/gpu-report.md): gate_up_geglu everywhere, its wgmma twin on sm_90.
-    mlp_variants=(fused)
-    nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && mlp_variants+=(wgmma)
-    for variant in "${mlp_variants[@]}"; do
-        stage "embed-cuda-$variant-mlp" 90 env GEMMA_EMBED_MLP=$variant "${gemma[@]}" embed --model "$model" \
-            --input "$ids" --output "$work/$variant.npy" --backend cuda --max-batch-tokens 16384
-        compare_args+=(--$variant "$work/$variant.npy")
+    # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as pairs of a
+    # name and its environment: the fused MLP kernel (its wgmma twin too on sm_90), the bf16
+    # branch, and the fastest-looking pair of the two.
+    fused=fused
+    nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && fused=wgmma
+    variants=(fused-mlp "GEMMA_EMBED_MLP=fused" bf16-branch "GEMMA_EMBED_BRANCH=bf16")
+    [ $fused = wgmma ] && variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma")
+    variants+=("$fused-mlp+bf16-branch" "GEMMA_EMBED_MLP=$fused GEMMA_EMBED_BRANCH=bf16")
+    for ((i = 0; i < ${#variants[@]}; i += 2)); do
+        name=${variants[i]}
+        # shellcheck disable=SC2086 # the settings are words without spaces
+        stage "embed-cuda-$name" 90 env ${variants[i + 1]} "${gemma[@]}" embed --model "$model" \
+            --input "$ids" --output "$work/variant-$name.npy" --backend cuda --max-batch-tokens 16384
+        compare_args+=(--variant "$name=$work/variant-$name.npy")
     done
 fi
 stage embed-cpu 150 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
@@ -185,10 +192,12 @@ stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --leng
     --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
     --json "$out/bench.json"
 if [ $cpu_only = 0 ]; then
-    for variant in "${mlp_variants[@]}"; do
-        stage "bench-$variant-mlp" 150 env GEMMA_EMBED_MLP=$variant "${gemma[@]}" bench --model "$model" \
+    for ((i = 0; i < ${#variants[@]}; i += 2)); do
+        name=${variants[i]}
+        # shellcheck disable=SC2086
+        stage "bench-$name" 150 env ${variants[i + 1]} "${gemma[@]}" bench --model "$model" \
             --backend cuda --lengths "$bench_lengths" --mixed --tokens "$bench_tokens" --repeats "$bench_repeats" \
-            --warmup 1 --max-batch-tokens "$max_batch_tokens" --json "$out/bench_${variant}_mlp.json"
+            --warmup 1 --max-batch-tokens "$max_batch_tokens" --json "$out/bench_variant_$name.json"
     done
 fi
 stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \

@@ -4,7 +4,7 @@ gemma-embed (CUDA and CPU backends) and by sentence-transformers in float32, com
 
     parity.py ids --output ids.jsonl [--lengths 1,2,...] [--seed N] [--vocab V]
     parity.py reference --model DIR --input ids.jsonl --output st.npy [--device cuda]
-    parity.py compare --ids ids.jsonl [--cuda a.npy] [--fused f.npy] [--wgmma w.npy] [--cpu b.npy] [--st c.npy] [--json out.json]
+    parity.py compare --ids ids.jsonl [--cuda a.npy] [--variant NAME=v.npy ...] [--cpu b.npy] [--st c.npy] [--json out.json]
 
 `reference` feeds the exact ids to the model (no tokenizer), one sequence per forward pass, so
 there is no padding at all, with eager attention and full float32 matmuls (no TF32): the spec's
@@ -107,8 +107,16 @@ def cmd_compare(args):
     n = len(lengths)
     problems = []
     arrays = {}
-    for name in ["cuda", "fused", "wgmma", "cpu", "st"]:
-        path = getattr(args, name)
+    inputs = [("cuda", args.cuda)]
+    for spec in args.variant:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "_" in name or name in ("cuda", "cpu", "st"):
+            problems.append(f"--variant {spec}: expected NAME=PATH, NAME without '_' and not cuda/cpu/st")
+            continue
+        inputs.append((name, path))
+    variants = [name for name, _ in inputs[1:]]
+    inputs += [("cpu", args.cpu), ("st", args.st)]
+    for name, path in inputs:
         if path is None:
             continue
         try:
@@ -121,9 +129,10 @@ def cmd_compare(args):
             continue
         arrays[name] = arr
 
-    pairs = [(a, b) for a, b in [("cuda", "cpu"), ("cuda", "st"), ("fused", "st"), ("fused", "cuda"),
-                                 ("wgmma", "st"), ("wgmma", "cuda"), ("cpu", "st")]
-             if a in arrays and b in arrays]
+    candidates = [("cuda", "cpu"), ("cuda", "st")]
+    candidates += [(v, other) for v in variants for other in ("st", "cuda")]
+    candidates.append(("cpu", "st"))
+    pairs = [(a, b) for a, b in candidates if a in arrays and b in arrays]
     thresholds = {p: (args.cpu_threshold if p == ("cpu", "st") else args.threshold) for p in pairs}
     rows = []
     for i in range(n):
@@ -206,8 +215,9 @@ def main():
     p = sub.add_parser("compare", help="per-vector cosines between embedding arrays")
     p.add_argument("--ids", required=True, help="the ids.jsonl the arrays were made from")
     p.add_argument("--cuda")
-    p.add_argument("--fused", help="CUDA embeddings made with GEMMA_EMBED_MLP=fused")
-    p.add_argument("--wgmma", help="CUDA embeddings made with GEMMA_EMBED_MLP=wgmma")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                   help="CUDA embeddings made with other kernel choices (GEMMA_EMBED_MLP=..., "
+                        "GEMMA_EMBED_BRANCH=...), compared with st and cuda; repeatable")
     p.add_argument("--cpu")
     p.add_argument("--st")
     p.add_argument("--threshold", type=float, default=0.9995)

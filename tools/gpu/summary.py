@@ -4,11 +4,12 @@ throughput of gemma-embed against sentence-transformers, from the files the stag
 
     summary.py --stages stages.tsv --out DIR
 
-Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_fused_mlp.json, DIR/bench_wgmma_mlp.json,
-DIR/bench_reference.json and DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
+Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_variant_NAME.json (the candidate
+kernel choices), DIR/bench_reference.json and DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -37,7 +38,8 @@ def main():
     print("GPU CHECK SUMMARY")
     bench = load(os.path.join(args.out, "bench.json"))
     ref = load(os.path.join(args.out, "bench_reference.json"))
-    variants = {name: load(os.path.join(args.out, f"bench_{name}_mlp.json")) for name in ("fused", "wgmma")}
+    variants = {os.path.basename(path)[len("bench_variant_"):-len(".json")]: load(path)
+                for path in sorted(glob.glob(os.path.join(args.out, "bench_variant_*.json")))}
     device = None
     for report in (bench, ref):
         if report and not device:
@@ -113,13 +115,13 @@ def main():
     for variant, report in variants.items():
         if not report:
             continue
-        print(f"\nMLP paths (GEMMA_EMBED_MLP): cuBLAS gate|up + geglu vs GEMMA_EMBED_MLP={variant}")
+        print(f"\nkernel choices: the default vs {variant}")
         ours = {w["name"]: w for w in bench["workloads"]} if bench else {}
         for w in report["workloads"]:
             base = ours.get(w["name"])
             change = f"{100 * (w['tokens_per_s'] / base['tokens_per_s'] - 1):+.1f}%" if base else "-"
             base_cell = f"{base['tokens_per_s']:>12,.0f}" if base else f"{'-':>12}"
-            print(f"{w['name']:<16} cublas {base_cell} tok/s   {variant} {w['tokens_per_s']:>12,.0f} tok/s   {change}")
+            print(f"{w['name']:<16} default {base_cell} tok/s   {variant} {w['tokens_per_s']:>12,.0f} tok/s   {change}")
 
     serve = load(os.path.join(args.out, "serve.json"))
     if serve is not None:
