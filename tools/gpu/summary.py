@@ -62,6 +62,11 @@ def main():
             print(f"  FAIL {k['name']} [{k['case']}]: max abs {k['max_abs_err']:.3e} "
                   f"(tol {k['max_abs_tol']:.1e}), rel L2 {k['rel_l2_err']:.3e} "
                   f"(tol {k['rel_l2_tol']:.1e}), bad values {k['bad_values']}")
+            if k.get("mismatch"):
+                m = k["mismatch"]
+                print(f"       {m['wrong']} of {m['total']} wrong, first {m['first']}, worst {m['worst']}; "
+                      f"rows {m['rows_span']} (mod 16: {m['row_residues_16']}), cols {m['cols_span']} "
+                      f"(mod 8: {m['col_residues_8']}; 64-blocks: {m['col_blocks_64']})")
         ok &= not failing and len(kernels) > 0
         ceilings = load(os.path.join(args.out, "ceilings.json"))
         if ceilings is not None:

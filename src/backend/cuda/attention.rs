@@ -512,11 +512,12 @@ mod device {
                         run(&mut out)?;
                         let got =
                             to_f32(&download(dev, &out, n * GROUP * HEAD_DIM, "attention out")?);
-                        let mut check = KernelCheck::compare(
+                        let mut check = KernelCheck::compare_matrix(
                             kernel.name(),
                             case.clone(),
                             &got,
                             &reference,
+                            HEAD_DIM,
                             (MAX_ABS_TOL, REL_L2_TOL),
                         );
                         if timed {

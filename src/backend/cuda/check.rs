@@ -643,11 +643,12 @@ fn check_gate_up_geglu(
             let mut out = poisoned(dev, m * i, BF16_POISON, "fused out")?;
             run(&x, &inv_rms, m, &mut out)?;
             let got = bf16_to_f32(&download(dev, &out, m * i, kernel.name())?);
-            let check = KernelCheck::compare(
+            let check = KernelCheck::compare_matrix(
                 kernel.name(),
                 desc.clone(),
                 &got,
                 &round_bf16(&reference),
+                i,
                 bf16_tol(&reference),
             );
             let mut out = dev.alloc::<u16>(n * i, "fused out")?;

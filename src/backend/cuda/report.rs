@@ -32,6 +32,122 @@ pub struct KernelCheck {
     pub timing: Option<Timing>,
     /// Why the check could not run (launch failure, device fault), if it did not.
     pub error: Option<String>,
+    /// Where a matrix output is wrong ([`KernelCheck::compare_matrix`]), when it is.
+    pub mismatch: Option<MismatchMap>,
+}
+
+/// Where the wrong elements of a `[rows, cols]` output sit: enough to tell a tile-layout bug
+/// (one half of every 16-row mma tile, every other 8-column fragment, one CTA's 64-column
+/// block) from a numeric one after a single GPU run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MismatchMap {
+    /// Elements off by more than the max-abs tolerance, or not finite.
+    pub wrong: usize,
+    pub total: usize,
+    pub cols: usize,
+    /// The first wrong element (row, column) in row-major order, and the worst one.
+    pub first: (usize, usize),
+    pub worst: (usize, usize),
+    /// Inclusive ranges of the wrong rows and columns.
+    pub rows_span: (usize, usize),
+    pub cols_span: (usize, usize),
+    /// Residues `row % 16` and `col % 8` that hold a wrong element (mma fragment positions),
+    /// and the 64-column blocks that do.
+    pub row_residues_16: Vec<usize>,
+    pub col_residues_8: Vec<usize>,
+    pub col_blocks_64: Vec<usize>,
+}
+
+impl MismatchMap {
+    /// `None` when every element is within `max_abs_tol` (and finite where the reference is).
+    pub fn of(out: &[f32], reference: &[f32], cols: usize, max_abs_tol: f64) -> Option<Self> {
+        let cols = cols.max(1);
+        let mut map: Option<Self> = None;
+        let mut worst_err = -1.0f64;
+        let mut row_mask = 0u16;
+        let mut col_mask = 0u8;
+        let mut blocks = std::collections::BTreeSet::new();
+        for (index, (&o, &r)) in out.iter().zip(reference).enumerate() {
+            let err = (f64::from(o) - f64::from(r)).abs();
+            let bad = (!o.is_finite() && r.is_finite()) || err > max_abs_tol;
+            if !bad {
+                continue;
+            }
+            let at = (index / cols, index % cols);
+            let err = if err.is_nan() { f64::INFINITY } else { err };
+            let m = map.get_or_insert(Self {
+                wrong: 0,
+                total: out.len(),
+                cols,
+                first: at,
+                worst: at,
+                rows_span: (at.0, at.0),
+                cols_span: (at.1, at.1),
+                row_residues_16: Vec::new(),
+                col_residues_8: Vec::new(),
+                col_blocks_64: Vec::new(),
+            });
+            m.wrong += 1;
+            if err > worst_err {
+                worst_err = err;
+                m.worst = at;
+            }
+            m.rows_span.1 = at.0;
+            m.cols_span = (m.cols_span.0.min(at.1), m.cols_span.1.max(at.1));
+            row_mask |= 1 << (at.0 % 16);
+            col_mask |= 1 << (at.1 % 8);
+            blocks.insert(at.1 / 64);
+        }
+        let set_bits =
+            |mask: u32, width: usize| (0..width).filter(|b| mask >> b & 1 == 1).collect();
+        map.map(|mut m| {
+            m.row_residues_16 = set_bits(u32::from(row_mask), 16);
+            m.col_residues_8 = set_bits(u32::from(col_mask), 8);
+            m.col_blocks_64 = blocks.into_iter().collect();
+            m
+        })
+    }
+
+    /// One line, e.g. `1024 of 295936 wrong, first (0, 8), worst (3, 9); rows 0..=256 (mod 16:
+    /// 0 1 2 3 4 5 6 7), cols 8..=1151 (mod 8: all; 64-blocks: 0..=17, 18 of them)`.
+    pub fn describe(&self) -> String {
+        let list = |v: &[usize], width: usize| {
+            if v.len() == width {
+                "all".to_string()
+            } else {
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let blocks = match self.col_blocks_64.as_slice() {
+            [] => String::new(),
+            all if all.len() == self.cols.div_ceil(64) => "all".to_string(),
+            [one] => one.to_string(),
+            many if many.len() > 8 => format!(
+                "{}..={}, {} of them",
+                many[0],
+                many[many.len() - 1],
+                many.len()
+            ),
+            few => list(few, usize::MAX),
+        };
+        format!(
+            "{} of {} wrong, first {:?}, worst {:?}; rows {}..={} (mod 16: {}), cols {}..={} \
+             (mod 8: {}; 64-blocks: {blocks})",
+            self.wrong,
+            self.total,
+            self.first,
+            self.worst,
+            self.rows_span.0,
+            self.rows_span.1,
+            list(&self.row_residues_16, 16),
+            self.cols_span.0,
+            self.cols_span.1,
+            list(&self.col_residues_8, 8),
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -83,7 +199,25 @@ impl KernelCheck {
             passed,
             timing: None,
             error: None,
+            mismatch: None,
         }
+    }
+
+    /// [`KernelCheck::compare`] for a row-major `[rows, cols]` output, which on failure also
+    /// maps where the wrong elements are ([`MismatchMap`]).
+    pub fn compare_matrix(
+        name: &str,
+        case: String,
+        out: &[f32],
+        reference: &[f32],
+        cols: usize,
+        tolerances: (f64, f64),
+    ) -> Self {
+        let mut check = Self::compare(name, case, out, reference, tolerances);
+        if !check.passed {
+            check.mismatch = MismatchMap::of(out, reference, cols, tolerances.0);
+        }
+        check
     }
 
     /// A check that could not run at all.
@@ -99,6 +233,7 @@ impl KernelCheck {
             passed: false,
             timing: None,
             error: Some(message),
+            mismatch: None,
         }
     }
 
@@ -153,6 +288,9 @@ pub fn print_table(checks: &[KernelCheck], out: &mut impl Write) -> std::io::Res
         if let Some(e) = &c.error {
             writeln!(out, "{:<22}   ERROR: {e}", "")?;
         }
+        if let Some(m) = &c.mismatch {
+            writeln!(out, "{:<22}   WHERE: {}", "", m.describe())?;
+        }
         if let Some(t) = &c.timing {
             writeln!(out, "{:<22}   timed at {}", "", t.case)?;
         }
@@ -170,4 +308,70 @@ pub fn write_json(checks: &[KernelCheck], path: &Path) -> Result<()> {
         source,
     })?;
     std::fs::write(path, text).map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[rows, cols]` reference of distinct values and a copy with `wrong` cells broken.
+    fn broken(rows: usize, cols: usize, wrong: &[(usize, usize, f32)]) -> (Vec<f32>, Vec<f32>) {
+        let reference: Vec<f32> = (0..rows * cols).map(|i| (i % 97) as f32 * 0.01).collect();
+        let mut out = reference.clone();
+        for &(r, c, v) in wrong {
+            out[r * cols + c] = v;
+        }
+        (out, reference)
+    }
+
+    #[test]
+    fn a_correct_matrix_has_no_mismatch_map() {
+        let (out, reference) = broken(40, 200, &[]);
+        let check =
+            KernelCheck::compare_matrix("k", "c".into(), &out, &reference, 200, (1e-3, 1e-3));
+        assert!(check.passed && check.mismatch.is_none());
+    }
+
+    #[test]
+    fn the_map_names_fragment_rows_columns_and_blocks_of_the_wrong_cells() {
+        // Rows 8..15 of the second 16-row tile, columns 3 and 11 of the third 64-column block,
+        // one NaN at the far corner: an mma fragment-half bug and an unwritten element.
+        let mut wrong: Vec<(usize, usize, f32)> = (24..32)
+            .flat_map(|r| [(r, 128 + 3, 5.0), (r, 128 + 11, 5.0)])
+            .collect();
+        wrong.push((39, 199, f32::NAN));
+        wrong.push((30, 131, 50.0));
+        let (out, reference) = broken(40, 200, &wrong);
+        let check =
+            KernelCheck::compare_matrix("k", "c".into(), &out, &reference, 200, (1e-3, 1e-3));
+        assert!(!check.passed);
+        let m = check.mismatch.expect("a failing check maps its mismatches");
+        assert_eq!(m.wrong, 17);
+        assert_eq!(m.total, 8000);
+        assert_eq!(m.first, (24, 131));
+        assert_eq!(m.worst, (39, 199), "a NaN is the worst");
+        assert_eq!(m.rows_span, (24, 39));
+        assert_eq!(m.cols_span, (131, 199));
+        assert_eq!(m.row_residues_16, vec![7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(m.col_residues_8, vec![3, 7]);
+        assert_eq!(m.col_blocks_64, vec![2, 3]);
+        assert_eq!(
+            m.describe(),
+            "17 of 8000 wrong, first (24, 131), worst (39, 199); rows 24..=39 (mod 16: 7 8 9 \
+             10 11 12 13 14 15), cols 131..=199 (mod 8: 3 7; 64-blocks: 2 3)"
+        );
+    }
+
+    #[test]
+    fn the_map_is_printed_under_a_failing_check() {
+        let (out, reference) = broken(16, 64, &[(0, 0, 9.0)]);
+        let check = KernelCheck::compare_matrix("k", "c".into(), &out, &reference, 64, (1e-3, 1.0));
+        let mut table = Vec::new();
+        print_table(&[check], &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("WHERE: 1 of 1024 wrong, first (0, 0), worst (0, 0); rows 0..=0 (mod 16: 0), cols 0..=0 (mod 8: 0; 64-blocks: all)"),
+            "{table}"
+        );
+    }
 }
