@@ -49,6 +49,9 @@ enum Command {
     /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
     /// non-zero when any check fails.
     CheckKernels(CheckKernelsArgs),
+    /// Time every operation of the CUDA forward (GEMMs, kernels, copies) on workloads of random
+    /// token ids, with the kernel choices of GEMMA_EMBED_ATTENTION, _MLP and _BRANCH.
+    Profile(ProfileArgs),
 }
 
 #[derive(Args)]
@@ -210,6 +213,33 @@ struct CheckKernelsArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Fixed-length workloads, one per length, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    lengths: Vec<usize>,
+    /// Add the mixed workload: lengths uniform in 16..=1024.
+    #[arg(long)]
+    mixed: bool,
+    /// Tokens per batch.
+    #[arg(long, default_value_t = 65_536)]
+    batch_tokens: usize,
+    /// Profiled batches per workload.
+    #[arg(long, default_value_t = 3)]
+    batches: usize,
+    /// Unprofiled batches first, per workload.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Seed of the random token ids.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -219,6 +249,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Bench(args) => bench(args),
         Command::CheckKernels(args) => check_kernels(args),
+        Command::Profile(args) => profile(args),
         Command::Serve(args) => serve(args),
     };
     match result {
@@ -502,6 +533,27 @@ fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
         );
     }
     println!("all {} kernel checks passed", checks.len());
+    Ok(())
+}
+
+fn profile(args: ProfileArgs) -> Result<()> {
+    let options = bench::profile::ProfileOptions {
+        lengths: args.lengths,
+        mixed: args.mixed,
+        batch_tokens: args.batch_tokens,
+        batches: args.batches,
+        warmup: args.warmup,
+        seed: args.seed,
+    };
+    let model = Model::load(&args.model.model)?;
+    options.check(&model.config)?;
+    let mut backend = backend::cuda::CudaBackend::new(&model)?;
+    let report = bench::profile::run(&mut backend, &model.config, &options)?;
+    bench::profile::print(&report, &mut std::io::stdout().lock())?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    }
     Ok(())
 }
 

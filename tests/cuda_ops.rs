@@ -43,3 +43,35 @@ fn every_kernel_matches_its_cpu_twin() {
         "kernel checks failed (seed {seed}): {failed:?}"
     );
 }
+
+/// The CUDA-only subcommands on a machine without a usable device (or a binary without
+/// kernels) stop with one clear error line, not a panic. Skipped where a device is present.
+#[test]
+fn cuda_subcommands_without_a_device_fail_with_a_clear_message() {
+    if let Ok(info) = cuda::probe() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: a CUDA device is present ({})",
+            info.description
+        );
+        return;
+    }
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+    for args in [
+        vec!["profile", "--model", tiny],
+        vec!["check-kernels"],
+        vec!["bench", "--model", tiny, "--backend", "cuda"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .args(&args)
+            .output()
+            .expect("run gemma-embed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains("CUDA") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

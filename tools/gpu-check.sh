@@ -17,16 +17,18 @@
 #      together)                                                                   -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
-#   5. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
+#   5. where the forward's GPU time goes: gemma-embed profile (every operation timed with CUDA
+#      events) with the default kernels and with the candidate pair   -> $OUT/profile*.json
+#   6. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
 #      (many concurrent connections, every answer checked against the text's lone embedding),
 #      then SIGTERM and a clean exit                                             -> $OUT/serve.json
-#   6. a short summary table, printed last.
+#   7. a short summary table, printed last.
 #
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
 # seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
-# $TMPDIR/gemma-embed-gpu-check/out), at most 12 files.
+# $TMPDIR/gemma-embed-gpu-check/out), at most 14 files.
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,7 +54,7 @@ out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
 (cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
-    bench_reference.json serve.json summary.txt)
+    bench_reference.json profile.json profile_variant.json serve.json summary.txt)
 mkdir -p "$out" "$work"
 # The device call allows about 8 minutes: by default the whole check keeps within 7.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
@@ -203,6 +205,15 @@ fi
 stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
     --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
     --json "$out/bench_reference.json"
+
+if [ $cpu_only = 0 ]; then
+    profile_args=(profile --model "$model" --lengths 512,2048 --mixed --batch-tokens "$max_batch_tokens" --batches 3)
+    stage profile 60 "${gemma[@]}" "${profile_args[@]}" --json "$out/profile.json"
+    # The last variant is the candidate pair (fused MLP kernel and bf16 branch).
+    # shellcheck disable=SC2086
+    stage "profile-${variants[-2]}" 60 env ${variants[-1]} "${gemma[@]}" "${profile_args[@]}" \
+        --json "$out/profile_variant.json"
+fi
 
 stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/serve.json" \
     "$work/serve.log" "$(dirname "$bin")/gemma-embed-loadgen" "${serve_load[@]}" -- "${gemma[@]}"

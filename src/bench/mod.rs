@@ -15,6 +15,7 @@ pub mod compare;
 mod memory;
 pub mod online;
 pub mod plot;
+pub mod profile;
 mod report;
 pub mod stats;
 

@@ -5,7 +5,8 @@ throughput of gemma-embed against sentence-transformers, from the files the stag
     summary.py --stages stages.tsv --out DIR
 
 Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_variant_NAME.json (the candidate
-kernel choices), DIR/bench_reference.json and DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
+kernel choices), DIR/bench_reference.json, DIR/profile.json, DIR/profile_variant.json and
+DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
 """
 
 import argparse
@@ -127,6 +128,28 @@ def main():
             change = f"{100 * (w['tokens_per_s'] / base['tokens_per_s'] - 1):+.1f}%" if base else "-"
             base_cell = f"{base['tokens_per_s']:>12,.0f}" if base else f"{'-':>12}"
             print(f"{w['name']:<16} default {base_cell} tok/s   {variant} {w['tokens_per_s']:>12,.0f} tok/s   {change}")
+
+    profile = load(os.path.join(args.out, "profile.json"))
+    if profile is not None:
+        other = load(os.path.join(args.out, "profile_variant.json"))
+        print(f"\nprofile (ms per batch of {profile['batch_tokens']} tokens): {profile['kernels']}"
+              + (f" vs {other['kernels']}" if other else ""))
+        other_workloads = {w["workload"]: w for w in other["workloads"]} if other else {}
+        for w in profile["workloads"]:
+            o = other_workloads.get(w["workload"])
+            per_batch = lambda wl, t: t["ms"] / max(wl["batches"], 1)
+            print(f"  {w['workload']}: {w['gpu_ms'] / max(w['batches'], 1):.2f} ms"
+                  + (f" vs {o['gpu_ms'] / max(o['batches'], 1):.2f} ms" if o else ""))
+            ops = [(t["op"], per_batch(w, t), None) for t in w["ops"]]
+            if o:
+                theirs = {t["op"]: per_batch(o, t) for t in o["ops"]}
+                ops = [(name, ms, theirs.pop(name, None)) for name, ms, _ in ops]
+                ops += [(name, None, ms) for name, ms in theirs.items()]
+            for name, ms, other_ms in ops:
+                cells = f"{ms:>8.3f}" if ms is not None else f"{'-':>8}"
+                if o:
+                    cells += f" {other_ms:>8.3f}" if other_ms is not None else f" {'-':>8}"
+                print(f"    {name:<38} {cells}")
 
     serve = load(os.path.join(args.out, "serve.json"))
     if serve is not None:

@@ -10,7 +10,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::attention::{Attention, AttentionKernel, AttentionPlan};
+use super::attention::{Attention, AttentionPlan};
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
@@ -19,6 +19,7 @@ use super::ops::{
     RopeTable, Tokens,
 };
 use super::options::{BranchStorage, CudaOptions};
+use super::profile::{OpTimes, Timeline};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::{LayerKind, Model};
 use crate::{Error, Result};
@@ -118,8 +119,7 @@ pub struct CudaBackend {
     kernels: Kernels,
     mlp: Mlp,
     attention: Attention,
-    attention_kernel: AttentionKernel,
-    branch: BranchStorage,
+    options: CudaOptions,
     window_radius: usize,
     embed_tokens: CudaSlice<u16>,
     layers: Vec<LayerOnDevice>,
@@ -129,6 +129,8 @@ pub struct CudaBackend {
     final_norm: CudaSlice<f32>,
     dense_folded: CudaSlice<f32>,
     activations: Option<Activations>,
+    /// Set by [`CudaBackend::start_profiling`].
+    timeline: Option<Timeline>,
     vocab_size: usize,
     max_seq_len: usize,
 }
@@ -231,8 +233,7 @@ impl CudaBackend {
             kernels,
             mlp,
             attention,
-            attention_kernel: options.attention,
-            branch: options.branch,
+            options,
             window_radius: config.window_radius,
             embed_tokens: dev.upload(&to_bf16_bits(&w.embed_tokens), "embed_tokens")?,
             layers,
@@ -241,10 +242,28 @@ impl CudaBackend {
             final_norm: dev.upload(&w.final_norm, "final norm")?,
             dense_folded: dev.upload(&w.dense_folded, "folded Dense")?,
             activations: None,
+            timeline: None,
             vocab_size: config.vocab_size,
             max_seq_len: config.max_seq_len,
             dev,
         })
+    }
+
+    /// The kernel choices this backend runs.
+    pub fn options(&self) -> CudaOptions {
+        self.options
+    }
+
+    /// Time every operation of the forwards from now on, until [`CudaBackend::stop_profiling`]:
+    /// one CUDA event after each, which costs a little host time per operation.
+    pub fn start_profiling(&mut self) {
+        self.timeline = Some(Timeline::default());
+    }
+
+    /// The operations' GPU times of the forwards since [`CudaBackend::start_profiling`]
+    /// (`None` if it was not called); forwards after this are not timed.
+    pub fn stop_profiling(&mut self) -> Option<OpTimes> {
+        self.timeline.take().map(|t| t.totals)
     }
 
     fn activations_for(&mut self, num_tokens: usize, num_seqs: usize) -> Result<&mut Activations> {
@@ -262,7 +281,7 @@ impl CudaBackend {
                 &self.kernels.dims,
                 (capacity, seq_capacity),
                 self.mlp.uses_cublas(),
-                self.branch,
+                self.options.branch,
             )?);
         }
         Ok(self.activations.as_mut().expect("allocated above"))
@@ -310,19 +329,35 @@ impl Backend for CudaBackend {
             .activations
             .take()
             .expect("allocated by activations_for");
-        let result = self.run(&mut act, batch, dimensions);
+        let mut timeline = self.timeline.take();
+        let result = self.run(&mut act, batch, dimensions, timeline.as_mut());
         self.activations = Some(act);
+        self.timeline = timeline;
         result
     }
 }
 
 impl CudaBackend {
-    fn run(&self, act: &mut Activations, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
+    fn run(
+        &self,
+        act: &mut Activations,
+        batch: &Batch,
+        dimensions: usize,
+        mut timeline: Option<&mut Timeline>,
+    ) -> Result<Embeddings> {
         let dev = &self.dev;
         let k = &self.kernels;
         let d = k.dims;
         let (n, b) = (batch.num_tokens(), batch.num_sequences());
         let stream = &dev.stream;
+        if let Some(t) = timeline.as_deref_mut() {
+            t.begin(dev)?;
+        }
+        // `op` has just been enqueued (when profiling).
+        let mut mark = |op: &'static str| match timeline.as_deref_mut() {
+            Some(t) => t.mark(dev, op),
+            None => Ok(()),
+        };
         stream
             .memcpy_htod(&batch.ids, &mut act.tokens.ids.slice_mut(..n))
             .map_err(driver_err("upload token ids"))?;
@@ -335,12 +370,13 @@ impl CudaBackend {
         act.tokens.num_tokens = n;
         act.tokens.num_seqs = b;
         let plan = AttentionPlan::new(stream, &batch.seq_offsets, self.window_radius)?;
+        mark("upload ids, offsets, attention plan")?;
         // Q arrives scaled by query_pre_attn_scalar^-0.5 (qkv_post), so the softmax scale is 1.
         let attend = |window, qkv: &QkvBuffers, out: &mut CudaSlice<u16>| {
             let inputs = (&qkv.q, &qkv.k, &qkv.v);
             self.attention.launch(
                 stream,
-                self.attention_kernel,
+                self.options.attention,
                 &plan,
                 window,
                 1.0,
@@ -350,6 +386,7 @@ impl CudaBackend {
         };
 
         k.embed(dev, &mut act.tokens, &self.embed_tokens, &mut act.residual)?;
+        mark("embed_tokens")?;
         for layer in &self.layers {
             linear(
                 dev,
@@ -358,6 +395,7 @@ impl CudaBackend {
                 GemmOut::Bf16(&mut act.qkv),
                 (n, d.qkv_width(), d.hidden),
             )?;
+            mark("QKV projection (cuBLAS)")?;
             let rope = match layer.kind {
                 LayerKind::Sliding => &self.rope_sliding,
                 LayerKind::Full => &self.rope_full,
@@ -375,7 +413,12 @@ impl CudaBackend {
                 norms,
                 &mut act.attention_in,
             )?;
+            mark("qkv_post")?;
             attend(layer.window, &act.attention_in, &mut act.attention_out)?;
+            mark(match layer.kind {
+                LayerKind::Sliding => "attention, sliding layers",
+                LayerKind::Full => "attention, full layers",
+            })?;
             linear(
                 dev,
                 &act.attention_out,
@@ -383,6 +426,7 @@ impl CudaBackend {
                 act.branch.gemm_out(),
                 (n, d.hidden, d.q_width()),
             )?;
+            mark("O projection (cuBLAS)")?;
             k.residual_norm(
                 dev,
                 n,
@@ -390,6 +434,7 @@ impl CudaBackend {
                 &layer.post_attention_norm,
                 &mut act.residual,
             )?;
+            mark(self.options.branch.residual_norm_kernel())?;
             match &self.mlp {
                 Mlp::Cublas => {
                     linear(
@@ -399,14 +444,19 @@ impl CudaBackend {
                         GemmOut::Bf16(&mut act.gate_up),
                         (n, 2 * d.intermediate, d.hidden),
                     )?;
+                    mark("gate|up projection (cuBLAS)")?;
                     k.geglu(dev, n, &act.gate_up, &act.residual.inv_rms, &mut act.mlp)?;
+                    mark("geglu")?;
                 }
-                Mlp::Fused(gate_up_geglu) => gate_up_geglu.launch(
-                    dev,
-                    (&act.residual.x_bf16, &layer.gate_up, &act.residual.inv_rms),
-                    &mut act.mlp,
-                    (n, d.hidden, d.intermediate),
-                )?,
+                Mlp::Fused(gate_up_geglu) => {
+                    gate_up_geglu.launch(
+                        dev,
+                        (&act.residual.x_bf16, &layer.gate_up, &act.residual.inv_rms),
+                        &mut act.mlp,
+                        (n, d.hidden, d.intermediate),
+                    )?;
+                    mark(gate_up_geglu.name())?;
+                }
             }
             linear(
                 dev,
@@ -415,6 +465,7 @@ impl CudaBackend {
                 act.branch.gemm_out(),
                 (n, d.hidden, d.intermediate),
             )?;
+            mark("down projection (cuBLAS)")?;
             k.residual_norm(
                 dev,
                 n,
@@ -422,6 +473,7 @@ impl CudaBackend {
                 &layer.post_feedforward_norm,
                 &mut act.residual,
             )?;
+            mark(self.options.branch.residual_norm_kernel())?;
         }
         k.pool(
             dev,
@@ -431,12 +483,17 @@ impl CudaBackend {
             dimensions,
             &mut act.embeddings,
         )?;
+        mark("pool_embeddings")?;
 
         let mut data = vec![0.0f32; b * dimensions];
         stream
             .memcpy_dtoh(&act.embeddings.slice(..b * dimensions), &mut data)
             .map_err(driver_err("download embeddings"))?;
+        mark("download embeddings")?;
         dev.synchronize()?;
+        if let Some(t) = timeline {
+            t.finish()?;
+        }
         Ok(Embeddings {
             dim: dimensions,
             data,

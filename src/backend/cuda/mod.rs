@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod mlp;
 pub mod options;
+pub mod profile;
 mod report;
 
 pub use options::{BranchStorage, CudaOptions};

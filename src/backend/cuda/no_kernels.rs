@@ -1,6 +1,7 @@
 //! Stand-in for a binary built without nvcc: same API, every entry point reports that the
 //! kernels are missing and how to rebuild.
 
+use super::profile::OpTimes;
 use super::{CudaOptions, DeviceInfo, KernelChecks};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::Model;
@@ -16,6 +17,18 @@ impl CudaBackend {
 
     pub fn with_options(_model: &Model, _options: CudaOptions) -> Result<Self> {
         Err(Error::NoCudaKernels)
+    }
+
+    pub fn options(&self) -> CudaOptions {
+        match *self {}
+    }
+
+    pub fn start_profiling(&mut self) {
+        match *self {}
+    }
+
+    pub fn stop_profiling(&mut self) -> Option<OpTimes> {
+        match *self {}
     }
 }
 
