@@ -22,7 +22,7 @@ for name in gemma-embed gemma-embed-loadgen; do
     strip ".gpu/$name"
 done
 # The target directory may be shared with other checkouts: make sure the copy is this build.
-for sub in embed bench check-kernels serve; do
+for sub in embed bench check-kernels profile serve; do
     .gpu/gemma-embed "$sub" --help > /dev/null || { echo ".gpu/gemma-embed has no \`$sub\` subcommand" >&2; exit 1; }
 done
 echo "$(git describe --always --dirty 2>/dev/null || echo unknown) built $(date -u +%FT%TZ)" > .gpu/build.txt
