@@ -186,20 +186,18 @@ fn worst_cosines(roundings: &[(String, Rounding)]) -> Option<Vec<f64>> {
 
 #[test]
 fn bf16_pipeline_meets_the_parity_target() {
-    // The fused kernels (GEMMA_EMBED_MLP=fused and =wgmma) round alike.
-    let options = [
-        (MlpKernel::Cublas, BranchStorage::F32),
-        (MlpKernel::Fused, BranchStorage::F32),
-        (MlpKernel::Fused, BranchStorage::Bf16),
-    ]
-    .map(|(mlp, branch)| CudaOptions {
-        mlp,
-        branch,
-        ..CudaOptions::default()
-    });
-    let paths: Vec<(String, Rounding)> = options
-        .iter()
-        .map(|o| (o.describe(), Rounding::of(*o)))
+    // Every MLP path with every branch storage; the fused kernels (GEMMA_EMBED_MLP=fused and
+    // =wgmma) round alike.
+    let paths: Vec<(String, Rounding)> = [MlpKernel::Cublas, MlpKernel::Fused]
+        .into_iter()
+        .flat_map(|mlp| {
+            [BranchStorage::F32, BranchStorage::Bf16].map(|branch| CudaOptions {
+                mlp,
+                branch,
+                ..CudaOptions::default()
+            })
+        })
+        .map(|o| (o.describe(), Rounding::of(o)))
         .collect();
     let Some(worst) = worst_cosines(&paths) else {
         return;
