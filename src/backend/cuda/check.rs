@@ -382,7 +382,8 @@ fn check_residual_norm(
     let us = time_launches(dev, || {
         k.residual_norm(dev, timed.n, &branch, &weight, &mut residual)
     })?;
-    // Reads branch and residual (f32), writes residual (f32), its bf16 copy and inv_rms.
+    // Reads the branch (f32 or bf16) and residual (f32), writes residual (f32), its bf16 copy
+    // and inv_rms.
     let branch_bytes = match storage {
         BranchStorage::F32 => 4.0,
         BranchStorage::Bf16 => 2.0,
