@@ -28,7 +28,9 @@
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
 # seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
-# $TMPDIR/gemma-embed-gpu-check/out), at most 14 files.
+# $TMPDIR/gemma-embed-gpu-check/out): gpu-check.log, summary.txt and results.tar.gz, which holds
+# the stages' JSON files named above (a device call returns at most 8 files from $OUT, named in
+# letters, digits, '.', '_' and '-'; the variants' files are more, and the pair's name has a '+').
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
         --cpu-only) cpu_only=1 ;;
         --bin) bin="$2"; shift ;;
         --work) work="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -54,7 +56,7 @@ out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
 (cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
-    bench_reference.json profile.json profile_variant.json serve.json summary.txt)
+    bench_reference.json profile.json profile_variant.json serve.json summary.txt results.tar.gz)
 mkdir -p "$out" "$work"
 # The device call allows about 8 minutes: by default the whole check keeps within 7.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
@@ -221,6 +223,12 @@ stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/
 echo
 "$python" "$repo/tools/gpu/summary.py" --stages "$stages" --out "$out" | tee "$out/summary.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || failed=1
+(
+    shopt -s nullglob
+    cd "$out" || exit 1
+    results=(*.json)
+    [ ${#results[@]} = 0 ] || { tar -czf results.tar.gz -- "${results[@]}" && rm -f -- "${results[@]}"; }
+) || { echo "gpu-check: could not pack the JSON files into $out/results.tar.gz"; failed=1; }
 return $failed
 }
 
