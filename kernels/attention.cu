@@ -385,11 +385,8 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
         total += __shfl_xor_sync(0xffffffffu, total, 2);
         inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
     }
-    if constexpr (Wgmma) {
-        /* The Q tile's wgmma layout puts other warps' rows in this warp's staging rows: wait
-         * until every warp is past its last Q read. */
-        __syncthreads();
-    }
+    /* With wgmma, other warps' Q rows sit in this warp's staging rows: every warp passed its
+     * last Q read (wgmma_wait) before the loop's last barrier. */
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < kOutTiles; ++j) {
