@@ -160,9 +160,10 @@ static_assert((kBlockM + 2 * kBlockN) * kHeadDim * 2 == ATTENTION_FLASH_SMEM_BYT
 static_assert((kBlockM * kChunks) % kThreads == 0 && (kBlockN * kChunks) % kThreads == 0,
               "whole copy rounds");
 
-/* Rows [0, rows) of a [rows][kHeadDim] tile from `src` (row stride kHeadDim) into swizzled
- * shared memory; row r is copied only if r < valid_rows, else zero-filled (reading row 0). */
-template <int Rows>
+/* Rows [0, rows) of a [rows][kHeadDim] tile from `src` (row stride kHeadDim) into shared
+ * memory, at attn_wgmma_swizzle offsets for a wgmma operand (Wgmma) or attn_swizzle ones
+ * otherwise; row r is copied only if r < valid_rows, else zero-filled (reading row 0). */
+template <int Rows, bool Wgmma = false>
 __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat16 *src,
                                           int valid_rows, int tid) {
     /* Not unrolled: unrolled copy addresses take registers the accumulators need (spills). */
@@ -173,18 +174,22 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat1
         const int c = (chunk_index % kChunks) * 8;
         const bool valid = r < valid_rows;
         const __nv_bfloat16 *from = src + static_cast<size_t>(valid ? r : 0) * kHeadDim + c;
-        cp_async_16(dst + attn_swizzle(r, c), from, valid);
+        cp_async_16(dst + (Wgmma ? attn_wgmma_swizzle(r, c) : attn_swizzle(r, c)), from, valid);
     }
 }
 
 } // namespace
 
-extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
-    attention_flash(const AttentionParams p) {
+namespace {
+
+/* The flash kernel's body; Wgmma computes S = Q K^T with wgmma.m64n64k16 (sm_90a) instead of
+ * per-warp ldmatrix + mma.sync, everything else is shared. `smem` is the dynamic shared memory,
+ * 1024-byte aligned for Wgmma. */
+template <bool Wgmma>
+__device__ __forceinline__ void attention_flash_body(const AttentionParams &p, unsigned char *smem) {
     if (blockIdx.x >= p.num_tiles) {
         return;
     }
-    extern __shared__ __align__(128) unsigned char smem[];
     __nv_bfloat16 *s_q = reinterpret_cast<__nv_bfloat16 *>(smem);
     __nv_bfloat16 *s_k = s_q + kBlockM * kHeadDim;
     __nv_bfloat16 *s_v = s_k + kBlockN * kHeadDim;
@@ -212,9 +217,9 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
     const __nv_bfloat16 *v_seq = p.v + static_cast<size_t>(seq_start) * kHeadDim;
 
     /* Prologue: group {Q, K block 0}, then group {V block 0}. */
-    load_tile<kBlockM>(s_q, q_tile, rows_valid, tid);
-    load_tile<kBlockN>(s_k, k_seq + static_cast<size_t>(keys.begin) * kHeadDim,
-                       keys.end - keys.begin, tid);
+    load_tile<kBlockM, Wgmma>(s_q, q_tile, rows_valid, tid);
+    load_tile<kBlockN, Wgmma>(s_k, k_seq + static_cast<size_t>(keys.begin) * kHeadDim,
+                              keys.end - keys.begin, tid);
     cp_async_commit();
     load_tile<kBlockN>(s_v, v_seq + static_cast<size_t>(keys.begin) * kHeadDim,
                        keys.end - keys.begin, tid);
@@ -239,8 +244,12 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
     for (int block = 0; block < num_blocks; ++block) {
         const int kb = keys.begin + block * kBlockN;
 
-        /* Q and K block ready (only the V group of this block may still be in flight). */
+        /* Q and K block ready (only the V group of this block may still be in flight); for
+         * wgmma, each thread's cp.async writes are made visible to the async proxy first. */
         cp_async_wait<1>();
+        if constexpr (Wgmma) {
+            fence_proxy_async_shared();
+        }
         __syncthreads();
 
         float s[kScoreTiles][4];
@@ -251,26 +260,43 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
                 s[t][e] = 0.0f;
             }
         }
+        if constexpr (Wgmma) {
+            /* The warpgroup's 64 rows against the 64 keys: warp w gets rows 16 w .. 16 w + 15
+             * in the layout of the mma.sync path below (register 4 t + e = s[t][e]). */
+            float(&acc)[kScoreTiles * 4] = reinterpret_cast<float(&)[kScoreTiles * 4]>(s);
+            const uint32_t q_base = smem_addr(s_q), k_base = smem_addr(s_k);
+            wgmma_fence_operands(acc);
+            wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-            uint32_t a[4];
-            ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + ldsm_a_row(lane),
-                                               ks * 16 + ldsm_a_col(lane)));
+            for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+                wgmma_m64n64k16_bf16(acc, wgmma_desc_sw128(q_base + attn_wgmma_k_offset(ks)),
+                                     wgmma_desc_sw128(k_base + attn_wgmma_k_offset(ks)));
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_operands(acc);
+        } else {
 #pragma unroll
-            for (int t = 0; t < kScoreTiles; t += 2) {
-                uint32_t b[4];
-                ldmatrix_x4(b, s_k + attn_swizzle(t * 8 + ldsm_b_row(lane),
-                                                   ks * 16 + ldsm_b_col(lane)));
-                mma_bf16_16816(s[t], a, b[0], b[1]);
-                mma_bf16_16816(s[t + 1], a, b[2], b[3]);
+            for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+                uint32_t a[4];
+                ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + ldsm_a_row(lane),
+                                                   ks * 16 + ldsm_a_col(lane)));
+#pragma unroll
+                for (int t = 0; t < kScoreTiles; t += 2) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, s_k + attn_swizzle(t * 8 + ldsm_b_row(lane),
+                                                       ks * 16 + ldsm_b_col(lane)));
+                    mma_bf16_16816(s[t], a, b[0], b[1]);
+                    mma_bf16_16816(s[t + 1], a, b[2], b[3]);
+                }
             }
         }
 
         /* Every warp is done with this K block: stream in the next one (or an empty group). */
         __syncthreads();
         if (block + 1 < num_blocks) {
-            load_tile<kBlockN>(s_k, k_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
-                               keys.end - kb - kBlockN, tid);
+            load_tile<kBlockN, Wgmma>(s_k, k_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
+                                      keys.end - kb - kBlockN, tid);
         }
         cp_async_commit();
 
@@ -359,6 +385,8 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
         total += __shfl_xor_sync(0xffffffffu, total, 2);
         inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
     }
+    /* With wgmma, other warps' Q rows sit in this warp's staging rows: every warp passed its
+     * last Q read (wgmma_wait) before the loop's last barrier. */
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < kOutTiles; ++j) {
@@ -383,4 +411,35 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
                 *reinterpret_cast<const uint4 *>(s_q + attn_swizzle(r, c));
         }
     }
+}
+
+} // namespace
+
+extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
+    attention_flash(const AttentionParams p) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    attention_flash_body<false>(p, smem);
+}
+
+/* attention_flash_wgmma (sm_90a): attention_flash with S = Q K^T on Hopper's warpgroup MMA. The
+ * CTA's four warps are one warpgroup; the Q tile and each K block are stored as wgmma's K-major
+ * 128-byte-swizzle operands (attn_wgmma_swizzle: four 8 KB segments of 64 dims), so the 16
+ * wgmma.m64n64k16 of a key block read them through descriptors (wgmma_desc_sw128 at
+ * attn_wgmma_k_offset) instead of 64 ldmatrix.x4 of K per warp. V, the softmax, P V
+ * (mma.sync) and the epilogue are attention_flash's. Launch: as attention_flash with
+ * ATTENTION_FLASH_WGMMA_SMEM_BYTES (1024 bytes of slack to align the tiles). On other
+ * architectures the kernel traps; the host launches it only on sm_90 devices. */
+extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
+    attention_flash_wgmma(const AttentionParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(kBlockM == ATTN_WGMMA_ROWS && kBlockN == ATTN_WGMMA_ROWS && kThreads == 128,
+                  "one warpgroup, 64-row Q tiles and K blocks");
+    static_assert(ATTENTION_FLASH_SMEM_BYTES + 1024 == ATTENTION_FLASH_WGMMA_SMEM_BYTES,
+                  "params.h smem size");
+    extern __shared__ __align__(128) unsigned char smem[];
+    const uint32_t base = smem_addr(smem);
+    attention_flash_body<true>(p, smem + ((1024 - (base & 1023)) & 1023));
+#else
+    __trap();
+#endif
 }

@@ -72,4 +72,19 @@ ATTN_HD bool attn_block_needs_mask(int kb, int block_n, int key_end, int p_lo, i
  * as tile_swizzle (tile.cuh) describes. */
 ATTN_HD int attn_swizzle(int row, int col) { return tile_swizzle(row, col, ATTENTION_HEAD_DIM); }
 
+/* attention_flash_wgmma (sm_90a) keeps the Q tile and the K block as wgmma's K-major
+ * 128-byte-swizzle operands: the ATTENTION_HEAD_DIM dims in segments of 64, segment s a
+ * [64 rows][64] tile laid out by tile_swizzle, 8 KB each, the tile 1024-byte aligned. The
+ * element offset of (row, col), for tiles of ATTN_WGMMA_ROWS rows: */
+#define ATTN_WGMMA_ROWS 64
+ATTN_HD int attn_wgmma_swizzle(int row, int col) {
+    return (col >> 6) * (ATTN_WGMMA_ROWS * 64) + tile_swizzle(row, col & 63, 64);
+}
+
+/* Byte offset, inside such a tile, of the operand of k16 step ks (dims 16 ks .. 16 ks + 15):
+ * its segment, then 32 bytes per k16 step inside the 128-byte rows. */
+ATTN_HD uint32_t attn_wgmma_k_offset(int ks) {
+    return (uint32_t)((ks >> 2) * ATTN_WGMMA_ROWS * 64 * 2 + (ks & 3) * 32);
+}
+
 #endif /* GEMMA_EMBED_ATTENTION_CUH */

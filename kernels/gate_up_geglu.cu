@@ -236,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
         const uint32_t row = first_row + geglu_wgmma_acc_row(warp, lane, r);
         if (row >= p.num_tokens) continue;
         const float inv = p.inv_rms[row];
-        const int col = geglu_wgmma_acc_col(lane, r);
+        const int col = wgmma_acc_col(lane, r);
         *reinterpret_cast<uint32_t *>(p.out + static_cast<size_t>(row) * p.intermediate + first_out +
                                       col) =
             pack_bf16x2(gelu_tanh(inv * acc[r]) * (inv * acc[r + kUp]),

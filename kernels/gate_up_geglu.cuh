@@ -60,17 +60,14 @@ TILE_HD uint32_t geglu_wgmma_x_offset(int warpgroup, int ks) {
 }
 TILE_HD uint32_t geglu_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
 
-/* The wgmma accumulator layout (m64nN, f32): register `reg` of lane `lane` in warp `warp` of the
- * CTA holds token row geglu_wgmma_acc_row (inside the CTA tile) and weight row
- * geglu_wgmma_acc_col (inside the CTA's 2 * BLOCK_OUT): each warp owns 16 rows, and registers
- * 4 j .. 4 j + 3 form the n8 tile j as in mma.m16n8k16's C fragment. Registers r and
- * r + 4 * OUT_TILES_WG (OUT_TILES_WG = BLOCK_OUT / 8) hold the gate and up of one output. */
+/* Where the wgmma accumulators land (tile.cuh's wgmma_acc_row and wgmma_acc_col for the
+ * thread's warpgroup): register `reg` of lane `lane` in warp `warp` of the CTA holds token row
+ * geglu_wgmma_acc_row (inside the CTA tile) and weight row wgmma_acc_col (inside the CTA's
+ * 2 * BLOCK_OUT). Registers r and r + GEGLU_WGMMA_ACC_REGS / 2 hold the gate and up of one
+ * output. */
 #define GEGLU_WGMMA_ACC_REGS (2 * GEGLU_GEMM_BLOCK_OUT / 2)
 TILE_HD int geglu_wgmma_acc_row(int warp, int lane, int reg) {
-    return (warp / 4) * GEGLU_WGMMA_ROWS + (warp % 4) * 16 + lane / 4 + 8 * ((reg >> 1) & 1);
-}
-TILE_HD int geglu_wgmma_acc_col(int lane, int reg) {
-    return 8 * (reg >> 2) + 2 * (lane % 4) + (reg & 1);
+    return (warp / 4) * GEGLU_WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
 }
 
 #endif /* GEMMA_EMBED_GATE_UP_GEGLU_CUH */

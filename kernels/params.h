@@ -31,6 +31,8 @@ typedef uint16_t bf16_t;
 #define ATTENTION_FLASH_THREADS 128
 /* Q tile + one K block + one V block, bf16: (64 + 64 + 64) * 256 * 2 bytes. */
 #define ATTENTION_FLASH_SMEM_BYTES 98304
+/* attention_flash_wgmma (sm_90a): the same tiles, 1024-byte aligned for the 128-byte swizzle. */
+#define ATTENTION_FLASH_WGMMA_SMEM_BYTES 99328
 /* window_radius value meaning "full attention inside the sequence". */
 #define ATTENTION_NO_WINDOW (-1)
 

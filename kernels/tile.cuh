@@ -3,7 +3,8 @@
  * Plain integer arithmetic, so the host-side warp emulators in kernels/tests/ drive the very
  * functions the kernels use:
  * - the XOR swizzle of a [rows][row_elems] bf16 tile,
- * - the lane -> (row, column) addresses of the ldmatrix.x4 loads feeding mma.m16n8k16.
+ * - the lane -> (row, column) addresses of the ldmatrix.x4 loads feeding mma.m16n8k16,
+ * - the wgmma shared-memory descriptor and accumulator layout (sm_90a).
  */
 #ifndef GEMMA_EMBED_TILE_CUH
 #define GEMMA_EMBED_TILE_CUH
@@ -55,5 +56,15 @@ TILE_HD uint64_t wgmma_desc_sw128(uint32_t addr) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
            ((uint64_t)1 << 62);
 }
+
+/* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
+ * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row
+ * wgmma_acc_row and column wgmma_acc_col of the warpgroup's 64 x N product. Each warp owns 16
+ * rows, and registers 4 j .. 4 j + 3 form the n8 tile j exactly as mma.m16n8k16's C fragment
+ * (row lane / 4 (+ 8), columns 2 (lane % 4) + 0, 1). */
+TILE_HD int wgmma_acc_row(int warp, int lane, int reg) {
+    return warp * 16 + lane / 4 + 8 * ((reg >> 1) & 1);
+}
+TILE_HD int wgmma_acc_col(int lane, int reg) { return 8 * (reg >> 2) + 2 * (lane % 4) + (reg & 1); }
 
 #endif /* GEMMA_EMBED_TILE_CUH */

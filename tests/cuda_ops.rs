@@ -58,7 +58,6 @@ fn cuda_subcommands_without_a_device_fail_with_a_clear_message() {
     }
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
     for args in [
-        // The tiny model's max_seq_length is 64: a length it takes, so the device is what fails.
         vec!["profile", "--model", tiny, "--lengths", "16"],
         vec!["check-kernels"],
         vec!["bench", "--model", tiny, "--backend", "cuda"],

@@ -13,12 +13,12 @@
 #   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
 #      with the default kernels and once with each candidate choice (see `variants` below:
-#      GEMMA_EMBED_MLP=fused, =wgmma on sm_90 cards, GEMMA_EMBED_BRANCH=bf16, and the two
-#      together)                                                                   -> $OUT/parity.json
+#      GEMMA_EMBED_MLP=fused, GEMMA_EMBED_BRANCH=bf16, on sm_90 cards also GEMMA_EMBED_MLP=wgmma
+#      and GEMMA_EMBED_ATTENTION=flash-wgmma, and all of them together)           -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
 #   5. where the forward's GPU time goes: gemma-embed profile (every operation timed with CUDA
-#      events) with the default kernels and with the candidate pair   -> $OUT/profile*.json
+#      events) with the default kernels and with all candidates together -> $OUT/profile*.json
 #   6. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
 #      (many concurrent connections, every answer checked against the text's lone embedding),
 #      then SIGTERM and a clean exit                                             -> $OUT/serve.json
@@ -27,8 +27,10 @@
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
-# seconds (default 420; 1200 with --cpu-only). Everything lands in $OUT (default:
-# $TMPDIR/gemma-embed-gpu-check/out), at most 14 files.
+# seconds (default 480; 1200 with --cpu-only). Everything lands in $OUT (default:
+# $TMPDIR/gemma-embed-gpu-check/out): gpu-check.log, summary.txt and results.tar.gz, which holds
+# the stages' JSON files named above (a device call returns at most 8 files from $OUT, named in
+# letters, digits, '.', '_' and '-'; the variants' files are more, and the last one's name has '+').
 set -u -o pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
         --cpu-only) cpu_only=1 ;;
         --bin) bin="$2"; shift ;;
         --work) work="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -54,10 +56,10 @@ out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
 (cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
-    bench_reference.json profile.json profile_variant.json serve.json summary.txt)
+    bench_reference.json profile.json profile_variant.json serve.json summary.txt results.tar.gz)
 mkdir -p "$out" "$work"
-# The device call allows about 8 minutes: by default the whole check keeps within 7.
-[ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=420; }
+# A device call may run 10 minutes: by default the whole check keeps within 8.
+[ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=480; }
 deadline=$(($(date +%s) + budget))
 # Stage limits are sized for the GPU host; the CPU dry run's Python reference is far slower.
 limit_scale=1
@@ -168,13 +170,18 @@ if [ $cpu_only = 0 ]; then
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
     # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as pairs of a
-    # name and its environment: the fused MLP kernel (its wgmma twin too on sm_90), the bf16
-    # branch, and the fastest-looking pair of the two.
-    fused=fused
-    nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && fused=wgmma
+    # name and its environment: the fused MLP kernel and the bf16 branch; on sm_90 also the wgmma
+    # MLP and attention kernels; last, every candidate together (the fastest-looking build).
+    sm90=0
+    nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
     variants=(fused-mlp "GEMMA_EMBED_MLP=fused" bf16-branch "GEMMA_EMBED_BRANCH=bf16")
-    [ $fused = wgmma ] && variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma")
-    variants+=("$fused-mlp+bf16-branch" "GEMMA_EMBED_MLP=$fused GEMMA_EMBED_BRANCH=bf16")
+    if [ $sm90 = 1 ]; then
+        variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma" wgmma-attention "GEMMA_EMBED_ATTENTION=flash-wgmma")
+        variants+=(wgmma-mlp+bf16-branch+wgmma-attention
+            "GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=bf16 GEMMA_EMBED_ATTENTION=flash-wgmma")
+    else
+        variants+=(fused-mlp+bf16-branch "GEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16")
+    fi
     for ((i = 0; i < ${#variants[@]}; i += 2)); do
         name=${variants[i]}
         # shellcheck disable=SC2086 # the settings are words without spaces
@@ -209,7 +216,7 @@ stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$m
 if [ $cpu_only = 0 ]; then
     profile_args=(profile --model "$model" --lengths 512,2048 --mixed --batch-tokens "$max_batch_tokens" --batches 3)
     stage profile 60 "${gemma[@]}" "${profile_args[@]}" --json "$out/profile.json"
-    # The last variant is the candidate pair (fused MLP kernel and bf16 branch).
+    # The last variant is every candidate together.
     # shellcheck disable=SC2086
     stage "profile-${variants[-2]}" 60 env ${variants[-1]} "${gemma[@]}" "${profile_args[@]}" \
         --json "$out/profile_variant.json"
@@ -221,6 +228,12 @@ stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/
 echo
 "$python" "$repo/tools/gpu/summary.py" --stages "$stages" --out "$out" | tee "$out/summary.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || failed=1
+(
+    shopt -s nullglob
+    cd "$out" || exit 1
+    results=(*.json)
+    [ ${#results[@]} = 0 ] || { tar -czf results.tar.gz -- "${results[@]}" && rm -f -- "${results[@]}"; }
+) || { echo "gpu-check: could not pack the JSON files into $out/results.tar.gz"; failed=1; }
 return $failed
 }
 

@@ -6,7 +6,8 @@
  * order as attention_flash:
  *   S = Q K^T for one warp's 16 rows and a 64-key block, O = P V with P taken from the S
  *   accumulators exactly as the kernel packs them, and the epilogue staging of O through the
- *   swizzled Q tile. Values are small integers, so every product is exact and the results
+ *   swizzled Q tile; for attention_flash_wgmma, the wgmma operand layout of Q and K and where
+ *   its accumulators land (check_wgmma_scores). Values are small integers, so every product is exact and the results
  *   must equal the direct matrix products bit for bit. It also checks that each 8-row phase
  *   of every ldmatrix touches all 32 shared-memory banks once (no bank conflicts).
  *
@@ -27,6 +28,66 @@
 
 static float sq[BM * D], sk[BN * D], sv[BN * D];
 static float q_log[BM][D], k_log[BN][D], v_log[BN][D];
+
+/* attention_flash_wgmma: the Q tile at shared byte 0 and the K block right after it, both
+ * stored by attn_wgmma_swizzle; the 16 wgmma.m64n64k16 of a key block address them through
+ * wgmma_desc_sw128 at attn_wgmma_k_offset. Every (row, k) a descriptor decodes to must be the
+ * element the kernel stored there (elements hold their own logical index), and the
+ * accumulators must land in the kernel's s[t][e] registers: register 4 t + e of lane l in warp w
+ * is row 16 w + l / 4 + 8 (e / 2), key 8 t + 2 (l % 4) + (e % 2), as on the mma.sync path. */
+static float smem_w[(BM + BN) * D];
+
+static void check_wgmma_scores(void) {
+    checking = "attention_flash_wgmma";
+    const int q_code = 0, k_code = 1 << 20;
+    static int seen[BM * D];
+    for (int r = 0; r < BM; ++r) {
+        for (int c = 0; c < D; ++c) {
+            const int off = attn_wgmma_swizzle(r, c);
+            expect(off >= 0 && off < BM * D && !seen[off]++, "wgmma tile layout is a permutation",
+                   r, c, off);
+            smem_w[off] = (float)(q_code + r * D + c);
+            smem_w[BM * D + attn_wgmma_swizzle(r, c)] = (float)(k_code + r * D + c);
+        }
+    }
+    const uint32_t q_base = 0, k_base = BM * D * 2;
+    expect(k_base % 1024 == 0, "K block 1024-byte aligned", (int)k_base, 0, 0);
+    for (int ks = 0; ks < D / 16; ++ks) {
+        const uint64_t da = wgmma_desc_sw128(q_base + attn_wgmma_k_offset(ks));
+        const uint64_t db = wgmma_desc_sw128(k_base + attn_wgmma_k_offset(ks));
+        for (int row = 0; row < ATTN_WGMMA_ROWS; ++row) {
+            for (int k = 0; k < 16; ++k) {
+                const int dim = 16 * ks + k;
+                expect(smem_w[wgmma_element(da, row, k)] == (float)(q_code + row * D + dim),
+                       "A operand (Q row, dim)", row, dim, ks);
+                expect(smem_w[wgmma_element(db, row, k)] == (float)(k_code + row * D + dim),
+                       "B operand (key, dim)", row, dim, ks);
+            }
+        }
+    }
+    static int dealt[BM][BN];
+    for (int warp = 0; warp < WARPS; ++warp) {
+        for (int l = 0; l < 32; ++l) {
+            for (int reg = 0; reg < BN / 2; ++reg) {
+                const int t = reg / 4, e = reg % 4;
+                const int row = wgmma_acc_row(warp, l, reg), key = wgmma_acc_col(l, reg);
+                expect(row == warp * 16 + l / 4 + 8 * (e >> 1), "accumulator row = s[t][e] row",
+                       warp, l, reg);
+                expect(key == t * 8 + 2 * (l % 4) + (e & 1), "accumulator key = s[t][e] key", warp,
+                       l, reg);
+                if (row >= 0 && row < BM && key >= 0 && key < BN) {
+                    dealt[row][key]++;
+                }
+            }
+        }
+    }
+    for (int r = 0; r < BM; ++r) {
+        for (int n = 0; n < BN; ++n) {
+            expect(dealt[r][n] == 1, "every score in one register", r, n, dealt[r][n]);
+        }
+    }
+    checking = "";
+}
 
 int main(void) {
     srand(7);
@@ -185,6 +246,7 @@ int main(void) {
             }
         }
     }
+    check_wgmma_scores();
     if (failures) {
         printf("%d mismatches\n", failures);
         return 1;

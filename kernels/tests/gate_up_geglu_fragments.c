@@ -168,18 +168,6 @@ static void run_cta(int block_out, int block_row) {
     }
 }
 
-/* The element a wgmma descriptor addresses for operand row `row` (M for A, N for B) and k
- * `k` < 16, as an element index into the stage (stage byte address 0, 1024-byte aligned). */
-static int wgmma_element(uint64_t desc, int row, int k) {
-    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
-    const uint32_t stride = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
-    expect((desc >> 62) == 1, "descriptor: 128-byte swizzle", row, k, (int)(desc >> 62));
-    expect(((desc >> 49) & 7) == 0, "descriptor: base offset 0", row, k, 0);
-    const uint32_t linear = start + (uint32_t)(row / 8) * stride + (uint32_t)(row % 8) * 128 + 2 * k;
-    const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
-    return (int)(swizzled / 2);
-}
-
 static float wg_acc[WGMMA_THREADS][GEGLU_WGMMA_ACC_REGS];
 
 static void run_cta_wgmma(int block_out, int block_row) {
@@ -217,7 +205,7 @@ static void run_cta_wgmma(int block_out, int block_row) {
     for (int t = 0; t < WGMMA_THREADS; ++t) {
         for (int reg = 0; reg < GEGLU_WGMMA_ACC_REGS; ++reg) {
             const int row = geglu_wgmma_acc_row(t / 32, t % 32, reg);
-            const int col = geglu_wgmma_acc_col(t % 32, reg);
+            const int col = wgmma_acc_col(t % 32, reg);
             wg_acc[t][reg] = d[row][col];
             dealt[row][col]++;
         }
@@ -233,7 +221,7 @@ static void run_cta_wgmma(int block_out, int block_row) {
             if (row >= TOKENS) {
                 continue;
             }
-            const int col = geglu_wgmma_acc_col(t % 32, reg);
+            const int col = wgmma_acc_col(t % 32, reg);
             for (int e = 0; e < 2; ++e) {
                 const int j = first_out + col + e;
                 out_gate[row][j] = wg_acc[t][reg + e];

@@ -10,6 +10,7 @@
 #ifndef GEMMA_EMBED_WARP_EMULATOR_H
 #define GEMMA_EMBED_WARP_EMULATOR_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 /* One 32-bit register holding two 16-bit elements: lo = lower index. */
@@ -106,6 +107,20 @@ static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
             c[t][i] = C[i < 2 ? g : g + 8][2 * q + (i & 1)];
         }
     }
+}
+
+/* wgmma.mma_async's shared-memory operands, from the PTX ISA: the element a K-major
+ * 128-byte-swizzle descriptor addresses for operand row `row` (M for A, N for B) and k `k` < 16,
+ * as an element index into shared memory (byte address 0 = element 0, 1024-byte aligned). The
+ * swizzle XORs address bits 4-6 with bits 7-9. */
+static int wgmma_element(uint64_t desc, int row, int k) {
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
+    const uint32_t stride = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    expect((desc >> 62) == 1, "descriptor: 128-byte swizzle", row, k, (int)(desc >> 62));
+    expect(((desc >> 49) & 7) == 0, "descriptor: base offset 0", row, k, 0);
+    const uint32_t linear = start + (uint32_t)(row / 8) * stride + (uint32_t)(row % 8) * 128 + 2 * k;
+    const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
+    return (int)(swizzled / 2);
 }
 
 #endif /* GEMMA_EMBED_WARP_EMULATOR_H */

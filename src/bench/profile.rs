@@ -41,7 +41,7 @@ impl ProfileOptions {
         let max_len = config.max_seq_len;
         if let Some(len) = self.lengths.iter().find(|&&l| l == 0 || l > max_len) {
             return Err(Error::Bench(format!(
-                "profile: length {len} is outside 1..={max_len} (the model's max_seq_length)"
+                "profile: --lengths {len} is outside 1..={max_len} (the model's max_seq_length)"
             )));
         }
         Ok(())
@@ -238,7 +238,7 @@ mod tests {
             lengths: vec![max, max + 1],
             ..options.clone()
         });
-        let expected = format!("length {} is outside 1..={max}", max + 1);
+        let expected = format!("--lengths {} is outside 1..={max}", max + 1);
         assert!(too_long.contains(&expected), "{too_long}");
         let no_batches = refused(ProfileOptions {
             batches: 0,

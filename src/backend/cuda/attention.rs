@@ -25,10 +25,13 @@ pub const FLASH_BLOCK_N: usize = 64;
 pub const FLASH_THREADS: usize = 128;
 /// `ATTENTION_FLASH_SMEM_BYTES`: dynamic shared memory per flash CTA.
 pub const FLASH_SMEM_BYTES: usize = 98304;
+/// `ATTENTION_FLASH_WGMMA_SMEM_BYTES`: the same plus 1024 bytes to align the wgmma operands.
+pub const FLASH_WGMMA_SMEM_BYTES: usize = FLASH_SMEM_BYTES + 1024;
 
 /// Kernel names in the embedded modules.
 pub const REFERENCE_KERNEL: &str = "attention_reference";
 pub const FLASH_KERNEL: &str = "attention_flash";
+pub const FLASH_WGMMA_KERNEL: &str = "attention_flash_wgmma";
 
 /// The kernels have the head shape baked in: refuse a model that does not match it.
 pub fn check_config(config: &ModelConfig) -> Result<()> {
@@ -195,25 +198,41 @@ pub enum AttentionKernel {
     Flash,
     /// `attention_reference`: one warp per row, the simple fallback.
     Reference,
+    /// `attention_flash_wgmma`: the flash kernel with Q K^T on Hopper's warpgroup MMA (sm_90
+    /// devices only).
+    FlashWgmma,
 }
 
 impl AttentionKernel {
-    /// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash` (or unset) the
-    /// default one.
+    /// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash-wgmma` the wgmma
+    /// flash kernel, `flash` (or unset) the default one.
     pub fn from_env() -> Result<Self> {
-        match std::env::var("GEMMA_EMBED_ATTENTION").as_deref() {
-            Err(_) | Ok("flash") => Ok(Self::Flash),
-            Ok("reference") => Ok(Self::Reference),
-            Ok(other) => Err(Error::Cuda(format!(
-                "GEMMA_EMBED_ATTENTION must be `flash` or `reference`, got `{other}`"
+        Self::parse(std::env::var("GEMMA_EMBED_ATTENTION").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self> {
+        match value {
+            None | Some("flash") => Ok(Self::Flash),
+            Some("reference") => Ok(Self::Reference),
+            Some("flash-wgmma") => Ok(Self::FlashWgmma),
+            Some(other) => Err(Error::Cuda(format!(
+                "GEMMA_EMBED_ATTENTION must be `flash`, `flash-wgmma` or `reference`, got \
+                 `{other}`"
             ))),
         }
+    }
+
+    /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
+    /// code only (other architectures' builds of it trap).
+    pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
+        self != Self::FlashWgmma || compute_capability == (9, 0)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Flash => FLASH_KERNEL,
             Self::Reference => REFERENCE_KERNEL,
+            Self::FlashWgmma => FLASH_WGMMA_KERNEL,
         }
     }
 }
@@ -238,34 +257,56 @@ mod device {
     // addresses and scalars only, passed to the kernels by value.
     unsafe impl cudarc::driver::DeviceRepr for AttentionParams {}
 
-    /// Both attention kernels, resolved from the embedded modules and configured.
+    /// The attention kernels the device runs, resolved from the embedded modules and
+    /// configured.
     pub struct Attention {
         reference: CudaFunction,
         flash: CudaFunction,
+        /// On sm_90 devices only.
+        flash_wgmma: Option<CudaFunction>,
+    }
+
+    /// `name` resolved and allowed `smem_bytes` of dynamic shared memory (more than the
+    /// default 48 KB).
+    fn flash_function(dev: &Device, name: &str, smem_bytes: usize) -> Result<CudaFunction> {
+        let func = dev.function(name)?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_bytes as i32,
+        )
+        .map_err(driver_err(format!(
+            "allow {smem_bytes} bytes of dynamic shared memory for {name} (the device's \
+             per-block opt-in limit is lower; set GEMMA_EMBED_ATTENTION=reference)"
+        )))?;
+        Ok(func)
     }
 
     impl Attention {
-        /// Prepare both kernels: the flash kernel needs more than the default 48 KB of dynamic
-        /// shared memory.
-        pub fn new(reference: CudaFunction, flash: CudaFunction) -> Result<Self> {
-            flash
-                .set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    FLASH_SMEM_BYTES as i32,
-                )
-                .map_err(driver_err(format!(
-                    "allow {FLASH_SMEM_BYTES} bytes of dynamic shared memory for {FLASH_KERNEL} \
-                     (the device's per-block opt-in limit is lower; set \
-                     GEMMA_EMBED_ATTENTION=reference)"
-                )))?;
-            Ok(Self { reference, flash })
+        /// Resolve and prepare every attention kernel `dev` runs.
+        pub fn for_device(dev: &Device) -> Result<Self> {
+            let flash_wgmma = AttentionKernel::FlashWgmma
+                .runs_on(dev.compute_capability)
+                .then(|| flash_function(dev, FLASH_WGMMA_KERNEL, FLASH_WGMMA_SMEM_BYTES))
+                .transpose()?;
+            Ok(Self {
+                reference: dev.function(REFERENCE_KERNEL)?,
+                flash: flash_function(dev, FLASH_KERNEL, FLASH_SMEM_BYTES)?,
+                flash_wgmma,
+            })
         }
 
-        /// Check the model against the compiled head shape, then resolve and prepare both
-        /// kernels.
-        pub fn load(dev: &Device, config: &ModelConfig) -> Result<Self> {
+        /// Check the model against the compiled head shape and `kernel` against the device,
+        /// then resolve and prepare the kernels.
+        pub fn load(dev: &Device, config: &ModelConfig, kernel: AttentionKernel) -> Result<Self> {
             check_config(config)?;
-            Self::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)
+            if !kernel.runs_on(dev.compute_capability) {
+                return Err(Error::Cuda(format!(
+                    "{} runs on sm_90 devices only; {} is not one (unset GEMMA_EMBED_ATTENTION)",
+                    kernel.name(),
+                    dev.description
+                )));
+            }
+            Self::for_device(dev)
         }
 
         /// `out = attention(q, k, v)` over the batch of `plan`: q and out
@@ -334,14 +375,23 @@ mod device {
                         shared_mem_bytes: 0,
                     },
                 ),
-                AttentionKernel::Flash => (
-                    &self.flash,
-                    LaunchConfig {
+                AttentionKernel::Flash | AttentionKernel::FlashWgmma => {
+                    let (func, smem_bytes) = match (kernel, &self.flash_wgmma) {
+                        (AttentionKernel::Flash, _) => (&self.flash, FLASH_SMEM_BYTES),
+                        (_, Some(func)) => (func, FLASH_WGMMA_SMEM_BYTES),
+                        (_, None) => {
+                            return Err(Error::Cuda(format!(
+                                "{FLASH_WGMMA_KERNEL} runs on sm_90 devices only"
+                            )))
+                        }
+                    };
+                    let cfg = LaunchConfig {
                         grid_dim: (tiles.count as u32, 1, 1),
                         block_dim: (FLASH_THREADS as u32, 1, 1),
-                        shared_mem_bytes: FLASH_SMEM_BYTES as u32,
-                    },
-                ),
+                        shared_mem_bytes: smem_bytes as u32,
+                    };
+                    (func, cfg)
+                }
             };
             // SAFETY: AttentionParams matches the kernel's parameter (same header); q, k, v,
             // out hold at least num_tokens rows (checked above), seq_offsets and the tile list
@@ -457,12 +507,15 @@ mod device {
                 .collect()
         }
 
-        /// Both kernels against the CPU attention (`cpu::ops::attention`, f32 on the same bf16
+        /// `kernels` against the CPU attention (`cpu::ops::attention`, f32 on the same bf16
         /// inputs) for both layer kinds, on the packed edge-length batch (accuracy only) and on
         /// 32 x 512 and 8 x 2048 tokens (accuracy and timing).
-        pub fn check_attention(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
-            let attention =
-                Attention::new(dev.function(REFERENCE_KERNEL)?, dev.function(FLASH_KERNEL)?)?;
+        pub fn check_attention(
+            dev: &Device,
+            kernels: &[AttentionKernel],
+            rng: &mut SplitMix64,
+        ) -> Result<Vec<KernelCheck>> {
+            let attention = Attention::for_device(dev)?;
             let cases: [(&str, Vec<u32>, bool); 3] = [
                 ("edge lengths", EDGE_LENGTHS.to_vec(), false),
                 ("32x512", vec![512; 32], true),
@@ -495,7 +548,7 @@ mod device {
                     let bytes = (n * (2 * GROUP + 2) * HEAD_DIM * 2) as f64;
                     let window_label = window.map_or("full".to_string(), |r| format!("window={r}"));
                     let case = format!("{label} tokens={n} seqs={} {window_label}", lengths.len());
-                    for kernel in [AttentionKernel::Reference, AttentionKernel::Flash] {
+                    for &kernel in kernels {
                         let mut out =
                             poisoned(dev, n * GROUP * HEAD_DIM, BF16_POISON, "attention out")?;
                         let run = |out: &mut CudaSlice<u16>| {
@@ -556,6 +609,39 @@ mod tests {
     }
 
     #[test]
+    fn attention_kernels_parse_and_know_where_they_run() {
+        assert_eq!(
+            AttentionKernel::parse(None).unwrap(),
+            AttentionKernel::Flash
+        );
+        for kernel in [
+            AttentionKernel::Flash,
+            AttentionKernel::Reference,
+            AttentionKernel::FlashWgmma,
+        ] {
+            let name = match kernel {
+                AttentionKernel::Flash => "flash",
+                AttentionKernel::Reference => "reference",
+                AttentionKernel::FlashWgmma => "flash-wgmma",
+            };
+            assert_eq!(AttentionKernel::parse(Some(name)).unwrap(), kernel);
+            assert!(kernel.runs_on((9, 0)));
+            assert_eq!(
+                kernel.runs_on((8, 0)),
+                kernel != AttentionKernel::FlashWgmma
+            );
+        }
+        let err = AttentionKernel::parse(Some("wgmma"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GEMMA_EMBED_ATTENTION") && err.contains("`wgmma`"),
+            "{err}"
+        );
+        assert!(!AttentionKernel::FlashWgmma.runs_on((10, 0)));
+    }
+
+    #[test]
     fn tile_constants_match_params_header() {
         let header = include_str!("../../../kernels/params.h");
         let define = |name: &str| -> i64 {
@@ -578,6 +664,10 @@ mod tests {
         assert_eq!(
             define("ATTENTION_FLASH_SMEM_BYTES"),
             FLASH_SMEM_BYTES as i64
+        );
+        assert_eq!(
+            define("ATTENTION_FLASH_WGMMA_SMEM_BYTES"),
+            FLASH_WGMMA_SMEM_BYTES as i64
         );
         assert_eq!(define("ATTENTION_NO_WINDOW"), window_param(None) as i64);
         assert_eq!(

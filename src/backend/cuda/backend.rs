@@ -164,7 +164,7 @@ impl CudaBackend {
         let dims = ModelDims::new(config)?;
         let dev = Device::open()?;
         let kernels = Kernels::load(&dev, dims)?;
-        let attention = Attention::load(&dev, config)?;
+        let attention = Attention::load(&dev, config, options.attention)?;
         let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
             MlpKernel::Fused | MlpKernel::Wgmma => {

@@ -9,6 +9,7 @@
 use cudarc::driver::{sys::CUevent_flags, CudaSlice, DeviceRepr};
 use half::bf16;
 
+use super::attention::{check_attention, AttentionKernel, FLASH_WGMMA_KERNEL};
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{interleave_gate_up, GateUpGeglu, MlpKernel};
@@ -184,7 +185,11 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     // Last: a faulting kernel poisons the context for every check after it, so the newest
     // kernels (attention, then those not yet run on a GPU) come at the end.
     run("attention", &mut |rng| {
-        super::attention::check_attention(&dev, rng)
+        check_attention(
+            &dev,
+            &[AttentionKernel::Reference, AttentionKernel::Flash],
+            rng,
+        )
     });
     run("residual_norm_bf16_branch", &mut |rng| {
         check_residual_norm(&dev, &kernels, BranchStorage::Bf16, rng)
@@ -192,6 +197,11 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     run("gate_up_geglu (cuBLAS + fused)", &mut |rng| {
         check_gate_up_geglu(&dev, &kernels, rng)
     });
+    if AttentionKernel::FlashWgmma.runs_on(dev.compute_capability) {
+        run(FLASH_WGMMA_KERNEL, &mut |rng| {
+            check_attention(&dev, &[AttentionKernel::FlashWgmma], rng)
+        });
+    }
     Ok(KernelChecks {
         device: dev.description.clone(),
         checks,
