@@ -8,6 +8,7 @@
 //!   tests can model the kernel's tiled loop.
 //! - Typed launch wrappers (with the `gemma_cuda_kernels` cfg) and the GPU check entries.
 
+use super::options::env_choice;
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
@@ -211,15 +212,12 @@ impl AttentionKernel {
     }
 
     fn parse(value: Option<&str>) -> Result<Self> {
-        match value {
-            None | Some("flash") => Ok(Self::Flash),
-            Some("reference") => Ok(Self::Reference),
-            Some("flash-wgmma") => Ok(Self::FlashWgmma),
-            Some(other) => Err(Error::Cuda(format!(
-                "GEMMA_EMBED_ATTENTION must be `flash`, `flash-wgmma` or `reference`, got \
-                 `{other}`"
-            ))),
-        }
+        let choices = [
+            ("flash", Self::Flash),
+            ("reference", Self::Reference),
+            ("flash-wgmma", Self::FlashWgmma),
+        ];
+        env_choice("GEMMA_EMBED_ATTENTION", value, &choices)
     }
 
     /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a

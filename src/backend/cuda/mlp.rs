@@ -8,6 +8,7 @@
 //! - The weight order the fused kernel reads ([`interleave_gate_up`]).
 //! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
 
+use super::options::env_choice;
 use crate::{Error, Result};
 
 /// `GEGLU_GEMM_BLOCK_M`: token rows per CTA.
@@ -52,14 +53,12 @@ impl MlpKernel {
     }
 
     fn parse(value: Option<&str>) -> Result<Self> {
-        match value {
-            None | Some("cublas") => Ok(Self::Cublas),
-            Some("fused") => Ok(Self::Fused),
-            Some("wgmma") => Ok(Self::Wgmma),
-            Some(other) => Err(Error::Cuda(format!(
-                "GEMMA_EMBED_MLP must be `cublas`, `fused` or `wgmma`, got `{other}`"
-            ))),
-        }
+        let choices = [
+            ("cublas", Self::Cublas),
+            ("fused", Self::Fused),
+            ("wgmma", Self::Wgmma),
+        ];
+        env_choice("GEMMA_EMBED_MLP", value, &choices)
     }
 
     /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a

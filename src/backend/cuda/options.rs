@@ -7,6 +7,31 @@ use super::attention::AttentionKernel;
 use super::mlp::MlpKernel;
 use crate::{Error, Result};
 
+/// The choice `var` names among `choices` (name, value): the first one when the variable is
+/// unset, an error listing the names otherwise.
+pub(crate) fn env_choice<T: Copy>(
+    var: &str,
+    value: Option<&str>,
+    choices: &[(&str, T)],
+) -> Result<T> {
+    let Some(value) = value else {
+        return Ok(choices[0].1);
+    };
+    match choices.iter().find(|(name, _)| *name == value) {
+        Some(&(_, choice)) => Ok(choice),
+        None => {
+            let names: Vec<String> = choices
+                .iter()
+                .map(|(name, _)| format!("`{name}`"))
+                .collect();
+            Err(Error::Cuda(format!(
+                "{var} must be one of {}, got `{value}`",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
 /// How the O and down projections hand their output to `residual_norm`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BranchStorage {
@@ -25,13 +50,11 @@ impl BranchStorage {
     }
 
     fn parse(value: Option<&str>) -> Result<Self> {
-        match value {
-            None | Some("f32") => Ok(Self::F32),
-            Some("bf16") => Ok(Self::Bf16),
-            Some(other) => Err(Error::Cuda(format!(
-                "GEMMA_EMBED_BRANCH must be `f32` or `bf16`, got `{other}`"
-            ))),
-        }
+        env_choice(
+            "GEMMA_EMBED_BRANCH",
+            value,
+            &[("f32", Self::F32), ("bf16", Self::Bf16)],
+        )
     }
 
     /// The `residual_norm` kernel that reads this storage.
@@ -88,6 +111,20 @@ impl CudaOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unset_variable_picks_the_first_choice_and_a_wrong_one_lists_them() {
+        let choices = [("a", 1), ("b-c", 2)];
+        assert_eq!(env_choice("VAR", None, &choices).unwrap(), 1);
+        assert_eq!(env_choice("VAR", Some("b-c"), &choices).unwrap(), 2);
+        let err = env_choice("VAR", Some("B-C"), &choices)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("VAR must be one of `a`, `b-c`, got `B-C`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn branch_storage_parses_its_two_names_and_refuses_others() {
