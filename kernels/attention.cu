@@ -182,7 +182,7 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat1
 
 namespace {
 
-/* The flash kernel's body; Wgmma computes S = Q K^T with wgmma.m64n64k16 (sm_90a) instead of
+/* The flash kernel's body; Wgmma computes S = Q K^T and P V with wgmma (sm_90a) instead of
  * per-warp ldmatrix + mma.sync, everything else is shared. `smem` is the dynamic shared memory,
  * 1024-byte aligned for Wgmma. */
 template <bool Wgmma>
@@ -221,8 +221,8 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
     load_tile<kBlockN, Wgmma>(s_k, k_seq + static_cast<size_t>(keys.begin) * kHeadDim,
                               keys.end - keys.begin, tid);
     cp_async_commit();
-    load_tile<kBlockN>(s_v, v_seq + static_cast<size_t>(keys.begin) * kHeadDim,
-                       keys.end - keys.begin, tid);
+    load_tile<kBlockN, Wgmma>(s_v, v_seq + static_cast<size_t>(keys.begin) * kHeadDim,
+                              keys.end - keys.begin, tid);
     cp_async_commit();
 
     /* This thread's two rows of the warp's 16: packed rows (in the sequence) and positions. */
@@ -344,32 +344,63 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
 
         /* V block ready (only the next K block may still be in flight). */
         cp_async_wait<1>();
+        if constexpr (Wgmma) {
+            fence_proxy_async_shared();
+        }
         __syncthreads();
 
-        /* O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk. */
+        /* O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk
+         * (for mma.sync and, in the same layout, for wgmma's register A operand). */
+        uint32_t p_frag[kBlockN / 16][4];
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
-            const uint32_t a[4] = {
-                pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
-                pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
-            };
+            p_frag[kk][0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            p_frag[kk][1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            p_frag[kk][2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            p_frag[kk][3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        }
+        if constexpr (Wgmma) {
+            /* The warpgroup's 64 rows times the 64 x 256 V block: 4 wgmma.m64n256k16 with P from
+             * registers and V as the MN-major B operand; o_acc keeps the mma.sync layout
+             * (register 4 j + e = o_acc[j][e]). */
+            float(&acc)[kOutTiles * 4] = reinterpret_cast<float(&)[kOutTiles * 4]>(o_acc);
+            const uint32_t v_base = smem_addr(s_v);
+            wgmma_fence_operands(acc);
+            wgmma_fence();
 #pragma unroll
-            for (int j = 0; j < kOutTiles; j += 2) {
-                uint32_t b[4];
-                ldmatrix_x4_trans(b, s_v + attn_swizzle(kk * 16 + ldsm_a_row(lane),
-                                                         j * 8 + ldsm_a_col(lane)));
-                mma_bf16_16816(o_acc[j], a, b[0], b[1]);
-                mma_bf16_16816(o_acc[j + 1], a, b[2], b[3]);
+            for (int kk = 0; kk < kBlockN / 16; ++kk) {
+                wgmma_fence_operands(p_frag[kk]);
+                wgmma_m64n256k16_bf16_rs_tb(
+                    acc, p_frag[kk],
+                    wgmma_desc_sw128_mn(v_base + attn_wgmma_v_offset(kk), ATTN_WGMMA_SEGMENT_BYTES));
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_operands(acc);
+#pragma unroll
+            for (int kk = 0; kk < kBlockN / 16; ++kk) {
+                /* The P registers stay untouched until the wgmmas that read them are done. */
+                wgmma_fence_operands(p_frag[kk]);
+            }
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < kBlockN / 16; ++kk) {
+#pragma unroll
+                for (int j = 0; j < kOutTiles; j += 2) {
+                    uint32_t b[4];
+                    ldmatrix_x4_trans(b, s_v + attn_swizzle(kk * 16 + ldsm_a_row(lane),
+                                                             j * 8 + ldsm_a_col(lane)));
+                    mma_bf16_16816(o_acc[j], p_frag[kk], b[0], b[1]);
+                    mma_bf16_16816(o_acc[j + 1], p_frag[kk], b[2], b[3]);
+                }
             }
         }
 
         /* Every warp is done with this V block: stream in the next one (or an empty group). */
         __syncthreads();
         if (block + 1 < num_blocks) {
-            load_tile<kBlockN>(s_v, v_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
-                               keys.end - kb - kBlockN, tid);
+            load_tile<kBlockN, Wgmma>(s_v, v_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
+                                      keys.end - kb - kBlockN, tid);
         }
         cp_async_commit();
     }
@@ -421,12 +452,15 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
     attention_flash_body<false>(p, smem);
 }
 
-/* attention_flash_wgmma (sm_90a): attention_flash with S = Q K^T on Hopper's warpgroup MMA. The
- * CTA's four warps are one warpgroup; the Q tile and each K block are stored as wgmma's K-major
- * 128-byte-swizzle operands (attn_wgmma_swizzle: four 8 KB segments of 64 dims), so the 16
- * wgmma.m64n64k16 of a key block read them through descriptors (wgmma_desc_sw128 at
- * attn_wgmma_k_offset) instead of 64 ldmatrix.x4 of K per warp. V, the softmax, P V
- * (mma.sync) and the epilogue are attention_flash's. Launch: as attention_flash with
+/* attention_flash_wgmma (sm_90a): attention_flash with both products on Hopper's warpgroup MMA.
+ * The CTA's four warps are one warpgroup; the Q tile, each K block and each V block are stored
+ * as wgmma operands in the 128-byte swizzle (attn_wgmma_swizzle: four 8 KB segments of 64 dims).
+ * S = Q K^T: 16 wgmma.m64n64k16 per key block, Q and K K-major through wgmma_desc_sw128 at
+ * attn_wgmma_k_offset, instead of 64 ldmatrix.x4 of K per warp. O += P V: 4 wgmma.m64n256k16,
+ * P from registers (packed exactly as for mma.sync) and V as the MN-major B operand
+ * (wgmma_desc_sw128_mn at attn_wgmma_v_offset, imm-trans-b), instead of 64 ldmatrix.x4.trans of
+ * V per warp. Each product waits for its wgmmas before the registers are read and the buffer is
+ * refilled. The softmax and the epilogue are attention_flash's. Launch: as attention_flash with
  * ATTENTION_FLASH_WGMMA_SMEM_BYTES (1024 bytes of slack to align the tiles). On other
  * architectures the kernel traps; the host launches it only on sm_90 devices. */
 extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)

@@ -72,11 +72,12 @@ ATTN_HD bool attn_block_needs_mask(int kb, int block_n, int key_end, int p_lo, i
  * as tile_swizzle (tile.cuh) describes. */
 ATTN_HD int attn_swizzle(int row, int col) { return tile_swizzle(row, col, ATTENTION_HEAD_DIM); }
 
-/* attention_flash_wgmma (sm_90a) keeps the Q tile and the K block as wgmma's K-major
- * 128-byte-swizzle operands: the ATTENTION_HEAD_DIM dims in segments of 64, segment s a
+/* attention_flash_wgmma (sm_90a) keeps the Q tile, the K block and the V block as wgmma's
+ * 128-byte-swizzle operands (Q and K K-major for Q K^T, V MN-major for P V): the ATTENTION_HEAD_DIM dims in segments of 64, segment s a
  * [64 rows][64] tile laid out by tile_swizzle, 8 KB each, the tile 1024-byte aligned. The
  * element offset of (row, col), for tiles of ATTN_WGMMA_ROWS rows: */
 #define ATTN_WGMMA_ROWS 64
+#define ATTN_WGMMA_SEGMENT_BYTES (ATTN_WGMMA_ROWS * 64 * 2)
 ATTN_HD int attn_wgmma_swizzle(int row, int col) {
     return (col >> 6) * (ATTN_WGMMA_ROWS * 64) + tile_swizzle(row, col & 63, 64);
 }
@@ -84,7 +85,12 @@ ATTN_HD int attn_wgmma_swizzle(int row, int col) {
 /* Byte offset, inside such a tile, of the operand of k16 step ks (dims 16 ks .. 16 ks + 15):
  * its segment, then 32 bytes per k16 step inside the 128-byte rows. */
 ATTN_HD uint32_t attn_wgmma_k_offset(int ks) {
-    return (uint32_t)((ks >> 2) * ATTN_WGMMA_ROWS * 64 * 2 + (ks & 3) * 32);
+    return (uint32_t)((ks >> 2) * ATTN_WGMMA_SEGMENT_BYTES + (ks & 3) * 32);
 }
+
+/* The V block in the same layout is the MN-major B operand of P V (n = dim, k = key): its
+ * 64-dim n-blocks sit ATTN_WGMMA_SEGMENT_BYTES apart, and the k16 step kk (keys 16 kk ..
+ * 16 kk + 15, two 8-row groups of 1024 bytes) starts at this byte offset. */
+ATTN_HD uint32_t attn_wgmma_v_offset(int kk) { return (uint32_t)(kk * 2 * 1024); }
 
 #endif /* GEMMA_EMBED_ATTENTION_CUH */

@@ -57,6 +57,16 @@ TILE_HD uint64_t wgmma_desc_sw128(uint32_t addr) {
            ((uint64_t)1 << 62);
 }
 
+/* The same for an MN-major operand (a B operand stored [k][n], n contiguous, read with
+ * imm-trans-b = 1) in the 128-byte swizzle: atoms of 64 n-elements (128 bytes) x 8 k-rows at a
+ * 128-byte row stride, swizzled as tile_swizzle; `n_block_stride` bytes from one 64-element
+ * n-block to the next (the leading byte offset) and 1024 bytes from one 8-row k-group to the next
+ * (the stride byte offset). */
+TILE_HD uint64_t wgmma_desc_sw128_mn(uint32_t addr, uint32_t n_block_stride) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((n_block_stride & 0x3FFFF) >> 4) << 16) |
+           ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
 /* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
  * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row
  * wgmma_acc_row and column wgmma_acc_col of the warpgroup's 64 x N product. Each warp owns 16
@@ -66,5 +76,12 @@ TILE_HD int wgmma_acc_row(int warp, int lane, int reg) {
     return warp * 16 + lane / 4 + 8 * ((reg >> 1) & 1);
 }
 TILE_HD int wgmma_acc_col(int lane, int reg) { return 8 * (reg >> 2) + 2 * (lane % 4) + (reg & 1); }
+
+/* A operand from registers (wgmma ... d, {a0, a1, a2, a3}, b-desc, ...; m64nNk16, 16-bit types):
+ * register `reg` (0..3) of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds the two
+ * elements (row, k), (row, k + 1) with row = wgmma_a_row and k = wgmma_a_k, the layout of
+ * mma.m16n8k16's A fragment for rows 16 warp .. 16 warp + 15. */
+TILE_HD int wgmma_a_row(int warp, int lane, int reg) { return warp * 16 + lane / 4 + 8 * (reg & 1); }
+TILE_HD int wgmma_a_k(int lane, int reg) { return 2 * (lane % 4) + 8 * (reg >> 1); }
 
 #endif /* GEMMA_EMBED_TILE_CUH */

@@ -7,7 +7,7 @@
  *   S = Q K^T for one warp's 16 rows and a 64-key block, O = P V with P taken from the S
  *   accumulators exactly as the kernel packs them, and the epilogue staging of O through the
  *   swizzled Q tile; for attention_flash_wgmma, the wgmma operand layout of Q and K and where
- *   its accumulators land (check_wgmma_scores). Values are small integers, so every product is exact and the results
+ *   its accumulators land (check_wgmma_operands). Values are small integers, so every product is exact and the results
  *   must equal the direct matrix products bit for bit. It also checks that each 8-row phase
  *   of every ldmatrix touches all 32 shared-memory banks once (no bank conflicts).
  *
@@ -29,17 +29,42 @@
 static float sq[BM * D], sk[BN * D], sv[BN * D];
 static float q_log[BM][D], k_log[BN][D], v_log[BN][D];
 
-/* attention_flash_wgmma: the Q tile at shared byte 0 and the K block right after it, both
- * stored by attn_wgmma_swizzle; the 16 wgmma.m64n64k16 of a key block address them through
- * wgmma_desc_sw128 at attn_wgmma_k_offset. Every (row, k) a descriptor decodes to must be the
- * element the kernel stored there (elements hold their own logical index), and the
- * accumulators must land in the kernel's s[t][e] registers: register 4 t + e of lane l in warp w
- * is row 16 w + l / 4 + 8 (e / 2), key 8 t + 2 (l % 4) + (e % 2), as on the mma.sync path. */
-static float smem_w[(BM + BN) * D];
+/* attention_flash_wgmma: the Q tile at shared byte 0, the K block and the V block after it, all
+ * stored by attn_wgmma_swizzle. Q K^T: the 16 wgmma.m64n64k16 of a key block address Q and K
+ * through wgmma_desc_sw128 at attn_wgmma_k_offset. P V: the 4 wgmma.m64n256k16 take P from
+ * registers and V through wgmma_desc_sw128_mn at attn_wgmma_v_offset. Every (row, k) a
+ * descriptor decodes to must be the element the kernel stored there (elements hold their own
+ * logical index); the P registers the kernel packs must hold the (row, key) the register-A
+ * layout says; and the accumulators of both products must land where the kernel reads them
+ * (s[t][e] and o_acc[j][e]: register 4 t + e of lane l in warp w is row 16 w + l / 4 + 8 (e / 2),
+ * column 8 t + 2 (l % 4) + (e % 2), as on the mma.sync path). */
+static float smem_w[(BM + 2 * BN) * D];
 
-static void check_wgmma_scores(void) {
+/* Every register of the m64nN accumulators in one place, where the kernel expects it. */
+static void check_wgmma_accumulators(int n, const char *what) {
+    static int dealt[BM][D];
+    for (int r = 0; r < BM; ++r)
+        for (int c = 0; c < n; ++c) dealt[r][c] = 0;
+    for (int warp = 0; warp < WARPS; ++warp) {
+        for (int l = 0; l < 32; ++l) {
+            for (int reg = 0; reg < n / 2; ++reg) {
+                const int t = reg / 4, e = reg % 4;
+                const int row = wgmma_acc_row(warp, l, reg), col = wgmma_acc_col(l, reg);
+                expect(row == warp * 16 + l / 4 + 8 * (e >> 1), what, warp, l, reg);
+                expect(col == t * 8 + 2 * (l % 4) + (e & 1), what, warp, l, reg);
+                if (row >= 0 && row < BM && col >= 0 && col < n) {
+                    dealt[row][col]++;
+                }
+            }
+        }
+    }
+    for (int r = 0; r < BM; ++r)
+        for (int c = 0; c < n; ++c) expect(dealt[r][c] == 1, what, r, c, dealt[r][c]);
+}
+
+static void check_wgmma_operands(void) {
     checking = "attention_flash_wgmma";
-    const int q_code = 0, k_code = 1 << 20;
+    const int q_code = 0, k_code = 1 << 20, v_code = 1 << 21;
     static int seen[BM * D];
     for (int r = 0; r < BM; ++r) {
         for (int c = 0; c < D; ++c) {
@@ -47,11 +72,13 @@ static void check_wgmma_scores(void) {
             expect(off >= 0 && off < BM * D && !seen[off]++, "wgmma tile layout is a permutation",
                    r, c, off);
             smem_w[off] = (float)(q_code + r * D + c);
-            smem_w[BM * D + attn_wgmma_swizzle(r, c)] = (float)(k_code + r * D + c);
+            smem_w[BM * D + off] = (float)(k_code + r * D + c);
+            smem_w[(BM + BN) * D + off] = (float)(v_code + r * D + c);
         }
     }
-    const uint32_t q_base = 0, k_base = BM * D * 2;
-    expect(k_base % 1024 == 0, "K block 1024-byte aligned", (int)k_base, 0, 0);
+    const uint32_t q_base = 0, k_base = BM * D * 2, v_base = (BM + BN) * D * 2;
+    expect(k_base % 1024 == 0 && v_base % 1024 == 0, "K and V blocks 1024-byte aligned",
+           (int)k_base, (int)v_base, 0);
     for (int ks = 0; ks < D / 16; ++ks) {
         const uint64_t da = wgmma_desc_sw128(q_base + attn_wgmma_k_offset(ks));
         const uint64_t db = wgmma_desc_sw128(k_base + attn_wgmma_k_offset(ks));
@@ -59,33 +86,42 @@ static void check_wgmma_scores(void) {
             for (int k = 0; k < 16; ++k) {
                 const int dim = 16 * ks + k;
                 expect(smem_w[wgmma_element(da, row, k)] == (float)(q_code + row * D + dim),
-                       "A operand (Q row, dim)", row, dim, ks);
+                       "Q K^T: A operand (Q row, dim)", row, dim, ks);
                 expect(smem_w[wgmma_element(db, row, k)] == (float)(k_code + row * D + dim),
-                       "B operand (key, dim)", row, dim, ks);
+                       "Q K^T: B operand (key, dim)", row, dim, ks);
             }
         }
     }
-    static int dealt[BM][BN];
-    for (int warp = 0; warp < WARPS; ++warp) {
-        for (int l = 0; l < 32; ++l) {
-            for (int reg = 0; reg < BN / 2; ++reg) {
-                const int t = reg / 4, e = reg % 4;
-                const int row = wgmma_acc_row(warp, l, reg), key = wgmma_acc_col(l, reg);
-                expect(row == warp * 16 + l / 4 + 8 * (e >> 1), "accumulator row = s[t][e] row",
-                       warp, l, reg);
-                expect(key == t * 8 + 2 * (l % 4) + (e & 1), "accumulator key = s[t][e] key", warp,
-                       l, reg);
-                if (row >= 0 && row < BM && key >= 0 && key < BN) {
-                    dealt[row][key]++;
+    check_wgmma_accumulators(BN, "Q K^T accumulators = s[t][e]");
+
+    for (int kk = 0; kk < BN / 16; ++kk) {
+        const uint64_t dv =
+            wgmma_desc_sw128_mn(v_base + attn_wgmma_v_offset(kk), ATTN_WGMMA_SEGMENT_BYTES);
+        for (int dim = 0; dim < D; ++dim) {
+            for (int k = 0; k < 16; ++k) {
+                const int key = 16 * kk + k;
+                expect(smem_w[wgmma_element_mn(dv, dim, k)] == (float)(v_code + key * D + dim),
+                       "P V: B operand (key, dim)", key, dim, kk);
+            }
+        }
+        /* The kernel packs register reg of k-step kk from s[2 kk + reg / 2][2 (reg % 2) + x]. */
+        for (int warp = 0; warp < WARPS; ++warp) {
+            for (int l = 0; l < 32; ++l) {
+                for (int reg = 0; reg < 4; ++reg) {
+                    for (int x = 0; x < 2; ++x) {
+                        const int t = 2 * kk + reg / 2, e = 2 * (reg % 2) + x;
+                        const int row = warp * 16 + l / 4 + 8 * (e >> 1);
+                        const int key = t * 8 + 2 * (l % 4) + (e & 1);
+                        expect(row == wgmma_a_row(warp, l, reg), "P V: A register row", warp, l,
+                               reg);
+                        expect(key == 16 * kk + wgmma_a_k(l, reg) + x, "P V: A register key",
+                               warp, l, reg);
+                    }
                 }
             }
         }
     }
-    for (int r = 0; r < BM; ++r) {
-        for (int n = 0; n < BN; ++n) {
-            expect(dealt[r][n] == 1, "every score in one register", r, n, dealt[r][n]);
-        }
-    }
+    check_wgmma_accumulators(D, "P V accumulators = o_acc[j][e]");
     checking = "";
 }
 
@@ -246,7 +282,7 @@ int main(void) {
             }
         }
     }
-    check_wgmma_scores();
+    check_wgmma_operands();
     if (failures) {
         printf("%d mismatches\n", failures);
         return 1;

@@ -113,12 +113,27 @@ static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
  * 128-byte-swizzle descriptor addresses for operand row `row` (M for A, N for B) and k `k` < 16,
  * as an element index into shared memory (byte address 0 = element 0, 1024-byte aligned). The
  * swizzle XORs address bits 4-6 with bits 7-9. */
-static int wgmma_element(uint64_t desc, int row, int k) {
+static inline int wgmma_element(uint64_t desc, int row, int k) {
     const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
     const uint32_t stride = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
     expect((desc >> 62) == 1, "descriptor: 128-byte swizzle", row, k, (int)(desc >> 62));
     expect(((desc >> 49) & 7) == 0, "descriptor: base offset 0", row, k, 0);
     const uint32_t linear = start + (uint32_t)(row / 8) * stride + (uint32_t)(row % 8) * 128 + 2 * k;
+    const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
+    return (int)(swizzled / 2);
+}
+
+/* The same for an MN-major operand (imm-trans-b = 1): element (n, k) of a B operand whose n runs
+ * along the 128-byte rows; 64-element n-blocks `LBO` bytes apart (descriptor bits 16-29), 8-row
+ * k-groups `SBO` bytes apart (bits 32-45), rows inside a group 128 bytes apart. */
+static inline int wgmma_element_mn(uint64_t desc, int n, int k) {
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
+    const uint32_t leading = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
+    const uint32_t stride = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    expect((desc >> 62) == 1, "descriptor: 128-byte swizzle", n, k, (int)(desc >> 62));
+    expect(((desc >> 49) & 7) == 0, "descriptor: base offset 0", n, k, 0);
+    const uint32_t linear = start + (uint32_t)(n / 64) * leading + (uint32_t)(k / 8) * stride +
+                            (uint32_t)(k % 8) * 128 + (uint32_t)(n % 64) * 2;
     const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
     return (int)(swizzled / 2);
 }
