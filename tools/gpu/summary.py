@@ -129,6 +129,30 @@ def main():
             base_cell = f"{base['tokens_per_s']:>12,.0f}" if base else f"{'-':>12}"
             print(f"{w['name']:<16} default {base_cell} tok/s   {variant} {w['tokens_per_s']:>12,.0f} tok/s   {change}")
 
+    if variants:
+        # One line per candidate: what a change of default would rest on.
+        parity_min = parity["min_cosine"] if parity else {}
+        base = {w["name"]: w["tokens_per_s"] for w in bench["workloads"]} if bench else {}
+        print("\ncandidates (a default changes only where one is correct and faster):")
+        for variant, report in variants.items():
+            cos = parity_min.get(f"{variant}_st")
+            correct = cos is not None and cos >= parity["threshold"]
+            changes = [w["tokens_per_s"] / base[w["name"]] - 1 for w in (report or {}).get("workloads", [])
+                       if w["name"] in base]
+            if cos is None or not changes:
+                verdict = "not measured"
+            elif not correct:
+                verdict = "WRONG (parity)"
+            elif min(changes) > 0:
+                verdict = "correct, faster on every workload"
+            elif max(changes) > 0:
+                verdict = "correct, faster on some workloads only"
+            else:
+                verdict = "correct, not faster"
+            cos_cell = f"{cos:.6f}" if cos is not None else "-"
+            span = f"{100 * min(changes):+.1f}%..{100 * max(changes):+.1f}%" if changes else "-"
+            print(f"  {variant:<40} min cos vs ST {cos_cell:>9}  throughput {span:>16}  {verdict}")
+
     profile = load(os.path.join(args.out, "profile.json"))
     if profile is not None:
         other = load(os.path.join(args.out, "profile_variant.json"))
