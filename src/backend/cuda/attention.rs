@@ -283,7 +283,7 @@ mod device {
         /// Resolve and prepare every attention kernel `dev` runs.
         pub fn for_device(dev: &Device) -> Result<Self> {
             let flash_wgmma = AttentionKernel::FlashWgmma
-                .runs_on(dev.compute_capability)
+                .runs_on(dev.info.compute_capability)
                 .then(|| flash_function(dev, FLASH_WGMMA_KERNEL, FLASH_WGMMA_SMEM_BYTES))
                 .transpose()?;
             Ok(Self {
@@ -297,11 +297,11 @@ mod device {
         /// then resolve and prepare the kernels.
         pub fn load(dev: &Device, config: &ModelConfig, kernel: AttentionKernel) -> Result<Self> {
             check_config(config)?;
-            if !kernel.runs_on(dev.compute_capability) {
+            if !kernel.runs_on(dev.info.compute_capability) {
                 return Err(Error::Cuda(format!(
                     "{} runs on sm_90 devices only; {} is not one (unset GEMMA_EMBED_ATTENTION)",
                     kernel.name(),
-                    dev.description
+                    dev.info.description
                 )));
             }
             Self::for_device(dev)

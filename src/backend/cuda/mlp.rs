@@ -137,11 +137,11 @@ mod device {
                     return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
                 }
             };
-            if !kernel.runs_on(dev.compute_capability) {
+            if !kernel.runs_on(dev.info.compute_capability) {
                 return Err(Error::Cuda(format!(
                     "{name} runs on sm_90 devices only; {} is not one (use GEMMA_EMBED_MLP=fused \
                      or unset it)",
-                    dev.description
+                    dev.info.description
                 )));
             }
             let func = dev.function(name)?;

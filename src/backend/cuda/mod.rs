@@ -47,10 +47,7 @@ pub struct DeviceInfo {
 /// Open device 0 and load the kernels.
 #[cfg(gemma_cuda_kernels)]
 pub fn probe() -> crate::Result<DeviceInfo> {
-    device::Device::open().map(|dev| DeviceInfo {
-        description: dev.description,
-        compute_capability: dev.compute_capability,
-    })
+    device::Device::open().map(|dev| dev.info)
 }
 
 #[cfg(not(gemma_cuda_kernels))]
