@@ -8,7 +8,7 @@
 //!   tests can model the kernel's tiled loop.
 //! - Typed launch wrappers (with the `gemma_cuda_kernels` cfg) and the GPU check entries.
 
-use super::options::env_choice;
+use super::options::KernelChoice;
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
@@ -204,22 +204,18 @@ pub enum AttentionKernel {
     FlashWgmma,
 }
 
+/// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash-wgmma` the wgmma flash
+/// kernel, `flash` (or unset) the default one.
+impl KernelChoice for AttentionKernel {
+    const VAR: &'static str = "GEMMA_EMBED_ATTENTION";
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("flash", Self::Flash),
+        ("reference", Self::Reference),
+        ("flash-wgmma", Self::FlashWgmma),
+    ];
+}
+
 impl AttentionKernel {
-    /// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash-wgmma` the wgmma
-    /// flash kernel, `flash` (or unset) the default one.
-    pub fn from_env() -> Result<Self> {
-        Self::parse(std::env::var("GEMMA_EMBED_ATTENTION").ok().as_deref())
-    }
-
-    fn parse(value: Option<&str>) -> Result<Self> {
-        let choices = [
-            ("flash", Self::Flash),
-            ("reference", Self::Reference),
-            ("flash-wgmma", Self::FlashWgmma),
-        ];
-        env_choice("GEMMA_EMBED_ATTENTION", value, &choices)
-    }
-
     /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
     /// code only (other architectures' builds of it trap).
     pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {

@@ -10,7 +10,7 @@ pub mod options;
 pub mod profile;
 mod report;
 
-pub use options::{BranchStorage, CudaOptions};
+pub use options::{BranchStorage, CudaOptions, KernelChoice};
 pub use report::{print_table, write_json, KernelCheck, KernelChecks};
 
 /// The GPU architectures whose machine code is embedded, e.g. `sm_80 sm_86 sm_89 sm_90a`;
