@@ -665,7 +665,7 @@ fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench:
         records.truncate(n);
     }
     let tokenizer = Tokenizer::for_model(model)?;
-    let prompt = index::job_prompt(&tokenizer, None, args.prompt_name.as_deref())?;
+    let prompt = tokenizer.named_or_default_prompt(args.prompt_name.as_deref())?;
     let ids = index::tokenize_records(
         &tokenizer,
         &records,
