@@ -5,6 +5,7 @@ mod common;
 
 use base64::Engine as _;
 use common::{cosine, max_abs_diff, tiny_expected, HttpAnswer, Server};
+use gemma_embed::server::Flavor;
 use serde_json::{json, Value};
 
 fn floats(value: &Value) -> Vec<f32> {
@@ -263,17 +264,9 @@ fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     assert_eq!(openai_truncated.json()["usage"]["prompt_tokens"], max_len);
 }
 
-/// Which API's error body a route answers with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
-    /// `{"error": {"message", "type", "param", "code"}}`.
-    OpenAi,
-    /// `{"error", "error_type"}`.
-    Tei,
-}
-
-/// The message of an error body, once the body is checked to hold exactly `shape`'s fields.
-fn error_message(name: &str, body: &Value, shape: Shape) -> String {
+/// The message of an error body, once the body is checked to hold exactly `shape`'s fields:
+/// OpenAI's `{"error": {"message", "type", "param", "code"}}` or TEI's `{"error", "error_type"}`.
+fn error_message(name: &str, body: &Value, shape: Flavor) -> String {
     let keys = |v: &Value| -> Vec<String> {
         let mut keys: Vec<String> = v
             .as_object()
@@ -285,7 +278,7 @@ fn error_message(name: &str, body: &Value, shape: Shape) -> String {
         keys
     };
     match shape {
-        Shape::OpenAi => {
+        Flavor::OpenAi => {
             assert_eq!(keys(body), ["error"], "{name}: {body}");
             let error = &body["error"];
             assert_eq!(
@@ -296,7 +289,7 @@ fn error_message(name: &str, body: &Value, shape: Shape) -> String {
             assert!(error["type"].is_string(), "{name}: {body}");
             error["message"].as_str().unwrap().to_string()
         }
-        Shape::Tei => {
+        Flavor::Tei => {
             assert_eq!(keys(body), ["error", "error_type"], "{name}: {body}");
             assert!(body["error_type"].is_string(), "{name}: {body}");
             body["error"].as_str().unwrap().to_string()
@@ -322,8 +315,8 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
     let huge = format!(r#"{{"input": "{}"}}"#, "a ".repeat(100_000));
     let many = json!({"input": vec!["x"; 10_000]}).to_string();
     let tei_many = json!({"inputs": vec!["x"; 65]}).to_string();
-    use Shape::{OpenAi, Tei};
-    let cases: Vec<(&str, HttpAnswer, u16, Shape, &str)> = vec![
+    use Flavor::{OpenAi, Tei};
+    let cases: Vec<(&str, HttpAnswer, u16, Flavor, &str)> = vec![
         (
             "malformed",
             openai(b"{\"input\": "),
