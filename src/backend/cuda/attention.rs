@@ -8,7 +8,7 @@
 //!   tests can model the kernel's tiled loop.
 //! - Typed launch wrappers (with the `gemma_cuda_kernels` cfg) and the GPU check entries.
 
-use super::options::env_choice;
+use super::options::KernelChoice;
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
@@ -204,22 +204,18 @@ pub enum AttentionKernel {
     FlashWgmma,
 }
 
+/// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash-wgmma` the wgmma flash
+/// kernel, `flash` (or unset) the default one.
+impl KernelChoice for AttentionKernel {
+    const VAR: &'static str = "GEMMA_EMBED_ATTENTION";
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("flash", Self::Flash),
+        ("reference", Self::Reference),
+        ("flash-wgmma", Self::FlashWgmma),
+    ];
+}
+
 impl AttentionKernel {
-    /// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash-wgmma` the wgmma
-    /// flash kernel, `flash` (or unset) the default one.
-    pub fn from_env() -> Result<Self> {
-        Self::parse(std::env::var("GEMMA_EMBED_ATTENTION").ok().as_deref())
-    }
-
-    fn parse(value: Option<&str>) -> Result<Self> {
-        let choices = [
-            ("flash", Self::Flash),
-            ("reference", Self::Reference),
-            ("flash-wgmma", Self::FlashWgmma),
-        ];
-        env_choice("GEMMA_EMBED_ATTENTION", value, &choices)
-    }
-
     /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
     /// code only (other architectures' builds of it trap).
     pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
@@ -283,7 +279,7 @@ mod device {
         /// Resolve and prepare every attention kernel `dev` runs.
         pub fn for_device(dev: &Device) -> Result<Self> {
             let flash_wgmma = AttentionKernel::FlashWgmma
-                .runs_on(dev.compute_capability)
+                .runs_on(dev.info.compute_capability)
                 .then(|| flash_function(dev, FLASH_WGMMA_KERNEL, FLASH_WGMMA_SMEM_BYTES))
                 .transpose()?;
             Ok(Self {
@@ -297,11 +293,11 @@ mod device {
         /// then resolve and prepare the kernels.
         pub fn load(dev: &Device, config: &ModelConfig, kernel: AttentionKernel) -> Result<Self> {
             check_config(config)?;
-            if !kernel.runs_on(dev.compute_capability) {
+            if !kernel.runs_on(dev.info.compute_capability) {
                 return Err(Error::Cuda(format!(
                     "{} runs on sm_90 devices only; {} is not one (unset GEMMA_EMBED_ATTENTION)",
                     kernel.name(),
-                    dev.description
+                    dev.info.description
                 )));
             }
             Self::for_device(dev)

@@ -295,7 +295,7 @@ impl Backend for CudaBackend {
 
     /// `"<GPU name> (sm_XY)"`.
     fn device_name(&self) -> Option<String> {
-        Some(self.dev.description.clone())
+        Some(self.dev.info.description.clone())
     }
 
     fn device_memory_used(&self) -> Option<u64> {

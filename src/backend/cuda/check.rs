@@ -197,13 +197,13 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     run("gate_up_geglu (cuBLAS + fused)", &mut |rng| {
         check_gate_up_geglu(&dev, &kernels, rng)
     });
-    if AttentionKernel::FlashWgmma.runs_on(dev.compute_capability) {
+    if AttentionKernel::FlashWgmma.runs_on(dev.info.compute_capability) {
         run(FLASH_WGMMA_KERNEL, &mut |rng| {
             check_attention(&dev, &[AttentionKernel::FlashWgmma], rng)
         });
     }
     Ok(KernelChecks {
-        device: dev.description.clone(),
+        device: dev.info.description.clone(),
         checks,
     })
 }
@@ -643,7 +643,7 @@ fn check_gate_up_geglu(
 
     for kernel in [MlpKernel::Fused, MlpKernel::Wgmma]
         .into_iter()
-        .filter(|k| k.runs_on(dev.compute_capability))
+        .filter(|k| k.runs_on(dev.info.compute_capability))
     {
         let check = || -> Result<KernelCheck> {
             let fused = GateUpGeglu::load(dev, kernel)?;

@@ -11,6 +11,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
 
+use super::DeviceInfo;
 use crate::{Error, Result};
 
 mod embedded {
@@ -41,10 +42,8 @@ pub struct Device {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlas,
-    /// `"<name> (sm_XY)"`, for logs.
-    pub description: String,
-    /// (major, minor), e.g. (9, 0) for H100 and H200.
-    pub compute_capability: (i32, i32),
+    /// Its name and compute capability.
+    pub info: DeviceInfo,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     functions: std::sync::Mutex<HashMap<String, CudaFunction>>,
 }
@@ -60,8 +59,7 @@ impl Device {
                     .into(),
             ));
         }
-        let (ctx, description, compute_capability) =
-            quietly("CUDA driver initialization", open_context)??;
+        let (ctx, info) = quietly("CUDA driver initialization", open_context)??;
         // One stream and no cross-stream event tracking: the backend orders its work itself.
         // SAFETY: called before any allocation or launch on this context.
         unsafe { ctx.disable_event_tracking() };
@@ -99,8 +97,7 @@ impl Device {
             ctx,
             stream,
             blas,
-            description,
-            compute_capability,
+            info,
             modules,
             functions: Default::default(),
         })
@@ -144,7 +141,7 @@ impl Device {
     }
 }
 
-fn open_context() -> Result<(Arc<CudaContext>, String, (i32, i32))> {
+fn open_context() -> Result<(Arc<CudaContext>, DeviceInfo)> {
     let count = CudaContext::device_count().map_err(driver_err("count devices"))?;
     if count < 1 {
         return Err(Error::Cuda("no CUDA device found".into()));
@@ -160,7 +157,11 @@ fn open_context() -> Result<(Arc<CudaContext>, String, (i32, i32))> {
             MIN_COMPUTE_CAPABILITY.0, MIN_COMPUTE_CAPABILITY.1
         )));
     }
-    Ok((ctx, format!("{name} (sm_{major}{minor})"), (major, minor)))
+    let info = DeviceInfo {
+        description: format!("{name} (sm_{major}{minor})"),
+        compute_capability: (major, minor),
+    };
+    Ok((ctx, info))
 }
 
 /// Run `f`, turning a panic inside cudarc's loader (a missing library or symbol) into an error,

@@ -8,7 +8,7 @@
 //! - The weight order the fused kernel reads ([`interleave_gate_up`]).
 //! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
 
-use super::options::env_choice;
+use super::options::KernelChoice;
 use crate::{Error, Result};
 
 /// `GEGLU_GEMM_BLOCK_M`: token rows per CTA.
@@ -45,22 +45,18 @@ pub enum MlpKernel {
     Wgmma,
 }
 
+/// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `wgmma` `gate_up_geglu_wgmma`, `cublas` (or
+/// unset) cuBLAS + `geglu`.
+impl KernelChoice for MlpKernel {
+    const VAR: &'static str = "GEMMA_EMBED_MLP";
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("cublas", Self::Cublas),
+        ("fused", Self::Fused),
+        ("wgmma", Self::Wgmma),
+    ];
+}
+
 impl MlpKernel {
-    /// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `wgmma` `gate_up_geglu_wgmma`, `cublas`
-    /// (or unset) cuBLAS + `geglu`.
-    pub fn from_env() -> Result<Self> {
-        Self::parse(std::env::var("GEMMA_EMBED_MLP").ok().as_deref())
-    }
-
-    fn parse(value: Option<&str>) -> Result<Self> {
-        let choices = [
-            ("cublas", Self::Cublas),
-            ("fused", Self::Fused),
-            ("wgmma", Self::Wgmma),
-        ];
-        env_choice("GEMMA_EMBED_MLP", value, &choices)
-    }
-
     /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
     /// code only (other architectures' builds of it trap).
     pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
@@ -137,11 +133,11 @@ mod device {
                     return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
                 }
             };
-            if !kernel.runs_on(dev.compute_capability) {
+            if !kernel.runs_on(dev.info.compute_capability) {
                 return Err(Error::Cuda(format!(
                     "{name} runs on sm_90 devices only; {} is not one (use GEMMA_EMBED_MLP=fused \
                      or unset it)",
-                    dev.description
+                    dev.info.description
                 )));
             }
             let func = dev.function(name)?;

@@ -10,7 +10,7 @@ pub mod options;
 pub mod profile;
 mod report;
 
-pub use options::{BranchStorage, CudaOptions};
+pub use options::{BranchStorage, CudaOptions, KernelChoice};
 pub use report::{print_table, write_json, KernelCheck, KernelChecks};
 
 /// The GPU architectures whose machine code is embedded, e.g. `sm_80 sm_86 sm_89 sm_90a`;
@@ -47,10 +47,7 @@ pub struct DeviceInfo {
 /// Open device 0 and load the kernels.
 #[cfg(gemma_cuda_kernels)]
 pub fn probe() -> crate::Result<DeviceInfo> {
-    device::Device::open().map(|dev| DeviceInfo {
-        description: dev.description,
-        compute_capability: dev.compute_capability,
-    })
+    device::Device::open().map(|dev| dev.info)
 }
 
 #[cfg(not(gemma_cuda_kernels))]

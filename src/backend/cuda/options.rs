@@ -7,27 +7,38 @@ use super::attention::AttentionKernel;
 use super::mlp::MlpKernel;
 use crate::{Error, Result};
 
-/// The choice `var` names among `choices` (name, value): the first one when the variable is
-/// unset, an error listing the names otherwise.
-pub(crate) fn env_choice<T: Copy>(
-    var: &str,
-    value: Option<&str>,
-    choices: &[(&str, T)],
-) -> Result<T> {
-    let Some(value) = value else {
-        return Ok(choices[0].1);
-    };
-    match choices.iter().find(|(name, _)| *name == value) {
-        Some(&(_, choice)) => Ok(choice),
-        None => {
-            let names: Vec<String> = choices
-                .iter()
-                .map(|(name, _)| format!("`{name}`"))
-                .collect();
-            Err(Error::Cuda(format!(
-                "{var} must be one of {}, got `{value}`",
-                names.join(", ")
-            )))
+/// A kernel choice read from one environment variable: `CHOICES[0]` when it is unset, the
+/// value it names otherwise, an error listing the names for anything else.
+pub trait KernelChoice: Copy + 'static {
+    const VAR: &'static str;
+    const CHOICES: &'static [(&'static str, Self)];
+
+    /// Every choice, the default first.
+    fn all() -> impl Iterator<Item = Self> {
+        Self::CHOICES.iter().map(|&(_, choice)| choice)
+    }
+
+    fn from_env() -> Result<Self> {
+        Self::parse(std::env::var(Self::VAR).ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self> {
+        let Some(value) = value else {
+            return Ok(Self::CHOICES[0].1);
+        };
+        match Self::CHOICES.iter().find(|(name, _)| *name == value) {
+            Some(&(_, choice)) => Ok(choice),
+            None => {
+                let names: Vec<String> = Self::CHOICES
+                    .iter()
+                    .map(|(name, _)| format!("`{name}`"))
+                    .collect();
+                Err(Error::Cuda(format!(
+                    "{} must be one of {}, got `{value}`",
+                    Self::VAR,
+                    names.join(", ")
+                )))
+            }
         }
     }
 }
@@ -43,20 +54,13 @@ pub enum BranchStorage {
     Bf16,
 }
 
+/// `GEMMA_EMBED_BRANCH=bf16` selects bf16, `f32` (or unset) f32.
+impl KernelChoice for BranchStorage {
+    const VAR: &'static str = "GEMMA_EMBED_BRANCH";
+    const CHOICES: &'static [(&'static str, Self)] = &[("f32", Self::F32), ("bf16", Self::Bf16)];
+}
+
 impl BranchStorage {
-    /// `GEMMA_EMBED_BRANCH=bf16` selects bf16, `f32` (or unset) f32.
-    pub fn from_env() -> Result<Self> {
-        Self::parse(std::env::var("GEMMA_EMBED_BRANCH").ok().as_deref())
-    }
-
-    fn parse(value: Option<&str>) -> Result<Self> {
-        env_choice(
-            "GEMMA_EMBED_BRANCH",
-            value,
-            &[("f32", Self::F32), ("bf16", Self::Bf16)],
-        )
-    }
-
     /// The `residual_norm` kernel that reads this storage.
     pub fn residual_norm_kernel(self) -> &'static str {
         match self {
@@ -74,12 +78,13 @@ pub struct CudaOptions {
     pub branch: BranchStorage,
 }
 
+/// The first choice of each: what the environment selects when nothing is set.
 impl Default for CudaOptions {
     fn default() -> Self {
         Self {
-            attention: AttentionKernel::Flash,
-            mlp: MlpKernel::Cublas,
-            branch: BranchStorage::F32,
+            attention: AttentionKernel::CHOICES[0].1,
+            mlp: MlpKernel::CHOICES[0].1,
+            branch: BranchStorage::CHOICES[0].1,
         }
     }
 }
@@ -114,12 +119,16 @@ mod tests {
 
     #[test]
     fn an_unset_variable_picks_the_first_choice_and_a_wrong_one_lists_them() {
-        let choices = [("a", 1), ("b-c", 2)];
-        assert_eq!(env_choice("VAR", None, &choices).unwrap(), 1);
-        assert_eq!(env_choice("VAR", Some("b-c"), &choices).unwrap(), 2);
-        let err = env_choice("VAR", Some("B-C"), &choices)
-            .unwrap_err()
-            .to_string();
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        struct Choice(u8);
+        impl KernelChoice for Choice {
+            const VAR: &'static str = "VAR";
+            const CHOICES: &'static [(&'static str, Self)] =
+                &[("a", Choice(1)), ("b-c", Choice(2))];
+        }
+        assert_eq!(Choice::parse(None).unwrap(), Choice(1));
+        assert_eq!(Choice::parse(Some("b-c")).unwrap(), Choice(2));
+        let err = Choice::parse(Some("B-C")).unwrap_err().to_string();
         assert!(
             err.ends_with("VAR must be one of `a`, `b-c`, got `B-C`"),
             "{err}"
