@@ -170,19 +170,12 @@ int main(void) {
             }
             ldmatrix_x4(sq, addr, 0, a);
             for (int t = 0; t < BN / 8; t += 2) {
-                Pair b[32][4], b_lo[32][2], b_hi[32][2];
+                Pair b[32][4];
                 for (int l = 0; l < 32; ++l) {
                     addr[l] = attn_swizzle(t * 8 + ldsm_b_row(l), ks * 16 + ldsm_b_col(l));
                 }
                 ldmatrix_x4(sk, addr, 0, b);
-                for (int l = 0; l < 32; ++l) {
-                    b_lo[l][0] = b[l][0];
-                    b_lo[l][1] = b[l][1];
-                    b_hi[l][0] = b[l][2];
-                    b_hi[l][1] = b[l][3];
-                }
-                mma_16816(s[warp][t], a, b_lo);
-                mma_16816(s[warp][t + 1], a, b_hi);
+                mma_16816_b_x4(s[warp][t], s[warp][t + 1], a, b);
             }
         }
         for (int t = 0; t < BN / 8; ++t) {
@@ -219,19 +212,12 @@ int main(void) {
             }
             for (int j = 0; j < D / 8; j += 2) {
                 int addr[32];
-                Pair b[32][4], b_lo[32][2], b_hi[32][2];
+                Pair b[32][4];
                 for (int l = 0; l < 32; ++l) {
                     addr[l] = attn_swizzle(kk * 16 + ldsm_a_row(l), j * 8 + ldsm_a_col(l));
                 }
                 ldmatrix_x4(sv, addr, 1, b);
-                for (int l = 0; l < 32; ++l) {
-                    b_lo[l][0] = b[l][0];
-                    b_lo[l][1] = b[l][1];
-                    b_hi[l][0] = b[l][2];
-                    b_hi[l][1] = b[l][3];
-                }
-                mma_16816(o[warp][j], a, b_lo);
-                mma_16816(o[warp][j + 1], a, b_hi);
+                mma_16816_b_x4(o[warp][j], o[warp][j + 1], a, b);
             }
         }
         /* Reference: P[row][key] read back from the S fragments by the C layout. */
