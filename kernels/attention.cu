@@ -10,8 +10,8 @@
  *
  * Numerics: scores in f32 (tensor-core or FMA accumulation of bf16 products), multiplied by
  * softmax_scale * log2(e) and exponentiated with exp2 (online softmax, running max and sum in
- * f32), O accumulated in f32, one bf16 rounding of the normalized output. The flash kernel
- * feeds the probabilities to the P.V product as bf16 (as FlashAttention-2 does); the row sum
+ * f32), O accumulated in f32, one bf16 rounding of the normalized output. The flash kernels
+ * feed the probabilities to the P.V product as bf16 (as FlashAttention-2 does); the row sum
  * uses the unrounded f32 values.
  *
  * attention_reference: one warp per packed row, ATTENTION_REFERENCE_WARPS warps per block,
@@ -31,6 +31,10 @@
  *   Rows past the sequence end are zero-filled and never stored; keys past the key range are
  *   zero-filled and masked. The epilogue stages O through the warp's own Q rows in shared
  *   memory for 16-byte coalesced stores.
+ *
+ * attention_flash_wgmma (sm_90a): attention_flash with Q K^T and P V on warpgroup MMA; same
+ *   grid and threads, ATTENTION_FLASH_WGMMA_SMEM_BYTES; its tile layout is described at the
+ *   kernel below.
  */
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -177,10 +181,6 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat1
         cp_async_16(dst + (Wgmma ? attn_wgmma_swizzle(r, c) : attn_swizzle(r, c)), from, valid);
     }
 }
-
-} // namespace
-
-namespace {
 
 /* The flash kernel's body; Wgmma computes S = Q K^T and P V with wgmma (sm_90a) instead of
  * per-warp ldmatrix + mma.sync, everything else is shared. `smem` is the dynamic shared memory,

@@ -73,9 +73,10 @@ ATTN_HD bool attn_block_needs_mask(int kb, int block_n, int key_end, int p_lo, i
 ATTN_HD int attn_swizzle(int row, int col) { return tile_swizzle(row, col, ATTENTION_HEAD_DIM); }
 
 /* attention_flash_wgmma (sm_90a) keeps the Q tile, the K block and the V block as wgmma's
- * 128-byte-swizzle operands (Q and K K-major for Q K^T, V MN-major for P V): the ATTENTION_HEAD_DIM dims in segments of 64, segment s a
- * [64 rows][64] tile laid out by tile_swizzle, 8 KB each, the tile 1024-byte aligned. The
- * element offset of (row, col), for tiles of ATTN_WGMMA_ROWS rows: */
+ * 128-byte-swizzle operands (Q and K K-major for Q K^T, V MN-major for P V): the
+ * ATTENTION_HEAD_DIM dims in segments of 64, segment s a [64 rows][64] tile laid out by
+ * tile_swizzle, 8 KB each, the tile 1024-byte aligned. The element offset of (row, col), for
+ * tiles of ATTN_WGMMA_ROWS rows: */
 #define ATTN_WGMMA_ROWS 64
 #define ATTN_WGMMA_SEGMENT_BYTES (ATTN_WGMMA_ROWS * 64 * 2)
 ATTN_HD int attn_wgmma_swizzle(int row, int col) {

@@ -12,7 +12,8 @@
  * out bf16 [num_tokens, intermediate].
  *
  * Launch: grid (intermediate / BLOCK_OUT, ceil(num_tokens / BLOCK_M)), GEGLU_GEMM_THREADS (4
- * warps), GEGLU_GEMM_SMEM_BYTES of dynamic shared memory, two CTAs per SM. A CTA computes
+ * warps), GEGLU_GEMM_SMEM_BYTES of dynamic shared memory; registers budgeted for two CTAs per SM
+ * (shared memory holds two on sm_90, one on sm_80..sm_89). A CTA computes
  * BLOCK_M = 128 token rows x 128 weight rows (64 outputs), k in BLOCK_K = 64 slices through a
  * 3-stage cp.async pipeline; each stage holds the x slice [128][64] and the weight slice
  * [128][64], 16-byte chunks XOR-swizzled (tile_swizzle) so cp.async stores and ldmatrix loads
@@ -45,7 +46,7 @@ static_assert(GEGLU_WARPS_M * (GEGLU_GEMM_BLOCK_OUT / GEGLU_WARP_OUT) * 32 == kT
 static_assert(kBlockK % 64 == 0, "tile_swizzle needs 128-byte rows");
 
 /* Start copying k slice `k_tile` of the CTA's x rows and weight rows into `stage`. Thread i of
- * Threads copies chunks i, i + Threads, ... of each tile: one column, every ROW_STEP-th row. */
+ * Threads copies chunks i, i + Threads, ... of each tile: one column, every kRowStep-th row. */
 template <int Threads>
 __device__ __forceinline__ void load_stage(bf16_t *stage, const GateUpGegluParams &p,
                                            uint32_t first_row, uint32_t first_weight_row,
@@ -181,6 +182,7 @@ extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
     static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
     static_assert(2 * GEGLU_WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
     static_assert(kWeightRows == 128 && GEGLU_WGMMA_ACC_REGS == 64, "wgmma.m64n128");
+    static_assert(kBlockK == 64, "one 128-byte swizzle row per tile row (wgmma_desc_sw128)");
     extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
     const uint32_t smem_base = smem_addr(wgmma_smem_bytes);
     bf16_t *smem =

@@ -64,7 +64,7 @@ TILE_HD uint32_t geglu_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
  * thread's warpgroup): register `reg` of lane `lane` in warp `warp` of the CTA holds token row
  * geglu_wgmma_acc_row (inside the CTA tile) and weight row wgmma_acc_col (inside the CTA's
  * 2 * BLOCK_OUT). Registers r and r + GEGLU_WGMMA_ACC_REGS / 2 hold the gate and up of one
- * output. */
+ * output. An m64nN accumulator takes N / 2 f32 per thread, here N = 2 * BLOCK_OUT. */
 #define GEGLU_WGMMA_ACC_REGS (2 * GEGLU_GEMM_BLOCK_OUT / 2)
 TILE_HD int geglu_wgmma_acc_row(int warp, int lane, int reg) {
     return (warp / 4) * GEGLU_WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);

@@ -768,13 +768,7 @@ fn bench(args: BenchArgs) -> Result<()> {
                 None => vec![16, 128, 512, 2048],
             };
             let lengths = args.lengths.clone().unwrap_or(default_lengths);
-            let mut workloads: Vec<bench::Workload> = lengths
-                .iter()
-                .map(|&n| bench::Workload::fixed(n, tokens))
-                .collect();
-            if args.mixed {
-                workloads.push(bench::Workload::mixed(tokens, args.seed));
-            }
+            let mut workloads = bench::Workload::synthetic(&lengths, args.mixed, tokens, args.seed);
             if let Some(path) = &args.corpus {
                 workloads.push(corpus_workload(&args, path, &model)?);
             }

@@ -1,6 +1,6 @@
 //! The CUDA backend on the real model against sentence-transformers' golden embeddings
-//! (float32, CPU), with every combination of the kernel choices the device runs (flash attention
-//! kernels, MLP paths, branch storage): cosine >= 0.9995 per vector, the parity target.
+//! (float32, CPU), with every combination of the kernel choices the device runs (attention
+//! kernels, MLP paths, branch storage: every name `GEMMA_EMBED_*` accepts): cosine >= 0.9995 per vector, the parity target.
 //! Skips, saying so, when the binary has no kernels or the machine has no CUDA device; then
 //! like every real-model test, skips loudly without the model and fails under `CI=true`.
 
@@ -9,7 +9,9 @@ mod common;
 use std::io::Write;
 
 use gemma_embed::backend::cuda::attention::AttentionKernel;
-use gemma_embed::backend::cuda::{self, mlp::MlpKernel, BranchStorage, CudaBackend, CudaOptions};
+use gemma_embed::backend::cuda::{
+    self, mlp::MlpKernel, BranchStorage, CudaBackend, CudaOptions, KernelChoice,
+};
 use gemma_embed::backend::{Backend, Batch, Embeddings};
 use gemma_embed::model::Model;
 
@@ -44,11 +46,9 @@ fn cuda_embeddings_match_sentence_transformers_with_every_kernel_choice() {
     let batch = golden.batch();
     let dim = model.config.embedding_dim;
     let cc = device.compute_capability;
-    let attention_kernels = [AttentionKernel::Flash, AttentionKernel::FlashWgmma];
-    let mlp_kernels = [MlpKernel::Cublas, MlpKernel::Fused, MlpKernel::Wgmma];
-    for attention in attention_kernels.into_iter().filter(|k| k.runs_on(cc)) {
-        for mlp in mlp_kernels.into_iter().filter(|k| k.runs_on(cc)) {
-            for branch in [BranchStorage::F32, BranchStorage::Bf16] {
+    for attention in AttentionKernel::all().filter(|k| k.runs_on(cc)) {
+        for mlp in MlpKernel::all().filter(|k| k.runs_on(cc)) {
+            for branch in BranchStorage::all() {
                 let options = CudaOptions {
                     attention,
                     mlp,

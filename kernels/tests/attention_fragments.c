@@ -1,4 +1,4 @@
-/* attention_fragments.c: host check of the flash kernel's fragment index math.
+/* attention_fragments.c: host check of the flash kernels' fragment index math.
  *
  * No simulator runs mma.sync/ldmatrix, so this drives the warp emulator of warp_emulator.h
  * (ldmatrix.m8n8.x4(.trans).b16 and mma.m16n8k16 from the PTX ISA definitions) with the lane
@@ -6,14 +6,15 @@
  * order as attention_flash:
  *   S = Q K^T for one warp's 16 rows and a 64-key block, O = P V with P taken from the S
  *   accumulators exactly as the kernel packs them, and the epilogue staging of O through the
- *   swizzled Q tile; for attention_flash_wgmma, the wgmma operand layout of Q and K and where
- *   its accumulators land (check_wgmma_operands). Values are small integers, so every product is exact and the results
- *   must equal the direct matrix products bit for bit. It also checks that each 8-row phase
- *   of every ldmatrix touches all 32 shared-memory banks once (no bank conflicts).
+ *   swizzled Q tile; for attention_flash_wgmma, the wgmma operand layout of Q, K and V, the P
+ *   registers and where its accumulators land (check_wgmma_operands). Values are small
+ *   integers, so every product is exact and the results must equal the direct matrix products
+ *   bit for bit. It also checks that each 8-row phase of every ldmatrix touches all 32
+ *   shared-memory banks once (no bank conflicts).
  *
  * Build and run (src/backend/cuda/attention.rs does this in a test):
  *   cc -std=c99 -O1 -I kernels -I kernels/tests kernels/tests/attention_fragments.c -o frag && ./frag
- * Exit status 0 and "ok" on success; the first mismatch is printed otherwise.
+ * Exit status 0 and "ok" on success; the first mismatches are printed otherwise.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,19 +171,12 @@ int main(void) {
             }
             ldmatrix_x4(sq, addr, 0, a);
             for (int t = 0; t < BN / 8; t += 2) {
-                Pair b[32][4], b_lo[32][2], b_hi[32][2];
+                Pair b[32][4];
                 for (int l = 0; l < 32; ++l) {
                     addr[l] = attn_swizzle(t * 8 + ldsm_b_row(l), ks * 16 + ldsm_b_col(l));
                 }
                 ldmatrix_x4(sk, addr, 0, b);
-                for (int l = 0; l < 32; ++l) {
-                    b_lo[l][0] = b[l][0];
-                    b_lo[l][1] = b[l][1];
-                    b_hi[l][0] = b[l][2];
-                    b_hi[l][1] = b[l][3];
-                }
-                mma_16816(s[warp][t], a, b_lo);
-                mma_16816(s[warp][t + 1], a, b_hi);
+                mma_16816_b_x4(s[warp][t], s[warp][t + 1], a, b);
             }
         }
         for (int t = 0; t < BN / 8; ++t) {
@@ -219,19 +213,12 @@ int main(void) {
             }
             for (int j = 0; j < D / 8; j += 2) {
                 int addr[32];
-                Pair b[32][4], b_lo[32][2], b_hi[32][2];
+                Pair b[32][4];
                 for (int l = 0; l < 32; ++l) {
                     addr[l] = attn_swizzle(kk * 16 + ldsm_a_row(l), j * 8 + ldsm_a_col(l));
                 }
                 ldmatrix_x4(sv, addr, 1, b);
-                for (int l = 0; l < 32; ++l) {
-                    b_lo[l][0] = b[l][0];
-                    b_lo[l][1] = b[l][1];
-                    b_hi[l][0] = b[l][2];
-                    b_hi[l][1] = b[l][3];
-                }
-                mma_16816(o[warp][j], a, b_lo);
-                mma_16816(o[warp][j + 1], a, b_hi);
+                mma_16816_b_x4(o[warp][j], o[warp][j + 1], a, b);
             }
         }
         /* Reference: P[row][key] read back from the S fragments by the C layout. */

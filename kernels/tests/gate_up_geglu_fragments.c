@@ -52,21 +52,6 @@ static float out_gate[TOKENS][INTER], out_up[TOKENS][INTER];
 static int writes[TOKENS][INTER];
 static float acc[WARPS][M_TILES][N_TILES][32][4];
 
-/* One cp.async.16 per thread of a warp stores 16 bytes each; shared memory serves them in
- * phases of eight threads, which must cover the 32 banks once. */
-static void check_store_phase(const int offsets[8], int phase) {
-    int banks[32] = {0};
-    for (int t = 0; t < 8; ++t) {
-        expect(offsets[t] % 8 == 0, "cp.async destination 16-byte aligned", phase, t, offsets[t]);
-        for (int w = 0; w < 4; ++w) {
-            banks[bank_of(offsets[t] + 2 * w)]++;
-        }
-    }
-    for (int b = 0; b < 32; ++b) {
-        expect(banks[b] == 1, "cp.async store phase conflict-free", phase, b, banks[b]);
-    }
-}
-
 /* load_stage<threads> of the kernels for one thread-block, all threads. */
 static void load_stage(int threads, int s, int first_row, int first_weight_row, int k_tile) {
     const int row_step = threads / GEGLU_CHUNKS_PER_ROW;
@@ -79,8 +64,10 @@ static void load_stage(int threads, int s, int first_row, int first_weight_row, 
                 const int c = geglu_chunk_col(tid);
                 const int dst = tile_swizzle(r, c, BK);
                 phase_offsets[tid % 8] = dst;
+                /* One cp.async.16 per thread; shared memory serves eight threads per phase. */
                 if (tid % 8 == 7) {
-                    check_store_phase(phase_offsets, tid / 8);
+                    expect_phase_conflict_free(phase_offsets, "cp.async destination 16-byte aligned",
+                                               "cp.async store phase conflict-free", tid / 8);
                 }
                 for (int e = 0; e < 8; ++e) {
                     const int k = k_tile * BK + c + e;
@@ -123,21 +110,14 @@ static void run_cta(int block_out, int block_row) {
                     ldmatrix_x4(xs, addr, 0, a[mt]);
                 }
                 for (int t = 0; t < N_TILES; t += 2) {
-                    Pair b[32][4], b_lo[32][2], b_hi[32][2];
+                    Pair b[32][4];
                     for (int l = 0; l < 32; ++l) {
                         addr[l] = tile_swizzle(geglu_tile_weight_row(warp, t) + ldsm_b_row(l),
                                                ks * 16 + ldsm_b_col(l), BK);
                     }
                     ldmatrix_x4(ws, addr, 0, b);
-                    for (int l = 0; l < 32; ++l) {
-                        b_lo[l][0] = b[l][0];
-                        b_lo[l][1] = b[l][1];
-                        b_hi[l][0] = b[l][2];
-                        b_hi[l][1] = b[l][3];
-                    }
                     for (int mt = 0; mt < M_TILES; ++mt) {
-                        mma_16816(acc[warp][mt][t], a[mt], b_lo);
-                        mma_16816(acc[warp][mt][t + 1], a[mt], b_hi);
+                        mma_16816_b_x4(acc[warp][mt][t], acc[warp][mt][t + 1], a[mt], b);
                     }
                 }
             }

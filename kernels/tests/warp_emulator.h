@@ -31,23 +31,32 @@ static void expect(int ok, const char *what, int a, int b, int c) {
 /* Bank of a 4-byte word at element offset `elem` (2-byte elements). */
 static int bank_of(int elem) { return (elem * 2 / 4) % 32; }
 
+/* One shared-memory phase of eight 16-byte accesses (the eight row addresses of one ldmatrix
+ * 8x8 matrix, or eight threads' cp.async.16 stores) at element offsets `offsets`: each must be
+ * 16-byte aligned (`aligned`), and together they must cover the 32 banks once
+ * (`conflict_free`). */
+static void expect_phase_conflict_free(const int offsets[8], const char *aligned,
+                                       const char *conflict_free, int phase) {
+    int banks[32] = {0};
+    for (int i = 0; i < 8; ++i) {
+        expect(offsets[i] % 8 == 0, aligned, phase, i, offsets[i]);
+        for (int w = 0; w < 4; ++w) {
+            banks[bank_of(offsets[i] + 2 * w)]++;
+        }
+    }
+    for (int b = 0; b < 32; ++b) {
+        expect(banks[b] == 1, conflict_free, phase, b, banks[b]);
+    }
+}
+
 /* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l supplies the address (element
  * offset) of row l % 8 of matrix l / 8; lane t receives in register i, without .trans,
  * elements [t / 4][2 (t % 4)] and [t / 4][2 (t % 4) + 1] of matrix i, with .trans elements
  * [2 (t % 4)][t / 4] and [2 (t % 4) + 1][t / 4]. */
 static void ldmatrix_x4(const float *smem, const int addr[32], int trans, Pair out[32][4]) {
     for (int m = 0; m < 4; ++m) {
-        int banks[32] = {0};
-        for (int r = 0; r < 8; ++r) {
-            const int a = addr[8 * m + r];
-            expect(a % 8 == 0, "ldmatrix row address 16-byte aligned", m, r, a);
-            for (int w = 0; w < 4; ++w) {
-                banks[bank_of(a + 2 * w)]++;
-            }
-        }
-        for (int b = 0; b < 32; ++b) {
-            expect(banks[b] == 1, "ldmatrix phase conflict-free", m, b, banks[b]);
-        }
+        expect_phase_conflict_free(&addr[8 * m], "ldmatrix row address 16-byte aligned",
+                                   "ldmatrix phase conflict-free", m);
     }
     for (int t = 0; t < 32; ++t) {
         for (int m = 0; m < 4; ++m) {
@@ -107,6 +116,20 @@ static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
             c[t][i] = C[i < 2 ? g : g + 8][2 * q + (i & 1)];
         }
     }
+}
+
+/* The two mma.m16n8k16 the kernels issue per ldmatrix.x4 of a B operand: registers 0, 1 are
+ * the B fragment of n8 tile c0, registers 2, 3 that of n8 tile c1. */
+static void mma_16816_b_x4(float c0[32][4], float c1[32][4], Pair a[32][4], Pair b[32][4]) {
+    Pair b0[32][2], b1[32][2];
+    for (int l = 0; l < 32; ++l) {
+        b0[l][0] = b[l][0];
+        b0[l][1] = b[l][1];
+        b1[l][0] = b[l][2];
+        b1[l][1] = b[l][3];
+    }
+    mma_16816(c0, a, b0);
+    mma_16816(c1, a, b1);
 }
 
 /* wgmma.mma_async's shared-memory operands, from the PTX ISA: the element a K-major

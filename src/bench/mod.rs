@@ -64,6 +64,16 @@ impl Workload {
         }
     }
 
+    /// One fixed-length workload per length, then the mixed one if asked for, `tokens` each:
+    /// the random-id workloads of `bench` and `profile`.
+    pub fn synthetic(lengths: &[usize], mixed: bool, tokens: usize, seed: u64) -> Vec<Self> {
+        let mut workloads: Vec<Self> = lengths.iter().map(|&n| Self::fixed(n, tokens)).collect();
+        if mixed {
+            workloads.push(Self::mixed(tokens, seed));
+        }
+        workloads
+    }
+
     /// Lengths uniform in `MIXED_MIN_LEN..=MIXED_MAX_LEN` until they add up to `tokens`.
     pub fn mixed(tokens: usize, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed);

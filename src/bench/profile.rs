@@ -93,14 +93,7 @@ pub fn run(
     options.check(config)?;
     let vocab = config.vocab_size;
     let total = options.batch_tokens * options.batches;
-    let mut workloads: Vec<Workload> = options
-        .lengths
-        .iter()
-        .map(|&len| Workload::fixed(len, total))
-        .collect();
-    if options.mixed {
-        workloads.push(Workload::mixed(total, options.seed));
-    }
+    let workloads = Workload::synthetic(&options.lengths, options.mixed, total, options.seed);
     let dim = config.embedding_dim;
     let mut rng = SplitMix64::new(options.seed);
     let mut profiles = Vec::with_capacity(workloads.len());

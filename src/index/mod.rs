@@ -415,6 +415,18 @@ mod tests {
         let err = job(None, Some("querry")).unwrap_err().to_string();
         assert!(err.contains("unknown prompt name `querry`"), "{err}");
 
+        // A model with a default prompt: it applies when neither `prompt` nor a name is given.
+        let mut with_default = config.clone();
+        with_default.default_prompt_name = Some("query".into());
+        let defaulted = Tokenizer::load(&dir, &with_default).unwrap();
+        let job = |raw, name| job_prompt(&defaulted, raw, name);
+        assert_eq!(job(None, None).unwrap(), Some(prompt("query")));
+        assert_eq!(
+            job(None, Some("document")).unwrap(),
+            Some(prompt("document"))
+        );
+        assert_eq!(job(Some("raw: "), None).unwrap(), Some("raw: "));
+
         let choice = |choice: PromptChoice| {
             choice
                 .resolve(&tokenizer, Some("job: "))

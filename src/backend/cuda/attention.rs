@@ -199,8 +199,8 @@ pub enum AttentionKernel {
     Flash,
     /// `attention_reference`: one warp per row, the simple fallback.
     Reference,
-    /// `attention_flash_wgmma`: the flash kernel with Q K^T on Hopper's warpgroup MMA (sm_90
-    /// devices only).
+    /// `attention_flash_wgmma`: the flash kernel with Q K^T and P V on Hopper's warpgroup MMA
+    /// (sm_90 devices only).
     FlashWgmma,
 }
 

@@ -13,6 +13,11 @@ pub trait KernelChoice: Copy + 'static {
     const VAR: &'static str;
     const CHOICES: &'static [(&'static str, Self)];
 
+    /// Every choice, the default first.
+    fn all() -> impl Iterator<Item = Self> {
+        Self::CHOICES.iter().map(|&(_, choice)| choice)
+    }
+
     fn from_env() -> Result<Self> {
         Self::parse(std::env::var(Self::VAR).ok().as_deref())
     }
