@@ -29,6 +29,7 @@
  */
 #include "common.cuh"
 #include "gate_up_geglu.cuh"
+#include "gemm_pipeline.cuh"
 #include "mma.cuh"
 
 namespace {
@@ -43,35 +44,15 @@ constexpr int kStageElems = (kBlockM + kWeightRows) * kBlockK;
 static_assert(kStages * kStageElems * 2 == GEGLU_GEMM_SMEM_BYTES, "params.h smem size");
 static_assert(GEGLU_WARPS_M * (GEGLU_GEMM_BLOCK_OUT / GEGLU_WARP_OUT) * 32 == kThreads,
               "the warps tile the CTA");
-static_assert(kBlockK % 64 == 0, "tile_swizzle needs 128-byte rows");
+static_assert(kBlockK == GEMM_TILE_K, "gemm_pipeline.cuh's k slices");
 
-/* Start copying k slice `k_tile` of the CTA's x rows and weight rows into `stage`. Thread i of
- * Threads copies chunks i, i + Threads, ... of each tile: one column, every kRowStep-th row. */
+/* One k slice of the CTA's x rows and weight rows (gemm_pipeline.cuh). */
 template <int Threads>
 __device__ __forceinline__ void load_stage(bf16_t *stage, const GateUpGegluParams &p,
                                            uint32_t first_row, uint32_t first_weight_row,
                                            uint32_t k_tile) {
-    static_assert(Threads % GEGLU_CHUNKS_PER_ROW == 0 &&
-                      kBlockM % (Threads / GEGLU_CHUNKS_PER_ROW) == 0 &&
-                      kWeightRows % (Threads / GEGLU_CHUNKS_PER_ROW) == 0,
-                  "every thread copies whole columns of both tiles");
-    constexpr int kRowStep = Threads / GEGLU_CHUNKS_PER_ROW;
-    const int r0 = geglu_chunk_row(threadIdx.x), c = geglu_chunk_col(threadIdx.x);
-    const size_t k0 = static_cast<size_t>(k_tile) * kBlockK + c;
-    bf16_t *x_tile = stage;
-    bf16_t *w_tile = stage + kBlockM * kBlockK;
-#pragma unroll
-    for (int r = r0; r < kBlockM; r += kRowStep) {
-        const uint32_t row = first_row + r;
-        const bool valid = row < p.num_tokens;
-        const bf16_t *src = p.x + static_cast<size_t>(valid ? row : 0) * p.hidden + k0;
-        cp_async_16(x_tile + tile_swizzle(r, c, kBlockK), src, valid);
-    }
-#pragma unroll
-    for (int r = r0; r < kWeightRows; r += kRowStep) {
-        const bf16_t *src = p.w + static_cast<size_t>(first_weight_row + r) * p.hidden + k0;
-        cp_async_16(w_tile + tile_swizzle(r, c, kBlockK), src, true);
-    }
+    gemm_load_stage<Threads, kBlockM, kWeightRows>(stage, p.x, p.w, p.num_tokens, p.hidden,
+                                                   first_row, first_weight_row, k_tile);
 }
 
 } // namespace
@@ -170,66 +151,31 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
  * tile is a run of the 128-byte swizzle's 1024-byte atoms, and wgmma reads them through
  * descriptors (wgmma_desc_sw128) instead of ldmatrix. Warpgroup g multiplies token rows
  * 64 g .. 64 g + 63 by all 128 weight rows: four wgmma.m64n128k16 per k slice, 64 f32
- * accumulators per thread, gate in registers 0..31 and up in 32..63 (gate_up_geglu.cuh). Each
- * thread fences its cp.async writes into the async proxy before the barrier that precedes the
- * wgmmas, and the wgmmas of a slice complete before the next barrier, after which that stage may
- * be overwritten. On other architectures the kernel traps; the host launches it only on sm_90.
+ * accumulators per thread, gate in registers 0..31 and up in 32..63 (gate_up_geglu.cuh); the
+ * main loop is gemm_pipeline.cuh's. On other architectures the kernel traps; the host launches
+ * it only on sm_90.
  */
 extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
     gate_up_geglu_wgmma(const GateUpGegluParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int kWgThreads = GEGLU_WGMMA_THREADS;
     static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
-    static_assert(2 * GEGLU_WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
+    static_assert(2 * WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
     static_assert(kWeightRows == 128 && GEGLU_WGMMA_ACC_REGS == 64, "wgmma.m64n128");
-    static_assert(kBlockK == 64, "one 128-byte swizzle row per tile row (wgmma_desc_sw128)");
     extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
     const uint32_t smem_base = smem_addr(wgmma_smem_bytes);
     bf16_t *smem =
         reinterpret_cast<bf16_t *>(wgmma_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const int warpgroup = warp / 4;
     const uint32_t first_row = blockIdx.y * kBlockM;
     const uint32_t first_out = blockIdx.x * GEGLU_GEMM_BLOCK_OUT;
-    const uint32_t first_weight_row = blockIdx.x * kWeightRows;
-    const uint32_t k_tiles = p.hidden / kBlockK;
 
     float acc[GEGLU_WGMMA_ACC_REGS];
 #pragma unroll
     for (int r = 0; r < GEGLU_WGMMA_ACC_REGS; ++r) acc[r] = 0.0f;
-
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-        if (s < k_tiles) {
-            load_stage<kWgThreads>(smem + s * kStageElems, p, first_row, first_weight_row, s);
-        }
-        cp_async_commit();
-    }
-    for (uint32_t kt = 0; kt < k_tiles; ++kt) {
-        cp_async_wait<kStages - 2>();
-        fence_proxy_async_shared();
-        __syncthreads();
-        const uint32_t next = kt + kStages - 1;
-        if (next < k_tiles) {
-            load_stage<kWgThreads>(smem + (next % kStages) * kStageElems, p, first_row,
-                                   first_weight_row, next);
-        }
-        cp_async_commit();
-
-        const uint32_t x_tile = smem_addr(smem + (kt % kStages) * kStageElems);
-        const uint32_t w_tile = x_tile + kBlockM * kBlockK * 2;
-        wgmma_fence_operands(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kBlockK / 16; ++ks) {
-            wgmma_m64n128k16_bf16(acc, wgmma_desc_sw128(x_tile + geglu_wgmma_x_offset(warpgroup, ks)),
-                                  wgmma_desc_sw128(w_tile + geglu_wgmma_w_offset(ks)));
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operands(acc);
-    }
+    wgmma_gemm_mainloop<kWgThreads, kBlockM, kWeightRows, kStages>(
+        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * kWeightRows);
 
     /* Epilogue: register r (gate) and r + GEGLU_WGMMA_ACC_REGS / 2 (up) hold one output. */
     constexpr int kUp = GEGLU_WGMMA_ACC_REGS / 2;

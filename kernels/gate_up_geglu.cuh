@@ -2,7 +2,6 @@
  *
  * Plain integer arithmetic, driven by the kernel and by its host-side warp emulator
  * (kernels/tests/gate_up_geglu_fragments.c):
- * - which 16-byte chunk of a stage tile each thread copies,
  * - which rows and outputs each warp owns,
  * - which weight rows of the CTA's tile feed each of a warp's n8 accumulator tiles.
  */
@@ -19,14 +18,6 @@
 #define GEGLU_WARPS_M (GEGLU_GEMM_BLOCK_M / GEGLU_WARP_ROWS)
 #define GEGLU_M_TILES (GEGLU_WARP_ROWS / 16)
 #define GEGLU_OUT_TILES (GEGLU_WARP_OUT / 8)
-/* 16-byte chunks in one row of a stage tile. */
-#define GEGLU_CHUNKS_PER_ROW (GEGLU_GEMM_BLOCK_K / 8)
-
-/* Chunk `i` of a stage tile (row-major over [rows][BLOCK_K]): its row and first column.
- * Consecutive threads take consecutive chunks, so eight threads copy one 128-byte row. */
-TILE_HD int geglu_chunk_row(int i) { return i / GEGLU_CHUNKS_PER_ROW; }
-TILE_HD int geglu_chunk_col(int i) { return (i % GEGLU_CHUNKS_PER_ROW) * 8; }
-
 /* The warp's first token row inside the CTA tile, and the first of its outputs inside the
  * CTA's BLOCK_OUT outputs. */
 TILE_HD int geglu_warp_row(int warp) { return (warp % GEGLU_WARPS_M) * GEGLU_WARP_ROWS; }
@@ -52,22 +43,15 @@ TILE_HD int geglu_acc_out(int warp, int tile, int lane) {
 }
 
 /* gate_up_geglu_wgmma: warpgroup g (warps 4g..4g+3) computes token rows 64 g .. 64 g + 63 of
- * the CTA tile against all 2 * BLOCK_OUT weight rows with wgmma.m64n128k16. Byte offsets, inside
- * a stage's x tile and weight tile, of the operands of k16 step `ks`: */
-#define GEGLU_WGMMA_ROWS 64
-TILE_HD uint32_t geglu_wgmma_x_offset(int warpgroup, int ks) {
-    return (uint32_t)(warpgroup * GEGLU_WGMMA_ROWS * GEGLU_GEMM_BLOCK_K * 2 + ks * 32);
-}
-TILE_HD uint32_t geglu_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
-
-/* Where the wgmma accumulators land (tile.cuh's wgmma_acc_row and wgmma_acc_col for the
+ * the CTA tile against all 2 * BLOCK_OUT weight rows with wgmma.m64n128k16 (tile.cuh's
+ * gemm_wgmma_x_offset and gemm_wgmma_w_offset address its operands). Where the wgmma accumulators land (tile.cuh's wgmma_acc_row and wgmma_acc_col for the
  * thread's warpgroup): register `reg` of lane `lane` in warp `warp` of the CTA holds token row
  * geglu_wgmma_acc_row (inside the CTA tile) and weight row wgmma_acc_col (inside the CTA's
  * 2 * BLOCK_OUT). Registers r and r + GEGLU_WGMMA_ACC_REGS / 2 hold the gate and up of one
  * output. An m64nN accumulator takes N / 2 f32 per thread, here N = 2 * BLOCK_OUT. */
 #define GEGLU_WGMMA_ACC_REGS (2 * GEGLU_GEMM_BLOCK_OUT / 2)
 TILE_HD int geglu_wgmma_acc_row(int warp, int lane, int reg) {
-    return (warp / 4) * GEGLU_WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
+    return (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
 }
 
 #endif /* GEMMA_EMBED_GATE_UP_GEGLU_CUH */

@@ -27,6 +27,14 @@ TILE_HD int tile_swizzle(int row, int col, int row_elems) {
     return row * row_elems + ((chunk ^ (row & 7)) << 3) + (col & 7);
 }
 
+/* The GEMM kernels with fused epilogues (gate_up_geglu, qkv_proj) stream k in slices of
+ * GEMM_TILE_K bf16: one 128-byte swizzle row per tile row, the width tile_swizzle and
+ * wgmma_desc_sw128 address. Chunk `i` of a stage tile [rows][GEMM_TILE_K]: its row and first
+ * column. Consecutive threads take consecutive chunks, so eight threads copy one 128-byte row. */
+#define GEMM_TILE_K 64
+TILE_HD int gemm_chunk_row(int i) { return i / (GEMM_TILE_K / 8); }
+TILE_HD int gemm_chunk_col(int i) { return (i % (GEMM_TILE_K / 8)) * 8; }
+
 /* ldmatrix.x4 lane addresses. Lanes 8i..8i+7 give the eight row addresses of matrix i, and
  * matrix i lands in register i of every lane.
  *
@@ -66,6 +74,15 @@ TILE_HD uint64_t wgmma_desc_sw128_mn(uint32_t addr, uint32_t n_block_stride) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((n_block_stride & 0x3FFFF) >> 4) << 16) |
            ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
 }
+
+/* wgmma GEMMs over such stages: warpgroup g multiplies tile rows WGMMA_ROWS g .. + 63 by every
+ * weight row. Byte offsets, inside a stage's x tile and weight tile, of the operands of k16 step
+ * `ks` (the next 16 k of each 128-byte row, before the swizzle). */
+#define WGMMA_ROWS 64
+TILE_HD uint32_t gemm_wgmma_x_offset(int warpgroup, int ks) {
+    return (uint32_t)(warpgroup * WGMMA_ROWS * GEMM_TILE_K * 2 + ks * 32);
+}
+TILE_HD uint32_t gemm_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
 
 /* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
  * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row

@@ -1,8 +1,9 @@
 /* gate_up_geglu_fragments.c: host check of the gate_up_geglu kernels' index math.
  *
  * gate_up_geglu: drives the warp emulator of warp_emulator.h (ldmatrix.x4 and mma.m16n8k16 from
- * the PTX ISA definitions) with the chunk, warp and tile functions of gate_up_geglu.cuh and the
- * swizzle and lane addresses of tile.cuh, in the loop order of the kernel: every CTA of a
+ * the PTX ISA definitions) with the warp and tile functions of gate_up_geglu.cuh, the stage
+ * copy (emulate_stage_tile) and the swizzle, chunk and lane addresses of tile.cuh, in the loop
+ * order of the kernel: every CTA of a
  * problem with two row blocks (the second one partial) and two output blocks, three k slices
  * rotating through the stage buffers, the weight rows interleaved in blocks as the host uploads
  * them.
@@ -54,33 +55,9 @@ static float acc[WARPS][M_TILES][N_TILES][32][4];
 
 /* load_stage<threads> of the kernels for one thread-block, all threads. */
 static void load_stage(int threads, int s, int first_row, int first_weight_row, int k_tile) {
-    const int row_step = threads / GEGLU_CHUNKS_PER_ROW;
-    for (int tile = 0; tile < 2; ++tile) {
-        const int rows = tile == 0 ? BM : WR;
-        for (int j = 0; j * row_step < rows; ++j) {
-            int phase_offsets[8];
-            for (int tid = 0; tid < threads; ++tid) {
-                const int r = geglu_chunk_row(tid) + j * row_step;
-                const int c = geglu_chunk_col(tid);
-                const int dst = tile_swizzle(r, c, BK);
-                phase_offsets[tid % 8] = dst;
-                /* One cp.async.16 per thread; shared memory serves eight threads per phase. */
-                if (tid % 8 == 7) {
-                    expect_phase_conflict_free(phase_offsets, "cp.async destination 16-byte aligned",
-                                               "cp.async store phase conflict-free", tid / 8);
-                }
-                for (int e = 0; e < 8; ++e) {
-                    const int k = k_tile * BK + c + e;
-                    if (tile == 0) {
-                        const int row = first_row + r;
-                        stage[s][dst + e] = row < TOKENS ? x[row][k] : 0.0f;
-                    } else {
-                        stage[s][BM * BK + dst + e] = w_interleaved[first_weight_row + r][k];
-                    }
-                }
-            }
-        }
-    }
+    emulate_stage_tile(stage[s], BM, threads, &x[0][0], TOKENS, HIDDEN, first_row, k_tile);
+    emulate_stage_tile(stage[s] + BM * BK, WR, threads, &w_interleaved[0][0], 2 * INTER, HIDDEN,
+                       first_weight_row, k_tile);
 }
 
 static void run_cta(int block_out, int block_row) {
@@ -164,15 +141,15 @@ static void run_cta_wgmma(int block_out, int block_row) {
         const uint32_t x_tile = 0, w_tile = BM * BK * 2;
         for (int wg = 0; wg < WGMMA_THREADS / 128; ++wg) {
             for (int ks = 0; ks < BK / 16; ++ks) {
-                const uint64_t da = wgmma_desc_sw128(x_tile + geglu_wgmma_x_offset(wg, ks));
-                const uint64_t db = wgmma_desc_sw128(w_tile + geglu_wgmma_w_offset(ks));
-                for (int m = 0; m < GEGLU_WGMMA_ROWS; ++m) {
+                const uint64_t da = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(wg, ks));
+                const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
+                for (int m = 0; m < WGMMA_ROWS; ++m) {
                     for (int n = 0; n < WR; ++n) {
                         float sum = 0.0f;
                         for (int k = 0; k < 16; ++k) {
                             sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
                         }
-                        d[wg * GEGLU_WGMMA_ROWS + m][n] += sum;
+                        d[wg * WGMMA_ROWS + m][n] += sum;
                     }
                 }
             }

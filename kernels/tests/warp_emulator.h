@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "tile.cuh"
+
 /* One 32-bit register holding two 16-bit elements: lo = lower index. */
 typedef struct {
     float lo, hi;
@@ -46,6 +48,33 @@ static void expect_phase_conflict_free(const int offsets[8], const char *aligned
     }
     for (int b = 0; b < 32; ++b) {
         expect(banks[b] == 1, conflict_free, phase, b, banks[b]);
+    }
+}
+
+/* gemm_load_stage (kernels/gemm_pipeline.cuh) for one tile of a stage, all `threads` threads:
+ * rows 0 .. rows - 1 of the tile [rows][GEMM_TILE_K] at `tile` take k slice `k_tile` of
+ * source rows first_row .. of `src` ([src_rows][src_stride], row-major); rows past src_rows are
+ * zero-filled. Checks that each phase of eight cp.async.16 stores is conflict-free. */
+static inline void emulate_stage_tile(float *tile, int rows, int threads, const float *src, int src_rows,
+                                      int src_stride, int first_row, int k_tile) {
+    const int row_step = threads / (GEMM_TILE_K / 8);
+    for (int j = 0; j * row_step < rows; ++j) {
+        int phase_offsets[8];
+        for (int tid = 0; tid < threads; ++tid) {
+            const int r = gemm_chunk_row(tid) + j * row_step;
+            const int c = gemm_chunk_col(tid);
+            const int dst = tile_swizzle(r, c, GEMM_TILE_K);
+            phase_offsets[tid % 8] = dst;
+            if (tid % 8 == 7) {
+                expect_phase_conflict_free(phase_offsets, "cp.async destination 16-byte aligned",
+                                           "cp.async store phase conflict-free", tid / 8);
+            }
+            const int row = first_row + r;
+            for (int e = 0; e < 8; ++e) {
+                const int k = k_tile * GEMM_TILE_K + c + e;
+                tile[dst + e] = row < src_rows ? src[(size_t)row * src_stride + k] : 0.0f;
+            }
+        }
     }
 }
 

@@ -1,0 +1,116 @@
+// gemm_pipeline.cuh: the main loop shared by the GEMM kernels with fused epilogues
+// (gate_up_geglu.cu, qkv_proj.cu): out-tile = x[rows] . w[weight rows]^T over k, both operands
+// bf16 [.., k_dim] row-major (K-major), accumulated in f32.
+//
+// - gemm_load_stage: one k slice of the CTA's x rows and weight rows into a pipeline stage,
+//   [BlockM][GEMM_TILE_K] then [WeightRows][GEMM_TILE_K], 16-byte cp.async chunks placed by
+//   tile_swizzle; x rows past num_tokens are zero-filled.
+// - wgmma_gemm_mainloop (sm_90a): a Stages-deep cp.async pipeline whose stages two or more
+//   warpgroups read through 128-byte-swizzle descriptors with wgmma.m64nNk16, N = WeightRows;
+//   warpgroup g owns rows WGMMA_ROWS g .. of the tile. The stages start at a 1024-byte boundary.
+//
+// Index math lives in tile.cuh, where the host warp emulators (kernels/tests/) drive it.
+#pragma once
+
+#include "mma.cuh"
+#include "params.h"
+#include "tile.cuh"
+
+namespace {
+
+/* Start copying k slice `k_tile` of x rows first_row .. + BlockM and weight rows
+ * first_weight_row .. + WeightRows into `stage`. Thread i of Threads copies chunks i,
+ * i + Threads, ... of each tile: one column, every kRowStep-th row. */
+template <int Threads, int BlockM, int WeightRows>
+__device__ __forceinline__ void gemm_load_stage(bf16_t *stage, const bf16_t *x, const bf16_t *w,
+                                                uint32_t num_tokens, uint32_t k_dim,
+                                                uint32_t first_row, uint32_t first_weight_row,
+                                                uint32_t k_tile) {
+    constexpr int kChunksPerRow = GEMM_TILE_K / 8;
+    static_assert(Threads % kChunksPerRow == 0 && BlockM % (Threads / kChunksPerRow) == 0 &&
+                      WeightRows % (Threads / kChunksPerRow) == 0,
+                  "every thread copies whole columns of both tiles");
+    constexpr int kRowStep = Threads / kChunksPerRow;
+    const int r0 = gemm_chunk_row(threadIdx.x), c = gemm_chunk_col(threadIdx.x);
+    const size_t k0 = static_cast<size_t>(k_tile) * GEMM_TILE_K + c;
+    bf16_t *x_tile = stage;
+    bf16_t *w_tile = stage + BlockM * GEMM_TILE_K;
+#pragma unroll
+    for (int r = r0; r < BlockM; r += kRowStep) {
+        const uint32_t row = first_row + r;
+        const bool valid = row < num_tokens;
+        const bf16_t *src = x + static_cast<size_t>(valid ? row : 0) * k_dim + k0;
+        cp_async_16(x_tile + tile_swizzle(r, c, GEMM_TILE_K), src, valid);
+    }
+#pragma unroll
+    for (int r = r0; r < WeightRows; r += kRowStep) {
+        const bf16_t *src = w + static_cast<size_t>(first_weight_row + r) * k_dim + k0;
+        cp_async_16(w_tile + tile_swizzle(r, c, GEMM_TILE_K), src, true);
+    }
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* acc (the m64nN accumulators of this thread's warpgroup, N = WeightRows, zeroed by the caller)
+ * += x[first_row + 64 g ..][:k_dim] . w[first_weight_row ..][:k_dim]^T. `smem` is 1024-byte
+ * aligned and holds Stages * (BlockM + WeightRows) * GEMM_TILE_K bf16. Each thread fences its
+ * cp.async writes into the async proxy before the barrier that precedes the wgmmas, and the
+ * wgmmas of a slice complete before the next barrier, after which that stage may be
+ * overwritten. On return every wgmma has completed; the stages may still be read by other
+ * warpgroups' last wgmmas until a barrier. */
+template <int Threads, int BlockM, int WeightRows, int Stages, int AccRegs>
+__device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_t *smem,
+                                                    const bf16_t *x, const bf16_t *w,
+                                                    uint32_t num_tokens, uint32_t k_dim,
+                                                    uint32_t first_row, uint32_t first_weight_row) {
+    static_assert(Threads == (BlockM / WGMMA_ROWS) * 128, "one warpgroup per 64 tile rows");
+    static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
+    static_assert(WeightRows == 128 || WeightRows == 256, "wgmma.m64n128k16 or m64n256k16");
+    constexpr int kStageElems = (BlockM + WeightRows) * GEMM_TILE_K;
+    const int warpgroup = threadIdx.x / 128;
+    const uint32_t k_tiles = k_dim / GEMM_TILE_K;
+
+    /* Prologue: the first Stages - 1 slices in flight, one commit group each. */
+#pragma unroll
+    for (int s = 0; s < Stages - 1; ++s) {
+        if (s < k_tiles) {
+            gemm_load_stage<Threads, BlockM, WeightRows>(smem + s * kStageElems, x, w, num_tokens,
+                                                         k_dim, first_row, first_weight_row, s);
+        }
+        cp_async_commit();
+    }
+    for (uint32_t kt = 0; kt < k_tiles; ++kt) {
+        /* Slice kt has landed for every thread and is visible to the async proxy, and every
+         * warpgroup is done with slice kt - 1, whose stage the next load overwrites. */
+        cp_async_wait<Stages - 2>();
+        fence_proxy_async_shared();
+        __syncthreads();
+        const uint32_t next = kt + Stages - 1;
+        if (next < k_tiles) {
+            gemm_load_stage<Threads, BlockM, WeightRows>(smem + (next % Stages) * kStageElems, x,
+                                                         w, num_tokens, k_dim, first_row,
+                                                         first_weight_row, next);
+        }
+        cp_async_commit(); /* possibly empty, so the group count stays in step */
+
+        const uint32_t x_tile = smem_addr(smem + (kt % Stages) * kStageElems);
+        const uint32_t w_tile = x_tile + BlockM * GEMM_TILE_K * 2;
+        wgmma_fence_operands(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < GEMM_TILE_K / 16; ++ks) {
+            const uint64_t a = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(warpgroup, ks));
+            const uint64_t b = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
+            if constexpr (WeightRows == 128) {
+                wgmma_m64n128k16_bf16(acc, a, b);
+            } else {
+                wgmma_m64n256k16_bf16(acc, a, b);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+    }
+}
+#endif
+
+} // namespace
