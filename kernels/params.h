@@ -106,6 +106,34 @@ typedef struct {
     uint32_t max_positions;
 } QkvPostParams;
 
+/* qkv_proj.cu (sm_90a): the QKV projection with qkv_post's arithmetic in its epilogue. CTA
+ * tile: QKV_PROJ_BLOCK_M token rows x one head slot (ATTENTION_HEAD_DIM weight rows: a q head,
+ * k or v), k in GEMM_TILE_K slices through a QKV_PROJ_STAGES-deep pipeline, two warpgroups. */
+#define QKV_PROJ_BLOCK_M 128
+#define QKV_PROJ_STAGES 4
+#define QKV_PROJ_THREADS 256
+/* STAGES * (BLOCK_M + HEAD_DIM) * 64 bf16, plus 1024 bytes to align the stages. */
+#define QKV_PROJ_SMEM_BYTES 197632
+typedef struct {
+    const bf16_t *x;          /* [num_tokens, hidden] bf16(residual) */
+    const bf16_t *w;          /* [(num_heads + 2) * head_dim, hidden]: q heads, k, v rows,
+                                 columns scaled by 1 + input_layernorm */
+    const float *inv_rms;     /* [num_tokens] inverse RMS of the residual rows */
+    const uint32_t *positions;/* [num_tokens] */
+    const float *q_norm;      /* [head_dim] weight w (1 + w applied) */
+    const float *k_norm;      /* [head_dim] */
+    const float *rope_cos;    /* [max_positions, head_dim / 2] */
+    const float *rope_sin;    /* [max_positions, head_dim / 2] */
+    bf16_t *q;                /* [num_tokens, num_heads, head_dim] out, times q_scale */
+    bf16_t *k;                /* [num_tokens, head_dim] out */
+    bf16_t *v;                /* [num_tokens, head_dim] out */
+    float q_scale;
+    float eps;
+    uint32_t num_tokens;
+    uint32_t num_heads;
+    uint32_t hidden;          /* a multiple of GEMM_TILE_K (64) */
+} QkvProjParams;
+
 /* geglu.cu: out = gelu_tanh(r * gate) * (r * up). */
 typedef struct {
     const bf16_t *gate_up;    /* [num_tokens, 2 * intermediate]: gate | up */

@@ -50,7 +50,7 @@ enum Command {
     /// non-zero when any check fails.
     CheckKernels(CheckKernelsArgs),
     /// Time every operation of the CUDA forward (GEMMs, kernels, copies) on workloads of random
-    /// token ids, with the kernel choices of GEMMA_EMBED_ATTENTION, _MLP and _BRANCH.
+    /// token ids, with the kernel choices of GEMMA_EMBED_QKV, _ATTENTION, _MLP and _BRANCH.
     Profile(ProfileArgs),
 }
 

@@ -1,6 +1,7 @@
 //! The CUDA backend on the real model against sentence-transformers' golden embeddings
-//! (float32, CPU), with every combination of the kernel choices the device runs (attention
-//! kernels, MLP paths, branch storage: every name `GEMMA_EMBED_*` accepts): cosine >= 0.9995 per vector, the parity target.
+//! (float32, CPU), with every combination of the kernel choices the device runs (QKV paths,
+//! attention kernels, MLP paths, branch storage: every name `GEMMA_EMBED_*` accepts): cosine at
+//! least 0.9995 per vector, the parity target.
 //! Skips, saying so, when the binary has no kernels or the machine has no CUDA device; then
 //! like every real-model test, skips loudly without the model and fails under `CI=true`.
 
@@ -10,7 +11,7 @@ use std::io::Write;
 
 use gemma_embed::backend::cuda::attention::AttentionKernel;
 use gemma_embed::backend::cuda::{
-    self, mlp::MlpKernel, BranchStorage, CudaBackend, CudaOptions, KernelChoice,
+    self, mlp::MlpKernel, qkv::QkvKernel, BranchStorage, CudaBackend, CudaOptions, KernelChoice,
 };
 use gemma_embed::backend::{Backend, Batch, Embeddings};
 use gemma_embed::model::Model;
@@ -46,22 +47,28 @@ fn cuda_embeddings_match_sentence_transformers_with_every_kernel_choice() {
     let batch = golden.batch();
     let dim = model.config.embedding_dim;
     let cc = device.compute_capability;
-    for attention in AttentionKernel::all().filter(|k| k.runs_on(cc)) {
-        for mlp in MlpKernel::all().filter(|k| k.runs_on(cc)) {
-            for branch in BranchStorage::all() {
-                let options = CudaOptions {
-                    attention,
-                    mlp,
-                    branch,
-                };
-                let label = options.describe();
-                let out = cuda_forward(&model, options, &batch).expect("CUDA forward");
-                let worst = golden.worst_cosine(&label, &out.data, dim);
-                assert!(
-                    worst >= PARITY,
-                    "{label}: worst cosine {worst:.6} < {PARITY}"
-                );
+    let mut combinations = Vec::new();
+    for qkv in QkvKernel::all().filter(|k| k.runs_on(cc)) {
+        for attention in AttentionKernel::all().filter(|k| k.runs_on(cc)) {
+            for mlp in MlpKernel::all().filter(|k| k.runs_on(cc)) {
+                for branch in BranchStorage::all() {
+                    combinations.push(CudaOptions {
+                        qkv,
+                        attention,
+                        mlp,
+                        branch,
+                    });
+                }
             }
         }
+    }
+    for options in combinations {
+        let label = options.describe();
+        let out = cuda_forward(&model, options, &batch).expect("CUDA forward");
+        let worst = golden.worst_cosine(&label, &out.data, dim);
+        assert!(
+            worst >= PARITY,
+            "{label}: worst cosine {worst:.6} < {PARITY}"
+        );
     }
 }

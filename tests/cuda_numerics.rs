@@ -6,18 +6,18 @@
 //! Rounding points modelled (see `src/backend/cuda/backend.rs`): weights in bf16, with the input
 //! and pre-feedforward norms' `(1 + w)` folded into the QKV and gate|up columns; embedding scale
 //! bf16(sqrt(hidden)); f32 residual stream; bf16 GEMM inputs with f32 accumulation; bf16 QKV
-//! and gate|up GEMM outputs (the gate|up one only on the cuBLAS MLP path: the fused
-//! `gate_up_geglu` kernel keeps gate and up in f32); the per-row inverse RMS applied by the
+//! and gate|up GEMM outputs on the cuBLAS paths (the fused `qkv_proj_wgmma` and
+//! `gate_up_geglu` kernels keep them in f32); the per-row inverse RMS applied by the
 //! consumer; bf16 Q, K, V, the attention output and the GEGLU output; f32 O and down projection
 //! outputs, or bf16 with `GEMMA_EMBED_BRANCH=bf16`; f32 pooling with the folded Dense. Not
-//! modelled: the flash kernel's bf16
-//! probabilities and summation order.
+//! modelled: the flash kernel's bf16 probabilities and summation order.
 //! Skips loudly without the model; fails under `CI=true`.
 
 mod common;
 
 use gemma_embed::backend::cpu::ops as cpu;
 use gemma_embed::backend::cuda::mlp::MlpKernel;
+use gemma_embed::backend::cuda::qkv::QkvKernel;
 use gemma_embed::backend::cuda::{BranchStorage, CudaOptions};
 use gemma_embed::backend::Batch;
 use gemma_embed::model::{LayerKind, Model};
@@ -55,6 +55,8 @@ fn gemm_bf16(x: &[f32], w: &[f32], in_features: usize, out_features: usize) -> V
 /// Where the modelled pipeline rounds to bf16 beyond the fixed points listed above.
 #[derive(Clone, Copy, Debug)]
 struct Rounding {
+    /// The QKV GEMM output (the cuBLAS path; `qkv_proj_wgmma` keeps it in f32).
+    qkv: bool,
     /// The gate|up GEMM output (the cuBLAS MLP path; the fused kernels keep it in f32).
     gate_up: bool,
     /// The O and down projection outputs (`GEMMA_EMBED_BRANCH=bf16`).
@@ -67,6 +69,7 @@ impl Rounding {
     /// The backend's rounding with these kernel choices.
     fn of(options: CudaOptions) -> Self {
         Self {
+            qkv: options.qkv == QkvKernel::Cublas,
             gate_up: options.mlp == MlpKernel::Cublas,
             branch: options.branch == BranchStorage::Bf16,
             residual: false,
@@ -96,7 +99,10 @@ fn cuda_model_forward(model: &Model, batch: &Batch, rounding: Rounding) -> Vec<f
 
         let inv = cpu::inverse_rms_rows_f64(&x, h, c.rms_norm_eps);
         let width = (heads + 2) * hd;
-        let qkv = rounded(&gemm_bf16(&x, &qkv_w, h, width));
+        let mut qkv = gemm_bf16(&x, &qkv_w, h, width);
+        if rounding.qkv {
+            bf16(&mut qkv);
+        }
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for (row, &r) in qkv.chunks_exact(width).zip(&inv) {
             let scaled: Vec<f32> = row.iter().map(|&e| e * r).collect();
@@ -186,8 +192,15 @@ fn worst_cosines(roundings: &[(String, Rounding)]) -> Option<Vec<f64>> {
 
 #[test]
 fn bf16_pipeline_meets_the_parity_target() {
-    // Every MLP path with every branch storage; the fused kernels (GEMMA_EMBED_MLP=fused and
-    // =wgmma) round alike.
+    // Every MLP path with every branch storage, then every candidate together; the fused MLP
+    // kernels (GEMMA_EMBED_MLP=fused and =wgmma) round alike, and the attention kernels are not
+    // modelled.
+    let every_candidate = CudaOptions {
+        qkv: QkvKernel::Wgmma,
+        mlp: MlpKernel::Wgmma,
+        branch: BranchStorage::Bf16,
+        ..CudaOptions::default()
+    };
     let paths: Vec<(String, Rounding)> = [MlpKernel::Cublas, MlpKernel::Fused]
         .into_iter()
         .flat_map(|mlp| {
@@ -197,6 +210,7 @@ fn bf16_pipeline_meets_the_parity_target() {
                 ..CudaOptions::default()
             })
         })
+        .chain([every_candidate])
         .map(|o| (o.describe(), Rounding::of(o)))
         .collect();
     let Some(worst) = worst_cosines(&paths) else {

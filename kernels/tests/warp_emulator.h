@@ -82,7 +82,7 @@ static inline void emulate_stage_tile(float *tile, int rows, int threads, const 
  * offset) of row l % 8 of matrix l / 8; lane t receives in register i, without .trans,
  * elements [t / 4][2 (t % 4)] and [t / 4][2 (t % 4) + 1] of matrix i, with .trans elements
  * [2 (t % 4)][t / 4] and [2 (t % 4) + 1][t / 4]. */
-static void ldmatrix_x4(const float *smem, const int addr[32], int trans, Pair out[32][4]) {
+static inline void ldmatrix_x4(const float *smem, const int addr[32], int trans, Pair out[32][4]) {
     for (int m = 0; m < 4; ++m) {
         expect_phase_conflict_free(&addr[8 * m], "ldmatrix row address 16-byte aligned",
                                    "ldmatrix phase conflict-free", m);
@@ -111,7 +111,7 @@ static void ldmatrix_x4(const float *smem, const int addr[32], int trans, Pair o
  *   i >= 4); register j holds elements 2j, 2j + 1.
  *   B element i: row (k) 2q + (i & 1) (+8 for i >= 2), col (n) g; register j holds 2j, 2j + 1.
  *   C element i: row g (i < 2) or g + 8, col 2q + (i & 1). */
-static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
+static inline void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
     float A[16][16], B[16][8], C[16][8];
     for (int t = 0; t < 32; ++t) {
         const int g = t / 4, q = t % 4;
@@ -149,7 +149,7 @@ static void mma_16816(float c[32][4], Pair a[32][4], Pair b[32][2]) {
 
 /* The two mma.m16n8k16 the kernels issue per ldmatrix.x4 of a B operand: registers 0, 1 are
  * the B fragment of n8 tile c0, registers 2, 3 that of n8 tile c1. */
-static void mma_16816_b_x4(float c0[32][4], float c1[32][4], Pair a[32][4], Pair b[32][4]) {
+static inline void mma_16816_b_x4(float c0[32][4], float c1[32][4], Pair a[32][4], Pair b[32][4]) {
     Pair b0[32][2], b1[32][2];
     for (int l = 0; l < 32; ++l) {
         b0[l][0] = b[l][0];

@@ -64,7 +64,7 @@ pub struct WorkloadProfile {
 #[derive(Clone, Debug, Serialize)]
 pub struct ProfileReport {
     pub device: String,
-    /// The backend's kernel choices, e.g. `attention_flash, cublas+geglu, f32 branch`.
+    /// The backend's kernel choices, e.g. `cublas+qkv_post, attention_flash, cublas+geglu, f32 branch`.
     pub kernels: String,
     pub batch_tokens: usize,
     pub workloads: Vec<WorkloadProfile>,
@@ -176,7 +176,7 @@ mod tests {
         }
         let report = ProfileReport {
             device: "Test GPU (sm_90)".into(),
-            kernels: "attention_flash, cublas+geglu, f32 branch".into(),
+            kernels: "cublas+qkv_post, attention_flash, cublas+geglu, f32 branch".into(),
             batch_tokens: 1000,
             workloads: vec![WorkloadProfile::of(
                 &Workload::fixed(500, 2000),
@@ -191,7 +191,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "device: Test GPU (sm_90); kernels: attention_flash, cublas+geglu, f32 branch"
+            "device: Test GPU (sm_90); kernels: cublas+qkv_post, attention_flash, cublas+geglu, f32 branch"
         );
         assert_eq!(
             lines[2],

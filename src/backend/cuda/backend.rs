@@ -1,12 +1,12 @@
 //! [`CudaBackend`]: the whole forward pass on the GPU.
 //!
-//! Per layer: QKV GEMM → `qkv_post` → attention → O GEMM → `residual_norm` → gate|up GEMM →
-//! `geglu` (or both in `gate_up_geglu`, see [`MlpKernel`]) → down GEMM → `residual_norm`; then
-//! `pool_embeddings`. The residual stream is f32; the O and down projection outputs f32, or
+//! Per layer: QKV GEMM → `qkv_post` (or both in `qkv_proj_wgmma`, see [`QkvKernel`]) →
+//! attention → O GEMM → `residual_norm` → gate|up GEMM → `geglu` (or both in `gate_up_geglu`,
+//! see [`MlpKernel`]) → down GEMM → `residual_norm`; then `pool_embeddings`. The residual stream is f32; the O and down projection outputs f32, or
 //! bf16 with `GEMMA_EMBED_BRANCH=bf16` ([`BranchStorage`]); GEMM operands bf16 with f32
 //! accumulation. The input and pre-feedforward norms are folded:
 //! their `(1 + w)` scales the projection's weight columns at upload, and the per-row inverse
-//! RMS is applied by the consumer kernel (`qkv_post`, `geglu`).
+//! RMS is applied by the consumer kernel (`qkv_post`, `geglu`) or epilogue.
 
 use cudarc::driver::CudaSlice;
 
@@ -20,6 +20,7 @@ use super::ops::{
 };
 use super::options::{BranchStorage, CudaOptions};
 use super::profile::{OpTimes, Timeline};
+use super::qkv::{QkvKernel, QkvProj};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::{LayerKind, Model};
 use crate::{Error, Result};
@@ -47,6 +48,7 @@ struct Activations {
     seq_capacity: usize,
     tokens: Tokens,
     residual: Residual,
+    /// cuBLAS's QKV output; one unused element with the fused kernel.
     qkv: CudaSlice<u16>,
     attention_in: QkvBuffers,
     attention_out: CudaSlice<u16>,
@@ -62,11 +64,16 @@ impl Activations {
         dev: &Device,
         d: &ModelDims,
         (capacity, seq_capacity): (usize, usize),
-        cublas_mlp: bool,
+        (cublas_qkv, cublas_mlp): (bool, bool),
         branch: BranchStorage,
     ) -> Result<Self> {
         let gate_up_len = if cublas_mlp {
             capacity * 2 * d.intermediate
+        } else {
+            1
+        };
+        let qkv_len = if cublas_qkv {
+            capacity * d.qkv_width()
         } else {
             1
         };
@@ -85,7 +92,7 @@ impl Activations {
                 x_bf16: dev.alloc(capacity * d.hidden, "residual bf16")?,
                 inv_rms: dev.alloc(capacity, "inverse RMS")?,
             },
-            qkv: dev.alloc(capacity * d.qkv_width(), "qkv")?,
+            qkv: dev.alloc(qkv_len, "qkv")?,
             attention_in: QkvBuffers {
                 q: dev.alloc(capacity * d.q_width(), "q")?,
                 k: dev.alloc(capacity * d.head_dim, "k")?,
@@ -98,6 +105,12 @@ impl Activations {
             embeddings: dev.alloc(seq_capacity * d.embed_dim, "embeddings")?,
         })
     }
+}
+
+/// How the layers compute attention-ready Q, K, V.
+enum Qkv {
+    Cublas,
+    Fused(QkvProj),
 }
 
 /// How the layers compute `gelu_tanh(r·gate)·(r·up)`.
@@ -117,6 +130,7 @@ impl Mlp {
 pub struct CudaBackend {
     dev: Device,
     kernels: Kernels,
+    qkv: Qkv,
     mlp: Mlp,
     attention: Attention,
     options: CudaOptions,
@@ -165,6 +179,10 @@ impl CudaBackend {
         let dev = Device::open()?;
         let kernels = Kernels::load(&dev, dims)?;
         let attention = Attention::load(&dev, config, options.attention)?;
+        let qkv = match options.qkv {
+            QkvKernel::Cublas => Qkv::Cublas,
+            QkvKernel::Wgmma => Qkv::Fused(QkvProj::load(&dev, &dims)?),
+        };
         let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
             MlpKernel::Fused | MlpKernel::Wgmma => {
@@ -231,6 +249,7 @@ impl CudaBackend {
         };
         Ok(Self {
             kernels,
+            qkv,
             mlp,
             attention,
             options,
@@ -280,7 +299,7 @@ impl CudaBackend {
                 &self.dev,
                 &self.kernels.dims,
                 (capacity, seq_capacity),
-                self.mlp.uses_cublas(),
+                (matches!(self.qkv, Qkv::Cublas), self.mlp.uses_cublas()),
                 self.options.branch,
             )?);
         }
@@ -388,14 +407,6 @@ impl CudaBackend {
         k.embed(dev, &mut act.tokens, &self.embed_tokens, &mut act.residual)?;
         mark("embed_tokens")?;
         for layer in &self.layers {
-            linear(
-                dev,
-                &act.residual.x_bf16,
-                &layer.qkv,
-                GemmOut::Bf16(&mut act.qkv),
-                (n, d.qkv_width(), d.hidden),
-            )?;
-            mark("QKV projection (cuBLAS)")?;
             let rope = match layer.kind {
                 LayerKind::Sliding => &self.rope_sliding,
                 LayerKind::Full => &self.rope_full,
@@ -405,15 +416,38 @@ impl CudaBackend {
                 k_norm: &layer.k_norm,
                 rope,
             };
-            k.qkv_post(
-                dev,
-                &act.tokens,
-                &act.qkv,
-                &act.residual.inv_rms,
-                norms,
-                &mut act.attention_in,
-            )?;
-            mark("qkv_post")?;
+            match &self.qkv {
+                Qkv::Cublas => {
+                    linear(
+                        dev,
+                        &act.residual.x_bf16,
+                        &layer.qkv,
+                        GemmOut::Bf16(&mut act.qkv),
+                        (n, d.qkv_width(), d.hidden),
+                    )?;
+                    mark("QKV projection (cuBLAS)")?;
+                    k.qkv_post(
+                        dev,
+                        &act.tokens,
+                        &act.qkv,
+                        &act.residual.inv_rms,
+                        norms,
+                        &mut act.attention_in,
+                    )?;
+                    mark("qkv_post")?;
+                }
+                Qkv::Fused(qkv_proj) => {
+                    qkv_proj.launch(
+                        dev,
+                        &d,
+                        &act.tokens,
+                        (&act.residual.x_bf16, &layer.qkv, &act.residual.inv_rms),
+                        norms,
+                        &mut act.attention_in,
+                    )?;
+                    mark(QkvKernel::Wgmma.name())?;
+                }
+            }
             attend(layer.window, &act.attention_in, &mut act.attention_out)?;
             mark(match layer.kind {
                 LayerKind::Sliding => "attention, sliding layers",

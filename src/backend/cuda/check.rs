@@ -18,6 +18,7 @@ use super::ops::{
     RopeTable, Tokens,
 };
 use super::options::BranchStorage;
+use super::qkv::{QkvKernel, QkvProj};
 use super::report::{KernelCheck, KernelChecks, Timing};
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
@@ -202,6 +203,9 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
             check_attention(&dev, &[AttentionKernel::FlashWgmma], rng)
         });
     }
+    run("qkv_proj (cuBLAS + fused)", &mut |rng| {
+        check_qkv_proj(&dev, &kernels, rng)
+    });
     Ok(KernelChecks {
         device: dev.info.description.clone(),
         checks,
@@ -413,30 +417,109 @@ fn upload_branch(dev: &Device, storage: BranchStorage, values: &[f32]) -> Result
     })
 }
 
-/// `qkv_post` from the CPU twins: inverse-RMS scale (the folded input norm), per-head
-/// RMSNorm of q and k, RoPE, query scale. Returns (q, k, v).
-fn qkv_post_reference(
-    d: &ModelDims,
-    qkv: &[f32],
-    inv_rms: &[f32],
-    positions: &[u32],
-    (q_norm, k_norm): (&[f32], &[f32]),
-    (cos, sin): (&[f32], &[f32]),
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (hd, heads) = (d.head_dim, d.num_heads);
-    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, &r) in qkv.chunks_exact(d.qkv_width()).zip(inv_rms) {
-        let scaled: Vec<f32> = row.iter().map(|&x| x * r).collect();
-        q.extend_from_slice(&scaled[..heads * hd]);
-        k.extend_from_slice(&scaled[heads * hd..(heads + 1) * hd]);
-        v.extend_from_slice(&scaled[(heads + 1) * hd..]);
+/// Random q/k norm weights and the sliding layers' RoPE table, on the host and the device:
+/// the per-layer inputs of `qkv_post` and `qkv_proj_wgmma`.
+struct QkNormsCase {
+    q_norm_host: Vec<f32>,
+    k_norm_host: Vec<f32>,
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
+    q_norm: CudaSlice<f32>,
+    k_norm: CudaSlice<f32>,
+    rope: RopeTable,
+}
+
+impl QkNormsCase {
+    fn new(dev: &Device, d: &ModelDims, rng: &mut SplitMix64) -> Result<Self> {
+        let q_norm_host = rng.f32s(d.head_dim, -1.0, 2.0);
+        let k_norm_host = rng.f32s(d.head_dim, -1.0, 2.0);
+        let (cos_host, sin_host) = rope_tables(ROPE_THETA, d.head_dim, MAX_POSITIONS);
+        Ok(Self {
+            q_norm: dev.upload(&q_norm_host, "q_norm")?,
+            k_norm: dev.upload(&k_norm_host, "k_norm")?,
+            rope: RopeTable {
+                cos: dev.upload(&cos_host, "rope cos")?,
+                sin: dev.upload(&sin_host, "rope sin")?,
+                max_positions: MAX_POSITIONS,
+            },
+            q_norm_host,
+            k_norm_host,
+            cos_host,
+            sin_host,
+        })
     }
-    cpu::rms_norm_in_place(&mut q, q_norm, d.eps);
-    cpu::rms_norm_in_place(&mut k, k_norm, d.eps);
-    cpu::rope(&mut q, positions, heads, hd, cos, sin);
-    cpu::rope(&mut k, positions, 1, hd, cos, sin);
-    q.iter_mut().for_each(|x| *x *= d.q_scale);
-    (q, k, v)
+
+    fn norms(&self) -> QkNorms<'_> {
+        QkNorms {
+            q_norm: &self.q_norm,
+            k_norm: &self.k_norm,
+            rope: &self.rope,
+        }
+    }
+
+    /// `qkv_post` from the CPU twins on the projection `qkv` (`[rows, qkv_width]`):
+    /// inverse-RMS scale (the folded input norm), per-head RMSNorm of q and k, RoPE, query
+    /// scale. Returns (q, k, v).
+    fn reference(
+        &self,
+        d: &ModelDims,
+        qkv: &[f32],
+        inv_rms: &[f32],
+        positions: &[u32],
+    ) -> [Vec<f32>; 3] {
+        let (hd, heads) = (d.head_dim, d.num_heads);
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, &r) in qkv.chunks_exact(d.qkv_width()).zip(inv_rms) {
+            let scaled: Vec<f32> = row.iter().map(|&x| x * r).collect();
+            q.extend_from_slice(&scaled[..heads * hd]);
+            k.extend_from_slice(&scaled[heads * hd..(heads + 1) * hd]);
+            v.extend_from_slice(&scaled[(heads + 1) * hd..]);
+        }
+        cpu::rms_norm_in_place(&mut q, &self.q_norm_host, d.eps);
+        cpu::rms_norm_in_place(&mut k, &self.k_norm_host, d.eps);
+        let (cos, sin) = (&self.cos_host, &self.sin_host);
+        cpu::rope(&mut q, positions, heads, hd, cos, sin);
+        cpu::rope(&mut k, positions, 1, hd, cos, sin);
+        q.iter_mut().for_each(|x| *x *= d.q_scale);
+        [q, k, v]
+    }
+}
+
+fn poisoned_qkv_buffers(dev: &Device, d: &ModelDims, n: usize) -> Result<QkvBuffers> {
+    Ok(QkvBuffers {
+        q: poisoned(dev, n * d.q_width(), BF16_POISON, "q")?,
+        k: poisoned(dev, n * d.head_dim, BF16_POISON, "k")?,
+        v: poisoned(dev, n * d.head_dim, BF16_POISON, "v")?,
+    })
+}
+
+/// `name/q`, `name/k`, `name/v`: each output against its reference rounded to bf16, with
+/// `tolerance` from the reference (one head of head_dim columns per row of the matrix map).
+fn compare_qkv(
+    dev: &Device,
+    d: &ModelDims,
+    (name, case): (&str, &str),
+    out: &QkvBuffers,
+    references: &[Vec<f32>; 3],
+    tolerance: impl Fn(&[f32]) -> (f64, f64),
+) -> Result<Vec<KernelCheck>> {
+    let mut checks = Vec::new();
+    for ((part, buffer), reference) in [("q", &out.q), ("k", &out.k), ("v", &out.v)]
+        .into_iter()
+        .zip(references)
+    {
+        let name = format!("{name}/{part}");
+        let got = bf16_to_f32(&download(dev, buffer, reference.len(), &name)?);
+        checks.push(KernelCheck::compare_matrix(
+            &name,
+            case.to_string(),
+            &got,
+            &round_bf16(reference),
+            d.head_dim,
+            tolerance(reference),
+        ));
+    }
+    Ok(checks)
 }
 
 fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
@@ -446,72 +529,148 @@ fn check_qkv_post(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
     let w = d.qkv_width();
     let qkv_bits = rng.bf16s(n * w, -4.0, 4.0);
     let inv_rms_host = rng.f32s(n, 0.05, 2.0);
-    let q_norm_host = rng.f32s(d.head_dim, -1.0, 2.0);
-    let k_norm_host = rng.f32s(d.head_dim, -1.0, 2.0);
-    let (cos_host, sin_host) = rope_tables(ROPE_THETA, d.head_dim, MAX_POSITIONS);
-    let rope = RopeTable {
-        cos: dev.upload(&cos_host, "rope cos")?,
-        sin: dev.upload(&sin_host, "rope sin")?,
-        max_positions: MAX_POSITIONS,
-    };
+    let norms = QkNormsCase::new(dev, &d, rng)?;
     let qkv = dev.upload(&qkv_bits, "qkv")?;
     let inv_rms = dev.upload(&inv_rms_host, "inv_rms")?;
-    let q_norm = dev.upload(&q_norm_host, "q_norm")?;
-    let k_norm = dev.upload(&k_norm_host, "k_norm")?;
     let tokens = case.device_tokens(dev, &vec![0; n])?;
-    let poisoned_qkv = |n: usize| -> Result<QkvBuffers> {
-        Ok(QkvBuffers {
-            q: poisoned(dev, n * d.q_width(), BF16_POISON, "q")?,
-            k: poisoned(dev, n * d.head_dim, BF16_POISON, "k")?,
-            v: poisoned(dev, n * d.head_dim, BF16_POISON, "v")?,
-        })
-    };
-    let mut out = poisoned_qkv(n)?;
-    let norms = || QkNorms {
-        q_norm: &q_norm,
-        k_norm: &k_norm,
-        rope: &rope,
-    };
-    k.qkv_post(dev, &tokens, &qkv, &inv_rms, norms(), &mut out)?;
+    let mut out = poisoned_qkv_buffers(dev, &d, n)?;
+    k.qkv_post(dev, &tokens, &qkv, &inv_rms, norms.norms(), &mut out)?;
 
-    let (q_ref, k_ref, v_ref) = qkv_post_reference(
+    let references = norms.reference(
         &d,
         &bf16_to_f32(&qkv_bits),
         &inv_rms_host,
         &positions(&case.seq_offsets),
-        (&q_norm_host, &k_norm_host),
-        (&cos_host, &sin_host),
     );
-    let desc = case.describe();
-    let mut checks = Vec::new();
-    for (name, buffer, reference) in [
-        ("qkv_post/q", &out.q, q_ref),
-        ("qkv_post/k", &out.k, k_ref),
-        ("qkv_post/v", &out.v, v_ref),
-    ] {
-        let got = bf16_to_f32(&download(dev, buffer, reference.len(), name)?);
-        checks.push(KernelCheck::compare(
-            name,
-            desc.clone(),
-            &got,
-            &round_bf16(&reference),
-            bf16_tol(&reference),
-        ));
-    }
+    let mut checks = compare_qkv(
+        dev,
+        &d,
+        ("qkv_post", &case.describe()),
+        &out,
+        &references,
+        bf16_tol,
+    )?;
 
     let timed = TokenCase::timed();
     let qkv = dev.upload(&rng.bf16s(timed.n * w, -4.0, 4.0), "qkv")?;
     let inv_rms = dev.upload(&rng.f32s(timed.n, 0.05, 2.0), "inv_rms")?;
     let tokens = timed.device_tokens(dev, &vec![0; timed.n])?;
-    let mut out = poisoned_qkv(timed.n)?;
+    let mut out = poisoned_qkv_buffers(dev, &d, timed.n)?;
     let us = time_launches(dev, || {
-        k.qkv_post(dev, &tokens, &qkv, &inv_rms, norms(), &mut out)
+        k.qkv_post(dev, &tokens, &qkv, &inv_rms, norms.norms(), &mut out)
     })?;
     // Reads qkv (bf16), inv_rms, position and the RoPE rows (f32, cached); writes q, k, v.
     let bytes = timed.n as f64 * (w as f64 * 2.0 * 2.0 + 8.0);
     checks[0] = checks[0]
         .clone()
         .with_timing(timing(timed.describe(), us, bytes, 0.0));
+    Ok(checks)
+}
+
+/// The attention block's Q, K, V from x = bf16(residual): the cuBLAS QKV GEMM followed by
+/// `qkv_post` (the baseline), then `qkv_proj_wgmma` where the device runs it (sm_90), both
+/// against the CPU twins (`linear`, then `qkv_post`'s) on the same bf16 inputs, and timed at the
+/// same size. A fused kernel that fails to run is reported as a failed entry after the
+/// baseline's results.
+fn check_qkv_proj(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let (h, w) = (d.hidden, d.qkv_width());
+    // Weights like the folded real ones; x and r give q/k rows of a few units.
+    let w_bits = rng.bf16s(w * h, -0.1, 0.1);
+    let weight = dev.upload(&w_bits, "qkv weight")?;
+    let norms = QkNormsCase::new(dev, &d, rng)?;
+    // The edge lengths: the last 128-row block is partial.
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let n = case.n;
+    let x_bits = rng.bf16s(n * h, -2.0, 2.0);
+    let inv_rms_host = rng.f32s(n, 0.05, 2.0);
+    let x = dev.upload(&x_bits, "x")?;
+    let inv_rms = dev.upload(&inv_rms_host, "inv_rms")?;
+    let tokens = case.device_tokens(dev, &vec![0; n])?;
+    let mut qkv_f32 = vec![0.0f32; n * w];
+    cpu::linear(
+        &bf16_to_f32(&x_bits),
+        &bf16_to_f32(&w_bits),
+        h,
+        w,
+        &mut qkv_f32,
+    );
+    let references = norms.reference(&d, &qkv_f32, &inv_rms_host, &positions(&case.seq_offsets));
+    let desc = format!("{} m={n} n={w} k={h}", case.describe());
+    let run_baseline = |x: &CudaSlice<u16>,
+                        r: &CudaSlice<f32>,
+                        tokens: &Tokens,
+                        qkv: &mut CudaSlice<u16>,
+                        out: &mut QkvBuffers| {
+        let rows = tokens.num_tokens;
+        linear(dev, x, &weight, GemmOut::Bf16(qkv), (rows, w, h))?;
+        k.qkv_post(dev, tokens, qkv, r, norms.norms(), out)
+    };
+
+    let timed = TokenCase::timed();
+    let x_timed = dev.upload(&rng.bf16s(timed.n * h, -2.0, 2.0), "x")?;
+    let inv_rms_timed = dev.upload(&rng.f32s(timed.n, 0.05, 2.0), "inv_rms")?;
+    let tokens_timed = timed.device_tokens(dev, &vec![0; timed.n])?;
+    let flops = (2 * timed.n * w * h) as f64;
+    // x, the weights, inv_rms, positions and q, k, v once; the baseline also writes the
+    // projection and qkv_post reads it back.
+    let fused_bytes = ((timed.n * h + w * h + timed.n * w) * 2 + timed.n * 8) as f64;
+    let baseline_bytes = fused_bytes + (timed.n * w * 2 * 2) as f64;
+    let timed_case = format!("m={} n={w} k={h}", timed.n);
+
+    let mut qkv = poisoned(dev, n * w, BF16_POISON, "qkv")?;
+    let mut out = poisoned_qkv_buffers(dev, &d, n)?;
+    run_baseline(&x, &inv_rms, &tokens, &mut qkv, &mut out)?;
+    // cuBLAS rounds the projection to bf16 before qkv_post: one more rounding of up to 2^-9
+    // relative, which the reference's f32 projection does not have.
+    let baseline_tol = |reference: &[f32]| (2.0 * bf16_tol(reference).0, 1e-2);
+    let mut checks = compare_qkv(
+        dev,
+        &d,
+        ("qkv+qkv_post (cuBLAS)", &desc),
+        &out,
+        &references,
+        baseline_tol,
+    )?;
+    let mut qkv = dev.alloc::<u16>(timed.n * w, "qkv")?;
+    let mut out = poisoned_qkv_buffers(dev, &d, timed.n)?;
+    let us = time_launches(dev, || {
+        run_baseline(&x_timed, &inv_rms_timed, &tokens_timed, &mut qkv, &mut out)
+    })?;
+    checks[0] =
+        checks[0]
+            .clone()
+            .with_timing(timing(timed_case.clone(), us, baseline_bytes, flops));
+
+    if QkvKernel::Wgmma.runs_on(dev.info.compute_capability) {
+        let fused = || -> Result<Vec<KernelCheck>> {
+            let qkv_proj = QkvProj::load(dev, &d)?;
+            let run =
+                |x: &CudaSlice<u16>, r: &CudaSlice<f32>, tokens: &Tokens, out: &mut QkvBuffers| {
+                    qkv_proj.launch(dev, &d, tokens, (x, &weight, r), norms.norms(), out)
+                };
+            let mut out = poisoned_qkv_buffers(dev, &d, n)?;
+            run(&x, &inv_rms, &tokens, &mut out)?;
+            let name = QkvKernel::Wgmma.name();
+            let mut fused_checks =
+                compare_qkv(dev, &d, (name, &desc), &out, &references, bf16_tol)?;
+            let mut out = poisoned_qkv_buffers(dev, &d, timed.n)?;
+            let us = time_launches(dev, || {
+                run(&x_timed, &inv_rms_timed, &tokens_timed, &mut out)
+            })?;
+            fused_checks[0] = fused_checks[0].clone().with_timing(timing(
+                timed_case.clone(),
+                us,
+                fused_bytes,
+                flops,
+            ));
+            Ok(fused_checks)
+        };
+        match fused() {
+            Ok(fused_checks) => checks.extend(fused_checks),
+            Err(e) => checks.push(KernelCheck::error(QkvKernel::Wgmma.name(), e.to_string())),
+        }
+    }
     Ok(checks)
 }
 

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod mlp;
 pub mod options;
 pub mod profile;
+pub mod qkv;
 mod report;
 
 pub use options::{BranchStorage, CudaOptions, KernelChoice};

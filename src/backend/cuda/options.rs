@@ -5,6 +5,7 @@
 
 use super::attention::AttentionKernel;
 use super::mlp::MlpKernel;
+use super::qkv::QkvKernel;
 use crate::{Error, Result};
 
 /// A kernel choice read from one environment variable: `CHOICES[0]` when it is unset, the
@@ -73,6 +74,7 @@ impl BranchStorage {
 /// Every kernel choice of the CUDA backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
+    pub qkv: QkvKernel,
     pub attention: AttentionKernel,
     pub mlp: MlpKernel,
     pub branch: BranchStorage,
@@ -82,6 +84,7 @@ pub struct CudaOptions {
 impl Default for CudaOptions {
     fn default() -> Self {
         Self {
+            qkv: QkvKernel::CHOICES[0].1,
             attention: AttentionKernel::CHOICES[0].1,
             mlp: MlpKernel::CHOICES[0].1,
             branch: BranchStorage::CHOICES[0].1,
@@ -90,23 +93,26 @@ impl Default for CudaOptions {
 }
 
 impl CudaOptions {
-    /// `GEMMA_EMBED_ATTENTION`, `GEMMA_EMBED_MLP` and `GEMMA_EMBED_BRANCH`.
+    /// `GEMMA_EMBED_QKV`, `GEMMA_EMBED_ATTENTION`, `GEMMA_EMBED_MLP` and `GEMMA_EMBED_BRANCH`.
     pub fn from_env() -> Result<Self> {
         Ok(Self {
+            qkv: QkvKernel::from_env()?,
             attention: AttentionKernel::from_env()?,
             mlp: MlpKernel::from_env()?,
             branch: BranchStorage::from_env()?,
         })
     }
 
-    /// E.g. `attention_flash, cublas+geglu, f32 branch`, for logs and test messages.
+    /// E.g. `cublas+qkv_post, attention_flash, cublas+geglu, f32 branch`, for logs and test
+    /// messages: the choices in the order the layer runs them.
     pub fn describe(&self) -> String {
         let branch = match self.branch {
             BranchStorage::F32 => "f32",
             BranchStorage::Bf16 => "bf16",
         };
         format!(
-            "{}, {}, {branch} branch",
+            "{}, {}, {}, {branch} branch",
+            self.qkv.name(),
             self.attention.name(),
             self.mlp.name()
         )
@@ -157,7 +163,7 @@ mod tests {
     fn the_default_options_are_the_measured_paths() {
         assert_eq!(
             CudaOptions::default().describe(),
-            "attention_flash, cublas+geglu, f32 branch"
+            "cublas+qkv_post, attention_flash, cublas+geglu, f32 branch"
         );
     }
 }

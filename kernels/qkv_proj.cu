@@ -1,0 +1,124 @@
+/* qkv_proj.cu: the QKV projection with qkv_post's arithmetic in its epilogue (sm_90a).
+ *
+ * For head slot s (q heads 0 .. num_heads - 1, then k, then v) and token t, with
+ * y = r_t (x_t . W_s^T) where x = bf16(residual), W_s the slot's 256 weight rows (the input
+ * norm's 1 + w scales their columns) and r_t = inv_rms[t] completing that norm:
+ *   q and k: y * rsqrt(mean(y^2) + eps) * (1 + w_norm), NeoX RoPE at the token's position
+ *            (out_i = a cos - b sin, out_{i+128} = b cos + a sin), q also times q_scale;
+ *   v: y.
+ * The cuBLAS QKV GEMM followed by qkv_post.cu, in one kernel: the [num_tokens, 1280] bf16 qkv
+ * activations never reach memory.
+ *
+ * Layout (QkvProjParams in params.h): x bf16 [num_tokens, hidden]; w bf16
+ * [(num_heads + 2) * 256, hidden] (the engine's uploaded QKV weight, unchanged); inv_rms f32
+ * [num_tokens]; positions u32 [num_tokens]; q_norm, k_norm f32 [256]; rope_cos/rope_sin f32
+ * [max_positions, 128]. Out: q bf16 [num_tokens, num_heads, 256], k and v bf16 [num_tokens, 256].
+ *
+ * Launch: grid (num_heads + 2, ceil(num_tokens / BLOCK_M)), QKV_PROJ_THREADS (two warpgroups),
+ * QKV_PROJ_SMEM_BYTES of dynamic shared memory (one CTA per SM). A CTA computes BLOCK_M = 128
+ * token rows x one slot's 256 weight rows through gemm_pipeline.cuh's wgmma main loop:
+ * QKV_PROJ_STAGES stages of 64-wide k slices (x [128][64], w [256][64]), warpgroup g multiplying
+ * rows 64 g .. 64 g + 63 with wgmma.m64n256k16, 128 f32 accumulators per thread. The slot index
+ * runs fastest, so the CTAs sharing x rows run together. Epilogue (qkv_proj.cuh): each thread
+ * holds 64 columns of two rows; the row's sum of squares is reduced over its quad with two
+ * shuffles, and RoPE pairs (c, c + 128) are registers r and r + 64 of the same thread. Rows past
+ * num_tokens compute zeros (zero-filled x) and are not stored. On other architectures the
+ * kernel traps; the host launches it only on sm_90.
+ *
+ * Numerics: bf16 products accumulated in f32 by the tensor cores; inverse RMS, the q/k RMSNorm,
+ * RoPE (f32 tables) and the query scale in f32; one bf16 rounding at the store. The cuBLAS path
+ * rounds the projection to bf16 before qkv_post; this kernel does not.
+ */
+#include "common.cuh"
+#include "gemm_pipeline.cuh"
+#include "qkv_proj.cuh"
+
+extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
+    qkv_proj_wgmma(const QkvProjParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kBlockM = QKV_PROJ_BLOCK_M;
+    constexpr int kWeightRows = ATTENTION_HEAD_DIM;
+    constexpr int kStages = QKV_PROJ_STAGES;
+    static_assert(kStages * (kBlockM + kWeightRows) * GEMM_TILE_K * 2 + 1024 == QKV_PROJ_SMEM_BYTES,
+                  "params.h smem size");
+    static_assert(QKV_PROJ_THREADS == 2 * 128 && kBlockM == 2 * WGMMA_ROWS, "two warpgroups");
+    static_assert(QKV_PROJ_ROPE_REGS == QKV_PROJ_ACC_REGS / 2, "RoPE partners in one thread");
+    extern __shared__ __align__(128) unsigned char qkv_smem_bytes[];
+    const uint32_t smem_base = smem_addr(qkv_smem_bytes);
+    bf16_t *smem =
+        reinterpret_cast<bf16_t *>(qkv_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const uint32_t slot = blockIdx.x;
+    const uint32_t first_row = blockIdx.y * kBlockM;
+
+    float acc[QKV_PROJ_ACC_REGS];
+#pragma unroll
+    for (int r = 0; r < QKV_PROJ_ACC_REGS; ++r) acc[r] = 0.0f;
+    wgmma_gemm_mainloop<QKV_PROJ_THREADS, kBlockM, kWeightRows, kStages>(
+        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, slot * kWeightRows);
+
+    constexpr uint32_t kHeadDim = ATTENTION_HEAD_DIM;
+    constexpr uint32_t kHalf = kHeadDim / 2;
+    const bool is_value = slot == p.num_heads + 1;
+    const bool is_key = slot == p.num_heads;
+    const float *norm_weight = is_key ? p.k_norm : p.q_norm;
+    const float out_scale = is_key ? 1.0f : p.q_scale;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
+        const bool valid = row < p.num_tokens;
+        /* Every lane of the quad shares `row`, and every lane reaches the shuffles. */
+        const float r = valid ? p.inv_rms[row] : 0.0f;
+        if (is_value) {
+            if (!valid) continue;
+            bf16_t *dst = p.v + static_cast<size_t>(row) * kHeadDim;
+#pragma unroll
+            for (int tile = 0; tile < 2 * QKV_PROJ_HALF_TILES; ++tile) {
+                *reinterpret_cast<uint32_t *>(dst + gemm_wgmma_col(lane, tile)) =
+                    pack_bf16x2(r * acc[gemm_wgmma_reg(tile, half, 0)],
+                                r * acc[gemm_wgmma_reg(tile, half, 1)]);
+            }
+            continue;
+        }
+        float sum_squares = 0.0f;
+#pragma unroll
+        for (int tile = 0; tile < 2 * QKV_PROJ_HALF_TILES; ++tile) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float y = r * acc[gemm_wgmma_reg(tile, half, e)];
+                sum_squares += y * y;
+            }
+        }
+        sum_squares += __shfl_xor_sync(FULL_MASK, sum_squares, 1);
+        sum_squares += __shfl_xor_sync(FULL_MASK, sum_squares, 2);
+        if (!valid) continue;
+        const float norm_scale = r * inverse_rms(sum_squares, kHeadDim, p.eps);
+        bf16_t *dst = is_key ? p.k + static_cast<size_t>(row) * kHeadDim
+                             : p.q + (static_cast<size_t>(row) * p.num_heads + slot) * kHeadDim;
+        const size_t table_row = static_cast<size_t>(p.positions[row]) * kHalf;
+#pragma unroll
+        for (int tile = 0; tile < QKV_PROJ_HALF_TILES; ++tile) {
+            const int col = gemm_wgmma_col(lane, tile);
+            const float2 wa = *reinterpret_cast<const float2 *>(norm_weight + col);
+            const float2 wb = *reinterpret_cast<const float2 *>(norm_weight + kHalf + col);
+            const float2 cos = *reinterpret_cast<const float2 *>(p.rope_cos + table_row + col);
+            const float2 sin = *reinterpret_cast<const float2 *>(p.rope_sin + table_row + col);
+            const float a0 = acc[gemm_wgmma_reg(tile, half, 0)] * norm_scale * (1.0f + wa.x);
+            const float a1 = acc[gemm_wgmma_reg(tile, half, 1)] * norm_scale * (1.0f + wa.y);
+            const float b0 =
+                acc[gemm_wgmma_reg(tile, half, 0) + QKV_PROJ_ROPE_REGS] * norm_scale * (1.0f + wb.x);
+            const float b1 =
+                acc[gemm_wgmma_reg(tile, half, 1) + QKV_PROJ_ROPE_REGS] * norm_scale * (1.0f + wb.y);
+            *reinterpret_cast<uint32_t *>(dst + col) =
+                pack_bf16x2((a0 * cos.x - b0 * sin.x) * out_scale,
+                            (a1 * cos.y - b1 * sin.y) * out_scale);
+            *reinterpret_cast<uint32_t *>(dst + kHalf + col) =
+                pack_bf16x2((b0 * cos.x + a0 * sin.x) * out_scale,
+                            (b1 * cos.y + a1 * sin.y) * out_scale);
+        }
+    }
+#else
+    __trap();
+#endif
+}
