@@ -134,6 +134,30 @@ typedef struct {
     uint32_t hidden;          /* a multiple of GEMM_TILE_K (64) */
 } QkvProjParams;
 
+/* proj_residual_norm.cu (sm_90a): the O or down projection with residual_norm's arithmetic in
+ * its epilogue. A cluster of PROJ_NORM_CLUSTER CTAs covers BLOCK_M token rows x all hidden
+ * (= PROJ_NORM_CLUSTER * 256) outputs, one 256-wide slice per CTA; k in GEMM_TILE_K slices through a
+ * PROJ_NORM_STAGES-deep pipeline, two warpgroups per CTA. */
+#define PROJ_NORM_BLOCK_M 128
+#define PROJ_NORM_CLUSTER 3
+#define PROJ_NORM_STAGES 4
+#define PROJ_NORM_THREADS 256
+/* STAGES * (BLOCK_M + 256) * 64 bf16, plus 1024 bytes to align the stages. */
+#define PROJ_NORM_SMEM_BYTES 197632
+typedef struct {
+    const bf16_t *x;          /* [num_tokens, k_dim] the projection's input (attention or GEGLU
+                                 output) */
+    const bf16_t *w;          /* [hidden, k_dim] the projection's weight */
+    const float *post_norm;   /* [hidden] post-norm weight w (the kernel multiplies by 1 + w) */
+    float *residual;          /* [num_tokens, hidden] in/out */
+    bf16_t *residual_bf16;    /* [num_tokens, hidden] out: bf16(new residual) */
+    float *inv_rms;           /* [num_tokens] out: inverse RMS of the new residual */
+    float eps;
+    uint32_t num_tokens;
+    uint32_t k_dim;           /* a multiple of GEMM_TILE_K (64) */
+    uint32_t hidden;          /* PROJ_NORM_CLUSTER * 256 */
+} ProjResidualNormParams;
+
 /* geglu.cu: out = gelu_tanh(r * gate) * (r * up). */
 typedef struct {
     const bf16_t *gate_up;    /* [num_tokens, 2 * intermediate]: gate | up */

@@ -51,7 +51,7 @@ fn cuda_embeddings_match_sentence_transformers_with_every_kernel_choice() {
     for qkv in QkvKernel::all().filter(|k| k.runs_on(cc)) {
         for attention in AttentionKernel::all().filter(|k| k.runs_on(cc)) {
             for mlp in MlpKernel::all().filter(|k| k.runs_on(cc)) {
-                for branch in BranchStorage::all() {
+                for branch in BranchStorage::all().filter(|b| b.runs_on(cc)) {
                     combinations.push(CudaOptions {
                         qkv,
                         attention,

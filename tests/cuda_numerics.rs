@@ -9,7 +9,7 @@
 //! and gate|up GEMM outputs on the cuBLAS paths (the fused `qkv_proj_wgmma` and
 //! `gate_up_geglu` kernels keep them in f32); the per-row inverse RMS applied by the
 //! consumer; bf16 Q, K, V, the attention output and the GEGLU output; f32 O and down projection
-//! outputs, or bf16 with `GEMMA_EMBED_BRANCH=bf16`; f32 pooling with the folded Dense. Not
+//! outputs, or bf16 with `GEMMA_EMBED_BRANCH=bf16` (f32 accumulators with `=fused`); f32 pooling with the folded Dense. Not
 //! modelled: the flash kernel's bf16 probabilities and summation order.
 //! Skips loudly without the model; fails under `CI=true`.
 
@@ -198,7 +198,7 @@ fn bf16_pipeline_meets_the_parity_target() {
     let every_candidate = CudaOptions {
         qkv: QkvKernel::Wgmma,
         mlp: MlpKernel::Wgmma,
-        branch: BranchStorage::Bf16,
+        branch: BranchStorage::Fused,
         ..CudaOptions::default()
     };
     let paths: Vec<(String, Rounding)> = [MlpKernel::Cublas, MlpKernel::Fused]

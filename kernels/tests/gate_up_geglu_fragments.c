@@ -8,7 +8,7 @@
  * rotating through the stage buffers, the weight rows interleaved in blocks as the host uploads
  * them.
  * gate_up_geglu_wgmma: the same problem through wgmma.m64n128k16 as the PTX ISA defines its
- * shared-memory operands: the descriptors the kernel builds (wgmma_desc_sw128) are decoded, and
+ * shared-memory operands (warp_emulator.h's emulate_wgmma_gemm_cta): the descriptors the kernel builds (wgmma_desc_sw128) are decoded, and
  * operand element (row, k) is read at start + (row / 8) * stride_offset + (row % 8) * 128 +
  * 2 k with the 128-byte swizzle (address bits 4-6 ^= bits 7-9) applied; the accumulators are
  * dealt to threads and registers by geglu_wgmma_acc_row/col and combined as the epilogue does.
@@ -130,46 +130,8 @@ static float wg_acc[WGMMA_THREADS][GEGLU_WGMMA_ACC_REGS];
 static void run_cta_wgmma(int block_out, int block_row) {
     const int first_row = block_row * BM;
     const int first_out = block_out * BO;
-    const int first_weight_row = block_out * WR;
-    static float d[BM][WR];
-    for (int r = 0; r < BM; ++r)
-        for (int n = 0; n < WR; ++n) d[r][n] = 0.0f;
-    for (int kt = 0; kt < HIDDEN / BK; ++kt) {
-        load_stage(WGMMA_THREADS, kt % STAGES, first_row, first_weight_row, kt);
-        const float *st = stage[kt % STAGES];
-        /* Stage byte address 0: x tile at 0, weight tile right after it. */
-        const uint32_t x_tile = 0, w_tile = BM * BK * 2;
-        for (int wg = 0; wg < WGMMA_THREADS / 128; ++wg) {
-            for (int ks = 0; ks < BK / 16; ++ks) {
-                const uint64_t da = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(wg, ks));
-                const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
-                for (int m = 0; m < WGMMA_ROWS; ++m) {
-                    for (int n = 0; n < WR; ++n) {
-                        float sum = 0.0f;
-                        for (int k = 0; k < 16; ++k) {
-                            sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
-                        }
-                        d[wg * WGMMA_ROWS + m][n] += sum;
-                    }
-                }
-            }
-        }
-    }
-    /* Deal the accumulators to threads and registers, each element exactly once. */
-    static int dealt[BM][WR];
-    for (int r = 0; r < BM; ++r)
-        for (int n = 0; n < WR; ++n) dealt[r][n] = 0;
-    for (int t = 0; t < WGMMA_THREADS; ++t) {
-        for (int reg = 0; reg < GEGLU_WGMMA_ACC_REGS; ++reg) {
-            const int row = geglu_wgmma_acc_row(t / 32, t % 32, reg);
-            const int col = wgmma_acc_col(t % 32, reg);
-            wg_acc[t][reg] = d[row][col];
-            dealt[row][col]++;
-        }
-    }
-    for (int r = 0; r < BM; ++r)
-        for (int n = 0; n < WR; ++n)
-            expect(dealt[r][n] == 1, "wgmma accumulators dealt once", r, n, dealt[r][n]);
+    emulate_wgmma_gemm_cta(WGMMA_THREADS, WR, STAGES, &x[0][0], TOKENS, &w_interleaved[0][0],
+                           2 * INTER, HIDDEN, first_row, block_out * WR, &wg_acc[0][0]);
     /* Epilogue mapping of the kernel. */
     const int up = GEGLU_WGMMA_ACC_REGS / 2;
     for (int t = 0; t < WGMMA_THREADS; ++t) {

@@ -1,11 +1,11 @@
 /* qkv_proj_fragments.c: host check of the qkv_proj_wgmma kernel's index math and epilogue.
  *
  * Runs a small problem (two row blocks, the second partial; three k slices; three q heads, k
- * and v) through the kernel's steps as the PTX ISA defines them: the stage copies of
- * gemm_load_stage (emulate_stage_tile, bank conflicts included), wgmma.m64n256k16 reading both
- * operands through the descriptors the main loop builds (wgmma_desc_sw128 at
- * gemm_wgmma_x_offset / gemm_wgmma_w_offset, decoded by wgmma_element), the accumulators dealt
- * to threads by wgmma_acc_row / wgmma_acc_col, and then the epilogue of qkv_proj.cu with
+ * and v) through the kernel's steps as the PTX ISA defines them (warp_emulator.h's
+ * emulate_wgmma_gemm_cta): the stage copies of gemm_load_stage (bank conflicts included),
+ * wgmma.m64n256k16 reading both operands through the descriptors the main loop builds
+ * (wgmma_desc_sw128 at gemm_wgmma_x_offset / gemm_wgmma_w_offset, decoded by wgmma_element), the
+ * accumulators dealt to threads by wgmma_acc_row / wgmma_acc_col, and then the epilogue of qkv_proj.cu with
  * tile.cuh's row-wise mapping (gemm_wgmma_row/_reg/_col) and qkv_proj.cuh's constants: the per-row sum of squares as two xor-shuffles over the quad, RoPE
  * partners QKV_PROJ_ROPE_REGS registers apart, the bf16 pairs' columns.
  *
@@ -43,7 +43,6 @@ static float x[TOKENS][HIDDEN], w[SLOTS * HD][HIDDEN];
 static float inv_rms[TOKENS], q_norm[HD], k_norm[HD];
 static float rope_cos[POSITIONS][HALF], rope_sin[POSITIONS][HALF];
 static int positions[TOKENS];
-static float stage[STAGES][(BM + HD) * BK];
 static float acc[THREADS][QKV_PROJ_ACC_REGS];
 static float out_q[TOKENS][HEADS][HD], out_k[TOKENS][HD], out_v[TOKENS][HD];
 static int writes[TOKENS][SLOTS][HD];
@@ -65,46 +64,8 @@ static void store(int row, int slot, int col, float lo, float hi) {
 
 static void run_cta(int slot, int block_row) {
     const int first_row = block_row * BM;
-    static float d[BM][HD];
-    for (int r = 0; r < BM; ++r)
-        for (int n = 0; n < HD; ++n) d[r][n] = 0.0f;
-    for (int kt = 0; kt < HIDDEN / BK; ++kt) {
-        float *st = stage[kt % STAGES];
-        emulate_stage_tile(st, BM, THREADS, &x[0][0], TOKENS, HIDDEN, first_row, kt);
-        emulate_stage_tile(st + BM * BK, HD, THREADS, &w[0][0], SLOTS * HD, HIDDEN, slot * HD, kt);
-        const uint32_t x_tile = 0, w_tile = BM * BK * 2;
-        for (int wg = 0; wg < THREADS / 128; ++wg) {
-            for (int ks = 0; ks < BK / 16; ++ks) {
-                const uint64_t da = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(wg, ks));
-                const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
-                for (int m = 0; m < WGMMA_ROWS; ++m) {
-                    for (int n = 0; n < HD; ++n) {
-                        float sum = 0.0f;
-                        for (int k = 0; k < 16; ++k) {
-                            sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
-                        }
-                        d[wg * WGMMA_ROWS + m][n] += sum;
-                    }
-                }
-            }
-        }
-    }
-    /* Deal the warpgroups' accumulators to threads and registers, each element exactly once. */
-    static int dealt[BM][HD];
-    for (int r = 0; r < BM; ++r)
-        for (int n = 0; n < HD; ++n) dealt[r][n] = 0;
-    for (int t = 0; t < THREADS; ++t) {
-        const int warp = t / 32, lane = t % 32;
-        for (int reg = 0; reg < QKV_PROJ_ACC_REGS; ++reg) {
-            const int row = (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
-            const int col = wgmma_acc_col(lane, reg);
-            acc[t][reg] = d[row][col];
-            dealt[row][col]++;
-        }
-    }
-    for (int r = 0; r < BM; ++r)
-        for (int n = 0; n < HD; ++n)
-            expect(dealt[r][n] == 1, "wgmma accumulators dealt once", r, n, dealt[r][n]);
+    emulate_wgmma_gemm_cta(THREADS, HD, STAGES, &x[0][0], TOKENS, &w[0][0], SLOTS * HD, HIDDEN,
+                           first_row, slot * HD, &acc[0][0]);
 
     /* The epilogue of qkv_proj.cu, thread by thread; the shuffles read the quad's partials. */
     const int is_value = slot == HEADS + 1, is_key = slot == HEADS;

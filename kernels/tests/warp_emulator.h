@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "tile.cuh"
 
@@ -188,6 +189,63 @@ static inline int wgmma_element_mn(uint64_t desc, int n, int k) {
                             (uint32_t)(k % 8) * 128 + (uint32_t)(n % 64) * 2;
     const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
     return (int)(swizzled / 2);
+}
+
+/* wgmma_gemm_mainloop (kernels/gemm_pipeline.cuh) for one CTA of `threads` threads, i.e.
+ * threads / 128 warpgroups of WGMMA_ROWS tile rows: k slice after k slice copied into `stages`
+ * rotating stage buffers (emulate_stage_tile: x rows first_row .. of x [x_rows][k_dim], weight
+ * rows first_weight_row .. of w [w_rows][k_dim]), then every wgmma.m64nNk16 (N = weight_rows) of
+ * the slice reading both operands through the descriptors the main loop builds, decoded by
+ * wgmma_element. The warpgroups' products are dealt to acc [threads][weight_rows / 2] by the
+ * accumulator layout (wgmma_acc_row, wgmma_acc_col), each element exactly once. */
+static inline void emulate_wgmma_gemm_cta(int threads, int weight_rows, int stages, const float *x,
+                                          int x_rows, const float *w, int w_rows, int k_dim,
+                                          int first_row, int first_weight_row, float *acc) {
+    const int block_m = threads / 128 * WGMMA_ROWS;
+    const int stage_elems = (block_m + weight_rows) * GEMM_TILE_K;
+    float *stage = calloc((size_t)stages * stage_elems, sizeof(float));
+    float *d = calloc((size_t)block_m * weight_rows, sizeof(float));
+    int *dealt = calloc((size_t)block_m * weight_rows, sizeof(int));
+    for (int kt = 0; kt < k_dim / GEMM_TILE_K; ++kt) {
+        float *st = stage + (size_t)(kt % stages) * stage_elems;
+        emulate_stage_tile(st, block_m, threads, x, x_rows, k_dim, first_row, kt);
+        emulate_stage_tile(st + block_m * GEMM_TILE_K, weight_rows, threads, w, w_rows, k_dim,
+                           first_weight_row, kt);
+        /* Stage byte address 0: the x tile, then the weight tile. */
+        const uint32_t x_tile = 0, w_tile = (uint32_t)(block_m * GEMM_TILE_K * 2);
+        for (int wg = 0; wg < threads / 128; ++wg) {
+            for (int ks = 0; ks < GEMM_TILE_K / 16; ++ks) {
+                const uint64_t da = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(wg, ks));
+                const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
+                for (int m = 0; m < WGMMA_ROWS; ++m) {
+                    for (int n = 0; n < weight_rows; ++n) {
+                        float sum = 0.0f;
+                        for (int k = 0; k < 16; ++k) {
+                            sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
+                        }
+                        d[(size_t)(wg * WGMMA_ROWS + m) * weight_rows + n] += sum;
+                    }
+                }
+            }
+        }
+    }
+    const int regs = weight_rows / 2;
+    for (int t = 0; t < threads; ++t) {
+        const int warp = t / 32, lane = t % 32;
+        for (int reg = 0; reg < regs; ++reg) {
+            const int row = (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
+            const int col = wgmma_acc_col(lane, reg);
+            acc[(size_t)t * regs + reg] = d[(size_t)row * weight_rows + col];
+            dealt[(size_t)row * weight_rows + col]++;
+        }
+    }
+    for (int r = 0; r < block_m; ++r)
+        for (int n = 0; n < weight_rows; ++n)
+            expect(dealt[r * weight_rows + n] == 1, "wgmma accumulators dealt once", r, n,
+                   dealt[r * weight_rows + n]);
+    free(stage);
+    free(d);
+    free(dealt);
 }
 
 #endif /* GEMMA_EMBED_WARP_EMULATOR_H */

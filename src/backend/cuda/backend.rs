@@ -2,11 +2,14 @@
 //!
 //! Per layer: QKV GEMM → `qkv_post` (or both in `qkv_proj_wgmma`, see [`QkvKernel`]) →
 //! attention → O GEMM → `residual_norm` → gate|up GEMM → `geglu` (or both in `gate_up_geglu`,
-//! see [`MlpKernel`]) → down GEMM → `residual_norm`; then `pool_embeddings`. The residual stream is f32; the O and down projection outputs f32, or
-//! bf16 with `GEMMA_EMBED_BRANCH=bf16` ([`BranchStorage`]); GEMM operands bf16 with f32
-//! accumulation. The input and pre-feedforward norms are folded:
-//! their `(1 + w)` scales the projection's weight columns at upload, and the per-row inverse
-//! RMS is applied by the consumer kernel (`qkv_post`, `geglu`) or epilogue.
+//! see [`MlpKernel`]) → down GEMM → `residual_norm`; then `pool_embeddings`. The residual
+//! stream is f32. The O and down projections' outputs (the branches) are f32, or bf16 with
+//! `GEMMA_EMBED_BRANCH=bf16`, or never stored with `GEMMA_EMBED_BRANCH=fused`, where
+//! `proj_residual_norm_wgmma` runs `residual_norm` in the projection's epilogue
+//! ([`BranchStorage`]). GEMM operands are bf16 with f32 accumulation. The input and
+//! pre-feedforward norms are folded: their `(1 + w)` scales the projection's weight columns at
+//! upload, and the per-row inverse RMS is applied by the consumer kernel (`qkv_post`, `geglu`)
+//! or epilogue.
 
 use cudarc::driver::CudaSlice;
 
@@ -21,6 +24,7 @@ use super::ops::{
 use super::options::{BranchStorage, CudaOptions};
 use super::profile::{OpTimes, Timeline};
 use super::qkv::{QkvKernel, QkvProj};
+use super::residual::{self, ProjResidualNorm};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::{LayerKind, Model};
 use crate::{Error, Result};
@@ -52,7 +56,8 @@ struct Activations {
     qkv: CudaSlice<u16>,
     attention_in: QkvBuffers,
     attention_out: CudaSlice<u16>,
-    branch: Branch,
+    /// The O and down projections' output; `None` with the fused kernel.
+    branch: Option<Branch>,
     /// cuBLAS's gate|up output; one unused element with the fused kernel.
     gate_up: CudaSlice<u16>,
     mlp: CudaSlice<u16>,
@@ -113,6 +118,13 @@ enum Qkv {
     Fused(QkvProj),
 }
 
+/// How the layers add the O and down projections to the residual stream.
+enum ResidualAdd {
+    /// cuBLAS into the branch buffer, then `residual_norm` (or its bf16-branch twin).
+    Unfused,
+    Fused(ProjResidualNorm),
+}
+
 /// How the layers compute `gelu_tanh(r·gate)·(r·up)`.
 enum Mlp {
     Cublas,
@@ -132,6 +144,7 @@ pub struct CudaBackend {
     kernels: Kernels,
     qkv: Qkv,
     mlp: Mlp,
+    residual_add: ResidualAdd,
     attention: Attention,
     options: CudaOptions,
     window_radius: usize,
@@ -182,6 +195,14 @@ impl CudaBackend {
         let qkv = match options.qkv {
             QkvKernel::Cublas => Qkv::Cublas,
             QkvKernel::Wgmma => Qkv::Fused(QkvProj::load(&dev, &dims)?),
+        };
+        let residual_add = match options.branch {
+            BranchStorage::F32 | BranchStorage::Bf16 => ResidualAdd::Unfused,
+            BranchStorage::Fused => {
+                residual::check_shape(dims.hidden, dims.q_width())?;
+                residual::check_shape(dims.hidden, dims.intermediate)?;
+                ResidualAdd::Fused(ProjResidualNorm::load(&dev)?)
+            }
         };
         let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
@@ -251,6 +272,7 @@ impl CudaBackend {
             kernels,
             qkv,
             mlp,
+            residual_add,
             attention,
             options,
             window_radius: config.window_radius,
@@ -357,6 +379,37 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
+    /// residual += RMSNorm(x·wᵀ)·(1 + post_norm), its bf16 copy and inverse RMS: cuBLAS into
+    /// `branch`, then `residual_norm`; or both in `proj_residual_norm_wgmma`. `gemm_label` names
+    /// the cuBLAS step for `mark` (the profile).
+    fn add_projection(
+        &self,
+        branch: Option<&mut Branch>,
+        (x, w, post_norm): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
+        (n, k_dim): (usize, usize),
+        residual: &mut Residual,
+        (gemm_label, mark): (&'static str, &mut dyn FnMut(&'static str) -> Result<()>),
+    ) -> Result<()> {
+        let d = &self.kernels.dims;
+        match (&self.residual_add, branch) {
+            (ResidualAdd::Fused(kernel), _) => {
+                kernel.launch(&self.dev, d, (x, w, post_norm), (n, k_dim), residual)?;
+                mark(residual::KERNEL)
+            }
+            (ResidualAdd::Unfused, Some(branch)) => {
+                linear(&self.dev, x, w, branch.gemm_out(), (n, d.hidden, k_dim))?;
+                mark(gemm_label)?;
+                self.kernels
+                    .residual_norm(&self.dev, n, branch, post_norm, residual)?;
+                mark(self.options.branch.residual_norm_kernel())
+            }
+            (ResidualAdd::Unfused, None) => Err(Error::Cuda(format!(
+                "{gemm_label}: no branch buffer for {} (allocated for the fused kernel)",
+                self.options.branch.residual_norm_kernel()
+            ))),
+        }
+    }
+
     fn run(
         &self,
         act: &mut Activations,
@@ -453,22 +506,13 @@ impl CudaBackend {
                 LayerKind::Sliding => "attention, sliding layers",
                 LayerKind::Full => "attention, full layers",
             })?;
-            linear(
-                dev,
-                &act.attention_out,
-                &layer.o,
-                act.branch.gemm_out(),
-                (n, d.hidden, d.q_width()),
-            )?;
-            mark("O projection (cuBLAS)")?;
-            k.residual_norm(
-                dev,
-                n,
-                &act.branch,
-                &layer.post_attention_norm,
+            self.add_projection(
+                act.branch.as_mut(),
+                (&act.attention_out, &layer.o, &layer.post_attention_norm),
+                (n, d.q_width()),
                 &mut act.residual,
+                ("O projection (cuBLAS)", &mut mark),
             )?;
-            mark(self.options.branch.residual_norm_kernel())?;
             match &self.mlp {
                 Mlp::Cublas => {
                     linear(
@@ -492,22 +536,13 @@ impl CudaBackend {
                     mark(gate_up_geglu.name())?;
                 }
             }
-            linear(
-                dev,
-                &act.mlp,
-                &layer.down,
-                act.branch.gemm_out(),
-                (n, d.hidden, d.intermediate),
-            )?;
-            mark("down projection (cuBLAS)")?;
-            k.residual_norm(
-                dev,
-                n,
-                &act.branch,
-                &layer.post_feedforward_norm,
+            self.add_projection(
+                act.branch.as_mut(),
+                (&act.mlp, &layer.down, &layer.post_feedforward_norm),
+                (n, d.intermediate),
                 &mut act.residual,
+                ("down projection (cuBLAS)", &mut mark),
             )?;
-            mark(self.options.branch.residual_norm_kernel())?;
         }
         k.pool(
             dev,

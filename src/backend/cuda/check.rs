@@ -20,6 +20,7 @@ use super::ops::{
 use super::options::BranchStorage;
 use super::qkv::{QkvKernel, QkvProj};
 use super::report::{KernelCheck, KernelChecks, Timing};
+use super::residual::ProjResidualNorm;
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
 use crate::Result;
@@ -173,7 +174,7 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
         };
     run("embed_tokens", &mut |rng| check_embed(&dev, &kernels, rng));
     run("residual_norm", &mut |rng| {
-        check_residual_norm(&dev, &kernels, BranchStorage::F32, rng)
+        check_residual_norm(&dev, &kernels, false, rng)
     });
     run("qkv_post", &mut |rng| check_qkv_post(&dev, &kernels, rng));
     run("geglu", &mut |rng| {
@@ -193,7 +194,7 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
         )
     });
     run("residual_norm_bf16_branch", &mut |rng| {
-        check_residual_norm(&dev, &kernels, BranchStorage::Bf16, rng)
+        check_residual_norm(&dev, &kernels, true, rng)
     });
     run("gate_up_geglu (cuBLAS + fused)", &mut |rng| {
         check_gate_up_geglu(&dev, &kernels, rng)
@@ -205,6 +206,9 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
     }
     run("qkv_proj (cuBLAS + fused)", &mut |rng| {
         check_qkv_proj(&dev, &kernels, rng)
+    });
+    run("proj_residual_norm (cuBLAS + fused)", &mut |rng| {
+        check_proj_residual_norm(&dev, &kernels, rng)
     });
     Ok(KernelChecks {
         device: dev.info.description.clone(),
@@ -332,65 +336,41 @@ fn check_embed(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<Ke
     Ok(checks)
 }
 
+/// `residual_norm` (an f32 branch) or `residual_norm_bf16_branch` (`bf16_branch`).
 fn check_residual_norm(
     dev: &Device,
     k: &Kernels,
-    storage: BranchStorage,
+    bf16_branch: bool,
     rng: &mut SplitMix64,
 ) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let h = d.hidden;
+    let storage = if bf16_branch {
+        BranchStorage::Bf16
+    } else {
+        BranchStorage::F32
+    };
     let name = storage.residual_norm_kernel();
     let case = TokenCase::new(CHECK_LENGTHS);
     let n = case.n;
     // Magnitudes like the real model's: residuals up to ~1e3, norm weights up to ~10.
     let mut branch_host = rng.f32s(n * h, -30.0, 30.0);
-    if storage == BranchStorage::Bf16 {
+    if bf16_branch {
         branch_host = round_bf16(&branch_host);
     }
     let residual_host = rng.f32s(n * h, -500.0, 500.0);
     let weight_host = rng.f32s(h, -1.0, 8.0);
-    let branch = upload_branch(dev, storage, &branch_host)?;
+    let branch = upload_branch(dev, bf16_branch, &branch_host)?;
     let weight = dev.upload(&weight_host, "post norm")?;
     let mut residual = poisoned_residual(dev, n, h)?;
     residual.x = dev.upload(&residual_host, "residual")?;
     k.residual_norm(dev, n, &branch, &weight, &mut residual)?;
 
-    let mut x_ref = residual_host.clone();
-    cpu::residual_add_rms_norm(&mut x_ref, &branch_host, &weight_host, d.eps);
-    let inv_ref = cpu::inverse_rms_rows_f64(&x_ref, h, d.eps);
-    let x_bf16_ref = round_bf16(&x_ref);
-
-    let x = download(dev, &residual.x, n * h, "residual")?;
-    let x_bf16 = bf16_to_f32(&download(dev, &residual.x_bf16, n * h, "residual bf16")?);
-    let inv = download(dev, &residual.inv_rms, n, "inv_rms")?;
-    let desc = case.describe();
-    let mut checks = vec![
-        KernelCheck::compare(
-            &format!("{name}/residual"),
-            desc.clone(),
-            &x,
-            &x_ref,
-            f32_tol(&x_ref),
-        ),
-        KernelCheck::compare(
-            &format!("{name}/bf16"),
-            desc.clone(),
-            &x_bf16,
-            &x_bf16_ref,
-            bf16_tol(&x_ref),
-        ),
-        KernelCheck::compare(
-            &format!("{name}/inv_rms"),
-            desc,
-            &inv,
-            &inv_ref,
-            f32_tol(&inv_ref),
-        ),
-    ];
+    let reference = residual_norm_reference(&d, &residual_host, &branch_host, &weight_host);
+    let mut checks = compare_residual(dev, (name, &case.describe()), &residual, &reference)?;
 
     let timed = TokenCase::timed();
-    let branch = upload_branch(dev, storage, &rng.f32s(timed.n * h, -30.0, 30.0))?;
+    let branch = upload_branch(dev, bf16_branch, &rng.f32s(timed.n * h, -30.0, 30.0))?;
     let mut residual = poisoned_residual(dev, timed.n, h)?;
     residual.x = dev.upload(&rng.f32s(timed.n * h, -500.0, 500.0), "residual")?;
     let us = time_launches(dev, || {
@@ -398,10 +378,7 @@ fn check_residual_norm(
     })?;
     // Reads the branch (f32 or bf16) and residual (f32), writes residual (f32), its bf16 copy
     // and inv_rms.
-    let branch_bytes = match storage {
-        BranchStorage::F32 => 4.0,
-        BranchStorage::Bf16 => 2.0,
-    };
+    let branch_bytes = if bf16_branch { 2.0 } else { 4.0 };
     let bytes = timed.n as f64 * (h as f64 * (branch_bytes + 4.0 + 4.0 + 2.0) + 4.0);
     checks[0] = checks[0]
         .clone()
@@ -409,11 +386,175 @@ fn check_residual_norm(
     Ok(checks)
 }
 
-/// `values` on the device in `storage` (rounded to bf16 for [`BranchStorage::Bf16`]).
-fn upload_branch(dev: &Device, storage: BranchStorage, values: &[f32]) -> Result<Branch> {
-    Ok(match storage {
-        BranchStorage::F32 => Branch::F32(dev.upload(values, "branch")?),
-        BranchStorage::Bf16 => Branch::Bf16(dev.upload(&to_bf16_bits(values), "branch (bf16)")?),
+/// The CPU twins of `residual_norm`: the new residual and its inverse RMS per row.
+fn residual_norm_reference(
+    d: &ModelDims,
+    residual: &[f32],
+    branch: &[f32],
+    post_norm: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut x = residual.to_vec();
+    cpu::residual_add_rms_norm(&mut x, branch, post_norm, d.eps);
+    let inv_rms = cpu::inverse_rms_rows_f64(&x, d.hidden, d.eps);
+    (x, inv_rms)
+}
+
+/// `name/residual`, `name/bf16` (the copy) and `name/inv_rms` against the reference.
+fn compare_residual(
+    dev: &Device,
+    (name, case): (&str, &str),
+    residual: &Residual,
+    (x_ref, inv_ref): &(Vec<f32>, Vec<f32>),
+) -> Result<Vec<KernelCheck>> {
+    let (len, n) = (x_ref.len(), inv_ref.len());
+    let x = download(dev, &residual.x, len, "residual")?;
+    let x_bf16 = bf16_to_f32(&download(dev, &residual.x_bf16, len, "residual bf16")?);
+    let inv = download(dev, &residual.inv_rms, n, "inv_rms")?;
+    let cols = len / n.max(1);
+    Ok(vec![
+        KernelCheck::compare_matrix(
+            &format!("{name}/residual"),
+            case.to_string(),
+            &x,
+            x_ref,
+            cols,
+            f32_tol(x_ref),
+        ),
+        KernelCheck::compare_matrix(
+            &format!("{name}/bf16"),
+            case.to_string(),
+            &x_bf16,
+            &round_bf16(x_ref),
+            cols,
+            bf16_tol(x_ref),
+        ),
+        KernelCheck::compare(
+            &format!("{name}/inv_rms"),
+            case.to_string(),
+            &inv,
+            inv_ref,
+            f32_tol(inv_ref),
+        ),
+    ])
+}
+
+/// The O and down projections added to the residual stream: the cuBLAS projection into an f32
+/// branch followed by `residual_norm` (the baseline), then `proj_residual_norm_wgmma` where the
+/// device runs it (sm_90), both against the CPU twins (`linear`, then `residual_norm`'s) on
+/// the same bf16 inputs, and timed at the same size. A fused kernel that fails to run is
+/// reported as a failed entry after the baseline's results.
+fn check_proj_residual_norm(
+    dev: &Device,
+    k: &Kernels,
+    rng: &mut SplitMix64,
+) -> Result<Vec<KernelCheck>> {
+    let d = k.dims;
+    let h = d.hidden;
+    let case = TokenCase::new(CHECK_LENGTHS);
+    let timed = TokenCase::timed();
+    let mut checks = Vec::new();
+    for (projection, k_dim) in [("O", d.q_width()), ("down", d.intermediate)] {
+        let w_bits = rng.bf16s(h * k_dim, -0.1, 0.1);
+        let w = dev.upload(&w_bits, "projection weight")?;
+        let post_norm_host = rng.f32s(h, -1.0, 8.0);
+        let post_norm = dev.upload(&post_norm_host, "post norm")?;
+        let n = case.n;
+        let x_bits = rng.bf16s(n * k_dim, -2.0, 2.0);
+        let x = dev.upload(&x_bits, "x")?;
+        let residual_host = rng.f32s(n * h, -500.0, 500.0);
+        let mut branch_host = vec![0.0f32; n * h];
+        cpu::linear(
+            &bf16_to_f32(&x_bits),
+            &bf16_to_f32(&w_bits),
+            k_dim,
+            h,
+            &mut branch_host,
+        );
+        let reference = residual_norm_reference(&d, &residual_host, &branch_host, &post_norm_host);
+        let desc = format!("{projection}: {} k={k_dim}", case.describe());
+        let fresh_residual = |rows: usize, values: &[f32]| -> Result<Residual> {
+            let mut residual = poisoned_residual(dev, rows, h)?;
+            residual.x = dev.upload(values, "residual")?;
+            Ok(residual)
+        };
+
+        let x_timed = dev.upload(&rng.bf16s(timed.n * k_dim, -2.0, 2.0), "x")?;
+        let residual_timed = rng.f32s(timed.n * h, -500.0, 500.0);
+        let flops = (2 * timed.n * h * k_dim) as f64;
+        // x, the weight, and the residual read and written with its copy and inv_rms; the
+        // baseline also writes the f32 branch and reads it back.
+        let fused_bytes = ((timed.n * k_dim + h * k_dim) * 2 + timed.n * (h * 10 + 4)) as f64;
+        let baseline_bytes = fused_bytes + (timed.n * h * 4 * 2) as f64;
+        let timed_case = format!("{projection}: m={} n={h} k={k_dim}", timed.n);
+
+        let mut branch = Branch::F32(dev.alloc(n * h, "branch")?);
+        let run_baseline =
+            |x: &CudaSlice<u16>, rows: usize, branch: &mut Branch, residual: &mut Residual| {
+                linear(dev, x, &w, branch.gemm_out(), (rows, h, k_dim))?;
+                k.residual_norm(dev, rows, branch, &post_norm, residual)
+            };
+        let mut residual = fresh_residual(n, &residual_host)?;
+        run_baseline(&x, n, &mut branch, &mut residual)?;
+        let mut baseline = compare_residual(
+            dev,
+            ("proj+residual_norm (cuBLAS)", &desc),
+            &residual,
+            &reference,
+        )?;
+        let mut branch = Branch::F32(dev.alloc(timed.n * h, "branch")?);
+        let mut residual = fresh_residual(timed.n, &residual_timed)?;
+        let us = time_launches(dev, || {
+            run_baseline(&x_timed, timed.n, &mut branch, &mut residual)
+        })?;
+        baseline[0] =
+            baseline[0]
+                .clone()
+                .with_timing(timing(timed_case.clone(), us, baseline_bytes, flops));
+        checks.extend(baseline);
+
+        if !BranchStorage::Fused.runs_on(dev.info.compute_capability) {
+            continue;
+        }
+        let fused = || -> Result<Vec<KernelCheck>> {
+            let kernel = ProjResidualNorm::load(dev)?;
+            let run = |x: &CudaSlice<u16>, rows: usize, residual: &mut Residual| {
+                kernel.launch(dev, &d, (x, &w, &post_norm), (rows, k_dim), residual)
+            };
+            let mut residual = fresh_residual(n, &residual_host)?;
+            run(&x, n, &mut residual)?;
+            let mut fused_checks = compare_residual(
+                dev,
+                (BranchStorage::Fused.residual_norm_kernel(), &desc),
+                &residual,
+                &reference,
+            )?;
+            let mut residual = fresh_residual(timed.n, &residual_timed)?;
+            let us = time_launches(dev, || run(&x_timed, timed.n, &mut residual))?;
+            fused_checks[0] = fused_checks[0].clone().with_timing(timing(
+                timed_case.clone(),
+                us,
+                fused_bytes,
+                flops,
+            ));
+            Ok(fused_checks)
+        };
+        match fused() {
+            Ok(fused_checks) => checks.extend(fused_checks),
+            Err(e) => checks.push(KernelCheck::error(
+                BranchStorage::Fused.residual_norm_kernel(),
+                e.to_string(),
+            )),
+        }
+    }
+    Ok(checks)
+}
+
+/// `values` on the device, in f32 or rounded to bf16.
+fn upload_branch(dev: &Device, bf16_branch: bool, values: &[f32]) -> Result<Branch> {
+    Ok(if bf16_branch {
+        Branch::Bf16(dev.upload(&to_bf16_bits(values), "branch (bf16)")?)
+    } else {
+        Branch::F32(dev.upload(values, "branch")?)
     })
 }
 

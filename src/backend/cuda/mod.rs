@@ -10,6 +10,7 @@ pub mod options;
 pub mod profile;
 pub mod qkv;
 mod report;
+pub mod residual;
 
 pub use options::{BranchStorage, CudaOptions, KernelChoice};
 pub use report::{print_table, write_json, KernelCheck, KernelChecks};

@@ -96,10 +96,12 @@ pub enum Branch {
 }
 
 impl Branch {
-    pub fn alloc(dev: &Device, storage: BranchStorage, len: usize) -> Result<Self> {
+    /// `None` for [`BranchStorage::Fused`], which stores no branch.
+    pub fn alloc(dev: &Device, storage: BranchStorage, len: usize) -> Result<Option<Self>> {
         Ok(match storage {
-            BranchStorage::F32 => Self::F32(dev.alloc(len, "projection output")?),
-            BranchStorage::Bf16 => Self::Bf16(dev.alloc(len, "projection output (bf16)")?),
+            BranchStorage::F32 => Some(Self::F32(dev.alloc(len, "projection output")?)),
+            BranchStorage::Bf16 => Some(Self::Bf16(dev.alloc(len, "projection output (bf16)")?)),
+            BranchStorage::Fused => None,
         })
     }
 
@@ -328,9 +330,9 @@ impl Kernels {
             hidden: u32_of(h, "hidden")?,
         };
         let storage = branch.storage();
-        let function = match storage {
-            BranchStorage::F32 => &self.residual_norm,
-            BranchStorage::Bf16 => &self.residual_norm_bf16_branch,
+        let function = match branch {
+            Branch::F32(_) => &self.residual_norm,
+            Branch::Bf16(_) => &self.residual_norm_bf16_branch,
         };
         // SAFETY: sizes checked above; the kernel reads the branch in the element type of
         // `storage`, the type of the buffer it came from.

@@ -44,7 +44,7 @@ pub trait KernelChoice: Copy + 'static {
     }
 }
 
-/// How the O and down projections hand their output to `residual_norm`.
+/// How the O and down projections hand their output (the branch) to the residual norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BranchStorage {
     /// cuBLAS writes f32; `residual_norm` reads it (the default).
@@ -53,21 +53,35 @@ pub enum BranchStorage {
     /// cosine against sentence-transformers drops from 0.999924 to 0.999898 in the host model
     /// (`tests/cuda_numerics.rs`).
     Bf16,
+    /// Never stored: `proj_residual_norm_wgmma` runs the norm in the projection's epilogue,
+    /// on the f32 accumulators (sm_90 devices only; [`super::residual`]).
+    Fused,
 }
 
-/// `GEMMA_EMBED_BRANCH=bf16` selects bf16, `f32` (or unset) f32.
+/// `GEMMA_EMBED_BRANCH=bf16` selects bf16, `fused` the fused kernel, `f32` (or unset) f32.
 impl KernelChoice for BranchStorage {
     const VAR: &'static str = "GEMMA_EMBED_BRANCH";
-    const CHOICES: &'static [(&'static str, Self)] = &[("f32", Self::F32), ("bf16", Self::Bf16)];
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("f32", Self::F32),
+        ("bf16", Self::Bf16),
+        ("fused", Self::Fused),
+    ];
 }
 
 impl BranchStorage {
-    /// The `residual_norm` kernel that reads this storage.
+    /// The kernel that adds the branch to the residual stream.
     pub fn residual_norm_kernel(self) -> &'static str {
         match self {
             Self::F32 => "residual_norm",
             Self::Bf16 => "residual_norm_bf16_branch",
+            Self::Fused => super::residual::KERNEL,
         }
+    }
+
+    /// Whether a device of this compute capability runs it: the fused kernel has sm_90a code
+    /// only (other architectures' builds of it trap).
+    pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
+        self != Self::Fused || compute_capability == (9, 0)
     }
 }
 
@@ -109,6 +123,7 @@ impl CudaOptions {
         let branch = match self.branch {
             BranchStorage::F32 => "f32",
             BranchStorage::Bf16 => "bf16",
+            BranchStorage::Fused => "fused",
         };
         format!(
             "{}, {}, {}, {branch} branch",
@@ -142,7 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn branch_storage_parses_its_two_names_and_refuses_others() {
+    fn branch_storage_parses_its_names_and_refuses_others() {
         assert_eq!(BranchStorage::parse(None).unwrap(), BranchStorage::F32);
         assert_eq!(
             BranchStorage::parse(Some("f32")).unwrap(),
@@ -152,6 +167,14 @@ mod tests {
             BranchStorage::parse(Some("bf16")).unwrap(),
             BranchStorage::Bf16
         );
+        assert_eq!(
+            BranchStorage::parse(Some("fused")).unwrap(),
+            BranchStorage::Fused
+        );
+        for cc in [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)] {
+            assert!(BranchStorage::F32.runs_on(cc) && BranchStorage::Bf16.runs_on(cc));
+            assert_eq!(BranchStorage::Fused.runs_on(cc), cc == (9, 0), "{cc:?}");
+        }
         let err = BranchStorage::parse(Some("f16")).unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_BRANCH") && err.contains("`f16`"),

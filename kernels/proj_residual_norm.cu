@@ -1,0 +1,153 @@
+/* proj_residual_norm.cu: the O or down projection with residual_norm's arithmetic in its
+ * epilogue (sm_90a).
+ *
+ * For token t: b = x_t . W^T (the projection, never stored), then as residual_norm.cu:
+ *   residual_t += b * rsqrt(mean(b^2) + eps) * (1 + w_post);
+ *   residual_bf16_t = bf16(residual_t); inv_rms_t = rsqrt(mean(residual_t^2) + eps).
+ * The cuBLAS projection followed by residual_norm, in one kernel: the [num_tokens, hidden] f32
+ * branch is neither written nor read back.
+ *
+ * Layout (ProjResidualNormParams in params.h): x bf16 [num_tokens, k_dim]; w bf16 [hidden, k_dim];
+ * post_norm f32 [hidden]; residual f32 [num_tokens, hidden] in/out; residual_bf16 bf16 and inv_rms
+ * f32 out. hidden = PROJ_NORM_CLUSTER * 256, k_dim a multiple of 64.
+ *
+ * Launch: grid (PROJ_NORM_CLUSTER, ceil(num_tokens / BLOCK_M)) in clusters of PROJ_NORM_CLUSTER
+ * CTAs along x (compile-time __cluster_dims__ on sm_90), PROJ_NORM_THREADS (two warpgroups),
+ * PROJ_NORM_SMEM_BYTES of dynamic shared memory (one CTA per SM). CTA c of a cluster computes
+ * BLOCK_M = 128 token rows x outputs 256 c .. 256 c + 255 through gemm_pipeline.cuh's wgmma main
+ * loop (PROJ_NORM_STAGES stages of 64-wide k slices, wgmma.m64n256k16, 128 f32 accumulators per
+ * thread). A row's mean of squares spans the cluster: each CTA reduces its 256 columns per row
+ * over the row's quad (two shuffles), publishes the partial sums in its shared memory, and after
+ * a cluster barrier every CTA adds the cluster's partials through distributed shared memory;
+ * once for the branch, once for the new residual. A last cluster barrier keeps each CTA's
+ * partials alive until its peers have read them. Rows past num_tokens compute zeros
+ * (zero-filled x) and touch no memory. On other architectures the kernel traps; the host
+ * launches it only on sm_90.
+ *
+ * Numerics: bf16 products accumulated in f32 by the tensor cores; the norm, the residual add
+ * and the new inverse RMS in f32 (f32 branch, as residual_norm with an f32 branch); one bf16
+ * rounding, of the residual's copy.
+ */
+#include <cooperative_groups.h>
+
+#include "common.cuh"
+#include "gemm_pipeline.cuh"
+
+/* Clusters exist from sm_90 on; the other architectures' builds only trap. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PROJ_NORM_CLUSTER_DIMS __cluster_dims__(PROJ_NORM_CLUSTER, 1, 1)
+#else
+#define PROJ_NORM_CLUSTER_DIMS
+#endif
+
+namespace {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* A CTA's 256 output columns: 32 n8 tiles per row of a quad, in 128 f32 accumulators. */
+constexpr int kTiles = ATTENTION_HEAD_DIM / 8;
+constexpr int kAccRegs = ATTENTION_HEAD_DIM / 2;
+
+/* The row's total over the cluster of the partial sums each CTA left in `partials[local_row]`. */
+__device__ __forceinline__ float cluster_row_sum(cooperative_groups::cluster_group &cluster,
+                                                 float *partials, int local_row) {
+    float total = 0.0f;
+#pragma unroll
+    for (unsigned rank = 0; rank < PROJ_NORM_CLUSTER; ++rank) {
+        total += cluster.map_shared_rank(partials, rank)[local_row];
+    }
+    return total;
+}
+#endif
+} // namespace
+
+extern "C" __global__ void PROJ_NORM_CLUSTER_DIMS
+    __launch_bounds__(PROJ_NORM_THREADS, 1) proj_residual_norm_wgmma(const ProjResidualNormParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kBlockM = PROJ_NORM_BLOCK_M;
+    constexpr int kWeightRows = ATTENTION_HEAD_DIM;
+    constexpr int kStages = PROJ_NORM_STAGES;
+    static_assert(kStages * (kBlockM + kWeightRows) * GEMM_TILE_K * 2 + 1024 == PROJ_NORM_SMEM_BYTES,
+                  "params.h smem size");
+    static_assert(PROJ_NORM_THREADS == 2 * 128 && kBlockM == 2 * WGMMA_ROWS, "two warpgroups");
+    extern __shared__ __align__(128) unsigned char proj_norm_smem_bytes[];
+    /* Per tile row, this CTA's sum of squares over its 256 columns: [0] of the branch, [1] of the
+     * new residual. */
+    __shared__ float row_squares[2][kBlockM];
+    const uint32_t smem_base = smem_addr(proj_norm_smem_bytes);
+    bf16_t *smem =
+        reinterpret_cast<bf16_t *>(proj_norm_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const uint32_t slice = blockIdx.x; /* == the CTA's rank in its cluster */
+    const uint32_t first_row = blockIdx.y * kBlockM;
+    const uint32_t first_col = slice * kWeightRows;
+
+    float acc[kAccRegs];
+#pragma unroll
+    for (int r = 0; r < kAccRegs; ++r) acc[r] = 0.0f;
+    wgmma_gemm_mainloop<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages>(
+        acc, smem, p.x, p.w, p.num_tokens, p.k_dim, first_row, first_col);
+
+    /* The branch's sums of squares: quad, then cluster. */
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float squares = 0.0f;
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float b = acc[gemm_wgmma_reg(tile, half, e)];
+                squares += b * b;
+            }
+        }
+        squares += __shfl_xor_sync(FULL_MASK, squares, 1);
+        squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+        if (lane % 4 == 0) row_squares[0][gemm_wgmma_row(warp, lane, half)] = squares;
+    }
+    cluster.sync();
+
+    /* residual += b * rsqrt(mean(b^2) + eps) * (1 + w_post); its copy and new sums of squares. */
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int local_row = gemm_wgmma_row(warp, lane, half);
+        const uint32_t row = first_row + local_row;
+        const float branch_inv_rms =
+            inverse_rms(cluster_row_sum(cluster, row_squares[0], local_row), p.hidden, p.eps);
+        float squares = 0.0f;
+        if (row < p.num_tokens) {
+            const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
+#pragma unroll
+            for (int tile = 0; tile < kTiles; ++tile) {
+                const int col = gemm_wgmma_col(lane, tile);
+                const float2 w = *reinterpret_cast<const float2 *>(p.post_norm + first_col + col);
+                float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
+                x.x += acc[gemm_wgmma_reg(tile, half, 0)] * branch_inv_rms * (1.0f + w.x);
+                x.y += acc[gemm_wgmma_reg(tile, half, 1)] * branch_inv_rms * (1.0f + w.y);
+                squares += x.x * x.x + x.y * x.y;
+                *reinterpret_cast<float2 *>(p.residual + base + col) = x;
+                *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x.x, x.y);
+            }
+        }
+        squares += __shfl_xor_sync(FULL_MASK, squares, 1);
+        squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+        if (lane % 4 == 0) row_squares[1][local_row] = squares;
+    }
+    cluster.sync();
+
+    if (slice == 0 && lane % 4 == 0) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int local_row = gemm_wgmma_row(warp, lane, half);
+            const uint32_t row = first_row + local_row;
+            if (row < p.num_tokens) {
+                p.inv_rms[row] =
+                    inverse_rms(cluster_row_sum(cluster, row_squares[1], local_row), p.hidden, p.eps);
+            }
+        }
+    }
+    /* No CTA leaves (and frees its row_squares) before every peer has read them. */
+    cluster.sync();
+#else
+    __trap();
+#endif
+}

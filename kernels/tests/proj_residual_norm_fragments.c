@@ -1,0 +1,190 @@
+/* proj_residual_norm_fragments.c: host check of the proj_residual_norm_wgmma kernel's index math
+ * and epilogue.
+ *
+ * Runs a small problem (two row blocks, the second partial; three k slices; hidden = one cluster
+ * of PROJ_NORM_CLUSTER slices of 256 outputs) through the kernel's steps: the main loop of
+ * gemm_pipeline.cuh as warp_emulator.h's emulate_wgmma_gemm_cta emulates it (stage copies,
+ * wgmma.m64n256k16 through the decoded descriptors, the accumulator layout), then the epilogue of
+ * proj_residual_norm.cu CTA by CTA and thread by thread: rows and columns by tile.cuh's
+ * gemm_wgmma_row / _reg / _col, each row's sum of squares over its quad (the two xor-shuffles),
+ * the per-CTA partials in `row_squares`, and their sum over the cluster after each cluster
+ * barrier (distributed shared memory).
+ *
+ * x and w are small integers, so the projection is exact; the epilogue runs in float as the
+ * kernel does and is compared with a double-precision reference of residual_norm's definition
+ * (relative 1e-5 of the row's largest value). Every residual element and its bf16 copy must be
+ * written exactly once, every inverse RMS once, and nothing past num_tokens.
+ *
+ * Build and run (src/backend/cuda/residual.rs does this in a test):
+ *   cc -std=c99 -O1 -I kernels -I kernels/tests kernels/tests/proj_residual_norm_fragments.c -lm -o frag && ./frag
+ * Exit status 0 and "ok" on success; the first mismatches are printed otherwise.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "params.h"
+#include "warp_emulator.h"
+
+#define BM PROJ_NORM_BLOCK_M
+#define SLICE ATTENTION_HEAD_DIM
+#define CLUSTER PROJ_NORM_CLUSTER
+#define HIDDEN (CLUSTER * SLICE)
+#define K_DIM (3 * GEMM_TILE_K)
+#define THREADS PROJ_NORM_THREADS
+#define ACC_REGS (SLICE / 2)
+#define TILES (SLICE / 8)
+#define TOKENS (BM + 37)
+#define EPS 1e-6f
+
+static float x[TOKENS][K_DIM], w[HIDDEN][K_DIM], post_norm[HIDDEN];
+static float residual_in[TOKENS][HIDDEN], residual[TOKENS][HIDDEN], residual_copy[TOKENS][HIDDEN];
+static float inv_rms[TOKENS];
+static int residual_writes[TOKENS][HIDDEN], copy_writes[TOKENS][HIDDEN], inv_rms_writes[TOKENS];
+/* Per CTA of the cluster: its accumulators and its shared row_squares[2][BM]. */
+static float acc[CLUSTER][THREADS][ACC_REGS];
+static float row_squares[CLUSTER][2][BM];
+
+/* Sum over the quad of lane `lane` (__shfl_xor_sync 1, then 2) of per-thread values. */
+static float quad_sum(const float *per_thread, int t) {
+    const int warp = t / 32, lane = t % 32;
+    float sum = 0.0f;
+    for (int q = 0; q < 4; ++q) sum += per_thread[warp * 32 + (lane ^ q)];
+    return sum;
+}
+
+/* cluster_row_sum: the cluster's partials of one tile row, read through DSMEM. */
+static float cluster_row_sum(int which, int local_row) {
+    float total = 0.0f;
+    for (int rank = 0; rank < CLUSTER; ++rank) total += row_squares[rank][which][local_row];
+    return total;
+}
+
+static void run_cluster(int block_row) {
+    const int first_row = block_row * BM;
+    for (int c = 0; c < CLUSTER; ++c) {
+        emulate_wgmma_gemm_cta(THREADS, SLICE, PROJ_NORM_STAGES, &x[0][0], TOKENS, &w[0][0], HIDDEN,
+                               K_DIM, first_row, c * SLICE, &acc[c][0][0]);
+    }
+    /* The branch's squares: quad, then the CTA's row_squares[0]. */
+    for (int c = 0; c < CLUSTER; ++c) {
+        for (int half = 0; half < 2; ++half) {
+            float partial[THREADS];
+            for (int t = 0; t < THREADS; ++t) {
+                partial[t] = 0.0f;
+                for (int tile = 0; tile < TILES; ++tile)
+                    for (int e = 0; e < 2; ++e) {
+                        const float b = acc[c][t][gemm_wgmma_reg(tile, half, e)];
+                        partial[t] += b * b;
+                    }
+            }
+            for (int t = 0; t < THREADS; ++t) {
+                const int warp = t / 32, lane = t % 32;
+                for (int q = 0; q < 4; ++q)
+                    expect(gemm_wgmma_row(warp, lane ^ q, half) == gemm_wgmma_row(warp, lane, half),
+                           "the quad shares its rows", t, q, half);
+                if (lane % 4 == 0) row_squares[c][0][gemm_wgmma_row(warp, lane, half)] = quad_sum(partial, t);
+            }
+        }
+    }
+    /* cluster.sync(); the residual update and the new squares. */
+    for (int c = 0; c < CLUSTER; ++c) {
+        const int first_col = c * SLICE;
+        for (int half = 0; half < 2; ++half) {
+            float partial[THREADS];
+            for (int t = 0; t < THREADS; ++t) {
+                const int warp = t / 32, lane = t % 32;
+                const int local_row = gemm_wgmma_row(warp, lane, half);
+                const int row = first_row + local_row;
+                const float branch_inv_rms =
+                    1.0f / sqrtf(cluster_row_sum(0, local_row) / (float)HIDDEN + EPS);
+                partial[t] = 0.0f;
+                if (row >= TOKENS) continue;
+                for (int tile = 0; tile < TILES; ++tile) {
+                    const int col = first_col + gemm_wgmma_col(lane, tile);
+                    expect(col % 2 == 0, "float2 / bf16 pair aligned", row, col, tile);
+                    for (int e = 0; e < 2; ++e) {
+                        expect(wgmma_acc_col(lane, gemm_wgmma_reg(tile, half, e)) == col - first_col + e,
+                               "register holds its column", t, tile, e);
+                        float v = residual[row][col + e];
+                        v += acc[c][t][gemm_wgmma_reg(tile, half, e)] * branch_inv_rms *
+                             (1.0f + post_norm[col + e]);
+                        partial[t] += v * v;
+                        residual[row][col + e] = v;
+                        residual_copy[row][col + e] = v;
+                        residual_writes[row][col + e]++;
+                        copy_writes[row][col + e]++;
+                    }
+                }
+            }
+            for (int t = 0; t < THREADS; ++t) {
+                const int warp = t / 32, lane = t % 32;
+                if (lane % 4 == 0) row_squares[c][1][gemm_wgmma_row(warp, lane, half)] = quad_sum(partial, t);
+            }
+        }
+    }
+    /* cluster.sync(); rank 0 writes the inverse RMS. */
+    for (int t = 0; t < THREADS; ++t) {
+        const int warp = t / 32, lane = t % 32;
+        if (lane % 4 != 0) continue;
+        for (int half = 0; half < 2; ++half) {
+            const int local_row = gemm_wgmma_row(warp, lane, half);
+            const int row = first_row + local_row;
+            if (row >= TOKENS) continue;
+            inv_rms[row] = 1.0f / sqrtf(cluster_row_sum(1, local_row) / (float)HIDDEN + EPS);
+            inv_rms_writes[row]++;
+        }
+    }
+}
+
+/* residual_norm's definition in double. */
+static void check_outputs(void) {
+    for (int row = 0; row < TOKENS; ++row) {
+        double b[HIDDEN], ref[HIDDEN], ss = 0.0, ss_new = 0.0, max = 0.0;
+        for (int n = 0; n < HIDDEN; ++n) {
+            double dot = 0.0;
+            for (int k = 0; k < K_DIM; ++k) dot += (double)x[row][k] * w[n][k];
+            b[n] = dot;
+            ss += dot * dot;
+        }
+        const double scale = 1.0 / sqrt(ss / HIDDEN + EPS);
+        for (int n = 0; n < HIDDEN; ++n) {
+            ref[n] = residual_in[row][n] + b[n] * scale * (1.0 + post_norm[n]);
+            ss_new += ref[n] * ref[n];
+            max = fmax(max, fabs(ref[n]));
+        }
+        for (int n = 0; n < HIDDEN; ++n) {
+            expect(residual_writes[row][n] == 1 && copy_writes[row][n] == 1,
+                   "every residual element and copy written once", row, n, residual_writes[row][n]);
+            expect(fabs(residual[row][n] - ref[n]) <= 1e-5 * max, "residual += norm(x W^T)", row, n, 0);
+            expect(residual_copy[row][n] == residual[row][n], "the copy is the new residual", row, n, 0);
+        }
+        const double inv_ref = 1.0 / sqrt(ss_new / HIDDEN + EPS);
+        expect(inv_rms_writes[row] == 1, "inverse RMS written once", row, inv_rms_writes[row], 0);
+        expect(fabs(inv_rms[row] - inv_ref) <= 1e-5 * inv_ref, "inverse RMS of the new residual", row, 0, 0);
+    }
+}
+
+int main(void) {
+    srand(7);
+    for (int r = 0; r < TOKENS; ++r) {
+        for (int k = 0; k < K_DIM; ++k) x[r][k] = (float)(rand() % 7 - 3);
+        for (int n = 0; n < HIDDEN; ++n) {
+            residual_in[r][n] = (float)(rand() % 2001 - 1000) / 10.0f;
+            residual[r][n] = residual_in[r][n];
+        }
+    }
+    for (int n = 0; n < HIDDEN; ++n) {
+        for (int k = 0; k < K_DIM; ++k) w[n][k] = (float)(rand() % 7 - 3);
+        post_norm[n] = (float)(rand() % 300) / 100.0f - 1.0f;
+    }
+    checking = "proj_residual_norm_wgmma";
+    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) run_cluster(block_row);
+    check_outputs();
+    if (failures) {
+        printf("%d mismatches\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}

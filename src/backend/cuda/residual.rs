@@ -1,0 +1,207 @@
+//! The O and down projections with `residual_norm` in their epilogue: the host half of
+//! `kernels/proj_residual_norm.cu` (`GEMMA_EMBED_BRANCH=fused`, [`BranchStorage::Fused`]).
+//!
+//! - The kernel's compile-time tile and cluster (mirrors of the `PROJ_NORM_*` defines in
+//!   `kernels/params.h`) and its check against the model's shape.
+//! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
+//!
+//! [`BranchStorage::Fused`]: super::options::BranchStorage::Fused
+
+use crate::{Error, Result};
+
+/// `PROJ_NORM_BLOCK_M`: token rows per CTA.
+pub const BLOCK_M: usize = 128;
+/// `PROJ_NORM_CLUSTER`: CTAs per cluster, each computing one 256-wide slice of the outputs.
+pub const CLUSTER: usize = 3;
+/// `PROJ_NORM_STAGES`: depth of the cp.async pipeline.
+pub const STAGES: usize = 4;
+/// `PROJ_NORM_THREADS`: threads per CTA (two warpgroups).
+pub const THREADS: usize = 256;
+/// `PROJ_NORM_SMEM_BYTES`: dynamic shared memory per CTA.
+pub const SMEM_BYTES: usize = 197_632;
+/// Outputs per CTA (`ATTENTION_HEAD_DIM`, the wgmma.m64n256 width).
+pub const SLICE: usize = 256;
+/// `GEMM_TILE_K`: k per pipeline stage.
+pub const TILE_K: usize = 64;
+
+/// Kernel name in the embedded modules.
+pub const KERNEL: &str = "proj_residual_norm_wgmma";
+
+/// One cluster covers a whole row of [`CLUSTER`]·[`SLICE`] outputs, and k is tiled by
+/// [`TILE_K`] without edge handling: refuse a projection whose shape does not fit.
+pub fn check_shape(hidden: usize, k_dim: usize) -> Result<()> {
+    if hidden != CLUSTER * SLICE || k_dim % TILE_K != 0 || k_dim == 0 {
+        return Err(Error::Cuda(format!(
+            "{KERNEL} needs hidden {} and the projection's input width a multiple of {TILE_K}; \
+             got hidden {hidden}, input width {k_dim} (unset GEMMA_EMBED_BRANCH to use cuBLAS + \
+             residual_norm)",
+            CLUSTER * SLICE
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(gemma_cuda_kernels)]
+pub use device::ProjResidualNorm;
+
+#[cfg(gemma_cuda_kernels)]
+mod device {
+    use cudarc::driver::sys::CUfunction_attribute;
+    use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+
+    use super::*;
+    use crate::backend::cuda::device::{driver_err, Device};
+    use crate::backend::cuda::ops::{ModelDims, Residual};
+    use crate::backend::cuda::options::BranchStorage;
+    use crate::backend::cuda::params::ProjResidualNormParams;
+
+    // SAFETY: bindgen's `#[repr(C)]` copy of `ProjResidualNormParams` from kernels/params.h:
+    // device addresses and scalars only, passed to the kernel by value.
+    unsafe impl cudarc::driver::DeviceRepr for ProjResidualNormParams {}
+
+    /// `proj_residual_norm_wgmma`, resolved from the embedded modules and allowed its shared
+    /// memory.
+    pub struct ProjResidualNorm {
+        func: CudaFunction,
+    }
+
+    impl ProjResidualNorm {
+        /// Needs an sm_90 device: the kernel's SASS is sm_90a (clusters, wgmma), other
+        /// architectures' code traps.
+        pub fn load(dev: &Device) -> Result<Self> {
+            if !BranchStorage::Fused.runs_on(dev.info.compute_capability) {
+                return Err(Error::Cuda(format!(
+                    "{KERNEL} runs on sm_90 devices only; {} is not one (unset \
+                     GEMMA_EMBED_BRANCH)",
+                    dev.info.description
+                )));
+            }
+            let func = dev.function(KERNEL)?;
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                SMEM_BYTES as i32,
+            )
+            .map_err(driver_err(format!(
+                "allow {SMEM_BYTES} bytes of dynamic shared memory for {KERNEL} (the device's \
+                 per-block opt-in limit is lower; unset GEMMA_EMBED_BRANCH)"
+            )))?;
+            Ok(Self { func })
+        }
+
+        /// `residual += RMSNorm(x·wᵀ)·(1 + post_norm)` for `num_tokens` rows, then the new
+        /// residual's bf16 copy and inverse RMS: x bf16 `[num_tokens, k_dim]`, w bf16
+        /// `[hidden, k_dim]`, post_norm `[hidden]`.
+        pub fn launch(
+            &self,
+            dev: &Device,
+            dims: &ModelDims,
+            (x, w, post_norm): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
+            (num_tokens, k_dim): (usize, usize),
+            residual: &mut Residual,
+        ) -> Result<()> {
+            let hidden = dims.hidden;
+            check_shape(hidden, k_dim)?;
+            let n = num_tokens;
+            if n == 0 {
+                return Ok(());
+            }
+            let needs = [
+                (x.len(), n * k_dim, "x"),
+                (w.len(), hidden * k_dim, "w"),
+                (post_norm.len(), hidden, "post_norm"),
+                (residual.x.len(), n * hidden, "residual"),
+                (residual.x_bf16.len(), n * hidden, "residual bf16"),
+                (residual.inv_rms.len(), n, "inv_rms"),
+            ];
+            if let Some((held, needed, what)) = needs.iter().find(|(held, needed, _)| held < needed)
+            {
+                return Err(Error::Cuda(format!(
+                    "{KERNEL} over {n} tokens: {what} holds {held} elements, the launch needs \
+                     {needed}"
+                )));
+            }
+            let to_u32 = |v: usize, what: &str| {
+                u32::try_from(v)
+                    .map_err(|_| Error::Cuda(format!("{KERNEL}: {what} {v} exceeds u32")))
+            };
+            let row_blocks = to_u32(n.div_ceil(BLOCK_M), "row blocks")?;
+            if row_blocks > 65_535 {
+                return Err(Error::Cuda(format!(
+                    "{KERNEL}: {n} tokens exceed the grid's {} rows",
+                    65_535 * BLOCK_M
+                )));
+            }
+            let s = &dev.stream;
+            let params = ProjResidualNormParams {
+                x: x.device_ptr(s).0 as _,
+                w: w.device_ptr(s).0 as _,
+                post_norm: post_norm.device_ptr(s).0 as _,
+                residual: residual.x.device_ptr(s).0 as _,
+                residual_bf16: residual.x_bf16.device_ptr(s).0 as _,
+                inv_rms: residual.inv_rms.device_ptr(s).0 as _,
+                eps: dims.eps,
+                num_tokens: to_u32(n, "num_tokens")?,
+                k_dim: to_u32(k_dim, "k_dim")?,
+                hidden: to_u32(hidden, "hidden")?,
+            };
+            // The cluster shape is compiled into the kernel (__cluster_dims__): the grid's x is
+            // exactly one cluster.
+            let cfg = LaunchConfig {
+                grid_dim: (CLUSTER as u32, row_blocks, 1),
+                block_dim: (THREADS as u32, 1, 1),
+                shared_mem_bytes: SMEM_BYTES as u32,
+            };
+            // SAFETY: ProjResidualNormParams matches the kernel's parameter (same header); every
+            // buffer covers what the kernel touches for these shapes (checked above), the shape
+            // fits the kernel's tiles and cluster (check_shape), the kernel only runs on sm_90
+            // (load), and the device pointers stay valid until the launch is enqueued on the
+            // stream that owns the buffers.
+            unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
+                .map_err(driver_err(format!("launch {KERNEL}")))?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_constants_match_params_header() {
+        let defines = [
+            ("PROJ_NORM_BLOCK_M", BLOCK_M),
+            ("PROJ_NORM_CLUSTER", CLUSTER),
+            ("PROJ_NORM_STAGES", STAGES),
+            ("PROJ_NORM_THREADS", THREADS),
+            ("PROJ_NORM_SMEM_BYTES", SMEM_BYTES),
+            ("ATTENTION_HEAD_DIM", SLICE),
+        ];
+        let header = include_str!("../../../kernels/params.h");
+        for (name, value) in defines {
+            let line = header
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("#define {name} missing from params.h"));
+            assert_eq!(line.split_whitespace().nth(2).unwrap(), value.to_string());
+        }
+        assert_eq!(SMEM_BYTES, STAGES * (BLOCK_M + SLICE) * TILE_K * 2 + 1024);
+    }
+
+    #[test]
+    fn shape_check_takes_both_projections_of_the_model_only() {
+        assert!(check_shape(768, 768).is_ok());
+        assert!(check_shape(768, 1152).is_ok());
+        assert!(check_shape(1024, 768).is_err());
+        assert!(check_shape(768, 1152 + 32).is_err());
+        assert!(check_shape(768, 0).is_err());
+    }
+
+    /// The main loop, the accumulator layout and the epilogue (quad reductions, the cluster's
+    /// partial sums, the residual update and stores) against residual_norm's definition, in
+    /// the warp emulator `kernels/tests/proj_residual_norm_fragments.c`.
+    #[test]
+    fn fused_epilogue_math_matches_residual_norm() {
+        super::super::run_fragment_emulator("proj_residual_norm_fragments.c");
+    }
+}
