@@ -441,8 +441,9 @@ fn compare_residual(
 /// The O and down projections added to the residual stream: the cuBLAS projection into an f32
 /// branch followed by `residual_norm` (the baseline), then `proj_residual_norm_wgmma` where the
 /// device runs it (sm_90), both against the CPU twins (`linear`, then `residual_norm`'s) on
-/// the same bf16 inputs, and timed at the same size. A fused kernel that fails to run is
-/// reported as a failed entry after the baseline's results.
+/// the same bf16 inputs, and timed at the same size. Both projections' baselines run before
+/// the fused kernel, so that a fused kernel that fails to load or run (a fault poisons the
+/// context) is reported as one failed entry after the baselines' results.
 fn check_proj_residual_norm(
     dev: &Device,
     k: &Kernels,
@@ -452,15 +453,17 @@ fn check_proj_residual_norm(
     let h = d.hidden;
     let case = TokenCase::new(CHECK_LENGTHS);
     let timed = TokenCase::timed();
-    let mut checks = Vec::new();
+    let n = case.n;
+    let fresh_residual = |rows: usize, values: &[f32]| -> Result<Residual> {
+        let mut residual = poisoned_residual(dev, rows, h)?;
+        residual.x = dev.upload(values, "residual")?;
+        Ok(residual)
+    };
+    let mut projections = Vec::new();
     for (projection, k_dim) in [("O", d.q_width()), ("down", d.intermediate)] {
         let w_bits = rng.bf16s(h * k_dim, -0.1, 0.1);
-        let w = dev.upload(&w_bits, "projection weight")?;
         let post_norm_host = rng.f32s(h, -1.0, 8.0);
-        let post_norm = dev.upload(&post_norm_host, "post norm")?;
-        let n = case.n;
         let x_bits = rng.bf16s(n * k_dim, -2.0, 2.0);
-        let x = dev.upload(&x_bits, "x")?;
         let residual_host = rng.f32s(n * h, -500.0, 500.0);
         let mut branch_host = vec![0.0f32; n * h];
         cpu::linear(
@@ -470,83 +473,105 @@ fn check_proj_residual_norm(
             h,
             &mut branch_host,
         );
-        let reference = residual_norm_reference(&d, &residual_host, &branch_host, &post_norm_host);
-        let desc = format!("{projection}: {} k={k_dim}", case.describe());
-        let fresh_residual = |rows: usize, values: &[f32]| -> Result<Residual> {
-            let mut residual = poisoned_residual(dev, rows, h)?;
-            residual.x = dev.upload(values, "residual")?;
-            Ok(residual)
-        };
+        projections.push(ProjectionCase {
+            k_dim,
+            w: dev.upload(&w_bits, "projection weight")?,
+            post_norm: dev.upload(&post_norm_host, "post norm")?,
+            x: dev.upload(&x_bits, "x")?,
+            reference: residual_norm_reference(&d, &residual_host, &branch_host, &post_norm_host),
+            residual_host,
+            desc: format!("{projection}: {} k={k_dim}", case.describe()),
+            x_timed: dev.upload(&rng.bf16s(timed.n * k_dim, -2.0, 2.0), "x")?,
+            residual_timed: rng.f32s(timed.n * h, -500.0, 500.0),
+            timed_case: format!("{projection}: m={} n={h} k={k_dim}", timed.n),
+        });
+    }
+    // x, the weight, and the residual read and written with its copy and inv_rms; the baseline
+    // also writes the f32 branch and reads it back.
+    let flops = |p: &ProjectionCase| (2 * timed.n * h * p.k_dim) as f64;
+    let fused_bytes = |p: &ProjectionCase| {
+        ((timed.n * p.k_dim + h * p.k_dim) * 2 + timed.n * (h * 10 + 4)) as f64
+    };
 
-        let x_timed = dev.upload(&rng.bf16s(timed.n * k_dim, -2.0, 2.0), "x")?;
-        let residual_timed = rng.f32s(timed.n * h, -500.0, 500.0);
-        let flops = (2 * timed.n * h * k_dim) as f64;
-        // x, the weight, and the residual read and written with its copy and inv_rms; the
-        // baseline also writes the f32 branch and reads it back.
-        let fused_bytes = ((timed.n * k_dim + h * k_dim) * 2 + timed.n * (h * 10 + 4)) as f64;
-        let baseline_bytes = fused_bytes + (timed.n * h * 4 * 2) as f64;
-        let timed_case = format!("{projection}: m={} n={h} k={k_dim}", timed.n);
-
-        let mut branch = Branch::F32(dev.alloc(n * h, "branch")?);
+    let mut checks = Vec::new();
+    for p in &projections {
         let run_baseline =
             |x: &CudaSlice<u16>, rows: usize, branch: &mut Branch, residual: &mut Residual| {
-                linear(dev, x, &w, branch.gemm_out(), (rows, h, k_dim))?;
-                k.residual_norm(dev, rows, branch, &post_norm, residual)
+                linear(dev, x, &p.w, branch.gemm_out(), (rows, h, p.k_dim))?;
+                k.residual_norm(dev, rows, branch, &p.post_norm, residual)
             };
-        let mut residual = fresh_residual(n, &residual_host)?;
-        run_baseline(&x, n, &mut branch, &mut residual)?;
+        let mut branch = Branch::F32(dev.alloc(n * h, "branch")?);
+        let mut residual = fresh_residual(n, &p.residual_host)?;
+        run_baseline(&p.x, n, &mut branch, &mut residual)?;
         let mut baseline = compare_residual(
             dev,
-            ("proj+residual_norm (cuBLAS)", &desc),
+            ("proj+residual_norm (cuBLAS)", &p.desc),
             &residual,
-            &reference,
+            &p.reference,
         )?;
         let mut branch = Branch::F32(dev.alloc(timed.n * h, "branch")?);
-        let mut residual = fresh_residual(timed.n, &residual_timed)?;
+        let mut residual = fresh_residual(timed.n, &p.residual_timed)?;
         let us = time_launches(dev, || {
-            run_baseline(&x_timed, timed.n, &mut branch, &mut residual)
+            run_baseline(&p.x_timed, timed.n, &mut branch, &mut residual)
         })?;
+        let bytes = fused_bytes(p) + (timed.n * h * 4 * 2) as f64;
         baseline[0] =
             baseline[0]
                 .clone()
-                .with_timing(timing(timed_case.clone(), us, baseline_bytes, flops));
+                .with_timing(timing(p.timed_case.clone(), us, bytes, flops(p)));
         checks.extend(baseline);
+    }
 
-        if !BranchStorage::Fused.runs_on(dev.info.compute_capability) {
-            continue;
-        }
-        let fused = || -> Result<Vec<KernelCheck>> {
+    if BranchStorage::Fused.runs_on(dev.info.compute_capability) {
+        let mut fused = || -> Result<()> {
             let kernel = ProjResidualNorm::load(dev)?;
-            let run = |x: &CudaSlice<u16>, rows: usize, residual: &mut Residual| {
-                kernel.launch(dev, &d, (x, &w, &post_norm), (rows, k_dim), residual)
-            };
-            let mut residual = fresh_residual(n, &residual_host)?;
-            run(&x, n, &mut residual)?;
-            let mut fused_checks = compare_residual(
-                dev,
-                (BranchStorage::Fused.residual_norm_kernel(), &desc),
-                &residual,
-                &reference,
-            )?;
-            let mut residual = fresh_residual(timed.n, &residual_timed)?;
-            let us = time_launches(dev, || run(&x_timed, timed.n, &mut residual))?;
-            fused_checks[0] = fused_checks[0].clone().with_timing(timing(
-                timed_case.clone(),
-                us,
-                fused_bytes,
-                flops,
-            ));
-            Ok(fused_checks)
+            for p in &projections {
+                let run = |x: &CudaSlice<u16>, rows: usize, residual: &mut Residual| {
+                    kernel.launch(dev, &d, (x, &p.w, &p.post_norm), (rows, p.k_dim), residual)
+                };
+                let mut residual = fresh_residual(n, &p.residual_host)?;
+                run(&p.x, n, &mut residual)?;
+                let mut fused_checks = compare_residual(
+                    dev,
+                    (BranchStorage::Fused.residual_norm_kernel(), &p.desc),
+                    &residual,
+                    &p.reference,
+                )?;
+                let mut residual = fresh_residual(timed.n, &p.residual_timed)?;
+                let us = time_launches(dev, || run(&p.x_timed, timed.n, &mut residual))?;
+                fused_checks[0] = fused_checks[0].clone().with_timing(timing(
+                    p.timed_case.clone(),
+                    us,
+                    fused_bytes(p),
+                    flops(p),
+                ));
+                checks.extend(fused_checks);
+            }
+            Ok(())
         };
-        match fused() {
-            Ok(fused_checks) => checks.extend(fused_checks),
-            Err(e) => checks.push(KernelCheck::error(
+        if let Err(e) = fused() {
+            checks.push(KernelCheck::error(
                 BranchStorage::Fused.residual_norm_kernel(),
                 e.to_string(),
-            )),
+            ));
         }
     }
     Ok(checks)
+}
+
+/// One projection's problem for [`check_proj_residual_norm`]: its inputs on the device, the
+/// CPU twins' result, and the timed size's inputs.
+struct ProjectionCase {
+    k_dim: usize,
+    w: CudaSlice<u16>,
+    post_norm: CudaSlice<f32>,
+    x: CudaSlice<u16>,
+    residual_host: Vec<f32>,
+    reference: (Vec<f32>, Vec<f32>),
+    desc: String,
+    x_timed: CudaSlice<u16>,
+    residual_timed: Vec<f32>,
+    timed_case: String,
 }
 
 /// `values` on the device, in f32 or rounded to bf16.
