@@ -56,8 +56,8 @@ struct Activations {
     qkv: CudaSlice<u16>,
     attention_in: QkvBuffers,
     attention_out: CudaSlice<u16>,
-    /// The O and down projections' output; `None` with the fused kernel.
-    branch: Option<Branch>,
+    /// The O and down projections' output; one unused element with the fused kernel.
+    branch: Branch,
     /// cuBLAS's gate|up output; one unused element with the fused kernel.
     gate_up: CudaSlice<u16>,
     mlp: CudaSlice<u16>,
@@ -384,29 +384,25 @@ impl CudaBackend {
     /// the cuBLAS step for `mark` (the profile).
     fn add_projection(
         &self,
-        branch: Option<&mut Branch>,
+        branch: &mut Branch,
         (x, w, post_norm): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
         (n, k_dim): (usize, usize),
         residual: &mut Residual,
         (gemm_label, mark): (&'static str, &mut dyn FnMut(&'static str) -> Result<()>),
     ) -> Result<()> {
         let d = &self.kernels.dims;
-        match (&self.residual_add, branch) {
-            (ResidualAdd::Fused(kernel), _) => {
+        match &self.residual_add {
+            ResidualAdd::Fused(kernel) => {
                 kernel.launch(&self.dev, d, (x, w, post_norm), (n, k_dim), residual)?;
                 mark(residual::KERNEL)
             }
-            (ResidualAdd::Unfused, Some(branch)) => {
+            ResidualAdd::Unfused => {
                 linear(&self.dev, x, w, branch.gemm_out(), (n, d.hidden, k_dim))?;
                 mark(gemm_label)?;
                 self.kernels
                     .residual_norm(&self.dev, n, branch, post_norm, residual)?;
                 mark(self.options.branch.residual_norm_kernel())
             }
-            (ResidualAdd::Unfused, None) => Err(Error::Cuda(format!(
-                "{gemm_label}: no branch buffer for {} (allocated for the fused kernel)",
-                self.options.branch.residual_norm_kernel()
-            ))),
         }
     }
 
@@ -507,7 +503,7 @@ impl CudaBackend {
                 LayerKind::Full => "attention, full layers",
             })?;
             self.add_projection(
-                act.branch.as_mut(),
+                &mut act.branch,
                 (&act.attention_out, &layer.o, &layer.post_attention_norm),
                 (n, d.q_width()),
                 &mut act.residual,
@@ -537,7 +533,7 @@ impl CudaBackend {
                 }
             }
             self.add_projection(
-                act.branch.as_mut(),
+                &mut act.branch,
                 (&act.mlp, &layer.down, &layer.post_feedforward_norm),
                 (n, d.intermediate),
                 &mut act.residual,

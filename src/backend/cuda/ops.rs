@@ -96,12 +96,13 @@ pub enum Branch {
 }
 
 impl Branch {
-    /// `None` for [`BranchStorage::Fused`], which stores no branch.
-    pub fn alloc(dev: &Device, storage: BranchStorage, len: usize) -> Result<Option<Self>> {
+    /// [`BranchStorage::Fused`] stores no branch: it gets one unused f32 element, like the QKV
+    /// and gate|up buffers with their fused kernels.
+    pub fn alloc(dev: &Device, storage: BranchStorage, len: usize) -> Result<Self> {
         Ok(match storage {
-            BranchStorage::F32 => Some(Self::F32(dev.alloc(len, "projection output")?)),
-            BranchStorage::Bf16 => Some(Self::Bf16(dev.alloc(len, "projection output (bf16)")?)),
-            BranchStorage::Fused => None,
+            BranchStorage::F32 => Self::F32(dev.alloc(len, "projection output")?),
+            BranchStorage::Bf16 => Self::Bf16(dev.alloc(len, "projection output (bf16)")?),
+            BranchStorage::Fused => Self::F32(dev.alloc(1, "projection output (unused)")?),
         })
     }
 
