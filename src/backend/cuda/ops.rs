@@ -216,6 +216,39 @@ fn blocks_for_rows(rows: usize) -> Result<u32> {
     u32_of(rows.div_ceil(ROWS_PER_BLOCK), "grid size")
 }
 
+/// For the fused GEMM kernels' launch wrappers: an error naming `kernel` for the first of
+/// `needs` (elements held, elements needed, buffer) that is too small.
+pub(super) fn check_fused_buffers(
+    kernel: &str,
+    num_tokens: usize,
+    needs: &[(usize, usize, &str)],
+) -> Result<()> {
+    match needs.iter().find(|(held, needed, _)| held < needed) {
+        Some((held, needed, what)) => Err(Error::Cuda(format!(
+            "{kernel} over {num_tokens} tokens: {what} holds {held} elements, the launch needs \
+             {needed}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `v` as a parameter of `kernel`'s launch.
+pub(super) fn kernel_u32(kernel: &str, v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Cuda(format!("{kernel}: {what} {v} exceeds u32")))
+}
+
+/// The grid's y extent (at most 65,535) for `num_tokens` rows in blocks of `block_m`.
+pub(super) fn grid_row_blocks(kernel: &str, num_tokens: usize, block_m: usize) -> Result<u32> {
+    let row_blocks = kernel_u32(kernel, num_tokens.div_ceil(block_m), "row blocks")?;
+    if row_blocks > 65_535 {
+        return Err(Error::Cuda(format!(
+            "{kernel}: {num_tokens} tokens exceed the grid's {} rows",
+            65_535 * block_m
+        )));
+    }
+    Ok(row_blocks)
+}
+
 impl Kernels {
     pub fn load(dev: &Device, dims: ModelDims) -> Result<Self> {
         Ok(Self {

@@ -84,7 +84,9 @@ mod device {
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
-    use crate::backend::cuda::ops::{ModelDims, QkNorms, QkvBuffers, Tokens};
+    use crate::backend::cuda::ops::{
+        check_fused_buffers, grid_row_blocks, kernel_u32, ModelDims, QkNorms, QkvBuffers, Tokens,
+    };
     use crate::backend::cuda::params::QkvProjParams;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `QkvProjParams` from kernels/params.h: device
@@ -152,24 +154,9 @@ mod device {
                 (out.k.len(), n * d.head_dim, "k"),
                 (out.v.len(), n * d.head_dim, "v"),
             ];
-            if let Some((held, needed, what)) = needs.iter().find(|(held, needed, _)| held < needed)
-            {
-                return Err(Error::Cuda(format!(
-                    "{WGMMA_KERNEL} over {n} tokens: {what} holds {held} elements, the launch \
-                     needs {needed}"
-                )));
-            }
-            let to_u32 = |v: usize, what: &str| {
-                u32::try_from(v)
-                    .map_err(|_| Error::Cuda(format!("{WGMMA_KERNEL}: {what} {v} exceeds u32")))
-            };
-            let row_blocks = to_u32(n.div_ceil(BLOCK_M), "row blocks")?;
-            if row_blocks > 65_535 {
-                return Err(Error::Cuda(format!(
-                    "{WGMMA_KERNEL}: {n} tokens exceed the grid's {} rows",
-                    65_535 * BLOCK_M
-                )));
-            }
+            check_fused_buffers(WGMMA_KERNEL, n, &needs)?;
+            let to_u32 = |v: usize, what: &str| kernel_u32(WGMMA_KERNEL, v, what);
+            let row_blocks = grid_row_blocks(WGMMA_KERNEL, n, BLOCK_M)?;
             let s = &dev.stream;
             let params = QkvProjParams {
                 x: x.device_ptr(s).0 as _,

@@ -51,7 +51,9 @@ mod device {
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
-    use crate::backend::cuda::ops::{ModelDims, Residual};
+    use crate::backend::cuda::ops::{
+        check_fused_buffers, grid_row_blocks, kernel_u32, ModelDims, Residual,
+    };
     use crate::backend::cuda::options::BranchStorage;
     use crate::backend::cuda::params::ProjResidualNormParams;
 
@@ -113,24 +115,9 @@ mod device {
                 (residual.x_bf16.len(), n * hidden, "residual bf16"),
                 (residual.inv_rms.len(), n, "inv_rms"),
             ];
-            if let Some((held, needed, what)) = needs.iter().find(|(held, needed, _)| held < needed)
-            {
-                return Err(Error::Cuda(format!(
-                    "{KERNEL} over {n} tokens: {what} holds {held} elements, the launch needs \
-                     {needed}"
-                )));
-            }
-            let to_u32 = |v: usize, what: &str| {
-                u32::try_from(v)
-                    .map_err(|_| Error::Cuda(format!("{KERNEL}: {what} {v} exceeds u32")))
-            };
-            let row_blocks = to_u32(n.div_ceil(BLOCK_M), "row blocks")?;
-            if row_blocks > 65_535 {
-                return Err(Error::Cuda(format!(
-                    "{KERNEL}: {n} tokens exceed the grid's {} rows",
-                    65_535 * BLOCK_M
-                )));
-            }
+            check_fused_buffers(KERNEL, n, &needs)?;
+            let to_u32 = |v: usize, what: &str| kernel_u32(KERNEL, v, what);
+            let row_blocks = grid_row_blocks(KERNEL, n, BLOCK_M)?;
             let s = &dev.stream;
             let params = ProjResidualNormParams {
                 x: x.device_ptr(s).0 as _,
