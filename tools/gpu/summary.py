@@ -134,6 +134,7 @@ def main():
         parity_min = parity["min_cosine"] if parity else {}
         base = {w["name"]: w["tokens_per_s"] for w in bench["workloads"]} if bench else {}
         print("\ncandidates (a default changes only where one is correct and faster):")
+        width = max(len(v) for v in variants)
         for variant, report in variants.items():
             cos = parity_min.get(f"{variant}_st")
             correct = cos is not None and cos >= parity["threshold"]
@@ -151,7 +152,7 @@ def main():
                 verdict = "correct, not faster"
             cos_cell = f"{cos:.6f}" if cos is not None else "-"
             span = f"{100 * min(changes):+.1f}%..{100 * max(changes):+.1f}%" if changes else "-"
-            print(f"  {variant:<40} min cos vs ST {cos_cell:>9}  throughput {span:>16}  {verdict}")
+            print(f"  {variant:<{width}} min cos vs ST {cos_cell:>9}  throughput {span:>16}  {verdict}")
 
     profile = load(os.path.join(args.out, "profile.json"))
     if profile is not None:
