@@ -12,17 +12,19 @@
  * f32 out. hidden = PROJ_NORM_CLUSTER * 256, k_dim a multiple of 64.
  *
  * Launch: grid (PROJ_NORM_CLUSTER, ceil(num_tokens / BLOCK_M)) in clusters of PROJ_NORM_CLUSTER
- * CTAs along x (compile-time __cluster_dims__ on sm_90), PROJ_NORM_THREADS (two warpgroups),
- * PROJ_NORM_SMEM_BYTES of dynamic shared memory (one CTA per SM). CTA c of a cluster computes
- * BLOCK_M = 128 token rows x outputs 256 c .. 256 c + 255 through gemm_pipeline.cuh's wgmma main
- * loop (PROJ_NORM_STAGES stages of 64-wide k slices, wgmma.m64n256k16, 128 f32 accumulators per
- * thread). A row's mean of squares spans the cluster: each CTA reduces its 256 columns per row
- * over the row's quad (two shuffles), publishes the partial sums in its shared memory, and after
- * a cluster barrier every CTA adds the cluster's partials through distributed shared memory;
- * once for the branch, once for the new residual. A last cluster barrier keeps each CTA's
- * partials alive until its peers have read them. Rows past num_tokens compute zeros
- * (zero-filled x) and touch no memory. On other architectures the kernel traps; the host
- * launches it only on sm_90.
+ * CTAs along x (a launch attribute: cuLaunchKernelEx; the kernel traps on any other cluster
+ * shape), PROJ_NORM_THREADS (two warpgroups), PROJ_NORM_SMEM_BYTES of dynamic shared memory (one
+ * CTA per SM). CTA c of a cluster computes BLOCK_M = 128 token rows x outputs 256 c .. 256 c + 255
+ * through gemm_pipeline.cuh's wgmma main loop (PROJ_NORM_STAGES stages of 64-wide k slices,
+ * wgmma.m64n256k16, 128 f32 accumulators per thread). A row's mean of squares spans the
+ * cluster: each CTA reduces its 256 columns per row over the row's quad (two shuffles) and
+ * publishes the partial sums in its shared memory; after a cluster barrier every CTA adds the
+ * cluster's partials through distributed shared memory. That happens once for the branch and
+ * once for the new residual, which stays in the accumulator registers until the second
+ * barrier has passed, so neither barrier's release waits on global stores. A last, relaxed
+ * arrive (after the CTA's remote reads) and wait (before it exits) keeps each CTA's partials
+ * alive until its peers have read them. Rows past num_tokens compute zeros (zero-filled x) and
+ * touch no memory. On other architectures the kernel traps; the host launches it only on sm_90.
  *
  * Numerics: bf16 products accumulated in f32 by the tensor cores; the norm, the residual add
  * and the new inverse RMS in f32 (f32 branch, as residual_norm with an f32 branch); one bf16
@@ -32,13 +34,6 @@
 
 #include "common.cuh"
 #include "gemm_pipeline.cuh"
-
-/* Clusters exist from sm_90 on; the other architectures' builds only trap. */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define PROJ_NORM_CLUSTER_DIMS __cluster_dims__(PROJ_NORM_CLUSTER, 1, 1)
-#else
-#define PROJ_NORM_CLUSTER_DIMS
-#endif
 
 namespace {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -56,11 +51,20 @@ __device__ __forceinline__ float cluster_row_sum(cooperative_groups::cluster_gro
     }
     return total;
 }
+
+/* barrier.cluster split in two: a relaxed arrive (no memory ordering, so it waits for no store)
+ * and the wait that completes it. */
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
 #endif
 } // namespace
 
-extern "C" __global__ void PROJ_NORM_CLUSTER_DIMS
-    __launch_bounds__(PROJ_NORM_THREADS, 1) proj_residual_norm_wgmma(const ProjResidualNormParams p) {
+extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
+    proj_residual_norm_wgmma(const ProjResidualNormParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int kBlockM = PROJ_NORM_BLOCK_M;
     constexpr int kWeightRows = ATTENTION_HEAD_DIM;
@@ -76,6 +80,7 @@ extern "C" __global__ void PROJ_NORM_CLUSTER_DIMS
     bf16_t *smem =
         reinterpret_cast<bf16_t *>(proj_norm_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
     cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    if (cluster.num_blocks() != PROJ_NORM_CLUSTER) __trap();
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const uint32_t slice = blockIdx.x; /* == the CTA's rank in its cluster */
@@ -106,7 +111,7 @@ extern "C" __global__ void PROJ_NORM_CLUSTER_DIMS
     }
     cluster.sync();
 
-    /* residual += b * rsqrt(mean(b^2) + eps) * (1 + w_post); its copy and new sums of squares. */
+    /* residual += b * rsqrt(mean(b^2) + eps) * (1 + w_post), kept in acc; its sums of squares. */
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int local_row = gemm_wgmma_row(warp, lane, half);
@@ -120,12 +125,12 @@ extern "C" __global__ void PROJ_NORM_CLUSTER_DIMS
             for (int tile = 0; tile < kTiles; ++tile) {
                 const int col = gemm_wgmma_col(lane, tile);
                 const float2 w = *reinterpret_cast<const float2 *>(p.post_norm + first_col + col);
-                float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
-                x.x += acc[gemm_wgmma_reg(tile, half, 0)] * branch_inv_rms * (1.0f + w.x);
-                x.y += acc[gemm_wgmma_reg(tile, half, 1)] * branch_inv_rms * (1.0f + w.y);
-                squares += x.x * x.x + x.y * x.y;
-                *reinterpret_cast<float2 *>(p.residual + base + col) = x;
-                *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x.x, x.y);
+                const float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
+                float &x0 = acc[gemm_wgmma_reg(tile, half, 0)];
+                float &x1 = acc[gemm_wgmma_reg(tile, half, 1)];
+                x0 = x.x + x0 * branch_inv_rms * (1.0f + w.x);
+                x1 = x.y + x1 * branch_inv_rms * (1.0f + w.y);
+                squares += x0 * x0 + x1 * x1;
             }
         }
         squares += __shfl_xor_sync(FULL_MASK, squares, 1);
@@ -134,19 +139,35 @@ extern "C" __global__ void PROJ_NORM_CLUSTER_DIMS
     }
     cluster.sync();
 
+    /* Rank 0 owns the inverse RMS; then nobody reads a peer's shared memory any more. */
+    float inv_rms[2] = {0.0f, 0.0f};
     if (slice == 0 && lane % 4 == 0) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int local_row = gemm_wgmma_row(warp, lane, half);
-            const uint32_t row = first_row + local_row;
-            if (row < p.num_tokens) {
-                p.inv_rms[row] =
-                    inverse_rms(cluster_row_sum(cluster, row_squares[1], local_row), p.hidden, p.eps);
-            }
+            inv_rms[half] =
+                inverse_rms(cluster_row_sum(cluster, row_squares[1], local_row), p.hidden, p.eps);
         }
     }
+    cluster_arrive_relaxed();
+
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
+        if (row >= p.num_tokens) continue;
+        const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) {
+            const int col = gemm_wgmma_col(lane, tile);
+            const float x0 = acc[gemm_wgmma_reg(tile, half, 0)];
+            const float x1 = acc[gemm_wgmma_reg(tile, half, 1)];
+            *reinterpret_cast<float2 *>(p.residual + base + col) = make_float2(x0, x1);
+            *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x0, x1);
+        }
+        if (slice == 0 && lane % 4 == 0) p.inv_rms[row] = inv_rms[half];
+    }
     /* No CTA leaves (and frees its row_squares) before every peer has read them. */
-    cluster.sync();
+    cluster_wait();
 #else
     __trap();
 #endif

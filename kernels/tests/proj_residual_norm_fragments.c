@@ -7,8 +7,8 @@
  * wgmma.m64n256k16 through the decoded descriptors, the accumulator layout), then the epilogue of
  * proj_residual_norm.cu CTA by CTA and thread by thread: rows and columns by tile.cuh's
  * gemm_wgmma_row / _reg / _col, each row's sum of squares over its quad (the two xor-shuffles),
- * the per-CTA partials in `row_squares`, and their sum over the cluster after each cluster
- * barrier (distributed shared memory).
+ * the per-CTA partials in `row_squares`, their sum over the cluster after each cluster barrier
+ * (distributed shared memory), the new residual held in the accumulators until the stores.
  *
  * x and w are small integers, so the projection is exact; the epilogue runs in float as the
  * kernel does and is compared with a double-precision reference of residual_norm's definition
@@ -87,7 +87,7 @@ static void run_cluster(int block_row) {
             }
         }
     }
-    /* cluster.sync(); the residual update and the new squares. */
+    /* cluster.sync(); the new residual into the accumulators, and its squares. */
     for (int c = 0; c < CLUSTER; ++c) {
         const int first_col = c * SLICE;
         for (int half = 0; half < 2; ++half) {
@@ -104,16 +104,12 @@ static void run_cluster(int block_row) {
                     const int col = first_col + gemm_wgmma_col(lane, tile);
                     expect(col % 2 == 0, "float2 / bf16 pair aligned", row, col, tile);
                     for (int e = 0; e < 2; ++e) {
-                        expect(wgmma_acc_col(lane, gemm_wgmma_reg(tile, half, e)) == col - first_col + e,
+                        const int reg = gemm_wgmma_reg(tile, half, e);
+                        expect(wgmma_acc_col(lane, reg) == col - first_col + e,
                                "register holds its column", t, tile, e);
-                        float v = residual[row][col + e];
-                        v += acc[c][t][gemm_wgmma_reg(tile, half, e)] * branch_inv_rms *
-                             (1.0f + post_norm[col + e]);
-                        partial[t] += v * v;
-                        residual[row][col + e] = v;
-                        residual_copy[row][col + e] = v;
-                        residual_writes[row][col + e]++;
-                        copy_writes[row][col + e]++;
+                        float *x = &acc[c][t][reg];
+                        *x = residual[row][col + e] + *x * branch_inv_rms * (1.0f + post_norm[col + e]);
+                        partial[t] += *x * *x;
                     }
                 }
             }
@@ -123,16 +119,30 @@ static void run_cluster(int block_row) {
             }
         }
     }
-    /* cluster.sync(); rank 0 writes the inverse RMS. */
-    for (int t = 0; t < THREADS; ++t) {
-        const int warp = t / 32, lane = t % 32;
-        if (lane % 4 != 0) continue;
-        for (int half = 0; half < 2; ++half) {
-            const int local_row = gemm_wgmma_row(warp, lane, half);
-            const int row = first_row + local_row;
-            if (row >= TOKENS) continue;
-            inv_rms[row] = 1.0f / sqrtf(cluster_row_sum(1, local_row) / (float)HIDDEN + EPS);
-            inv_rms_writes[row]++;
+    /* cluster.sync(); rank 0's inverse RMS, then every CTA's stores. */
+    for (int c = 0; c < CLUSTER; ++c) {
+        const int first_col = c * SLICE;
+        for (int t = 0; t < THREADS; ++t) {
+            const int warp = t / 32, lane = t % 32;
+            for (int half = 0; half < 2; ++half) {
+                const int local_row = gemm_wgmma_row(warp, lane, half);
+                const int row = first_row + local_row;
+                if (row >= TOKENS) continue;
+                for (int tile = 0; tile < TILES; ++tile) {
+                    const int col = first_col + gemm_wgmma_col(lane, tile);
+                    for (int e = 0; e < 2; ++e) {
+                        const float x = acc[c][t][gemm_wgmma_reg(tile, half, e)];
+                        residual[row][col + e] = x;
+                        residual_copy[row][col + e] = x;
+                        residual_writes[row][col + e]++;
+                        copy_writes[row][col + e]++;
+                    }
+                }
+                if (c == 0 && lane % 4 == 0) {
+                    inv_rms[row] = 1.0f / sqrtf(cluster_row_sum(1, local_row) / (float)HIDDEN + EPS);
+                    inv_rms_writes[row]++;
+                }
+            }
         }
     }
 }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+};
 use cudarc::nvrtc::Ptx;
 
 use super::DeviceInfo;
@@ -49,6 +51,58 @@ pub struct Device {
 }
 
 impl Device {
+    /// Launch `func` on the stream with `params` as its single by-value argument, in clusters
+    /// of `cluster_x` CTAs along x: `cuLaunchKernelEx` with a cluster-dimension attribute
+    /// (sm_90 and later; cudarc's launch builder has no cluster launch).
+    ///
+    /// # Safety
+    /// As for any kernel launch: `P` is the kernel's parameter type, every device address in
+    /// `params` covers what the kernel accesses for the shapes in it and stays alive until the
+    /// kernel has run, and `cfg.grid_dim.0` is a multiple of `cluster_x`.
+    pub unsafe fn launch_clustered<P: DeviceRepr>(
+        &self,
+        (func, name): (&CudaFunction, &str),
+        cfg: LaunchConfig,
+        cluster_x: u32,
+        params: &P,
+    ) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver_err(format!("bind the context to launch {name}")))?;
+        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+        value.clusterDim.x = cluster_x;
+        value.clusterDim.y = 1;
+        value.clusterDim.z = 1;
+        let mut cluster = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut cluster,
+            numAttrs: 1,
+        };
+        let mut args = [params as *const P as *mut std::ffi::c_void];
+        sys::cuLaunchKernelEx(
+            &config,
+            func.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .map_err(driver_err(format!(
+            "launch {name} in clusters of {cluster_x}"
+        )))
+    }
+
     /// Open device 0 and load every embedded kernel module.
     pub fn open() -> Result<Self> {
         // SAFETY: only probes whether the driver library can be dlopen'ed.

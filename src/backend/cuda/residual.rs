@@ -47,7 +47,7 @@ pub use device::ProjResidualNorm;
 #[cfg(gemma_cuda_kernels)]
 mod device {
     use cudarc::driver::sys::CUfunction_attribute;
-    use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
@@ -131,21 +131,18 @@ mod device {
                 k_dim: to_u32(k_dim, "k_dim")?,
                 hidden: to_u32(hidden, "hidden")?,
             };
-            // The cluster shape is compiled into the kernel (__cluster_dims__): the grid's x is
-            // exactly one cluster.
+            // The grid's x is exactly one cluster.
             let cfg = LaunchConfig {
                 grid_dim: (CLUSTER as u32, row_blocks, 1),
                 block_dim: (THREADS as u32, 1, 1),
                 shared_mem_bytes: SMEM_BYTES as u32,
             };
             // SAFETY: ProjResidualNormParams matches the kernel's parameter (same header); every
-            // buffer covers what the kernel touches for these shapes (checked above), the shape
-            // fits the kernel's tiles and cluster (check_shape), the kernel only runs on sm_90
-            // (load), and the device pointers stay valid until the launch is enqueued on the
-            // stream that owns the buffers.
-            unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
-                .map_err(driver_err(format!("launch {KERNEL}")))?;
-            Ok(())
+            // buffer covers what the kernel touches for these shapes (checked above) and lives
+            // on the stream that runs it, the shape fits the kernel's tiles and cluster
+            // (check_shape), the grid's x is one cluster, and the kernel only runs on sm_90
+            // (load).
+            unsafe { dev.launch_clustered((&self.func, KERNEL), cfg, CLUSTER as u32, &params) }
         }
     }
 }
