@@ -152,7 +152,8 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
  * descriptors (wgmma_desc_sw128) instead of ldmatrix. Warpgroup g multiplies token rows
  * 64 g .. 64 g + 63 by all 128 weight rows: four wgmma.m64n128k16 per k slice, 64 f32
  * accumulators per thread, gate in registers 0..31 and up in 32..63 (gate_up_geglu.cuh); the
- * main loop is gemm_pipeline.cuh's. On other architectures the kernel traps; the host launches
+ * main loop is gemm_pipeline.cuh's, every slice's wgmmas completed before the next barrier (the
+ * other CTA on the SM covers that wait) and loads two slices ahead. On other architectures the kernel traps; the host launches
  * it only on sm_90.
  */
 extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
@@ -174,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
     float acc[GEGLU_WGMMA_ACC_REGS];
 #pragma unroll
     for (int r = 0; r < GEGLU_WGMMA_ACC_REGS; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<kWgThreads, kBlockM, kWeightRows, kStages>(
+    wgmma_gemm_mainloop<kWgThreads, kBlockM, kWeightRows, kStages, 0>(
         acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * kWeightRows);
 
     /* Epilogue: register r (gate) and r + GEGLU_WGMMA_ACC_REGS / 2 (up) hold one output. */

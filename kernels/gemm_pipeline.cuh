@@ -6,8 +6,9 @@
 //   [BlockM][GEMM_TILE_K] then [WeightRows][GEMM_TILE_K], 16-byte cp.async chunks placed by
 //   tile_swizzle; x rows past num_tokens are zero-filled.
 // - wgmma_gemm_mainloop (sm_90a): a Stages-deep cp.async pipeline whose stages two or more
-//   warpgroups read through 128-byte-swizzle descriptors with wgmma.m64nNk16, N = WeightRows;
-//   warpgroup g owns rows WGMMA_ROWS g .. of the tile. The stages start at a 1024-byte boundary.
+//   warpgroups read through 128-byte-swizzle descriptors with wgmma.m64nNk16, N = WeightRows,
+//   optionally one k slice's wgmmas left in flight across the next barrier; warpgroup g owns rows
+//   WGMMA_ROWS g .. of the tile. The stages start at a 1024-byte boundary.
 //
 // Index math lives in tile.cuh, where the host warp emulators (kernels/tests/) drive it.
 #pragma once
@@ -52,12 +53,17 @@ __device__ __forceinline__ void gemm_load_stage(bf16_t *stage, const bf16_t *x, 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* acc (the m64nN accumulators of this thread's warpgroup, N = WeightRows, zeroed by the caller)
  * += x[first_row + 64 g ..][:k_dim] . w[first_weight_row ..][:k_dim]^T. `smem` is 1024-byte
- * aligned and holds Stages * (BlockM + WeightRows) * GEMM_TILE_K bf16. Each thread fences its
- * cp.async writes into the async proxy before the barrier that precedes the wgmmas, and the
- * wgmmas of a slice complete before the next barrier, after which that stage may be
- * overwritten. On return every wgmma has completed; the stages may still be read by other
+ * aligned and holds Stages * (BlockM + WeightRows) * GEMM_TILE_K bf16.
+ *
+ * The wgmmas of the last InFlight k slices (0 or 1) stay in flight across the next slice's
+ * barrier, so with one CTA per SM the tensor cores are not idle while the warpgroups meet; a
+ * load may therefore only overwrite the stage read InFlight + 1 slices ago, and loads run
+ * kAhead = Stages - 1 - InFlight slices ahead. Slice j is cp.async commit group j (empty groups
+ * keep the count in step). Each thread
+ * fences its cp.async writes into the async proxy before the barrier that precedes the wgmmas
+ * reading them. On return every wgmma has completed; the stages may still be read by other
  * warpgroups' last wgmmas until a barrier. */
-template <int Threads, int BlockM, int WeightRows, int Stages, int AccRegs>
+template <int Threads, int BlockM, int WeightRows, int Stages, int InFlight, int AccRegs>
 __device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_t *smem,
                                                     const bf16_t *x, const bf16_t *w,
                                                     uint32_t num_tokens, uint32_t k_dim,
@@ -65,13 +71,15 @@ __device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_
     static_assert(Threads == (BlockM / WGMMA_ROWS) * 128, "one warpgroup per 64 tile rows");
     static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
     static_assert(WeightRows == 128 || WeightRows == 256, "wgmma.m64n128k16 or m64n256k16");
+    static_assert(InFlight == 0 || InFlight == 1, "wgmma groups left in flight per slice");
+    constexpr int kAhead = Stages - 1 - InFlight;
+    static_assert(kAhead >= 1, "one slice loads while another is multiplied");
     constexpr int kStageElems = (BlockM + WeightRows) * GEMM_TILE_K;
     const int warpgroup = threadIdx.x / 128;
     const uint32_t k_tiles = k_dim / GEMM_TILE_K;
 
-    /* Prologue: the first Stages - 1 slices in flight, one commit group each. */
 #pragma unroll
-    for (int s = 0; s < Stages - 1; ++s) {
+    for (int s = 0; s < kAhead; ++s) {
         if (s < k_tiles) {
             gemm_load_stage<Threads, BlockM, WeightRows>(smem + s * kStageElems, x, w, num_tokens,
                                                          k_dim, first_row, first_weight_row, s);
@@ -79,21 +87,26 @@ __device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_
         cp_async_commit();
     }
     for (uint32_t kt = 0; kt < k_tiles; ++kt) {
-        /* Slice kt has landed for every thread and is visible to the async proxy, and every
-         * warpgroup is done with slice kt - 1, whose stage the next load overwrites. */
-        cp_async_wait<Stages - 2>();
+        /* kAhead + kt groups committed: at most kAhead - 1 pending means slice kt has landed.
+         * After the barrier it is visible to every warpgroup's wgmmas, and every warpgroup has
+         * waited (end of slice kt - 1) for its wgmmas of slice kt - 1 - InFlight, whose stage
+         * the next load overwrites. */
+        cp_async_wait<kAhead - 1>();
         fence_proxy_async_shared();
         __syncthreads();
-        const uint32_t next = kt + Stages - 1;
+        const uint32_t next = kt + kAhead;
         if (next < k_tiles) {
             gemm_load_stage<Threads, BlockM, WeightRows>(smem + (next % Stages) * kStageElems, x,
                                                          w, num_tokens, k_dim, first_row,
                                                          first_weight_row, next);
         }
-        cp_async_commit(); /* possibly empty, so the group count stays in step */
+        cp_async_commit();
 
         const uint32_t x_tile = smem_addr(smem + (kt % Stages) * kStageElems);
         const uint32_t w_tile = x_tile + BlockM * GEMM_TILE_K * 2;
+        /* wgmmas of one shape chain on the same accumulators while earlier ones are in flight
+         * (PTX ISA: their accumulator accesses are ordered); the fence orders this slice's
+         * wgmmas after the thread's other register accesses. */
         wgmma_fence_operands(acc);
         wgmma_fence();
 #pragma unroll
@@ -107,9 +120,11 @@ __device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_
             }
         }
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<InFlight>();
         wgmma_fence_operands(acc);
     }
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
 }
 #endif
 

@@ -15,8 +15,9 @@
  * CTAs along x (a launch attribute: cuLaunchKernelEx; the kernel traps on any other cluster
  * shape), PROJ_NORM_THREADS (two warpgroups), PROJ_NORM_SMEM_BYTES of dynamic shared memory (one
  * CTA per SM). CTA c of a cluster computes BLOCK_M = 128 token rows x outputs 256 c .. 256 c + 255
- * through gemm_pipeline.cuh's wgmma main loop (PROJ_NORM_STAGES stages of 64-wide k slices,
- * wgmma.m64n256k16, 128 f32 accumulators per thread). A row's mean of squares spans the
+ * through gemm_pipeline.cuh's wgmma main loop (PROJ_NORM_STAGES stages of 64-wide k slices, one
+ * slice's wgmmas in flight across each barrier, wgmma.m64n256k16, 128 f32 accumulators per
+ * thread). A row's mean of squares spans the
  * cluster: each CTA reduces its 256 columns per row over the row's quad (two shuffles) and
  * publishes the partial sums in its shared memory; after a cluster barrier every CTA adds the
  * cluster's partials through distributed shared memory. That happens once for the branch and
@@ -90,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
     float acc[kAccRegs];
 #pragma unroll
     for (int r = 0; r < kAccRegs; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages>(
+    wgmma_gemm_mainloop<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages, 1>(
         acc, smem, p.x, p.w, p.num_tokens, p.k_dim, first_row, first_col);
 
     /* The branch's sums of squares: quad, then cluster. */

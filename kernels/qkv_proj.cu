@@ -17,7 +17,8 @@
  * Launch: grid (num_heads + 2, ceil(num_tokens / BLOCK_M)), QKV_PROJ_THREADS (two warpgroups),
  * QKV_PROJ_SMEM_BYTES of dynamic shared memory (one CTA per SM). A CTA computes BLOCK_M = 128
  * token rows x one slot's 256 weight rows through gemm_pipeline.cuh's wgmma main loop:
- * QKV_PROJ_STAGES stages of 64-wide k slices (x [128][64], w [256][64]), warpgroup g multiplying
+ * QKV_PROJ_STAGES stages of 64-wide k slices (x [128][64], w [256][64]), one slice's wgmmas in
+ * flight across each barrier and loads two slices ahead, warpgroup g multiplying
  * rows 64 g .. 64 g + 63 with wgmma.m64n256k16, 128 f32 accumulators per thread. The slot index
  * runs fastest, so the CTAs sharing x rows run together. Epilogue (qkv_proj.cuh): each thread
  * holds 64 columns of two rows; the row's sum of squares is reduced over its quad with two
@@ -55,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
     float acc[QKV_PROJ_ACC_REGS];
 #pragma unroll
     for (int r = 0; r < QKV_PROJ_ACC_REGS; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<QKV_PROJ_THREADS, kBlockM, kWeightRows, kStages>(
+    wgmma_gemm_mainloop<QKV_PROJ_THREADS, kBlockM, kWeightRows, kStages, 1>(
         acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, slot * kWeightRows);
 
     constexpr uint32_t kHeadDim = ATTENTION_HEAD_DIM;
