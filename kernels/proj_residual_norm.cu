@@ -22,9 +22,9 @@
  * publishes the partial sums in its shared memory; after a cluster barrier every CTA adds the
  * cluster's partials through distributed shared memory. That happens once for the branch and
  * once for the new residual, which stays in the accumulator registers until the second
- * barrier has passed, so neither barrier's release waits on global stores. A last, relaxed
- * arrive (after the CTA's remote reads) and wait (before it exits) keeps each CTA's partials
- * alive until its peers have read them. Rows past num_tokens compute zeros (zero-filled x) and
+ * barrier has passed, so neither barrier's release waits on global stores. A last arrive
+ * (release, after the CTA's remote reads and before its stores) and wait (before it exits) keeps
+ * each CTA's partials alive until its peers have read them. Rows past num_tokens compute zeros (zero-filled x) and
  * touch no memory. On other architectures the kernel traps; the host launches it only on sm_90.
  *
  * Numerics: bf16 products accumulated in f32 by the tensor cores; the norm, the residual add
@@ -53,10 +53,12 @@ __device__ __forceinline__ float cluster_row_sum(cooperative_groups::cluster_gro
     return total;
 }
 
-/* barrier.cluster split in two: a relaxed arrive (no memory ordering, so it waits for no store)
- * and the wait that completes it. */
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+/* barrier.cluster split in two: a release arrive, which orders this thread's earlier accesses
+ * (the remote reads of the peers' partials) before the peers' wait (PTX ISA: .relaxed would
+ * order none of them, so a peer could exit while a read is in flight), and the wait that
+ * completes it. Placed before the epilogue's global stores, the release waits for none of them. */
+__device__ __forceinline__ void cluster_arrive_release() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() {
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
@@ -150,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
                 inverse_rms(cluster_row_sum(cluster, row_squares[1], local_row), p.hidden, p.eps);
         }
     }
-    cluster_arrive_relaxed();
+    cluster_arrive_release();
 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
