@@ -213,15 +213,10 @@ impl KernelChoice for AttentionKernel {
         ("reference", Self::Reference),
         ("flash-wgmma", Self::FlashWgmma),
     ];
+    const SM90_ONLY: &'static [Self] = &[Self::FlashWgmma];
 }
 
 impl AttentionKernel {
-    /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
-    /// code only (other architectures' builds of it trap).
-    pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
-        self != Self::FlashWgmma || compute_capability == (9, 0)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Flash => FLASH_KERNEL,

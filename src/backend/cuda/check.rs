@@ -17,7 +17,7 @@ use super::ops::{
     rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
     RopeTable, Tokens,
 };
-use super::options::BranchStorage;
+use super::options::{BranchStorage, KernelChoice};
 use super::qkv::{QkvKernel, QkvProj};
 use super::report::{KernelCheck, KernelChecks, Timing};
 use super::residual::ProjResidualNorm;

@@ -54,15 +54,10 @@ impl KernelChoice for MlpKernel {
         ("fused", Self::Fused),
         ("wgmma", Self::Wgmma),
     ];
+    const SM90_ONLY: &'static [Self] = &[Self::Wgmma];
 }
 
 impl MlpKernel {
-    /// Whether a device of this compute capability runs the kernel: the wgmma one has sm_90a
-    /// code only (other architectures' builds of it trap).
-    pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
-        self != Self::Wgmma || compute_capability == (9, 0)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Cublas => "cublas+geglu",

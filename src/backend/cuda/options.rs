@@ -10,9 +10,17 @@ use crate::{Error, Result};
 
 /// A kernel choice read from one environment variable: `CHOICES[0]` when it is unset, the
 /// value it names otherwise, an error listing the names for anything else.
-pub trait KernelChoice: Copy + 'static {
+pub trait KernelChoice: Copy + PartialEq + 'static {
     const VAR: &'static str;
     const CHOICES: &'static [(&'static str, Self)];
+    /// The choices whose kernels have sm_90a code only (wgmma, clusters): other architectures'
+    /// builds of them trap.
+    const SM90_ONLY: &'static [Self];
+
+    /// Whether a device of this compute capability runs the choice.
+    fn runs_on(self, compute_capability: (i32, i32)) -> bool {
+        !Self::SM90_ONLY.contains(&self) || compute_capability == (9, 0)
+    }
 
     /// Every choice, the default first.
     fn all() -> impl Iterator<Item = Self> {
@@ -66,6 +74,7 @@ impl KernelChoice for BranchStorage {
         ("bf16", Self::Bf16),
         ("fused", Self::Fused),
     ];
+    const SM90_ONLY: &'static [Self] = &[Self::Fused];
 }
 
 impl BranchStorage {
@@ -76,12 +85,6 @@ impl BranchStorage {
             Self::Bf16 => "residual_norm_bf16_branch",
             Self::Fused => super::residual::KERNEL,
         }
-    }
-
-    /// Whether a device of this compute capability runs it: the fused kernel has sm_90a code
-    /// only (other architectures' builds of it trap).
-    pub fn runs_on(self, compute_capability: (i32, i32)) -> bool {
-        self != Self::Fused || compute_capability == (9, 0)
     }
 }
 
@@ -146,9 +149,12 @@ mod tests {
             const VAR: &'static str = "VAR";
             const CHOICES: &'static [(&'static str, Self)] =
                 &[("a", Choice(1)), ("b-c", Choice(2))];
+            const SM90_ONLY: &'static [Self] = &[Choice(2)];
         }
         assert_eq!(Choice::parse(None).unwrap(), Choice(1));
         assert_eq!(Choice::parse(Some("b-c")).unwrap(), Choice(2));
+        assert!(Choice(1).runs_on((8, 0)) && Choice(1).runs_on((9, 0)));
+        assert!(!Choice(2).runs_on((8, 9)) && Choice(2).runs_on((9, 0)));
         let err = Choice::parse(Some("B-C")).unwrap_err().to_string();
         assert!(
             err.ends_with("VAR must be one of `a`, `b-c`, got `B-C`"),

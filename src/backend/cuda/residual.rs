@@ -54,7 +54,7 @@ mod device {
     use crate::backend::cuda::ops::{
         check_fused_buffers, grid_row_blocks, kernel_u32, ModelDims, Residual,
     };
-    use crate::backend::cuda::options::BranchStorage;
+    use crate::backend::cuda::options::{BranchStorage, KernelChoice};
     use crate::backend::cuda::params::ProjResidualNormParams;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `ProjResidualNormParams` from kernels/params.h:
