@@ -153,8 +153,8 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
  * 64 g .. 64 g + 63 by all 128 weight rows: four wgmma.m64n128k16 per k slice, 64 f32
  * accumulators per thread, gate in registers 0..31 and up in 32..63 (gate_up_geglu.cuh); the
  * main loop is gemm_pipeline.cuh's, every slice's wgmmas completed before the next barrier (the
- * other CTA on the SM covers that wait) and loads two slices ahead. On other architectures the kernel traps; the host launches
- * it only on sm_90.
+ * other CTA on the SM covers that wait) and loads two slices ahead. On other architectures the
+ * kernel traps; the host launches it only on sm_90.
  */
 extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
     gate_up_geglu_wgmma(const GateUpGegluParams p) {
