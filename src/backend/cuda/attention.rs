@@ -233,7 +233,6 @@ pub use device::{check_attention, Attention, AttentionPlan};
 mod device {
     use std::sync::Arc;
 
-    use cudarc::driver::sys::CUfunction_attribute;
     use cudarc::driver::{
         CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
     };
@@ -255,19 +254,9 @@ mod device {
         flash_wgmma: Option<CudaFunction>,
     }
 
-    /// `name` resolved and allowed `smem_bytes` of dynamic shared memory (more than the
-    /// default 48 KB).
+    /// `name` resolved and allowed `smem_bytes` of dynamic shared memory.
     fn flash_function(dev: &Device, name: &str, smem_bytes: usize) -> Result<CudaFunction> {
-        let func = dev.function(name)?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem_bytes as i32,
-        )
-        .map_err(driver_err(format!(
-            "allow {smem_bytes} bytes of dynamic shared memory for {name} (the device's \
-             per-block opt-in limit is lower; set GEMMA_EMBED_ATTENTION=reference)"
-        )))?;
-        Ok(func)
+        dev.function_with_shared_memory(name, smem_bytes, "set GEMMA_EMBED_ATTENTION=reference")
     }
 
     impl Attention {
@@ -288,13 +277,7 @@ mod device {
         /// then resolve and prepare the kernels.
         pub fn load(dev: &Device, config: &ModelConfig, kernel: AttentionKernel) -> Result<Self> {
             check_config(config)?;
-            if !kernel.runs_on(dev.info.compute_capability) {
-                return Err(Error::Cuda(format!(
-                    "{} runs on sm_90 devices only; {} is not one (unset GEMMA_EMBED_ATTENTION)",
-                    kernel.name(),
-                    dev.info.description
-                )));
-            }
+            kernel.require_device(&dev.info, kernel.name())?;
             Self::for_device(dev)
         }
 

@@ -103,6 +103,26 @@ impl Device {
         )))
     }
 
+    /// Kernel `name` allowed `smem_bytes` of dynamic shared memory (more than the default
+    /// 48 KB); `fallback` tells the user what to run instead where the device cannot.
+    pub fn function_with_shared_memory(
+        &self,
+        name: &str,
+        smem_bytes: usize,
+        fallback: &str,
+    ) -> Result<CudaFunction> {
+        let func = self.function(name)?;
+        func.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_bytes as i32,
+        )
+        .map_err(driver_err(format!(
+            "allow {smem_bytes} bytes of dynamic shared memory for {name} (the device's \
+             per-block opt-in limit is lower; {fallback})"
+        )))?;
+        Ok(func)
+    }
+
     /// Open device 0 and load every embedded kernel module.
     pub fn open() -> Result<Self> {
         // SAFETY: only probes whether the driver library can be dlopen'ed.

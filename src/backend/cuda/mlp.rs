@@ -96,7 +96,6 @@ pub use device::GateUpGeglu;
 
 #[cfg(gemma_cuda_kernels)]
 mod device {
-    use cudarc::driver::sys::CUfunction_attribute;
     use cudarc::driver::PushKernelArg;
     use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
@@ -128,22 +127,9 @@ mod device {
                     return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
                 }
             };
-            if !kernel.runs_on(dev.info.compute_capability) {
-                return Err(Error::Cuda(format!(
-                    "{name} runs on sm_90 devices only; {} is not one (use GEMMA_EMBED_MLP=fused \
-                     or unset it)",
-                    dev.info.description
-                )));
-            }
-            let func = dev.function(name)?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem_bytes as i32,
-            )
-            .map_err(driver_err(format!(
-                "allow {smem_bytes} bytes of dynamic shared memory for {name} (the device's \
-                 per-block opt-in limit is lower; unset GEMMA_EMBED_MLP)"
-            )))?;
+            kernel.require_device(&dev.info, name)?;
+            let func =
+                dev.function_with_shared_memory(name, smem_bytes, "unset GEMMA_EMBED_MLP")?;
             Ok(Self {
                 func,
                 name,

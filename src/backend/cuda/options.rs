@@ -6,6 +6,7 @@
 use super::attention::AttentionKernel;
 use super::mlp::MlpKernel;
 use super::qkv::QkvKernel;
+use super::DeviceInfo;
 use crate::{Error, Result};
 
 /// A kernel choice read from one environment variable: `CHOICES[0]` when it is unset, the
@@ -20,6 +21,18 @@ pub trait KernelChoice: Copy + PartialEq + 'static {
     /// Whether a device of this compute capability runs the choice.
     fn runs_on(self, compute_capability: (i32, i32)) -> bool {
         !Self::SM90_ONLY.contains(&self) || compute_capability == (9, 0)
+    }
+
+    /// [`KernelChoice::runs_on`] as an error naming `kernel`, the device and the way out.
+    fn require_device(self, device: &DeviceInfo, kernel: &str) -> Result<()> {
+        if self.runs_on(device.compute_capability) {
+            return Ok(());
+        }
+        Err(Error::Cuda(format!(
+            "{kernel} runs on sm_90 devices only; {} is not one (unset {})",
+            device.description,
+            Self::VAR
+        )))
     }
 
     /// Every choice, the default first.
@@ -155,6 +168,19 @@ mod tests {
         assert_eq!(Choice::parse(Some("b-c")).unwrap(), Choice(2));
         assert!(Choice(1).runs_on((8, 0)) && Choice(1).runs_on((9, 0)));
         assert!(!Choice(2).runs_on((8, 9)) && Choice(2).runs_on((9, 0)));
+        let ampere = DeviceInfo {
+            description: "A100 (sm_80)".into(),
+            compute_capability: (8, 0),
+        };
+        assert!(Choice(1).require_device(&ampere, "k1").is_ok());
+        let err = Choice(2)
+            .require_device(&ampere, "k2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("k2 runs on sm_90 devices only; A100 (sm_80) is not one (unset VAR)"),
+            "{err}"
+        );
         let err = Choice::parse(Some("B-C")).unwrap_err().to_string();
         assert!(
             err.ends_with("VAR must be one of `a`, `b-c`, got `B-C`"),

@@ -74,7 +74,6 @@ pub use device::QkvProj;
 
 #[cfg(gemma_cuda_kernels)]
 mod device {
-    use cudarc::driver::sys::CUfunction_attribute;
     use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
     use super::*;
@@ -97,22 +96,9 @@ mod device {
         /// Needs an sm_90 device: the kernel's SASS is sm_90a, other architectures' code traps.
         pub fn load(dev: &Device, dims: &ModelDims) -> Result<Self> {
             check_shape(dims.hidden, dims.head_dim)?;
-            if !QkvKernel::Wgmma.runs_on(dev.info.compute_capability) {
-                return Err(Error::Cuda(format!(
-                    "{WGMMA_KERNEL} runs on sm_90 devices only; {} is not one (unset \
-                     GEMMA_EMBED_QKV)",
-                    dev.info.description
-                )));
-            }
-            let func = dev.function(WGMMA_KERNEL)?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                SMEM_BYTES as i32,
-            )
-            .map_err(driver_err(format!(
-                "allow {SMEM_BYTES} bytes of dynamic shared memory for {WGMMA_KERNEL} (the \
-                 device's per-block opt-in limit is lower; unset GEMMA_EMBED_QKV)"
-            )))?;
+            QkvKernel::Wgmma.require_device(&dev.info, WGMMA_KERNEL)?;
+            let func =
+                dev.function_with_shared_memory(WGMMA_KERNEL, SMEM_BYTES, "unset GEMMA_EMBED_QKV")?;
             Ok(Self { func })
         }
 

@@ -46,11 +46,10 @@ pub use device::ProjResidualNorm;
 
 #[cfg(gemma_cuda_kernels)]
 mod device {
-    use cudarc::driver::sys::CUfunction_attribute;
     use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
     use super::*;
-    use crate::backend::cuda::device::{driver_err, Device};
+    use crate::backend::cuda::device::Device;
     use crate::backend::cuda::ops::{
         check_fused_buffers, grid_row_blocks, kernel_u32, ModelDims, Residual,
     };
@@ -71,22 +70,9 @@ mod device {
         /// Needs an sm_90 device: the kernel's SASS is sm_90a (clusters, wgmma), other
         /// architectures' code traps.
         pub fn load(dev: &Device) -> Result<Self> {
-            if !BranchStorage::Fused.runs_on(dev.info.compute_capability) {
-                return Err(Error::Cuda(format!(
-                    "{KERNEL} runs on sm_90 devices only; {} is not one (unset \
-                     GEMMA_EMBED_BRANCH)",
-                    dev.info.description
-                )));
-            }
-            let func = dev.function(KERNEL)?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                SMEM_BYTES as i32,
-            )
-            .map_err(driver_err(format!(
-                "allow {SMEM_BYTES} bytes of dynamic shared memory for {KERNEL} (the device's \
-                 per-block opt-in limit is lower; unset GEMMA_EMBED_BRANCH)"
-            )))?;
+            BranchStorage::Fused.require_device(&dev.info, KERNEL)?;
+            let func =
+                dev.function_with_shared_memory(KERNEL, SMEM_BYTES, "unset GEMMA_EMBED_BRANCH")?;
             Ok(Self { func })
         }
 
