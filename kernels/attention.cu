@@ -471,8 +471,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
     static_assert(ATTENTION_FLASH_SMEM_BYTES + 1024 == ATTENTION_FLASH_WGMMA_SMEM_BYTES,
                   "params.h smem size");
     extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t base = smem_addr(smem);
-    attention_flash_body<true>(p, smem + ((1024 - (base & 1023)) & 1023));
+    attention_flash_body<true>(p, smem_align_1024<unsigned char>(smem));
 #else
     __trap();
 #endif

@@ -164,9 +164,7 @@ extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
     static_assert(2 * WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
     static_assert(kWeightRows == 128 && GEGLU_WGMMA_ACC_REGS == 64, "wgmma.m64n128");
     extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
-    const uint32_t smem_base = smem_addr(wgmma_smem_bytes);
-    bf16_t *smem =
-        reinterpret_cast<bf16_t *>(wgmma_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
+    bf16_t *smem = smem_align_1024<bf16_t>(wgmma_smem_bytes);
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const uint32_t first_row = blockIdx.y * kBlockM;

@@ -15,6 +15,13 @@ __device__ __forceinline__ uint32_t smem_addr(const void *ptr) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
+/* The first 1024-byte boundary at or after `bytes` (dynamic shared memory with 1024 bytes of
+ * slack), as a T pointer: where the 128-byte swizzle's 1024-byte atoms that wgmma descriptors
+ * address must start. */
+template <typename T> __device__ __forceinline__ T *smem_align_1024(unsigned char *bytes) {
+    return reinterpret_cast<T *>(bytes + ((1024 - (smem_addr(bytes) & 1023)) & 1023));
+}
+
 /* 16-byte global -> shared copy; copies nothing and zero-fills when !valid. */
 __device__ __forceinline__ void cp_async_16(void *smem, const void *gmem, bool valid) {
     const int src_bytes = valid ? 16 : 0;

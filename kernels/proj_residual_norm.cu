@@ -79,9 +79,7 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
     /* Per tile row, this CTA's sum of squares over its 256 columns: [0] of the branch, [1] of the
      * new residual. */
     __shared__ float row_squares[2][kBlockM];
-    const uint32_t smem_base = smem_addr(proj_norm_smem_bytes);
-    bf16_t *smem =
-        reinterpret_cast<bf16_t *>(proj_norm_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
+    bf16_t *smem = smem_align_1024<bf16_t>(proj_norm_smem_bytes);
     cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
     if (cluster.num_blocks() != PROJ_NORM_CLUSTER) __trap();
     const int lane = threadIdx.x & 31;

@@ -45,9 +45,7 @@ extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
     static_assert(QKV_PROJ_THREADS == 2 * 128 && kBlockM == 2 * WGMMA_ROWS, "two warpgroups");
     static_assert(QKV_PROJ_ROPE_REGS == QKV_PROJ_ACC_REGS / 2, "RoPE partners in one thread");
     extern __shared__ __align__(128) unsigned char qkv_smem_bytes[];
-    const uint32_t smem_base = smem_addr(qkv_smem_bytes);
-    bf16_t *smem =
-        reinterpret_cast<bf16_t *>(qkv_smem_bytes + ((1024 - (smem_base & 1023)) & 1023));
+    bf16_t *smem = smem_align_1024<bf16_t>(qkv_smem_bytes);
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const uint32_t slot = blockIdx.x;
