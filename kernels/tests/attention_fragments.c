@@ -270,10 +270,5 @@ int main(void) {
         }
     }
     check_wgmma_operands();
-    if (failures) {
-        printf("%d mismatches\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return verdict();
 }

@@ -200,10 +200,5 @@ int main(void) {
     }
     check_kernel("gate_up_geglu", run_cta);
     check_kernel("gate_up_geglu_wgmma", run_cta_wgmma);
-    if (failures) {
-        printf("%d mismatches\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return verdict();
 }

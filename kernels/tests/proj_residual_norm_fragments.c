@@ -191,10 +191,5 @@ int main(void) {
     checking = "proj_residual_norm_wgmma";
     for (int block_row = 0; block_row * BM < TOKENS; ++block_row) run_cluster(block_row);
     check_outputs();
-    if (failures) {
-        printf("%d mismatches\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return verdict();
 }

@@ -190,10 +190,5 @@ int main(void) {
         }
     }
     check_outputs();
-    if (failures) {
-        printf("%d mismatches\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return verdict();
 }

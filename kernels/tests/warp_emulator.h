@@ -31,6 +31,17 @@ static void expect(int ok, const char *what, int a, int b, int c) {
     }
 }
 
+/* main's exit status: "ok" and 0 when every expectation held, the count and 1 otherwise (the
+ * Rust test that runs the check looks for "ok"). */
+static inline int verdict(void) {
+    if (failures) {
+        printf("%d mismatches\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
+
 /* Bank of a 4-byte word at element offset `elem` (2-byte elements). */
 static int bank_of(int elem) { return (elem * 2 / 4) % 32; }
 
