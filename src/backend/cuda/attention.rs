@@ -615,18 +615,7 @@ mod tests {
 
     #[test]
     fn tile_constants_match_params_header() {
-        let header = include_str!("../../../kernels/params.h");
-        let define = |name: &str| -> i64 {
-            let line = header
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some(name))
-                .unwrap_or_else(|| panic!("#define {name} missing from params.h"));
-            let value = line.split_whitespace().nth(2).unwrap();
-            value
-                .trim_matches(|c| c == '(' || c == ')')
-                .parse()
-                .unwrap()
-        };
+        let define = super::super::params_define;
         assert_eq!(define("ATTENTION_HEAD_DIM"), HEAD_DIM as i64);
         assert_eq!(define("ATTENTION_GROUP"), GROUP as i64);
         assert_eq!(define("ATTENTION_REFERENCE_WARPS"), REFERENCE_WARPS as i64);

@@ -219,14 +219,7 @@ mod tests {
 
     #[test]
     fn tile_constants_match_params_header() {
-        let header = include_str!("../../../kernels/params.h");
-        let define = |name: &str| -> usize {
-            let line = header
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some(name))
-                .unwrap_or_else(|| panic!("#define {name} missing from params.h"));
-            line.split_whitespace().nth(2).unwrap().parse().unwrap()
-        };
+        let define = |name: &str| super::super::params_define(name) as usize;
         assert_eq!(define("GEGLU_GEMM_BLOCK_M"), BLOCK_M);
         assert_eq!(define("GEGLU_GEMM_BLOCK_OUT"), BLOCK_OUT);
         assert_eq!(define("GEGLU_GEMM_BLOCK_K"), BLOCK_K);

@@ -57,6 +57,33 @@ mod no_kernels;
 #[cfg(not(gemma_cuda_kernels))]
 pub use no_kernels::{probe, run_kernel_checks, CudaBackend};
 
+/// The value of `#define name value` in a kernel header's source (`include_str!`), for the
+/// tests that hold the Rust mirrors of compile-time shapes to their headers.
+#[cfg(test)]
+fn header_define(header: &str, name: &str) -> i64 {
+    let line = header
+        .lines()
+        .find(|l| l.starts_with("#define") && l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("#define {name} missing"));
+    let value = line.split_whitespace().nth(2).expect("a value");
+    value
+        .trim_matches(|c| c == '(' || c == ')')
+        .parse()
+        .unwrap_or_else(|e| panic!("#define {name} {value}: {e}"))
+}
+
+/// [`header_define`] of `kernels/params.h`.
+#[cfg(test)]
+fn params_define(name: &str) -> i64 {
+    header_define(include_str!("../../../kernels/params.h"), name)
+}
+
+/// [`header_define`] of `kernels/tile.cuh`.
+#[cfg(test)]
+fn tile_define(name: &str) -> i64 {
+    header_define(include_str!("../../../kernels/tile.cuh"), name)
+}
+
 /// Compile and run a warp-emulator check of `kernels/tests/` (`"<kernel>_fragments.c"`) with
 /// the C compiler the Rust toolchain links with (`CC`, else `cc`); it prints "ok" when the
 /// kernel's fragment index math matches direct matrix products.
