@@ -35,6 +35,15 @@ pub trait KernelChoice: Copy + PartialEq + 'static {
         )))
     }
 
+    /// The name the variable gives this choice.
+    fn choice_name(self) -> &'static str {
+        Self::CHOICES
+            .iter()
+            .find(|&&(_, choice)| choice == self)
+            .map(|&(name, _)| name)
+            .expect("CHOICES lists every value")
+    }
+
     /// Every choice, the default first.
     fn all() -> impl Iterator<Item = Self> {
         Self::CHOICES.iter().map(|&(_, choice)| choice)
@@ -136,16 +145,12 @@ impl CudaOptions {
     /// E.g. `cublas+qkv_post, attention_flash, cublas+geglu, f32 branch`, for logs and test
     /// messages: the choices in the order the layer runs them.
     pub fn describe(&self) -> String {
-        let branch = match self.branch {
-            BranchStorage::F32 => "f32",
-            BranchStorage::Bf16 => "bf16",
-            BranchStorage::Fused => "fused",
-        };
         format!(
-            "{}, {}, {}, {branch} branch",
+            "{}, {}, {}, {} branch",
             self.qkv.name(),
             self.attention.name(),
-            self.mlp.name()
+            self.mlp.name(),
+            self.branch.choice_name()
         )
     }
 }
@@ -166,6 +171,7 @@ mod tests {
         }
         assert_eq!(Choice::parse(None).unwrap(), Choice(1));
         assert_eq!(Choice::parse(Some("b-c")).unwrap(), Choice(2));
+        assert_eq!(Choice(2).choice_name(), "b-c");
         assert!(Choice(1).runs_on((8, 0)) && Choice(1).runs_on((9, 0)));
         assert!(!Choice(2).runs_on((8, 9)) && Choice(2).runs_on((9, 0)));
         let ampere = DeviceInfo {
@@ -219,6 +225,16 @@ mod tests {
         assert_eq!(
             CudaOptions::default().describe(),
             "cublas+qkv_post, attention_flash, cublas+geglu, f32 branch"
+        );
+        let candidates = CudaOptions {
+            qkv: QkvKernel::Wgmma,
+            attention: AttentionKernel::FlashWgmma,
+            mlp: MlpKernel::Wgmma,
+            branch: BranchStorage::Fused,
+        };
+        assert_eq!(
+            candidates.describe(),
+            "qkv_proj_wgmma, attention_flash_wgmma, gate_up_geglu_wgmma, fused branch"
         );
     }
 }
