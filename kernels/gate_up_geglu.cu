@@ -143,53 +143,87 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
     }
 }
 
-/* ---- gate_up_geglu_wgmma (sm_90a) ---------------------------------------------------------------
+/* ---- gate_up_geglu_wgmma, gate_up_geglu_wgmma_wide (sm_90a) -------------------------------------
  *
- * The same product, tiles, stages, weight order and epilogue arithmetic, on Hopper's warpgroup
- * MMA. Launch: the same grid, GEGLU_WGMMA_THREADS (two warpgroups), GEGLU_WGMMA_SMEM_BYTES. The
- * stages start at the first 1024-byte boundary of the dynamic shared memory, so each x and weight
- * tile is a run of the 128-byte swizzle's 1024-byte atoms, and wgmma reads them through
- * descriptors (wgmma_desc_sw128) instead of ldmatrix. Warpgroup g multiplies token rows
- * 64 g .. 64 g + 63 by all 128 weight rows: four wgmma.m64n128k16 per k slice, 64 f32
- * accumulators per thread, gate in registers 0..31 and up in 32..63 (gate_up_geglu.cuh); the
- * main loop is gemm_pipeline.cuh's, every slice's wgmmas completed before the next barrier (the
- * other CTA on the SM covers that wait) and loads two slices ahead. On other architectures the
- * kernel traps; the host launches it only on sm_90.
+ * The same product, weight order and epilogue arithmetic on Hopper's warpgroup MMA, two
+ * warpgroups (GEGLU_WGMMA_THREADS). The stages start at the first 1024-byte boundary of the
+ * dynamic shared memory, so each x and weight tile is a run of the 128-byte swizzle's 1024-byte
+ * atoms, and wgmma reads them through descriptors (wgmma_desc_sw128) instead of ldmatrix. Warpgroup
+ * g multiplies token rows 64 g .. 64 g + 63 by all of the CTA's weight rows; the main loop is
+ * gemm_pipeline.cuh's. Where gate and up land: gate_up_geglu.cuh. On other architectures the
+ * kernels trap; the host launches them only on sm_90.
+ *
+ * gate_up_geglu_wgmma: the tiles and stages of gate_up_geglu (same grid), GEGLU_WGMMA_SMEM_BYTES;
+ * four wgmma.m64n128k16 per k slice, 64 f32 accumulators per thread; every slice's wgmmas
+ * completed before the next barrier (the other CTA on the SM covers that wait), loads two slices
+ * ahead.
+ *
+ * gate_up_geglu_wgmma_wide: GEGLU_WIDE_BLOCK_OUT outputs per CTA (two interleave blocks, 256
+ * weight rows), grid (intermediate / GEGLU_WIDE_BLOCK_OUT, ceil(num_tokens / BLOCK_M)),
+ * GEGLU_WIDE_SMEM_BYTES; four wgmma.m64n256k16 per k slice, 128 f32 accumulators per thread, one
+ * CTA per SM, GEGLU_WIDE_STAGES stages with one slice's wgmmas in flight across each barrier. Per
+ * flop it reads 3/4 of the narrow kernel's bytes from L2: each 128 x 64 x slice feeds 256 weight
+ * rows instead of 128.
  */
-extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
-    gate_up_geglu_wgmma(const GateUpGegluParams p) {
+template <int Outputs, int Stages, int InFlight>
+__device__ __forceinline__ void gate_up_geglu_wgmma_cta(const GateUpGegluParams &p,
+                                                        unsigned char *smem_bytes) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int kWgThreads = GEGLU_WGMMA_THREADS;
-    static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
+    constexpr int kRows = 2 * Outputs;
+    constexpr int kAccRegs = Outputs;
+    constexpr int kBlocks = Outputs / GEGLU_GEMM_BLOCK_OUT;
     static_assert(2 * WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
-    static_assert(kWeightRows == 128 && GEGLU_WGMMA_ACC_REGS == 64, "wgmma.m64n128");
-    extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
-    bf16_t *smem = smem_align_1024<bf16_t>(wgmma_smem_bytes);
+    static_assert(kBlocks * GEGLU_GEMM_BLOCK_OUT == Outputs, "whole interleave blocks");
+    bf16_t *smem = smem_align_1024<bf16_t>(smem_bytes);
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const uint32_t first_row = blockIdx.y * kBlockM;
-    const uint32_t first_out = blockIdx.x * GEGLU_GEMM_BLOCK_OUT;
+    const uint32_t first_out = blockIdx.x * Outputs;
 
-    float acc[GEGLU_WGMMA_ACC_REGS];
+    float acc[kAccRegs];
 #pragma unroll
-    for (int r = 0; r < GEGLU_WGMMA_ACC_REGS; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<kWgThreads, kBlockM, kWeightRows, kStages, 0>(
-        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * kWeightRows);
+    for (int r = 0; r < kAccRegs; ++r) acc[r] = 0.0f;
+    wgmma_gemm_mainloop<kWgThreads, kBlockM, kRows, Stages, InFlight>(
+        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * kRows);
 
-    /* Epilogue: register r (gate) and r + GEGLU_WGMMA_ACC_REGS / 2 (up) hold one output. */
-    constexpr int kUp = GEGLU_WGMMA_ACC_REGS / 2;
+    /* Epilogue: per interleave block, register geglu_wgmma_gate_reg (gate) and the one
+     * GEGLU_GEMM_BLOCK_OUT / 2 later (up) hold one output. */
+    constexpr int kUp = GEGLU_GEMM_BLOCK_OUT / 2;
 #pragma unroll
-    for (int r = 0; r < kUp; r += 2) {
-        const uint32_t row = first_row + geglu_wgmma_acc_row(warp, lane, r);
-        if (row >= p.num_tokens) continue;
-        const float inv = p.inv_rms[row];
-        const int col = wgmma_acc_col(lane, r);
-        *reinterpret_cast<uint32_t *>(p.out + static_cast<size_t>(row) * p.intermediate + first_out +
-                                      col) =
-            pack_bf16x2(gelu_tanh(inv * acc[r]) * (inv * acc[r + kUp]),
-                        gelu_tanh(inv * acc[r + 1]) * (inv * acc[r + 1 + kUp]));
+    for (int block = 0; block < kBlocks; ++block) {
+#pragma unroll
+        for (int r = 0; r < kUp; r += 2) {
+            const uint32_t row = first_row + geglu_wgmma_acc_row(warp, lane, r);
+            if (row >= p.num_tokens) continue;
+            const float inv = p.inv_rms[row];
+            const int g = geglu_wgmma_gate_reg(block, r);
+            const int col = geglu_wgmma_out(block, lane, r);
+            *reinterpret_cast<uint32_t *>(p.out + static_cast<size_t>(row) * p.intermediate +
+                                          first_out + col) =
+                pack_bf16x2(gelu_tanh(inv * acc[g]) * (inv * acc[g + kUp]),
+                            gelu_tanh(inv * acc[g + 1]) * (inv * acc[g + 1 + kUp]));
+        }
     }
 #else
     __trap();
 #endif
+}
+
+extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
+    gate_up_geglu_wgmma(const GateUpGegluParams p) {
+    static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
+    static_assert(GEGLU_WGMMA_ACC_REGS == GEGLU_GEMM_BLOCK_OUT, "wgmma.m64n128");
+    extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
+    gate_up_geglu_wgmma_cta<GEGLU_GEMM_BLOCK_OUT, kStages, 0>(p, wgmma_smem_bytes);
+}
+
+extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 1)
+    gate_up_geglu_wgmma_wide(const GateUpGegluParams p) {
+    static_assert(GEGLU_WIDE_STAGES * (kBlockM + 2 * GEGLU_WIDE_BLOCK_OUT) * kBlockK * 2 + 1024 ==
+                      GEGLU_WIDE_SMEM_BYTES,
+                  "params.h smem size");
+    static_assert(GEGLU_WIDE_ACC_REGS == GEGLU_WIDE_BLOCK_OUT, "wgmma.m64n256");
+    extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
+    gate_up_geglu_wgmma_cta<GEGLU_WIDE_BLOCK_OUT, GEGLU_WIDE_STAGES, 1>(p, wgmma_smem_bytes);
 }

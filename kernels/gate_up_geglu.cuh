@@ -42,16 +42,26 @@ TILE_HD int geglu_acc_out(int warp, int tile, int lane) {
     return geglu_warp_out(warp) + tile * 8 + 2 * (lane % 4);
 }
 
-/* gate_up_geglu_wgmma: warpgroup g (warps 4g..4g+3) computes token rows 64 g .. 64 g + 63 of
- * the CTA tile against all 2 * BLOCK_OUT weight rows with wgmma.m64n128k16 (tile.cuh's
- * gemm_wgmma_x_offset and gemm_wgmma_w_offset address its operands). Where the wgmma accumulators land (tile.cuh's wgmma_acc_row and wgmma_acc_col for the
- * thread's warpgroup): register `reg` of lane `lane` in warp `warp` of the CTA holds token row
- * geglu_wgmma_acc_row (inside the CTA tile) and weight row wgmma_acc_col (inside the CTA's
- * 2 * BLOCK_OUT). Registers r and r + GEGLU_WGMMA_ACC_REGS / 2 hold the gate and up of one
- * output. An m64nN accumulator takes N / 2 f32 per thread, here N = 2 * BLOCK_OUT. */
+/* gate_up_geglu_wgmma and gate_up_geglu_wgmma_wide: warpgroup g (warps 4g..4g+3) computes token
+ * rows 64 g .. 64 g + 63 of the CTA tile against all of the CTA's weight rows with one
+ * wgmma.m64nNk16 per k16 step, N = 2 * outputs per CTA: GEGLU_GEMM_BLOCK_OUT outputs (N = 128)
+ * or GEGLU_WIDE_BLOCK_OUT (N = 256, two blocks of the weight interleave: gate, up, gate, up).
+ * tile.cuh's gemm_wgmma_x_offset and gemm_wgmma_w_offset address the operands. Where the
+ * accumulators land (tile.cuh's wgmma_acc_row and wgmma_acc_col for the thread's warpgroup):
+ * register `reg` of lane `lane` in warp `warp` of the CTA holds token row geglu_wgmma_acc_row
+ * (inside the CTA tile) and weight row wgmma_acc_col (inside the CTA's weight rows). An m64nN
+ * accumulator takes N / 2 f32 per thread, GEGLU_GEMM_BLOCK_OUT per interleave block: the
+ * output of register `reg` (< GEGLU_GEMM_BLOCK_OUT / 2, the gate half of block 0's frame) in
+ * interleave block `block` has its gate in register geglu_wgmma_gate_reg and its up
+ * GEGLU_GEMM_BLOCK_OUT / 2 registers later, and is output geglu_wgmma_out of the CTA's. */
 #define GEGLU_WGMMA_ACC_REGS (2 * GEGLU_GEMM_BLOCK_OUT / 2)
+#define GEGLU_WIDE_ACC_REGS (2 * GEGLU_WIDE_BLOCK_OUT / 2)
 TILE_HD int geglu_wgmma_acc_row(int warp, int lane, int reg) {
     return (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
+}
+TILE_HD int geglu_wgmma_gate_reg(int block, int reg) { return block * GEGLU_GEMM_BLOCK_OUT + reg; }
+TILE_HD int geglu_wgmma_out(int block, int lane, int reg) {
+    return block * GEGLU_GEMM_BLOCK_OUT + wgmma_acc_col(lane, reg);
 }
 
 #endif /* GEMMA_EMBED_GATE_UP_GEGLU_CUH */

@@ -181,6 +181,13 @@ typedef struct {
  * 1024 bytes of slack to align the stages to the 128-byte swizzle's 1024-byte atoms. */
 #define GEGLU_WGMMA_THREADS 256
 #define GEGLU_WGMMA_SMEM_BYTES 99328
+/* gate_up_geglu_wgmma_wide (sm_90a): twice the outputs per CTA (GEGLU_WIDE_BLOCK_OUT, two
+ * blocks of the weight interleave: 256 weight rows), so each x slice loaded from L2 feeds twice
+ * the products; GEGLU_WIDE_STAGES stages, one CTA per SM. STAGES * (BLOCK_M + 2 * WIDE_BLOCK_OUT)
+ * * BLOCK_K bf16, plus 1024 bytes to align the stages. */
+#define GEGLU_WIDE_BLOCK_OUT 128
+#define GEGLU_WIDE_STAGES 4
+#define GEGLU_WIDE_SMEM_BYTES 197632
 typedef struct {
     const bf16_t *x;          /* [num_tokens, hidden] bf16(residual) */
     const bf16_t *w;          /* [2 * intermediate, hidden]: gate and up rows interleaved in

@@ -193,7 +193,7 @@ fn worst_cosines(roundings: &[(String, Rounding)]) -> Option<Vec<f64>> {
 #[test]
 fn bf16_pipeline_meets_the_parity_target() {
     // Every MLP path with every branch storage, then every candidate together; the fused MLP
-    // kernels (GEMMA_EMBED_MLP=fused and =wgmma) round alike, and the attention kernels are not
+    // kernels (GEMMA_EMBED_MLP=fused, =wgmma and =wgmma-wide) round alike, and the attention kernels are not
     // modelled.
     let every_candidate = CudaOptions {
         qkv: QkvKernel::Wgmma,

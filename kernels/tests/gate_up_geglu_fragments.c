@@ -3,17 +3,17 @@
  * gate_up_geglu: drives the warp emulator of warp_emulator.h (ldmatrix.x4 and mma.m16n8k16 from
  * the PTX ISA definitions) with the warp and tile functions of gate_up_geglu.cuh, the stage
  * copy (emulate_stage_tile) and the swizzle, chunk and lane addresses of tile.cuh, in the loop
- * order of the kernel: every CTA of a
- * problem with two row blocks (the second one partial) and two output blocks, three k slices
- * rotating through the stage buffers, the weight rows interleaved in blocks as the host uploads
- * them.
- * gate_up_geglu_wgmma: the same problem through wgmma.m64n128k16 as the PTX ISA defines its
- * shared-memory operands (warp_emulator.h's emulate_wgmma_gemm_cta): the descriptors the kernel builds (wgmma_desc_sw128) are decoded, and
- * operand element (row, k) is read at start + (row / 8) * stride_offset + (row % 8) * 128 +
- * 2 k with the 128-byte swizzle (address bits 4-6 ^= bits 7-9) applied; the accumulators are
- * dealt to threads and registers by geglu_wgmma_acc_row/col and combined as the epilogue does.
- * For both kernels:
- * The epilogue mapping is followed to the output element, writing the gate and the up value
+ * order of the kernel: every CTA of a problem with two row blocks (the second one partial) and
+ * four output blocks (two of the wide kernel), three k slices rotating through the stage
+ * buffers, the weight rows interleaved in blocks as the host uploads them.
+ * gate_up_geglu_wgmma and gate_up_geglu_wgmma_wide: the same problem through wgmma.m64n128k16
+ * and m64n256k16 (two interleave blocks per CTA) as the PTX ISA defines their shared-memory
+ * operands (warp_emulator.h's emulate_wgmma_gemm_cta): the descriptors the kernels build
+ * (wgmma_desc_sw128) are decoded, and operand element (row, k) is read at start + (row / 8) *
+ * stride_offset + (row % 8) * 128 + 2 k with the 128-byte swizzle (address bits 4-6 ^= bits
+ * 7-9) applied; the accumulators are dealt to threads and registers by geglu_wgmma_acc_row and
+ * wgmma_acc_col and combined as the epilogue does (geglu_wgmma_gate_reg, geglu_wgmma_out).
+ * For every kernel: the epilogue mapping is followed to the output element, writing the gate and the up value
  * it would combine into two arrays, which must equal the direct products x W_gate^T and
  * x W_up^T bit for bit (small integers: exact), with every output written exactly once and
  * no row past num_tokens written. It also checks that the cp.async stores and every ldmatrix
@@ -42,7 +42,7 @@
 #define N_TILES (2 * GEGLU_OUT_TILES)
 
 #define HIDDEN (3 * BK)
-#define INTER (2 * BO)
+#define INTER (2 * GEGLU_WIDE_BLOCK_OUT)
 #define TOKENS (BM + 37)
 
 static float x[TOKENS][HIDDEN], gate_w[INTER][HIDDEN], up_w[INTER][HIDDEN];
@@ -125,34 +125,50 @@ static void run_cta(int block_out, int block_row) {
     }
 }
 
-static float wg_acc[WGMMA_THREADS][GEGLU_WGMMA_ACC_REGS];
+static float wg_acc[WGMMA_THREADS][GEGLU_WIDE_ACC_REGS];
 
-static void run_cta_wgmma(int block_out, int block_row) {
+/* The wgmma kernels' CTA with `outputs` outputs (weight rows 2 * outputs, accumulator registers
+ * `outputs` per thread) and `stages` stages: the main loop, then the epilogue mapping. */
+static void run_cta_wgmma_outputs(int outputs, int stages, int block_out, int block_row) {
     const int first_row = block_row * BM;
-    const int first_out = block_out * BO;
-    emulate_wgmma_gemm_cta(WGMMA_THREADS, WR, STAGES, &x[0][0], TOKENS, &w_interleaved[0][0],
-                           2 * INTER, HIDDEN, first_row, block_out * WR, &wg_acc[0][0]);
-    /* Epilogue mapping of the kernel. */
-    const int up = GEGLU_WGMMA_ACC_REGS / 2;
+    const int first_out = block_out * outputs;
+    const int regs = outputs;
+    emulate_wgmma_gemm_cta(WGMMA_THREADS, 2 * outputs, stages, &x[0][0], TOKENS,
+                           &w_interleaved[0][0], 2 * INTER, HIDDEN, first_row,
+                           block_out * 2 * outputs, &wg_acc[0][0]);
+    const int up = BO / 2;
     for (int t = 0; t < WGMMA_THREADS; ++t) {
-        for (int reg = 0; reg < up; reg += 2) {
-            const int row = first_row + geglu_wgmma_acc_row(t / 32, t % 32, reg);
-            if (row >= TOKENS) {
-                continue;
-            }
-            const int col = wgmma_acc_col(t % 32, reg);
-            for (int e = 0; e < 2; ++e) {
-                const int j = first_out + col + e;
-                out_gate[row][j] = wg_acc[t][reg + e];
-                out_up[row][j] = wg_acc[t][reg + e + up];
-                writes[row][j]++;
+        const float *acc_t = &wg_acc[0][0] + (size_t)t * regs;
+        for (int block = 0; block < outputs / BO; ++block) {
+            for (int reg = 0; reg < up; reg += 2) {
+                const int row = first_row + geglu_wgmma_acc_row(t / 32, t % 32, reg);
+                if (row >= TOKENS) {
+                    continue;
+                }
+                const int g = geglu_wgmma_gate_reg(block, reg);
+                const int col = geglu_wgmma_out(block, t % 32, reg);
+                for (int e = 0; e < 2; ++e) {
+                    const int j = first_out + col + e;
+                    out_gate[row][j] = acc_t[g + e];
+                    out_up[row][j] = acc_t[g + e + up];
+                    writes[row][j]++;
+                }
             }
         }
     }
 }
 
-/* Reset the outputs, run `cta` over every CTA, compare with the direct products. */
-static void check_kernel(const char *name, void (*cta)(int, int)) {
+static void run_cta_wgmma(int block_out, int block_row) {
+    run_cta_wgmma_outputs(BO, STAGES, block_out, block_row);
+}
+
+static void run_cta_wgmma_wide(int block_out, int block_row) {
+    run_cta_wgmma_outputs(GEGLU_WIDE_BLOCK_OUT, GEGLU_WIDE_STAGES, block_out, block_row);
+}
+
+/* Reset the outputs, run `cta` over every CTA (`outputs` each), compare with the direct
+ * products. */
+static void check_kernel(const char *name, int outputs, void (*cta)(int, int)) {
     checking = name;
     for (int r = 0; r < TOKENS; ++r) {
         for (int j = 0; j < INTER; ++j) {
@@ -161,7 +177,7 @@ static void check_kernel(const char *name, void (*cta)(int, int)) {
         }
     }
     for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
-        for (int block_out = 0; block_out < INTER / BO; ++block_out) {
+        for (int block_out = 0; block_out < INTER / outputs; ++block_out) {
             cta(block_out, block_row);
         }
     }
@@ -198,7 +214,8 @@ int main(void) {
             }
         }
     }
-    check_kernel("gate_up_geglu", run_cta);
-    check_kernel("gate_up_geglu_wgmma", run_cta_wgmma);
+    check_kernel("gate_up_geglu", BO, run_cta);
+    check_kernel("gate_up_geglu_wgmma", BO, run_cta_wgmma);
+    check_kernel("gate_up_geglu_wgmma_wide", GEGLU_WIDE_BLOCK_OUT, run_cta_wgmma_wide);
     return verdict();
 }

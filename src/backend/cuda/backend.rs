@@ -16,7 +16,7 @@ use cudarc::driver::CudaSlice;
 use super::attention::{Attention, AttentionPlan};
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
-use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
+use super::mlp::{interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
     rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
     RopeTable, Tokens,
@@ -206,8 +206,8 @@ impl CudaBackend {
         };
         let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
-            MlpKernel::Fused | MlpKernel::Wgmma => {
-                mlp::check_shape(dims.hidden, dims.intermediate)?;
+            MlpKernel::Fused | MlpKernel::Wgmma | MlpKernel::WgmmaWide => {
+                mlp_kernel.check_shape(dims.hidden, dims.intermediate)?;
                 Mlp::Fused(GateUpGeglu::load(&dev, mlp_kernel)?)
             }
         };

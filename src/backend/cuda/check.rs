@@ -966,9 +966,8 @@ fn check_gate_up_geglu(
         flops,
     ))];
 
-    for kernel in [MlpKernel::Fused, MlpKernel::Wgmma]
-        .into_iter()
-        .filter(|k| k.runs_on(dev.info.compute_capability))
+    for kernel in MlpKernel::all()
+        .filter(|&k| k != MlpKernel::Cublas && k.runs_on(dev.info.compute_capability))
     {
         let check = || -> Result<KernelCheck> {
             let fused = GateUpGeglu::load(dev, kernel)?;

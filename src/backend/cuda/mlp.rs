@@ -1,8 +1,8 @@
 //! The MLP's gate|up projection and gated GELU: the host half of `kernels/gate_up_geglu.cu`.
 //!
 //! - The ways to compute it: the cuBLAS gate|up GEMM followed by `geglu`, or one fused kernel
-//!   with the GELU-tanh·up product in its epilogue: `gate_up_geglu` (mma.sync, sm_80+) or
-//!   `gate_up_geglu_wgmma` (wgmma, sm_90 only) ([`MlpKernel`]).
+//!   with the GELU-tanh·up product in its epilogue: `gate_up_geglu` (mma.sync, sm_80+),
+//!   `gate_up_geglu_wgmma` or `gate_up_geglu_wgmma_wide` (wgmma, sm_90 only) ([`MlpKernel`]).
 //! - The fused kernel's compile-time tile (mirrors of the `GEGLU_GEMM_*` defines in
 //!   `kernels/params.h`) and its check against the model's shape.
 //! - The weight order the fused kernel reads ([`interleave_gate_up`]).
@@ -29,9 +29,17 @@ pub const WGMMA_THREADS: usize = 256;
 /// `GEGLU_WGMMA_SMEM_BYTES`: the same stages plus 1024 bytes to align them.
 pub const WGMMA_SMEM_BYTES: usize = SMEM_BYTES + 1024;
 
+/// `GEGLU_WIDE_BLOCK_OUT`: outputs per CTA of the wide wgmma kernel (two interleave blocks).
+pub const WIDE_BLOCK_OUT: usize = 128;
+/// `GEGLU_WIDE_STAGES`: its pipeline depth.
+pub const WIDE_STAGES: usize = 4;
+/// `GEGLU_WIDE_SMEM_BYTES`: its stages plus 1024 bytes to align them.
+pub const WIDE_SMEM_BYTES: usize = 197_632;
+
 /// Kernel names in the embedded modules.
 pub const FUSED_KERNEL: &str = "gate_up_geglu";
 pub const WGMMA_KERNEL: &str = "gate_up_geglu_wgmma";
+pub const WIDE_KERNEL: &str = "gate_up_geglu_wgmma_wide";
 
 /// How the engine computes `gelu_tanh(r·gate)·(r·up)` from the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,18 +51,22 @@ pub enum MlpKernel {
     Fused,
     /// `gate_up_geglu_wgmma`: the same on Hopper's warpgroup MMA (sm_90 devices only).
     Wgmma,
+    /// `gate_up_geglu_wgmma_wide`: the wgmma kernel with twice the outputs per CTA, so each
+    /// activation tile it loads feeds twice the products (sm_90 devices only).
+    WgmmaWide,
 }
 
-/// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `wgmma` `gate_up_geglu_wgmma`, `cublas` (or
-/// unset) cuBLAS + `geglu`.
+/// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `wgmma` `gate_up_geglu_wgmma`, `wgmma-wide`
+/// `gate_up_geglu_wgmma_wide`, `cublas` (or unset) cuBLAS + `geglu`.
 impl KernelChoice for MlpKernel {
     const VAR: &'static str = "GEMMA_EMBED_MLP";
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("cublas", Self::Cublas),
         ("fused", Self::Fused),
         ("wgmma", Self::Wgmma),
+        ("wgmma-wide", Self::WgmmaWide),
     ];
-    const SM90_ONLY: &'static [Self] = &[Self::Wgmma];
+    const SM90_ONLY: &'static [Self] = &[Self::Wgmma, Self::WgmmaWide];
 }
 
 impl MlpKernel {
@@ -63,21 +75,36 @@ impl MlpKernel {
             Self::Cublas => "cublas+geglu",
             Self::Fused => FUSED_KERNEL,
             Self::Wgmma => WGMMA_KERNEL,
+            Self::WgmmaWide => WIDE_KERNEL,
         }
     }
-}
 
-/// The fused kernel tiles k by [`BLOCK_K`] and the outputs by [`BLOCK_OUT`], without edge
-/// handling in either: refuse a model whose shape does not divide.
-pub fn check_shape(hidden: usize, intermediate: usize) -> Result<()> {
-    if hidden % BLOCK_K != 0 || intermediate % BLOCK_OUT != 0 || hidden == 0 || intermediate == 0 {
-        return Err(Error::Cuda(format!(
-            "{FUSED_KERNEL} needs hidden a multiple of {BLOCK_K} and intermediate a multiple of \
-             {BLOCK_OUT}; the model has hidden {hidden}, intermediate {intermediate} (unset \
-             GEMMA_EMBED_MLP to use cuBLAS + geglu)"
-        )));
+    /// Outputs per CTA of the fused kernel (whole blocks of [`interleave_gate_up`]'s order).
+    pub fn block_out(self) -> usize {
+        match self {
+            Self::WgmmaWide => WIDE_BLOCK_OUT,
+            Self::Cublas | Self::Fused | Self::Wgmma => BLOCK_OUT,
+        }
     }
-    Ok(())
+
+    /// The fused kernels tile k by [`BLOCK_K`] and the outputs by [`MlpKernel::block_out`],
+    /// without edge handling in either: refuse a model whose shape does not divide.
+    pub fn check_shape(self, hidden: usize, intermediate: usize) -> Result<()> {
+        let block_out = self.block_out();
+        if hidden % BLOCK_K != 0
+            || intermediate % block_out != 0
+            || hidden == 0
+            || intermediate == 0
+        {
+            return Err(Error::Cuda(format!(
+                "{} needs hidden a multiple of {BLOCK_K} and intermediate a multiple of \
+                 {block_out}; the model has hidden {hidden}, intermediate {intermediate} (unset \
+                 GEMMA_EMBED_MLP to use cuBLAS + geglu)",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The fused kernel's weight order, from `[gate rows; up rows]` (`[2·intermediate, hidden]`):
@@ -111,35 +138,38 @@ mod device {
     /// memory.
     pub struct GateUpGeglu {
         func: CudaFunction,
-        name: &'static str,
+        kernel: MlpKernel,
         threads: usize,
         smem_bytes: usize,
     }
 
     impl GateUpGeglu {
-        /// `kernel` is [`MlpKernel::Fused`] or [`MlpKernel::Wgmma`] (which needs an sm_90
-        /// device: its SASS is sm_90a, and other architectures' code only traps).
+        /// `kernel` is [`MlpKernel::Fused`], [`MlpKernel::Wgmma`] or [`MlpKernel::WgmmaWide`]
+        /// (the last two need an sm_90 device: their SASS is sm_90a, and other architectures'
+        /// code only traps).
         pub fn load(dev: &Device, kernel: MlpKernel) -> Result<Self> {
-            let (name, threads, smem_bytes) = match kernel {
-                MlpKernel::Fused => (FUSED_KERNEL, THREADS, SMEM_BYTES),
-                MlpKernel::Wgmma => (WGMMA_KERNEL, WGMMA_THREADS, WGMMA_SMEM_BYTES),
+            let (threads, smem_bytes) = match kernel {
+                MlpKernel::Fused => (THREADS, SMEM_BYTES),
+                MlpKernel::Wgmma => (WGMMA_THREADS, WGMMA_SMEM_BYTES),
+                MlpKernel::WgmmaWide => (WGMMA_THREADS, WIDE_SMEM_BYTES),
                 MlpKernel::Cublas => {
                     return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
                 }
             };
+            let name = kernel.name();
             kernel.require_device(&dev.info, name)?;
             let func =
                 dev.function_with_shared_memory(name, smem_bytes, "unset GEMMA_EMBED_MLP")?;
             Ok(Self {
                 func,
-                name,
+                kernel,
                 threads,
                 smem_bytes,
             })
         }
 
         pub fn name(&self) -> &'static str {
-            self.name
+            self.kernel.name()
         }
 
         /// `out[t, j] = gelu_tanh(r_t·g[t, j])·(r_t·u[t, j])`, `g, u = x · w_gateᵀ, x · w_upᵀ`:
@@ -152,7 +182,7 @@ mod device {
             out: &mut CudaSlice<u16>,
             (num_tokens, hidden, intermediate): (usize, usize, usize),
         ) -> Result<()> {
-            check_shape(hidden, intermediate)?;
+            self.kernel.check_shape(hidden, intermediate)?;
             if num_tokens == 0 {
                 return Ok(());
             }
@@ -164,14 +194,14 @@ mod device {
                 return Err(Error::Cuda(format!(
                     "{} over {num_tokens} tokens (hidden {hidden}, intermediate {intermediate}): \
                      buffers too small (x {}, w {}, inv_rms {}, out {})",
-                    self.name,
+                    self.name(),
                     x.len(),
                     w.len(),
                     inv_rms.len(),
                     out.len()
                 )));
             }
-            let name = self.name;
+            let name = self.name();
             let to_u32 = |v: usize, what: &str| {
                 u32::try_from(v).map_err(|_| Error::Cuda(format!("{name}: {what} {v} exceeds u32")))
             };
@@ -197,7 +227,11 @@ mod device {
                 intermediate: to_u32(intermediate, "intermediate")?,
             };
             let cfg = LaunchConfig {
-                grid_dim: (to_u32(intermediate / BLOCK_OUT, "grid x")?, row_blocks, 1),
+                grid_dim: (
+                    to_u32(intermediate / self.kernel.block_out(), "grid x")?,
+                    row_blocks,
+                    1,
+                ),
                 block_dim: (self.threads as u32, 1, 1),
                 shared_mem_bytes: self.smem_bytes as u32,
             };
@@ -229,6 +263,14 @@ mod tests {
         assert_eq!(SMEM_BYTES, STAGES * (BLOCK_M + 2 * BLOCK_OUT) * BLOCK_K * 2);
         assert_eq!(define("GEGLU_WGMMA_THREADS"), WGMMA_THREADS);
         assert_eq!(define("GEGLU_WGMMA_SMEM_BYTES"), WGMMA_SMEM_BYTES);
+        assert_eq!(define("GEGLU_WIDE_BLOCK_OUT"), WIDE_BLOCK_OUT);
+        assert_eq!(define("GEGLU_WIDE_STAGES"), WIDE_STAGES);
+        assert_eq!(define("GEGLU_WIDE_SMEM_BYTES"), WIDE_SMEM_BYTES);
+        assert_eq!(
+            WIDE_SMEM_BYTES,
+            WIDE_STAGES * (BLOCK_M + 2 * WIDE_BLOCK_OUT) * BLOCK_K * 2 + 1024
+        );
+        assert_eq!(WIDE_BLOCK_OUT % BLOCK_OUT, 0, "whole interleave blocks");
     }
 
     #[test]
@@ -258,10 +300,18 @@ mod tests {
 
     #[test]
     fn shape_check_refuses_what_the_tiles_do_not_divide() {
-        assert!(check_shape(768, 1152).is_ok());
-        assert!(check_shape(768 + 32, 1152).is_err());
-        assert!(check_shape(768, 1152 + 32).is_err());
-        assert!(check_shape(0, 1152).is_err());
+        for kernel in [MlpKernel::Fused, MlpKernel::Wgmma, MlpKernel::WgmmaWide] {
+            assert!(kernel.check_shape(768, 1152).is_ok());
+            assert!(kernel.check_shape(768 + 32, 1152).is_err());
+            assert!(kernel.check_shape(768, 1152 + 32).is_err());
+            assert!(kernel.check_shape(0, 1152).is_err());
+        }
+        assert!(MlpKernel::Wgmma.check_shape(768, 1152 + 64).is_ok());
+        let err = MlpKernel::WgmmaWide
+            .check_shape(768, 1152 + 64)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(WIDE_KERNEL) && err.contains("128"), "{err}");
     }
 
     #[test]
@@ -270,6 +320,10 @@ mod tests {
         assert_eq!(MlpKernel::parse(Some("cublas")).unwrap(), MlpKernel::Cublas);
         assert_eq!(MlpKernel::parse(Some("fused")).unwrap(), MlpKernel::Fused);
         assert_eq!(MlpKernel::parse(Some("wgmma")).unwrap(), MlpKernel::Wgmma);
+        assert_eq!(
+            MlpKernel::parse(Some("wgmma-wide")).unwrap(),
+            MlpKernel::WgmmaWide
+        );
     }
 
     #[test]
@@ -277,6 +331,7 @@ mod tests {
         for cc in [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)] {
             assert!(MlpKernel::Cublas.runs_on(cc) && MlpKernel::Fused.runs_on(cc));
             assert_eq!(MlpKernel::Wgmma.runs_on(cc), cc == (9, 0), "{cc:?}");
+            assert_eq!(MlpKernel::WgmmaWide.runs_on(cc), cc == (9, 0), "{cc:?}");
         }
         let err = MlpKernel::parse(Some("fast")).unwrap_err().to_string();
         assert!(
