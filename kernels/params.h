@@ -218,4 +218,16 @@ typedef struct {
     uint32_t out_dim;
 } PoolParams;
 
+/* probe.cu: the card's L2-to-SM read rate, the ceiling of the GEMM kernels' operand loads.
+ * Launch: L2_PROBE_BLOCKS blocks of L2_PROBE_THREADS threads. */
+#define L2_PROBE_BLOCKS 1056
+#define L2_PROBE_THREADS 256
+typedef struct {
+    const uint32_t *buffer;   /* [num_words], num_words a multiple of 4, small enough to stay
+                                 in L2 */
+    uint32_t *sum;            /* [1] in/out: += reps * (wrapping sum of buffer) */
+    uint32_t num_words;
+    uint32_t reps;            /* passes over the buffer */
+} L2ProbeParams;
+
 #endif /* GEMMA_EMBED_PARAMS_H */

@@ -72,14 +72,25 @@ def main():
         ceilings = load(os.path.join(args.out, "ceilings.json"))
         if ceilings is not None:
             copy, mm = ceilings["copy_gb_per_s"], ceilings["matmul_bf16_tflop_per_s"]
-            print(f"card ceilings (measured): copy {copy:,.0f} GB/s, bf16 matmul {mm:,.1f} TFLOP/s")
-            print(f"  {'kernel':<22} {'timed case':<38} {'us':>8} {'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'%mm':>5}")
+            # check-kernels' own probe: the L2-to-SM read rate, the ceiling of the tiled GEMM
+            # kernels' operand loads (their "L2 GB/s").
+            probe = next((k for k in kernels if k["name"] == "l2_read_probe" and k.get("passed")
+                          and k.get("timing")), None)
+            l2 = probe["timing"]["gbytes_per_s"] if probe else None
+            print(f"card ceilings (measured): copy {copy:,.0f} GB/s, bf16 matmul {mm:,.1f} TFLOP/s, "
+                  + (f"L2 read {l2:,.0f} GB/s" if l2 else "L2 read not measured"))
+            print(f"  {'kernel':<26} {'timed case':<38} {'us':>8} {'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'%mm':>5}"
+                  f" {'L2 GB/s':>8} {'%L2':>5}")
             for k in kernels:
                 t = k.get("timing")
                 if not t:
                     continue
-                print(f"  {k['name']:<22} {t['case']:<38} {t['median_us']:>8.1f} {t['gbytes_per_s']:>7.0f} "
-                      f"{100 * t['gbytes_per_s'] / copy:>5.0f}% {t['tflops']:>8.1f} {100 * t['tflops'] / mm:>4.0f}%")
+                t_l2 = t.get("l2_gbytes_per_s")
+                l2_cols = (f" {t_l2:>8.0f} " + (f"{100 * t_l2 / l2:>4.0f}%" if l2 else f"{'-':>5}")
+                           if t_l2 else f" {'-':>8} {'-':>5}")
+                print(f"  {k['name']:<26} {t['case']:<38} {t['median_us']:>8.1f} {t['gbytes_per_s']:>7.0f} "
+                      f"{100 * t['gbytes_per_s'] / copy:>5.0f}% {t['tflops']:>8.1f} {100 * t['tflops'] / mm:>4.0f}%"
+                      + l2_cols)
 
     parity = load(os.path.join(args.out, "parity.json"))
     if parity is not None:

@@ -6,24 +6,28 @@
 //! The shapes are EmbeddingGemma-300m's (`config.json`: hidden 768, 3 heads of 256,
 //! intermediate 1152, eps 1e-6, sliding-layer RoPE base 1e4), so the timings are the engine's.
 
-use cudarc::driver::{sys::CUevent_flags, CudaSlice, DeviceRepr};
+use cudarc::driver::{
+    sys::{self, CUevent_flags},
+    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
 use super::attention::{check_attention, AttentionKernel, FLASH_WGMMA_KERNEL};
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
-use super::mlp::{interleave_gate_up, GateUpGeglu, MlpKernel};
+use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
     rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
     RopeTable, Tokens,
 };
 use super::options::{BranchStorage, KernelChoice};
-use super::qkv::{QkvKernel, QkvProj};
+use super::params::L2ProbeParams;
+use super::qkv::{self, QkvKernel, QkvProj};
 use super::report::{KernelCheck, KernelChecks, Timing};
-use super::residual::ProjResidualNorm;
+use super::residual::{self, ProjResidualNorm};
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
-use crate::Result;
+use crate::{Error, Result};
 
 /// EmbeddingGemma-300m's shapes and constants.
 pub fn check_dims() -> ModelDims {
@@ -154,7 +158,21 @@ pub fn timing(case: String, median_us: f64, bytes: f64, flops: f64) -> Timing {
         median_us,
         gbytes_per_s: bytes / (median_us * 1e-6) / 1e9,
         tflops: flops / (median_us * 1e-6) / 1e12,
+        l2_gbytes_per_s: None,
     }
+}
+
+/// Operand bytes a tiled GEMM's CTAs load from L2: for each of `rows / block_m` (rounded up) row
+/// blocks and `weight_rows / cta_weight_rows` weight blocks, a `block_m x k` slab of x and a
+/// `cta_weight_rows x k` slab of the weight, bf16.
+fn tiled_gemm_l2_bytes(
+    rows: usize,
+    block_m: usize,
+    (weight_rows, cta_weight_rows): (usize, usize),
+    k: usize,
+) -> f64 {
+    let ctas = rows.div_ceil(block_m) * (weight_rows / cta_weight_rows);
+    (ctas * (block_m + cta_weight_rows) * k * 2) as f64
 }
 
 /// Run every check on device 0. A check family that fails to run (launch error, fault) is
@@ -172,6 +190,7 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
                 Err(e) => checks.push(KernelCheck::error(name, e.to_string())),
             }
         };
+    run(L2_PROBE_KERNEL, &mut |rng| check_l2_probe(&dev, rng));
     run("embed_tokens", &mut |rng| check_embed(&dev, &kernels, rng));
     run("residual_norm", &mut |rng| {
         check_residual_norm(&dev, &kernels, false, rng)
@@ -214,6 +233,95 @@ pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
         device: dev.info.description.clone(),
         checks,
     })
+}
+
+/// `kernels/probe.cu`'s kernel.
+pub const L2_PROBE_KERNEL: &str = "l2_read_probe";
+/// `L2_PROBE_BLOCKS` and `L2_PROBE_THREADS` in kernels/params.h: the probe's launch.
+const L2_PROBE_BLOCKS: u32 = 1056;
+const L2_PROBE_THREADS: u32 = 256;
+/// Passes of the timed probe over its buffer.
+const L2_PROBE_REPS: u32 = 16;
+
+/// The typed launch of `l2_read_probe`.
+struct L2Probe(CudaFunction);
+
+impl L2Probe {
+    /// `sum[0] += reps · (wrapping sum of buffer)`, reading `buffer` `reps` times through L2.
+    fn launch(
+        &self,
+        dev: &Device,
+        buffer: &CudaSlice<u32>,
+        sum: &mut CudaSlice<u32>,
+        reps: u32,
+    ) -> Result<()> {
+        if buffer.len() % 4 != 0 || sum.is_empty() {
+            return Err(Error::Cuda(format!(
+                "{L2_PROBE_KERNEL}: the buffer ({} words) must be whole 16-byte chunks and the \
+                 sum one word ({})",
+                buffer.len(),
+                sum.len()
+            )));
+        }
+        let num_words = u32::try_from(buffer.len()).map_err(|_| {
+            Error::Cuda(format!(
+                "{L2_PROBE_KERNEL}: {} words exceed u32",
+                buffer.len()
+            ))
+        })?;
+        let s = &dev.stream;
+        let (buffer_ptr, _buffer) = buffer.device_ptr(s);
+        let (sum_ptr, _sum) = sum.device_ptr_mut(s);
+        let params = L2ProbeParams {
+            buffer: buffer_ptr as *const u32,
+            sum: sum_ptr as *mut u32,
+            num_words,
+            reps,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (L2_PROBE_BLOCKS, 1, 1),
+            block_dim: (L2_PROBE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: L2ProbeParams matches the kernel's parameter (same header); the kernel reads
+        // buffer[..num_words] (num_words = its length, whole 16-byte chunks: checked above) and
+        // adds into sum[0], and the guards keep both alive and ordered on the stream until the
+        // launch is enqueued.
+        unsafe { s.launch_builder(&self.0).arg(&params).launch(cfg) }
+            .map_err(driver_err(format!("launch {L2_PROBE_KERNEL}")))?;
+        Ok(())
+    }
+}
+
+/// `l2_read_probe` (kernels/probe.cu) over half the card's L2: its sum must equal the buffer's
+/// (compared as two exact 16-bit halves), and its rate, the card's L2-to-SM read bandwidth, is
+/// the ceiling for the tiled GEMM kernels' operand loads ([`Timing::l2_gbytes_per_s`]).
+fn check_l2_probe(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
+    let l2_bytes = dev
+        .ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+        .map_err(driver_err("query the L2 cache size"))?;
+    let words = (usize::try_from(l2_bytes).unwrap_or(0) / 2 / 4 / 4 * 4).max(4);
+    let host: Vec<u32> = (0..words).map(|_| rng.next_u64() as u32).collect();
+    let buffer_sum = host.iter().fold(0u32, |sum, &w| sum.wrapping_add(w));
+    let probe = L2Probe(dev.function(L2_PROBE_KERNEL)?);
+    let buffer = dev.upload(&host, "probe buffer")?;
+    let mut sum = dev.upload(&[0u32], "probe sum")?;
+    probe.launch(dev, &buffer, &mut sum, 1)?;
+    let got = download(dev, &sum, 1, "probe sum")?[0];
+    let halves = |v: u32| [(v & 0xffff) as f32, (v >> 16) as f32];
+    let case = format!("{} MB, 1 pass", words * 4 / 1_000_000);
+    let check = KernelCheck::compare(
+        L2_PROBE_KERNEL,
+        case,
+        &halves(got),
+        &halves(buffer_sum),
+        (0.0, 0.0),
+    );
+    let us = time_launches(dev, || probe.launch(dev, &buffer, &mut sum, L2_PROBE_REPS))?;
+    let bytes = (words * 4) as f64 * f64::from(L2_PROBE_REPS);
+    let timed_case = format!("{} MB x {L2_PROBE_REPS} passes", words * 4 / 1_000_000);
+    Ok(vec![check.with_timing(timing(timed_case, us, bytes, 0.0))])
 }
 
 struct TokenCase {
@@ -539,12 +647,12 @@ fn check_proj_residual_norm(
                 )?;
                 let mut residual = fresh_residual(timed.n, &p.residual_timed)?;
                 let us = time_launches(dev, || run(&p.x_timed, timed.n, &mut residual))?;
-                fused_checks[0] = fused_checks[0].clone().with_timing(timing(
-                    p.timed_case.clone(),
-                    us,
-                    fused_bytes(p),
-                    flops(p),
-                ));
+                let l2_bytes =
+                    tiled_gemm_l2_bytes(timed.n, residual::BLOCK_M, (h, residual::SLICE), p.k_dim);
+                fused_checks[0] = fused_checks[0].clone().with_timing(
+                    timing(p.timed_case.clone(), us, fused_bytes(p), flops(p))
+                        .with_l2_bytes(l2_bytes),
+                );
                 checks.extend(fused_checks);
             }
             Ok(())
@@ -824,12 +932,10 @@ fn check_qkv_proj(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
             let us = time_launches(dev, || {
                 run(&x_timed, &inv_rms_timed, &tokens_timed, &mut out)
             })?;
-            fused_checks[0] = fused_checks[0].clone().with_timing(timing(
-                timed_case.clone(),
-                us,
-                fused_bytes,
-                flops,
-            ));
+            let l2_bytes = tiled_gemm_l2_bytes(timed.n, qkv::BLOCK_M, (w, qkv::HEAD_DIM), h);
+            fused_checks[0] = fused_checks[0].clone().with_timing(
+                timing(timed_case.clone(), us, fused_bytes, flops).with_l2_bytes(l2_bytes),
+            );
             Ok(fused_checks)
         };
         match fused() {
@@ -888,7 +994,7 @@ fn check_geglu(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Kernel
 
 /// The MLP's `gelu_tanh(r·gate)·(r·up)` from x = bf16(residual): the cuBLAS gate|up GEMM
 /// followed by `geglu` (the baseline), then each fused kernel the device runs (`gate_up_geglu`;
-/// `gate_up_geglu_wgmma` on sm_90), all against the CPU twins (`linear`, then `gelu_tanh_mul`)
+/// `gate_up_geglu_wgmma` and `gate_up_geglu_wgmma_wide` on sm_90), all against the CPU twins (`linear`, then `gelu_tanh_mul`)
 /// on the same bf16 inputs, and timed at the same size. A fused kernel that fails to run is
 /// reported as a failed entry after the others' results.
 fn check_gate_up_geglu(
@@ -988,7 +1094,10 @@ fn check_gate_up_geglu(
             );
             let mut out = dev.alloc::<u16>(n * i, "fused out")?;
             let us = time_launches(dev, || run(&x_timed, &inv_rms_timed, n, &mut out))?;
-            Ok(check.with_timing(timing(timed_case.clone(), us, fused_bytes, flops)))
+            let l2_bytes = tiled_gemm_l2_bytes(n, mlp::BLOCK_M, (2 * i, 2 * kernel.block_out()), h);
+            Ok(check.with_timing(
+                timing(timed_case.clone(), us, fused_bytes, flops).with_l2_bytes(l2_bytes),
+            ))
         };
         checks.push(check().unwrap_or_else(|e| KernelCheck::error(kernel.name(), e.to_string())));
     }
@@ -1145,4 +1254,27 @@ fn check_gemms(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
         checks.push(check.with_timing(timing(format!("m={tm} n={n} k={kk}"), us, bytes, flops)));
     }
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_launch_matches_params_header() {
+        let define = |name: &str| super::super::params_define(name) as u32;
+        assert_eq!(define("L2_PROBE_BLOCKS"), L2_PROBE_BLOCKS);
+        assert_eq!(define("L2_PROBE_THREADS"), L2_PROBE_THREADS);
+    }
+
+    #[test]
+    fn operand_bytes_count_every_cta_slab() {
+        // 130 rows: two row blocks of 128 (the second partial, loaded whole); 512 weight rows in
+        // two CTA blocks of 256; each CTA loads 128 + 256 rows of k = 64 bf16.
+        assert_eq!(
+            tiled_gemm_l2_bytes(130, 128, (512, 256), 64),
+            (4 * (128 + 256) * 64 * 2) as f64
+        );
+        assert_eq!(tiled_gemm_l2_bytes(0, 128, (512, 256), 64), 0.0);
+    }
 }

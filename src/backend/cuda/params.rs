@@ -16,3 +16,4 @@ unsafe impl cudarc::driver::DeviceRepr for ResidualNormParams {}
 unsafe impl cudarc::driver::DeviceRepr for QkvPostParams {}
 unsafe impl cudarc::driver::DeviceRepr for GegluParams {}
 unsafe impl cudarc::driver::DeviceRepr for PoolParams {}
+unsafe impl cudarc::driver::DeviceRepr for L2ProbeParams {}

@@ -157,6 +157,18 @@ pub struct Timing {
     pub median_us: f64,
     pub gbytes_per_s: f64,
     pub tflops: f64,
+    /// Tiled GEMM kernels: the operand bytes their CTAs load from L2 (each x and weight tile
+    /// once per CTA that multiplies it) per second, to hold against the `l2_read_probe` rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2_gbytes_per_s: Option<f64>,
+}
+
+impl Timing {
+    /// The same timing with `bytes` of operand loads from L2 ([`Timing::l2_gbytes_per_s`]).
+    pub fn with_l2_bytes(mut self, bytes: f64) -> Self {
+        self.l2_gbytes_per_s = Some(bytes / (self.median_us * 1e-6) / 1e9);
+        self
+    }
 }
 
 impl KernelCheck {
@@ -292,7 +304,14 @@ pub fn print_table(checks: &[KernelCheck], out: &mut impl Write) -> std::io::Res
             writeln!(out, "{:<22}   WHERE: {}", "", m.describe())?;
         }
         if let Some(t) = &c.timing {
-            writeln!(out, "{:<22}   timed at {}", "", t.case)?;
+            match t.l2_gbytes_per_s {
+                Some(l2) => writeln!(
+                    out,
+                    "{:<22}   timed at {}; operand loads from L2 {l2:.0} GB/s",
+                    "", t.case
+                )?,
+                None => writeln!(out, "{:<22}   timed at {}", "", t.case)?,
+            }
         }
     }
     Ok(())
