@@ -208,9 +208,16 @@ struct CheckKernelsArgs {
     /// Seed of the random inputs (default: from the clock; printed either way).
     #[arg(long)]
     seed: Option<u64>,
-    /// Also write the results as JSON to this file.
+    /// Also write the results as JSON to this file (rewritten after each family, so a later
+    /// family that hangs does not take the earlier results with it).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run only these check families (comma separated or repeated; see --list-families).
+    #[arg(long = "family", value_delimiter = ',')]
+    families: Vec<String>,
+    /// Print the check families in the order they run, and exit.
+    #[arg(long)]
+    list_families: bool,
 }
 
 #[derive(Args)]
@@ -507,18 +514,27 @@ fn info(args: InfoArgs) -> Result<()> {
 }
 
 fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
+    if args.list_families {
+        for family in backend::cuda::CHECK_FAMILIES {
+            println!("{family}");
+        }
+        return Ok(());
+    }
     let seed = match args.seed {
         Some(seed) => seed,
         None => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos() as u64,
     };
-    let backend::cuda::KernelChecks { device, checks } = backend::cuda::run_kernel_checks(seed)?;
+    println!("seed: {seed}");
+    let mut write_so_far = |checks: &[backend::cuda::KernelCheck]| match &args.json {
+        Some(path) => backend::cuda::write_json(checks, path),
+        None => Ok(()),
+    };
+    let backend::cuda::KernelChecks { device, checks } =
+        backend::cuda::run_kernel_checks(seed, &args.families, &mut write_so_far)?;
     println!("device: {device}, seed: {seed}");
     backend::cuda::print_table(&checks, &mut std::io::stdout().lock())?;
-    if let Some(path) = &args.json {
-        backend::cuda::write_json(&checks, path)?;
-    }
     let failed: Vec<&str> = checks
         .iter()
         .filter(|c| !c.passed)

@@ -23,9 +23,17 @@ fn every_kernel_matches_its_cpu_twin() {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    let checks = cuda::run_kernel_checks(seed)
-        .expect("kernel checks run")
-        .checks;
+    let mut families_done = 0;
+    let checks = cuda::run_kernel_checks(seed, &[], &mut |_| {
+        families_done += 1;
+        Ok(())
+    })
+    .expect("kernel checks run")
+    .checks;
+    assert_eq!(families_done, cuda::CHECK_FAMILIES.len());
+    for c in &checks {
+        assert!(cuda::CHECK_FAMILIES.contains(&c.family.as_str()), "{c:?}");
+    }
     let mut table = Vec::new();
     cuda::print_table(&checks, &mut table).expect("format table");
     eprintln!(
@@ -74,4 +82,24 @@ fn cuda_subcommands_without_a_device_fail_with_a_clear_message() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// `check-kernels --list-families` needs no device: it prints the families in the order they
+/// run, the names `--family` accepts.
+#[test]
+fn check_kernels_lists_its_families() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["check-kernels", "--list-families"])
+        .output()
+        .expect("run gemma-embed");
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(listed, cuda::CHECK_FAMILIES);
+    let mut unique = listed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), listed.len(), "{listed:?}");
 }

@@ -9,7 +9,8 @@
 # exit status is 1 if any stage failed):
 #   1. a full-size random-weight EmbeddingGemma with the real config (tools/gpu/make_random_model.py)
 #   2. the card's ceilings (copy bandwidth, bf16 matmul rate) measured with torch -> $OUT/ceilings.json;
-#      gemma-embed check-kernels: every kernel against its CPU twin, timed      -> $OUT/kernels.json
+#      gemma-embed check-kernels: every kernel against its CPU twin, timed, and the card's L2
+#      read rate; the families after a fault or hang rerun one per process      -> $OUT/kernels.json
 #   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
 #      with the default kernels and once with each candidate choice (see `variants` below:
@@ -161,7 +162,11 @@ stage make-model 120 "$python" "$repo/tools/gpu/make_random_model.py" "$model"
 
 if [ $cpu_only = 0 ]; then
     stage ceilings 60 "$python" "$repo/tools/gpu/ceilings.py" --json "$out/ceilings.json"
-    stage check-kernels 150 "${gemma[@]}" check-kernels --json "$out/kernels.json"
+    stage check-kernels 120 "${gemma[@]}" check-kernels --json "$out/kernels.json"
+    # A kernel fault leaves the rest of that process unable to run anything, and a hang loses the
+    # families after it: rerun those families each in a fresh process (nothing when all ran).
+    stage check-kernels-isolated 120 "$python" "$repo/tools/gpu/isolate_families.py" \
+        --kernels "$out/kernels.json" --timeout 45 -- "${gemma[@]}" check-kernels
 fi
 
 ids="$work/parity-ids.jsonl"

@@ -60,6 +60,10 @@ def main():
         failing = [k for k in kernels if not k.get("passed")]
         print(f"\nkernels: {len(kernels) - len(failing)}/{len(kernels)} pass")
         for k in failing:
+            if k.get("error"):
+                # It did not run (launch error, fault, hang): no numbers, the error says why.
+                print(f"  FAIL {k['name']} [{k['case']}]: {k['error']}")
+                continue
             print(f"  FAIL {k['name']} [{k['case']}]: max abs {k['max_abs_err']:.3e} "
                   f"(tol {k['max_abs_tol']:.1e}), rel L2 {k['rel_l2_err']:.3e} "
                   f"(tol {k['rel_l2_tol']:.1e}), bad values {k['bad_values']}")

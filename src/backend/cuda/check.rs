@@ -23,7 +23,7 @@ use super::ops::{
 use super::options::{BranchStorage, KernelChoice};
 use super::params::L2ProbeParams;
 use super::qkv::{self, QkvKernel, QkvProj};
-use super::report::{KernelCheck, KernelChecks, Timing};
+use super::report::{KernelCheck, KernelChecks, Timing, CHECK_FAMILIES};
 use super::residual::{self, ProjResidualNorm};
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
@@ -175,64 +175,73 @@ fn tiled_gemm_l2_bytes(
     (ctas * (block_m + cta_weight_rows) * k * 2) as f64
 }
 
-/// Run every check on device 0. A check family that fails to run (launch error, fault) is
-/// reported as one failed entry carrying the error, and the remaining families still run
-/// (after a fault the context is unusable, so they report the same error).
-pub fn run_kernel_checks(seed: u64) -> Result<KernelChecks> {
+/// Run the check families (every one in [`CHECK_FAMILIES`] order, or those named in `only`) on
+/// device 0. A family that fails to run (launch error, fault) is reported as one failed entry
+/// carrying the error, and the remaining families still run (after a fault the context is
+/// unusable, so they report the same error: `gemma-embed check-kernels --family NAME` runs one
+/// in a fresh process). `progress` gets every result so far after each family, so a caller can
+/// keep them even if a later family hangs.
+pub fn run_kernel_checks(
+    seed: u64,
+    only: &[String],
+    progress: &mut dyn FnMut(&[KernelCheck]) -> Result<()>,
+) -> Result<KernelChecks> {
+    if let Some(unknown) = only.iter().find(|f| !CHECK_FAMILIES.contains(&f.as_str())) {
+        return Err(Error::Cuda(format!(
+            "no kernel check family `{unknown}`; the families are {}",
+            CHECK_FAMILIES.join(", ")
+        )));
+    }
     let dev = Device::open()?;
     let kernels = Kernels::load(&dev, check_dims())?;
     let mut rng = SplitMix64::new(seed);
     let mut checks = Vec::new();
-    let mut run =
-        |name: &str, family: &mut dyn FnMut(&mut SplitMix64) -> Result<Vec<KernelCheck>>| {
-            match family(&mut rng) {
-                Ok(results) => checks.extend(results),
-                Err(e) => checks.push(KernelCheck::error(name, e.to_string())),
-            }
-        };
-    run(L2_PROBE_KERNEL, &mut |rng| check_l2_probe(&dev, rng));
-    run("embed_tokens", &mut |rng| check_embed(&dev, &kernels, rng));
-    run("residual_norm", &mut |rng| {
-        check_residual_norm(&dev, &kernels, false, rng)
-    });
-    run("qkv_post", &mut |rng| check_qkv_post(&dev, &kernels, rng));
-    run("geglu", &mut |rng| {
-        Ok(vec![check_geglu(&dev, &kernels, rng)?])
-    });
-    run("pool_embeddings", &mut |rng| {
-        check_pool(&dev, &kernels, rng)
-    });
-    run("gemm", &mut |rng| check_gemms(&dev, rng));
-    // Last: a faulting kernel poisons the context for every check after it, so the newest
-    // kernels (attention, then those not yet run on a GPU) come at the end.
-    run("attention", &mut |rng| {
-        check_attention(
-            &dev,
-            &[AttentionKernel::Reference, AttentionKernel::Flash],
-            rng,
-        )
-    });
-    run("residual_norm_bf16_branch", &mut |rng| {
-        check_residual_norm(&dev, &kernels, true, rng)
-    });
-    run("gate_up_geglu (cuBLAS + fused)", &mut |rng| {
-        check_gate_up_geglu(&dev, &kernels, rng)
-    });
-    if AttentionKernel::FlashWgmma.runs_on(dev.info.compute_capability) {
-        run(FLASH_WGMMA_KERNEL, &mut |rng| {
-            check_attention(&dev, &[AttentionKernel::FlashWgmma], rng)
-        });
+    for &family in CHECK_FAMILIES
+        .iter()
+        .filter(|&&f| only.is_empty() || only.iter().any(|o| o == f))
+    {
+        let results = run_family(&dev, &kernels, family, &mut rng)
+            .unwrap_or_else(|e| vec![KernelCheck::error(family, e.to_string())]);
+        checks.extend(results.into_iter().map(|c| c.in_family(family)));
+        progress(&checks)?;
     }
-    run("qkv_proj (cuBLAS + fused)", &mut |rng| {
-        check_qkv_proj(&dev, &kernels, rng)
-    });
-    run("proj_residual_norm (cuBLAS + fused)", &mut |rng| {
-        check_proj_residual_norm(&dev, &kernels, rng)
-    });
     Ok(KernelChecks {
         device: dev.info.description.clone(),
         checks,
     })
+}
+
+/// One family of [`CHECK_FAMILIES`].
+fn run_family(
+    dev: &Device,
+    kernels: &Kernels,
+    family: &str,
+    rng: &mut SplitMix64,
+) -> Result<Vec<KernelCheck>> {
+    let cc = dev.info.compute_capability;
+    match family {
+        L2_PROBE_KERNEL => check_l2_probe(dev, rng),
+        "embed_tokens" => check_embed(dev, kernels, rng),
+        "residual_norm" => check_residual_norm(dev, kernels, false, rng),
+        "qkv_post" => check_qkv_post(dev, kernels, rng),
+        "geglu" => Ok(vec![check_geglu(dev, kernels, rng)?]),
+        "pool_embeddings" => check_pool(dev, kernels, rng),
+        "gemm" => check_gemms(dev, rng),
+        "attention" => check_attention(
+            dev,
+            &[AttentionKernel::Reference, AttentionKernel::Flash],
+            rng,
+        ),
+        "residual_norm_bf16_branch" => check_residual_norm(dev, kernels, true, rng),
+        "gate_up_geglu" => check_gate_up_geglu(dev, kernels, rng),
+        FLASH_WGMMA_KERNEL if AttentionKernel::FlashWgmma.runs_on(cc) => {
+            check_attention(dev, &[AttentionKernel::FlashWgmma], rng)
+        }
+        FLASH_WGMMA_KERNEL => Ok(Vec::new()),
+        "qkv_proj" => check_qkv_proj(dev, kernels, rng),
+        "proj_residual_norm" => check_proj_residual_norm(dev, kernels, rng),
+        other => Err(Error::Cuda(format!("no kernel check family `{other}`"))),
+    }
 }
 
 /// `kernels/probe.cu`'s kernel.

@@ -2,7 +2,7 @@
 //! kernels are missing and how to rebuild.
 
 use super::profile::OpTimes;
-use super::{CudaOptions, DeviceInfo, KernelChecks};
+use super::{CudaOptions, DeviceInfo, KernelCheck, KernelChecks};
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::Model;
 use crate::{Error, Result};
@@ -46,6 +46,10 @@ pub fn probe() -> Result<DeviceInfo> {
     Err(Error::NoCudaKernels)
 }
 
-pub fn run_kernel_checks(_seed: u64) -> Result<KernelChecks> {
+pub fn run_kernel_checks(
+    _seed: u64,
+    _only: &[String],
+    _progress: &mut dyn FnMut(&[KernelCheck]) -> Result<()>,
+) -> Result<KernelChecks> {
     Err(Error::NoCudaKernels)
 }

@@ -15,8 +15,30 @@ pub struct KernelChecks {
     pub checks: Vec<KernelCheck>,
 }
 
+/// The families of `gemma-embed check-kernels`, in the order they run: the kernels the engine
+/// has used on GPUs first, then the newer ones (a faulting kernel poisons the context for every
+/// check after it): attention, then those not yet run on a GPU. `gate_up_geglu`, `qkv_proj` and
+/// `proj_residual_norm` time the cuBLAS baseline before the fused kernels.
+pub const CHECK_FAMILIES: &[&str] = &[
+    "l2_read_probe",
+    "embed_tokens",
+    "residual_norm",
+    "qkv_post",
+    "geglu",
+    "pool_embeddings",
+    "gemm",
+    "attention",
+    "residual_norm_bf16_branch",
+    "gate_up_geglu",
+    "attention_flash_wgmma",
+    "qkv_proj",
+    "proj_residual_norm",
+];
+
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelCheck {
+    /// The [`CHECK_FAMILIES`] entry that ran it.
+    pub family: String,
     /// Kernel (or cuBLAS GEMM) name.
     pub name: String,
     /// The checked problem, e.g. `tokens=1031 hidden=768`.
@@ -201,6 +223,7 @@ impl KernelCheck {
         };
         let passed = bad_values == 0 && max_abs_err <= max_abs_tol && rel_l2_err <= rel_l2_tol;
         Self {
+            family: String::new(),
             name: name.to_string(),
             case,
             max_abs_err,
@@ -235,6 +258,7 @@ impl KernelCheck {
     /// A check that could not run at all.
     pub fn error(name: &str, message: String) -> Self {
         Self {
+            family: String::new(),
             name: name.to_string(),
             case: "did not run".into(),
             max_abs_err: f64::NAN,
@@ -251,6 +275,12 @@ impl KernelCheck {
 
     pub fn with_timing(mut self, timing: Timing) -> Self {
         self.timing = Some(timing);
+        self
+    }
+
+    /// The same check, marked as run by `family`.
+    pub fn in_family(mut self, family: &str) -> Self {
+        self.family = family.to_string();
         self
     }
 }

@@ -1,0 +1,192 @@
+//! The GPU check's Python helpers (`tools/gpu/`), which run only on lent GPU machines, driven here
+//! on files shaped like the binary's JSON: `isolate_families.py` reruns, one process each, the
+//! check-kernels families after the first fault (a fake check-kernels stands in for the binary),
+//! and `summary.py` reports a check that did not run by its error and the L2 columns by the probe.
+//! Both are standard-library Python: `GEMMA_EMBED_PYTHON`, else `python3`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn python() -> String {
+    std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn tool(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools/gpu")
+        .join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(python())
+        .args(args)
+        .output()
+        .expect("run python")
+}
+
+/// A KernelCheck entry as `gemma-embed check-kernels --json` writes it.
+fn check_entry(family: &str, name: &str, error: Option<&str>, timing: &str) -> String {
+    let passed = error.is_none();
+    let error = error.map_or("null".to_string(), |e| format!("\"{e}\""));
+    let (max_abs, rel_l2) = if passed {
+        ("0.0", "0.0")
+    } else {
+        ("null", "null")
+    };
+    format!(
+        r#"{{"family": "{family}", "name": "{name}", "case": "c", "max_abs_err": {max_abs},
+            "rel_l2_err": {rel_l2}, "bad_values": 0, "max_abs_tol": 0.01, "rel_l2_tol": 0.01,
+            "passed": {passed}, "timing": {timing}, "error": {error}, "mismatch": null}}"#
+    )
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gemma-gpu-tools-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn families_after_a_fault_rerun_one_process_each() {
+    let dir = scratch("isolate");
+    // Families a..d: in the full run b faulted, so b and c report the fault and d never ran. On
+    // its own, b faults again, c passes, and d hangs.
+    let fake = dir.join("check-kernels.sh");
+    let passing_c = check_entry("c", "ck", None, "null");
+    let faulting_b = check_entry("b", "bk", Some("illegal address"), "null");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = --list-families ] && {{ printf 'a\\nb\\nc\\nd\\n'; exit 0; }}\n\
+             case $2 in\n\
+             b) echo '[{faulting_b}]' > \"$4\"; exit 1 ;;\n\
+             c) echo '[{passing_c}]' > \"$4\" ;;\n\
+             d) exec sleep 20 ;;\n\
+             esac\n"
+        ),
+    )
+    .expect("write fake");
+    let kernels = dir.join("kernels.json");
+    let full_run = [
+        check_entry("a", "ak", None, "null"),
+        check_entry("b", "bk", Some("illegal address"), "null"),
+        check_entry("c", "ck", Some("illegal address"), "null"),
+    ];
+    std::fs::write(&kernels, format!("[{}]", full_run.join(","))).expect("write kernels.json");
+
+    let out = run(&[
+        tool("isolate_families.py").to_str().unwrap(),
+        "--kernels",
+        kernels.to_str().unwrap(),
+        "--timeout",
+        "2",
+        "--",
+        "sh",
+        fake.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("rerunning b, c, d"), "{stdout}");
+    assert!(
+        stdout.contains("families with errors after the reruns: b, d"),
+        "{stdout}"
+    );
+
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kernels).unwrap()).unwrap();
+    let entries: Vec<(String, bool, String)> = merged
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["family"].as_str().unwrap().to_string(),
+                c["passed"].as_bool().unwrap(),
+                c["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    assert_eq!(entries[0], ("a".into(), true, String::new()));
+    assert_eq!(entries[1], ("b".into(), false, "illegal address".into()));
+    assert_eq!(entries[2], ("c".into(), true, String::new()));
+    assert_eq!((entries[3].0.as_str(), entries[3].1), ("d", false));
+    assert!(entries[3].2.contains("within 2s"), "{entries:?}");
+
+    // With every family run and no error, nothing is rerun.
+    std::fs::write(&kernels, format!("[{}]", full_run[0])).expect("write kernels.json");
+    std::fs::write(&fake, "#!/bin/sh\necho a\n").expect("write fake");
+    let out = run(&[
+        tool("isolate_families.py").to_str().unwrap(),
+        "--kernels",
+        kernels.to_str().unwrap(),
+        "--",
+        "sh",
+        fake.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to rerun"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
+    let dir = scratch("summary");
+    let probe_timing = r#"{"case": "25 MB x 16 passes", "median_us": 80.0, "gbytes_per_s": 5000.0,
+                           "tflops": 0.0}"#;
+    let gemm_timing = r#"{"case": "m=16384", "median_us": 100.0, "gbytes_per_s": 1000.0,
+                          "tflops": 577.5, "l2_gbytes_per_s": 4000.0}"#;
+    let checks = [
+        check_entry("l2_read_probe", "l2_read_probe", None, probe_timing),
+        check_entry(
+            "gate_up_geglu",
+            "gate_up_geglu_wgmma_wide",
+            None,
+            gemm_timing,
+        ),
+        check_entry("qkv_proj", "qkv_proj_wgmma", Some("launch failed"), "null"),
+    ];
+    std::fs::write(dir.join("kernels.json"), format!("[{}]", checks.join(","))).unwrap();
+    std::fs::write(
+        dir.join("ceilings.json"),
+        r#"{"copy_gb_per_s": 3000.0, "matmul_bf16_tflop_per_s": 770.0}"#,
+    )
+    .unwrap();
+    let stages = dir.join("stages.tsv");
+    std::fs::write(&stages, "check-kernels\tok\t1000\n").unwrap();
+
+    let out = run(&[
+        tool("summary.py").to_str().unwrap(),
+        "--stages",
+        stages.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed check fails the run: {out:?}"
+    );
+    assert!(stdout.contains("kernels: 2/3 pass"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL qkv_proj_wgmma [c]: launch failed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("L2 read 5,000 GB/s"), "{stdout}");
+    let gemm_row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("gate_up_geglu_wgmma_wide"))
+        .expect("the GEMM's timing row");
+    // 577.5 of 770 TFLOP/s is 75 %; 4000 of 5000 GB/s from L2 is 80 %.
+    assert!(
+        gemm_row.contains(" 75%") && gemm_row.contains(" 4000") && gemm_row.ends_with(" 80%"),
+        "{gemm_row}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
