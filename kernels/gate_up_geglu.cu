@@ -158,38 +158,27 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
  * completed before the next barrier (the other CTA on the SM covers that wait), loads two slices
  * ahead.
  *
- * gate_up_geglu_wgmma_wide: GEGLU_WIDE_BLOCK_OUT outputs per CTA (two interleave blocks, 256
- * weight rows), grid (intermediate / GEGLU_WIDE_BLOCK_OUT, ceil(num_tokens / BLOCK_M)),
- * GEGLU_WIDE_SMEM_BYTES; four wgmma.m64n256k16 per k slice, 128 f32 accumulators per thread, one
- * CTA per SM, GEGLU_WIDE_STAGES stages with one slice's wgmmas in flight across each barrier. Per
- * flop it reads 3/4 of the narrow kernel's bytes from L2: each 128 x 64 x slice feeds 256 weight
- * rows instead of 128.
+ * gate_up_geglu_wgmma_wide: GEGLU_WIDE_BLOCK_OUT outputs per tile (two interleave blocks, 256
+ * weight rows), GEGLU_WIDE_SMEM_BYTES; four wgmma.m64n256k16 per k slice, 128 f32 accumulators
+ * per thread, one CTA per SM, GEGLU_WIDE_STAGES stages with one slice's wgmmas in flight across
+ * each barrier. Persistent: grid (min(tiles, SMs)), each CTA walking the tiles of
+ * intermediate / GEGLU_WIDE_BLOCK_OUT column blocks x ceil(num_tokens / BLOCK_M) row blocks, the
+ * next tile's first loads in flight during each epilogue. Per flop it reads 3/4 of the narrow
+ * kernel's bytes from L2: each 128 x 64 x slice feeds 256 weight rows instead of 128.
  */
-template <int Outputs, int Stages, int InFlight>
-__device__ __forceinline__ void gate_up_geglu_wgmma_cta(const GateUpGegluParams &p,
-                                                        unsigned char *smem_bytes) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int kWgThreads = GEGLU_WGMMA_THREADS;
-    constexpr int kRows = 2 * Outputs;
-    constexpr int kAccRegs = Outputs;
+/* The wgmma kernels' epilogue for the CTA tile at token row first_row and outputs first_out ..
+ * + Outputs: per interleave block, register geglu_wgmma_gate_reg (gate) and the one
+ * GEGLU_GEMM_BLOCK_OUT / 2 later (up) hold one output. */
+template <int Outputs>
+__device__ __forceinline__ void gate_up_geglu_wgmma_epilogue(const float (&acc)[Outputs],
+                                                             const GateUpGegluParams &p,
+                                                             uint32_t first_row,
+                                                             uint32_t first_out) {
     constexpr int kBlocks = Outputs / GEGLU_GEMM_BLOCK_OUT;
-    static_assert(2 * WGMMA_ROWS == kBlockM && kWgThreads == 2 * 128, "two warpgroups");
     static_assert(kBlocks * GEGLU_GEMM_BLOCK_OUT == Outputs, "whole interleave blocks");
-    bf16_t *smem = smem_align_1024<bf16_t>(smem_bytes);
+    constexpr int kUp = GEGLU_GEMM_BLOCK_OUT / 2;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const uint32_t first_row = blockIdx.y * kBlockM;
-    const uint32_t first_out = blockIdx.x * Outputs;
-
-    float acc[kAccRegs];
-#pragma unroll
-    for (int r = 0; r < kAccRegs; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<kWgThreads, kBlockM, kRows, Stages, InFlight>(
-        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * kRows);
-
-    /* Epilogue: per interleave block, register geglu_wgmma_gate_reg (gate) and the one
-     * GEGLU_GEMM_BLOCK_OUT / 2 later (up) hold one output. */
-    constexpr int kUp = GEGLU_GEMM_BLOCK_OUT / 2;
 #pragma unroll
     for (int block = 0; block < kBlocks; ++block) {
 #pragma unroll
@@ -205,25 +194,50 @@ __device__ __forceinline__ void gate_up_geglu_wgmma_cta(const GateUpGegluParams 
                             gelu_tanh(inv * acc[g + 1]) * (inv * acc[g + 1 + kUp]));
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
+    gate_up_geglu_wgmma(const GateUpGegluParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kOutputs = GEGLU_GEMM_BLOCK_OUT;
+    static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
+    static_assert(2 * WGMMA_ROWS == kBlockM && GEGLU_WGMMA_THREADS == 2 * 128, "two warpgroups");
+    static_assert(GEGLU_WGMMA_ACC_REGS == kOutputs, "wgmma.m64n128");
+    extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
+    bf16_t *smem = smem_align_1024<bf16_t>(wgmma_smem_bytes);
+    const uint32_t first_row = blockIdx.y * kBlockM;
+
+    float acc[kOutputs];
+#pragma unroll
+    for (int r = 0; r < kOutputs; ++r) acc[r] = 0.0f;
+    wgmma_gemm_mainloop<GEGLU_WGMMA_THREADS, kBlockM, 2 * kOutputs, kStages, 0>(
+        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * 2 * kOutputs);
+    gate_up_geglu_wgmma_epilogue<kOutputs>(acc, p, first_row, blockIdx.x * kOutputs);
 #else
     __trap();
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
-    gate_up_geglu_wgmma(const GateUpGegluParams p) {
-    static_assert(kStages * kStageElems * 2 + 1024 == GEGLU_WGMMA_SMEM_BYTES, "params.h smem size");
-    static_assert(GEGLU_WGMMA_ACC_REGS == GEGLU_GEMM_BLOCK_OUT, "wgmma.m64n128");
-    extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
-    gate_up_geglu_wgmma_cta<GEGLU_GEMM_BLOCK_OUT, kStages, 0>(p, wgmma_smem_bytes);
-}
-
+/* Persistent: grid (min(tiles, SMs)), tiles as tile.cuh's gemm_tile_row_block/col_block with
+ * intermediate / GEGLU_WIDE_BLOCK_OUT column blocks; each tile's epilogue overlaps the next
+ * tile's first loads (gemm_pipeline.cuh's wgmma_gemm_persistent). */
 extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 1)
     gate_up_geglu_wgmma_wide(const GateUpGegluParams p) {
-    static_assert(GEGLU_WIDE_STAGES * (kBlockM + 2 * GEGLU_WIDE_BLOCK_OUT) * kBlockK * 2 + 1024 ==
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kOutputs = GEGLU_WIDE_BLOCK_OUT;
+    static_assert(GEGLU_WIDE_STAGES * (kBlockM + 2 * kOutputs) * kBlockK * 2 + 1024 ==
                       GEGLU_WIDE_SMEM_BYTES,
                   "params.h smem size");
-    static_assert(GEGLU_WIDE_ACC_REGS == GEGLU_WIDE_BLOCK_OUT, "wgmma.m64n256");
+    static_assert(GEGLU_WIDE_ACC_REGS == kOutputs, "wgmma.m64n256");
     extern __shared__ __align__(128) unsigned char wgmma_smem_bytes[];
-    gate_up_geglu_wgmma_cta<GEGLU_WIDE_BLOCK_OUT, GEGLU_WIDE_STAGES, 1>(p, wgmma_smem_bytes);
+    bf16_t *smem = smem_align_1024<bf16_t>(wgmma_smem_bytes);
+    float acc[kOutputs];
+    wgmma_gemm_persistent<GEGLU_WGMMA_THREADS, kBlockM, 2 * kOutputs, GEGLU_WIDE_STAGES, 1>(
+        acc, smem, p.x, p.w, p.num_tokens, p.hidden, p.intermediate / kOutputs,
+        [&](const float (&tile_acc)[kOutputs], uint32_t first_row, uint32_t col_block) {
+            gate_up_geglu_wgmma_epilogue<kOutputs>(tile_acc, p, first_row, col_block * kOutputs);
+        });
+#else
+    __trap();
+#endif
 }

@@ -8,7 +8,10 @@
 // - wgmma_gemm_mainloop (sm_90a): a Stages-deep cp.async pipeline whose stages two or more
 //   warpgroups read through 128-byte-swizzle descriptors with wgmma.m64nNk16, N = WeightRows,
 //   optionally one k slice's wgmmas left in flight across the next barrier; warpgroup g owns rows
-//   WGMMA_ROWS g .. of the tile. The stages start at a 1024-byte boundary.
+//   WGMMA_ROWS g .. of the tile. The stages start at a 1024-byte boundary. It is
+//   wgmma_gemm_prologue (the first loads) then wgmma_gemm_k_loop.
+// - wgmma_gemm_persistent (sm_90a): the same over a persistent CTA's tiles, each tile's epilogue
+//   overlapping the next tile's first loads.
 //
 // Index math lives in tile.cuh, where the host warp emulators (kernels/tests/) drive it.
 #pragma once
@@ -51,33 +54,24 @@ __device__ __forceinline__ void gemm_load_stage(bf16_t *stage, const bf16_t *x, 
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* acc (the m64nN accumulators of this thread's warpgroup, N = WeightRows, zeroed by the caller)
- * += x[first_row + 64 g ..][:k_dim] . w[first_weight_row ..][:k_dim]^T. `smem` is 1024-byte
- * aligned and holds Stages * (BlockM + WeightRows) * GEMM_TILE_K bf16.
- *
- * The wgmmas of the last InFlight k slices (0 or 1) stay in flight across the next slice's
- * barrier, so with one CTA per SM the tensor cores are not idle while the warpgroups meet; a
- * load may therefore only overwrite the stage read InFlight + 1 slices ago, and loads run
- * kAhead = Stages - 1 - InFlight slices ahead. Slice j is cp.async commit group j (empty groups
- * keep the count in step). Each thread
- * fences its cp.async writes into the async proxy before the barrier that precedes the wgmmas
- * reading them. On return every wgmma has completed; the stages may still be read by other
- * warpgroups' last wgmmas until a barrier. */
-template <int Threads, int BlockM, int WeightRows, int Stages, int InFlight, int AccRegs>
-__device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_t *smem,
-                                                    const bf16_t *x, const bf16_t *w,
+/* Loads run kAhead slices ahead of the wgmmas: a load may only overwrite the stage read
+ * InFlight + 1 slices ago. */
+template <int Stages, int InFlight> __device__ __forceinline__ constexpr int gemm_slices_ahead() {
+    static_assert(InFlight == 0 || InFlight == 1, "wgmma groups left in flight per slice");
+    static_assert(Stages - 1 - InFlight >= 1, "one slice loads while another is multiplied");
+    return Stages - 1 - InFlight;
+}
+
+/* The first kAhead k slices of a tile into stages 0 .. kAhead - 1, one cp.async commit group
+ * each (empty groups past k_dim keep the count in step). The stages must be free: no wgmma may
+ * still read them. */
+template <int Threads, int BlockM, int WeightRows, int Stages, int InFlight>
+__device__ __forceinline__ void wgmma_gemm_prologue(bf16_t *smem, const bf16_t *x, const bf16_t *w,
                                                     uint32_t num_tokens, uint32_t k_dim,
                                                     uint32_t first_row, uint32_t first_weight_row) {
-    static_assert(Threads == (BlockM / WGMMA_ROWS) * 128, "one warpgroup per 64 tile rows");
-    static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
-    static_assert(WeightRows == 128 || WeightRows == 256, "wgmma.m64n128k16 or m64n256k16");
-    static_assert(InFlight == 0 || InFlight == 1, "wgmma groups left in flight per slice");
-    constexpr int kAhead = Stages - 1 - InFlight;
-    static_assert(kAhead >= 1, "one slice loads while another is multiplied");
+    constexpr int kAhead = gemm_slices_ahead<Stages, InFlight>();
     constexpr int kStageElems = (BlockM + WeightRows) * GEMM_TILE_K;
-    const int warpgroup = threadIdx.x / 128;
     const uint32_t k_tiles = k_dim / GEMM_TILE_K;
-
 #pragma unroll
     for (int s = 0; s < kAhead; ++s) {
         if (s < k_tiles) {
@@ -86,6 +80,34 @@ __device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_
         }
         cp_async_commit();
     }
+}
+
+/* acc (the m64nN accumulators of this thread's warpgroup, N = WeightRows, zeroed by the caller)
+ * += x[first_row + 64 g ..][:k_dim] . w[first_weight_row ..][:k_dim]^T, for a tile whose
+ * prologue (wgmma_gemm_prologue, same arguments) is the newest kAhead cp.async commit groups.
+ * `smem` is 1024-byte aligned and holds Stages * (BlockM + WeightRows) * GEMM_TILE_K bf16.
+ *
+ * The wgmmas of the last InFlight k slices (0 or 1) stay in flight across the next slice's
+ * barrier, so with one CTA per SM the tensor cores are not idle while the warpgroups meet; a
+ * load may therefore only overwrite the stage read InFlight + 1 slices ago, and loads run
+ * kAhead = Stages - 1 - InFlight slices ahead. Slice j is the tile's cp.async commit group j
+ * (empty groups keep the count in step; older groups are empty or complete). Each thread
+ * fences its cp.async writes into the async proxy before the barrier that precedes the wgmmas
+ * reading them. On return every wgmma of this thread's warpgroup has completed; the stages may
+ * still be read by other warpgroups' last wgmmas until a barrier. */
+template <int Threads, int BlockM, int WeightRows, int Stages, int InFlight, int AccRegs>
+__device__ __forceinline__ void wgmma_gemm_k_loop(float (&acc)[AccRegs], bf16_t *smem,
+                                                  const bf16_t *x, const bf16_t *w,
+                                                  uint32_t num_tokens, uint32_t k_dim,
+                                                  uint32_t first_row, uint32_t first_weight_row) {
+    static_assert(Threads == (BlockM / WGMMA_ROWS) * 128, "one warpgroup per 64 tile rows");
+    static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
+    static_assert(WeightRows == 128 || WeightRows == 256, "wgmma.m64n128k16 or m64n256k16");
+    constexpr int kAhead = gemm_slices_ahead<Stages, InFlight>();
+    constexpr int kStageElems = (BlockM + WeightRows) * GEMM_TILE_K;
+    const int warpgroup = threadIdx.x / 128;
+    const uint32_t k_tiles = k_dim / GEMM_TILE_K;
+
     for (uint32_t kt = 0; kt < k_tiles; ++kt) {
         /* kAhead + kt groups committed: at most kAhead - 1 pending means slice kt has landed.
          * After the barrier it is visible to every warpgroup's wgmmas, and every warpgroup has
@@ -125,6 +147,55 @@ __device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_
     }
     wgmma_wait<0>();
     wgmma_fence_operands(acc);
+}
+
+/* A persistent CTA's tiles (tile.cuh's gemm_tile_row_block / gemm_tile_col_block over
+ * ceil(num_tokens / BlockM) row blocks and `col_blocks` blocks of WeightRows weight rows): for
+ * each, the k loop, then `epilogue(acc, first_row, col_block)`. The next tile's prologue is
+ * issued before the epilogue, once a barrier has seen every warpgroup's wgmmas complete, so its
+ * first loads are in flight while the epilogue computes and stores. The epilogue may not touch
+ * the stages or synchronize the CTA. */
+template <int Threads, int BlockM, int WeightRows, int Stages, int InFlight, int AccRegs,
+          class Epilogue>
+__device__ __forceinline__ void wgmma_gemm_persistent(float (&acc)[AccRegs], bf16_t *smem,
+                                                      const bf16_t *x, const bf16_t *w,
+                                                      uint32_t num_tokens, uint32_t k_dim,
+                                                      uint32_t col_blocks, Epilogue epilogue) {
+    const uint32_t num_tiles = (num_tokens + BlockM - 1) / BlockM * col_blocks;
+    uint32_t tile = blockIdx.x;
+    if (tile < num_tiles) {
+        wgmma_gemm_prologue<Threads, BlockM, WeightRows, Stages, InFlight>(
+            smem, x, w, num_tokens, k_dim, gemm_tile_row_block(tile, col_blocks) * BlockM,
+            gemm_tile_col_block(tile, col_blocks) * WeightRows);
+    }
+    for (; tile < num_tiles; tile += gridDim.x) {
+        const uint32_t first_row = gemm_tile_row_block(tile, col_blocks) * BlockM;
+        const uint32_t col_block = gemm_tile_col_block(tile, col_blocks);
+#pragma unroll
+        for (int r = 0; r < AccRegs; ++r) acc[r] = 0.0f;
+        wgmma_gemm_k_loop<Threads, BlockM, WeightRows, Stages, InFlight>(
+            acc, smem, x, w, num_tokens, k_dim, first_row, col_block * WeightRows);
+        const uint32_t next = tile + gridDim.x;
+        __syncthreads(); /* every warpgroup's wgmmas of this tile have completed */
+        if (next < num_tiles) {
+            wgmma_gemm_prologue<Threads, BlockM, WeightRows, Stages, InFlight>(
+                smem, x, w, num_tokens, k_dim, gemm_tile_row_block(next, col_blocks) * BlockM,
+                gemm_tile_col_block(next, col_blocks) * WeightRows);
+        }
+        epilogue(acc, first_row, col_block);
+    }
+}
+
+/* One tile: wgmma_gemm_prologue, then wgmma_gemm_k_loop. */
+template <int Threads, int BlockM, int WeightRows, int Stages, int InFlight, int AccRegs>
+__device__ __forceinline__ void wgmma_gemm_mainloop(float (&acc)[AccRegs], bf16_t *smem,
+                                                    const bf16_t *x, const bf16_t *w,
+                                                    uint32_t num_tokens, uint32_t k_dim,
+                                                    uint32_t first_row, uint32_t first_weight_row) {
+    wgmma_gemm_prologue<Threads, BlockM, WeightRows, Stages, InFlight>(
+        smem, x, w, num_tokens, k_dim, first_row, first_weight_row);
+    wgmma_gemm_k_loop<Threads, BlockM, WeightRows, Stages, InFlight>(
+        acc, smem, x, w, num_tokens, k_dim, first_row, first_weight_row);
 }
 #endif
 

@@ -14,13 +14,15 @@
  * [num_tokens]; positions u32 [num_tokens]; q_norm, k_norm f32 [256]; rope_cos/rope_sin f32
  * [max_positions, 128]. Out: q bf16 [num_tokens, num_heads, 256], k and v bf16 [num_tokens, 256].
  *
- * Launch: grid (num_heads + 2, ceil(num_tokens / BLOCK_M)), QKV_PROJ_THREADS (two warpgroups),
- * QKV_PROJ_SMEM_BYTES of dynamic shared memory (one CTA per SM). A CTA computes BLOCK_M = 128
- * token rows x one slot's 256 weight rows through gemm_pipeline.cuh's wgmma main loop:
+ * Launch: persistent, grid (min(tiles, SMs)), QKV_PROJ_THREADS (two warpgroups),
+ * QKV_PROJ_SMEM_BYTES of dynamic shared memory (one CTA per SM). A tile is BLOCK_M = 128 token
+ * rows x one slot's 256 weight rows, (num_heads + 2) x ceil(num_tokens / BLOCK_M) of them; each
+ * CTA walks the tiles blockIdx.x, + gridDim.x, ... (gemm_pipeline.cuh's wgmma_gemm_persistent:
+ * the next tile's first loads are in flight during each epilogue), through the wgmma main loop:
  * QKV_PROJ_STAGES stages of 64-wide k slices (x [128][64], w [256][64]), one slice's wgmmas in
  * flight across each barrier and loads two slices ahead, warpgroup g multiplying
  * rows 64 g .. 64 g + 63 with wgmma.m64n256k16, 128 f32 accumulators per thread. The slot index
- * runs fastest, so the CTAs sharing x rows run together. Epilogue (qkv_proj.cuh): each thread
+ * runs fastest, so the tiles sharing x rows run together. Epilogue (qkv_proj.cuh): each thread
  * holds 64 columns of two rows; the row's sum of squares is reduced over its quad with two
  * shuffles, and RoPE pairs (c, c + 128) are registers r and r + 64 of the same thread. Rows past
  * num_tokens compute zeros (zero-filled x) and are not stored. On other architectures the
@@ -34,29 +36,15 @@
 #include "gemm_pipeline.cuh"
 #include "qkv_proj.cuh"
 
-extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
-    qkv_proj_wgmma(const QkvProjParams p) {
+namespace {
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int kBlockM = QKV_PROJ_BLOCK_M;
-    constexpr int kWeightRows = ATTENTION_HEAD_DIM;
-    constexpr int kStages = QKV_PROJ_STAGES;
-    static_assert(kStages * (kBlockM + kWeightRows) * GEMM_TILE_K * 2 + 1024 == QKV_PROJ_SMEM_BYTES,
-                  "params.h smem size");
-    static_assert(QKV_PROJ_THREADS == 2 * 128 && kBlockM == 2 * WGMMA_ROWS, "two warpgroups");
-    static_assert(QKV_PROJ_ROPE_REGS == QKV_PROJ_ACC_REGS / 2, "RoPE partners in one thread");
-    extern __shared__ __align__(128) unsigned char qkv_smem_bytes[];
-    bf16_t *smem = smem_align_1024<bf16_t>(qkv_smem_bytes);
+/* The epilogue of the tile at token row first_row and head slot `slot` (see the header). */
+__device__ __forceinline__ void qkv_proj_epilogue(const float (&acc)[QKV_PROJ_ACC_REGS],
+                                                  const QkvProjParams &p, uint32_t first_row,
+                                                  uint32_t slot) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const uint32_t slot = blockIdx.x;
-    const uint32_t first_row = blockIdx.y * kBlockM;
-
-    float acc[QKV_PROJ_ACC_REGS];
-#pragma unroll
-    for (int r = 0; r < QKV_PROJ_ACC_REGS; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<QKV_PROJ_THREADS, kBlockM, kWeightRows, kStages, 1>(
-        acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, slot * kWeightRows);
-
     constexpr uint32_t kHeadDim = ATTENTION_HEAD_DIM;
     constexpr uint32_t kHalf = kHeadDim / 2;
     const bool is_value = slot == p.num_heads + 1;
@@ -117,6 +105,29 @@ extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
                             (b1 * cos.y + a1 * sin.y) * out_scale);
         }
     }
+}
+#endif
+
+} // namespace
+
+extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
+    qkv_proj_wgmma(const QkvProjParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kBlockM = QKV_PROJ_BLOCK_M;
+    constexpr int kWeightRows = ATTENTION_HEAD_DIM;
+    constexpr int kStages = QKV_PROJ_STAGES;
+    static_assert(kStages * (kBlockM + kWeightRows) * GEMM_TILE_K * 2 + 1024 == QKV_PROJ_SMEM_BYTES,
+                  "params.h smem size");
+    static_assert(QKV_PROJ_THREADS == 2 * 128 && kBlockM == 2 * WGMMA_ROWS, "two warpgroups");
+    static_assert(QKV_PROJ_ROPE_REGS == QKV_PROJ_ACC_REGS / 2, "RoPE partners in one thread");
+    extern __shared__ __align__(128) unsigned char qkv_smem_bytes[];
+    bf16_t *smem = smem_align_1024<bf16_t>(qkv_smem_bytes);
+    float acc[QKV_PROJ_ACC_REGS];
+    wgmma_gemm_persistent<QKV_PROJ_THREADS, kBlockM, kWeightRows, kStages, 1>(
+        acc, smem, p.x, p.w, p.num_tokens, p.hidden, p.num_heads + 2,
+        [&](const float (&tile_acc)[QKV_PROJ_ACC_REGS], uint32_t first_row, uint32_t slot) {
+            qkv_proj_epilogue(tile_acc, p, first_row, slot);
+        });
 #else
     __trap();
 #endif

@@ -84,6 +84,13 @@ TILE_HD uint32_t gemm_wgmma_x_offset(int warpgroup, int ks) {
 }
 TILE_HD uint32_t gemm_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
 
+/* Persistent GEMM kernels (one CTA per SM, grid <= number of tiles) walk the tiles blockIdx.x,
+ * blockIdx.x + gridDim.x, ...: tile `tile` is column block gemm_tile_col_block (a block of the
+ * CTA's weight rows) of row block gemm_tile_row_block, so the CTAs running at the same time
+ * share x rows. */
+TILE_HD uint32_t gemm_tile_row_block(uint32_t tile, uint32_t col_blocks) { return tile / col_blocks; }
+TILE_HD uint32_t gemm_tile_col_block(uint32_t tile, uint32_t col_blocks) { return tile % col_blocks; }
+
 /* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
  * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row
  * wgmma_acc_row and column wgmma_acc_col of the warpgroup's 64 x N product. Each warp owns 16

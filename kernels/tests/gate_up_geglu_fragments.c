@@ -162,13 +162,28 @@ static void run_cta_wgmma(int block_out, int block_row) {
     run_cta_wgmma_outputs(BO, STAGES, block_out, block_row);
 }
 
-static void run_cta_wgmma_wide(int block_out, int block_row) {
+/* One CTA per tile (grid x = output blocks, y = row blocks), as the non-persistent kernels. */
+static void run_grid_of(void (*cta)(int, int)) {
+    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
+        for (int block_out = 0; block_out < INTER / BO; ++block_out) {
+            cta(block_out, block_row);
+        }
+    }
+}
+static void run_grid(void) { run_grid_of(run_cta); }
+static void run_grid_wgmma(void) { run_grid_of(run_cta_wgmma); }
+
+static void run_tile_wgmma_wide(int block_out, int block_row) {
     run_cta_wgmma_outputs(GEGLU_WIDE_BLOCK_OUT, GEGLU_WIDE_STAGES, block_out, block_row);
 }
 
-/* Reset the outputs, run `cta` over every CTA (`outputs` each), compare with the direct
- * products. */
-static void check_kernel(const char *name, int outputs, void (*cta)(int, int)) {
+/* The wide kernel is persistent: three CTAs over its four tiles, so one CTA wraps around. */
+static void run_grid_wgmma_wide(void) {
+    emulate_persistent_grid(3, TOKENS, BM, INTER / GEGLU_WIDE_BLOCK_OUT, run_tile_wgmma_wide);
+}
+
+/* Reset the outputs, run `grid` (every CTA), compare with the direct products. */
+static void check_kernel(const char *name, void (*grid)(void)) {
     checking = name;
     for (int r = 0; r < TOKENS; ++r) {
         for (int j = 0; j < INTER; ++j) {
@@ -176,11 +191,7 @@ static void check_kernel(const char *name, int outputs, void (*cta)(int, int)) {
             writes[r][j] = 0;
         }
     }
-    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
-        for (int block_out = 0; block_out < INTER / outputs; ++block_out) {
-            cta(block_out, block_row);
-        }
-    }
+    grid();
     for (int r = 0; r < TOKENS; ++r) {
         for (int j = 0; j < INTER; ++j) {
             float g = 0.0f, u = 0.0f;
@@ -214,8 +225,8 @@ int main(void) {
             }
         }
     }
-    check_kernel("gate_up_geglu", BO, run_cta);
-    check_kernel("gate_up_geglu_wgmma", BO, run_cta_wgmma);
-    check_kernel("gate_up_geglu_wgmma_wide", GEGLU_WIDE_BLOCK_OUT, run_cta_wgmma_wide);
+    check_kernel("gate_up_geglu", run_grid);
+    check_kernel("gate_up_geglu_wgmma", run_grid_wgmma);
+    check_kernel("gate_up_geglu_wgmma_wide", run_grid_wgmma_wide);
     return verdict();
 }

@@ -1,7 +1,8 @@
 /* qkv_proj_fragments.c: host check of the qkv_proj_wgmma kernel's index math and epilogue.
  *
  * Runs a small problem (two row blocks, the second partial; three k slices; three q heads, k
- * and v) through the kernel's steps as the PTX ISA defines them (warp_emulator.h's
+ * and v: ten tiles, walked by three persistent CTAs as wgmma_gemm_persistent does) through the
+ * kernel's steps as the PTX ISA defines them (warp_emulator.h's
  * emulate_wgmma_gemm_cta): the stage copies of gemm_load_stage (bank conflicts included),
  * wgmma.m64n256k16 reading both operands through the descriptors the main loop builds
  * (wgmma_desc_sw128 at gemm_wgmma_x_offset / gemm_wgmma_w_offset, decoded by wgmma_element), the
@@ -62,7 +63,7 @@ static void store(int row, int slot, int col, float lo, float hi) {
     writes[row][slot][col + 1]++;
 }
 
-static void run_cta(int slot, int block_row) {
+static void run_tile(int slot, int block_row) {
     const int first_row = block_row * BM;
     emulate_wgmma_gemm_cta(THREADS, HD, STAGES, &x[0][0], TOKENS, &w[0][0], SLOTS * HD, HIDDEN,
                            first_row, slot * HD, &acc[0][0]);
@@ -184,11 +185,8 @@ int main(void) {
         }
     }
     checking = "qkv_proj_wgmma";
-    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) {
-        for (int slot = 0; slot < SLOTS; ++slot) {
-            run_cta(slot, block_row);
-        }
-    }
+    /* Three persistent CTAs over the ten tiles, so each CTA wraps around. */
+    emulate_persistent_grid(3, TOKENS, BM, SLOTS, run_tile);
     check_outputs();
     return verdict();
 }

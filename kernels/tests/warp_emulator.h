@@ -259,4 +259,20 @@ static inline void emulate_wgmma_gemm_cta(int threads, int weight_rows, int stag
     free(dealt);
 }
 
+/* The tile walk of wgmma_gemm_persistent (kernels/gemm_pipeline.cuh) on a grid of `grid` CTAs:
+ * CTA c runs tiles c, c + grid, ... of ceil(num_tokens / block_m) row blocks x col_blocks, each
+ * at tile.cuh's gemm_tile_col_block / gemm_tile_row_block. (The overlap of a tile's epilogue
+ * with the next tile's first loads is scheduling, which an emulator running tiles one after the
+ * other does not see.) */
+static inline void emulate_persistent_grid(int grid, int num_tokens, int block_m, int col_blocks,
+                                           void (*tile)(int col_block, int row_block)) {
+    const uint32_t num_tiles = (uint32_t)((num_tokens + block_m - 1) / block_m * col_blocks);
+    for (uint32_t cta = 0; cta < (uint32_t)grid; ++cta) {
+        for (uint32_t t = cta; t < num_tiles; t += (uint32_t)grid) {
+            tile((int)gemm_tile_col_block(t, (uint32_t)col_blocks),
+                 (int)gemm_tile_row_block(t, (uint32_t)col_blocks));
+        }
+    }
+}
+
 #endif /* GEMMA_EMBED_WARP_EMULATOR_H */

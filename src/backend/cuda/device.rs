@@ -46,6 +46,8 @@ pub struct Device {
     pub blas: CudaBlas,
     /// Its name and compute capability.
     pub info: DeviceInfo,
+    /// Streaming multiprocessors: the grid of the persistent kernels (one CTA each).
+    pub multiprocessors: u32,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     functions: std::sync::Mutex<HashMap<String, CudaFunction>>,
 }
@@ -160,6 +162,11 @@ impl Device {
         .result()
         .map_err(cublas_err("set math mode"))?;
 
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_err("count the multiprocessors"))?;
+        let multiprocessors = u32::try_from(multiprocessors).unwrap_or(1).max(1);
+
         let mut modules = Vec::with_capacity(embedded::FATBINS.len());
         for (name, image) in embedded::FATBINS {
             let module = ctx
@@ -172,6 +179,7 @@ impl Device {
             stream,
             blas,
             info,
+            multiprocessors,
             modules,
             functions: Default::default(),
         })

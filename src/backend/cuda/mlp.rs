@@ -128,6 +128,7 @@ mod device {
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
+    use crate::backend::cuda::ops::{grid_row_blocks, persistent_grid};
     use crate::backend::cuda::params::GateUpGegluParams;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `GateUpGegluParams` from kernels/params.h: device
@@ -205,13 +206,18 @@ mod device {
             let to_u32 = |v: usize, what: &str| {
                 u32::try_from(v).map_err(|_| Error::Cuda(format!("{name}: {what} {v} exceeds u32")))
             };
-            let row_blocks = to_u32(num_tokens.div_ceil(BLOCK_M), "row blocks")?;
-            if row_blocks > 65_535 {
-                return Err(Error::Cuda(format!(
-                    "{name}: {num_tokens} tokens exceed the grid's {} rows",
-                    65_535 * BLOCK_M
-                )));
-            }
+            let col_blocks = intermediate / self.kernel.block_out();
+            let row_blocks = grid_row_blocks(name, num_tokens, BLOCK_M)?;
+            // The wide kernel is persistent (one CTA per SM walking the tiles), the others one
+            // CTA per tile.
+            let grid_dim = match self.kernel {
+                MlpKernel::WgmmaWide => (
+                    persistent_grid(dev, name, num_tokens, BLOCK_M, col_blocks)?,
+                    1,
+                    1,
+                ),
+                _ => (to_u32(col_blocks, "grid x")?, row_blocks, 1),
+            };
             let s = &dev.stream;
             let (x_ptr, _x) = x.device_ptr(s);
             let (w_ptr, _w) = w.device_ptr(s);
@@ -227,11 +233,7 @@ mod device {
                 intermediate: to_u32(intermediate, "intermediate")?,
             };
             let cfg = LaunchConfig {
-                grid_dim: (
-                    to_u32(intermediate / self.kernel.block_out(), "grid x")?,
-                    row_blocks,
-                    1,
-                ),
+                grid_dim,
                 block_dim: (self.threads as u32, 1, 1),
                 shared_mem_bytes: self.smem_bytes as u32,
             };

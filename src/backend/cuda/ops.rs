@@ -249,6 +249,21 @@ pub(super) fn grid_row_blocks(kernel: &str, num_tokens: usize, block_m: usize) -
     Ok(row_blocks)
 }
 
+/// Grid of a persistent GEMM kernel (gemm_pipeline.cuh's `wgmma_gemm_persistent`, one CTA per
+/// SM): its tiles, `ceil(num_tokens / block_m)` row blocks times `col_blocks`, but at most one
+/// CTA per multiprocessor.
+pub(super) fn persistent_grid(
+    dev: &Device,
+    kernel: &str,
+    num_tokens: usize,
+    block_m: usize,
+    col_blocks: usize,
+) -> Result<u32> {
+    let row_blocks = grid_row_blocks(kernel, num_tokens, block_m)? as usize;
+    let tiles = kernel_u32(kernel, row_blocks * col_blocks, "tiles")?;
+    Ok(tiles.min(dev.multiprocessors))
+}
+
 impl Kernels {
     pub fn load(dev: &Device, dims: ModelDims) -> Result<Self> {
         Ok(Self {

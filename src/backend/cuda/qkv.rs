@@ -2,8 +2,8 @@
 //! `kernels/qkv_proj.cu`.
 //!
 //! - The ways to compute attention-ready Q, K, V from the residual stream: the cuBLAS QKV GEMM
-//!   followed by `qkv_post`, or `qkv_proj_wgmma` (sm_90 only), one kernel with `qkv_post`'s
-//!   arithmetic in its epilogue ([`QkvKernel`]).
+//!   followed by `qkv_post`, or `qkv_proj_wgmma` (sm_90 only), one persistent kernel (one CTA
+//!   per SM walking the tiles) with `qkv_post`'s arithmetic in its epilogue ([`QkvKernel`]).
 //! - The fused kernel's compile-time tile (mirrors of the `QKV_PROJ_*` defines in
 //!   `kernels/params.h`) and its check against the model's shape.
 //! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
@@ -11,7 +11,7 @@
 use super::options::KernelChoice;
 use crate::{Error, Result};
 
-/// `QKV_PROJ_BLOCK_M`: token rows per CTA.
+/// `QKV_PROJ_BLOCK_M`: token rows per tile.
 pub const BLOCK_M: usize = 128;
 /// `QKV_PROJ_STAGES`: depth of the cp.async pipeline.
 pub const STAGES: usize = 4;
@@ -19,7 +19,7 @@ pub const STAGES: usize = 4;
 pub const THREADS: usize = 256;
 /// `QKV_PROJ_SMEM_BYTES`: dynamic shared memory per CTA.
 pub const SMEM_BYTES: usize = 197_632;
-/// `ATTENTION_HEAD_DIM`: the weight rows of one CTA (one head slot) and the only head size the
+/// `ATTENTION_HEAD_DIM`: the weight rows of one tile (one head slot) and the only head size the
 /// epilogue handles.
 pub const HEAD_DIM: usize = 256;
 /// `GEMM_TILE_K`: k per pipeline stage.
@@ -79,7 +79,7 @@ mod device {
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
     use crate::backend::cuda::ops::{
-        check_fused_buffers, grid_row_blocks, kernel_u32, ModelDims, QkNorms, QkvBuffers, Tokens,
+        check_fused_buffers, kernel_u32, persistent_grid, ModelDims, QkNorms, QkvBuffers, Tokens,
     };
     use crate::backend::cuda::params::QkvProjParams;
 
@@ -137,7 +137,7 @@ mod device {
             ];
             check_fused_buffers(WGMMA_KERNEL, n, &needs)?;
             let to_u32 = |v: usize, what: &str| kernel_u32(WGMMA_KERNEL, v, what);
-            let row_blocks = grid_row_blocks(WGMMA_KERNEL, n, BLOCK_M)?;
+            let grid = persistent_grid(dev, WGMMA_KERNEL, n, BLOCK_M, d.num_heads + 2)?;
             let s = &dev.stream;
             let params = QkvProjParams {
                 x: x.device_ptr(s).0 as _,
@@ -158,7 +158,7 @@ mod device {
                 hidden: to_u32(d.hidden, "hidden")?,
             };
             let cfg = LaunchConfig {
-                grid_dim: (to_u32(d.num_heads + 2, "head slots")?, row_blocks, 1),
+                grid_dim: (grid, 1, 1),
                 block_dim: (THREADS as u32, 1, 1),
                 shared_mem_bytes: SMEM_BYTES as u32,
             };
