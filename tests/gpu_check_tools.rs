@@ -135,6 +135,66 @@ fn families_after_a_fault_rerun_one_process_each() {
 }
 
 #[test]
+fn a_family_that_checks_nothing_on_the_card_counts_as_run() {
+    // Family w checks nothing here (attention_flash_wgmma off sm_90): `[]` on its own, no
+    // entries in the full run.
+    let dir = scratch("empty-family");
+    let fake = dir.join("check-kernels.sh");
+    let passing_c = check_entry("c", "ck", None, "null");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = --list-families ] && {{ printf 'a\\nw\\nc\\n'; exit 0; }}\n\
+             case $2 in\n\
+             w) echo '[]' > \"$4\" ;;\n\
+             c) echo '[{passing_c}]' > \"$4\" ;;\n\
+             esac\n"
+        ),
+    )
+    .expect("write fake");
+    let kernels = dir.join("kernels.json");
+    let isolate = |kernels_json: String| {
+        std::fs::write(&kernels, kernels_json).expect("write kernels.json");
+        let out = run(&[
+            tool("isolate_families.py").to_str().unwrap(),
+            "--kernels",
+            kernels.to_str().unwrap(),
+            "--timeout",
+            "5",
+            "--",
+            "sh",
+            fake.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let a = check_entry("a", "ak", None, "null");
+
+    // Every family ran: w's missing entries are not a hang.
+    let stdout = isolate(format!("[{a},{passing_c}]"));
+    assert!(stdout.contains("nothing to rerun"), "{stdout}");
+
+    // A hang after a: w and c rerun, and w's empty result is not an error.
+    let stdout = isolate(format!("[{a}]"));
+    assert!(stdout.contains("rerunning w, c"), "{stdout}");
+    assert!(
+        stdout.contains("families with errors after the reruns: none"),
+        "{stdout}"
+    );
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kernels).unwrap()).unwrap();
+    let families: Vec<&str> = merged
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(families, ["a", "c"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
     let dir = scratch("summary");
     let probe_timing = r#"{"case": "25 MB x 16 passes", "median_us": 80.0, "gbytes_per_s": 5000.0,

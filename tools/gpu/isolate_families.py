@@ -4,7 +4,7 @@
 After a kernel faults, the CUDA context is unusable, so every family after it in the same
 `gemma-embed check-kernels` process reports the fault too; after a hang (the stage's time limit)
 the families not yet run are missing from the JSON, which the binary rewrites after each family.
-This reads that JSON and, from the first family that errored or is missing onward, runs
+This reads that JSON and, from the first family that errored or did not run onward, runs
 `CMD --family NAME --json TMP` for each family under a time limit, putting its results in place of
 the old ones. A family that faults again on its own keeps its error; one that does not finish gets
 an error entry saying so. Nothing is rerun when every family ran without an error.
@@ -45,8 +45,11 @@ def main():
     except (OSError, ValueError):
         checks = []
     by_family = {family: [c for c in checks if c.get("family") == family] for family in families}
+    # A family may run and check nothing on this card (attention_flash_wgmma off sm_90), so only
+    # the families after the last one with results count as not run (a hang cut the run there).
+    ran = max((i for i, family in enumerate(families) if by_family[family]), default=-1) + 1
     first = next((i for i, family in enumerate(families)
-                  if not by_family[family] or any(c.get("error") for c in by_family[family])), None)
+                  if i >= ran or any(c.get("error") for c in by_family[family])), None)
     if first is None:
         print(f"every one of the {len(families)} families ran without an error: nothing to rerun")
         return 0
@@ -63,12 +66,14 @@ def main():
                 print(f"--- {family}: exit status {run.returncode}", flush=True)
             except subprocess.TimeoutExpired:
                 print(f"--- {family}: TIMEOUT after {args.timeout}s", flush=True)
+            # The binary writes the JSON once the family has run: present, even `[]`, means it
+            # finished.
             try:
                 with open(path) as f:
                     results = json.load(f)
             except (OSError, ValueError):
-                results = []
-            if not results:
+                results = None
+            if results is None:
                 results = [did_not_finish(family, f"check-kernels --family {family} gave no "
                                                   f"result in its own process within "
                                                   f"{args.timeout}s (hang or crash)")]
