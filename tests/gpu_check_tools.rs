@@ -195,6 +195,52 @@ fn a_family_that_checks_nothing_on_the_card_counts_as_run() {
 }
 
 #[test]
+fn reruns_done_before_the_stage_limit_are_kept() {
+    // a faulted in the full run; on its own it passes, then b hangs past the stage's own time
+    // limit (`timeout 3` around the script), which kills the script mid-run.
+    let dir = scratch("stage-limit");
+    let fake = dir.join("check-kernels.sh");
+    let passing_a = check_entry("a", "ak", None, "null");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = --list-families ] && {{ printf 'a\\nb\\n'; exit 0; }}\n\
+             case $2 in\n\
+             a) echo '[{passing_a}]' > \"$4\" ;;\n\
+             b) exec sleep 30 ;;\n\
+             esac\n"
+        ),
+    )
+    .expect("write fake");
+    let kernels = dir.join("kernels.json");
+    let faulted_a = check_entry("a", "ak", Some("illegal address"), "null");
+    std::fs::write(&kernels, format!("[{faulted_a}]")).expect("write kernels.json");
+    let out = Command::new("timeout")
+        .args(["3", &python()])
+        .args([
+            tool("isolate_families.py").to_str().unwrap(),
+            "--kernels",
+            kernels.to_str().unwrap(),
+            "--timeout",
+            "20",
+            "--",
+            "sh",
+            fake.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run timeout");
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kernels).unwrap()).unwrap();
+    let entries = merged.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{merged}");
+    assert_eq!(entries[0]["family"], "a");
+    assert_eq!(entries[0]["passed"], true, "{merged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
     let dir = scratch("summary");
     let probe_timing = r#"{"case": "25 MB x 16 passes", "median_us": 80.0, "gbytes_per_s": 5000.0,

@@ -26,6 +26,12 @@ def did_not_finish(family, message):
             "passed": False, "timing": None, "error": message, "mismatch": None}
 
 
+def write_merged(path, checks):
+    with open(path + ".tmp", "w") as f:
+        json.dump(checks, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", required=True, help="check-kernels JSON, updated in place")
@@ -78,11 +84,9 @@ def main():
                                                   f"result in its own process within "
                                                   f"{args.timeout}s (hang or crash)")]
             by_family[family] = results
+            # After each family, so the stage's own time limit keeps the reruns done so far.
+            write_merged(args.kernels, [c for name in families for c in by_family[name]])
 
-    merged = [c for family in families for c in by_family[family]]
-    with open(args.kernels + ".tmp", "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(args.kernels + ".tmp", args.kernels)
     still = [f for f in families[first:] if any(c.get("error") for c in by_family[f])]
     print(f"families with errors after the reruns: {', '.join(still) if still else 'none'}")
     return 0
