@@ -219,8 +219,7 @@ typedef struct {
 } PoolParams;
 
 /* probe.cu: the card's L2-to-SM read rate, the ceiling of the GEMM kernels' operand loads.
- * Launch: L2_PROBE_BLOCKS blocks of L2_PROBE_THREADS threads. */
-#define L2_PROBE_BLOCKS 1056
+ * Launch: blocks of L2_PROBE_THREADS threads, as many as the device keeps resident at once. */
 #define L2_PROBE_THREADS 256
 typedef struct {
     const uint32_t *buffer;   /* [num_words], num_words a multiple of 4, small enough to stay

@@ -4,7 +4,8 @@
 // (check-kernels reports their operand bytes per second against it).
 //
 // Layout (L2ProbeParams in params.h): buffer u32 [num_words]; sum u32 [1].
-// Launch: L2_PROBE_BLOCKS x L2_PROBE_THREADS (1056 = 8 blocks per SM on a 132-SM H100); thread i
+// Launch: one wave of L2_PROBE_THREADS-thread blocks (the host sizes the grid to the SM count
+// times the blocks resident per SM, 8 on sm_90); thread i
 // reads the 16-byte chunks i, i + (all threads), ... of every pass with ld.global.cg (cached in L2
 // only, as cp.async.cg fills the GEMMs' shared-memory stages), four independent loads in flight.
 // Numerics: the wrapping u32 sum of every word read, added into *sum once per warp, so the loads

@@ -255,16 +255,38 @@ fn run_family(
 
 /// `kernels/probe.cu`'s kernel.
 pub const L2_PROBE_KERNEL: &str = "l2_read_probe";
-/// `L2_PROBE_BLOCKS` and `L2_PROBE_THREADS` in kernels/params.h: the probe's launch.
-const L2_PROBE_BLOCKS: u32 = 1056;
+/// `L2_PROBE_THREADS` in kernels/params.h: the probe's block size.
 const L2_PROBE_THREADS: u32 = 256;
 /// Passes of the timed probe over its buffer.
 const L2_PROBE_REPS: u32 = 16;
 
-/// The typed launch of `l2_read_probe`.
-struct L2Probe(CudaFunction);
+/// The typed launch of `l2_read_probe`: one wave of as many blocks as the device keeps resident,
+/// so no SM idles through a tail of leftover blocks.
+struct L2Probe {
+    func: CudaFunction,
+    blocks: u32,
+}
 
 impl L2Probe {
+    fn load(dev: &Device) -> Result<Self> {
+        let func = dev.function(L2_PROBE_KERNEL)?;
+        let sms = dev
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_err("query the multiprocessor count"))?;
+        let per_sm = func
+            .occupancy_max_active_blocks_per_multiprocessor(L2_PROBE_THREADS, 0, None)
+            .map_err(driver_err(format!("occupancy of {L2_PROBE_KERNEL}")))?;
+        let blocks = u32::try_from(sms).unwrap_or(0) * per_sm;
+        if blocks == 0 {
+            return Err(Error::Cuda(format!(
+                "{L2_PROBE_KERNEL}: no block of {L2_PROBE_THREADS} threads fits ({sms} SMs, \
+                 {per_sm} blocks each)"
+            )));
+        }
+        Ok(Self { func, blocks })
+    }
+
     /// `sum[0] += reps · (wrapping sum of buffer)`, reading `buffer` `reps` times through L2.
     fn launch(
         &self,
@@ -297,7 +319,7 @@ impl L2Probe {
             reps,
         };
         let cfg = LaunchConfig {
-            grid_dim: (L2_PROBE_BLOCKS, 1, 1),
+            grid_dim: (self.blocks, 1, 1),
             block_dim: (L2_PROBE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -305,7 +327,7 @@ impl L2Probe {
         // buffer[..num_words] (num_words = its length, whole 16-byte chunks: checked above) and
         // adds into sum[0], and the guards keep both alive and ordered on the stream until the
         // launch is enqueued.
-        unsafe { s.launch_builder(&self.0).arg(&params).launch(cfg) }
+        unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
             .map_err(driver_err(format!("launch {L2_PROBE_KERNEL}")))?;
         Ok(())
     }
@@ -322,7 +344,7 @@ fn check_l2_probe(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>
     let words = (usize::try_from(l2_bytes).unwrap_or(0) / 2 / 4 / 4 * 4).max(4);
     let host: Vec<u32> = (0..words).map(|_| rng.next_u64() as u32).collect();
     let buffer_sum = host.iter().fold(0u32, |sum, &w| sum.wrapping_add(w));
-    let probe = L2Probe(dev.function(L2_PROBE_KERNEL)?);
+    let probe = L2Probe::load(dev)?;
     let buffer = dev.upload(&host, "probe buffer")?;
     let mut sum = dev.upload(&[0u32], "probe sum")?;
     probe.launch(dev, &buffer, &mut sum, 1)?;
@@ -1281,7 +1303,6 @@ mod tests {
     #[test]
     fn probe_launch_matches_params_header() {
         let define = |name: &str| super::super::params_define(name) as u32;
-        assert_eq!(define("L2_PROBE_BLOCKS"), L2_PROBE_BLOCKS);
         assert_eq!(define("L2_PROBE_THREADS"), L2_PROBE_THREADS);
     }
 
