@@ -210,7 +210,6 @@ pub fn run_kernel_checks(
     })
 }
 
-/// One family of [`CHECK_FAMILIES`].
 /// The inputs of one family: drawn from `seed` and the family's name alone, so that
 /// `--family NAME --seed S` redraws what the full run with seed S checked.
 fn family_rng(seed: u64, family: &str) -> SplitMix64 {
@@ -221,6 +220,7 @@ fn family_rng(seed: u64, family: &str) -> SplitMix64 {
     SplitMix64::new(seed ^ name_hash)
 }
 
+/// One family of [`CHECK_FAMILIES`].
 fn run_family(
     dev: &Device,
     kernels: &Kernels,
@@ -270,14 +270,11 @@ struct L2Probe {
 impl L2Probe {
     fn load(dev: &Device) -> Result<Self> {
         let func = dev.function(L2_PROBE_KERNEL)?;
-        let sms = dev
-            .ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(driver_err("query the multiprocessor count"))?;
+        let sms = dev.multiprocessors;
         let per_sm = func
             .occupancy_max_active_blocks_per_multiprocessor(L2_PROBE_THREADS, 0, None)
             .map_err(driver_err(format!("occupancy of {L2_PROBE_KERNEL}")))?;
-        let blocks = u32::try_from(sms).unwrap_or(0) * per_sm;
+        let blocks = sms * per_sm;
         if blocks == 0 {
             return Err(Error::Cuda(format!(
                 "{L2_PROBE_KERNEL}: no block of {L2_PROBE_THREADS} threads fits ({sms} SMs, \
