@@ -890,8 +890,15 @@ fn check_qkv_proj(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
     let w_bits = rng.bf16s(w * h, -0.1, 0.1);
     let weight = dev.upload(&w_bits, "qkv weight")?;
     let norms = QkNormsCase::new(dev, &d, rng)?;
-    // The edge lengths: the last 128-row block is partial.
-    let case = TokenCase::new(CHECK_LENGTHS);
+    // The edge lengths (the last 128-row block is partial), repeated until the fused kernel's
+    // tiles outnumber the multiprocessors, so that its persistent CTAs walk more than one tile.
+    let slots = d.num_heads + 2;
+    let mut lengths = CHECK_LENGTHS.to_vec();
+    while TokenCase::new(&lengths).n.div_ceil(qkv::BLOCK_M) * slots <= dev.multiprocessors as usize
+    {
+        lengths.extend_from_slice(CHECK_LENGTHS);
+    }
+    let case = TokenCase::new(&lengths);
     let n = case.n;
     let x_bits = rng.bf16s(n * h, -2.0, 2.0);
     let inv_rms_host = rng.f32s(n, 0.05, 2.0);
