@@ -258,7 +258,7 @@ pub const L2_PROBE_KERNEL: &str = "l2_read_probe";
 /// `L2_PROBE_THREADS` in kernels/params.h: the probe's block size.
 const L2_PROBE_THREADS: u32 = 256;
 /// Passes of the timed probe over its buffer.
-const L2_PROBE_REPS: u32 = 16;
+const L2_PROBE_REPS: u32 = 32;
 
 /// The typed launch of `l2_read_probe`: one wave of as many blocks as the device keeps resident,
 /// so no SM idles through a tail of leftover blocks.
@@ -330,7 +330,9 @@ impl L2Probe {
     }
 }
 
-/// `l2_read_probe` (kernels/probe.cu) over half the card's L2: its sum must equal the buffer's
+/// `l2_read_probe` (kernels/probe.cu) over a quarter of the card's L2 (H100's L2 is two halves
+/// that may each keep a copy of what all SMs read, so half of it might not stay resident): its
+/// sum must equal the buffer's
 /// (compared as two exact 16-bit halves), and its rate, the card's L2-to-SM read bandwidth, is
 /// the ceiling for the tiled GEMM kernels' operand loads ([`Timing::l2_gbytes_per_s`]).
 fn check_l2_probe(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
@@ -338,7 +340,7 @@ fn check_l2_probe(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>
         .ctx
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
         .map_err(driver_err("query the L2 cache size"))?;
-    let words = (usize::try_from(l2_bytes).unwrap_or(0) / 2 / 4 / 4 * 4).max(4);
+    let words = (usize::try_from(l2_bytes).unwrap_or(0) / 4 / 4 / 4 * 4).max(4);
     let host: Vec<u32> = (0..words).map(|_| rng.next_u64() as u32).collect();
     let buffer_sum = host.iter().fold(0u32, |sum, &w| sum.wrapping_add(w));
     let probe = L2Probe::load(dev)?;
