@@ -332,9 +332,9 @@ impl L2Probe {
 
 /// `l2_read_probe` (kernels/probe.cu) over a quarter of the card's L2 (H100's L2 is two halves
 /// that may each keep a copy of what all SMs read, so half of it might not stay resident): its
-/// sum must equal the buffer's
-/// (compared as two exact 16-bit halves), and its rate, the card's L2-to-SM read bandwidth, is
-/// the ceiling for the tiled GEMM kernels' operand loads ([`Timing::l2_gbytes_per_s`]).
+/// sum must equal the buffer's (compared as two exact 16-bit halves), and its rate, the card's
+/// L2-to-SM read bandwidth, is the ceiling for the tiled GEMM kernels' operand loads
+/// ([`Timing::l2_gbytes_per_s`]).
 fn check_l2_probe(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>> {
     let l2_bytes = dev
         .ctx
