@@ -47,27 +47,69 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
+/// A stand-in for `gemma-embed check-kernels` in `dir`: `--list-families` prints `families`;
+/// `--family NAME --json PATH` runs the `case` arms (shell, `$4` the JSON path) on NAME.
+fn fake_check_kernels(dir: &Path, families: &[&str], cases: &str) -> PathBuf {
+    let fake = dir.join("check-kernels.sh");
+    let list = families.join("\\n");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --list-families ] && {{ printf '{list}\\n'; exit 0; }}\n\
+             case $2 in\n{cases}esac\n"
+        ),
+    )
+    .expect("write fake check-kernels");
+    fake
+}
+
+/// `isolate_families.py --kernels KERNELS [--timeout T] -- sh FAKE`, as arguments to Python.
+fn isolate_args(kernels: &Path, fake: &Path, timeout: Option<&str>) -> Vec<String> {
+    let mut args = vec![
+        tool("isolate_families.py").display().to_string(),
+        "--kernels".into(),
+        kernels.display().to_string(),
+    ];
+    if let Some(t) = timeout {
+        args.extend(["--timeout".into(), t.into()]);
+    }
+    args.extend(["--".into(), "sh".into(), fake.display().to_string()]);
+    args
+}
+
+/// Run isolate_families.py to its end; its stdout.
+fn isolate(kernels: &Path, fake: &Path, timeout: Option<&str>) -> String {
+    let args = isolate_args(kernels, fake, timeout);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The entries of a kernels.json.
+fn entries(kernels: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(kernels).expect("read kernels.json");
+    match serde_json::from_str(&text).expect("parse kernels.json") {
+        serde_json::Value::Array(entries) => entries,
+        other => panic!("kernels.json is not a list: {other}"),
+    }
+}
+
 #[test]
 fn families_after_a_fault_rerun_one_process_each() {
     let dir = scratch("isolate");
     // Families a..d: in the full run b faulted, so b and c report the fault and d never ran. On
     // its own, b faults again, c passes, and d hangs.
-    let fake = dir.join("check-kernels.sh");
     let passing_c = check_entry("c", "ck", None, "null");
     let faulting_b = check_entry("b", "bk", Some("illegal address"), "null");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\n\
-             [ \"$1\" = --list-families ] && {{ printf 'a\\nb\\nc\\nd\\n'; exit 0; }}\n\
-             case $2 in\n\
-             b) echo '[{faulting_b}]' > \"$4\"; exit 1 ;;\n\
+    let fake = fake_check_kernels(
+        &dir,
+        &["a", "b", "c", "d"],
+        &format!(
+            "b) echo '[{faulting_b}]' > \"$4\"; exit 1 ;;\n\
              c) echo '[{passing_c}]' > \"$4\" ;;\n\
-             d) exec sleep 20 ;;\n\
-             esac\n"
+             d) exec sleep 20 ;;\n"
         ),
-    )
-    .expect("write fake");
+    );
     let kernels = dir.join("kernels.json");
     let full_run = [
         check_entry("a", "ak", None, "null"),
@@ -76,29 +118,13 @@ fn families_after_a_fault_rerun_one_process_each() {
     ];
     std::fs::write(&kernels, format!("[{}]", full_run.join(","))).expect("write kernels.json");
 
-    let out = run(&[
-        tool("isolate_families.py").to_str().unwrap(),
-        "--kernels",
-        kernels.to_str().unwrap(),
-        "--timeout",
-        "2",
-        "--",
-        "sh",
-        fake.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+    let stdout = isolate(&kernels, &fake, Some("2"));
     assert!(stdout.contains("rerunning b, c, d"), "{stdout}");
     assert!(
         stdout.contains("families with errors after the reruns: b, d"),
         "{stdout}"
     );
-
-    let merged: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&kernels).unwrap()).unwrap();
-    let entries: Vec<(String, bool, String)> = merged
-        .as_array()
-        .unwrap()
+    let entries: Vec<(String, bool, String)> = entries(&kernels)
         .iter()
         .map(|c| {
             (
@@ -117,20 +143,9 @@ fn families_after_a_fault_rerun_one_process_each() {
 
     // With every family run and no error, nothing is rerun.
     std::fs::write(&kernels, format!("[{}]", full_run[0])).expect("write kernels.json");
-    std::fs::write(&fake, "#!/bin/sh\necho a\n").expect("write fake");
-    let out = run(&[
-        tool("isolate_families.py").to_str().unwrap(),
-        "--kernels",
-        kernels.to_str().unwrap(),
-        "--",
-        "sh",
-        fake.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("nothing to rerun"),
-        "{out:?}"
-    );
+    let fake = fake_check_kernels(&dir, &["a"], "");
+    let stdout = isolate(&kernels, &fake, None);
+    assert!(stdout.contains("nothing to rerun"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -139,56 +154,34 @@ fn a_family_that_checks_nothing_on_the_card_counts_as_run() {
     // Family w checks nothing here (attention_flash_wgmma off sm_90): `[]` on its own, no
     // entries in the full run.
     let dir = scratch("empty-family");
-    let fake = dir.join("check-kernels.sh");
     let passing_c = check_entry("c", "ck", None, "null");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\n\
-             [ \"$1\" = --list-families ] && {{ printf 'a\\nw\\nc\\n'; exit 0; }}\n\
-             case $2 in\n\
-             w) echo '[]' > \"$4\" ;;\n\
-             c) echo '[{passing_c}]' > \"$4\" ;;\n\
-             esac\n"
+    let fake = fake_check_kernels(
+        &dir,
+        &["a", "w", "c"],
+        &format!(
+            "w) echo '[]' > \"$4\" ;;\n\
+             c) echo '[{passing_c}]' > \"$4\" ;;\n"
         ),
-    )
-    .expect("write fake");
+    );
     let kernels = dir.join("kernels.json");
-    let isolate = |kernels_json: String| {
-        std::fs::write(&kernels, kernels_json).expect("write kernels.json");
-        let out = run(&[
-            tool("isolate_families.py").to_str().unwrap(),
-            "--kernels",
-            kernels.to_str().unwrap(),
-            "--timeout",
-            "5",
-            "--",
-            "sh",
-            fake.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let a = check_entry("a", "ak", None, "null");
 
     // Every family ran: w's missing entries are not a hang.
-    let stdout = isolate(format!("[{a},{passing_c}]"));
+    std::fs::write(&kernels, format!("[{a},{passing_c}]")).expect("write kernels.json");
+    let stdout = isolate(&kernels, &fake, Some("5"));
     assert!(stdout.contains("nothing to rerun"), "{stdout}");
 
     // A hang after a: w and c rerun, and w's empty result is not an error.
-    let stdout = isolate(format!("[{a}]"));
+    std::fs::write(&kernels, format!("[{a}]")).expect("write kernels.json");
+    let stdout = isolate(&kernels, &fake, Some("5"));
     assert!(stdout.contains("rerunning w, c"), "{stdout}");
     assert!(
         stdout.contains("families with errors after the reruns: none"),
         "{stdout}"
     );
-    let merged: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&kernels).unwrap()).unwrap();
-    let families: Vec<&str> = merged
-        .as_array()
-        .unwrap()
+    let families: Vec<String> = entries(&kernels)
         .iter()
-        .map(|c| c["family"].as_str().unwrap())
+        .map(|c| c["family"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(families, ["a", "c"]);
     let _ = std::fs::remove_dir_all(&dir);
@@ -199,44 +192,28 @@ fn reruns_done_before_the_stage_limit_are_kept() {
     // a faulted in the full run; on its own it passes, then b hangs past the stage's own time
     // limit (`timeout 3` around the script), which kills the script mid-run.
     let dir = scratch("stage-limit");
-    let fake = dir.join("check-kernels.sh");
     let passing_a = check_entry("a", "ak", None, "null");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\n\
-             [ \"$1\" = --list-families ] && {{ printf 'a\\nb\\n'; exit 0; }}\n\
-             case $2 in\n\
-             a) echo '[{passing_a}]' > \"$4\" ;;\n\
-             b) exec sleep 30 ;;\n\
-             esac\n"
+    let fake = fake_check_kernels(
+        &dir,
+        &["a", "b"],
+        &format!(
+            "a) echo '[{passing_a}]' > \"$4\" ;;\n\
+             b) exec sleep 30 ;;\n"
         ),
-    )
-    .expect("write fake");
+    );
     let kernels = dir.join("kernels.json");
     let faulted_a = check_entry("a", "ak", Some("illegal address"), "null");
     std::fs::write(&kernels, format!("[{faulted_a}]")).expect("write kernels.json");
     let out = Command::new("timeout")
         .args(["3", &python()])
-        .args([
-            tool("isolate_families.py").to_str().unwrap(),
-            "--kernels",
-            kernels.to_str().unwrap(),
-            "--timeout",
-            "20",
-            "--",
-            "sh",
-            fake.to_str().unwrap(),
-        ])
+        .args(isolate_args(&kernels, &fake, Some("20")))
         .output()
         .expect("run timeout");
     assert_eq!(out.status.code(), Some(124), "{out:?}");
-    let merged: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&kernels).unwrap()).unwrap();
-    let entries = merged.as_array().unwrap();
-    assert_eq!(entries.len(), 1, "{merged}");
+    let entries = entries(&kernels);
+    assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["family"], "a");
-    assert_eq!(entries[0]["passed"], true, "{merged}");
+    assert_eq!(entries[0]["passed"], true, "{entries:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
