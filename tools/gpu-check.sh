@@ -15,8 +15,9 @@
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
 #      with the default kernels and once with each candidate choice (see `variants` below:
 #      GEMMA_EMBED_MLP=fused, GEMMA_EMBED_BRANCH=bf16, on sm_90 cards also GEMMA_EMBED_MLP=wgmma
-#      and =wgmma-wide, GEMMA_EMBED_ATTENTION=flash-wgmma, GEMMA_EMBED_QKV=wgmma and GEMMA_EMBED_BRANCH=fused, and
-#      the fastest-looking of them together)
+#      and =wgmma-wide, GEMMA_EMBED_ATTENTION=flash-wgmma, GEMMA_EMBED_QKV=wgmma and
+#      GEMMA_EMBED_BRANCH=fused, and the fastest-looking of them together, once with each wgmma
+#      MLP kernel)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
@@ -178,8 +179,9 @@ if [ $cpu_only = 0 ]; then
     compare_args+=(--cuda "$work/cuda.npy")
     # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as pairs of a
     # name and its environment: the fused MLP kernel and the bf16 branch; on sm_90 also the wgmma
-    # MLP kernels (narrow and wide tiles), attention and QKV kernels and the fused branch; last, the candidates together (on sm_90
-    # the fused branch in place of the bf16 one: the fastest-looking build).
+    # MLP kernels (narrow and wide tiles), attention and QKV kernels and the fused branch; last,
+    # the candidates together (on sm_90 the fused branch in place of the bf16 one, once with
+    # each wgmma MLP kernel; the last variant is the one profiled).
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
     variants=(fused-mlp "GEMMA_EMBED_MLP=fused" bf16-branch "GEMMA_EMBED_BRANCH=bf16")
@@ -187,6 +189,8 @@ if [ $cpu_only = 0 ]; then
         variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma" wgmma-wide-mlp "GEMMA_EMBED_MLP=wgmma-wide")
         variants+=(wgmma-attention "GEMMA_EMBED_ATTENTION=flash-wgmma")
         variants+=(wgmma-qkv "GEMMA_EMBED_QKV=wgmma" fused-branch "GEMMA_EMBED_BRANCH=fused")
+        variants+=(wgmma-qkv+wgmma-attention+wgmma-wide-mlp+fused-branch
+            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma-wide GEMMA_EMBED_BRANCH=fused")
         variants+=(wgmma-qkv+wgmma-attention+wgmma-mlp+fused-branch
             "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=fused")
     else
