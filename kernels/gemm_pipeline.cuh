@@ -54,12 +54,12 @@ __device__ __forceinline__ void gemm_load_stage(bf16_t *stage, const bf16_t *x, 
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* Loads run kAhead slices ahead of the wgmmas: a load may only overwrite the stage read
- * InFlight + 1 slices ago. */
+/* Loads run kAhead = GEMM_SLICES_AHEAD (tile.cuh) slices ahead of the wgmmas. */
 template <int Stages, int InFlight> __device__ __forceinline__ constexpr int gemm_slices_ahead() {
     static_assert(InFlight == 0 || InFlight == 1, "wgmma groups left in flight per slice");
-    static_assert(Stages - 1 - InFlight >= 1, "one slice loads while another is multiplied");
-    return Stages - 1 - InFlight;
+    static_assert(GEMM_SLICES_AHEAD(Stages, InFlight) >= 1,
+                  "one slice loads while another is multiplied");
+    return GEMM_SLICES_AHEAD(Stages, InFlight);
 }
 
 /* The first kAhead k slices of a tile into stages 0 .. kAhead - 1, one cp.async commit group

@@ -32,6 +32,10 @@ TILE_HD int tile_swizzle(int row, int col, int row_elems) {
  * wgmma_desc_sw128 address. Chunk `i` of a stage tile [rows][GEMM_TILE_K]: its row and first
  * column. Consecutive threads take consecutive chunks, so eight threads copy one 128-byte row. */
 #define GEMM_TILE_K 64
+/* The wgmma main loop (gemm_pipeline.cuh) with `stages` stage buffers and the wgmmas of
+ * `in_flight` (0 or 1) slices left in flight across each barrier: a load may only overwrite the
+ * stage read in_flight + 1 slices ago, so loads run this many slices ahead. */
+#define GEMM_SLICES_AHEAD(stages, in_flight) ((stages) - 1 - (in_flight))
 TILE_HD int gemm_chunk_row(int i) { return i / (GEMM_TILE_K / 8); }
 TILE_HD int gemm_chunk_col(int i) { return (i % (GEMM_TILE_K / 8)) * 8; }
 

@@ -4,7 +4,7 @@
  * the PTX ISA definitions) with the warp and tile functions of gate_up_geglu.cuh, the stage
  * copy (emulate_stage_tile) and the swizzle, chunk and lane addresses of tile.cuh, in the loop
  * order of the kernel: every CTA of a problem with two row blocks (the second one partial) and
- * four output blocks (two of the wide kernel), three k slices rotating through the stage
+ * four output blocks (two of the wide kernel), six k slices rotating through the stage
  * buffers, the weight rows interleaved in blocks as the host uploads them.
  * gate_up_geglu_wgmma and gate_up_geglu_wgmma_wide: the same problem through wgmma.m64n128k16
  * and m64n256k16 (two interleave blocks per CTA) as the PTX ISA defines their shared-memory
@@ -41,7 +41,7 @@
 #define M_TILES GEGLU_M_TILES
 #define N_TILES (2 * GEGLU_OUT_TILES)
 
-#define HIDDEN (3 * BK)
+#define HIDDEN (6 * BK)
 #define INTER (2 * GEGLU_WIDE_BLOCK_OUT)
 #define TOKENS (BM + 37)
 
@@ -126,20 +126,18 @@ static void run_cta(int block_out, int block_row) {
 }
 
 static float wg_acc[WGMMA_THREADS][GEGLU_WIDE_ACC_REGS];
+/* Outputs per tile of the wgmma kernel being checked (weight rows 2 * outputs, accumulator
+ * registers `outputs` per thread). */
+static int wgmma_outputs;
 
-/* The wgmma kernels' CTA with `outputs` outputs (weight rows 2 * outputs, accumulator registers
- * `outputs` per thread) and `stages` stages: the main loop, then the epilogue mapping. */
-static void run_cta_wgmma_outputs(int outputs, int stages, int block_out, int block_row) {
-    const int first_row = block_row * BM;
-    const int first_out = block_out * outputs;
-    const int regs = outputs;
-    emulate_wgmma_gemm_cta(WGMMA_THREADS, 2 * outputs, stages, &x[0][0], TOKENS,
-                           &w_interleaved[0][0], 2 * INTER, HIDDEN, first_row,
-                           block_out * 2 * outputs, &wg_acc[0][0]);
+/* The wgmma kernels' epilogue mapping for the tile at first_row and output block `block_out`. */
+static void wgmma_epilogue(const float *acc, int first_row, int block_out) {
+    const int first_out = block_out * wgmma_outputs;
+    const int regs = wgmma_outputs;
     const int up = BO / 2;
     for (int t = 0; t < WGMMA_THREADS; ++t) {
-        const float *acc_t = &wg_acc[0][0] + (size_t)t * regs;
-        for (int block = 0; block < outputs / BO; ++block) {
+        const float *acc_t = acc + (size_t)t * regs;
+        for (int block = 0; block < wgmma_outputs / BO; ++block) {
             for (int reg = 0; reg < up; reg += 2) {
                 const int row = first_row + geglu_wgmma_acc_row(t / 32, t % 32, reg);
                 if (row >= TOKENS) {
@@ -158,8 +156,12 @@ static void run_cta_wgmma_outputs(int outputs, int stages, int block_out, int bl
     }
 }
 
+/* gate_up_geglu_wgmma: one CTA per tile, 3 stages, every slice's wgmmas retired in its step. */
 static void run_cta_wgmma(int block_out, int block_row) {
-    run_cta_wgmma_outputs(BO, STAGES, block_out, block_row);
+    wgmma_outputs = BO;
+    emulate_wgmma_gemm_cta(WGMMA_THREADS, WR, STAGES, 0, &x[0][0], TOKENS, &w_interleaved[0][0],
+                           2 * INTER, HIDDEN, block_row * BM, block_out * WR, &wg_acc[0][0]);
+    wgmma_epilogue(&wg_acc[0][0], block_row * BM, block_out);
 }
 
 /* One CTA per tile (grid x = output blocks, y = row blocks), as the non-persistent kernels. */
@@ -173,13 +175,18 @@ static void run_grid_of(void (*cta)(int, int)) {
 static void run_grid(void) { run_grid_of(run_cta); }
 static void run_grid_wgmma(void) { run_grid_of(run_cta_wgmma); }
 
-static void run_tile_wgmma_wide(int block_out, int block_row) {
-    run_cta_wgmma_outputs(GEGLU_WIDE_BLOCK_OUT, GEGLU_WIDE_STAGES, block_out, block_row);
-}
-
-/* The wide kernel is persistent: three CTAs over its four tiles, so one CTA wraps around. */
+/* gate_up_geglu_wgmma_wide is persistent: three CTAs over its four tiles, so one CTA wraps
+ * around with its stages carried over; 4 stages, one slice's wgmmas in flight. */
 static void run_grid_wgmma_wide(void) {
-    emulate_persistent_grid(3, TOKENS, BM, INTER / GEGLU_WIDE_BLOCK_OUT, run_tile_wgmma_wide);
+    wgmma_outputs = GEGLU_WIDE_BLOCK_OUT;
+    for (int cta = 0; cta < 3; ++cta) {
+        EmuPipeline pipeline =
+            emu_pipeline(WGMMA_THREADS, 2 * GEGLU_WIDE_BLOCK_OUT, GEGLU_WIDE_STAGES, 1, &x[0][0],
+                         TOKENS, &w_interleaved[0][0], 2 * INTER, HIDDEN);
+        emulate_wgmma_persistent_cta(&pipeline, cta, 3, TOKENS, INTER / GEGLU_WIDE_BLOCK_OUT,
+                                     &wg_acc[0][0], wgmma_epilogue);
+        emu_pipeline_free(&pipeline);
+    }
 }
 
 /* Reset the outputs, run `grid` (every CTA), compare with the direct products. */

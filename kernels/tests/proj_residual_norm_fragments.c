@@ -1,10 +1,11 @@
 /* proj_residual_norm_fragments.c: host check of the proj_residual_norm_wgmma kernel's index math
  * and epilogue.
  *
- * Runs a small problem (two row blocks, the second partial; three k slices; hidden = one cluster
- * of PROJ_NORM_CLUSTER slices of 256 outputs) through the kernel's steps: the main loop of
- * gemm_pipeline.cuh as warp_emulator.h's emulate_wgmma_gemm_cta emulates it (stage copies,
- * wgmma.m64n256k16 through the decoded descriptors, the accumulator layout), then the epilogue of
+ * Runs a small problem (two row blocks, the second partial; six k slices, so the four stages
+ * wrap; hidden = one cluster of PROJ_NORM_CLUSTER slices of 256 outputs) through the kernel's
+ * steps: the main loop of gemm_pipeline.cuh as warp_emulator.h's emulate_wgmma_gemm_cta emulates
+ * it (stage copies, one slice's wgmmas in flight, wgmma.m64n256k16 through the decoded
+ * descriptors, the accumulator layout), then the epilogue of
  * proj_residual_norm.cu CTA by CTA and thread by thread: rows and columns by tile.cuh's
  * gemm_wgmma_row / _reg / _col, each row's sum of squares over its quad (the two xor-shuffles),
  * the per-CTA partials in `row_squares`, their sum over the cluster after each cluster barrier
@@ -30,7 +31,7 @@
 #define SLICE ATTENTION_HEAD_DIM
 #define CLUSTER PROJ_NORM_CLUSTER
 #define HIDDEN (CLUSTER * SLICE)
-#define K_DIM (3 * GEMM_TILE_K)
+#define K_DIM (6 * GEMM_TILE_K)
 #define THREADS PROJ_NORM_THREADS
 #define ACC_REGS (SLICE / 2)
 #define TILES (SLICE / 8)
@@ -63,8 +64,8 @@ static float cluster_row_sum(int which, int local_row) {
 static void run_cluster(int block_row) {
     const int first_row = block_row * BM;
     for (int c = 0; c < CLUSTER; ++c) {
-        emulate_wgmma_gemm_cta(THREADS, SLICE, PROJ_NORM_STAGES, &x[0][0], TOKENS, &w[0][0], HIDDEN,
-                               K_DIM, first_row, c * SLICE, &acc[c][0][0]);
+        emulate_wgmma_gemm_cta(THREADS, SLICE, PROJ_NORM_STAGES, 1, &x[0][0], TOKENS, &w[0][0],
+                               HIDDEN, K_DIM, first_row, c * SLICE, &acc[c][0][0]);
     }
     /* The branch's squares: quad, then the CTA's row_squares[0]. */
     for (int c = 0; c < CLUSTER; ++c) {

@@ -1,13 +1,15 @@
 /* qkv_proj_fragments.c: host check of the qkv_proj_wgmma kernel's index math and epilogue.
  *
- * Runs a small problem (two row blocks, the second partial; three k slices; three q heads, k
- * and v: ten tiles, walked by three persistent CTAs as wgmma_gemm_persistent does) through the
- * kernel's steps as the PTX ISA defines them (warp_emulator.h's
- * emulate_wgmma_gemm_cta): the stage copies of gemm_load_stage (bank conflicts included),
- * wgmma.m64n256k16 reading both operands through the descriptors the main loop builds
- * (wgmma_desc_sw128 at gemm_wgmma_x_offset / gemm_wgmma_w_offset, decoded by wgmma_element), the
- * accumulators dealt to threads by wgmma_acc_row / wgmma_acc_col, and then the epilogue of qkv_proj.cu with
- * tile.cuh's row-wise mapping (gemm_wgmma_row/_reg/_col) and qkv_proj.cuh's constants: the per-row sum of squares as two xor-shuffles over the quad, RoPE
+ * Runs a small problem (two row blocks, the second partial; six k slices, so the four stages
+ * wrap; three q heads, k and v: ten tiles, walked by three persistent CTAs as
+ * wgmma_gemm_persistent does, the stages carried from tile to tile) through the kernel's steps
+ * as the PTX ISA defines them (warp_emulator.h's emulate_wgmma_persistent_cta, whose pipeline
+ * model reads a slice's stage only when its wgmmas retire): the stage copies of gemm_load_stage
+ * (bank conflicts included), wgmma.m64n256k16 reading both operands through the descriptors the
+ * main loop builds (wgmma_desc_sw128 at gemm_wgmma_x_offset / gemm_wgmma_w_offset, decoded by
+ * wgmma_element), the accumulators dealt to threads by wgmma_acc_row / wgmma_acc_col, and then
+ * the epilogue of qkv_proj.cu with tile.cuh's row-wise mapping (gemm_wgmma_row/_reg/_col) and
+ * qkv_proj.cuh's constants: the per-row sum of squares as two xor-shuffles over the quad, RoPE
  * partners QKV_PROJ_ROPE_REGS registers apart, the bf16 pairs' columns.
  *
  * x and w are small integers, so the products are exact; the epilogue runs in float as the
@@ -34,7 +36,7 @@
 #define THREADS QKV_PROJ_THREADS
 #define HEADS 3
 #define SLOTS (HEADS + 2)
-#define HIDDEN (3 * BK)
+#define HIDDEN (6 * BK)
 #define TOKENS (BM + 37)
 #define POSITIONS 300
 #define EPS 1e-6f
@@ -44,7 +46,7 @@ static float x[TOKENS][HIDDEN], w[SLOTS * HD][HIDDEN];
 static float inv_rms[TOKENS], q_norm[HD], k_norm[HD];
 static float rope_cos[POSITIONS][HALF], rope_sin[POSITIONS][HALF];
 static int positions[TOKENS];
-static float acc[THREADS][QKV_PROJ_ACC_REGS];
+static float tile_acc[THREADS][QKV_PROJ_ACC_REGS];
 static float out_q[TOKENS][HEADS][HD], out_k[TOKENS][HD], out_v[TOKENS][HD];
 static int writes[TOKENS][SLOTS][HD];
 
@@ -63,12 +65,10 @@ static void store(int row, int slot, int col, float lo, float hi) {
     writes[row][slot][col + 1]++;
 }
 
-static void run_tile(int slot, int block_row) {
-    const int first_row = block_row * BM;
-    emulate_wgmma_gemm_cta(THREADS, HD, STAGES, &x[0][0], TOKENS, &w[0][0], SLOTS * HD, HIDDEN,
-                           first_row, slot * HD, &acc[0][0]);
-
-    /* The epilogue of qkv_proj.cu, thread by thread; the shuffles read the quad's partials. */
+/* The epilogue of qkv_proj.cu for the tile at first_row and head slot `slot`, thread by thread;
+ * the shuffles read the quad's partials. */
+static void epilogue(const float *tile, int first_row, int slot) {
+    const float(*acc)[QKV_PROJ_ACC_REGS] = (const float(*)[QKV_PROJ_ACC_REGS])tile;
     const int is_value = slot == HEADS + 1, is_key = slot == HEADS;
     const float *norm_weight = is_key ? k_norm : q_norm;
     const float out_scale = is_key ? 1.0f : Q_SCALE;
@@ -186,7 +186,12 @@ int main(void) {
     }
     checking = "qkv_proj_wgmma";
     /* Three persistent CTAs over the ten tiles, so each CTA wraps around. */
-    emulate_persistent_grid(3, TOKENS, BM, SLOTS, run_tile);
+    for (int cta = 0; cta < 3; ++cta) {
+        EmuPipeline pipeline = emu_pipeline(THREADS, HD, STAGES, 1, &x[0][0], TOKENS, &w[0][0],
+                                            SLOTS * HD, HIDDEN);
+        emulate_wgmma_persistent_cta(&pipeline, cta, 3, TOKENS, SLOTS, &tile_acc[0][0], epilogue);
+        emu_pipeline_free(&pipeline);
+    }
     check_outputs();
     return verdict();
 }

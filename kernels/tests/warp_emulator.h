@@ -10,6 +10,7 @@
 #ifndef GEMMA_EMBED_WARP_EMULATOR_H
 #define GEMMA_EMBED_WARP_EMULATOR_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,76 +203,167 @@ static inline int wgmma_element_mn(uint64_t desc, int n, int k) {
     return (int)(swizzled / 2);
 }
 
-/* wgmma_gemm_mainloop (kernels/gemm_pipeline.cuh) for one CTA of `threads` threads, i.e.
- * threads / 128 warpgroups of WGMMA_ROWS tile rows: k slice after k slice copied into `stages`
- * rotating stage buffers (emulate_stage_tile: x rows first_row .. of x [x_rows][k_dim], weight
- * rows first_weight_row .. of w [w_rows][k_dim]), then every wgmma.m64nNk16 (N = weight_rows) of
- * the slice reading both operands through the descriptors the main loop builds, decoded by
- * wgmma_element. The warpgroups' products are dealt to acc [threads][weight_rows / 2] by the
- * accumulator layout (wgmma_acc_row, wgmma_acc_col), each element exactly once. */
-static inline void emulate_wgmma_gemm_cta(int threads, int weight_rows, int stages, const float *x,
-                                          int x_rows, const float *w, int w_rows, int k_dim,
-                                          int first_row, int first_weight_row, float *acc) {
-    const int block_m = threads / 128 * WGMMA_ROWS;
-    const int stage_elems = (block_m + weight_rows) * GEMM_TILE_K;
-    float *stage = calloc((size_t)stages * stage_elems, sizeof(float));
-    float *d = calloc((size_t)block_m * weight_rows, sizeof(float));
-    int *dealt = calloc((size_t)block_m * weight_rows, sizeof(int));
-    for (int kt = 0; kt < k_dim / GEMM_TILE_K; ++kt) {
-        float *st = stage + (size_t)(kt % stages) * stage_elems;
-        emulate_stage_tile(st, block_m, threads, x, x_rows, k_dim, first_row, kt);
-        emulate_stage_tile(st + block_m * GEMM_TILE_K, weight_rows, threads, w, w_rows, k_dim,
-                           first_weight_row, kt);
-        /* Stage byte address 0: the x tile, then the weight tile. */
-        const uint32_t x_tile = 0, w_tile = (uint32_t)(block_m * GEMM_TILE_K * 2);
-        for (int wg = 0; wg < threads / 128; ++wg) {
-            for (int ks = 0; ks < GEMM_TILE_K / 16; ++ks) {
-                const uint64_t da = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(wg, ks));
-                const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
-                for (int m = 0; m < WGMMA_ROWS; ++m) {
-                    for (int n = 0; n < weight_rows; ++n) {
-                        float sum = 0.0f;
-                        for (int k = 0; k < 16; ++k) {
-                            sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
-                        }
-                        d[(size_t)(wg * WGMMA_ROWS + m) * weight_rows + n] += sum;
+/* One CTA's cp.async + wgmma pipeline of kernels/gemm_pipeline.cuh, in its program order:
+ * `threads` / 128 warpgroups of WGMMA_ROWS tile rows, `stages` stage buffers that persist from
+ * tile to tile (poisoned with NaN at the start), and the wgmmas of the last `in_flight` slices
+ * left in flight. A stage copy (emulate_stage_tile: x rows first_row .. of x [x_rows][k_dim],
+ * weight rows first_weight_row .. of w [w_rows][k_dim]) lands at once, earlier than any wait
+ * could see it; a slice's wgmmas read their stage only when a wait retires them (the
+ * wgmma_wait<in_flight> of a later slice, or the k loop's final wait). So a copy that overwrites a
+ * stage before the wgmmas reading it have retired, or a slice read from a stage it was never
+ * copied to, changes the product, as it would on the GPU. */
+typedef struct {
+    int threads, block_m, weight_rows, stages, in_flight;
+    const float *x, *w;
+    int x_rows, w_rows, k_dim;
+    float *stage;
+    float *d;     /* the CTA's [block_m][weight_rows] product */
+    int *dealt;   /* how often each product element went to a register */
+} EmuPipeline;
+
+static inline EmuPipeline emu_pipeline(int threads, int weight_rows, int stages, int in_flight,
+                                       const float *x, int x_rows, const float *w, int w_rows,
+                                       int k_dim) {
+    EmuPipeline p = {threads, threads / 128 * WGMMA_ROWS, weight_rows, stages, in_flight,
+                     x, w, x_rows, w_rows, k_dim, NULL, NULL, NULL};
+    const size_t stage_elems = (size_t)(p.block_m + weight_rows) * GEMM_TILE_K;
+    p.stage = malloc(stages * stage_elems * sizeof(float));
+    for (size_t i = 0; i < stages * stage_elems; ++i) p.stage[i] = NAN;
+    p.d = malloc((size_t)p.block_m * weight_rows * sizeof(float));
+    p.dealt = malloc((size_t)p.block_m * weight_rows * sizeof(int));
+    return p;
+}
+
+static inline void emu_pipeline_free(EmuPipeline *p) {
+    free(p->stage);
+    free(p->d);
+    free(p->dealt);
+}
+
+/* gemm_load_stage: k slice `k_tile` of the tile's x rows and weight rows into stage `s`. */
+static inline void emu_load_stage(EmuPipeline *p, int s, int first_row, int first_weight_row,
+                                  int k_tile) {
+    float *st = p->stage + (size_t)s * (p->block_m + p->weight_rows) * GEMM_TILE_K;
+    emulate_stage_tile(st, p->block_m, p->threads, p->x, p->x_rows, p->k_dim, first_row, k_tile);
+    emulate_stage_tile(st + p->block_m * GEMM_TILE_K, p->weight_rows, p->threads, p->w, p->w_rows,
+                       p->k_dim, first_weight_row, k_tile);
+}
+
+/* The wgmmas of one slice, retiring: every warpgroup's wgmma.m64nNk16 (N = weight_rows) over
+ * stage `s`, both operands read through the descriptors the k loop builds (decoded by
+ * wgmma_element), accumulated into the product. */
+static inline void emu_retire_slice(EmuPipeline *p, int s) {
+    const float *st = p->stage + (size_t)s * (p->block_m + p->weight_rows) * GEMM_TILE_K;
+    /* Stage byte address 0: the x tile, then the weight tile. */
+    const uint32_t x_tile = 0, w_tile = (uint32_t)(p->block_m * GEMM_TILE_K * 2);
+    for (int wg = 0; wg < p->threads / 128; ++wg) {
+        for (int ks = 0; ks < GEMM_TILE_K / 16; ++ks) {
+            const uint64_t da = wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(wg, ks));
+            const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
+            for (int m = 0; m < WGMMA_ROWS; ++m) {
+                for (int n = 0; n < p->weight_rows; ++n) {
+                    float sum = 0.0f;
+                    for (int k = 0; k < 16; ++k) {
+                        sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
                     }
+                    p->d[(size_t)(wg * WGMMA_ROWS + m) * p->weight_rows + n] += sum;
                 }
             }
         }
     }
-    const int regs = weight_rows / 2;
-    for (int t = 0; t < threads; ++t) {
+}
+
+/* wgmma_gemm_prologue: the tile's first GEMM_SLICES_AHEAD slices into stages 0, 1, ... */
+static inline void emu_prologue(EmuPipeline *p, int first_row, int first_weight_row) {
+    const int ahead = GEMM_SLICES_AHEAD(p->stages, p->in_flight);
+    for (int s = 0; s < ahead && s < p->k_dim / GEMM_TILE_K; ++s) {
+        emu_load_stage(p, s, first_row, first_weight_row, s);
+    }
+}
+
+/* wgmma_gemm_k_loop after its prologue; the product dealt to acc [threads][weight_rows / 2] by
+ * the accumulator layout (wgmma_acc_row, wgmma_acc_col), each element exactly once. */
+static inline void emu_k_loop(EmuPipeline *p, int first_row, int first_weight_row, float *acc) {
+    const int ahead = GEMM_SLICES_AHEAD(p->stages, p->in_flight);
+    const int k_tiles = p->k_dim / GEMM_TILE_K;
+    int in_flight_stages[2], pending = 0;
+    expect(ahead >= 1 && p->in_flight >= 0 && p->in_flight <= 1, "pipeline depth", p->stages,
+           p->in_flight, ahead);
+    for (size_t i = 0; i < (size_t)p->block_m * p->weight_rows; ++i) {
+        p->d[i] = 0.0f;
+        p->dealt[i] = 0;
+    }
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        /* After the barrier: the load `ahead` slices on, then this slice's wgmmas. */
+        const int next = kt + ahead;
+        if (next < k_tiles) emu_load_stage(p, next % p->stages, first_row, first_weight_row, next);
+        in_flight_stages[pending++] = kt % p->stages;
+        /* wgmma_wait<in_flight>: all but the newest in_flight slices retire. */
+        while (pending > p->in_flight) {
+            emu_retire_slice(p, in_flight_stages[0]);
+            in_flight_stages[0] = in_flight_stages[1];
+            --pending;
+        }
+    }
+    while (pending > 0) { /* wgmma_wait<0> */
+        emu_retire_slice(p, in_flight_stages[0]);
+        in_flight_stages[0] = in_flight_stages[1];
+        --pending;
+    }
+    const int regs = p->weight_rows / 2;
+    for (int t = 0; t < p->threads; ++t) {
         const int warp = t / 32, lane = t % 32;
         for (int reg = 0; reg < regs; ++reg) {
             const int row = (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
             const int col = wgmma_acc_col(lane, reg);
-            acc[(size_t)t * regs + reg] = d[(size_t)row * weight_rows + col];
-            dealt[(size_t)row * weight_rows + col]++;
+            acc[(size_t)t * regs + reg] = p->d[(size_t)row * p->weight_rows + col];
+            p->dealt[(size_t)row * p->weight_rows + col]++;
         }
     }
-    for (int r = 0; r < block_m; ++r)
-        for (int n = 0; n < weight_rows; ++n)
-            expect(dealt[r * weight_rows + n] == 1, "wgmma accumulators dealt once", r, n,
-                   dealt[r * weight_rows + n]);
-    free(stage);
-    free(d);
-    free(dealt);
+    for (int r = 0; r < p->block_m; ++r)
+        for (int n = 0; n < p->weight_rows; ++n)
+            expect(p->dealt[r * p->weight_rows + n] == 1, "wgmma accumulators dealt once", r, n,
+                   p->dealt[r * p->weight_rows + n]);
 }
 
-/* The tile walk of wgmma_gemm_persistent (kernels/gemm_pipeline.cuh) on a grid of `grid` CTAs:
- * CTA c runs tiles c, c + grid, ... of ceil(num_tokens / block_m) row blocks x col_blocks, each
- * at tile.cuh's gemm_tile_col_block / gemm_tile_row_block. (The overlap of a tile's epilogue
- * with the next tile's first loads is scheduling, which an emulator running tiles one after the
- * other does not see.) */
-static inline void emulate_persistent_grid(int grid, int num_tokens, int block_m, int col_blocks,
-                                           void (*tile)(int col_block, int row_block)) {
-    const uint32_t num_tiles = (uint32_t)((num_tokens + block_m - 1) / block_m * col_blocks);
-    for (uint32_t cta = 0; cta < (uint32_t)grid; ++cta) {
-        for (uint32_t t = cta; t < num_tiles; t += (uint32_t)grid) {
-            tile((int)gemm_tile_col_block(t, (uint32_t)col_blocks),
-                 (int)gemm_tile_row_block(t, (uint32_t)col_blocks));
+/* wgmma_gemm_mainloop for one CTA: a fresh pipeline, its prologue, its k loop. */
+static inline void emulate_wgmma_gemm_cta(int threads, int weight_rows, int stages, int in_flight,
+                                          const float *x, int x_rows, const float *w, int w_rows,
+                                          int k_dim, int first_row, int first_weight_row,
+                                          float *acc) {
+    EmuPipeline p = emu_pipeline(threads, weight_rows, stages, in_flight, x, x_rows, w, w_rows,
+                                 k_dim);
+    emu_prologue(&p, first_row, first_weight_row);
+    emu_k_loop(&p, first_row, first_weight_row, acc);
+    emu_pipeline_free(&p);
+}
+
+/* wgmma_gemm_persistent (kernels/gemm_pipeline.cuh) for CTA `cta` of a grid of `grid`: the tiles
+ * cta, cta + grid, ... of ceil(num_tokens / block_m) row blocks x col_blocks (tile.cuh's
+ * gemm_tile_row_block / gemm_tile_col_block), each tile's k loop, then the next tile's prologue,
+ * then `epilogue(acc, first_row, col_block)`, in one pipeline whose stages carry over from tile
+ * to tile. */
+static inline void emulate_wgmma_persistent_cta(EmuPipeline *p, int cta, int grid, int num_tokens,
+                                                int col_blocks, float *acc,
+                                                void (*epilogue)(const float *acc, int first_row,
+                                                                 int col_block)) {
+    const uint32_t cols = (uint32_t)col_blocks;
+    const uint32_t num_tiles = (uint32_t)((num_tokens + p->block_m - 1) / p->block_m) * cols;
+    uint32_t tile = (uint32_t)cta;
+    if (tile < num_tiles) {
+        emu_prologue(p, (int)gemm_tile_row_block(tile, cols) * p->block_m,
+                     (int)gemm_tile_col_block(tile, cols) * p->weight_rows);
+    }
+    for (; tile < num_tiles; tile += (uint32_t)grid) {
+        const int first_row = (int)gemm_tile_row_block(tile, cols) * p->block_m;
+        const int col_block = (int)gemm_tile_col_block(tile, cols);
+        emu_k_loop(p, first_row, col_block * p->weight_rows, acc);
+        const uint32_t next = tile + (uint32_t)grid;
+        if (next < num_tiles) {
+            emu_prologue(p, (int)gemm_tile_row_block(next, cols) * p->block_m,
+                         (int)gemm_tile_col_block(next, cols) * p->weight_rows);
         }
+        epilogue(acc, first_row, col_block);
     }
 }
 
