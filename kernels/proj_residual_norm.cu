@@ -11,21 +11,24 @@
  * post_norm f32 [hidden]; residual f32 [num_tokens, hidden] in/out; residual_bf16 bf16 and inv_rms
  * f32 out. hidden = PROJ_NORM_CLUSTER * 256, k_dim a multiple of 64.
  *
- * Launch: grid (PROJ_NORM_CLUSTER, ceil(num_tokens / BLOCK_M)) in clusters of PROJ_NORM_CLUSTER
- * CTAs along x (a launch attribute: cuLaunchKernelEx; the kernel traps on any other cluster
- * shape), PROJ_NORM_THREADS (two warpgroups), PROJ_NORM_SMEM_BYTES of dynamic shared memory (one
- * CTA per SM). CTA c of a cluster computes BLOCK_M = 128 token rows x outputs 256 c .. 256 c + 255
- * through gemm_pipeline.cuh's wgmma main loop (PROJ_NORM_STAGES stages of 64-wide k slices, one
- * slice's wgmmas in flight across each barrier, wgmma.m64n256k16, 128 f32 accumulators per
- * thread). A row's mean of squares spans the
- * cluster: each CTA reduces its 256 columns per row over the row's quad (two shuffles) and
- * publishes the partial sums in its shared memory; after a cluster barrier every CTA adds the
- * cluster's partials through distributed shared memory. That happens once for the branch and
- * once for the new residual, which stays in the accumulator registers until the second
- * barrier has passed, so neither barrier's release waits on global stores. A last arrive
- * (release, after the CTA's remote reads and before its stores) and wait (before it exits) keeps
- * each CTA's partials alive until its peers have read them. Rows past num_tokens compute zeros (zero-filled x) and
- * touch no memory. On other architectures the kernel traps; the host launches it only on sm_90.
+ * Launch: persistent, grid (PROJ_NORM_CLUSTER, clusters) in clusters of PROJ_NORM_CLUSTER CTAs
+ * along x (a launch attribute: cuLaunchKernelEx; the kernel traps on any other cluster shape),
+ * clusters = min(ceil(num_tokens / BLOCK_M), clusters the device runs at once), PROJ_NORM_THREADS
+ * (two warpgroups), PROJ_NORM_SMEM_BYTES of dynamic shared memory (one CTA per SM). Cluster y
+ * walks the row blocks y, y + clusters, ...; for each, CTA c computes BLOCK_M = 128 token rows x
+ * outputs 256 c .. 256 c + 255 through gemm_pipeline.cuh's wgmma main loop (PROJ_NORM_STAGES
+ * stages of 64-wide k slices, one slice's wgmmas in flight across each barrier,
+ * wgmma.m64n256k16, 128 f32 accumulators per thread), and the next row block's first k slices
+ * are in flight while it stores. A row's mean of squares spans the cluster: each CTA reduces its
+ * 256 columns per row over the row's quad (two shuffles) and publishes the partial sums in its
+ * shared memory; after a cluster barrier every CTA adds the cluster's partials through
+ * distributed shared memory. That happens once for the branch and once for the new residual,
+ * which stays in the accumulator registers until the second barrier has passed, so neither
+ * barrier's release waits on global stores. A last arrive (release, after the CTA's remote reads
+ * and before the next row block's loads and its stores, so its fence waits for neither) and
+ * wait (before the next row block or the exit) keep each CTA's partials until its peers have
+ * read them. Rows past num_tokens compute zeros (zero-filled x) and touch no memory. On other
+ * architectures the kernel traps; the host launches it only on sm_90.
  *
  * Numerics: bf16 products accumulated in f32 by the tensor cores; the norm, the residual add
  * and the new inverse RMS in f32 (f32 branch, as residual_norm with an f32 branch); one bf16
@@ -85,90 +88,112 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const uint32_t slice = blockIdx.x; /* == the CTA's rank in its cluster */
-    const uint32_t first_row = blockIdx.y * kBlockM;
     const uint32_t first_col = slice * kWeightRows;
+    const uint32_t row_blocks = (p.num_tokens + kBlockM - 1) / kBlockM;
 
-    float acc[kAccRegs];
+    /* Persistent: the cluster walks row blocks blockIdx.y, + gridDim.y, ..., its three CTAs in
+     * step (the same blockIdx.y), so their cluster barriers pair up. */
+    uint32_t row_block = blockIdx.y;
+    if (row_block < row_blocks) {
+        wgmma_gemm_prologue<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages, 1>(
+            smem, p.x, p.w, p.num_tokens, p.k_dim, row_block * kBlockM, first_col);
+    }
+    for (; row_block < row_blocks; row_block += gridDim.y) {
+        const uint32_t first_row = row_block * kBlockM;
+        float acc[kAccRegs];
 #pragma unroll
-    for (int r = 0; r < kAccRegs; ++r) acc[r] = 0.0f;
-    wgmma_gemm_mainloop<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages, 1>(
-        acc, smem, p.x, p.w, p.num_tokens, p.k_dim, first_row, first_col);
+        for (int r = 0; r < kAccRegs; ++r) acc[r] = 0.0f;
+        wgmma_gemm_k_loop<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages, 1>(
+            acc, smem, p.x, p.w, p.num_tokens, p.k_dim, first_row, first_col);
 
-    /* The branch's sums of squares: quad, then cluster. */
+        /* The branch's sums of squares: quad, then cluster. */
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        float squares = 0.0f;
+        for (int half = 0; half < 2; ++half) {
+            float squares = 0.0f;
 #pragma unroll
-        for (int tile = 0; tile < kTiles; ++tile) {
+            for (int tile = 0; tile < kTiles; ++tile) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float b = acc[gemm_wgmma_reg(tile, half, e)];
-                squares += b * b;
+                for (int e = 0; e < 2; ++e) {
+                    const float b = acc[gemm_wgmma_reg(tile, half, e)];
+                    squares += b * b;
+                }
+            }
+            squares += __shfl_xor_sync(FULL_MASK, squares, 1);
+            squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+            if (lane % 4 == 0) row_squares[0][gemm_wgmma_row(warp, lane, half)] = squares;
+        }
+        cluster.sync();
+
+        /* residual += b * rsqrt(mean(b^2) + eps) * (1 + w_post), kept in acc; its sums of
+         * squares. */
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int local_row = gemm_wgmma_row(warp, lane, half);
+            const uint32_t row = first_row + local_row;
+            const float branch_inv_rms =
+                inverse_rms(cluster_row_sum(cluster, row_squares[0], local_row), p.hidden, p.eps);
+            float squares = 0.0f;
+            if (row < p.num_tokens) {
+                const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
+#pragma unroll
+                for (int tile = 0; tile < kTiles; ++tile) {
+                    const int col = gemm_wgmma_col(lane, tile);
+                    const float2 w =
+                        *reinterpret_cast<const float2 *>(p.post_norm + first_col + col);
+                    const float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
+                    float &x0 = acc[gemm_wgmma_reg(tile, half, 0)];
+                    float &x1 = acc[gemm_wgmma_reg(tile, half, 1)];
+                    x0 = x.x + x0 * branch_inv_rms * (1.0f + w.x);
+                    x1 = x.y + x1 * branch_inv_rms * (1.0f + w.y);
+                    squares += x0 * x0 + x1 * x1;
+                }
+            }
+            squares += __shfl_xor_sync(FULL_MASK, squares, 1);
+            squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+            if (lane % 4 == 0) row_squares[1][local_row] = squares;
+        }
+        cluster.sync();
+
+        /* Rank 0 owns the inverse RMS; then nobody reads a peer's shared memory any more. */
+        float inv_rms[2] = {0.0f, 0.0f};
+        if (slice == 0 && lane % 4 == 0) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int local_row = gemm_wgmma_row(warp, lane, half);
+                inv_rms[half] = inverse_rms(cluster_row_sum(cluster, row_squares[1], local_row),
+                                            p.hidden, p.eps);
             }
         }
-        squares += __shfl_xor_sync(FULL_MASK, squares, 1);
-        squares += __shfl_xor_sync(FULL_MASK, squares, 2);
-        if (lane % 4 == 0) row_squares[0][gemm_wgmma_row(warp, lane, half)] = squares;
-    }
-    cluster.sync();
+        cluster_arrive_release();
 
-    /* residual += b * rsqrt(mean(b^2) + eps) * (1 + w_post), kept in acc; its sums of squares. */
+        /* The next row block's first loads, in flight during the stores. Every warpgroup's wgmmas
+         * completed before the cluster barriers above (each also a CTA barrier), so the stages are
+         * free; issued after the release arrive, whose fence therefore does not wait for them. */
+        const uint32_t next = row_block + gridDim.y;
+        if (next < row_blocks) {
+            wgmma_gemm_prologue<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages, 1>(
+                smem, p.x, p.w, p.num_tokens, p.k_dim, next * kBlockM, first_col);
+        }
+
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int local_row = gemm_wgmma_row(warp, lane, half);
-        const uint32_t row = first_row + local_row;
-        const float branch_inv_rms =
-            inverse_rms(cluster_row_sum(cluster, row_squares[0], local_row), p.hidden, p.eps);
-        float squares = 0.0f;
-        if (row < p.num_tokens) {
+        for (int half = 0; half < 2; ++half) {
+            const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
+            if (row >= p.num_tokens) continue;
             const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
 #pragma unroll
             for (int tile = 0; tile < kTiles; ++tile) {
                 const int col = gemm_wgmma_col(lane, tile);
-                const float2 w = *reinterpret_cast<const float2 *>(p.post_norm + first_col + col);
-                const float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
-                float &x0 = acc[gemm_wgmma_reg(tile, half, 0)];
-                float &x1 = acc[gemm_wgmma_reg(tile, half, 1)];
-                x0 = x.x + x0 * branch_inv_rms * (1.0f + w.x);
-                x1 = x.y + x1 * branch_inv_rms * (1.0f + w.y);
-                squares += x0 * x0 + x1 * x1;
+                const float x0 = acc[gemm_wgmma_reg(tile, half, 0)];
+                const float x1 = acc[gemm_wgmma_reg(tile, half, 1)];
+                *reinterpret_cast<float2 *>(p.residual + base + col) = make_float2(x0, x1);
+                *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x0, x1);
             }
+            if (slice == 0 && lane % 4 == 0) p.inv_rms[row] = inv_rms[half];
         }
-        squares += __shfl_xor_sync(FULL_MASK, squares, 1);
-        squares += __shfl_xor_sync(FULL_MASK, squares, 2);
-        if (lane % 4 == 0) row_squares[1][local_row] = squares;
+        /* No CTA overwrites (next row block) or frees (exit) its row_squares before every peer has
+         * read them. */
+        cluster_wait();
     }
-    cluster.sync();
-
-    /* Rank 0 owns the inverse RMS; then nobody reads a peer's shared memory any more. */
-    float inv_rms[2] = {0.0f, 0.0f};
-    if (slice == 0 && lane % 4 == 0) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int local_row = gemm_wgmma_row(warp, lane, half);
-            inv_rms[half] =
-                inverse_rms(cluster_row_sum(cluster, row_squares[1], local_row), p.hidden, p.eps);
-        }
-    }
-    cluster_arrive_release();
-
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
-        if (row >= p.num_tokens) continue;
-        const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
-#pragma unroll
-        for (int tile = 0; tile < kTiles; ++tile) {
-            const int col = gemm_wgmma_col(lane, tile);
-            const float x0 = acc[gemm_wgmma_reg(tile, half, 0)];
-            const float x1 = acc[gemm_wgmma_reg(tile, half, 1)];
-            *reinterpret_cast<float2 *>(p.residual + base + col) = make_float2(x0, x1);
-            *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x0, x1);
-        }
-        if (slice == 0 && lane % 4 == 0) p.inv_rms[row] = inv_rms[half];
-    }
-    /* No CTA leaves (and frees its row_squares) before every peer has read them. */
-    cluster_wait();
 #else
     __trap();
 #endif

@@ -3,9 +3,10 @@
  *
  * Runs a small problem (two row blocks, the second partial; six k slices, so the four stages
  * wrap; hidden = one cluster of PROJ_NORM_CLUSTER slices of 256 outputs) through the kernel's
- * steps: the main loop of gemm_pipeline.cuh as warp_emulator.h's emulate_wgmma_gemm_cta emulates
- * it (stage copies, one slice's wgmmas in flight, wgmma.m64n256k16 through the decoded
- * descriptors, the accumulator layout), then the epilogue of
+ * steps, one persistent cluster walking both row blocks: the main loop of gemm_pipeline.cuh as
+ * warp_emulator.h's pipeline model emulates it (stage copies, one slice's wgmmas in flight, the
+ * stages carried from row block to row block, wgmma.m64n256k16 through the decoded descriptors,
+ * the accumulator layout), then the epilogue of
  * proj_residual_norm.cu CTA by CTA and thread by thread: rows and columns by tile.cuh's
  * gemm_wgmma_row / _reg / _col, each row's sum of squares over its quad (the two xor-shuffles),
  * the per-CTA partials in `row_squares`, their sum over the cluster after each cluster barrier
@@ -61,12 +62,9 @@ static float cluster_row_sum(int which, int local_row) {
     return total;
 }
 
-static void run_cluster(int block_row) {
+/* The kernel's epilogue for row block `block_row`, each CTA's tile in acc[c]. */
+static void cluster_epilogue(int block_row) {
     const int first_row = block_row * BM;
-    for (int c = 0; c < CLUSTER; ++c) {
-        emulate_wgmma_gemm_cta(THREADS, SLICE, PROJ_NORM_STAGES, 1, &x[0][0], TOKENS, &w[0][0],
-                               HIDDEN, K_DIM, first_row, c * SLICE, &acc[c][0][0]);
-    }
     /* The branch's squares: quad, then the CTA's row_squares[0]. */
     for (int c = 0; c < CLUSTER; ++c) {
         for (int half = 0; half < 2; ++half) {
@@ -190,7 +188,32 @@ int main(void) {
         post_norm[n] = (float)(rand() % 300) / 100.0f - 1.0f;
     }
     checking = "proj_residual_norm_wgmma";
-    for (int block_row = 0; block_row * BM < TOKENS; ++block_row) run_cluster(block_row);
+    /* One persistent cluster walks both row blocks, each CTA's stages carried over. */
+    const int clusters = 1, row_blocks = (TOKENS + BM - 1) / BM;
+    for (int cluster = 0; cluster < clusters; ++cluster) {
+        EmuPipeline pipelines[CLUSTER];
+        for (int c = 0; c < CLUSTER; ++c) {
+            pipelines[c] = emu_pipeline(THREADS, SLICE, PROJ_NORM_STAGES, 1, &x[0][0], TOKENS,
+                                        &w[0][0], HIDDEN, K_DIM);
+        }
+        int block_row = cluster;
+        if (block_row < row_blocks) {
+            for (int c = 0; c < CLUSTER; ++c) emu_prologue(&pipelines[c], block_row * BM, c * SLICE);
+        }
+        for (; block_row < row_blocks; block_row += clusters) {
+            for (int c = 0; c < CLUSTER; ++c) {
+                emu_k_loop(&pipelines[c], block_row * BM, c * SLICE, &acc[c][0][0]);
+            }
+            /* The kernel issues the next row block's loads after the reductions, before the
+             * stores; the epilogue reads only the accumulators, so here they may come first. */
+            const int next = block_row + clusters;
+            if (next < row_blocks) {
+                for (int c = 0; c < CLUSTER; ++c) emu_prologue(&pipelines[c], next * BM, c * SLICE);
+            }
+            cluster_epilogue(block_row);
+        }
+        for (int c = 0; c < CLUSTER; ++c) emu_pipeline_free(&pipelines[c]);
+    }
     check_outputs();
     return verdict();
 }

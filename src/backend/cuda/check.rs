@@ -363,6 +363,23 @@ fn check_l2_probe(dev: &Device, rng: &mut SplitMix64) -> Result<Vec<KernelCheck>
     Ok(vec![check.with_timing(timing(timed_case, us, bytes, 0.0))])
 }
 
+/// The edge lengths (the last row block partial), repeated until a persistent kernel's tiles
+/// (`block_m` rows by `col_blocks`, each on `ctas_per_tile` CTAs) outnumber the tiles the device
+/// runs at once (one CTA per SM), so that its persistent CTAs walk more than one tile.
+fn persistent_check_case(
+    dev: &Device,
+    block_m: usize,
+    col_blocks: usize,
+    ctas_per_tile: usize,
+) -> TokenCase {
+    let at_once = dev.multiprocessors as usize / ctas_per_tile;
+    let mut lengths = CHECK_LENGTHS.to_vec();
+    while TokenCase::new(&lengths).n.div_ceil(block_m) * col_blocks <= at_once {
+        lengths.extend_from_slice(CHECK_LENGTHS);
+    }
+    TokenCase::new(&lengths)
+}
+
 struct TokenCase {
     lengths: Vec<u32>,
     seq_offsets: Vec<u32>,
@@ -598,7 +615,7 @@ fn check_proj_residual_norm(
 ) -> Result<Vec<KernelCheck>> {
     let d = k.dims;
     let h = d.hidden;
-    let case = TokenCase::new(CHECK_LENGTHS);
+    let case = persistent_check_case(dev, residual::BLOCK_M, 1, residual::CLUSTER);
     let timed = TokenCase::timed();
     let n = case.n;
     let fresh_residual = |rows: usize, values: &[f32]| -> Result<Residual> {
@@ -892,15 +909,7 @@ fn check_qkv_proj(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
     let w_bits = rng.bf16s(w * h, -0.1, 0.1);
     let weight = dev.upload(&w_bits, "qkv weight")?;
     let norms = QkNormsCase::new(dev, &d, rng)?;
-    // The edge lengths (the last 128-row block is partial), repeated until the fused kernel's
-    // tiles outnumber the multiprocessors, so that its persistent CTAs walk more than one tile.
-    let slots = d.num_heads + 2;
-    let mut lengths = CHECK_LENGTHS.to_vec();
-    while TokenCase::new(&lengths).n.div_ceil(qkv::BLOCK_M) * slots <= dev.multiprocessors as usize
-    {
-        lengths.extend_from_slice(CHECK_LENGTHS);
-    }
-    let case = TokenCase::new(&lengths);
+    let case = persistent_check_case(dev, qkv::BLOCK_M, d.num_heads + 2, 1);
     let n = case.n;
     let x_bits = rng.bf16s(n * h, -2.0, 2.0);
     let inv_rms_host = rng.f32s(n, 0.05, 2.0);

@@ -71,27 +71,8 @@ impl Device {
         self.ctx
             .bind_to_thread()
             .map_err(driver_err(format!("bind the context to launch {name}")))?;
-        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
-        value.clusterDim.x = cluster_x;
-        value.clusterDim.y = 1;
-        value.clusterDim.z = 1;
-        let mut cluster = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-            pad: [0; 4],
-            value,
-        };
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut cluster,
-            numAttrs: 1,
-        };
+        let mut cluster = cluster_attribute(cluster_x);
+        let config = self.cluster_launch_config(cfg, &mut cluster);
         let mut args = [params as *const P as *mut std::ffi::c_void];
         sys::cuLaunchKernelEx(
             &config,
@@ -103,6 +84,60 @@ impl Device {
         .map_err(driver_err(format!(
             "launch {name} in clusters of {cluster_x}"
         )))
+    }
+
+    /// How many clusters of `cluster_x` CTAs of `func` (block and shared memory as in `cfg`)
+    /// the device runs at once (`cuOccupancyMaxActiveClusters`): the grid of a persistent
+    /// clustered kernel.
+    pub fn max_active_clusters(
+        &self,
+        (func, name): (&CudaFunction, &str),
+        cfg: LaunchConfig,
+        cluster_x: u32,
+    ) -> Result<u32> {
+        self.ctx.bind_to_thread().map_err(driver_err(format!(
+            "bind the context to size {name}'s grid"
+        )))?;
+        let mut cluster = cluster_attribute(cluster_x);
+        let config = self.cluster_launch_config(cfg, &mut cluster);
+        let mut clusters: std::ffi::c_int = 0;
+        // SAFETY: a query: `config` and its attribute live across the call, and `clusters` is
+        // a valid place for the result.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, func.cu_function(), &config) }
+            .result()
+            .map_err(driver_err(format!(
+                "count the clusters of {cluster_x} {name} CTAs the device runs at once"
+            )))?;
+        u32::try_from(clusters)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| {
+                Error::Cuda(format!(
+                    "{} cannot run a cluster of {cluster_x} {name} CTAs ({} threads, {} bytes \
+                     of shared memory each)",
+                    self.info.description, cfg.block_dim.0, cfg.shared_mem_bytes
+                ))
+            })
+    }
+
+    /// `cfg` on this device's stream with `cluster` as its one launch attribute.
+    fn cluster_launch_config(
+        &self,
+        cfg: LaunchConfig,
+        cluster: &mut sys::CUlaunchAttribute,
+    ) -> sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: cluster,
+            numAttrs: 1,
+        }
     }
 
     /// Kernel `name` allowed `smem_bytes` of dynamic shared memory (more than the default
@@ -220,6 +255,20 @@ impl Device {
 
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver_err("synchronize"))
+    }
+}
+
+/// The launch attribute for clusters of `cluster_x` CTAs along x.
+fn cluster_attribute(cluster_x: u32) -> sys::CUlaunchAttribute {
+    // SAFETY: a plain C union of integers; all zero is a valid value of every member.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.clusterDim.x = cluster_x;
+    value.clusterDim.y = 1;
+    value.clusterDim.z = 1;
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - The kernel's compile-time tile and cluster (mirrors of the `PROJ_NORM_*` defines in
 //!   `kernels/params.h`) and its check against the model's shape.
-//! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
+//! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg): a persistent grid, as many
+//!   clusters as the device runs at once walking the row blocks.
 //!
 //! [`BranchStorage::Fused`]: super::options::BranchStorage::Fused
 
@@ -64,6 +65,17 @@ mod device {
     /// memory.
     pub struct ProjResidualNorm {
         func: CudaFunction,
+        /// Clusters the device runs at once: the most the persistent grid launches.
+        clusters: u32,
+    }
+
+    /// `clusters` clusters: the grid (CLUSTER, clusters), its block and shared memory.
+    fn launch_config(clusters: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (CLUSTER as u32, clusters, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: SMEM_BYTES as u32,
+        }
     }
 
     impl ProjResidualNorm {
@@ -73,7 +85,9 @@ mod device {
             BranchStorage::Fused.require_device(&dev.info, KERNEL)?;
             let func =
                 dev.function_with_shared_memory(KERNEL, SMEM_BYTES, "unset GEMMA_EMBED_BRANCH")?;
-            Ok(Self { func })
+            let clusters =
+                dev.max_active_clusters((&func, KERNEL), launch_config(1), CLUSTER as u32)?;
+            Ok(Self { func, clusters })
         }
 
         /// `residual += RMSNorm(x·wᵀ)·(1 + post_norm)` for `num_tokens` rows, then the new
@@ -117,17 +131,14 @@ mod device {
                 k_dim: to_u32(k_dim, "k_dim")?,
                 hidden: to_u32(hidden, "hidden")?,
             };
-            // The grid's x is exactly one cluster.
-            let cfg = LaunchConfig {
-                grid_dim: (CLUSTER as u32, row_blocks, 1),
-                block_dim: (THREADS as u32, 1, 1),
-                shared_mem_bytes: SMEM_BYTES as u32,
-            };
+            // The grid's x is exactly one cluster; persistent clusters along y, at most as many
+            // as run at once, walk the row blocks.
+            let cfg = launch_config(row_blocks.min(self.clusters));
             // SAFETY: ProjResidualNormParams matches the kernel's parameter (same header); every
             // buffer covers what the kernel touches for these shapes (checked above) and lives
             // on the stream that runs it, the shape fits the kernel's tiles and cluster
-            // (check_shape), the grid's x is one cluster, and the kernel only runs on sm_90
-            // (load).
+            // (check_shape), the grid's x is one cluster, its y at most the row blocks (the
+            // kernel walks them itself), and the kernel only runs on sm_90 (load).
             unsafe { dev.launch_clustered((&self.func, KERNEL), cfg, CLUSTER as u32, &params) }
         }
     }
