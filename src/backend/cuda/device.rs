@@ -114,7 +114,7 @@ impl Device {
             .ok_or_else(|| {
                 Error::Cuda(format!(
                     "{} cannot run a cluster of {cluster_x} {name} CTAs ({} threads, {} bytes \
-                     of shared memory each)",
+                     of dynamic shared memory each)",
                     self.info.description, cfg.block_dim.0, cfg.shared_mem_bytes
                 ))
             })
