@@ -273,3 +273,61 @@ fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_variant_runs_only_when_its_kernels_ran_in_check_kernels() {
+    let dir = scratch("kernels-ran");
+    let kernels = dir.join("kernels.json");
+    let checks = [
+        check_entry("qkv_proj", "qkv_proj_wgmma/q", None, "null"),
+        check_entry("qkv_proj", "qkv_proj_wgmma/k", None, "null"),
+        // Wrong numbers: ran, so its variant runs and its parity shows the cost.
+        r#"{"family": "gate_up_geglu", "name": "gate_up_geglu_wgmma_wide", "case": "c",
+            "max_abs_err": 3.0, "rel_l2_err": 0.5, "bad_values": 0, "max_abs_tol": 0.01,
+            "rel_l2_tol": 0.01, "passed": false, "timing": null, "error": null,
+            "mismatch": null}"#
+            .to_string(),
+        check_entry(
+            "proj_residual_norm",
+            "proj_residual_norm_wgmma",
+            Some("hang or crash"),
+            "null",
+        ),
+    ];
+    std::fs::write(&kernels, format!("[{}]", checks.join(","))).unwrap();
+    let ran = |names: &[&str]| {
+        let mut args = vec![
+            tool("kernels_ran.py").display().to_string(),
+            "--kernels".into(),
+            kernels.display().to_string(),
+        ];
+        args.extend(names.iter().map(|n| n.to_string()));
+        let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(ran(&["qkv_proj_wgmma"]).0, Some(0));
+    assert_eq!(
+        ran(&["qkv_proj_wgmma", "gate_up_geglu_wgmma_wide"]).0,
+        Some(0)
+    );
+    let (code, stdout) = ran(&["qkv_proj_wgmma", "proj_residual_norm_wgmma"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("proj_residual_norm_wgmma (hang or crash)"),
+        "{stdout}"
+    );
+    // The narrow kernel's name is a prefix of the wide one's, not one of its parts.
+    let (code, stdout) = ran(&["gate_up_geglu_wgmma"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("gate_up_geglu_wgmma (no check of it)"),
+        "{stdout}"
+    );
+    // No kernel checks at all: nothing to go by, the variant runs.
+    std::fs::remove_file(&kernels).unwrap();
+    assert_eq!(ran(&["proj_residual_norm_wgmma"]).0, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

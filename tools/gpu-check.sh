@@ -17,7 +17,7 @@
 #      GEMMA_EMBED_MLP=fused, GEMMA_EMBED_BRANCH=bf16, on sm_90 cards also GEMMA_EMBED_MLP=wgmma
 #      and =wgmma-wide, GEMMA_EMBED_ATTENTION=flash-wgmma, GEMMA_EMBED_QKV=wgmma and
 #      GEMMA_EMBED_BRANCH=fused, and the fastest-looking of them together, once with each wgmma
-#      MLP kernel)
+#      MLP kernel; a variant whose kernel did not run in check-kernels is skipped)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
@@ -104,6 +104,14 @@ stage() {
     return $rc
 }
 
+# skip_stage NAME WHY: record a stage that was not run (the run fails, as for a failed stage).
+skip_stage() {
+    echo
+    echo "=== $1: SKIPPED ($2)"
+    printf '%s\tSKIPPED\t0\n' "$1" >> "$stages"
+    failed=1
+}
+
 gemma=("$bin")
 if [ $cpu_only = 1 ]; then
     backend=cpu; st_device=cpu
@@ -177,27 +185,43 @@ if [ $cpu_only = 0 ]; then
     stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
-    # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as pairs of a
-    # name and its environment: the fused MLP kernel and the bf16 branch; on sm_90 also the wgmma
-    # MLP kernels (narrow and wide tiles), attention and QKV kernels and the fused branch; last,
-    # the candidates together (on sm_90 the fused branch in place of the bf16 one, once with
-    # each wgmma MLP kernel; the last variant is the one profiled).
+    # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as triples of
+    # a name, its environment and the kernels it brings in (as check-kernels names them): the
+    # fused MLP kernel and the bf16 branch; on sm_90 also the wgmma MLP kernels (narrow and wide
+    # tiles), attention and QKV kernels and the fused branch; last, the candidates together (on
+    # sm_90 the fused branch in place of the bf16 one, once with each wgmma MLP kernel; the last
+    # variant is the one profiled).
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
-    variants=(fused-mlp "GEMMA_EMBED_MLP=fused" bf16-branch "GEMMA_EMBED_BRANCH=bf16")
+    variants=(fused-mlp "GEMMA_EMBED_MLP=fused" "gate_up_geglu"
+        bf16-branch "GEMMA_EMBED_BRANCH=bf16" "residual_norm_bf16_branch")
     if [ $sm90 = 1 ]; then
-        variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma" wgmma-wide-mlp "GEMMA_EMBED_MLP=wgmma-wide")
-        variants+=(wgmma-attention "GEMMA_EMBED_ATTENTION=flash-wgmma")
-        variants+=(wgmma-qkv "GEMMA_EMBED_QKV=wgmma" fused-branch "GEMMA_EMBED_BRANCH=fused")
+        variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma" "gate_up_geglu_wgmma"
+            wgmma-wide-mlp "GEMMA_EMBED_MLP=wgmma-wide" "gate_up_geglu_wgmma_wide"
+            wgmma-attention "GEMMA_EMBED_ATTENTION=flash-wgmma" "attention_flash_wgmma"
+            wgmma-qkv "GEMMA_EMBED_QKV=wgmma" "qkv_proj_wgmma"
+            fused-branch "GEMMA_EMBED_BRANCH=fused" "proj_residual_norm_wgmma")
         variants+=(wgmma-qkv+wgmma-attention+wgmma-wide-mlp+fused-branch
-            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma-wide GEMMA_EMBED_BRANCH=fused")
+            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma-wide GEMMA_EMBED_BRANCH=fused"
+            "qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma_wide proj_residual_norm_wgmma")
         variants+=(wgmma-qkv+wgmma-attention+wgmma-mlp+fused-branch
-            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=fused")
+            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=fused"
+            "qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma proj_residual_norm_wgmma")
     else
-        variants+=(fused-mlp+bf16-branch "GEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16")
+        variants+=(fused-mlp+bf16-branch "GEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16"
+            "gate_up_geglu residual_norm_bf16_branch")
     fi
-    for ((i = 0; i < ${#variants[@]}; i += 2)); do
+    # A variant whose kernel did not run in check-kernels (fault, hang) is skipped: it would only
+    # spend its stages' time limits, and the run's budget, doing the same.
+    skipped=" "
+    for ((i = 0; i < ${#variants[@]}; i += 3)); do
         name=${variants[i]}
+        # shellcheck disable=SC2086 # kernel names are words without spaces
+        if ! "$python" "$repo/tools/gpu/kernels_ran.py" --kernels "$out/kernels.json" ${variants[i + 2]}; then
+            skip_stage "embed-cuda-$name" "a kernel it uses did not run in check-kernels"
+            skipped+="$name "
+            continue
+        fi
         # shellcheck disable=SC2086 # the settings are words without spaces
         stage "embed-cuda-$name" 90 env ${variants[i + 1]} "${gemma[@]}" embed --model "$model" \
             --input "$ids" --output "$work/variant-$name.npy" --backend cuda --max-batch-tokens 16384
@@ -215,8 +239,12 @@ stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --leng
     --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
     --json "$out/bench.json"
 if [ $cpu_only = 0 ]; then
-    for ((i = 0; i < ${#variants[@]}; i += 2)); do
+    for ((i = 0; i < ${#variants[@]}; i += 3)); do
         name=${variants[i]}
+        if [[ $skipped == *" $name "* ]]; then
+            skip_stage "bench-$name" "a kernel it uses did not run in check-kernels"
+            continue
+        fi
         # shellcheck disable=SC2086
         stage "bench-$name" 150 env ${variants[i + 1]} "${gemma[@]}" bench --model "$model" \
             --backend cuda --lengths "$bench_lengths" --mixed --tokens "$bench_tokens" --repeats "$bench_repeats" \
@@ -231,9 +259,13 @@ if [ $cpu_only = 0 ]; then
     profile_args=(profile --model "$model" --lengths 512,2048 --mixed --batch-tokens "$max_batch_tokens" --batches 3)
     stage profile 60 "${gemma[@]}" "${profile_args[@]}" --json "$out/profile.json"
     # The last variant is every candidate together.
-    # shellcheck disable=SC2086
-    stage "profile-${variants[-2]}" 60 env ${variants[-1]} "${gemma[@]}" "${profile_args[@]}" \
-        --json "$out/profile_variant.json"
+    if [[ $skipped == *" ${variants[-3]} "* ]]; then
+        skip_stage "profile-${variants[-3]}" "a kernel it uses did not run in check-kernels"
+    else
+        # shellcheck disable=SC2086
+        stage "profile-${variants[-3]}" 60 env ${variants[-2]} "${gemma[@]}" "${profile_args[@]}" \
+            --json "$out/profile_variant.json"
+    fi
 fi
 
 stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/serve.json" \
