@@ -331,3 +331,74 @@ fn a_variant_runs_only_when_its_kernels_ran_in_check_kernels() {
     assert_eq!(ran(&["proj_residual_norm_wgmma"]).0, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_candidates_that_passed_are_combined_most_promising_first() {
+    let dir = scratch("passing");
+    let kernels = dir.join("kernels.json");
+    let wrong = |name: &str| {
+        format!(
+            r#"{{"family": "f", "name": "{name}", "case": "c", "max_abs_err": 3.0,
+                "rel_l2_err": 0.5, "bad_values": 0, "max_abs_tol": 0.01, "rel_l2_tol": 0.01,
+                "passed": false, "timing": null, "error": null, "mismatch": null}}"#
+        )
+    };
+    let passing = |checks: &[String], sm90: bool| {
+        std::fs::write(&kernels, format!("[{}]", checks.join(","))).unwrap();
+        let mut args = vec![
+            tool("passing_candidates.py").display().to_string(),
+            "--kernels".into(),
+            kernels.display().to_string(),
+        ];
+        if sm90 {
+            args.push("--sm90".into());
+        }
+        let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    };
+    let ok = |name: &str| check_entry("f", name, None, "null");
+    let every = [
+        ok("gate_up_geglu"),
+        ok("residual_norm_bf16_branch/residual"),
+        ok("gate_up_geglu_wgmma"),
+        ok("gate_up_geglu_wgmma_wide"),
+        ok("attention_flash_wgmma"),
+        ok("qkv_proj_wgmma/q"),
+        ok("qkv_proj_wgmma/k"),
+        ok("proj_residual_norm_wgmma/residual"),
+    ];
+    assert_eq!(
+        passing(&every, true),
+        "wgmma-qkv+wgmma-attention+wgmma-wide-mlp+fused-branch\t\
+         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma-wide \
+         GEMMA_EMBED_BRANCH=fused\t\
+         qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma_wide proj_residual_norm_wgmma"
+    );
+    // Off sm_90 only the portable candidates count.
+    assert_eq!(
+        passing(&every, false),
+        "fused-mlp+bf16-branch\tGEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16\t\
+         gate_up_geglu residual_norm_bf16_branch"
+    );
+    // The wide kernel computes wrong numbers and one part of the QKV kernel fails; the fused
+    // branch faulted: the next option of each variable, or none.
+    let mut some = every.to_vec();
+    some[3] = wrong("gate_up_geglu_wgmma_wide");
+    some[6] = wrong("qkv_proj_wgmma/k");
+    some[7] = check_entry(
+        "f",
+        "proj_residual_norm_wgmma",
+        Some("illegal address"),
+        "null",
+    );
+    assert_eq!(
+        passing(&some, true),
+        "wgmma-attention+wgmma-mlp+bf16-branch\t\
+         GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=bf16\t\
+         attention_flash_wgmma gate_up_geglu_wgmma residual_norm_bf16_branch"
+    );
+    // No candidate passed: no variant.
+    assert_eq!(passing(&[wrong("gate_up_geglu")], true), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}

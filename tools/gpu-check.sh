@@ -16,8 +16,9 @@
 #      with the default kernels and once with each candidate choice (see `variants` below:
 #      GEMMA_EMBED_MLP=fused, GEMMA_EMBED_BRANCH=bf16, on sm_90 cards also GEMMA_EMBED_MLP=wgmma
 #      and =wgmma-wide, GEMMA_EMBED_ATTENTION=flash-wgmma, GEMMA_EMBED_QKV=wgmma and
-#      GEMMA_EMBED_BRANCH=fused, and the fastest-looking of them together, once with each wgmma
-#      MLP kernel; a variant whose kernel did not run in check-kernels is skipped)
+#      GEMMA_EMBED_BRANCH=fused, the fastest-looking of them together, and the candidates that
+#      passed check-kernels together; a variant whose kernel did not run in check-kernels is
+#      skipped)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
@@ -188,9 +189,11 @@ if [ $cpu_only = 0 ]; then
     # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as triples of
     # a name, its environment and the kernels it brings in (as check-kernels names them): the
     # fused MLP kernel and the bf16 branch; on sm_90 also the wgmma MLP kernels (narrow and wide
-    # tiles), attention and QKV kernels and the fused branch; last, the candidates together (on
-    # sm_90 the fused branch in place of the bf16 one, once with each wgmma MLP kernel; the last
-    # variant is the one profiled).
+    # tiles), attention and QKV kernels and the fused branch; then the candidates together (on
+    # sm_90 the fused branch in place of the bf16 one, with the narrow wgmma MLP kernel); last,
+    # the candidates that passed check-kernels together, the most promising option of each
+    # (tools/gpu/passing_candidates.py: on sm_90 with every candidate passing, the same with the
+    # wide MLP kernel), which is the variant profiled.
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
     variants=(fused-mlp "GEMMA_EMBED_MLP=fused" "gate_up_geglu"
@@ -201,9 +204,6 @@ if [ $cpu_only = 0 ]; then
             wgmma-attention "GEMMA_EMBED_ATTENTION=flash-wgmma" "attention_flash_wgmma"
             wgmma-qkv "GEMMA_EMBED_QKV=wgmma" "qkv_proj_wgmma"
             fused-branch "GEMMA_EMBED_BRANCH=fused" "proj_residual_norm_wgmma")
-        variants+=(wgmma-qkv+wgmma-attention+wgmma-wide-mlp+fused-branch
-            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma-wide GEMMA_EMBED_BRANCH=fused"
-            "qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma_wide proj_residual_norm_wgmma")
         variants+=(wgmma-qkv+wgmma-attention+wgmma-mlp+fused-branch
             "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=fused"
             "qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma proj_residual_norm_wgmma")
@@ -211,6 +211,22 @@ if [ $cpu_only = 0 ]; then
         variants+=(fused-mlp+bf16-branch "GEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16"
             "gate_up_geglu residual_norm_bf16_branch")
     fi
+    sm90_flag=()
+    [ $sm90 = 1 ] && sm90_flag=(--sm90)
+    passing=$("$python" "$repo/tools/gpu/passing_candidates.py" --kernels "$out/kernels.json" "${sm90_flag[@]}")
+    profiled=$((${#variants[@]} - 3))
+    if [ -n "$passing" ]; then
+        IFS=$'\t' read -r passing_name passing_env passing_kernels <<< "$passing"
+        profiled=-1
+        for ((i = 0; i < ${#variants[@]}; i += 3)); do
+            [ "${variants[i]}" = "$passing_name" ] && profiled=$i
+        done
+        if [ $profiled = -1 ]; then
+            profiled=${#variants[@]}
+            variants+=("$passing_name" "$passing_env" "$passing_kernels")
+        fi
+    fi
+    echo "variant profiled: ${variants[profiled]} (${variants[profiled + 1]})"
     # A variant whose kernel did not run in check-kernels (fault, hang) is skipped: it would only
     # spend its stages' time limits, and the run's budget, doing the same.
     skipped=" "
@@ -258,13 +274,13 @@ stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$m
 if [ $cpu_only = 0 ]; then
     profile_args=(profile --model "$model" --lengths 512,2048 --mixed --batch-tokens "$max_batch_tokens" --batches 3)
     stage profile 60 "${gemma[@]}" "${profile_args[@]}" --json "$out/profile.json"
-    # The last variant is every candidate together.
-    if [[ $skipped == *" ${variants[-3]} "* ]]; then
-        skip_stage "profile-${variants[-3]}" "a kernel it uses did not run in check-kernels"
+    # The candidates together: those that passed check-kernels, or else the last variant.
+    if [[ $skipped == *" ${variants[profiled]} "* ]]; then
+        skip_stage "profile-${variants[profiled]}" "a kernel it uses did not run in check-kernels"
     else
         # shellcheck disable=SC2086
-        stage "profile-${variants[-3]}" 60 env ${variants[-2]} "${gemma[@]}" "${profile_args[@]}" \
-            --json "$out/profile_variant.json"
+        stage "profile-${variants[profiled]}" 60 env ${variants[profiled + 1]} "${gemma[@]}" \
+            "${profile_args[@]}" --json "$out/profile_variant.json"
     fi
 fi
 
