@@ -23,7 +23,7 @@
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
 #   5. where the forward's GPU time goes: gemma-embed profile (every operation timed with CUDA
-#      events) with the default kernels and with all candidates together -> $OUT/profile*.json
+#      events) with the default kernels and with the passing candidates together -> $OUT/profile*.json
 #   6. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
 #      (many concurrent connections, every answer checked against the text's lone embedding),
 #      then SIGTERM and a clean exit                                             -> $OUT/serve.json
