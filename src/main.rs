@@ -515,8 +515,8 @@ fn info(args: InfoArgs) -> Result<()> {
 
 fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
     if args.list_families {
-        for family in backend::cuda::CHECK_FAMILIES {
-            println!("{family}");
+        for family in backend::cuda::CheckFamily::ALL {
+            println!("{}", family.name());
         }
         return Ok(());
     }

@@ -12,7 +12,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 
-use super::attention::{check_attention, AttentionKernel, FLASH_WGMMA_KERNEL};
+use super::attention::{check_attention, AttentionKernel};
 use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
@@ -23,7 +23,7 @@ use super::ops::{
 use super::options::{BranchStorage, KernelChoice};
 use super::params::L2ProbeParams;
 use super::qkv::{self, QkvKernel, QkvProj};
-use super::report::{KernelCheck, KernelChecks, Timing, CHECK_FAMILIES};
+use super::report::{CheckFamily, KernelCheck, KernelChecks, Timing};
 use super::residual::{self, ProjResidualNorm};
 use crate::backend::cpu::ops as cpu;
 use crate::rng::SplitMix64;
@@ -175,7 +175,7 @@ fn tiled_gemm_l2_bytes(
     (ctas * (block_m + cta_weight_rows) * k * 2) as f64
 }
 
-/// Run the check families (every one in [`CHECK_FAMILIES`] order, or those named in `only`) on
+/// Run the check families (every one in [`CheckFamily::ALL`] order, or those named in `only`) on
 /// device 0. A family that fails to run (launch error, fault) is reported as one failed entry
 /// carrying the error, and the remaining families still run (after a fault the context is
 /// unusable, so they report the same error: `gemma-embed check-kernels --family NAME` runs one
@@ -186,22 +186,21 @@ pub fn run_kernel_checks(
     only: &[String],
     progress: &mut dyn FnMut(&[KernelCheck]) -> Result<()>,
 ) -> Result<KernelChecks> {
-    if let Some(unknown) = only.iter().find(|f| !CHECK_FAMILIES.contains(&f.as_str())) {
-        return Err(Error::Cuda(format!(
-            "no kernel check family `{unknown}`; the families are {}",
-            CHECK_FAMILIES.join(", ")
-        )));
-    }
+    let only = only
+        .iter()
+        .map(|name| CheckFamily::parse(name))
+        .collect::<Result<Vec<_>>>()?;
     let dev = Device::open()?;
     let kernels = Kernels::load(&dev, check_dims())?;
     let mut checks = Vec::new();
-    for &family in CHECK_FAMILIES
-        .iter()
-        .filter(|&&f| only.is_empty() || only.iter().any(|o| o == f))
+    for family in CheckFamily::ALL
+        .into_iter()
+        .filter(|f| only.is_empty() || only.contains(f))
     {
-        let results = run_family(&dev, &kernels, family, &mut family_rng(seed, family))
-            .unwrap_or_else(|e| vec![KernelCheck::error(family, e.to_string())]);
-        checks.extend(results.into_iter().map(|c| c.in_family(family)));
+        let name = family.name();
+        let results = run_family(&dev, &kernels, family, &mut family_rng(seed, name))
+            .unwrap_or_else(|e| vec![KernelCheck::error(name, e.to_string())]);
+        checks.extend(results.into_iter().map(|c| c.in_family(name)));
         progress(&checks)?;
     }
     Ok(KernelChecks {
@@ -220,41 +219,42 @@ fn family_rng(seed: u64, family: &str) -> SplitMix64 {
     SplitMix64::new(seed ^ name_hash)
 }
 
-/// One family of [`CHECK_FAMILIES`].
+/// One family's checks.
 fn run_family(
     dev: &Device,
     kernels: &Kernels,
-    family: &str,
+    family: CheckFamily,
     rng: &mut SplitMix64,
 ) -> Result<Vec<KernelCheck>> {
-    let cc = dev.info.compute_capability;
     match family {
-        L2_PROBE_KERNEL => check_l2_probe(dev, rng),
-        "embed_tokens" => check_embed(dev, kernels, rng),
-        "residual_norm" => check_residual_norm(dev, kernels, false, rng),
-        "qkv_post" => check_qkv_post(dev, kernels, rng),
-        "geglu" => Ok(vec![check_geglu(dev, kernels, rng)?]),
-        "pool_embeddings" => check_pool(dev, kernels, rng),
-        "gemm" => check_gemms(dev, rng),
-        "attention" => check_attention(
+        CheckFamily::L2ReadProbe => check_l2_probe(dev, rng),
+        CheckFamily::EmbedTokens => check_embed(dev, kernels, rng),
+        CheckFamily::ResidualNorm => check_residual_norm(dev, kernels, false, rng),
+        CheckFamily::QkvPost => check_qkv_post(dev, kernels, rng),
+        CheckFamily::Geglu => Ok(vec![check_geglu(dev, kernels, rng)?]),
+        CheckFamily::PoolEmbeddings => check_pool(dev, kernels, rng),
+        CheckFamily::Gemm => check_gemms(dev, rng),
+        CheckFamily::Attention => check_attention(
             dev,
             &[AttentionKernel::Reference, AttentionKernel::Flash],
             rng,
         ),
-        "residual_norm_bf16_branch" => check_residual_norm(dev, kernels, true, rng),
-        "gate_up_geglu" => check_gate_up_geglu(dev, kernels, rng),
-        FLASH_WGMMA_KERNEL if AttentionKernel::FlashWgmma.runs_on(cc) => {
-            check_attention(dev, &[AttentionKernel::FlashWgmma], rng)
+        CheckFamily::ResidualNormBf16Branch => check_residual_norm(dev, kernels, true, rng),
+        CheckFamily::GateUpGeglu => check_gate_up_geglu(dev, kernels, rng),
+        CheckFamily::AttentionFlashWgmma => {
+            if AttentionKernel::FlashWgmma.runs_on(dev.info.compute_capability) {
+                check_attention(dev, &[AttentionKernel::FlashWgmma], rng)
+            } else {
+                Ok(Vec::new())
+            }
         }
-        FLASH_WGMMA_KERNEL => Ok(Vec::new()),
-        "qkv_proj" => check_qkv_proj(dev, kernels, rng),
-        "proj_residual_norm" => check_proj_residual_norm(dev, kernels, rng),
-        other => Err(Error::Cuda(format!("no kernel check family `{other}`"))),
+        CheckFamily::QkvProj => check_qkv_proj(dev, kernels, rng),
+        CheckFamily::ProjResidualNorm => check_proj_residual_norm(dev, kernels, rng),
     }
 }
 
 /// `kernels/probe.cu`'s kernel.
-pub const L2_PROBE_KERNEL: &str = "l2_read_probe";
+const L2_PROBE_KERNEL: &str = "l2_read_probe";
 /// `L2_PROBE_THREADS` in kernels/params.h: the probe's block size.
 const L2_PROBE_THREADS: u32 = 256;
 /// Passes of the timed probe over its buffer.
@@ -1329,9 +1329,11 @@ mod tests {
         };
         assert_eq!(draws(7, "gate_up_geglu"), draws(7, "gate_up_geglu"));
         assert_ne!(draws(7, "gate_up_geglu"), draws(8, "gate_up_geglu"));
-        let firsts: std::collections::HashSet<_> =
-            CHECK_FAMILIES.iter().map(|f| draws(7, f)).collect();
-        assert_eq!(firsts.len(), CHECK_FAMILIES.len(), "families draw apart");
+        let firsts: std::collections::HashSet<_> = CheckFamily::ALL
+            .iter()
+            .map(|f| draws(7, f.name()))
+            .collect();
+        assert_eq!(firsts.len(), CheckFamily::ALL.len(), "families draw apart");
     }
 
     #[test]

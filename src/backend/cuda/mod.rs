@@ -13,7 +13,7 @@ mod report;
 pub mod residual;
 
 pub use options::{BranchStorage, CudaOptions, KernelChoice};
-pub use report::{print_table, write_json, KernelCheck, KernelChecks, CHECK_FAMILIES};
+pub use report::{print_table, write_json, CheckFamily, KernelCheck, KernelChecks};
 
 /// The GPU architectures whose machine code is embedded, e.g. `sm_80 sm_86 sm_89 sm_90a`;
 /// empty when the binary has no kernels.

@@ -15,29 +15,82 @@ pub struct KernelChecks {
     pub checks: Vec<KernelCheck>,
 }
 
-/// The families of `gemma-embed check-kernels`, in the order they run: the kernels the engine
-/// has used on GPUs first, then the newer ones (a faulting kernel poisons the context for every
-/// check after it): attention, then those not yet run on a GPU. `gate_up_geglu`, `qkv_proj` and
-/// `proj_residual_norm` time the cuBLAS baseline before the fused kernels.
-pub const CHECK_FAMILIES: &[&str] = &[
-    "l2_read_probe",
-    "embed_tokens",
-    "residual_norm",
-    "qkv_post",
-    "geglu",
-    "pool_embeddings",
-    "gemm",
-    "attention",
-    "residual_norm_bf16_branch",
-    "gate_up_geglu",
-    "attention_flash_wgmma",
-    "qkv_proj",
-    "proj_residual_norm",
-];
+/// A family of `gemma-embed check-kernels`. [`CheckFamily::ALL`] is the order they run in: the
+/// kernels the engine has used on GPUs first, then the newer ones (a faulting kernel poisons the
+/// context for every check after it): attention, then those not yet run on a GPU.
+/// `GateUpGeglu`, `QkvProj` and `ProjResidualNorm` time the cuBLAS baseline before the fused
+/// kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckFamily {
+    L2ReadProbe,
+    EmbedTokens,
+    ResidualNorm,
+    QkvPost,
+    Geglu,
+    PoolEmbeddings,
+    Gemm,
+    Attention,
+    ResidualNormBf16Branch,
+    GateUpGeglu,
+    AttentionFlashWgmma,
+    QkvProj,
+    ProjResidualNorm,
+}
+
+impl CheckFamily {
+    pub const ALL: [Self; 13] = [
+        Self::L2ReadProbe,
+        Self::EmbedTokens,
+        Self::ResidualNorm,
+        Self::QkvPost,
+        Self::Geglu,
+        Self::PoolEmbeddings,
+        Self::Gemm,
+        Self::Attention,
+        Self::ResidualNormBf16Branch,
+        Self::GateUpGeglu,
+        Self::AttentionFlashWgmma,
+        Self::QkvProj,
+        Self::ProjResidualNorm,
+    ];
+
+    /// The name `--family` takes and the JSON's `family` field carries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::L2ReadProbe => "l2_read_probe",
+            Self::EmbedTokens => "embed_tokens",
+            Self::ResidualNorm => "residual_norm",
+            Self::QkvPost => "qkv_post",
+            Self::Geglu => "geglu",
+            Self::PoolEmbeddings => "pool_embeddings",
+            Self::Gemm => "gemm",
+            Self::Attention => "attention",
+            Self::ResidualNormBf16Branch => "residual_norm_bf16_branch",
+            Self::GateUpGeglu => "gate_up_geglu",
+            Self::AttentionFlashWgmma => "attention_flash_wgmma",
+            Self::QkvProj => "qkv_proj",
+            Self::ProjResidualNorm => "proj_residual_norm",
+        }
+    }
+
+    /// The family called `name`, or an error listing them all.
+    pub fn parse(name: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|f| f.name()).collect();
+                crate::Error::Cuda(format!(
+                    "no kernel check family `{name}`; the families are {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelCheck {
-    /// The [`CHECK_FAMILIES`] entry that ran it.
+    /// The name of the [`CheckFamily`] that ran it.
     pub family: String,
     /// Kernel (or cuBLAS GEMM) name.
     pub name: String,
@@ -362,6 +415,18 @@ pub fn write_json(checks: &[KernelCheck], path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_parses_from_its_name_and_an_unknown_one_lists_them() {
+        for family in CheckFamily::ALL {
+            assert_eq!(CheckFamily::parse(family.name()).unwrap(), family);
+        }
+        let err = CheckFamily::parse("qkv").unwrap_err().to_string();
+        assert!(
+            err.contains("`qkv`") && err.contains("l2_read_probe, embed_tokens"),
+            "{err}"
+        );
+    }
 
     /// A `[rows, cols]` reference of distinct values and a copy with `wrong` cells broken.
     fn broken(rows: usize, cols: usize, wrong: &[(usize, usize, f32)]) -> (Vec<f32>, Vec<f32>) {
