@@ -1,10 +1,15 @@
 //! The GPU check's Python helpers (`tools/gpu/`), which run only on lent GPU machines, driven here
 //! on files shaped like the binary's JSON: `isolate_families.py` reruns, one process each, the
-//! check-kernels families after the first fault (a fake check-kernels stands in for the binary),
-//! and `summary.py` reports a check that did not run by its error and the L2 columns by the probe.
-//! Both are standard-library Python: `GEMMA_EMBED_PYTHON`, else `python3`.
+//! check-kernels families after the first fault (a fake check-kernels stands in for the binary);
+//! `candidates.py` lists the candidate variants (held to the engine's own choice names and
+//! kernels), gates them on their kernels having run and combines those that passed; and
+//! `summary.py` reports a check that did not run by its error and the L2 columns by the probe.
+//! All are standard-library Python: `GEMMA_EMBED_PYTHON`, else `python3`.
 
 use std::path::{Path, PathBuf};
+
+use gemma_embed::backend::cuda::attention::AttentionKernel;
+use gemma_embed::backend::cuda::{mlp::MlpKernel, qkv::QkvKernel, BranchStorage, KernelChoice};
 use std::process::{Command, Output};
 
 fn python() -> String {
@@ -297,7 +302,8 @@ fn a_variant_runs_only_when_its_kernels_ran_in_check_kernels() {
     std::fs::write(&kernels, format!("[{}]", checks.join(","))).unwrap();
     let ran = |names: &[&str]| {
         let mut args = vec![
-            tool("kernels_ran.py").display().to_string(),
+            tool("candidates.py").display().to_string(),
+            "ran".into(),
             "--kernels".into(),
             kernels.display().to_string(),
         ];
@@ -346,7 +352,8 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     let passing = |checks: &[String], sm90: bool| {
         std::fs::write(&kernels, format!("[{}]", checks.join(","))).unwrap();
         let mut args = vec![
-            tool("passing_candidates.py").display().to_string(),
+            tool("candidates.py").display().to_string(),
+            "passing".into(),
             "--kernels".into(),
             kernels.display().to_string(),
         ];
@@ -401,4 +408,72 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     // No candidate passed: no variant.
     assert_eq!(passing(&[wrong("gate_up_geglu")], true), "");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_candidate_list_is_what_the_card_runs() {
+    let list = |sm90: bool| {
+        let mut args = vec![tool("candidates.py").display().to_string(), "list".into()];
+        if sm90 {
+            args.push("--sm90".into());
+        }
+        let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_string).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    let portable = list(false);
+    assert_eq!(
+        portable,
+        [
+            ["fused-mlp", "GEMMA_EMBED_MLP=fused", "gate_up_geglu"],
+            [
+                "bf16-branch",
+                "GEMMA_EMBED_BRANCH=bf16",
+                "residual_norm_bf16_branch"
+            ],
+        ]
+    );
+    let hopper = list(true);
+    let names: Vec<&str> = hopper.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "wgmma-qkv",
+            "wgmma-attention",
+            "wgmma-wide-mlp",
+            "wgmma-mlp",
+            "fused-mlp",
+            "fused-branch",
+            "bf16-branch"
+        ]
+    );
+    // Each candidate's environment selects, in the engine, the kernel it names, and only the
+    // sm_90-only ones are missing off sm_90.
+    for c in &hopper {
+        let (variable, option) = c[1].split_once('=').expect("VARIABLE=option");
+        let (kernel, sm90_only) = match variable {
+            "GEMMA_EMBED_QKV" => {
+                let k = QkvKernel::parse(Some(option)).unwrap();
+                (k.name(), !k.runs_on((8, 0)))
+            }
+            "GEMMA_EMBED_ATTENTION" => {
+                let k = AttentionKernel::parse(Some(option)).unwrap();
+                (k.name(), !k.runs_on((8, 0)))
+            }
+            "GEMMA_EMBED_MLP" => {
+                let k = MlpKernel::parse(Some(option)).unwrap();
+                (k.name(), !k.runs_on((8, 0)))
+            }
+            "GEMMA_EMBED_BRANCH" => {
+                let k = BranchStorage::parse(Some(option)).unwrap();
+                (k.residual_norm_kernel(), !k.runs_on((8, 0)))
+            }
+            other => panic!("unknown choice variable {other}"),
+        };
+        assert_eq!(c[2], kernel, "{c:?}");
+        assert_eq!(portable.contains(c), !sm90_only, "{c:?}");
+    }
 }

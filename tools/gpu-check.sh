@@ -187,33 +187,27 @@ if [ $cpu_only = 0 ]; then
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
     # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as triples of
-    # a name, its environment and the kernels it brings in (as check-kernels names them): the
-    # fused MLP kernel and the bf16 branch; on sm_90 also the wgmma MLP kernels (narrow and wide
-    # tiles), attention and QKV kernels and the fused branch; then the candidates together (on
-    # sm_90 the fused branch in place of the bf16 one, with the narrow wgmma MLP kernel); last,
-    # the candidates that passed check-kernels together, the most promising option of each
-    # (tools/gpu/passing_candidates.py: on sm_90 with every candidate passing, the same with the
-    # wide MLP kernel), which is the variant profiled.
+    # a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
+    # candidate the card runs alone (the fused MLP kernel and the bf16 branch; on sm_90 also the
+    # wgmma MLP kernels, narrow and wide, the wgmma attention and QKV kernels and the fused
+    # branch); on sm_90 the fastest-looking build fixed in advance (the fused branch, the narrow
+    # wgmma MLP kernel); last, the candidates that passed check-kernels together, the most
+    # promising option of each (`candidates.py passing`), which is the variant profiled.
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
-    variants=(fused-mlp "GEMMA_EMBED_MLP=fused" "gate_up_geglu"
-        bf16-branch "GEMMA_EMBED_BRANCH=bf16" "residual_norm_bf16_branch")
+    sm90_flag=()
+    [ $sm90 = 1 ] && sm90_flag=(--sm90)
+    candidates=("$python" "$repo/tools/gpu/candidates.py")
+    variants=()
+    while IFS=$'\t' read -r name env kernels; do
+        variants+=("$name" "$env" "$kernels")
+    done < <("${candidates[@]}" list "${sm90_flag[@]}")
     if [ $sm90 = 1 ]; then
-        variants+=(wgmma-mlp "GEMMA_EMBED_MLP=wgmma" "gate_up_geglu_wgmma"
-            wgmma-wide-mlp "GEMMA_EMBED_MLP=wgmma-wide" "gate_up_geglu_wgmma_wide"
-            wgmma-attention "GEMMA_EMBED_ATTENTION=flash-wgmma" "attention_flash_wgmma"
-            wgmma-qkv "GEMMA_EMBED_QKV=wgmma" "qkv_proj_wgmma"
-            fused-branch "GEMMA_EMBED_BRANCH=fused" "proj_residual_norm_wgmma")
         variants+=(wgmma-qkv+wgmma-attention+wgmma-mlp+fused-branch
             "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=fused"
             "qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma proj_residual_norm_wgmma")
-    else
-        variants+=(fused-mlp+bf16-branch "GEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16"
-            "gate_up_geglu residual_norm_bf16_branch")
     fi
-    sm90_flag=()
-    [ $sm90 = 1 ] && sm90_flag=(--sm90)
-    passing=$("$python" "$repo/tools/gpu/passing_candidates.py" --kernels "$out/kernels.json" "${sm90_flag[@]}")
+    passing=$("${candidates[@]}" passing --kernels "$out/kernels.json" "${sm90_flag[@]}")
     profiled=$((${#variants[@]} - 3))
     if [ -n "$passing" ]; then
         IFS=$'\t' read -r passing_name passing_env passing_kernels <<< "$passing"
@@ -233,7 +227,7 @@ if [ $cpu_only = 0 ]; then
     for ((i = 0; i < ${#variants[@]}; i += 3)); do
         name=${variants[i]}
         # shellcheck disable=SC2086 # kernel names are words without spaces
-        if ! "$python" "$repo/tools/gpu/kernels_ran.py" --kernels "$out/kernels.json" ${variants[i + 2]}; then
+        if ! "${candidates[@]}" ran --kernels "$out/kernels.json" ${variants[i + 2]}; then
             skip_stage "embed-cuda-$name" "a kernel it uses did not run in check-kernels"
             skipped+="$name "
             continue

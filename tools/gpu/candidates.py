@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The candidate kernel choices tools/gpu-check.sh runs as variants, and what check-kernels said of
+their kernels. One table (CANDIDATES) names each candidate, its environment and its kernels.
+
+    candidates.py list [--sm90]
+        every candidate the card runs, one line each: NAME<TAB>ENV<TAB>KERNELS
+    candidates.py ran --kernels OUT/kernels.json KERNEL...
+        exit 0 when every KERNEL ran in check-kernels: it has an entry (its name, or NAME/part) and
+        none of them is an error (launch failure, fault, hang). Wrong numbers count as run, since
+        the variant's parity shows what they cost. Exit 1 naming those that did not run. Without
+        a readable kernels.json there is nothing to go by: exit 0. gpu-check asks before it
+        spends a variant's stages on a kernel that would only hang or fault again.
+    candidates.py passing --kernels OUT/kernels.json [--sm90]
+        the candidates whose kernels all passed check-kernels, together: per choice variable the
+        first (most promising) passing option, as one line NAME<TAB>ENV<TAB>KERNELS, the name the
+        options' names joined by '+'; nothing when none passed. gpu-check times and profiles it
+        last, so one failing candidate does not leave the run without the others combined.
+"""
+import argparse
+import json
+import sys
+
+# (variable, option, variant name, kernels as check-kernels names them, sm_90 only); within a
+# variable, most promising first.
+CANDIDATES = [
+    ("GEMMA_EMBED_QKV", "wgmma", "wgmma-qkv", ["qkv_proj_wgmma"], True),
+    ("GEMMA_EMBED_ATTENTION", "flash-wgmma", "wgmma-attention", ["attention_flash_wgmma"], True),
+    ("GEMMA_EMBED_MLP", "wgmma-wide", "wgmma-wide-mlp", ["gate_up_geglu_wgmma_wide"], True),
+    ("GEMMA_EMBED_MLP", "wgmma", "wgmma-mlp", ["gate_up_geglu_wgmma"], True),
+    ("GEMMA_EMBED_MLP", "fused", "fused-mlp", ["gate_up_geglu"], False),
+    ("GEMMA_EMBED_BRANCH", "fused", "fused-branch", ["proj_residual_norm_wgmma"], True),
+    ("GEMMA_EMBED_BRANCH", "bf16", "bf16-branch", ["residual_norm_bf16_branch"], False),
+]
+
+
+def line(candidates):
+    """NAME<TAB>ENV<TAB>KERNELS of candidates run together."""
+    return ("+".join(name for _, _, name, _, _ in candidates) + "\t"
+            + " ".join(f"{variable}={option}" for variable, option, _, _, _ in candidates) + "\t"
+            + " ".join(k for _, _, _, kernels, _ in candidates for k in kernels))
+
+
+def on_card(sm90):
+    return [c for c in CANDIDATES if sm90 or not c[4]]
+
+
+def entries(checks, kernel):
+    """The checks of `kernel`: those named it, or KERNEL/part."""
+    return [c for c in checks if c.get("name") == kernel or c.get("name", "").startswith(kernel + "/")]
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def ran(checks, names):
+    did_not_run = []
+    for name in names:
+        errors = [c["error"] for c in entries(checks, name) if c.get("error")]
+        if not entries(checks, name):
+            did_not_run.append(f"{name} (no check of it)")
+        elif errors:
+            did_not_run.append(f"{name} ({errors[0]})")
+    if did_not_run:
+        print("did not run in check-kernels: " + "; ".join(did_not_run))
+        return 1
+    return 0
+
+
+def passing(checks, sm90):
+    def passed(kernel):
+        found = entries(checks, kernel)
+        return bool(found) and all(c.get("passed") and not c.get("error") for c in found)
+
+    chosen = {}
+    for candidate in on_card(sm90):
+        variable, _, _, kernels, _ = candidate
+        if variable not in chosen and all(passed(k) for k in kernels):
+            chosen[variable] = candidate
+    if chosen:
+        print(line(list(chosen.values())))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list")
+    listing.add_argument("--sm90", action="store_true", help="the card runs the sm_90-only kernels")
+    ran_parser = sub.add_parser("ran")
+    ran_parser.add_argument("--kernels", required=True, help="check-kernels JSON")
+    ran_parser.add_argument("names", nargs="+", help="kernel names, as check-kernels reports them")
+    passing_parser = sub.add_parser("passing")
+    passing_parser.add_argument("--kernels", required=True, help="check-kernels JSON")
+    passing_parser.add_argument("--sm90", action="store_true", help="the card runs the sm_90-only kernels")
+    args = parser.parse_args()
+
+    if args.command == "list":
+        for candidate in on_card(args.sm90):
+            print(line([candidate]))
+        return 0
+    checks = load(args.kernels)
+    if checks is None:
+        if args.command == "ran":
+            print(f"no kernel checks to go by in {args.kernels}: running the variant")
+        return 0
+    return ran(checks, args.names) if args.command == "ran" else passing(checks, args.sm90)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
