@@ -128,7 +128,7 @@ mod device {
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
-    use crate::backend::cuda::ops::{grid_row_blocks, persistent_grid};
+    use crate::backend::cuda::ops::{grid_row_blocks, kernel_u32, persistent_grid};
     use crate::backend::cuda::params::GateUpGegluParams;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `GateUpGegluParams` from kernels/params.h: device
@@ -203,11 +203,8 @@ mod device {
                 )));
             }
             let name = self.name();
-            let to_u32 = |v: usize, what: &str| {
-                u32::try_from(v).map_err(|_| Error::Cuda(format!("{name}: {what} {v} exceeds u32")))
-            };
+            let to_u32 = |v: usize, what: &str| kernel_u32(name, v, what);
             let col_blocks = intermediate / self.kernel.block_out();
-            let row_blocks = grid_row_blocks(name, num_tokens, BLOCK_M)?;
             // The wide kernel is persistent (one CTA per SM walking the tiles), the others one
             // CTA per tile.
             let grid_dim = match self.kernel {
@@ -216,7 +213,11 @@ mod device {
                     1,
                     1,
                 ),
-                _ => (to_u32(col_blocks, "grid x")?, row_blocks, 1),
+                _ => (
+                    to_u32(col_blocks, "grid x")?,
+                    grid_row_blocks(name, num_tokens, BLOCK_M)?,
+                    1,
+                ),
             };
             let s = &dev.stream;
             let (x_ptr, _x) = x.device_ptr(s);
