@@ -273,6 +273,16 @@ static inline void emu_retire_slice(EmuPipeline *p, int s) {
     }
 }
 
+/* A wgmma wait: the oldest of the `*pending` slices still in flight (stages in_flight_stages[])
+ * retire until `keep` remain. */
+static inline void emu_wgmma_wait(EmuPipeline *p, int in_flight_stages[2], int *pending, int keep) {
+    while (*pending > keep) {
+        emu_retire_slice(p, in_flight_stages[0]);
+        in_flight_stages[0] = in_flight_stages[1];
+        --*pending;
+    }
+}
+
 /* wgmma_gemm_prologue: the tile's first GEMM_SLICES_AHEAD slices into stages 0, 1, ... */
 static inline void emu_prologue(EmuPipeline *p, int first_row, int first_weight_row) {
     const int ahead = GEMM_SLICES_AHEAD(p->stages, p->in_flight);
@@ -298,18 +308,9 @@ static inline void emu_k_loop(EmuPipeline *p, int first_row, int first_weight_ro
         const int next = kt + ahead;
         if (next < k_tiles) emu_load_stage(p, next % p->stages, first_row, first_weight_row, next);
         in_flight_stages[pending++] = kt % p->stages;
-        /* wgmma_wait<in_flight>: all but the newest in_flight slices retire. */
-        while (pending > p->in_flight) {
-            emu_retire_slice(p, in_flight_stages[0]);
-            in_flight_stages[0] = in_flight_stages[1];
-            --pending;
-        }
+        emu_wgmma_wait(p, in_flight_stages, &pending, p->in_flight); /* wgmma_wait<in_flight> */
     }
-    while (pending > 0) { /* wgmma_wait<0> */
-        emu_retire_slice(p, in_flight_stages[0]);
-        in_flight_stages[0] = in_flight_stages[1];
-        --pending;
-    }
+    emu_wgmma_wait(p, in_flight_stages, &pending, 0); /* wgmma_wait<0> */
     const int regs = p->weight_rows / 2;
     for (int t = 0; t < p->threads; ++t) {
         const int warp = t / 32, lane = t % 32;
