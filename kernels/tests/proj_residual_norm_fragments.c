@@ -47,14 +47,6 @@ static int residual_writes[TOKENS][HIDDEN], copy_writes[TOKENS][HIDDEN], inv_rms
 static float acc[CLUSTER][THREADS][ACC_REGS];
 static float row_squares[CLUSTER][2][BM];
 
-/* Sum over the quad of lane `lane` (__shfl_xor_sync 1, then 2) of per-thread values. */
-static float quad_sum(const float *per_thread, int t) {
-    const int warp = t / 32, lane = t % 32;
-    float sum = 0.0f;
-    for (int q = 0; q < 4; ++q) sum += per_thread[warp * 32 + (lane ^ q)];
-    return sum;
-}
-
 /* cluster_row_sum: the cluster's partials of one tile row, read through DSMEM. */
 static float cluster_row_sum(int which, int local_row) {
     float total = 0.0f;

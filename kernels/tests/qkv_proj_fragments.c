@@ -55,7 +55,7 @@ static float *out_elem(int row, int slot, int col) {
     return slot == HEADS ? &out_k[row][col] : &out_v[row][col];
 }
 
-/* The bf16 pair store: element `e` of the pair at (row, slot, col). */
+/* The bf16 pair store: elements col and col + 1 of (row, slot). */
 static void store(int row, int slot, int col, float lo, float hi) {
     expect(row < TOKENS, "no store past num_tokens", row, slot, col);
     expect(col % 2 == 0, "bf16 pair 4-byte aligned", row, slot, col);
@@ -88,14 +88,11 @@ static void epilogue(const float *tile, int first_row, int slot) {
         for (int t = 0; t < THREADS; ++t) {
             const int warp = t / 32, lane = t % 32;
             const int row = first_row + gemm_wgmma_row(warp, lane, half);
-            /* __shfl_xor_sync(.., 1) then (.., 2): the sum over lanes lane ^ {0, 1, 2, 3}. */
-            float sum_squares = 0.0f;
             for (int q = 0; q < 4; ++q) {
-                const int other = warp * 32 + (lane ^ q);
                 expect(gemm_wgmma_row(warp, lane ^ q, half) == gemm_wgmma_row(warp, lane, half),
                        "the quad shares its rows", t, q, half);
-                sum_squares += partial[other];
             }
+            const float sum_squares = quad_sum(partial, t);
             if (row >= TOKENS) continue;
             const float r = inv_rms[row];
             if (is_value) {

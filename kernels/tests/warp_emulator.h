@@ -43,6 +43,15 @@ static inline int verdict(void) {
     return 0;
 }
 
+/* The quad sum of thread t (__shfl_xor_sync with 1, then 2): per_thread[] summed over the lanes
+ * lane ^ 0..3 of t's warp. */
+static inline float quad_sum(const float *per_thread, int t) {
+    const int warp = t / 32, lane = t % 32;
+    float sum = 0.0f;
+    for (int q = 0; q < 4; ++q) sum += per_thread[warp * 32 + (lane ^ q)];
+    return sum;
+}
+
 /* Bank of a 4-byte word at element offset `elem` (2-byte elements). */
 static int bank_of(int elem) { return (elem * 2 / 4) % 32; }
 
