@@ -183,7 +183,7 @@ __device__ __forceinline__ void gate_up_geglu_wgmma_epilogue(const float (&acc)[
     for (int block = 0; block < kBlocks; ++block) {
 #pragma unroll
         for (int r = 0; r < kUp; r += 2) {
-            const uint32_t row = first_row + geglu_wgmma_acc_row(warp, lane, r);
+            const uint32_t row = first_row + gemm_wgmma_acc_row(warp, lane, r);
             if (row >= p.num_tokens) continue;
             const float inv = p.inv_rms[row];
             const int g = geglu_wgmma_gate_reg(block, r);

@@ -47,8 +47,8 @@ TILE_HD int geglu_acc_out(int warp, int tile, int lane) {
  * wgmma.m64nNk16 per k16 step, N = 2 * outputs per CTA: GEGLU_GEMM_BLOCK_OUT outputs (N = 128)
  * or GEGLU_WIDE_BLOCK_OUT (N = 256, two blocks of the weight interleave: gate, up, gate, up).
  * tile.cuh's gemm_wgmma_x_offset and gemm_wgmma_w_offset address the operands. Where the
- * accumulators land (tile.cuh's wgmma_acc_row and wgmma_acc_col for the thread's warpgroup):
- * register `reg` of lane `lane` in warp `warp` of the CTA holds token row geglu_wgmma_acc_row
+ * accumulators land (tile.cuh's gemm_wgmma_acc_row and wgmma_acc_col):
+ * register `reg` of lane `lane` in warp `warp` of the CTA holds token row gemm_wgmma_acc_row
  * (inside the CTA tile) and weight row wgmma_acc_col (inside the CTA's weight rows). An m64nN
  * accumulator takes N / 2 f32 per thread, GEGLU_GEMM_BLOCK_OUT per interleave block: the
  * output of register `reg` (< GEGLU_GEMM_BLOCK_OUT / 2, the gate half of block 0's frame) in
@@ -56,9 +56,6 @@ TILE_HD int geglu_acc_out(int warp, int tile, int lane) {
  * GEGLU_GEMM_BLOCK_OUT / 2 registers later, and is output geglu_wgmma_out of the CTA's. */
 #define GEGLU_WGMMA_ACC_REGS (2 * GEGLU_GEMM_BLOCK_OUT / 2)
 #define GEGLU_WIDE_ACC_REGS (2 * GEGLU_WIDE_BLOCK_OUT / 2)
-TILE_HD int geglu_wgmma_acc_row(int warp, int lane, int reg) {
-    return (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
-}
 TILE_HD int geglu_wgmma_gate_reg(int block, int reg) { return block * GEGLU_GEMM_BLOCK_OUT + reg; }
 TILE_HD int geglu_wgmma_out(int block, int lane, int reg) {
     return block * GEGLU_GEMM_BLOCK_OUT + wgmma_acc_col(lane, reg);

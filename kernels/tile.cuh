@@ -105,13 +105,19 @@ TILE_HD int wgmma_acc_row(int warp, int lane, int reg) {
 }
 TILE_HD int wgmma_acc_col(int lane, int reg) { return 8 * (reg >> 2) + 2 * (lane % 4) + (reg & 1); }
 
+/* The same for two or more warpgroups, warpgroup g (warps 4 g .. 4 g + 3 of the CTA) owning
+ * tile rows WGMMA_ROWS g ..: the tile row of register `reg` of lane `lane` in warp `warp`. */
+TILE_HD int gemm_wgmma_acc_row(int warp, int lane, int reg) {
+    return (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
+}
+
 /* The epilogues of the wgmma GEMMs (two or more warpgroups, warpgroup g owning tile rows
  * WGMMA_ROWS g ..) read a thread's accumulators row by row: row `half` (0, 1) of lane `lane` in
  * warp `warp` of the CTA is tile row gemm_wgmma_row, and n8 tile `tile` of that row holds the
  * adjacent columns gemm_wgmma_col + 0, 1 in registers gemm_wgmma_reg(tile, half, 0 / 1). The four
  * lanes of a quad (lane / 4 equal) hold every column of the same two rows. */
 TILE_HD int gemm_wgmma_row(int warp, int lane, int half) {
-    return (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, 2 * half);
+    return gemm_wgmma_acc_row(warp, lane, 2 * half);
 }
 TILE_HD int gemm_wgmma_reg(int tile, int half, int e) { return 4 * tile + 2 * half + e; }
 TILE_HD int gemm_wgmma_col(int lane, int tile) { return wgmma_acc_col(lane, 4 * tile); }

@@ -11,7 +11,7 @@
  * operands (warp_emulator.h's emulate_wgmma_gemm_cta): the descriptors the kernels build
  * (wgmma_desc_sw128) are decoded, and operand element (row, k) is read at start + (row / 8) *
  * stride_offset + (row % 8) * 128 + 2 k with the 128-byte swizzle (address bits 4-6 ^= bits
- * 7-9) applied; the accumulators are dealt to threads and registers by geglu_wgmma_acc_row and
+ * 7-9) applied; the accumulators are dealt to threads and registers by gemm_wgmma_acc_row and
  * wgmma_acc_col and combined as the epilogue does (geglu_wgmma_gate_reg, geglu_wgmma_out).
  * For every kernel: the epilogue mapping is followed to the output element, writing the gate and the up value
  * it would combine into two arrays, which must equal the direct products x W_gate^T and
@@ -139,7 +139,7 @@ static void wgmma_epilogue(const float *acc, int first_row, int block_out) {
         const float *acc_t = acc + (size_t)t * regs;
         for (int block = 0; block < wgmma_outputs / BO; ++block) {
             for (int reg = 0; reg < up; reg += 2) {
-                const int row = first_row + geglu_wgmma_acc_row(t / 32, t % 32, reg);
+                const int row = first_row + gemm_wgmma_acc_row(t / 32, t % 32, reg);
                 if (row >= TOKENS) {
                     continue;
                 }

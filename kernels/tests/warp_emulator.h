@@ -324,7 +324,7 @@ static inline void emu_k_loop(EmuPipeline *p, int first_row, int first_weight_ro
     for (int t = 0; t < p->threads; ++t) {
         const int warp = t / 32, lane = t % 32;
         for (int reg = 0; reg < regs; ++reg) {
-            const int row = (warp / 4) * WGMMA_ROWS + wgmma_acc_row(warp % 4, lane, reg);
+            const int row = gemm_wgmma_acc_row(warp, lane, reg);
             const int col = wgmma_acc_col(lane, reg);
             acc[(size_t)t * regs + reg] = p->d[(size_t)row * p->weight_rows + col];
             p->dealt[(size_t)row * p->weight_rows + col]++;
