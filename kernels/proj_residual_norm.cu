@@ -91,8 +91,8 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
     const uint32_t first_col = slice * kWeightRows;
     const uint32_t row_blocks = (p.num_tokens + kBlockM - 1) / kBlockM;
 
-    /* Persistent: the cluster walks row blocks blockIdx.y, + gridDim.y, ..., its three CTAs in
-     * step (the same blockIdx.y), so their cluster barriers pair up. */
+    /* Persistent: the cluster walks row blocks blockIdx.y, + gridDim.y, ..., its
+     * PROJ_NORM_CLUSTER CTAs in step (the same blockIdx.y), so their cluster barriers pair up. */
     uint32_t row_block = blockIdx.y;
     if (row_block < row_blocks) {
         wgmma_gemm_prologue<PROJ_NORM_THREADS, kBlockM, kWeightRows, kStages, 1>(
