@@ -17,8 +17,9 @@ their kernels. One table (CANDIDATES) names each candidate, its environment and 
         last, so one failing candidate does not leave the run without the others combined.
 """
 import argparse
-import json
 import sys
+
+from jsonfile import load
 
 # (variable, option, variant name, kernels as check-kernels names them, sm_90 only); within a
 # variable, most promising first.
@@ -47,14 +48,6 @@ def on_card(sm90):
 def entries(checks, kernel):
     """The checks of `kernel`: those named it, or KERNEL/part."""
     return [c for c in checks if c.get("name") == kernel or c.get("name", "").startswith(kernel + "/")]
-
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def ran(checks, names):

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+from jsonfile import load
+
 
 def did_not_finish(family, message):
     """An entry shaped like a failed KernelCheck of the binary's JSON (serde writes NaN as null)."""
@@ -45,11 +47,7 @@ def main():
 
     families = subprocess.run(command + ["--list-families"], check=True, capture_output=True,
                               text=True).stdout.split()
-    try:
-        with open(args.kernels) as f:
-            checks = json.load(f)
-    except (OSError, ValueError):
-        checks = []
+    checks = load(args.kernels) or []
     by_family = {family: [c for c in checks if c.get("family") == family] for family in families}
     # A family may run and check nothing on this card (attention_flash_wgmma off sm_90), so only
     # the families after the last one with results count as not run (a hang cut the run there).
@@ -74,11 +72,7 @@ def main():
                 print(f"--- {family}: TIMEOUT after {args.timeout}s", flush=True)
             # The binary writes the JSON once the family has run: present, even `[]`, means it
             # finished.
-            try:
-                with open(path) as f:
-                    results = json.load(f)
-            except (OSError, ValueError):
-                results = None
+            results = load(path)
             if results is None:
                 results = [did_not_finish(family, f"check-kernels --family {family} gave no "
                                                   f"result in its own process within "

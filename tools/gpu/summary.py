@@ -11,21 +11,14 @@ DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check f
 
 import argparse
 import glob
-import json
 import os
 import sys
+
+from jsonfile import load
 
 # Issue 3 targets, measured on an H100 or H200.
 TARGET_TOKENS_PER_S_512 = 1_000_000
 TARGET_RATIO_VS_ST_BF16 = 10.0
-
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def main():
