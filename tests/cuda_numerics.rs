@@ -199,7 +199,7 @@ fn bf16_pipeline_meets_the_parity_target() {
         qkv: QkvKernel::Wgmma,
         mlp: MlpKernel::Wgmma,
         branch: BranchStorage::Fused,
-        ..CudaOptions::default()
+        ..CudaOptions::default_on((8, 0))
     };
     let paths: Vec<(String, Rounding)> = [MlpKernel::Cublas, MlpKernel::Fused]
         .into_iter()
@@ -207,7 +207,7 @@ fn bf16_pipeline_meets_the_parity_target() {
             [BranchStorage::F32, BranchStorage::Bf16].map(|branch| CudaOptions {
                 mlp,
                 branch,
-                ..CudaOptions::default()
+                ..CudaOptions::default_on((8, 0))
             })
         })
         .chain([every_candidate])
@@ -234,7 +234,7 @@ fn bf16_residual_storage_keeps_the_parity_target() {
         residual: true,
         ..Rounding::of(CudaOptions {
             branch: BranchStorage::Bf16,
-            ..CudaOptions::default()
+            ..CudaOptions::default_on((8, 0))
         })
     };
     let label = "bf16 O/down outputs and residual".to_string();

@@ -374,13 +374,15 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         ok("qkv_proj_wgmma/q"),
         ok("qkv_proj_wgmma/k"),
         ok("proj_residual_norm_wgmma/residual"),
+        // sm_90's former defaults pass, but are never combined.
+        ok("attention_flash"),
+        ok("residual_norm/residual"),
     ];
     assert_eq!(
         passing(&every, true),
-        "wgmma-qkv+wgmma-attention+wgmma-wide-mlp+fused-branch\t\
-         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma-wide \
-         GEMMA_EMBED_BRANCH=fused\t\
-         qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma_wide proj_residual_norm_wgmma"
+        "wgmma-qkv+wgmma-wide-mlp+fused-branch\t\
+         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=wgmma-wide GEMMA_EMBED_BRANCH=fused\t\
+         qkv_proj_wgmma gate_up_geglu_wgmma_wide proj_residual_norm_wgmma"
     );
     // Off sm_90 only the portable candidates count.
     assert_eq!(
@@ -401,9 +403,7 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     );
     assert_eq!(
         passing(&some, true),
-        "wgmma-attention+wgmma-mlp+bf16-branch\t\
-         GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=bf16\t\
-         attention_flash_wgmma gate_up_geglu_wgmma residual_norm_bf16_branch"
+        "wgmma-mlp\tGEMMA_EMBED_MLP=wgmma\tgate_up_geglu_wgmma"
     );
     // No candidate passed: no variant.
     assert_eq!(passing(&[wrong("gate_up_geglu")], true), "");
@@ -442,38 +442,79 @@ fn the_candidate_list_is_what_the_card_runs() {
         names,
         [
             "wgmma-qkv",
-            "wgmma-attention",
             "wgmma-wide-mlp",
             "wgmma-mlp",
             "fused-mlp",
             "fused-branch",
-            "bf16-branch"
+            "flash-attention",
+            "f32-branch"
         ]
     );
-    // Each candidate's environment selects, in the engine, the kernel it names, and only the
-    // sm_90-only ones are missing off sm_90.
-    for c in &hopper {
-        let (variable, option) = c[1].split_once('=').expect("VARIABLE=option");
-        let (kernel, sm90_only) = match variable {
-            "GEMMA_EMBED_QKV" => {
-                let k = QkvKernel::parse(Some(option)).unwrap();
-                (k.name(), !k.runs_on((8, 0)))
-            }
-            "GEMMA_EMBED_ATTENTION" => {
-                let k = AttentionKernel::parse(Some(option)).unwrap();
-                (k.name(), !k.runs_on((8, 0)))
-            }
-            "GEMMA_EMBED_MLP" => {
-                let k = MlpKernel::parse(Some(option)).unwrap();
-                (k.name(), !k.runs_on((8, 0)))
-            }
-            "GEMMA_EMBED_BRANCH" => {
-                let k = BranchStorage::parse(Some(option)).unwrap();
-                (k.residual_norm_kernel(), !k.runs_on((8, 0)))
-            }
+    // A card's candidates are every option it runs but its default (and the one-warp-per-row
+    // fallback attention), each environment selecting, in the engine, the kernel it names.
+    fn options_of(variable: &str) -> Vec<String> {
+        let names = match variable {
+            "GEMMA_EMBED_QKV" => QkvKernel::CHOICES.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "GEMMA_EMBED_ATTENTION" => AttentionKernel::CHOICES.iter().map(|c| c.0).collect(),
+            "GEMMA_EMBED_MLP" => MlpKernel::CHOICES.iter().map(|c| c.0).collect(),
+            "GEMMA_EMBED_BRANCH" => BranchStorage::CHOICES.iter().map(|c| c.0).collect(),
             other => panic!("unknown choice variable {other}"),
         };
-        assert_eq!(c[2], kernel, "{c:?}");
-        assert_eq!(portable.contains(c), !sm90_only, "{c:?}");
+        names.into_iter().map(String::from).collect()
+    }
+    /// The kernel `variable=option` selects, whether `cc` runs it, whether it is `cc`'s default.
+    fn engine(variable: &str, option: &str, cc: (i32, i32)) -> (&'static str, bool, bool) {
+        fn facts<K: KernelChoice>(
+            k: K,
+            name: &'static str,
+            cc: (i32, i32),
+        ) -> (&'static str, bool, bool) {
+            (name, k.runs_on(cc), k == K::default_on(cc))
+        }
+        match variable {
+            "GEMMA_EMBED_QKV" => {
+                let k = QkvKernel::parse(option).unwrap();
+                facts(k, k.name(), cc)
+            }
+            "GEMMA_EMBED_ATTENTION" => {
+                let k = AttentionKernel::parse(option).unwrap();
+                facts(k, k.name(), cc)
+            }
+            "GEMMA_EMBED_MLP" => {
+                let k = MlpKernel::parse(option).unwrap();
+                facts(k, k.name(), cc)
+            }
+            "GEMMA_EMBED_BRANCH" => {
+                let k = BranchStorage::parse(option).unwrap();
+                facts(k, k.residual_norm_kernel(), cc)
+            }
+            other => panic!("unknown choice variable {other}"),
+        }
+    }
+    let variables = [
+        "GEMMA_EMBED_QKV",
+        "GEMMA_EMBED_ATTENTION",
+        "GEMMA_EMBED_MLP",
+        "GEMMA_EMBED_BRANCH",
+    ];
+    for (cc, listed) in [((8, 0), &portable), ((9, 0), &hopper)] {
+        let mut expected: Vec<String> = variables
+            .iter()
+            .flat_map(|&v| options_of(v).into_iter().map(move |o| format!("{v}={o}")))
+            .filter(|env| env != "GEMMA_EMBED_ATTENTION=reference")
+            .filter(|env| {
+                let (variable, option) = env.split_once('=').unwrap();
+                let (_, runs, default) = engine(variable, option, cc);
+                runs && !default
+            })
+            .collect();
+        let mut envs: Vec<String> = listed.iter().map(|c| c[1].clone()).collect();
+        expected.sort();
+        envs.sort();
+        assert_eq!(envs, expected, "candidates on {cc:?}");
+        for c in listed {
+            let (variable, option) = c[1].split_once('=').expect("VARIABLE=option");
+            assert_eq!(c[2], engine(variable, option, cc).0, "{c:?}");
+        }
     }
 }

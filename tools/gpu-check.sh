@@ -13,12 +13,12 @@
 #      read rate; the families after a fault or hang rerun one per process      -> $OUT/kernels.json
 #   3. end-to-end parity of one packed batch of 22 lengths (1..2048): CUDA vs CPU backend vs
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
-#      with the default kernels and once with each candidate choice (see `variants` below:
-#      GEMMA_EMBED_MLP=fused, GEMMA_EMBED_BRANCH=bf16, on sm_90 cards also GEMMA_EMBED_MLP=wgmma
-#      and =wgmma-wide, GEMMA_EMBED_ATTENTION=flash-wgmma, GEMMA_EMBED_QKV=wgmma and
-#      GEMMA_EMBED_BRANCH=fused, the fastest-looking of them together, and the candidates that
-#      passed check-kernels together; a variant whose kernel did not run in check-kernels is
-#      skipped)
+#      with the card's default kernels and once with each candidate choice (see `variants`
+#      below: GEMMA_EMBED_MLP=fused; off sm_90 GEMMA_EMBED_BRANCH=bf16; on sm_90
+#      GEMMA_EMBED_MLP=wgmma and =wgmma-wide, GEMMA_EMBED_QKV=wgmma, GEMMA_EMBED_BRANCH=fused and
+#      the former defaults GEMMA_EMBED_ATTENTION=flash and GEMMA_EMBED_BRANCH=f32; then the
+#      candidates that passed check-kernels together; a variant whose kernel did not run in
+#      check-kernels is skipped)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
@@ -186,13 +186,13 @@ if [ $cpu_only = 0 ]; then
     stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
         --backend cuda --max-batch-tokens 16384
     compare_args+=(--cuda "$work/cuda.npy")
-    # Candidate kernel choices (src/backend/cuda/options.rs, not yet the default), as triples of
-    # a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
-    # candidate the card runs alone (the fused MLP kernel and the bf16 branch; on sm_90 also the
-    # wgmma MLP kernels, narrow and wide, the wgmma attention and QKV kernels and the fused
-    # branch); on sm_90 the fastest-looking build fixed in advance (the fused branch, the narrow
-    # wgmma MLP kernel); last, the candidates that passed check-kernels together, the most
-    # promising option of each (`candidates.py passing`), which is the variant profiled.
+    # Candidate kernel choices (src/backend/cuda/options.rs, not the card's default), as triples
+    # of a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
+    # candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16 branch; on sm_90
+    # the wgmma MLP kernels, narrow and wide, the wgmma QKV kernel, the fused branch, and the
+    # former defaults flash attention and f32 branch); last, the candidates that passed
+    # check-kernels together, the most promising option of each (`candidates.py passing`),
+    # which is the variant profiled.
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
     sm90_flag=()
@@ -202,11 +202,6 @@ if [ $cpu_only = 0 ]; then
     while IFS=$'\t' read -r name env kernels; do
         variants+=("$name" "$env" "$kernels")
     done < <("${candidates[@]}" list "${sm90_flag[@]}")
-    if [ $sm90 = 1 ]; then
-        variants+=(wgmma-qkv+wgmma-attention+wgmma-mlp+fused-branch
-            "GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_ATTENTION=flash-wgmma GEMMA_EMBED_MLP=wgmma GEMMA_EMBED_BRANCH=fused"
-            "qkv_proj_wgmma attention_flash_wgmma gate_up_geglu_wgmma proj_residual_norm_wgmma")
-    fi
     passing=$("${candidates[@]}" passing --kernels "$out/kernels.json" "${sm90_flag[@]}")
     profiled=$((${#variants[@]} - 3))
     if [ -n "$passing" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The candidate kernel choices tools/gpu-check.sh runs as variants, and what check-kernels said of
-their kernels. One table (CANDIDATES) names each candidate, its environment and its kernels.
+their kernels. One table (CANDIDATES) names each candidate, its environment, its kernels and the
+cards it is a candidate on (those that run it and do not default to it, src/backend/cuda/options.rs).
 
     candidates.py list [--sm90]
         every candidate the card runs, one line each: NAME<TAB>ENV<TAB>KERNELS
@@ -12,7 +13,7 @@ their kernels. One table (CANDIDATES) names each candidate, its environment and 
         spends a variant's stages on a kernel that would only hang or fault again.
     candidates.py passing --kernels OUT/kernels.json [--sm90]
         the candidates whose kernels all passed check-kernels, together: per choice variable the
-        first (most promising) passing option, as one line NAME<TAB>ENV<TAB>KERNELS, the name the
+        first (most promising) passing option, former defaults left out, as one line NAME<TAB>ENV<TAB>KERNELS, the name the
         options' names joined by '+'; nothing when none passed. gpu-check times and profiles it
         last, so one failing candidate does not leave the run without the others combined.
 """
@@ -21,28 +22,35 @@ import sys
 
 from jsonfile import load
 
-# (variable, option, variant name, kernels as check-kernels names them, sm_90 only); within a
-# variable, most promising first.
+# The cards a row is a candidate on.
+SM90 = "sm90"  # sm_90 only: its kernels have sm_90a code only, or it is sm_90's former default
+ELSEWHERE = "elsewhere"  # every card but sm_90, whose default it is
+EVERY = "every"
+
+# (variable, option, variant name, kernels as check-kernels names them, cards, combined): within a
+# variable, most promising first. `combined` is False for sm_90's former defaults, timed against
+# the defaults measured faster, but never part of the candidates run together.
 CANDIDATES = [
-    ("GEMMA_EMBED_QKV", "wgmma", "wgmma-qkv", ["qkv_proj_wgmma"], True),
-    ("GEMMA_EMBED_ATTENTION", "flash-wgmma", "wgmma-attention", ["attention_flash_wgmma"], True),
-    ("GEMMA_EMBED_MLP", "wgmma-wide", "wgmma-wide-mlp", ["gate_up_geglu_wgmma_wide"], True),
-    ("GEMMA_EMBED_MLP", "wgmma", "wgmma-mlp", ["gate_up_geglu_wgmma"], True),
-    ("GEMMA_EMBED_MLP", "fused", "fused-mlp", ["gate_up_geglu"], False),
-    ("GEMMA_EMBED_BRANCH", "fused", "fused-branch", ["proj_residual_norm_wgmma"], True),
-    ("GEMMA_EMBED_BRANCH", "bf16", "bf16-branch", ["residual_norm_bf16_branch"], False),
+    ("GEMMA_EMBED_QKV", "wgmma", "wgmma-qkv", ["qkv_proj_wgmma"], SM90, True),
+    ("GEMMA_EMBED_MLP", "wgmma-wide", "wgmma-wide-mlp", ["gate_up_geglu_wgmma_wide"], SM90, True),
+    ("GEMMA_EMBED_MLP", "wgmma", "wgmma-mlp", ["gate_up_geglu_wgmma"], SM90, True),
+    ("GEMMA_EMBED_MLP", "fused", "fused-mlp", ["gate_up_geglu"], EVERY, True),
+    ("GEMMA_EMBED_BRANCH", "fused", "fused-branch", ["proj_residual_norm_wgmma"], SM90, True),
+    ("GEMMA_EMBED_BRANCH", "bf16", "bf16-branch", ["residual_norm_bf16_branch"], ELSEWHERE, True),
+    ("GEMMA_EMBED_ATTENTION", "flash", "flash-attention", ["attention_flash"], SM90, False),
+    ("GEMMA_EMBED_BRANCH", "f32", "f32-branch", ["residual_norm"], SM90, False),
 ]
 
 
 def line(candidates):
     """NAME<TAB>ENV<TAB>KERNELS of candidates run together."""
-    return ("+".join(name for _, _, name, _, _ in candidates) + "\t"
-            + " ".join(f"{variable}={option}" for variable, option, _, _, _ in candidates) + "\t"
-            + " ".join(k for _, _, _, kernels, _ in candidates for k in kernels))
+    return ("+".join(c[2] for c in candidates) + "\t"
+            + " ".join(f"{c[0]}={c[1]}" for c in candidates) + "\t"
+            + " ".join(k for c in candidates for k in c[3]))
 
 
 def on_card(sm90):
-    return [c for c in CANDIDATES if sm90 or not c[4]]
+    return [c for c in CANDIDATES if c[4] == EVERY or (c[4] == SM90) == sm90]
 
 
 def entries(checks, kernel):
@@ -71,8 +79,8 @@ def passing(checks, sm90):
 
     chosen = {}
     for candidate in on_card(sm90):
-        variable, _, _, kernels, _ = candidate
-        if variable not in chosen and all(passed(k) for k in kernels):
+        variable, _, _, kernels, _, combined = candidate
+        if combined and variable not in chosen and all(passed(k) for k in kernels):
             chosen[variable] = candidate
     if chosen:
         print(line(list(chosen.values())))

@@ -195,17 +195,17 @@ pub fn allowed_pairs(seq_offsets: &[u32], window: Option<usize>) -> u64 {
 /// Which attention kernel the CUDA backend runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// `attention_flash`: tensor cores, windowed key blocks (the default).
+    /// `attention_flash`: tensor cores, windowed key blocks (the default off sm_90).
     Flash,
     /// `attention_reference`: one warp per row, the simple fallback.
     Reference,
     /// `attention_flash_wgmma`: the flash kernel with Q K^T and P V on Hopper's warpgroup MMA
-    /// (sm_90 devices only).
+    /// (sm_90 devices only, and their default: 1-8 % faster end to end on an H200).
     FlashWgmma,
 }
 
-/// `GEMMA_EMBED_ATTENTION=reference` selects the fallback kernel, `flash-wgmma` the wgmma flash
-/// kernel, `flash` (or unset) the default one.
+/// `GEMMA_EMBED_ATTENTION=flash`, `reference` (the fallback kernel) or `flash-wgmma`; unset:
+/// `flash-wgmma` on sm_90, `flash` elsewhere.
 impl KernelChoice for AttentionKernel {
     const VAR: &'static str = "GEMMA_EMBED_ATTENTION";
     const CHOICES: &'static [(&'static str, Self)] = &[
@@ -213,6 +213,7 @@ impl KernelChoice for AttentionKernel {
         ("reference", Self::Reference),
         ("flash-wgmma", Self::FlashWgmma),
     ];
+    const SM90_DEFAULT: Self = Self::FlashWgmma;
     const SM90_ONLY: &'static [Self] = &[Self::FlashWgmma];
 }
 
@@ -582,9 +583,10 @@ mod tests {
 
     #[test]
     fn attention_kernels_parse_and_know_where_they_run() {
+        assert_eq!(AttentionKernel::default_on((8, 0)), AttentionKernel::Flash);
         assert_eq!(
-            AttentionKernel::parse(None).unwrap(),
-            AttentionKernel::Flash
+            AttentionKernel::default_on((9, 0)),
+            AttentionKernel::FlashWgmma
         );
         for kernel in [
             AttentionKernel::Flash,
@@ -596,16 +598,14 @@ mod tests {
                 AttentionKernel::Reference => "reference",
                 AttentionKernel::FlashWgmma => "flash-wgmma",
             };
-            assert_eq!(AttentionKernel::parse(Some(name)).unwrap(), kernel);
+            assert_eq!(AttentionKernel::parse(name).unwrap(), kernel);
             assert!(kernel.runs_on((9, 0)));
             assert_eq!(
                 kernel.runs_on((8, 0)),
                 kernel != AttentionKernel::FlashWgmma
             );
         }
-        let err = AttentionKernel::parse(Some("wgmma"))
-            .unwrap_err()
-            .to_string();
+        let err = AttentionKernel::parse("wgmma").unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_ATTENTION") && err.contains("`wgmma`"),
             "{err}"

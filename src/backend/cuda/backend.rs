@@ -3,8 +3,8 @@
 //! Per layer: QKV GEMM → `qkv_post` (or both in `qkv_proj_wgmma`, see [`QkvKernel`]) →
 //! attention → O GEMM → `residual_norm` → gate|up GEMM → `geglu` (or both in `gate_up_geglu`,
 //! see [`MlpKernel`]) → down GEMM → `residual_norm`; then `pool_embeddings`. The residual
-//! stream is f32. The O and down projections' outputs (the branches) are f32, or bf16 with
-//! `GEMMA_EMBED_BRANCH=bf16`, or never stored with `GEMMA_EMBED_BRANCH=fused`, where
+//! stream is f32. The O and down projections' outputs (the branches) are f32 (the default off
+//! sm_90), or bf16 (`GEMMA_EMBED_BRANCH=bf16`, the sm_90 default), or never stored with `GEMMA_EMBED_BRANCH=fused`, where
 //! `proj_residual_norm_wgmma` runs `residual_norm` in the projection's epilogue
 //! ([`BranchStorage`]). GEMM operands are bf16 with f32 accumulation. The input and
 //! pre-feedforward norms are folded: their `(1 + w)` scales the projection's weight columns at
@@ -180,16 +180,22 @@ fn fold_norm_into_columns(matrices: &[&[f32]], norm: &[f32]) -> Vec<u16> {
 }
 
 impl CudaBackend {
-    /// The backend with the kernels the environment selects ([`CudaOptions::from_env`]).
+    /// The backend with the kernels the environment selects for the device
+    /// ([`CudaOptions::from_env`]).
     pub fn new(model: &Model) -> Result<Self> {
-        Self::with_options(model, CudaOptions::from_env()?)
+        let dev = Device::open()?;
+        let options = CudaOptions::from_env(dev.info.compute_capability)?;
+        Self::on_device(model, dev, options)
     }
 
     pub fn with_options(model: &Model, options: CudaOptions) -> Result<Self> {
+        Self::on_device(model, Device::open()?, options)
+    }
+
+    fn on_device(model: &Model, dev: Device, options: CudaOptions) -> Result<Self> {
         let mlp_kernel = options.mlp;
         let config = &model.config;
         let dims = ModelDims::new(config)?;
-        let dev = Device::open()?;
         let kernels = Kernels::load(&dev, dims)?;
         let attention = Attention::load(&dev, config, options.attention)?;
         let qkv = match options.qkv {

@@ -44,8 +44,8 @@ pub const WIDE_KERNEL: &str = "gate_up_geglu_wgmma_wide";
 /// How the engine computes `gelu_tanh(r·gate)·(r·up)` from the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MlpKernel {
-    /// cuBLAS writes gate|up as bf16, then `geglu` reads it back: the default until the fused
-    /// kernel is measured faster on a GPU (docs/gpu-report.md).
+    /// cuBLAS writes gate|up as bf16, then `geglu` reads it back: the default everywhere; on an
+    /// H200 each fused kernel was 3-13 % slower end to end (docs/gpu-report.md).
     Cublas,
     /// `gate_up_geglu`: one kernel, the gate|up activations never reach memory.
     Fused,
@@ -66,6 +66,7 @@ impl KernelChoice for MlpKernel {
         ("wgmma", Self::Wgmma),
         ("wgmma-wide", Self::WgmmaWide),
     ];
+    const SM90_DEFAULT: Self = Self::Cublas;
     const SM90_ONLY: &'static [Self] = &[Self::Wgmma, Self::WgmmaWide];
 }
 
@@ -319,12 +320,14 @@ mod tests {
 
     #[test]
     fn the_variable_selects_the_kernel() {
-        assert_eq!(MlpKernel::parse(None).unwrap(), MlpKernel::Cublas);
-        assert_eq!(MlpKernel::parse(Some("cublas")).unwrap(), MlpKernel::Cublas);
-        assert_eq!(MlpKernel::parse(Some("fused")).unwrap(), MlpKernel::Fused);
-        assert_eq!(MlpKernel::parse(Some("wgmma")).unwrap(), MlpKernel::Wgmma);
+        for cc in [(8, 0), (9, 0)] {
+            assert_eq!(MlpKernel::default_on(cc), MlpKernel::Cublas);
+        }
+        assert_eq!(MlpKernel::parse("cublas").unwrap(), MlpKernel::Cublas);
+        assert_eq!(MlpKernel::parse("fused").unwrap(), MlpKernel::Fused);
+        assert_eq!(MlpKernel::parse("wgmma").unwrap(), MlpKernel::Wgmma);
         assert_eq!(
-            MlpKernel::parse(Some("wgmma-wide")).unwrap(),
+            MlpKernel::parse("wgmma-wide").unwrap(),
             MlpKernel::WgmmaWide
         );
     }
@@ -336,7 +339,7 @@ mod tests {
             assert_eq!(MlpKernel::Wgmma.runs_on(cc), cc == (9, 0), "{cc:?}");
             assert_eq!(MlpKernel::WgmmaWide.runs_on(cc), cc == (9, 0), "{cc:?}");
         }
-        let err = MlpKernel::parse(Some("fast")).unwrap_err().to_string();
+        let err = MlpKernel::parse("fast").unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_MLP") && err.contains("fast"),
             "{err}"

@@ -1,7 +1,8 @@
 //! The CUDA backend's kernel choices, read once from the environment ([`CudaOptions`]).
 //!
-//! Each choice has a default that the GPU reports back (docs/gpu-report.md); the others are
-//! candidates `tools/gpu-check.sh` checks and times next to it.
+//! Each choice has a default per architecture, the option the GPU check found correct and
+//! fastest there (docs/gpu-report.md); the others are candidates `tools/gpu-check.sh` checks and
+//! times next to it.
 
 use super::attention::AttentionKernel;
 use super::mlp::MlpKernel;
@@ -9,11 +10,16 @@ use super::qkv::QkvKernel;
 use super::DeviceInfo;
 use crate::{Error, Result};
 
-/// A kernel choice read from one environment variable: `CHOICES[0]` when it is unset, the
-/// value it names otherwise, an error listing the names for anything else.
+/// A kernel choice read from one environment variable: the device's default when it is unset
+/// ([`KernelChoice::default_on`]), the value it names otherwise, an error listing the names for
+/// anything else.
 pub trait KernelChoice: Copy + PartialEq + 'static {
     const VAR: &'static str;
+    /// Every option by name; the first is the default off sm_90.
     const CHOICES: &'static [(&'static str, Self)];
+    /// The default on sm_90 devices: the option measured correct and fastest on H100/H200
+    /// (docs/gpu-report.md).
+    const SM90_DEFAULT: Self;
     /// The choices whose kernels have sm_90a code only (wgmma, clusters): other architectures'
     /// builds of them trap.
     const SM90_ONLY: &'static [Self];
@@ -44,19 +50,30 @@ pub trait KernelChoice: Copy + PartialEq + 'static {
             .expect("CHOICES lists every value")
     }
 
-    /// Every choice, the default first.
+    /// Every choice, the off-sm_90 default first.
     fn all() -> impl Iterator<Item = Self> {
         Self::CHOICES.iter().map(|&(_, choice)| choice)
     }
 
-    fn from_env() -> Result<Self> {
-        Self::parse(std::env::var(Self::VAR).ok().as_deref())
+    /// What an unset variable selects on a device of this compute capability.
+    fn default_on(compute_capability: (i32, i32)) -> Self {
+        if compute_capability == (9, 0) {
+            Self::SM90_DEFAULT
+        } else {
+            Self::CHOICES[0].1
+        }
     }
 
-    fn parse(value: Option<&str>) -> Result<Self> {
-        let Some(value) = value else {
-            return Ok(Self::CHOICES[0].1);
-        };
+    /// The variable's choice, or the default on a device of this compute capability.
+    fn from_env(compute_capability: (i32, i32)) -> Result<Self> {
+        match std::env::var(Self::VAR) {
+            Ok(value) => Self::parse(&value),
+            Err(_) => Ok(Self::default_on(compute_capability)),
+        }
+    }
+
+    /// The option `value` names.
+    fn parse(value: &str) -> Result<Self> {
         match Self::CHOICES.iter().find(|(name, _)| *name == value) {
             Some(&(_, choice)) => Ok(choice),
             None => {
@@ -77,18 +94,19 @@ pub trait KernelChoice: Copy + PartialEq + 'static {
 /// How the O and down projections hand their output (the branch) to the residual norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BranchStorage {
-    /// cuBLAS writes f32; `residual_norm` reads it (the default).
+    /// cuBLAS writes f32; `residual_norm` reads it (the default off sm_90).
     F32,
-    /// cuBLAS rounds to bf16; `residual_norm_bf16_branch` reads half the bytes. The worst
-    /// cosine against sentence-transformers drops from 0.999924 to 0.999898 in the host model
-    /// (`tests/cuda_numerics.rs`).
+    /// cuBLAS rounds to bf16; `residual_norm_bf16_branch` reads half the bytes (the default on
+    /// sm_90: 5-8 % faster end to end on an H200). The worst cosine against
+    /// sentence-transformers drops from 0.999924 to 0.999898 in the host model
+    /// (`tests/cuda_numerics.rs`); on the H200 it was 0.999907 against 0.999906 with f32.
     Bf16,
     /// Never stored: `proj_residual_norm_wgmma` runs the norm in the projection's epilogue,
     /// on the f32 accumulators (sm_90 devices only; [`super::residual`]).
     Fused,
 }
 
-/// `GEMMA_EMBED_BRANCH=bf16` selects bf16, `fused` the fused kernel, `f32` (or unset) f32.
+/// `GEMMA_EMBED_BRANCH=f32`, `bf16` or `fused`; unset: bf16 on sm_90, f32 elsewhere.
 impl KernelChoice for BranchStorage {
     const VAR: &'static str = "GEMMA_EMBED_BRANCH";
     const CHOICES: &'static [(&'static str, Self)] = &[
@@ -96,6 +114,7 @@ impl KernelChoice for BranchStorage {
         ("bf16", Self::Bf16),
         ("fused", Self::Fused),
     ];
+    const SM90_DEFAULT: Self = Self::Bf16;
     const SM90_ONLY: &'static [Self] = &[Self::Fused];
 }
 
@@ -119,26 +138,26 @@ pub struct CudaOptions {
     pub branch: BranchStorage,
 }
 
-/// The first choice of each: what the environment selects when nothing is set.
-impl Default for CudaOptions {
-    fn default() -> Self {
+impl CudaOptions {
+    /// What the environment selects on a device of this compute capability when nothing is
+    /// set.
+    pub fn default_on(compute_capability: (i32, i32)) -> Self {
         Self {
-            qkv: QkvKernel::CHOICES[0].1,
-            attention: AttentionKernel::CHOICES[0].1,
-            mlp: MlpKernel::CHOICES[0].1,
-            branch: BranchStorage::CHOICES[0].1,
+            qkv: QkvKernel::default_on(compute_capability),
+            attention: AttentionKernel::default_on(compute_capability),
+            mlp: MlpKernel::default_on(compute_capability),
+            branch: BranchStorage::default_on(compute_capability),
         }
     }
-}
 
-impl CudaOptions {
-    /// `GEMMA_EMBED_QKV`, `GEMMA_EMBED_ATTENTION`, `GEMMA_EMBED_MLP` and `GEMMA_EMBED_BRANCH`.
-    pub fn from_env() -> Result<Self> {
+    /// `GEMMA_EMBED_QKV`, `GEMMA_EMBED_ATTENTION`, `GEMMA_EMBED_MLP` and `GEMMA_EMBED_BRANCH`,
+    /// each defaulting as on a device of this compute capability.
+    pub fn from_env(compute_capability: (i32, i32)) -> Result<Self> {
         Ok(Self {
-            qkv: QkvKernel::from_env()?,
-            attention: AttentionKernel::from_env()?,
-            mlp: MlpKernel::from_env()?,
-            branch: BranchStorage::from_env()?,
+            qkv: QkvKernel::from_env(compute_capability)?,
+            attention: AttentionKernel::from_env(compute_capability)?,
+            mlp: MlpKernel::from_env(compute_capability)?,
+            branch: BranchStorage::from_env(compute_capability)?,
         })
     }
 
@@ -167,10 +186,13 @@ mod tests {
             const VAR: &'static str = "VAR";
             const CHOICES: &'static [(&'static str, Self)] =
                 &[("a", Choice(1)), ("b-c", Choice(2))];
+            const SM90_DEFAULT: Self = Choice(2);
             const SM90_ONLY: &'static [Self] = &[Choice(2)];
         }
-        assert_eq!(Choice::parse(None).unwrap(), Choice(1));
-        assert_eq!(Choice::parse(Some("b-c")).unwrap(), Choice(2));
+        assert_eq!(Choice::default_on((8, 0)), Choice(1));
+        assert_eq!(Choice::default_on((9, 0)), Choice(2));
+        assert_eq!(Choice::default_on((10, 0)), Choice(1));
+        assert_eq!(Choice::parse("b-c").unwrap(), Choice(2));
         assert_eq!(Choice(2).choice_name(), "b-c");
         assert!(Choice(1).runs_on((8, 0)) && Choice(1).runs_on((9, 0)));
         assert!(!Choice(2).runs_on((8, 9)) && Choice(2).runs_on((9, 0)));
@@ -187,7 +209,7 @@ mod tests {
             err.ends_with("k2 runs on sm_90 devices only; A100 (sm_80) is not one (unset VAR)"),
             "{err}"
         );
-        let err = Choice::parse(Some("B-C")).unwrap_err().to_string();
+        let err = Choice::parse("B-C").unwrap_err().to_string();
         assert!(
             err.ends_with("VAR must be one of `a`, `b-c`, got `B-C`"),
             "{err}"
@@ -196,24 +218,16 @@ mod tests {
 
     #[test]
     fn branch_storage_parses_its_names_and_refuses_others() {
-        assert_eq!(BranchStorage::parse(None).unwrap(), BranchStorage::F32);
-        assert_eq!(
-            BranchStorage::parse(Some("f32")).unwrap(),
-            BranchStorage::F32
-        );
-        assert_eq!(
-            BranchStorage::parse(Some("bf16")).unwrap(),
-            BranchStorage::Bf16
-        );
-        assert_eq!(
-            BranchStorage::parse(Some("fused")).unwrap(),
-            BranchStorage::Fused
-        );
+        assert_eq!(BranchStorage::default_on((8, 6)), BranchStorage::F32);
+        assert_eq!(BranchStorage::default_on((9, 0)), BranchStorage::Bf16);
+        assert_eq!(BranchStorage::parse("f32").unwrap(), BranchStorage::F32);
+        assert_eq!(BranchStorage::parse("bf16").unwrap(), BranchStorage::Bf16);
+        assert_eq!(BranchStorage::parse("fused").unwrap(), BranchStorage::Fused);
         for cc in [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)] {
             assert!(BranchStorage::F32.runs_on(cc) && BranchStorage::Bf16.runs_on(cc));
             assert_eq!(BranchStorage::Fused.runs_on(cc), cc == (9, 0), "{cc:?}");
         }
-        let err = BranchStorage::parse(Some("f16")).unwrap_err().to_string();
+        let err = BranchStorage::parse("f16").unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_BRANCH") && err.contains("`f16`"),
             "{err}"
@@ -222,9 +236,22 @@ mod tests {
 
     #[test]
     fn the_default_options_are_the_measured_paths() {
+        for cc in [(8, 0), (8, 6), (8, 9), (10, 0), (12, 0)] {
+            assert_eq!(
+                CudaOptions::default_on(cc).describe(),
+                "cublas+qkv_post, attention_flash, cublas+geglu, f32 branch"
+            );
+        }
+        let hopper = CudaOptions::default_on((9, 0));
         assert_eq!(
-            CudaOptions::default().describe(),
-            "cublas+qkv_post, attention_flash, cublas+geglu, f32 branch"
+            hopper.describe(),
+            "cublas+qkv_post, attention_flash_wgmma, cublas+geglu, bf16 branch"
+        );
+        assert!(
+            hopper.qkv.runs_on((9, 0))
+                && hopper.attention.runs_on((9, 0))
+                && hopper.mlp.runs_on((9, 0))
+                && hopper.branch.runs_on((9, 0))
         );
         let candidates = CudaOptions {
             qkv: QkvKernel::Wgmma,
