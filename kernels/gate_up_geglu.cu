@@ -165,20 +165,28 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
  * intermediate / GEGLU_WIDE_BLOCK_OUT column blocks x ceil(num_tokens / BLOCK_M) row blocks, the
  * next tile's first loads in flight during each epilogue. Per flop it reads 3/4 of the narrow
  * kernel's bytes from L2: each 128 x 64 x slice feeds 256 weight rows instead of 128.
+ *
+ * gate_up_geglu_tma: the wide kernel's tiles, stages and epilogue, GEGLU_TMA_THREADS (three
+ * warpgroups), GEGLU_TMA_SMEM_BYTES, persistent with the same grid; a second, __grid_constant__
+ * parameter carries the TMA maps of x and w. One thread of warpgroup 0 fills the stages with
+ * two TMA copies per k slice instead of every thread issuing 12 cp.async, and the two
+ * multiplying warpgroups meet no CTA-wide barrier: each waits on the stage's `full` mbarrier and
+ * releases it through its `empty` one, so the copies run up to four slices ahead, across tiles
+ * and through the epilogues.
  */
 /* The wgmma kernels' epilogue for the CTA tile at token row first_row and outputs first_out ..
- * + Outputs: per interleave block, register geglu_wgmma_gate_reg (gate) and the one
- * GEGLU_GEMM_BLOCK_OUT / 2 later (up) hold one output. */
+ * + Outputs, run by the warp that is warp `warp` of the warpgroups that multiplied (warpgroup
+ * warp / 4 holding rows WGMMA_ROWS (warp / 4) ..): per interleave block, register
+ * geglu_wgmma_gate_reg (gate) and the one GEGLU_GEMM_BLOCK_OUT / 2 later (up) hold one output. */
 template <int Outputs>
 __device__ __forceinline__ void gate_up_geglu_wgmma_epilogue(const float (&acc)[Outputs],
                                                              const GateUpGegluParams &p,
                                                              uint32_t first_row,
-                                                             uint32_t first_out) {
+                                                             uint32_t first_out, int warp) {
     constexpr int kBlocks = Outputs / GEGLU_GEMM_BLOCK_OUT;
     static_assert(kBlocks * GEGLU_GEMM_BLOCK_OUT == Outputs, "whole interleave blocks");
     constexpr int kUp = GEGLU_GEMM_BLOCK_OUT / 2;
     const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
 #pragma unroll
     for (int block = 0; block < kBlocks; ++block) {
 #pragma unroll
@@ -212,7 +220,8 @@ extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 2)
     for (int r = 0; r < kOutputs; ++r) acc[r] = 0.0f;
     wgmma_gemm_mainloop<GEGLU_WGMMA_THREADS, kBlockM, 2 * kOutputs, kStages, 0>(
         acc, smem, p.x, p.w, p.num_tokens, p.hidden, first_row, blockIdx.x * 2 * kOutputs);
-    gate_up_geglu_wgmma_epilogue<kOutputs>(acc, p, first_row, blockIdx.x * kOutputs);
+    gate_up_geglu_wgmma_epilogue<kOutputs>(acc, p, first_row, blockIdx.x * kOutputs,
+                                           threadIdx.x / 32);
 #else
     __trap();
 #endif
@@ -235,7 +244,37 @@ extern "C" __global__ void __launch_bounds__(GEGLU_WGMMA_THREADS, 1)
     wgmma_gemm_persistent<GEGLU_WGMMA_THREADS, kBlockM, 2 * kOutputs, GEGLU_WIDE_STAGES, 1>(
         acc, smem, p.x, p.w, p.num_tokens, p.hidden, p.intermediate / kOutputs,
         [&](const float (&tile_acc)[kOutputs], uint32_t first_row, uint32_t col_block) {
-            gate_up_geglu_wgmma_epilogue<kOutputs>(tile_acc, p, first_row, col_block * kOutputs);
+            gate_up_geglu_wgmma_epilogue<kOutputs>(tile_acc, p, first_row, col_block * kOutputs,
+                                                   threadIdx.x / 32);
+        });
+#else
+    __trap();
+#endif
+}
+
+/* gate_up_geglu_wgmma_wide's tiles with TMA-filled stages (gemm_pipeline.cuh's
+ * wgmma_gemm_tma_persistent): warpgroup 0 produces, warpgroups 1 and 2 multiply token rows
+ * 0..63 and 64..127 of each tile and run the epilogue. `maps` (host: cuTensorMapEncodeTiled) has
+ * x [num_tokens, hidden] in boxes of GEGLU_GEMM_BLOCK_K x BLOCK_M and w [2 intermediate, hidden]
+ * in boxes of GEGLU_GEMM_BLOCK_K x 2 GEGLU_WIDE_BLOCK_OUT, both bf16 with the 128-byte swizzle. */
+extern "C" __global__ void __launch_bounds__(GEGLU_TMA_THREADS, 1)
+    gate_up_geglu_tma(const GateUpGegluParams p, const __grid_constant__ GemmTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kOutputs = GEGLU_WIDE_BLOCK_OUT;
+    static_assert(GEGLU_TMA_STAGES * (kBlockM + 2 * kOutputs) * kBlockK * 2 + 1024 ==
+                      GEGLU_TMA_SMEM_BYTES,
+                  "params.h smem size");
+    static_assert(GEGLU_TMA_THREADS == 128 + kBlockM / WGMMA_ROWS * 128,
+                  "a producer warpgroup and a consumer warpgroup per 64 rows");
+    static_assert(GEGLU_WIDE_ACC_REGS == kOutputs, "wgmma.m64n256");
+    extern __shared__ __align__(128) unsigned char tma_smem_bytes[];
+    float acc[kOutputs];
+    wgmma_gemm_tma_persistent<kBlockM, 2 * kOutputs, GEGLU_TMA_STAGES>(
+        acc, smem_align_1024<unsigned char>(tma_smem_bytes), maps, p.num_tokens, p.hidden,
+        p.intermediate / kOutputs,
+        [&](const float (&tile_acc)[kOutputs], uint32_t first_row, uint32_t col_block, int warp) {
+            gate_up_geglu_wgmma_epilogue<kOutputs>(tile_acc, p, first_row, col_block * kOutputs,
+                                                   warp);
         });
 #else
     __trap();

@@ -12,6 +12,9 @@
 //   wgmma_gemm_prologue (the first loads) then wgmma_gemm_k_loop.
 // - wgmma_gemm_persistent (sm_90a): the same over a persistent CTA's tiles, each tile's epilogue
 //   overlapping the next tile's first loads.
+// - wgmma_gemm_tma_persistent (sm_90a): a persistent CTA whose stages are filled by TMA from a
+//   producer warpgroup, released by the consumer warpgroups through mbarriers: no CTA-wide
+//   barrier in the k loop, and the producer runs up to Stages slices ahead, across tiles.
 //
 // Index math lives in tile.cuh, where the host warp emulators (kernels/tests/) drive it.
 #pragma once
@@ -183,6 +186,99 @@ __device__ __forceinline__ void wgmma_gemm_persistent(float (&acc)[AccRegs], bf1
                 gemm_tile_col_block(next, col_blocks) * WeightRows);
         }
         epilogue(acc, first_row, col_block);
+    }
+}
+
+/* A persistent CTA of one producer warpgroup (warpgroup 0) and BlockM / WGMMA_ROWS consumer
+ * warpgroups, walking the tiles as wgmma_gemm_persistent does. Thread 0 fills the stages: per k
+ * slice one TMA copy of the x box (GEMM_TILE_K x BlockM at k, first_row; rows past num_tokens
+ * read as 0) and one of the weight box (GEMM_TILE_K x WeightRows), both landing in the 128-byte
+ * swizzle that wgmma_desc_sw128 addresses, and completing the stage's `full` mbarrier. Consumer
+ * warpgroup c multiplies tile rows WGMMA_ROWS c .. by every weight row, one slice's wgmmas left
+ * in flight; when a slice's wgmmas have completed, lane 0 of each consumer warp arrives on the
+ * stage's `empty` mbarrier, and the producer refills a stage only once all of them have. Slice i
+ * of the CTA (counted across its tiles) uses stage i % Stages; its full phase and its empty
+ * phase are the (i / Stages)-th of that stage, parity (i / Stages) & 1. After each tile,
+ * `epilogue(acc, first_row, col_block, warp)` with `warp` the consumer warp (0 ..), while the
+ * producer already fills the next tile's stages. `smem` is 1024-byte aligned and holds Stages *
+ * (BlockM + WeightRows) * GEMM_TILE_K bf16. The producer's threads return early: the caller may
+ * not synchronize the CTA after this. */
+template <int BlockM, int WeightRows, int Stages, int AccRegs, class Epilogue>
+__device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
+                                                          unsigned char *smem,
+                                                          const GemmTensorMaps &maps,
+                                                          uint32_t num_tokens, uint32_t k_dim,
+                                                          uint32_t col_blocks, Epilogue epilogue) {
+    static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
+    static_assert(WeightRows == 256, "wgmma.m64n256k16; a TMA box has at most 256 rows");
+    static_assert(BlockM % WGMMA_ROWS == 0 && BlockM <= 256, "whole consumer warpgroups");
+    constexpr int kConsumerWarps = BlockM / WGMMA_ROWS * 4;
+    constexpr uint32_t kXBytes = BlockM * GEMM_TILE_K * 2;
+    constexpr uint32_t kStageBytes = (BlockM + WeightRows) * GEMM_TILE_K * 2;
+    __shared__ uint64_t full[Stages], empty[Stages];
+    const uint32_t num_tiles = (num_tokens + BlockM - 1) / BlockM * col_blocks;
+    const uint32_t k_tiles = k_dim / GEMM_TILE_K;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < Stages; ++s) {
+            mbarrier_init(&full[s], 1);
+            mbarrier_init(&empty[s], kConsumerWarps);
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) {
+        if (threadIdx.x == 0) {
+            uint32_t slice = 0;
+            for (uint32_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+                const int32_t first_row = gemm_tile_row_block(tile, col_blocks) * BlockM;
+                const int32_t first_weight_row = gemm_tile_col_block(tile, col_blocks) * WeightRows;
+                for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
+                    const uint32_t s = slice % Stages;
+                    mbarrier_wait(&empty[s], ((slice / Stages) & 1) ^ 1);
+                    unsigned char *stage = smem + s * kStageBytes;
+                    const int32_t k0 = kt * GEMM_TILE_K;
+                    mbarrier_arrive_expect_tx(&full[s], kStageBytes);
+                    tma_load_2d(stage, &maps.x, &full[s], k0, first_row);
+                    tma_load_2d(stage + kXBytes, &maps.w, &full[s], k0, first_weight_row);
+                }
+            }
+        }
+        return;
+    }
+
+    const int consumer = threadIdx.x / 128 - 1;
+    const int warp = threadIdx.x / 32 - 4;
+    const bool releases = (threadIdx.x & 31) == 0;
+    uint32_t slice = 0;
+    for (uint32_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+#pragma unroll
+        for (int r = 0; r < AccRegs; ++r) acc[r] = 0.0f;
+        for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
+            const uint32_t s = slice % Stages;
+            mbarrier_wait(&full[s], (slice / Stages) & 1);
+            const uint32_t x_tile = smem_addr(smem + s * kStageBytes);
+            const uint32_t w_tile = x_tile + kXBytes;
+            wgmma_fence_operands(acc);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < GEMM_TILE_K / 16; ++ks) {
+                wgmma_m64n256k16_bf16(acc,
+                                      wgmma_desc_sw128(x_tile + gemm_wgmma_x_offset(consumer, ks)),
+                                      wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks)));
+            }
+            wgmma_commit();
+            /* The previous slice's wgmmas have completed: its stage may be refilled. */
+            wgmma_wait<1>();
+            wgmma_fence_operands(acc);
+            if (kt > 0 && releases) mbarrier_arrive(&empty[(slice - 1) % Stages]);
+        }
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+        if (releases) mbarrier_arrive(&empty[(slice - 1) % Stages]);
+        epilogue(acc, gemm_tile_row_block(tile, col_blocks) * BlockM,
+                 gemm_tile_col_block(tile, col_blocks), warp);
     }
 }
 

@@ -1,6 +1,6 @@
 // mma.cuh: PTX wrappers for the tensor-core kernels: cp.async global -> shared copies, ldmatrix
 // loads, mma.sync.m16n8k16 (bf16 in, f32 accumulate) and bf16x2 packing (sm_80+); wgmma and its
-// fences (sm_90a only: call them under __CUDA_ARCH_FEAT_SM90_ALL).
+// fences, mbarriers and TMA copies (sm_90a only: call them under __CUDA_ARCH_FEAT_SM90_ALL).
 //
 // Their operand layouts are emulated on the host, from the PTX ISA definitions, by the
 // fragment checks in kernels/tests/*.c.
@@ -235,6 +235,73 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t 
           "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
         : "l"(desc_a), "l"(desc_b)
         : "memory");
+}
+
+/* ---- sm_90a: mbarriers and TMA ----------------------------------------------------------- */
+
+/* A shared-memory mbarrier whose phase completes after `count` arrivals (and, where a phase
+ * expects transaction bytes, once they have landed). */
+__device__ __forceinline__ void mbarrier_init(uint64_t *bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count)
+                 : "memory");
+}
+
+/* Make this thread's mbarrier initializations visible to the async proxy (the TMA unit). */
+__device__ __forceinline__ void fence_mbarrier_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbarrier_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+
+/* Arrive, and add `bytes` to the transaction count the current phase waits for. */
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+/* Whether the phase of parity `parity` has completed (a fresh barrier counts the phase before
+ * its first, parity 1, as completed); the hardware may suspend the thread a while first. */
+__device__ __forceinline__ bool mbarrier_try_wait(uint64_t *bar, uint32_t parity) {
+    uint32_t done;
+    asm volatile("{\n.reg .pred complete;\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, complete;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_addr(bar)), "r"(parity)
+                 : "memory");
+    return done != 0;
+}
+
+__device__ __forceinline__ uint64_t globaltimer_ns() {
+    uint64_t ns;
+    asm volatile("mov.u64 %0, %globaltimer;\n" : "=l"(ns));
+    return ns;
+}
+
+/* A phase still open after this long is a lost arrival or copy, i.e. a bug: trap, so the launch
+ * fails and the host reports it, instead of hanging the device. */
+#define MBARRIER_TIMEOUT_NS 5000000000ull
+
+/* Wait until the phase of parity `parity` has completed. */
+__device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
+    if (mbarrier_try_wait(bar, parity)) return;
+    const uint64_t start = globaltimer_ns();
+    while (!mbarrier_try_wait(bar, parity)) {
+        if (globaltimer_ns() - start > MBARRIER_TIMEOUT_NS) __trap();
+    }
+}
+
+/* TMA: the box at (k = k0, row = row0) of the 2D tensor `map` describes (a __grid_constant__
+ * parameter) into shared memory at `dst`, completing `bytes` of `bar`'s transaction count. */
+__device__ __forceinline__ void tma_load_2d(void *dst, const void *map, uint64_t *bar, int32_t k0,
+                                            int32_t row0) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_addr(dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(smem_addr(bar))
+                 : "memory");
 }
 
 } // namespace

@@ -200,6 +200,29 @@ typedef struct {
     uint32_t intermediate;    /* a multiple of GEGLU_GEMM_BLOCK_OUT */
 } GateUpGegluParams;
 
+/* A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes), encoded on the host by
+ * cuTensorMapEncodeTiled and read by cp.async.bulk.tensor from a __grid_constant__ kernel
+ * parameter, which must keep its alignment. */
+typedef struct __attribute__((aligned(128))) {
+    uint64_t opaque[16];
+} TensorMap;
+
+/* The TMA GEMM kernels' second parameter: the maps of both operands, each a 2D bf16 tensor
+ * [rows, k] (k contiguous) read in boxes of GEMM_TILE_K x (the kernel's tile rows), 128-byte
+ * swizzle (tile.cuh's tile_swizzle on 1024-byte aligned stages), rows past the end read as 0. */
+typedef struct {
+    TensorMap x;              /* the activations, box rows = the CTA's token rows */
+    TensorMap w;              /* the weights, box rows = the CTA's weight rows */
+} GemmTensorMaps;
+
+/* gate_up_geglu_tma (sm_90a): gate_up_geglu_wgmma_wide's tile (BLOCK_M token rows x
+ * GEGLU_WIDE_BLOCK_OUT outputs) with its stages filled by TMA: a producer warpgroup (one thread
+ * issuing the copies) and two consumer warpgroups, GEGLU_TMA_STAGES stages with full and empty
+ * mbarriers. STAGES * (BLOCK_M + 2 * WIDE_BLOCK_OUT) * BLOCK_K bf16, plus 1024 bytes to align. */
+#define GEGLU_TMA_THREADS 384
+#define GEGLU_TMA_STAGES 4
+#define GEGLU_TMA_SMEM_BYTES 197632
+
 /* pool.cu: final norm, mean per sequence, folded Dense, L2 normalize, truncate, renormalize.
  * One POOL_BLOCK-thread block per sequence; its tokens are split over
  * POOL_BLOCK / (hidden / 4) token groups, whose partial sums take group*hidden floats of the

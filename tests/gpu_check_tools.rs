@@ -377,12 +377,13 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         // sm_90's former defaults pass, but are never combined.
         ok("attention_flash"),
         ok("residual_norm/residual"),
+        ok("gate_up_geglu_tma"),
     ];
     assert_eq!(
         passing(&every, true),
-        "wgmma-qkv+wgmma-wide-mlp+fused-branch\t\
-         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=wgmma-wide GEMMA_EMBED_BRANCH=fused\t\
-         qkv_proj_wgmma gate_up_geglu_wgmma_wide proj_residual_norm_wgmma"
+        "wgmma-qkv+tma-mlp+fused-branch\t\
+         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma GEMMA_EMBED_BRANCH=fused\t\
+         qkv_proj_wgmma gate_up_geglu_tma proj_residual_norm_wgmma"
     );
     // Off sm_90 only the portable candidates count.
     assert_eq!(
@@ -390,9 +391,10 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         "fused-mlp+bf16-branch\tGEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16\t\
          gate_up_geglu residual_norm_bf16_branch"
     );
-    // The wide kernel computes wrong numbers and one part of the QKV kernel fails; the fused
-    // branch faulted: the next option of each variable, or none.
+    // The TMA and wide kernels compute wrong numbers and one part of the QKV kernel fails; the
+    // fused branch faulted: the next option of each variable, or none.
     let mut some = every.to_vec();
+    some[10] = wrong("gate_up_geglu_tma");
     some[3] = wrong("gate_up_geglu_wgmma_wide");
     some[6] = wrong("qkv_proj_wgmma/k");
     some[7] = check_entry(
@@ -442,6 +444,7 @@ fn the_candidate_list_is_what_the_card_runs() {
         names,
         [
             "wgmma-qkv",
+            "tma-mlp",
             "wgmma-wide-mlp",
             "wgmma-mlp",
             "fused-mlp",

@@ -32,6 +32,7 @@ EVERY = "every"
 # the defaults measured faster, but never part of the candidates run together.
 CANDIDATES = [
     ("GEMMA_EMBED_QKV", "wgmma", "wgmma-qkv", ["qkv_proj_wgmma"], SM90, True),
+    ("GEMMA_EMBED_MLP", "tma", "tma-mlp", ["gate_up_geglu_tma"], SM90, True),
     ("GEMMA_EMBED_MLP", "wgmma-wide", "wgmma-wide-mlp", ["gate_up_geglu_wgmma_wide"], SM90, True),
     ("GEMMA_EMBED_MLP", "wgmma", "wgmma-mlp", ["gate_up_geglu_wgmma"], SM90, True),
     ("GEMMA_EMBED_MLP", "fused", "fused-mlp", ["gate_up_geglu"], EVERY, True),

@@ -212,7 +212,7 @@ impl CudaBackend {
         };
         let mlp = match mlp_kernel {
             MlpKernel::Cublas => Mlp::Cublas,
-            MlpKernel::Fused | MlpKernel::Wgmma | MlpKernel::WgmmaWide => {
+            MlpKernel::Fused | MlpKernel::Wgmma | MlpKernel::WgmmaWide | MlpKernel::Tma => {
                 mlp_kernel.check_shape(dims.hidden, dims.intermediate)?;
                 Mlp::Fused(GateUpGeglu::load(&dev, mlp_kernel)?)
             }

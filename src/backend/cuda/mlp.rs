@@ -2,7 +2,8 @@
 //!
 //! - The ways to compute it: the cuBLAS gate|up GEMM followed by `geglu`, or one fused kernel
 //!   with the GELU-tanh·up product in its epilogue: `gate_up_geglu` (mma.sync, sm_80+),
-//!   `gate_up_geglu_wgmma` or `gate_up_geglu_wgmma_wide` (wgmma, sm_90 only) ([`MlpKernel`]).
+//!   `gate_up_geglu_wgmma`, `gate_up_geglu_wgmma_wide` or `gate_up_geglu_tma` (wgmma, sm_90 only)
+//!   ([`MlpKernel`]).
 //! - The fused kernel's compile-time tile (mirrors of the `GEGLU_GEMM_*` defines in
 //!   `kernels/params.h`) and its check against the model's shape.
 //! - The weight order the fused kernel reads ([`interleave_gate_up`]).
@@ -36,10 +37,19 @@ pub const WIDE_STAGES: usize = 4;
 /// `GEGLU_WIDE_SMEM_BYTES`: its stages plus 1024 bytes to align them.
 pub const WIDE_SMEM_BYTES: usize = 197_632;
 
+/// `GEGLU_TMA_THREADS`: threads per CTA of the TMA kernel (a producer warpgroup and two
+/// consumer warpgroups).
+pub const TMA_THREADS: usize = 384;
+/// `GEGLU_TMA_STAGES`: its pipeline depth.
+pub const TMA_STAGES: usize = 4;
+/// `GEGLU_TMA_SMEM_BYTES`: its stages plus 1024 bytes to align them.
+pub const TMA_SMEM_BYTES: usize = 197_632;
+
 /// Kernel names in the embedded modules.
 pub const FUSED_KERNEL: &str = "gate_up_geglu";
 pub const WGMMA_KERNEL: &str = "gate_up_geglu_wgmma";
 pub const WIDE_KERNEL: &str = "gate_up_geglu_wgmma_wide";
+pub const TMA_KERNEL: &str = "gate_up_geglu_tma";
 
 /// How the engine computes `gelu_tanh(r·gate)·(r·up)` from the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +64,13 @@ pub enum MlpKernel {
     /// `gate_up_geglu_wgmma_wide`: the wgmma kernel with twice the outputs per CTA, so each
     /// activation tile it loads feeds twice the products (sm_90 devices only).
     WgmmaWide,
+    /// `gate_up_geglu_tma`: the wide kernel's tiles with its stages filled by TMA from a
+    /// producer warpgroup and handed over through mbarriers (sm_90 devices only).
+    Tma,
 }
 
 /// `GEMMA_EMBED_MLP=fused` selects `gate_up_geglu`, `wgmma` `gate_up_geglu_wgmma`, `wgmma-wide`
-/// `gate_up_geglu_wgmma_wide`, `cublas` (or unset) cuBLAS + `geglu`.
+/// `gate_up_geglu_wgmma_wide`, `tma` `gate_up_geglu_tma`, `cublas` (or unset) cuBLAS + `geglu`.
 impl KernelChoice for MlpKernel {
     const VAR: &'static str = "GEMMA_EMBED_MLP";
     const CHOICES: &'static [(&'static str, Self)] = &[
@@ -65,9 +78,10 @@ impl KernelChoice for MlpKernel {
         ("fused", Self::Fused),
         ("wgmma", Self::Wgmma),
         ("wgmma-wide", Self::WgmmaWide),
+        ("tma", Self::Tma),
     ];
     const SM90_DEFAULT: Self = Self::Cublas;
-    const SM90_ONLY: &'static [Self] = &[Self::Wgmma, Self::WgmmaWide];
+    const SM90_ONLY: &'static [Self] = &[Self::Wgmma, Self::WgmmaWide, Self::Tma];
 }
 
 impl MlpKernel {
@@ -77,13 +91,14 @@ impl MlpKernel {
             Self::Fused => FUSED_KERNEL,
             Self::Wgmma => WGMMA_KERNEL,
             Self::WgmmaWide => WIDE_KERNEL,
+            Self::Tma => TMA_KERNEL,
         }
     }
 
     /// Outputs per CTA of the fused kernel (whole blocks of [`interleave_gate_up`]'s order).
     pub fn block_out(self) -> usize {
         match self {
-            Self::WgmmaWide => WIDE_BLOCK_OUT,
+            Self::WgmmaWide | Self::Tma => WIDE_BLOCK_OUT,
             Self::Cublas | Self::Fused | Self::Wgmma => BLOCK_OUT,
         }
     }
@@ -130,11 +145,15 @@ mod device {
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
     use crate::backend::cuda::ops::{grid_row_blocks, kernel_u32, persistent_grid};
-    use crate::backend::cuda::params::GateUpGegluParams;
+    use crate::backend::cuda::params::{GateUpGegluParams, GemmTensorMaps};
+    use crate::backend::cuda::tma::tensor_map_bf16;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `GateUpGegluParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernel by value.
     unsafe impl cudarc::driver::DeviceRepr for GateUpGegluParams {}
+    // SAFETY: bindgen's `#[repr(C)]` copy of `GemmTensorMaps` (two 128-byte aligned CUtensorMap
+    // images), passed by value; the kernel reads it as a __grid_constant__ parameter.
+    unsafe impl cudarc::driver::DeviceRepr for GemmTensorMaps {}
 
     /// One of the fused kernels, resolved from the embedded modules and allowed its shared
     /// memory.
@@ -146,14 +165,15 @@ mod device {
     }
 
     impl GateUpGeglu {
-        /// `kernel` is [`MlpKernel::Fused`], [`MlpKernel::Wgmma`] or [`MlpKernel::WgmmaWide`]
-        /// (the last two need an sm_90 device: their SASS is sm_90a, and other architectures'
-        /// code only traps).
+        /// `kernel` is [`MlpKernel::Fused`], [`MlpKernel::Wgmma`], [`MlpKernel::WgmmaWide`] or
+        /// [`MlpKernel::Tma`] (the last three need an sm_90 device: their SASS is sm_90a, and
+        /// other architectures' code only traps).
         pub fn load(dev: &Device, kernel: MlpKernel) -> Result<Self> {
             let (threads, smem_bytes) = match kernel {
                 MlpKernel::Fused => (THREADS, SMEM_BYTES),
                 MlpKernel::Wgmma => (WGMMA_THREADS, WGMMA_SMEM_BYTES),
                 MlpKernel::WgmmaWide => (WGMMA_THREADS, WIDE_SMEM_BYTES),
+                MlpKernel::Tma => (TMA_THREADS, TMA_SMEM_BYTES),
                 MlpKernel::Cublas => {
                     return Err(Error::Cuda("cuBLAS + geglu is not a fused kernel".into()))
                 }
@@ -206,10 +226,10 @@ mod device {
             let name = self.name();
             let to_u32 = |v: usize, what: &str| kernel_u32(name, v, what);
             let col_blocks = intermediate / self.kernel.block_out();
-            // The wide kernel is persistent (one CTA per SM walking the tiles), the others one
-            // CTA per tile.
+            // The wide and TMA kernels are persistent (one CTA per SM walking the tiles), the
+            // others one CTA per tile.
             let grid_dim = match self.kernel {
-                MlpKernel::WgmmaWide => (
+                MlpKernel::WgmmaWide | MlpKernel::Tma => (
                     persistent_grid(dev, name, num_tokens, BLOCK_M, col_blocks)?,
                     1,
                     1,
@@ -239,9 +259,31 @@ mod device {
                 block_dim: (self.threads as u32, 1, 1),
                 shared_mem_bytes: self.smem_bytes as u32,
             };
+            if self.kernel == MlpKernel::Tma {
+                let maps = GemmTensorMaps {
+                    x: tensor_map_bf16(x_ptr, num_tokens, hidden, BLOCK_M, BLOCK_K)?,
+                    w: tensor_map_bf16(
+                        w_ptr,
+                        2 * intermediate,
+                        hidden,
+                        2 * WIDE_BLOCK_OUT,
+                        BLOCK_K,
+                    )?,
+                };
+                // SAFETY: as below; the maps describe x and w with the shapes checked above, and
+                // GemmTensorMaps matches the kernel's second parameter (same header).
+                unsafe {
+                    s.launch_builder(&self.func)
+                        .arg(&params)
+                        .arg(&maps)
+                        .launch(cfg)
+                }
+                .map_err(driver_err(format!("launch {name}")))?;
+                return Ok(());
+            }
             // SAFETY: GateUpGegluParams matches the kernels' parameter (same header); every
             // buffer covers what the kernel touches for these shapes (checked above), the shape
-            // divides the kernel's tiles (check_shape), the wgmma kernel only runs on sm_90
+            // divides the kernel's tiles (check_shape), the wgmma kernels only run on sm_90
             // (load), and the guards keep the buffers alive and ordered on the stream until
             // the launch is enqueued.
             unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
@@ -275,6 +317,13 @@ mod tests {
             WIDE_STAGES * (BLOCK_M + 2 * WIDE_BLOCK_OUT) * BLOCK_K * 2 + 1024
         );
         assert_eq!(WIDE_BLOCK_OUT % BLOCK_OUT, 0, "whole interleave blocks");
+        assert_eq!(define("GEGLU_TMA_THREADS"), TMA_THREADS);
+        assert_eq!(define("GEGLU_TMA_STAGES"), TMA_STAGES);
+        assert_eq!(define("GEGLU_TMA_SMEM_BYTES"), TMA_SMEM_BYTES);
+        assert_eq!(
+            TMA_SMEM_BYTES,
+            TMA_STAGES * (BLOCK_M + 2 * WIDE_BLOCK_OUT) * BLOCK_K * 2 + 1024
+        );
     }
 
     #[test]
@@ -304,7 +353,12 @@ mod tests {
 
     #[test]
     fn shape_check_refuses_what_the_tiles_do_not_divide() {
-        for kernel in [MlpKernel::Fused, MlpKernel::Wgmma, MlpKernel::WgmmaWide] {
+        for kernel in [
+            MlpKernel::Fused,
+            MlpKernel::Wgmma,
+            MlpKernel::WgmmaWide,
+            MlpKernel::Tma,
+        ] {
             assert!(kernel.check_shape(768, 1152).is_ok());
             assert!(kernel.check_shape(768 + 32, 1152).is_err());
             assert!(kernel.check_shape(768, 1152 + 32).is_err());

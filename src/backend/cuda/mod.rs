@@ -31,6 +31,8 @@ pub mod gemm;
 pub mod ops;
 #[cfg(gemma_cuda_kernels)]
 pub mod params;
+#[cfg(gemma_cuda_kernels)]
+mod tma;
 
 #[cfg(gemma_cuda_kernels)]
 pub use backend::CudaBackend;

@@ -1,0 +1,109 @@
+//! TMA tensor maps: how the kernels that fill shared memory with `cp.async.bulk.tensor`
+//! (`gate_up_geglu_tma`) see a bf16 matrix in global memory.
+
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+
+use cudarc::driver::sys;
+
+use super::params::TensorMap;
+use crate::{Error, Result};
+
+/// Bytes of the 128-byte swizzle's rows: a box's row must span exactly one.
+const SWIZZLE_BYTES: usize = 128;
+/// The most rows (elements of any dimension) a TMA box may have.
+const MAX_BOX_ROWS: usize = 256;
+
+/// Refuse what the TMA unit cannot read as a [`tensor_map_bf16`] box.
+fn check_box(ptr: u64, rows: usize, cols: usize, box_rows: usize, box_cols: usize) -> Result<()> {
+    let problem = if box_cols * 2 != SWIZZLE_BYTES {
+        Some(format!(
+            "a box row of {box_cols} bf16 is not the swizzle's {SWIZZLE_BYTES} bytes"
+        ))
+    } else if box_rows == 0 || box_rows > MAX_BOX_ROWS {
+        Some(format!("a box of {box_rows} rows (1..={MAX_BOX_ROWS})"))
+    } else if rows == 0 || cols == 0 || cols % box_cols != 0 {
+        Some(format!("{cols} columns are not whole boxes of {box_cols}"))
+    } else if ptr % 16 != 0 {
+        Some(format!("address {ptr:#x} is not 16-byte aligned"))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::Cuda(format!(
+            "TMA map of a [{rows}, {cols}] bf16 matrix: {p}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The map of the row-major bf16 matrix `[rows, cols]` at device address `ptr`, read in boxes
+/// of `box_rows` x `box_cols` (one 128-byte row each) that land in shared memory in the 128-byte
+/// swizzle (kernels/tile.cuh's `tile_swizzle` on a 1024-byte aligned tile, what
+/// `wgmma_desc_sw128` addresses); rows past `rows` read as zeros.
+pub fn tensor_map_bf16(
+    ptr: u64,
+    rows: usize,
+    cols: usize,
+    box_rows: usize,
+    box_cols: usize,
+) -> Result<TensorMap> {
+    check_box(ptr, rows, cols, box_rows, box_cols)?;
+    let dims = [cols as u64, rows as u64];
+    let row_stride_bytes = [(cols * 2) as u64];
+    let box_dims = [box_cols as u32, box_rows as u32];
+    let element_strides = [1u32, 1];
+    let mut map = MaybeUninit::<sys::CUtensorMap>::uninit();
+    // SAFETY: `map` is writable storage for one CUtensorMap; dims, box_dims and element_strides
+    // hold rank (2) entries and row_stride_bytes rank - 1, all alive for the call, which only
+    // encodes the map on the host and reads no device memory.
+    let status = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut c_void,
+            dims.as_ptr(),
+            row_stride_bytes.as_ptr(),
+            box_dims.as_ptr(),
+            element_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::Cuda(format!(
+            "cuTensorMapEncodeTiled for a [{rows}, {cols}] bf16 matrix in boxes of {box_rows} x \
+             {box_cols}: {status:?}"
+        )));
+    }
+    // SAFETY: the driver wrote the whole map on success.
+    let map = unsafe { map.assume_init() };
+    Ok(TensorMap { opaque: map.opaque })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_the_tma_unit_cannot_read_are_refused() {
+        assert!(check_box(0x1000, 100, 768, 128, 64).is_ok());
+        assert!(check_box(0x1000, 2304, 768, 256, 64).is_ok());
+        for (ptr, rows, cols, box_rows, box_cols, what) in [
+            (0x1000, 100, 768, 128, 32, "not the swizzle's 128 bytes"),
+            (0x1000, 100, 768, 512, 64, "a box of 512 rows"),
+            (0x1000, 100, 768, 0, 64, "a box of 0 rows"),
+            (0x1000, 100, 800, 128, 64, "800 columns"),
+            (0x1000, 0, 768, 128, 64, "768 columns"),
+            (0x1008, 100, 768, 128, 64, "not 16-byte aligned"),
+        ] {
+            let err = check_box(ptr, rows, cols, box_rows, box_cols)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(what), "{err}");
+        }
+    }
+}
