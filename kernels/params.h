@@ -112,6 +112,8 @@ typedef struct {
 #define QKV_PROJ_BLOCK_M 128
 #define QKV_PROJ_STAGES 4
 #define QKV_PROJ_THREADS 256
+/* qkv_proj_tma: the same tile and stages, filled by TMA: a producer and two consumer warpgroups. */
+#define QKV_TMA_THREADS 384
 /* STAGES * (BLOCK_M + HEAD_DIM) * 64 bf16, plus 1024 bytes to align the stages. */
 #define QKV_PROJ_SMEM_BYTES 197632
 typedef struct {

@@ -28,6 +28,10 @@
  * num_tokens compute zeros (zero-filled x) and are not stored. On other architectures the
  * kernel traps; the host launches it only on sm_90.
  *
+ * qkv_proj_tma: the same tiles and epilogue, the stages filled by TMA from a producer warpgroup
+ * and handed over through mbarriers (gemm_pipeline.cuh's wgmma_gemm_tma_persistent),
+ * QKV_TMA_THREADS (three warpgroups); a second, __grid_constant__ parameter carries the maps.
+ *
  * Numerics: bf16 products accumulated in f32 by the tensor cores; inverse RMS, the q/k RMSNorm,
  * RoPE (f32 tables) and the query scale in f32; one bf16 rounding at the store. The cuBLAS path
  * rounds the projection to bf16 before qkv_post; this kernel does not.
@@ -39,12 +43,12 @@
 namespace {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* The epilogue of the tile at token row first_row and head slot `slot` (see the header). */
+/* The epilogue of the tile at token row first_row and head slot `slot` (see the header), run by
+ * the warp that is warp `warp` of the warpgroups that multiplied. */
 __device__ __forceinline__ void qkv_proj_epilogue(const float (&acc)[QKV_PROJ_ACC_REGS],
                                                   const QkvProjParams &p, uint32_t first_row,
-                                                  uint32_t slot) {
+                                                  uint32_t slot, int warp) {
     const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
     constexpr uint32_t kHeadDim = ATTENTION_HEAD_DIM;
     constexpr uint32_t kHalf = kHeadDim / 2;
     const bool is_value = slot == p.num_heads + 1;
@@ -126,8 +130,32 @@ extern "C" __global__ void __launch_bounds__(QKV_PROJ_THREADS, 1)
     wgmma_gemm_persistent<QKV_PROJ_THREADS, kBlockM, kWeightRows, kStages, 1>(
         acc, smem, p.x, p.w, p.num_tokens, p.hidden, p.num_heads + 2,
         [&](const float (&tile_acc)[QKV_PROJ_ACC_REGS], uint32_t first_row, uint32_t slot) {
-            qkv_proj_epilogue(tile_acc, p, first_row, slot);
+            qkv_proj_epilogue(tile_acc, p, first_row, slot, threadIdx.x / 32);
         });
+#else
+    __trap();
+#endif
+}
+
+/* qkv_proj_wgmma's tiles and epilogue with TMA-filled stages (gemm_pipeline.cuh's
+ * wgmma_gemm_tma_persistent): QKV_TMA_THREADS, warpgroup 0 producing, warpgroups 1 and 2
+ * multiplying token rows 0..63 and 64..127 of each tile and running the epilogue; same grid and
+ * shared memory. `maps` (host: cuTensorMapEncodeTiled) has x [num_tokens, hidden] in boxes of
+ * GEMM_TILE_K x BLOCK_M and w [(num_heads + 2) 256, hidden] in boxes of GEMM_TILE_K x 256, both
+ * bf16 with the 128-byte swizzle. */
+extern "C" __global__ void __launch_bounds__(QKV_TMA_THREADS, 1)
+    qkv_proj_tma(const QkvProjParams p, const __grid_constant__ GemmTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kBlockM = QKV_PROJ_BLOCK_M;
+    static_assert(QKV_TMA_THREADS == 128 + kBlockM / WGMMA_ROWS * 128,
+                  "a producer warpgroup and a consumer warpgroup per 64 rows");
+    extern __shared__ __align__(128) unsigned char qkv_tma_smem_bytes[];
+    float acc[QKV_PROJ_ACC_REGS];
+    wgmma_gemm_tma_persistent<kBlockM, ATTENTION_HEAD_DIM, QKV_PROJ_STAGES>(
+        acc, smem_align_1024<unsigned char>(qkv_tma_smem_bytes), maps, p.num_tokens, p.hidden,
+        p.num_heads + 2,
+        [&](const float (&tile_acc)[QKV_PROJ_ACC_REGS], uint32_t first_row, uint32_t slot,
+            int warp) { qkv_proj_epilogue(tile_acc, p, first_row, slot, warp); });
 #else
     __trap();
 #endif

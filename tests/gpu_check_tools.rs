@@ -443,6 +443,7 @@ fn the_candidate_list_is_what_the_card_runs() {
     assert_eq!(
         names,
         [
+            "tma-qkv",
             "wgmma-qkv",
             "tma-mlp",
             "wgmma-wide-mlp",

@@ -31,6 +31,7 @@ EVERY = "every"
 # variable, most promising first. `combined` is False for sm_90's former defaults, timed against
 # the defaults measured faster, but never part of the candidates run together.
 CANDIDATES = [
+    ("GEMMA_EMBED_QKV", "tma", "tma-qkv", ["qkv_proj_tma"], SM90, True),
     ("GEMMA_EMBED_QKV", "wgmma", "wgmma-qkv", ["qkv_proj_wgmma"], SM90, True),
     ("GEMMA_EMBED_MLP", "tma", "tma-mlp", ["gate_up_geglu_tma"], SM90, True),
     ("GEMMA_EMBED_MLP", "wgmma-wide", "wgmma-wide-mlp", ["gate_up_geglu_wgmma_wide"], SM90, True),

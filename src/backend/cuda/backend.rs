@@ -200,7 +200,9 @@ impl CudaBackend {
         let attention = Attention::load(&dev, config, options.attention)?;
         let qkv = match options.qkv {
             QkvKernel::Cublas => Qkv::Cublas,
-            QkvKernel::Wgmma => Qkv::Fused(QkvProj::load(&dev, &dims)?),
+            QkvKernel::Wgmma | QkvKernel::Tma => {
+                Qkv::Fused(QkvProj::load(&dev, &dims, options.qkv)?)
+            }
         };
         let residual_add = match options.branch {
             BranchStorage::F32 | BranchStorage::Bf16 => ResidualAdd::Unfused,

@@ -971,16 +971,18 @@ fn check_qkv_proj(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
             .clone()
             .with_timing(timing(timed_case.clone(), us, baseline_bytes, flops));
 
-    if QkvKernel::Wgmma.runs_on(dev.info.compute_capability) {
+    for kernel in QkvKernel::all()
+        .filter(|&k| k != QkvKernel::Cublas && k.runs_on(dev.info.compute_capability))
+    {
         let fused = || -> Result<Vec<KernelCheck>> {
-            let qkv_proj = QkvProj::load(dev, &d)?;
+            let qkv_proj = QkvProj::load(dev, &d, kernel)?;
             let run =
                 |x: &CudaSlice<u16>, r: &CudaSlice<f32>, tokens: &Tokens, out: &mut QkvBuffers| {
                     qkv_proj.launch(dev, &d, tokens, (x, &weight, r), norms.norms(), out)
                 };
             let mut out = poisoned_qkv_buffers(dev, &d, n)?;
             run(&x, &inv_rms, &tokens, &mut out)?;
-            let name = QkvKernel::Wgmma.name();
+            let name = kernel.name();
             let mut fused_checks =
                 compare_qkv(dev, &d, (name, &desc), &out, &references, bf16_tol)?;
             let mut out = poisoned_qkv_buffers(dev, &d, timed.n)?;
@@ -995,7 +997,7 @@ fn check_qkv_proj(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec
         };
         match fused() {
             Ok(fused_checks) => checks.extend(fused_checks),
-            Err(e) => checks.push(KernelCheck::error(QkvKernel::Wgmma.name(), e.to_string())),
+            Err(e) => checks.push(KernelCheck::error(kernel.name(), e.to_string())),
         }
     }
     Ok(checks)

@@ -3,7 +3,8 @@
 //!
 //! - The ways to compute attention-ready Q, K, V from the residual stream: the cuBLAS QKV GEMM
 //!   followed by `qkv_post`, or `qkv_proj_wgmma` (sm_90 only), one persistent kernel (one CTA
-//!   per SM walking the tiles) with `qkv_post`'s arithmetic in its epilogue ([`QkvKernel`]).
+//!   per SM walking the tiles) with `qkv_post`'s arithmetic in its epilogue, or `qkv_proj_tma`,
+//!   the same with TMA-filled stages ([`QkvKernel`]).
 //! - The fused kernel's compile-time tile (mirrors of the `QKV_PROJ_*` defines in
 //!   `kernels/params.h`) and its check against the model's shape.
 //! - The typed launch wrapper (with the `gemma_cuda_kernels` cfg).
@@ -17,6 +18,9 @@ pub const BLOCK_M: usize = 128;
 pub const STAGES: usize = 4;
 /// `QKV_PROJ_THREADS`: threads per CTA (two warpgroups).
 pub const THREADS: usize = 256;
+/// `QKV_TMA_THREADS`: threads per CTA of the TMA kernel (a producer and two consumer
+/// warpgroups).
+pub const TMA_THREADS: usize = 384;
 /// `QKV_PROJ_SMEM_BYTES`: dynamic shared memory per CTA.
 pub const SMEM_BYTES: usize = 197_632;
 /// `ATTENTION_HEAD_DIM`: the weight rows of one tile (one head slot) and the only head size the
@@ -27,6 +31,7 @@ pub const TILE_K: usize = 64;
 
 /// Kernel name in the embedded modules.
 pub const WGMMA_KERNEL: &str = "qkv_proj_wgmma";
+pub const TMA_KERNEL: &str = "qkv_proj_tma";
 
 /// How the engine turns bf16(residual) into attention-ready Q, K and V.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,15 +42,22 @@ pub enum QkvKernel {
     /// `qkv_proj_wgmma`: one kernel on Hopper's warpgroup MMA, the projection never reaches
     /// memory (sm_90 devices only).
     Wgmma,
+    /// `qkv_proj_tma`: `qkv_proj_wgmma` with its stages filled by TMA from a producer
+    /// warpgroup and handed over through mbarriers (sm_90 devices only).
+    Tma,
 }
 
-/// `GEMMA_EMBED_QKV=wgmma` selects `qkv_proj_wgmma`, `cublas` (or unset) cuBLAS + `qkv_post`.
+/// `GEMMA_EMBED_QKV=wgmma` selects `qkv_proj_wgmma`, `tma` `qkv_proj_tma`, `cublas` (or unset)
+/// cuBLAS + `qkv_post`.
 impl KernelChoice for QkvKernel {
     const VAR: &'static str = "GEMMA_EMBED_QKV";
-    const CHOICES: &'static [(&'static str, Self)] =
-        &[("cublas", Self::Cublas), ("wgmma", Self::Wgmma)];
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("cublas", Self::Cublas),
+        ("wgmma", Self::Wgmma),
+        ("tma", Self::Tma),
+    ];
     const SM90_DEFAULT: Self = Self::Cublas;
-    const SM90_ONLY: &'static [Self] = &[Self::Wgmma];
+    const SM90_ONLY: &'static [Self] = &[Self::Wgmma, Self::Tma];
 }
 
 impl QkvKernel {
@@ -53,6 +65,7 @@ impl QkvKernel {
         match self {
             Self::Cublas => "cublas+qkv_post",
             Self::Wgmma => WGMMA_KERNEL,
+            Self::Tma => TMA_KERNEL,
         }
     }
 }
@@ -82,25 +95,37 @@ mod device {
     use crate::backend::cuda::ops::{
         check_fused_buffers, kernel_u32, persistent_grid, ModelDims, QkNorms, QkvBuffers, Tokens,
     };
-    use crate::backend::cuda::params::QkvProjParams;
+    use crate::backend::cuda::params::{GemmTensorMaps, QkvProjParams};
+    use crate::backend::cuda::tma::tensor_map_bf16;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `QkvProjParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernel by value.
     unsafe impl cudarc::driver::DeviceRepr for QkvProjParams {}
 
-    /// `qkv_proj_wgmma`, resolved from the embedded modules and allowed its shared memory.
+    /// `qkv_proj_wgmma` or `qkv_proj_tma`, resolved from the embedded modules and allowed its
+    /// shared memory.
     pub struct QkvProj {
         func: CudaFunction,
+        kernel: QkvKernel,
     }
 
     impl QkvProj {
-        /// Needs an sm_90 device: the kernel's SASS is sm_90a, other architectures' code traps.
-        pub fn load(dev: &Device, dims: &ModelDims) -> Result<Self> {
+        /// `kernel` is [`QkvKernel::Wgmma`] or [`QkvKernel::Tma`]; both need an sm_90 device:
+        /// their SASS is sm_90a, other architectures' code traps.
+        pub fn load(dev: &Device, dims: &ModelDims, kernel: QkvKernel) -> Result<Self> {
             check_shape(dims.hidden, dims.head_dim)?;
-            QkvKernel::Wgmma.require_device(&dev.info, WGMMA_KERNEL)?;
-            let func =
-                dev.function_with_shared_memory(WGMMA_KERNEL, SMEM_BYTES, "unset GEMMA_EMBED_QKV")?;
-            Ok(Self { func })
+            if kernel == QkvKernel::Cublas {
+                return Err(Error::Cuda(
+                    "cuBLAS + qkv_post is not a fused kernel".into(),
+                ));
+            }
+            kernel.require_device(&dev.info, kernel.name())?;
+            let func = dev.function_with_shared_memory(
+                kernel.name(),
+                SMEM_BYTES,
+                "unset GEMMA_EMBED_QKV",
+            )?;
+            Ok(Self { func, kernel })
         }
 
         /// Q, K, V for `tokens` from x = bf16(residual) `[num_tokens, hidden]`, its inverse RMS
@@ -136,9 +161,10 @@ mod device {
                 (out.k.len(), n * d.head_dim, "k"),
                 (out.v.len(), n * d.head_dim, "v"),
             ];
-            check_fused_buffers(WGMMA_KERNEL, n, &needs)?;
-            let to_u32 = |v: usize, what: &str| kernel_u32(WGMMA_KERNEL, v, what);
-            let grid = persistent_grid(dev, WGMMA_KERNEL, n, BLOCK_M, d.num_heads + 2)?;
+            let name = self.kernel.name();
+            check_fused_buffers(name, n, &needs)?;
+            let to_u32 = |v: usize, what: &str| kernel_u32(name, v, what);
+            let grid = persistent_grid(dev, name, n, BLOCK_M, d.num_heads + 2)?;
             let s = &dev.stream;
             let params = QkvProjParams {
                 x: x.device_ptr(s).0 as _,
@@ -158,11 +184,37 @@ mod device {
                 num_heads: to_u32(d.num_heads, "num_heads")?,
                 hidden: to_u32(d.hidden, "hidden")?,
             };
+            let threads = match self.kernel {
+                QkvKernel::Tma => TMA_THREADS,
+                QkvKernel::Wgmma | QkvKernel::Cublas => THREADS,
+            };
             let cfg = LaunchConfig {
                 grid_dim: (grid, 1, 1),
-                block_dim: (THREADS as u32, 1, 1),
+                block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: SMEM_BYTES as u32,
             };
+            if self.kernel == QkvKernel::Tma {
+                let maps = GemmTensorMaps {
+                    x: tensor_map_bf16(x.device_ptr(s).0, n, d.hidden, BLOCK_M, TILE_K)?,
+                    w: tensor_map_bf16(
+                        w.device_ptr(s).0,
+                        d.qkv_width(),
+                        d.hidden,
+                        HEAD_DIM,
+                        TILE_K,
+                    )?,
+                };
+                // SAFETY: as below; the maps describe x and w with the shapes checked above,
+                // and GemmTensorMaps matches the kernel's second parameter (same header).
+                unsafe {
+                    s.launch_builder(&self.func)
+                        .arg(&params)
+                        .arg(&maps)
+                        .launch(cfg)
+                }
+                .map_err(driver_err(format!("launch {name}")))?;
+                return Ok(());
+            }
             // SAFETY: QkvProjParams matches the kernel's parameter (same header); every buffer
             // covers what the kernel touches for these shapes (checked above), the shape fits
             // the kernel's tiles (check_shape), the kernel only runs on sm_90 (load), positions
@@ -170,7 +222,7 @@ mod device {
             // within the RoPE table (as for qkv_post), and the device pointers stay valid until
             // the launch is enqueued on the stream that owns the buffers.
             unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
-                .map_err(driver_err(format!("launch {WGMMA_KERNEL}")))?;
+                .map_err(driver_err(format!("launch {name}")))?;
             Ok(())
         }
     }
@@ -186,6 +238,7 @@ mod tests {
             ("QKV_PROJ_BLOCK_M", BLOCK_M),
             ("QKV_PROJ_STAGES", STAGES),
             ("QKV_PROJ_THREADS", THREADS),
+            ("QKV_TMA_THREADS", TMA_THREADS),
             ("QKV_PROJ_SMEM_BYTES", SMEM_BYTES),
             ("ATTENTION_HEAD_DIM", HEAD_DIM),
         ];
