@@ -197,8 +197,8 @@ __device__ __forceinline__ void wgmma_gemm_persistent(float (&acc)[AccRegs], bf1
  * warpgroup c multiplies tile rows WGMMA_ROWS c .. by every weight row, one slice's wgmmas left
  * in flight; when a slice's wgmmas have completed, lane 0 of each consumer warp arrives on the
  * stage's `empty` mbarrier, and the producer refills a stage only once all of them have. Slice i
- * of the CTA (counted across its tiles) uses stage i % Stages; its full phase and its empty
- * phase are the (i / Stages)-th of that stage, parity (i / Stages) & 1. After each tile,
+ * of the CTA (counted across its tiles) uses stage i % Stages; which phases it waits for:
+ * tile.cuh's gemm_tma_stage / gemm_tma_full_parity / gemm_tma_empty_parity. After each tile,
  * `epilogue(acc, first_row, col_block, warp)` with `warp` the consumer warp (0 ..), while the
  * producer already fills the next tile's stages. `smem` is 1024-byte aligned and holds Stages *
  * (BlockM + WeightRows) * GEMM_TILE_K bf16. The producer's threads return early: the caller may
@@ -235,8 +235,8 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
                 const int32_t first_row = gemm_tile_row_block(tile, col_blocks) * BlockM;
                 const int32_t first_weight_row = gemm_tile_col_block(tile, col_blocks) * WeightRows;
                 for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
-                    const uint32_t s = slice % Stages;
-                    mbarrier_wait(&empty[s], ((slice / Stages) & 1) ^ 1);
+                    const uint32_t s = gemm_tma_stage(slice, Stages);
+                    mbarrier_wait(&empty[s], gemm_tma_empty_parity(slice, Stages));
                     unsigned char *stage = smem + s * kStageBytes;
                     const int32_t k0 = kt * GEMM_TILE_K;
                     mbarrier_arrive_expect_tx(&full[s], kStageBytes);
@@ -256,8 +256,8 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
 #pragma unroll
         for (int r = 0; r < AccRegs; ++r) acc[r] = 0.0f;
         for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
-            const uint32_t s = slice % Stages;
-            mbarrier_wait(&full[s], (slice / Stages) & 1);
+            const uint32_t s = gemm_tma_stage(slice, Stages);
+            mbarrier_wait(&full[s], gemm_tma_full_parity(slice, Stages));
             const uint32_t x_tile = smem_addr(smem + s * kStageBytes);
             const uint32_t w_tile = x_tile + kXBytes;
             wgmma_fence_operands(acc);
@@ -272,11 +272,11 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
             /* The previous slice's wgmmas have completed: its stage may be refilled. */
             wgmma_wait<1>();
             wgmma_fence_operands(acc);
-            if (kt > 0 && releases) mbarrier_arrive(&empty[(slice - 1) % Stages]);
+            if (kt > 0 && releases) mbarrier_arrive(&empty[gemm_tma_stage(slice - 1, Stages)]);
         }
         wgmma_wait<0>();
         wgmma_fence_operands(acc);
-        if (releases) mbarrier_arrive(&empty[(slice - 1) % Stages]);
+        if (releases) mbarrier_arrive(&empty[gemm_tma_stage(slice - 1, Stages)]);
         epilogue(acc, gemm_tile_row_block(tile, col_blocks) * BlockM,
                  gemm_tile_col_block(tile, col_blocks), warp);
     }

@@ -95,6 +95,19 @@ TILE_HD uint32_t gemm_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
 TILE_HD uint32_t gemm_tile_row_block(uint32_t tile, uint32_t col_blocks) { return tile / col_blocks; }
 TILE_HD uint32_t gemm_tile_col_block(uint32_t tile, uint32_t col_blocks) { return tile % col_blocks; }
 
+/* The TMA main loop (gemm_pipeline.cuh's wgmma_gemm_tma_persistent) counts a CTA's k slices
+ * across its tiles: slice i uses stage gemm_tma_stage; the consumers wait for the phase of its
+ * full mbarrier of parity gemm_tma_full_parity (the producer's (i / stages)-th fill), the producer
+ * for the phase of its empty mbarrier of parity gemm_tma_empty_parity (the consumers' release of
+ * slice i - stages; on a fresh barrier, parity 1 passes at once). */
+TILE_HD uint32_t gemm_tma_stage(uint32_t slice, uint32_t stages) { return slice % stages; }
+TILE_HD uint32_t gemm_tma_full_parity(uint32_t slice, uint32_t stages) {
+    return (slice / stages) & 1;
+}
+TILE_HD uint32_t gemm_tma_empty_parity(uint32_t slice, uint32_t stages) {
+    return ((slice / stages) & 1) ^ 1;
+}
+
 /* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
  * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row
  * wgmma_acc_row and column wgmma_acc_col of the warpgroup's 64 x N product. Each warp owns 16

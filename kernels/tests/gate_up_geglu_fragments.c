@@ -13,6 +13,11 @@
  * stride_offset + (row % 8) * 128 + 2 k with the 128-byte swizzle (address bits 4-6 ^= bits
  * 7-9) applied; the accumulators are dealt to threads and registers by gemm_wgmma_acc_row and
  * wgmma_acc_col and combined as the epilogue does (geglu_wgmma_gate_reg, geglu_wgmma_out).
+ * gate_up_geglu_tma: the wide kernel's problem on the TMA main loop (warp_emulator.h's
+ * emulate_tma_persistent_cta): the producer, each copy (landing in the 128-byte swizzle as the
+ * TMA unit writes it) and each consumer warpgroup as agents meeting at mbarriers, under six
+ * schedules; a deadlock, a read before a copy landed or a stage refilled before its wgmmas
+ * retired all show up as wrong or missing outputs.
  * For every kernel: the epilogue mapping is followed to the output element, writing the gate and the up value
  * it would combine into two arrays, which must equal the direct products x W_gate^T and
  * x W_up^T bit for bit (small integers: exact), with every output written exactly once and
@@ -130,12 +135,14 @@ static float wg_acc[WGMMA_THREADS][GEGLU_WIDE_ACC_REGS];
  * registers `outputs` per thread). */
 static int wgmma_outputs;
 
-/* The wgmma kernels' epilogue mapping for the tile at first_row and output block `block_out`. */
-static void wgmma_epilogue(const float *acc, int first_row, int block_out) {
+/* The wgmma kernels' epilogue mapping for the tile at first_row and output block `block_out`,
+ * threads first_thread .. last_thread - 1 of the multiplying warpgroups. */
+static void wgmma_epilogue(const float *acc, int first_row, int block_out, int first_thread,
+                           int last_thread) {
     const int first_out = block_out * wgmma_outputs;
     const int regs = wgmma_outputs;
     const int up = BO / 2;
-    for (int t = 0; t < WGMMA_THREADS; ++t) {
+    for (int t = first_thread; t < last_thread; ++t) {
         const float *acc_t = acc + (size_t)t * regs;
         for (int block = 0; block < wgmma_outputs / BO; ++block) {
             for (int reg = 0; reg < up; reg += 2) {
@@ -161,7 +168,7 @@ static void run_cta_wgmma(int block_out, int block_row) {
     wgmma_outputs = BO;
     emulate_wgmma_gemm_cta(WGMMA_THREADS, WR, STAGES, 0, &x[0][0], TOKENS, &w_interleaved[0][0],
                            2 * INTER, HIDDEN, block_row * BM, block_out * WR, &wg_acc[0][0]);
-    wgmma_epilogue(&wg_acc[0][0], block_row * BM, block_out);
+    wgmma_epilogue(&wg_acc[0][0], block_row * BM, block_out, 0, WGMMA_THREADS);
 }
 
 /* One CTA per tile (grid x = output blocks, y = row blocks), as the non-persistent kernels. */
@@ -185,6 +192,22 @@ static void run_grid_wgmma_wide(void) {
                          TOKENS, &w_interleaved[0][0], 2 * INTER, HIDDEN);
         emulate_wgmma_persistent_cta(&pipeline, cta, 3, TOKENS, INTER / GEGLU_WIDE_BLOCK_OUT,
                                      &wg_acc[0][0], wgmma_epilogue);
+        emu_pipeline_free(&pipeline);
+    }
+}
+
+/* gate_up_geglu_tma: the wide kernel's three persistent CTAs on the TMA main loop, each under
+ * TMA_SCHEDULES schedules of its producer, copies and consumer warpgroups. */
+#define TMA_SCHEDULES 6
+static uint64_t tma_seed;
+static void run_grid_tma(void) {
+    wgmma_outputs = GEGLU_WIDE_BLOCK_OUT;
+    for (int cta = 0; cta < 3; ++cta) {
+        EmuPipeline pipeline =
+            emu_pipeline(GEGLU_TMA_THREADS - 128, 2 * GEGLU_WIDE_BLOCK_OUT, GEGLU_TMA_STAGES, 1,
+                         &x[0][0], TOKENS, &w_interleaved[0][0], 2 * INTER, HIDDEN);
+        emulate_tma_persistent_cta(&pipeline, cta, 3, TOKENS, INTER / GEGLU_WIDE_BLOCK_OUT,
+                                   &wg_acc[0][0], wgmma_epilogue, tma_seed * 3 + (uint64_t)cta);
         emu_pipeline_free(&pipeline);
     }
 }
@@ -235,5 +258,8 @@ int main(void) {
     check_kernel("gate_up_geglu", run_grid);
     check_kernel("gate_up_geglu_wgmma", run_grid_wgmma);
     check_kernel("gate_up_geglu_wgmma_wide", run_grid_wgmma_wide);
+    for (tma_seed = 1; tma_seed <= TMA_SCHEDULES; ++tma_seed) {
+        check_kernel("gate_up_geglu_tma", run_grid_tma);
+    }
     return verdict();
 }

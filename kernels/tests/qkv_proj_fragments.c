@@ -1,4 +1,5 @@
-/* qkv_proj_fragments.c: host check of the qkv_proj_wgmma kernel's index math and epilogue.
+/* qkv_proj_fragments.c: host check of the qkv_proj_wgmma and qkv_proj_tma kernels' index math
+ * and epilogue.
  *
  * Runs a small problem (two row blocks, the second partial; six k slices, so the four stages
  * wrap; three q heads, k and v: ten tiles, walked by three persistent CTAs as
@@ -10,7 +11,9 @@
  * wgmma_element), the accumulators dealt to threads by wgmma_acc_row / wgmma_acc_col, and then
  * the epilogue of qkv_proj.cu with tile.cuh's row-wise mapping (gemm_wgmma_row/_reg/_col) and
  * qkv_proj.cuh's constants: the per-row sum of squares as two xor-shuffles over the quad, RoPE
- * partners QKV_PROJ_ROPE_REGS registers apart, the bf16 pairs' columns.
+ * partners QKV_PROJ_ROPE_REGS registers apart, the bf16 pairs' columns. qkv_proj_tma: the same
+ * CTAs on the TMA main loop (warp_emulator.h's emulate_tma_persistent_cta) under three schedules
+ * of its producer, copies and consumer warpgroups.
  *
  * x and w are small integers, so the products are exact; the epilogue runs in float as the
  * kernel does and is compared with a double-precision reference of qkv_post's definition
@@ -41,6 +44,7 @@
 #define POSITIONS 300
 #define EPS 1e-6f
 #define Q_SCALE 0.0625f
+#define TMA_SCHEDULES 3
 
 static float x[TOKENS][HIDDEN], w[SLOTS * HD][HIDDEN];
 static float inv_rms[TOKENS], q_norm[HD], k_norm[HD];
@@ -65,16 +69,18 @@ static void store(int row, int slot, int col, float lo, float hi) {
     writes[row][slot][col + 1]++;
 }
 
-/* The epilogue of qkv_proj.cu for the tile at first_row and head slot `slot`, thread by thread;
- * the shuffles read the quad's partials. */
-static void epilogue(const float *tile, int first_row, int slot) {
+/* The epilogue of qkv_proj.cu for the tile at first_row and head slot `slot`, thread by thread
+ * (threads first_thread .. last_thread - 1, whole warpgroups); the shuffles read the quad's
+ * partials. */
+static void epilogue(const float *tile, int first_row, int slot, int first_thread,
+                     int last_thread) {
     const float(*acc)[QKV_PROJ_ACC_REGS] = (const float(*)[QKV_PROJ_ACC_REGS])tile;
     const int is_value = slot == HEADS + 1, is_key = slot == HEADS;
     const float *norm_weight = is_key ? k_norm : q_norm;
     const float out_scale = is_key ? 1.0f : Q_SCALE;
     for (int half = 0; half < 2; ++half) {
         float partial[THREADS];
-        for (int t = 0; t < THREADS; ++t) {
+        for (int t = first_thread; t < last_thread; ++t) {
             const int row = first_row + gemm_wgmma_row(t / 32, t % 32, half);
             const float r = row < TOKENS ? inv_rms[row] : 0.0f;
             partial[t] = 0.0f;
@@ -85,7 +91,7 @@ static void epilogue(const float *tile, int first_row, int slot) {
                 }
             }
         }
-        for (int t = 0; t < THREADS; ++t) {
+        for (int t = first_thread; t < last_thread; ++t) {
             const int warp = t / 32, lane = t % 32;
             const int row = first_row + gemm_wgmma_row(warp, lane, half);
             for (int q = 0; q < 4; ++q) {
@@ -121,6 +127,18 @@ static void epilogue(const float *tile, int first_row, int slot) {
                 }
                 store(row, slot, col, lo[0], lo[1]);
                 store(row, slot, col + HALF, hi[0], hi[1]);
+            }
+        }
+    }
+}
+
+/* Outputs NaN, none written. */
+static void reset_outputs(void) {
+    for (int row = 0; row < TOKENS; ++row) {
+        for (int slot = 0; slot < SLOTS; ++slot) {
+            for (int n = 0; n < HD; ++n) {
+                *out_elem(row, slot, n) = NAN;
+                writes[row][slot][n] = 0;
             }
         }
     }
@@ -183,6 +201,7 @@ int main(void) {
     }
     checking = "qkv_proj_wgmma";
     /* Three persistent CTAs over the ten tiles, so each CTA wraps around. */
+    reset_outputs();
     for (int cta = 0; cta < 3; ++cta) {
         EmuPipeline pipeline = emu_pipeline(THREADS, HD, STAGES, 1, &x[0][0], TOKENS, &w[0][0],
                                             SLOTS * HD, HIDDEN);
@@ -190,5 +209,19 @@ int main(void) {
         emu_pipeline_free(&pipeline);
     }
     check_outputs();
+    /* qkv_proj_tma: the same CTAs on the TMA main loop, under TMA_SCHEDULES schedules of the
+     * producer, its copies and the two consumer warpgroups. */
+    checking = "qkv_proj_tma";
+    for (uint64_t seed = 1; seed <= TMA_SCHEDULES; ++seed) {
+        reset_outputs();
+        for (int cta = 0; cta < 3; ++cta) {
+            EmuPipeline pipeline = emu_pipeline(QKV_TMA_THREADS - 128, HD, STAGES, 1, &x[0][0],
+                                                TOKENS, &w[0][0], SLOTS * HD, HIDDEN);
+            emulate_tma_persistent_cta(&pipeline, cta, 3, TOKENS, SLOTS, &tile_acc[0][0], epilogue,
+                                       seed * 3 + (uint64_t)cta);
+            emu_pipeline_free(&pipeline);
+        }
+        check_outputs();
+    }
     return verdict();
 }

@@ -348,15 +348,18 @@ static inline void emulate_wgmma_gemm_cta(int threads, int weight_rows, int stag
     emu_pipeline_free(&p);
 }
 
+/* A tile's epilogue, run by the multiplying threads first_thread .. last_thread - 1 (thread t
+ * numbered as in the multiplying warpgroups: warp t / 32, lane t % 32) on acc
+ * [threads][weight_rows / 2]. */
+typedef void (*EmuEpilogue)(const float *acc, int first_row, int col_block, int first_thread,
+                            int last_thread);
+
 /* wgmma_gemm_persistent (kernels/gemm_pipeline.cuh) for CTA `cta` of a grid of `grid`: the tiles
  * cta, cta + grid, ... of ceil(num_tokens / block_m) row blocks x col_blocks (tile.cuh's
  * gemm_tile_row_block / gemm_tile_col_block), each tile's k loop, then the next tile's prologue,
- * then `epilogue(acc, first_row, col_block)`, in one pipeline whose stages carry over from tile
- * to tile. */
+ * then the epilogue (every thread), in one pipeline whose stages carry over from tile to tile. */
 static inline void emulate_wgmma_persistent_cta(EmuPipeline *p, int cta, int grid, int num_tokens,
-                                                int col_blocks, float *acc,
-                                                void (*epilogue)(const float *acc, int first_row,
-                                                                 int col_block)) {
+                                                int col_blocks, float *acc, EmuEpilogue epilogue) {
     const uint32_t cols = (uint32_t)col_blocks;
     const uint32_t num_tiles = (uint32_t)((num_tokens + p->block_m - 1) / p->block_m) * cols;
     uint32_t tile = (uint32_t)cta;
@@ -373,8 +376,207 @@ static inline void emulate_wgmma_persistent_cta(EmuPipeline *p, int cta, int gri
             emu_prologue(p, (int)gemm_tile_row_block(next, cols) * p->block_m,
                          (int)gemm_tile_col_block(next, cols) * p->weight_rows);
         }
-        epilogue(acc, first_row, col_block);
+        epilogue(acc, first_row, col_block, 0, p->threads);
     }
+}
+
+/* An mbarrier (PTX ISA, "Parallel Synchronization and Communication Instructions: mbarrier"): the
+ * phase in progress completes once its pending arrivals and its transaction count are both zero,
+ * then the next phase starts with `count` pending arrivals; try_wait.parity(P) holds when the
+ * phase in progress has the other parity, i.e. the last phase of parity P has completed (on a
+ * fresh barrier, P = 1 holds). Only the parity is visible, as on the GPU. */
+typedef struct {
+    int count, pending, tx;
+    unsigned phase;
+} EmuMbarrier;
+
+static inline void emu_mbarrier_init(EmuMbarrier *b, int count) {
+    b->count = count;
+    b->pending = count;
+    b->tx = 0;
+    b->phase = 0;
+}
+
+static inline void emu_mbarrier_settle(EmuMbarrier *b) {
+    if (b->pending == 0 && b->tx == 0) {
+        b->phase++;
+        b->pending = b->count;
+    }
+}
+
+static inline void emu_mbarrier_arrive(EmuMbarrier *b, int expect_tx) {
+    expect(b->pending > 0, "mbarrier: no arrival beyond the count", b->count, b->pending,
+           (int)b->phase);
+    b->tx += expect_tx;
+    b->pending--;
+    emu_mbarrier_settle(b);
+}
+
+static inline void emu_mbarrier_complete_tx(EmuMbarrier *b, int bytes) {
+    b->tx -= bytes;
+    emu_mbarrier_settle(b);
+}
+
+static inline int emu_mbarrier_try_wait(const EmuMbarrier *b, unsigned parity) {
+    return (b->phase & 1) != parity;
+}
+
+/* cp.async.bulk.tensor.2d of a bf16 box with CU_TENSOR_MAP_SWIZZLE_128B (CUDA programming guide,
+ * "Tensor Memory Access", swizzle modes): box row r (64 elements, 128 bytes) lands at byte
+ * r * 128 of the 1024-byte aligned destination, with address bits 4-6 (the 16-byte chunk) XORed
+ * with bits 7-9 (r % 8); elements past the tensor's rows read as 0. */
+static inline void emu_tma_box(float *dst, int box_rows, const float *src, int src_rows, int k_dim,
+                               int row0, int k0) {
+    for (int r = 0; r < box_rows; ++r) {
+        for (int e = 0; e < GEMM_TILE_K; ++e) {
+            const uint32_t linear = (uint32_t)(r * 128 + 2 * e);
+            const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
+            const int row = row0 + r;
+            dst[swizzled / 2] = row < src_rows ? src[(size_t)row * k_dim + k0 + e] : 0.0f;
+        }
+    }
+}
+
+/* A TMA copy issued and not yet landed. */
+typedef struct {
+    int stage, is_weight, row0, k0;
+} EmuTmaCopy;
+
+/* Deterministic pseudo-random choices for the schedules. */
+static inline uint32_t emu_next_random(uint64_t *state) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*state >> 33);
+}
+
+/* wgmma_gemm_tma_persistent (kernels/gemm_pipeline.cuh) for CTA `cta` of a grid of `grid`, as
+ * concurrent agents under a schedule drawn from `seed`: the producer thread (waits on a stage's
+ * empty barrier, arrive.expect_tx on its full barrier, two copies), every issued copy (lands when
+ * the schedule picks it: the box written into the stage, its bytes completing the full
+ * barrier's transactions), and each consumer warpgroup (waits on the full barrier, issues the
+ * slice's wgmmas, waits until one slice is in flight, the four warps arrive on the empty barrier
+ * of the slice that retired; after a tile's last slice, waits for all, arrives, and runs the
+ * epilogue for its threads). At each step the schedule picks one agent that can move; a
+ * slice's wgmmas read their stage only when a wait retires them, so a stage refilled too early
+ * changes the product. No agent able to move before all are done is a deadlock. `p` supplies
+ * the problem, the stages (NaN at the start) and the products; its in_flight is 1 and its
+ * threads are the consumer warpgroups' (the producer warpgroup is not counted). */
+static inline void emulate_tma_persistent_cta(EmuPipeline *p, int cta, int grid, int num_tokens,
+                                              int col_blocks, float *acc, EmuEpilogue epilogue,
+                                              uint64_t seed) {
+    enum { MAX_STAGES = 8, MAX_CONSUMERS = 4 };
+    const int consumers = p->threads / 128, stages = p->stages;
+    const int k_tiles = p->k_dim / GEMM_TILE_K;
+    const uint32_t cols = (uint32_t)col_blocks;
+    const uint32_t num_tiles = (uint32_t)((num_tokens + p->block_m - 1) / p->block_m) * cols;
+    const int my_tiles = cta < (int)num_tiles ? (int)((num_tiles - 1 - (uint32_t)cta) / (uint32_t)grid) + 1 : 0;
+    const int total = my_tiles * k_tiles;
+    const int stage_elems = (p->block_m + p->weight_rows) * GEMM_TILE_K;
+    const int stage_bytes = stage_elems * 2;
+    const int regs = p->weight_rows / 2;
+    expect(stages <= MAX_STAGES && consumers <= MAX_CONSUMERS && p->in_flight == 1,
+           "tma emulator shape", stages, consumers, p->in_flight);
+    EmuMbarrier full[MAX_STAGES], empty[MAX_STAGES];
+    for (int s = 0; s < stages; ++s) {
+        emu_mbarrier_init(&full[s], 1);
+        emu_mbarrier_init(&empty[s], 4 * consumers);
+    }
+    EmuTmaCopy *copies = malloc(2 * (size_t)(total + 1) * sizeof(EmuTmaCopy));
+    int num_copies = 0, produced = 0;
+    int consumed[MAX_CONSUMERS] = {0}, retired[MAX_CONSUMERS] = {0};
+    uint64_t state = seed;
+    /* The slices of consumer c issued and not retired are retired[c] .. consumed[c] - 1. */
+    for (;;) {
+        int movable[1 + MAX_CONSUMERS + 1], moves = 0;
+        if (produced < total) {
+            const uint32_t s = gemm_tma_stage((uint32_t)produced, (uint32_t)stages);
+            if (emu_mbarrier_try_wait(&empty[s], gemm_tma_empty_parity((uint32_t)produced, (uint32_t)stages)))
+                movable[moves++] = 0;
+        }
+        for (int c = 0; c < consumers; ++c) {
+            const uint32_t i = (uint32_t)consumed[c];
+            if ((int)i < total &&
+                emu_mbarrier_try_wait(&full[gemm_tma_stage(i, (uint32_t)stages)],
+                                      gemm_tma_full_parity(i, (uint32_t)stages)))
+                movable[moves++] = 1 + c;
+        }
+        if (num_copies > 0) movable[moves++] = 1 + MAX_CONSUMERS;
+        int done = produced == total && num_copies == 0;
+        for (int c = 0; c < consumers; ++c) done = done && consumed[c] == total;
+        if (done) break;
+        if (moves == 0) {
+            expect(0, "tma pipeline: no agent can move (deadlock)", produced, consumed[0], num_copies);
+            break;
+        }
+        const int agent = movable[emu_next_random(&state) % (uint32_t)moves];
+        if (agent == 0) {
+            /* The producer: slice `produced` of its tiles. */
+            const int s = (int)gemm_tma_stage((uint32_t)produced, (uint32_t)stages);
+            const uint32_t tile = (uint32_t)cta + (uint32_t)(produced / k_tiles) * (uint32_t)grid;
+            const int k0 = (produced % k_tiles) * GEMM_TILE_K;
+            emu_mbarrier_arrive(&full[s], stage_bytes);
+            copies[num_copies++] = (EmuTmaCopy){s, 0, (int)gemm_tile_row_block(tile, cols) * p->block_m, k0};
+            copies[num_copies++] = (EmuTmaCopy){s, 1, (int)gemm_tile_col_block(tile, cols) * p->weight_rows, k0};
+            ++produced;
+        } else if (agent == 1 + MAX_CONSUMERS) {
+            /* One issued copy lands. */
+            const int pick = (int)(emu_next_random(&state) % (uint32_t)num_copies);
+            const EmuTmaCopy copy = copies[pick];
+            copies[pick] = copies[--num_copies];
+            float *st = p->stage + (size_t)copy.stage * stage_elems;
+            if (copy.is_weight) {
+                emu_tma_box(st + p->block_m * GEMM_TILE_K, p->weight_rows, p->w, p->w_rows, p->k_dim,
+                            copy.row0, copy.k0);
+            } else {
+                emu_tma_box(st, p->block_m, p->x, p->x_rows, p->k_dim, copy.row0, copy.k0);
+            }
+            emu_mbarrier_complete_tx(&full[copy.stage],
+                                     (copy.is_weight ? p->weight_rows : p->block_m) * GEMM_TILE_K * 2);
+        } else {
+            /* Consumer warpgroup c: slice consumed[c] (k slice kt of its tile). */
+            const int c = agent - 1, i = consumed[c], kt = i % k_tiles;
+            const uint32_t tile = (uint32_t)cta + (uint32_t)(i / k_tiles) * (uint32_t)grid;
+            float *d = p->d + (size_t)c * WGMMA_ROWS * p->weight_rows;
+            if (kt == 0) {
+                for (int e = 0; e < WGMMA_ROWS * p->weight_rows; ++e) d[e] = 0.0f;
+            }
+            consumed[c] = i + 1;
+            /* wgmma_wait<1>, or <0> after the tile's last slice: retire, then release. */
+            const int keep = kt == k_tiles - 1 ? 0 : 1;
+            while (consumed[c] - retired[c] > keep) {
+                const int r = retired[c]++;
+                const int s = (int)gemm_tma_stage((uint32_t)r, (uint32_t)stages);
+                const float *st = p->stage + (size_t)s * stage_elems;
+                const uint32_t w_tile = (uint32_t)(p->block_m * GEMM_TILE_K * 2);
+                for (int ks = 0; ks < GEMM_TILE_K / 16; ++ks) {
+                    const uint64_t da = wgmma_desc_sw128(gemm_wgmma_x_offset(c, ks));
+                    const uint64_t db = wgmma_desc_sw128(w_tile + gemm_wgmma_w_offset(ks));
+                    for (int m = 0; m < WGMMA_ROWS; ++m) {
+                        for (int n = 0; n < p->weight_rows; ++n) {
+                            float sum = 0.0f;
+                            for (int k = 0; k < 16; ++k)
+                                sum += st[wgmma_element(da, m, k)] * st[wgmma_element(db, n, k)];
+                            d[(size_t)m * p->weight_rows + n] += sum;
+                        }
+                    }
+                }
+                for (int warp = 0; warp < 4; ++warp) emu_mbarrier_arrive(&empty[s], 0);
+            }
+            if (kt == k_tiles - 1) {
+                for (int t = 128 * c; t < 128 * (c + 1); ++t) {
+                    for (int reg = 0; reg < regs; ++reg) {
+                        const int row = gemm_wgmma_acc_row(t / 32, t % 32, reg);
+                        expect(row / WGMMA_ROWS == c, "a warpgroup's accumulators are its rows", t,
+                               reg, row);
+                        acc[(size_t)t * regs + reg] =
+                            p->d[(size_t)row * p->weight_rows + wgmma_acc_col(t % 32, reg)];
+                    }
+                }
+                epilogue(acc, (int)gemm_tile_row_block(tile, cols) * p->block_m,
+                         (int)gemm_tile_col_block(tile, cols), 128 * c, 128 * (c + 1));
+            }
+        }
+    }
+    free(copies);
 }
 
 #endif /* GEMMA_EMBED_WARP_EMULATOR_H */
