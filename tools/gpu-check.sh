@@ -15,10 +15,10 @@
 #      sentence-transformers float32 on the GPU, cosine >= 0.9995 per vector; the CUDA run
 #      with the card's default kernels and once with each candidate choice (see `variants`
 #      below: GEMMA_EMBED_MLP=fused; off sm_90 GEMMA_EMBED_BRANCH=bf16; on sm_90
-#      GEMMA_EMBED_MLP=wgmma and =wgmma-wide, GEMMA_EMBED_QKV=wgmma, GEMMA_EMBED_BRANCH=fused and
-#      the former defaults GEMMA_EMBED_ATTENTION=flash and GEMMA_EMBED_BRANCH=f32; then the
-#      candidates that passed check-kernels together; a variant whose kernel did not run in
-#      check-kernels is skipped)
+#      GEMMA_EMBED_MLP=tma, =wgmma and =wgmma-wide, GEMMA_EMBED_QKV=tma and =wgmma,
+#      GEMMA_EMBED_BRANCH=fused and the former defaults GEMMA_EMBED_ATTENTION=flash and
+#      GEMMA_EMBED_BRANCH=f32; then the candidates that passed check-kernels together; a
+#      variant whose kernel did not run in check-kernels is skipped)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
@@ -189,7 +189,7 @@ if [ $cpu_only = 0 ]; then
     # Candidate kernel choices (src/backend/cuda/options.rs, not the card's default), as triples
     # of a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
     # candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16 branch; on sm_90
-    # the wgmma MLP kernels, narrow and wide, the wgmma QKV kernel, the fused branch, and the
+    # the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the fused branch, and the
     # former defaults flash attention and f32 branch); last, the candidates that passed
     # check-kernels together, the most promising option of each (`candidates.py passing`),
     # which is the variant profiled.
