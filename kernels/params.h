@@ -73,7 +73,10 @@ typedef struct {
     uint32_t hidden;
 } EmbedParams;
 
-/* residual_norm.cu: residual += RMSNorm_post(branch), then the inverse RMS of the new residual. */
+/* residual_norm.cu: residual += RMSNorm_post(branch), then the inverse RMS of the new residual.
+ * One warp per token holds its row in registers, 8 consecutive elements per lane in each
+ * 256-wide chunk: hidden a multiple of 8 and at most this. */
+#define RESIDUAL_NORM_MAX_HIDDEN 1024
 typedef struct {
     const void *branch;       /* [num_tokens, hidden] GEMM output of the attention or MLP block:
                                  f32 for residual_norm, bf16 for residual_norm_bf16_branch */
@@ -86,7 +89,11 @@ typedef struct {
     uint32_t hidden;
 } ResidualNormParams;
 
-/* qkv_post.cu: inverse-RMS scale, q/k RMSNorm, RoPE, query scale; splits Q, K, V. */
+/* qkv_post.cu: inverse-RMS scale, q/k RMSNorm, RoPE, query scale; splits Q, K, V.
+ * QKV_POST_LANES lanes per (token, slot) row, each holding 8 elements of each half of the head:
+ * head_dim a multiple of 16 and at most QKV_POST_MAX_HEAD_DIM. */
+#define QKV_POST_LANES 16
+#define QKV_POST_MAX_HEAD_DIM 256
 typedef struct {
     const bf16_t *qkv;        /* [num_tokens, (num_heads + 2) * head_dim]: q heads | k | v */
     const float *inv_rms;     /* [num_tokens] inverse RMS of the GEMM's input rows */

@@ -15,6 +15,14 @@ use crate::{Error, Result};
 /// Threads per block of the one-warp-per-row kernels.
 const ROW_BLOCK: u32 = 256;
 const ROWS_PER_BLOCK: usize = (ROW_BLOCK / 32) as usize;
+/// `QKV_POST_LANES`: `qkv_post`'s lanes per (token, slot) row.
+const QKV_POST_LANES: usize = 16;
+/// `QKV_POST_MAX_HEAD_DIM`: 16 lanes of 8 elements per half of a head.
+const QKV_POST_MAX_HEAD_DIM: usize = 256;
+/// `RESIDUAL_NORM_MAX_HIDDEN`: the hidden row a warp of `residual_norm` holds in registers.
+const RESIDUAL_NORM_MAX_HIDDEN: usize = 1024;
+/// `geglu`: outputs per thread (one 16-byte store).
+const GEGLU_OUTPUTS_PER_THREAD: usize = 8;
 
 /// The model numbers the kernels take at runtime.
 #[derive(Clone, Copy, Debug)]
@@ -51,11 +59,8 @@ impl ModelDims {
                 config.num_kv_heads
             ));
         }
-        if dims.hidden % 4 != 0 || dims.intermediate % 4 != 0 || dims.head_dim % 8 != 0 {
-            return unsupported(format!(
-                "hidden {} and intermediate {} must be multiples of 4, head_dim {} of 8",
-                dims.hidden, dims.intermediate, dims.head_dim
-            ));
+        if let Err(what) = check_row_shapes(dims.hidden, dims.intermediate, dims.head_dim) {
+            return unsupported(what);
         }
         Ok(dims)
     }
@@ -195,6 +200,34 @@ pub struct Kernels {
     pool: CudaFunction,
 }
 
+/// The row lengths the elementwise kernels' 16-byte accesses and register-held rows allow (the
+/// 4-wide accesses of `embed_tokens` and `pool_embeddings` follow): a warp of `residual_norm`
+/// holds a hidden row in 8-element pieces, `geglu` reads 8 gate and 8 up values per thread,
+/// `qkv_post` gives each of 16 lanes 8 elements of each half of a head. Returns what is wrong.
+fn check_row_shapes(
+    hidden: usize,
+    intermediate: usize,
+    head_dim: usize,
+) -> std::result::Result<(), String> {
+    let (max_hidden, max_head_dim) = (RESIDUAL_NORM_MAX_HIDDEN, QKV_POST_MAX_HEAD_DIM);
+    if hidden % 8 != 0 || hidden == 0 || hidden > max_hidden {
+        return Err(format!(
+            "hidden {hidden}: residual_norm needs a positive multiple of 8, at most {max_hidden}"
+        ));
+    }
+    if intermediate % 8 != 0 || intermediate == 0 {
+        return Err(format!(
+            "intermediate {intermediate}: geglu needs a positive multiple of 8"
+        ));
+    }
+    if head_dim % 16 != 0 || head_dim == 0 || head_dim > max_head_dim {
+        return Err(format!(
+            "head_dim {head_dim}: qkv_post needs a positive multiple of 16, at most {max_head_dim}"
+        ));
+    }
+    Ok(())
+}
+
 fn check_len<T>(buffer: &CudaSlice<T>, needed: usize, what: &str) -> Result<()> {
     check_count(buffer.len(), needed, what)
 }
@@ -214,6 +247,14 @@ fn u32_of(x: usize, what: &str) -> Result<u32> {
 
 fn blocks_for_rows(rows: usize) -> Result<u32> {
     u32_of(rows.div_ceil(ROWS_PER_BLOCK), "grid size")
+}
+
+/// Blocks of [`ROW_BLOCK`] threads for `threads` threads, for the kernels that index their
+/// threads with one u32 (`blockIdx.x * blockDim.x + threadIdx.x`): the whole grid must fit.
+fn blocks_for_threads(threads: usize, kernel: &str) -> Result<u32> {
+    let blocks = threads.div_ceil(ROW_BLOCK as usize);
+    u32_of(blocks * ROW_BLOCK as usize, &format!("{kernel} threads"))?;
+    u32_of(blocks, &format!("{kernel} blocks"))
 }
 
 /// For the fused GEMM kernels' launch wrappers: an error naming `kernel` for the first of
@@ -438,7 +479,7 @@ impl Kernels {
             head_dim: u32_of(d.head_dim, "head_dim")?,
             max_positions: u32_of(norms.rope.max_positions, "max_positions")?,
         };
-        let grid = blocks_for_rows(n * (d.num_heads + 2))?;
+        let grid = blocks_for_threads(n * (d.num_heads + 2) * QKV_POST_LANES, "qkv_post")?;
         // SAFETY: sizes checked above; positions come from `embed` and are below the
         // sequence length, which the caller keeps within the RoPE table.
         unsafe {
@@ -473,11 +514,7 @@ impl Kernels {
             num_tokens: u32_of(n, "num_tokens")?,
             intermediate: u32_of(i, "intermediate")?,
         };
-        let groups = n * i / 4;
-        let grid = u32_of(
-            groups.div_ceil(ROW_BLOCK as usize).min(1 << 20),
-            "grid size",
-        )?;
+        let grid = blocks_for_threads(n * i / GEGLU_OUTPUTS_PER_THREAD, "geglu")?;
         // SAFETY: sizes checked above.
         unsafe { Self::launch(dev, &self.geglu, "geglu", params, (grid, ROW_BLOCK, 0)) }
     }
@@ -564,6 +601,51 @@ mod tests {
             assert_eq!(sin[pos * half + i], angle.sin() as f32, "pos {pos} i {i}");
             let exact = pos as f64 / 10_000f64.powf((2 * i) as f64 / 256.0);
             assert!((angle - exact).abs() <= 1e-6 * exact.max(1.0) * 8.0);
+        }
+    }
+
+    #[test]
+    fn row_limits_match_params_header() {
+        let defines = [
+            ("QKV_POST_LANES", QKV_POST_LANES),
+            ("QKV_POST_MAX_HEAD_DIM", QKV_POST_MAX_HEAD_DIM),
+            ("RESIDUAL_NORM_MAX_HIDDEN", RESIDUAL_NORM_MAX_HIDDEN),
+        ];
+        for (name, value) in defines {
+            assert_eq!(super::super::params_define(name), value as i64, "{name}");
+        }
+    }
+
+    #[test]
+    fn flat_thread_grids_round_up_and_stay_within_u32() {
+        assert_eq!(blocks_for_threads(3 * 256 + 1, "k").ok(), Some(4));
+        assert_eq!(blocks_for_threads(0, "k").ok(), Some(0));
+        let last_full = u32::MAX as usize / 256 * 256;
+        assert_eq!(
+            blocks_for_threads(last_full, "k").ok(),
+            Some((last_full / 256) as u32)
+        );
+        assert!(blocks_for_threads(last_full + 1, "k").is_err());
+    }
+
+    #[test]
+    fn row_shapes_take_the_model_and_refuse_what_the_kernels_cannot_hold() {
+        assert!(check_row_shapes(768, 1152, 256).is_ok());
+        assert!(check_row_shapes(1024, 8, 16).is_ok());
+        for (hidden, intermediate, head_dim) in [
+            (764, 1152, 256),
+            (1032, 1152, 256),
+            (0, 1152, 256),
+            (768, 1148, 256),
+            (768, 0, 256),
+            (768, 1152, 248),
+            (768, 1152, 272),
+            (768, 1152, 0),
+        ] {
+            assert!(
+                check_row_shapes(hidden, intermediate, head_dim).is_err(),
+                "{hidden} {intermediate} {head_dim}"
+            );
         }
     }
 
