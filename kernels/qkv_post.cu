@@ -10,10 +10,10 @@
 // two rows per warp, 16 rows per 256-thread block, ceil(rows / 16) blocks. Lane l of a row owns
 // elements [8l, 8l + 8) of each half, so the RoPE pairs (i, i + head_dim/2) stay in one lane and
 // every access is 16 bytes (8 bf16 or 2 x 4 f32); lanes with 8l >= head_dim/2 idle.
-// head_dim % 16 == 0 and head_dim <= QKV_POST_MAX_HEAD_DIM (256), (num_tokens * (num_heads +
-// 2) * 16 < 2^32), checked by the host. All of a lane's loads (its qkv elements, inv_rms, and
-// for q/k the norm weight and the RoPE rows of its position) are issued before the row's
-// sum of squares is reduced.
+// head_dim % 16 == 0 and head_dim <= QKV_POST_MAX_HEAD_DIM (256), and the grid's threads
+// < 2^32 (u32 index), checked by the host. A lane issues its qkv, inv_rms, position and (q, k)
+// RoPE loads before the row's sum of squares is reduced, the L1-resident norm weight after;
+// __launch_bounds__(256, 4): 64 registers, four blocks per SM.
 // Numerics, all f32, one bf16 rounding at the store: x = qkv * inv_rms (completes the input
 // RMSNorm); q and k: x * rsqrt(mean(x^2) + eps) * (1 + w), then NeoX RoPE
 // (out_i = a cos - b sin, out_{i+h} = b cos + a sin); q also times q_scale (1/16, exact).
