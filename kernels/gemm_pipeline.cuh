@@ -201,8 +201,9 @@ __device__ __forceinline__ void wgmma_gemm_persistent(float (&acc)[AccRegs], bf1
  * tile.cuh's gemm_tma_stage / gemm_tma_full_parity / gemm_tma_empty_parity. After each tile,
  * `epilogue(acc, first_row, col_block, warp)` with `warp` the consumer warp (0 ..), while the
  * producer already fills the next tile's stages. `smem` is 1024-byte aligned and holds Stages *
- * (BlockM + WeightRows) * GEMM_TILE_K bf16. The producer's threads return early: the caller may
- * not synchronize the CTA after this. */
+ * (BlockM + WeightRows) * GEMM_TILE_K bf16; k_dim is a positive multiple of GEMM_TILE_K (the
+ * hosts check it). The producer's threads return early: the caller may not synchronize the CTA
+ * after this. */
 template <int BlockM, int WeightRows, int Stages, int AccRegs, class Epilogue>
 __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
                                                           unsigned char *smem,
@@ -212,6 +213,7 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
     static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
     static_assert(WeightRows == 256, "wgmma.m64n256k16; a TMA box has at most 256 rows");
     static_assert(BlockM % WGMMA_ROWS == 0 && BlockM <= 256, "whole consumer warpgroups");
+    static_assert(Stages >= 2, "a consumer holds a slice's stage until the next slice is issued");
     constexpr int kConsumerWarps = BlockM / WGMMA_ROWS * 4;
     constexpr uint32_t kXBytes = BlockM * GEMM_TILE_K * 2;
     constexpr uint32_t kStageBytes = (BlockM + WeightRows) * GEMM_TILE_K * 2;

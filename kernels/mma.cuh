@@ -281,8 +281,9 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
     return ns;
 }
 
-/* A phase still open after this long is a lost arrival or copy, i.e. a bug: trap, so the launch
- * fails and the host reports it, instead of hanging the device. */
+/* A phase still open after this long is a lost arrival or copy, i.e. a bug (a slice takes
+ * microseconds): trap, so the launch fails and the host reports it, instead of hanging the
+ * device. Under a debugger's breakpoint or a slow sanitizer a correct kernel can trip it too. */
 #define MBARRIER_TIMEOUT_NS 5000000000ull
 
 /* Wait until the phase of parity `parity` has completed. */

@@ -1,5 +1,5 @@
 //! TMA tensor maps: how the kernels that fill shared memory with `cp.async.bulk.tensor`
-//! (`gate_up_geglu_tma`) see a bf16 matrix in global memory.
+//! (`gate_up_geglu_tma`, `qkv_proj_tma`) see a bf16 matrix in global memory.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
