@@ -145,15 +145,12 @@ mod device {
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
     use crate::backend::cuda::ops::{grid_row_blocks, kernel_u32, persistent_grid};
-    use crate::backend::cuda::params::{GateUpGegluParams, GemmTensorMaps};
-    use crate::backend::cuda::tma::tensor_map_bf16;
+    use crate::backend::cuda::params::GateUpGegluParams;
+    use crate::backend::cuda::tma::gemm_tensor_maps;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `GateUpGegluParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernel by value.
     unsafe impl cudarc::driver::DeviceRepr for GateUpGegluParams {}
-    // SAFETY: bindgen's `#[repr(C)]` copy of `GemmTensorMaps` (two 128-byte aligned CUtensorMap
-    // images), passed by value; the kernel reads it as a __grid_constant__ parameter.
-    unsafe impl cudarc::driver::DeviceRepr for GemmTensorMaps {}
 
     /// One of the fused kernels, resolved from the embedded modules and allowed its shared
     /// memory.
@@ -259,35 +256,28 @@ mod device {
                 block_dim: (self.threads as u32, 1, 1),
                 shared_mem_bytes: self.smem_bytes as u32,
             };
-            if self.kernel == MlpKernel::Tma {
-                let maps = GemmTensorMaps {
-                    x: tensor_map_bf16(x_ptr, num_tokens, hidden, BLOCK_M, BLOCK_K)?,
-                    w: tensor_map_bf16(
-                        w_ptr,
-                        2 * intermediate,
+            let maps = (self.kernel == MlpKernel::Tma)
+                .then(|| {
+                    gemm_tensor_maps(
+                        (x_ptr, num_tokens),
+                        (w_ptr, 2 * intermediate),
                         hidden,
-                        2 * WIDE_BLOCK_OUT,
-                        BLOCK_K,
-                    )?,
-                };
-                // SAFETY: as below; the maps describe x and w with the shapes checked above, and
-                // GemmTensorMaps matches the kernel's second parameter (same header).
-                unsafe {
-                    s.launch_builder(&self.func)
-                        .arg(&params)
-                        .arg(&maps)
-                        .launch(cfg)
-                }
-                .map_err(driver_err(format!("launch {name}")))?;
-                return Ok(());
+                        (BLOCK_M, 2 * WIDE_BLOCK_OUT),
+                    )
+                })
+                .transpose()?;
+            let mut launch = s.launch_builder(&self.func);
+            launch.arg(&params);
+            if let Some(maps) = &maps {
+                launch.arg(maps);
             }
-            // SAFETY: GateUpGegluParams matches the kernels' parameter (same header); every
-            // buffer covers what the kernel touches for these shapes (checked above), the shape
-            // divides the kernel's tiles (check_shape), the wgmma kernels only run on sm_90
-            // (load), and the guards keep the buffers alive and ordered on the stream until
-            // the launch is enqueued.
-            unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
-                .map_err(driver_err(format!("launch {name}")))?;
+            // SAFETY: GateUpGegluParams matches the kernels' parameter (same header), and
+            // GemmTensorMaps the TMA kernel's second one, its maps describing x and w with these
+            // shapes; every buffer covers what the kernel touches for these shapes (checked
+            // above), the shape divides the kernel's tiles (check_shape), the wgmma kernels only
+            // run on sm_90 (load), and the guards keep the buffers alive and ordered on the
+            // stream until the launch is enqueued.
+            unsafe { launch.launch(cfg) }.map_err(driver_err(format!("launch {name}")))?;
             Ok(())
         }
     }

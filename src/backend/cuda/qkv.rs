@@ -95,8 +95,8 @@ mod device {
     use crate::backend::cuda::ops::{
         check_fused_buffers, kernel_u32, persistent_grid, ModelDims, QkNorms, QkvBuffers, Tokens,
     };
-    use crate::backend::cuda::params::{GemmTensorMaps, QkvProjParams};
-    use crate::backend::cuda::tma::tensor_map_bf16;
+    use crate::backend::cuda::params::QkvProjParams;
+    use crate::backend::cuda::tma::gemm_tensor_maps;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `QkvProjParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernel by value.
@@ -193,36 +193,30 @@ mod device {
                 block_dim: (threads as u32, 1, 1),
                 shared_mem_bytes: SMEM_BYTES as u32,
             };
-            if self.kernel == QkvKernel::Tma {
-                let maps = GemmTensorMaps {
-                    x: tensor_map_bf16(x.device_ptr(s).0, n, d.hidden, BLOCK_M, TILE_K)?,
-                    w: tensor_map_bf16(
-                        w.device_ptr(s).0,
-                        d.qkv_width(),
+            let maps = (self.kernel == QkvKernel::Tma)
+                .then(|| {
+                    gemm_tensor_maps(
+                        (params.x as u64, n),
+                        (params.w as u64, d.qkv_width()),
                         d.hidden,
-                        HEAD_DIM,
-                        TILE_K,
-                    )?,
-                };
-                // SAFETY: as below; the maps describe x and w with the shapes checked above,
-                // and GemmTensorMaps matches the kernel's second parameter (same header).
-                unsafe {
-                    s.launch_builder(&self.func)
-                        .arg(&params)
-                        .arg(&maps)
-                        .launch(cfg)
-                }
-                .map_err(driver_err(format!("launch {name}")))?;
-                return Ok(());
+                        (BLOCK_M, HEAD_DIM),
+                    )
+                })
+                .transpose()?;
+            let mut launch = s.launch_builder(&self.func);
+            launch.arg(&params);
+            if let Some(maps) = &maps {
+                launch.arg(maps);
             }
-            // SAFETY: QkvProjParams matches the kernel's parameter (same header); every buffer
-            // covers what the kernel touches for these shapes (checked above), the shape fits
-            // the kernel's tiles (check_shape), the kernel only runs on sm_90 (load), positions
-            // come from `embed` and stay below the sequence length, which the caller keeps
-            // within the RoPE table (as for qkv_post), and the device pointers stay valid until
-            // the launch is enqueued on the stream that owns the buffers.
-            unsafe { s.launch_builder(&self.func).arg(&params).launch(cfg) }
-                .map_err(driver_err(format!("launch {name}")))?;
+            // SAFETY: QkvProjParams matches the kernels' parameter (same header), and
+            // GemmTensorMaps the TMA kernel's second one, its maps describing x and w with these
+            // shapes; every buffer covers what the kernel touches for these shapes (checked
+            // above), the shape fits the kernel's tiles (check_shape), the kernels only run on
+            // sm_90 (load), positions come from `embed` and stay below the sequence length,
+            // which the caller keeps within the RoPE table (as for qkv_post), and the device
+            // pointers stay valid until the launch is enqueued on the stream that owns the
+            // buffers.
+            unsafe { launch.launch(cfg) }.map_err(driver_err(format!("launch {name}")))?;
             Ok(())
         }
     }

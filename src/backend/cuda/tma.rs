@@ -6,8 +6,13 @@ use std::mem::MaybeUninit;
 
 use cudarc::driver::sys;
 
-use super::params::TensorMap;
+use super::params::{GemmTensorMaps, TensorMap};
+use super::qkv::TILE_K;
 use crate::{Error, Result};
+
+// SAFETY: bindgen's `#[repr(C)]` copy of `GemmTensorMaps` (two 128-byte aligned CUtensorMap
+// images), passed by value; the kernels read it as a __grid_constant__ parameter.
+unsafe impl cudarc::driver::DeviceRepr for GemmTensorMaps {}
 
 /// Bytes of the 128-byte swizzle's rows: a box's row must span exactly one.
 const SWIZZLE_BYTES: usize = 128;
@@ -37,11 +42,26 @@ fn check_box(ptr: u64, rows: usize, cols: usize, box_rows: usize, box_cols: usiz
     }
 }
 
+/// The second parameter of a TMA GEMM kernel (gemm_pipeline.cuh's `wgmma_gemm_tma_persistent`):
+/// x `[x_rows, k]` at device address `x` in boxes of `block_m` rows, w `[w_rows, k]` at `w` in
+/// boxes of `weight_rows` rows, both `GEMM_TILE_K` wide.
+pub fn gemm_tensor_maps(
+    (x, x_rows): (u64, usize),
+    (w, w_rows): (u64, usize),
+    k: usize,
+    (block_m, weight_rows): (usize, usize),
+) -> Result<GemmTensorMaps> {
+    Ok(GemmTensorMaps {
+        x: tensor_map_bf16(x, x_rows, k, block_m, TILE_K)?,
+        w: tensor_map_bf16(w, w_rows, k, weight_rows, TILE_K)?,
+    })
+}
+
 /// The map of the row-major bf16 matrix `[rows, cols]` at device address `ptr`, read in boxes
 /// of `box_rows` x `box_cols` (one 128-byte row each) that land in shared memory in the 128-byte
 /// swizzle (kernels/tile.cuh's `tile_swizzle` on a 1024-byte aligned tile, what
 /// `wgmma_desc_sw128` addresses); rows past `rows` read as zeros.
-pub fn tensor_map_bf16(
+fn tensor_map_bf16(
     ptr: u64,
     rows: usize,
     cols: usize,
