@@ -411,6 +411,39 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One option of a kernel choice on a card, as the engine defines it.
+#[derive(Clone)]
+struct EngineOption {
+    /// `VARIABLE=option`.
+    env: String,
+    /// The kernel it selects, as check-kernels names it.
+    kernel: &'static str,
+    runs: bool,
+    default: bool,
+}
+
+/// Every option of every kernel choice on a card of compute capability `cc`.
+fn every_option(cc: (i32, i32)) -> Vec<EngineOption> {
+    fn of<K: KernelChoice>(cc: (i32, i32), kernel: fn(K) -> &'static str) -> Vec<EngineOption> {
+        K::CHOICES
+            .iter()
+            .map(|&(name, k)| EngineOption {
+                env: format!("{}={name}", K::VAR),
+                kernel: kernel(k),
+                runs: k.runs_on(cc),
+                default: k == K::default_on(cc),
+            })
+            .collect()
+    }
+    [
+        of(cc, QkvKernel::name),
+        of(cc, AttentionKernel::name),
+        of(cc, MlpKernel::name),
+        of(cc, BranchStorage::residual_norm_kernel),
+    ]
+    .concat()
+}
+
 #[test]
 fn the_candidate_list_is_what_the_card_runs() {
     let list = |sm90: bool| {
@@ -455,69 +488,23 @@ fn the_candidate_list_is_what_the_card_runs() {
     );
     // A card's candidates are every option it runs but its default (and the one-warp-per-row
     // fallback attention), each environment selecting, in the engine, the kernel it names.
-    fn options_of(variable: &str) -> Vec<String> {
-        let names = match variable {
-            "GEMMA_EMBED_QKV" => QkvKernel::CHOICES.iter().map(|c| c.0).collect::<Vec<_>>(),
-            "GEMMA_EMBED_ATTENTION" => AttentionKernel::CHOICES.iter().map(|c| c.0).collect(),
-            "GEMMA_EMBED_MLP" => MlpKernel::CHOICES.iter().map(|c| c.0).collect(),
-            "GEMMA_EMBED_BRANCH" => BranchStorage::CHOICES.iter().map(|c| c.0).collect(),
-            other => panic!("unknown choice variable {other}"),
-        };
-        names.into_iter().map(String::from).collect()
-    }
-    /// The kernel `variable=option` selects, whether `cc` runs it, whether it is `cc`'s default.
-    fn engine(variable: &str, option: &str, cc: (i32, i32)) -> (&'static str, bool, bool) {
-        fn facts<K: KernelChoice>(
-            k: K,
-            name: &'static str,
-            cc: (i32, i32),
-        ) -> (&'static str, bool, bool) {
-            (name, k.runs_on(cc), k == K::default_on(cc))
-        }
-        match variable {
-            "GEMMA_EMBED_QKV" => {
-                let k = QkvKernel::parse(option).unwrap();
-                facts(k, k.name(), cc)
-            }
-            "GEMMA_EMBED_ATTENTION" => {
-                let k = AttentionKernel::parse(option).unwrap();
-                facts(k, k.name(), cc)
-            }
-            "GEMMA_EMBED_MLP" => {
-                let k = MlpKernel::parse(option).unwrap();
-                facts(k, k.name(), cc)
-            }
-            "GEMMA_EMBED_BRANCH" => {
-                let k = BranchStorage::parse(option).unwrap();
-                facts(k, k.residual_norm_kernel(), cc)
-            }
-            other => panic!("unknown choice variable {other}"),
-        }
-    }
-    let variables = [
-        "GEMMA_EMBED_QKV",
-        "GEMMA_EMBED_ATTENTION",
-        "GEMMA_EMBED_MLP",
-        "GEMMA_EMBED_BRANCH",
-    ];
     for (cc, listed) in [((8, 0), &portable), ((9, 0), &hopper)] {
-        let mut expected: Vec<String> = variables
+        let options = every_option(cc);
+        let mut expected: Vec<&str> = options
             .iter()
-            .flat_map(|&v| options_of(v).into_iter().map(move |o| format!("{v}={o}")))
-            .filter(|env| env != "GEMMA_EMBED_ATTENTION=reference")
-            .filter(|env| {
-                let (variable, option) = env.split_once('=').unwrap();
-                let (_, runs, default) = engine(variable, option, cc);
-                runs && !default
-            })
+            .filter(|o| o.runs && !o.default && o.env != "GEMMA_EMBED_ATTENTION=reference")
+            .map(|o| o.env.as_str())
             .collect();
-        let mut envs: Vec<String> = listed.iter().map(|c| c[1].clone()).collect();
+        let mut envs: Vec<&str> = listed.iter().map(|c| c[1].as_str()).collect();
         expected.sort();
         envs.sort();
         assert_eq!(envs, expected, "candidates on {cc:?}");
         for c in listed {
-            let (variable, option) = c[1].split_once('=').expect("VARIABLE=option");
-            assert_eq!(c[2], engine(variable, option, cc).0, "{c:?}");
+            let option = options
+                .iter()
+                .find(|o| o.env == c[1])
+                .unwrap_or_else(|| panic!("{c:?} is no option of the engine"));
+            assert_eq!(c[2], option.kernel, "{c:?}");
         }
     }
 }
