@@ -171,7 +171,7 @@ extern "C" __global__ void __launch_bounds__(GEGLU_GEMM_THREADS, 2)
  * parameter carries the TMA maps of x and w. One thread of warpgroup 0 fills the stages with
  * two TMA copies per k slice instead of every thread issuing 12 cp.async, and the two
  * multiplying warpgroups meet no CTA-wide barrier: each waits on the stage's `full` mbarrier and
- * releases it through its `empty` one, so the copies run up to four slices ahead, across tiles
+ * releases it through its `empty` one, so the copies run up to three slices ahead, across tiles
  * and through the epilogues.
  */
 /* The wgmma kernels' epilogue for the CTA tile at token row first_row and outputs first_out ..

@@ -14,7 +14,8 @@
 //   overlapping the next tile's first loads.
 // - wgmma_gemm_tma_persistent (sm_90a): a persistent CTA whose stages are filled by TMA from a
 //   producer warpgroup, released by the consumer warpgroups through mbarriers: no CTA-wide
-//   barrier in the k loop, and the producer runs up to Stages slices ahead, across tiles.
+//   barrier in the k loop, and the producer runs up to Stages - 1 slices ahead of the slice being
+//   multiplied, across tiles.
 //
 // Index math lives in tile.cuh, where the host warp emulators (kernels/tests/) drive it.
 #pragma once
