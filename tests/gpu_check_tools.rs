@@ -280,6 +280,59 @@ fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
 }
 
 #[test]
+fn summary_tabulates_the_batch_budgets_next_to_the_bench_stages() {
+    let dir = scratch("budgets");
+    let report = |rows: &[(&str, usize, f64)]| {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|(name, budget, rate)| {
+                format!(
+                    r#"{{"name": "{name}", "max_batch_tokens": {budget}, "tokens_per_s": {rate},
+                        "tflops_per_s": 1.0}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"backend": "cuda", "dtype": "bf16", "machine": {{"gpu": "test card"}},
+                "workloads": [{}]}}"#,
+            rows.join(",")
+        )
+    };
+    std::fs::write(
+        dir.join("bench.json"),
+        report(&[("fixed-128", 65536, 9.0), ("fixed-512", 65536, 1000.0)]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bench_budgets.json"),
+        report(&[("fixed-512", 8192, 1200.0), ("fixed-512", 16384, 1100.0)]),
+    )
+    .unwrap();
+    let stages = dir.join("stages.tsv");
+    std::fs::write(&stages, "bench\tok\t1000\nbench-budgets\tok\t1000\n").unwrap();
+
+    let out = run(&[
+        tool("summary.py").to_str().unwrap(),
+        "--stages",
+        stages.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("batch budget"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(table.len(), 2, "a header and the fixed-512 row: {stdout}");
+    let sizes: Vec<&str> = table[0].split_whitespace().skip(3).collect();
+    assert_eq!(sizes, ["8192", "16384", "65536"], "{}", table[0]);
+    let cells: Vec<&str> = table[1].split_whitespace().collect();
+    assert_eq!(cells, ["fixed-512", "1,200", "1,100", "1,000"], "{}", table[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_variant_runs_only_when_its_kernels_ran_in_check_kernels() {
     let dir = scratch("kernels-ran");
     let kernels = dir.join("kernels.json");

@@ -244,6 +244,12 @@ stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --leng
     --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
     --json "$out/bench.json"
 if [ $cpu_only = 0 ]; then
+    # The batch budget: smaller batches keep more of a layer's activations in L2 (about 50 MB on
+    # an H100/H200; a 65536-token batch's residual stream alone is 200 MB) but give each GEMM
+    # fewer tiles. The default kernels at smaller budgets than the bench stage's.
+    stage bench-budgets 90 "${gemma[@]}" bench --model "$model" --backend cuda --lengths 512 --mixed \
+        --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens 8192,16384,32768 \
+        --json "$out/bench_budgets.json"
     for ((i = 0; i < ${#variants[@]}; i += 3)); do
         name=${variants[i]}
         if [[ $skipped == *" $name "* ]]; then

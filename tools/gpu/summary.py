@@ -5,7 +5,7 @@ throughput of gemma-embed against sentence-transformers, from the files the stag
     summary.py --stages stages.tsv --out DIR
 
 Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_variant_NAME.json (the candidate
-kernel choices), DIR/bench_reference.json, DIR/profile.json, DIR/profile_variant.json and
+kernel choices), DIR/bench_budgets.json (smaller batch budgets), DIR/bench_reference.json, DIR/profile.json, DIR/profile_variant.json and
 DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
 """
 
@@ -126,6 +126,19 @@ def main():
                 print(f"target >= {TARGET_RATIO_VS_ST_BF16:.0f}x sentence-transformers bf16: "
                       f"{'met' if min(ratios) >= TARGET_RATIO_VS_ST_BF16 else 'NOT met'} "
                       f"(lowest {min(ratios):.1f}x)")
+    budgets = load(os.path.join(args.out, "bench_budgets.json"))
+    if budgets is not None:
+        # The bench stage's budget next to the smaller ones, per workload.
+        rows = {}
+        for w in (bench["workloads"] if bench else []) + budgets["workloads"]:
+            if w["name"] in {b["name"] for b in budgets["workloads"]}:
+                rows.setdefault(w["name"], {})[w["max_batch_tokens"]] = w["tokens_per_s"]
+        sizes = sorted({size for by_size in rows.values() for size in by_size})
+        print(f"\nbatch budget (tokens):  " + " ".join(f"{size:>12}" for size in sizes))
+        for name, by_size in rows.items():
+            print(f"  {name:<20} " + " ".join(f"{by_size[size]:>12,.0f}" if size in by_size else f"{'-':>12}"
+                                            for size in sizes))
+
     for variant, report in variants.items():
         if not report:
             continue
