@@ -250,6 +250,7 @@ fn generate_params_bindings(kernel_dir: &Path, out_dir: &Path) -> Result<(), Mis
             .header(header.display().to_string())
             .allowlist_type(".*Params")
             .allowlist_type("GemmTensorMaps")
+            .allowlist_type("AttentionTensorMaps")
             .allowlist_var("POOL_BLOCK")
             .derive_default(true)
             .derive_debug(true)

@@ -182,6 +182,220 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat1
     }
 }
 
+/* A work-list tile: packed rows [row0, row0 + rows_valid) of sequence `seq`, positions p_lo ..
+ * p_hi, the keys of their windows and how many BLOCK_N key blocks cover them. */
+struct FlashTile {
+    uint32_t seq_start;
+    int len;
+    int row0;
+    int rows_valid;
+    int p_lo;
+    int p_hi;
+    AttnKeyRange keys;
+    int num_blocks;
+};
+
+/* Work-list entry `tile` of p.tiles, for tiles of `block_m` packed rows. */
+__device__ __forceinline__ FlashTile flash_tile(const AttentionParams &p, uint32_t tile,
+                                                int block_m) {
+    FlashTile t;
+    const uint32_t seq = p.tiles[2 * tile];
+    t.row0 = static_cast<int>(p.tiles[2 * tile + 1]);
+    t.seq_start = p.seq_offsets[seq];
+    t.len = static_cast<int>(p.seq_offsets[seq + 1] - t.seq_start);
+    t.rows_valid = min(block_m, t.len * kGroup - t.row0);
+    t.p_lo = t.row0 / kGroup;
+    t.p_hi = (t.row0 + t.rows_valid - 1) / kGroup;
+    t.keys = attn_key_range(t.p_lo, t.p_hi, t.len, p.window_radius);
+    t.num_blocks = (t.keys.end - t.keys.begin + kBlockN - 1) / kBlockN;
+    return t;
+}
+
+/* The softmax state of a thread's two rows (group_row and group_row + 8 of its warp's 16): the
+ * O accumulators in the mma.sync C layout, running maximum and this thread's partial row sums
+ * (quad-reduced at the end). */
+struct FlashRows {
+    float o_acc[kOutTiles][4];
+    float row_max[2];
+    float row_sum[2];
+
+    __device__ __forceinline__ void reset() {
+#pragma unroll
+        for (int j = 0; j < kOutTiles; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                o_acc[j][e] = 0.0f;
+            }
+        }
+        row_max[0] = row_max[1] = -INFINITY;
+        row_sum[0] = row_sum[1] = 0.0f;
+    }
+};
+
+/* Scores of key block kb (S accumulators, mma.sync C layout) into the log2 domain, masked only
+ * where the block crosses a window edge or the key range's end; then the online softmax: the
+ * running maximum, the rescaled O and row sums, and S turned into unnormalized probabilities. */
+__device__ __forceinline__ void flash_softmax_block(float (&s)[kScoreTiles][4], FlashRows &rows,
+                                                    const FlashTile &t, int kb,
+                                                    const int (&pos)[2], int radius,
+                                                    float scale_log2, int group_lane) {
+    const bool needs_mask = attn_block_needs_mask(kb, kBlockN, t.keys.end, t.p_lo, t.p_hi, radius);
+#pragma unroll
+    for (int i = 0; i < kScoreTiles; ++i) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = kb + i * 8 + 2 * group_lane + (e & 1);
+            const bool allowed = !needs_mask || attn_key_allowed(pos[e >> 1], key, t.keys.end, radius);
+            s[i][e] = allowed ? s[i][e] * scale_log2 : -INFINITY;
+        }
+    }
+
+    /* Online softmax, per row half h (h = 0: row g, h = 1: row g + 8). */
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float block_max = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < kScoreTiles; ++i) {
+            block_max = fmaxf(block_max, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
+        }
+        block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
+        block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 2));
+        const float new_max = fmaxf(rows.row_max[h], block_max);
+        /* A row with no allowed key so far keeps max -inf; subtract 0 so that every
+         * exponent stays -inf (weight 0) instead of NaN. */
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        const float rescale = fast_exp2(rows.row_max[h] - base);
+        rows.row_max[h] = new_max;
+        rows.row_sum[h] *= rescale;
+#pragma unroll
+        for (int j = 0; j < kOutTiles; ++j) {
+            rows.o_acc[j][2 * h] *= rescale;
+            rows.o_acc[j][2 * h + 1] *= rescale;
+        }
+#pragma unroll
+        for (int i = 0; i < kScoreTiles; ++i) {
+            s[i][2 * h] = fast_exp2(s[i][2 * h] - base);
+            s[i][2 * h + 1] = fast_exp2(s[i][2 * h + 1] - base);
+            rows.row_sum[h] += s[i][2 * h] + s[i][2 * h + 1];
+        }
+    }
+}
+
+/* The probabilities as bf16 A fragments of P V: the S accumulators of key tiles 2kk, 2kk+1 are
+ * the A fragment of k-step kk (for mma.sync and, in the same layout, for wgmma's register A
+ * operand). */
+__device__ __forceinline__ void flash_pack_p(const float (&s)[kScoreTiles][4],
+                                             uint32_t (&p_frag)[kBlockN / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        p_frag[kk][0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+        p_frag[kk][1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+        p_frag[kk][2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        p_frag[kk][3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* S = Q K^T on wgmma: the warpgroup's 64 Q rows (at shared address q_base) against the 64 keys
+ * (k_base), both in the attn_wgmma_swizzle layout; warp w gets rows 16 w .. 16 w + 15 in the
+ * mma.sync C layout (register 4 t + e = s[t][e]). Issued, not waited for. */
+__device__ __forceinline__ void flash_issue_s_wgmma(float (&s)[kScoreTiles][4], uint32_t q_base,
+                                                    uint32_t k_base) {
+    float(&acc)[kScoreTiles * 4] = reinterpret_cast<float(&)[kScoreTiles * 4]>(s);
+#pragma unroll
+    for (int t = 0; t < kScoreTiles; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            s[t][e] = 0.0f;
+        }
+    }
+    wgmma_fence_operands(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+        wgmma_m64n64k16_bf16(acc, wgmma_desc_sw128(q_base + attn_wgmma_k_offset(ks)),
+                             wgmma_desc_sw128(k_base + attn_wgmma_k_offset(ks)));
+    }
+    wgmma_commit();
+}
+
+/* Wait for flash_issue_s_wgmma's products. */
+__device__ __forceinline__ void flash_wait_s_wgmma(float (&s)[kScoreTiles][4]) {
+    float(&acc)[kScoreTiles * 4] = reinterpret_cast<float(&)[kScoreTiles * 4]>(s);
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
+}
+
+/* O += P V on wgmma: the warpgroup's 64 rows times the 64 x 256 V block (at shared address
+ * v_base, attn_wgmma_swizzle layout): 4 wgmma.m64n256k16 with P from registers and V as the
+ * MN-major B operand; o_acc keeps the mma.sync layout (register 4 j + e = o_acc[j][e]). Returns
+ * once they have completed. */
+__device__ __forceinline__ void flash_pv_wgmma(float (&o_acc)[kOutTiles][4],
+                                               uint32_t (&p_frag)[kBlockN / 16][4],
+                                               uint32_t v_base) {
+    float(&acc)[kOutTiles * 4] = reinterpret_cast<float(&)[kOutTiles * 4]>(o_acc);
+    wgmma_fence_operands(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        wgmma_fence_operands(p_frag[kk]);
+        wgmma_m64n256k16_bf16_rs_tb(
+            acc, p_frag[kk],
+            wgmma_desc_sw128_mn(v_base + attn_wgmma_v_offset(kk), ATTN_WGMMA_SEGMENT_BYTES));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        /* The P registers stay untouched until the wgmmas that read them are done. */
+        wgmma_fence_operands(p_frag[kk]);
+    }
+}
+#endif
+
+/* Epilogue of warp `warp`'s 16 rows: normalize, round to bf16 into rows 16 warp .. 16 warp + 15
+ * of the [rows][kHeadDim] staging tile `s_stage` (attn_swizzle layout; no other warp uses those
+ * rows, and nothing may still read them), then 16-byte coalesced stores of the rows below
+ * rows_valid to `o_tile` (the tile's first packed row of O). */
+__device__ __forceinline__ void flash_store_o(const FlashRows &rows, __nv_bfloat16 *s_stage,
+                                              __nv_bfloat16 *o_tile, int rows_valid, int warp,
+                                              int lane) {
+    const int group_row = lane >> 2;
+    const int group_lane = lane & 3;
+    float inv_sum[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float total = rows.row_sum[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < kOutTiles; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = warp * 16 + group_row + 8 * h;
+            const int c = j * 8 + 2 * group_lane;
+            const uint32_t bits = pack_bf16x2(rows.o_acc[j][2 * h] * inv_sum[h],
+                                              rows.o_acc[j][2 * h + 1] * inv_sum[h]);
+            *reinterpret_cast<uint32_t *>(s_stage + attn_swizzle(r, c)) = bits;
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 16 * kChunks / 32; ++i) {
+        const int chunk_index = lane + i * 32;
+        const int r = warp * 16 + chunk_index / kChunks;
+        const int c = (chunk_index % kChunks) * 8;
+        if (r < rows_valid) {
+            *reinterpret_cast<uint4 *>(o_tile + static_cast<size_t>(r) * kHeadDim + c) =
+                *reinterpret_cast<const uint4 *>(s_stage + attn_swizzle(r, c));
+        }
+    }
+}
+
 /* The flash kernel's body; Wgmma computes S = Q K^T and P V with wgmma (sm_90a) instead of
  * per-warp ldmatrix + mma.sync, everything else is shared. `smem` is the dynamic shared memory,
  * 1024-byte aligned for Wgmma. */
@@ -200,49 +414,32 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
     const int group_row = lane >> 2;  /* mma "groupID" */
     const int group_lane = lane & 3;  /* mma "threadID_in_group" */
 
-    const uint32_t seq = p.tiles[2 * blockIdx.x];
-    const int row0 = static_cast<int>(p.tiles[2 * blockIdx.x + 1]);
-    const uint32_t seq_start = p.seq_offsets[seq];
-    const int len = static_cast<int>(p.seq_offsets[seq + 1] - seq_start);
-    const int rows_valid = min(kBlockM, len * kGroup - row0);
-    const int p_lo = row0 / kGroup;
-    const int p_hi = (row0 + rows_valid - 1) / kGroup;
+    const FlashTile t = flash_tile(p, blockIdx.x, kBlockM);
     const int radius = p.window_radius;
-    const AttnKeyRange keys = attn_key_range(p_lo, p_hi, len, radius);
-    const int num_blocks = (keys.end - keys.begin + kBlockN - 1) / kBlockN;
-
-    const size_t tile_row = static_cast<size_t>(seq_start) * kGroup + row0;
+    const size_t tile_row = static_cast<size_t>(t.seq_start) * kGroup + t.row0;
     const __nv_bfloat16 *q_tile = p.q + tile_row * kHeadDim;
-    const __nv_bfloat16 *k_seq = p.k + static_cast<size_t>(seq_start) * kHeadDim;
-    const __nv_bfloat16 *v_seq = p.v + static_cast<size_t>(seq_start) * kHeadDim;
+    const __nv_bfloat16 *k_seq = p.k + static_cast<size_t>(t.seq_start) * kHeadDim;
+    const __nv_bfloat16 *v_seq = p.v + static_cast<size_t>(t.seq_start) * kHeadDim;
 
     /* Prologue: group {Q, K block 0}, then group {V block 0}. */
-    load_tile<kBlockM, Wgmma>(s_q, q_tile, rows_valid, tid);
-    load_tile<kBlockN, Wgmma>(s_k, k_seq + static_cast<size_t>(keys.begin) * kHeadDim,
-                              keys.end - keys.begin, tid);
+    load_tile<kBlockM, Wgmma>(s_q, q_tile, t.rows_valid, tid);
+    load_tile<kBlockN, Wgmma>(s_k, k_seq + static_cast<size_t>(t.keys.begin) * kHeadDim,
+                              t.keys.end - t.keys.begin, tid);
     cp_async_commit();
-    load_tile<kBlockN, Wgmma>(s_v, v_seq + static_cast<size_t>(keys.begin) * kHeadDim,
-                              keys.end - keys.begin, tid);
+    load_tile<kBlockN, Wgmma>(s_v, v_seq + static_cast<size_t>(t.keys.begin) * kHeadDim,
+                              t.keys.end - t.keys.begin, tid);
     cp_async_commit();
 
     /* This thread's two rows of the warp's 16: packed rows (in the sequence) and positions. */
-    const int row_a = row0 + warp * 16 + group_row;
+    const int row_a = t.row0 + warp * 16 + group_row;
     const int pos[2] = {row_a / kGroup, (row_a + 8) / kGroup};
     const float scale_log2 = p.softmax_scale * kLog2e;
 
-    float o_acc[kOutTiles][4];
-#pragma unroll
-    for (int j = 0; j < kOutTiles; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            o_acc[j][e] = 0.0f;
-        }
-    }
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.0f, 0.0f}; /* this thread's partial sums; quad-reduced at the end */
+    FlashRows rows;
+    rows.reset();
 
-    for (int block = 0; block < num_blocks; ++block) {
-        const int kb = keys.begin + block * kBlockN;
+    for (int block = 0; block < t.num_blocks; ++block) {
+        const int kb = t.keys.begin + block * kBlockN;
 
         /* Q and K block ready (only the V group of this block may still be in flight); for
          * wgmma, each thread's cp.async writes are made visible to the async proxy first. */
@@ -253,94 +450,44 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
         __syncthreads();
 
         float s[kScoreTiles][4];
-#pragma unroll
-        for (int t = 0; t < kScoreTiles; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[t][e] = 0.0f;
-            }
-        }
         if constexpr (Wgmma) {
-            /* The warpgroup's 64 rows against the 64 keys: warp w gets rows 16 w .. 16 w + 15
-             * in the layout of the mma.sync path below (register 4 t + e = s[t][e]). */
-            float(&acc)[kScoreTiles * 4] = reinterpret_cast<float(&)[kScoreTiles * 4]>(s);
-            const uint32_t q_base = smem_addr(s_q), k_base = smem_addr(s_k);
-            wgmma_fence_operands(acc);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-                wgmma_m64n64k16_bf16(acc, wgmma_desc_sw128(q_base + attn_wgmma_k_offset(ks)),
-                                     wgmma_desc_sw128(k_base + attn_wgmma_k_offset(ks)));
-            }
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_operands(acc);
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+            flash_issue_s_wgmma(s, smem_addr(s_q), smem_addr(s_k));
+            flash_wait_s_wgmma(s);
+#endif
         } else {
+#pragma unroll
+            for (int i = 0; i < kScoreTiles; ++i) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[i][e] = 0.0f;
+                }
+            }
 #pragma unroll
             for (int ks = 0; ks < kHeadDim / 16; ++ks) {
                 uint32_t a[4];
                 ldmatrix_x4(a, s_q + attn_swizzle(warp * 16 + ldsm_a_row(lane),
                                                    ks * 16 + ldsm_a_col(lane)));
 #pragma unroll
-                for (int t = 0; t < kScoreTiles; t += 2) {
+                for (int i = 0; i < kScoreTiles; i += 2) {
                     uint32_t b[4];
-                    ldmatrix_x4(b, s_k + attn_swizzle(t * 8 + ldsm_b_row(lane),
+                    ldmatrix_x4(b, s_k + attn_swizzle(i * 8 + ldsm_b_row(lane),
                                                        ks * 16 + ldsm_b_col(lane)));
-                    mma_bf16_16816(s[t], a, b[0], b[1]);
-                    mma_bf16_16816(s[t + 1], a, b[2], b[3]);
+                    mma_bf16_16816(s[i], a, b[0], b[1]);
+                    mma_bf16_16816(s[i + 1], a, b[2], b[3]);
                 }
             }
         }
 
         /* Every warp is done with this K block: stream in the next one (or an empty group). */
         __syncthreads();
-        if (block + 1 < num_blocks) {
+        if (block + 1 < t.num_blocks) {
             load_tile<kBlockN, Wgmma>(s_k, k_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
-                                      keys.end - kb - kBlockN, tid);
+                                      t.keys.end - kb - kBlockN, tid);
         }
         cp_async_commit();
 
-        /* Scale into the log2 domain; mask only blocks that cross a window edge or the end. */
-        const bool needs_mask = attn_block_needs_mask(kb, kBlockN, keys.end, p_lo, p_hi, radius);
-#pragma unroll
-        for (int t = 0; t < kScoreTiles; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = kb + t * 8 + 2 * group_lane + (e & 1);
-                const bool allowed = !needs_mask || attn_key_allowed(pos[e >> 1], key, keys.end, radius);
-                s[t][e] = allowed ? s[t][e] * scale_log2 : -INFINITY;
-            }
-        }
-
-        /* Online softmax, per row half h (h = 0: row g, h = 1: row g + 8). */
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float block_max = -INFINITY;
-#pragma unroll
-            for (int t = 0; t < kScoreTiles; ++t) {
-                block_max = fmaxf(block_max, fmaxf(s[t][2 * h], s[t][2 * h + 1]));
-            }
-            block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
-            block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 2));
-            const float new_max = fmaxf(row_max[h], block_max);
-            /* A row with no allowed key so far keeps max -inf; subtract 0 so that every
-             * exponent stays -inf (weight 0) instead of NaN. */
-            const float base = new_max == -INFINITY ? 0.0f : new_max;
-            const float rescale = fast_exp2(row_max[h] - base);
-            row_max[h] = new_max;
-            row_sum[h] *= rescale;
-#pragma unroll
-            for (int j = 0; j < kOutTiles; ++j) {
-                o_acc[j][2 * h] *= rescale;
-                o_acc[j][2 * h + 1] *= rescale;
-            }
-#pragma unroll
-            for (int t = 0; t < kScoreTiles; ++t) {
-                s[t][2 * h] = fast_exp2(s[t][2 * h] - base);
-                s[t][2 * h + 1] = fast_exp2(s[t][2 * h + 1] - base);
-                row_sum[h] += s[t][2 * h] + s[t][2 * h + 1];
-            }
-        }
+        flash_softmax_block(s, rows, t, kb, pos, radius, scale_log2, group_lane);
 
         /* V block ready (only the next K block may still be in flight). */
         cp_async_wait<1>();
@@ -349,39 +496,12 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
         }
         __syncthreads();
 
-        /* O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk
-         * (for mma.sync and, in the same layout, for wgmma's register A operand). */
         uint32_t p_frag[kBlockN / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-            p_frag[kk][0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            p_frag[kk][1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            p_frag[kk][2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            p_frag[kk][3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-        }
+        flash_pack_p(s, p_frag);
         if constexpr (Wgmma) {
-            /* The warpgroup's 64 rows times the 64 x 256 V block: 4 wgmma.m64n256k16 with P from
-             * registers and V as the MN-major B operand; o_acc keeps the mma.sync layout
-             * (register 4 j + e = o_acc[j][e]). */
-            float(&acc)[kOutTiles * 4] = reinterpret_cast<float(&)[kOutTiles * 4]>(o_acc);
-            const uint32_t v_base = smem_addr(s_v);
-            wgmma_fence_operands(acc);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < kBlockN / 16; ++kk) {
-                wgmma_fence_operands(p_frag[kk]);
-                wgmma_m64n256k16_bf16_rs_tb(
-                    acc, p_frag[kk],
-                    wgmma_desc_sw128_mn(v_base + attn_wgmma_v_offset(kk), ATTN_WGMMA_SEGMENT_BYTES));
-            }
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_operands(acc);
-#pragma unroll
-            for (int kk = 0; kk < kBlockN / 16; ++kk) {
-                /* The P registers stay untouched until the wgmmas that read them are done. */
-                wgmma_fence_operands(p_frag[kk]);
-            }
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+            flash_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v));
+#endif
         } else {
 #pragma unroll
             for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -390,58 +510,26 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
                     uint32_t b[4];
                     ldmatrix_x4_trans(b, s_v + attn_swizzle(kk * 16 + ldsm_a_row(lane),
                                                              j * 8 + ldsm_a_col(lane)));
-                    mma_bf16_16816(o_acc[j], p_frag[kk], b[0], b[1]);
-                    mma_bf16_16816(o_acc[j + 1], p_frag[kk], b[2], b[3]);
+                    mma_bf16_16816(rows.o_acc[j], p_frag[kk], b[0], b[1]);
+                    mma_bf16_16816(rows.o_acc[j + 1], p_frag[kk], b[2], b[3]);
                 }
             }
         }
 
         /* Every warp is done with this V block: stream in the next one (or an empty group). */
         __syncthreads();
-        if (block + 1 < num_blocks) {
+        if (block + 1 < t.num_blocks) {
             load_tile<kBlockN, Wgmma>(s_v, v_seq + static_cast<size_t>(kb + kBlockN) * kHeadDim,
-                                      keys.end - kb - kBlockN, tid);
+                                      t.keys.end - kb - kBlockN, tid);
         }
         cp_async_commit();
     }
     cp_async_wait<0>();
 
-    /* Epilogue: normalize, round to bf16 into this warp's own 16 Q rows of shared memory (no
-     * other warp reads them), then 16-byte coalesced stores of the valid rows. */
-    float inv_sum[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float total = row_sum[h];
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
-        inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
-    }
-    /* With wgmma, other warps' Q rows sit in this warp's staging rows: every warp passed its
-     * last Q read (wgmma_wait) before the loop's last barrier. */
-    __syncwarp();
-#pragma unroll
-    for (int j = 0; j < kOutTiles; ++j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = warp * 16 + group_row + 8 * h;
-            const int c = j * 8 + 2 * group_lane;
-            const uint32_t bits =
-                pack_bf16x2(o_acc[j][2 * h] * inv_sum[h], o_acc[j][2 * h + 1] * inv_sum[h]);
-            *reinterpret_cast<uint32_t *>(s_q + attn_swizzle(r, c)) = bits;
-        }
-    }
-    __syncwarp();
-    __nv_bfloat16 *o_tile = p.o + tile_row * kHeadDim;
-#pragma unroll
-    for (int i = 0; i < 16 * kChunks / 32; ++i) {
-        const int chunk_index = lane + i * 32;
-        const int r = warp * 16 + chunk_index / kChunks;
-        const int c = (chunk_index % kChunks) * 8;
-        if (r < rows_valid) {
-            *reinterpret_cast<uint4 *>(o_tile + static_cast<size_t>(r) * kHeadDim + c) =
-                *reinterpret_cast<const uint4 *>(s_q + attn_swizzle(r, c));
-        }
-    }
+    /* The epilogue stages O through this warp's own Q rows. With wgmma, other warps' Q rows sit
+     * in this warp's staging rows: every warp passed its last Q read (wgmma_wait) before the
+     * loop's last barrier. */
+    flash_store_o(rows, s_q, p.o + tile_row * kHeadDim, t.rows_valid, warp, lane);
 }
 
 } // namespace
@@ -472,6 +560,185 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_FLASH_THREADS)
                   "params.h smem size");
     extern __shared__ __align__(128) unsigned char smem[];
     attention_flash_body<true>(p, smem_align_1024<unsigned char>(smem));
+#else
+    __trap();
+#endif
+}
+
+/* ---- TMA flash kernel (sm_90a) ------------------------------------------------------- */
+
+namespace {
+
+constexpr int kTmaBlockM = ATTENTION_TMA_BLOCK_M;
+constexpr int kTmaStages = ATTENTION_TMA_STAGES;
+constexpr int kTmaConsumerWarps = kTmaBlockM / 16;
+/* Registers per thread after the hand-over: 128 x 24 + 256 x 240 <= 65536. */
+constexpr int kTmaProducerRegs = 24;
+constexpr int kTmaConsumerRegs = 240;
+constexpr uint32_t kTmaSegmentBytes = ATTN_WGMMA_SEGMENT_BYTES;
+constexpr uint32_t kTmaBlockBytes = kBlockN * kHeadDim * 2;
+constexpr uint32_t kTmaQBytes = kTmaBlockM * kHeadDim * 2;
+
+static_assert(kTmaConsumerWarps * 32 + 128 == ATTENTION_TMA_THREADS,
+              "two consumer warpgroups and a producer warpgroup");
+static_assert(128 * kTmaProducerRegs + kTmaConsumerWarps * 32 * kTmaConsumerRegs <= 65536,
+              "the register file");
+static_assert(kTmaQBytes + 2 * kTmaStages * kTmaBlockBytes + 1024 == ATTENTION_TMA_SMEM_BYTES,
+              "params.h smem size");
+static_assert(ATTN_TMA_WARPGROUPS == 2 && kBlockN == ATTN_WGMMA_ROWS,
+              "the turn barriers alternate two warpgroups of 64 rows; 64-key blocks");
+static_assert(kTmaStages >= 2, "the next block's copies land during this block's products");
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* 64 rows from row0 of `map`'s matrix, all kHeadDim dims, into the attn_wgmma_swizzle tile at
+ * `dst`: one 64 x 64 box per segment, completing bytes of `bar`. */
+__device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMap *map,
+                                              uint64_t *bar, int32_t row0) {
+#pragma unroll
+    for (int seg = 0; seg < kHeadDim / 64; ++seg) {
+        tma_load_2d(dst + seg * kTmaSegmentBytes, map, bar, seg * 64, row0);
+    }
+}
+#endif
+
+} // namespace
+
+/* attention_flash_tma (sm_90a): attention_flash_wgmma on 128-row tiles, persistent, with the
+ * copies made by the TMA unit (FlashAttention-3's producer/consumer split). Each K and V block
+ * loaded from L2 serves 128 packed rows (about 43 positions) instead of 64, halving the K/V
+ * traffic per row.
+ * Launch: grid = min(num_tiles, multiprocessors), ATTENTION_TMA_THREADS (two consumer
+ * warpgroups, then a producer warpgroup that hands its registers to them with setmaxnreg: 24
+ * per thread left, 240 for the consumers), ATTENTION_TMA_SMEM_BYTES, the work list built for
+ * ATTENTION_TMA_BLOCK_M rows; CTA c takes tiles c, c + gridDim.x, ... The second parameter
+ * holds the TMA maps of Q, K and V (params.h AttentionTensorMaps).
+ * Shared memory (1024-byte aligned): the Q tile (warpgroup w's 64 rows at w * 32 KB, each in the
+ * attn_wgmma_swizzle layout of attention_flash_wgmma), then ATTENTION_TMA_STAGES K blocks, then
+ * as many V blocks. The producer's first thread issues, per key block, the K copies (4 boxes of
+ * 64 keys x 64 dims), the tile's Q copies with the first block (8 boxes), and the V copies, each
+ * set completing a `full` mbarrier. Rows past the sequence read the next sequence (or zeros past
+ * the batch): their keys are masked and their query rows never stored.
+ * Consumer warpgroup w (warps 4 w .. 4 w + 3, packed rows 64 w .. 64 w + 63 of the tile), per
+ * key block: wait for K, take its turn (attention.cuh), issue S = Q K^T, pass the turn, wait for
+ * the products, release K (one `empty` arrival per warp), mask and softmax exactly as the other
+ * flash kernels, wait for V, O += P V, release V. The epilogue stages O through the warpgroup's
+ * own Q rows and then releases the Q buffer. Numerics are attention_flash_wgmma's; only the key
+ * blocks start elsewhere (at the 128-row tile's first key). */
+extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
+    attention_flash_tma(const AttentionParams p, const __grid_constant__ AttentionTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char tma_smem_bytes[];
+    unsigned char *smem = smem_align_1024<unsigned char>(tma_smem_bytes);
+    unsigned char *s_q = smem;
+    unsigned char *s_k = s_q + kTmaQBytes;
+    unsigned char *s_v = s_k + kTmaStages * kTmaBlockBytes;
+    __shared__ uint64_t full_q, empty_q, full_k[kTmaStages], full_v[kTmaStages],
+        empty_k[kTmaStages], empty_v[kTmaStages];
+    if (threadIdx.x == 0) {
+        mbarrier_init(&full_q, 1);
+        mbarrier_init(&empty_q, kTmaConsumerWarps);
+#pragma unroll
+        for (int st = 0; st < kTmaStages; ++st) {
+            mbarrier_init(&full_k[st], 1);
+            mbarrier_init(&full_v[st], 1);
+            mbarrier_init(&empty_k[st], kTmaConsumerWarps);
+            mbarrier_init(&empty_v[st], kTmaConsumerWarps);
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (warp >= kTmaConsumerWarps) {
+        /* The producer warpgroup: its first thread issues every copy. */
+        setmaxnreg_dec<kTmaProducerRegs>();
+        if (warp == kTmaConsumerWarps && lane == 0) {
+            uint32_t tile_count = 0, block_count = 0;
+            for (uint32_t tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x, ++tile_count) {
+                const FlashTile t = flash_tile(p, tile, kTmaBlockM);
+                const int32_t q_row = static_cast<int32_t>(t.seq_start) * kGroup + t.row0;
+                for (int block = 0; block < t.num_blocks; ++block, ++block_count) {
+                    const uint32_t st = gemm_tma_stage(block_count, kTmaStages);
+                    const int32_t key_row =
+                        static_cast<int32_t>(t.seq_start) + t.keys.begin + block * kBlockN;
+                    const uint32_t empty_parity = gemm_tma_empty_parity(block_count, kTmaStages);
+                    mbarrier_wait(&empty_k[st], empty_parity);
+                    mbarrier_arrive_expect_tx(&full_k[st], kTmaBlockBytes);
+                    tma_load_rows(s_k + st * kTmaBlockBytes, &maps.k, &full_k[st], key_row);
+                    if (block == 0) {
+                        mbarrier_wait(&empty_q, gemm_tma_empty_parity(tile_count, 1));
+                        mbarrier_arrive_expect_tx(&full_q, kTmaQBytes);
+                        for (int w = 0; w < ATTN_TMA_WARPGROUPS; ++w) {
+                            tma_load_rows(s_q + w * (kTmaQBytes / ATTN_TMA_WARPGROUPS), &maps.q,
+                                          &full_q, q_row + w * ATTN_WGMMA_ROWS);
+                        }
+                    }
+                    mbarrier_wait(&empty_v[st], empty_parity);
+                    mbarrier_arrive_expect_tx(&full_v[st], kTmaBlockBytes);
+                    tma_load_rows(s_v + st * kTmaBlockBytes, &maps.v, &full_v[st], key_row);
+                }
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<kTmaConsumerRegs>();
+    const int warpgroup = warp / 4;
+    const int group_row = lane >> 2;
+    const int group_lane = lane & 3;
+    const bool releases = lane == 0;
+    const int radius = p.window_radius;
+    const float scale_log2 = p.softmax_scale * kLog2e;
+    const uint32_t q_base = smem_addr(s_q) + warpgroup * (kTmaQBytes / ATTN_TMA_WARPGROUPS);
+    if (warpgroup == 1 && blockIdx.x < p.num_tiles) {
+        named_barrier_arrive(attn_tma_turn_barrier(0), 2 * 128);
+    }
+    uint32_t tile_count = 0, block_count = 0;
+    for (uint32_t tile = blockIdx.x; tile < p.num_tiles; tile += gridDim.x, ++tile_count) {
+        const FlashTile t = flash_tile(p, tile, kTmaBlockM);
+        const bool last_tile = tile + gridDim.x >= p.num_tiles;
+        const int row_a = t.row0 + warp * 16 + group_row;
+        const int pos[2] = {row_a / kGroup, (row_a + 8) / kGroup};
+        FlashRows rows;
+        rows.reset();
+        mbarrier_wait(&full_q, gemm_tma_full_parity(tile_count, 1));
+        for (int block = 0; block < t.num_blocks; ++block, ++block_count) {
+            const uint32_t st = gemm_tma_stage(block_count, kTmaStages);
+            const uint32_t full_parity = gemm_tma_full_parity(block_count, kTmaStages);
+            const int kb = t.keys.begin + block * kBlockN;
+
+            float s[kScoreTiles][4];
+            mbarrier_wait(&full_k[st], full_parity);
+            named_barrier_sync(attn_tma_turn_barrier(warpgroup), 2 * 128);
+            flash_issue_s_wgmma(s, q_base, smem_addr(s_k + st * kTmaBlockBytes));
+            if (attn_tma_passes_turn(warpgroup, last_tile && block + 1 == t.num_blocks)) {
+                named_barrier_arrive(attn_tma_turn_barrier(1 - warpgroup), 2 * 128);
+            }
+            flash_wait_s_wgmma(s);
+            __syncwarp();
+            if (releases) mbarrier_arrive(&empty_k[st]);
+
+            flash_softmax_block(s, rows, t, kb, pos, radius, scale_log2, group_lane);
+            uint32_t p_frag[kBlockN / 16][4];
+            flash_pack_p(s, p_frag);
+
+            mbarrier_wait(&full_v[st], full_parity);
+            flash_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + st * kTmaBlockBytes));
+            __syncwarp();
+            if (releases) mbarrier_arrive(&empty_v[st]);
+        }
+
+        /* Stage O through this warpgroup's Q rows once none of its warps reads them, then
+         * order those generic-proxy accesses before the next tile's Q copy lands there. */
+        named_barrier_sync(attn_tma_epilogue_barrier(warpgroup), 128);
+        const size_t tile_row = static_cast<size_t>(t.seq_start) * kGroup + t.row0;
+        flash_store_o(rows, reinterpret_cast<__nv_bfloat16 *>(s_q), p.o + tile_row * kHeadDim,
+                      t.rows_valid, warp, lane);
+        fence_proxy_async_shared();
+        __syncwarp();
+        if (releases) mbarrier_arrive(&empty_q);
+    }
 #else
     __trap();
 #endif

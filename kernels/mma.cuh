@@ -1,6 +1,7 @@
 // mma.cuh: PTX wrappers for the tensor-core kernels: cp.async global -> shared copies, ldmatrix
 // loads, mma.sync.m16n8k16 (bf16 in, f32 accumulate) and bf16x2 packing (sm_80+); wgmma and its
-// fences, mbarriers and TMA copies (sm_90a only: call them under __CUDA_ARCH_FEAT_SM90_ALL).
+// fences, register hand-over, mbarriers and TMA copies (sm_90a only: call them under
+// __CUDA_ARCH_FEAT_SM90_ALL); named barriers (any architecture).
 //
 // Their operand layouts are emulated on the host, from the PTX ISA definitions, by the
 // fragment checks in kernels/tests/*.c.
@@ -237,7 +238,29 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t 
         : "memory");
 }
 
+/* Named barrier `id` (1..15; 0 is __syncthreads') of `threads` threads, a multiple of 32: sync
+ * waits until that many have arrived or synced, arrive counts this warp without waiting. */
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 /* ---- sm_90a: mbarriers and TMA ----------------------------------------------------------- */
+
+/* Hand registers between warpgroups (all 128 threads of the warpgroup execute it): a producer
+ * warpgroup that only issues copies lowers its per-thread count so that consumer warpgroups can
+ * raise theirs past what the CTA size gives every thread (65536 / threads, rounded down to 8).
+ * Regs: 24..256, a multiple of 8. */
+template <int Regs> __device__ __forceinline__ void setmaxnreg_dec() {
+    static_assert(Regs >= 24 && Regs <= 256 && Regs % 8 == 0, "setmaxnreg range");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Regs));
+}
+template <int Regs> __device__ __forceinline__ void setmaxnreg_inc() {
+    static_assert(Regs >= 24 && Regs <= 256 && Regs % 8 == 0, "setmaxnreg range");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs));
+}
 
 /* A shared-memory mbarrier whose phase completes after `count` arrivals (and, where a phase
  * expects transaction bytes, once they have landed). */

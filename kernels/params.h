@@ -33,6 +33,13 @@ typedef uint16_t bf16_t;
 #define ATTENTION_FLASH_SMEM_BYTES 98304
 /* attention_flash_wgmma (sm_90a): the same tiles, 1024-byte aligned for the 128-byte swizzle. */
 #define ATTENTION_FLASH_WGMMA_SMEM_BYTES 99328
+/* attention_flash_tma (sm_90a): persistent CTAs of TMA_BLOCK_M packed rows (two consumer
+ * warpgroups of 64) and a producer warpgroup; the Q tile and TMA_STAGES stages of one K block
+ * and one V block each, bf16, plus 1024 bytes to align: (128 + 2 * 2 * 64) * 256 * 2 + 1024. */
+#define ATTENTION_TMA_BLOCK_M 128
+#define ATTENTION_TMA_THREADS 384
+#define ATTENTION_TMA_STAGES 2
+#define ATTENTION_TMA_SMEM_BYTES 197632
 /* window_radius value meaning "full attention inside the sequence". */
 #define ATTENTION_NO_WINDOW (-1)
 
@@ -223,6 +230,15 @@ typedef struct {
     TensorMap x;              /* the activations, box rows = the CTA's token rows */
     TensorMap w;              /* the weights, box rows = the CTA's weight rows */
 } GemmTensorMaps;
+
+/* attention_flash_tma's second parameter: Q as [num_tokens * GROUP, HEAD_DIM] and K and V as
+ * [num_tokens, HEAD_DIM], each read in boxes of 64 rows x 64 dims (one attn_wgmma_swizzle
+ * segment), 128-byte swizzle, rows past num_tokens read as 0. */
+typedef struct {
+    TensorMap q;
+    TensorMap k;
+    TensorMap v;
+} AttentionTensorMaps;
 
 /* gate_up_geglu_tma (sm_90a): gate_up_geglu_wgmma_wide's tile (BLOCK_M token rows x
  * GEGLU_WIDE_BLOCK_OUT outputs) with its stages filled by TMA: a producer warpgroup (one thread

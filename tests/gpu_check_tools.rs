@@ -328,7 +328,12 @@ fn summary_tabulates_the_batch_budgets_next_to_the_bench_stages() {
     let sizes: Vec<&str> = table[0].split_whitespace().skip(3).collect();
     assert_eq!(sizes, ["8192", "16384", "65536"], "{}", table[0]);
     let cells: Vec<&str> = table[1].split_whitespace().collect();
-    assert_eq!(cells, ["fixed-512", "1,200", "1,100", "1,000"], "{}", table[1]);
+    assert_eq!(
+        cells,
+        ["fixed-512", "1,200", "1,100", "1,000"],
+        "{}",
+        table[1]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -431,11 +436,13 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         ok("attention_flash"),
         ok("residual_norm/residual"),
         ok("gate_up_geglu_tma"),
+        ok("attention_flash_tma"),
     ];
     assert_eq!(
         passing(&every, true),
-        "wgmma-qkv+tma-mlp\tGEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma\t\
-         qkv_proj_wgmma gate_up_geglu_tma"
+        "wgmma-qkv+tma-mlp+tma-attention\t\
+         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma GEMMA_EMBED_ATTENTION=flash-tma\t\
+         qkv_proj_wgmma gate_up_geglu_tma attention_flash_tma"
     );
     // Off sm_90 only the portable candidates count.
     assert_eq!(
@@ -444,9 +451,11 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
          gate_up_geglu residual_norm_bf16_branch"
     );
     // The TMA and wide kernels compute wrong numbers and one part of the QKV kernel fails; the
-    // fused branch faulted: the next option of each variable, or none.
+    // fused branch faulted: the next option of each variable, or none (the former default
+    // attention is never combined).
     let mut some = every.to_vec();
     some[10] = wrong("gate_up_geglu_tma");
+    some[11] = wrong("attention_flash_tma");
     some[3] = wrong("gate_up_geglu_wgmma_wide");
     some[6] = wrong("qkv_proj_wgmma/k");
     some[7] = check_entry(
@@ -535,6 +544,7 @@ fn the_candidate_list_is_what_the_card_runs() {
             "wgmma-mlp",
             "fused-mlp",
             "fused-branch",
+            "tma-attention",
             "flash-attention",
             "f32-branch"
         ]

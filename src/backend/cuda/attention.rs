@@ -2,8 +2,9 @@
 //!
 //! - The compile-time shape of the kernels (mirrors of the `ATTENTION_*` defines in
 //!   `kernels/params.h`) and its check against the [`ModelConfig`].
-//! - The flash kernel's work list: one tile per `FLASH_BLOCK_M` packed rows of one sequence
-//!   (packed row `R = position * GROUP + head`), longest first.
+//! - The flash kernels' work list: one tile per `FLASH_BLOCK_M` (`TMA_BLOCK_M` for
+//!   `attention_flash_tma`) packed rows of one sequence (packed row `R = position * GROUP +
+//!   head`), longest first.
 //! - The key-range and masking rules of `kernels/attention.cuh`, mirrored here so the host
 //!   tests can model the kernel's tiled loop.
 //! - Typed launch wrappers (with the `gemma_cuda_kernels` cfg) and the GPU check entries.
@@ -28,11 +29,21 @@ pub const FLASH_THREADS: usize = 128;
 pub const FLASH_SMEM_BYTES: usize = 98304;
 /// `ATTENTION_FLASH_WGMMA_SMEM_BYTES`: the same plus 1024 bytes to align the wgmma operands.
 pub const FLASH_WGMMA_SMEM_BYTES: usize = FLASH_SMEM_BYTES + 1024;
+/// `ATTENTION_TMA_BLOCK_M`: packed rows per `attention_flash_tma` tile (two warpgroups of 64).
+pub const TMA_BLOCK_M: usize = 128;
+/// `ATTENTION_TMA_THREADS`: two consumer warpgroups and a producer warpgroup.
+pub const TMA_THREADS: usize = 384;
+/// `ATTENTION_TMA_STAGES`: K and V blocks in flight.
+pub const TMA_STAGES: usize = 2;
+/// `ATTENTION_TMA_SMEM_BYTES`: the Q tile and the K and V stages, plus 1024 bytes to align.
+pub const TMA_SMEM_BYTES: usize =
+    (TMA_BLOCK_M + 2 * TMA_STAGES * FLASH_BLOCK_N) * HEAD_DIM * 2 + 1024;
 
 /// Kernel names in the embedded modules.
 pub const REFERENCE_KERNEL: &str = "attention_reference";
 pub const FLASH_KERNEL: &str = "attention_flash";
 pub const FLASH_WGMMA_KERNEL: &str = "attention_flash_wgmma";
+pub const FLASH_TMA_KERNEL: &str = "attention_flash_tma";
 
 /// The kernels have the head shape baked in: refuse a model that does not match it.
 pub fn check_config(config: &ModelConfig) -> Result<()> {
@@ -113,8 +124,8 @@ pub fn block_needs_mask(
     }
 }
 
-/// One CTA of `attention_flash`: packed rows `[first_row, first_row + FLASH_BLOCK_M)` of
-/// sequence `seq`, clipped to the sequence.
+/// One tile of a flash kernel: packed rows `[first_row, first_row + tile_rows)` of sequence
+/// `seq`, clipped to the sequence (`tile_rows` the kernel's, [`AttentionKernel::tile_rows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     pub seq: u32,
@@ -124,7 +135,7 @@ pub struct Tile {
 /// What a tile covers, computed exactly as the kernel does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TileGeometry {
-    /// Valid packed rows of the tile (`<= FLASH_BLOCK_M`).
+    /// Valid packed rows of the tile (`<= tile_rows`).
     pub rows: usize,
     /// First and last query position of the valid rows.
     pub p_lo: usize,
@@ -135,8 +146,8 @@ pub struct TileGeometry {
 }
 
 impl TileGeometry {
-    pub fn new(len: usize, first_row: usize, window: Option<usize>) -> Self {
-        let rows = FLASH_BLOCK_M.min(len * GROUP - first_row);
+    pub fn new(len: usize, first_row: usize, window: Option<usize>, tile_rows: usize) -> Self {
+        let rows = tile_rows.min(len * GROUP - first_row);
         let p_lo = first_row / GROUP;
         let p_hi = (first_row + rows - 1) / GROUP;
         let keys = key_range(p_lo, p_hi, len, window);
@@ -150,15 +161,15 @@ impl TileGeometry {
     }
 }
 
-/// The flash kernel's work list for one window kind: every packed row of every sequence in
-/// exactly one tile, tiles ordered by descending number of key blocks (longest first, so the
-/// tail of the grid is short tiles), ties in sequence order.
-pub fn build_work_list(seq_offsets: &[u32], window: Option<usize>) -> Vec<Tile> {
+/// A flash kernel's work list for one window kind and tiles of `tile_rows` packed rows: every
+/// packed row of every sequence in exactly one tile, tiles ordered by descending number of key
+/// blocks (longest first, so the tail of the grid is short tiles), ties in sequence order.
+pub fn build_work_list(seq_offsets: &[u32], window: Option<usize>, tile_rows: usize) -> Vec<Tile> {
     let mut tiles: Vec<(usize, Tile)> = Vec::new();
     for (seq, w) in seq_offsets.windows(2).enumerate() {
         let len = w[1].saturating_sub(w[0]) as usize;
-        for first_row in (0..len * GROUP).step_by(FLASH_BLOCK_M) {
-            let cost = TileGeometry::new(len, first_row, window).num_blocks;
+        for first_row in (0..len * GROUP).step_by(tile_rows) {
+            let cost = TileGeometry::new(len, first_row, window, tile_rows).num_blocks;
             let tile = Tile {
                 seq: seq as u32,
                 first_row: first_row as u32,
@@ -202,19 +213,23 @@ pub enum AttentionKernel {
     /// `attention_flash_wgmma`: the flash kernel with Q K^T and P V on Hopper's warpgroup MMA
     /// (sm_90 devices only, and their default: 1-8 % faster end to end on an H200).
     FlashWgmma,
+    /// `attention_flash_tma`: the wgmma kernel on 128-row tiles, persistent, with TMA copies
+    /// and the two warpgroups' products alternating (sm_90 devices only; a candidate).
+    FlashTma,
 }
 
-/// `GEMMA_EMBED_ATTENTION=flash`, `reference` (the fallback kernel) or `flash-wgmma`; unset:
-/// `flash-wgmma` on sm_90, `flash` elsewhere.
+/// `GEMMA_EMBED_ATTENTION=flash`, `reference` (the fallback kernel), `flash-wgmma` or
+/// `flash-tma`; unset: `flash-wgmma` on sm_90, `flash` elsewhere.
 impl KernelChoice for AttentionKernel {
     const VAR: &'static str = "GEMMA_EMBED_ATTENTION";
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("flash", Self::Flash),
         ("reference", Self::Reference),
         ("flash-wgmma", Self::FlashWgmma),
+        ("flash-tma", Self::FlashTma),
     ];
     const SM90_DEFAULT: Self = Self::FlashWgmma;
-    const SM90_ONLY: &'static [Self] = &[Self::FlashWgmma];
+    const SM90_ONLY: &'static [Self] = &[Self::FlashWgmma, Self::FlashTma];
 }
 
 impl AttentionKernel {
@@ -223,6 +238,16 @@ impl AttentionKernel {
             Self::Flash => FLASH_KERNEL,
             Self::Reference => REFERENCE_KERNEL,
             Self::FlashWgmma => FLASH_WGMMA_KERNEL,
+            Self::FlashTma => FLASH_TMA_KERNEL,
+        }
+    }
+
+    /// Packed rows per work-list tile (the reference kernel takes none; it gets the flash
+    /// kernels' list).
+    pub fn tile_rows(self) -> usize {
+        match self {
+            Self::Flash | Self::Reference | Self::FlashWgmma => FLASH_BLOCK_M,
+            Self::FlashTma => TMA_BLOCK_M,
         }
     }
 }
@@ -241,6 +266,7 @@ mod device {
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
     use crate::backend::cuda::params::AttentionParams;
+    use crate::backend::cuda::tma;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `AttentionParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernels by value.
@@ -251,8 +277,11 @@ mod device {
     pub struct Attention {
         reference: CudaFunction,
         flash: CudaFunction,
-        /// On sm_90 devices only.
+        /// These two on sm_90 devices only.
         flash_wgmma: Option<CudaFunction>,
+        flash_tma: Option<CudaFunction>,
+        /// The persistent kernel's grid: one CTA per multiprocessor at most.
+        multiprocessors: u32,
     }
 
     /// `name` resolved and allowed `smem_bytes` of dynamic shared memory.
@@ -263,14 +292,18 @@ mod device {
     impl Attention {
         /// Resolve and prepare every attention kernel `dev` runs.
         pub fn for_device(dev: &Device) -> Result<Self> {
-            let flash_wgmma = AttentionKernel::FlashWgmma
-                .runs_on(dev.info.compute_capability)
-                .then(|| flash_function(dev, FLASH_WGMMA_KERNEL, FLASH_WGMMA_SMEM_BYTES))
-                .transpose()?;
+            let sm90 = |kernel: AttentionKernel, smem_bytes: usize| {
+                kernel
+                    .runs_on(dev.info.compute_capability)
+                    .then(|| flash_function(dev, kernel.name(), smem_bytes))
+                    .transpose()
+            };
             Ok(Self {
                 reference: dev.function(REFERENCE_KERNEL)?,
                 flash: flash_function(dev, FLASH_KERNEL, FLASH_SMEM_BYTES)?,
-                flash_wgmma,
+                flash_wgmma: sm90(AttentionKernel::FlashWgmma, FLASH_WGMMA_SMEM_BYTES)?,
+                flash_tma: sm90(AttentionKernel::FlashTma, TMA_SMEM_BYTES)?,
+                multiprocessors: dev.multiprocessors,
             })
         }
 
@@ -319,7 +352,7 @@ mod device {
                     out.len()
                 )));
             }
-            let tiles = plan.tiles(window)?;
+            let tiles = plan.tiles(window, kernel.tile_rows())?;
             let (q_ptr, _q) = q.device_ptr(stream);
             let (k_ptr, _k) = k.device_ptr(stream);
             let (v_ptr, _v) = v.device_ptr(stream);
@@ -339,6 +372,15 @@ mod device {
                 window_radius: window_param(window),
                 softmax_scale,
             };
+            let sm90_only = || Error::Cuda(format!("{} runs on sm_90 devices only", kernel.name()));
+            let flash = |func, smem_bytes: usize, grid: usize, threads: usize| {
+                let cfg = LaunchConfig {
+                    grid_dim: (grid as u32, 1, 1),
+                    block_dim: (threads as u32, 1, 1),
+                    shared_mem_bytes: smem_bytes as u32,
+                };
+                (func, cfg)
+            };
             let (func, cfg) = match kernel {
                 AttentionKernel::Reference => (
                     &self.reference,
@@ -348,29 +390,38 @@ mod device {
                         shared_mem_bytes: 0,
                     },
                 ),
-                AttentionKernel::Flash | AttentionKernel::FlashWgmma => {
-                    let (func, smem_bytes) = match (kernel, &self.flash_wgmma) {
-                        (AttentionKernel::Flash, _) => (&self.flash, FLASH_SMEM_BYTES),
-                        (_, Some(func)) => (func, FLASH_WGMMA_SMEM_BYTES),
-                        (_, None) => {
-                            return Err(Error::Cuda(format!(
-                                "{FLASH_WGMMA_KERNEL} runs on sm_90 devices only"
-                            )))
-                        }
-                    };
-                    let cfg = LaunchConfig {
-                        grid_dim: (tiles.count as u32, 1, 1),
-                        block_dim: (FLASH_THREADS as u32, 1, 1),
-                        shared_mem_bytes: smem_bytes as u32,
-                    };
-                    (func, cfg)
+                AttentionKernel::Flash => {
+                    flash(&self.flash, FLASH_SMEM_BYTES, tiles.count, FLASH_THREADS)
                 }
+                AttentionKernel::FlashWgmma => flash(
+                    self.flash_wgmma.as_ref().ok_or_else(sm90_only)?,
+                    FLASH_WGMMA_SMEM_BYTES,
+                    tiles.count,
+                    FLASH_THREADS,
+                ),
+                AttentionKernel::FlashTma => flash(
+                    self.flash_tma.as_ref().ok_or_else(sm90_only)?,
+                    TMA_SMEM_BYTES,
+                    tiles.count.min(self.multiprocessors as usize),
+                    TMA_THREADS,
+                ),
             };
-            // SAFETY: AttentionParams matches the kernel's parameter (same header); q, k, v,
-            // out hold at least num_tokens rows (checked above), seq_offsets and the tile list
-            // were built together from one batch by AttentionPlan::new, and the guards keep
-            // every buffer alive and ordered on `stream` until the launch is enqueued.
-            unsafe { stream.launch_builder(func).arg(&params).launch(cfg) }
+            let maps = (kernel == AttentionKernel::FlashTma)
+                .then(|| tma::attention_tensor_maps((q_ptr, k_ptr, v_ptr), n))
+                .transpose()?;
+            let mut launch = stream.launch_builder(func);
+            launch.arg(&params);
+            if let Some(maps) = &maps {
+                launch.arg(maps);
+            }
+            // SAFETY: AttentionParams matches the kernels' parameter (same header), and
+            // AttentionTensorMaps the TMA kernel's second one, its maps describing q, k and v
+            // of these num_tokens rows; q, k, v, out hold at least num_tokens rows (checked
+            // above), seq_offsets and the tile list (of the kernel's tile height) were built
+            // together from one batch by AttentionPlan::new, the sm_90 kernels only run on
+            // sm_90 devices (for_device resolves them there only), and the guards keep every
+            // buffer alive and ordered on `stream` until the launch is enqueued.
+            unsafe { launch.launch(cfg) }
                 .map_err(driver_err(format!("launch {}", kernel.name())))?;
             Ok(())
         }
@@ -382,23 +433,32 @@ mod device {
         count: usize,
     }
 
-    /// Per-batch attention metadata on the device: the sequence offsets and the flash work
-    /// lists of both layer kinds, uploaded once and used by every layer.
-    pub struct AttentionPlan {
-        seq_offsets: CudaSlice<u32>,
+    /// The work lists of both layer kinds for tiles of `tile_rows` packed rows.
+    struct WorkLists {
+        tile_rows: usize,
         sliding: DeviceTiles,
         full: DeviceTiles,
+    }
+
+    /// Per-batch attention metadata on the device: the sequence offsets and the flash work
+    /// lists of both layer kinds for each tile height the kernels use, uploaded once and used
+    /// by every layer.
+    pub struct AttentionPlan {
+        seq_offsets: CudaSlice<u32>,
+        work_lists: Vec<WorkLists>,
         window_radius: usize,
         num_tokens: usize,
         num_seqs: usize,
     }
 
     impl AttentionPlan {
-        /// `seq_offsets` as in [`crate::backend::Batch`] (validated: non-decreasing from 0).
+        /// `seq_offsets` as in [`crate::backend::Batch`] (validated: non-decreasing from 0), for
+        /// launches of `kernels`.
         pub fn new(
             stream: &Arc<CudaStream>,
             seq_offsets: &[u32],
             window_radius: usize,
+            kernels: &[AttentionKernel],
         ) -> Result<Self> {
             let num_tokens = seq_offsets.last().copied().unwrap_or(0) as usize;
             let num_seqs = seq_offsets.len().saturating_sub(1);
@@ -409,27 +469,52 @@ mod device {
                     .clone_htod(data)
                     .map_err(driver_err(format!("upload {what}")))
             };
-            let tiles = |window: Option<usize>, what: &str| -> Result<DeviceTiles> {
-                let tiles = build_work_list(seq_offsets, window);
-                Ok(DeviceTiles {
+            let tiles = |window: Option<usize>, tile_rows: usize, what: &str| {
+                let tiles = build_work_list(seq_offsets, window, tile_rows);
+                Ok::<_, Error>(DeviceTiles {
                     list: upload(&flatten_work_list(&tiles), what)?,
                     count: tiles.len(),
                 })
             };
+            let mut heights: Vec<usize> = kernels.iter().map(|k| k.tile_rows()).collect();
+            heights.sort_unstable();
+            heights.dedup();
+            let work_lists = heights
+                .into_iter()
+                .map(|tile_rows| {
+                    Ok(WorkLists {
+                        tile_rows,
+                        sliding: tiles(
+                            Some(window_radius),
+                            tile_rows,
+                            "sliding attention work list",
+                        )?,
+                        full: tiles(None, tile_rows, "full attention work list")?,
+                    })
+                })
+                .collect::<Result<_>>()?;
             Ok(Self {
                 seq_offsets: upload(seq_offsets, "attention sequence offsets")?,
-                sliding: tiles(Some(window_radius), "sliding attention work list")?,
-                full: tiles(None, "full attention work list")?,
+                work_lists,
                 window_radius,
                 num_tokens,
                 num_seqs,
             })
         }
 
-        fn tiles(&self, window: Option<usize>) -> Result<&DeviceTiles> {
+        fn tiles(&self, window: Option<usize>, tile_rows: usize) -> Result<&DeviceTiles> {
+            let lists = self
+                .work_lists
+                .iter()
+                .find(|l| l.tile_rows == tile_rows)
+                .ok_or_else(|| {
+                    Error::Cuda(format!(
+                        "attention plan built without work lists of {tile_rows}-row tiles"
+                    ))
+                })?;
             match window {
-                None => Ok(&self.full),
-                Some(r) if r == self.window_radius => Ok(&self.sliding),
+                None => Ok(&lists.full),
+                Some(r) if r == self.window_radius => Ok(&lists.sliding),
                 Some(r) => Err(Error::Cuda(format!(
                     "attention plan built for window radius {}, asked for {r}",
                     self.window_radius
@@ -449,10 +534,11 @@ mod device {
 
         /// Sliding window radius of EmbeddingGemma-300m (config.json 512 -> |i - j| <= 256).
         const CHECK_WINDOW: usize = 256;
-        /// Tile, key-block and window edges, packed into one batch (8952 tokens).
+        /// Tile (64 and 128 packed rows), key-block and window edges, packed into one batch
+        /// (9123 tokens).
         const EDGE_LENGTHS: &[u32] = &[
-            1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 127, 128, 129, 255, 256, 257, 258,
-            511, 512, 513, 514, 1023, 2047, 2048,
+            1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 85, 86, 127, 128, 129, 255, 256, 257,
+            258, 511, 512, 513, 514, 1023, 2047, 2048,
         ];
         const BF16_POISON: u16 = 0x7fc0;
         /// Q amplitude: with K in [-1, 1] the scores spread with a standard deviation of about
@@ -505,7 +591,7 @@ mod device {
                 let q = dev.upload(&q_bits, "attention q")?;
                 let k = dev.upload(&k_bits, "attention k")?;
                 let v = dev.upload(&v_bits, "attention v")?;
-                let plan = AttentionPlan::new(&dev.stream, &seq_offsets, CHECK_WINDOW)?;
+                let plan = AttentionPlan::new(&dev.stream, &seq_offsets, CHECK_WINDOW, kernels)?;
                 for window in [Some(CHECK_WINDOW), None] {
                     let mut reference = vec![0.0f32; n * GROUP * HEAD_DIM];
                     let shape = AttentionShape {
@@ -566,12 +652,16 @@ mod tests {
     use crate::rng::SplitMix64;
     use half::bf16;
 
-    /// Lengths the kernel must get right: tile edges at 64 packed rows (21/22, 42/43), key
-    /// block edges, window edges (255..258, 511..514) and the longest sequences.
+    /// Lengths the kernels must get right: tile edges at 64 packed rows (21/22, 42/43) and 128
+    /// (42/43, 85/86), key block edges, window edges (255..258, 511..514) and the longest
+    /// sequences.
     const EDGE_LENGTHS: &[u32] = &[
-        1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 127, 128, 129, 255, 256, 257, 258, 511,
-        512, 513, 514, 1023, 2047, 2048,
+        1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 85, 86, 127, 128, 129, 255, 256, 257, 258,
+        511, 512, 513, 514, 1023, 2047, 2048,
     ];
+
+    /// The tile heights of the flash kernels: attention_flash(_wgmma) and attention_flash_tma.
+    const TILE_HEIGHTS: [usize; 2] = [FLASH_BLOCK_M, TMA_BLOCK_M];
 
     fn offsets(lengths: &[u32]) -> Vec<u32> {
         let mut offsets = vec![0];
@@ -592,19 +682,20 @@ mod tests {
             AttentionKernel::Flash,
             AttentionKernel::Reference,
             AttentionKernel::FlashWgmma,
+            AttentionKernel::FlashTma,
         ] {
-            let name = match kernel {
-                AttentionKernel::Flash => "flash",
-                AttentionKernel::Reference => "reference",
-                AttentionKernel::FlashWgmma => "flash-wgmma",
+            let (name, sm90_only) = match kernel {
+                AttentionKernel::Flash => ("flash", false),
+                AttentionKernel::Reference => ("reference", false),
+                AttentionKernel::FlashWgmma => ("flash-wgmma", true),
+                AttentionKernel::FlashTma => ("flash-tma", true),
             };
             assert_eq!(AttentionKernel::parse(name).unwrap(), kernel);
             assert!(kernel.runs_on((9, 0)));
-            assert_eq!(
-                kernel.runs_on((8, 0)),
-                kernel != AttentionKernel::FlashWgmma
-            );
+            assert_eq!(kernel.runs_on((8, 0)), !sm90_only);
         }
+        assert_eq!(AttentionKernel::FlashTma.tile_rows(), TMA_BLOCK_M);
+        assert_eq!(AttentionKernel::FlashWgmma.tile_rows(), FLASH_BLOCK_M);
         let err = AttentionKernel::parse("wgmma").unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_ATTENTION") && err.contains("`wgmma`"),
@@ -630,6 +721,10 @@ mod tests {
             define("ATTENTION_FLASH_WGMMA_SMEM_BYTES"),
             FLASH_WGMMA_SMEM_BYTES as i64
         );
+        assert_eq!(define("ATTENTION_TMA_BLOCK_M"), TMA_BLOCK_M as i64);
+        assert_eq!(define("ATTENTION_TMA_THREADS"), TMA_THREADS as i64);
+        assert_eq!(define("ATTENTION_TMA_STAGES"), TMA_STAGES as i64);
+        assert_eq!(define("ATTENTION_TMA_SMEM_BYTES"), TMA_SMEM_BYTES as i64);
         assert_eq!(define("ATTENTION_NO_WINDOW"), window_param(None) as i64);
         assert_eq!(
             FLASH_SMEM_BYTES,
@@ -645,17 +740,20 @@ mod tests {
             .copied()
             .collect();
         let seq_offsets = offsets(&lengths);
-        for window in [Some(256), None, Some(0), Some(1), Some(5000)] {
-            let tiles = build_work_list(&seq_offsets, window);
+        for (window, tile_rows) in [Some(256), None, Some(0), Some(1), Some(5000)]
+            .into_iter()
+            .flat_map(|w| TILE_HEIGHTS.map(|h| (w, h)))
+        {
+            let tiles = build_work_list(&seq_offsets, window, tile_rows);
             let mut hits: Vec<Vec<u8>> = lengths
                 .iter()
                 .map(|&l| vec![0; l as usize * GROUP])
                 .collect();
             for tile in &tiles {
                 let len = lengths[tile.seq as usize] as usize;
-                assert_eq!(tile.first_row as usize % FLASH_BLOCK_M, 0);
-                let geometry = TileGeometry::new(len, tile.first_row as usize, window);
-                assert!(geometry.rows >= 1 && geometry.rows <= FLASH_BLOCK_M);
+                assert_eq!(tile.first_row as usize % tile_rows, 0);
+                let geometry = TileGeometry::new(len, tile.first_row as usize, window, tile_rows);
+                assert!(geometry.rows >= 1 && geometry.rows <= tile_rows);
                 for r in 0..geometry.rows {
                     hits[tile.seq as usize][tile.first_row as usize + r] += 1;
                 }
@@ -667,7 +765,7 @@ mod tests {
                 .iter()
                 .map(|t| {
                     let len = lengths[t.seq as usize] as usize;
-                    TileGeometry::new(len, t.first_row as usize, window).num_blocks
+                    TileGeometry::new(len, t.first_row as usize, window, tile_rows).num_blocks
                 })
                 .collect();
             assert!(
@@ -687,9 +785,12 @@ mod tests {
         let mask =
             |i: usize, j: usize, window: Option<usize>| window.is_none_or(|r| i.abs_diff(j) <= r);
         for len in [1usize, 2, 3, 21, 22, 64, 65, 257, 300, 600] {
-            for window in [Some(256), Some(0), Some(3), Some(64), None] {
-                for first_row in (0..len * GROUP).step_by(FLASH_BLOCK_M) {
-                    let g = TileGeometry::new(len, first_row, window);
+            for (window, tile_rows) in [Some(256), Some(0), Some(3), Some(64), None]
+                .into_iter()
+                .flat_map(|w| TILE_HEIGHTS.map(|h| (w, h)))
+            {
+                for first_row in (0..len * GROUP).step_by(tile_rows) {
+                    let g = TileGeometry::new(len, first_row, window, tile_rows);
                     let union: Vec<usize> = (0..len)
                         .filter(|&j| (g.p_lo..=g.p_hi).any(|i| mask(i, j, window)))
                         .collect();
@@ -782,6 +883,15 @@ mod tests {
         super::super::run_fragment_emulator("attention_fragments.c");
     }
 
+    /// attention_flash_tma's producer thread, its TMA copies and the two consumer warpgroups,
+    /// played under random schedules at emulated mbarriers and turn barriers: no deadlock, no
+    /// buffer overwritten while read, no pending barrier arrival
+    /// (`kernels/tests/attention_tma_pipeline.c`).
+    #[test]
+    fn tma_pipeline_protocol_holds_under_random_schedules() {
+        super::super::run_fragment_emulator("attention_tma_pipeline.c");
+    }
+
     /// Plain attention in f64 over the bf16 inputs: the straightforward definition.
     fn plain_attention(
         q: &[bf16],
@@ -870,18 +980,21 @@ mod tests {
             Some(64),
             Some(2047),
         ] {
-            for tile in build_work_list(&seq_offsets, window) {
-                let len = EDGE_LENGTHS[tile.seq as usize] as usize;
-                let g = TileGeometry::new(len, tile.first_row as usize, window);
-                for r in 0..g.rows {
-                    let pos = (tile.first_row as usize + r) / GROUP;
-                    assert_row_coverage(&g, pos, len, window);
+            for tile_rows in TILE_HEIGHTS {
+                for tile in build_work_list(&seq_offsets, window, tile_rows) {
+                    let len = EDGE_LENGTHS[tile.seq as usize] as usize;
+                    let g = TileGeometry::new(len, tile.first_row as usize, window, tile_rows);
+                    for r in 0..g.rows {
+                        let pos = (tile.first_row as usize + r) / GROUP;
+                        assert_row_coverage(&g, pos, len, window);
+                    }
                 }
             }
         }
     }
 
-    /// Scalar model of `attention_flash`: the same work list, tile geometry, key blocks,
+    /// Scalar model of the flash kernels on tiles of `tile_rows`: the same work list, tile
+    /// geometry, key blocks,
     /// masking decisions and online-softmax arithmetic (f32 scores in the log2 domain, running
     /// max with the -inf guard, bf16 probabilities into P V, f32 row sums of the unrounded
     /// probabilities, one bf16 rounding of the output). Only the order of the f32 additions
@@ -893,13 +1006,14 @@ mod tests {
         seq_offsets: &[u32],
         window: Option<usize>,
         scale: f32,
+        tile_rows: usize,
     ) -> Vec<f32> {
         let scale_log2 = scale * std::f32::consts::LOG2_E;
         let mut out = vec![f32::NAN; q.len()];
-        for tile in build_work_list(seq_offsets, window) {
+        for tile in build_work_list(seq_offsets, window, tile_rows) {
             let start = seq_offsets[tile.seq as usize] as usize;
             let len = seq_offsets[tile.seq as usize + 1] as usize - start;
-            let g = TileGeometry::new(len, tile.first_row as usize, window);
+            let g = TileGeometry::new(len, tile.first_row as usize, window, tile_rows);
             for r in 0..g.rows {
                 let row_in_seq = tile.first_row as usize + r;
                 let pos = row_in_seq / GROUP;
@@ -997,13 +1111,19 @@ mod tests {
         let k = bf16s(tokens * HEAD_DIM, 1.0);
         let v = bf16s(tokens * HEAD_DIM, 1.0);
         let want = plain_attention(&q, &k, &v, &seq_offsets, window, 1.0);
-        let got = flash_model(&q, &k, &v, &seq_offsets, window, 1.0);
-        let (rel_l2, max_abs) = errors(&got, &want);
-        eprintln!("window {window:?}: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}");
-        assert!(
-            rel_l2 < 1e-2 && max_abs < max_abs_bound(1.0),
-            "lengths {lengths:?} window {window:?}: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}"
-        );
+        for tile_rows in TILE_HEIGHTS {
+            let got = flash_model(&q, &k, &v, &seq_offsets, window, 1.0, tile_rows);
+            let (rel_l2, max_abs) = errors(&got, &want);
+            eprintln!(
+                "window {window:?}, {tile_rows}-row tiles: rel L2 {rel_l2:.2e}, max abs \
+                 {max_abs:.2e}"
+            );
+            assert!(
+                rel_l2 < 1e-2 && max_abs < max_abs_bound(1.0),
+                "lengths {lengths:?} window {window:?} {tile_rows}-row tiles: rel L2 \
+                 {rel_l2:.2e}, max abs {max_abs:.2e}"
+            );
+        }
     }
 
     #[test]
@@ -1013,6 +1133,7 @@ mod tests {
             &[2, 1, 3],
             &[15, 16, 17, 21, 22],
             &[42, 43, 1, 63, 64, 65],
+            &[85, 86, 2, 87],
             &[127, 2, 128, 129],
             &[300, 5, 22],
         ];

@@ -445,7 +445,12 @@ impl CudaBackend {
             .map_err(driver_err("upload sequence offsets"))?;
         act.tokens.num_tokens = n;
         act.tokens.num_seqs = b;
-        let plan = AttentionPlan::new(stream, &batch.seq_offsets, self.window_radius)?;
+        let plan = AttentionPlan::new(
+            stream,
+            &batch.seq_offsets,
+            self.window_radius,
+            &[self.options.attention],
+        )?;
         mark("upload ids, offsets, attention plan")?;
         // Q arrives scaled by query_pre_attn_scalar^-0.5 (qkv_post), so the softmax scale is 1.
         let attend = |window, qkv: &QkvBuffers, out: &mut CudaSlice<u16>| {

@@ -242,14 +242,24 @@ fn run_family(
         CheckFamily::ResidualNormBf16Branch => check_residual_norm(dev, kernels, true, rng),
         CheckFamily::GateUpGeglu => check_gate_up_geglu(dev, kernels, rng),
         CheckFamily::AttentionFlashWgmma => {
-            if AttentionKernel::FlashWgmma.runs_on(dev.info.compute_capability) {
-                check_attention(dev, &[AttentionKernel::FlashWgmma], rng)
-            } else {
-                Ok(Vec::new())
-            }
+            check_sm90_attention(dev, AttentionKernel::FlashWgmma, rng)
         }
+        CheckFamily::AttentionFlashTma => check_sm90_attention(dev, AttentionKernel::FlashTma, rng),
         CheckFamily::QkvProj => check_qkv_proj(dev, kernels, rng),
         CheckFamily::ProjResidualNorm => check_proj_residual_norm(dev, kernels, rng),
+    }
+}
+
+/// An sm_90-only attention kernel's checks: none on other devices.
+fn check_sm90_attention(
+    dev: &Device,
+    kernel: AttentionKernel,
+    rng: &mut SplitMix64,
+) -> Result<Vec<KernelCheck>> {
+    if kernel.runs_on(dev.info.compute_capability) {
+        check_attention(dev, &[kernel], rng)
+    } else {
+        Ok(Vec::new())
     }
 }
 

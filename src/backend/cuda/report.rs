@@ -35,10 +35,11 @@ pub enum CheckFamily {
     AttentionFlashWgmma,
     QkvProj,
     ProjResidualNorm,
+    AttentionFlashTma,
 }
 
 impl CheckFamily {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::L2ReadProbe,
         Self::EmbedTokens,
         Self::ResidualNorm,
@@ -52,6 +53,7 @@ impl CheckFamily {
         Self::AttentionFlashWgmma,
         Self::QkvProj,
         Self::ProjResidualNorm,
+        Self::AttentionFlashTma,
     ];
 
     /// The name `--family` takes and the JSON's `family` field carries.
@@ -70,6 +72,7 @@ impl CheckFamily {
             Self::AttentionFlashWgmma => "attention_flash_wgmma",
             Self::QkvProj => "qkv_proj",
             Self::ProjResidualNorm => "proj_residual_norm",
+            Self::AttentionFlashTma => "attention_flash_tma",
         }
     }
 

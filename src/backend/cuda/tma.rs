@@ -1,18 +1,26 @@
 //! TMA tensor maps: how the kernels that fill shared memory with `cp.async.bulk.tensor`
-//! (`gate_up_geglu_tma`, `qkv_proj_tma`) see a bf16 matrix in global memory.
+//! (`gate_up_geglu_tma`, `qkv_proj_tma`, `attention_flash_tma`) see a bf16 matrix in global
+//! memory.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
 
 use cudarc::driver::sys;
 
-use super::params::{GemmTensorMaps, TensorMap};
+use super::attention::{GROUP, HEAD_DIM};
+use super::params::{AttentionTensorMaps, GemmTensorMaps, TensorMap};
 use super::qkv::TILE_K;
 use crate::{Error, Result};
 
 // SAFETY: bindgen's `#[repr(C)]` copy of `GemmTensorMaps` (two 128-byte aligned CUtensorMap
 // images), passed by value; the kernels read it as a __grid_constant__ parameter.
 unsafe impl cudarc::driver::DeviceRepr for GemmTensorMaps {}
+// SAFETY: as GemmTensorMaps, with three maps; `attention_flash_tma`'s second parameter.
+unsafe impl cudarc::driver::DeviceRepr for AttentionTensorMaps {}
+
+/// Rows and dims of one attention TMA box: a 64 x 64 segment of attn_wgmma_swizzle
+/// (kernels/attention.cuh).
+const ATTENTION_BOX: usize = 64;
 
 /// Bytes of the 128-byte swizzle's rows: a box's row must span exactly one.
 const SWIZZLE_BYTES: usize = 128;
@@ -54,6 +62,20 @@ pub fn gemm_tensor_maps(
     Ok(GemmTensorMaps {
         x: tensor_map_bf16(x, x_rows, k, block_m, TILE_K)?,
         w: tensor_map_bf16(w, w_rows, k, weight_rows, TILE_K)?,
+    })
+}
+
+/// The second parameter of `attention_flash_tma`: q `[num_tokens * GROUP, HEAD_DIM]` and k, v
+/// `[num_tokens, HEAD_DIM]` at these device addresses, in boxes of 64 rows x 64 dims.
+pub fn attention_tensor_maps(
+    (q, k, v): (u64, u64, u64),
+    num_tokens: usize,
+) -> Result<AttentionTensorMaps> {
+    let rows = |ptr, rows| tensor_map_bf16(ptr, rows, HEAD_DIM, ATTENTION_BOX, ATTENTION_BOX);
+    Ok(AttentionTensorMaps {
+        q: rows(q, num_tokens * GROUP)?,
+        k: rows(k, num_tokens)?,
+        v: rows(v, num_tokens)?,
     })
 }
 
