@@ -572,9 +572,8 @@ namespace {
 constexpr int kTmaBlockM = ATTENTION_TMA_BLOCK_M;
 constexpr int kTmaStages = ATTENTION_TMA_STAGES;
 constexpr int kTmaConsumerWarps = kTmaBlockM / 16;
-/* Registers per thread after the hand-over: 128 x 24 + 256 x 240 <= 65536. */
-constexpr int kTmaProducerRegs = 24;
-constexpr int kTmaConsumerRegs = 240;
+constexpr int kTmaProducerRegs = ATTENTION_TMA_PRODUCER_REGS;
+constexpr int kTmaConsumerRegs = ATTENTION_TMA_CONSUMER_REGS;
 constexpr uint32_t kTmaSegmentBytes = ATTN_WGMMA_SEGMENT_BYTES;
 constexpr uint32_t kTmaBlockBytes = kBlockN * kHeadDim * 2;
 constexpr uint32_t kTmaQBytes = kTmaBlockM * kHeadDim * 2;
@@ -615,8 +614,8 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
  * Shared memory (1024-byte aligned): the Q tile (warpgroup w's 64 rows at w * 32 KB, each in the
  * attn_wgmma_swizzle layout of attention_flash_wgmma), then ATTENTION_TMA_STAGES K blocks, then
  * as many V blocks. The producer's first thread issues, per key block, the K copies (4 boxes of
- * 64 keys x 64 dims), the tile's Q copies with the first block (8 boxes), and the V copies, each
- * set completing a `full` mbarrier. Rows past the sequence read the next sequence (or zeros past
+ * 64 keys x 64 dims) and the V copies, and after the first block's the tile's Q copies (8 boxes),
+ * each set completing a `full` mbarrier. Rows past the sequence read the next sequence (or zeros past
  * the batch): their keys are masked and their query rows never stored.
  * Consumer warpgroup w (warps 4 w .. 4 w + 3, packed rows 64 w .. 64 w + 63 of the tile), per
  * key block: wait for K, take its turn (attention.cuh), issue S = Q K^T, pass the turn, wait for
@@ -666,7 +665,11 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
                     mbarrier_wait(&empty_k[st], empty_parity);
                     mbarrier_arrive_expect_tx(&full_k[st], kTmaBlockBytes);
                     tma_load_rows(s_k + st * kTmaBlockBytes, &maps.k, &full_k[st], key_row);
+                    mbarrier_wait(&empty_v[st], empty_parity);
+                    mbarrier_arrive_expect_tx(&full_v[st], kTmaBlockBytes);
+                    tma_load_rows(s_v + st * kTmaBlockBytes, &maps.v, &full_v[st], key_row);
                     if (block == 0) {
+                        /* After the first K and V, which land during the last tile's epilogue. */
                         mbarrier_wait(&empty_q, gemm_tma_empty_parity(tile_count, 1));
                         mbarrier_arrive_expect_tx(&full_q, kTmaQBytes);
                         for (int w = 0; w < ATTN_TMA_WARPGROUPS; ++w) {
@@ -674,9 +677,6 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
                                           &full_q, q_row + w * ATTN_WGMMA_ROWS);
                         }
                     }
-                    mbarrier_wait(&empty_v[st], empty_parity);
-                    mbarrier_arrive_expect_tx(&full_v[st], kTmaBlockBytes);
-                    tma_load_rows(s_v + st * kTmaBlockBytes, &maps.v, &full_v[st], key_row);
                 }
             }
         }

@@ -40,6 +40,12 @@ typedef uint16_t bf16_t;
 #define ATTENTION_TMA_THREADS 384
 #define ATTENTION_TMA_STAGES 2
 #define ATTENTION_TMA_SMEM_BYTES 197632
+/* Registers per thread after setmaxnreg: the producer warpgroup's and the consumers'. The CTA's
+ * pool is its launch allocation (threads x the kernel's register count), so that count must be
+ * at least (128 x 24 + 256 x 240) / 384 = 168, or the consumers' increase never completes; the
+ * host checks it when it loads the kernel. */
+#define ATTENTION_TMA_PRODUCER_REGS 24
+#define ATTENTION_TMA_CONSUMER_REGS 240
 /* window_radius value meaning "full attention inside the sequence". */
 #define ATTENTION_NO_WINDOW (-1)
 

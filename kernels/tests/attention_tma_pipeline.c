@@ -108,7 +108,8 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
     int total_blocks = 0;
     for (int j = 0; j < num_tiles; ++j) total_blocks += blocks[j];
 
-    /* The producer: tile p_tile, block p_block, its p_part-th copy set (K, Q on block 0, V). */
+    /* The producer: tile p_tile, block p_block, its p_part-th copy set (K, V, then Q after the
+     * first block's). */
     int p_tile = 0, p_block = 0, p_count = 0, p_part = 0;
     Copy copies[MAX_COPIES];
     int num_copies = 0;
@@ -126,8 +127,8 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             const uint32_t parity = gemm_tma_empty_parity((uint32_t)p_count, STAGES);
             int ready = 0;
             if (p_part == 0) ready = emu_mbarrier_try_wait(&empty_k[st], parity);
-            if (p_part == 1) ready = emu_mbarrier_try_wait(&empty_q, gemm_tma_empty_parity((uint32_t)p_tile, 1));
-            if (p_part == 2) ready = emu_mbarrier_try_wait(&empty_v[st], parity);
+            if (p_part == 1) ready = emu_mbarrier_try_wait(&empty_v[st], parity);
+            if (p_part == 2) ready = emu_mbarrier_try_wait(&empty_q, gemm_tma_empty_parity((uint32_t)p_tile, 1));
             if (ready) movable[moves++] = 0;
         }
         /* Consumers. */
@@ -160,18 +161,23 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
         if (agent == 0) {
             /* The producer issues one copy set. */
             const int st = (int)gemm_tma_stage((uint32_t)p_count, STAGES);
+            int block_done = 0;
             if (p_part == 0) {
                 emu_mbarrier_arrive(&full_k[st], 1);
                 copies[num_copies++] = (Copy){COPY_K, st, p_count};
-                p_part = p_block == 0 ? 1 : 2;
+                p_part = 1;
             } else if (p_part == 1) {
-                emu_mbarrier_arrive(&full_q, 1);
-                copies[num_copies++] = (Copy){COPY_Q, 0, p_tile};
-                p_part = 2;
-            } else {
                 emu_mbarrier_arrive(&full_v[st], 1);
                 copies[num_copies++] = (Copy){COPY_V, st, p_count};
+                p_part = p_block == 0 ? 2 : 0;
+                block_done = p_block != 0;
+            } else {
+                emu_mbarrier_arrive(&full_q, 1);
+                copies[num_copies++] = (Copy){COPY_Q, 0, p_tile};
                 p_part = 0;
+                block_done = 1;
+            }
+            if (block_done) {
                 ++p_count;
                 if (++p_block == blocks[p_tile]) {
                     p_block = 0;

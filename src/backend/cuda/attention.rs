@@ -38,6 +38,20 @@ pub const TMA_STAGES: usize = 2;
 /// `ATTENTION_TMA_SMEM_BYTES`: the Q tile and the K and V stages, plus 1024 bytes to align.
 pub const TMA_SMEM_BYTES: usize =
     (TMA_BLOCK_M + 2 * TMA_STAGES * FLASH_BLOCK_N) * HEAD_DIM * 2 + 1024;
+/// `ATTENTION_TMA_PRODUCER_REGS` / `ATTENTION_TMA_CONSUMER_REGS`: registers per thread of the
+/// producer and the consumer warpgroups after `setmaxnreg`.
+pub const TMA_PRODUCER_REGS: usize = 24;
+pub const TMA_CONSUMER_REGS: usize = 240;
+
+/// Whether `attention_flash_tma` compiled to `registers` per thread can hand them over: the
+/// consumers' `setmaxnreg.inc` draws on the CTA's launch allocation and would wait forever if
+/// that were smaller than what both roles hold afterwards.
+pub fn tma_register_hand_over_fits(registers: usize) -> bool {
+    let producer_threads = 128;
+    TMA_THREADS * registers
+        >= producer_threads * TMA_PRODUCER_REGS
+            + (TMA_THREADS - producer_threads) * TMA_CONSUMER_REGS
+}
 
 /// Kernel names in the embedded modules.
 pub const REFERENCE_KERNEL: &str = "attention_reference";
@@ -277,11 +291,28 @@ mod device {
     pub struct Attention {
         reference: CudaFunction,
         flash: CudaFunction,
-        /// These two on sm_90 devices only.
+        /// These two on sm_90 devices only; the TMA kernel, or why it cannot run.
         flash_wgmma: Option<CudaFunction>,
-        flash_tma: Option<CudaFunction>,
+        flash_tma: Option<std::result::Result<CudaFunction, String>>,
         /// The persistent kernel's grid: one CTA per multiprocessor at most.
         multiprocessors: u32,
+    }
+
+    /// `attention_flash_tma`, or (as the launch's error) why its register hand-over would hang.
+    fn checked_hand_over(func: CudaFunction) -> Result<std::result::Result<CudaFunction, String>> {
+        let registers = func.num_regs().map_err(driver_err(format!(
+            "read {FLASH_TMA_KERNEL}'s register count"
+        )))?;
+        let registers = usize::try_from(registers).unwrap_or(0);
+        if tma_register_hand_over_fits(registers) {
+            Ok(Ok(func))
+        } else {
+            Ok(Err(format!(
+                "{FLASH_TMA_KERNEL} was compiled to {registers} registers per thread, too few \
+                 for its setmaxnreg hand-over ({TMA_PRODUCER_REGS} producer, \
+                 {TMA_CONSUMER_REGS} consumer); unset GEMMA_EMBED_ATTENTION"
+            )))
+        }
     }
 
     /// `name` resolved and allowed `smem_bytes` of dynamic shared memory.
@@ -302,7 +333,9 @@ mod device {
                 reference: dev.function(REFERENCE_KERNEL)?,
                 flash: flash_function(dev, FLASH_KERNEL, FLASH_SMEM_BYTES)?,
                 flash_wgmma: sm90(AttentionKernel::FlashWgmma, FLASH_WGMMA_SMEM_BYTES)?,
-                flash_tma: sm90(AttentionKernel::FlashTma, TMA_SMEM_BYTES)?,
+                flash_tma: sm90(AttentionKernel::FlashTma, TMA_SMEM_BYTES)?
+                    .map(checked_hand_over)
+                    .transpose()?,
                 multiprocessors: dev.multiprocessors,
             })
         }
@@ -400,7 +433,11 @@ mod device {
                     FLASH_THREADS,
                 ),
                 AttentionKernel::FlashTma => flash(
-                    self.flash_tma.as_ref().ok_or_else(sm90_only)?,
+                    self.flash_tma
+                        .as_ref()
+                        .ok_or_else(sm90_only)?
+                        .as_ref()
+                        .map_err(|why| Error::Cuda(why.clone()))?,
                     TMA_SMEM_BYTES,
                     tiles.count.min(self.multiprocessors as usize),
                     TMA_THREADS,
@@ -725,6 +762,17 @@ mod tests {
         assert_eq!(define("ATTENTION_TMA_THREADS"), TMA_THREADS as i64);
         assert_eq!(define("ATTENTION_TMA_STAGES"), TMA_STAGES as i64);
         assert_eq!(define("ATTENTION_TMA_SMEM_BYTES"), TMA_SMEM_BYTES as i64);
+        assert_eq!(
+            define("ATTENTION_TMA_PRODUCER_REGS"),
+            TMA_PRODUCER_REGS as i64
+        );
+        assert_eq!(
+            define("ATTENTION_TMA_CONSUMER_REGS"),
+            TMA_CONSUMER_REGS as i64
+        );
+        // ptxas gives the kernel 168 registers under __launch_bounds__(384, 1): exactly enough.
+        assert!(tma_register_hand_over_fits(168));
+        assert!(!tma_register_hand_over_fits(160));
         assert_eq!(define("ATTENTION_NO_WINDOW"), window_param(None) as i64);
         assert_eq!(
             FLASH_SMEM_BYTES,
