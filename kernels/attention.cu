@@ -574,7 +574,6 @@ constexpr int kTmaStages = ATTENTION_TMA_STAGES;
 constexpr int kTmaConsumerWarps = kTmaBlockM / 16;
 constexpr int kTmaProducerRegs = ATTENTION_TMA_PRODUCER_REGS;
 constexpr int kTmaConsumerRegs = ATTENTION_TMA_CONSUMER_REGS;
-constexpr uint32_t kTmaSegmentBytes = ATTN_WGMMA_SEGMENT_BYTES;
 constexpr uint32_t kTmaBlockBytes = kBlockN * kHeadDim * 2;
 constexpr uint32_t kTmaQBytes = kTmaBlockM * kHeadDim * 2;
 
@@ -595,7 +594,7 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
                                               uint64_t *bar, int32_t row0) {
 #pragma unroll
     for (int seg = 0; seg < kHeadDim / 64; ++seg) {
-        tma_load_2d(dst + seg * kTmaSegmentBytes, map, bar, seg * 64, row0);
+        tma_load_2d(dst + seg * ATTN_WGMMA_SEGMENT_BYTES, map, bar, seg * 64, row0);
     }
 }
 #endif
