@@ -354,6 +354,18 @@ __device__ __forceinline__ void flash_pv_wgmma(float (&o_acc)[kOutTiles][4],
 }
 #endif
 
+/* 1 / (the row's sum of weights) for the thread's two rows (0 for a row without weights): the
+ * quad's partial sums added up. */
+__device__ __forceinline__ void flash_inverse_sums(const FlashRows &rows, float (&inv_sum)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float total = rows.row_sum[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
+    }
+}
+
 /* Epilogue of warp `warp`'s 16 rows: normalize, round to bf16 into rows 16 warp .. 16 warp + 15
  * of the [rows][kHeadDim] staging tile `s_stage` (attn_swizzle layout; no other warp uses those
  * rows, and nothing may still read them), then 16-byte coalesced stores of the rows below
@@ -364,13 +376,7 @@ __device__ __forceinline__ void flash_store_o(const FlashRows &rows, __nv_bfloat
     const int group_row = lane >> 2;
     const int group_lane = lane & 3;
     float inv_sum[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float total = rows.row_sum[h];
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
-        inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
-    }
+    flash_inverse_sums(rows, inv_sum);
     __syncwarp();
 #pragma unroll
     for (int j = 0; j < kOutTiles; ++j) {
@@ -395,6 +401,30 @@ __device__ __forceinline__ void flash_store_o(const FlashRows &rows, __nv_bfloat
         }
     }
 }
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Epilogue of warp `warp`'s 16 rows straight from the accumulators: normalize and store each
+ * thread's bf16 pairs of the rows below rows_valid to `o_tile` (a quad writes 16 contiguous bytes
+ * of a row per n8 tile, so a warp's store covers 8 rows x 16 bytes); no shared memory. */
+__device__ __forceinline__ void flash_store_o_direct(const FlashRows &rows, __nv_bfloat16 *o_tile,
+                                                     int rows_valid, int warp, int lane) {
+    const int group_row = lane >> 2;
+    const int group_lane = lane & 3;
+    float inv_sum[2];
+    flash_inverse_sums(rows, inv_sum);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 + group_row + 8 * h;
+        if (r >= rows_valid) continue;
+        __nv_bfloat16 *o_row = o_tile + static_cast<size_t>(r) * kHeadDim + 2 * group_lane;
+#pragma unroll
+        for (int j = 0; j < kOutTiles; ++j) {
+            *reinterpret_cast<uint32_t *>(o_row + j * 8) = pack_bf16x2(
+                rows.o_acc[j][2 * h] * inv_sum[h], rows.o_acc[j][2 * h + 1] * inv_sum[h]);
+        }
+    }
+}
+#endif
 
 /* The flash kernel's body; Wgmma computes S = Q K^T and P V with wgmma (sm_90a) instead of
  * per-warp ldmatrix + mma.sync, everything else is shared. `smem` is the dynamic shared memory,
@@ -588,6 +618,8 @@ static_assert(ATTN_TMA_WARPGROUPS == 2 && kBlockN == ATTN_WGMMA_ROWS,
 static_assert(kTmaStages >= 2, "the next block's copies land during this block's products");
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr uint32_t kTmaQHalfBytes = kTmaQBytes / ATTN_TMA_WARPGROUPS; /* a warpgroup's 64 rows */
+
 /* 64 rows from row0 of `map`'s matrix, all kHeadDim dims, into the attn_wgmma_swizzle tile at
  * `dst`: one 64 x 64 box per segment, completing bytes of `bar`. */
 __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMap *map,
@@ -613,15 +645,16 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
  * Shared memory (1024-byte aligned): the Q tile (warpgroup w's 64 rows at w * 32 KB, each in the
  * attn_wgmma_swizzle layout of attention_flash_wgmma), then ATTENTION_TMA_STAGES K blocks, then
  * as many V blocks. The producer's first thread issues, per key block, the K copies (4 boxes of
- * 64 keys x 64 dims) and the V copies, and after the first block's the tile's Q copies (8 boxes),
- * each set completing a `full` mbarrier. Rows past the sequence read the next sequence (or zeros past
+ * 64 keys x 64 dims) and the V copies, and after the first block's each warpgroup's Q half (4
+ * boxes) once that warpgroup has released it, each set completing a `full` mbarrier. Rows past the sequence read the next sequence (or zeros past
  * the batch): their keys are masked and their query rows never stored.
  * Consumer warpgroup w (warps 4 w .. 4 w + 3, packed rows 64 w .. 64 w + 63 of the tile), per
  * key block: wait for K, take its turn (attention.cuh), issue S = Q K^T, pass the turn, wait for
  * the products, release K (one `empty` arrival per warp), mask and softmax exactly as the other
- * flash kernels, wait for V, O += P V, release V. The epilogue stages O through the warpgroup's
- * own Q rows and then releases the Q buffer. Numerics are attention_flash_wgmma's; only the key
- * blocks start elsewhere (at the 128-row tile's first key). */
+ * flash kernels, wait for V, O += P V, release V. After its last Q K^T of a tile a warpgroup
+ * also releases its Q half, so the next tile's lands during the last softmax, P V and the
+ * epilogue, which stores O straight from the accumulators. Numerics are attention_flash_wgmma's;
+ * only the key blocks start elsewhere (at the 128-row tile's first key). */
 extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
     attention_flash_tma(const AttentionParams p, const __grid_constant__ AttentionTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -630,11 +663,14 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
     unsigned char *s_q = smem;
     unsigned char *s_k = s_q + kTmaQBytes;
     unsigned char *s_v = s_k + kTmaStages * kTmaBlockBytes;
-    __shared__ uint64_t full_q, empty_q, full_k[kTmaStages], full_v[kTmaStages],
-        empty_k[kTmaStages], empty_v[kTmaStages];
+    __shared__ uint64_t full_q[ATTN_TMA_WARPGROUPS], empty_q[ATTN_TMA_WARPGROUPS],
+        full_k[kTmaStages], full_v[kTmaStages], empty_k[kTmaStages], empty_v[kTmaStages];
     if (threadIdx.x == 0) {
-        mbarrier_init(&full_q, 1);
-        mbarrier_init(&empty_q, kTmaConsumerWarps);
+#pragma unroll
+        for (int w = 0; w < ATTN_TMA_WARPGROUPS; ++w) {
+            mbarrier_init(&full_q[w], 1);
+            mbarrier_init(&empty_q[w], 4);
+        }
 #pragma unroll
         for (int st = 0; st < kTmaStages; ++st) {
             mbarrier_init(&full_k[st], 1);
@@ -668,12 +704,13 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
                     mbarrier_arrive_expect_tx(&full_v[st], kTmaBlockBytes);
                     tma_load_rows(s_v + st * kTmaBlockBytes, &maps.v, &full_v[st], key_row);
                     if (block == 0) {
-                        /* After the first K and V, which land during the last tile's epilogue. */
-                        mbarrier_wait(&empty_q, gemm_tma_empty_parity(tile_count, 1));
-                        mbarrier_arrive_expect_tx(&full_q, kTmaQBytes);
+                        /* After the first K and V; each warpgroup's Q half once it has released
+                         * it (after its last Q K^T of the previous tile). */
                         for (int w = 0; w < ATTN_TMA_WARPGROUPS; ++w) {
-                            tma_load_rows(s_q + w * (kTmaQBytes / ATTN_TMA_WARPGROUPS), &maps.q,
-                                          &full_q, q_row + w * ATTN_WGMMA_ROWS);
+                            mbarrier_wait(&empty_q[w], gemm_tma_empty_parity(tile_count, 1));
+                            mbarrier_arrive_expect_tx(&full_q[w], kTmaQHalfBytes);
+                            tma_load_rows(s_q + w * kTmaQHalfBytes, &maps.q, &full_q[w],
+                                          q_row + w * ATTN_WGMMA_ROWS);
                         }
                     }
                 }
@@ -689,7 +726,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
     const bool releases = lane == 0;
     const int radius = p.window_radius;
     const float scale_log2 = p.softmax_scale * kLog2e;
-    const uint32_t q_base = smem_addr(s_q) + warpgroup * (kTmaQBytes / ATTN_TMA_WARPGROUPS);
+    const uint32_t q_base = smem_addr(s_q) + warpgroup * kTmaQHalfBytes;
     if (warpgroup == 1 && blockIdx.x < p.num_tiles) {
         named_barrier_arrive(attn_tma_turn_barrier(0), 2 * 128);
     }
@@ -701,7 +738,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
         const int pos[2] = {row_a / kGroup, (row_a + 8) / kGroup};
         FlashRows rows;
         rows.reset();
-        mbarrier_wait(&full_q, gemm_tma_full_parity(tile_count, 1));
+        mbarrier_wait(&full_q[warpgroup], gemm_tma_full_parity(tile_count, 1));
         for (int block = 0; block < t.num_blocks; ++block, ++block_count) {
             const uint32_t st = gemm_tma_stage(block_count, kTmaStages);
             const uint32_t full_parity = gemm_tma_full_parity(block_count, kTmaStages);
@@ -716,7 +753,11 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
             }
             flash_wait_s_wgmma(s);
             __syncwarp();
-            if (releases) mbarrier_arrive(&empty_k[st]);
+            if (releases) {
+                mbarrier_arrive(&empty_k[st]);
+                /* The tile's last read of this warpgroup's Q half: the next tile's may land. */
+                if (block + 1 == t.num_blocks) mbarrier_arrive(&empty_q[warpgroup]);
+            }
 
             flash_softmax_block(s, rows, t, kb, pos, radius, scale_log2, group_lane);
             uint32_t p_frag[kBlockN / 16][4];
@@ -728,15 +769,8 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
             if (releases) mbarrier_arrive(&empty_v[st]);
         }
 
-        /* Stage O through this warpgroup's Q rows once none of its warps reads them, then
-         * order those generic-proxy accesses before the next tile's Q copy lands there. */
-        named_barrier_sync(attn_tma_epilogue_barrier(warpgroup), 128);
         const size_t tile_row = static_cast<size_t>(t.seq_start) * kGroup + t.row0;
-        flash_store_o(rows, reinterpret_cast<__nv_bfloat16 *>(s_q), p.o + tile_row * kHeadDim,
-                      t.rows_valid, warp, lane);
-        fence_proxy_async_shared();
-        __syncwarp();
-        if (releases) mbarrier_arrive(&empty_q);
+        flash_store_o_direct(rows, p.o + tile_row * kHeadDim, t.rows_valid, warp, lane);
     }
 #else
     __trap();

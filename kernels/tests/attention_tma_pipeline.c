@@ -9,8 +9,7 @@
  * - no deadlock: while anything is left to do, some agent can move;
  * - a consumer's Q K^T reads the Q of its tile and the K of its block, from the moment it issues
  *   the wgmmas until they have completed; its P V reads the V of its block throughout; a copy
- *   landing in a buffer still being read (or staged through) changes what the reader sees;
- * - a warpgroup's O staging (in its Q rows) sees no Q copy land until it released the buffer;
+ *   landing in a buffer still being read changes what the reader sees;
  * - every turn barrier is completed by one warpgroup's sync and the other's arrival (never by
  *   arrivals alone), and none is left with a pending arrival at the end.
  *
@@ -30,8 +29,7 @@ enum {
     WARPS_PER_WG = 4,
     MAX_TILES = 16,
     MAX_COPIES = 8,
-    /* What a buffer holds: a block's or tile's index, or this plus the tile while staging O. */
-    STAGING = 1 << 20,
+    /* What a buffer holds before its first copy: nothing (a block's or tile's index after). */
     EMPTY = -1,
 };
 
@@ -39,7 +37,7 @@ typedef enum { COPY_Q, COPY_K, COPY_V } CopyKind;
 
 typedef struct {
     CopyKind kind;
-    int stage;
+    int stage; /* the K/V stage, or the warpgroup of a Q half */
     int tag;
 } Copy;
 
@@ -59,9 +57,7 @@ typedef enum {
     C_WAIT_S,    /* flash_wait_s_wgmma, then release K */
     C_WAIT_V,    /* mbarrier_wait(full_v[st]) */
     C_ISSUE_PV,  /* flash_pv_wgmma issues ... */
-    C_DONE_PV,   /* ... and waits, then release V */
-    C_STAGE,     /* epilogue barrier passed: stage O through the Q rows */
-    C_STORE,     /* stores done: release Q */
+    C_DONE_PV,   /* ... and waits, then release V; the epilogue touches no shared memory */
     C_FINISHED,
 } ConsumerStep;
 
@@ -92,9 +88,12 @@ static int named_settle(NamedBarrier *b) {
 
 /* One CTA over tiles of blocks[0..num_tiles) key blocks, in the schedule `seed` draws. */
 static void play(const int *blocks, int num_tiles, uint64_t seed) {
-    EmuMbarrier full_q, empty_q, full_k[STAGES], full_v[STAGES], empty_k[STAGES], empty_v[STAGES];
-    emu_mbarrier_init(&full_q, 1);
-    emu_mbarrier_init(&empty_q, WGS * WARPS_PER_WG);
+    EmuMbarrier full_q[WGS], empty_q[WGS], full_k[STAGES], full_v[STAGES], empty_k[STAGES],
+        empty_v[STAGES];
+    for (int w = 0; w < WGS; ++w) {
+        emu_mbarrier_init(&full_q[w], 1);
+        emu_mbarrier_init(&empty_q[w], WARPS_PER_WG);
+    }
     for (int st = 0; st < STAGES; ++st) {
         emu_mbarrier_init(&full_k[st], 1);
         emu_mbarrier_init(&full_v[st], 1);
@@ -108,8 +107,8 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
     int total_blocks = 0;
     for (int j = 0; j < num_tiles; ++j) total_blocks += blocks[j];
 
-    /* The producer: tile p_tile, block p_block, its p_part-th copy set (K, V, then Q after the
-     * first block's). */
+    /* The producer: tile p_tile, block p_block, its p_part-th copy set (K, V, then after the
+     * first block's each warpgroup's Q half). */
     int p_tile = 0, p_block = 0, p_count = 0, p_part = 0;
     Copy copies[MAX_COPIES];
     int num_copies = 0;
@@ -128,7 +127,8 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             int ready = 0;
             if (p_part == 0) ready = emu_mbarrier_try_wait(&empty_k[st], parity);
             if (p_part == 1) ready = emu_mbarrier_try_wait(&empty_v[st], parity);
-            if (p_part == 2) ready = emu_mbarrier_try_wait(&empty_q, gemm_tma_empty_parity((uint32_t)p_tile, 1));
+            if (p_part >= 2)
+                ready = emu_mbarrier_try_wait(&empty_q[p_part - 2], gemm_tma_empty_parity((uint32_t)p_tile, 1));
             if (ready) movable[moves++] = 0;
         }
         /* Consumers. */
@@ -139,7 +139,7 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             int ready = 1;
             switch (c->step) {
             case C_FINISHED: ready = 0; break;
-            case C_WAIT_Q: ready = emu_mbarrier_try_wait(&full_q, gemm_tma_full_parity((uint32_t)c->tile, 1)); break;
+            case C_WAIT_Q: ready = emu_mbarrier_try_wait(&full_q[w], gemm_tma_full_parity((uint32_t)c->tile, 1)); break;
             case C_WAIT_K: ready = emu_mbarrier_try_wait(&full_k[st], parity); break;
             case C_TURN: ready = c->released_by_turn; break;
             case C_WAIT_V: ready = emu_mbarrier_try_wait(&full_v[st], parity); break;
@@ -172,10 +172,11 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
                 p_part = p_block == 0 ? 2 : 0;
                 block_done = p_block != 0;
             } else {
-                emu_mbarrier_arrive(&full_q, 1);
-                copies[num_copies++] = (Copy){COPY_Q, 0, p_tile};
-                p_part = 0;
-                block_done = 1;
+                const int w = p_part - 2;
+                emu_mbarrier_arrive(&full_q[w], 1);
+                copies[num_copies++] = (Copy){COPY_Q, w, p_tile};
+                p_part = w + 1 < WGS ? p_part + 1 : 0;
+                block_done = p_part == 0;
             }
             if (block_done) {
                 ++p_count;
@@ -191,8 +192,8 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             const Copy copy = copies[pick];
             copies[pick] = copies[--num_copies];
             if (copy.kind == COPY_Q) {
-                for (int w = 0; w < WGS; ++w) q_region[w] = copy.tag;
-                emu_mbarrier_complete_tx(&full_q, 1);
+                q_region[copy.stage] = copy.tag;
+                emu_mbarrier_complete_tx(&full_q[copy.stage], 1);
             } else if (copy.kind == COPY_K) {
                 k_stage[copy.stage] = copy.tag;
                 emu_mbarrier_complete_tx(&full_k[copy.stage], 1);
@@ -240,7 +241,10 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             case C_WAIT_S:
                 expect(q_region[w] == c->tile, "Q overwritten during Q K^T", w, q_region[w], c->tile);
                 expect(k_stage[st] == c->count, "K overwritten during Q K^T", w, k_stage[st], c->count);
-                for (int warp = 0; warp < WARPS_PER_WG; ++warp) emu_mbarrier_arrive(&empty_k[st], 0);
+                for (int warp = 0; warp < WARPS_PER_WG; ++warp) {
+                    emu_mbarrier_arrive(&empty_k[st], 0);
+                    if (c->block + 1 == blocks[c->tile]) emu_mbarrier_arrive(&empty_q[w], 0);
+                }
                 c->step = C_WAIT_V;
                 break;
             case C_WAIT_V: c->step = C_ISSUE_PV; break;
@@ -255,20 +259,9 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
                 if (++c->block < blocks[c->tile]) {
                     c->step = C_WAIT_K;
                 } else {
-                    c->step = C_STAGE;
+                    c->block = 0;
+                    c->step = ++c->tile < num_tiles ? C_WAIT_Q : C_FINISHED;
                 }
-                break;
-            case C_STAGE:
-                expect(q_region[w] == c->tile, "Q rows changed before the epilogue", w, q_region[w], c->tile);
-                q_region[w] = STAGING + c->tile;
-                c->step = C_STORE;
-                break;
-            case C_STORE:
-                expect(q_region[w] == STAGING + c->tile, "a Q copy landed in the O staging", w,
-                       q_region[w], c->tile);
-                for (int warp = 0; warp < WARPS_PER_WG; ++warp) emu_mbarrier_arrive(&empty_q, 0);
-                c->block = 0;
-                c->step = ++c->tile < num_tiles ? C_WAIT_Q : C_FINISHED;
                 break;
             case C_FINISHED: break;
             }
