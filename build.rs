@@ -4,7 +4,9 @@
 //! nvcc is looked up in `NVCC`, then `CUDA_HOME`/`CUDA_PATH` (`bin/nvcc`), then `PATH`. Without
 //! nvcc (or without libclang for bindgen) the crate still builds, with a warning, and the CUDA
 //! backend reports that the binary has no kernels; `GEMMA_EMBED_REQUIRE_CUDA=1` makes that a
-//! build failure instead. Any register spill reported by `ptxas -v` fails the build.
+//! build failure instead. Any register spill reported by `ptxas -v` fails the build, and so does
+//! any "Potential Performance Loss" ptxas reports (C7515: wgmma instructions serialized, i.e. the
+//! tensor-core pipeline a kernel is built around silently turned off).
 //!
 //! Outputs in `OUT_DIR`: `<stem>.fatbin` and `<stem>.ptxas.log` per kernel file,
 //! `ptxas-summary.txt`, `kernels.rs` (the embedded fatbin table) and `params.rs` (bindgen).
@@ -109,6 +111,12 @@ fn build_kernels(kernel_dir: &Path, out_dir: &Path) -> Result<String, Missing> {
                 summary.push_str(&summarize_ptxas(name, log));
                 for spill in spills(log) {
                     writeln!(failures, "{name}.cu: register spill: {spill}").unwrap();
+                }
+                for loss in log
+                    .lines()
+                    .filter(|l| l.contains("Potential Performance Loss"))
+                {
+                    writeln!(failures, "{name}.cu: {}", loss.trim()).unwrap();
                 }
             }
             Err(message) => writeln!(failures, "{name}.cu: {message}").unwrap(),

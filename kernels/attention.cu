@@ -39,6 +39,8 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "attention.cuh"
 #include "mma.cuh"
 #include "params.h"
@@ -234,11 +236,14 @@ struct FlashRows {
 
 /* Scores of key block kb (S accumulators, mma.sync C layout) into the log2 domain, masked only
  * where the block crosses a window edge or the key range's end; then the online softmax: the
- * running maximum, the rescaled O and row sums, and S turned into unnormalized probabilities. */
-__device__ __forceinline__ void flash_softmax_block(float (&s)[kScoreTiles][4], FlashRows &rows,
-                                                    const FlashTile &t, int kb,
-                                                    const int (&pos)[2], int radius,
-                                                    float scale_log2, int group_lane) {
+ * running maximum, the rescaled row sums, S turned into unnormalized probabilities, and the
+ * factor by which O must be rescaled (flash_rescale_o; O itself is not touched, so a P V product
+ * may still be accumulating into it). */
+__device__ __forceinline__ void flash_softmax_scores(float (&s)[kScoreTiles][4], FlashRows &rows,
+                                                     const FlashTile &t, int kb,
+                                                     const int (&pos)[2], int radius,
+                                                     float scale_log2, int group_lane,
+                                                     float (&o_rescale)[2]) {
     const bool needs_mask = attn_block_needs_mask(kb, kBlockN, t.keys.end, t.p_lo, t.p_hi, radius);
 #pragma unroll
     for (int i = 0; i < kScoreTiles; ++i) {
@@ -267,16 +272,24 @@ __device__ __forceinline__ void flash_softmax_block(float (&s)[kScoreTiles][4], 
         const float rescale = fast_exp2(rows.row_max[h] - base);
         rows.row_max[h] = new_max;
         rows.row_sum[h] *= rescale;
-#pragma unroll
-        for (int j = 0; j < kOutTiles; ++j) {
-            rows.o_acc[j][2 * h] *= rescale;
-            rows.o_acc[j][2 * h + 1] *= rescale;
-        }
+        o_rescale[h] = rescale;
 #pragma unroll
         for (int i = 0; i < kScoreTiles; ++i) {
             s[i][2 * h] = fast_exp2(s[i][2 * h] - base);
             s[i][2 * h + 1] = fast_exp2(s[i][2 * h + 1] - base);
             rows.row_sum[h] += s[i][2 * h] + s[i][2 * h + 1];
+        }
+    }
+}
+
+/* O *= the factor flash_softmax_scores returned, per row half. */
+__device__ __forceinline__ void flash_rescale_o(FlashRows &rows, const float (&o_rescale)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int j = 0; j < kOutTiles; ++j) {
+            rows.o_acc[j][2 * h] *= o_rescale[h];
+            rows.o_acc[j][2 * h + 1] *= o_rescale[h];
         }
     }
 }
@@ -319,20 +332,21 @@ __device__ __forceinline__ void flash_issue_s_wgmma(float (&s)[kScoreTiles][4], 
     wgmma_commit();
 }
 
-/* Wait for flash_issue_s_wgmma's products. */
-__device__ __forceinline__ void flash_wait_s_wgmma(float (&s)[kScoreTiles][4]) {
+/* Wait for flash_issue_s_wgmma's products, leaving the Pending wgmma groups committed after them
+ * in flight. */
+template <int Pending> __device__ __forceinline__ void flash_wait_s_wgmma(float (&s)[kScoreTiles][4]) {
     float(&acc)[kScoreTiles * 4] = reinterpret_cast<float(&)[kScoreTiles * 4]>(s);
-    wgmma_wait<0>();
+    wgmma_wait<Pending>();
     wgmma_fence_operands(acc);
 }
 
 /* O += P V on wgmma: the warpgroup's 64 rows times the 64 x 256 V block (at shared address
  * v_base, attn_wgmma_swizzle layout): 4 wgmma.m64n256k16 with P from registers and V as the
- * MN-major B operand; o_acc keeps the mma.sync layout (register 4 j + e = o_acc[j][e]). Returns
- * once they have completed. */
-__device__ __forceinline__ void flash_pv_wgmma(float (&o_acc)[kOutTiles][4],
-                                               uint32_t (&p_frag)[kBlockN / 16][4],
-                                               uint32_t v_base) {
+ * MN-major B operand; o_acc keeps the mma.sync layout (register 4 j + e = o_acc[j][e]). Issued,
+ * not waited for: neither O nor P may be touched until flash_wait_pv_wgmma. */
+__device__ __forceinline__ void flash_issue_pv_wgmma(float (&o_acc)[kOutTiles][4],
+                                                     uint32_t (&p_frag)[kBlockN / 16][4],
+                                                     uint32_t v_base) {
     float(&acc)[kOutTiles * 4] = reinterpret_cast<float(&)[kOutTiles * 4]>(o_acc);
     wgmma_fence_operands(acc);
     wgmma_fence();
@@ -344,6 +358,12 @@ __device__ __forceinline__ void flash_pv_wgmma(float (&o_acc)[kOutTiles][4],
             wgmma_desc_sw128_mn(v_base + attn_wgmma_v_offset(kk), ATTN_WGMMA_SEGMENT_BYTES));
     }
     wgmma_commit();
+}
+
+/* Wait until every wgmma group, flash_issue_pv_wgmma's last, has completed. */
+__device__ __forceinline__ void flash_wait_pv_wgmma(float (&o_acc)[kOutTiles][4],
+                                                    uint32_t (&p_frag)[kBlockN / 16][4]) {
+    float(&acc)[kOutTiles * 4] = reinterpret_cast<float(&)[kOutTiles * 4]>(o_acc);
     wgmma_wait<0>();
     wgmma_fence_operands(acc);
 #pragma unroll
@@ -483,7 +503,7 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
         if constexpr (Wgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
             flash_issue_s_wgmma(s, smem_addr(s_q), smem_addr(s_k));
-            flash_wait_s_wgmma(s);
+            flash_wait_s_wgmma<0>(s);
 #endif
         } else {
 #pragma unroll
@@ -517,7 +537,9 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
         }
         cp_async_commit();
 
-        flash_softmax_block(s, rows, t, kb, pos, radius, scale_log2, group_lane);
+        float o_rescale[2];
+        flash_softmax_scores(s, rows, t, kb, pos, radius, scale_log2, group_lane, o_rescale);
+        flash_rescale_o(rows, o_rescale);
 
         /* V block ready (only the next K block may still be in flight). */
         cp_async_wait<1>();
@@ -530,7 +552,8 @@ __device__ __forceinline__ void attention_flash_body(const AttentionParams &p, u
         flash_pack_p(s, p_frag);
         if constexpr (Wgmma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-            flash_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v));
+            flash_issue_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v));
+            flash_wait_pv_wgmma(rows.o_acc, p_frag);
 #endif
         } else {
 #pragma unroll
@@ -651,7 +674,10 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
  * Consumer warpgroup w (warps 4 w .. 4 w + 3, packed rows 64 w .. 64 w + 63 of the tile), per
  * key block: wait for K, take its turn (attention.cuh), issue S = Q K^T, pass the turn, wait for
  * the products, release K (one `empty` arrival per warp), mask and softmax exactly as the other
- * flash kernels, wait for V, O += P V, release V. After its last Q K^T of a tile a warpgroup
+ * flash kernels, O += P V, release V. The P V of a block is issued together with the next
+ * block's Q K^T (FlashAttention-3's intra-warpgroup overlap): it runs during that block's
+ * softmax, which leaves O alone until the product has completed and only then rescales it; the
+ * tile's last P V follows its last softmax. After its last Q K^T of a tile a warpgroup
  * also releases its Q half, so the next tile's lands during the last softmax, P V and the
  * epilogue, which stores O straight from the accumulators. Numerics are attention_flash_wgmma's;
  * only the key blocks start elsewhere (at the 128-row tile's first key). */
@@ -739,19 +765,32 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
         FlashRows rows;
         rows.reset();
         mbarrier_wait(&full_q[warpgroup], gemm_tma_full_parity(tile_count, 1));
-        for (int block = 0; block < t.num_blocks; ++block, ++block_count) {
+        /* The previous block's P, its V stage and that stage's phase: its P V is issued with the
+         * next block's Q K^T and runs during that block's softmax. */
+        uint32_t p_frag[kBlockN / 16][4];
+        uint32_t v_stage = 0, v_parity = 0;
+        /* Key block `block`: its Q K^T (with the previous block's P V when with_pv holds, which
+         * is every block but the first: peeled, so that ptxas sees one shape of wgmma stage and
+         * need not serialize them), its softmax and its P. */
+        auto key_block = [&](int block, auto with_pv) {
+            constexpr bool kWithPv = decltype(with_pv)::value;
             const uint32_t st = gemm_tma_stage(block_count, kTmaStages);
             const uint32_t full_parity = gemm_tma_full_parity(block_count, kTmaStages);
             const int kb = t.keys.begin + block * kBlockN;
 
             float s[kScoreTiles][4];
             mbarrier_wait(&full_k[st], full_parity);
+            if constexpr (kWithPv) mbarrier_wait(&full_v[v_stage], v_parity);
             named_barrier_sync(attn_tma_turn_barrier(warpgroup), 2 * 128);
             flash_issue_s_wgmma(s, q_base, smem_addr(s_k + st * kTmaBlockBytes));
+            if constexpr (kWithPv) {
+                flash_issue_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + v_stage * kTmaBlockBytes));
+            }
             if (attn_tma_passes_turn(warpgroup, last_tile && block + 1 == t.num_blocks)) {
                 named_barrier_arrive(attn_tma_turn_barrier(1 - warpgroup), 2 * 128);
             }
-            flash_wait_s_wgmma(s);
+            /* Q K^T was committed first: its group completes while P V may still run. */
+            flash_wait_s_wgmma<kWithPv ? 1 : 0>(s);
             __syncwarp();
             if (releases) {
                 mbarrier_arrive(&empty_k[st]);
@@ -759,15 +798,31 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
                 if (block + 1 == t.num_blocks) mbarrier_arrive(&empty_q[warpgroup]);
             }
 
-            flash_softmax_block(s, rows, t, kb, pos, radius, scale_log2, group_lane);
-            uint32_t p_frag[kBlockN / 16][4];
+            float o_rescale[2];
+            flash_softmax_scores(s, rows, t, kb, pos, radius, scale_log2, group_lane, o_rescale);
+            if constexpr (kWithPv) {
+                flash_wait_pv_wgmma(rows.o_acc, p_frag);
+                __syncwarp();
+                if (releases) mbarrier_arrive(&empty_v[v_stage]);
+                flash_rescale_o(rows, o_rescale);
+                /* Keep the rescale before the next Q K^T's wgmma fence: inside the next stage
+                 * it would define P V's accumulators while that stage's wgmmas run. */
+                wgmma_fence_operands(reinterpret_cast<float(&)[kOutTiles * 4]>(rows.o_acc));
+            }
+            /* (The first block needs no rescale: O is still 0.) */
             flash_pack_p(s, p_frag);
-
-            mbarrier_wait(&full_v[st], full_parity);
-            flash_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + st * kTmaBlockBytes));
-            __syncwarp();
-            if (releases) mbarrier_arrive(&empty_v[st]);
-        }
+            v_stage = st;
+            v_parity = full_parity;
+            ++block_count;
+        };
+        key_block(0, std::false_type{});
+        for (int block = 1; block < t.num_blocks; ++block) key_block(block, std::true_type{});
+        /* The last block's P V. */
+        mbarrier_wait(&full_v[v_stage], v_parity);
+        flash_issue_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + v_stage * kTmaBlockBytes));
+        flash_wait_pv_wgmma(rows.o_acc, p_frag);
+        __syncwarp();
+        if (releases) mbarrier_arrive(&empty_v[v_stage]);
 
         const size_t tile_row = static_cast<size_t>(t.seq_start) * kGroup + t.row0;
         flash_store_o_direct(rows, p.o + tile_row * kHeadDim, t.rows_valid, warp, lane);

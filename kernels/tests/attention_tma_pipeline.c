@@ -8,8 +8,9 @@
  * attention.cuh and tile.cuh. What every schedule must show:
  * - no deadlock: while anything is left to do, some agent can move;
  * - a consumer's Q K^T reads the Q of its tile and the K of its block, from the moment it issues
- *   the wgmmas until they have completed; its P V reads the V of its block throughout; a copy
- *   landing in a buffer still being read changes what the reader sees;
+ *   the wgmmas until they have completed; its P V (issued with the next block's Q K^T, or after
+ *   the tile's last block) reads the V of its block throughout; a copy landing in a buffer still
+ *   being read changes what the reader sees;
  * - every turn barrier is completed by one warpgroup's sync and the other's arrival (never by
  *   arrivals alone), and none is left with a pending arrival at the end.
  *
@@ -49,15 +50,17 @@ typedef struct {
 
 /* Consumer warpgroup steps, in the kernel's order. */
 typedef enum {
-    C_START,     /* warpgroup 1: arrive on warpgroup 0's turn barrier */
-    C_WAIT_Q,    /* mbarrier_wait(full_q) */
-    C_WAIT_K,    /* mbarrier_wait(full_k[st]) */
-    C_TURN,      /* named_barrier_sync(turn(w)); blocked until completed */
-    C_ISSUE_S,   /* flash_issue_s_wgmma, then pass the turn */
-    C_WAIT_S,    /* flash_wait_s_wgmma, then release K */
-    C_WAIT_V,    /* mbarrier_wait(full_v[st]) */
-    C_ISSUE_PV,  /* flash_pv_wgmma issues ... */
-    C_DONE_PV,   /* ... and waits, then release V; the epilogue touches no shared memory */
+    C_START,      /* warpgroup 1: arrive on warpgroup 0's turn barrier */
+    C_WAIT_Q,     /* mbarrier_wait(full_q[w]) */
+    C_WAIT_K,     /* mbarrier_wait(full_k[st]) */
+    C_WAIT_VPREV, /* past the first block: mbarrier_wait(full_v) of the previous block */
+    C_TURN,       /* named_barrier_sync(turn(w)); blocked until completed */
+    C_ISSUE,      /* Q K^T (and the previous block's P V) issued, then the turn passed */
+    C_WAIT_S,     /* Q K^T completed: release K (and Q after the tile's last) */
+    C_WAIT_PV,    /* the previous block's P V completed: release its V */
+    C_WAIT_VLAST, /* after the tile's last block: mbarrier_wait(full_v) of that block */
+    C_ISSUE_PV,   /* its P V issued ... */
+    C_DONE_PV,    /* ... and completed, then release V; the epilogue touches no shared memory */
     C_FINISHED,
 } ConsumerStep;
 
@@ -70,6 +73,7 @@ typedef struct {
 } Consumer;
 
 static int q_region[WGS], k_stage[STAGES], v_stage[STAGES];
+
 
 static void named_sync(NamedBarrier *b, int wg) {
     b->contributions++;
@@ -84,6 +88,22 @@ static int named_settle(NamedBarrier *b) {
     b->contributions = 0;
     b->syncing = -1;
     return released;
+}
+
+/* Warpgroup w syncs on its turn barrier (named_barrier_sync: blocked until it completes). */
+static void take_turn(Consumer *wg, NamedBarrier *turn, int w) {
+    wg[w].step = C_TURN;
+    wg[w].released_by_turn = 0;
+    NamedBarrier *mine = &turn[attn_tma_turn_barrier(w) - 1];
+    named_sync(mine, w);
+    const int released = named_settle(mine);
+    if (released >= 0) wg[released].released_by_turn = 1;
+}
+
+/* Past a block's Q K^T (and the previous block's P V): the next block, or the last P V. */
+static void next_block(Consumer *c, const int *blocks) {
+    ++c->count;
+    c->step = ++c->block < blocks[c->tile] ? C_WAIT_K : C_WAIT_VLAST;
 }
 
 /* One CTA over tiles of blocks[0..num_tiles) key blocks, in the schedule `seed` draws. */
@@ -142,7 +162,11 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             case C_WAIT_Q: ready = emu_mbarrier_try_wait(&full_q[w], gemm_tma_full_parity((uint32_t)c->tile, 1)); break;
             case C_WAIT_K: ready = emu_mbarrier_try_wait(&full_k[st], parity); break;
             case C_TURN: ready = c->released_by_turn; break;
-            case C_WAIT_V: ready = emu_mbarrier_try_wait(&full_v[st], parity); break;
+            case C_WAIT_VPREV:
+            case C_WAIT_VLAST:
+                ready = emu_mbarrier_try_wait(&full_v[gemm_tma_stage((uint32_t)c->count - 1, STAGES)],
+                                              gemm_tma_full_parity((uint32_t)c->count - 1, STAGES));
+                break;
             default: break;
             }
             if (ready) movable[moves++] = 1 + w;
@@ -205,6 +229,8 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
             const int w = agent - 1;
             Consumer *c = &wg[w];
             const int st = (int)gemm_tma_stage((uint32_t)c->count, STAGES);
+            /* The previous block's V stage (its P V runs with this block's Q K^T). */
+            const int prev = (int)gemm_tma_stage((uint32_t)c->count - 1, STAGES);
             switch (c->step) {
             case C_START: {
                 /* The kernel: if (warpgroup == 1 && blockIdx.x < num_tiles) arrive. */
@@ -216,18 +242,23 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
                 break;
             }
             case C_WAIT_Q: c->step = C_WAIT_K; break;
-            case C_WAIT_K: {
-                c->step = C_TURN;
-                c->released_by_turn = 0;
-                named_sync(&turn[attn_tma_turn_barrier(w) - 1], w);
-                const int released = named_settle(&turn[attn_tma_turn_barrier(w) - 1]);
-                if (released >= 0) wg[released].released_by_turn = 1;
+            case C_WAIT_K:
+                /* The first block takes its turn right away, the others once V is there too. */
+                if (c->block > 0) {
+                    c->step = C_WAIT_VPREV;
+                } else {
+                    take_turn(wg, turn, w);
+                }
                 break;
-            }
-            case C_TURN: c->step = C_ISSUE_S; break;
-            case C_ISSUE_S: {
+            case C_WAIT_VPREV: take_turn(wg, turn, w); break;
+            case C_TURN: c->step = C_ISSUE; break;
+            case C_ISSUE: {
                 expect(q_region[w] == c->tile, "Q K^T issued on another tile's Q", w, q_region[w], c->tile);
                 expect(k_stage[st] == c->count, "Q K^T issued on another block's K", w, k_stage[st], c->count);
+                if (c->block > 0) {
+                    expect(v_stage[prev] == c->count - 1, "P V issued on another block's V", w,
+                           v_stage[prev], c->count - 1);
+                }
                 const int last = c->tile == num_tiles - 1 && c->block == blocks[c->tile] - 1;
                 if (attn_tma_passes_turn(w, last)) {
                     NamedBarrier *other = &turn[attn_tma_turn_barrier(1 - w) - 1];
@@ -245,23 +276,30 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
                     emu_mbarrier_arrive(&empty_k[st], 0);
                     if (c->block + 1 == blocks[c->tile]) emu_mbarrier_arrive(&empty_q[w], 0);
                 }
-                c->step = C_WAIT_V;
+                if (c->block > 0) {
+                    c->step = C_WAIT_PV;
+                } else {
+                    next_block(c, blocks);
+                }
                 break;
-            case C_WAIT_V: c->step = C_ISSUE_PV; break;
+            case C_WAIT_PV:
+                expect(v_stage[prev] == c->count - 1, "V overwritten during P V", w, v_stage[prev],
+                       c->count - 1);
+                for (int warp = 0; warp < WARPS_PER_WG; ++warp) emu_mbarrier_arrive(&empty_v[prev], 0);
+                next_block(c, blocks);
+                break;
+            case C_WAIT_VLAST: c->step = C_ISSUE_PV; break;
             case C_ISSUE_PV:
-                expect(v_stage[st] == c->count, "P V issued on another block's V", w, v_stage[st], c->count);
+                expect(v_stage[prev] == c->count - 1, "P V issued on another block's V", w,
+                       v_stage[prev], c->count - 1);
                 c->step = C_DONE_PV;
                 break;
             case C_DONE_PV:
-                expect(v_stage[st] == c->count, "V overwritten during P V", w, v_stage[st], c->count);
-                for (int warp = 0; warp < WARPS_PER_WG; ++warp) emu_mbarrier_arrive(&empty_v[st], 0);
-                ++c->count;
-                if (++c->block < blocks[c->tile]) {
-                    c->step = C_WAIT_K;
-                } else {
-                    c->block = 0;
-                    c->step = ++c->tile < num_tiles ? C_WAIT_Q : C_FINISHED;
-                }
+                expect(v_stage[prev] == c->count - 1, "V overwritten during P V", w, v_stage[prev],
+                       c->count - 1);
+                for (int warp = 0; warp < WARPS_PER_WG; ++warp) emu_mbarrier_arrive(&empty_v[prev], 0);
+                c->block = 0;
+                c->step = ++c->tile < num_tiles ? C_WAIT_Q : C_FINISHED;
                 break;
             case C_FINISHED: break;
             }
