@@ -675,9 +675,10 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
  * key block: wait for K, take its turn (attention.cuh), issue S = Q K^T, pass the turn, wait for
  * the products, release K (one `empty` arrival per warp), mask and softmax exactly as the other
  * flash kernels, O += P V, release V. The P V of a block is issued together with the next
- * block's Q K^T (FlashAttention-3's intra-warpgroup overlap): it runs during that block's
- * softmax, which leaves O alone until the product has completed and only then rescales it; the
- * tile's last P V follows its last softmax. After its last Q K^T of a tile a warpgroup
+ * block's Q K^T (FlashAttention-3's intra-warpgroup overlap) and runs during that block's
+ * softmax, which leaves O alone; O is rescaled to the block's scale just before its P V is
+ * issued, while the Q K^T issued before it runs (as FlashAttention-3 does for head dims above
+ * 128). The tile's last P V follows its last softmax. After its last Q K^T of a tile a warpgroup
  * also releases its Q half, so the next tile's lands during the last softmax, P V and the
  * epilogue, which stores O straight from the accumulators. Numerics are attention_flash_wgmma's;
  * only the key blocks start elsewhere (at the 128-row tile's first key). */
@@ -769,6 +770,9 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
          * next block's Q K^T and runs during that block's softmax. */
         uint32_t p_frag[kBlockN / 16][4];
         uint32_t v_stage = 0, v_parity = 0;
+        /* The factor that brings O to the scale of the previous block's P (flash_softmax_scores
+         * of that block), applied just before that block's P V is issued. */
+        float o_rescale[2];
         /* Key block `block`: its Q K^T (with the previous block's P V when with_pv holds, which
          * is every block but the first: peeled, so that ptxas sees one shape of wgmma stage and
          * need not serialize them), its softmax and its P. */
@@ -784,6 +788,8 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
             named_barrier_sync(attn_tma_turn_barrier(warpgroup), 2 * 128);
             flash_issue_s_wgmma(s, q_base, smem_addr(s_k + st * kTmaBlockBytes));
             if constexpr (kWithPv) {
+                /* While Q K^T runs (no product uses O until the P V below is issued). */
+                flash_rescale_o(rows, o_rescale);
                 flash_issue_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + v_stage * kTmaBlockBytes));
             }
             if (attn_tma_passes_turn(warpgroup, last_tile && block + 1 == t.num_blocks)) {
@@ -798,18 +804,16 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
                 if (block + 1 == t.num_blocks) mbarrier_arrive(&empty_q[warpgroup]);
             }
 
-            float o_rescale[2];
             flash_softmax_scores(s, rows, t, kb, pos, radius, scale_log2, group_lane, o_rescale);
             if constexpr (kWithPv) {
+                /* Without a branch between them ptxas hoists the wait above the softmax, and the
+                 * P V would overlap only its first instructions. This one depends on the row
+                 * sums, the softmax's last results; its condition never holds. */
+                if (rows.row_sum[0] < 0.0f || rows.row_sum[1] < 0.0f) __trap();
                 flash_wait_pv_wgmma(rows.o_acc, p_frag);
                 __syncwarp();
                 if (releases) mbarrier_arrive(&empty_v[v_stage]);
-                flash_rescale_o(rows, o_rescale);
-                /* Keep the rescale before the next Q K^T's wgmma fence: inside the next stage
-                 * it would define P V's accumulators while that stage's wgmmas run. */
-                wgmma_fence_operands(reinterpret_cast<float(&)[kOutTiles * 4]>(rows.o_acc));
             }
-            /* (The first block needs no rescale: O is still 0.) */
             flash_pack_p(s, p_frag);
             v_stage = st;
             v_parity = full_parity;
@@ -819,6 +823,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
         for (int block = 1; block < t.num_blocks; ++block) key_block(block, std::true_type{});
         /* The last block's P V. */
         mbarrier_wait(&full_v[v_stage], v_parity);
+        flash_rescale_o(rows, o_rescale);
         flash_issue_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + v_stage * kTmaBlockBytes));
         flash_wait_pv_wgmma(rows.o_acc, p_frag);
         __syncwarp();
