@@ -682,10 +682,14 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
  * also releases its Q half, so the next tile's lands during the last softmax, P V and the
  * epilogue, which stores O straight from the accumulators. Numerics are attention_flash_wgmma's;
  * only the key blocks start elsewhere (at the 128-row tile's first key). */
-extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
-    attention_flash_tma(const AttentionParams p, const __grid_constant__ AttentionTensorMaps maps) {
+namespace {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    extern __shared__ __align__(128) unsigned char tma_smem_bytes[];
+/* attention_flash_tma's body; Turns: the warpgroups take turns at their products (else they
+ * run free, attention_flash_tma_free). */
+template <bool Turns>
+__device__ __forceinline__ void attention_flash_tma_body(const AttentionParams &p,
+                                                         const AttentionTensorMaps &maps,
+                                                         unsigned char *tma_smem_bytes) {
     unsigned char *smem = smem_align_1024<unsigned char>(tma_smem_bytes);
     unsigned char *s_q = smem;
     unsigned char *s_k = s_q + kTmaQBytes;
@@ -754,7 +758,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
     const int radius = p.window_radius;
     const float scale_log2 = p.softmax_scale * kLog2e;
     const uint32_t q_base = smem_addr(s_q) + warpgroup * kTmaQHalfBytes;
-    if (warpgroup == 1 && blockIdx.x < p.num_tiles) {
+    if (Turns && warpgroup == 1 && blockIdx.x < p.num_tiles) {
         named_barrier_arrive(attn_tma_turn_barrier(0), 2 * 128);
     }
     uint32_t tile_count = 0, block_count = 0;
@@ -785,14 +789,14 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
             float s[kScoreTiles][4];
             mbarrier_wait(&full_k[st], full_parity);
             if constexpr (kWithPv) mbarrier_wait(&full_v[v_stage], v_parity);
-            named_barrier_sync(attn_tma_turn_barrier(warpgroup), 2 * 128);
+            if constexpr (Turns) named_barrier_sync(attn_tma_turn_barrier(warpgroup), 2 * 128);
             flash_issue_s_wgmma(s, q_base, smem_addr(s_k + st * kTmaBlockBytes));
             if constexpr (kWithPv) {
                 /* While Q K^T runs (no product uses O until the P V below is issued). */
                 flash_rescale_o(rows, o_rescale);
                 flash_issue_pv_wgmma(rows.o_acc, p_frag, smem_addr(s_v + v_stage * kTmaBlockBytes));
             }
-            if (attn_tma_passes_turn(warpgroup, last_tile && block + 1 == t.num_blocks)) {
+            if (Turns && attn_tma_passes_turn(warpgroup, last_tile && block + 1 == t.num_blocks)) {
                 named_barrier_arrive(attn_tma_turn_barrier(1 - warpgroup), 2 * 128);
             }
             /* Q K^T was committed first: its group completes while P V may still run. */
@@ -832,6 +836,30 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
         const size_t tile_row = static_cast<size_t>(t.seq_start) * kGroup + t.row0;
         flash_store_o_direct(rows, p.o + tile_row * kHeadDim, t.rows_valid, warp, lane);
     }
+}
+#endif
+} // namespace
+
+extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
+    attention_flash_tma(const AttentionParams p, const __grid_constant__ AttentionTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char tma_smem_bytes[];
+    attention_flash_tma_body<true>(p, maps, tma_smem_bytes);
+#else
+    __trap();
+#endif
+}
+
+/* attention_flash_tma_free (sm_90a): attention_flash_tma without the turn barriers, the two
+ * warpgroups' products and softmaxes interleaving as the hardware schedules them
+ * (FlashAttention-3 drops its scheduler barrier for bf16 at head dims above 128 once the P V
+ * overlaps the softmax inside each warpgroup). Launch: as attention_flash_tma. */
+extern "C" __global__ void __launch_bounds__(ATTENTION_TMA_THREADS, 1)
+    attention_flash_tma_free(const AttentionParams p,
+                             const __grid_constant__ AttentionTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char tma_smem_bytes[];
+    attention_flash_tma_body<false>(p, maps, tma_smem_bytes);
 #else
     __trap();
 #endif

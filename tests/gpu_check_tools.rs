@@ -437,9 +437,17 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         ok("residual_norm/residual"),
         ok("gate_up_geglu_tma"),
         ok("attention_flash_tma"),
+        ok("attention_flash_tma_free"),
     ];
     assert_eq!(
         passing(&every, true),
+        "wgmma-qkv+tma-mlp+tma-free-attention\t\
+         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma GEMMA_EMBED_ATTENTION=flash-tma-free\t\
+         qkv_proj_wgmma gate_up_geglu_tma attention_flash_tma_free"
+    );
+    // Without the free-running attention kernel, the one with turns.
+    assert_eq!(
+        passing(&every[..12], true),
         "wgmma-qkv+tma-mlp+tma-attention\t\
          GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma GEMMA_EMBED_ATTENTION=flash-tma\t\
          qkv_proj_wgmma gate_up_geglu_tma attention_flash_tma"
@@ -456,6 +464,7 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     let mut some = every.to_vec();
     some[10] = wrong("gate_up_geglu_tma");
     some[11] = wrong("attention_flash_tma");
+    some[12] = wrong("attention_flash_tma_free");
     some[3] = wrong("gate_up_geglu_wgmma_wide");
     some[6] = wrong("qkv_proj_wgmma/k");
     some[7] = check_entry(
@@ -544,6 +553,7 @@ fn the_candidate_list_is_what_the_card_runs() {
             "wgmma-mlp",
             "fused-mlp",
             "fused-branch",
+            "tma-free-attention",
             "tma-attention",
             "flash-attention",
             "f32-branch"

@@ -190,7 +190,7 @@ if [ $cpu_only = 0 ]; then
     # of a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
     # candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16 branch; on sm_90
     # the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the fused branch, the TMA
-    # attention kernel, and the former defaults flash attention and f32 branch); last, the candidates that passed
+    # attention kernels, and the former defaults flash attention and f32 branch); last, the candidates that passed
     # check-kernels together, the most promising option of each (`candidates.py passing`),
     # which is the variant profiled.
     sm90=0

@@ -1,4 +1,5 @@
-/* attention_tma_pipeline.c: host play of attention_flash_tma's synchronization protocol.
+/* attention_tma_pipeline.c: host play of attention_flash_tma's synchronization protocol (and of
+ * attention_flash_tma_free's, the same without the turn barriers).
  *
  * No GPU runs here, so the kernel's producer thread, the TMA copies it issues and its two consumer
  * warpgroups are played as agents that move one step at a time, in random orders, meeting at
@@ -91,7 +92,12 @@ static int named_settle(NamedBarrier *b) {
 }
 
 /* Warpgroup w syncs on its turn barrier (named_barrier_sync: blocked until it completes). */
-static void take_turn(Consumer *wg, NamedBarrier *turn, int w) {
+static void take_turn(Consumer *wg, NamedBarrier *turn, int w, int turns) {
+    if (!turns) {
+        /* attention_flash_tma_free: no barrier, straight to the products. */
+        wg[w].step = C_ISSUE;
+        return;
+    }
     wg[w].step = C_TURN;
     wg[w].released_by_turn = 0;
     NamedBarrier *mine = &turn[attn_tma_turn_barrier(w) - 1];
@@ -107,7 +113,7 @@ static void next_block(Consumer *c, const int *blocks) {
 }
 
 /* One CTA over tiles of blocks[0..num_tiles) key blocks, in the schedule `seed` draws. */
-static void play(const int *blocks, int num_tiles, uint64_t seed) {
+static void play(const int *blocks, int num_tiles, int turns, uint64_t seed) {
     EmuMbarrier full_q[WGS], empty_q[WGS], full_k[STAGES], full_v[STAGES], empty_k[STAGES],
         empty_v[STAGES];
     for (int w = 0; w < WGS; ++w) {
@@ -134,7 +140,7 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
     int num_copies = 0;
     Consumer wg[WGS];
     for (int w = 0; w < WGS; ++w) {
-        wg[w] = (Consumer){w == 1 ? C_START : C_WAIT_Q, 0, 0, 0, 0};
+        wg[w] = (Consumer){w == 1 && turns ? C_START : C_WAIT_Q, 0, 0, 0, 0};
     }
     uint64_t state = seed;
 
@@ -247,10 +253,10 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
                 if (c->block > 0) {
                     c->step = C_WAIT_VPREV;
                 } else {
-                    take_turn(wg, turn, w);
+                    take_turn(wg, turn, w, turns);
                 }
                 break;
-            case C_WAIT_VPREV: take_turn(wg, turn, w); break;
+            case C_WAIT_VPREV: take_turn(wg, turn, w, turns); break;
             case C_TURN: c->step = C_ISSUE; break;
             case C_ISSUE: {
                 expect(q_region[w] == c->tile, "Q K^T issued on another tile's Q", w, q_region[w], c->tile);
@@ -260,7 +266,7 @@ static void play(const int *blocks, int num_tiles, uint64_t seed) {
                            v_stage[prev], c->count - 1);
                 }
                 const int last = c->tile == num_tiles - 1 && c->block == blocks[c->tile] - 1;
-                if (attn_tma_passes_turn(w, last)) {
+                if (turns && attn_tma_passes_turn(w, last)) {
                     NamedBarrier *other = &turn[attn_tma_turn_barrier(1 - w) - 1];
                     other->contributions++;
                     const int released = named_settle(other);
@@ -326,7 +332,9 @@ int main(void) {
     for (size_t l = 0; l < sizeof lists / sizeof lists[0]; ++l) {
         checking = "tile list";
         for (uint64_t seed = 1; seed <= 400; ++seed) {
-            play(&lists[l][1], lists[l][0], seed * 0x9e3779b97f4a7c15ull + l);
+            for (int turns = 0; turns <= 1; ++turns) {
+                play(&lists[l][1], lists[l][0], turns, seed * 0x9e3779b97f4a7c15ull + l);
+            }
         }
     }
     return verdict();

@@ -41,6 +41,8 @@ CANDIDATES = [
     ("GEMMA_EMBED_MLP", "fused", "fused-mlp", ["gate_up_geglu"], EVERY, True),
     ("GEMMA_EMBED_BRANCH", "fused", "fused-branch", ["proj_residual_norm_wgmma"], SM90, False),
     ("GEMMA_EMBED_BRANCH", "bf16", "bf16-branch", ["residual_norm_bf16_branch"], ELSEWHERE, True),
+    ("GEMMA_EMBED_ATTENTION", "flash-tma-free", "tma-free-attention", ["attention_flash_tma_free"], SM90,
+     True),
     ("GEMMA_EMBED_ATTENTION", "flash-tma", "tma-attention", ["attention_flash_tma"], SM90, True),
     ("GEMMA_EMBED_ATTENTION", "flash", "flash-attention", ["attention_flash"], SM90, False),
     ("GEMMA_EMBED_BRANCH", "f32", "f32-branch", ["residual_norm"], SM90, False),

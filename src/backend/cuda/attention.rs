@@ -58,6 +58,7 @@ pub const REFERENCE_KERNEL: &str = "attention_reference";
 pub const FLASH_KERNEL: &str = "attention_flash";
 pub const FLASH_WGMMA_KERNEL: &str = "attention_flash_wgmma";
 pub const FLASH_TMA_KERNEL: &str = "attention_flash_tma";
+pub const FLASH_TMA_FREE_KERNEL: &str = "attention_flash_tma_free";
 
 /// The kernels have the head shape baked in: refuse a model that does not match it.
 pub fn check_config(config: &ModelConfig) -> Result<()> {
@@ -230,10 +231,13 @@ pub enum AttentionKernel {
     /// `attention_flash_tma`: the wgmma kernel on 128-row tiles, persistent, with TMA copies
     /// and the two warpgroups' products alternating (sm_90 devices only; a candidate).
     FlashTma,
+    /// `attention_flash_tma_free`: the same with the two warpgroups running free, without
+    /// turns (sm_90 devices only; a candidate).
+    FlashTmaFree,
 }
 
-/// `GEMMA_EMBED_ATTENTION=flash`, `reference` (the fallback kernel), `flash-wgmma` or
-/// `flash-tma`; unset: `flash-wgmma` on sm_90, `flash` elsewhere.
+/// `GEMMA_EMBED_ATTENTION=flash`, `reference` (the fallback kernel), `flash-wgmma`, `flash-tma`
+/// or `flash-tma-free`; unset: `flash-wgmma` on sm_90, `flash` elsewhere.
 impl KernelChoice for AttentionKernel {
     const VAR: &'static str = "GEMMA_EMBED_ATTENTION";
     const CHOICES: &'static [(&'static str, Self)] = &[
@@ -241,9 +245,10 @@ impl KernelChoice for AttentionKernel {
         ("reference", Self::Reference),
         ("flash-wgmma", Self::FlashWgmma),
         ("flash-tma", Self::FlashTma),
+        ("flash-tma-free", Self::FlashTmaFree),
     ];
     const SM90_DEFAULT: Self = Self::FlashWgmma;
-    const SM90_ONLY: &'static [Self] = &[Self::FlashWgmma, Self::FlashTma];
+    const SM90_ONLY: &'static [Self] = &[Self::FlashWgmma, Self::FlashTma, Self::FlashTmaFree];
 }
 
 impl AttentionKernel {
@@ -253,7 +258,14 @@ impl AttentionKernel {
             Self::Reference => REFERENCE_KERNEL,
             Self::FlashWgmma => FLASH_WGMMA_KERNEL,
             Self::FlashTma => FLASH_TMA_KERNEL,
+            Self::FlashTmaFree => FLASH_TMA_FREE_KERNEL,
         }
+    }
+
+    /// The persistent TMA kernels: 128-row tiles, a grid of at most one CTA per multiprocessor,
+    /// tensor maps as a second parameter.
+    pub fn is_tma(self) -> bool {
+        matches!(self, Self::FlashTma | Self::FlashTmaFree)
     }
 
     /// Packed rows per work-list tile (the reference kernel takes none; it gets the flash
@@ -261,7 +273,7 @@ impl AttentionKernel {
     pub fn tile_rows(self) -> usize {
         match self {
             Self::Flash | Self::Reference | Self::FlashWgmma => FLASH_BLOCK_M,
-            Self::FlashTma => TMA_BLOCK_M,
+            Self::FlashTma | Self::FlashTmaFree => TMA_BLOCK_M,
         }
     }
 }
@@ -291,26 +303,30 @@ mod device {
     pub struct Attention {
         reference: CudaFunction,
         flash: CudaFunction,
-        /// These two on sm_90 devices only; the TMA kernel, or why it cannot run.
+        /// These three on sm_90 devices only; each TMA kernel, or why it cannot run.
         flash_wgmma: Option<CudaFunction>,
         flash_tma: Option<std::result::Result<CudaFunction, String>>,
+        flash_tma_free: Option<std::result::Result<CudaFunction, String>>,
         /// The persistent kernel's grid: one CTA per multiprocessor at most.
         multiprocessors: u32,
     }
 
-    /// `attention_flash_tma`, or (as the launch's error) why its register hand-over would hang.
-    fn checked_hand_over(func: CudaFunction) -> Result<std::result::Result<CudaFunction, String>> {
-        let registers = func.num_regs().map_err(driver_err(format!(
-            "read {FLASH_TMA_KERNEL}'s register count"
-        )))?;
+    /// A TMA kernel `name`, or (as the launch's error) why its register hand-over would hang.
+    fn checked_hand_over(
+        func: CudaFunction,
+        name: &str,
+    ) -> Result<std::result::Result<CudaFunction, String>> {
+        let registers = func
+            .num_regs()
+            .map_err(driver_err(format!("read {name}'s register count")))?;
         let registers = usize::try_from(registers).unwrap_or(0);
         if tma_register_hand_over_fits(registers) {
             Ok(Ok(func))
         } else {
             Ok(Err(format!(
-                "{FLASH_TMA_KERNEL} was compiled to {registers} registers per thread, too few \
-                 for its setmaxnreg hand-over ({TMA_PRODUCER_REGS} producer, \
-                 {TMA_CONSUMER_REGS} consumer); unset GEMMA_EMBED_ATTENTION"
+                "{name} was compiled to {registers} registers per thread, too few for its \
+                 setmaxnreg hand-over ({TMA_PRODUCER_REGS} producer, {TMA_CONSUMER_REGS} \
+                 consumer); unset GEMMA_EMBED_ATTENTION"
             )))
         }
     }
@@ -334,7 +350,10 @@ mod device {
                 flash: flash_function(dev, FLASH_KERNEL, FLASH_SMEM_BYTES)?,
                 flash_wgmma: sm90(AttentionKernel::FlashWgmma, FLASH_WGMMA_SMEM_BYTES)?,
                 flash_tma: sm90(AttentionKernel::FlashTma, TMA_SMEM_BYTES)?
-                    .map(checked_hand_over)
+                    .map(|f| checked_hand_over(f, FLASH_TMA_KERNEL))
+                    .transpose()?,
+                flash_tma_free: sm90(AttentionKernel::FlashTmaFree, TMA_SMEM_BYTES)?
+                    .map(|f| checked_hand_over(f, FLASH_TMA_FREE_KERNEL))
                     .transpose()?,
                 multiprocessors: dev.multiprocessors,
             })
@@ -432,18 +451,22 @@ mod device {
                     tiles.count,
                     FLASH_THREADS,
                 ),
-                AttentionKernel::FlashTma => flash(
-                    self.flash_tma
-                        .as_ref()
-                        .ok_or_else(sm90_only)?
-                        .as_ref()
-                        .map_err(|why| Error::Cuda(why.clone()))?,
+                AttentionKernel::FlashTma | AttentionKernel::FlashTmaFree => flash(
+                    match kernel {
+                        AttentionKernel::FlashTma => &self.flash_tma,
+                        _ => &self.flash_tma_free,
+                    }
+                    .as_ref()
+                    .ok_or_else(sm90_only)?
+                    .as_ref()
+                    .map_err(|why| Error::Cuda(why.clone()))?,
                     TMA_SMEM_BYTES,
                     tiles.count.min(self.multiprocessors as usize),
                     TMA_THREADS,
                 ),
             };
-            let maps = (kernel == AttentionKernel::FlashTma)
+            let maps = kernel
+                .is_tma()
                 .then(|| tma::attention_tensor_maps((q_ptr, k_ptr, v_ptr), n))
                 .transpose()?;
             let mut launch = stream.launch_builder(func);
@@ -720,18 +743,22 @@ mod tests {
             AttentionKernel::Reference,
             AttentionKernel::FlashWgmma,
             AttentionKernel::FlashTma,
+            AttentionKernel::FlashTmaFree,
         ] {
             let (name, sm90_only) = match kernel {
                 AttentionKernel::Flash => ("flash", false),
                 AttentionKernel::Reference => ("reference", false),
                 AttentionKernel::FlashWgmma => ("flash-wgmma", true),
                 AttentionKernel::FlashTma => ("flash-tma", true),
+                AttentionKernel::FlashTmaFree => ("flash-tma-free", true),
             };
             assert_eq!(AttentionKernel::parse(name).unwrap(), kernel);
             assert!(kernel.runs_on((9, 0)));
             assert_eq!(kernel.runs_on((8, 0)), !sm90_only);
         }
         assert_eq!(AttentionKernel::FlashTma.tile_rows(), TMA_BLOCK_M);
+        assert_eq!(AttentionKernel::FlashTmaFree.tile_rows(), TMA_BLOCK_M);
+        assert!(AttentionKernel::FlashTmaFree.is_tma() && !AttentionKernel::FlashWgmma.is_tma());
         assert_eq!(AttentionKernel::FlashWgmma.tile_rows(), FLASH_BLOCK_M);
         let err = AttentionKernel::parse("wgmma").unwrap_err().to_string();
         assert!(

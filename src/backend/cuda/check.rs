@@ -245,6 +245,9 @@ fn run_family(
             check_sm90_attention(dev, AttentionKernel::FlashWgmma, rng)
         }
         CheckFamily::AttentionFlashTma => check_sm90_attention(dev, AttentionKernel::FlashTma, rng),
+        CheckFamily::AttentionFlashTmaFree => {
+            check_sm90_attention(dev, AttentionKernel::FlashTmaFree, rng)
+        }
         CheckFamily::QkvProj => check_qkv_proj(dev, kernels, rng),
         CheckFamily::ProjResidualNorm => check_proj_residual_norm(dev, kernels, rng),
     }

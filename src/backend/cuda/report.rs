@@ -36,10 +36,11 @@ pub enum CheckFamily {
     QkvProj,
     ProjResidualNorm,
     AttentionFlashTma,
+    AttentionFlashTmaFree,
 }
 
 impl CheckFamily {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::L2ReadProbe,
         Self::EmbedTokens,
         Self::ResidualNorm,
@@ -54,6 +55,7 @@ impl CheckFamily {
         Self::QkvProj,
         Self::ProjResidualNorm,
         Self::AttentionFlashTma,
+        Self::AttentionFlashTmaFree,
     ];
 
     /// The name `--family` takes and the JSON's `family` field carries.
@@ -73,6 +75,7 @@ impl CheckFamily {
             Self::QkvProj => "qkv_proj",
             Self::ProjResidualNorm => "proj_residual_norm",
             Self::AttentionFlashTma => "attention_flash_tma",
+            Self::AttentionFlashTmaFree => "attention_flash_tma_free",
         }
     }
 
