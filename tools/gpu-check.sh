@@ -16,12 +16,14 @@
 #      with the card's default kernels and once with each candidate choice (see `variants`
 #      below: GEMMA_EMBED_MLP=fused; off sm_90 GEMMA_EMBED_BRANCH=bf16; on sm_90
 #      GEMMA_EMBED_MLP=tma, =wgmma and =wgmma-wide, GEMMA_EMBED_QKV=tma and =wgmma,
-#      GEMMA_EMBED_BRANCH=fused and the former defaults GEMMA_EMBED_ATTENTION=flash and
+#      GEMMA_EMBED_BRANCH=fused, GEMMA_EMBED_ATTENTION=flash-tma-free and =flash-tma, and the
+#      former defaults GEMMA_EMBED_ATTENTION=flash and
 #      GEMMA_EMBED_BRANCH=f32; then the candidates that passed check-kernels together; a
 #      variant whose kernel did not run in check-kernels is skipped)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
-#      every candidate) vs sentence-transformers bf16 + SDPA on the same card     -> $OUT/bench*.json
+#      every candidate) vs sentence-transformers bf16 + SDPA on the same card; the default at
+#      smaller batch budgets (512 and mixed, 8192..32768 tokens)                  -> $OUT/bench*.json
 #   5. where the forward's GPU time goes: gemma-embed profile (every operation timed with CUDA
 #      events) with the default kernels and with the passing candidates together -> $OUT/profile*.json
 #   6. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
@@ -61,7 +63,7 @@ out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
 (cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
-    bench_reference.json profile.json profile_variant.json serve.json summary.txt results.tar.gz)
+    bench_budgets.json bench_reference.json profile.json profile_variant.json serve.json summary.txt results.tar.gz)
 mkdir -p "$out" "$work"
 # A device call may run 10 minutes: by default the whole check keeps within 8.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=480; }
@@ -244,8 +246,8 @@ stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --leng
     --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
     --json "$out/bench.json"
 if [ $cpu_only = 0 ]; then
-    # The batch budget: smaller batches keep more of a layer's activations in L2 (about 50 MB on
-    # an H100/H200; a 65536-token batch's residual stream alone is 200 MB) but give each GEMM
+    # The batch budget: smaller batches keep more of a layer's activations in L2 (50 MB on an
+    # H100 SXM; a 65536-token batch's f32 residual stream alone is 200 MB) but give each GEMM
     # fewer tiles. The default kernels at smaller budgets than the bench stage's.
     stage bench-budgets 90 "${gemma[@]}" bench --model "$model" --backend cuda --lengths 512 --mixed \
         --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens 8192,16384,32768 \

@@ -311,23 +311,27 @@ mod device {
         multiprocessors: u32,
     }
 
-    /// A TMA kernel `name`, or (as the launch's error) why its register hand-over would hang.
-    fn checked_hand_over(
-        func: CudaFunction,
-        name: &str,
-    ) -> Result<std::result::Result<CudaFunction, String>> {
+    /// A TMA kernel resolved with its shared memory, or why it cannot run (its launch's error,
+    /// so that a candidate's problem never stops the other kernels from loading): the driver's
+    /// refusal, or a register count its setmaxnreg hand-over would hang on.
+    fn tma_function(
+        dev: &Device,
+        kernel: AttentionKernel,
+    ) -> std::result::Result<CudaFunction, String> {
+        let name = kernel.name();
+        let func = flash_function(dev, name, TMA_SMEM_BYTES).map_err(|e| e.to_string())?;
         let registers = func
             .num_regs()
-            .map_err(driver_err(format!("read {name}'s register count")))?;
+            .map_err(|e| format!("read {name}'s register count: {e}"))?;
         let registers = usize::try_from(registers).unwrap_or(0);
         if tma_register_hand_over_fits(registers) {
-            Ok(Ok(func))
+            Ok(func)
         } else {
-            Ok(Err(format!(
+            Err(format!(
                 "{name} was compiled to {registers} registers per thread, too few for its \
                  setmaxnreg hand-over ({TMA_PRODUCER_REGS} producer, {TMA_CONSUMER_REGS} \
                  consumer); unset GEMMA_EMBED_ATTENTION"
-            )))
+            ))
         }
     }
 
@@ -345,16 +349,17 @@ mod device {
                     .then(|| flash_function(dev, kernel.name(), smem_bytes))
                     .transpose()
             };
+            let tma = |kernel: AttentionKernel| {
+                kernel
+                    .runs_on(dev.info.compute_capability)
+                    .then(|| tma_function(dev, kernel))
+            };
             Ok(Self {
                 reference: dev.function(REFERENCE_KERNEL)?,
                 flash: flash_function(dev, FLASH_KERNEL, FLASH_SMEM_BYTES)?,
                 flash_wgmma: sm90(AttentionKernel::FlashWgmma, FLASH_WGMMA_SMEM_BYTES)?,
-                flash_tma: sm90(AttentionKernel::FlashTma, TMA_SMEM_BYTES)?
-                    .map(|f| checked_hand_over(f, FLASH_TMA_KERNEL))
-                    .transpose()?,
-                flash_tma_free: sm90(AttentionKernel::FlashTmaFree, TMA_SMEM_BYTES)?
-                    .map(|f| checked_hand_over(f, FLASH_TMA_FREE_KERNEL))
-                    .transpose()?,
+                flash_tma: tma(AttentionKernel::FlashTma),
+                flash_tma_free: tma(AttentionKernel::FlashTmaFree),
                 multiprocessors: dev.multiprocessors,
             })
         }
