@@ -80,6 +80,25 @@ pub fn check_config(config: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// Lengths the kernels must get right, for the host models and the GPU check alike: tile edges
+/// at 64 packed rows (21/22, 42/43) and 128 (42/43, 85/86), key block edges, window edges
+/// (255..258, 511..514) and the longest sequences (9123 tokens packed in one batch).
+#[cfg(any(test, gemma_cuda_kernels))]
+const EDGE_LENGTHS: &[u32] = &[
+    1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 85, 86, 127, 128, 129, 255, 256, 257, 258,
+    511, 512, 513, 514, 1023, 2047, 2048,
+];
+
+/// The sequence offsets of sequences of these lengths, packed back to back.
+#[cfg(any(test, gemma_cuda_kernels))]
+fn offsets(lengths: &[u32]) -> Vec<u32> {
+    let mut offsets = vec![0];
+    for &len in lengths {
+        offsets.push(offsets.last().expect("starts with 0") + len);
+    }
+    offsets
+}
+
 /// Bound on the window radius and on the packed rows (tokens * GROUP) of one launch, so that
 /// the kernels' `int` index math (`p_hi + radius + 1`, `len * GROUP`) cannot overflow. Any
 /// radius at least the longest sequence is full attention, so clamping it changes nothing.
@@ -271,9 +290,10 @@ impl AttentionKernel {
     /// Packed rows per work-list tile (the reference kernel takes none; it gets the flash
     /// kernels' list).
     pub fn tile_rows(self) -> usize {
-        match self {
-            Self::Flash | Self::Reference | Self::FlashWgmma => FLASH_BLOCK_M,
-            Self::FlashTma | Self::FlashTmaFree => TMA_BLOCK_M,
+        if self.is_tma() {
+            TMA_BLOCK_M
+        } else {
+            FLASH_BLOCK_M
         }
     }
 }
@@ -343,12 +363,10 @@ mod device {
     impl Attention {
         /// Resolve and prepare every attention kernel `dev` runs.
         pub fn for_device(dev: &Device) -> Result<Self> {
-            let sm90 = |kernel: AttentionKernel, smem_bytes: usize| {
-                kernel
-                    .runs_on(dev.info.compute_capability)
-                    .then(|| flash_function(dev, kernel.name(), smem_bytes))
-                    .transpose()
-            };
+            let flash_wgmma = AttentionKernel::FlashWgmma
+                .runs_on(dev.info.compute_capability)
+                .then(|| flash_function(dev, FLASH_WGMMA_KERNEL, FLASH_WGMMA_SMEM_BYTES))
+                .transpose()?;
             let tma = |kernel: AttentionKernel| {
                 kernel
                     .runs_on(dev.info.compute_capability)
@@ -357,7 +375,7 @@ mod device {
             Ok(Self {
                 reference: dev.function(REFERENCE_KERNEL)?,
                 flash: flash_function(dev, FLASH_KERNEL, FLASH_SMEM_BYTES)?,
-                flash_wgmma: sm90(AttentionKernel::FlashWgmma, FLASH_WGMMA_SMEM_BYTES)?,
+                flash_wgmma,
                 flash_tma: tma(AttentionKernel::FlashTma),
                 flash_tma_free: tma(AttentionKernel::FlashTmaFree),
                 multiprocessors: dev.multiprocessors,
@@ -599,12 +617,6 @@ mod device {
 
         /// Sliding window radius of EmbeddingGemma-300m (config.json 512 -> |i - j| <= 256).
         const CHECK_WINDOW: usize = 256;
-        /// Tile (64 and 128 packed rows), key-block and window edges, packed into one batch
-        /// (9123 tokens).
-        const EDGE_LENGTHS: &[u32] = &[
-            1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 85, 86, 127, 128, 129, 255, 256, 257,
-            258, 511, 512, 513, 514, 1023, 2047, 2048,
-        ];
         const BF16_POISON: u16 = 0x7fc0;
         /// Q amplitude: with K in [-1, 1] the scores spread with a standard deviation of about
         /// 2.3, so the running maximum moves and the rescaling is exercised.
@@ -616,14 +628,6 @@ mod device {
         /// error of these random cases is about 2e-3 in the host model of the flash loop.
         const MAX_ABS_TOL: f64 = 1.0 / 128.0;
         const REL_L2_TOL: f64 = 1e-2;
-
-        fn offsets(lengths: &[u32]) -> Vec<u32> {
-            let mut offsets = vec![0];
-            for &len in lengths {
-                offsets.push(offsets.last().expect("starts with 0") + len);
-            }
-            offsets
-        }
 
         fn to_f32(bits: &[u16]) -> Vec<f32> {
             bits.iter()
@@ -717,24 +721,8 @@ mod tests {
     use crate::rng::SplitMix64;
     use half::bf16;
 
-    /// Lengths the kernels must get right: tile edges at 64 packed rows (21/22, 42/43) and 128
-    /// (42/43, 85/86), key block edges, window edges (255..258, 511..514) and the longest
-    /// sequences.
-    const EDGE_LENGTHS: &[u32] = &[
-        1, 2, 3, 15, 16, 17, 21, 22, 42, 43, 63, 64, 65, 85, 86, 127, 128, 129, 255, 256, 257, 258,
-        511, 512, 513, 514, 1023, 2047, 2048,
-    ];
-
     /// The tile heights of the flash kernels: attention_flash(_wgmma) and attention_flash_tma.
     const TILE_HEIGHTS: [usize; 2] = [FLASH_BLOCK_M, TMA_BLOCK_M];
-
-    fn offsets(lengths: &[u32]) -> Vec<u32> {
-        let mut offsets = vec![0];
-        for &len in lengths {
-            offsets.push(offsets.last().unwrap() + len);
-        }
-        offsets
-    }
 
     #[test]
     fn attention_kernels_parse_and_know_where_they_run() {
@@ -1074,11 +1062,10 @@ mod tests {
     }
 
     /// Scalar model of the flash kernels on tiles of `tile_rows`: the same work list, tile
-    /// geometry, key blocks,
-    /// masking decisions and online-softmax arithmetic (f32 scores in the log2 domain, running
-    /// max with the -inf guard, bf16 probabilities into P V, f32 row sums of the unrounded
-    /// probabilities, one bf16 rounding of the output). Only the order of the f32 additions
-    /// inside the dot products differs from the tensor cores.
+    /// geometry, key blocks, masking decisions and online-softmax arithmetic (f32 scores in the
+    /// log2 domain, running max with the -inf guard, bf16 probabilities into P V, f32 row sums of
+    /// the unrounded probabilities, one bf16 rounding of the output). Only the order of the f32
+    /// additions inside the dot products differs from the tensor cores.
     fn flash_model(
         q: &[bf16],
         k: &[bf16],
