@@ -303,6 +303,7 @@ pub use device::{check_attention, Attention, AttentionPlan};
 
 #[cfg(gemma_cuda_kernels)]
 mod device {
+    use std::cell::Cell;
     use std::sync::Arc;
 
     use cudarc::driver::{
@@ -311,7 +312,7 @@ mod device {
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
-    use crate::backend::cuda::params::AttentionParams;
+    use crate::backend::cuda::params::{AttentionParams, AttentionTensorMaps};
     use crate::backend::cuda::tma;
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `AttentionParams` from kernels/params.h: device
@@ -490,7 +491,7 @@ mod device {
             };
             let maps = kernel
                 .is_tma()
-                .then(|| tma::attention_tensor_maps((q_ptr, k_ptr, v_ptr), n))
+                .then(|| plan.tensor_maps((q_ptr, k_ptr, v_ptr)))
                 .transpose()?;
             let mut launch = stream.launch_builder(func);
             launch.arg(&params);
@@ -516,6 +517,9 @@ mod device {
         count: usize,
     }
 
+    /// Device addresses of an attention call's q, k and v.
+    type QkvAddresses = (u64, u64, u64);
+
     /// The work lists of both layer kinds for tiles of `tile_rows` packed rows.
     struct WorkLists {
         tile_rows: usize,
@@ -529,6 +533,9 @@ mod device {
     pub struct AttentionPlan {
         seq_offsets: CudaSlice<u32>,
         work_lists: Vec<WorkLists>,
+        /// The TMA kernels' maps of the q, k, v buffers last launched on, with their addresses:
+        /// every layer of a batch attends over the same buffers, so they are encoded once.
+        tensor_maps: Cell<Option<(QkvAddresses, AttentionTensorMaps)>>,
         window_radius: usize,
         num_tokens: usize,
         num_seqs: usize,
@@ -579,10 +586,23 @@ mod device {
             Ok(Self {
                 seq_offsets: upload(seq_offsets, "attention sequence offsets")?,
                 work_lists,
+                tensor_maps: Cell::new(None),
                 window_radius,
                 num_tokens,
                 num_seqs,
             })
+        }
+
+        /// The TMA kernels' maps of the batch's q, k and v at these device addresses.
+        fn tensor_maps(&self, buffers: QkvAddresses) -> Result<AttentionTensorMaps> {
+            if let Some((cached, maps)) = self.tensor_maps.get() {
+                if cached == buffers {
+                    return Ok(maps);
+                }
+            }
+            let maps = tma::attention_tensor_maps(buffers, self.num_tokens)?;
+            self.tensor_maps.set(Some((buffers, maps)));
+            Ok(maps)
         }
 
         fn tiles(&self, window: Option<usize>, tile_rows: usize) -> Result<&DeviceTiles> {
