@@ -307,7 +307,7 @@ mod device {
     use std::sync::Arc;
 
     use cudarc::driver::{
-        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
     };
 
     use super::*;
@@ -493,11 +493,6 @@ mod device {
                 .is_tma()
                 .then(|| plan.tensor_maps((q_ptr, k_ptr, v_ptr)))
                 .transpose()?;
-            let mut launch = stream.launch_builder(func);
-            launch.arg(&params);
-            if let Some(maps) = &maps {
-                launch.arg(maps);
-            }
             // SAFETY: AttentionParams matches the kernels' parameter (same header), and
             // AttentionTensorMaps the TMA kernel's second one, its maps describing q, k and v
             // of these num_tokens rows; q, k, v, out hold at least num_tokens rows (checked
@@ -505,7 +500,7 @@ mod device {
             // together from one batch by AttentionPlan::new, the sm_90 kernels only run on
             // sm_90 devices (for_device resolves them there only), and the guards keep every
             // buffer alive and ordered on `stream` until the launch is enqueued.
-            unsafe { launch.launch(cfg) }
+            unsafe { tma::launch_with_maps(stream, func, cfg, &params, maps.as_ref()) }
                 .map_err(driver_err(format!("launch {}", kernel.name())))?;
             Ok(())
         }

@@ -139,14 +139,13 @@ pub use device::GateUpGeglu;
 
 #[cfg(gemma_cuda_kernels)]
 mod device {
-    use cudarc::driver::PushKernelArg;
     use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
     use crate::backend::cuda::ops::{grid_row_blocks, kernel_u32, persistent_grid};
     use crate::backend::cuda::params::GateUpGegluParams;
-    use crate::backend::cuda::tma::gemm_tensor_maps;
+    use crate::backend::cuda::tma::{gemm_tensor_maps, launch_with_maps};
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `GateUpGegluParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernel by value.
@@ -266,18 +265,14 @@ mod device {
                     )
                 })
                 .transpose()?;
-            let mut launch = s.launch_builder(&self.func);
-            launch.arg(&params);
-            if let Some(maps) = &maps {
-                launch.arg(maps);
-            }
             // SAFETY: GateUpGegluParams matches the kernels' parameter (same header), and
             // GemmTensorMaps the TMA kernel's second one, its maps describing x and w with these
             // shapes; every buffer covers what the kernel touches for these shapes (checked
             // above), the shape divides the kernel's tiles (check_shape), the wgmma kernels only
             // run on sm_90 (load), and the guards keep the buffers alive and ordered on the
             // stream until the launch is enqueued.
-            unsafe { launch.launch(cfg) }.map_err(driver_err(format!("launch {name}")))?;
+            unsafe { launch_with_maps(s, &self.func, cfg, &params, maps.as_ref()) }
+                .map_err(driver_err(format!("launch {name}")))?;
             Ok(())
         }
     }

@@ -88,7 +88,7 @@ pub use device::QkvProj;
 
 #[cfg(gemma_cuda_kernels)]
 mod device {
-    use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
     use super::*;
     use crate::backend::cuda::device::{driver_err, Device};
@@ -96,7 +96,7 @@ mod device {
         check_fused_buffers, kernel_u32, persistent_grid, ModelDims, QkNorms, QkvBuffers, Tokens,
     };
     use crate::backend::cuda::params::QkvProjParams;
-    use crate::backend::cuda::tma::gemm_tensor_maps;
+    use crate::backend::cuda::tma::{gemm_tensor_maps, launch_with_maps};
 
     // SAFETY: bindgen's `#[repr(C)]` copy of `QkvProjParams` from kernels/params.h: device
     // addresses and scalars only, passed to the kernel by value.
@@ -203,11 +203,6 @@ mod device {
                     )
                 })
                 .transpose()?;
-            let mut launch = s.launch_builder(&self.func);
-            launch.arg(&params);
-            if let Some(maps) = &maps {
-                launch.arg(maps);
-            }
             // SAFETY: QkvProjParams matches the kernels' parameter (same header), and
             // GemmTensorMaps the TMA kernel's second one, its maps describing x and w with these
             // shapes; every buffer covers what the kernel touches for these shapes (checked
@@ -216,7 +211,8 @@ mod device {
             // which the caller keeps within the RoPE table (as for qkv_post), and the device
             // pointers stay valid until the launch is enqueued on the stream that owns the
             // buffers.
-            unsafe { launch.launch(cfg) }.map_err(driver_err(format!("launch {name}")))?;
+            unsafe { launch_with_maps(s, &self.func, cfg, &params, maps.as_ref()) }
+                .map_err(driver_err(format!("launch {name}")))?;
             Ok(())
         }
     }

@@ -5,7 +5,9 @@
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
 
-use cudarc::driver::sys;
+use cudarc::driver::{
+    sys, CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+};
 
 use super::attention::{GROUP, HEAD_DIM};
 use super::params::{AttentionTensorMaps, GemmTensorMaps, TensorMap};
@@ -17,6 +19,29 @@ use crate::{Error, Result};
 unsafe impl cudarc::driver::DeviceRepr for GemmTensorMaps {}
 // SAFETY: as GemmTensorMaps, with three maps; `attention_flash_tma`'s second parameter.
 unsafe impl cudarc::driver::DeviceRepr for AttentionTensorMaps {}
+
+/// Enqueue `func` on `stream` with `params` and, for a TMA kernel, its tensor maps as the second
+/// parameter.
+///
+/// # Safety
+/// As cudarc's `launch`: `params` (and `maps`) are exactly the kernel's parameters, and every
+/// device address in them is valid for what the kernel touches with this `cfg` until the launch
+/// is enqueued.
+pub unsafe fn launch_with_maps<P: DeviceRepr, M: DeviceRepr>(
+    stream: &CudaStream,
+    func: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &P,
+    maps: Option<&M>,
+) -> std::result::Result<(), DriverError> {
+    let mut launch = stream.launch_builder(func);
+    launch.arg(params);
+    if let Some(maps) = maps {
+        launch.arg(maps);
+    }
+    // SAFETY: the caller's contract above.
+    unsafe { launch.launch(cfg) }.map(|_events| ())
+}
 
 /// Rows and dims of one attention TMA box: a 64 x 64 segment of attn_wgmma_swizzle
 /// (kernels/attention.cuh).
