@@ -222,6 +222,19 @@ fn reruns_done_before_the_stage_limit_are_kept() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `summary.py` over the result files in `dir`, with these stage lines (name, status, ms).
+fn summary(dir: &Path, stages: &str) -> Output {
+    let stages_file = dir.join("stages.tsv");
+    std::fs::write(&stages_file, stages).expect("write stages.tsv");
+    run(&[
+        tool("summary.py").to_str().unwrap(),
+        "--stages",
+        stages_file.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
     let dir = scratch("summary");
@@ -245,16 +258,7 @@ fn summary_reports_errors_and_operand_loads_against_the_l2_probe() {
         r#"{"copy_gb_per_s": 3000.0, "matmul_bf16_tflop_per_s": 770.0}"#,
     )
     .unwrap();
-    let stages = dir.join("stages.tsv");
-    std::fs::write(&stages, "check-kernels\tok\t1000\n").unwrap();
-
-    let out = run(&[
-        tool("summary.py").to_str().unwrap(),
-        "--stages",
-        stages.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let out = summary(&dir, "check-kernels\tok\t1000\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -308,16 +312,7 @@ fn summary_tabulates_the_batch_budgets_next_to_the_bench_stages() {
         report(&[("fixed-512", 8192, 1200.0), ("fixed-512", 16384, 1100.0)]),
     )
     .unwrap();
-    let stages = dir.join("stages.tsv");
-    std::fs::write(&stages, "bench\tok\t1000\nbench-budgets\tok\t1000\n").unwrap();
-
-    let out = run(&[
-        tool("summary.py").to_str().unwrap(),
-        "--stages",
-        stages.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let out = summary(&dir, "bench\tok\t1000\nbench-budgets\tok\t1000\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let table: Vec<&str> = stdout
         .lines()

@@ -17,9 +17,9 @@
 #      below: GEMMA_EMBED_MLP=fused; off sm_90 GEMMA_EMBED_BRANCH=bf16; on sm_90
 #      GEMMA_EMBED_MLP=tma, =wgmma and =wgmma-wide, GEMMA_EMBED_QKV=tma and =wgmma,
 #      GEMMA_EMBED_BRANCH=fused, GEMMA_EMBED_ATTENTION=flash-tma-free and =flash-tma, and the
-#      former defaults GEMMA_EMBED_ATTENTION=flash and
-#      GEMMA_EMBED_BRANCH=f32; then the candidates that passed check-kernels together; a
-#      variant whose kernel did not run in check-kernels is skipped)
+#      former defaults GEMMA_EMBED_ATTENTION=flash and GEMMA_EMBED_BRANCH=f32; then the
+#      candidates that passed check-kernels together; a variant whose kernel did not run in
+#      check-kernels is skipped)
 #                                                                                 -> $OUT/parity.json
 #   4. throughput at 128, 512, 2048 tokens and a mixed batch, gemma-embed (CUDA, default and
 #      every candidate) vs sentence-transformers bf16 + SDPA on the same card; the default at
@@ -192,9 +192,9 @@ if [ $cpu_only = 0 ]; then
     # of a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
     # candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16 branch; on sm_90
     # the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the fused branch, the TMA
-    # attention kernels, and the former defaults flash attention and f32 branch); last, the candidates that passed
-    # check-kernels together, the most promising option of each (`candidates.py passing`),
-    # which is the variant profiled.
+    # attention kernels, and the former defaults flash attention and f32 branch); last, the
+    # candidates that passed check-kernels together, the most promising option of each
+    # (`candidates.py passing`), which is the variant profiled.
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
     sm90_flag=()

@@ -5,8 +5,8 @@ throughput of gemma-embed against sentence-transformers, from the files the stag
     summary.py --stages stages.tsv --out DIR
 
 Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_variant_NAME.json (the candidate
-kernel choices), DIR/bench_budgets.json (smaller batch budgets), DIR/bench_reference.json, DIR/profile.json, DIR/profile_variant.json and
-DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
+kernel choices), DIR/bench_budgets.json (smaller batch budgets), DIR/bench_reference.json,
+DIR/profile.json, DIR/profile_variant.json and DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
 """
 
 import argparse
@@ -130,8 +130,9 @@ def main():
     if budgets is not None:
         # The bench stage's budget next to the smaller ones, per workload.
         rows = {}
+        names = {w["name"] for w in budgets["workloads"]}
         for w in (bench["workloads"] if bench else []) + budgets["workloads"]:
-            if w["name"] in {b["name"] for b in budgets["workloads"]}:
+            if w["name"] in names:
                 rows.setdefault(w["name"], {})[w["max_batch_tokens"]] = w["tokens_per_s"]
         sizes = sorted({size for by_size in rows.values() for size in by_size})
         print(f"\nbatch budget (tokens):  " + " ".join(f"{size:>12}" for size in sizes))
