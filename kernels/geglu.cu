@@ -12,12 +12,14 @@
 // gelu(approximate="tanh"); accurate tanhf, no fast-math intrinsics.
 #include "common.cuh"
 
+static_assert(GEGLU_OUTPUTS_PER_THREAD == 8, "one f32x8 (16 bytes of bf16) per thread");
+
 extern "C" __global__ void __launch_bounds__(256) geglu(GegluParams p) {
-    const uint32_t groups_per_row = p.intermediate / 8;
+    const uint32_t groups_per_row = p.intermediate / GEGLU_OUTPUTS_PER_THREAD;
     const uint32_t group = blockIdx.x * blockDim.x + threadIdx.x;
     if (group >= p.num_tokens * groups_per_row) return;
     const uint32_t token = group / groups_per_row;
-    const uint32_t c = (group - token * groups_per_row) * 8;
+    const uint32_t c = (group - token * groups_per_row) * GEGLU_OUTPUTS_PER_THREAD;
     const bf16_t* row = p.gate_up + static_cast<size_t>(token) * 2 * p.intermediate;
     const f32x8 gate = load_bf16x8(row + c);
     const f32x8 up = load_bf16x8(row + p.intermediate + c);

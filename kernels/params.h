@@ -180,7 +180,9 @@ typedef struct {
     uint32_t hidden;          /* PROJ_NORM_CLUSTER * 256 */
 } ProjResidualNormParams;
 
-/* geglu.cu: out = gelu_tanh(r * gate) * (r * up). */
+/* geglu.cu: out = gelu_tanh(r * gate) * (r * up). One thread per this many consecutive outputs
+ * of a row (one 16-byte store): intermediate a multiple of it. */
+#define GEGLU_OUTPUTS_PER_THREAD 8
 typedef struct {
     const bf16_t *gate_up;    /* [num_tokens, 2 * intermediate]: gate | up */
     const float *inv_rms;     /* [num_tokens] */

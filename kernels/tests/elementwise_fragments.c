@@ -237,23 +237,24 @@ static void check_geglu(int n, int inter) {
     float *out = calloc(out_len, sizeof(float));
     int *reads = zero_counts(in_len), *writes = zero_counts(out_len);
 
-    /* ops.rs: one thread per 8 outputs, groups.div_ceil(ROW_BLOCK) blocks. */
-    const uint32_t groups = (uint32_t)(out_len / 8);
+    /* ops.rs: one thread per GEGLU_OUTPUTS_PER_THREAD outputs, groups.div_ceil(ROW_BLOCK)
+     * blocks. */
+    const uint32_t groups = (uint32_t)(out_len / GEGLU_OUTPUTS_PER_THREAD);
     const int grid = (int)((groups + BLOCK - 1) / BLOCK);
     for (int block = 0; block < grid; ++block)
         for (int tid = 0; tid < BLOCK; ++tid) {
-            const uint32_t groups_per_row = (uint32_t)inter / 8;
+            const uint32_t groups_per_row = (uint32_t)inter / GEGLU_OUTPUTS_PER_THREAD;
             const uint32_t group = (uint32_t)(block * BLOCK + tid);
             if (group >= (uint32_t)n * groups_per_row) continue;
             const uint32_t token = group / groups_per_row;
-            const uint32_t c = (group - token * groups_per_row) * 8;
+            const uint32_t c = (group - token * groups_per_row) * GEGLU_OUTPUTS_PER_THREAD;
             const size_t row = (size_t)token * 2 * inter;
             const size_t dst = (size_t)token * inter + c;
             expect_aligned("geglu gate", row + c, 2);
             expect_aligned("geglu up", row + inter + c, 2);
             expect_aligned("geglu out", dst, 2);
             const float r = inv_rms[token];
-            for (int j = 0; j < 8; ++j) {
+            for (int j = 0; j < GEGLU_OUTPUTS_PER_THREAD; ++j) {
                 reads[row + c + j]++;
                 reads[row + inter + c + j]++;
                 out[dst + j] =

@@ -21,7 +21,7 @@ const QKV_POST_LANES: usize = 16;
 const QKV_POST_MAX_HEAD_DIM: usize = 256;
 /// `RESIDUAL_NORM_MAX_HIDDEN`: the hidden row a warp of `residual_norm` holds in registers.
 const RESIDUAL_NORM_MAX_HIDDEN: usize = 1024;
-/// `geglu`: outputs per thread (one 16-byte store).
+/// `GEGLU_OUTPUTS_PER_THREAD`: `geglu`'s outputs per thread (one 16-byte store).
 const GEGLU_OUTPUTS_PER_THREAD: usize = 8;
 
 /// The model numbers the kernels take at runtime.
@@ -610,6 +610,7 @@ mod tests {
             ("QKV_POST_LANES", QKV_POST_LANES),
             ("QKV_POST_MAX_HEAD_DIM", QKV_POST_MAX_HEAD_DIM),
             ("RESIDUAL_NORM_MAX_HIDDEN", RESIDUAL_NORM_MAX_HIDDEN),
+            ("GEGLU_OUTPUTS_PER_THREAD", GEGLU_OUTPUTS_PER_THREAD),
         ];
         for (name, value) in defines {
             assert_eq!(super::super::params_define(name), value as i64, "{name}");
