@@ -779,32 +779,24 @@ mod tests {
     #[test]
     fn tile_constants_match_params_header() {
         let define = super::super::params_define;
-        assert_eq!(define("ATTENTION_HEAD_DIM"), HEAD_DIM as i64);
-        assert_eq!(define("ATTENTION_GROUP"), GROUP as i64);
-        assert_eq!(define("ATTENTION_REFERENCE_WARPS"), REFERENCE_WARPS as i64);
-        assert_eq!(define("ATTENTION_FLASH_BLOCK_M"), FLASH_BLOCK_M as i64);
-        assert_eq!(define("ATTENTION_FLASH_BLOCK_N"), FLASH_BLOCK_N as i64);
-        assert_eq!(define("ATTENTION_FLASH_THREADS"), FLASH_THREADS as i64);
-        assert_eq!(
-            define("ATTENTION_FLASH_SMEM_BYTES"),
-            FLASH_SMEM_BYTES as i64
-        );
-        assert_eq!(
-            define("ATTENTION_FLASH_WGMMA_SMEM_BYTES"),
-            FLASH_WGMMA_SMEM_BYTES as i64
-        );
-        assert_eq!(define("ATTENTION_TMA_BLOCK_M"), TMA_BLOCK_M as i64);
-        assert_eq!(define("ATTENTION_TMA_THREADS"), TMA_THREADS as i64);
-        assert_eq!(define("ATTENTION_TMA_STAGES"), TMA_STAGES as i64);
-        assert_eq!(define("ATTENTION_TMA_SMEM_BYTES"), TMA_SMEM_BYTES as i64);
-        assert_eq!(
-            define("ATTENTION_TMA_PRODUCER_REGS"),
-            TMA_PRODUCER_REGS as i64
-        );
-        assert_eq!(
-            define("ATTENTION_TMA_CONSUMER_REGS"),
-            TMA_CONSUMER_REGS as i64
-        );
+        for (name, value) in [
+            ("ATTENTION_HEAD_DIM", HEAD_DIM),
+            ("ATTENTION_GROUP", GROUP),
+            ("ATTENTION_REFERENCE_WARPS", REFERENCE_WARPS),
+            ("ATTENTION_FLASH_BLOCK_M", FLASH_BLOCK_M),
+            ("ATTENTION_FLASH_BLOCK_N", FLASH_BLOCK_N),
+            ("ATTENTION_FLASH_THREADS", FLASH_THREADS),
+            ("ATTENTION_FLASH_SMEM_BYTES", FLASH_SMEM_BYTES),
+            ("ATTENTION_FLASH_WGMMA_SMEM_BYTES", FLASH_WGMMA_SMEM_BYTES),
+            ("ATTENTION_TMA_BLOCK_M", TMA_BLOCK_M),
+            ("ATTENTION_TMA_THREADS", TMA_THREADS),
+            ("ATTENTION_TMA_STAGES", TMA_STAGES),
+            ("ATTENTION_TMA_SMEM_BYTES", TMA_SMEM_BYTES),
+            ("ATTENTION_TMA_PRODUCER_REGS", TMA_PRODUCER_REGS),
+            ("ATTENTION_TMA_CONSUMER_REGS", TMA_CONSUMER_REGS),
+        ] {
+            assert_eq!(define(name), value as i64, "{name}");
+        }
         // ptxas gives the kernel 168 registers under __launch_bounds__(384, 1): exactly enough.
         assert!(tma_register_hand_over_fits(168));
         assert!(!tma_register_hand_over_fits(160));
