@@ -269,9 +269,9 @@ extern "C" __global__ void __launch_bounds__(GEGLU_TMA_THREADS, 1)
     static_assert(GEGLU_WIDE_ACC_REGS == kOutputs, "wgmma.m64n256");
     extern __shared__ __align__(128) unsigned char tma_smem_bytes[];
     float acc[kOutputs];
-    wgmma_gemm_tma_persistent<kBlockM, 2 * kOutputs, GEGLU_TMA_STAGES>(
+    wgmma_gemm_tma_persistent<kBlockM, 2 * kOutputs, GEGLU_TMA_STAGES, 0, 0>(
         acc, smem_align_1024<unsigned char>(tma_smem_bytes), maps, p.num_tokens, p.hidden,
-        p.intermediate / kOutputs,
+        gemm_grid_walk(p.intermediate / kOutputs),
         [&](const float (&tile_acc)[kOutputs], uint32_t first_row, uint32_t col_block, int warp) {
             gate_up_geglu_wgmma_epilogue<kOutputs>(tile_acc, p, first_row, col_block * kOutputs,
                                                    warp);

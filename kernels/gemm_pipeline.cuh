@@ -15,7 +15,7 @@
 // - wgmma_gemm_tma_persistent (sm_90a): a persistent CTA whose stages are filled by TMA from a
 //   producer warpgroup, released by the consumer warpgroups through mbarriers: no CTA-wide
 //   barrier in the k loop, and the producer runs up to Stages - 1 slices ahead of the slice being
-//   multiplied, across tiles.
+//   multiplied, across tiles (GemmTileWalk: a 1-D grid's tiles, or a cluster's row blocks).
 //
 // Index math lives in tile.cuh, where the host warp emulators (kernels/tests/) drive it.
 #pragma once
@@ -190,36 +190,49 @@ __device__ __forceinline__ void wgmma_gemm_persistent(float (&acc)[AccRegs], bf1
     }
 }
 
+/* The walk of a 1-D persistent grid over ceil(num_tokens / BlockM) x col_blocks tiles, each CTA
+ * starting at its blockIdx.x. */
+__device__ __forceinline__ GemmTileWalk gemm_grid_walk(uint32_t col_blocks) {
+    return GemmTileWalk{blockIdx.x, gridDim.x, col_blocks, 0};
+}
+
 /* A persistent CTA of one producer warpgroup (warpgroup 0) and BlockM / WGMMA_ROWS consumer
- * warpgroups, walking the tiles as wgmma_gemm_persistent does. Thread 0 fills the stages: per k
- * slice one TMA copy of the x box (GEMM_TILE_K x BlockM at k, first_row; rows past num_tokens
- * read as 0) and one of the weight box (GEMM_TILE_K x WeightRows), both landing in the 128-byte
- * swizzle that wgmma_desc_sw128 addresses, and completing the stage's `full` mbarrier. Consumer
- * warpgroup c multiplies tile rows WGMMA_ROWS c .. by every weight row, one slice's wgmmas left
- * in flight; when a slice's wgmmas have completed, lane 0 of each consumer warp arrives on the
- * stage's `empty` mbarrier, and the producer refills a stage only once all of them have. Slice i
- * of the CTA (counted across its tiles) uses stage i % Stages; which phases it waits for:
- * tile.cuh's gemm_tma_stage / gemm_tma_full_parity / gemm_tma_empty_parity. After each tile,
+ * warpgroups, walking the tiles of `walk` (tile.cuh's GemmTileWalk). Thread 0 fills the stages:
+ * per k slice one TMA copy of the x box (GEMM_TILE_K x BlockM at k, first_row; rows past
+ * num_tokens read as 0) and one of the
+ * weight box (GEMM_TILE_K x WeightRows), both landing in the 128-byte swizzle that
+ * wgmma_desc_sw128 addresses, and completing the stage's `full` mbarrier. Consumer warpgroup c
+ * multiplies tile rows WGMMA_ROWS c .. by every weight row, one slice's wgmmas left in flight;
+ * when a slice's wgmmas have completed, lane 0 of each consumer warp arrives on the stage's
+ * `empty` mbarrier, and the producer refills a stage only once all of them have. Slice i of the
+ * CTA (counted across its tiles) uses stage i % Stages; which phases it waits for: tile.cuh's
+ * gemm_tma_stage / gemm_tma_full_parity / gemm_tma_empty_parity. After each tile,
  * `epilogue(acc, first_row, col_block, warp)` with `warp` the consumer warp (0 ..), while the
- * producer already fills the next tile's stages. `smem` is 1024-byte aligned and holds Stages *
- * (BlockM + WeightRows) * GEMM_TILE_K bf16; k_dim is a positive multiple of GEMM_TILE_K (the
- * hosts check it). The producer's threads return early: the caller may not synchronize the CTA
- * after this. */
-template <int BlockM, int WeightRows, int Stages, int AccRegs, class Epilogue>
+ * producer already fills the next tile's stages. With ProducerRegs and ConsumerRegs non-zero the
+ * producer warpgroup first lowers its registers to ProducerRegs (setmaxnreg) and the consumers
+ * raise theirs to ConsumerRegs; the launch must have given every thread enough for that
+ * (ProducerRegs * 128 + ConsumerRegs * consumer threads). `smem` is 1024-byte aligned and holds
+ * Stages * (BlockM + WeightRows) * GEMM_TILE_K bf16; k_dim is a positive multiple of GEMM_TILE_K
+ * (the hosts check it). The producer's threads return early: the caller may not synchronize
+ * the CTA after this. */
+template <int BlockM, int WeightRows, int Stages, int ProducerRegs, int ConsumerRegs, int AccRegs,
+          class Epilogue>
 __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
                                                           unsigned char *smem,
                                                           const GemmTensorMaps &maps,
                                                           uint32_t num_tokens, uint32_t k_dim,
-                                                          uint32_t col_blocks, Epilogue epilogue) {
+                                                          const GemmTileWalk walk,
+                                                          Epilogue epilogue) {
     static_assert(AccRegs == WeightRows / 2, "an m64nN accumulator takes N / 2 f32 per thread");
     static_assert(WeightRows == 256, "wgmma.m64n256k16; a TMA box has at most 256 rows");
     static_assert(BlockM % WGMMA_ROWS == 0 && BlockM <= 256, "whole consumer warpgroups");
     static_assert(Stages >= 2, "a consumer holds a slice's stage until the next slice is issued");
+    static_assert((ProducerRegs == 0) == (ConsumerRegs == 0), "both counts or neither");
     constexpr int kConsumerWarps = BlockM / WGMMA_ROWS * 4;
     constexpr uint32_t kXBytes = BlockM * GEMM_TILE_K * 2;
     constexpr uint32_t kStageBytes = (BlockM + WeightRows) * GEMM_TILE_K * 2;
     __shared__ uint64_t full[Stages], empty[Stages];
-    const uint32_t num_tiles = (num_tokens + BlockM - 1) / BlockM * col_blocks;
+    const uint32_t num_tiles = (num_tokens + BlockM - 1) / BlockM * walk.col_blocks;
     const uint32_t k_tiles = k_dim / GEMM_TILE_K;
     if (threadIdx.x == 0) {
 #pragma unroll
@@ -232,11 +245,12 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
     __syncthreads();
 
     if (threadIdx.x < 128) {
+        if constexpr (ProducerRegs != 0) setmaxnreg_dec<ProducerRegs>();
         if (threadIdx.x == 0) {
             uint32_t slice = 0;
-            for (uint32_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-                const int32_t first_row = gemm_tile_row_block(tile, col_blocks) * BlockM;
-                const int32_t first_weight_row = gemm_tile_col_block(tile, col_blocks) * WeightRows;
+            for (uint32_t tile = walk.first; tile < num_tiles; tile += walk.step) {
+                const int32_t first_row = gemm_tile_row_block(tile, walk.col_blocks) * BlockM;
+                const int32_t first_weight_row = gemm_walk_weight_row(walk, tile, WeightRows);
                 for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
                     const uint32_t s = gemm_tma_stage(slice, Stages);
                     mbarrier_wait(&empty[s], gemm_tma_empty_parity(slice, Stages));
@@ -251,11 +265,12 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
         return;
     }
 
+    if constexpr (ConsumerRegs != 0) setmaxnreg_inc<ConsumerRegs>();
     const int consumer = threadIdx.x / 128 - 1;
     const int warp = threadIdx.x / 32 - 4;
     const bool releases = (threadIdx.x & 31) == 0;
     uint32_t slice = 0;
-    for (uint32_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    for (uint32_t tile = walk.first; tile < num_tiles; tile += walk.step) {
 #pragma unroll
         for (int r = 0; r < AccRegs; ++r) acc[r] = 0.0f;
         for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
@@ -280,8 +295,8 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
         wgmma_wait<0>();
         wgmma_fence_operands(acc);
         if (releases) mbarrier_arrive(&empty[gemm_tma_stage(slice - 1, Stages)]);
-        epilogue(acc, gemm_tile_row_block(tile, col_blocks) * BlockM,
-                 gemm_tile_col_block(tile, col_blocks), warp);
+        epilogue(acc, gemm_tile_row_block(tile, walk.col_blocks) * BlockM,
+                 gemm_tile_col_block(tile, walk.col_blocks), warp);
     }
 }
 

@@ -318,6 +318,41 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
     }
 }
 
+/* Cluster-scope handoffs through mbarriers (proj_residual_norm_tma's row-sum exchange). A
+ * thread makes its earlier accesses (local or distributed shared memory) visible at cluster
+ * scope with fence_cluster_release, then arrives on the mbarrier at `bar`'s offset in the shared
+ * memory of the cluster's CTA `rank` (this one included) with mbarrier_arrive_cluster: one fence
+ * covers its arrivals on every CTA. A waiter acquires at cluster scope what the arrivals
+ * released once the phase completes. */
+__device__ __forceinline__ void fence_cluster_release() {
+    asm volatile("fence.acq_rel.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t *bar, uint32_t rank) {
+    asm volatile("{\n.reg .b32 remote;\n"
+                 "mapa.shared::cluster.u32 remote, %0, %1;\n"
+                 "mbarrier.arrive.relaxed.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(
+                     smem_addr(bar)),
+                 "r"(rank)
+                 : "memory");
+}
+__device__ __forceinline__ bool mbarrier_try_wait_cluster(uint64_t *bar, uint32_t parity) {
+    uint32_t done;
+    asm volatile("{\n.reg .pred complete;\n"
+                 "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 complete, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, complete;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_addr(bar)), "r"(parity)
+                 : "memory");
+    return done != 0;
+}
+__device__ __forceinline__ void mbarrier_wait_cluster(uint64_t *bar, uint32_t parity) {
+    if (mbarrier_try_wait_cluster(bar, parity)) return;
+    const uint64_t start = globaltimer_ns();
+    while (!mbarrier_try_wait_cluster(bar, parity)) {
+        if (globaltimer_ns() - start > MBARRIER_TIMEOUT_NS) __trap();
+    }
+}
+
 /* TMA: the box at (k = k0, row = row0) of the 2D tensor `map` describes (a __grid_constant__
  * parameter) into shared memory at `dst`, completing `bytes` of `bar`'s transaction count. */
 __device__ __forceinline__ void tma_load_2d(void *dst, const void *map, uint64_t *bar, int32_t k0,

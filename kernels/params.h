@@ -166,6 +166,13 @@ typedef struct {
 #define PROJ_NORM_THREADS 256
 /* STAGES * (BLOCK_M + 256) * 64 bf16, plus 1024 bytes to align the stages. */
 #define PROJ_NORM_SMEM_BYTES 197632
+/* proj_residual_norm_tma: the same tiles, cluster, stages and shared memory, with a producer
+ * warpgroup issuing TMA copies ahead of two consumer warpgroups; the producer hands registers
+ * to the consumers (setmaxnreg), so every thread must be launched with at least
+ * (PRODUCER_REGS * 128 + CONSUMER_REGS * 256) / THREADS registers. */
+#define PROJ_NORM_TMA_THREADS 384
+#define PROJ_NORM_TMA_PRODUCER_REGS 24
+#define PROJ_NORM_TMA_CONSUMER_REGS 240
 typedef struct {
     const bf16_t *x;          /* [num_tokens, k_dim] the projection's input (attention or GEGLU
                                  output) */

@@ -30,6 +30,24 @@
  * read them. Rows past num_tokens compute zeros (zero-filled x) and touch no memory. On other
  * architectures the kernel traps; the host launches it only on sm_90.
  *
+ * proj_residual_norm_tma: the same tiles, cluster, grid and epilogue arithmetic, with
+ * PROJ_NORM_TMA_THREADS (three warpgroups) and gemm_pipeline.cuh's TMA main loop: warpgroup 0
+ * produces (one thread issues two TMA copies per k slice, maps in a second, __grid_constant__
+ * parameter: x [num_tokens, k_dim] in boxes of GEMM_TILE_K x BLOCK_M, w [hidden, k_dim] in boxes
+ * of GEMM_TILE_K x 256, the CTA's rows starting at 256 x its rank), hands its registers to the
+ * consumers (PROJ_NORM_TMA_PRODUCER_REGS / _CONSUMER_REGS) and runs ahead across row blocks;
+ * warpgroups 1 and 2 multiply and run the epilogue. No CTA-wide or cluster-wide barrier follows
+ * the start, since the producer never joins the consumers again: the two row-sum exchanges of
+ * each row block go through a full mbarrier per exchange in every CTA of the cluster, arrived on
+ * remotely and waited on at cluster scope (a release fence before the arrivals, an acquire wait;
+ * tile.cuh's proj_norm_exchange_*). Lane 0 of each quad writes its quad's partials into the
+ * slot of its rank in every CTA, arrives on every CTA's barrier, waits for its own and adds the
+ * cluster's partials in rank order, so every CTA computes the same bits. No empty barriers: a
+ * lane writes an exchange's slots again only in the next row block, after passing the other
+ * exchange's full barrier, which every lane of the cluster arrives on only after reading this
+ * exchange; and once a CTA's second barrier has completed for its last row block, no write or
+ * arrival of the cluster is left to reach it, so it may exit.
+ *
  * Numerics: bf16 products accumulated in f32 by the tensor cores; the norm, the residual add
  * and the new inverse RMS in f32 (f32 branch, as residual_norm with an f32 branch); one bf16
  * rounding, of the residual's copy.
@@ -56,6 +74,68 @@ __device__ __forceinline__ float cluster_row_sum(cooperative_groups::cluster_gro
     return total;
 }
 
+/* The epilogue's steps, per row `half` (0, 1) of this thread's accumulators, the tile row
+ * gemm_wgmma_row(warp, lane, half) holding token `row`'s 256 outputs of the CTA's slice (columns
+ * first_col ..). */
+
+/* The sum of squares of the row over the slice, added over the quad (every lane gets it). */
+__device__ __forceinline__ float quad_row_squares(const float (&acc)[kAccRegs], int half) {
+    float squares = 0.0f;
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const float b = acc[gemm_wgmma_reg(tile, half, e)];
+            squares += b * b;
+        }
+    }
+    squares += __shfl_xor_sync(FULL_MASK, squares, 1);
+    squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+    return squares;
+}
+
+/* The row's branch b becomes the new residual, residual + b * branch_inv_rms * (1 + w_post),
+ * kept in acc; returns its sum of squares over the slice, added over the quad (0 for a row past
+ * num_tokens, which reads nothing). */
+__device__ __forceinline__ float add_normed_branch(float (&acc)[kAccRegs],
+                                                   const ProjResidualNormParams &p, uint32_t row,
+                                                   uint32_t first_col, int lane, int half,
+                                                   float branch_inv_rms) {
+    float squares = 0.0f;
+    if (row < p.num_tokens) {
+        const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
+#pragma unroll
+        for (int tile = 0; tile < kTiles; ++tile) {
+            const int col = gemm_wgmma_col(lane, tile);
+            const float2 w = *reinterpret_cast<const float2 *>(p.post_norm + first_col + col);
+            const float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
+            float &x0 = acc[gemm_wgmma_reg(tile, half, 0)];
+            float &x1 = acc[gemm_wgmma_reg(tile, half, 1)];
+            x0 = x.x + x0 * branch_inv_rms * (1.0f + w.x);
+            x1 = x.y + x1 * branch_inv_rms * (1.0f + w.y);
+            squares += x0 * x0 + x1 * x1;
+        }
+    }
+    squares += __shfl_xor_sync(FULL_MASK, squares, 1);
+    squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+    return squares;
+}
+
+/* The new residual's row, in f32 and its bf16 copy (row < num_tokens). */
+__device__ __forceinline__ void store_residual_row(const float (&acc)[kAccRegs],
+                                                   const ProjResidualNormParams &p, uint32_t row,
+                                                   uint32_t first_col, int lane, int half) {
+    const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile) {
+        const int col = gemm_wgmma_col(lane, tile);
+        const float x0 = acc[gemm_wgmma_reg(tile, half, 0)];
+        const float x1 = acc[gemm_wgmma_reg(tile, half, 1)];
+        *reinterpret_cast<float2 *>(p.residual + base + col) = make_float2(x0, x1);
+        *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x0, x1);
+    }
+}
+
 /* barrier.cluster split in two: a release arrive, which orders this thread's earlier accesses
  * (the remote reads of the peers' partials) before the peers' wait (PTX ISA: .relaxed would
  * order none of them, so a peer could exit while a read is in flight), and the wait that
@@ -65,6 +145,48 @@ __device__ __forceinline__ void cluster_arrive_release() {
 }
 __device__ __forceinline__ void cluster_wait() {
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+/* proj_residual_norm_tma's exchanges: per exchange (0: the branch's sums of squares, 1: the new
+ * residual's), a slot of BLOCK_M partial sums per rank of the cluster and the full mbarrier
+ * (PROJ_NORM_EXCHANGE_ARRIVALS a phase). */
+struct RowSumExchange {
+    float slots[2][PROJ_NORM_CLUSTER][PROJ_NORM_BLOCK_M];
+    uint64_t full[2];
+};
+
+/* Use `use` of exchange `which`: `sums` holds this thread's quad's partial sums of its two tile
+ * rows (half 0, 1: gemm_wgmma_row(warp, lane, half)) in this CTA, and becomes their totals over
+ * the cluster. Consumer threads only; every lane of the warp calls it. */
+__device__ __forceinline__ void exchange_row_sums(cooperative_groups::cluster_group &cluster,
+                                                  RowSumExchange &exchange, int which,
+                                                  uint32_t use, uint32_t rank, int warp, int lane,
+                                                  float (&sums)[2]) {
+    if (proj_norm_exchange_writer(lane)) {
+        float(&slots)[PROJ_NORM_CLUSTER][PROJ_NORM_BLOCK_M] = exchange.slots[which];
+#pragma unroll
+        for (unsigned peer = 0; peer < PROJ_NORM_CLUSTER; ++peer) {
+            float *slot = cluster.map_shared_rank(&slots[rank][0], peer);
+#pragma unroll
+            for (int half = 0; half < 2; ++half) slot[gemm_wgmma_row(warp, lane, half)] = sums[half];
+        }
+        fence_cluster_release();
+#pragma unroll
+        for (unsigned peer = 0; peer < PROJ_NORM_CLUSTER; ++peer) {
+            mbarrier_arrive_cluster(&exchange.full[which], peer);
+        }
+        mbarrier_wait_cluster(&exchange.full[which], proj_norm_exchange_parity(use));
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = gemm_wgmma_row(warp, lane, half);
+            float total = 0.0f;
+#pragma unroll
+            for (int r = 0; r < PROJ_NORM_CLUSTER; ++r) total += slots[r][row];
+            sums[half] = total;
+        }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) sums[half] = __shfl_sync(FULL_MASK, sums[half], lane & ~3);
 }
 #endif
 } // namespace
@@ -109,17 +231,7 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
         /* The branch's sums of squares: quad, then cluster. */
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            float squares = 0.0f;
-#pragma unroll
-            for (int tile = 0; tile < kTiles; ++tile) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float b = acc[gemm_wgmma_reg(tile, half, e)];
-                    squares += b * b;
-                }
-            }
-            squares += __shfl_xor_sync(FULL_MASK, squares, 1);
-            squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+            const float squares = quad_row_squares(acc, half);
             if (lane % 4 == 0) row_squares[0][gemm_wgmma_row(warp, lane, half)] = squares;
         }
         cluster.sync();
@@ -129,27 +241,10 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int local_row = gemm_wgmma_row(warp, lane, half);
-            const uint32_t row = first_row + local_row;
             const float branch_inv_rms =
                 inverse_rms(cluster_row_sum(cluster, row_squares[0], local_row), p.hidden, p.eps);
-            float squares = 0.0f;
-            if (row < p.num_tokens) {
-                const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
-#pragma unroll
-                for (int tile = 0; tile < kTiles; ++tile) {
-                    const int col = gemm_wgmma_col(lane, tile);
-                    const float2 w =
-                        *reinterpret_cast<const float2 *>(p.post_norm + first_col + col);
-                    const float2 x = *reinterpret_cast<const float2 *>(p.residual + base + col);
-                    float &x0 = acc[gemm_wgmma_reg(tile, half, 0)];
-                    float &x1 = acc[gemm_wgmma_reg(tile, half, 1)];
-                    x0 = x.x + x0 * branch_inv_rms * (1.0f + w.x);
-                    x1 = x.y + x1 * branch_inv_rms * (1.0f + w.y);
-                    squares += x0 * x0 + x1 * x1;
-                }
-            }
-            squares += __shfl_xor_sync(FULL_MASK, squares, 1);
-            squares += __shfl_xor_sync(FULL_MASK, squares, 2);
+            const float squares = add_normed_branch(acc, p, first_row + local_row, first_col, lane,
+                                                    half, branch_inv_rms);
             if (lane % 4 == 0) row_squares[1][local_row] = squares;
         }
         cluster.sync();
@@ -179,21 +274,78 @@ extern "C" __global__ void __launch_bounds__(PROJ_NORM_THREADS, 1)
         for (int half = 0; half < 2; ++half) {
             const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
             if (row >= p.num_tokens) continue;
-            const size_t base = static_cast<size_t>(row) * p.hidden + first_col;
-#pragma unroll
-            for (int tile = 0; tile < kTiles; ++tile) {
-                const int col = gemm_wgmma_col(lane, tile);
-                const float x0 = acc[gemm_wgmma_reg(tile, half, 0)];
-                const float x1 = acc[gemm_wgmma_reg(tile, half, 1)];
-                *reinterpret_cast<float2 *>(p.residual + base + col) = make_float2(x0, x1);
-                *reinterpret_cast<uint32_t *>(p.residual_bf16 + base + col) = pack_bf16x2(x0, x1);
-            }
+            store_residual_row(acc, p, row, first_col, lane, half);
             if (slice == 0 && lane % 4 == 0) p.inv_rms[row] = inv_rms[half];
         }
         /* No CTA overwrites (next row block) or frees (exit) its row_squares before every peer has
          * read them. */
         cluster_wait();
     }
+#else
+    __trap();
+#endif
+}
+
+/* The kernel above with TMA-filled stages and mbarrier exchanges (header comment). */
+extern "C" __global__ void __launch_bounds__(PROJ_NORM_TMA_THREADS, 1)
+    proj_residual_norm_tma(const ProjResidualNormParams p,
+                           const __grid_constant__ GemmTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kBlockM = PROJ_NORM_BLOCK_M;
+    static_assert(PROJ_NORM_TMA_THREADS == 128 + kBlockM / WGMMA_ROWS * 128,
+                  "a producer warpgroup and a consumer warpgroup per 64 rows");
+    static_assert(PROJ_NORM_TMA_PRODUCER_REGS * 128 + PROJ_NORM_TMA_CONSUMER_REGS * 256 <= 65536,
+                  "the register file holds the hand-over");
+    extern __shared__ __align__(128) unsigned char proj_norm_tma_smem_bytes[];
+    __shared__ RowSumExchange exchange;
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    if (cluster.num_blocks() != PROJ_NORM_CLUSTER) __trap();
+    const uint32_t rank = blockIdx.x; /* == the CTA's rank in its cluster */
+    const uint32_t first_col = rank * ATTENTION_HEAD_DIM;
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int which = 0; which < 2; ++which) {
+            mbarrier_init(&exchange.full[which], PROJ_NORM_EXCHANGE_ARRIVALS);
+        }
+        fence_mbarrier_init();
+    }
+    /* Every CTA's exchange barriers are initialized before any peer arrives on them. */
+    cluster.sync();
+
+    uint32_t uses = 0;
+    float acc[kAccRegs];
+    wgmma_gemm_tma_persistent<kBlockM, ATTENTION_HEAD_DIM, PROJ_NORM_STAGES,
+                                                    PROJ_NORM_TMA_PRODUCER_REGS,
+                                                    PROJ_NORM_TMA_CONSUMER_REGS>(
+        acc, smem_align_1024<unsigned char>(proj_norm_tma_smem_bytes), maps, p.num_tokens,
+        p.k_dim, GemmTileWalk{blockIdx.y, gridDim.y, 1, first_col},
+        [&](float (&tile_acc)[kAccRegs], uint32_t first_row, uint32_t, int warp) {
+            /* The branch's sums of squares: quad, then cluster. */
+            float sums[2];
+#pragma unroll
+            for (int half = 0; half < 2; ++half) sums[half] = quad_row_squares(tile_acc, half);
+            exchange_row_sums(cluster, exchange, 0, uses, rank, warp, lane, sums);
+            /* residual += b * rsqrt(mean(b^2) + eps) * (1 + w_post), kept in tile_acc; its sums
+             * of squares, quad then cluster. */
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
+                sums[half] = add_normed_branch(tile_acc, p, row, first_col, lane, half,
+                                               inverse_rms(sums[half], p.hidden, p.eps));
+            }
+            exchange_row_sums(cluster, exchange, 1, uses, rank, warp, lane, sums);
+            ++uses;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const uint32_t row = first_row + gemm_wgmma_row(warp, lane, half);
+                if (row >= p.num_tokens) continue;
+                store_residual_row(tile_acc, p, row, first_col, lane, half);
+                if (rank == 0 && lane % 4 == 0) {
+                    p.inv_rms[row] = inverse_rms(sums[half], p.hidden, p.eps);
+                }
+            }
+        });
 #else
     __trap();
 #endif

@@ -151,9 +151,9 @@ extern "C" __global__ void __launch_bounds__(QKV_TMA_THREADS, 1)
                   "a producer warpgroup and a consumer warpgroup per 64 rows");
     extern __shared__ __align__(128) unsigned char qkv_tma_smem_bytes[];
     float acc[QKV_PROJ_ACC_REGS];
-    wgmma_gemm_tma_persistent<kBlockM, ATTENTION_HEAD_DIM, QKV_PROJ_STAGES>(
+    wgmma_gemm_tma_persistent<kBlockM, ATTENTION_HEAD_DIM, QKV_PROJ_STAGES, 0, 0>(
         acc, smem_align_1024<unsigned char>(qkv_tma_smem_bytes), maps, p.num_tokens, p.hidden,
-        p.num_heads + 2,
+        gemm_grid_walk(p.num_heads + 2),
         [&](const float (&tile_acc)[QKV_PROJ_ACC_REGS], uint32_t first_row, uint32_t slot,
             int warp) { qkv_proj_epilogue(tile_acc, p, first_row, slot, warp); });
 #else

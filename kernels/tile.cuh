@@ -95,6 +95,19 @@ TILE_HD uint32_t gemm_wgmma_w_offset(int ks) { return (uint32_t)(ks * 32); }
 TILE_HD uint32_t gemm_tile_row_block(uint32_t tile, uint32_t col_blocks) { return tile / col_blocks; }
 TILE_HD uint32_t gemm_tile_col_block(uint32_t tile, uint32_t col_blocks) { return tile % col_blocks; }
 
+/* The tiles a persistent TMA CTA walks (gemm_pipeline.cuh's wgmma_gemm_tma_persistent): its
+ * i-th is gemm_walk_tile, while below the number of tiles; the weight rows of tile `tile` (its
+ * column block's) start at gemm_walk_weight_row. A 1-D grid's CTA starts at blockIdx.x and steps
+ * by gridDim.x from weight row 0; a cluster's CTA walks the row blocks (one column block) from
+ * its cluster's index by the number of clusters, its weight rows offset by its rank's slice. */
+typedef struct {
+    uint32_t first, step, col_blocks, first_weight_row;
+} GemmTileWalk;
+TILE_HD uint32_t gemm_walk_tile(GemmTileWalk walk, uint32_t i) { return walk.first + i * walk.step; }
+TILE_HD uint32_t gemm_walk_weight_row(GemmTileWalk walk, uint32_t tile, uint32_t weight_rows) {
+    return walk.first_weight_row + gemm_tile_col_block(tile, walk.col_blocks) * weight_rows;
+}
+
 /* The TMA main loop (gemm_pipeline.cuh's wgmma_gemm_tma_persistent) counts a CTA's k slices
  * across its tiles: slice i uses stage gemm_tma_stage; the consumers wait for the phase of its
  * full mbarrier of parity gemm_tma_full_parity (the producer's (i / stages)-th fill), the producer
@@ -107,6 +120,16 @@ TILE_HD uint32_t gemm_tma_full_parity(uint32_t slice, uint32_t stages) {
 TILE_HD uint32_t gemm_tma_empty_parity(uint32_t slice, uint32_t stages) {
     return ((slice / stages) & 1) ^ 1;
 }
+
+/* proj_residual_norm_tma's exchange of row sums across its cluster: in each CTA, lane 0 of
+ * every quad of the consumer warps (proj_norm_exchange_writer) publishes its quad's two rows'
+ * partial sums to every CTA of the cluster and arrives on every CTA's full mbarrier of the
+ * exchange, so a phase takes PROJ_NORM_EXCHANGE_ARRIVALS arrivals (those lanes of every CTA).
+ * The CTA's n-th tile is use n of each exchange: it waits for the phase of parity
+ * proj_norm_exchange_parity(n). */
+#define PROJ_NORM_EXCHANGE_ARRIVALS (PROJ_NORM_CLUSTER * (PROJ_NORM_BLOCK_M / WGMMA_ROWS) * 128 / 4)
+TILE_HD int proj_norm_exchange_writer(int lane) { return lane % 4 == 0; }
+TILE_HD uint32_t proj_norm_exchange_parity(uint32_t use) { return use & 1; }
 
 /* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
  * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row

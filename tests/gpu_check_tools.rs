@@ -433,14 +433,17 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         ok("gate_up_geglu_tma"),
         ok("attention_flash_tma"),
         ok("attention_flash_tma_free"),
+        ok("proj_residual_norm_tma/residual"),
     ];
     assert_eq!(
         passing(&every, true),
-        "wgmma-qkv+tma-mlp+tma-free-attention\t\
-         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma GEMMA_EMBED_ATTENTION=flash-tma-free\t\
-         qkv_proj_wgmma gate_up_geglu_tma attention_flash_tma_free"
+        "wgmma-qkv+tma-mlp+tma-branch+tma-free-attention\t\
+         GEMMA_EMBED_QKV=wgmma GEMMA_EMBED_MLP=tma GEMMA_EMBED_BRANCH=tma \
+         GEMMA_EMBED_ATTENTION=flash-tma-free\t\
+         qkv_proj_wgmma gate_up_geglu_tma proj_residual_norm_tma attention_flash_tma_free"
     );
-    // Without the free-running attention kernel, the one with turns.
+    // Without the free-running attention kernel and the TMA branch, the attention with turns
+    // and no branch candidate (the fused one is never combined).
     assert_eq!(
         passing(&every[..12], true),
         "wgmma-qkv+tma-mlp+tma-attention\t\
@@ -453,13 +456,19 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         "fused-mlp+bf16-branch\tGEMMA_EMBED_MLP=fused GEMMA_EMBED_BRANCH=bf16\t\
          gate_up_geglu residual_norm_bf16_branch"
     );
-    // The TMA and wide kernels compute wrong numbers and one part of the QKV kernel fails; the
-    // fused branch faulted: the next option of each variable, or none (the former default
+    // The TMA and wide kernels compute wrong numbers and one part of the QKV kernel fails; both
+    // fused branches faulted: the next option of each variable, or none (the former default
     // attention is never combined).
     let mut some = every.to_vec();
     some[10] = wrong("gate_up_geglu_tma");
     some[11] = wrong("attention_flash_tma");
     some[12] = wrong("attention_flash_tma_free");
+    some[13] = check_entry(
+        "f",
+        "proj_residual_norm_tma",
+        Some("unspecified launch failure"),
+        "null",
+    );
     some[3] = wrong("gate_up_geglu_wgmma_wide");
     some[6] = wrong("qkv_proj_wgmma/k");
     some[7] = check_entry(
@@ -547,6 +556,7 @@ fn the_candidate_list_is_what_the_card_runs() {
             "wgmma-wide-mlp",
             "wgmma-mlp",
             "fused-mlp",
+            "tma-branch",
             "fused-branch",
             "tma-free-attention",
             "tma-attention",

@@ -206,8 +206,9 @@ static void run_grid_tma(void) {
         EmuPipeline pipeline =
             emu_pipeline(GEGLU_TMA_THREADS - 128, 2 * GEGLU_WIDE_BLOCK_OUT, GEGLU_TMA_STAGES, 1,
                          &x[0][0], TOKENS, &w_interleaved[0][0], 2 * INTER, HIDDEN);
-        emulate_tma_persistent_cta(&pipeline, cta, 3, TOKENS, INTER / GEGLU_WIDE_BLOCK_OUT,
-                                   &wg_acc[0][0], wgmma_epilogue, tma_seed * 3 + (uint64_t)cta);
+        const GemmTileWalk walk = {(uint32_t)cta, 3, INTER / GEGLU_WIDE_BLOCK_OUT, 0};
+        emulate_tma_persistent_cta(&pipeline, walk, TOKENS, &wg_acc[0][0], wgmma_epilogue,
+                                   tma_seed * 3 + (uint64_t)cta);
         emu_pipeline_free(&pipeline);
     }
 }

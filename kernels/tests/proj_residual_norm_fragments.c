@@ -1,5 +1,5 @@
-/* proj_residual_norm_fragments.c: host check of the proj_residual_norm_wgmma kernel's index math
- * and epilogue.
+/* proj_residual_norm_fragments.c: host check of the proj_residual_norm_wgmma and
+ * proj_residual_norm_tma kernels' index math and epilogue.
  *
  * Runs a small problem (two row blocks, the second partial; six k slices, so the four stages
  * wrap; hidden = one cluster of PROJ_NORM_CLUSTER slices of 256 outputs) through the kernel's
@@ -11,6 +11,11 @@
  * gemm_wgmma_row / _reg / _col, each row's sum of squares over its quad (the two xor-shuffles),
  * the per-CTA partials in `row_squares`, their sum over the cluster after each cluster barrier
  * (distributed shared memory), the new residual held in the accumulators until the stores.
+ * proj_residual_norm_tma's CTAs then run the same problem on the TMA main loop
+ * (warp_emulator.h's emulate_tma_persistent_cta: producer, copies and consumer warpgroups under
+ * random schedules, each CTA walking the row blocks with its rank's weight rows, tile.cuh's
+ * GemmTileWalk), followed by the same epilogue; its exchange protocol has its own play,
+ * proj_norm_exchange.c.
  *
  * x and w are small integers, so the projection is exact; the epilogue runs in float as the
  * kernel does and is compared with a double-precision reference of residual_norm's definition
@@ -167,22 +172,48 @@ static void check_outputs(void) {
     }
 }
 
+/* The outputs back to their state before a kernel ran. */
+static void reset_outputs(void) {
+    for (int r = 0; r < TOKENS; ++r) {
+        for (int n = 0; n < HIDDEN; ++n) {
+            residual[r][n] = residual_in[r][n];
+            residual_writes[r][n] = copy_writes[r][n] = 0;
+        }
+        inv_rms_writes[r] = 0;
+    }
+}
+
+/* proj_residual_norm_tma's main loop leaves each CTA's tile accumulators here, per row block,
+ * for the cluster's epilogue: the CTA its emulation runs (tma_cta) and what its consumer
+ * warpgroups multiplied. */
+#define ROW_BLOCKS ((TOKENS + BM - 1) / BM)
+static float tma_acc[CLUSTER][ROW_BLOCKS][THREADS][ACC_REGS];
+static float tile_acc[THREADS][ACC_REGS];
+static int tma_cta;
+static void keep_tile(const float *tile, int first_row, int col_block, int first_thread,
+                      int last_thread) {
+    expect(col_block == 0, "one column block: the CTA's slice", tma_cta, first_row, col_block);
+    for (int t = first_thread; t < last_thread; ++t) {
+        for (int reg = 0; reg < ACC_REGS; ++reg) {
+            tma_acc[tma_cta][first_row / BM][t][reg] = tile[(size_t)t * ACC_REGS + reg];
+        }
+    }
+}
+
 int main(void) {
     srand(7);
     for (int r = 0; r < TOKENS; ++r) {
         for (int k = 0; k < K_DIM; ++k) x[r][k] = (float)(rand() % 7 - 3);
-        for (int n = 0; n < HIDDEN; ++n) {
-            residual_in[r][n] = (float)(rand() % 2001 - 1000) / 10.0f;
-            residual[r][n] = residual_in[r][n];
-        }
+        for (int n = 0; n < HIDDEN; ++n) residual_in[r][n] = (float)(rand() % 2001 - 1000) / 10.0f;
     }
     for (int n = 0; n < HIDDEN; ++n) {
         for (int k = 0; k < K_DIM; ++k) w[n][k] = (float)(rand() % 7 - 3);
         post_norm[n] = (float)(rand() % 300) / 100.0f - 1.0f;
     }
     checking = "proj_residual_norm_wgmma";
+    reset_outputs();
     /* One persistent cluster walks both row blocks, each CTA's stages carried over. */
-    const int clusters = 1, row_blocks = (TOKENS + BM - 1) / BM;
+    const int clusters = 1, row_blocks = ROW_BLOCKS;
     for (int cluster = 0; cluster < clusters; ++cluster) {
         EmuPipeline pipelines[CLUSTER];
         for (int c = 0; c < CLUSTER; ++c) {
@@ -208,5 +239,33 @@ int main(void) {
         for (int c = 0; c < CLUSTER; ++c) emu_pipeline_free(&pipelines[c]);
     }
     check_outputs();
+
+    /* proj_residual_norm_tma: each CTA of the one cluster on the TMA main loop (its walk: the
+     * row blocks from the cluster's index by the number of clusters, weight rows from its
+     * rank's slice) under TMA_SCHEDULES schedules; then the epilogue, whose arithmetic is the
+     * wgmma kernel's (shared device functions; the exchange adds the partials in rank order as
+     * cluster_row_sum does). */
+    enum { TMA_SCHEDULES = 2 };
+    checking = "proj_residual_norm_tma";
+    for (uint64_t seed = 1; seed <= TMA_SCHEDULES; ++seed) {
+        reset_outputs();
+        for (tma_cta = 0; tma_cta < CLUSTER; ++tma_cta) {
+            EmuPipeline pipeline = emu_pipeline(PROJ_NORM_TMA_THREADS - 128, SLICE, PROJ_NORM_STAGES,
+                                                1, &x[0][0], TOKENS, &w[0][0], HIDDEN, K_DIM);
+            const GemmTileWalk walk = {0, (uint32_t)clusters, 1, (uint32_t)(tma_cta * SLICE)};
+            emulate_tma_persistent_cta(&pipeline, walk, TOKENS, &tile_acc[0][0], keep_tile,
+                                       seed * CLUSTER + (uint64_t)tma_cta);
+            emu_pipeline_free(&pipeline);
+        }
+        for (int block_row = 0; block_row < row_blocks; ++block_row) {
+            for (int c = 0; c < CLUSTER; ++c) {
+                for (int t = 0; t < THREADS; ++t) {
+                    for (int reg = 0; reg < ACC_REGS; ++reg) acc[c][t][reg] = tma_acc[c][block_row][t][reg];
+                }
+            }
+            cluster_epilogue(block_row);
+        }
+        check_outputs();
+    }
     return verdict();
 }

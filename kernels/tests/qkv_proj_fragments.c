@@ -217,7 +217,8 @@ int main(void) {
         for (int cta = 0; cta < 3; ++cta) {
             EmuPipeline pipeline = emu_pipeline(QKV_TMA_THREADS - 128, HD, STAGES, 1, &x[0][0],
                                                 TOKENS, &w[0][0], SLOTS * HD, HIDDEN);
-            emulate_tma_persistent_cta(&pipeline, cta, 3, TOKENS, SLOTS, &tile_acc[0][0], epilogue,
+            const GemmTileWalk walk = {(uint32_t)cta, 3, SLOTS, 0};
+            emulate_tma_persistent_cta(&pipeline, walk, TOKENS, &tile_acc[0][0], epilogue,
                                        seed * 3 + (uint64_t)cta);
             emu_pipeline_free(&pipeline);
         }

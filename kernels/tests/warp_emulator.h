@@ -448,7 +448,7 @@ static inline uint32_t emu_next_random(uint64_t *state) {
     return (uint32_t)(*state >> 33);
 }
 
-/* wgmma_gemm_tma_persistent (kernels/gemm_pipeline.cuh) for CTA `cta` of a grid of `grid`, as
+/* wgmma_gemm_tma_persistent (kernels/gemm_pipeline.cuh) for the CTA walking `walk`, as
  * concurrent agents under a schedule drawn from `seed`: the producer thread (waits on a stage's
  * empty barrier, arrive.expect_tx on its full barrier, two copies), every issued copy (lands when
  * the schedule picks it: the box written into the stage, its bytes completing the full
@@ -460,15 +460,15 @@ static inline uint32_t emu_next_random(uint64_t *state) {
  * changes the product. No agent able to move before all are done is a deadlock. `p` supplies
  * the problem, the stages (NaN at the start) and the products; its in_flight is 1 and its
  * threads are the consumer warpgroups' (the producer warpgroup is not counted). */
-static inline void emulate_tma_persistent_cta(EmuPipeline *p, int cta, int grid, int num_tokens,
-                                              int col_blocks, float *acc, EmuEpilogue epilogue,
-                                              uint64_t seed) {
+static inline void emulate_tma_persistent_cta(EmuPipeline *p, GemmTileWalk walk, int num_tokens,
+                                              float *acc, EmuEpilogue epilogue, uint64_t seed) {
     enum { MAX_STAGES = 8, MAX_CONSUMERS = 4 };
     const int consumers = p->threads / 128, stages = p->stages;
     const int k_tiles = p->k_dim / GEMM_TILE_K;
-    const uint32_t cols = (uint32_t)col_blocks;
+    const uint32_t cols = walk.col_blocks;
     const uint32_t num_tiles = (uint32_t)((num_tokens + p->block_m - 1) / p->block_m) * cols;
-    const int my_tiles = cta < (int)num_tiles ? (int)((num_tiles - 1 - (uint32_t)cta) / (uint32_t)grid) + 1 : 0;
+    const int my_tiles =
+        walk.first < num_tiles ? (int)((num_tiles - 1 - walk.first) / walk.step) + 1 : 0;
     const int total = my_tiles * k_tiles;
     const int stage_elems = (p->block_m + p->weight_rows) * GEMM_TILE_K;
     const int stage_bytes = stage_elems * 2;
@@ -511,11 +511,12 @@ static inline void emulate_tma_persistent_cta(EmuPipeline *p, int cta, int grid,
         if (agent == 0) {
             /* The producer: slice `produced` of its tiles. */
             const int s = (int)gemm_tma_stage((uint32_t)produced, (uint32_t)stages);
-            const uint32_t tile = (uint32_t)cta + (uint32_t)(produced / k_tiles) * (uint32_t)grid;
+            const uint32_t tile = gemm_walk_tile(walk, (uint32_t)(produced / k_tiles));
             const int k0 = (produced % k_tiles) * GEMM_TILE_K;
             emu_mbarrier_arrive(&full[s], stage_bytes);
             copies[num_copies++] = (EmuTmaCopy){s, 0, (int)gemm_tile_row_block(tile, cols) * p->block_m, k0};
-            copies[num_copies++] = (EmuTmaCopy){s, 1, (int)gemm_tile_col_block(tile, cols) * p->weight_rows, k0};
+            copies[num_copies++] =
+                (EmuTmaCopy){s, 1, (int)gemm_walk_weight_row(walk, tile, (uint32_t)p->weight_rows), k0};
             ++produced;
         } else if (agent == 1 + MAX_CONSUMERS) {
             /* One issued copy lands. */
@@ -534,7 +535,7 @@ static inline void emulate_tma_persistent_cta(EmuPipeline *p, int cta, int grid,
         } else {
             /* Consumer warpgroup c: slice consumed[c] (k slice kt of its tile). */
             const int c = agent - 1, i = consumed[c], kt = i % k_tiles;
-            const uint32_t tile = (uint32_t)cta + (uint32_t)(i / k_tiles) * (uint32_t)grid;
+            const uint32_t tile = gemm_walk_tile(walk, (uint32_t)(i / k_tiles));
             float *d = p->d + (size_t)c * WGMMA_ROWS * p->weight_rows;
             if (kt == 0) {
                 for (int e = 0; e < WGMMA_ROWS * p->weight_rows; ++e) d[e] = 0.0f;

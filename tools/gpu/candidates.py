@@ -31,7 +31,8 @@ EVERY = "every"
 # variable, most promising first. `combined` is False for sm_90's former defaults, timed against
 # the defaults measured faster, and for the fused branch, 4-5 % slower than the bf16 branch on an
 # H200 (docs/gpu-report.md, 2026-11-28): timed alone, but never part of the candidates run
-# together, so that their profile shows the others against the default branch.
+# together, so that their profile shows the others against the default branch. Its TMA twin, not
+# yet run on a GPU, is combined: with the TMA QKV and MLP kernels it makes the all-TMA path.
 CANDIDATES = [
     ("GEMMA_EMBED_QKV", "tma", "tma-qkv", ["qkv_proj_tma"], SM90, True),
     ("GEMMA_EMBED_QKV", "wgmma", "wgmma-qkv", ["qkv_proj_wgmma"], SM90, True),
@@ -39,6 +40,7 @@ CANDIDATES = [
     ("GEMMA_EMBED_MLP", "wgmma-wide", "wgmma-wide-mlp", ["gate_up_geglu_wgmma_wide"], SM90, True),
     ("GEMMA_EMBED_MLP", "wgmma", "wgmma-mlp", ["gate_up_geglu_wgmma"], SM90, True),
     ("GEMMA_EMBED_MLP", "fused", "fused-mlp", ["gate_up_geglu"], EVERY, True),
+    ("GEMMA_EMBED_BRANCH", "tma", "tma-branch", ["proj_residual_norm_tma"], SM90, True),
     ("GEMMA_EMBED_BRANCH", "fused", "fused-branch", ["proj_residual_norm_wgmma"], SM90, False),
     ("GEMMA_EMBED_BRANCH", "bf16", "bf16-branch", ["residual_norm_bf16_branch"], ELSEWHERE, True),
     ("GEMMA_EMBED_ATTENTION", "flash-tma-free", "tma-free-attention", ["attention_flash_tma_free"], SM90,

@@ -10,6 +10,7 @@
 //! - Typed launch wrappers (with the `gemma_cuda_kernels` cfg) and the GPU check entries.
 
 use super::options::KernelChoice;
+use super::RegisterHandOver;
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
@@ -42,16 +43,12 @@ pub const TMA_SMEM_BYTES: usize =
 /// producer and the consumer warpgroups after `setmaxnreg`.
 pub const TMA_PRODUCER_REGS: usize = 24;
 pub const TMA_CONSUMER_REGS: usize = 240;
-
-/// Whether `attention_flash_tma` compiled to `registers` per thread can hand them over: the
-/// consumers' `setmaxnreg.inc` draws on the CTA's launch allocation and would wait forever if
-/// that were smaller than what both roles hold afterwards.
-pub fn tma_register_hand_over_fits(registers: usize) -> bool {
-    let producer_threads = 128;
-    TMA_THREADS * registers
-        >= producer_threads * TMA_PRODUCER_REGS
-            + (TMA_THREADS - producer_threads) * TMA_CONSUMER_REGS
-}
+/// The TMA kernels' register hand-over.
+pub const TMA_HAND_OVER: RegisterHandOver = RegisterHandOver {
+    threads: TMA_THREADS,
+    producer: TMA_PRODUCER_REGS,
+    consumer: TMA_CONSUMER_REGS,
+};
 
 /// Kernel names in the embedded modules.
 pub const REFERENCE_KERNEL: &str = "attention_reference";
@@ -341,19 +338,8 @@ mod device {
     ) -> std::result::Result<CudaFunction, String> {
         let name = kernel.name();
         let func = flash_function(dev, name, TMA_SMEM_BYTES).map_err(|e| e.to_string())?;
-        let registers = func
-            .num_regs()
-            .map_err(|e| format!("read {name}'s register count: {e}"))?;
-        let registers = usize::try_from(registers).unwrap_or(0);
-        if tma_register_hand_over_fits(registers) {
-            Ok(func)
-        } else {
-            Err(format!(
-                "{name} was compiled to {registers} registers per thread, too few for its \
-                 setmaxnreg hand-over ({TMA_PRODUCER_REGS} producer, {TMA_CONSUMER_REGS} \
-                 consumer); unset GEMMA_EMBED_ATTENTION"
-            ))
-        }
+        tma::check_hand_over(&func, name, TMA_HAND_OVER, "unset GEMMA_EMBED_ATTENTION")?;
+        Ok(func)
     }
 
     /// `name` resolved and allowed `smem_bytes` of dynamic shared memory.
@@ -798,8 +784,8 @@ mod tests {
             assert_eq!(define(name), value as i64, "{name}");
         }
         // ptxas gives the kernel 168 registers under __launch_bounds__(384, 1): exactly enough.
-        assert!(tma_register_hand_over_fits(168));
-        assert!(!tma_register_hand_over_fits(160));
+        assert!(TMA_HAND_OVER.fits(168));
+        assert!(!TMA_HAND_OVER.fits(160));
         assert_eq!(define("ATTENTION_NO_WINDOW"), window_param(None) as i64);
         assert_eq!(
             FLASH_SMEM_BYTES,

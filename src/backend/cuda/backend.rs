@@ -4,8 +4,9 @@
 //! attention → O GEMM → `residual_norm` → gate|up GEMM → `geglu` (or both in `gate_up_geglu`,
 //! see [`MlpKernel`]) → down GEMM → `residual_norm`; then `pool_embeddings`. The residual
 //! stream is f32. The O and down projections' outputs (the branches) are f32 (the default off
-//! sm_90), or bf16 (`GEMMA_EMBED_BRANCH=bf16`, the sm_90 default), or never stored with `GEMMA_EMBED_BRANCH=fused`, where
-//! `proj_residual_norm_wgmma` runs `residual_norm` in the projection's epilogue
+//! sm_90), or bf16 (`GEMMA_EMBED_BRANCH=bf16`, the sm_90 default), or never stored with
+//! `GEMMA_EMBED_BRANCH=fused` or `tma`, where `proj_residual_norm_wgmma` or
+//! `proj_residual_norm_tma` runs `residual_norm` in the projection's epilogue
 //! ([`BranchStorage`]). GEMM operands are bf16 with f32 accumulation. The input and
 //! pre-feedforward norms are folded: their `(1 + w)` scales the projection's weight columns at
 //! upload, and the per-row inverse RMS is applied by the consumer kernel (`qkv_post`, `geglu`)
@@ -206,10 +207,10 @@ impl CudaBackend {
         };
         let residual_add = match options.branch {
             BranchStorage::F32 | BranchStorage::Bf16 => ResidualAdd::Unfused,
-            BranchStorage::Fused => {
+            BranchStorage::Fused | BranchStorage::Tma => {
                 residual::check_shape(dims.hidden, dims.q_width())?;
                 residual::check_shape(dims.hidden, dims.intermediate)?;
-                ResidualAdd::Fused(ProjResidualNorm::load(&dev)?)
+                ResidualAdd::Fused(ProjResidualNorm::load(&dev, options.branch)?)
             }
         };
         let mlp = match mlp_kernel {
@@ -388,7 +389,8 @@ impl Backend for CudaBackend {
 
 impl CudaBackend {
     /// residual += RMSNorm(x·wᵀ)·(1 + post_norm), its bf16 copy and inverse RMS: cuBLAS into
-    /// `branch`, then `residual_norm`; or both in `proj_residual_norm_wgmma`. `gemm_label` names
+    /// `branch`, then `residual_norm`; or both in `proj_residual_norm_wgmma` (or `_tma`).
+    /// `gemm_label` names
     /// the cuBLAS step for `mark` (the profile).
     fn add_projection(
         &self,
@@ -402,7 +404,7 @@ impl CudaBackend {
         match &self.residual_add {
             ResidualAdd::Fused(kernel) => {
                 kernel.launch(&self.dev, d, (x, w, post_norm), (n, k_dim), residual)?;
-                mark(residual::KERNEL)
+                mark(kernel.name())
             }
             ResidualAdd::Unfused => {
                 linear(&self.dev, x, w, branch.gemm_out(), (n, d.hidden, k_dim))?;

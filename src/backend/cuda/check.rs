@@ -616,11 +616,12 @@ fn compare_residual(
 }
 
 /// The O and down projections added to the residual stream: the cuBLAS projection into an f32
-/// branch followed by `residual_norm` (the baseline), then `proj_residual_norm_wgmma` where the
-/// device runs it (sm_90), both against the CPU twins (`linear`, then `residual_norm`'s) on
-/// the same bf16 inputs, and timed at the same size. Both projections' baselines run before
-/// the fused kernel, so that a fused kernel that fails to load or run (a fault poisons the
-/// context) is reported as one failed entry after the baselines' results.
+/// branch followed by `residual_norm` (the baseline), then `proj_residual_norm_wgmma` and
+/// `proj_residual_norm_tma` where the device runs them (sm_90), all against the CPU twins
+/// (`linear`, then `residual_norm`'s) on the same bf16 inputs, and timed at the same size. Both
+/// projections' baselines run before the fused kernels, the TMA one last, so that a fused kernel
+/// that fails to load or run (a fault poisons the context) is reported as one failed entry after
+/// the results that came before it.
 fn check_proj_residual_norm(
     dev: &Device,
     k: &Kernels,
@@ -699,21 +700,21 @@ fn check_proj_residual_norm(
         checks.extend(baseline);
     }
 
-    if BranchStorage::Fused.runs_on(dev.info.compute_capability) {
+    for storage in [BranchStorage::Fused, BranchStorage::Tma] {
+        if !storage.runs_on(dev.info.compute_capability) {
+            continue;
+        }
+        let name = storage.residual_norm_kernel();
         let mut fused = || -> Result<()> {
-            let kernel = ProjResidualNorm::load(dev)?;
+            let kernel = ProjResidualNorm::load(dev, storage)?;
             for p in &projections {
                 let run = |x: &CudaSlice<u16>, rows: usize, residual: &mut Residual| {
                     kernel.launch(dev, &d, (x, &p.w, &p.post_norm), (rows, p.k_dim), residual)
                 };
                 let mut residual = fresh_residual(n, &p.residual_host)?;
                 run(&p.x, n, &mut residual)?;
-                let mut fused_checks = compare_residual(
-                    dev,
-                    (BranchStorage::Fused.residual_norm_kernel(), &p.desc),
-                    &residual,
-                    &p.reference,
-                )?;
+                let mut fused_checks =
+                    compare_residual(dev, (name, &p.desc), &residual, &p.reference)?;
                 let mut residual = fresh_residual(timed.n, &p.residual_timed)?;
                 let us = time_launches(dev, || run(&p.x_timed, timed.n, &mut residual))?;
                 let l2_bytes =
@@ -727,10 +728,7 @@ fn check_proj_residual_norm(
             Ok(())
         };
         if let Err(e) = fused() {
-            checks.push(KernelCheck::error(
-                BranchStorage::Fused.residual_norm_kernel(),
-                e.to_string(),
-            ));
+            checks.push(KernelCheck::error(name, e.to_string()));
         }
     }
     Ok(checks)

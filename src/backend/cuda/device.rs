@@ -53,27 +53,31 @@ pub struct Device {
 }
 
 impl Device {
-    /// Launch `func` on the stream with `params` as its single by-value argument, in clusters
-    /// of `cluster_x` CTAs along x: `cuLaunchKernelEx` with a cluster-dimension attribute
-    /// (sm_90 and later; cudarc's launch builder has no cluster launch).
+    /// Launch `func` on the stream with `params` as its by-value argument and, for a TMA
+    /// kernel, its tensor maps as the second, in clusters of `cluster_x` CTAs along x:
+    /// `cuLaunchKernelEx` with a cluster-dimension attribute (sm_90 and later; cudarc's launch
+    /// builder has no cluster launch).
     ///
     /// # Safety
-    /// As for any kernel launch: `P` is the kernel's parameter type, every device address in
-    /// `params` covers what the kernel accesses for the shapes in it and stays alive until the
-    /// kernel has run, and `cfg.grid_dim.0` is a multiple of `cluster_x`.
-    pub unsafe fn launch_clustered<P: DeviceRepr>(
+    /// As for any kernel launch: `P` (and `M`) are the kernel's parameter types, every device
+    /// address in `params` (and `maps`) covers what the kernel accesses for the shapes in it
+    /// and stays alive until the kernel has run, and `cfg.grid_dim.0` is a multiple of
+    /// `cluster_x`.
+    pub unsafe fn launch_clustered<P: DeviceRepr, M: DeviceRepr>(
         &self,
         (func, name): (&CudaFunction, &str),
         cfg: LaunchConfig,
         cluster_x: u32,
         params: &P,
+        maps: Option<&M>,
     ) -> Result<()> {
         self.ctx
             .bind_to_thread()
             .map_err(driver_err(format!("bind the context to launch {name}")))?;
         let mut cluster = cluster_attribute(cluster_x);
         let config = self.cluster_launch_config(cfg, &mut cluster);
-        let mut args = [params as *const P as *mut std::ffi::c_void];
+        let mut args = vec![params as *const P as *mut std::ffi::c_void];
+        args.extend(maps.map(|m| m as *const M as *mut std::ffi::c_void));
         sys::cuLaunchKernelEx(
             &config,
             func.cu_function(),

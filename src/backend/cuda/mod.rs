@@ -39,6 +39,27 @@ pub use backend::CudaBackend;
 #[cfg(gemma_cuda_kernels)]
 pub use check::run_kernel_checks;
 
+/// A TMA kernel's `setmaxnreg` hand-over: its first 128 threads (the producer warpgroup) lower
+/// their registers to `producer` per thread, the other `threads - 128` raise theirs to
+/// `consumer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterHandOver {
+    pub threads: usize,
+    pub producer: usize,
+    pub consumer: usize,
+}
+
+impl RegisterHandOver {
+    /// Whether the kernel compiled to `registers` per thread can hand them over: the consumers'
+    /// `setmaxnreg.inc` draws on the CTA's launch allocation and would wait forever if that
+    /// were smaller than what both roles hold afterwards.
+    pub fn fits(self, registers: usize) -> bool {
+        let producer_threads = 128;
+        self.threads * registers
+            >= producer_threads * self.producer + (self.threads - producer_threads) * self.consumer
+    }
+}
+
 /// What [`probe`] found.
 #[derive(Clone, Debug)]
 pub struct DeviceInfo {

@@ -101,13 +101,15 @@ pub enum Branch {
 }
 
 impl Branch {
-    /// [`BranchStorage::Fused`] stores no branch: it gets one unused f32 element, like the QKV
-    /// and gate|up buffers with their fused kernels.
+    /// [`BranchStorage::Fused`] and [`BranchStorage::Tma`] store no branch: they get one unused
+    /// f32 element, like the QKV and gate|up buffers with their fused kernels.
     pub fn alloc(dev: &Device, storage: BranchStorage, len: usize) -> Result<Self> {
         Ok(match storage {
             BranchStorage::F32 => Self::F32(dev.alloc(len, "projection output")?),
             BranchStorage::Bf16 => Self::Bf16(dev.alloc(len, "projection output (bf16)")?),
-            BranchStorage::Fused => Self::F32(dev.alloc(1, "projection output (unused)")?),
+            BranchStorage::Fused | BranchStorage::Tma => {
+                Self::F32(dev.alloc(1, "projection output (unused)")?)
+            }
         })
     }
 

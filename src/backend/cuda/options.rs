@@ -104,18 +104,22 @@ pub enum BranchStorage {
     /// Never stored: `proj_residual_norm_wgmma` runs the norm in the projection's epilogue,
     /// on the f32 accumulators (sm_90 devices only; [`super::residual`]).
     Fused,
+    /// Never stored, as [`BranchStorage::Fused`], in `proj_residual_norm_tma`: its stages filled
+    /// by TMA from a producer warpgroup (sm_90 devices only).
+    Tma,
 }
 
-/// `GEMMA_EMBED_BRANCH=f32`, `bf16` or `fused`; unset: bf16 on sm_90, f32 elsewhere.
+/// `GEMMA_EMBED_BRANCH=f32`, `bf16`, `fused` or `tma`; unset: bf16 on sm_90, f32 elsewhere.
 impl KernelChoice for BranchStorage {
     const VAR: &'static str = "GEMMA_EMBED_BRANCH";
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("f32", Self::F32),
         ("bf16", Self::Bf16),
         ("fused", Self::Fused),
+        ("tma", Self::Tma),
     ];
     const SM90_DEFAULT: Self = Self::Bf16;
-    const SM90_ONLY: &'static [Self] = &[Self::Fused];
+    const SM90_ONLY: &'static [Self] = &[Self::Fused, Self::Tma];
 }
 
 impl BranchStorage {
@@ -125,7 +129,13 @@ impl BranchStorage {
             Self::F32 => "residual_norm",
             Self::Bf16 => "residual_norm_bf16_branch",
             Self::Fused => super::residual::KERNEL,
+            Self::Tma => super::residual::TMA_KERNEL,
         }
+    }
+
+    /// Whether the projection's epilogue adds the branch (no branch is stored).
+    pub fn is_fused(self) -> bool {
+        matches!(self, Self::Fused | Self::Tma)
     }
 }
 
@@ -223,10 +233,14 @@ mod tests {
         assert_eq!(BranchStorage::parse("f32").unwrap(), BranchStorage::F32);
         assert_eq!(BranchStorage::parse("bf16").unwrap(), BranchStorage::Bf16);
         assert_eq!(BranchStorage::parse("fused").unwrap(), BranchStorage::Fused);
+        assert_eq!(BranchStorage::parse("tma").unwrap(), BranchStorage::Tma);
         for cc in [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)] {
             assert!(BranchStorage::F32.runs_on(cc) && BranchStorage::Bf16.runs_on(cc));
             assert_eq!(BranchStorage::Fused.runs_on(cc), cc == (9, 0), "{cc:?}");
+            assert_eq!(BranchStorage::Tma.runs_on(cc), cc == (9, 0), "{cc:?}");
         }
+        assert!(BranchStorage::Fused.is_fused() && BranchStorage::Tma.is_fused());
+        assert!(!BranchStorage::F32.is_fused() && !BranchStorage::Bf16.is_fused());
         let err = BranchStorage::parse("f16").unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_BRANCH") && err.contains("`f16`"),

@@ -1,6 +1,7 @@
 //! TMA tensor maps: how the kernels that fill shared memory with `cp.async.bulk.tensor`
-//! (`gate_up_geglu_tma`, `qkv_proj_tma`, `attention_flash_tma`) see a bf16 matrix in global
-//! memory.
+//! (`gate_up_geglu_tma`, `qkv_proj_tma`, `proj_residual_norm_tma`, `attention_flash_tma`) see a
+//! bf16 matrix in global memory; their launches, and the register hand-over of those that
+//! `setmaxnreg`.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -12,6 +13,7 @@ use cudarc::driver::{
 use super::attention::{GROUP, HEAD_DIM};
 use super::params::{AttentionTensorMaps, GemmTensorMaps, TensorMap};
 use super::qkv::TILE_K;
+use super::RegisterHandOver;
 use crate::{Error, Result};
 
 // SAFETY: bindgen's `#[repr(C)]` copy of `GemmTensorMaps` (two 128-byte aligned CUtensorMap
@@ -41,6 +43,29 @@ pub unsafe fn launch_with_maps<P: DeviceRepr, M: DeviceRepr>(
     }
     // SAFETY: the caller's contract above.
     unsafe { launch.launch(cfg) }.map(|_events| ())
+}
+
+/// Whether `func` (kernel `name`) was compiled to enough registers per thread for its
+/// setmaxnreg `hand_over`; if not, why its launch would hang, ending with `way_out`.
+pub fn check_hand_over(
+    func: &CudaFunction,
+    name: &str,
+    hand_over: RegisterHandOver,
+    way_out: &str,
+) -> std::result::Result<(), String> {
+    let registers = func
+        .num_regs()
+        .map_err(|e| format!("read {name}'s register count: {e}"))?;
+    let registers = usize::try_from(registers).unwrap_or(0);
+    if hand_over.fits(registers) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} was compiled to {registers} registers per thread, too few for its \
+             setmaxnreg hand-over ({} producer, {} consumer); {way_out}",
+            hand_over.producer, hand_over.consumer
+        ))
+    }
 }
 
 /// Rows and dims of one attention TMA box: a 64 x 64 segment of attn_wgmma_swizzle
