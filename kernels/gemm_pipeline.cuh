@@ -248,7 +248,8 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
         if constexpr (ProducerRegs != 0) setmaxnreg_dec<ProducerRegs>();
         if (threadIdx.x == 0) {
             uint32_t slice = 0;
-            for (uint32_t tile = walk.first; tile < num_tiles; tile += walk.step) {
+            for (uint32_t i = 0, tile = walk.first; tile < num_tiles;
+                 tile = gemm_walk_tile(walk, ++i)) {
                 const int32_t first_row = gemm_tile_row_block(tile, walk.col_blocks) * BlockM;
                 const int32_t first_weight_row = gemm_walk_weight_row(walk, tile, WeightRows);
                 for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {
@@ -270,7 +271,7 @@ __device__ __forceinline__ void wgmma_gemm_tma_persistent(float (&acc)[AccRegs],
     const int warp = threadIdx.x / 32 - 4;
     const bool releases = (threadIdx.x & 31) == 0;
     uint32_t slice = 0;
-    for (uint32_t tile = walk.first; tile < num_tiles; tile += walk.step) {
+    for (uint32_t i = 0, tile = walk.first; tile < num_tiles; tile = gemm_walk_tile(walk, ++i)) {
 #pragma unroll
         for (int r = 0; r < AccRegs; ++r) acc[r] = 0.0f;
         for (uint32_t kt = 0; kt < k_tiles; ++kt, ++slice) {

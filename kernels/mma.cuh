@@ -321,11 +321,12 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
 /* Cluster-scope handoffs through mbarriers (proj_residual_norm_tma's row-sum exchange). A
  * thread makes its earlier accesses (local or distributed shared memory) visible at cluster
  * scope with fence_cluster_release, then arrives on the mbarrier at `bar`'s offset in the shared
- * memory of the cluster's CTA `rank` (this one included) with mbarrier_arrive_cluster: one fence
- * covers its arrivals on every CTA. A waiter acquires at cluster scope what the arrivals
+ * memory of the cluster's CTA `rank` (this one included) with mbarrier_arrive_cluster: the fence
+ * and the relaxed arrival make a release pattern (PTX ISA, memory consistency model), and one
+ * fence covers its arrivals on every CTA. A waiter acquires at cluster scope what the arrivals
  * released once the phase completes. */
 __device__ __forceinline__ void fence_cluster_release() {
-    asm volatile("fence.acq_rel.cluster;\n" ::: "memory");
+    asm volatile("fence.release.cluster;\n" ::: "memory");
 }
 __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t *bar, uint32_t rank) {
     asm volatile("{\n.reg .b32 remote;\n"
