@@ -285,16 +285,28 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t *bar, uint32_
                  : "memory");
 }
 
+/* The scope an mbarrier wait acquires at: the CTA (TMA copies, this CTA's threads' arrivals) or
+ * the cluster (arrivals of other CTAs' threads, and what they released before them). */
+enum class WaitScope { Cta, Cluster };
+
+/* try_wait.parity's asm, acquiring with `sem` (".acquire.cluster", or "" for the default,
+ * .acquire.cta): %0 = whether the phase completed, %1 the barrier, %2 the parity. */
+#define MBARRIER_TRY_WAIT_ASM(sem)                                                                 \
+    "{\n.reg .pred complete;\nmbarrier.try_wait.parity" sem                                         \
+    ".shared::cta.b64 complete, [%1], %2;\nselp.u32 %0, 1, 0, complete;\n}\n"
+
 /* Whether the phase of parity `parity` has completed (a fresh barrier counts the phase before
  * its first, parity 1, as completed); the hardware may suspend the thread a while first. */
+template <WaitScope Scope = WaitScope::Cta>
 __device__ __forceinline__ bool mbarrier_try_wait(uint64_t *bar, uint32_t parity) {
     uint32_t done;
-    asm volatile("{\n.reg .pred complete;\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n"
-                 "selp.u32 %0, 1, 0, complete;\n}\n"
-                 : "=r"(done)
-                 : "r"(smem_addr(bar)), "r"(parity)
-                 : "memory");
+    if constexpr (Scope == WaitScope::Cta) {
+        asm volatile(MBARRIER_TRY_WAIT_ASM("")
+                     : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+    } else {
+        asm volatile(MBARRIER_TRY_WAIT_ASM(".acquire.cluster")
+                     : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+    }
     return done != 0;
 }
 
@@ -310,10 +322,11 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
 #define MBARRIER_TIMEOUT_NS 5000000000ull
 
 /* Wait until the phase of parity `parity` has completed. */
+template <WaitScope Scope = WaitScope::Cta>
 __device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
-    if (mbarrier_try_wait(bar, parity)) return;
+    if (mbarrier_try_wait<Scope>(bar, parity)) return;
     const uint64_t start = globaltimer_ns();
-    while (!mbarrier_try_wait(bar, parity)) {
+    while (!mbarrier_try_wait<Scope>(bar, parity)) {
         if (globaltimer_ns() - start > MBARRIER_TIMEOUT_NS) __trap();
     }
 }
@@ -324,7 +337,7 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity) {
  * memory of the cluster's CTA `rank` (this one included) with mbarrier_arrive_cluster: the fence
  * and the relaxed arrival make a release pattern (PTX ISA, memory consistency model), and one
  * fence covers its arrivals on every CTA. A waiter acquires at cluster scope what the arrivals
- * released once the phase completes. */
+ * released once the phase completes: mbarrier_wait<WaitScope::Cluster>. */
 __device__ __forceinline__ void fence_cluster_release() {
     asm volatile("fence.release.cluster;\n" ::: "memory");
 }
@@ -335,23 +348,6 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t *bar, uint32_t 
                      smem_addr(bar)),
                  "r"(rank)
                  : "memory");
-}
-__device__ __forceinline__ bool mbarrier_try_wait_cluster(uint64_t *bar, uint32_t parity) {
-    uint32_t done;
-    asm volatile("{\n.reg .pred complete;\n"
-                 "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 complete, [%1], %2;\n"
-                 "selp.u32 %0, 1, 0, complete;\n}\n"
-                 : "=r"(done)
-                 : "r"(smem_addr(bar)), "r"(parity)
-                 : "memory");
-    return done != 0;
-}
-__device__ __forceinline__ void mbarrier_wait_cluster(uint64_t *bar, uint32_t parity) {
-    if (mbarrier_try_wait_cluster(bar, parity)) return;
-    const uint64_t start = globaltimer_ns();
-    while (!mbarrier_try_wait_cluster(bar, parity)) {
-        if (globaltimer_ns() - start > MBARRIER_TIMEOUT_NS) __trap();
-    }
 }
 
 /* TMA: the box at (k = k0, row = row0) of the 2D tensor `map` describes (a __grid_constant__

@@ -175,7 +175,7 @@ __device__ __forceinline__ void exchange_row_sums(cooperative_groups::cluster_gr
         for (unsigned peer = 0; peer < PROJ_NORM_CLUSTER; ++peer) {
             mbarrier_arrive_cluster(&exchange.full[which], peer);
         }
-        mbarrier_wait_cluster(&exchange.full[which], proj_norm_exchange_parity(use));
+        mbarrier_wait<WaitScope::Cluster>(&exchange.full[which], proj_norm_exchange_parity(use));
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int row = gemm_wgmma_row(warp, lane, half);
