@@ -71,6 +71,13 @@ __device__ __forceinline__ void store_f32x4(float* p, const f32x4& x) {
     *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
 }
 
+// Sum over each quad (lanes 4q .. 4q + 3, which hold the same rows of an mma/wgmma accumulator);
+// every lane of the quad gets its quad's sum. All 32 lanes must call it.
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(FULL_MASK, v, 1);
+    return v + __shfl_xor_sync(FULL_MASK, v, 2);
+}
+
 // Sum over each aligned group of 16 lanes (lanes 0-15 and 16-31 separately); every lane of the
 // group gets its group's sum. All 32 lanes must call it.
 __device__ __forceinline__ float half_warp_sum(float v) {

@@ -89,9 +89,7 @@ __device__ __forceinline__ float quad_row_squares(const float (&acc)[kAccRegs], 
             squares += b * b;
         }
     }
-    squares += __shfl_xor_sync(FULL_MASK, squares, 1);
-    squares += __shfl_xor_sync(FULL_MASK, squares, 2);
-    return squares;
+    return quad_sum(squares);
 }
 
 /* The row's branch b becomes the new residual, residual + b * branch_inv_rms * (1 + w_post),
@@ -116,9 +114,7 @@ __device__ __forceinline__ float add_normed_branch(float (&acc)[kAccRegs],
             squares += x0 * x0 + x1 * x1;
         }
     }
-    squares += __shfl_xor_sync(FULL_MASK, squares, 1);
-    squares += __shfl_xor_sync(FULL_MASK, squares, 2);
-    return squares;
+    return quad_sum(squares);
 }
 
 /* The new residual's row, in f32 and its bf16 copy (row < num_tokens). */
@@ -175,7 +171,7 @@ __device__ __forceinline__ void exchange_row_sums(cooperative_groups::cluster_gr
         for (unsigned peer = 0; peer < PROJ_NORM_CLUSTER; ++peer) {
             mbarrier_arrive_cluster(&exchange.full[which], peer);
         }
-        mbarrier_wait<WaitScope::Cluster>(&exchange.full[which], proj_norm_exchange_parity(use));
+        mbarrier_wait<WaitScope::Cluster>(&exchange.full[which], gemm_tma_full_parity(use, 1));
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int row = gemm_wgmma_row(warp, lane, half);

@@ -81,8 +81,7 @@ __device__ __forceinline__ void qkv_proj_epilogue(const float (&acc)[QKV_PROJ_AC
                 sum_squares += y * y;
             }
         }
-        sum_squares += __shfl_xor_sync(FULL_MASK, sum_squares, 1);
-        sum_squares += __shfl_xor_sync(FULL_MASK, sum_squares, 2);
+        sum_squares = quad_sum(sum_squares);
         if (!valid) continue;
         const float norm_scale = r * inverse_rms(sum_squares, kHeadDim, p.eps);
         bf16_t *dst = is_key ? p.k + static_cast<size_t>(row) * kHeadDim

@@ -125,11 +125,10 @@ TILE_HD uint32_t gemm_tma_empty_parity(uint32_t slice, uint32_t stages) {
  * every quad of the consumer warps (proj_norm_exchange_writer) publishes its quad's two rows'
  * partial sums to every CTA of the cluster and arrives on every CTA's full mbarrier of the
  * exchange, so a phase takes PROJ_NORM_EXCHANGE_ARRIVALS arrivals (those lanes of every CTA).
- * The CTA's n-th tile is use n of each exchange: it waits for the phase of parity
- * proj_norm_exchange_parity(n). */
+ * The CTA's n-th tile is use n of each exchange, the n-th fill of a one-stage barrier: it waits
+ * for the phase of parity gemm_tma_full_parity(n, 1). */
 #define PROJ_NORM_EXCHANGE_ARRIVALS (PROJ_NORM_CLUSTER * (PROJ_NORM_BLOCK_M / WGMMA_ROWS) * 128 / 4)
 TILE_HD int proj_norm_exchange_writer(int lane) { return lane % 4 == 0; }
-TILE_HD uint32_t proj_norm_exchange_parity(uint32_t use) { return use & 1; }
 
 /* The wgmma accumulator layout (m64nN, f32; PTX ISA, "Matrix fragments for wgmma.mma_async"):
  * register `reg` of lane `lane` in warp `warp` (0..3 inside its warpgroup) holds row

@@ -8,7 +8,7 @@
  * exchange 1, and each exchange is
  *   write the partials of the lane's two rows into its rank's slot in every CTA (one step each);
  *   arrive on every CTA's full mbarrier of the exchange (one step each);
- *   wait for the own full mbarrier's phase of parity proj_norm_exchange_parity(n);
+ *   wait for the own full mbarrier's phase of parity gemm_tma_full_parity(n, 1);
  *   read every rank's partials of the two rows.
  * The mbarriers (warp_emulator.h: arrivals, phase parity) take PROJ_NORM_EXCHANGE_ARRIVALS
  * arrivals a phase. A CTA exits once all its taking-part lanes are through their last tile.
@@ -93,7 +93,7 @@ static void play(uint32_t uses, uint64_t seed) {
         int moves = 0, left = 0;
         for (int i = 0; i < num_writers; ++i) {
             const Writer *w = &writers[i];
-            const uint32_t parity = proj_norm_exchange_parity(w->use);
+            const uint32_t parity = gemm_tma_full_parity(w->use, 1);
             int ready = 1;
             switch (w->step) {
             case X_DONE: ready = 0; break;
