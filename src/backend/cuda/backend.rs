@@ -390,8 +390,7 @@ impl Backend for CudaBackend {
 impl CudaBackend {
     /// residual += RMSNorm(x·wᵀ)·(1 + post_norm), its bf16 copy and inverse RMS: cuBLAS into
     /// `branch`, then `residual_norm`; or both in `proj_residual_norm_wgmma` (or `_tma`).
-    /// `gemm_label` names
-    /// the cuBLAS step for `mark` (the profile).
+    /// `gemm_label` names the cuBLAS step for `mark` (the profile).
     fn add_projection(
         &self,
         branch: &mut Branch,

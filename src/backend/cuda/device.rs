@@ -76,8 +76,14 @@ impl Device {
             .map_err(driver_err(format!("bind the context to launch {name}")))?;
         let mut cluster = cluster_attribute(cluster_x);
         let config = self.cluster_launch_config(cfg, &mut cluster);
-        let mut args = vec![params as *const P as *mut std::ffi::c_void];
-        args.extend(maps.map(|m| m as *const M as *mut std::ffi::c_void));
+        // The driver reads as many entries as the kernel has parameters: the second only for a
+        // TMA kernel.
+        let mut args = [
+            params as *const P as *mut std::ffi::c_void,
+            maps.map_or(std::ptr::null_mut(), |m| {
+                m as *const M as *mut std::ffi::c_void
+            }),
+        ];
         sys::cuLaunchKernelEx(
             &config,
             func.cu_function(),

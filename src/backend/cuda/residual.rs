@@ -78,20 +78,32 @@ mod device {
     /// modules and allowed its shared memory.
     pub struct ProjResidualNorm {
         func: CudaFunction,
+        /// [`BranchStorage::Fused`] or [`BranchStorage::Tma`].
         storage: BranchStorage,
-        threads: usize,
         /// Clusters the device runs at once: the most the persistent grid launches.
         clusters: u32,
     }
 
-    /// `clusters` clusters of CTAs of `threads`: the grid (CLUSTER, clusters), its block and
-    /// shared memory.
-    fn launch_config(threads: usize, clusters: u32) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (CLUSTER as u32, clusters, 1),
-            block_dim: (threads as u32, 1, 1),
-            shared_mem_bytes: SMEM_BYTES as u32,
+    /// Threads per CTA of the kernel that adds a `storage` branch in the projection's epilogue.
+    fn threads(storage: BranchStorage) -> Result<usize> {
+        match storage {
+            BranchStorage::Fused => Ok(THREADS),
+            BranchStorage::Tma => Ok(TMA_THREADS),
+            BranchStorage::F32 | BranchStorage::Bf16 => Err(Error::Cuda(format!(
+                "the {} branch is added by residual_norm, not by a fused projection",
+                storage.choice_name()
+            ))),
         }
+    }
+
+    /// `clusters` clusters of the `storage` kernel's CTAs: the grid (CLUSTER, clusters), its
+    /// block and shared memory.
+    fn launch_config(storage: BranchStorage, clusters: u32) -> Result<LaunchConfig> {
+        Ok(LaunchConfig {
+            grid_dim: (CLUSTER as u32, clusters, 1),
+            block_dim: (threads(storage)? as u32, 1, 1),
+            shared_mem_bytes: SMEM_BYTES as u32,
+        })
     }
 
     impl ProjResidualNorm {
@@ -99,16 +111,7 @@ mod device {
         /// need an sm_90 device: their SASS is sm_90a (clusters, wgmma), other architectures'
         /// code traps.
         pub fn load(dev: &Device, storage: BranchStorage) -> Result<Self> {
-            let threads = match storage {
-                BranchStorage::Fused => THREADS,
-                BranchStorage::Tma => TMA_THREADS,
-                BranchStorage::F32 | BranchStorage::Bf16 => {
-                    return Err(Error::Cuda(format!(
-                        "the {} branch is added by residual_norm, not by a fused projection",
-                        storage.choice_name()
-                    )))
-                }
-            };
+            let one_cluster = launch_config(storage, 1)?;
             let name = storage.residual_norm_kernel();
             storage.require_device(&dev.info, name)?;
             let way_out = "unset GEMMA_EMBED_BRANCH";
@@ -116,12 +119,10 @@ mod device {
             if storage == BranchStorage::Tma {
                 tma::check_hand_over(&func, name, TMA_HAND_OVER, way_out).map_err(Error::Cuda)?;
             }
-            let clusters =
-                dev.max_active_clusters((&func, name), launch_config(threads, 1), CLUSTER as u32)?;
+            let clusters = dev.max_active_clusters((&func, name), one_cluster, CLUSTER as u32)?;
             Ok(Self {
                 func,
                 storage,
-                threads,
                 clusters,
             })
         }
@@ -181,7 +182,7 @@ mod device {
                 .transpose()?;
             // The grid's x is exactly one cluster; persistent clusters along y, at most as many
             // as run at once, walk the row blocks.
-            let cfg = launch_config(self.threads, row_blocks.min(self.clusters));
+            let cfg = launch_config(self.storage, row_blocks.min(self.clusters))?;
             // SAFETY: ProjResidualNormParams matches the kernels' first parameter (same header),
             // and GemmTensorMaps the TMA kernel's second one, its maps describing x and w with
             // these shapes; every buffer covers what the kernel touches for these shapes
