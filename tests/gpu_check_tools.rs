@@ -418,6 +418,7 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
         String::from_utf8_lossy(&out.stdout).trim_end().to_string()
     };
     let ok = |name: &str| check_entry("f", name, None, "null");
+    let faulted = |name: &str, error: &str| check_entry("f", name, Some(error), "null");
     let every = [
         ok("gate_up_geglu"),
         ok("residual_norm_bf16_branch/residual"),
@@ -463,20 +464,10 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     some[10] = wrong("gate_up_geglu_tma");
     some[11] = wrong("attention_flash_tma");
     some[12] = wrong("attention_flash_tma_free");
-    some[13] = check_entry(
-        "f",
-        "proj_residual_norm_tma",
-        Some("unspecified launch failure"),
-        "null",
-    );
+    some[13] = faulted("proj_residual_norm_tma", "unspecified launch failure");
     some[3] = wrong("gate_up_geglu_wgmma_wide");
     some[6] = wrong("qkv_proj_wgmma/k");
-    some[7] = check_entry(
-        "f",
-        "proj_residual_norm_wgmma",
-        Some("illegal address"),
-        "null",
-    );
+    some[7] = faulted("proj_residual_norm_wgmma", "illegal address");
     assert_eq!(
         passing(&some, true),
         "wgmma-mlp\tGEMMA_EMBED_MLP=wgmma\tgate_up_geglu_wgmma"
