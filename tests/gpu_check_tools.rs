@@ -2,8 +2,9 @@
 //! on files shaped like the binary's JSON: `isolate_families.py` reruns, one process each, the
 //! check-kernels families after the first fault (a fake check-kernels stands in for the binary);
 //! `candidates.py` lists the candidate variants (held to the engine's own choice names and
-//! kernels), gates them on their kernels having run and combines those that passed; and
-//! `summary.py` reports a check that did not run by its error and the L2 columns by the probe.
+//! kernels), gates them on their kernels having run and combines those that passed;
+//! `summary.py` reports a check that did not run by its error and the L2 columns by the probe;
+//! `index_check.py` times, kills and resumes the corpus job (the real binary on the tiny model).
 //! All are standard-library Python: `GEMMA_EMBED_PYTHON`, else `python3`.
 
 use std::path::{Path, PathBuf};
@@ -576,4 +577,71 @@ fn the_candidate_list_is_what_the_card_runs() {
             assert_eq!(c[2], option.kernel, "{c:?}");
         }
     }
+}
+
+#[test]
+fn the_corpus_job_check_times_kills_resumes_and_compares() {
+    let dir = scratch("index");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let json = dir.join("index.json");
+    let out = run(&[
+        tool("index_check.py").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--tokens",
+        "1000000",
+        "--work",
+        dir.join("work").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        env!("CARGO_BIN_EXE_gemma-embed"),
+        "--",
+        "--docs-per-request",
+        "4",
+        "--checkpoint-interval-ms",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let docs = report["corpus_docs"].as_u64().unwrap();
+    assert!(docs > 100, "{report}");
+    assert_eq!(report["full"]["docs"], docs, "{report}");
+    assert!(report["full"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["full"]["forward_share"].as_f64().unwrap() > 0.0);
+    // Killed after its first checkpoint: the rerun starts at least there and does the rest.
+    let killed_at = report["killed_at_rows"].as_u64().unwrap();
+    let resumed = report["resumed"]["resumed_rows"].as_u64().unwrap();
+    assert!(
+        killed_at > 0 && resumed >= killed_at && resumed < docs,
+        "{report}"
+    );
+    assert_eq!(report["resumed"]["docs"].as_u64().unwrap(), docs - resumed);
+    assert_eq!(report["agreement"]["resumed_file_rows"], docs, "{report}");
+    assert!(report["agreement"]["min_cosine"].as_f64().unwrap() >= 0.9999);
+
+    let summary_out = summary(&dir, "index\tok\t1000\n");
+    let stdout = String::from_utf8_lossy(&summary_out.stdout);
+    assert_eq!(summary_out.status.code(), Some(0), "{summary_out:?}");
+    assert!(
+        stdout.contains(&format!(
+            "killed at {killed_at} rows, resumed {resumed} rows"
+        )),
+        "{stdout}"
+    );
+    let mut failed = report;
+    failed["passed"] = false.into();
+    failed["problem"] = "the rerun did not continue from the checkpoint".into();
+    std::fs::write(&json, failed.to_string()).unwrap();
+    let summary_out = summary(&dir, "index\tFAIL(rc=1)\t1000\n");
+    let stdout = String::from_utf8_lossy(&summary_out.stdout);
+    assert_eq!(summary_out.status.code(), Some(1), "{summary_out:?}");
+    assert!(
+        stdout.contains("FAILED: the rerun did not continue from the checkpoint"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

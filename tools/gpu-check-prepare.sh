@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build what tools/gpu-check.sh needs on a GPU host without a Rust toolchain: the release binary
-# with CUDA kernels, stripped, in the git-ignored .gpu/ folder. Run it here, then on the GPU host
+# with CUDA kernels, stripped, and the real tokenizer, in the git-ignored .gpu/ folder. Run it
+# here, then on the GPU host
 # (repository root, with .gpu carried along): bash tools/gpu-check.sh
 #
 #   tools/gpu-check-prepare.sh        (NVCC=/path/to/nvcc to choose the compiler)
@@ -27,12 +28,23 @@ for sub in embed bench check-kernels profile serve; do
 done
 echo "$(git describe --always --dirty 2>/dev/null || echo unknown) built $(date -u +%FT%TZ)" > .gpu/build.txt
 
+# The real tokenizer (33 MB, 5 MB gzipped) for the corpus-job stage, which otherwise has only the
+# random model's word-level one: from the fetched model (GEMMA_EMBED_MODEL_DIR, default the fetch
+# script's folder).
+model_dir="${GEMMA_EMBED_MODEL_DIR:-$HOME/.cache/embeddinggemma-300m}"
+rm -f .gpu/tokenizer.json.gz
+if [ -f "$model_dir/tokenizer.json" ]; then
+    gzip -9 -c "$model_dir/tokenizer.json" > .gpu/tokenizer.json.gz
+else
+    echo "no $model_dir/tokenizer.json: the GPU check's corpus job will use the random model's word-level tokenizer" >&2
+fi
+
 # The GPU host must be able to run it: report what it needs from the C library and the size
 # (the device call carries at most 64 MiB).
 glibc=$(objdump -T .gpu/gemma-embed | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
-size=$(du -cm .gpu/gemma-embed .gpu/gemma-embed-loadgen | tail -1 | cut -f1)
-echo ".gpu/gemma-embed + loadgen: ${size} MiB, needs up to $glibc, $(cat .gpu/build.txt)" >&2
+size=$(du -cm .gpu | tail -1 | cut -f1)
+echo ".gpu/ (gemma-embed, loadgen, tokenizer): ${size} MiB, needs up to $glibc, $(cat .gpu/build.txt)" >&2
 if [ "$size" -ge 60 ]; then
-    echo "the binary is too large to carry to the GPU host (64 MiB limit)" >&2
+    echo ".gpu/ is too large to carry to the GPU host (64 MiB limit)" >&2
     exit 1
 fi

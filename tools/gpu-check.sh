@@ -29,7 +29,10 @@
 #   6. the HTTP server under load: gemma-embed serve on the same backend, gemma-embed-loadgen
 #      (many concurrent connections, every answer checked against the text's lone embedding),
 #      then SIGTERM and a clean exit                                             -> $OUT/serve.json
-#   7. a short summary table, printed last.
+#   7. the corpus job: gemma-embed embed over a corpus cut from the repository's text (with the
+#      real tokenizer when .gpu/ has it), timed against its own forward time, then killed at its
+#      first checkpoint and resumed; the resumed output must match   -> $OUT/index.json
+#   8. a short summary table, printed last.
 #
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
@@ -61,9 +64,10 @@ while [ $# -gt 0 ]; do
 done
 out="${OUT:-$work/out}"
 # Nothing from an earlier run may stand in for this run's results.
-rm -rf "$work/model" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
+rm -rf "$work/model" "$work/index" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
 (cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
-    bench_budgets.json bench_reference.json profile.json profile_variant.json serve.json summary.txt results.tar.gz)
+    bench_budgets.json bench_reference.json profile.json profile_variant.json serve.json index.json \
+    summary.txt results.tar.gz)
 mkdir -p "$out" "$work"
 # A device call may run 10 minutes: by default the whole check keeps within 8.
 [ -n "$budget" ] || { [ $cpu_only = 1 ] && budget=1200 || budget=480; }
@@ -140,6 +144,12 @@ else
     # Packings differ between the lone reference and the loaded run; bf16 GEMMs of other shapes
     # may round differently, hence the tolerance (the largest difference seen is reported).
     serve_load=(--requests 2000 --concurrency 64 --inputs-per-request 8 --texts 48 --tolerance 0.01)
+fi
+if [ $cpu_only = 1 ]; then
+    # Small requests and a checkpoint after each, so the short CPU job can be killed mid-way.
+    index_size=(--tokens 6000); index_embed_args=(--docs-per-request 4 --checkpoint-interval-ms 0)
+else
+    index_size=(--tokens 4000000); index_embed_args=()
 fi
 
 main() {
@@ -283,6 +293,14 @@ fi
 
 stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/serve.json" \
     "$work/serve.log" "$(dirname "$bin")/gemma-embed-loadgen" "${serve_load[@]}" -- "${gemma[@]}"
+
+# The corpus job as users run it (`embed`, default batch budget), with the real tokenizer where
+# gpu-check-prepare.sh packed one, then killed at its first checkpoint and resumed.
+index_tokenizer=()
+[ -f "$(dirname "$bin")/tokenizer.json.gz" ] && index_tokenizer=(--tokenizer "$(dirname "$bin")/tokenizer.json.gz")
+stage index 120 "$python" "$repo/tools/gpu/index_check.py" --model "$model" --backend "$backend" \
+    "${index_tokenizer[@]}" "${index_size[@]}" --work "$work/index" --json "$out/index.json" \
+    -- "${gemma[@]}" -- "${index_embed_args[@]}"
 
 echo
 "$python" "$repo/tools/gpu/summary.py" --stages "$stages" --out "$out" | tee "$out/summary.txt"

@@ -6,7 +6,9 @@ throughput of gemma-embed against sentence-transformers, from the files the stag
 
 Reads DIR/kernels.json, DIR/parity.json, DIR/bench.json, DIR/bench_variant_NAME.json (the candidate
 kernel choices), DIR/bench_budgets.json (smaller batch budgets), DIR/bench_reference.json,
-DIR/profile.json, DIR/profile_variant.json and DIR/serve.json where they exist. Exits 1 if a kernel check or the parity check failed, or a stage did not finish.
+DIR/profile.json, DIR/profile_variant.json, DIR/serve.json and DIR/index.json where they exist.
+Exits 1 if a kernel check, the parity check, the server or the corpus job failed, or a stage did
+not finish.
 """
 
 import argparse
@@ -207,6 +209,24 @@ def main():
               f"({serve['concurrency']} connections x {serve['inputs_per_request']} inputs), "
               f"wrong answers {serve['mismatches']} (largest difference {serve['max_abs_diff']:.1e})")
         ok &= serve["mismatches"] == 0 and serve["transport_errors"] == 0
+
+    index = load(os.path.join(args.out, "index.json"))
+    if index is not None:
+        full, resumed, agreement = index.get("full"), index.get("resumed"), index.get("agreement")
+        print(f"\ncorpus job (embed, {index['corpus_docs']} documents, tokenizer: {index['tokenizer']}):")
+        if full:
+            forward = (f", forward {full['forward_share']:.1%} of the wall time "
+                       f"({full['forward_tokens_per_s']:,.0f} tok/s while computing, "
+                       f"{full['batch_tokens']:,.0f} tokens a batch)" if "forward_share" in full else "")
+            print(f"  {full['tokens']:,} tokens in {full['seconds']:.2f} s: {full['tokens_per_s']:,.0f} tok/s{forward}")
+        if resumed:
+            print(f"  killed at {index['killed_at_rows']} rows, resumed {resumed['resumed_rows']} rows")
+        if agreement and "min_cosine" in agreement:
+            print(f"  resumed output against the uninterrupted one: {agreement['rows']} rows, "
+                  f"min cosine {agreement['min_cosine']:.6f}, largest difference {agreement['max_abs_diff']:.1e}")
+        if index["problem"]:
+            print(f"  FAILED: {index['problem']}")
+        ok &= index["passed"]
 
     print(f"\nGPU CHECK {'PASS' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
