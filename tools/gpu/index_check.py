@@ -246,11 +246,14 @@ def main():
             child.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
+    if killed_at == 0 and child.poll() is None:
+        child.kill()
+        child.communicate()
+        finish(f"the second run wrote no checkpoint with rows in {args.kill_timeout:.0f} s")
     child.communicate()
     if killed_at == 0 or child.returncode != -signal.SIGKILL:
-        child.kill()
-        finish(f"the second run was not killed mid-job (exit {child.returncode}, checkpoint rows "
-               f"{killed_at}): make the corpus larger")
+        finish(f"the second run finished (exit {child.returncode}) before it could be killed at a "
+               f"checkpoint: make the corpus larger")
     result["killed_at_rows"] = killed_at
 
     run = subprocess.run(embed(command, crash), capture_output=True, text=True)
