@@ -228,13 +228,16 @@ def main():
             print(f"index_check: {problem}", file=sys.stderr)
         sys.exit(0 if problem is None else 1)
 
+    def run_to_the_end(output, which):
+        run = subprocess.run(embed(command, output), capture_output=True, text=True)
+        sys.stderr.write(run.stderr)
+        report = job_report(run.stderr)
+        if run.returncode != 0 or report is None:
+            finish(f"the {which} run failed (exit {run.returncode})")
+        return report
+
     remove_outputs(full)
-    run = subprocess.run(embed(command, full), capture_output=True, text=True)
-    sys.stderr.write(run.stderr)
-    report = job_report(run.stderr)
-    if run.returncode != 0 or report is None:
-        finish(f"the uninterrupted run failed (exit {run.returncode})")
-    result["full"] = report
+    result["full"] = run_to_the_end(full, "uninterrupted")
 
     remove_outputs(crash)
     child = subprocess.Popen(embed(command, crash), stderr=subprocess.PIPE, text=True)
@@ -256,12 +259,7 @@ def main():
                f"checkpoint: make the corpus larger")
     result["killed_at_rows"] = killed_at
 
-    run = subprocess.run(embed(command, crash), capture_output=True, text=True)
-    sys.stderr.write(run.stderr)
-    report = job_report(run.stderr)
-    if run.returncode != 0 or report is None:
-        finish(f"the resumed run failed (exit {run.returncode})")
-    result["resumed"] = report
+    report = result["resumed"] = run_to_the_end(crash, "resumed")
     if report["resumed_rows"] == 0:
         finish("the rerun did not continue from the checkpoint")
     result["agreement"] = compare(full, crash)
