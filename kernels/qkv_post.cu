@@ -37,7 +37,7 @@ extern "C" __global__ void __launch_bounds__(256, 4) qkv_post(QkvPostParams p) {
     const bool is_value = slot == p.num_heads + 1;
     const bool is_key = slot == p.num_heads;
 
-    f32x8 a = {}, b = {}, cos = {}, sin = {};
+    f32x8 a = {}, b = {}, rope_cos = {}, rope_sin = {};
     float row_scale = 0.0f;
     if (active) {
         const bf16_t* src = p.qkv + static_cast<size_t>(row) * d;
@@ -46,8 +46,8 @@ extern "C" __global__ void __launch_bounds__(256, 4) qkv_post(QkvPostParams p) {
         row_scale = p.inv_rms[token];
         if (!is_value) {
             const size_t table_row = static_cast<size_t>(p.positions[token]) * half;
-            cos = load_f32x8(p.rope_cos + table_row + i);
-            sin = load_f32x8(p.rope_sin + table_row + i);
+            rope_cos = load_f32x8(p.rope_cos + table_row + i);
+            rope_sin = load_f32x8(p.rope_sin + table_row + i);
         }
     }
 
@@ -83,8 +83,8 @@ extern "C" __global__ void __launch_bounds__(256, 4) qkv_post(QkvPostParams p) {
     for (int j = 0; j < 8; ++j) {
         const float x1 = a.v[j] * norm_scale * (1.0f + wa.v[j]);
         const float x2 = b.v[j] * norm_scale * (1.0f + wb.v[j]);
-        lo.v[j] = (x1 * cos.v[j] - x2 * sin.v[j]) * out_scale;
-        hi.v[j] = (x2 * cos.v[j] + x1 * sin.v[j]) * out_scale;
+        lo.v[j] = (x1 * rope_cos.v[j] - x2 * rope_sin.v[j]) * out_scale;
+        hi.v[j] = (x2 * rope_cos.v[j] + x1 * rope_sin.v[j]) * out_scale;
     }
     store_bf16x8(dst + i, lo);
     store_bf16x8(dst + half + i, hi);
