@@ -42,6 +42,7 @@
 #include <type_traits>
 
 #include "attention.cuh"
+#include "common.cuh"
 #include "mma.cuh"
 #include "params.h"
 
@@ -116,11 +117,7 @@ extern "C" __global__ void __launch_bounds__(ATTENTION_REFERENCE_WARPS * 32)
             dot = fmaf(q[2 * i], f.x, dot);
             dot = fmaf(q[2 * i + 1], f.y, dot);
         }
-#pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-        }
-        const float score = dot * scale_log2;
+        const float score = warp_sum(dot) * scale_log2;
         const float new_max = fmaxf(running_max, score);
         const float rescale = exp2f(running_max - new_max); /* 0 on the first key */
         const float weight = exp2f(score - new_max);
@@ -379,9 +376,7 @@ __device__ __forceinline__ void flash_wait_pv_wgmma(float (&o_acc)[kOutTiles][4]
 __device__ __forceinline__ void flash_inverse_sums(const FlashRows &rows, float (&inv_sum)[2]) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        float total = rows.row_sum[h];
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        const float total = quad_sum(rows.row_sum[h]);
         inv_sum[h] = total > 0.0f ? 1.0f / total : 0.0f;
     }
 }
