@@ -132,11 +132,6 @@ impl BranchStorage {
             Self::Tma => super::residual::TMA_KERNEL,
         }
     }
-
-    /// Whether the projection's epilogue adds the branch (no branch is stored).
-    pub fn is_fused(self) -> bool {
-        matches!(self, Self::Fused | Self::Tma)
-    }
 }
 
 /// Every kernel choice of the CUDA backend.
@@ -239,8 +234,6 @@ mod tests {
             assert_eq!(BranchStorage::Fused.runs_on(cc), cc == (9, 0), "{cc:?}");
             assert_eq!(BranchStorage::Tma.runs_on(cc), cc == (9, 0), "{cc:?}");
         }
-        assert!(BranchStorage::Fused.is_fused() && BranchStorage::Tma.is_fused());
-        assert!(!BranchStorage::F32.is_fused() && !BranchStorage::Bf16.is_fused());
         let err = BranchStorage::parse("f16").unwrap_err().to_string();
         assert!(
             err.contains("GEMMA_EMBED_BRANCH") && err.contains("`f16`"),
