@@ -342,6 +342,23 @@ mod device {
         Ok(func)
     }
 
+    /// Why an sm_90 kernel was not resolved on this device.
+    fn sm90_only(kernel: AttentionKernel) -> Error {
+        Error::Cuda(format!("{} runs on sm_90 devices only", kernel.name()))
+    }
+
+    /// A TMA kernel [`Attention::for_device`] resolved: the function, or why `kernel` cannot
+    /// run (not an sm_90 device, or [`tma_function`]'s refusal).
+    fn loaded_tma(
+        slot: &Option<std::result::Result<CudaFunction, String>>,
+        kernel: AttentionKernel,
+    ) -> Result<&CudaFunction> {
+        slot.as_ref()
+            .ok_or_else(|| sm90_only(kernel))?
+            .as_ref()
+            .map_err(|why| Error::Cuda(why.clone()))
+    }
+
     /// `name` resolved and allowed `smem_bytes` of dynamic shared memory.
     fn flash_function(dev: &Device, name: &str, smem_bytes: usize) -> Result<CudaFunction> {
         dev.function_with_shared_memory(name, smem_bytes, "set GEMMA_EMBED_ATTENTION=reference")
@@ -434,7 +451,6 @@ mod device {
                 window_radius: window_param(window),
                 softmax_scale,
             };
-            let sm90_only = || Error::Cuda(format!("{} runs on sm_90 devices only", kernel.name()));
             let flash = |func, smem_bytes: usize, grid: usize, threads: usize| {
                 let cfg = LaunchConfig {
                     grid_dim: (grid as u32, 1, 1),
@@ -456,24 +472,21 @@ mod device {
                     flash(&self.flash, FLASH_SMEM_BYTES, tiles.count, FLASH_THREADS)
                 }
                 AttentionKernel::FlashWgmma => flash(
-                    self.flash_wgmma.as_ref().ok_or_else(sm90_only)?,
+                    self.flash_wgmma.as_ref().ok_or_else(|| sm90_only(kernel))?,
                     FLASH_WGMMA_SMEM_BYTES,
                     tiles.count,
                     FLASH_THREADS,
                 ),
-                AttentionKernel::FlashTma | AttentionKernel::FlashTmaFree => flash(
-                    match kernel {
-                        AttentionKernel::FlashTma => &self.flash_tma,
-                        _ => &self.flash_tma_free,
-                    }
-                    .as_ref()
-                    .ok_or_else(sm90_only)?
-                    .as_ref()
-                    .map_err(|why| Error::Cuda(why.clone()))?,
-                    TMA_SMEM_BYTES,
-                    tiles.count.min(self.multiprocessors as usize),
-                    TMA_THREADS,
-                ),
+                AttentionKernel::FlashTma | AttentionKernel::FlashTmaFree => {
+                    let slot = if kernel == AttentionKernel::FlashTma {
+                        &self.flash_tma
+                    } else {
+                        &self.flash_tma_free
+                    };
+                    // Persistent: one CTA per multiprocessor at most.
+                    let grid = tiles.count.min(self.multiprocessors as usize);
+                    flash(loaded_tma(slot, kernel)?, TMA_SMEM_BYTES, grid, TMA_THREADS)
+                }
             };
             let maps = kernel
                 .is_tma()
