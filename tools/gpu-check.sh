@@ -147,9 +147,9 @@ else
 fi
 if [ $cpu_only = 1 ]; then
     # Small requests and a checkpoint after each, so the short CPU job can be killed mid-way.
-    index_size=(--tokens 6000); index_embed_args=(--docs-per-request 4 --checkpoint-interval-ms 0)
+    index_size=(--chars 24000); index_embed_args=(--docs-per-request 4 --checkpoint-interval-ms 0)
 else
-    index_size=(--tokens 4000000); index_embed_args=()
+    index_size=(--chars 16000000); index_embed_args=()
 fi
 
 main() {

@@ -2,11 +2,11 @@
 """A stage of tools/gpu-check.sh: the corpus job (`gemma-embed embed`) end to end, timed, then
 killed and resumed.
 
-    index_check.py --model DIR --backend cuda --tokens N --work DIR --json OUT
+    index_check.py --model DIR --backend cuda --chars N --work DIR --json OUT
                    [--tokenizer FILE] [--source FILE ...] [--seed S] -- GEMMA_COMMAND... [-- EMBED_ARGS...]
 
 GEMMA_COMMAND runs the gemma-embed binary (with an env prefix where it needs one); EMBED_ARGS go
-to every `embed` run. The corpus is JSON Lines of about N tokens (at 4 characters a token):
+to every `embed` run. The corpus is JSON Lines of at least N characters of text:
 runs of 1 to 8 consecutive paragraphs of the --source files (by default the repository's
 Markdown and Rust sources), half of them with the `document` prompt. --tokenizer (a
 tokenizer.json, or .json.gz) replaces the model's tokenizer in a copy of the model folder, so a
@@ -42,7 +42,6 @@ import time
 from array import array
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CHARS_PER_TOKEN = 4
 EMBEDDED = re.compile(r"^embedded (\d+) docs, (\d+) tokens in ([0-9.]+) s ")
 RESUMED = re.compile(r", (\d+) from the interrupted run")
 BACKEND = re.compile(r"^backend: (\d+) batches \(([0-9.]+) sequences, ([0-9.]+) tokens on average\), "
@@ -66,15 +65,16 @@ def paragraphs(paths):
     return [p for p in out if len(p) >= 20]
 
 
-def write_corpus(path, sources, tokens, seed):
-    """Documents of 1..8 consecutive paragraphs until about `tokens` tokens; returns their count."""
+def write_corpus(path, sources, least_chars, seed):
+    """Documents of 1..8 consecutive paragraphs until they hold `least_chars` characters of text;
+    returns their count."""
     paras = paragraphs(sources)
     if not paras:
         sys.exit(f"index_check: no paragraphs in {sources}")
     rng = random.Random(seed)
     chars, docs = 0, 0
     with open(path, "w", encoding="utf-8") as f:
-        while chars < tokens * CHARS_PER_TOKEN:
+        while chars < least_chars:
             start = rng.randrange(len(paras))
             text = " ".join(paras[start:start + rng.randint(1, 8)])
             doc = {"id": f"doc{docs}", "text": text}
@@ -184,7 +184,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--backend", required=True)
-    ap.add_argument("--tokens", type=int, required=True, help="corpus size, about")
+    ap.add_argument("--chars", type=int, required=True, help="corpus size: characters of text, at least")
     ap.add_argument("--work", required=True)
     ap.add_argument("--json", required=True)
     ap.add_argument("--tokenizer", help="tokenizer.json or .json.gz to use instead of the model's")
@@ -210,7 +210,7 @@ def main():
         model = model_with_tokenizer(model, args.tokenizer, args.work)
     corpus = os.path.join(args.work, "corpus.jsonl")
     sources = args.source or default_sources()
-    docs = write_corpus(corpus, sources, args.tokens, args.seed)
+    docs = write_corpus(corpus, sources, args.chars, args.seed)
     print(f"index_check: {docs} documents from {len(sources)} source files -> {corpus}", flush=True)
     command = gemma + ["embed", "--model", model, "--backend", args.backend, "--input", corpus] + extra
     full, crash = os.path.join(args.work, "full.npy"), os.path.join(args.work, "crash.npy")
