@@ -664,8 +664,9 @@ __device__ __forceinline__ void tma_load_rows(unsigned char *dst, const TensorMa
  * attn_wgmma_swizzle layout of attention_flash_wgmma), then ATTENTION_TMA_STAGES K blocks, then
  * as many V blocks. The producer's first thread issues, per key block, the K copies (4 boxes of
  * 64 keys x 64 dims) and the V copies, and after the first block's each warpgroup's Q half (4
- * boxes) once that warpgroup has released it, each set completing a `full` mbarrier. Rows past the sequence read the next sequence (or zeros past
- * the batch): their keys are masked and their query rows never stored.
+ * boxes) once that warpgroup has released it, each set completing a `full` mbarrier. Rows past
+ * the sequence read the next sequence (or zeros past the batch): their keys are masked and their
+ * query rows never stored.
  * Consumer warpgroup w (warps 4 w .. 4 w + 3, packed rows 64 w .. 64 w + 63 of the tile), per
  * key block: wait for K, take its turn (attention.cuh), issue S = Q K^T, pass the turn, wait for
  * the products, release K (one `empty` arrival per warp), mask and softmax exactly as the other

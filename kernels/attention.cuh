@@ -98,10 +98,10 @@ ATTN_HD uint32_t attn_wgmma_v_offset(int kk) { return (uint32_t)(kk * 2 * 1024);
  * attention_tma_pipeline.c). A persistent CTA counts its tiles and the key blocks of all its
  * tiles: key block i's K and V use stage gemm_tma_stage(i, ATTENTION_TMA_STAGES) and tile j's Q
  * one buffer per warpgroup (one stage each), each waited for with tile.cuh's
- * gemm_tma_full_parity / gemm_tma_empty_parity. The two consumer warpgroups take turns issuing their Q K^T wgmmas:
- * warpgroup w syncs on named barrier attn_tma_turn_barrier(w) (both warpgroups' 256 threads)
- * before it issues and then arrives on the other's, so that one warpgroup's softmax runs while
- * the other's products do. Warpgroup 1 first arrives once on warpgroup 0's barrier (0 goes
+ * gemm_tma_full_parity / gemm_tma_empty_parity. The two consumer warpgroups take turns issuing
+ * their Q K^T wgmmas: warpgroup w syncs on named barrier attn_tma_turn_barrier(w) (both
+ * warpgroups' 256 threads) before it issues and then arrives on the other's, so that one
+ * warpgroup's softmax runs while the other's products do. Warpgroup 1 first arrives once on warpgroup 0's barrier (0 goes
  * first), and does not pass the turn after its CTA's last key block, so every barrier sees as
  * many arrivals as syncs. */
 #define ATTN_TMA_WARPGROUPS (ATTENTION_TMA_BLOCK_M / ATTN_WGMMA_ROWS)

@@ -199,12 +199,12 @@ __device__ __forceinline__ GemmTileWalk gemm_grid_walk(uint32_t col_blocks) {
 /* A persistent CTA of one producer warpgroup (warpgroup 0) and BlockM / WGMMA_ROWS consumer
  * warpgroups, walking the tiles of `walk` (tile.cuh's GemmTileWalk). Thread 0 fills the stages:
  * per k slice one TMA copy of the x box (GEMM_TILE_K x BlockM at k, first_row; rows past
- * num_tokens read as 0) and one of the
- * weight box (GEMM_TILE_K x WeightRows), both landing in the 128-byte swizzle that
- * wgmma_desc_sw128 addresses, and completing the stage's `full` mbarrier. Consumer warpgroup c
- * multiplies tile rows WGMMA_ROWS c .. by every weight row, one slice's wgmmas left in flight;
- * when a slice's wgmmas have completed, lane 0 of each consumer warp arrives on the stage's
- * `empty` mbarrier, and the producer refills a stage only once all of them have. Slice i of the
+ * num_tokens read as 0) and one of the weight box (GEMM_TILE_K x WeightRows), both landing in the
+ * 128-byte swizzle that wgmma_desc_sw128 addresses, and completing the stage's `full` mbarrier.
+ * Consumer warpgroup c multiplies tile rows WGMMA_ROWS c .. by every weight row, one slice's
+ * wgmmas left in flight; when a slice's wgmmas have completed, lane 0 of each consumer warp
+ * arrives on the stage's `empty` mbarrier, and the producer refills a stage only once all of
+ * them have. Slice i of the
  * CTA (counted across its tiles) uses stage i % Stages; which phases it waits for: tile.cuh's
  * gemm_tma_stage / gemm_tma_full_parity / gemm_tma_empty_parity. After each tile,
  * `epilogue(acc, first_row, col_block, warp)` with `warp` the consumer warp (0 ..), while the
