@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Build what tools/gpu-check.sh needs on a GPU host without a Rust toolchain: the release binary
 # with CUDA kernels, stripped, and the real tokenizer, in the git-ignored .gpu/ folder. Run it
-# here, then on the GPU host
-# (repository root, with .gpu carried along): bash tools/gpu-check.sh
+# here, then on the GPU host (repository root, with .gpu carried along): bash tools/gpu-check.sh
 #
 #   tools/gpu-check-prepare.sh        (NVCC=/path/to/nvcc to choose the compiler)
 set -euo pipefail
