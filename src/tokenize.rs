@@ -251,6 +251,29 @@ impl Tokenizer {
         Ok(tokens)
     }
 
+    /// The text of token ids (what a `/decode` route answers), special tokens dropped when
+    /// `skip_special_tokens`. `index` names the input in errors; an id outside the tokenizer's
+    /// vocabulary is refused rather than silently dropped.
+    pub fn decode(&self, index: usize, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let known = self.inner.get_vocab_size(true);
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= known)
+        {
+            return Err(Error::Input {
+                index,
+                message: format!(
+                    "token {position}: id {id} is outside the tokenizer's vocabulary of {known} \
+                     tokens"
+                ),
+            });
+        }
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Input {
+                index,
+                message: format!("tokenizer: {e}"),
+            })
+    }
+
     /// Validate token ids given directly: non-empty, at most `max_seq_len` long, every id inside
     /// the embedding table (the tokenizer knows one more id, `<image_soft_token>` = 262144, that
     /// the model has no embedding for).

@@ -132,3 +132,37 @@ fn ids_outside_the_embedding_table_are_refused() {
     assert!(tokenizer.check_ids(1, &[]).is_err());
     assert!(tokenizer.check_ids(1, &vec![2; 2049]).is_err());
 }
+
+#[test]
+fn decoding_the_golden_ids_gives_back_the_texts() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    let golden = common::golden();
+    for (i, case) in golden.cases.iter().enumerate() {
+        let full = format!("{}{}", case.prompt, case.text);
+        let text = tokenizer.decode(i, &case.token_ids, true).unwrap();
+        if case.n_tokens < tokenizer.max_seq_len() {
+            assert_eq!(text, full, "{}", case.name);
+        } else {
+            // Truncated: the text up to where the kept tokens end.
+            assert!(
+                full.starts_with(&text) && text.len() > full.len() / 2,
+                "{}: {} of {} bytes",
+                case.name,
+                text.len(),
+                full.len()
+            );
+        }
+        let with_special = tokenizer.decode(i, &case.token_ids, false).unwrap();
+        assert_eq!(with_special, format!("<bos>{text}<eos>"), "{}", case.name);
+    }
+    // 262144 (`<image_soft_token>`) is the tokenizer's last id.
+    assert_eq!(
+        tokenizer.decode(0, &[2, 262144, 1], false).unwrap(),
+        "<bos><image_soft_token><eos>"
+    );
+    let err = tokenizer.decode(3, &[2, 262145], true).unwrap_err();
+    assert!(matches!(err, Error::Input { index: 3, .. }), "{err}");
+    assert!(err.to_string().contains("token 1: id 262145"), "{err}");
+}

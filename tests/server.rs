@@ -234,14 +234,13 @@ fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     assert!(full.len() > max_len);
     let refused = server.post("/v1/embeddings", &json!({"input": ["short", long]}));
     assert_eq!(refused.status, 422, "{}", refused.body);
-    let message = refused.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let refusal = &refused.json()["error"];
+    let message = refusal["message"].as_str().unwrap().to_string();
     assert!(
-        message.contains("input 1") && message.contains(&format!("{} tokens", full.len())),
+        message.starts_with("`input[1]`: ") && message.contains(&format!("{} tokens", full.len())),
         "{message}"
     );
+    assert_eq!(refusal["param"], "input[1]");
     let (bos, eos) = (full[0], full[full.len() - 1]);
     let body = &full[1..full.len() - 1];
     let keep = max_len - 2;
@@ -315,6 +314,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
     let huge = format!(r#"{{"input": "{}"}}"#, "a ".repeat(100_000));
     let many = json!({"input": vec!["x"; 10_000]}).to_string();
     let tei_many = json!({"inputs": vec!["x"; 65]}).to_string();
+    let similarity = |body: &[u8]| server.post_bytes("/similarity", body, &[]);
     use Flavor::{OpenAi, Tei};
     let cases: Vec<(&str, HttpAnswer, u16, Flavor, &str)> = vec![
         (
@@ -522,6 +522,82 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
             "must be a JSON object",
         ),
         (
+            "similarity without sentences",
+            similarity(br#"{"inputs": {"source_sentence": "a"}}"#),
+            422,
+            Tei,
+            "`inputs.sentences`: is required",
+        ),
+        (
+            "similarity inputs as a list",
+            similarity(br#"{"inputs": ["a", "b"]}"#),
+            422,
+            Tei,
+            "`inputs`: must be an object",
+        ),
+        (
+            "similarity empty sentence",
+            similarity(br#"{"inputs": {"source_sentence": "a", "sentences": ["b", ""]}}"#),
+            422,
+            Tei,
+            "`inputs.sentences[1]`: must not be an empty string",
+        ),
+        (
+            "similarity too long",
+            similarity(
+                json!({
+                    "inputs": {"source_sentence": "a", "sentences": ["b", "w1 ".repeat(100)]},
+                    "parameters": {"truncate": false},
+                })
+                .to_string()
+                .as_bytes(),
+            ),
+            422,
+            Tei,
+            "`inputs.sentences[1]`: 102 tokens, more than max_seq_length = 64",
+        ),
+        (
+            "similarity 64 sentences",
+            similarity(
+                json!({"inputs": {"source_sentence": "a", "sentences": vec!["x"; 64]}})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            413,
+            Tei,
+            "65 texts",
+        ),
+        (
+            "similarity parameters",
+            similarity(
+                br#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": []}"#,
+            ),
+            422,
+            Tei,
+            "`parameters`: must be an object",
+        ),
+        (
+            "decode text",
+            server.post_bytes("/decode", br#"{"ids": "hello"}"#, &[]),
+            422,
+            Tei,
+            "`ids`: must be an array",
+        ),
+        (
+            "decode unknown id",
+            server.post_bytes("/decode", br#"{"ids": [[2, 1], [2, 4000000]]}"#, &[]),
+            422,
+            Tei,
+            "`ids[1]`: token 1: id 4000000 is outside the tokenizer's vocabulary",
+        ),
+        (
+            "decode negative id",
+            server.post_bytes("/decode", br#"{"ids": [2, -1]}"#, &[]),
+            422,
+            Tei,
+            "`ids[1]`: must be a token id",
+        ),
+        (
             "tei no route",
             server.post_bytes("/nope", b"{}", &[]),
             404,
@@ -549,6 +625,92 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
 }
 
 #[test]
+fn similarity_and_decode_answer_as_tei_does() {
+    let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let expected = tiny_expected();
+    let text_cases: Vec<_> = expected
+        .cases
+        .iter()
+        .filter_map(|c| Some((c, c.text.as_deref()?)))
+        .collect();
+    assert!(text_cases.len() >= 2, "the fixture has text cases");
+
+    // The cosine of sentence-transformers' embeddings, the source among the sentences too.
+    let (source_case, source) = text_cases[0];
+    let sentences: Vec<&str> = text_cases.iter().rev().map(|&(_, text)| text).collect();
+    let answer = server.post(
+        "/similarity",
+        &json!({"inputs": {"source_sentence": source, "sentences": sentences}}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let scores = floats(&answer.json());
+    assert_eq!(scores.len(), sentences.len());
+    for ((case, _), score) in text_cases.iter().rev().zip(&scores) {
+        let want = cosine(&source_case.embedding, &case.embedding);
+        assert!(
+            (f64::from(*score) - want).abs() <= 1e-5,
+            "{} against {}: {score}, sentence-transformers {want}",
+            source_case.name,
+            case.name
+        );
+    }
+    let tokens: usize = [source_case]
+        .into_iter()
+        .chain(text_cases.iter().rev().map(|&(case, _)| case))
+        .map(|case| case.token_ids.len())
+        .sum();
+    assert_eq!(
+        answer.header("x-compute-tokens"),
+        Some(tokens.to_string().as_str())
+    );
+
+    // `parameters.prompt_name` applies to the source and to every sentence.
+    let prompted = server.post(
+        "/similarity",
+        &json!({
+            "inputs": {"source_sentence": source, "sentences": sentences},
+            "parameters": {"prompt_name": "query"},
+        }),
+    );
+    assert_eq!(prompted.status, 200, "{}", prompted.body);
+    let mut texts = vec![source];
+    texts.extend(&sentences);
+    let vectors: Vec<Vec<f32>> = server
+        .post("/embed", &json!({"inputs": texts, "prompt_name": "query"}))
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
+    for (vector, score) in vectors[1..].iter().zip(floats(&prompted.json())) {
+        assert!((f64::from(score) - cosine(&vectors[0], vector)).abs() <= 1e-6);
+    }
+    assert_ne!(
+        floats(&prompted.json()),
+        scores,
+        "the prompt changes the scores"
+    );
+
+    // /decode of sentence-transformers' token ids for the fixture's texts. What Python's
+    // `tokenizers` answers for this word-level tokenizer: `nonsense` is outside its vocabulary,
+    // became `<unk>`, and is skipped with the other special tokens unless they are asked for.
+    let ids: Vec<&Vec<u32>> = text_cases.iter().map(|(c, _)| &c.token_ids).collect();
+    assert_eq!(
+        text_cases.iter().map(|&(_, text)| text).collect::<Vec<_>>(),
+        ["w10 w11 w12", "w250 w7 nonsense w299 w4"]
+    );
+    let decoded = server.post("/decode", &json!({ "ids": ids }));
+    assert_eq!(decoded.status, 200, "{}", decoded.body);
+    assert_eq!(decoded.json(), json!(["w10 w11 w12", "w250 w7 w299 w4"]));
+    let single = server.post(
+        "/decode",
+        &json!({"ids": ids[1], "skip_special_tokens": false}),
+    );
+    assert_eq!(single.json(), json!(["<bos> w250 w7 <unk> w299 w4 <eos>"]));
+}
+
+#[test]
 fn api_key_guards_every_route_but_health_and_metrics() {
     let server = Server::start(
         &common::tiny_model_dir(),
@@ -572,6 +734,9 @@ fn api_key_guards_every_route_but_health_and_metrics() {
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(server.get("/info", &[]).status, 401);
     assert_eq!(server.post("/embed", &json!({"inputs": "hi"})).status, 401);
+    let pair = json!({"inputs": {"source_sentence": "hi", "sentences": ["ho"]}});
+    assert_eq!(server.post("/similarity", &pair).status, 401);
+    assert_eq!(server.post("/decode", &json!({"ids": [2, 1]})).status, 401);
     assert_eq!(server.get("/health", &[]).status, 200);
     assert_eq!(server.get("/metrics", &[]).status, 200);
 }

@@ -119,6 +119,68 @@ fn golden_embeddings_over_http_and_a_disconnect_drops_queued_work() {
     assert_eq!(server.get("/health", &[]).status, 200);
 }
 
+/// `/similarity` against the cosines of sentence-transformers' embeddings, `/decode` against
+/// the texts sentence-transformers tokenized.
+#[test]
+fn similarity_and_decode_match_sentence_transformers() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let server = Server::start(&model, &["--backend", "cpu"]);
+    let golden = common::golden();
+
+    // One prompt per request: the short golden texts embedded with the `document` prompt.
+    let documents: Vec<_> = golden
+        .cases
+        .iter()
+        .filter(|c| c.prompt_name.as_deref() == Some("document") && c.n_tokens <= 64)
+        .collect();
+    assert!(documents.len() >= 5, "short golden documents");
+    let (source, sentences) = documents.split_first().unwrap();
+    let answer = server.post(
+        "/similarity",
+        &json!({
+            "inputs": {
+                "source_sentence": source.text,
+                "sentences": sentences.iter().map(|c| &c.text).collect::<Vec<_>>(),
+            },
+            "parameters": {"prompt_name": "document"},
+        }),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let scores: Vec<f64> = answer
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), sentences.len());
+    for (case, score) in sentences.iter().zip(&scores) {
+        let want = cosine(&source.embedding, &case.embedding);
+        assert!(
+            (score - want).abs() <= 1e-4,
+            "{} against {}: {score}, sentence-transformers {want}",
+            source.name,
+            case.name
+        );
+    }
+
+    let ids: Vec<&Vec<u32>> = golden.cases.iter().map(|c| &c.token_ids).collect();
+    let answer = server.post("/decode", &json!({ "ids": ids }));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let texts = answer.json();
+    for (case, text) in golden.cases.iter().zip(texts.as_array().unwrap()) {
+        let text = text.as_str().unwrap();
+        let full = format!("{}{}", case.prompt, case.text);
+        if case.n_tokens < 2048 {
+            assert_eq!(text, full, "{}", case.name);
+        } else {
+            assert!(full.starts_with(text), "{}: truncated", case.name);
+        }
+    }
+}
+
 #[test]
 fn sigterm_lets_a_request_in_flight_finish() {
     let Some(model) = common::real_model_dir() else {

@@ -6,7 +6,9 @@
 //! | `POST /v1/embeddings` | OpenAI: `input`, `model`, `encoding_format`, `dimensions`, `user`; extensions `prompt_name`, `truncate` | OpenAI's list of embeddings with `usage` |
 //! | `GET /v1/models` | | OpenAI's model list: the one served model |
 //! | `POST /embed` | TEI: `inputs`, `normalize`, `truncate`, `truncation_direction`, `prompt_name`, `dimensions` | `[[f32]]` |
+//! | `POST /similarity` | TEI: `inputs.source_sentence`, `inputs.sentences`, `parameters` (`truncate`, `truncation_direction`, `prompt_name`) | `[f32]`: each sentence's cosine similarity to the source |
 //! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
+//! | `POST /decode` | TEI: `ids` (one list or a list of lists), `skip_special_tokens` | `[string]` |
 //! | `GET /health` | | 200 when a probe went through the backend, else 503 |
 //! | `GET /info` | | model, dims, prompts, backend, limits, version |
 //! | `GET /metrics` | | Prometheus text |
@@ -116,7 +118,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/embeddings", post(openai_embeddings))
         .route("/v1/models", get(openai_models))
         .route("/embed", post(tei_embed))
+        .route("/similarity", post(tei_similarity))
         .route("/tokenize", post(tei_tokenize))
+        .route("/decode", post(tei_decode))
         .route("/info", get(info))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -246,6 +250,8 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, 
 /// What an embedding route asks of the engine.
 struct EmbedQuery {
     inputs: Vec<RawInput>,
+    /// The request field of input `i`, for errors that name one input.
+    input_field: fn(usize) -> String,
     prompt_name: Option<String>,
     dimensions: Option<usize>,
     truncation: Truncation,
@@ -322,7 +328,13 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
     let embeddings = response
         .outputs
         .into_iter()
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(|error| match error {
+            Error::Input { index, message } => {
+                ApiError::field(&(query.input_field)(index), message)
+            }
+            other => ApiError::from(other),
+        })?;
     let answer = Answer {
         embeddings,
         timings: response.timings,
@@ -386,6 +398,7 @@ async fn openai_embeddings(
     request::optional_str(&body, "user")?;
     let query = EmbedQuery {
         inputs: request::inputs(&mut body, "input", state.config.max_client_batch_size)?,
+        input_field: |i| format!("input[{i}]"),
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, false)?,
@@ -476,6 +489,7 @@ async fn tei_embed(
     }
     let query = EmbedQuery {
         inputs: request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?,
+        input_field: |i| format!("inputs[{i}]"),
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, true)?,
@@ -487,6 +501,45 @@ async fn tei_embed(
         .map(|e| e.embedding.as_slice())
         .collect();
     Ok((answer.headers(), Json(vectors)).into_response())
+}
+
+/// TEI's sentence similarity: the source sentence and the sentences embedded in one request
+/// (with `parameters.prompt_name`, if any, on all of them), answered with each sentence's cosine
+/// similarity to the source, as sentence-transformers' `similarity` computes it for this model.
+async fn tei_similarity(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let mut body = json_body(body)?;
+    let (source, sentences) =
+        request::similarity_inputs(&mut body, state.config.max_client_batch_size)?;
+    let parameters = request::optional_object(&body, "parameters")?.unwrap_or_default();
+    let query = EmbedQuery {
+        inputs: std::iter::once(source).chain(sentences).collect(),
+        input_field: |i| match i {
+            0 => "inputs.source_sentence".to_string(),
+            i => format!("inputs.sentences[{}]", i - 1),
+        },
+        prompt_name: prompt_name(&parameters)?,
+        dimensions: None,
+        truncation: truncation(&parameters, state.config.auto_truncate, true)?,
+    };
+    let answer = embed(&state, query).await?;
+    let (source, sentences) = answer
+        .embeddings
+        .split_first()
+        .expect("one embedding per input, the source first");
+    // Unit vectors: the dot product is the cosine.
+    let scores: Vec<f32> = sentences
+        .iter()
+        .map(|s| {
+            let dot: f64 = (source.embedding.iter().zip(&s.embedding))
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            dot as f32
+        })
+        .collect();
+    Ok((answer.headers(), Json(scores)).into_response())
 }
 
 async fn tei_tokenize(
@@ -518,6 +571,34 @@ async fn tei_tokenize(
     .await
     .map_err(|e| ApiError::new(ErrorKind::Backend, format!("tokenization failed: {e}")))??;
     Ok(Json(tokens).into_response())
+}
+
+/// TEI's `/decode`: the text of each list of token ids.
+async fn tei_decode(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let body = json_body(body)?;
+    let lists = request::id_lists(&body, "ids", state.config.max_client_batch_size)?;
+    let skip_special_tokens = request::optional_bool(&body, "skip_special_tokens")?.unwrap_or(true);
+    let texts = tokio::task::spawn_blocking(move || {
+        let tokenizer = state.engine.tokenizer();
+        lists
+            .iter()
+            .enumerate()
+            .map(|(i, (field, ids))| {
+                tokenizer
+                    .decode(i, ids, skip_special_tokens)
+                    .map_err(|error| match error {
+                        Error::Input { message, .. } => ApiError::field(field, message),
+                        other => ApiError::from(other),
+                    })
+            })
+            .collect::<Result<Vec<String>, ApiError>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorKind::Backend, format!("decoding failed: {e}")))??;
+    Ok(Json(texts).into_response())
 }
 
 /// 200 when a one-input probe goes through the backend within the health timeout. A full queue

@@ -148,6 +148,140 @@ pub fn inputs(
     Ok(inputs)
 }
 
+/// An object field, absent when missing or null.
+pub fn optional_object(
+    body: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<Map<String, Value>>, ApiError> {
+    present(body, name)
+        .map(|v| match v {
+            Value::Object(map) => Ok(map.clone()),
+            other => Err(ApiError::field(
+                name,
+                format!("must be an object, got {}", kind(other)),
+            )),
+        })
+        .transpose()
+}
+
+/// TEI's similarity inputs, taken out of `body`: `inputs.source_sentence` (a string) and
+/// `inputs.sentences` (a non-empty array of strings); at most `max_inputs` texts in all.
+pub fn similarity_inputs(
+    body: &mut Map<String, Value>,
+    max_inputs: usize,
+) -> Result<(RawInput, Vec<RawInput>), ApiError> {
+    let mut inputs = match body.remove("inputs").filter(|v| !v.is_null()) {
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(ApiError::field(
+                "inputs",
+                format!(
+                    "must be an object with `source_sentence` and `sentences`, got {}",
+                    kind(&other)
+                ),
+            ))
+        }
+        None => return Err(ApiError::field("inputs", "is required")),
+    };
+    let string_field = |field: &str, value: Option<Value>| match value.filter(|v| !v.is_null()) {
+        Some(Value::String(text)) => text_input(field, text),
+        Some(other) => Err(ApiError::field(
+            field,
+            format!("must be a string, got {}", kind(&other)),
+        )),
+        None => Err(ApiError::field(field, "is required")),
+    };
+    let source = string_field("inputs.source_sentence", inputs.remove("source_sentence"))?;
+    let sentences = match inputs.remove("sentences").filter(|v| !v.is_null()) {
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::field(
+                "inputs.sentences",
+                "must not be an empty array",
+            ))
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ApiError::field(
+                "inputs.sentences",
+                format!("must be an array of strings, got {}", kind(&other)),
+            ))
+        }
+        None => return Err(ApiError::field("inputs.sentences", "is required")),
+    };
+    if sentences.len() + 1 > max_inputs {
+        return Err(ApiError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "`inputs` holds {} texts (the source and {} sentences), more than the server's \
+                 limit of {max_inputs} per request (--max-client-batch-size)",
+                sentences.len() + 1,
+                sentences.len()
+            ),
+        ));
+    }
+    let sentences = sentences
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| string_field(&format!("inputs.sentences[{i}]"), Some(item)))
+        .collect::<Result<_, _>>()?;
+    Ok((source, sentences))
+}
+
+/// Lists of token ids in field `name`: one list, or an array of lists (at most `max_lists`),
+/// each with the field that names it in errors.
+pub fn id_lists(
+    body: &Map<String, Value>,
+    name: &str,
+    max_lists: usize,
+) -> Result<Vec<(String, Vec<u32>)>, ApiError> {
+    let items = match present(body, name) {
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::field(name, "must not be an empty array"))
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ApiError::field(
+                name,
+                format!(
+                    "must be an array of token ids or an array of such arrays, got {}",
+                    kind(other)
+                ),
+            ))
+        }
+        None => return Err(ApiError::field(name, "is required")),
+    };
+    if items.iter().all(Value::is_number) {
+        return Ok(vec![(name.to_string(), token_ids(name, items)?)]);
+    }
+    if items.len() > max_lists {
+        return Err(ApiError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "`{name}` holds {} lists, more than the server's limit of {max_lists} per request \
+                 (--max-client-batch-size)",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("{name}[{i}]");
+            match item {
+                Value::Array(ids) => {
+                    let ids = token_ids(&field, ids)?;
+                    Ok((field, ids))
+                }
+                other => Err(ApiError::field(
+                    &field,
+                    format!("must be an array of token ids, got {}", kind(other)),
+                )),
+            }
+        })
+        .collect()
+}
+
 fn text_input(field: &str, text: String) -> Result<RawInput, ApiError> {
     if text.is_empty() {
         return Err(ApiError::field(field, "must not be an empty string"));
