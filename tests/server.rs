@@ -150,16 +150,21 @@ fn tokenize(server: &Server, body: Value) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The fixture's cases made from a text, with their text.
+fn text_cases(expected: &common::TinyExpected) -> Vec<(&common::TinyCase, &str)> {
+    expected
+        .cases
+        .iter()
+        .filter_map(|c| Some((c, c.text.as_deref()?)))
+        .collect()
+}
+
 #[test]
 fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
     let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
     // The fixture's text cases: sentence-transformers' token ids and embeddings.
     let expected = tiny_expected();
-    let text_cases: Vec<_> = expected
-        .cases
-        .iter()
-        .filter_map(|c| Some((c, c.text.as_deref()?)))
-        .collect();
+    let text_cases = text_cases(&expected);
     assert!(!text_cases.is_empty(), "the fixture has text cases");
     let fixture_texts: Vec<&str> = text_cases.iter().map(|&(_, text)| text).collect();
     let fixture_ids = tokenize(&server, json!({ "inputs": fixture_texts }));
@@ -628,11 +633,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
 fn similarity_and_decode_answer_as_tei_does() {
     let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
     let expected = tiny_expected();
-    let text_cases: Vec<_> = expected
-        .cases
-        .iter()
-        .filter_map(|c| Some((c, c.text.as_deref()?)))
-        .collect();
+    let text_cases = text_cases(&expected);
     assert!(text_cases.len() >= 2, "the fixture has text cases");
 
     // The cosine of sentence-transformers' embeddings, the source among the sentences too.
