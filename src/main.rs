@@ -16,7 +16,7 @@ use gemma_embed::index::output::Dtype;
 use gemma_embed::index::{self, AtomicFile, CsvColumns, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::server;
-use gemma_embed::tokenize::{Tokenizer, Truncation};
+use gemma_embed::tokenize::{DefaultPrompt, Tokenizer, Truncation};
 
 #[derive(Parser)]
 #[command(
@@ -895,6 +895,13 @@ struct ServeArgs {
     /// Tokenization threads [default: cores - 1].
     #[arg(long)]
     tokenization_workers: Option<usize>,
+    /// The named prompt (`query`, `document`, `STS`, ...) of texts whose request names none
+    /// [default: the model's default_prompt_name, none for EmbeddingGemma].
+    #[arg(long, conflicts_with = "default_prompt")]
+    default_prompt_name: Option<String>,
+    /// A prompt string prepended as it is to texts whose request names no prompt.
+    #[arg(long)]
+    default_prompt: Option<String>,
     /// On SIGTERM/SIGINT, how long requests in flight may still take, in seconds.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -907,7 +914,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let dir = resolve_model_dir(&args.model.model)?;
     let model = Arc::new(Model::load_dir(&dir)?);
-    let tokenizer = Tokenizer::for_model(&model)?;
+    let mut tokenizer = Tokenizer::for_model(&model)?;
+    if let Some(name) = args.default_prompt_name {
+        tokenizer
+            .set_default_prompt(DefaultPrompt::Named(name))
+            .context("--default-prompt-name")?;
+    } else if let Some(text) = args.default_prompt {
+        tokenizer.set_default_prompt(DefaultPrompt::Literal(text))?;
+    }
     if args.max_queued_tokens < model.config.max_seq_len {
         bail!(
             "--max-queued-tokens {} is below the model's max_seq_length {}: a longest input could \

@@ -26,6 +26,16 @@ pub enum Truncation {
     Refuse,
 }
 
+/// The prompt of texts that name none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DefaultPrompt {
+    None,
+    /// One of the model's named prompts.
+    Named(String),
+    /// A prompt string, prepended as it is.
+    Literal(String),
+}
+
 /// One token as `/tokenize` reports it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TokenInfo {
@@ -43,7 +53,9 @@ pub struct TokenInfo {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     prompts: BTreeMap<String, String>,
-    default_prompt_name: Option<String>,
+    /// What texts without a prompt of their own get: the model's `default_prompt_name`, or
+    /// what [`Tokenizer::set_default_prompt`] chose.
+    default_prompt: DefaultPrompt,
     vocab_size: usize,
     max_seq_len: usize,
     /// Special tokens the post-processor adds around a single sequence (`<bos>`, `<eos>`).
@@ -78,7 +90,10 @@ impl Tokenizer {
         Ok(Self {
             inner,
             prompts: config.prompts.clone(),
-            default_prompt_name: config.default_prompt_name.clone(),
+            default_prompt: match &config.default_prompt_name {
+                Some(name) => DefaultPrompt::Named(name.clone()),
+                None => DefaultPrompt::None,
+            },
             vocab_size: config.vocab_size,
             max_seq_len: config.max_seq_len,
             added_tokens,
@@ -118,19 +133,35 @@ impl Tokenizer {
         &self.prompts
     }
 
+    /// The name of the default prompt, when it is one of the model's prompts.
     pub fn default_prompt_name(&self) -> Option<&str> {
-        self.default_prompt_name.as_deref()
+        match &self.default_prompt {
+            DefaultPrompt::Named(name) => Some(name),
+            DefaultPrompt::None | DefaultPrompt::Literal(_) => None,
+        }
     }
 
-    /// The model's default prompt (`default_prompt_name`), if it has one.
+    /// The prompt of texts that name none: the model's `default_prompt_name`, or what
+    /// [`Tokenizer::set_default_prompt`] chose.
     pub fn default_prompt(&self) -> Option<&str> {
-        self.default_prompt_name
-            .as_deref()
-            .and_then(|name| self.prompts.get(name))
-            .map(String::as_str)
+        match &self.default_prompt {
+            DefaultPrompt::None => None,
+            DefaultPrompt::Named(name) => self.prompts.get(name).map(String::as_str),
+            DefaultPrompt::Literal(text) => Some(text),
+        }
     }
 
-    /// The prompt named `name`, or without a name the model's default prompt (if any): what
+    /// Replace the model's default prompt (TEI's `--default-prompt-name` and `--default-prompt`):
+    /// a named prompt must be one of the model's.
+    pub fn set_default_prompt(&mut self, prompt: DefaultPrompt) -> Result<()> {
+        if let DefaultPrompt::Named(name) = &prompt {
+            self.prompt(name)?;
+        }
+        self.default_prompt = prompt;
+        Ok(())
+    }
+
+    /// The prompt named `name`, or without a name the default prompt (if any): what
     /// sentence-transformers' `encode(prompt_name=...)` prepends.
     pub fn named_or_default_prompt(&self, name: Option<&str>) -> Result<Option<&str>> {
         match name {

@@ -877,3 +877,77 @@ fn auto_truncate_makes_truncation_the_default() {
     let refused = server.post("/embed", &json!({"inputs": long, "truncate": false}));
     assert_eq!(refused.status, 422, "{}", refused.body);
 }
+
+#[test]
+fn a_default_prompt_applies_to_texts_that_name_none() {
+    let expected = tiny_expected();
+    let text_cases = text_cases(&expected);
+    let (_, text) = text_cases[0];
+    let plain = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let query_prompt = plain.get("/info", &[]).json()["prompts"]["query"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let prompted_ids = tokenize(&plain, json!({"inputs": format!("{query_prompt}{text}")}));
+    let prompted = openai_vectors(&plain.post("/v1/embeddings", &json!({"input": prompted_ids})));
+    let unprompted = openai_vectors(&plain.post("/v1/embeddings", &json!({"input": text})));
+    assert_ne!(prompted, unprompted);
+
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--default-prompt-name", "query"],
+    );
+    let info = server.get("/info", &[]).json();
+    assert_eq!(info["default_prompt_name"], "query");
+    assert_eq!(info["default_prompt"], query_prompt.as_str());
+    assert_eq!(tokenize(&server, json!({"inputs": text})), prompted_ids);
+    assert_eq!(
+        openai_vectors(&server.post("/v1/embeddings", &json!({"input": text}))),
+        prompted
+    );
+    let tei = server.post("/embed", &json!({"inputs": text}));
+    assert_eq!(vec![floats(&tei.json()[0])], prompted);
+    // A request's own prompt wins; token ids are used as they are.
+    let document = server.post(
+        "/embed",
+        &json!({"inputs": text, "prompt_name": "document"}),
+    );
+    let document_plain = plain.post(
+        "/embed",
+        &json!({"inputs": text, "prompt_name": "document"}),
+    );
+    assert_eq!(document.json(), document_plain.json());
+    let ids = tokenize(&plain, json!({ "inputs": text }));
+    assert_eq!(
+        openai_vectors(&server.post("/v1/embeddings", &json!({ "input": ids }))),
+        unprompted
+    );
+    drop(server);
+
+    let literal = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--default-prompt", "w1 w2 "],
+    );
+    let info = literal.get("/info", &[]).json();
+    assert_eq!(info["default_prompt_name"], Value::Null);
+    assert_eq!(info["default_prompt"], "w1 w2 ");
+    assert_eq!(
+        tokenize(&literal, json!({ "inputs": text })),
+        tokenize(&plain, json!({ "inputs": format!("w1 w2 {text}") }))
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
+        .arg(common::tiny_model_dir())
+        .args(["--default-prompt-name", "querry"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--default-prompt-name")
+            && stderr.contains("unknown prompt name `querry`")
+            && stderr.contains("query"),
+        "{stderr}"
+    );
+}

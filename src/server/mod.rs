@@ -660,6 +660,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "embedding_dim": state.engine.embedding_dim(),
         "prompts": tokenizer.prompts(),
         "default_prompt_name": tokenizer.default_prompt_name(),
+        "default_prompt": tokenizer.default_prompt(),
         "backend": state.engine.backend_name(),
         "device": config.info.device,
         "max_input_length": tokenizer.max_seq_len(),
