@@ -43,8 +43,8 @@ enum Command {
     /// Measure throughput (offline) or latency under load (online, through the engine) on
     /// synthetic workloads of random token ids.
     Bench(BenchArgs),
-    /// Serve embeddings over HTTP: OpenAI `/v1/embeddings` and TEI `/embed`, `/tokenize`,
-    /// `/health`, `/info`, `/metrics`.
+    /// Serve embeddings over HTTP: OpenAI `/v1/embeddings` and TEI `/embed`, `/similarity`,
+    /// `/tokenize`, `/decode`, `/health`, `/info`, `/metrics`.
     Serve(ServeArgs),
     /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
     /// non-zero when any check fails.
