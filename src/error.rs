@@ -69,6 +69,8 @@ pub enum Error {
     EngineStopped,
     #[error("engine configuration: {0}")]
     EngineConfig(String),
+    #[error("server configuration: {0}")]
+    ServerConfig(String),
     #[error("a request needs at least one input")]
     EmptyRequest,
     /// The backend failed on the batch an input was in.

@@ -902,6 +902,10 @@ struct ServeArgs {
     /// A prompt string prepended as it is to texts whose request names no prompt.
     #[arg(long)]
     default_prompt: Option<String>,
+    /// An origin whose browser pages may call the server (CORS), e.g. `https://app.example`;
+    /// repeat for more, `*` for any [default: none, no CORS headers].
+    #[arg(long = "cors-allow-origin", value_name = "ORIGIN")]
+    cors_allow_origins: Vec<String>,
     /// On SIGTERM/SIGINT, how long requests in flight may still take, in seconds.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -912,6 +916,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
         bail!("--shutdown-timeout must be a non-negative number of seconds");
     }
+    let cors = server::CorsOrigins::parse(&args.cors_allow_origins)?;
     let dir = resolve_model_dir(&args.model.model)?;
     let model = Arc::new(Model::load_dir(&dir)?);
     let mut tokenizer = Tokenizer::for_model(&model)?;
@@ -963,6 +968,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         api_key: args.api_key.filter(|k| !k.is_empty()),
         auto_truncate: args.auto_truncate,
         health_timeout: std::time::Duration::from_secs(10),
+        cors,
         info: server::ServerInfo {
             model_dir: display_dir(&dir),
             model_dtype: if on_cpu { "float32" } else { "bfloat16" },

@@ -951,3 +951,93 @@ fn a_default_prompt_applies_to_texts_that_name_none() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cors_headers_go_only_to_allowed_origins() {
+    let allowed = "https://app.example";
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &[
+            "--backend",
+            "cpu",
+            "--api-key",
+            "s3cret",
+            "--cors-allow-origin",
+            allowed,
+            "--cors-allow-origin",
+            "http://localhost:3000",
+        ],
+    );
+    // The preflight is answered without the API key.
+    let preflight = server.options(
+        "/v1/embeddings",
+        &[
+            ("origin", allowed),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "content-type,authorization",
+            ),
+        ],
+    );
+    assert_eq!(preflight.status, 200, "{}", preflight.body);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some(allowed)
+    );
+    let methods = preflight.header("access-control-allow-methods").unwrap();
+    assert!(
+        methods.contains("POST") && methods.contains("GET"),
+        "{methods}"
+    );
+    let headers = preflight.header("access-control-allow-headers").unwrap();
+    assert!(
+        headers.contains("authorization") && headers.contains("content-type"),
+        "{headers}"
+    );
+
+    let body = json!({"inputs": "w1 w2"}).to_string();
+    let key = ("authorization", "Bearer s3cret");
+    let answer = server.post_bytes("/embed", body.as_bytes(), &[("origin", allowed), key]);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("access-control-allow-origin"), Some(allowed));
+    let exposed = answer.header("access-control-expose-headers").unwrap();
+    assert!(exposed.contains("x-compute-tokens"), "{exposed}");
+    let other = server.post_bytes(
+        "/embed",
+        body.as_bytes(),
+        &[("origin", "https://elsewhere.example"), key],
+    );
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    // A refusal carries the header too, so that the page can read why.
+    let refused = server.post_bytes("/embed", body.as_bytes(), &[("origin", allowed)]);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("access-control-allow-origin"), Some(allowed));
+
+    let any = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--cors-allow-origin", "*"],
+    );
+    let answer = any.post_bytes("/embed", body.as_bytes(), &[("origin", allowed)]);
+    assert_eq!(answer.header("access-control-allow-origin"), Some("*"));
+    drop(any);
+
+    let plain = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let answer = plain.post_bytes("/embed", body.as_bytes(), &[("origin", allowed)]);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("access-control-allow-origin"), None);
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
+        .arg(common::tiny_model_dir())
+        .args(["--cors-allow-origin", "https://a.example\nx"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CORS origin") && stderr.contains("not a valid header value"),
+        "{stderr}"
+    );
+}

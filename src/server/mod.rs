@@ -19,6 +19,7 @@
 //! TEI's headers: `x-tokenization-time`, `x-queue-time`, `x-inference-time`, `x-compute-time`
 //! and `x-total-time` (milliseconds), `x-compute-tokens`, `x-compute-characters` and
 //! `x-compute-type` (the backend). `/embeddings` is an alias of `/v1/embeddings`, as in TEI.
+//! With [`ServerConfig::cors`], CORS preflights are answered ahead of the API key check.
 
 mod error;
 mod metrics;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,6 +43,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::{Admission, Embedded, Engine, Input, Request, Timings};
 use crate::tokenize::Truncation;
@@ -65,6 +67,8 @@ pub struct ServerConfig {
     pub auto_truncate: bool,
     /// How long `/health` waits for its probe through the backend.
     pub health_timeout: Duration,
+    /// Origins whose browser pages may call the server; none: no CORS headers at all.
+    pub cors: Option<CorsOrigins>,
     /// Facts for `/info` that the engine does not know.
     pub info: ServerInfo,
 }
@@ -111,8 +115,63 @@ impl AppState {
     }
 }
 
-/// The routes, their limits and their metrics.
+/// The origins allowed to call the server from a browser (CORS, TEI's `--cors-allow-origin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl CorsOrigins {
+    /// From the command line's origins (`*`: any); none when there are none.
+    pub fn parse(origins: &[String]) -> crate::Result<Option<Self>> {
+        if origins.is_empty() {
+            return Ok(None);
+        }
+        if origins.iter().any(|o| o == "*") {
+            return Ok(Some(Self::Any));
+        }
+        let values = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin).map_err(|_| {
+                    Error::ServerConfig(format!(
+                        "CORS origin {origin:?} is not a valid header value"
+                    ))
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Some(Self::List(values)))
+    }
+
+    /// Browsers may send the JSON and API-key headers and read TEI's timing headers.
+    fn layer(&self) -> CorsLayer {
+        let allow_origin = match self {
+            Self::Any => AllowOrigin::any(),
+            Self::List(values) => AllowOrigin::list(values.iter().cloned()),
+        };
+        let exposed = [
+            "x-tokenization-time",
+            "x-queue-time",
+            "x-inference-time",
+            "x-compute-time",
+            "x-total-time",
+            "x-compute-tokens",
+            "x-compute-characters",
+            "x-compute-type",
+        ]
+        .map(HeaderName::from_static);
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .expose_headers(exposed)
+    }
+}
+
+/// The routes, their limits and their metrics, and CORS where origins are allowed.
 pub fn router(state: Arc<AppState>) -> Router {
+    let cors = state.config.cors.as_ref().map(CorsOrigins::layer);
     let protected = Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embeddings", post(openai_embeddings))
@@ -126,7 +185,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             require_api_key,
         ));
-    Router::new()
+    let router = Router::new()
         .merge(protected)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -136,7 +195,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             record_request,
         ))
         .layer(DefaultBodyLimit::max(state.config.payload_limit))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a preflight is answered before the API key is asked for.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight requests

@@ -273,6 +273,15 @@ impl Server {
         Self::answer(request.call())
     }
 
+    /// An OPTIONS request (a CORS preflight) with `headers`.
+    pub fn options(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+        let mut request = http_agent().options(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(request.call())
+    }
+
     /// Send SIGTERM and wait (at most `within`) for the exit status.
     pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
         let sent = std::process::Command::new("kill")
