@@ -2,7 +2,8 @@
 //! on files shaped like the binary's JSON: `isolate_families.py` reruns, one process each, the
 //! check-kernels families after the first fault (a fake check-kernels stands in for the binary);
 //! `candidates.py` lists the candidate variants (held to the engine's own choice names and
-//! kernels), gates them on their kernels having run and combines those that passed;
+//! kernels), narrows them to those named, gates them on their kernels having run and combines
+//! those that passed;
 //! `summary.py` reports a check that did not run by its error and the L2 columns by the probe;
 //! `index_check.py` times, kills and resumes the corpus job (the real binary on the tiny model).
 //! All are standard-library Python: `GEMMA_EMBED_PYTHON`, else `python3`.
@@ -475,6 +476,72 @@ fn the_candidates_that_passed_are_combined_most_promising_first() {
     );
     // No candidate passed: no variant.
     assert_eq!(passing(&[wrong("gate_up_geglu")], true), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn variants_narrow_the_candidates_to_those_named() {
+    let candidates = tool("candidates.py");
+    let candidates = candidates.to_str().unwrap();
+    let names = |args: &[&str]| {
+        let out = run(&[&[candidates][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| line.split('\t').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&[
+            "list",
+            "--sm90",
+            "--variants",
+            "tma-branch,tma-mlp,combined"
+        ]),
+        ["tma-mlp", "tma-branch"],
+        "in the table's order"
+    );
+    assert!(names(&["list", "--sm90", "--variants", ""]).is_empty());
+    assert!(names(&["list", "--sm90"]).len() > 2);
+    let unknown = run(&[candidates, "list", "--variants", "tma-mlp"]);
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "sm_90-only off sm_90: {unknown:?}"
+    );
+    let why = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        why.contains("no candidate tma-mlp")
+            && why.contains("fused-mlp")
+            && why.contains("combined"),
+        "{why}"
+    );
+
+    // The combined variant only when named.
+    let dir = scratch("variants");
+    let kernels = dir.join("kernels.json");
+    std::fs::write(
+        &kernels,
+        format!("[{}]", check_entry("f", "gate_up_geglu_tma", None, "null")),
+    )
+    .unwrap();
+    let kernels = kernels.to_str().unwrap();
+    let passing = |variants: &str| {
+        names(&[
+            "passing",
+            "--kernels",
+            kernels,
+            "--sm90",
+            "--variants",
+            variants,
+        ])
+    };
+    assert_eq!(passing("tma-mlp,combined"), ["tma-mlp"]);
+    assert!(passing("tma-mlp").is_empty());
+    assert_eq!(
+        names(&["passing", "--kernels", kernels, "--sm90"]),
+        ["tma-mlp"]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

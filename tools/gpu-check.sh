@@ -4,6 +4,7 @@
 # real weights. Prepare the binary first with tools/gpu-check-prepare.sh (it lands in .gpu/).
 #
 #   tools/gpu-check.sh [--quick] [--cpu-only] [--bin PATH] [--work DIR] [--budget SECONDS]
+#                      [--only GROUP,...] [--variants NAME,...]
 #
 # Stages (each under its own time limit; a failing stage does not stop the later ones, but the
 # exit status is 1 if any stage failed):
@@ -34,6 +35,11 @@
 #      first checkpoint and resumed; the resumed output must match   -> $OUT/index.json
 #   8. a short summary table, printed last.
 #
+# --only runs the stages of some groups (and always stage 1): kernels (stage 2), parity (3), bench
+# (4), profile (5), serve (6), index (7); e.g. a second device call after a kernel fix:
+# `--only kernels,parity`. --variants runs only the named candidate variants (names as
+# `tools/gpu/candidates.py list` prints them; `combined` for the candidates that passed, together;
+# "" for none) in the parity, bench and profile stages. Both are checked before anything runs.
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
@@ -49,6 +55,8 @@ work="${TMPDIR:-/tmp}/gemma-embed-gpu-check"
 quick=0
 cpu_only=0
 budget=""
+only=kernels,parity,bench,profile,serve,index
+variants_filter=()
 python="${PYTHON:-python3}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +64,8 @@ while [ $# -gt 0 ]; do
         --budget) budget="$2"; shift ;;
         --cpu-only) cpu_only=1 ;;
         --bin) bin="$2"; shift ;;
+        --only) only="$2"; shift ;;
+        --variants) variants_filter=(--variants "$2"); shift ;;
         --work) work="$2"; shift ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
@@ -63,6 +73,19 @@ while [ $# -gt 0 ]; do
     shift
 done
 out="${OUT:-$work/out}"
+for group in ${only//,/ }; do
+    case "$group" in
+        kernels|parity|bench|profile|serve|index) ;;
+        *) echo "gpu-check: unknown group $group in --only (kernels, parity, bench, profile, serve, index)" >&2; exit 2 ;;
+    esac
+done
+# selected GROUP: whether --only names the group.
+selected() { [[ ",$only," == *",$1,"* ]]; }
+if [ ${#variants_filter[@]} -gt 0 ]; then
+    # A misspelt variant fails here, before any device time is spent (both cards' candidates).
+    "$python" "$repo/tools/gpu/candidates.py" list "${variants_filter[@]}" > /dev/null 2>&1 \
+        || "$python" "$repo/tools/gpu/candidates.py" list --sm90 "${variants_filter[@]}" > /dev/null || exit 2
+fi
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/index" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
 (cd "$out" 2>/dev/null && rm -f gpu-check.log ceilings.json kernels.json parity.json bench.json bench_variant_*.json \
@@ -182,7 +205,7 @@ echo "binary: $bin ($(cat "$(dirname "$bin")/build.txt" 2>/dev/null || echo "no 
 stage make-model 120 "$python" "$repo/tools/gpu/make_random_model.py" "$model"
 "${gemma[@]}" info --model "$model"
 
-if [ $cpu_only = 0 ]; then
+if [ $cpu_only = 0 ] && selected kernels; then
     stage ceilings 60 "$python" "$repo/tools/gpu/ceilings.py" --json "$out/ceilings.json"
     stage check-kernels 120 "${gemma[@]}" check-kernels --json "$out/kernels.json"
     # A kernel fault leaves the rest of that process unable to run anything, and a hang loses the
@@ -191,31 +214,29 @@ if [ $cpu_only = 0 ]; then
         --kernels "$out/kernels.json" --timeout 45 -- "${gemma[@]}" check-kernels
 fi
 
-ids="$work/parity-ids.jsonl"
-stage parity-ids 30 "$python" "$repo/tools/gpu/parity.py" ids --output "$ids" --lengths "$parity_lengths"
-compare_args=()
+# Candidate kernel choices (src/backend/cuda/options.rs, not the card's default), as triples of a
+# name, its environment and the kernels it brings in, from tools/gpu/candidates.py (those
+# --variants names): each candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16
+# branch; on sm_90 the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the fused
+# branch, the TMA attention kernels, and the former defaults flash attention and f32 branch);
+# last, the candidates that passed check-kernels together, the most promising option of each
+# (`candidates.py passing`), which is the variant profiled. A variant whose kernel did not run in
+# check-kernels (fault, hang) is skipped: it would only spend its stages' time limits, and the
+# run's budget, doing the same (without a kernels.json of this run, every variant runs).
+variants=()
+skipped=" "
+profiled=-1
 if [ $cpu_only = 0 ]; then
-    stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
-        --backend cuda --max-batch-tokens 16384
-    compare_args+=(--cuda "$work/cuda.npy")
-    # Candidate kernel choices (src/backend/cuda/options.rs, not the card's default), as triples
-    # of a name, its environment and the kernels it brings in, from tools/gpu/candidates.py: each
-    # candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16 branch; on sm_90
-    # the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the fused branch, the TMA
-    # attention kernels, and the former defaults flash attention and f32 branch); last, the
-    # candidates that passed check-kernels together, the most promising option of each
-    # (`candidates.py passing`), which is the variant profiled.
     sm90=0
     nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
     sm90_flag=()
     [ $sm90 = 1 ] && sm90_flag=(--sm90)
     candidates=("$python" "$repo/tools/gpu/candidates.py")
-    variants=()
     while IFS=$'\t' read -r name env kernels; do
         variants+=("$name" "$env" "$kernels")
-    done < <("${candidates[@]}" list "${sm90_flag[@]}")
-    passing=$("${candidates[@]}" passing --kernels "$out/kernels.json" "${sm90_flag[@]}")
-    profiled=$((${#variants[@]} - 3))
+    done < <("${candidates[@]}" list "${sm90_flag[@]}" "${variants_filter[@]}")
+    [ ${#variants[@]} -gt 0 ] && profiled=$((${#variants[@]} - 3))
+    passing=$("${candidates[@]}" passing --kernels "$out/kernels.json" "${sm90_flag[@]}" "${variants_filter[@]}")
     if [ -n "$passing" ]; then
         IFS=$'\t' read -r passing_name passing_env passing_kernels <<< "$passing"
         profiled=-1
@@ -227,80 +248,93 @@ if [ $cpu_only = 0 ]; then
             variants+=("$passing_name" "$passing_env" "$passing_kernels")
         fi
     fi
-    echo "variant profiled: ${variants[profiled]} (${variants[profiled + 1]})"
-    # A variant whose kernel did not run in check-kernels (fault, hang) is skipped: it would only
-    # spend its stages' time limits, and the run's budget, doing the same.
-    skipped=" "
     for ((i = 0; i < ${#variants[@]}; i += 3)); do
-        name=${variants[i]}
         # shellcheck disable=SC2086 # kernel names are words without spaces
-        if ! "${candidates[@]}" ran --kernels "$out/kernels.json" ${variants[i + 2]}; then
-            skip_stage "embed-cuda-$name" "a kernel it uses did not run in check-kernels"
-            skipped+="$name "
-            continue
-        fi
-        # shellcheck disable=SC2086 # the settings are words without spaces
-        stage "embed-cuda-$name" 90 env ${variants[i + 1]} "${gemma[@]}" embed --model "$model" \
-            --input "$ids" --output "$work/variant-$name.npy" --backend cuda --max-batch-tokens 16384
-        compare_args+=(--variant "$name=$work/variant-$name.npy")
+        "${candidates[@]}" ran --kernels "$out/kernels.json" ${variants[i + 2]} || skipped+="${variants[i]} "
     done
+    [ $profiled -ge 0 ] && echo "variant profiled: ${variants[profiled]} (${variants[profiled + 1]})"
 fi
-stage embed-cpu 150 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
-    --backend cpu --max-batch-tokens 16384
-stage reference-st-f32 180 "$python" "$repo/tools/gpu/parity.py" reference --model "$model" \
-    --input "$ids" --output "$work/st.npy" --device "$st_device"
-stage parity 30 "$python" "$repo/tools/gpu/parity.py" compare --ids "$ids" "${compare_args[@]}" \
-    --cpu "$work/cpu.npy" --st "$work/st.npy" --json "$out/parity.json"
+# stage_variant KIND I LIMIT COMMAND...: stage KIND-NAME of variant I in its environment, or
+# its record as skipped when a kernel of it did not run in check-kernels.
+stage_variant() {
+    local kind="$1" i="$2" limit="$3"
+    shift 3
+    local name=${variants[i]}
+    if [[ $skipped == *" $name "* ]]; then
+        skip_stage "$kind-$name" "a kernel it uses did not run in check-kernels"
+        return
+    fi
+    # shellcheck disable=SC2086 # the settings are words without spaces
+    stage "$kind-$name" "$limit" env ${variants[i + 1]} "$@"
+}
 
-stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --lengths "$bench_lengths" --mixed \
-    --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
-    --json "$out/bench.json"
-if [ $cpu_only = 0 ]; then
-    # The batch budget: smaller batches keep more of a layer's activations in L2 (50 MB on an
-    # H100 SXM; a 65536-token batch's f32 residual stream alone is 200 MB) but give each GEMM
-    # fewer tiles. The default kernels at smaller budgets than the bench stage's.
-    stage bench-budgets 90 "${gemma[@]}" bench --model "$model" --backend cuda --lengths 512 --mixed \
-        --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens 8192,16384,32768 \
-        --json "$out/bench_budgets.json"
-    for ((i = 0; i < ${#variants[@]}; i += 3)); do
-        name=${variants[i]}
-        if [[ $skipped == *" $name "* ]]; then
-            skip_stage "bench-$name" "a kernel it uses did not run in check-kernels"
-            continue
-        fi
-        # shellcheck disable=SC2086
-        stage "bench-$name" 150 env ${variants[i + 1]} "${gemma[@]}" bench --model "$model" \
-            --backend cuda --lengths "$bench_lengths" --mixed --tokens "$bench_tokens" --repeats "$bench_repeats" \
-            --warmup 1 --max-batch-tokens "$max_batch_tokens" --json "$out/bench_variant_$name.json"
-    done
+if selected parity; then
+    ids="$work/parity-ids.jsonl"
+    stage parity-ids 30 "$python" "$repo/tools/gpu/parity.py" ids --output "$ids" --lengths "$parity_lengths"
+    compare_args=()
+    if [ $cpu_only = 0 ]; then
+        stage embed-cuda 90 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cuda.npy" \
+            --backend cuda --max-batch-tokens 16384
+        compare_args+=(--cuda "$work/cuda.npy")
+        for ((i = 0; i < ${#variants[@]}; i += 3)); do
+            name=${variants[i]}
+            stage_variant embed-cuda $i 90 "${gemma[@]}" embed --model "$model" --input "$ids" \
+                --output "$work/variant-$name.npy" --backend cuda --max-batch-tokens 16384
+            [[ $skipped == *" $name "* ]] || compare_args+=(--variant "$name=$work/variant-$name.npy")
+        done
+    fi
+    stage embed-cpu 150 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
+        --backend cpu --max-batch-tokens 16384
+    stage reference-st-f32 180 "$python" "$repo/tools/gpu/parity.py" reference --model "$model" \
+        --input "$ids" --output "$work/st.npy" --device "$st_device"
+    stage parity 30 "$python" "$repo/tools/gpu/parity.py" compare --ids "$ids" "${compare_args[@]}" \
+        --cpu "$work/cpu.npy" --st "$work/st.npy" --json "$out/parity.json"
 fi
-stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
-    --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
-    --json "$out/bench_reference.json"
 
-if [ $cpu_only = 0 ]; then
+if selected bench; then
+    stage bench 150 "${gemma[@]}" bench --model "$model" --backend "$backend" --lengths "$bench_lengths" --mixed \
+        --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens "$max_batch_tokens" \
+        --json "$out/bench.json"
+    if [ $cpu_only = 0 ]; then
+        # The batch budget: smaller batches keep more of a layer's activations in L2 (50 MB on an
+        # H100 SXM; a 65536-token batch's f32 residual stream alone is 200 MB) but give each GEMM
+        # fewer tiles. The default kernels at smaller budgets than the bench stage's.
+        stage bench-budgets 90 "${gemma[@]}" bench --model "$model" --backend cuda --lengths 512 --mixed \
+            --tokens "$bench_tokens" --repeats "$bench_repeats" --warmup 1 --max-batch-tokens 8192,16384,32768 \
+            --json "$out/bench_budgets.json"
+        for ((i = 0; i < ${#variants[@]}; i += 3)); do
+            stage_variant bench $i 150 "${gemma[@]}" bench --model "$model" --backend cuda \
+                --lengths "$bench_lengths" --mixed --tokens "$bench_tokens" --repeats "$bench_repeats" \
+                --warmup 1 --max-batch-tokens "$max_batch_tokens" --json "$out/bench_variant_${variants[i]}.json"
+        done
+    fi
+    stage bench-reference 150 "$python" "$repo/tools/bench_reference.py" --model "$model" --device "$st_device" \
+        --lengths "$bench_lengths" --mixed --tokens "$ref_tokens" --repeats "$ref_repeats" --warmup 1 \
+        --json "$out/bench_reference.json"
+fi
+
+if [ $cpu_only = 0 ] && selected profile; then
     profile_args=(profile --model "$model" --lengths 512,2048 --mixed --batch-tokens "$max_batch_tokens" --batches 3)
     stage profile 60 "${gemma[@]}" "${profile_args[@]}" --json "$out/profile.json"
     # The candidates together: those that passed check-kernels, or else the last variant.
-    if [[ $skipped == *" ${variants[profiled]} "* ]]; then
-        skip_stage "profile-${variants[profiled]}" "a kernel it uses did not run in check-kernels"
-    else
-        # shellcheck disable=SC2086
-        stage "profile-${variants[profiled]}" 60 env ${variants[profiled + 1]} "${gemma[@]}" \
-            "${profile_args[@]}" --json "$out/profile_variant.json"
-    fi
+    [ $profiled -ge 0 ] && stage_variant profile $profiled 60 "${gemma[@]}" "${profile_args[@]}" \
+        --json "$out/profile_variant.json"
 fi
 
-stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/serve.json" \
-    "$work/serve.log" "$(dirname "$bin")/gemma-embed-loadgen" "${serve_load[@]}" -- "${gemma[@]}"
+if selected serve; then
+    stage serve 120 bash "$repo/tools/gpu/serve-check.sh" "$model" "$backend" "$out/serve.json" \
+        "$work/serve.log" "$(dirname "$bin")/gemma-embed-loadgen" "${serve_load[@]}" -- "${gemma[@]}"
+fi
 
-# The corpus job as users run it (`embed`, default batch budget), with the real tokenizer where
-# gpu-check-prepare.sh packed one, then killed at its first checkpoint and resumed.
-index_tokenizer=()
-[ -f "$(dirname "$bin")/tokenizer.json.gz" ] && index_tokenizer=(--tokenizer "$(dirname "$bin")/tokenizer.json.gz")
-stage index 120 "$python" "$repo/tools/gpu/index_check.py" --model "$model" --backend "$backend" \
-    "${index_tokenizer[@]}" "${index_size[@]}" --work "$work/index" --json "$out/index.json" \
-    -- "${gemma[@]}" -- "${index_embed_args[@]}"
+if selected index; then
+    # The corpus job as users run it (`embed`, default batch budget), with the real tokenizer where
+    # gpu-check-prepare.sh packed one, then killed at its first checkpoint and resumed.
+    index_tokenizer=()
+    [ -f "$(dirname "$bin")/tokenizer.json.gz" ] && index_tokenizer=(--tokenizer "$(dirname "$bin")/tokenizer.json.gz")
+    stage index 120 "$python" "$repo/tools/gpu/index_check.py" --model "$model" --backend "$backend" \
+        "${index_tokenizer[@]}" "${index_size[@]}" --work "$work/index" --json "$out/index.json" \
+        -- "${gemma[@]}" -- "${index_embed_args[@]}"
+fi
 
 echo
 "$python" "$repo/tools/gpu/summary.py" --stages "$stages" --out "$out" | tee "$out/summary.txt"

@@ -3,19 +3,21 @@
 their kernels. One table (CANDIDATES) names each candidate, its environment, its kernels and the
 cards it is a candidate on (those that run it and do not default to it, src/backend/cuda/options.rs).
 
-    candidates.py list [--sm90]
-        every candidate the card runs, one line each: NAME<TAB>ENV<TAB>KERNELS
+    candidates.py list [--sm90] [--variants NAME,...]
+        every candidate the card runs (or those of them named), one line each:
+        NAME<TAB>ENV<TAB>KERNELS; a name the card has no candidate of is an error (exit 2)
     candidates.py ran --kernels OUT/kernels.json KERNEL...
         exit 0 when every KERNEL ran in check-kernels: it has an entry (its name, or NAME/part) and
         none of them is an error (launch failure, fault, hang). Wrong numbers count as run, since
         the variant's parity shows what they cost. Exit 1 naming those that did not run. Without
         a readable kernels.json there is nothing to go by: exit 0. gpu-check asks before it
         spends a variant's stages on a kernel that would only hang or fault again.
-    candidates.py passing --kernels OUT/kernels.json [--sm90]
+    candidates.py passing --kernels OUT/kernels.json [--sm90] [--variants NAME,...]
         the candidates whose kernels all passed check-kernels, together: per choice variable the
         first (most promising) passing option, former defaults left out, as one line NAME<TAB>ENV<TAB>KERNELS, the name the
         options' names joined by '+'; nothing when none passed. gpu-check times and profiles it
         last, so one failing candidate does not leave the run without the others combined.
+        With --variants, only when the names include `combined`.
 """
 import argparse
 import sys
@@ -96,22 +98,46 @@ def passing(checks, sm90):
     return 0
 
 
+# The --variants name of the candidates that passed, run together.
+COMBINED = "combined"
+
+
+def named(candidates, variants):
+    """The candidates named in `variants` (comma-separated; None: all), or exit 2 naming the
+    names that are not among them."""
+    if variants is None:
+        return candidates
+    names = [n for n in variants.split(",") if n]
+    known = {c[2] for c in candidates}
+    unknown = [n for n in names if n not in known and n != COMBINED]
+    if unknown:
+        print(f"candidates.py: no candidate {', '.join(unknown)} on this card; "
+              f"the card's are {', '.join(sorted(known))} and {COMBINED}", file=sys.stderr)
+        sys.exit(2)
+    return [c for c in candidates if c[2] in names]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list")
     listing.add_argument("--sm90", action="store_true", help="the card runs the sm_90-only kernels")
+    listing.add_argument("--variants", help="only these candidates (comma-separated names)")
     ran_parser = sub.add_parser("ran")
     ran_parser.add_argument("--kernels", required=True, help="check-kernels JSON")
     ran_parser.add_argument("names", nargs="+", help="kernel names, as check-kernels reports them")
     passing_parser = sub.add_parser("passing")
     passing_parser.add_argument("--kernels", required=True, help="check-kernels JSON")
     passing_parser.add_argument("--sm90", action="store_true", help="the card runs the sm_90-only kernels")
+    passing_parser.add_argument("--variants", help=f"print nothing unless these names include {COMBINED}")
     args = parser.parse_args()
 
     if args.command == "list":
-        for candidate in on_card(args.sm90):
+        for candidate in named(on_card(args.sm90), args.variants):
             print(line([candidate]))
+        return 0
+    if args.command == "passing" and args.variants is not None \
+            and COMBINED not in args.variants.split(","):
         return 0
     checks = load(args.kernels)
     if checks is None:
