@@ -17,7 +17,7 @@
 #      with the card's default kernels and once with each candidate choice (see `variants`
 #      below: GEMMA_EMBED_MLP=fused; off sm_90 GEMMA_EMBED_BRANCH=bf16; on sm_90
 #      GEMMA_EMBED_MLP=tma, =wgmma and =wgmma-wide, GEMMA_EMBED_QKV=tma and =wgmma,
-#      GEMMA_EMBED_BRANCH=fused, GEMMA_EMBED_ATTENTION=flash-tma-free and =flash-tma, and the
+#      GEMMA_EMBED_BRANCH=tma and =fused, GEMMA_EMBED_ATTENTION=flash-tma-free and =flash-tma, and the
 #      former defaults GEMMA_EMBED_ATTENTION=flash and GEMMA_EMBED_BRANCH=f32; then the
 #      candidates that passed check-kernels together; a variant whose kernel did not run in
 #      check-kernels is skipped)
@@ -217,8 +217,8 @@ fi
 # Candidate kernel choices (src/backend/cuda/options.rs, not the card's default), as triples of a
 # name, its environment and the kernels it brings in, from tools/gpu/candidates.py (those
 # --variants names): each candidate the card runs alone (the fused MLP kernel; off sm_90 the bf16
-# branch; on sm_90 the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the fused
-# branch, the TMA attention kernels, and the former defaults flash attention and f32 branch);
+# branch; on sm_90 the TMA and wgmma MLP kernels, the TMA and wgmma QKV kernels, the TMA and
+# fused branch kernels, the TMA attention kernels, and the former defaults flash attention and f32 branch);
 # last, the candidates that passed check-kernels together, the most promising option of each
 # (`candidates.py passing`), which is the variant profiled. A variant whose kernel did not run in
 # check-kernels (fault, hang) is skipped: it would only spend its stages' time limits, and the

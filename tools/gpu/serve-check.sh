@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 5 of tools/gpu-check.sh: `gemma-embed serve` in the background, gemma-embed-loadgen
+# Stage 6 of tools/gpu-check.sh: `gemma-embed serve` in the background, gemma-embed-loadgen
 # against it, then SIGTERM and the server's exit status (0 expected).
 #
 #   serve-check.sh MODEL BACKEND JSON LOG LOADGEN [LOADGEN_ARGS...] -- GEMMA_COMMAND...
