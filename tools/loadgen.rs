@@ -1,8 +1,11 @@
-//! `gemma-embed-loadgen`: a bounded HTTP load test of a running `gemma-embed serve`.
+//! `gemma-embed-loadgen`: a bounded HTTP load test of a running `gemma-embed serve`, or of any
+//! server of OpenAI's embeddings API or TEI's `/embed` (text-embeddings-inference, vLLM), for
+//! side-by-side numbers on the same texts.
 //!
 //! ```text
 //! gemma-embed-loadgen --url http://127.0.0.1:8080 [--requests 3000] [--concurrency 64]
 //!                     [--inputs-per-request 1] [--route openai|tei] [--max-seconds 120]
+//!                     [--model google/embeddinggemma-300m]
 //! ```
 //!
 //! 1. Reference: every distinct text is embedded once, alone, with no other load.
@@ -35,7 +38,9 @@ enum Route {
 }
 
 #[derive(Parser)]
-#[command(about = "A bounded HTTP load test of gemma-embed serve")]
+#[command(
+    about = "A bounded HTTP load test of gemma-embed serve (or of another OpenAI or TEI embeddings server)"
+)]
 struct Args {
     /// The server's base URL.
     #[arg(long)]
@@ -55,6 +60,10 @@ struct Args {
     /// Stop sending after this long (requests not sent are reported).
     #[arg(long, default_value_t = 120.0)]
     max_seconds: f64,
+    /// The `model` field of OpenAI requests (a vLLM server answers 404 to a name it does not
+    /// serve; gemma-embed and TEI take any).
+    #[arg(long, default_value = "google/embeddinggemma-300m")]
+    model: String,
     /// Largest absolute difference from the reference embedding allowed.
     #[arg(long, default_value_t = 0.0)]
     tolerance: f32,
@@ -94,6 +103,7 @@ struct Client {
     agent: ureq::Agent,
     url: String,
     route: Route,
+    model: String,
     api_key: Option<String>,
 }
 
@@ -120,13 +130,14 @@ impl Client {
             agent,
             url: format!("{}{path}", args.url.trim_end_matches('/')),
             route: args.route,
+            model: args.model.clone(),
             api_key: args.api_key.clone(),
         }
     }
 
     fn embed(&self, texts: &[String]) -> Result<Answer> {
         let body = match self.route {
-            Route::Openai => json!({"input": texts, "model": "loadgen", "truncate": true}),
+            Route::Openai => json!({"input": texts, "model": self.model, "truncate": true}),
             Route::Tei => json!({"inputs": texts, "truncate": true}),
         };
         let mut request = self.agent.post(&self.url);
