@@ -582,6 +582,38 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
             "`parameters`: must be an object",
         ),
         (
+            "one id list, one bad id",
+            openai(br#"{"input": [2, 5, 100000, 1]}"#),
+            422,
+            OpenAi,
+            "`input`: token 2: id 100000 is outside the model's vocabulary",
+        ),
+        (
+            "one text too long",
+            tei(json!({"inputs": "w1 ".repeat(100), "truncate": false})
+                .to_string()
+                .as_bytes()),
+            422,
+            Tei,
+            "`inputs`: 102 tokens, more than max_seq_length = 64",
+        ),
+        (
+            "similarity parameters.truncate",
+            similarity(
+                br#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"truncate": "yes"}}"#,
+            ),
+            422,
+            Tei,
+            "`parameters.truncate`: must be a boolean",
+        ),
+        (
+            "decode empty list",
+            server.post_bytes("/decode", br#"{"ids": [[2, 1], []]}"#, &[]),
+            422,
+            Tei,
+            "`ids[1]`: must not be an empty array",
+        ),
+        (
             "decode text",
             server.post_bytes("/decode", br#"{"ids": "hello"}"#, &[]),
             422,
@@ -968,7 +1000,8 @@ fn cors_headers_go_only_to_allowed_origins() {
             "http://localhost:3000",
         ],
     );
-    // The preflight is answered without the API key.
+    // The preflight is answered without the API key, and allows the headers it asks for (OpenAI's
+    // JavaScript SDK sends `x-stainless-*` ones).
     let preflight = server.options(
         "/v1/embeddings",
         &[
@@ -976,7 +1009,7 @@ fn cors_headers_go_only_to_allowed_origins() {
             ("access-control-request-method", "POST"),
             (
                 "access-control-request-headers",
-                "content-type,authorization",
+                "content-type,authorization,x-stainless-os,x-stainless-retry-count",
             ),
         ],
     );
@@ -991,10 +1024,14 @@ fn cors_headers_go_only_to_allowed_origins() {
         "{methods}"
     );
     let headers = preflight.header("access-control-allow-headers").unwrap();
-    assert!(
-        headers.contains("authorization") && headers.contains("content-type"),
-        "{headers}"
-    );
+    for asked in [
+        "authorization",
+        "content-type",
+        "x-stainless-os",
+        "x-stainless-retry-count",
+    ] {
+        assert!(headers.contains(asked), "{asked}: {headers}");
+    }
 
     let body = json!({"inputs": "w1 w2"}).to_string();
     let key = ("authorization", "Bearer s3cret");
@@ -1028,16 +1065,24 @@ fn cors_headers_go_only_to_allowed_origins() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("access-control-allow-origin"), None);
 
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-        .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
-        .arg(common::tiny_model_dir())
-        .args(["--cors-allow-origin", "https://a.example\nx"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("CORS origin") && stderr.contains("not a valid header value"),
-        "{stderr}"
-    );
+    // Origins no browser sends: they could never match.
+    for origin in [
+        "https://a.example\nx",
+        "https://app.example/",
+        "https://App.example",
+        "app.example",
+    ] {
+        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
+            .arg(common::tiny_model_dir())
+            .args(["--cors-allow-origin", origin])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{origin}: {stderr}");
+        assert!(
+            stderr.contains("CORS origin") && stderr.contains("not an origin as browsers send it"),
+            "{origin}: {stderr}"
+        );
+    }
 }

@@ -65,6 +65,18 @@ impl ApiError {
         }
     }
 
+    /// The same error on a field inside object `parent` (`parent.field`).
+    pub fn within(mut self, parent: &str) -> Self {
+        if let Some(param) = self.param.take() {
+            let nested = format!("{parent}.{param}");
+            self.message = self
+                .message
+                .replacen(&format!("`{param}`"), &format!("`{nested}`"), 1);
+            self.param = Some(nested);
+        }
+        self
+    }
+
     /// The answer in `flavor`'s shape.
     pub fn respond(self, flavor: Flavor) -> Response {
         (self.status(flavor), Json(self.body(flavor))).into_response()

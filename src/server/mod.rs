@@ -43,13 +43,13 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::engine::{Admission, Embedded, Engine, Input, Request, Timings};
 use crate::tokenize::Truncation;
 use crate::Error;
 
-use request::RawInput;
+use request::{InputNames, RawInput};
 
 /// The server's own limits and identity (the engine's are in its [`crate::engine::EngineConfig`]).
 #[derive(Clone, Debug)]
@@ -134,9 +134,18 @@ impl CorsOrigins {
         let values = origins
             .iter()
             .map(|origin| {
-                HeaderValue::from_str(origin).map_err(|_| {
+                // What browsers send: `scheme://host[:port]`, lower case, no path.
+                let host = origin
+                    .strip_prefix("https://")
+                    .or_else(|| origin.strip_prefix("http://"));
+                let shaped = host.is_some_and(|h| !h.is_empty() && !h.contains('/'))
+                    && *origin == origin.to_ascii_lowercase();
+                let value = HeaderValue::from_str(origin).ok().filter(|_| shaped);
+                value.ok_or_else(|| {
                     Error::ServerConfig(format!(
-                        "CORS origin {origin:?} is not a valid header value"
+                        "CORS origin {origin:?} is not an origin as browsers send it: \
+                         http:// or https://, a lower-case host, an optional port, no path \
+                         (or `*` for any)"
                     ))
                 })
             })
@@ -144,7 +153,8 @@ impl CorsOrigins {
         Ok(Some(Self::List(values)))
     }
 
-    /// Browsers may send the JSON and API-key headers and read TEI's timing headers.
+    /// Browsers may send any header (the JSON and API-key ones among them) and read TEI's timing
+    /// headers.
     fn layer(&self) -> CorsLayer {
         let allow_origin = match self {
             Self::Any => AllowOrigin::any(),
@@ -164,7 +174,10 @@ impl CorsOrigins {
         CorsLayer::new()
             .allow_origin(allow_origin)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            // Whatever the preflight asks for: clients add their own headers (OpenAI's SDKs
+            // send `x-stainless-*`); no credentials are involved, and the API key is still
+            // checked on the request itself.
+            .allow_headers(AllowHeaders::mirror_request())
             .expose_headers(exposed)
     }
 }
@@ -314,8 +327,8 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, 
 /// What an embedding route asks of the engine.
 struct EmbedQuery {
     inputs: Vec<RawInput>,
-    /// The request field of input `i`, for errors that name one input.
-    input_field: fn(usize) -> String,
+    /// How errors that concern one input name it.
+    input_names: InputNames,
     prompt_name: Option<String>,
     dimensions: Option<usize>,
     truncation: Truncation,
@@ -395,7 +408,7 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
         .collect::<Result<Vec<_>, Error>>()
         .map_err(|error| match error {
             Error::Input { index, message } => {
-                ApiError::field(&(query.input_field)(index), message)
+                ApiError::field(&query.input_names.name(index), message)
             }
             other => ApiError::from(other),
         })?;
@@ -460,9 +473,11 @@ async fn openai_embeddings(
     // Accepted for compatibility; this server has one model.
     request::optional_str(&body, "model")?;
     request::optional_str(&body, "user")?;
+    let (inputs, input_names) =
+        request::inputs(&mut body, "input", state.config.max_client_batch_size)?;
     let query = EmbedQuery {
-        inputs: request::inputs(&mut body, "input", state.config.max_client_batch_size)?,
-        input_field: |i| format!("input[{i}]"),
+        inputs,
+        input_names,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, false)?,
@@ -551,9 +566,11 @@ async fn tei_embed(
         )
         .into());
     }
+    let (inputs, input_names) =
+        request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let query = EmbedQuery {
-        inputs: request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?,
-        input_field: |i| format!("inputs[{i}]"),
+        inputs,
+        input_names,
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, true)?,
@@ -580,13 +597,11 @@ async fn tei_similarity(
     let parameters = request::optional_object(&body, "parameters")?.unwrap_or_default();
     let query = EmbedQuery {
         inputs: std::iter::once(source).chain(sentences).collect(),
-        input_field: |i| match i {
-            0 => "inputs.source_sentence".to_string(),
-            i => format!("inputs.sentences[{}]", i - 1),
-        },
-        prompt_name: prompt_name(&parameters)?,
+        input_names: InputNames::Similarity,
+        prompt_name: prompt_name(&parameters).map_err(|e| e.within("parameters"))?,
         dimensions: None,
-        truncation: truncation(&parameters, state.config.auto_truncate, true)?,
+        truncation: truncation(&parameters, state.config.auto_truncate, true)
+            .map_err(|e| e.within("parameters"))?,
     };
     let answer = embed(&state, query).await?;
     let (source, sentences) = answer
@@ -611,7 +626,8 @@ async fn tei_tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
     let mut body = json_body(body)?;
-    let inputs = request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
+    let (inputs, input_names) =
+        request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
     let prompt_name = prompt_name(&body)?;
     // Tokenization is CPU work: off the async workers.
@@ -626,7 +642,7 @@ async fn tei_tokenize(
                     .tokens(prompt, text, add_special_tokens)
                     .map_err(ApiError::from),
                 RawInput::Ids(_) => Err(ApiError::field(
-                    &format!("inputs[{i}]"),
+                    &input_names.name(i),
                     "must be a string (token ids are already tokenized)",
                 )),
             })

@@ -14,6 +14,29 @@ pub enum RawInput {
     Ids(Vec<u32>),
 }
 
+/// How a request names its inputs in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputNames {
+    /// One input given alone (a string, or one array of token ids): the field itself.
+    Single(&'static str),
+    /// An array of inputs: `field[i]`.
+    List(&'static str),
+    /// TEI's similarity: the source sentence first, then `inputs.sentences[i]`.
+    Similarity,
+}
+
+impl InputNames {
+    /// The request field of input `index`.
+    pub fn name(self, index: usize) -> String {
+        match (self, index) {
+            (Self::Single(field), _) => field.to_string(),
+            (Self::List(field), i) => format!("{field}[{i}]"),
+            (Self::Similarity, 0) => "inputs.source_sentence".to_string(),
+            (Self::Similarity, i) => format!("inputs.sentences[{}]", i - 1),
+        }
+    }
+}
+
 /// The body as a JSON object.
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -84,22 +107,26 @@ pub fn optional_count(body: &Map<String, Value>, name: &str) -> Result<Option<us
 /// The inputs in field `name`, taken out of `body` (their texts are moved, not copied): a
 /// string, an array of token ids (one input), or an array whose elements are strings or arrays
 /// of token ids. At most `max_inputs` of them (else 413); no empty string or empty id list.
+/// Returned with how errors should name them.
 pub fn inputs(
     body: &mut Map<String, Value>,
-    name: &str,
+    name: &'static str,
     max_inputs: usize,
-) -> Result<Vec<RawInput>, ApiError> {
+) -> Result<(Vec<RawInput>, InputNames), ApiError> {
     let value = body
         .remove(name)
         .filter(|v| !v.is_null())
         .ok_or_else(|| ApiError::field(name, "is required"))?;
     let inputs = match value {
-        Value::String(text) => vec![text_input(name, text)?],
+        Value::String(text) => {
+            return Ok((vec![text_input(name, text)?], InputNames::Single(name)))
+        }
         Value::Array(items) if items.is_empty() => {
             return Err(ApiError::field(name, "must not be an empty array"))
         }
         Value::Array(items) if items.iter().all(Value::is_number) => {
-            vec![RawInput::Ids(token_ids(name, &items)?)]
+            let ids = RawInput::Ids(token_ids(name, &items)?);
+            return Ok((vec![ids], InputNames::Single(name)));
         }
         Value::Array(items) => {
             if items.len() > max_inputs {
@@ -145,7 +172,7 @@ pub fn inputs(
             ))
         }
     };
-    Ok(inputs)
+    Ok((inputs, InputNames::List(name)))
 }
 
 /// An object field, absent when missing or null.
@@ -269,6 +296,9 @@ pub fn id_lists(
         .map(|(i, item)| {
             let field = format!("{name}[{i}]");
             match item {
+                Value::Array(ids) if ids.is_empty() => {
+                    Err(ApiError::field(&field, "must not be an empty array"))
+                }
                 Value::Array(ids) => {
                     let ids = token_ids(&field, ids)?;
                     Ok((field, ids))
@@ -312,7 +342,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(mut value: Value) -> Result<Vec<RawInput>, ApiError> {
-        inputs(value.as_object_mut().unwrap(), "input", 3)
+        inputs(value.as_object_mut().unwrap(), "input", 3).map(|(inputs, _)| inputs)
     }
 
     #[test]
@@ -333,6 +363,24 @@ mod tests {
             parse(json!({"input": [[2, 1], "x"]})).unwrap(),
             vec![RawInput::Ids(vec![2, 1]), RawInput::Text("x".into())]
         );
+    }
+
+    #[test]
+    fn inputs_are_named_as_the_request_gave_them() {
+        let names = |mut value: Value| {
+            inputs(value.as_object_mut().unwrap(), "input", 3)
+                .unwrap()
+                .1
+        };
+        assert_eq!(names(json!({"input": "a"})).name(0), "input");
+        assert_eq!(names(json!({"input": [2, 7, 1]})).name(0), "input");
+        assert_eq!(names(json!({"input": ["a", "b"]})).name(1), "input[1]");
+        assert_eq!(names(json!({"input": [[2, 1]]})).name(0), "input[0]");
+        assert_eq!(InputNames::Similarity.name(0), "inputs.source_sentence");
+        assert_eq!(InputNames::Similarity.name(3), "inputs.sentences[2]");
+        let nested = ApiError::field("truncate", "must be a boolean").within("parameters");
+        assert_eq!(nested.message, "`parameters.truncate`: must be a boolean");
+        assert_eq!(nested.param.as_deref(), Some("parameters.truncate"));
     }
 
     #[test]
