@@ -39,7 +39,10 @@
 # (4), profile (5), serve (6), index (7); e.g. a second device call after a kernel fix:
 # `--only kernels,parity`. --variants runs only the named candidate variants (names as
 # `tools/gpu/candidates.py list` prints them; `combined` for the candidates that passed, together;
-# "" for none) in the parity, bench and profile stages. Both are checked before anything runs.
+# "" for none) in the parity, bench and profile stages; `combined` needs the kernels group, and
+# --variants a CUDA run. Both are checked against the card before anything runs. Without the
+# kernels group every variant named runs, and the profile stage profiles the last one named (none
+# without --variants).
 # --cpu-only runs the same pipeline without CUDA (our CPU backend vs sentence-transformers float32
 # on the CPU, cos >= 0.99999): the local dry run. --quick shortens the parity lengths (<= 513) and
 # the timed workloads. Each stage has its own time limit, and all together keep within --budget
@@ -73,18 +76,29 @@ while [ $# -gt 0 ]; do
     shift
 done
 out="${OUT:-$work/out}"
-for group in ${only//,/ }; do
+IFS=, read -ra groups <<< "$only"
+[ ${#groups[@]} -gt 0 ] || { echo "gpu-check: --only names no group" >&2; exit 2; }
+for group in "${groups[@]}"; do
     case "$group" in
         kernels|parity|bench|profile|serve|index) ;;
-        *) echo "gpu-check: unknown group $group in --only (kernels, parity, bench, profile, serve, index)" >&2; exit 2 ;;
+        *) echo "gpu-check: unknown group '$group' in --only (kernels, parity, bench, profile, serve, index)" >&2; exit 2 ;;
     esac
 done
 # selected GROUP: whether --only names the group.
 selected() { [[ ",$only," == *",$1,"* ]]; }
+# Whether the card runs the sm_90-only candidates, asked before anything runs.
+sm90_flag=()
+[ $cpu_only = 0 ] && nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' \
+    && sm90_flag=(--sm90)
 if [ ${#variants_filter[@]} -gt 0 ]; then
-    # A misspelt variant fails here, before any device time is spent (both cards' candidates).
-    "$python" "$repo/tools/gpu/candidates.py" list "${variants_filter[@]}" > /dev/null 2>&1 \
-        || "$python" "$repo/tools/gpu/candidates.py" list --sm90 "${variants_filter[@]}" > /dev/null || exit 2
+    [ $cpu_only = 0 ] || { echo "gpu-check: --variants needs a CUDA run (the CPU run has no candidates)" >&2; exit 2; }
+    # A variant this card has no candidate of fails here, before any device time is spent.
+    "$python" "$repo/tools/gpu/candidates.py" list "${sm90_flag[@]}" "${variants_filter[@]}" > /dev/null || exit 2
+    if [[ ",${variants_filter[1]}," == *,combined,* ]] && ! selected kernels; then
+        echo "gpu-check: --variants combined needs the kernels group: the candidates combined are those that" \
+            "passed this run's check-kernels" >&2
+        exit 2
+    fi
 fi
 # Nothing from an earlier run may stand in for this run's results.
 rm -rf "$work/model" "$work/index" "$work/parity-ids.jsonl" "$work/cuda.npy" "$work"/variant-*.npy "$work/cpu.npy" "$work/st.npy"
@@ -227,15 +241,16 @@ variants=()
 skipped=" "
 profiled=-1
 if [ $cpu_only = 0 ]; then
-    sm90=0
-    nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' && sm90=1
-    sm90_flag=()
-    [ $sm90 = 1 ] && sm90_flag=(--sm90)
     candidates=("$python" "$repo/tools/gpu/candidates.py")
+    listing=$("${candidates[@]}" list "${sm90_flag[@]}" "${variants_filter[@]}") || return 2
     while IFS=$'\t' read -r name env kernels; do
-        variants+=("$name" "$env" "$kernels")
-    done < <("${candidates[@]}" list "${sm90_flag[@]}" "${variants_filter[@]}")
-    [ ${#variants[@]} -gt 0 ] && profiled=$((${#variants[@]} - 3))
+        [ -n "$name" ] && variants+=("$name" "$env" "$kernels")
+    done <<< "$listing"
+    # With nothing combined, the variant profiled is the last one: of those --variants names, or
+    # of all when check-kernels ran and nothing passed (without it, none: the card's defaults).
+    if [ ${#variants[@]} -gt 0 ] && { [ ${#variants_filter[@]} -gt 0 ] || selected kernels; }; then
+        profiled=$((${#variants[@]} - 3))
+    fi
     passing=$("${candidates[@]}" passing --kernels "$out/kernels.json" "${sm90_flag[@]}" "${variants_filter[@]}")
     if [ -n "$passing" ]; then
         IFS=$'\t' read -r passing_name passing_env passing_kernels <<< "$passing"
