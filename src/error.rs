@@ -51,6 +51,13 @@ pub enum Error {
         row: u64,
         message: String,
     },
+    /// A file of a directory input that cannot be used (1-based number in the sorted listing).
+    #[error("{source_name}: file {file}: {message}")]
+    DirectoryFile {
+        source_name: String,
+        file: usize,
+        message: String,
+    },
     /// An input file or output path the corpus job cannot use.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },

@@ -65,11 +65,12 @@ struct ModelArg {
 #[derive(Args)]
 struct InputArgs {
     /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`), plain text (one document per
-    /// line), CSV with a header or Parquet (`--text-column`, `--id-column`); `-` is stdin.
+    /// line), CSV with a header or Parquet (`--text-column`, `--id-column`), or a directory (every
+    /// file below it one document, id its relative path); `-` is stdin.
     #[arg(long)]
     input: String,
     /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv,
-    /// .parquet: parquet; `-`: jsonl).
+    /// .parquet: parquet; `-`: jsonl; a directory: dir).
     #[arg(long)]
     input_format: Option<InputFormat>,
     /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without

@@ -857,3 +857,149 @@ fn bad_parquet_inputs_are_named() {
         })
     );
 }
+
+#[test]
+fn a_directory_embeds_each_file_as_one_document_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs");
+    // Files in nested folders, written out of order; hidden ones are left out.
+    let texts = corpus(1500);
+    let mut files: Vec<(String, String)> = texts
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| {
+            (
+                format!("{}/doc-{i:04}.txt", ["a", "b/c", "b"][i % 3]),
+                t.clone(),
+            )
+        })
+        .collect();
+    for (name, text) in &files {
+        let path = docs.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    std::fs::write(docs.join(".hidden"), "not a document").unwrap();
+    std::fs::create_dir_all(docs.join(".git")).unwrap();
+    std::fs::write(docs.join(".git/HEAD"), "not a document").unwrap();
+    files.sort();
+    let input = docs.to_str().unwrap();
+
+    // The ids and each file's text embedded alone, in path order.
+    let jsonl = dir.path().join("all.jsonl");
+    run_ok(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        jsonl.to_str().unwrap(),
+    ]);
+    let rows: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), files.len());
+    let sample: Vec<usize> = (0..files.len()).step_by(97).collect();
+    let reference = reference_rows(
+        &sample
+            .iter()
+            .map(|&i| files[i].1.clone())
+            .collect::<Vec<_>>(),
+    );
+    for (&i, want) in sample.iter().zip(reference) {
+        assert_eq!(rows[i]["id"], Value::from(files[i].0.clone()), "row {i}");
+        let got: Vec<f32> = serde_json::from_value(rows[i]["embedding"].clone()).unwrap();
+        assert_eq!(
+            got, want,
+            "row {i}: {} differs from its text alone",
+            files[i].0
+        );
+    }
+
+    // Killed and resumed, the same file as the uninterrupted run.
+    let args = |output: &Path| {
+        [
+            "embed",
+            "--input",
+            input,
+            "--output",
+            output.to_str().unwrap(),
+            "--docs-per-request",
+            "4",
+            "--max-batch-tokens",
+            "64",
+            "--checkpoint-interval-ms",
+            "0",
+        ]
+        .map(String::from)
+    };
+    let whole = dir.path().join("whole.npy");
+    run_ok(&args(&whole).each_ref().map(String::as_str));
+    let killed = dir.path().join("killed.npy");
+    let checkpoint = dir.path().join("killed.npy.checkpoint");
+    let killed_args = args(&killed);
+    let killed_args = killed_args.each_ref().map(String::as_str);
+    assert!(
+        kill_twice(&killed_args, &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    let out = run_ok(&killed_args);
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(&killed).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+
+    // A file added (or changed) after the checkpoint: the checkpoint is refused.
+    assert!(
+        kill_twice(&killed_args, &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    std::fs::write(docs.join("a/new.txt"), "alpha").unwrap();
+    let out = gemma_embed(&killed_args).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("a checkpoint of another command"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // A file that is not text is a bad document, named by its path.
+    std::fs::write(docs.join("b/binary.bin"), b"\xff\xfe").unwrap();
+    let skipped = dir.path().join("skipped.jsonl");
+    let out = run_ok(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        skipped.to_str().unwrap(),
+        "--on-error",
+        "skip",
+    ]);
+    let rejects = std::fs::read_to_string(dir.path().join("skipped.jsonl.rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
+    assert!(rejects.contains("b/binary.bin: not UTF-8"), "{rejects}");
+    assert!(
+        stderr_of(&out).contains("1 rejected"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = gemma_embed(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        skipped.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("docs: file ")
+            && stderr_of(&out).contains("b/binary.bin: not UTF-8"),
+        "{}",
+        stderr_of(&out)
+    );
+}

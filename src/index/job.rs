@@ -149,6 +149,9 @@ impl JobOptions {
             (self.output_format == OutputFormat::Parquet).then_some(self.row_group_rows);
         let (len, modified) = if self.input == "-" {
             (None, None)
+        } else if self.input_format == InputFormat::Directory {
+            let (files, hash) = super::reader::directory_fingerprint(Path::new(&self.input))?;
+            (Some(files), Some(hash))
         } else {
             let meta = std::fs::metadata(&self.input).map_err(|source| Error::Io {
                 path: self.input.clone().into(),

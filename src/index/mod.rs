@@ -33,6 +33,9 @@ pub enum InputFormat {
     Csv,
     /// Apache Parquet; the text (and id) come from named columns.
     Parquet,
+    /// A directory: every file below it one document (its whole text), id its relative path,
+    /// in the order of those paths; hidden entries (`.name`) left out.
+    Directory,
 }
 
 /// The columns of a CSV or Parquet input.
@@ -53,10 +56,13 @@ impl Default for CsvColumns {
 
 impl InputFormat {
     /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV;
-    /// `.parquet` is Parquet.
+    /// `.parquet` is Parquet; a directory is a directory of documents.
     pub fn from_path(path: &str) -> Result<Self> {
         if path == "-" {
             return Ok(Self::Jsonl);
+        }
+        if Path::new(path).is_dir() {
+            return Ok(Self::Directory);
         }
         match Path::new(path).extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "json") => Ok(Self::Jsonl),
@@ -67,7 +73,7 @@ impl InputFormat {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
                           (.jsonl, .json, .txt, .csv or .parquet); pass \
-                          --input-format jsonl|text|csv|parquet"
+                          --input-format jsonl|text|csv|parquet|dir"
                     .into(),
             }),
         }
@@ -83,8 +89,9 @@ impl FromStr for InputFormat {
             "text" => Ok(Self::Text),
             "csv" => Ok(Self::Csv),
             "parquet" => Ok(Self::Parquet),
+            "dir" => Ok(Self::Directory),
             _ => Err(format!(
-                "`{s}` is not an input format (jsonl, text, csv or parquet)"
+                "`{s}` is not an input format (jsonl, text, csv, parquet or dir)"
             )),
         }
     }
@@ -175,13 +182,19 @@ pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Re
     Ok(records)
 }
 
-/// An error about the document at 1-based `line` of the input `path` (a row in Parquet).
+/// An error about the document at 1-based `line` of the input `path` (a row in Parquet, a
+/// file's number in a directory).
 pub fn document_error(path: &str, format: InputFormat, line: usize, message: String) -> Error {
     let source_name = source_name(path).into();
     match format {
         InputFormat::Parquet => Error::Row {
             source_name,
             row: line as u64,
+            message,
+        },
+        InputFormat::Directory => Error::DirectoryFile {
+            source_name,
+            file: line,
             message,
         },
         InputFormat::Jsonl | InputFormat::Text | InputFormat::Csv => Error::Line {
@@ -384,6 +397,10 @@ mod tests {
         );
         assert_eq!("parquet".parse(), Ok(InputFormat::Parquet));
         assert!(InputFormat::from_path("a.tsv").is_err());
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap();
+        assert_eq!(InputFormat::from_path(dir).unwrap(), InputFormat::Directory);
+        assert_eq!("dir".parse(), Ok(InputFormat::Directory));
         assert_eq!(
             OutputFormat::from_path(Path::new("o.npy")).unwrap(),
             OutputFormat::Npy

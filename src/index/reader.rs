@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -48,6 +49,69 @@ enum Source {
         id: Option<usize>,
     },
     Parquet(ParquetInput),
+    /// A directory's files, relative to it, in order.
+    Directory {
+        root: PathBuf,
+        files: Vec<PathBuf>,
+    },
+}
+
+/// A directory input's file larger than this is refused (the model reads 2048 tokens of it).
+const MAX_DIRECTORY_FILE_BYTES: u64 = 256 << 20;
+
+/// Every file below `root` (hidden entries, `.name`, left out; symbolic links to directories
+/// not followed), relative to it, sorted by path.
+pub fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut files = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = root.join(&relative);
+        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir))? {
+            let entry = entry.map_err(io_error(&dir))?;
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let kind = entry.file_type().map_err(io_error(&entry.path()))?;
+            let path = relative.join(entry.file_name());
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() || (kind.is_symlink() && entry.path().is_file()) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// What a resumed directory job must find again: the number of files and a hash of their
+/// paths, sizes and modification times (FNV-1a, stable across builds).
+pub fn directory_fingerprint(root: &Path) -> Result<(u64, String)> {
+    let files = directory_files(root)?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for file in &files {
+        let path = root.join(file);
+        let meta = std::fs::metadata(&path).map_err(|source| Error::Io { path, source })?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        feed(file.as_os_str().as_encoded_bytes());
+        feed(&[0]);
+        feed(&meta.len().to_le_bytes());
+        feed(&modified.to_le_bytes());
+    }
+    Ok((files.len() as u64, format!("{hash:016x}")))
 }
 
 /// A CSV reader on `path` past its header, with the indices of the text and id columns.
@@ -88,6 +152,27 @@ impl RecordReader {
         start: ReadPosition,
     ) -> Result<Self> {
         let name = source_name(path).to_string();
+        if format == InputFormat::Directory {
+            let root = PathBuf::from(path);
+            let files = directory_files(&root)?;
+            if start.offset > files.len() as u64 {
+                return Err(Error::File {
+                    path: root,
+                    message: format!(
+                        "cannot resume at file {}: the directory has {} files",
+                        start.offset,
+                        files.len()
+                    ),
+                });
+            }
+            return Ok(Self {
+                source: Source::Directory { root, files },
+                name,
+                format,
+                position: start,
+                buf: Vec::new(),
+            });
+        }
         if format == InputFormat::Parquet {
             if path == "-" {
                 return Err(Error::File {
@@ -171,6 +256,7 @@ impl RecordReader {
     pub fn extent(&self, path: &str) -> Option<u64> {
         match &self.source {
             Source::Parquet(input) => Some(input.total_rows()),
+            Source::Directory { files, .. } => Some(files.len() as u64),
             Source::Lines(_) | Source::Csv { .. } => std::fs::metadata(path).ok().map(|m| m.len()),
         }
     }
@@ -181,6 +267,7 @@ impl RecordReader {
             Source::Lines(input) => input,
             Source::Csv { .. } => return self.next_csv_document(),
             Source::Parquet(_) => return self.next_parquet_document(),
+            Source::Directory { .. } => return self.next_directory_document(),
         };
         loop {
             self.buf.clear();
@@ -206,15 +293,19 @@ impl RecordReader {
             let record = match std::str::from_utf8(raw) {
                 Err(e) => Err(error(format!("not UTF-8 ({e})"))),
                 Ok(text) => match self.format {
-                    // (CSV and Parquet have sources of their own.)
-                    InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet
+                    // (CSV, Parquet and directories have sources of their own.)
+                    InputFormat::Jsonl
+                    | InputFormat::Csv
+                    | InputFormat::Parquet
+                    | InputFormat::Directory
                         if text.trim().is_empty() =>
                     {
                         continue
                     }
-                    InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => {
-                        parse_json_line(line, text).map_err(error)
-                    }
+                    InputFormat::Jsonl
+                    | InputFormat::Csv
+                    | InputFormat::Parquet
+                    | InputFormat::Directory => parse_json_line(line, text).map_err(error),
                     InputFormat::Text => Ok(Record {
                         line,
                         id: None,
@@ -231,6 +322,53 @@ impl RecordReader {
 }
 
 impl RecordReader {
+    fn next_directory_document(&mut self) -> Result<Option<Document>> {
+        let Source::Directory { root, files } = &self.source else {
+            return Ok(None);
+        };
+        let doc = self.position.docs;
+        let Some(file) = files.get(doc as usize) else {
+            return Ok(None);
+        };
+        let number = doc as usize + 1;
+        let id = file.to_string_lossy().into_owned();
+        let error = |message: String| Error::DirectoryFile {
+            source_name: self.name.clone(),
+            file: number,
+            message: format!("{id}: {message}"),
+        };
+        let path = root.join(file);
+        let text = match std::fs::metadata(&path) {
+            Err(e) => Err(error(e.to_string())),
+            Ok(meta) if meta.len() > MAX_DIRECTORY_FILE_BYTES => Err(error(format!(
+                "{} bytes, more than the {} MiB a document may have",
+                meta.len(),
+                MAX_DIRECTORY_FILE_BYTES >> 20
+            ))),
+            Ok(_) => std::fs::read(&path)
+                .map_err(|e| error(e.to_string()))
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|e| error(format!("not UTF-8 ({e})")))
+                }),
+        };
+        let record = text.map(|text| Record {
+            line: number,
+            id: Some(Value::from(id.clone())),
+            content: Content::Text(text),
+            prompt: PromptChoice::Inherit,
+        });
+        self.position = ReadPosition {
+            offset: number as u64,
+            line: number,
+            docs: number as u64,
+        };
+        Ok(Some(Document {
+            doc,
+            line: number,
+            record,
+        }))
+    }
+
     fn next_parquet_document(&mut self) -> Result<Option<Document>> {
         let Source::Parquet(input) = &mut self.source else {
             return Ok(None);
