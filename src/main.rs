@@ -43,8 +43,9 @@ enum Command {
     /// Measure throughput (offline) or latency under load (online, through the engine) on
     /// synthetic workloads of random token ids.
     Bench(BenchArgs),
-    /// Serve embeddings over HTTP: OpenAI `/v1/embeddings` and TEI `/embed`, `/similarity`,
-    /// `/tokenize`, `/decode`, `/health`, `/info`, `/metrics`.
+    /// Serve embeddings over HTTP: OpenAI `/v1/embeddings` and TEI `/embed` (also `/`,
+    /// `/invocations`, `/vertex`), `/similarity`, `/tokenize`, `/decode`, `/health`, `/info`,
+    /// `/metrics`.
     Serve(ServeArgs),
     /// Check every CUDA kernel against its CPU reference on device 0 and time it; exits
     /// non-zero when any check fails.
@@ -864,7 +865,8 @@ struct ServeArgs {
     /// The model name answered in `model` fields and /info [default: the --model argument].
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Bearer token required on every route but /health and /metrics.
+    /// Bearer token required on every route but the health checks (/health, GET /, /ping) and
+    /// /metrics.
     #[arg(long, env = "GEMMA_EMBED_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Token budget of one forward batch [default: 16384 on a GPU, 8192 on the CPU].

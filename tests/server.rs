@@ -1086,3 +1086,80 @@ fn cors_headers_go_only_to_allowed_origins() {
         );
     }
 }
+
+#[test]
+fn tei_root_sagemaker_and_vertex_routes_answer_as_embed() {
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--api-key", "s3cret"],
+    );
+    let key = [("authorization", "Bearer s3cret")];
+    let post = |path: &str, body: &Value| {
+        let answer = server.post_bytes(path, body.to_string().as_bytes(), &key);
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        answer.json()
+    };
+    let expected = tiny_expected();
+    let (case, text) = text_cases(&expected)[1];
+    let embed = post("/embed", &json!({ "inputs": text }));
+    assert_close("/embed", &floats(&embed[0]), &case.embedding);
+    // Hugging Face inference clients post to the root; SageMaker to /invocations.
+    assert_eq!(post("/", &json!({ "inputs": text })), embed);
+    assert_eq!(post("/invocations", &json!({ "inputs": [text] })), embed);
+    let unkeyed = server.post("/", &json!({ "inputs": text }));
+    assert_eq!(unkeyed.status, 401);
+    // Their health checks stay open, like /health.
+    assert_eq!(server.get("/", &[]).status, 200);
+    assert_eq!(server.get("/ping", &[]).status, 200);
+
+    // Vertex AI: one /embed answer per instance, in order.
+    let vertex = post(
+        "/vertex",
+        &json!({"instances": [
+            {"inputs": text},
+            {"inputs": [text, "w1 w2"], "dimensions": 7},
+        ]}),
+    );
+    let predictions = vertex["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 2);
+    assert_eq!(predictions[0], embed);
+    assert_eq!(
+        predictions[1],
+        post(
+            "/embed",
+            &json!({"inputs": [text, "w1 w2"], "dimensions": 7})
+        )
+    );
+    assert_close(
+        "vertex dimensions 7",
+        &floats(&predictions[1][0]),
+        &renormalized_prefix(&case.embedding, 7),
+    );
+    for (body, status, message) in [
+        (
+            json!({"instances": []}),
+            422,
+            "`instances`: must not be an empty array",
+        ),
+        (
+            json!({"instances": ["w1"]}),
+            422,
+            "`instances[0]`: must be an object",
+        ),
+        (
+            json!({"instances": [{"inputs": "w1"}, {"inputs": ["w2", ""]}]}),
+            422,
+            "`instances[1].inputs[1]`: must not be an empty string",
+        ),
+        (
+            json!({"instances": [{"inputs": "w1"}, {"inputs": [[2, 99999]]}]}),
+            422,
+            "`instances[1].inputs[0]`: token 1: id 99999 is outside",
+        ),
+    ] {
+        let answer = server.post_bytes("/vertex", body.to_string().as_bytes(), &key);
+        assert_eq!(answer.status, status, "{body}: {}", answer.body);
+        let text = error_message("vertex", &answer.json(), Flavor::Tei);
+        assert!(text.contains(message), "{body}: {text}");
+    }
+}

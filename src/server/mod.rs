@@ -6,10 +6,12 @@
 //! | `POST /v1/embeddings` | OpenAI: `input`, `model`, `encoding_format`, `dimensions`, `user`; extensions `prompt_name`, `truncate` | OpenAI's list of embeddings with `usage` |
 //! | `GET /v1/models` | | OpenAI's model list: the one served model |
 //! | `POST /embed` | TEI: `inputs`, `normalize`, `truncate`, `truncation_direction`, `prompt_name`, `dimensions` | `[[f32]]` |
+//! | `POST /`, `POST /invocations` | as `/embed` (TEI's root, SageMaker) | as `/embed` |
+//! | `POST /vertex` | TEI's Vertex AI route: `instances`, each an `/embed` body | `predictions`: an `/embed` answer each |
 //! | `POST /similarity` | TEI: `inputs.source_sentence`, `inputs.sentences`, `parameters` (`truncate`, `truncation_direction`, `prompt_name`) | `[f32]`: each sentence's cosine similarity to the source |
 //! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
 //! | `POST /decode` | TEI: `ids` (one list or a list of lists), `skip_special_tokens` | `[string]` |
-//! | `GET /health` | | 200 when a probe went through the backend, else 503 |
+//! | `GET /health`, `GET /`, `GET /ping` | | 200 when a probe went through the backend, else 503 |
 //! | `GET /info` | | model, dims, prompts, backend, limits, version |
 //! | `GET /metrics` | | Prometheus text |
 //!
@@ -60,7 +62,8 @@ pub struct ServerConfig {
     pub max_client_batch_size: usize,
     /// Request body bytes, at most (413 beyond).
     pub payload_limit: usize,
-    /// Bearer token required on every route but `/health` and `/metrics`.
+    /// Bearer token required on every route but the health checks (`/health`, `GET /`, `/ping`)
+    /// and `/metrics`.
     pub api_key: Option<String>,
     /// Truncate over-long inputs of requests that do not say `truncate` (TEI's
     /// `--auto-truncate`); otherwise they are refused with 422.
@@ -190,6 +193,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/embeddings", post(openai_embeddings))
         .route("/v1/models", get(openai_models))
         .route("/embed", post(tei_embed))
+        // TEI's other doors to /embed: its root (Hugging Face inference clients) and
+        // SageMaker's `/invocations`; its Vertex AI route.
+        .route("/", post(tei_embed))
+        .route("/invocations", post(tei_embed))
+        .route("/vertex", post(tei_vertex))
         .route("/similarity", post(tei_similarity))
         .route("/tokenize", post(tei_tokenize))
         .route("/decode", post(tei_decode))
@@ -201,6 +209,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let router = Router::new()
         .merge(protected)
         .route("/health", get(health))
+        // TEI's other health doors: `GET /` and SageMaker's `/ping`.
+        .route("/", get(health))
+        .route("/ping", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -553,35 +564,109 @@ async fn openai_models(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
-async fn tei_embed(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let mut body = json_body(body)?;
-    if request::optional_bool(&body, "normalize")? == Some(false) {
+/// What a TEI `/embed` body (also `POST /`, `/invocations` and each of `/vertex`'s instances)
+/// asks for.
+fn tei_embed_query(
+    body: &mut Map<String, Value>,
+    config: &ServerConfig,
+) -> Result<EmbedQuery, ApiError> {
+    if request::optional_bool(body, "normalize")? == Some(false) {
         return Err(ApiError::field(
             "normalize",
             "`false` is not supported: this model's sentence-transformers pipeline ends in \
              Normalize, and the engine returns only unit vectors",
-        )
-        .into());
+        ));
     }
-    let (inputs, input_names) =
-        request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
-    let query = EmbedQuery {
+    let (inputs, input_names) = request::inputs(body, "inputs", config.max_client_batch_size)?;
+    Ok(EmbedQuery {
         inputs,
         input_names,
-        prompt_name: prompt_name(&body)?,
-        dimensions: request::optional_count(&body, "dimensions")?,
-        truncation: truncation(&body, state.config.auto_truncate, true)?,
-    };
-    let answer = embed(&state, query).await?;
-    let vectors: Vec<&[f32]> = answer
+        prompt_name: prompt_name(body)?,
+        dimensions: request::optional_count(body, "dimensions")?,
+        truncation: truncation(body, config.auto_truncate, true)?,
+    })
+}
+
+/// The embeddings of an answer, as TEI's `/embed` writes them.
+fn embedding_vectors(answer: &Answer) -> Vec<&[f32]> {
+    answer
         .embeddings
         .iter()
         .map(|e| e.embedding.as_slice())
-        .collect();
-    Ok((answer.headers(), Json(vectors)).into_response())
+        .collect()
+}
+
+async fn tei_embed(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let query = tei_embed_query(&mut json_body(body)?, &state.config)?;
+    let answer = embed(&state, query).await?;
+    Ok((answer.headers(), Json(embedding_vectors(&answer))).into_response())
+}
+
+/// TEI's Vertex AI route: `{"instances": [EMBED BODY, ...]}`, answered with
+/// `{"predictions": [EMBEDDINGS, ...]}`, one `/embed` answer per instance. The instances go to
+/// the engine together.
+async fn tei_vertex(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let mut body = json_body(body)?;
+    let instances = match body.remove("instances").filter(|v| !v.is_null()) {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::field("instances", "must not be an empty array").into())
+        }
+        Some(_) => {
+            return Err(ApiError::field("instances", "must be an array of /embed bodies").into())
+        }
+        None => return Err(ApiError::field("instances", "is required").into()),
+    };
+    if instances.len() > state.config.max_client_batch_size {
+        return Err(ApiError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "`instances` holds {} instances, more than the server's limit of {} per request \
+                 (--max-client-batch-size)",
+                instances.len(),
+                state.config.max_client_batch_size
+            ),
+        )
+        .into());
+    }
+    let mut queries = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.into_iter().enumerate() {
+        let field = format!("instances[{i}]");
+        let Value::Object(mut instance) = instance else {
+            return Err(ApiError::field(&field, "must be an object (an /embed body)").into());
+        };
+        queries.push(tei_embed_query(&mut instance, &state.config).map_err(|e| e.within(&field))?);
+    }
+    let mut running = tokio::task::JoinSet::new();
+    for (i, query) in queries.into_iter().enumerate() {
+        let state = Arc::clone(&state);
+        running.spawn(async move {
+            let answer = embed(&state, query).await;
+            (i, answer.map_err(|e| e.within(&format!("instances[{i}]"))))
+        });
+    }
+    let mut predictions = vec![Vec::new(); running.len()];
+    while let Some(done) = running.join_next().await {
+        let (i, answer) =
+            done.map_err(|e| ApiError::new(ErrorKind::Backend, format!("embedding failed: {e}")))?;
+        predictions[i] = embedding_vectors(&answer?)
+            .into_iter()
+            .map(<[f32]>::to_vec)
+            .collect::<Vec<_>>();
+    }
+    Ok(Json(VertexResponse { predictions }).into_response())
+}
+
+/// `/vertex`'s answer (f32 written in their shortest form, as `/embed` writes them).
+#[derive(serde::Serialize)]
+struct VertexResponse {
+    predictions: Vec<Vec<Vec<f32>>>,
 }
 
 /// TEI's sentence similarity: the source sentence and the sentences embedded in one request
