@@ -237,6 +237,34 @@ fn kill_twice(args: &[&str], checkpoint: &Path, step: u64) -> u32 {
     kills
 }
 
+/// `embed` of `input` into `output` with small requests, small batches and a checkpoint after
+/// every request: the first checkpoint comes long before the end, so a kill lands mid-run even on
+/// a fast machine. `extra` flags go last.
+fn killable_embed(input: &str, output: &Path, extra: &[&str]) -> Vec<String> {
+    [
+        "embed",
+        "--input",
+        input,
+        "--output",
+        output.to_str().unwrap(),
+        "--docs-per-request",
+        "4",
+        "--max-batch-tokens",
+        "64",
+        "--checkpoint-interval-ms",
+        "0",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `args` as the `&str`s [`run_ok`] and [`gemma_embed`] take.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn a_killed_job_resumes_to_the_uninterrupted_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,29 +272,8 @@ fn a_killed_job_resumes_to_the_uninterrupted_output() {
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, &texts);
     let input = input.to_str().unwrap();
-    // Small requests, small batches and a checkpoint after every request: the first checkpoint
-    // comes long before the end, so the kill lands mid-run even on a fast machine.
-    let args = |output: &str| {
-        vec![
-            "embed",
-            "--input",
-            input,
-            "--output",
-            output,
-            "--docs-per-request",
-            "4",
-            "--max-batch-tokens",
-            "64",
-            "--checkpoint-interval-ms",
-            "0",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>()
-    };
     let whole = dir.path().join("whole.npy");
-    let whole_args = args(whole.to_str().unwrap());
-    run_ok(&whole_args.iter().map(String::as_str).collect::<Vec<_>>());
+    run_ok(&strs(&killable_embed(input, &whole, &[])));
     let (rows, data) = read_npy_f32(&whole);
     assert_eq!(rows, texts.len());
     let reference = reference_rows(&texts);
@@ -283,8 +290,8 @@ fn a_killed_job_resumes_to_the_uninterrupted_output() {
 
     let killed = dir.path().join("killed.npy");
     let checkpoint = dir.path().join("killed.npy.checkpoint");
-    let killed_args = args(killed.to_str().unwrap());
-    let killed_args: Vec<&str> = killed_args.iter().map(String::as_str).collect();
+    let killed_args = killable_embed(input, &killed, &[]);
+    let killed_args = strs(&killed_args);
     let kills = kill_twice(&killed_args, &checkpoint, 1);
     assert!(kills >= 1, "the job finished before it could be killed");
     assert!(
@@ -710,33 +717,20 @@ fn a_killed_parquet_job_resumes_to_the_uninterrupted_output() {
     );
     let input = input.to_str().unwrap();
     let args = |output: &Path| {
-        [
-            "embed",
-            "--input",
+        killable_embed(
             input,
-            "--output",
-            output.to_str().unwrap(),
-            "--docs-per-request",
-            "4",
-            "--max-batch-tokens",
-            "64",
-            "--checkpoint-interval-ms",
-            "0",
-            "--row-group-rows",
-            "64",
-            "--id-column",
-            "id",
-        ]
-        .map(String::from)
+            output,
+            &["--row-group-rows", "64", "--id-column", "id"],
+        )
     };
     let whole = dir.path().join("whole.parquet");
-    run_ok(&args(&whole).each_ref().map(String::as_str));
+    run_ok(&strs(&args(&whole)));
     assert_eq!(read_parquet_output(&whole).ids, ids);
 
     let killed = dir.path().join("killed.parquet");
     let checkpoint = dir.path().join("killed.parquet.checkpoint");
     let killed_args = args(&killed);
-    let killed_args = killed_args.each_ref().map(String::as_str);
+    let killed_args = strs(&killed_args);
     // Each run is killed some row groups after it started: the resumes have parts to keep and
     // a group in progress to read back.
     let kills = kill_twice(&killed_args, &checkpoint, 150);
@@ -919,28 +913,12 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
     }
 
     // Killed and resumed, the same file as the uninterrupted run.
-    let args = |output: &Path| {
-        [
-            "embed",
-            "--input",
-            input,
-            "--output",
-            output.to_str().unwrap(),
-            "--docs-per-request",
-            "4",
-            "--max-batch-tokens",
-            "64",
-            "--checkpoint-interval-ms",
-            "0",
-        ]
-        .map(String::from)
-    };
     let whole = dir.path().join("whole.npy");
-    run_ok(&args(&whole).each_ref().map(String::as_str));
+    run_ok(&strs(&killable_embed(input, &whole, &[])));
     let killed = dir.path().join("killed.npy");
     let checkpoint = dir.path().join("killed.npy.checkpoint");
-    let killed_args = args(&killed);
-    let killed_args = killed_args.each_ref().map(String::as_str);
+    let killed_args = killable_embed(input, &killed, &[]);
+    let killed_args = strs(&killed_args);
     assert!(
         kill_twice(&killed_args, &checkpoint, 1) >= 1,
         "finished before the kill"
