@@ -930,19 +930,56 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
         std::fs::read(&whole).unwrap()
     );
 
-    // A file added (or changed) after the checkpoint: the checkpoint is refused.
-    assert!(
-        kill_twice(&killed_args, &checkpoint, 1) >= 1,
-        "finished before the kill"
+    // A file changed after the checkpoint, even to the same size with its time set back, or a
+    // file added: the checkpoint is refused.
+    let (name, text) = &files[7];
+    let path = docs.join(name);
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let refused = |change: &dyn Fn()| {
+        assert!(
+            kill_twice(&killed_args, &checkpoint, 1) >= 1,
+            "finished before the kill"
+        );
+        change();
+        let out = gemma_embed(&killed_args).output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr_of(&out).contains("a checkpoint of another command"),
+            "{}",
+            stderr_of(&out)
+        );
+        std::fs::remove_file(&checkpoint).unwrap();
+    };
+    refused(&|| {
+        std::fs::write(&path, text.to_uppercase()).unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
+        file.set_modified(modified).unwrap();
+    });
+    refused(&|| std::fs::write(docs.join("a/new.txt"), "alpha").unwrap());
+
+    // Only the first MiB of a file is read (the model keeps 64 tokens of the fixture, 2048 of
+    // EmbeddingGemma): the same embedding as the whole text, even with the cut inside a
+    // character.
+    let big = dir.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    let long = format!(
+        "{}é{}",
+        "alpha ".repeat(174_762) + "bet",
+        " gamma".repeat(100_000)
     );
-    std::fs::write(docs.join("a/new.txt"), "alpha").unwrap();
-    let out = gemma_embed(&killed_args).output().unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("a checkpoint of another command"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert!(long.len() > 1 << 20 && !long.is_char_boundary(1 << 20));
+    std::fs::write(big.join("long.txt"), &long).unwrap();
+    let big_out = dir.path().join("big.jsonl");
+    run_ok(&[
+        "embed",
+        "--input",
+        big.to_str().unwrap(),
+        "--output",
+        big_out.to_str().unwrap(),
+    ]);
+    let row: Value = serde_json::from_str(&std::fs::read_to_string(&big_out).unwrap()).unwrap();
+    let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+    assert_eq!(got, reference_rows(&[long])[0]);
 
     // A file that is not text is a bad document, named by its path.
     std::fs::write(docs.join("b/binary.bin"), b"\xff\xfe").unwrap();
@@ -958,21 +995,18 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
     ]);
     let rejects = std::fs::read_to_string(dir.path().join("skipped.jsonl.rejects.jsonl")).unwrap();
     assert_eq!(rejects.lines().count(), 1, "{rejects}");
-    assert!(rejects.contains("b/binary.bin: not UTF-8"), "{rejects}");
+    let reject: Value = serde_json::from_str(rejects.trim_end()).unwrap();
+    assert_eq!(reject["id"], "b/binary.bin", "{rejects}");
+    let error = reject["error"].as_str().unwrap();
+    assert!(error.starts_with("b/binary.bin: not UTF-8"), "{error}");
     assert!(
         stderr_of(&out).contains("1 rejected"),
         "{}",
         stderr_of(&out)
     );
-    let out = gemma_embed(&[
-        "embed",
-        "--input",
-        input,
-        "--output",
-        skipped.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    // Checkpoints from the first documents on, so that one stands when the bad file is met.
+    let failing = killable_embed(input, &dir.path().join("failed.jsonl"), &[]);
+    let out = gemma_embed(&strs(&failing)).output().unwrap();
     assert!(!out.status.success());
     assert!(
         stderr_of(&out).contains("docs: file ")
@@ -980,4 +1014,7 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
         "{}",
         stderr_of(&out)
     );
+    // The input needs fixing: nothing is left to resume.
+    assert!(!dir.path().join("failed.jsonl.checkpoint").exists());
+    assert!(!dir.path().join("failed.jsonl.partial").exists());
 }

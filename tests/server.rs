@@ -614,6 +614,43 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
             "`ids[1]`: must not be an empty array",
         ),
         (
+            "vertex instances over the limit together",
+            server.post_bytes(
+                "/vertex",
+                json!({"instances": [{"inputs": vec!["x"; 40]}, {"inputs": vec!["x"; 40]}]})
+                    .to_string()
+                    .as_bytes(),
+                &[],
+            ),
+            413,
+            Tei,
+            "the instances hold 80 inputs in all",
+        ),
+        (
+            "vertex instance over the limit",
+            server.post_bytes(
+                "/vertex",
+                json!({"instances": [{"inputs": "x"}, {"inputs": vec!["x"; 65]}]})
+                    .to_string()
+                    .as_bytes(),
+                &[],
+            ),
+            413,
+            Tei,
+            "`instances[1]`: `inputs` holds 65 inputs",
+        ),
+        (
+            "vertex unknown prompt",
+            server.post_bytes(
+                "/vertex",
+                br#"{"instances": [{"inputs": "x"}, {"inputs": "x", "prompt_name": "nope"}]}"#,
+                &[],
+            ),
+            422,
+            Tei,
+            "`instances[1].prompt_name`: unknown prompt name `nope`",
+        ),
+        (
             "decode text",
             server.post_bytes("/decode", br#"{"ids": "hello"}"#, &[]),
             422,

@@ -250,7 +250,10 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
         None => None,
     };
     let result = run_from(engine, options, params, resume.as_ref());
-    if matches!(result, Err(Error::Line { .. } | Error::Row { .. })) {
+    if matches!(
+        result,
+        Err(Error::Line { .. } | Error::Row { .. } | Error::DirectoryFile { .. })
+    ) {
         // A bad document under --on-error fail: the input needs fixing, so what was written
         // cannot be continued.
         for path in [checkpoint_path, partial_path, options.rejects_path()] {
@@ -322,8 +325,13 @@ fn run_from(
         last_checkpoint: Instant::now(),
     };
     if let Some(c) = resume {
+        let unit = match options.input_format {
+            InputFormat::Directory => "file",
+            InputFormat::Parquet => "row",
+            InputFormat::Jsonl | InputFormat::Text | InputFormat::Csv => "line",
+        };
         eprintln!(
-            "resuming: {} rows already written, input from line {}",
+            "resuming: {} rows already written, input from {unit} {}",
             c.rows,
             c.input_line + 1
         );
@@ -375,7 +383,7 @@ fn read_chunks(
         if document.doc % options.shard.count != options.shard.index {
             continue;
         }
-        let (line, doc) = (document.line, document.doc);
+        let (line, doc, known_id) = (document.line, document.doc, document.known_id);
         match document
             .record
             .and_then(|record| to_input(engine, options, record))
@@ -389,7 +397,7 @@ fn read_chunks(
                 OnError::Skip => slots.push(Slot::Reject {
                     line,
                     doc,
-                    id: None,
+                    id: known_id,
                     error: line_message(err),
                 }),
             },
@@ -433,9 +441,10 @@ fn document_error(options: &JobOptions, line: usize, message: String) -> Error {
 /// The message of a line error without its `file: line N:` prefix.
 fn line_message(err: Error) -> String {
     match err {
-        Error::Line { message, .. } | Error::Row { message, .. } | Error::Input { message, .. } => {
-            message
-        }
+        Error::Line { message, .. }
+        | Error::Row { message, .. }
+        | Error::DirectoryFile { message, .. }
+        | Error::Input { message, .. } => message,
         other => other.to_string(),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -26,6 +27,9 @@ pub struct ReadPosition {
 /// cannot be used (an [`Error::Line`]; an [`Error::Row`] in Parquet).
 pub struct Document {
     pub doc: u64,
+    /// The document's id when it is known without reading it (a directory's file path), so
+    /// that a document that cannot be read is still named in the rejects file.
+    pub known_id: Option<Value>,
     /// 1-based line (Parquet: row) number.
     pub line: usize,
     pub record: Result<Record>,
@@ -56,8 +60,35 @@ enum Source {
     },
 }
 
-/// A directory input's file larger than this is refused (the model reads 2048 tokens of it).
-const MAX_DIRECTORY_FILE_BYTES: u64 = 256 << 20;
+/// How much of a directory input's file is read: far more than the 2048 tokens the model keeps
+/// (tokens of this tokenizer are a few bytes; tokenizing a whole huge file would cost memory
+/// in proportion, for nothing).
+const DIRECTORY_FILE_PREFIX_BYTES: u64 = 1 << 20;
+
+/// The text of the file at `path`, up to [`DIRECTORY_FILE_PREFIX_BYTES`] (cut after the last
+/// whole character), or why it cannot be read.
+fn read_text_prefix(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|file| {
+            file.take(DIRECTORY_FILE_PREFIX_BYTES)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| e.to_string())?;
+    let cut = bytes.len() as u64 == DIRECTORY_FILE_PREFIX_BYTES;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        // A character split by the cut, and nothing wrong before it.
+        Err(e) if cut && e.utf8_error().error_len().is_none() => {
+            let whole = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.truncate(whole);
+            Ok(String::from_utf8(bytes).expect("valid up to the cut"))
+        }
+        Err(e) => Err(format!("not UTF-8 ({})", e.utf8_error())),
+    }
+}
 
 /// Every file below `root` (hidden entries, `.name`, left out; symbolic links to directories
 /// not followed), relative to it, sorted by path.
@@ -89,7 +120,7 @@ pub fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// What a resumed directory job must find again: the number of files and a hash of their
-/// paths, sizes and modification times (FNV-1a, stable across builds).
+/// paths, sizes, modification and change times and inodes (FNV-1a, stable across builds).
 pub fn directory_fingerprint(root: &Path) -> Result<(u64, String)> {
     let files = directory_files(root)?;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -110,6 +141,10 @@ pub fn directory_fingerprint(root: &Path) -> Result<(u64, String)> {
         feed(&[0]);
         feed(&meta.len().to_le_bytes());
         feed(&modified.to_le_bytes());
+        // A rewrite that kept the size and set the time back still moves the change time.
+        feed(&meta.ctime().to_le_bytes());
+        feed(&meta.ctime_nsec().to_le_bytes());
+        feed(&meta.ino().to_le_bytes());
     }
     Ok((files.len() as u64, format!("{hash:016x}")))
 }
@@ -316,7 +351,12 @@ impl RecordReader {
             };
             let doc = self.position.docs;
             self.position.docs += 1;
-            return Ok(Some(Document { doc, line, record }));
+            return Ok(Some(Document {
+                doc,
+                known_id: None,
+                line,
+                record,
+            }));
         }
     }
 }
@@ -337,19 +377,10 @@ impl RecordReader {
             file: number,
             message: format!("{id}: {message}"),
         };
-        let path = root.join(file);
-        let text = match std::fs::metadata(&path) {
-            Err(e) => Err(error(e.to_string())),
-            Ok(meta) if meta.len() > MAX_DIRECTORY_FILE_BYTES => Err(error(format!(
-                "{} bytes, more than the {} MiB a document may have",
-                meta.len(),
-                MAX_DIRECTORY_FILE_BYTES >> 20
-            ))),
-            Ok(_) => std::fs::read(&path)
-                .map_err(|e| error(e.to_string()))
-                .and_then(|bytes| {
-                    String::from_utf8(bytes).map_err(|e| error(format!("not UTF-8 ({e})")))
-                }),
+        let text = match file.to_str() {
+            // Its id could not be written as it is (and could match another's).
+            None => Err(error("the file name is not UTF-8".into())),
+            Some(_) => read_text_prefix(&root.join(file)).map_err(error),
         };
         let record = text.map(|text| Record {
             line: number,
@@ -364,6 +395,7 @@ impl RecordReader {
         };
         Ok(Some(Document {
             doc,
+            known_id: Some(Value::from(id)),
             line: number,
             record,
         }))
@@ -398,6 +430,7 @@ impl RecordReader {
         };
         Ok(Some(Document {
             doc,
+            known_id: None,
             line: number as usize,
             record,
         }))
@@ -448,7 +481,12 @@ impl RecordReader {
         self.position.line = next.line() as usize - 1;
         let doc = self.position.docs;
         self.position.docs += 1;
-        Ok(Some(Document { doc, line, record }))
+        Ok(Some(Document {
+            doc,
+            known_id: None,
+            line,
+            record,
+        }))
     }
 }
 

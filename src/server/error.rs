@@ -65,14 +65,24 @@ impl ApiError {
         }
     }
 
-    /// The same error on a field inside object `parent` (`parent.field`).
+    /// The same error inside object `parent`: on its field (`parent.field`), or, when no field
+    /// was at fault, on `parent` itself.
     pub fn within(mut self, parent: &str) -> Self {
-        if let Some(param) = self.param.take() {
-            let nested = format!("{parent}.{param}");
-            self.message = self
-                .message
-                .replacen(&format!("`{param}`"), &format!("`{nested}`"), 1);
-            self.param = Some(nested);
+        match self.param.take() {
+            Some(param) => {
+                let nested = format!("{parent}.{param}");
+                let named = format!("`{param}`");
+                self.message = if self.message.contains(&named) {
+                    self.message.replacen(&named, &format!("`{nested}`"), 1)
+                } else {
+                    format!("`{nested}`: {}", self.message)
+                };
+                self.param = Some(nested);
+            }
+            None => {
+                self.message = format!("`{parent}`: {}", self.message);
+                self.param = Some(parent.to_string());
+            }
         }
         self
     }

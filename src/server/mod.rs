@@ -643,6 +643,18 @@ async fn tei_vertex(
         };
         queries.push(tei_embed_query(&mut instance, &state.config).map_err(|e| e.within(&field))?);
     }
+    let total: usize = queries.iter().map(|q| q.inputs.len()).sum();
+    if total > state.config.max_client_batch_size {
+        return Err(ApiError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "the instances hold {total} inputs in all, more than the server's limit of {} per \
+                 request (--max-client-batch-size)",
+                state.config.max_client_batch_size
+            ),
+        )
+        .into());
+    }
     let mut running = tokio::task::JoinSet::new();
     for (i, query) in queries.into_iter().enumerate() {
         let state = Arc::clone(&state);

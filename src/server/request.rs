@@ -381,6 +381,9 @@ mod tests {
         let nested = ApiError::field("truncate", "must be a boolean").within("parameters");
         assert_eq!(nested.message, "`parameters.truncate`: must be a boolean");
         assert_eq!(nested.param.as_deref(), Some("parameters.truncate"));
+        let whole = ApiError::new(ErrorKind::TooLarge, "too many").within("instances[2]");
+        assert_eq!(whole.message, "`instances[2]`: too many");
+        assert_eq!(whole.kind, ErrorKind::TooLarge);
     }
 
     #[test]
