@@ -881,6 +881,9 @@ fn info_and_metrics_describe_the_server() {
         assert_eq!(answer.json()["model"], "tiny-gemma");
     }
     server.post("/v1/embeddings", &json!({"input": ""}));
+    // The root: a health check by GET, an embedding by POST, counted apart.
+    assert_eq!(server.get("/", &[]).status, 200);
+    assert_eq!(server.post("/", &json!({"inputs": "a"})).status, 200);
     let metrics = server.get("/metrics", &[]);
     assert_eq!(metrics.status, 200);
     assert!(metrics
@@ -888,26 +891,21 @@ fn info_and_metrics_describe_the_server() {
         .unwrap()
         .starts_with("text/plain"));
     let text = &metrics.body;
-    assert_eq!(
-        sample(
-            text,
-            r#"gemma_embed_requests_total{route="/v1/embeddings",status="200"}"#
-        ),
-        3.0
-    );
-    assert_eq!(
-        sample(
-            text,
-            r#"gemma_embed_requests_total{route="/v1/embeddings",status="422"}"#
-        ),
-        1.0
-    );
-    assert_eq!(sample(text, "gemma_embed_embedded_inputs_total"), 6.0);
+    for (labels, count) in [
+        (r#"method="POST",route="/v1/embeddings",status="200""#, 3.0),
+        (r#"method="POST",route="/v1/embeddings",status="422""#, 1.0),
+        (r#"method="GET",route="/",status="200""#, 1.0),
+        (r#"method="POST",route="/",status="200""#, 1.0),
+    ] {
+        let name = format!("gemma_embed_requests_total{{{labels}}}");
+        assert_eq!(sample(text, &name), count, "{name}");
+    }
+    assert_eq!(sample(text, "gemma_embed_embedded_inputs_total"), 7.0);
     // The warm-up ran too; every request's inputs went through a batch.
     assert!(sample(text, "gemma_embed_batches_total") >= 2.0);
     assert!(sample(text, "gemma_embed_batch_sequences_count") >= 2.0);
     assert_eq!(sample(text, "gemma_embed_queue_inputs"), 0.0);
-    assert_eq!(sample(text, "gemma_embed_tokenization_seconds_count"), 3.0);
+    assert_eq!(sample(text, "gemma_embed_tokenization_seconds_count"), 4.0);
 }
 
 #[test]

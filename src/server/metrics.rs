@@ -1,6 +1,6 @@
 //! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
 //!
-//! Counters and histograms are plain atomics: requests by route and status, the batches the
+//! Counters and histograms are plain atomics: requests by method, route and status, the batches the
 //! backend ran (sequences and tokens per batch, time in `forward`), and where each request's
 //! time went (tokenization, queue, inference, total). Queue depth is read from the engine when
 //! the page is rendered.
@@ -79,7 +79,7 @@ impl Histogram {
     }
 }
 
-/// The requests answered on one route.
+/// The requests answered on one route with one method.
 struct RouteMetrics {
     /// status -> requests.
     statuses: BTreeMap<u16, u64>,
@@ -88,8 +88,8 @@ struct RouteMetrics {
 
 /// Everything `/metrics` shows; shared by the routes and the engine's batch observer.
 pub struct Metrics {
-    /// route -> its requests.
-    routes: Mutex<BTreeMap<String, RouteMetrics>>,
+    /// (method, route) -> its requests (`GET /` is a health check, `POST /` an embedding).
+    routes: Mutex<BTreeMap<(String, String), RouteMetrics>>,
     batch_sequences: Histogram,
     batch_tokens: Histogram,
     forward_seconds: Histogram,
@@ -134,17 +134,15 @@ impl Metrics {
         })
     }
 
-    /// One answered HTTP request (the route's name is copied only the first time it is seen).
-    pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+    /// One answered HTTP request (the method and route are copied only the first time they are
+    /// seen together).
+    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        if !routes.contains_key(route) {
-            let metrics = RouteMetrics {
-                statuses: BTreeMap::new(),
-                seconds: Histogram::new(&SECONDS_BUCKETS),
-            };
-            routes.insert(route.to_string(), metrics);
-        }
-        let metrics = routes.get_mut(route).expect("inserted above");
+        let key = (method.to_string(), route.to_string());
+        let metrics = routes.entry(key).or_insert_with(|| RouteMetrics {
+            statuses: BTreeMap::new(),
+            seconds: Histogram::new(&SECONDS_BUCKETS),
+        });
         *metrics.statuses.entry(status).or_default() += 1;
         metrics.seconds.observe(elapsed.as_secs_f64());
     }
@@ -173,14 +171,14 @@ impl Metrics {
             &mut out,
             "gemma_embed_requests_total",
             "counter",
-            "HTTP requests answered, by route and status.",
+            "HTTP requests answered, by method, route and status.",
         );
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        for (route, metrics) in routes.iter() {
+        for ((method, route), metrics) in routes.iter() {
             for (status, count) in &metrics.statuses {
                 let _ = writeln!(
                     out,
-                    "gemma_embed_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                    "gemma_embed_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
                 );
             }
         }
@@ -188,13 +186,13 @@ impl Metrics {
             &mut out,
             "gemma_embed_request_duration_seconds",
             "histogram",
-            "Time from request to response, by route.",
+            "Time from request to response, by method and route.",
         );
-        for (route, metrics) in routes.iter() {
+        for ((method, route), metrics) in routes.iter() {
             metrics.seconds.render(
                 &mut out,
                 "gemma_embed_request_duration_seconds",
-                &format!("route=\"{route}\""),
+                &format!("method=\"{method}\",route=\"{route}\""),
             );
         }
         drop(routes);

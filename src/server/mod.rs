@@ -304,8 +304,10 @@ async fn record_request(
     let start = Instant::now();
     // A shared handle to the route's pattern: no copy of the string per request.
     let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
     state.metrics.record_request(
+        method.as_str(),
         route.as_ref().map_or("unmatched", MatchedPath::as_str),
         response.status().as_u16(),
         start.elapsed(),
