@@ -1,7 +1,7 @@
 //! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
 //!
-//! Counters and histograms are plain atomics: requests by method, route and status, the batches the
-//! backend ran (sequences and tokens per batch, time in `forward`), and where each request's
+//! Counters and histograms are plain atomics: requests by method, route and status, the batches
+//! the backend ran (sequences and tokens per batch, time in `forward`), and where each request's
 //! time went (tokenization, queue, inference, total). Queue depth is read from the engine when
 //! the page is rendered.
 
