@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::checkpoint::{sibling, Checkpoint};
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
-use super::reader::{ReadPosition, RecordReader};
+use super::reader::{DirectoryListing, ReadPosition, RecordReader};
 use super::{Content, CsvColumns, InputFormat, OutputFormat, Record};
 use crate::engine::{Admission, Engine, Input, Request, Ticket};
 use crate::tokenize::Truncation;
@@ -144,14 +144,14 @@ impl JobOptions {
     }
 
     /// Everything that shapes the output, the input file's size and modification time included.
-    fn fingerprint(&self) -> Result<Value> {
+    fn fingerprint(&self, listing: Option<&DirectoryListing>) -> Result<Value> {
         let row_group_rows =
             (self.output_format == OutputFormat::Parquet).then_some(self.row_group_rows);
-        let (len, modified) = if self.input == "-" {
-            (None, None)
-        } else if self.input_format == InputFormat::Directory {
-            let (files, hash) = super::reader::directory_fingerprint(Path::new(&self.input))?;
+        let (len, modified) = if let Some(listing) = listing {
+            let (files, hash) = listing.fingerprint()?;
             (Some(files), Some(hash))
+        } else if self.input == "-" {
+            (None, None)
         } else {
             let meta = std::fs::metadata(&self.input).map_err(|source| Error::Io {
                 path: self.input.clone().into(),
@@ -224,7 +224,11 @@ struct Chunk {
 pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
     let checkpoint_path = options.checkpoint_path();
     let partial_path = options.partial_path();
-    let params = options.fingerprint()?;
+    // A directory is listed once: the fingerprint and the reader see the same files.
+    let listing = (options.input_format == InputFormat::Directory)
+        .then(|| DirectoryListing::read(Path::new(&options.input)))
+        .transpose()?;
+    let params = options.fingerprint(listing.as_ref())?;
     let resume = match Checkpoint::load(&checkpoint_path)? {
         Some(checkpoint) if checkpoint.params != params => {
             return Err(Error::File {
@@ -249,7 +253,7 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
         }
         None => None,
     };
-    let result = run_from(engine, options, params, resume.as_ref());
+    let result = run_from(engine, options, params, resume.as_ref(), listing);
     if matches!(
         result,
         Err(Error::Line { .. } | Error::Row { .. } | Error::DirectoryFile { .. })
@@ -281,14 +285,18 @@ fn run_from(
     options: &JobOptions,
     params: Value,
     resume: Option<&Checkpoint>,
+    listing: Option<DirectoryListing>,
 ) -> Result<JobSummary> {
     let start_position = resume.map(Checkpoint::position).unwrap_or_default();
-    let mut reader = RecordReader::open(
-        &options.input,
-        options.input_format,
-        &options.columns,
-        start_position,
-    )?;
+    let mut reader = match listing {
+        Some(listing) => RecordReader::open_directory(listing, start_position)?,
+        None => RecordReader::open(
+            &options.input,
+            options.input_format,
+            &options.columns,
+            start_position,
+        )?,
+    };
     let output = OutputWriter::open(
         &options.partial_path(),
         options.output_format,

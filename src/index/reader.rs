@@ -90,9 +90,54 @@ fn read_text_prefix(path: &Path) -> std::result::Result<String, String> {
     }
 }
 
+/// A directory input's documents: every file below `root`, listed once per job, so that the
+/// checkpoint's fingerprint and the reader see the same files.
+pub struct DirectoryListing {
+    root: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl DirectoryListing {
+    pub fn read(root: &Path) -> Result<Self> {
+        Ok(Self {
+            root: root.to_path_buf(),
+            files: directory_files(root)?,
+        })
+    }
+
+    /// What a resumed job must find again: the number of files and a hash of their paths,
+    /// sizes, modification and change times and inodes (FNV-1a, stable across builds).
+    pub fn fingerprint(&self) -> Result<(u64, String)> {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for file in &self.files {
+            let path = self.root.join(file);
+            let meta = std::fs::metadata(&path).map_err(|source| Error::Io { path, source })?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            feed(file.as_os_str().as_encoded_bytes());
+            feed(&[0]);
+            feed(&meta.len().to_le_bytes());
+            feed(&modified.to_le_bytes());
+            // A rewrite that kept the size and set the time back still moves the change time.
+            feed(&meta.ctime().to_le_bytes());
+            feed(&meta.ctime_nsec().to_le_bytes());
+            feed(&meta.ino().to_le_bytes());
+        }
+        Ok((self.files.len() as u64, format!("{hash:016x}")))
+    }
+}
+
 /// Every file below `root` (hidden entries, `.name`, left out; symbolic links to directories
 /// not followed), relative to it, sorted by path.
-pub fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
+fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
@@ -117,36 +162,6 @@ pub fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
-}
-
-/// What a resumed directory job must find again: the number of files and a hash of their
-/// paths, sizes, modification and change times and inodes (FNV-1a, stable across builds).
-pub fn directory_fingerprint(root: &Path) -> Result<(u64, String)> {
-    let files = directory_files(root)?;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for file in &files {
-        let path = root.join(file);
-        let meta = std::fs::metadata(&path).map_err(|source| Error::Io { path, source })?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        feed(file.as_os_str().as_encoded_bytes());
-        feed(&[0]);
-        feed(&meta.len().to_le_bytes());
-        feed(&modified.to_le_bytes());
-        // A rewrite that kept the size and set the time back still moves the change time.
-        feed(&meta.ctime().to_le_bytes());
-        feed(&meta.ctime_nsec().to_le_bytes());
-        feed(&meta.ino().to_le_bytes());
-    }
-    Ok((files.len() as u64, format!("{hash:016x}")))
 }
 
 /// A CSV reader on `path` past its header, with the indices of the text and id columns.
@@ -188,25 +203,7 @@ impl RecordReader {
     ) -> Result<Self> {
         let name = source_name(path).to_string();
         if format == InputFormat::Directory {
-            let root = PathBuf::from(path);
-            let files = directory_files(&root)?;
-            if start.offset > files.len() as u64 {
-                return Err(Error::File {
-                    path: root,
-                    message: format!(
-                        "cannot resume at file {}: the directory has {} files",
-                        start.offset,
-                        files.len()
-                    ),
-                });
-            }
-            return Ok(Self {
-                source: Source::Directory { root, files },
-                name,
-                format,
-                position: start,
-                buf: Vec::new(),
-            });
+            return Self::open_directory(DirectoryListing::read(Path::new(path))?, start);
         }
         if format == InputFormat::Parquet {
             if path == "-" {
@@ -276,6 +273,28 @@ impl RecordReader {
             source: Source::Lines(input),
             name,
             format,
+            position: start,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A directory input's reader over the files `listing` found.
+    pub fn open_directory(listing: DirectoryListing, start: ReadPosition) -> Result<Self> {
+        let DirectoryListing { root, files } = listing;
+        if start.offset > files.len() as u64 {
+            return Err(Error::File {
+                path: root,
+                message: format!(
+                    "cannot resume at file {}: the directory has {} files",
+                    start.offset,
+                    files.len()
+                ),
+            });
+        }
+        Ok(Self {
+            name: root.display().to_string(),
+            source: Source::Directory { root, files },
+            format: InputFormat::Directory,
             position: start,
             buf: Vec::new(),
         })
