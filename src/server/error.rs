@@ -65,6 +65,15 @@ impl ApiError {
         }
     }
 
+    /// `error`, and when it is about one input ([`Error::Input`]) a validation error on the
+    /// request field `field(index)` names for it.
+    pub fn naming_input(error: Error, field: impl FnOnce(usize) -> String) -> Self {
+        match error {
+            Error::Input { index, message } => Self::field(&field(index), message),
+            other => Self::from(other),
+        }
+    }
+
     /// The same error inside object `parent`: on its field (`parent.field`), or, when no field
     /// was at fault, on `parent` itself.
     pub fn within(mut self, parent: &str) -> Self {

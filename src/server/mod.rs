@@ -419,12 +419,7 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
         .outputs
         .into_iter()
         .collect::<Result<Vec<_>, Error>>()
-        .map_err(|error| match error {
-            Error::Input { index, message } => {
-                ApiError::field(&query.input_names.name(index), message)
-            }
-            other => ApiError::from(other),
-        })?;
+        .map_err(|error| ApiError::naming_input(error, |index| query.input_names.name(index)))?;
     let answer = Answer {
         embeddings,
         timings: response.timings,
@@ -589,22 +584,18 @@ fn tei_embed_query(
     })
 }
 
-/// The embeddings of an answer, as TEI's `/embed` writes them.
-fn embedding_vectors(answer: &Answer) -> Vec<&[f32]> {
-    answer
-        .embeddings
-        .iter()
-        .map(|e| e.embedding.as_slice())
-        .collect()
-}
-
 async fn tei_embed(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, TeiError> {
     let query = tei_embed_query(&mut json_body(body)?, &state.config)?;
     let answer = embed(&state, query).await?;
-    Ok((answer.headers(), Json(embedding_vectors(&answer))).into_response())
+    let vectors: Vec<&[f32]> = answer
+        .embeddings
+        .iter()
+        .map(|e| e.embedding.as_slice())
+        .collect();
+    Ok((answer.headers(), Json(vectors)).into_response())
 }
 
 /// TEI's Vertex AI route: `{"instances": [EMBED BODY, ...]}`, answered with
@@ -625,18 +616,10 @@ async fn tei_vertex(
         }
         None => return Err(ApiError::field("instances", "is required").into()),
     };
-    if instances.len() > state.config.max_client_batch_size {
-        return Err(ApiError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "`instances` holds {} instances, more than the server's limit of {} per request \
-                 (--max-client-batch-size)",
-                instances.len(),
-                state.config.max_client_batch_size
-            ),
-        )
-        .into());
-    }
+    let limit = state.config.max_client_batch_size;
+    request::within_client_limit(instances.len(), limit, || {
+        format!("`instances` holds {} instances", instances.len())
+    })?;
     let mut queries = Vec::with_capacity(instances.len());
     for (i, instance) in instances.into_iter().enumerate() {
         let field = format!("instances[{i}]");
@@ -646,17 +629,9 @@ async fn tei_vertex(
         queries.push(tei_embed_query(&mut instance, &state.config).map_err(|e| e.within(&field))?);
     }
     let total: usize = queries.iter().map(|q| q.inputs.len()).sum();
-    if total > state.config.max_client_batch_size {
-        return Err(ApiError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "the instances hold {total} inputs in all, more than the server's limit of {} per \
-                 request (--max-client-batch-size)",
-                state.config.max_client_batch_size
-            ),
-        )
-        .into());
-    }
+    request::within_client_limit(total, limit, || {
+        format!("the instances hold {total} inputs in all")
+    })?;
     let mut running = tokio::task::JoinSet::new();
     for (i, query) in queries.into_iter().enumerate() {
         let state = Arc::clone(&state);
@@ -669,10 +644,11 @@ async fn tei_vertex(
     while let Some(done) = running.join_next().await {
         let (i, answer) =
             done.map_err(|e| ApiError::new(ErrorKind::Backend, format!("embedding failed: {e}")))?;
-        predictions[i] = embedding_vectors(&answer?)
+        predictions[i] = answer?
+            .embeddings
             .into_iter()
-            .map(<[f32]>::to_vec)
-            .collect::<Vec<_>>();
+            .map(|e| e.embedding)
+            .collect();
     }
     Ok(Json(VertexResponse { predictions }).into_response())
 }
@@ -768,10 +744,7 @@ async fn tei_decode(
             .map(|(i, (field, ids))| {
                 tokenizer
                     .decode(i, ids, skip_special_tokens)
-                    .map_err(|error| match error {
-                        Error::Input { message, .. } => ApiError::field(field, message),
-                        other => ApiError::from(other),
-                    })
+                    .map_err(|error| ApiError::naming_input(error, |_| field.clone()))
             })
             .collect::<Result<Vec<String>, ApiError>>()
     })

@@ -129,16 +129,9 @@ pub fn inputs(
             return Ok((vec![ids], InputNames::Single(name)));
         }
         Value::Array(items) => {
-            if items.len() > max_inputs {
-                return Err(ApiError::new(
-                    ErrorKind::TooLarge,
-                    format!(
-                        "`{name}` holds {} inputs, more than the server's limit of {max_inputs} per \
-                         request (--max-client-batch-size)",
-                        items.len()
-                    ),
-                ));
-            }
+            within_client_limit(items.len(), max_inputs, || {
+                format!("`{name}` holds {} inputs", items.len())
+            })?;
             items
                 .into_iter()
                 .enumerate()
@@ -235,17 +228,13 @@ pub fn similarity_inputs(
         }
         None => return Err(ApiError::field("inputs.sentences", "is required")),
     };
-    if sentences.len() + 1 > max_inputs {
-        return Err(ApiError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "`inputs` holds {} texts (the source and {} sentences), more than the server's \
-                 limit of {max_inputs} per request (--max-client-batch-size)",
-                sentences.len() + 1,
-                sentences.len()
-            ),
-        ));
-    }
+    within_client_limit(sentences.len() + 1, max_inputs, || {
+        format!(
+            "`inputs` holds {} texts (the source and {} sentences)",
+            sentences.len() + 1,
+            sentences.len()
+        )
+    })?;
     let sentences = sentences
         .into_iter()
         .enumerate()
@@ -280,16 +269,9 @@ pub fn id_lists(
     if items.iter().all(Value::is_number) {
         return Ok(vec![(name.to_string(), token_ids(name, items)?)]);
     }
-    if items.len() > max_lists {
-        return Err(ApiError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "`{name}` holds {} lists, more than the server's limit of {max_lists} per request \
-                 (--max-client-batch-size)",
-                items.len()
-            ),
-        ));
-    }
+    within_client_limit(items.len(), max_lists, || {
+        format!("`{name}` holds {} lists", items.len())
+    })?;
     items
         .iter()
         .enumerate()
@@ -310,6 +292,25 @@ pub fn id_lists(
             }
         })
         .collect()
+}
+
+/// `count` items in one request, at most `limit` (`--max-client-batch-size`): else 413, the
+/// message `what` says what was counted.
+pub fn within_client_limit(
+    count: usize,
+    limit: usize,
+    what: impl FnOnce() -> String,
+) -> Result<(), ApiError> {
+    if count <= limit {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::TooLarge,
+        format!(
+            "{}, more than the server's limit of {limit} per request (--max-client-batch-size)",
+            what()
+        ),
+    ))
 }
 
 fn text_input(field: &str, text: String) -> Result<RawInput, ApiError> {
