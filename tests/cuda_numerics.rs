@@ -338,8 +338,8 @@ fn bf16_residual_storage_keeps_the_parity_target() {
 
 /// Float8 (e4m3) projection GEMMs, the one way left to run the GEMMs, which alone need 17 ms of a
 /// 65536-token batch at the measured bf16 matmul ceiling, in the 24.4 ms (H200) to 26 ms (H100)
-/// that 10x sentence-transformers bf16 allows (docs/gpu-report.md), costed before building them: with
-/// per-token and per-output-channel scales, and with a scale per 128 elements of every row.
+/// that 10x sentence-transformers bf16 allows (docs/gpu-report.md), costed before building them:
+/// with per-token and per-output-channel scales, and with a scale per 128 elements of every row.
 /// Everything else as the default pipeline. Ignored by default for the same reason as the test
 /// above: `cargo test --release --test cuda_numerics -- --ignored --nocapture`.
 #[test]
