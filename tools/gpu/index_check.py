@@ -41,6 +41,8 @@ import sys
 import time
 from array import array
 
+from jsonfile import load
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBEDDED = re.compile(r"^embedded (\d+) docs, (\d+) tokens in ([0-9.]+) s ")
 RESUMED = re.compile(r", (\d+) from the interrupted run")
@@ -153,7 +155,9 @@ def compare(full_path, resumed_path):
         a, b = full[r * cols:(r + 1) * cols], other[r * cols:(r + 1) * cols]
         dot = sum(map(operator.mul, a, b))
         norms = math.sqrt(sum(map(operator.mul, a, a)) * sum(map(operator.mul, b, b)))
-        worst = min(worst, dot / norms if norms > 0 else 0.0)
+        cosine = dot / norms if norms > 0 else 0.0
+        # A NaN row is the worst of all (min() would pass over it).
+        worst = cosine if math.isnan(cosine) else min(worst, cosine)
         largest = max(largest, max(abs(x - y) for x, y in zip(a, b)))
     result.update(min_cosine=worst, max_abs_diff=largest)
     return result
@@ -168,16 +172,8 @@ def remove_outputs(path):
             os.remove(target)
 
 
-def embed(command, output):
-    return command + ["--output", output, "--quiet"]
-
-
 def checkpoint_rows(path):
-    try:
-        with open(path) as f:
-            return json.load(f).get("rows", 0)
-    except (OSError, ValueError):
-        return 0
+    return (load(path) or {}).get("rows", 0)
 
 
 def main():
@@ -229,7 +225,7 @@ def main():
         sys.exit(0 if problem is None else 1)
 
     def run_to_the_end(output, which):
-        run = subprocess.run(embed(command, output), capture_output=True, text=True)
+        run = subprocess.run(command + ["--output", output, "--quiet"], capture_output=True, text=True)
         sys.stderr.write(run.stderr)
         report = job_report(run.stderr)
         if run.returncode != 0 or report is None:
@@ -240,7 +236,7 @@ def main():
     result["full"] = run_to_the_end(full, "uninterrupted")
 
     remove_outputs(crash)
-    child = subprocess.Popen(embed(command, crash), stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command + ["--output", crash, "--quiet"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + args.kill_timeout
     killed_at = 0
     while child.poll() is None and time.monotonic() < deadline:
@@ -267,7 +263,7 @@ def main():
     if "min_cosine" not in agreement:
         finish(f"the resumed output has {agreement['resumed_file_rows']} rows, the uninterrupted "
                f"one {agreement['rows']}")
-    if agreement["min_cosine"] < args.min_cosine:
+    if not agreement["min_cosine"] >= args.min_cosine:  # NaN fails too
         finish(f"a resumed row differs: cosine {agreement['min_cosine']:.6f} < {args.min_cosine}")
     finish()
 
