@@ -90,10 +90,13 @@ selected() { [[ ",$only," == *",$1,"* ]]; }
 sm90_flag=()
 [ $cpu_only = 0 ] && nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0' \
     && sm90_flag=(--sm90)
+# The card's candidate variants (those --variants names): one line each, NAME<TAB>ENV<TAB>KERNELS.
+# A variant this card has no candidate of fails here, before any device time is spent.
+listing=""
+[ $cpu_only = 0 ] && { listing=$("$python" "$repo/tools/gpu/candidates.py" list "${sm90_flag[@]}" \
+    "${variants_filter[@]}") || exit 2; }
 if [ ${#variants_filter[@]} -gt 0 ]; then
     [ $cpu_only = 0 ] || { echo "gpu-check: --variants needs a CUDA run (the CPU run has no candidates)" >&2; exit 2; }
-    # A variant this card has no candidate of fails here, before any device time is spent.
-    "$python" "$repo/tools/gpu/candidates.py" list "${sm90_flag[@]}" "${variants_filter[@]}" > /dev/null || exit 2
     if [[ ",${variants_filter[1]}," == *,combined,* ]] && ! selected kernels; then
         echo "gpu-check: --variants combined needs the kernels group: the candidates combined are those that" \
             "passed this run's check-kernels" >&2
@@ -242,7 +245,6 @@ skipped=" "
 profiled=-1
 if [ $cpu_only = 0 ]; then
     candidates=("$python" "$repo/tools/gpu/candidates.py")
-    listing=$("${candidates[@]}" list "${sm90_flag[@]}" "${variants_filter[@]}") || return 2
     while IFS=$'\t' read -r name env kernels; do
         [ -n "$name" ] && variants+=("$name" "$env" "$kernels")
     done <<< "$listing"
@@ -270,17 +272,18 @@ if [ $cpu_only = 0 ]; then
     [ $profiled -ge 0 ] && echo "variant profiled: ${variants[profiled]} (${variants[profiled + 1]})"
 fi
 # stage_variant KIND I LIMIT COMMAND...: stage KIND-NAME of variant I in its environment, or
-# its record as skipped when a kernel of it did not run in check-kernels.
+# its record as skipped (status 1) when a kernel of it did not run in check-kernels.
 stage_variant() {
     local kind="$1" i="$2" limit="$3"
     shift 3
     local name=${variants[i]}
     if [[ $skipped == *" $name "* ]]; then
         skip_stage "$kind-$name" "a kernel it uses did not run in check-kernels"
-        return
+        return 1
     fi
     # shellcheck disable=SC2086 # the settings are words without spaces
     stage "$kind-$name" "$limit" env ${variants[i + 1]} "$@"
+    return 0
 }
 
 if selected parity; then
@@ -294,8 +297,8 @@ if selected parity; then
         for ((i = 0; i < ${#variants[@]}; i += 3)); do
             name=${variants[i]}
             stage_variant embed-cuda $i 90 "${gemma[@]}" embed --model "$model" --input "$ids" \
-                --output "$work/variant-$name.npy" --backend cuda --max-batch-tokens 16384
-            [[ $skipped == *" $name "* ]] || compare_args+=(--variant "$name=$work/variant-$name.npy")
+                --output "$work/variant-$name.npy" --backend cuda --max-batch-tokens 16384 \
+                && compare_args+=(--variant "$name=$work/variant-$name.npy")
         done
     fi
     stage embed-cpu 150 "${gemma[@]}" embed --model "$model" --input "$ids" --output "$work/cpu.npy" \
