@@ -8,6 +8,8 @@
 //! `index_check.py` times, kills and resumes the corpus job (the real binary on the tiny model).
 //! All are standard-library Python: `GEMMA_EMBED_PYTHON`, else `python3`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use gemma_embed::backend::cuda::attention::AttentionKernel;
@@ -649,7 +651,7 @@ fn the_candidate_list_is_what_the_card_runs() {
 #[test]
 fn the_corpus_job_check_times_kills_resumes_and_compares() {
     let dir = scratch("index");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let model = common::tiny_model_dir();
     let json = dir.join("index.json");
     let out = run(&[
         tool("index_check.py").to_str().unwrap(),
