@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gemma_embed::index::{self, Content, CsvColumns, InputFormat};
+use gemma_embed::index::{self, Content, InputColumns, InputFormat};
 use gemma_embed::model::{resolve_model_dir, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::tokenize::{Tokenizer, Truncation};
 
@@ -35,7 +35,7 @@ fn corpus_texts() -> Vec<String> {
     let records = index::read_records(
         path.to_str().expect("a UTF-8 path"),
         InputFormat::Jsonl,
-        &CsvColumns::default(),
+        &InputColumns::default(),
     )
     .expect("read examples/corpus.jsonl");
     records

@@ -13,7 +13,7 @@ use gemma_embed::bench;
 use gemma_embed::engine::{Engine, EngineConfig};
 use gemma_embed::index::job::{self, JobOptions, OnError, ProgressMode, Shard};
 use gemma_embed::index::output::Dtype;
-use gemma_embed::index::{self, AtomicFile, CsvColumns, InputFormat, OutputFormat, Record};
+use gemma_embed::index::{self, AtomicFile, InputColumns, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
 use gemma_embed::server;
 use gemma_embed::tokenize::{DefaultPrompt, Tokenizer, Truncation};
@@ -65,9 +65,10 @@ struct ModelArg {
 /// Input options shared by `embed` and `tokenize`.
 #[derive(Args)]
 struct InputArgs {
-    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`), plain text (one document per
-    /// line), CSV with a header or Parquet (`--text-column`, `--id-column`), or a directory (every
-    /// file below it one document, id its relative path); `-` is stdin.
+    /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`; other fields ignored), plain
+    /// text (one document per line), CSV with a header or Parquet (`--text-column`,
+    /// `--id-column`), or a directory (every file below it one document, id its relative path);
+    /// `-` is stdin.
     #[arg(long)]
     input: String,
     /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv,
@@ -84,21 +85,27 @@ struct InputArgs {
     /// Fail on inputs longer than the model's max_seq_length instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
-    /// CSV or Parquet input: the column holding the text (Parquet: utf8, large_utf8 or
+    /// The column (JSON Lines: the field) holding the text (Parquet: utf8, large_utf8 or
     /// utf8_view).
     #[arg(long, default_value = "text")]
     text_column: String,
-    /// CSV or Parquet input: the column holding the id (Parquet: strings or integers; default:
-    /// the line number, in Parquet the 1-based row number).
+    /// The column (JSON Lines: the field, default `id`) holding the id (Parquet: strings or
+    /// integers; default: the 1-based line number, in Parquet the row number).
     #[arg(long)]
     id_column: Option<String>,
+    /// The column (JSON Lines: the field) holding a title: each document's prompt is then
+    /// EmbeddingGemma's document prompt with its title, `title: {title} | text: ` (`none` for a
+    /// missing, null or empty title). JSON Lines, CSV and Parquet input.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_name"])]
+    title_column: Option<String>,
 }
 
 impl InputArgs {
-    fn csv_columns(&self) -> CsvColumns {
-        CsvColumns {
+    fn columns(&self) -> InputColumns {
+        InputColumns {
             text: self.text_column.clone(),
             id: self.id_column.clone(),
+            title: self.title_column.clone(),
         }
     }
 
@@ -276,7 +283,7 @@ fn read_and_tokenize(
     tokenizer: &Tokenizer,
 ) -> Result<(Vec<Record>, Vec<Vec<u32>>)> {
     let format = input.format()?;
-    let records = index::read_records(&input.input, format, &input.csv_columns())?;
+    let records = index::read_records(&input.input, format, &input.columns())?;
     let ids = index::tokenize_records(
         tokenizer,
         &records,
@@ -337,7 +344,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let options = JobOptions {
         input: input.input.clone(),
         input_format,
-        columns: input.csv_columns(),
+        columns: input.columns(),
         output: args.output.clone(),
         output_format,
         dtype: args.dtype,
@@ -674,9 +681,9 @@ fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench:
         bail!("--corpus-docs must be at least 1");
     }
     let format = InputFormat::from_path(path)?;
-    let columns = CsvColumns {
+    let columns = InputColumns {
         text: args.text_column.clone(),
-        id: None,
+        ..InputColumns::default()
     };
     let mut records = index::read_records(path, format, &columns)?;
     if let Some(n) = args.corpus_docs {

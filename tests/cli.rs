@@ -164,6 +164,77 @@ fn embed_writes_jsonl_and_npy_in_input_order() {
     }
 }
 
+/// A BEIR-style corpus (`_id`, `title`, `text`, other fields): untitled documents (empty, null
+/// or missing title) get the document prompt, `title: none | text: `, and match
+/// sentence-transformers' `encode_document`; a titled one is the text after
+/// `title: {title} | text: `, as the model card writes it.
+#[test]
+fn titles_make_the_document_prompt() {
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let golden = golden();
+    let cases = &golden.cases;
+    let docs = [
+        case(cases, "card_doc0"),
+        case(cases, "card_doc1"),
+        case(cases, "card_doc2"),
+    ];
+    assert!(docs.iter().all(|d| d.prompt == "title: none | text: "));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.jsonl");
+    let lines = [
+        json!({"_id": "d0", "title": "", "text": docs[0].text, "metadata": {"source": "card"}}),
+        json!({"_id": "d1", "title": null, "text": docs[1].text}),
+        json!({"_id": "d2", "text": docs[2].text}),
+        json!({"_id": "d3", "title": "Jupiter", "text": docs[2].text}),
+        json!({"_id": "d4", "text": format!("title: Jupiter | text: {}", docs[2].text), "prompt_name": null}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let model = model.to_str().unwrap();
+    let titled = ["--id-column", "_id", "--title-column", "title"];
+    let out = embed(model, &input, &output, &titled);
+    // `d4` chooses its own prompt, which a title column does not allow: it is named.
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "line 5: `prompt_name` and a title (--title-column `title`) both choose the prompt"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = embed(
+        model,
+        &input,
+        &output,
+        &[&titled[..], &["--on-error", "skip"]].concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_jsonl(&output);
+    let ids: Vec<Value> = rows.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, [json!("d0"), json!("d1"), json!("d2"), json!("d3")]);
+    let embedding =
+        |row: &Value| -> Vec<f32> { serde_json::from_value(row["embedding"].clone()).unwrap() };
+    for (row, doc) in rows.iter().zip(docs) {
+        let cos = cosine(&embedding(row), &doc.embedding);
+        assert!(cos >= 0.99999, "{}: cosine {cos}", doc.name);
+    }
+
+    // The titled document against its text written out with no prompt.
+    let spelled_out = dir.path().join("spelled.jsonl");
+    std::fs::write(&spelled_out, format!("{}\n", lines[4])).unwrap();
+    let spelled_output = dir.path().join("spelled-out.jsonl");
+    let out = embed(model, &spelled_out, &spelled_output, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference = embedding(&read_jsonl(&spelled_output)[0]);
+    let cos = cosine(&embedding(&rows[3]), &reference);
+    assert!(cos >= 0.999999, "titled: cosine {cos}");
+    // The title changes the embedding.
+    assert!(cosine(&embedding(&rows[3]), &docs[2].embedding) < 0.999);
+}
+
 #[test]
 fn text_input_and_raw_prompt() {
     let Some(model) = common::real_model_dir() else {

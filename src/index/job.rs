@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::checkpoint::{sibling, Checkpoint};
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{DirectoryListing, ReadPosition, RecordReader};
-use super::{Content, CsvColumns, InputFormat, OutputFormat, Record};
+use super::{Content, InputColumns, InputFormat, OutputFormat, Record};
 use crate::engine::{Admission, Engine, Input, Request, Ticket};
 use crate::tokenize::Truncation;
 use crate::{Error, Result};
@@ -107,8 +107,8 @@ pub struct JobOptions {
     /// Input path, `-` for stdin (not resumable).
     pub input: String,
     pub input_format: InputFormat,
-    /// The text and id columns of a CSV input.
-    pub columns: CsvColumns,
+    /// Where the text, id and title are (CSV and Parquet columns, JSON fields).
+    pub columns: InputColumns,
     pub output: PathBuf,
     pub output_format: OutputFormat,
     pub dtype: Dtype,
@@ -164,7 +164,7 @@ impl JobOptions {
                 .map(|d| d.as_nanos().to_string());
             (Some(meta.len()), modified)
         };
-        Ok(json!({
+        let mut params = json!({
             "input": std::fs::canonicalize(&self.input)
                 .map_or_else(|_| self.input.clone(), |p| p.display().to_string()),
             "input_len": len,
@@ -180,7 +180,12 @@ impl JobOptions {
             "shard": format!("{}/{}", self.shard.index, self.shard.count),
             "on_error": format!("{:?}", self.on_error),
             "job": self.params,
-        }))
+        });
+        // Only when set, so that checkpoints written before titles existed still resume.
+        if let Some(title) = &self.columns.title {
+            params["title_column"] = json!(title);
+        }
+        Ok(params)
     }
 }
 

@@ -25,7 +25,8 @@ use crate::{Error, Result};
 /// How input lines are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputFormat {
-    /// One JSON object per line: `text` or `ids`, optional `id` and `prompt_name`.
+    /// One JSON object per line: `text` (or the field `--text-column` names) or `ids`, optional
+    /// `id` (or `--id-column`'s field) and `prompt_name`; other fields are left alone.
     Jsonl,
     /// One document per line, taken as is.
     Text,
@@ -38,20 +39,35 @@ pub enum InputFormat {
     Directory,
 }
 
-/// The columns of a CSV or Parquet input.
+/// Where a document's text, id and title are: columns of a CSV or Parquet input, fields of a
+/// JSON line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CsvColumns {
+pub struct InputColumns {
     pub text: String,
+    /// The id's column (JSON Lines: `None` is the field `id`); without one the id is the line
+    /// (row) number.
     pub id: Option<String>,
+    /// The title's column: each document's prompt is then EmbeddingGemma's document prompt with
+    /// its title ([`titled_prompt`]).
+    pub title: Option<String>,
 }
 
-impl Default for CsvColumns {
+impl Default for InputColumns {
     fn default() -> Self {
         Self {
             text: "text".into(),
             id: None,
+            title: None,
         }
     }
+}
+
+/// EmbeddingGemma's prompt for a document with a title, from its model card:
+/// `title: {title | "none"} | text: `, so that an untitled (null, empty or blank) document
+/// gets the model's `document` prompt, `title: none | text: `.
+pub fn titled_prompt(title: Option<&str>) -> String {
+    let title = title.filter(|t| !t.trim().is_empty()).unwrap_or("none");
+    format!("title: {title} | text: ")
 }
 
 impl InputFormat {
@@ -112,6 +128,8 @@ pub enum PromptChoice {
     /// `"prompt_name": null`: no prompt.
     NoPrompt,
     Named(String),
+    /// The document's own prompt: [`titled_prompt`] of its title (`--title-column`).
+    Titled(String),
 }
 
 impl PromptChoice {
@@ -125,6 +143,7 @@ impl PromptChoice {
             Self::Inherit => Ok(job_prompt),
             Self::NoPrompt => Ok(None),
             Self::Named(name) => tokenizer.prompt(name).map(Some),
+            Self::Titled(prompt) => Ok(Some(prompt)),
         }
     }
 }
@@ -172,7 +191,11 @@ pub fn source_name(path: &str) -> &str {
 /// Read every record of `path` (`-` is stdin) with a [`reader::RecordReader`]: blank JSON Lines
 /// are skipped; in text format every line is a document, an empty one included. The first
 /// document that cannot be used is the error, naming its line (row).
-pub fn read_records(path: &str, format: InputFormat, columns: &CsvColumns) -> Result<Vec<Record>> {
+pub fn read_records(
+    path: &str,
+    format: InputFormat,
+    columns: &InputColumns,
+) -> Result<Vec<Record>> {
     let mut reader =
         reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
     let mut records = Vec::new();
@@ -461,6 +484,17 @@ mod tests {
             Some(prompt("document"))
         );
         assert!(choice(PromptChoice::Named("nope".into())).is_err());
+        let titled = titled_prompt(Some("Gemma"));
+        assert_eq!(
+            choice(PromptChoice::Titled(titled.clone())).unwrap(),
+            Some(titled)
+        );
+
+        // An untitled document gets the model's document prompt (the model card's format).
+        for untitled in [None, Some(""), Some(" \t")] {
+            assert_eq!(titled_prompt(untitled), prompt("document"));
+        }
+        assert_eq!(titled_prompt(Some("Gemma")), "title: Gemma | text: ");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Parquet input: the text column (and the id column) read record batch by record batch, only
-//! those columns decoded, resumable at any row (whole row groups before it are skipped).
+//! Parquet input: the text column (and the id and title columns) read record batch by record
+//! batch, only those columns decoded, resumable at any row (whole row groups before it are skipped).
 //!
 //! Columns are typed from the Parquet schema alone (an embedded Arrow schema is ignored), so
 //! string columns read as utf8 whether a writer stored them as large strings, string views or
@@ -22,34 +22,46 @@ use parquet::arrow::ProjectionMask;
 use parquet::basic::Compression;
 use serde_json::Value;
 
-use super::CsvColumns;
+use super::InputColumns;
 use crate::{Error, Result};
 
 /// Rows decoded at a time.
 const BATCH_ROWS: usize = 1024;
 
-/// One row: its text and id, or why it cannot be used.
-pub type Row = std::result::Result<(String, Option<Value>), String>;
+/// One row's values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParquetRow {
+    pub text: String,
+    /// The id column's value (with an id column).
+    pub id: Option<Value>,
+    /// With a title column: its value (`None` for a null).
+    pub title: Option<Option<String>>,
+}
 
-/// Reads the text (and id) of each row of a Parquet file, in order.
+/// One row, or why it cannot be used.
+pub type Row = std::result::Result<ParquetRow, String>;
+
+/// Reads the text (and id and title) of each row of a Parquet file, in order.
 pub struct ParquetInput {
     path: String,
     batches: ParquetRecordBatchReader,
-    columns: CsvColumns,
+    columns: InputColumns,
     batch: Option<BatchColumns>,
     next_in_batch: usize,
     total_rows: u64,
 }
 
-/// The text (and id) column of the record batch being read, looked up once per batch.
+/// The text (and id and title) columns of the record batch being read, looked up once per
+/// batch.
 struct BatchColumns {
     text: ArrayRef,
     id: Option<ArrayRef>,
+    title: Option<ArrayRef>,
     rows: usize,
 }
 
 impl BatchColumns {
-    fn of(batch: &RecordBatch, columns: &CsvColumns) -> std::result::Result<Self, String> {
+    fn of(batch: &RecordBatch, columns: &InputColumns) -> std::result::Result<Self, String> {
         let column = |name: &str| {
             batch
                 .column_by_name(name)
@@ -59,6 +71,7 @@ impl BatchColumns {
         Ok(Self {
             text: column(&columns.text)?,
             id: columns.id.as_deref().map(column).transpose()?,
+            title: columns.title.as_deref().map(column).transpose()?,
             rows: batch.num_rows(),
         })
     }
@@ -81,7 +94,7 @@ fn undecodable(codec: Compression) -> Option<&'static str> {
 
 impl ParquetInput {
     /// Open `path` and position it at row `start_row` (0-based).
-    pub fn open(path: &str, columns: &CsvColumns, start_row: u64) -> Result<Self> {
+    pub fn open(path: &str, columns: &InputColumns, start_row: u64) -> Result<Self> {
         let file_error = |message: String| Error::File {
             path: path.into(),
             message,
@@ -120,6 +133,12 @@ impl ParquetInput {
                 })
             })
             .transpose()?;
+        let title = columns
+            .title
+            .as_deref()
+            .map(|name| find(name, "--title-column", "strings", is_string))
+            .transpose()?;
+        let decoded = |root: usize| root == text || Some(root) == id || Some(root) == title;
 
         let metadata = Arc::clone(builder.metadata());
         let parquet_schema = builder.parquet_schema();
@@ -127,7 +146,7 @@ impl ParquetInput {
             for (leaf, chunk) in group.columns().iter().enumerate() {
                 let root = parquet_schema.get_column_root_idx(leaf);
                 let codec = undecodable(chunk.compression());
-                if let Some(codec) = codec.filter(|_| root == text || Some(root) == id) {
+                if let Some(codec) = codec.filter(|_| decoded(root)) {
                     return Err(file_error(format!(
                         "column `{}` is compressed with {codec}, which this build cannot read \
                          (it reads uncompressed, snappy and gzip; zstd when built with \
@@ -157,7 +176,7 @@ impl ParquetInput {
             }
             group_start = group_end;
         }
-        let roots = std::iter::once(text).chain(id);
+        let roots = std::iter::once(text).chain(id).chain(title);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let batches = builder
             .with_projection(mask)
@@ -182,7 +201,7 @@ impl ParquetInput {
     }
 
     /// The next row, `None` at the end. An error is a file that cannot be decoded; a row
-    /// that cannot be used (a null text or id) is an `Err` inside.
+    /// that cannot be used (a null text or id) is an `Err` inside; a null title is no title.
     pub fn next_row(&mut self) -> Result<Option<Row>> {
         let file_error = |message: String| Error::File {
             path: self.path.clone().into(),
@@ -228,7 +247,14 @@ impl ParquetInput {
             }
             _ => None,
         };
-        Ok((text, id))
+        let title = match (&self.columns.title, &batch.title) {
+            (Some(name), Some(titles)) => match string_at(titles, i) {
+                Some(title) => Some(title.map(String::from)),
+                None => return Err(format!("column `{name}` is not a string")),
+            },
+            _ => None,
+        };
+        Ok(ParquetRow { text, id, title })
     }
 }
 
@@ -285,14 +311,24 @@ mod tests {
         writer.close().unwrap();
     }
 
-    fn columns(text: &str, id: Option<&str>) -> CsvColumns {
-        CsvColumns {
+    fn columns(text: &str, id: Option<&str>) -> InputColumns {
+        InputColumns {
             text: text.into(),
             id: id.map(String::from),
+            title: None,
         }
     }
 
-    fn read_from(path: &Path, columns: &CsvColumns, start: u64) -> Vec<Row> {
+    /// A good row without a title column.
+    fn row(text: &str, id: Option<Value>) -> Row {
+        Ok(ParquetRow {
+            text: text.into(),
+            id,
+            title: None,
+        })
+    }
+
+    fn read_from(path: &Path, columns: &InputColumns, start: u64) -> Vec<Row> {
         let mut input = ParquetInput::open(path.to_str().unwrap(), columns, start).unwrap();
         let mut rows = Vec::new();
         while let Some(row) = input.next_row().unwrap() {
@@ -325,7 +361,7 @@ mod tests {
         );
         let all = read_from(&path, &columns("body", Some("n")), 0);
         let want: Vec<Row> = (0..8)
-            .map(|i| Ok((texts[i].clone(), Some(Value::from(100 + i as i64)))))
+            .map(|i| row(&texts[i], Some(Value::from(100 + i as i64))))
             .collect();
         assert_eq!(all, want);
         // Row groups of 3: every start, inside a group, at a boundary and at the end.
@@ -337,14 +373,14 @@ mod tests {
         assert_eq!(
             views,
             [
-                Ok(("text 1".to_string(), Some(Value::from("text 6")))),
-                Ok(("text 0".to_string(), Some(Value::from("text 7"))))
+                row("text 1", Some(Value::from("text 6"))),
+                row("text 0", Some(Value::from("text 7")))
             ]
         );
         let categories = read_from(&path, &columns("category", None), 2);
         let want: Vec<Row> = ["z", "x", "y", "z", "x", "y"]
             .iter()
-            .map(|c| Ok((c.to_string(), None)))
+            .map(|c| row(c, None))
             .collect();
         assert_eq!(categories, want);
         assert_eq!(
@@ -377,7 +413,7 @@ mod tests {
                 ),
             ],
         );
-        let open_error = |columns: CsvColumns| {
+        let open_error = |columns: InputColumns| {
             ParquetInput::open(path.to_str().unwrap(), &columns, 0)
                 .err()
                 .unwrap()
@@ -400,11 +436,38 @@ mod tests {
             err.contains("column `score` (--id-column) holds Float64, not strings or integers"),
             "{err}"
         );
+        let titled = |title: &str| InputColumns {
+            title: Some(title.into()),
+            ..columns("text", None)
+        };
+        let err = open_error(titled("score"));
+        assert!(
+            err.contains("column `score` (--title-column) holds Float64, not strings"),
+            "{err}"
+        );
+        // A null title is no title (the row is still good); resuming past a group keeps titles.
+        let rows = read_from(&path, &titled("key"), 0);
+        assert_eq!(
+            rows[0],
+            Ok(ParquetRow {
+                text: "a".into(),
+                id: None,
+                title: Some(Some("k1".into()))
+            })
+        );
+        assert_eq!(
+            read_from(&path, &titled("key"), 2),
+            [Ok(ParquetRow {
+                text: "c".into(),
+                id: None,
+                title: Some(None)
+            })]
+        );
         let rows = read_from(&path, &columns("text", Some("key")), 0);
         assert_eq!(
             rows,
             [
-                Ok(("a".to_string(), Some(Value::from("k1")))),
+                row("a", Some(Value::from("k1"))),
                 Err("null text (--text-column `text`)".to_string()),
                 Err("null id (--id-column `key`)".to_string()),
             ]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::parquet_input::ParquetInput;
-use super::{source_name, Content, CsvColumns, InputFormat, PromptChoice, Record};
+use super::{source_name, titled_prompt, Content, InputColumns, InputFormat, PromptChoice, Record};
 use crate::{Error, Result};
 
 /// Where a reader stands: the next byte to read, the last line read, documents seen so far.
@@ -40,6 +40,8 @@ pub struct RecordReader {
     source: Source,
     name: String,
     format: InputFormat,
+    /// The fields of a JSON line (CSV and Parquet sources hold their columns' places).
+    columns: InputColumns,
     position: ReadPosition,
     buf: Vec<u8>,
 }
@@ -49,8 +51,7 @@ enum Source {
     Csv {
         reader: csv::Reader<File>,
         record: csv::StringRecord,
-        text: usize,
-        id: Option<usize>,
+        places: CsvPlaces,
     },
     Parquet(ParquetInput),
     /// A directory's files, relative to it, in order.
@@ -164,8 +165,15 @@ fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A CSV reader on `path` past its header, with the indices of the text and id columns.
-fn open_csv(path: &str, columns: &CsvColumns) -> Result<(csv::Reader<File>, usize, Option<usize>)> {
+/// The indices of a CSV input's text, id and title columns.
+struct CsvPlaces {
+    text: usize,
+    id: Option<usize>,
+    title: Option<usize>,
+}
+
+/// A CSV reader on `path` past its header, with the places of the columns.
+fn open_csv(path: &str, columns: &InputColumns) -> Result<(csv::Reader<File>, CsvPlaces)> {
     let file_error = |message: String| Error::File {
         path: path.into(),
         message,
@@ -185,23 +193,38 @@ fn open_csv(path: &str, columns: &CsvColumns) -> Result<(csv::Reader<File>, usiz
             ))
         })
     };
-    let text = find(&columns.text, "--text-column")?;
-    let id = columns
-        .id
-        .as_deref()
-        .map(|name| find(name, "--id-column"))
-        .transpose()?;
-    Ok((reader, text, id))
+    let places = CsvPlaces {
+        text: find(&columns.text, "--text-column")?,
+        id: columns
+            .id
+            .as_deref()
+            .map(|name| find(name, "--id-column"))
+            .transpose()?,
+        title: columns
+            .title
+            .as_deref()
+            .map(|name| find(name, "--title-column"))
+            .transpose()?,
+    };
+    Ok((reader, places))
 }
 
 impl RecordReader {
     pub fn open(
         path: &str,
         format: InputFormat,
-        columns: &CsvColumns,
+        columns: &InputColumns,
         start: ReadPosition,
     ) -> Result<Self> {
         let name = source_name(path).to_string();
+        if columns.title.is_some() && matches!(format, InputFormat::Text | InputFormat::Directory) {
+            return Err(Error::File {
+                path: name.into(),
+                message: "--title-column needs JSON Lines, CSV or Parquet input (a title field \
+                          or column beside the text)"
+                    .into(),
+            });
+        }
         if format == InputFormat::Directory {
             return Self::open_directory(DirectoryListing::read(Path::new(path))?, start);
         }
@@ -216,6 +239,7 @@ impl RecordReader {
                 source: Source::Parquet(ParquetInput::open(path, columns, start.offset)?),
                 name,
                 format,
+                columns: columns.clone(),
                 position: start,
                 buf: Vec::new(),
             });
@@ -227,7 +251,7 @@ impl RecordReader {
                     message: "CSV input must be a file".into(),
                 });
             }
-            let (mut reader, text, id) = open_csv(path, columns)?;
+            let (mut reader, places) = open_csv(path, columns)?;
             if start.offset > 0 {
                 let mut position = csv::Position::new();
                 position
@@ -243,11 +267,11 @@ impl RecordReader {
                 source: Source::Csv {
                     reader,
                     record: csv::StringRecord::new(),
-                    text,
-                    id,
+                    places,
                 },
                 name,
                 format,
+                columns: columns.clone(),
                 position: start,
                 buf: Vec::new(),
             });
@@ -273,6 +297,7 @@ impl RecordReader {
             source: Source::Lines(input),
             name,
             format,
+            columns: columns.clone(),
             position: start,
             buf: Vec::new(),
         })
@@ -295,6 +320,7 @@ impl RecordReader {
             name: root.display().to_string(),
             source: Source::Directory { root, files },
             format: InputFormat::Directory,
+            columns: InputColumns::default(),
             position: start,
             buf: Vec::new(),
         })
@@ -359,7 +385,9 @@ impl RecordReader {
                     InputFormat::Jsonl
                     | InputFormat::Csv
                     | InputFormat::Parquet
-                    | InputFormat::Directory => parse_json_line(line, text).map_err(error),
+                    | InputFormat::Directory => {
+                        parse_json_line(line, text, &self.columns).map_err(error)
+                    }
                     InputFormat::Text => Ok(Record {
                         line,
                         id: None,
@@ -430,11 +458,14 @@ impl RecordReader {
         let doc = self.position.docs;
         let number = doc + 1;
         let record = match row {
-            Ok((text, id)) => Ok(Record {
+            Ok(row) => Ok(Record {
                 line: number as usize,
-                id,
-                content: Content::Text(text),
-                prompt: PromptChoice::Inherit,
+                id: row.id,
+                content: Content::Text(row.text),
+                prompt: match row.title {
+                    Some(title) => PromptChoice::Titled(titled_prompt(title.as_deref())),
+                    None => PromptChoice::Inherit,
+                },
             }),
             Err(message) => Err(Error::Row {
                 source_name: self.name.clone(),
@@ -459,8 +490,7 @@ impl RecordReader {
         let Source::Csv {
             reader,
             record,
-            text,
-            id,
+            places,
         } = &mut self.source
         else {
             return Ok(None);
@@ -483,16 +513,20 @@ impl RecordReader {
                 })
             }
             Err(e) => Err(line_error(format!("CSV: {e}"))),
-            Ok(true) => match record.get(*text) {
+            Ok(true) => match record.get(places.text) {
                 None => Err(line_error(format!(
                     "no field {} (the text column)",
-                    *text + 1
+                    places.text + 1
                 ))),
                 Some(value) => Ok(Record {
                     line,
-                    id: id.and_then(|i| record.get(i)).map(Value::from),
+                    id: places.id.and_then(|i| record.get(i)).map(Value::from),
                     content: Content::Text(value.to_string()),
-                    prompt: PromptChoice::Inherit,
+                    prompt: match places.title {
+                        // A short row has an empty title: none.
+                        Some(i) => PromptChoice::Titled(titled_prompt(record.get(i))),
+                        None => PromptChoice::Inherit,
+                    },
                 }),
             },
         };
@@ -509,23 +543,24 @@ impl RecordReader {
     }
 }
 
-const FIELDS: &str = "`text` or `ids`, optional `id` and `prompt_name`";
-
-/// A JSON line's record; the error message is about the line (the caller names it).
-fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, String> {
+/// A JSON line's record, its text and id from the fields `columns` names (other fields left
+/// alone); the error message is about the line (the caller names it).
+fn parse_json_line(
+    line: usize,
+    text: &str,
+    columns: &InputColumns,
+) -> std::result::Result<Record, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(map) = value else {
-        return Err(format!("expected a JSON object with {FIELDS}"));
+        return Err(format!(
+            "expected a JSON object with `{}` or `ids`",
+            columns.text
+        ));
     };
-    if let Some(key) = map
-        .keys()
-        .find(|k| !["text", "ids", "id", "prompt_name"].contains(&k.as_str()))
-    {
-        return Err(format!("unknown field `{key}` (expected {FIELDS})"));
-    }
-    let content = match (map.get("text"), map.get("ids")) {
+    let text_field = columns.text.as_str();
+    let content = match (map.get(text_field), map.get("ids")) {
         (Some(Value::String(text)), None) => Content::Text(text.clone()),
-        (Some(other), None) => return Err(format!("`text` must be a string, got {other}")),
+        (Some(other), None) => return Err(format!("`{text_field}` must be a string, got {other}")),
         (None, Some(Value::Array(ids))) => Content::Ids(
             ids.iter()
                 .enumerate()
@@ -539,15 +574,27 @@ fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, Strin
         (None, Some(other)) => {
             return Err(format!("`ids` must be an array of token ids, got {other}"))
         }
-        (Some(_), Some(_)) => return Err("give `text` or `ids`, not both".into()),
-        (None, None) => return Err(format!("missing `text` (expected {FIELDS})")),
+        (Some(_), Some(_)) => return Err(format!("give `{text_field}` or `ids`, not both")),
+        (None, None) => {
+            let fields: Vec<&str> = map.keys().map(String::as_str).collect();
+            return Err(format!(
+                "missing `{text_field}` (the text; --text-column names another field) or `ids`; \
+                 the line has: {}",
+                fields.join(", ")
+            ));
+        }
     };
-    let id = match map.get("id") {
+    let id_field = columns.id.as_deref().unwrap_or("id");
+    let id = match map.get(id_field) {
         None => None,
         Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
-        Some(other) => return Err(format!("`id` must be a string or a number, got {other}")),
+        Some(other) => {
+            return Err(format!(
+                "`{id_field}` (the id) must be a string or a number, got {other}"
+            ))
+        }
     };
-    let prompt = match map.get("prompt_name") {
+    let mut prompt = match map.get("prompt_name") {
         None => PromptChoice::Inherit,
         Some(Value::Null) => PromptChoice::NoPrompt,
         Some(Value::String(name)) => PromptChoice::Named(name.clone()),
@@ -557,6 +604,30 @@ fn parse_json_line(line: usize, text: &str) -> std::result::Result<Record, Strin
             ))
         }
     };
+    if let Some(title_field) = &columns.title {
+        let title = match map.get(title_field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(title)) => Some(title.as_str()),
+            Some(other) => {
+                return Err(format!(
+                    "`{title_field}` (the title) must be a string or null, got {other}"
+                ))
+            }
+        };
+        if prompt != PromptChoice::Inherit {
+            return Err(format!(
+                "`prompt_name` and a title (--title-column `{title_field}`) both choose the \
+                 prompt: give one"
+            ));
+        }
+        match (&content, title) {
+            (Content::Ids(_), Some(_)) => {
+                return Err("a title does not apply to `ids` (token ids are used as is)".into())
+            }
+            (Content::Ids(_), None) => {}
+            (Content::Text(_), title) => prompt = PromptChoice::Titled(titled_prompt(title)),
+        }
+    }
     if matches!(content, Content::Ids(_)) && matches!(prompt, PromptChoice::Named(_)) {
         return Err("`prompt_name` does not apply to `ids` (token ids are used as is)".into());
     }
@@ -574,7 +645,7 @@ mod tests {
     use super::*;
 
     fn read_all(path: &str, format: InputFormat, start: ReadPosition) -> Vec<(u64, usize, bool)> {
-        let mut reader = RecordReader::open(path, format, &CsvColumns::default(), start).unwrap();
+        let mut reader = RecordReader::open(path, format, &InputColumns::default(), start).unwrap();
         let mut docs = Vec::new();
         while let Some(d) = reader.next_document().unwrap() {
             docs.push((d.doc, d.line, d.record.is_ok()));
@@ -600,7 +671,7 @@ mod tests {
         let mut reader = RecordReader::open(
             path,
             InputFormat::Jsonl,
-            &CsvColumns::default(),
+            &InputColumns::default(),
             ReadPosition::default(),
         )
         .unwrap();
@@ -622,9 +693,10 @@ mod tests {
         )
         .unwrap();
         let path = path.to_str().unwrap();
-        let columns = CsvColumns {
+        let columns = InputColumns {
             text: "body".into(),
             id: Some("key".into()),
+            title: None,
         };
         let open = |start| RecordReader::open(path, InputFormat::Csv, &columns, start).unwrap();
         let mut reader = open(ReadPosition::default());
@@ -659,10 +731,7 @@ mod tests {
         let mut resumed = open(after_first.unwrap());
         let next = resumed.next_document().unwrap().unwrap();
         assert_eq!((next.doc, next.line), (1, 3));
-        let missing = CsvColumns {
-            text: "text".into(),
-            id: None,
-        };
+        let missing = InputColumns::default();
         let err = RecordReader::open(path, InputFormat::Csv, &missing, ReadPosition::default())
             .err()
             .unwrap()
@@ -678,7 +747,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        read_records(path.to_str().unwrap(), format, &CsvColumns::default())
+        read_records(path.to_str().unwrap(), format, &InputColumns::default())
     }
 
     fn jsonl(text: &str) -> Result<Vec<Record>> {
@@ -734,10 +803,11 @@ mod tests {
     #[test]
     fn bad_lines_are_named() {
         assert_eq!(line_error("{\"text\": \"a\"}\n{\"text\": 3}").0, 2);
-        assert!(line_error("{\"txt\": \"a\"}")
-            .1
-            .contains("unknown field `txt`"));
-        assert!(line_error("{\"id\": 1}").1.contains("missing `text`"));
+        let (_, message) = line_error("{\"txt\": \"a\", \"id\": 1}");
+        assert!(
+            message.contains("missing `text` (the text; --text-column names another field) or `ids`; the line has: id, txt"),
+            "{message}"
+        );
         assert!(line_error("{\"text\": \"a\", \"ids\": [1]}")
             .1
             .contains("not both"));
@@ -757,5 +827,147 @@ mod tests {
             err.to_string().contains("in.txt: line 2: not UTF-8"),
             "{err}"
         );
+    }
+
+    /// The records of JSON Lines `text` read with `columns`.
+    fn jsonl_with(text: &str, columns: &InputColumns) -> Vec<Result<Record>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let mut reader = RecordReader::open(
+            path.to_str().unwrap(),
+            InputFormat::Jsonl,
+            columns,
+            ReadPosition::default(),
+        )
+        .unwrap();
+        let mut records = Vec::new();
+        while let Some(d) = reader.next_document().unwrap() {
+            records.push(d.record);
+        }
+        records
+    }
+
+    #[test]
+    fn json_fields_are_chosen_and_others_ignored() {
+        // A BEIR corpus line: `_id`, `title`, `text` and `metadata`.
+        let beir =
+            "{\"_id\": \"doc7\", \"title\": \"Gemma\", \"text\": \"body\", \"metadata\": {}}\n";
+        let records = jsonl_with(beir, &InputColumns::default());
+        let record = records[0].as_ref().unwrap();
+        assert_eq!(record.content, Content::Text("body".into()));
+        // No `id` field: the line number.
+        assert_eq!(record.output_id(), Value::from(1));
+        assert_eq!(record.prompt, PromptChoice::Inherit);
+
+        let beir_columns = InputColumns {
+            text: "text".into(),
+            id: Some("_id".into()),
+            title: Some("title".into()),
+        };
+        let records = jsonl_with(
+            &format!(
+                "{beir}{{\"_id\": 8, \"title\": \"\", \"text\": \"b\"}}\n\
+                 {{\"_id\": \"d9\", \"text\": \"c\", \"title\": null}}\n\
+                 {{\"_id\": \"d10\", \"text\": \"d\"}}\n\
+                 {{\"ids\": [2, 1]}}\n"
+            ),
+            &beir_columns,
+        );
+        let records: Vec<Record> = records.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(records[0].output_id(), Value::from("doc7"));
+        assert_eq!(
+            records[0].prompt,
+            PromptChoice::Titled("title: Gemma | text: ".into())
+        );
+        assert_eq!(records[1].output_id(), Value::from(8));
+        // Empty, null and missing titles are `none`: the model's document prompt.
+        for untitled in &records[1..4] {
+            assert_eq!(
+                untitled.prompt,
+                PromptChoice::Titled("title: none | text: ".into())
+            );
+        }
+        // Token ids are used as is: a title column does not give them a prompt.
+        assert_eq!(records[4].prompt, PromptChoice::Inherit);
+
+        let other_text = InputColumns {
+            text: "contents".into(),
+            ..InputColumns::default()
+        };
+        let records = jsonl_with(
+            "{\"id\": \"a\", \"contents\": \"x\", \"text\": 5}\n",
+            &other_text,
+        );
+        assert_eq!(
+            records[0].as_ref().unwrap().content,
+            Content::Text("x".into())
+        );
+
+        let errors: Vec<String> = jsonl_with(
+            "{\"_id\": [1], \"text\": \"a\"}\n\
+             {\"text\": \"a\", \"title\": 3}\n\
+             {\"text\": \"a\", \"title\": \"t\", \"prompt_name\": \"query\"}\n\
+             {\"text\": \"a\", \"prompt_name\": null}\n\
+             {\"ids\": [2, 1], \"title\": \"t\"}\n",
+            &beir_columns,
+        )
+        .into_iter()
+        .map(|r| r.unwrap_err().to_string())
+        .collect();
+        let expected = [
+            "line 1: `_id` (the id) must be a string or a number, got [1]",
+            "line 2: `title` (the title) must be a string or null, got 3",
+            "line 3: `prompt_name` and a title (--title-column `title`) both choose the prompt",
+            "line 4: `prompt_name` and a title",
+            "line 5: a title does not apply to `ids`",
+        ];
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn csv_titles_and_where_titles_do_not_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, "heading,body\nGemma,one\n,two\n").unwrap();
+        let path = path.to_str().unwrap();
+        let titled = |title: &str| InputColumns {
+            text: "body".into(),
+            id: None,
+            title: Some(title.into()),
+        };
+        let records = read_records(path, InputFormat::Csv, &titled("heading")).unwrap();
+        let prompts: Vec<PromptChoice> = records.into_iter().map(|r| r.prompt).collect();
+        assert_eq!(
+            prompts,
+            [
+                PromptChoice::Titled("title: Gemma | text: ".into()),
+                PromptChoice::Titled("title: none | text: ".into())
+            ]
+        );
+        let err = read_records(path, InputFormat::Csv, &titled("name"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no column `name` (--title-column); the header has: heading, body"),
+            "{err}"
+        );
+        for format in [InputFormat::Text, InputFormat::Directory] {
+            let err = RecordReader::open(
+                dir.path().to_str().unwrap(),
+                format,
+                &titled("heading"),
+                ReadPosition::default(),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(
+                err.contains("--title-column needs JSON Lines, CSV or Parquet input"),
+                "{err}"
+            );
+        }
     }
 }
