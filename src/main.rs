@@ -271,10 +271,26 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, a cause left out where the message before it already says it
+/// (the library's errors write their I/O cause into their own message).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text += ": ";
+            }
+            text += &message;
+        }
+    }
+    text
 }
 
 /// Read the input and tokenize it: the records and their token ids, in order.

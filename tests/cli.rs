@@ -421,3 +421,25 @@ fn missing_model_is_one_clear_error() {
         "{message}"
     );
 }
+
+#[test]
+fn an_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let out = embed(
+        common::tiny_model_dir().to_str().unwrap(),
+        &missing,
+        &dir.path().join("out.npy"),
+        &["--backend", "cpu"],
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    let last = message.lines().last().unwrap();
+    assert_eq!(
+        last,
+        format!(
+            "error: {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+}
