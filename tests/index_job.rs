@@ -1018,3 +1018,121 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
     assert!(!dir.path().join("failed.jsonl.checkpoint").exists());
     assert!(!dir.path().join("failed.jsonl.partial").exists());
 }
+
+/// `bytes` gzip-compressed, as `parts` members one after the other (as `cat a.gz b.gz` makes).
+fn gzip(bytes: &[u8], parts: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for part in bytes.chunks(bytes.len().div_ceil(parts)) {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(part).unwrap();
+        out.extend(encoder.finish().unwrap());
+    }
+    out
+}
+
+#[test]
+fn gzip_inputs_embed_like_plain_ones_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = corpus(1500);
+    let plain = dir.path().join("in.jsonl");
+    write_jsonl(&plain, &texts);
+    let compressed = dir.path().join("in.jsonl.gz");
+    std::fs::write(&compressed, gzip(&std::fs::read(&plain).unwrap(), 3)).unwrap();
+
+    let whole = dir.path().join("whole.npy");
+    run_ok(&strs(&killable_embed(plain.to_str().unwrap(), &whole, &[])));
+    let killed = dir.path().join("killed.npy");
+    let checkpoint = dir.path().join("killed.npy.checkpoint");
+    let killed_args = killable_embed(compressed.to_str().unwrap(), &killed, &[]);
+    let killed_args = strs(&killed_args);
+    assert!(
+        kill_twice(&killed_args, &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    let out = run_ok(&killed_args);
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(&killed).unwrap(),
+        std::fs::read(&whole).unwrap(),
+        "the gzip input, killed and resumed, differs from the plain input's output"
+    );
+
+    // CSV and text lines compressed (named without .gz: the magic bytes tell), and stdin.
+    let csv: String = std::iter::once("id,text\n".to_string())
+        .chain(
+            texts[..40]
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("doc-{i},\"{t}\"\n")),
+        )
+        .collect();
+    let csv_gz = dir.path().join("in-csv");
+    std::fs::write(&csv_gz, gzip(csv.as_bytes(), 2)).unwrap();
+    let from_csv = dir.path().join("csv.npy");
+    run_ok(&[
+        "embed",
+        "--input",
+        csv_gz.to_str().unwrap(),
+        "--input-format",
+        "csv",
+        "--output",
+        from_csv.to_str().unwrap(),
+    ]);
+    let (rows, data) = read_npy_f32(&from_csv);
+    assert_eq!(rows, 40);
+    let reference = reference_rows(&texts[..40]);
+    let dim = reference[0].len();
+    for (i, want) in reference.iter().enumerate() {
+        assert_eq!(
+            &data[i * dim..(i + 1) * dim],
+            want.as_slice(),
+            "CSV row {i}"
+        );
+    }
+    let lines = texts[..40].join("\n") + "\n";
+    let from_stdin = dir.path().join("stdin.npy");
+    let mut child = gemma_embed(&[
+        "embed",
+        "--input",
+        "-",
+        "--input-format",
+        "text",
+        "--output",
+        from_stdin.to_str().unwrap(),
+    ])
+    .stdin(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&gzip(lines.as_bytes(), 1)).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(read_npy_f32(&from_stdin), (rows, data));
+
+    // A damaged file stops the job with its name and keeps the rows before the damage.
+    let mut damaged = gzip(&std::fs::read(&plain).unwrap(), 1);
+    let middle = damaged.len() / 2;
+    damaged.truncate(middle);
+    let damaged_path = dir.path().join("damaged.jsonl.gz");
+    std::fs::write(&damaged_path, damaged).unwrap();
+    let damaged_out = dir.path().join("damaged.npy");
+    let out = gemma_embed(&strs(&killable_embed(
+        damaged_path.to_str().unwrap(),
+        &damaged_out,
+        &[],
+    )))
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("damaged.jsonl.gz"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(checkpoint_rows(&dir.path().join("damaged.npy.checkpoint")).unwrap() > 0);
+}

@@ -223,6 +223,8 @@ struct Chunk {
     slots: Vec<Slot>,
     ticket: Option<Ticket>,
     end: ReadPosition,
+    /// [`RecordReader::progress`] at `end`.
+    progress: u64,
 }
 
 /// Run the job to its end (resuming if a checkpoint of the same parameters exists).
@@ -331,7 +333,7 @@ fn run_from(
             mode: options.progress,
             start: Instant::now(),
             last: Instant::now(),
-            start_offset: start_position.offset,
+            start_progress: reader.progress(),
             input_len,
             drawn: false,
         },
@@ -377,7 +379,7 @@ fn read_chunks(
 ) -> Result<()> {
     let mut slots = Vec::new();
     let mut inputs = Vec::new();
-    let send = |slots: Vec<Slot>, inputs: Vec<Input>, end: ReadPosition| -> Result<bool> {
+    let send = |slots: Vec<Slot>, inputs: Vec<Input>, reader: &RecordReader| -> Result<bool> {
         let ticket = if inputs.is_empty() {
             None
         } else {
@@ -390,7 +392,13 @@ fn read_chunks(
                 Admission::Wait,
             )?)
         };
-        Ok(chunks.send(Chunk { slots, ticket, end }).is_ok())
+        let chunk = Chunk {
+            slots,
+            ticket,
+            end: reader.position(),
+            progress: reader.progress(),
+        };
+        Ok(chunks.send(chunk).is_ok())
     };
     while let Some(document) = reader.next_document()? {
         if document.doc % options.shard.count != options.shard.index {
@@ -419,13 +427,13 @@ fn read_chunks(
             && !send(
                 std::mem::take(&mut slots),
                 std::mem::take(&mut inputs),
-                reader.position(),
+                reader,
             )?
         {
             return Ok(());
         }
     }
-    send(slots, inputs, reader.position())?;
+    send(slots, inputs, reader)?;
     Ok(())
 }
 
@@ -552,7 +560,7 @@ impl Writer<'_> {
             self.checkpoint(chunk.end)?;
         }
         self.progress
-            .update(&self.summary, self.output.rows(), chunk.end);
+            .update(&self.summary, self.output.rows(), chunk.progress);
         Ok(())
     }
 
@@ -611,13 +619,15 @@ struct Progress {
     mode: ProgressMode,
     start: Instant,
     last: Instant,
-    start_offset: u64,
+    /// Where the reader stood when this run started.
+    start_progress: u64,
     input_len: Option<u64>,
     drawn: bool,
 }
 
 impl Progress {
-    fn update(&mut self, summary: &JobSummary, rows: u64, position: ReadPosition) {
+    /// Show the rate and, with the input's extent, how far into it `progress` is.
+    fn update(&mut self, summary: &JobSummary, rows: u64, progress: u64) {
         let interval = match self.mode {
             ProgressMode::Off => return,
             ProgressMode::Bar => Duration::from_millis(200),
@@ -634,11 +644,11 @@ impl Progress {
             summary.tokens as f64 / seconds
         );
         if let Some(len) = self.input_len.filter(|&l| l > 0) {
-            let done = position.offset.saturating_sub(self.start_offset) as f64;
-            let left = len.saturating_sub(position.offset) as f64;
+            let done = progress.saturating_sub(self.start_progress) as f64;
+            let left = len.saturating_sub(progress) as f64;
             line += &format!(
                 ", {:.1}% of the input",
-                100.0 * position.offset as f64 / len as f64
+                100.0 * progress as f64 / len as f64
             );
             if done > 0.0 {
                 line += &format!(", ETA {}", clock(seconds * left / done));

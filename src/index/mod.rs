@@ -71,8 +71,9 @@ pub fn titled_prompt(title: Option<&str>) -> String {
 }
 
 impl InputFormat {
-    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV;
-    /// `.parquet` is Parquet; a directory is a directory of documents.
+    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV
+    /// (each also gzip-compressed, `.jsonl.gz`, ...); `.parquet` is Parquet; a directory is a
+    /// directory of documents.
     pub fn from_path(path: &str) -> Result<Self> {
         if path == "-" {
             return Ok(Self::Jsonl);
@@ -80,15 +81,19 @@ impl InputFormat {
         if Path::new(path).is_dir() {
             return Ok(Self::Directory);
         }
-        match Path::new(path).extension().and_then(|e| e.to_str()) {
-            Some("jsonl" | "json") => Ok(Self::Jsonl),
-            Some("txt") => Ok(Self::Text),
-            Some("csv") => Ok(Self::Csv),
-            Some("parquet") => Ok(Self::Parquet),
+        let gzip = path.strip_suffix(".gz");
+        let extension = Path::new(gzip.unwrap_or(path))
+            .extension()
+            .and_then(|e| e.to_str());
+        match (extension, gzip.is_some()) {
+            (Some("jsonl" | "json"), _) => Ok(Self::Jsonl),
+            (Some("txt"), _) => Ok(Self::Text),
+            (Some("csv"), _) => Ok(Self::Csv),
+            (Some("parquet"), false) => Ok(Self::Parquet),
             _ => Err(Error::File {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
-                          (.jsonl, .json, .txt, .csv or .parquet); pass \
+                          (.jsonl, .json, .txt, .csv, each perhaps .gz, or .parquet); pass \
                           --input-format jsonl|text|csv|parquet|dir"
                     .into(),
             }),
@@ -420,6 +425,21 @@ mod tests {
         );
         assert_eq!("parquet".parse(), Ok(InputFormat::Parquet));
         assert!(InputFormat::from_path("a.tsv").is_err());
+        assert_eq!(
+            InputFormat::from_path("c4-train.00000-of-01024.json.gz").unwrap(),
+            InputFormat::Jsonl
+        );
+        assert_eq!(
+            InputFormat::from_path("a.txt.gz").unwrap(),
+            InputFormat::Text
+        );
+        assert_eq!(
+            InputFormat::from_path("a.csv.gz").unwrap(),
+            InputFormat::Csv
+        );
+        // Parquet compresses its own pages.
+        assert!(InputFormat::from_path("a.parquet.gz").is_err());
+        assert!(InputFormat::from_path("a.gz").is_err());
         let dir = std::env::temp_dir();
         let dir = dir.to_str().unwrap();
         assert_eq!(InputFormat::from_path(dir).unwrap(), InputFormat::Directory);

@@ -1,10 +1,16 @@
 //! Streaming input: one record at a time with the byte offset (the row, for Parquet) after it,
-//! so a job can resume by seeking (never holding the corpus in memory).
+//! so a job can resume by seeking (never holding the corpus in memory). Gzip-compressed JSON
+//! Lines, text and CSV are decompressed as they are read; their offsets count decompressed
+//! bytes, and a resume decompresses up to its offset again.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use flate2::bufread::MultiGzDecoder;
 
 use serde_json::Value;
 
@@ -43,13 +49,117 @@ pub struct RecordReader {
     /// The fields of a JSON line (CSV and Parquet sources hold their columns' places).
     columns: InputColumns,
     position: ReadPosition,
+    /// A compressed file's bytes read so far (by the decompressor, a buffer ahead).
+    compressed_read: Option<Arc<AtomicU64>>,
     buf: Vec<u8>,
+}
+
+/// The bytes of an input file, decompressed when it is gzip.
+enum FileStream {
+    Plain(File),
+    /// Multi-member, as `cat a.gz b.gz > c.gz` makes.
+    Gzip(Box<MultiGzDecoder<BufReader<CountingReader>>>),
+}
+
+/// A file that counts the bytes read from it.
+struct CountingReader {
+    file: File,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Read for FileStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(file) => file.read(buf),
+            Self::Gzip(decoder) => decoder.read(buf),
+        }
+    }
+}
+
+/// Only a plain file seeks (a CSV reader resumes that way).
+impl Seek for FileStream {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Self::Plain(file) => file.seek(position),
+            Self::Gzip(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a gzip stream cannot seek",
+            )),
+        }
+    }
+}
+
+/// Gzip's first two bytes.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+impl FileStream {
+    /// `path` opened and, when it starts with gzip's magic bytes, decompressed; with the
+    /// count of compressed bytes read.
+    fn open(path: &str) -> Result<(Self, Option<Arc<AtomicU64>>)> {
+        let io_error = |source| Error::Io {
+            path: path.into(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io_error)?;
+        let mut magic = Vec::with_capacity(2);
+        (&mut file)
+            .take(2)
+            .read_to_end(&mut magic)
+            .map_err(io_error)?;
+        file.seek(SeekFrom::Start(0)).map_err(io_error)?;
+        if magic != GZIP_MAGIC {
+            return Ok((Self::Plain(file), None));
+        }
+        let read = Arc::new(AtomicU64::new(0));
+        let counting = CountingReader {
+            file,
+            read: Arc::clone(&read),
+        };
+        let decoder = MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counting));
+        Ok((Self::Gzip(Box::new(decoder)), Some(read)))
+    }
+
+    /// Go to decompressed byte `offset`: a seek in a plain file, decompressing up to it in a
+    /// compressed one.
+    fn skip_to(&mut self, offset: u64, path: &str) -> Result<()> {
+        let io_error = |source| Error::Io {
+            path: path.into(),
+            source,
+        };
+        match self {
+            Self::Plain(_) => {
+                self.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+            }
+            Self::Gzip(decoder) => {
+                let skipped = std::io::copy(&mut decoder.take(offset), &mut std::io::sink())
+                    .map_err(io_error)?;
+                if skipped < offset {
+                    return Err(Error::File {
+                        path: path.into(),
+                        message: format!(
+                            "cannot resume at byte {offset}: the decompressed input ends at \
+                             byte {skipped}"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 enum Source {
     Lines(Box<dyn BufRead + Send>),
     Csv {
-        reader: csv::Reader<File>,
+        reader: csv::Reader<FileStream>,
         record: csv::StringRecord,
         places: CsvPlaces,
     },
@@ -172,15 +282,17 @@ struct CsvPlaces {
     title: Option<usize>,
 }
 
-/// A CSV reader on `path` past its header, with the places of the columns.
-fn open_csv(path: &str, columns: &InputColumns) -> Result<(csv::Reader<File>, CsvPlaces)> {
+/// A CSV reader on `stream` (the file `path`) past its header, with the places of the columns.
+fn open_csv(
+    stream: FileStream,
+    path: &str,
+    columns: &InputColumns,
+) -> Result<(csv::Reader<FileStream>, CsvPlaces)> {
     let file_error = |message: String| Error::File {
         path: path.into(),
         message,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .from_path(path)
-        .map_err(|e| file_error(e.to_string()))?;
+    let mut reader = csv::ReaderBuilder::new().from_reader(stream);
     let headers = reader
         .headers()
         .map_err(|e| file_error(format!("CSV header: {e}")))?
@@ -207,6 +319,39 @@ fn open_csv(path: &str, columns: &InputColumns) -> Result<(csv::Reader<File>, Cs
             .transpose()?,
     };
     Ok((reader, places))
+}
+
+/// Move a CSV reader past its header to `start`: a seek in a plain file; in a compressed one,
+/// reading the records before it again.
+fn resume_csv(reader: &mut csv::Reader<FileStream>, path: &str, start: ReadPosition) -> Result<()> {
+    let resume_error = |message: String| Error::File {
+        path: path.into(),
+        message: format!("cannot resume at byte {}: {message}", start.offset),
+    };
+    if matches!(reader.get_ref(), FileStream::Plain(_)) {
+        let mut position = csv::Position::new();
+        position
+            .set_byte(start.offset)
+            .set_line(start.line as u64 + 1)
+            .set_record(start.docs + 1);
+        return reader
+            .seek(position)
+            .map_err(|e| resume_error(e.to_string()));
+    }
+    let mut record = csv::ByteRecord::new();
+    while reader.position().byte() < start.offset {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => return Err(resume_error("the decompressed input ends before it".into())),
+            // A bad row before the resume point was a bad document then: read on.
+            Err(e) if !matches!(e.kind(), csv::ErrorKind::Io(_)) => {}
+            Err(e) => return Err(resume_error(e.to_string())),
+        }
+    }
+    if reader.position().byte() != start.offset {
+        return Err(resume_error("no record starts there".into()));
+    }
+    Ok(())
 }
 
 impl RecordReader {
@@ -241,6 +386,7 @@ impl RecordReader {
                 format,
                 columns: columns.clone(),
                 position: start,
+                compressed_read: None,
                 buf: Vec::new(),
             });
         }
@@ -251,17 +397,10 @@ impl RecordReader {
                     message: "CSV input must be a file".into(),
                 });
             }
-            let (mut reader, places) = open_csv(path, columns)?;
+            let (stream, compressed_read) = FileStream::open(path)?;
+            let (mut reader, places) = open_csv(stream, path, columns)?;
             if start.offset > 0 {
-                let mut position = csv::Position::new();
-                position
-                    .set_byte(start.offset)
-                    .set_line(start.line as u64 + 1)
-                    .set_record(start.docs + 1);
-                reader.seek(position).map_err(|e| Error::File {
-                    path: path.into(),
-                    message: format!("cannot resume at byte {}: {e}", start.offset),
-                })?;
+                resume_csv(&mut reader, path, start)?;
             }
             return Ok(Self {
                 source: Source::Csv {
@@ -273,25 +412,35 @@ impl RecordReader {
                 format,
                 columns: columns.clone(),
                 position: start,
+                compressed_read,
                 buf: Vec::new(),
             });
         }
-        let input: Box<dyn BufRead + Send> = if path == "-" {
+        let (input, compressed_read): (Box<dyn BufRead + Send>, _) = if path == "-" {
             if start.offset != 0 {
                 return Err(Error::File {
                     path: name.into(),
                     message: "standard input cannot be resumed: give a file".into(),
                 });
             }
-            Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
-        } else {
-            let io_error = |source| Error::Io {
-                path: path.into(),
+            let mut stdin = BufReader::with_capacity(1 << 20, std::io::stdin());
+            let starts = stdin.fill_buf().map_err(|source| Error::Io {
+                path: name.clone().into(),
                 source,
-            };
-            let mut file = File::open(path).map_err(io_error)?;
-            file.seek(SeekFrom::Start(start.offset)).map_err(io_error)?;
-            Box::new(BufReader::with_capacity(1 << 20, file))
+            })?;
+            if starts.starts_with(&GZIP_MAGIC) {
+                let decoder = MultiGzDecoder::new(stdin);
+                (Box::new(BufReader::with_capacity(1 << 20, decoder)), None)
+            } else {
+                (Box::new(stdin), None)
+            }
+        } else {
+            let (mut stream, compressed_read) = FileStream::open(path)?;
+            stream.skip_to(start.offset, path)?;
+            (
+                Box::new(BufReader::with_capacity(1 << 20, stream)),
+                compressed_read,
+            )
         };
         Ok(Self {
             source: Source::Lines(input),
@@ -299,6 +448,7 @@ impl RecordReader {
             format,
             columns: columns.clone(),
             position: start,
+            compressed_read,
             buf: Vec::new(),
         })
     }
@@ -322,6 +472,7 @@ impl RecordReader {
             format: InputFormat::Directory,
             columns: InputColumns::default(),
             position: start,
+            compressed_read: None,
             buf: Vec::new(),
         })
     }
@@ -331,8 +482,16 @@ impl RecordReader {
         self.position
     }
 
-    /// Where [`ReadPosition::offset`] ends: the file's length, or its rows for Parquet;
-    /// `None` for stdin.
+    /// How far into [`Self::extent`] the reader is: the position's offset, but the compressed
+    /// bytes read in a compressed file.
+    pub fn progress(&self) -> u64 {
+        self.compressed_read
+            .as_ref()
+            .map_or(self.position.offset, |read| read.load(Ordering::Relaxed))
+    }
+
+    /// Where [`Self::progress`] ends: the file's length, or its rows for Parquet; `None` for
+    /// stdin.
     pub fn extent(&self, path: &str) -> Option<u64> {
         match &self.source {
             Source::Parquet(input) => Some(input.total_rows()),
@@ -966,6 +1125,99 @@ mod tests {
             .to_string();
             assert!(
                 err.contains("--title-column needs JSON Lines, CSV or Parquet input"),
+                "{err}"
+            );
+        }
+    }
+
+    /// Every document of `path` from `start` as (doc, line, record or error), with the
+    /// position after each.
+    fn documents_from(
+        path: &str,
+        format: InputFormat,
+        start: ReadPosition,
+    ) -> Vec<((u64, usize, String), ReadPosition)> {
+        let columns = InputColumns {
+            id: Some("key".into()),
+            ..InputColumns::default()
+        };
+        let mut reader = RecordReader::open(path, format, &columns, start).unwrap();
+        let mut docs = Vec::new();
+        while let Some(d) = reader.next_document().unwrap() {
+            let summary = match d.record {
+                Ok(r) => format!("{:?} {:?}", r.id, r.content),
+                Err(e) => e.to_string(),
+            };
+            docs.push(((d.doc, d.line, summary), reader.position()));
+        }
+        docs
+    }
+
+    #[test]
+    fn gzip_inputs_read_and_resume_as_plain_ones() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = "{\"text\": \"a\", \"key\": 1}\n\n{\"text\": 1}\r\n{\"text\": \"c\"}\n{\"text\": \"d\"}";
+        let csv = "key,text\nk1,plain\nk2,\"two\nlines\"\nk3\nk4,last\n";
+        for (format, content) in [(InputFormat::Jsonl, jsonl), (InputFormat::Csv, csv)] {
+            let plain = dir.path().join("plain");
+            std::fs::write(&plain, content).unwrap();
+            // Two gzip members, split inside a record.
+            let compressed = dir.path().join("compressed");
+            let mut bytes = Vec::new();
+            for part in [&content[..20], &content[20..]] {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                encoder.write_all(part.as_bytes()).unwrap();
+                bytes.extend(encoder.finish().unwrap());
+            }
+            std::fs::write(&compressed, &bytes).unwrap();
+            let (plain, compressed) = (plain.to_str().unwrap(), compressed.to_str().unwrap());
+
+            let all = documents_from(plain, format, ReadPosition::default());
+            let rename = |docs: Vec<((u64, usize, String), ReadPosition)>| -> Vec<_> {
+                docs.into_iter()
+                    .map(|((doc, line, s), end)| {
+                        ((doc, line, s.replace("compressed", "plain")), end)
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                rename(documents_from(compressed, format, ReadPosition::default())),
+                all,
+                "{format:?}"
+            );
+            assert!(
+                all.iter().any(|d| d.0 .2.contains("line")),
+                "a bad document"
+            );
+            // Resumed after every document: the rest, as from the start.
+            for (i, (_, end)) in all.iter().enumerate() {
+                let rest = rename(documents_from(compressed, format, *end));
+                assert_eq!(rest, all[i + 1..], "{format:?} after document {i}");
+            }
+            // Progress is in compressed bytes and ends at the file's length.
+            let mut reader = RecordReader::open(
+                compressed,
+                format,
+                &InputColumns::default(),
+                ReadPosition::default(),
+            )
+            .unwrap();
+            while reader.next_document().unwrap().is_some() {}
+            assert_eq!(reader.progress(), bytes.len() as u64);
+            assert_eq!(reader.extent(compressed), Some(bytes.len() as u64));
+            let past_the_end = ReadPosition {
+                offset: content.len() as u64 + 1,
+                ..ReadPosition::default()
+            };
+            let err =
+                RecordReader::open(compressed, format, &InputColumns::default(), past_the_end)
+                    .err()
+                    .unwrap()
+                    .to_string();
+            assert!(
+                err.contains(&format!("cannot resume at byte {}", content.len() + 1)),
                 "{err}"
             );
         }
