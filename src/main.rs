@@ -68,11 +68,11 @@ struct InputArgs {
     /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`; other fields ignored), plain
     /// text (one document per line), CSV with a header or Parquet (`--text-column`,
     /// `--id-column`), or a directory (every file below it one document, id its relative path);
-    /// `-` is stdin.
+    /// `-` is stdin. JSON Lines, text and CSV may be gzip- or zstd-compressed.
     #[arg(long)]
     input: String,
     /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv,
-    /// .parquet: parquet; `-`: jsonl; a directory: dir).
+    /// each perhaps with .gz or .zst after it; .parquet: parquet; `-`: jsonl; a directory: dir).
     #[arg(long)]
     input_format: Option<InputFormat>,
     /// Named prompt from the model (`query`, `document`, `STS`, ...) for lines without

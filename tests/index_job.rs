@@ -1032,7 +1032,7 @@ fn gzip(bytes: &[u8], parts: usize) -> Vec<u8> {
 }
 
 #[test]
-fn gzip_inputs_embed_like_plain_ones_and_resume() {
+fn compressed_inputs_embed_like_plain_ones_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let texts = corpus(1500);
     let plain = dir.path().join("in.jsonl");
@@ -1058,7 +1058,8 @@ fn gzip_inputs_embed_like_plain_ones_and_resume() {
         "the gzip input, killed and resumed, differs from the plain input's output"
     );
 
-    // CSV and text lines compressed (named without .gz: the magic bytes tell), and stdin.
+    // CSV compressed (named without .gz: the magic bytes tell), and text lines through stdin,
+    // gzip and zstd.
     let csv: String = std::iter::once("id,text\n".to_string())
         .chain(
             texts[..40]
@@ -1091,28 +1092,34 @@ fn gzip_inputs_embed_like_plain_ones_and_resume() {
         );
     }
     let lines = texts[..40].join("\n") + "\n";
-    let from_stdin = dir.path().join("stdin.npy");
-    let mut child = gemma_embed(&[
-        "embed",
-        "--input",
-        "-",
-        "--input-format",
-        "text",
-        "--output",
-        from_stdin.to_str().unwrap(),
-    ])
-    .stdin(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(&gzip(lines.as_bytes(), 1)).unwrap();
+    let zstd = ruzstd::encoding::compress_to_vec(
+        lines.as_bytes(),
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    for compressed in [gzip(lines.as_bytes(), 1), zstd] {
+        let from_stdin = dir.path().join("stdin.npy");
+        let mut child = gemma_embed(&[
+            "embed",
+            "--input",
+            "-",
+            "--input-format",
+            "text",
+            "--output",
+            from_stdin.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&compressed).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert_eq!(read_npy_f32(&from_stdin), (rows, data.clone()));
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(read_npy_f32(&from_stdin), (rows, data));
 
     // A damaged file stops the job with its name and keeps the rows before the damage.
     let mut damaged = gzip(&std::fs::read(&plain).unwrap(), 1);

@@ -72,8 +72,8 @@ pub fn titled_prompt(title: Option<&str>) -> String {
 
 impl InputFormat {
     /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV
-    /// (each also gzip-compressed, `.jsonl.gz`, ...); `.parquet` is Parquet; a directory is a
-    /// directory of documents.
+    /// (each also compressed: `.jsonl.gz`, `.jsonl.zst`, ...); `.parquet` is Parquet; a
+    /// directory is a directory of documents.
     pub fn from_path(path: &str) -> Result<Self> {
         if path == "-" {
             return Ok(Self::Jsonl);
@@ -81,11 +81,13 @@ impl InputFormat {
         if Path::new(path).is_dir() {
             return Ok(Self::Directory);
         }
-        let gzip = path.strip_suffix(".gz");
-        let extension = Path::new(gzip.unwrap_or(path))
+        let compressed = path
+            .strip_suffix(".gz")
+            .or_else(|| path.strip_suffix(".zst"));
+        let extension = Path::new(compressed.unwrap_or(path))
             .extension()
             .and_then(|e| e.to_str());
-        match (extension, gzip.is_some()) {
+        match (extension, compressed.is_some()) {
             (Some("jsonl" | "json"), _) => Ok(Self::Jsonl),
             (Some("txt"), _) => Ok(Self::Text),
             (Some("csv"), _) => Ok(Self::Csv),
@@ -93,7 +95,7 @@ impl InputFormat {
             _ => Err(Error::File {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
-                          (.jsonl, .json, .txt, .csv, each perhaps .gz, or .parquet); pass \
+                          (.jsonl, .json, .txt, .csv, each perhaps .gz or .zst, or .parquet); pass \
                           --input-format jsonl|text|csv|parquet|dir"
                     .into(),
             }),
@@ -436,6 +438,10 @@ mod tests {
         assert_eq!(
             InputFormat::from_path("a.csv.gz").unwrap(),
             InputFormat::Csv
+        );
+        assert_eq!(
+            InputFormat::from_path("00.jsonl.zst").unwrap(),
+            InputFormat::Jsonl
         );
         // Parquet compresses its own pages.
         assert!(InputFormat::from_path("a.parquet.gz").is_err());

@@ -1,7 +1,7 @@
 //! Streaming input: one record at a time with the byte offset (the row, for Parquet) after it,
-//! so a job can resume by seeking (never holding the corpus in memory). Gzip-compressed JSON
-//! Lines, text and CSV are decompressed as they are read; their offsets count decompressed
-//! bytes, and a resume decompresses up to its offset again.
+//! so a job can resume by seeking (never holding the corpus in memory). Gzip- or
+//! zstd-compressed JSON Lines, text and CSV are decompressed as they are read; their offsets
+//! count decompressed bytes, and a resume decompresses up to its offset again.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use flate2::bufread::MultiGzDecoder;
+use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
 use serde_json::Value;
 
@@ -54,11 +56,79 @@ pub struct RecordReader {
     buf: Vec<u8>,
 }
 
-/// The bytes of an input file, decompressed when it is gzip.
+/// The bytes of an input file, decompressed when it is gzip or zstd.
 enum FileStream {
     Plain(File),
     /// Multi-member, as `cat a.gz b.gz > c.gz` makes.
     Gzip(Box<MultiGzDecoder<BufReader<CountingReader>>>),
+    Zstd(Box<ZstdFrames<BufReader<CountingReader>>>),
+}
+
+/// A zstd stream of one or more frames (as `cat a.zst b.zst` or `pzstd` make; skippable frames
+/// passed over), decompressed, each frame's checksum checked.
+struct ZstdFrames<R> {
+    source: R,
+    frame: FrameDecoder,
+    /// Whether `frame` holds a frame still to be read out.
+    in_frame: bool,
+}
+
+impl<R: BufRead> ZstdFrames<R> {
+    fn new(source: R) -> Self {
+        Self {
+            source,
+            frame: FrameDecoder::new(),
+            in_frame: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.in_frame {
+                while self.frame.can_collect() == 0 && !self.frame.is_finished() {
+                    self.frame
+                        .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
+                        .map_err(std::io::Error::other)?;
+                }
+                let n = self.frame.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                if let (Some(stored), Some(computed)) = (
+                    self.frame.get_checksum_from_data(),
+                    self.frame.get_calculated_checksum(),
+                ) {
+                    if stored != computed {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "zstd frame checksum mismatch (the file is damaged)",
+                        ));
+                    }
+                }
+                self.in_frame = false;
+            }
+            if self.source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            match self.frame.init(&mut self.source) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let length = u64::from(length);
+                    let skipped =
+                        std::io::copy(&mut (&mut self.source).take(length), &mut std::io::sink())?;
+                    if skipped < length {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+    }
 }
 
 /// A file that counts the bytes read from it.
@@ -80,6 +150,7 @@ impl Read for FileStream {
         match self {
             Self::Plain(file) => file.read(buf),
             Self::Gzip(decoder) => decoder.read(buf),
+            Self::Zstd(decoder) => decoder.read(buf),
         }
     }
 }
@@ -89,9 +160,9 @@ impl Seek for FileStream {
     fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
         match self {
             Self::Plain(file) => file.seek(position),
-            Self::Gzip(_) => Err(std::io::Error::new(
+            Self::Gzip(_) | Self::Zstd(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "a gzip stream cannot seek",
+                "a compressed stream cannot seek",
             )),
         }
     }
@@ -99,23 +170,26 @@ impl Seek for FileStream {
 
 /// Gzip's first two bytes.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// A zstd frame's first four bytes.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl FileStream {
-    /// `path` opened and, when it starts with gzip's magic bytes, decompressed; with the
-    /// count of compressed bytes read.
+    /// `path` opened and, when it starts with gzip's or zstd's magic bytes, decompressed; with
+    /// the count of compressed bytes read.
     fn open(path: &str) -> Result<(Self, Option<Arc<AtomicU64>>)> {
         let io_error = |source| Error::Io {
             path: path.into(),
             source,
         };
         let mut file = File::open(path).map_err(io_error)?;
-        let mut magic = Vec::with_capacity(2);
+        let mut magic = Vec::with_capacity(4);
         (&mut file)
-            .take(2)
+            .take(4)
             .read_to_end(&mut magic)
             .map_err(io_error)?;
         file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        if magic != GZIP_MAGIC {
+        let (gzip, zstd) = (magic.starts_with(&GZIP_MAGIC), magic == ZSTD_MAGIC);
+        if !gzip && !zstd {
             return Ok((Self::Plain(file), None));
         }
         let read = Arc::new(AtomicU64::new(0));
@@ -123,8 +197,13 @@ impl FileStream {
             file,
             read: Arc::clone(&read),
         };
-        let decoder = MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counting));
-        Ok((Self::Gzip(Box::new(decoder)), Some(read)))
+        let source = BufReader::with_capacity(1 << 16, counting);
+        let stream = if gzip {
+            Self::Gzip(Box::new(MultiGzDecoder::new(source)))
+        } else {
+            Self::Zstd(Box::new(ZstdFrames::new(source)))
+        };
+        Ok((stream, Some(read)))
     }
 
     /// Go to decompressed byte `offset`: a seek in a plain file, decompressing up to it in a
@@ -138,8 +217,8 @@ impl FileStream {
             Self::Plain(_) => {
                 self.seek(SeekFrom::Start(offset)).map_err(io_error)?;
             }
-            Self::Gzip(decoder) => {
-                let skipped = std::io::copy(&mut decoder.take(offset), &mut std::io::sink())
+            Self::Gzip(_) | Self::Zstd(_) => {
+                let skipped = std::io::copy(&mut self.take(offset), &mut std::io::sink())
                     .map_err(io_error)?;
                 if skipped < offset {
                     return Err(Error::File {
@@ -430,6 +509,9 @@ impl RecordReader {
             })?;
             if starts.starts_with(&GZIP_MAGIC) {
                 let decoder = MultiGzDecoder::new(stdin);
+                (Box::new(BufReader::with_capacity(1 << 20, decoder)), None)
+            } else if starts.starts_with(&ZSTD_MAGIC) {
+                let decoder = ZstdFrames::new(stdin);
                 (Box::new(BufReader::with_capacity(1 << 20, decoder)), None)
             } else {
                 (Box::new(stdin), None)
@@ -1153,24 +1235,47 @@ mod tests {
         docs
     }
 
-    #[test]
-    fn gzip_inputs_read_and_resume_as_plain_ones() {
+    /// `content` compressed as two gzip members, or as two zstd frames with a skippable frame
+    /// between them, split inside a record.
+    fn compressed_in_two(content: &str, zstd: bool) -> Vec<u8> {
         use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let jsonl = "{\"text\": \"a\", \"key\": 1}\n\n{\"text\": 1}\r\n{\"text\": \"c\"}\n{\"text\": \"d\"}";
-        let csv = "key,text\nk1,plain\nk2,\"two\nlines\"\nk3\nk4,last\n";
-        for (format, content) in [(InputFormat::Jsonl, jsonl), (InputFormat::Csv, csv)] {
-            let plain = dir.path().join("plain");
-            std::fs::write(&plain, content).unwrap();
-            // Two gzip members, split inside a record.
-            let compressed = dir.path().join("compressed");
-            let mut bytes = Vec::new();
-            for part in [&content[..20], &content[20..]] {
+        let mut bytes = Vec::new();
+        for (i, part) in [&content[..20], &content[20..]].into_iter().enumerate() {
+            if zstd {
+                if i == 1 {
+                    // Magic 0x184D2A5?, length 3, payload.
+                    bytes.extend([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+                }
+                bytes.extend(ruzstd::encoding::compress_to_vec(
+                    part.as_bytes(),
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                ));
+            } else {
                 let mut encoder =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 encoder.write_all(part.as_bytes()).unwrap();
                 bytes.extend(encoder.finish().unwrap());
             }
+        }
+        bytes
+    }
+
+    #[test]
+    fn compressed_inputs_read_and_resume_as_plain_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = "{\"text\": \"a\", \"key\": 1}\n\n{\"text\": 1}\r\n{\"text\": \"c\"}\n{\"text\": \"d\"}";
+        let csv = "key,text\nk1,plain\nk2,\"two\nlines\"\nk3\nk4,last\n";
+        let cases = [
+            (InputFormat::Jsonl, jsonl, false),
+            (InputFormat::Csv, csv, false),
+            (InputFormat::Jsonl, jsonl, true),
+            (InputFormat::Csv, csv, true),
+        ];
+        for (format, content, zstd) in cases {
+            let plain = dir.path().join("plain");
+            std::fs::write(&plain, content).unwrap();
+            let compressed = dir.path().join("compressed");
+            let bytes = compressed_in_two(content, zstd);
             std::fs::write(&compressed, &bytes).unwrap();
             let (plain, compressed) = (plain.to_str().unwrap(), compressed.to_str().unwrap());
 
@@ -1185,7 +1290,7 @@ mod tests {
             assert_eq!(
                 rename(documents_from(compressed, format, ReadPosition::default())),
                 all,
-                "{format:?}"
+                "{format:?} (zstd {zstd})"
             );
             assert!(
                 all.iter().any(|d| d.0 .2.contains("line")),
@@ -1194,7 +1299,11 @@ mod tests {
             // Resumed after every document: the rest, as from the start.
             for (i, (_, end)) in all.iter().enumerate() {
                 let rest = rename(documents_from(compressed, format, *end));
-                assert_eq!(rest, all[i + 1..], "{format:?} after document {i}");
+                assert_eq!(
+                    rest,
+                    all[i + 1..],
+                    "{format:?} (zstd {zstd}) after document {i}"
+                );
             }
             // Progress is in compressed bytes and ends at the file's length.
             let mut reader = RecordReader::open(
