@@ -66,6 +66,13 @@ impl Default for Shard {
     }
 }
 
+impl Shard {
+    /// Whether the document with 0-based index `doc` belongs to this shard.
+    pub fn holds(self, doc: u64) -> bool {
+        doc % self.count == self.index
+    }
+}
+
 impl FromStr for Shard {
     type Err = String;
 
@@ -400,10 +407,8 @@ fn read_chunks(
         };
         Ok(chunks.send(chunk).is_ok())
     };
+    reader.keep_only(options.shard);
     while let Some(document) = reader.next_document()? {
-        if document.doc % options.shard.count != options.shard.index {
-            continue;
-        }
         let (line, doc, known_id) = (document.line, document.doc, document.known_id);
         match document
             .record

@@ -16,6 +16,7 @@ use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
 use serde_json::Value;
 
+use super::job::Shard;
 use super::parquet_input::ParquetInput;
 use super::{source_name, titled_prompt, Content, InputColumns, InputFormat, PromptChoice, Record};
 use crate::{Error, Result};
@@ -53,6 +54,8 @@ pub struct RecordReader {
     position: ReadPosition,
     /// A compressed file's bytes read so far (by the decompressor, a buffer ahead).
     compressed_read: Option<Arc<AtomicU64>>,
+    /// The documents returned; the others are passed over (not parsed, a file not read).
+    shard: Shard,
     buf: Vec<u8>,
 }
 
@@ -466,6 +469,7 @@ impl RecordReader {
                 columns: columns.clone(),
                 position: start,
                 compressed_read: None,
+                shard: Shard::default(),
                 buf: Vec::new(),
             });
         }
@@ -492,6 +496,7 @@ impl RecordReader {
                 columns: columns.clone(),
                 position: start,
                 compressed_read,
+                shard: Shard::default(),
                 buf: Vec::new(),
             });
         }
@@ -531,6 +536,7 @@ impl RecordReader {
             columns: columns.clone(),
             position: start,
             compressed_read,
+            shard: Shard::default(),
             buf: Vec::new(),
         })
     }
@@ -555,8 +561,15 @@ impl RecordReader {
             columns: InputColumns::default(),
             position: start,
             compressed_read: None,
+            shard: Shard::default(),
             buf: Vec::new(),
         })
+    }
+
+    /// Return only `shard`'s documents from now on (their indices, lines and the position
+    /// still count every document).
+    pub fn keep_only(&mut self, shard: Shard) {
+        self.shard = shard;
     }
 
     /// Where the next document starts.
@@ -586,8 +599,16 @@ impl RecordReader {
     pub fn next_document(&mut self) -> Result<Option<Document>> {
         let input = match &mut self.source {
             Source::Lines(input) => input,
-            Source::Csv { .. } => return self.next_csv_document(),
-            Source::Parquet(_) => return self.next_parquet_document(),
+            Source::Csv { .. } | Source::Parquet(_) => loop {
+                let document = match self.source {
+                    Source::Csv { .. } => self.next_csv_document()?,
+                    _ => self.next_parquet_document()?,
+                };
+                match document {
+                    Some(document) if !self.shard.holds(document.doc) => continue,
+                    document => return Ok(document),
+                }
+            },
             Source::Directory { .. } => return self.next_directory_document(),
         };
         loop {
@@ -611,34 +632,27 @@ impl RecordReader {
                 line,
                 message,
             };
-            let record = match std::str::from_utf8(raw) {
-                Err(e) => Err(error(format!("not UTF-8 ({e})"))),
-                Ok(text) => match self.format {
-                    // (CSV, Parquet and directories have sources of their own.)
-                    InputFormat::Jsonl
-                    | InputFormat::Csv
-                    | InputFormat::Parquet
-                    | InputFormat::Directory
-                        if text.trim().is_empty() =>
-                    {
-                        continue
-                    }
-                    InputFormat::Jsonl
-                    | InputFormat::Csv
-                    | InputFormat::Parquet
-                    | InputFormat::Directory => {
-                        parse_json_line(line, text, &self.columns).map_err(error)
-                    }
-                    InputFormat::Text => Ok(Record {
-                        line,
-                        id: None,
-                        content: Content::Text(text.to_string()),
-                        prompt: PromptChoice::Inherit,
-                    }),
-                },
-            };
+            let text = std::str::from_utf8(raw);
+            // A blank JSON line is no document (CSV, Parquet and directories have sources of
+            // their own).
+            if self.format != InputFormat::Text && text.is_ok_and(|t| t.trim().is_empty()) {
+                continue;
+            }
             let doc = self.position.docs;
             self.position.docs += 1;
+            if !self.shard.holds(doc) {
+                continue;
+            }
+            let record = match text {
+                Err(e) => Err(error(format!("not UTF-8 ({e})"))),
+                Ok(text) if self.format == InputFormat::Text => Ok(Record {
+                    line,
+                    id: None,
+                    content: Content::Text(text.to_string()),
+                    prompt: PromptChoice::Inherit,
+                }),
+                Ok(text) => parse_json_line(line, text, &self.columns).map_err(error),
+            };
             return Ok(Some(Document {
                 doc,
                 known_id: None,
@@ -654,7 +668,11 @@ impl RecordReader {
         let Source::Directory { root, files } = &self.source else {
             return Ok(None);
         };
-        let doc = self.position.docs;
+        // Other shards' files are passed over unread.
+        let mut doc = self.position.docs;
+        while !self.shard.holds(doc) && (doc as usize) < files.len() {
+            doc += 1;
+        }
         let Some(file) = files.get(doc as usize) else {
             return Ok(None);
         };
@@ -1329,6 +1347,60 @@ mod tests {
                 err.contains(&format!("cannot resume at byte {}", content.len() + 1)),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_shard_keeps_every_nth_document_of_every_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("in.jsonl");
+        std::fs::write(
+            &jsonl,
+            b"{\"text\": \"a\"}\n\n{\"text\": 1}\n\xff\n{\"text\": \"c\"}\n{\"text\": \"d\"}\n{\"text\": \"e\"}\n",
+        )
+        .unwrap();
+        let txt = dir.path().join("in.txt");
+        std::fs::write(&txt, "a\n\nb\nc\nd\n").unwrap();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(&csv, "text\na\nb\nc\nd\ne\n").unwrap();
+        let docs = dir.path().join("docs");
+        for name in ["a", "b", "c", "d/e", "d/f"] {
+            std::fs::create_dir_all(docs.join(name).parent().unwrap()).unwrap();
+            std::fs::write(docs.join(name), name).unwrap();
+        }
+        let inputs = [
+            (jsonl, InputFormat::Jsonl),
+            (txt, InputFormat::Text),
+            (csv, InputFormat::Csv),
+            (docs, InputFormat::Directory),
+        ];
+        for (path, format) in inputs {
+            let path = path.to_str().unwrap();
+            let summaries = |shard: Shard| {
+                let mut reader = RecordReader::open(
+                    path,
+                    format,
+                    &InputColumns::default(),
+                    ReadPosition::default(),
+                )
+                .unwrap();
+                reader.keep_only(shard);
+                let mut seen = Vec::new();
+                while let Some(d) = reader.next_document().unwrap() {
+                    let record = d.record.map_err(|e| e.to_string());
+                    seen.push((d.doc, d.line, format!("{record:?}")));
+                }
+                seen
+            };
+            let all = summaries(Shard::default());
+            assert!(all.len() >= 5, "{format:?}: {all:?}");
+            for count in 1..=3 {
+                for index in 0..count {
+                    let shard = Shard { index, count };
+                    let want: Vec<_> = all.iter().filter(|d| shard.holds(d.0)).cloned().collect();
+                    assert_eq!(summaries(shard), want, "{format:?} {index}/{count}");
+                }
+            }
         }
     }
 }
