@@ -26,6 +26,22 @@ pub enum Truncation {
     Refuse,
 }
 
+/// The most of a text the tokenizer sees when it truncates on the right: 1 MiB, the start of
+/// the text cut after a whole character. The model keeps 2048 tokens, and this vocabulary's
+/// longest token is 93 bytes, so the tokens kept are those of the whole text while a huge text
+/// (a stray multi-megabyte line of a crawl) costs no more tokenizer memory than this.
+pub const TRUNCATED_TEXT_BYTES: usize = 1 << 20;
+
+/// What of `text` the tokenizer sees: its first [`TRUNCATED_TEXT_BYTES`] under right
+/// truncation; all of it under left truncation (the tokens at the end can depend on where the
+/// text starts) and when truncation is off (the error names the whole text's length).
+fn text_to_tokenize(text: &str, truncation: Truncation) -> &str {
+    match truncation {
+        Truncation::Truncate => &text[..text.floor_char_boundary(TRUNCATED_TEXT_BYTES)],
+        Truncation::TruncateLeft | Truncation::Refuse => text,
+    }
+}
+
 /// The prompt of texts that name none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DefaultPrompt {
@@ -210,6 +226,7 @@ impl Tokenizer {
             index,
             message: format!("tokenizer: {e}"),
         };
+        let text = text_to_tokenize(text, truncation);
         let mut encoding = self
             .inner
             .encode_fast(text, false)
@@ -343,5 +360,33 @@ impl Tokenizer {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_right_truncation_cuts_the_text_after_a_whole_character() {
+        let short = "a short text";
+        for truncation in [
+            Truncation::Truncate,
+            Truncation::TruncateLeft,
+            Truncation::Refuse,
+        ] {
+            assert_eq!(text_to_tokenize(short, truncation), short);
+        }
+        // `é` is two bytes, so a character straddles the limit.
+        let long = "é".repeat(TRUNCATED_TEXT_BYTES / 2) + "x" + &"é".repeat(10);
+        let seen = text_to_tokenize(&long, Truncation::Truncate);
+        assert_eq!(seen.len(), TRUNCATED_TEXT_BYTES);
+        assert!(long.starts_with(seen));
+        let straddling = "x".to_string() + &long;
+        let seen = text_to_tokenize(&straddling, Truncation::Truncate);
+        assert_eq!(seen.len(), TRUNCATED_TEXT_BYTES - 1);
+        assert!(straddling.starts_with(seen));
+        assert_eq!(text_to_tokenize(&long, Truncation::TruncateLeft), long);
+        assert_eq!(text_to_tokenize(&long, Truncation::Refuse), long);
     }
 }

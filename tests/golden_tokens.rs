@@ -166,3 +166,59 @@ fn decoding_the_golden_ids_gives_back_the_texts() {
     assert!(matches!(err, Error::Input { index: 3, .. }), "{err}");
     assert!(err.to_string().contains("token 1: id 262145"), "{err}");
 }
+
+/// Right truncation tokenizes only the first `TRUNCATED_TEXT_BYTES` of a text: the 2046 tokens
+/// kept must be those of the whole text, checked against the `tokenizers` library on whole
+/// texts of 1.5 MiB, natural and pathological (runs of one character, whose merges pair up from
+/// one end; spaces, which become `▁` runs; scripts without spaces; a 93-byte vocabulary token
+/// repeated).
+#[test]
+fn truncation_sees_the_first_mib_and_keeps_the_whole_texts_tokens() {
+    let Some(tokenizer) = tokenizer() else {
+        return;
+    };
+    let dir = common::real_model_dir().unwrap();
+    let whole_text_tokenizer =
+        tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let longest_token = {
+        let vocab = whole_text_tokenizer.get_vocab(false);
+        vocab.into_keys().max_by_key(|t| t.len()).unwrap()
+    };
+    assert_eq!(
+        longest_token.len(),
+        93,
+        "the bound in TRUNCATED_TEXT_BYTES's comment"
+    );
+    let golden = common::golden();
+    let natural: String = golden.cases.iter().map(|c| c.text.as_str()).collect();
+    let size = 3 * gemma_embed::tokenize::TRUNCATED_TEXT_BYTES / 2;
+    let repeat = |unit: &str| unit.repeat(size / unit.len() + 1);
+    let texts = [
+        repeat(&natural),
+        repeat("a"),
+        repeat("ab"),
+        repeat(" "),
+        repeat("= "),
+        repeat("嵌入"),
+        repeat(&longest_token),
+        // A run that the cut ends in the middle of.
+        "x ".repeat(1000) + &"z".repeat(size),
+    ];
+    let keep = tokenizer.max_seq_len() - tokenizer.added_tokens();
+    for text in &texts {
+        assert!(text.len() > gemma_embed::tokenize::TRUNCATED_TEXT_BYTES);
+        let ids = tokenizer
+            .encode(0, None, text, Truncation::Truncate)
+            .unwrap();
+        let whole = whole_text_tokenizer
+            .encode_fast(text.as_str(), false)
+            .unwrap();
+        assert!(whole.len() > keep);
+        assert_eq!(
+            ids[1..ids.len() - 1],
+            whole.get_ids()[..keep],
+            "text starting {:?}",
+            text.chars().take(20).collect::<String>()
+        );
+    }
+}

@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::job::Shard;
 use super::parquet_input::ParquetInput;
 use super::{source_name, titled_prompt, Content, InputColumns, InputFormat, PromptChoice, Record};
+use crate::tokenize::TRUNCATED_TEXT_BYTES;
 use crate::{Error, Result};
 
 /// Where a reader stands: the next byte to read, the last line read, documents seen so far.
@@ -253,10 +254,9 @@ enum Source {
     },
 }
 
-/// How much of a directory input's file is read: far more than the 2048 tokens the model keeps
-/// (tokens of this tokenizer are a few bytes; tokenizing a whole huge file would cost memory
-/// in proportion, for nothing).
-const DIRECTORY_FILE_PREFIX_BYTES: u64 = 1 << 20;
+/// How much of a directory input's file is read: what the tokenizer would see of it anyway
+/// (far more than the 2048 tokens the model keeps).
+const DIRECTORY_FILE_PREFIX_BYTES: u64 = TRUNCATED_TEXT_BYTES as u64;
 
 /// The text of the file at `path`, up to [`DIRECTORY_FILE_PREFIX_BYTES`] (cut after the last
 /// whole character), or why it cannot be read.
