@@ -37,7 +37,14 @@ pub const TRUNCATED_TEXT_BYTES: usize = 1 << 20;
 /// text starts) and when truncation is off (the error names the whole text's length).
 fn text_to_tokenize(text: &str, truncation: Truncation) -> &str {
     match truncation {
-        Truncation::Truncate => &text[..text.floor_char_boundary(TRUNCATED_TEXT_BYTES)],
+        Truncation::Truncate => {
+            // (`str::floor_char_boundary` is newer than this crate's rust-version.)
+            let mut end = TRUNCATED_TEXT_BYTES.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            &text[..end]
+        }
         Truncation::TruncateLeft | Truncation::Refuse => text,
     }
 }
