@@ -89,13 +89,14 @@ struct InputArgs {
     /// utf8_view).
     #[arg(long, default_value = "text")]
     text_column: String,
-    /// The column (JSON Lines: the field, default `id`) holding the id (Parquet: strings or
-    /// integers; default: the 1-based line number, in Parquet the row number).
+    /// The column (JSON Lines: the field, in every line; by default `id` where present) holding
+    /// the id (Parquet: strings or integers; default: the 1-based line number, in Parquet the row
+    /// number).
     #[arg(long)]
     id_column: Option<String>,
-    /// The column (JSON Lines: the field) holding a title: each document's prompt is then
-    /// EmbeddingGemma's document prompt with its title, `title: {title} | text: ` (`none` for a
-    /// missing, null or empty title). JSON Lines, CSV and Parquet input.
+    /// The column (JSON Lines: the field, in every line) holding a title: each document's prompt
+    /// is then EmbeddingGemma's document prompt with its title, `title: {title} | text: ` (`none`
+    /// for a null, empty or blank title). JSON Lines, CSV and Parquet input.
     #[arg(long, conflicts_with_all = ["prompt", "prompt_name"])]
     title_column: Option<String>,
 }
@@ -277,13 +278,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, a cause left out where the message before it already says it
-/// (the library's errors write their I/O cause into their own message).
+/// The error and its causes, a cause left out where the message before it already ends with
+/// it (the library's errors write their I/O cause into their own message).
 fn error_text(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
         let message = cause.to_string();
-        if !text.contains(&message) {
+        if !text.ends_with(&message) {
             if !text.is_empty() {
                 text += ": ";
             }

@@ -165,7 +165,7 @@ fn embed_writes_jsonl_and_npy_in_input_order() {
 }
 
 /// A BEIR-style corpus (`_id`, `title`, `text`, other fields): untitled documents (empty, null
-/// or missing title) get the document prompt, `title: none | text: `, and match
+/// or blank title) get the document prompt, `title: none | text: `, and match
 /// sentence-transformers' `encode_document`; a titled one is the text after
 /// `title: {title} | text: `, as the model card writes it.
 #[test]
@@ -186,9 +186,9 @@ fn titles_make_the_document_prompt() {
     let lines = [
         json!({"_id": "d0", "title": "", "text": docs[0].text, "metadata": {"source": "card"}}),
         json!({"_id": "d1", "title": null, "text": docs[1].text}),
-        json!({"_id": "d2", "text": docs[2].text}),
+        json!({"_id": "d2", "title": " ", "text": docs[2].text}),
         json!({"_id": "d3", "title": "Jupiter", "text": docs[2].text}),
-        json!({"_id": "d4", "text": format!("title: Jupiter | text: {}", docs[2].text), "prompt_name": null}),
+        json!({"_id": "d4", "title": null, "text": format!("title: Jupiter | text: {}", docs[2].text), "prompt_name": null}),
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&input, text).unwrap();

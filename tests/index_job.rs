@@ -1143,3 +1143,80 @@ fn compressed_inputs_embed_like_plain_ones_and_resume() {
     );
     assert!(checkpoint_rows(&dir.path().join("damaged.npy.checkpoint")).unwrap() > 0);
 }
+
+/// A JSON Lines job checkpointed before JSON fields could be named resumes only where the two
+/// readings agree: with `--on-error skip` its rejects could hold lines that are embedded now.
+/// And a title column has no place in a directory's files: refused before anything is done.
+#[test]
+fn checkpoints_and_columns_that_do_not_fit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &corpus(1500));
+    let input = input.to_str().unwrap();
+    let output = dir.path().join("out.npy");
+    let checkpoint = dir.path().join("out.npy.checkpoint");
+    let args = killable_embed(input, &output, &["--on-error", "skip"]);
+    let args = strs(&args);
+    assert!(
+        kill_twice(&args, &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    let mut stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    assert_eq!(
+        stored["params"]["json_fields"],
+        Value::from("named; other fields ignored")
+    );
+    // As an earlier build wrote it.
+    stored["params"]
+        .as_object_mut()
+        .unwrap()
+        .remove("json_fields");
+    std::fs::write(&checkpoint, stored.to_string()).unwrap();
+    let out = gemma_embed(&args).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("a checkpoint of another command")
+            && stderr_of(&out).contains("json_fields"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // Without rejects and with the default fields, nothing changed: an earlier checkpoint
+    // resumes.
+    std::fs::remove_file(&checkpoint).unwrap();
+    let args = killable_embed(input, &output, &[]);
+    let args = strs(&args);
+    assert!(
+        kill_twice(&args, &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    assert!(stored["params"].get("json_fields").is_none());
+    let out = run_ok(&args);
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+
+    let docs = dir.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(docs.join("a.txt"), "alpha").unwrap();
+    let titled = dir.path().join("titled.npy");
+    let out = gemma_embed(&[
+        "embed",
+        "--input",
+        docs.to_str().unwrap(),
+        "--output",
+        titled.to_str().unwrap(),
+        "--title-column",
+        "title",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("--title-column needs JSON Lines, CSV or Parquet input"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!titled.exists() && !dir.path().join("titled.npy.partial").exists());
+}

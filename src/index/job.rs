@@ -192,6 +192,16 @@ impl JobOptions {
         if let Some(title) = &self.columns.title {
             params["title_column"] = json!(title);
         }
+        // JSON lines used to ignore --text-column and --id-column and to reject lines with other
+        // fields. A checkpoint of such a job is refused where resuming would mix the two
+        // readings: with named fields, or with rejects (lines once rejected are now embedded).
+        // Otherwise the old job stopped at the first such line, before its checkpoint.
+        let named_fields = self.columns.text != "text" || self.columns.id.is_some();
+        if self.input_format == InputFormat::Jsonl
+            && (named_fields || self.on_error == OnError::Skip)
+        {
+            params["json_fields"] = json!("named; other fields ignored");
+        }
         Ok(params)
     }
 }
@@ -236,6 +246,9 @@ struct Chunk {
 
 /// Run the job to its end (resuming if a checkpoint of the same parameters exists).
 pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
+    options
+        .columns
+        .check_fit(&options.input, options.input_format)?;
     let checkpoint_path = options.checkpoint_path();
     let partial_path = options.partial_path();
     // A directory is listed once: the fingerprint and the reader see the same files.

@@ -62,6 +62,21 @@ impl Default for InputColumns {
     }
 }
 
+impl InputColumns {
+    /// Refuse columns the input format has no place for (a title beside a text line or file).
+    pub fn check_fit(&self, path: &str, format: InputFormat) -> Result<()> {
+        if self.title.is_some() && matches!(format, InputFormat::Text | InputFormat::Directory) {
+            return Err(Error::File {
+                path: source_name(path).into(),
+                message: "--title-column needs JSON Lines, CSV or Parquet input (a title field \
+                          or column beside the text)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// EmbeddingGemma's prompt for a document with a title, from its model card:
 /// `title: {title | "none"} | text: `, so that an untitled (null, empty or blank) document
 /// gets the model's `document` prompt, `title: none | text: `.

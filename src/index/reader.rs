@@ -60,13 +60,73 @@ pub struct RecordReader {
     buf: Vec<u8>,
 }
 
-/// The bytes of an input file, decompressed when it is gzip or zstd.
-enum FileStream {
-    Plain(File),
-    /// Multi-member, as `cat a.gz b.gz > c.gz` makes.
-    Gzip(Box<MultiGzDecoder<BufReader<CountingReader>>>),
-    Zstd(Box<ZstdFrames<BufReader<CountingReader>>>),
+/// What an input's first bytes say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
 }
+
+impl Compression {
+    /// Gzip's magic bytes; a zstd frame's, or a skippable frame's (`pzstd` writes one first).
+    fn of(start: &[u8]) -> Self {
+        match start {
+            [0x1f, 0x8b, ..] => Self::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
+            [first, 0x2a, 0x4d, 0x18, ..] if first & 0xf0 == 0x50 => Self::Zstd,
+            _ => Self::None,
+        }
+    }
+}
+
+/// An input's bytes, decompressed when they are gzip (multi-member, as `cat a.gz b.gz` makes)
+/// or zstd.
+enum Decompressed<R> {
+    Plain(R),
+    Gzip(Box<MultiGzDecoder<R>>),
+    Zstd(Box<ZstdFrames<R>>),
+}
+
+impl<R: BufRead> Decompressed<R> {
+    /// `source`, decompressed as its first bytes say (looked at without consuming them, so a
+    /// pipe works too).
+    fn new(mut source: R) -> std::io::Result<(Self, Compression)> {
+        let compression = Compression::of(source.fill_buf()?);
+        let stream = match compression {
+            Compression::None => Self::Plain(source),
+            Compression::Gzip => Self::Gzip(Box::new(MultiGzDecoder::new(source))),
+            Compression::Zstd => Self::Zstd(Box::new(ZstdFrames::new(source))),
+        };
+        Ok((stream, compression))
+    }
+}
+
+impl<R: BufRead> Read for Decompressed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(source) => source.read(buf),
+            Self::Gzip(decoder) => decoder.read(buf),
+            Self::Zstd(decoder) => decoder.read(buf),
+        }
+    }
+}
+
+/// Only a plain input seeks (a CSV reader resumes that way).
+impl<R: BufRead + Seek> Seek for Decompressed<R> {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Self::Plain(source) => source.seek(position),
+            Self::Gzip(_) | Self::Zstd(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a compressed stream cannot seek",
+            )),
+        }
+    }
+}
+
+/// An input file's bytes, decompressed.
+type FileStream = Decompressed<BufReader<CountingReader>>;
 
 /// A zstd stream of one or more frames (as `cat a.zst b.zst` or `pzstd` make; skippable frames
 /// passed over), decompressed, each frame's checksum checked.
@@ -149,65 +209,28 @@ impl Read for CountingReader {
     }
 }
 
-impl Read for FileStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Plain(file) => file.read(buf),
-            Self::Gzip(decoder) => decoder.read(buf),
-            Self::Zstd(decoder) => decoder.read(buf),
-        }
-    }
-}
-
-/// Only a plain file seeks (a CSV reader resumes that way).
-impl Seek for FileStream {
+impl Seek for CountingReader {
     fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
-        match self {
-            Self::Plain(file) => file.seek(position),
-            Self::Gzip(_) | Self::Zstd(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "a compressed stream cannot seek",
-            )),
-        }
+        self.file.seek(position)
     }
 }
-
-/// Gzip's first two bytes.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// A zstd frame's first four bytes.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl FileStream {
-    /// `path` opened and, when it starts with gzip's or zstd's magic bytes, decompressed; with
-    /// the count of compressed bytes read.
+    /// `path` opened and decompressed as its first bytes say; with the count of compressed
+    /// bytes read when it is compressed.
     fn open(path: &str) -> Result<(Self, Option<Arc<AtomicU64>>)> {
         let io_error = |source| Error::Io {
             path: path.into(),
             source,
         };
-        let mut file = File::open(path).map_err(io_error)?;
-        let mut magic = Vec::with_capacity(4);
-        (&mut file)
-            .take(4)
-            .read_to_end(&mut magic)
-            .map_err(io_error)?;
-        file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        let (gzip, zstd) = (magic.starts_with(&GZIP_MAGIC), magic == ZSTD_MAGIC);
-        if !gzip && !zstd {
-            return Ok((Self::Plain(file), None));
-        }
         let read = Arc::new(AtomicU64::new(0));
         let counting = CountingReader {
-            file,
+            file: File::open(path).map_err(io_error)?,
             read: Arc::clone(&read),
         };
-        let source = BufReader::with_capacity(1 << 16, counting);
-        let stream = if gzip {
-            Self::Gzip(Box::new(MultiGzDecoder::new(source)))
-        } else {
-            Self::Zstd(Box::new(ZstdFrames::new(source)))
-        };
-        Ok((stream, Some(read)))
+        let (stream, compression) =
+            Self::new(BufReader::with_capacity(1 << 16, counting)).map_err(io_error)?;
+        Ok((stream, (compression != Compression::None).then_some(read)))
     }
 
     /// Go to decompressed byte `offset`: a seek in a plain file, decompressing up to it in a
@@ -218,6 +241,7 @@ impl FileStream {
             source,
         };
         match self {
+            Self::Plain(_) if offset == 0 => {}
             Self::Plain(_) => {
                 self.seek(SeekFrom::Start(offset)).map_err(io_error)?;
             }
@@ -444,14 +468,7 @@ impl RecordReader {
         start: ReadPosition,
     ) -> Result<Self> {
         let name = source_name(path).to_string();
-        if columns.title.is_some() && matches!(format, InputFormat::Text | InputFormat::Directory) {
-            return Err(Error::File {
-                path: name.into(),
-                message: "--title-column needs JSON Lines, CSV or Parquet input (a title field \
-                          or column beside the text)"
-                    .into(),
-            });
-        }
+        columns.check_fit(path, format)?;
         if format == InputFormat::Directory {
             return Self::open_directory(DirectoryListing::read(Path::new(path))?, start);
         }
@@ -507,19 +524,17 @@ impl RecordReader {
                     message: "standard input cannot be resumed: give a file".into(),
                 });
             }
-            let mut stdin = BufReader::with_capacity(1 << 20, std::io::stdin());
-            let starts = stdin.fill_buf().map_err(|source| Error::Io {
+            let stdin = BufReader::with_capacity(1 << 20, std::io::stdin());
+            let (stream, _) = Decompressed::new(stdin).map_err(|source| Error::Io {
                 path: name.clone().into(),
                 source,
             })?;
-            if starts.starts_with(&GZIP_MAGIC) {
-                let decoder = MultiGzDecoder::new(stdin);
-                (Box::new(BufReader::with_capacity(1 << 20, decoder)), None)
-            } else if starts.starts_with(&ZSTD_MAGIC) {
-                let decoder = ZstdFrames::new(stdin);
-                (Box::new(BufReader::with_capacity(1 << 20, decoder)), None)
-            } else {
-                (Box::new(stdin), None)
+            match stream {
+                Decompressed::Plain(stdin) => (Box::new(stdin), None),
+                compressed => (
+                    Box::new(BufReader::with_capacity(1 << 20, compressed)),
+                    None,
+                ),
             }
         } else {
             let (mut stream, compressed_read) = FileStream::open(path)?;
@@ -674,6 +689,12 @@ impl RecordReader {
             doc += 1;
         }
         let Some(file) = files.get(doc as usize) else {
+            // The end: past the files other shards hold too.
+            self.position = ReadPosition {
+                offset: files.len() as u64,
+                line: files.len(),
+                docs: files.len() as u64,
+            };
             return Ok(None);
         };
         let number = doc as usize + 1;
@@ -772,22 +793,16 @@ impl RecordReader {
                 })
             }
             Err(e) => Err(line_error(format!("CSV: {e}"))),
-            Ok(true) => match record.get(places.text) {
-                None => Err(line_error(format!(
-                    "no field {} (the text column)",
-                    places.text + 1
-                ))),
-                Some(value) => Ok(Record {
-                    line,
-                    id: places.id.and_then(|i| record.get(i)).map(Value::from),
-                    content: Content::Text(value.to_string()),
-                    prompt: match places.title {
-                        // A short row has an empty title: none.
-                        Some(i) => PromptChoice::Titled(titled_prompt(record.get(i))),
-                        None => PromptChoice::Inherit,
-                    },
-                }),
-            },
+            // Every record has the header's fields (a row of another length is a CSV error).
+            Ok(true) => Ok(Record {
+                line,
+                id: places.id.and_then(|i| record.get(i)).map(Value::from),
+                content: Content::Text(record.get(places.text).unwrap_or_default().to_string()),
+                prompt: match places.title {
+                    Some(i) => PromptChoice::Titled(titled_prompt(record.get(i))),
+                    None => PromptChoice::Inherit,
+                },
+            }),
         };
         self.position.offset = next.byte();
         self.position.line = next.line() as usize - 1;
@@ -816,6 +831,20 @@ fn parse_json_line(
             columns.text
         ));
     };
+    let fields = || {
+        map.keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // A field named on the command line must be there (a misspelt name would otherwise give
+    // every line the line number as id, or no title).
+    let missing = |field: &str, flag: &str, what: &str| {
+        format!(
+            "no field `{field}` ({flag}{what}); the line has: {}",
+            fields()
+        )
+    };
     let text_field = columns.text.as_str();
     let content = match (map.get(text_field), map.get("ids")) {
         (Some(Value::String(text)), None) => Content::Text(text.clone()),
@@ -835,16 +864,16 @@ fn parse_json_line(
         }
         (Some(_), Some(_)) => return Err(format!("give `{text_field}` or `ids`, not both")),
         (None, None) => {
-            let fields: Vec<&str> = map.keys().map(String::as_str).collect();
             return Err(format!(
                 "missing `{text_field}` (the text; --text-column names another field) or `ids`; \
                  the line has: {}",
-                fields.join(", ")
+                fields()
             ));
         }
     };
     let id_field = columns.id.as_deref().unwrap_or("id");
     let id = match map.get(id_field) {
+        None if columns.id.is_some() => return Err(missing(id_field, "--id-column", "")),
         None => None,
         Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
         Some(other) => {
@@ -873,18 +902,25 @@ fn parse_json_line(
                 ))
             }
         };
-        if prompt != PromptChoice::Inherit {
-            return Err(format!(
-                "`prompt_name` and a title (--title-column `{title_field}`) both choose the \
-                 prompt: give one"
-            ));
-        }
-        match (&content, title) {
-            (Content::Ids(_), Some(_)) => {
+        match &content {
+            Content::Ids(_) if map.get(title_field).is_some_and(|t| !t.is_null()) => {
                 return Err("a title does not apply to `ids` (token ids are used as is)".into())
             }
-            (Content::Ids(_), None) => {}
-            (Content::Text(_), title) => prompt = PromptChoice::Titled(titled_prompt(title)),
+            Content::Ids(_) => {}
+            Content::Text(_) if !map.contains_key(title_field) => {
+                return Err(missing(
+                    title_field,
+                    "--title-column",
+                    "; null or \"\" for a document without one",
+                ))
+            }
+            Content::Text(_) if prompt != PromptChoice::Inherit => {
+                return Err(format!(
+                    "`prompt_name` and a title (--title-column `{title_field}`) both choose \
+                     the prompt: give one"
+                ))
+            }
+            Content::Text(_) => prompt = PromptChoice::Titled(titled_prompt(title)),
         }
     }
     if matches!(content, Content::Ids(_)) && matches!(prompt, PromptChoice::Named(_)) {
@@ -1128,8 +1164,8 @@ mod tests {
             &format!(
                 "{beir}{{\"_id\": 8, \"title\": \"\", \"text\": \"b\"}}\n\
                  {{\"_id\": \"d9\", \"text\": \"c\", \"title\": null}}\n\
-                 {{\"_id\": \"d10\", \"text\": \"d\"}}\n\
-                 {{\"ids\": [2, 1]}}\n"
+                 {{\"_id\": \"d10\", \"text\": \"d\", \"title\": \" \"}}\n\
+                 {{\"_id\": 11, \"ids\": [2, 1]}}\n"
             ),
             &beir_columns,
         );
@@ -1140,7 +1176,7 @@ mod tests {
             PromptChoice::Titled("title: Gemma | text: ".into())
         );
         assert_eq!(records[1].output_id(), Value::from(8));
-        // Empty, null and missing titles are `none`: the model's document prompt.
+        // Empty, null and blank titles are `none`: the model's document prompt.
         for untitled in &records[1..4] {
             assert_eq!(
                 untitled.prompt,
@@ -1164,11 +1200,13 @@ mod tests {
         );
 
         let errors: Vec<String> = jsonl_with(
-            "{\"_id\": [1], \"text\": \"a\"}\n\
-             {\"text\": \"a\", \"title\": 3}\n\
-             {\"text\": \"a\", \"title\": \"t\", \"prompt_name\": \"query\"}\n\
-             {\"text\": \"a\", \"prompt_name\": null}\n\
-             {\"ids\": [2, 1], \"title\": \"t\"}\n",
+            "{\"_id\": [1], \"text\": \"a\", \"title\": null}\n\
+             {\"_id\": 2, \"text\": \"a\", \"title\": 3}\n\
+             {\"_id\": 3, \"text\": \"a\", \"title\": \"t\", \"prompt_name\": \"query\"}\n\
+             {\"_id\": 4, \"text\": \"a\", \"title\": null, \"prompt_name\": null}\n\
+             {\"_id\": 5, \"ids\": [2, 1], \"title\": \"t\"}\n\
+             {\"id\": 6, \"text\": \"a\", \"title\": null}\n\
+             {\"_id\": 7, \"text\": \"a\", \"Title\": \"t\"}\n",
             &beir_columns,
         )
         .into_iter()
@@ -1180,7 +1218,12 @@ mod tests {
             "line 3: `prompt_name` and a title (--title-column `title`) both choose the prompt",
             "line 4: `prompt_name` and a title",
             "line 5: a title does not apply to `ids`",
+            // Fields named on the command line must be there: a misspelt name is caught.
+            "line 6: no field `_id` (--id-column); the line has: id, text, title",
+            "line 7: no field `title` (--title-column; null or \"\" for a document without one); \
+             the line has: Title, _id, text",
         ];
+        assert_eq!(errors.len(), expected.len());
         for (error, expected) in errors.iter().zip(expected) {
             assert!(error.contains(expected), "{error}");
         }
@@ -1253,17 +1296,15 @@ mod tests {
         docs
     }
 
-    /// `content` compressed as two gzip members, or as two zstd frames with a skippable frame
-    /// between them, split inside a record.
+    /// `content` compressed as two gzip members, or as two zstd frames each after a skippable
+    /// frame (as `pzstd` writes), split inside a record.
     fn compressed_in_two(content: &str, zstd: bool) -> Vec<u8> {
         use std::io::Write;
         let mut bytes = Vec::new();
-        for (i, part) in [&content[..20], &content[20..]].into_iter().enumerate() {
+        for part in [&content[..20], &content[20..]] {
             if zstd {
-                if i == 1 {
-                    // Magic 0x184D2A5?, length 3, payload.
-                    bytes.extend([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
-                }
+                // Magic 0x184D2A5?, length 3, payload.
+                bytes.extend([0x5e, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
                 bytes.extend(ruzstd::encoding::compress_to_vec(
                     part.as_bytes(),
                     ruzstd::encoding::CompressionLevel::Fastest,
@@ -1390,17 +1431,69 @@ mod tests {
                     let record = d.record.map_err(|e| e.to_string());
                     seen.push((d.doc, d.line, format!("{record:?}")));
                 }
-                seen
+                (seen, reader.position())
             };
-            let all = summaries(Shard::default());
+            let (all, end) = summaries(Shard::default());
             assert!(all.len() >= 5, "{format:?}: {all:?}");
             for count in 1..=3 {
                 for index in 0..count {
                     let shard = Shard { index, count };
                     let want: Vec<_> = all.iter().filter(|d| shard.holds(d.0)).cloned().collect();
-                    assert_eq!(summaries(shard), want, "{format:?} {index}/{count}");
+                    // Every shard ends where the whole input does (progress reaches 100%).
+                    assert_eq!(summaries(shard), (want, end), "{format:?} {index}/{count}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_damaged_zstd_frame_fails_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt.zst");
+        let mut bytes = ruzstd::encoding::compress_to_vec(
+            &b"one\ntwo\n"[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        // The frame ends with its content checksum.
+        *bytes.last_mut().unwrap() ^= 0x55;
+        std::fs::write(&path, bytes).unwrap();
+        let path = path.to_str().unwrap();
+        let err = read_records(path, InputFormat::Text, &InputColumns::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in.txt.zst: zstd frame checksum mismatch (the file is damaged)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inputs_from_a_pipe_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.csv");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for (format, content, texts) in [
+            (InputFormat::Csv, "text\na\nb\n", ["a", "b"]),
+            (
+                InputFormat::Jsonl,
+                "{\"text\": \"a\"}\n{\"text\": \"b\"}\n",
+                ["a", "b"],
+            ),
+        ] {
+            let writer = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::write(fifo, content).unwrap())
+            };
+            let records =
+                read_records(fifo.to_str().unwrap(), format, &InputColumns::default()).unwrap();
+            writer.join().unwrap();
+            let got: Vec<Content> = records.into_iter().map(|r| r.content).collect();
+            let want: Vec<Content> = texts.iter().map(|t| Content::Text(t.to_string())).collect();
+            assert_eq!(got, want, "{format:?}");
         }
     }
 }
