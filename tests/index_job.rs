@@ -260,6 +260,24 @@ fn killable_embed(input: &str, output: &Path, extra: &[&str]) -> Vec<String> {
     .collect()
 }
 
+/// Run the job of `args` (writing `output`), SIGKILL it mid-run, rerun it: it resumes, and its
+/// output is byte for byte the uninterrupted run's `whole`.
+#[track_caller]
+fn assert_killed_and_resumed_to(args: &[&str], output: &Path, whole: &Path) {
+    let checkpoint = Path::new(&format!("{}.checkpoint", output.display())).to_path_buf();
+    assert!(
+        kill_twice(args, &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    let out = run_ok(args);
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(output).unwrap(),
+        std::fs::read(whole).unwrap(),
+        "{args:?}: killed and resumed, the output differs from the uninterrupted one"
+    );
+}
+
 /// `args` as the `&str`s [`run_ok`] and [`gemma_embed`] take.
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
@@ -919,16 +937,7 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
     let checkpoint = dir.path().join("killed.npy.checkpoint");
     let killed_args = killable_embed(input, &killed, &[]);
     let killed_args = strs(&killed_args);
-    assert!(
-        kill_twice(&killed_args, &checkpoint, 1) >= 1,
-        "finished before the kill"
-    );
-    let out = run_ok(&killed_args);
-    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
-    assert_eq!(
-        std::fs::read(&killed).unwrap(),
-        std::fs::read(&whole).unwrap()
-    );
+    assert_killed_and_resumed_to(&killed_args, &killed, &whole);
 
     // A file changed after the checkpoint, even to the same size with its time set back, or a
     // file added: the checkpoint is refused.
@@ -1043,20 +1052,8 @@ fn compressed_inputs_embed_like_plain_ones_and_resume() {
     let whole = dir.path().join("whole.npy");
     run_ok(&strs(&killable_embed(plain.to_str().unwrap(), &whole, &[])));
     let killed = dir.path().join("killed.npy");
-    let checkpoint = dir.path().join("killed.npy.checkpoint");
     let killed_args = killable_embed(compressed.to_str().unwrap(), &killed, &[]);
-    let killed_args = strs(&killed_args);
-    assert!(
-        kill_twice(&killed_args, &checkpoint, 1) >= 1,
-        "finished before the kill"
-    );
-    let out = run_ok(&killed_args);
-    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
-    assert_eq!(
-        std::fs::read(&killed).unwrap(),
-        std::fs::read(&whole).unwrap(),
-        "the gzip input, killed and resumed, differs from the plain input's output"
-    );
+    assert_killed_and_resumed_to(&strs(&killed_args), &killed, &whole);
 
     // CSV compressed (named without .gz: the magic bytes tell), and text lines through stdin,
     // gzip and zstd.
