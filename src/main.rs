@@ -68,9 +68,10 @@ struct InputArgs {
     /// JSON Lines (`text` or `ids`, optional `id`, `prompt_name`; other fields ignored), plain
     /// text (one document per line), CSV with a header or Parquet (`--text-column`,
     /// `--id-column`), or a directory (every file below it one document, id its relative path);
-    /// `-` is stdin. JSON Lines, text and CSV may be gzip- or zstd-compressed.
-    #[arg(long)]
-    input: String,
+    /// `-` is stdin. JSON Lines, text and CSV may be gzip- or zstd-compressed. `embed` takes
+    /// several files too (`--input data/*.jsonl.gz`): one output each in the --output directory.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<String>,
     /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv,
     /// each perhaps with .gz or .zst after it; .parquet: parquet; `-`: jsonl; a directory: dir).
     #[arg(long)]
@@ -110,12 +111,27 @@ impl InputArgs {
         }
     }
 
-    /// `--input-format`, else the format of the input's extension.
-    fn format(&self) -> Result<InputFormat> {
-        match self.input_format {
-            Some(format) => Ok(format),
-            None => Ok(InputFormat::from_path(&self.input)?),
+    /// The one input of a command that takes one.
+    fn single(&self) -> Result<&str> {
+        match self.input.as_slice() {
+            [input] => Ok(input),
+            inputs => bail!(
+                "--input takes one file here, got {}: {}",
+                inputs.len(),
+                inputs.join(" ")
+            ),
         }
+    }
+
+    /// `--input-format`, else the format of `path`'s extension; refused where the columns
+    /// have no place in it.
+    fn format_of(&self, path: &str) -> Result<InputFormat> {
+        let format = match self.input_format {
+            Some(format) => format,
+            None => InputFormat::from_path(path)?,
+        };
+        self.columns().check_fit(path, format)?;
+        Ok(format)
     }
 
     /// The prompt of documents without `prompt_name` (`--prompt`, `--prompt-name` or the model's
@@ -146,9 +162,13 @@ struct EmbedArgs {
     /// Output file: .jsonl (`{"id", "embedding"}` per line), .npy ([N, D]) or .parquet (`id`
     /// utf8, `embedding` fixed-size list of D floats). Written as OUTPUT.partial (a directory
     /// of row groups for Parquet) with a checkpoint OUTPUT.checkpoint; rerunning the same
-    /// command after an interruption continues from the checkpoint.
+    /// command after an interruption continues from the checkpoint. With several inputs, a
+    /// directory: one output per input, named after it (`a.jsonl.gz` -> `a.npy`).
     #[arg(long)]
     output: PathBuf,
+    /// With several inputs: npy, jsonl or parquet, the format of their outputs.
+    #[arg(long)]
+    output_format: Option<OutputFormat>,
     /// Element type of a .npy or .parquet output: f32 or f16.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
@@ -156,7 +176,8 @@ struct EmbedArgs {
     #[arg(long, default_value_t = index::parquet_output::DEFAULT_ROW_GROUP_ROWS)]
     row_group_rows: usize,
     /// Embed only every N-th document starting at document I (0-based), e.g. `--shard 1/4`;
-    /// `gemma-embed merge` puts the shard outputs back together.
+    /// `gemma-embed merge` puts the shard outputs back together. With several inputs, every
+    /// N-th file instead (their outputs need no merge).
     #[arg(long, default_value = "0/1")]
     shard: Shard,
     /// fail: stop at the first bad document; skip: log it to OUTPUT.rejects.jsonl and go on.
@@ -299,12 +320,13 @@ fn read_and_tokenize(
     input: &InputArgs,
     tokenizer: &Tokenizer,
 ) -> Result<(Vec<Record>, Vec<Vec<u32>>)> {
-    let format = input.format()?;
-    let records = index::read_records(&input.input, format, &input.columns())?;
+    let path = input.single()?;
+    let format = input.format_of(path)?;
+    let records = index::read_records(path, format, &input.columns())?;
     let ids = index::tokenize_records(
         tokenizer,
         &records,
-        (&input.input, format),
+        (path, format),
         input.job_prompt(tokenizer)?,
         input.truncation(),
     )?;
@@ -312,7 +334,20 @@ fn read_and_tokenize(
 }
 
 fn embed(args: EmbedArgs) -> Result<()> {
-    let output_format = OutputFormat::from_path(&args.output)?;
+    let input = &args.input;
+    let several = input.input.len() > 1;
+    let output_format = match (several, args.output_format) {
+        (false, None) => OutputFormat::from_path(&args.output)?,
+        (false, Some(_)) => bail!(
+            "--output-format is for several inputs (one output each in the --output directory); \
+             one output's format comes from its extension"
+        ),
+        (true, Some(format)) => format,
+        (true, None) => bail!(
+            "several inputs write one output each into the --output directory: give \
+             --output-format npy|jsonl|parquet"
+        ),
+    };
     if args.dtype == Dtype::F16 && output_format == OutputFormat::Jsonl {
         bail!("--dtype f16 is for .npy and .parquet outputs");
     }
@@ -326,8 +361,20 @@ fn embed(args: EmbedArgs) -> Result<()> {
             bail!("{flag} must be at least 1");
         }
     }
-    let input = &args.input;
-    let input_format = input.format()?;
+    // Every input's format before the model loads, so that a bad name fails at once.
+    let input_formats = input
+        .input
+        .iter()
+        .map(|path| input.format_of(path))
+        .collect::<Result<Vec<_>>>()?;
+    let jobs = if several {
+        index::many::plan(&input.input, &args.output, output_format)?
+    } else {
+        vec![index::many::FileJob {
+            input: input.input[0].clone(),
+            output: args.output.clone(),
+        }]
+    };
     let dir = resolve_model_dir(&args.model.model)?;
     let config = ModelConfig::load(&dir)?;
     let dimensions = args.dimensions.unwrap_or(config.embedding_dim);
@@ -359,17 +406,22 @@ fn embed(args: EmbedArgs) -> Result<()> {
         },
     )?;
     let options = JobOptions {
-        input: input.input.clone(),
-        input_format,
+        input: jobs[0].input.clone(),
+        input_format: input_formats[0],
         columns: input.columns(),
-        output: args.output.clone(),
+        output: jobs[0].output.clone(),
         output_format,
         dtype: args.dtype,
         dimensions,
         row_group_rows: args.row_group_rows,
         job_prompt,
         truncation: input.truncation(),
-        shard: args.shard,
+        // Several inputs are split by file: each file's job embeds all of it.
+        shard: if several {
+            Shard::default()
+        } else {
+            args.shard
+        },
         on_error: args.on_error,
         docs_per_request: args.docs_per_request,
         checkpoint_interval: std::time::Duration::from_millis(args.checkpoint_interval_ms),
@@ -384,9 +436,74 @@ fn embed(args: EmbedArgs) -> Result<()> {
             "backend": backend_name,
         }),
     };
-    let summary = job::run(&engine, &options)?;
+    if several {
+        index::many::claim_directory(&args.output, &options.output_params())?;
+    }
+    let start = std::time::Instant::now();
+    let mut total = job::JobSummary::default();
+    let (mut embedded, mut done_before) = (0, 0);
+    let mine: Vec<usize> = (0..jobs.len())
+        .filter(|&i| !several || args.shard.holds(i as u64))
+        .collect();
+    for (n, &i) in mine.iter().enumerate() {
+        let job = &jobs[i];
+        let options = JobOptions {
+            input: job.input.clone(),
+            input_format: input_formats[i],
+            output: job.output.clone(),
+            ..options.clone()
+        };
+        if several {
+            let done = if job.is_done() { ": done before" } else { "" };
+            eprintln!(
+                "[{}/{}] {} -> {}{done}",
+                n + 1,
+                mine.len(),
+                job.input,
+                job.output.display()
+            );
+            if job.is_done() {
+                done_before += 1;
+                continue;
+            }
+        }
+        let summary = job::run(&engine, &options)?;
+        print_job_summary(&summary, &options, backend_name);
+        embedded += 1;
+        total.docs += summary.docs;
+        total.tokens += summary.tokens;
+    }
     let stats = engine.stats();
     drop(engine);
+    let seconds = start.elapsed().as_secs_f64();
+    if several {
+        eprintln!(
+            "{} files: {embedded} embedded in this run, {done_before} done before; {} docs, {} \
+             tokens in {seconds:.2} s ({:.0} tokens/s) -> {}",
+            mine.len(),
+            total.docs,
+            total.tokens,
+            total.tokens as f64 / seconds.max(1e-9),
+            args.output.display()
+        );
+    }
+    if stats.batches > 0 {
+        let forward = stats.forward_time.as_secs_f64();
+        eprintln!(
+            "backend: {} batches ({:.0} sequences, {:.0} tokens on average), forward {forward:.2} s \
+             = {:.1}% of the job's wall time ({:.0} tokens/s while computing)",
+            stats.batches,
+            stats.batch_sequences as f64 / stats.batches as f64,
+            stats.batch_tokens as f64 / stats.batches as f64,
+            100.0 * forward / seconds.max(1e-9),
+            stats.batch_tokens as f64 / forward.max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+/// One job's closing line: documents, tokens, time and rate, the output and its rows.
+fn print_job_summary(summary: &job::JobSummary, options: &JobOptions, backend_name: &str) {
     let rejected = if summary.rejected > 0 {
         format!(
             ", {} rejected (see {})",
@@ -404,7 +521,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         summary.seconds,
         summary.docs as f64 / summary.seconds.max(1e-9),
         summary.tokens as f64 / summary.seconds.max(1e-9),
-        args.output.display(),
+        options.output.display(),
         summary.rows,
         if summary.resumed_rows > 0 {
             format!(", {} from the interrupted run", summary.resumed_rows)
@@ -412,19 +529,6 @@ fn embed(args: EmbedArgs) -> Result<()> {
             String::new()
         },
     );
-    if stats.batches > 0 {
-        let forward = stats.forward_time.as_secs_f64();
-        eprintln!(
-            "backend: {} batches ({:.0} sequences, {:.0} tokens on average), forward {forward:.2} s \
-             = {:.1}% of the job's wall time ({:.0} tokens/s while computing)",
-            stats.batches,
-            stats.batch_sequences as f64 / stats.batches as f64,
-            stats.batch_tokens as f64 / stats.batches as f64,
-            100.0 * forward / summary.seconds.max(1e-9),
-            stats.batch_tokens as f64 / forward.max(1e-9),
-        );
-    }
-    Ok(())
 }
 
 fn merge(args: MergeArgs) -> Result<()> {

@@ -1217,3 +1217,130 @@ fn checkpoints_and_columns_that_do_not_fit_are_refused() {
     );
     assert!(!titled.exists() && !dir.path().join("titled.npy.partial").exists());
 }
+
+/// `embed --input F1 F2 F3 --output DIR`: one output per file, each byte for byte the file's own
+/// job's output; killed in the second file and rerun, the first is passed over and the second
+/// resumes; `--shard` splits the files; other parameters on the same directory are refused.
+#[test]
+fn several_inputs_write_one_output_each_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = corpus(3000);
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let a = inputs.join("a.jsonl");
+    write_jsonl(&a, &texts[..200]);
+    let b_plain = dir.path().join("b.jsonl");
+    write_jsonl(&b_plain, &texts[200..2000]);
+    let b = inputs.join("b.jsonl.gz");
+    std::fs::write(&b, gzip(&std::fs::read(&b_plain).unwrap(), 1)).unwrap();
+    let c = inputs.join("c.txt");
+    std::fs::write(&c, texts[2000..].join("\n") + "\n").unwrap();
+    let inputs: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+
+    // Each file's own job, the reference.
+    let alone: Vec<Vec<u8>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let out = dir.path().join(format!("alone-{i}.npy"));
+            run_ok(&strs(&killable_embed(input, &out, &[])));
+            std::fs::read(out).unwrap()
+        })
+        .collect();
+
+    let out_dir = dir.path().join("out");
+    let several = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec!["embed".into(), "--input".into()];
+        args.extend(inputs.iter().cloned());
+        args.extend(
+            [
+                "--output",
+                out_dir.to_str().unwrap(),
+                "--output-format",
+                "npy",
+                "--docs-per-request",
+                "4",
+                "--max-batch-tokens",
+                "64",
+                "--checkpoint-interval-ms",
+                "0",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+        );
+        args
+    };
+    let args = several(&[]);
+    let outputs = ["a.npy", "b.npy", "c.npy"].map(|name| out_dir.join(name));
+    // Killed inside the second file (its checkpoint moved), then rerun to the end.
+    let b_checkpoint = out_dir.join("b.npy.checkpoint");
+    assert!(
+        kill_twice(&strs(&args), &b_checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    assert!(outputs[0].exists() && !outputs[2].exists());
+    let out = run_ok(&strs(&args));
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&format!(
+            "[1/3] {} -> {}: done before",
+            inputs[0],
+            outputs[0].display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(
+        stderr.contains("3 files: 2 embedded in this run, 1 done before"),
+        "{stderr}"
+    );
+    for (output, alone) in outputs.iter().zip(&alone) {
+        assert_eq!(
+            &std::fs::read(output).unwrap(),
+            alone,
+            "{}",
+            output.display()
+        );
+    }
+
+    // Shards of the files: 0/2 takes a and c, 1/2 takes b.
+    for (shard, expected) in [("0/2", [true, false, true]), ("1/2", [false, true, false])] {
+        let sharded_dir = dir.path().join(format!("shard-{}", &shard[..1]));
+        let mut args = several(&["--shard", shard]);
+        let at = args.iter().position(|a| a == "--output").unwrap();
+        args[at + 1] = sharded_dir.to_str().unwrap().to_string();
+        run_ok(&strs(&args));
+        for ((name, want), alone) in ["a.npy", "b.npy", "c.npy"].iter().zip(expected).zip(&alone) {
+            let path = sharded_dir.join(name);
+            assert_eq!(path.exists(), want, "{shard}: {name}");
+            if want {
+                assert_eq!(&std::fs::read(path).unwrap(), alone);
+            }
+        }
+    }
+
+    // Refused: other parameters in the same directory, no output format, one output name twice.
+    let refused = |args: Vec<String>, message: &str| {
+        let out = gemma_embed(&strs(&args)).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr_of(&out).contains(message), "{}", stderr_of(&out));
+    };
+    refused(
+        several(&["--dimensions", "16"]),
+        "the outputs here were made with other parameters (dimensions: 48 -> 16)",
+    );
+    let mut no_format = several(&[]);
+    let at = no_format
+        .iter()
+        .position(|a| a == "--output-format")
+        .unwrap();
+    no_format.drain(at..at + 2);
+    refused(no_format, "give --output-format npy|jsonl|parquet");
+    let mut clash = several(&[]);
+    clash.insert(2, b_plain.to_str().unwrap().to_string());
+    refused(clash, "its output would be");
+}

@@ -110,6 +110,7 @@ impl ProgressMode {
     }
 }
 
+#[derive(Clone)]
 pub struct JobOptions {
     /// Input path, `-` for stdin (not resumable).
     pub input: String,
@@ -150,10 +151,32 @@ impl JobOptions {
         sibling(&self.output, ".rejects.jsonl")
     }
 
-    /// Everything that shapes the output, the input file's size and modification time included.
-    fn fingerprint(&self, listing: Option<&DirectoryListing>) -> Result<Value> {
+    /// What shapes the rows whatever the input: model, backend, prompt, columns, format,
+    /// dimensions, ... (one record for the many outputs of a job over many files).
+    pub fn output_params(&self) -> Value {
         let row_group_rows =
             (self.output_format == OutputFormat::Parquet).then_some(self.row_group_rows);
+        let mut params = json!({
+            "csv_columns": [&self.columns.text, &self.columns.id],
+            "output_format": format!("{:?}", self.output_format),
+            "dtype": format!("{:?}", self.dtype),
+            "dimensions": self.dimensions,
+            "row_group_rows": row_group_rows,
+            "prompt": self.job_prompt,
+            "truncation": format!("{:?}", self.truncation),
+            "shard": format!("{}/{}", self.shard.index, self.shard.count),
+            "on_error": format!("{:?}", self.on_error),
+            "job": self.params,
+        });
+        // Only when set, so that checkpoints written before titles existed still resume.
+        if let Some(title) = &self.columns.title {
+            params["title_column"] = json!(title);
+        }
+        params
+    }
+
+    /// Everything that shapes the output, the input file's size and modification time included.
+    fn fingerprint(&self, listing: Option<&DirectoryListing>) -> Result<Value> {
         let (len, modified) = if let Some(listing) = listing {
             let (files, hash) = listing.fingerprint()?;
             (Some(files), Some(hash))
@@ -171,27 +194,12 @@ impl JobOptions {
                 .map(|d| d.as_nanos().to_string());
             (Some(meta.len()), modified)
         };
-        let mut params = json!({
-            "input": std::fs::canonicalize(&self.input)
-                .map_or_else(|_| self.input.clone(), |p| p.display().to_string()),
-            "input_len": len,
-            "input_modified": modified,
-            "input_format": format!("{:?}", self.input_format),
-            "csv_columns": [&self.columns.text, &self.columns.id],
-            "output_format": format!("{:?}", self.output_format),
-            "dtype": format!("{:?}", self.dtype),
-            "dimensions": self.dimensions,
-            "row_group_rows": row_group_rows,
-            "prompt": self.job_prompt,
-            "truncation": format!("{:?}", self.truncation),
-            "shard": format!("{}/{}", self.shard.index, self.shard.count),
-            "on_error": format!("{:?}", self.on_error),
-            "job": self.params,
-        });
-        // Only when set, so that checkpoints written before titles existed still resume.
-        if let Some(title) = &self.columns.title {
-            params["title_column"] = json!(title);
-        }
+        let mut params = self.output_params();
+        params["input"] = json!(std::fs::canonicalize(&self.input)
+            .map_or_else(|_| self.input.clone(), |p| p.display().to_string()));
+        params["input_len"] = json!(len);
+        params["input_modified"] = json!(modified);
+        params["input_format"] = json!(format!("{:?}", self.input_format));
         // JSON lines used to ignore --text-column and --id-column and to reject lines with other
         // fields. A checkpoint of such a job is refused where resuming would mix the two
         // readings: with named fields, or with rejects (lines once rejected are now embedded).
@@ -295,7 +303,7 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
 }
 
 /// `a: x -> y` for every top-level field that differs.
-fn differences(old: &Value, new: &Value) -> String {
+pub(super) fn differences(old: &Value, new: &Value) -> String {
     let (Value::Object(old), Value::Object(new)) = (old, new) else {
         return "different parameters".into();
     };

@@ -1,10 +1,12 @@
 //! The corpus job and its files: JSON Lines, plain-text, CSV and Parquet records ([`reader`]
 //! streams them, [`parquet_input`] decodes Parquet), ordered `.npy`/`.jsonl` writers
 //! ([`output`]) and the resumable Parquet writer ([`parquet_output`]), checkpoints
-//! ([`checkpoint`]), the job itself ([`job`]) and the merge of shard outputs ([`merge`]).
+//! ([`checkpoint`]), the job itself ([`job`]), jobs over many files ([`many`]) and the merge of
+//! shard outputs ([`merge`]).
 
 pub mod checkpoint;
 pub mod job;
+pub mod many;
 pub mod merge;
 pub mod output;
 pub mod parquet_input;
@@ -328,6 +330,21 @@ pub enum OutputFormat {
     Npy,
     /// Apache Parquet: `id` (utf8) and `embedding` (fixed-size list of D float32 or float16).
     Parquet,
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "npy" => Ok(Self::Npy),
+            "jsonl" => Ok(Self::Jsonl),
+            "parquet" => Ok(Self::Parquet),
+            _ => Err(format!(
+                "`{s}` is not an output format (npy, jsonl or parquet)"
+            )),
+        }
+    }
 }
 
 impl OutputFormat {

@@ -1,0 +1,199 @@
+//! A corpus in many files (`embed --input F1 F2 ... --output DIR`): one output per input file
+//! in DIR, each written by a job of its own (its own checkpoint, so an interrupted file resumes
+//! where it stopped); a file whose output is already there is passed over. `DIR/.gemma-embed.json`
+//! records what shapes every output (model, prompt, dimensions, ...), so that a rerun with other
+//! parameters is refused instead of leaving outputs of two kinds side by side.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{checkpoint, AtomicFile, OutputFormat};
+use crate::{Error, Result};
+
+/// The record of what shaped a directory's outputs.
+pub const MANIFEST_NAME: &str = ".gemma-embed.json";
+
+/// One input file and the output written for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileJob {
+    pub input: String,
+    pub output: PathBuf,
+}
+
+impl FileJob {
+    /// Whether the output is complete: there, and no checkpoint beside it (a job writes its
+    /// output last, renaming it into place, then removes the checkpoint).
+    pub fn is_done(&self) -> bool {
+        self.output.exists() && !checkpoint::sibling(&self.output, ".checkpoint").exists()
+    }
+}
+
+/// Each input's output in `dir`: its file name without a compression suffix (`.gz`, `.zst`) and
+/// its format's extension, with `format`'s extension instead (`c4-00000.json.gz` ->
+/// `c4-00000.npy`). Standard input, directories and two inputs of one output name are refused.
+pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<FileJob>> {
+    let mut jobs: Vec<FileJob> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let refuse = |message: &str| Error::File {
+            path: input.into(),
+            message: message.into(),
+        };
+        if input == "-" {
+            return Err(refuse("standard input cannot be one of several inputs"));
+        }
+        if Path::new(input).is_dir() {
+            return Err(refuse(
+                "a directory (each file one document) is an input of its own, not one of several",
+            ));
+        }
+        let output = dir.join(output_name(input, format)?);
+        if let Some(other) = jobs.iter().find(|job| job.output == output) {
+            return Err(refuse(&format!(
+                "its output would be {}, as {}'s is: inputs of several folders need distinct \
+                 names",
+                output.display(),
+                other.input
+            )));
+        }
+        jobs.push(FileJob {
+            input: input.clone(),
+            output,
+        });
+    }
+    Ok(jobs)
+}
+
+/// The output file name of `input`.
+fn output_name(input: &str, format: OutputFormat) -> Result<String> {
+    let name = Path::new(input)
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| Error::File {
+            path: input.into(),
+            message: "no file name (or not UTF-8) to name its output by".into(),
+        })?;
+    let name = name
+        .strip_suffix(".gz")
+        .or_else(|| name.strip_suffix(".zst"))
+        .unwrap_or(name);
+    let stem = [".jsonl", ".json", ".txt", ".csv", ".parquet"]
+        .iter()
+        .find_map(|extension| name.strip_suffix(extension))
+        .unwrap_or(name);
+    let extension = match format {
+        OutputFormat::Npy => "npy",
+        OutputFormat::Jsonl => "jsonl",
+        OutputFormat::Parquet => "parquet",
+    };
+    Ok(format!("{stem}.{extension}"))
+}
+
+/// Make `dir` if need be and check its manifest against `params` (writing it when absent): a
+/// directory of outputs made with other parameters is refused, naming the differences.
+pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.into(),
+        source,
+    })?;
+    let path = dir.join(MANIFEST_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: path.clone(),
+                source,
+            })?;
+            if &recorded != params {
+                return Err(Error::File {
+                    path,
+                    message: format!(
+                        "the outputs here were made with other parameters ({}); use another \
+                         output directory, or empty this one to start over",
+                        super::job::differences(&recorded, params)
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut file = AtomicFile::create(&path)?;
+            serde_json::to_writer_pretty(file.writer(), params).map_err(|source| Error::Json {
+                path: path.clone(),
+                source,
+            })?;
+            file.commit()
+        }
+        Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_named_after_their_inputs() {
+        let inputs: Vec<String> = [
+            "data/c4-train.00000-of-01024.json.gz",
+            "data/part.jsonl.zst",
+            "other/notes.txt",
+            "table.csv",
+            "rows.parquet",
+            "plain",
+        ]
+        .map(String::from)
+        .to_vec();
+        let jobs = plan(&inputs, Path::new("out"), OutputFormat::Npy).unwrap();
+        let outputs: Vec<&Path> = jobs.iter().map(|job| job.output.as_path()).collect();
+        assert_eq!(
+            outputs,
+            [
+                "out/c4-train.00000-of-01024.npy",
+                "out/part.npy",
+                "out/notes.npy",
+                "out/table.npy",
+                "out/rows.npy",
+                "out/plain.npy"
+            ]
+            .map(Path::new)
+        );
+        let jsonl = plan(&inputs[..1], Path::new("out"), OutputFormat::Jsonl).unwrap();
+        assert_eq!(
+            jsonl[0].output,
+            Path::new("out/c4-train.00000-of-01024.jsonl")
+        );
+
+        let clash = ["a/x.jsonl", "b/x.jsonl.gz"].map(String::from);
+        let err = plan(&clash, Path::new("out"), OutputFormat::Npy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("b/x.jsonl.gz: its output would be out/x.npy, as a/x.jsonl's is"),
+            "{err}"
+        );
+        let err = plan(&["-".into()], Path::new("out"), OutputFormat::Npy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("standard input cannot be one of several inputs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_directory_of_other_parameters_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let params = serde_json::json!({"dimensions": 768, "prompt": null});
+        claim_directory(&out, &params).unwrap();
+        assert!(out.join(MANIFEST_NAME).is_file());
+        // The same parameters again: a rerun goes on.
+        claim_directory(&out, &params).unwrap();
+        let other = serde_json::json!({"dimensions": 256, "prompt": null});
+        let err = claim_directory(&out, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("made with other parameters (dimensions: 768 -> 256)"),
+            "{err}"
+        );
+    }
+}
