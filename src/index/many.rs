@@ -4,11 +4,13 @@
 //! records what shapes every output (model, prompt, dimensions, ...), so that a rerun with other
 //! parameters is refused instead of leaving outputs of two kinds side by side.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
-use super::{checkpoint, AtomicFile, OutputFormat};
+use super::{checkpoint, OutputFormat};
 use crate::{Error, Result};
 
 /// The record of what shaped a directory's outputs.
@@ -90,40 +92,79 @@ fn output_name(input: &str, format: OutputFormat) -> Result<String> {
 }
 
 /// Make `dir` if need be and check its manifest against `params` (writing it when absent): a
-/// directory of outputs made with other parameters is refused, naming the differences.
+/// directory of outputs made with other parameters is refused, naming the differences. Jobs
+/// started together on one directory (the shards of its files) agree on one manifest: it is
+/// published without replacing one already there.
 pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.into(),
         source,
     })?;
     let path = dir.join(MANIFEST_NAME);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let recorded: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.clone(),
-                source,
-            })?;
-            if &recorded != params {
-                return Err(Error::File {
-                    path,
-                    message: format!(
-                        "the outputs here were made with other parameters ({}); use another \
-                         output directory, or empty this one to start over",
-                        super::job::differences(&recorded, params)
-                    ),
-                });
+    loop {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let recorded: Value =
+                    serde_json::from_str(&text).map_err(|source| Error::Json {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if &recorded != params {
+                    return Err(Error::File {
+                        path,
+                        message: format!(
+                            "the outputs here were made with other parameters ({}); use another \
+                             output directory, or empty this one to start over",
+                            super::job::differences(&recorded, params)
+                        ),
+                    });
+                }
+                return Ok(());
             }
-            Ok(())
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if publish(&path, params)? {
+                    return Ok(());
+                }
+                // Another job published one first: compare with it.
+            }
+            Err(source) => return Err(Error::Io { path, source }),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut file = AtomicFile::create(&path)?;
-            serde_json::to_writer_pretty(file.writer(), params).map_err(|source| Error::Json {
-                path: path.clone(),
-                source,
-            })?;
-            file.commit()
+    }
+}
+
+/// Write `params` to `path` unless a file is there already (written whole under a temporary
+/// name, then linked into place, which fails when the name is taken); whether it was written.
+fn publish(path: &Path, params: &Value) -> Result<bool> {
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    // Unique to this process and call (jobs of one directory may also be threads of one).
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_file_name(format!(
+        "{MANIFEST_NAME}.tmp-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let text = serde_json::to_string_pretty(params).expect("a JSON value serializes");
+    std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })
+        .map_err(io_error(&tmp))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    std::fs::remove_file(&tmp).map_err(io_error(&tmp))?;
+    match linked {
+        Ok(()) => {
+            checkpoint::sync_dir(path)?;
+            Ok(true)
         }
-        Err(source) => Err(Error::Io { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(Error::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -189,6 +230,33 @@ mod tests {
         assert!(out.join(MANIFEST_NAME).is_file());
         // The same parameters again: a rerun goes on.
         claim_directory(&out, &params).unwrap();
+        // Jobs claiming a fresh directory at once agree on one manifest: the first one's.
+        let fresh = dir.path().join("fresh");
+        let claims: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let fresh = &fresh;
+                    scope.spawn(move || {
+                        let params = serde_json::json!({"dimensions": 768 - 128 * (i % 2)});
+                        claim_directory(fresh, &params).is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let kept: Value =
+            serde_json::from_str(&std::fs::read_to_string(fresh.join(MANIFEST_NAME)).unwrap())
+                .unwrap();
+        for (i, claimed) in claims.iter().enumerate() {
+            let params = serde_json::json!({"dimensions": 768 - 128 * (i % 2)});
+            assert_eq!(*claimed, params == kept, "claim {i}");
+        }
+        assert_eq!(
+            std::fs::read_dir(&fresh).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+
         let other = serde_json::json!({"dimensions": 256, "prompt": null});
         let err = claim_directory(&out, &other).unwrap_err().to_string();
         assert!(
