@@ -1252,26 +1252,11 @@ fn several_inputs_write_one_output_each_and_resume() {
         .collect();
 
     let out_dir = dir.path().join("out");
+    // The killable job's flags, with every input after `--input`.
     let several = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = vec!["embed".into(), "--input".into()];
-        args.extend(inputs.iter().cloned());
-        args.extend(
-            [
-                "--output",
-                out_dir.to_str().unwrap(),
-                "--output-format",
-                "npy",
-                "--docs-per-request",
-                "4",
-                "--max-batch-tokens",
-                "64",
-                "--checkpoint-interval-ms",
-                "0",
-            ]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string()),
-        );
+        let flags = [&["--output-format", "npy"], extra].concat();
+        let mut args = killable_embed(&inputs[0], &out_dir, &flags);
+        args.splice(3..3, inputs[1..].iter().cloned());
         args
     };
     let args = several(&[]);
