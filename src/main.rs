@@ -72,7 +72,7 @@ struct InputArgs {
     /// several files too (`--input data/*.jsonl.gz`): one output each in the --output directory.
     #[arg(long, num_args = 1.., required = true)]
     input: Vec<String>,
-    /// Input format; by default from the extension (.jsonl/.json: jsonl, .txt: text, .csv: csv,
+    /// Input format; by default from the extension (.jsonl/.ndjson/.json: jsonl, .txt: text, .csv: csv,
     /// each perhaps with .gz or .zst after it; .parquet: parquet; `-`: jsonl; a directory: dir).
     #[arg(long)]
     input_format: Option<InputFormat>,
@@ -742,12 +742,20 @@ struct BenchArgs {
     /// not timed). Without --lengths, the only workload.
     #[arg(long)]
     corpus: Option<String>,
-    /// Corpus: only its first N documents.
+    /// Corpus: only its first N documents (the rest of the file is not read).
     #[arg(long)]
     corpus_docs: Option<usize>,
-    /// Corpus (CSV or Parquet): the column holding the text.
+    /// Corpus: its format (jsonl, text, csv, parquet or dir), as `embed --input-format`
+    /// [default: from the extension].
+    #[arg(long)]
+    corpus_format: Option<InputFormat>,
+    /// Corpus: the column (JSON Lines: the field) holding the text.
     #[arg(long, default_value = "text")]
     text_column: String,
+    /// Corpus: the column (JSON Lines: the field) holding a title, for EmbeddingGemma's document
+    /// prompt `title: {title} | text: `, as `embed --title-column`.
+    #[arg(long, conflicts_with = "prompt_name")]
+    title_column: Option<String>,
     /// Corpus: the named prompt for documents without their own `prompt_name`.
     #[arg(long)]
     prompt_name: Option<String>,
@@ -801,15 +809,17 @@ fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench:
     if args.corpus_docs == Some(0) {
         bail!("--corpus-docs must be at least 1");
     }
-    let format = InputFormat::from_path(path)?;
+    let format = match args.corpus_format {
+        Some(format) => format,
+        None => InputFormat::from_path(path)?,
+    };
     let columns = InputColumns {
         text: args.text_column.clone(),
-        ..InputColumns::default()
+        id: None,
+        title: args.title_column.clone(),
     };
-    let mut records = index::read_records(path, format, &columns)?;
-    if let Some(n) = args.corpus_docs {
-        records.truncate(n);
-    }
+    columns.check_fit(path, format)?;
+    let records = index::read_first_records(path, format, &columns, args.corpus_docs)?;
     let tokenizer = Tokenizer::for_model(model)?;
     let prompt = tokenizer.named_or_default_prompt(args.prompt_name.as_deref())?;
     let ids = index::tokenize_records(
@@ -819,9 +829,10 @@ fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench:
         prompt,
         Truncation::Truncate,
     )?;
-    let stem = Path::new(path)
-        .file_stem()
-        .map_or_else(|| "stdin".into(), |s| s.to_string_lossy().into_owned());
+    let stem = match Path::new(path).file_stem() {
+        Some(stem) if path != "-" => stem.to_string_lossy().into_owned(),
+        _ => "stdin".into(),
+    };
     let workload = bench::Workload::corpus(&stem, ids);
     eprintln!(
         "corpus {path}: {} documents, {} tokens",

@@ -387,3 +387,166 @@ fn corpus_workload_tokenizes_like_sentence_transformers() {
     assert_eq!(row["num_sequences"], 5);
     check_online_row(row, 5);
 }
+
+/// `gemma-embed tokenize --model MODEL --input INPUT ARGS...`: the ids of every document.
+fn tokenize_ids(model: &str, input: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args([
+            "tokenize",
+            "--model",
+            model,
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .args(args)
+        .output()
+        .expect("run gemma-embed tokenize");
+    let stdout = ok(&out);
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["ids"].clone())
+        .collect()
+}
+
+#[test]
+fn the_reference_reads_a_corpus_as_gemma_embed_does() {
+    // tools/corpus_docs.py is how tools/bench_reference.py reads --corpus. Its documents (prompt
+    // + text) tokenized by `gemma-embed tokenize` must give the ids of that command on the corpus
+    // itself, flag for flag, so that both engines measure the same sequences.
+    let Some(model) = common::real_model_dir() else {
+        return;
+    };
+    let model = model.to_str().unwrap();
+    let python = std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let beir = "{\"_id\": \"d1\", \"title\": \"Gemma\", \"text\": \"Small open models.\", \
+                \"meta\": {\"n\": 1}}\n\n\
+                {\"_id\": \"d2\", \"title\": null, \"text\": \"An untitled text\"}\r\n\
+                {\"_id\": \"d3\", \"title\": \" \", \"text\": \"Blank title, ünïcødé 中文\"}\n\
+                {\"_id\": \"d4\", \"title\": null, \"ids\": [2, 100, 1]}";
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, beir.as_bytes()).unwrap();
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            write("beir.jsonl.gz", &gzip.finish().unwrap()),
+            vec!["--id-column", "_id", "--title-column", "title"],
+        ),
+        (
+            write(
+                "notes.txt",
+                b"first line\r\n\nthird, after a blank one\nlast, no newline",
+            ),
+            vec!["--prompt-name", "query"],
+        ),
+        (
+            write(
+                "table.csv",
+                "heading,body\r\n\"A, quoted\",\"two\nlines of \"\"body\"\"\"\r\n,no heading\r\n"
+                    .as_bytes(),
+            ),
+            vec!["--text-column", "body", "--title-column", "heading"],
+        ),
+        (
+            write(
+                "mixed.ndjson",
+                b"{\"text\": \"inherits\"}\n{\"text\": \"a query\", \"prompt_name\": \"query\"}\n\
+                  {\"text\": \"none\", \"prompt_name\": null}\n{\"ids\": [2, 7, 1]}\n",
+            ),
+            vec!["--prompt-name", "STS"],
+        ),
+    ];
+    // A directory: hidden entries left out, paths in component order (a/ before a-b/).
+    write("folder/a-b/x.txt", b"from a-b");
+    write("folder/a/x.txt", b"from a");
+    write("folder/.hidden/y.txt", b"hidden");
+    write("folder/.dotfile", b"hidden");
+    write("folder/z.md", "# zed\n\nwith a title line".as_bytes());
+    let cases = cases
+        .into_iter()
+        .chain([(dir.path().join("folder"), vec!["--prompt-name", "document"])]);
+
+    for (corpus, flags) in cases {
+        // corpus_docs.py takes the reading flags (not --id-column: ids are not benchmarked).
+        let reading: Vec<&str> = flags
+            .chunks(2)
+            .filter(|flag| flag[0] != "--id-column")
+            .flatten()
+            .copied()
+            .collect();
+        let out = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/corpus_docs.py"))
+            .arg(&corpus)
+            .args(["--model", model])
+            .args(&reading)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            corpus.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prompted = dir.path().join("prompted.jsonl");
+        std::fs::write(&prompted, &out.stdout).unwrap();
+        let theirs = tokenize_ids(model, &prompted, &[]);
+        let ours = tokenize_ids(model, &corpus, &flags);
+        assert!(ours.len() >= 2, "{}: {ours:?}", corpus.display());
+        assert_eq!(theirs, ours, "{}", corpus.display());
+    }
+}
+
+#[test]
+fn a_corpus_reads_only_its_first_documents_with_their_titles() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("titled.csv");
+    // The third row is not CSV (a stray quote): never read with --corpus-docs 2.
+    std::fs::write(
+        &corpus,
+        "title,text\nGemma,one two three\n,four five\n\"bad,x\n",
+    )
+    .unwrap();
+    let tiny = tiny();
+    let titled = ["--text-column", "text", "--title-column", "title"];
+    let (_, report) = bench_json(
+        &[
+            ["--corpus", corpus.to_str().unwrap(), "--corpus-docs", "2"].as_slice(),
+            &titled,
+        ]
+        .concat(),
+    );
+    let row = &rows(&report)[0];
+    assert_eq!(row["name"], "corpus-titled");
+    assert_eq!(row["num_sequences"], 2);
+    std::fs::write(&corpus, "title,text\nGemma,one two three\n,four five\n").unwrap();
+    let expected: usize = tokenize_ids(&tiny, &corpus, &titled)
+        .iter()
+        .map(|ids| ids.as_array().unwrap().len())
+        .sum();
+    assert_eq!(row["num_tokens"], expected);
+    let untitled: usize = tokenize_ids(&tiny, &corpus, &[])
+        .iter()
+        .map(|ids| ids.as_array().unwrap().len())
+        .sum();
+    assert!(expected > untitled, "the titles make the prompts");
+
+    let out = bench(&[
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--title-column",
+        "title",
+        "--prompt-name",
+        "query",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -3,7 +3,8 @@
 written in the same JSON schema (so the two reports can be compared workload by workload).
 
     python3 tools/bench_reference.py --model DIR [--device cuda] [--full] [--lengths 128,512,2048]
-                                     [--mixed] [--corpus FILE [--corpus-docs N] [--prompt-name P]]
+                                     [--mixed] [--corpus FILE [--corpus-docs N] [--corpus-format F]
+                                     [--text-column C] [--title-column T] [--prompt-name P]]
                                      [--tokens N] [--repeats N] [--json out.json]
 
 By default the CPU run is CI-sized (fixed-128 and fixed-512, 1024 tokens each, 2 repeats: about a
@@ -16,9 +17,11 @@ timed, as in `gemma-embed bench`. Sequences are sorted by length and packed into
 at most --max-batch-tokens (padded) tokens, so the reference gets large batches. Warm-up runs are
 excluded; the reported rate is the median over --repeats runs of the whole workload.
 
-A corpus workload (--corpus) uses the documents' real token ids, tokenized as `gemma-embed bench
---corpus` tokenizes them. The mixed workload's lengths are drawn exactly as `gemma-embed bench --mixed` draws them (the same
-splitmix64 stream), so both engines see the same sequence lengths.
+A corpus workload (--corpus) uses the documents' real token ids: tools/corpus_docs.py reads the
+file as `gemma-embed bench --corpus` reads it (same formats, columns, titles and prompts) and they
+are tokenized as it tokenizes them. The mixed workload's lengths are drawn exactly as `gemma-embed
+bench --mixed` draws them (the same splitmix64 stream), so both engines see the same sequence
+lengths.
 """
 
 import argparse
@@ -31,6 +34,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import corpus_docs  # noqa: E402  (beside this script)
 
 MASK64 = (1 << 64) - 1
 MIXED_MIN_LEN = 16
@@ -66,23 +72,21 @@ def mixed_lengths(tokens, seed):
 
 
 def corpus_workload(args, model):
-    """The documents of --corpus (JSON Lines with `text` and optional `prompt_name`, or plain text
-    lines), tokenized as `gemma-embed bench --corpus` tokenizes them: prompt + text, <bos>/<eos>,
-    truncated to max_seq_length."""
-    docs = []
-    with open(args.corpus, encoding="utf-8") as f:
-        for line in f:
-            if args.corpus.endswith(".txt"):
-                docs.append((line.rstrip("\n"), args.prompt_name))
-            elif line.strip():
-                record = json.loads(line)
-                # `"prompt_name": null` means no prompt, as in `gemma-embed embed`.
-                docs.append((record["text"], record.get("prompt_name", args.prompt_name)))
-    if args.corpus_docs:
-        docs = docs[:args.corpus_docs]
-    ids = [model.tokenizer(model.prompts[name] + text if name else text, truncation=True,
-                           max_length=model.max_seq_length)["input_ids"] for text, name in docs]
-    stem = os.path.splitext(os.path.basename(args.corpus))[0]
+    """The documents of --corpus, read by tools/corpus_docs.py as `gemma-embed bench --corpus`
+    reads them (every input format of `embed`), tokenized as it tokenizes them: prompt + text,
+    <bos>/<eos>, truncated to max_seq_length; a line's own `ids` used as they are."""
+    try:
+        documents = corpus_docs.read_corpus(args.corpus, args.corpus_format, args.text_column,
+                                            args.title_column, args.corpus_docs)
+        texts = corpus_docs.prompted(documents, model.prompts,
+                                     args.prompt_name or model.default_prompt_name)
+    except corpus_docs.CorpusError as e:
+        sys.exit(f"bench_reference: {e}")
+    ids = [t if isinstance(t, list) else
+           model.tokenizer(t, truncation=True, max_length=model.max_seq_length)["input_ids"]
+           for t in texts]
+    name = os.path.basename(os.path.normpath(args.corpus))
+    stem = "stdin" if args.corpus == "-" else os.path.splitext(name)[0]
     return {"name": f"corpus-{stem}", "seq_len": None, "lengths": [len(i) for i in ids], "ids": ids}
 
 
@@ -153,10 +157,16 @@ def main():
                     type=lambda s: [int(x) for x in s.split(",") if x.strip()],
                     help="default: 128,512 on cpu (128,512,2048 on cuda); 16,128,512,2048 with --full")
     ap.add_argument("--mixed", action="store_true", help="add the mixed-length workload (on with --full)")
-    ap.add_argument("--corpus", help="add a corpus workload: a .jsonl (`text`, optional `prompt_name`) "
-                                      "or .txt file; without --lengths the only workload")
+    ap.add_argument("--corpus", help="add a corpus workload: a file or directory in any input format of "
+                                      "`gemma-embed embed` (see tools/corpus_docs.py); without --lengths "
+                                      "the only workload")
     ap.add_argument("--corpus-docs", type=int, default=None, help="only the corpus's first N documents")
-    ap.add_argument("--prompt-name", default=None, help="corpus: prompt for documents without their own")
+    ap.add_argument("--corpus-format", choices=corpus_docs.FORMATS, help="default: from the extension")
+    ap.add_argument("--text-column", default="text", help="corpus: the column (JSON Lines: field) of the text")
+    ap.add_argument("--title-column", help="corpus: the column (JSON Lines: field) of a title, for the "
+                                           "prompt `title: {title} | text: `")
+    ap.add_argument("--prompt-name", default=None, help="corpus: prompt for documents without their own "
+                                                        "(default: the model's default prompt)")
     ap.add_argument("--tokens", type=int, default=None,
                     help="tokens per measured run of a workload (default: 65536 on cuda, 1024 on cpu; "
                          "--full: 262144 on cuda, 16384 on cpu)")
@@ -167,6 +177,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
+    if args.title_column and args.prompt_name:
+        ap.error("--title-column and --prompt-name both choose the prompt: give one")
 
     import torch
     from sentence_transformers import SentenceTransformer

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
-use super::{checkpoint, OutputFormat};
+use super::{checkpoint, InputFormat, OutputFormat};
 use crate::{Error, Result};
 
 /// The record of what shaped a directory's outputs.
@@ -75,14 +75,11 @@ fn output_name(input: &str, format: OutputFormat) -> Result<String> {
             path: input.into(),
             message: "no file name (or not UTF-8) to name its output by".into(),
         })?;
-    let name = name
-        .strip_suffix(".gz")
-        .or_else(|| name.strip_suffix(".zst"))
-        .unwrap_or(name);
-    let stem = [".jsonl", ".json", ".txt", ".csv", ".parquet"]
-        .iter()
-        .find_map(|extension| name.strip_suffix(extension))
-        .unwrap_or(name);
+    let name = super::strip_compression_suffix(name).unwrap_or(name);
+    let stem = match name.rsplit_once('.') {
+        Some((stem, extension)) if InputFormat::of_extension(extension).is_some() => stem,
+        _ => name,
+    };
     let extension = match format {
         OutputFormat::Npy => "npy",
         OutputFormat::Jsonl => "jsonl",
@@ -177,6 +174,7 @@ mod tests {
         let inputs: Vec<String> = [
             "data/c4-train.00000-of-01024.json.gz",
             "data/part.jsonl.zst",
+            "dump.ndjson",
             "other/notes.txt",
             "table.csv",
             "rows.parquet",
@@ -191,6 +189,7 @@ mod tests {
             [
                 "out/c4-train.00000-of-01024.npy",
                 "out/part.npy",
+                "out/dump.npy",
                 "out/notes.npy",
                 "out/table.npy",
                 "out/rows.npy",

@@ -88,7 +88,7 @@ pub fn titled_prompt(title: Option<&str>) -> String {
 }
 
 impl InputFormat {
-    /// `.jsonl`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV
+    /// `.jsonl`, `.ndjson`, `.json` and `-` (stdin) are JSON Lines; `.txt` is plain text; `.csv` is CSV
     /// (each also compressed: `.jsonl.gz`, `.jsonl.zst`, ...); `.parquet` is Parquet; a
     /// directory is a directory of documents.
     pub fn from_path(path: &str) -> Result<Self> {
@@ -98,26 +98,39 @@ impl InputFormat {
         if Path::new(path).is_dir() {
             return Ok(Self::Directory);
         }
-        let compressed = path
-            .strip_suffix(".gz")
-            .or_else(|| path.strip_suffix(".zst"));
+        let compressed = strip_compression_suffix(path);
         let extension = Path::new(compressed.unwrap_or(path))
             .extension()
             .and_then(|e| e.to_str());
-        match (extension, compressed.is_some()) {
-            (Some("jsonl" | "json"), _) => Ok(Self::Jsonl),
-            (Some("txt"), _) => Ok(Self::Text),
-            (Some("csv"), _) => Ok(Self::Csv),
-            (Some("parquet"), false) => Ok(Self::Parquet),
-            _ => Err(Error::File {
+        match (extension.and_then(Self::of_extension), compressed.is_some()) {
+            (Some(Self::Parquet), true) | (None, _) => Err(Error::File {
                 path: path.into(),
                 message: "cannot tell the input format from the extension \
-                          (.jsonl, .json, .txt, .csv, each perhaps .gz or .zst, or .parquet); pass \
-                          --input-format jsonl|text|csv|parquet|dir"
+                          (.jsonl, .ndjson, .json, .txt, .csv, each perhaps .gz or .zst, or \
+                          .parquet); pass --input-format jsonl|text|csv|parquet|dir"
                     .into(),
             }),
+            (Some(format), _) => Ok(format),
         }
     }
+
+    /// The format of a file extension (without its dot): `jsonl`, `ndjson` and `json` are JSON
+    /// Lines, `txt` is text, `csv` and `parquet` are themselves.
+    pub fn of_extension(extension: &str) -> Option<Self> {
+        match extension {
+            "jsonl" | "ndjson" | "json" => Some(Self::Jsonl),
+            "txt" => Some(Self::Text),
+            "csv" => Some(Self::Csv),
+            "parquet" => Some(Self::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// `path` without its compression suffix (`.gz`, `.zst`), or `None` where it has none.
+pub fn strip_compression_suffix(path: &str) -> Option<&str> {
+    path.strip_suffix(".gz")
+        .or_else(|| path.strip_suffix(".zst"))
 }
 
 impl FromStr for InputFormat {
@@ -220,10 +233,24 @@ pub fn read_records(
     format: InputFormat,
     columns: &InputColumns,
 ) -> Result<Vec<Record>> {
+    read_first_records(path, format, columns, None)
+}
+
+/// [`read_records`], stopping after the first `limit` documents (`None`: all of them); the
+/// rest of the input is not read.
+pub fn read_first_records(
+    path: &str,
+    format: InputFormat,
+    columns: &InputColumns,
+    limit: Option<usize>,
+) -> Result<Vec<Record>> {
     let mut reader =
         reader::RecordReader::open(path, format, columns, reader::ReadPosition::default())?;
     let mut records = Vec::new();
-    while let Some(document) = reader.next_document()? {
+    while limit.is_none_or(|limit| records.len() < limit) {
+        let Some(document) = reader.next_document()? else {
+            break;
+        };
         records.push(document.record?);
     }
     Ok(records)
@@ -473,6 +500,10 @@ mod tests {
         );
         assert_eq!(
             InputFormat::from_path("00.jsonl.zst").unwrap(),
+            InputFormat::Jsonl
+        );
+        assert_eq!(
+            InputFormat::from_path("dump.ndjson.gz").unwrap(),
             InputFormat::Jsonl
         );
         // Parquet compresses its own pages.
