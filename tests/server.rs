@@ -478,6 +478,13 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
             "`truncation_direction`",
         ),
         (
+            "tei direction without truncate",
+            tei(br#"{"inputs": "a", "truncation_direction": {}}"#),
+            422,
+            Tei,
+            "`truncation_direction`: must be a string",
+        ),
+        (
             "tei inputs",
             tei(br#"{"input": "a"}"#),
             422,

@@ -14,6 +14,7 @@
 //! | `GET /health`, `GET /`, `GET /ping` | | 200 when a probe went through the backend, else 503 |
 //! | `GET /info` | | model, dims, prompts, backend, limits, version |
 //! | `GET /metrics` | | Prometheus text |
+//! | `GET /openapi.json`, `GET /api-doc/openapi.json` | | this API's OpenAPI 3.1 description ([`openapi_document`]) |
 //!
 //! Every embedding route submits to the shared [`Engine`] with [`Admission::Reject`]: a full
 //! queue answers 429 at once. A client that disconnects drops its handler, hence its
@@ -213,6 +214,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
+        // The API's description (TEI serves its own at `/api-doc/openapi.json`).
+        .route("/openapi.json", get(openapi))
+        .route("/api-doc/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -225,6 +229,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// The OpenAPI 3.1 description of these routes (`openapi.json` beside this file), with this
+/// build's version.
+pub fn openapi_document() -> &'static Value {
+    static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+        let mut document: Value = serde_json::from_str(include_str!("openapi.json"))
+            .expect("src/server/openapi.json is JSON (checked by the server tests)");
+        document["info"]["version"] = Value::from(env!("CARGO_PKG_VERSION"));
+        document
+    });
+    &DOCUMENT
+}
+
+async fn openapi() -> Json<&'static Value> {
+    Json(openapi_document())
 }
 
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight requests
@@ -440,21 +460,26 @@ fn truncation(
     auto_truncate: bool,
     with_direction: bool,
 ) -> Result<Truncation, ApiError> {
-    if !request::optional_bool(body, "truncate")?.unwrap_or(auto_truncate) {
-        return Ok(Truncation::Refuse);
-    }
+    // The direction is checked even where nothing is truncated: a bad one is never ignored.
     let direction = if with_direction {
         request::optional_str(body, "truncation_direction")?
     } else {
         None
     };
-    match direction.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("right") => Ok(Truncation::Truncate),
-        Some("left") => Ok(Truncation::TruncateLeft),
-        Some(other) => Err(ApiError::field(
-            "truncation_direction",
-            format!("must be `Right` or `Left`, got `{other}`"),
-        )),
+    let truncation = match direction.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("right") => Truncation::Truncate,
+        Some("left") => Truncation::TruncateLeft,
+        Some(other) => {
+            return Err(ApiError::field(
+                "truncation_direction",
+                format!("must be `Right` or `Left`, got `{other}`"),
+            ))
+        }
+    };
+    if request::optional_bool(body, "truncate")?.unwrap_or(auto_truncate) {
+        Ok(truncation)
+    } else {
+        Ok(Truncation::Refuse)
     }
 }
 
