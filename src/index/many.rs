@@ -49,6 +49,16 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
                 "a directory (each file one document) is an input of its own, not one of several",
             ));
         }
+        // Every input is there before any is embedded: a misspelt one is not found hours in.
+        if let Err(source) = std::fs::metadata(input) {
+            return Err(Error::Io {
+                path: input.into(),
+                source,
+            });
+        }
+        if jobs.iter().any(|job| &job.input == input) {
+            return Err(refuse("given twice"));
+        }
         let output = dir.join(output_name(input, format)?);
         if let Some(other) = jobs.iter().find(|job| job.output == output) {
             return Err(refuse(&format!(
@@ -93,6 +103,14 @@ fn output_name(input: &str, format: OutputFormat) -> Result<String> {
 /// started together on one directory (the shards of its files) agree on one manifest: it is
 /// published without replacing one already there.
 pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::File {
+            path: dir.into(),
+            message: "is a file: with several inputs --output names a directory (one output \
+                      per input in it)"
+                .into(),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.into(),
         source,
@@ -169,19 +187,35 @@ fn publish(path: &Path, params: &Value) -> Result<bool> {
 mod tests {
     use super::*;
 
+    /// Empty files at `names` below `root`, as input paths.
+    fn files(root: &Path, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .map(|name| {
+                let path = root.join(name);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, b"").unwrap();
+                path.to_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
     #[test]
     fn outputs_are_named_after_their_inputs() {
-        let inputs: Vec<String> = [
-            "data/c4-train.00000-of-01024.json.gz",
-            "data/part.jsonl.zst",
-            "dump.ndjson",
-            "other/notes.txt",
-            "table.csv",
-            "rows.parquet",
-            "plain",
-        ]
-        .map(String::from)
-        .to_vec();
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let inputs = files(
+            root,
+            &[
+                "data/c4-train.00000-of-01024.json.gz",
+                "data/part.jsonl.zst",
+                "dump.ndjson",
+                "other/notes.txt",
+                "table.csv",
+                "rows.parquet",
+                "plain",
+            ],
+        );
         let jobs = plan(&inputs, Path::new("out"), OutputFormat::Npy).unwrap();
         let outputs: Vec<&Path> = jobs.iter().map(|job| job.output.as_path()).collect();
         assert_eq!(
@@ -203,14 +237,31 @@ mod tests {
             Path::new("out/c4-train.00000-of-01024.jsonl")
         );
 
-        let clash = ["a/x.jsonl", "b/x.jsonl.gz"].map(String::from);
+        let clash = files(root, &["a/x.jsonl", "b/x.jsonl.gz"]);
         let err = plan(&clash, Path::new("out"), OutputFormat::Npy)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("b/x.jsonl.gz: its output would be out/x.npy, as a/x.jsonl's is"),
+            err.contains(&format!(
+                "{}: its output would be out/x.npy, as {}'s is",
+                clash[1], clash[0]
+            )),
             "{err}"
         );
+        // A missing input is named before anything is embedded; one given twice is refused.
+        let missing = [
+            inputs[0].clone(),
+            root.join("nope.jsonl").display().to_string(),
+        ];
+        let err = plan(&missing, Path::new("out"), OutputFormat::Npy)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.jsonl: No such file"), "{err}");
+        let twice = [inputs[2].clone(), inputs[2].clone()];
+        let err = plan(&twice, Path::new("out"), OutputFormat::Npy)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("dump.ndjson: given twice"), "{err}");
         let err = plan(&["-".into()], Path::new("out"), OutputFormat::Npy)
             .unwrap_err()
             .to_string();
@@ -225,6 +276,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let params = serde_json::json!({"dimensions": 768, "prompt": null});
+        std::fs::write(&out, b"").unwrap();
+        let err = claim_directory(&out, &params).unwrap_err().to_string();
+        assert!(err.contains("out: is a file"), "{err}");
+        std::fs::remove_file(&out).unwrap();
         claim_directory(&out, &params).unwrap();
         assert!(out.join(MANIFEST_NAME).is_file());
         // The same parameters again: a rerun goes on.
