@@ -335,18 +335,16 @@ fn read_and_tokenize(
 
 fn embed(args: EmbedArgs) -> Result<()> {
     let input = &args.input;
-    let several = input.input.len() > 1;
-    let output_format = match (several, args.output_format) {
-        (false, None) => OutputFormat::from_path(&args.output)?,
-        (false, Some(_)) => bail!(
-            "--output-format is for several inputs (one output each in the --output directory); \
-             one output's format comes from its extension"
-        ),
-        (true, Some(format)) => format,
-        (true, None) => bail!(
+    // `--output-format` asks for the directory mode whatever the count: a glob (`data/*.gz`)
+    // may match one file.
+    let several = input.input.len() > 1 || args.output_format.is_some();
+    let output_format = match args.output_format {
+        Some(format) => format,
+        None if several => bail!(
             "several inputs write one output each into the --output directory: give \
              --output-format npy|jsonl|parquet"
         ),
+        None => OutputFormat::from_path(&args.output)?,
     };
     if args.dtype == Dtype::F16 && output_format == OutputFormat::Jsonl {
         bail!("--dtype f16 is for .npy and .parquet outputs");
@@ -370,6 +368,12 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let jobs = if several {
         index::many::plan(&input.input, &args.output, output_format)?
     } else {
+        if index::many::same_file(Path::new(&input.input[0]), &args.output) {
+            bail!(
+                "--output {} is the input: the embeddings would overwrite it",
+                args.output.display()
+            );
+        }
         vec![index::many::FileJob {
             input: input.input[0].clone(),
             output: args.output.clone(),

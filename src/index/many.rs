@@ -68,12 +68,38 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
                 other.input
             )));
         }
+        // An input in `dir` named as its own output would pass for done (or be overwritten).
+        if let Some(job) = std::iter::once(input)
+            .chain(inputs)
+            .find(|other| same_file(Path::new(other), &output))
+        {
+            return Err(refuse(&format!(
+                "its output {} would be the input {job}: choose another --output directory",
+                output.display()
+            )));
+        }
         jobs.push(FileJob {
             input: input.clone(),
             output,
         });
     }
+    // Shards take every N-th file of one order whatever the command line's (a glob's order
+    // follows the locale): the outputs' names.
+    jobs.sort_by(|a, b| a.output.cmp(&b.output));
     Ok(jobs)
+}
+
+/// Whether the paths `a` and `b` name one file (their folders resolved; the files need not
+/// exist).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| {
+        let folder = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(folder.canonicalize().ok()?.join(p.file_name()?))
+    };
+    resolved(a).is_some() && resolved(a) == resolved(b)
 }
 
 /// The output file name of `input`.
@@ -220,14 +246,15 @@ mod tests {
         let outputs: Vec<&Path> = jobs.iter().map(|job| job.output.as_path()).collect();
         assert_eq!(
             outputs,
+            // In the order of their names, whatever the command line's.
             [
                 "out/c4-train.00000-of-01024.npy",
-                "out/part.npy",
                 "out/dump.npy",
                 "out/notes.npy",
-                "out/table.npy",
+                "out/part.npy",
+                "out/plain.npy",
                 "out/rows.npy",
-                "out/plain.npy"
+                "out/table.npy"
             ]
             .map(Path::new)
         );
@@ -262,6 +289,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.ends_with("dump.ndjson: given twice"), "{err}");
+        // An input in the output directory named as its own output.
+        let own = files(root, &["out/p.jsonl"]);
+        let err = plan(&own, &root.join("out"), OutputFormat::Jsonl)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("would be the input"), "{err}");
+        assert!(plan(&own, &root.join("out"), OutputFormat::Npy).is_ok());
         let err = plan(&["-".into()], Path::new("out"), OutputFormat::Npy)
             .unwrap_err()
             .to_string();
