@@ -4,6 +4,7 @@
 //! records what shapes every output (model, prompt, dimensions, ...), so that a rerun with other
 //! parameters is refused instead of leaving outputs of two kinds side by side.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,9 @@ impl FileJob {
 /// `c4-00000.npy`). Standard input, directories and two inputs of one output name are refused.
 pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<FileJob>> {
     let mut jobs: Vec<FileJob> = Vec::with_capacity(inputs.len());
+    // Each input's resolved path, and each output's input: one look-up per input, not a scan.
+    let mut resolved_inputs: HashMap<PathBuf, &str> = HashMap::with_capacity(inputs.len());
+    let mut output_inputs: HashMap<PathBuf, &str> = HashMap::with_capacity(inputs.len());
     for input in inputs {
         let refuse = |message: &str| Error::File {
             path: input.into(),
@@ -50,32 +54,21 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
             ));
         }
         // Every input is there before any is embedded: a misspelt one is not found hours in.
-        if let Err(source) = std::fs::metadata(input) {
-            return Err(Error::Io {
+        let resolved = Path::new(input)
+            .canonicalize()
+            .map_err(|source| Error::Io {
                 path: input.into(),
                 source,
-            });
-        }
-        if jobs.iter().any(|job| &job.input == input) {
+            })?;
+        if resolved_inputs.insert(resolved, input).is_some() {
             return Err(refuse("given twice"));
         }
         let output = dir.join(output_name(input, format)?);
-        if let Some(other) = jobs.iter().find(|job| job.output == output) {
+        if let Some(other) = output_inputs.insert(output.clone(), input) {
             return Err(refuse(&format!(
-                "its output would be {}, as {}'s is: inputs of several folders need distinct \
-                 names",
+                "its output would be {}, as {other}'s is: inputs of several folders need \
+                 distinct names",
                 output.display(),
-                other.input
-            )));
-        }
-        // An input in `dir` named as its own output would pass for done (or be overwritten).
-        if let Some(job) = std::iter::once(input)
-            .chain(inputs)
-            .find(|other| same_file(Path::new(other), &output))
-        {
-            return Err(refuse(&format!(
-                "its output {} would be the input {job}: choose another --output directory",
-                output.display()
             )));
         }
         jobs.push(FileJob {
@@ -83,23 +76,44 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
             output,
         });
     }
+    // An input in `dir` named as its own output would pass for done (or be overwritten). A
+    // directory not made yet holds no input.
+    let dir = dir.canonicalize().ok();
+    for job in &jobs {
+        let output = dir
+            .as_ref()
+            .zip(job.output.file_name())
+            .map(|(dir, name)| dir.join(name));
+        if let Some(input) = output.and_then(|path| resolved_inputs.get(&path)) {
+            return Err(Error::File {
+                path: job.input.clone().into(),
+                message: format!(
+                    "its output {} would be the input {input}: choose another --output directory",
+                    job.output.display()
+                ),
+            });
+        }
+    }
     // Shards take every N-th file of one order whatever the command line's (a glob's order
     // follows the locale): the outputs' names.
     jobs.sort_by(|a, b| a.output.cmp(&b.output));
     Ok(jobs)
 }
 
+/// `path` with its folder resolved (the file need not exist); `None` where the folder does not
+/// exist.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let folder = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(folder.canonicalize().ok()?.join(path.file_name()?))
+}
+
 /// Whether the paths `a` and `b` name one file (their folders resolved; the files need not
 /// exist).
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    let resolved = |p: &Path| {
-        let folder = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(folder.canonicalize().ok()?.join(p.file_name()?))
-    };
-    resolved(a).is_some() && resolved(a) == resolved(b)
+    resolved(a).is_some_and(|a| resolved(b) == Some(a))
 }
 
 /// The output file name of `input`.
