@@ -14,7 +14,7 @@
 //! | `GET /health`, `GET /`, `GET /ping` | | 200 when a probe went through the backend, else 503 |
 //! | `GET /info` | | model, dims, prompts, backend, limits, version |
 //! | `GET /metrics` | | Prometheus text |
-//! | `GET /openapi.json`, `GET /api-doc/openapi.json` | | this API's OpenAPI 3.1 description ([`openapi_document`]) |
+//! | `GET /openapi.json`, `GET /api-doc/openapi.json` | | this API's OpenAPI 3.1 description (`openapi.json`) |
 //!
 //! Every embedding route submits to the shared [`Engine`] with [`Admission::Reject`]: a full
 //! queue answers 429 at once. A client that disconnects drops its handler, hence its
@@ -232,19 +232,19 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The OpenAPI 3.1 description of these routes (`openapi.json` beside this file), with this
-/// build's version.
-pub fn openapi_document() -> &'static Value {
-    static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+/// build's version, serialized once.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
         let mut document: Value = serde_json::from_str(include_str!("openapi.json"))
             .expect("src/server/openapi.json is JSON (checked by the server tests)");
         document["info"]["version"] = Value::from(env!("CARGO_PKG_VERSION"));
-        document
+        Bytes::from(serde_json::to_vec(&document).expect("a JSON value serializes"))
     });
-    &DOCUMENT
-}
-
-async fn openapi() -> Json<&'static Value> {
-    Json(openapi_document())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.clone(),
+    )
+        .into_response()
 }
 
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight requests
