@@ -439,7 +439,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
             openai(huge.as_bytes()),
             413,
             OpenAi,
-            "length limit",
+            "larger than the payload limit",
         ),
         (
             "10k inputs",
@@ -517,7 +517,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
             tei(huge.as_bytes()),
             413,
             Tei,
-            "length limit",
+            "larger than the payload limit",
         ),
         (
             "tokenize ids",
@@ -816,6 +816,38 @@ fn api_key_guards_every_route_but_health_and_metrics() {
     assert_eq!(server.post("/decode", &json!({"ids": [2, 1]})).status, 401);
     assert_eq!(server.get("/health", &[]).status, 200);
     assert_eq!(server.get("/metrics", &[]).status, 200);
+}
+
+#[test]
+fn a_body_far_past_the_payload_limit_gets_its_413_not_a_reset_connection() {
+    // Without draining, the server answers after reading the first 100 kB and closes the
+    // connection while a 4 MB body is still being written: the client sees a broken pipe or a
+    // reset instead of the answer.
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--payload-limit", "100000"],
+    );
+    let body = format!(r#"{{"input": "{}"}}"#, "a ".repeat(2_000_000));
+    for round in 0..3 {
+        for (path, shape) in [("/v1/embeddings", Flavor::OpenAi), ("/embed", Flavor::Tei)] {
+            for chunked in [false, true] {
+                let name = format!("round {round}, {path}, chunked {chunked}");
+                let answer = if chunked {
+                    server.post_chunked(path, body.as_bytes())
+                } else {
+                    server.post_bytes(path, body.as_bytes(), &[])
+                };
+                assert_eq!(answer.status, 413, "{name}: {}", answer.body);
+                let message = error_message(&name, &answer.json(), shape);
+                assert!(
+                    message.contains("100000 bytes") && message.contains("--payload-limit"),
+                    "{name}: {message}"
+                );
+            }
+        }
+    }
+    let fine = server.post("/v1/embeddings", &json!({"input": "a"}));
+    assert_eq!(fine.status, 200, "{}", fine.body);
 }
 
 #[test]

@@ -35,8 +35,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -44,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use http_body_util::BodyExt as _;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -205,6 +205,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/info", get(info))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
+            read_limited_body,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
             require_api_key,
         ));
     let router = Router::new()
@@ -222,7 +226,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             record_request,
         ))
-        .layer(DefaultBodyLimit::max(state.config.payload_limit))
+        // `read_limited_body` enforces `payload_limit` and hands the handlers a read body.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
     // Outermost: a preflight is answered before the API key is asked for.
     match cors {
@@ -302,6 +307,91 @@ async fn require_api_key(
     .respond(flavor_of(request.uri().path()))
 }
 
+/// How much of a body past the payload limit is read on and thrown away before the 413 answer,
+/// and for how long: a client still writing its body then reads the answer instead of a reset
+/// connection. Past either bound the answer goes at once and the connection is closed.
+const REFUSED_BODY_DRAIN_BYTES: usize = 64 << 20;
+const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Reads an API request's body, at most [`ServerConfig::payload_limit`] bytes, before its
+/// handler runs. A longer body (by its Content-Length, or counted as it arrives when chunked) is
+/// refused with 413 once the client has finished sending it, within the drain bounds above.
+async fn read_limited_body(
+    State(state): State<Arc<AppState>>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    let limit = state.config.payload_limit;
+    let flavor = flavor_of(request.uri().path());
+    let (parts, mut body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return refuse_oversized_body(body, 0, limit, flavor).await;
+    }
+    let mut read = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                return ApiError::new(
+                    ErrorKind::Malformed,
+                    format!("cannot read the body: {error}"),
+                )
+                .respond(flavor)
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if read.len() + data.len() > limit {
+            return refuse_oversized_body(body, read.len() + data.len(), limit, flavor).await;
+        }
+        read.extend_from_slice(&data);
+    }
+    next.run(HttpRequest::from_parts(parts, Body::from(read)))
+        .await
+}
+
+/// The 413 answer to a body past `limit`, of which `read` bytes were already read: the rest is
+/// read and dropped first (see [`REFUSED_BODY_DRAIN_BYTES`]).
+async fn refuse_oversized_body(
+    mut body: Body,
+    read: usize,
+    limit: usize,
+    flavor: Flavor,
+) -> Response {
+    let drained = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, async {
+        let mut read = read;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > REFUSED_BODY_DRAIN_BYTES {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    let mut response = ApiError::new(
+        ErrorKind::TooLarge,
+        format!(
+            "the request body is larger than the payload limit of {limit} bytes (the server's \
+             --payload-limit)"
+        ),
+    )
+    .respond(flavor);
+    if !drained {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// Compare without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -338,23 +428,6 @@ async fn record_request(
 async fn not_found(request: HttpRequest) -> Response {
     let path = request.uri().path();
     ApiError::new(ErrorKind::NotFound, format!("no route {path}")).respond(flavor_of(path))
-}
-
-/// A request body as a JSON object, or the error that reading it gave (413 past the payload
-/// limit, 400 for anything but a JSON object).
-fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorKind::TooLarge
-        } else {
-            ErrorKind::Malformed
-        };
-        ApiError::new(
-            kind,
-            format!("cannot read the body: {}", rejection.body_text()),
-        )
-    })?;
-    request::object(&bytes)
 }
 
 /// What an embedding route asks of the engine.
@@ -489,9 +562,9 @@ fn prompt_name(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 
 async fn openai_embeddings(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, OpenAiError> {
-    let mut body = json_body(body)?;
+    let mut body = request::object(&body)?;
     let as_base64 = match request::optional_str(&body, "encoding_format")? {
         None | Some("float") => false,
         Some("base64") => true,
@@ -609,11 +682,8 @@ fn tei_embed_query(
     })
 }
 
-async fn tei_embed(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let query = tei_embed_query(&mut json_body(body)?, &state.config)?;
+async fn tei_embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, TeiError> {
+    let query = tei_embed_query(&mut request::object(&body)?, &state.config)?;
     let answer = embed(&state, query).await?;
     let vectors: Vec<&[f32]> = answer
         .embeddings
@@ -626,11 +696,8 @@ async fn tei_embed(
 /// TEI's Vertex AI route: `{"instances": [EMBED BODY, ...]}`, answered with
 /// `{"predictions": [EMBEDDINGS, ...]}`, one `/embed` answer per instance. The instances go to
 /// the engine together.
-async fn tei_vertex(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let mut body = json_body(body)?;
+async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, TeiError> {
+    let mut body = request::object(&body)?;
     let instances = match body.remove("instances").filter(|v| !v.is_null()) {
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) => {
@@ -689,9 +756,9 @@ struct VertexResponse {
 /// similarity to the source, as sentence-transformers' `similarity` computes it for this model.
 async fn tei_similarity(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, TeiError> {
-    let mut body = json_body(body)?;
+    let mut body = request::object(&body)?;
     let (source, sentences) =
         request::similarity_inputs(&mut body, state.config.max_client_batch_size)?;
     let parameters = request::optional_object(&body, "parameters")?.unwrap_or_default();
@@ -723,9 +790,9 @@ async fn tei_similarity(
 
 async fn tei_tokenize(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, TeiError> {
-    let mut body = json_body(body)?;
+    let mut body = request::object(&body)?;
     let (inputs, input_names) =
         request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
@@ -754,11 +821,8 @@ async fn tei_tokenize(
 }
 
 /// TEI's `/decode`: the text of each list of token ids.
-async fn tei_decode(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, TeiError> {
-    let body = json_body(body)?;
+async fn tei_decode(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, TeiError> {
+    let body = request::object(&body)?;
     let lists = request::id_lists(&body, "ids", state.config.max_client_batch_size)?;
     let skip_special_tokens = request::optional_bool(&body, "skip_special_tokens")?.unwrap_or(true);
     let texts = tokio::task::spawn_blocking(move || {

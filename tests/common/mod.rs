@@ -261,6 +261,15 @@ impl Server {
         http_post(&format!("{}{path}", self.url), body, headers)
     }
 
+    /// POST raw bytes as a chunked body (no Content-Length).
+    pub fn post_chunked(&self, path: &str, body: &[u8]) -> HttpAnswer {
+        let request = http_agent()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json");
+        let mut reader = body;
+        Self::answer(request.send(ureq::SendBody::from_reader(&mut reader)))
+    }
+
     pub fn post(&self, path: &str, body: &serde_json::Value) -> HttpAnswer {
         self.post_bytes(path, body.to_string().as_bytes(), &[])
     }
