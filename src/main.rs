@@ -441,7 +441,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         }),
     };
     if several {
-        index::many::claim_directory(&args.output, &options.output_params())?;
+        index::many::claim_directory(&args.output, &options.manifest_params())?;
     }
     let start = std::time::Instant::now();
     let mut total = job::JobSummary::default();
@@ -449,33 +449,47 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let mine: Vec<usize> = (0..jobs.len())
         .filter(|&i| !several || args.shard.holds(i as u64))
         .collect();
-    for (n, &i) in mine.iter().enumerate() {
-        let job = &jobs[i];
-        let options = JobOptions {
-            input: job.input.clone(),
-            input_format: input_formats[i],
-            output: job.output.clone(),
-            ..options.clone()
-        };
-        if several {
-            let done = if job.is_done() { ": done before" } else { "" };
-            eprintln!(
-                "[{}/{}] {} -> {}{done}",
-                n + 1,
-                mine.len(),
-                job.input,
-                job.output.display()
-            );
-            if job.is_done() {
-                done_before += 1;
-                continue;
+    let mut run_jobs = || -> Result<()> {
+        for (n, &i) in mine.iter().enumerate() {
+            let job = &jobs[i];
+            let options = JobOptions {
+                input: job.input.clone(),
+                input_format: input_formats[i],
+                output: job.output.clone(),
+                ..options.clone()
+            };
+            if several {
+                let done = job.is_done()?;
+                eprintln!(
+                    "[{}/{}] {} -> {}{}",
+                    n + 1,
+                    mine.len(),
+                    job.input,
+                    job.output.display(),
+                    if done { ": done before" } else { "" }
+                );
+                if done {
+                    done_before += 1;
+                    continue;
+                }
             }
+            let summary = job::run(&engine, &options)?;
+            print_job_summary(&summary, &options, backend_name);
+            embedded += 1;
+            total.docs += summary.docs;
+            total.tokens += summary.tokens;
         }
-        let summary = job::run(&engine, &options)?;
-        print_job_summary(&summary, &options, backend_name);
-        embedded += 1;
-        total.docs += summary.docs;
-        total.tokens += summary.tokens;
+        Ok(())
+    };
+    if let Err(error) = run_jobs() {
+        // Nothing written: the directory goes back unclaimed, for the rerun with fixed flags.
+        if several && index::many::release_directory(&args.output).unwrap_or(false) {
+            eprintln!(
+                "{} holds no output: its manifest is removed",
+                args.output.display()
+            );
+        }
+        return Err(error);
     }
     let stats = engine.stats();
     drop(engine);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1328,4 +1328,77 @@ fn several_inputs_write_one_output_each_and_resume() {
     let mut clash = several(&[]);
     clash.insert(2, b_plain.to_str().unwrap().to_string());
     refused(clash, "its output would be");
+}
+
+#[test]
+fn a_failed_run_of_several_inputs_can_be_rerun_with_fixed_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = corpus(6);
+    let out_dir = dir.path().join("out");
+    let embed = |inputs: &[&Path], extra: &[&str]| {
+        let mut args = vec!["embed", "--input"];
+        args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+        args.extend(["--output", out_dir.to_str().unwrap(), "--output-format"]);
+        args.extend(["npy"].iter().chain(extra));
+        gemma_embed(&args).output().unwrap()
+    };
+
+    // CSV files whose text is in `body`: the first run names no --text-column and fails at
+    // the first file, having written nothing; the rerun with the column is not refused as one
+    // of other parameters.
+    let csvs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("t{i}.csv"));
+            let rows: String = texts[i * 3..i * 3 + 3]
+                .iter()
+                .map(|t| format!("\"{t}\"\n"))
+                .collect();
+            std::fs::write(&path, format!("body\n{rows}")).unwrap();
+            path
+        })
+        .collect();
+    let csv_refs: Vec<&Path> = csvs.iter().map(PathBuf::as_path).collect();
+    let failed = embed(&csv_refs, &[]);
+    assert!(!failed.status.success());
+    let stderr = stderr_of(&failed);
+    assert!(stderr.contains("text"), "{stderr}");
+    assert!(
+        stderr.contains("holds no output: its manifest is removed"),
+        "{stderr}"
+    );
+    let fixed = embed(&csv_refs, &["--text-column", "body"]);
+    assert!(fixed.status.success(), "{}", stderr_of(&fixed));
+    for (i, name) in ["t0.npy", "t1.npy"].iter().enumerate() {
+        let (rows, values) = read_npy_f32(&out_dir.join(name));
+        assert_eq!(rows, 3);
+        assert_eq!(values, reference_rows(&texts[i * 3..i * 3 + 3]).concat());
+    }
+
+    // A bad line stops the run under --on-error fail (the file before it is done); the rerun
+    // with --on-error skip finishes it, rejecting the line.
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    let good = dir.path().join("good.jsonl");
+    write_jsonl(&good, &texts[..3]);
+    let bad = dir.path().join("more.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"text\": 7}}\n{}\n",
+            serde_json::json!({"text": texts[3]}),
+            serde_json::json!({"text": texts[4]})
+        ),
+    )
+    .unwrap();
+    let failed = embed(&[&good, &bad], &[]);
+    assert!(!failed.status.success());
+    assert!(out_dir.join("good.npy").exists() && !out_dir.join("more.npy").exists());
+    let skipped = embed(&[&good, &bad], &["--on-error", "skip"]);
+    let stderr = stderr_of(&skipped);
+    assert!(skipped.status.success(), "{stderr}");
+    assert!(stderr.contains("done before"), "{stderr}");
+    let (rows, values) = read_npy_f32(&out_dir.join("more.npy"));
+    assert_eq!(rows, 2);
+    assert_eq!(values, reference_rows(&texts[3..5]).concat());
+    let rejects = std::fs::read_to_string(out_dir.join("more.npy.rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
 }

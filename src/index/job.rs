@@ -175,6 +175,18 @@ impl JobOptions {
         params
     }
 
+    /// What a directory of outputs records of them ([`super::many::MANIFEST_NAME`]): the
+    /// output parameters but `--on-error`, so that files a run stopped at can be rerun with
+    /// `--on-error skip` (a file finished under `fail` had no bad document: `skip` writes the same
+    /// rows).
+    pub fn manifest_params(&self) -> Value {
+        let mut params = self.output_params();
+        if let Some(fields) = params.as_object_mut() {
+            fields.remove("on_error");
+        }
+        params
+    }
+
     /// Everything that shapes the output, the input file's size and modification time included.
     fn fingerprint(&self, listing: Option<&DirectoryListing>) -> Result<Value> {
         let (len, modified) = if let Some(listing) = listing {

@@ -25,10 +25,26 @@ pub struct FileJob {
 }
 
 impl FileJob {
-    /// Whether the output is complete: there, and no checkpoint beside it (a job writes its
-    /// output last, renaming it into place, then removes the checkpoint).
-    pub fn is_done(&self) -> bool {
-        self.output.exists() && !checkpoint::sibling(&self.output, ".checkpoint").exists()
+    /// Whether the output is complete: there, and no unfinished run of it beside it (a
+    /// checkpoint and its partial output). A job renames its output into place, then removes
+    /// its checkpoint: a checkpoint without a partial output beside a finished one is what a
+    /// crash between the two leaves, and is removed here.
+    pub fn is_done(&self) -> Result<bool> {
+        if !self.output.exists() {
+            return Ok(false);
+        }
+        let checkpoint = checkpoint::sibling(&self.output, ".checkpoint");
+        if !checkpoint.exists() {
+            return Ok(true);
+        }
+        if checkpoint::sibling(&self.output, ".partial").exists() {
+            return Ok(false);
+        }
+        std::fs::remove_file(&checkpoint).map_err(|source| Error::Io {
+            path: checkpoint,
+            source,
+        })?;
+        Ok(true)
     }
 }
 
@@ -36,6 +52,14 @@ impl FileJob {
 /// its format's extension, with `format`'s extension instead (`c4-00000.json.gz` ->
 /// `c4-00000.npy`). Standard input, directories and two inputs of one output name are refused.
 pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<FileJob>> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::File {
+            path: dir.into(),
+            message: "is a file: with several inputs --output names a directory (one output \
+                      per input in it)"
+                .into(),
+        });
+    }
     let mut jobs: Vec<FileJob> = Vec::with_capacity(inputs.len());
     // Each input's resolved path, and each output's input: one look-up per input, not a scan.
     let mut resolved_inputs: HashMap<PathBuf, &str> = HashMap::with_capacity(inputs.len());
@@ -143,14 +167,6 @@ fn output_name(input: &str, format: OutputFormat) -> Result<String> {
 /// started together on one directory (the shards of its files) agree on one manifest: it is
 /// published without replacing one already there.
 pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::File {
-            path: dir.into(),
-            message: "is a file: with several inputs --output names a directory (one output \
-                      per input in it)"
-                .into(),
-        });
-    }
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.into(),
         source,
@@ -159,11 +175,16 @@ pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
     loop {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let recorded: Value =
+                let mut recorded: Value =
                     serde_json::from_str(&text).map_err(|source| Error::Json {
                         path: path.clone(),
                         source,
                     })?;
+                // Manifests used to record `--on-error`, which decides what happens to a bad
+                // document, not what the outputs are.
+                if let Some(fields) = recorded.as_object_mut() {
+                    fields.remove("on_error");
+                }
                 if &recorded != params {
                     return Err(Error::File {
                         path,
@@ -184,6 +205,31 @@ pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
             }
             Err(source) => return Err(Error::Io { path, source }),
         }
+    }
+}
+
+/// Remove `dir`'s manifest where it is all that `dir` holds, after a run that failed before
+/// leaving any output, checkpoint or partial output there (a CSV without the `--text-column`):
+/// the rerun that fixes its flags is not refused as one of other parameters. Whether it was
+/// removed.
+pub fn release_directory(dir: &Path) -> Result<bool> {
+    let io_error = |source| Error::Io {
+        path: dir.into(),
+        source,
+    };
+    let temporary = format!("{MANIFEST_NAME}.tmp-");
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        let name = entry.map_err(io_error)?.file_name();
+        let name = name.to_string_lossy();
+        if name != MANIFEST_NAME && !name.starts_with(&temporary) {
+            return Ok(false);
+        }
+    }
+    let path = dir.join(MANIFEST_NAME);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Io { path, source }),
     }
 }
 
@@ -310,6 +356,11 @@ mod tests {
             .to_string();
         assert!(err.contains("would be the input"), "{err}");
         assert!(plan(&own, &root.join("out"), OutputFormat::Npy).is_ok());
+        let file = files(root, &["taken"]);
+        let err = plan(&inputs[..1], Path::new(&file[0]), OutputFormat::Npy)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("taken: is a file"), "{err}");
         let err = plan(&["-".into()], Path::new("out"), OutputFormat::Npy)
             .unwrap_err()
             .to_string();
@@ -324,10 +375,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let params = serde_json::json!({"dimensions": 768, "prompt": null});
-        std::fs::write(&out, b"").unwrap();
-        let err = claim_directory(&out, &params).unwrap_err().to_string();
-        assert!(err.contains("out: is a file"), "{err}");
-        std::fs::remove_file(&out).unwrap();
         claim_directory(&out, &params).unwrap();
         assert!(out.join(MANIFEST_NAME).is_file());
         // The same parameters again: a rerun goes on.
@@ -365,5 +412,51 @@ mod tests {
             err.contains("made with other parameters (dimensions: 768 -> 256)"),
             "{err}"
         );
+        // A manifest that recorded `--on-error` (as they once did) still matches.
+        let mut old = params.clone();
+        old["on_error"] = "Fail".into();
+        std::fs::write(out.join(MANIFEST_NAME), old.to_string()).unwrap();
+        claim_directory(&out, &params).unwrap();
+    }
+
+    #[test]
+    fn a_directory_left_with_nothing_but_its_manifest_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        claim_directory(&out, &serde_json::json!({"csv_columns": ["text", null]})).unwrap();
+        std::fs::write(out.join("a.npy.partial"), b"").unwrap();
+        assert!(
+            !release_directory(&out).unwrap(),
+            "a partial output stays claimed"
+        );
+        std::fs::remove_file(out.join("a.npy.partial")).unwrap();
+        std::fs::write(out.join(format!("{MANIFEST_NAME}.tmp-1-0")), b"").unwrap();
+        assert!(release_directory(&out).unwrap());
+        assert!(!out.join(MANIFEST_NAME).exists());
+        // The rerun with the fixed flags claims it.
+        claim_directory(&out, &serde_json::json!({"csv_columns": ["body", null]})).unwrap();
+    }
+
+    #[test]
+    fn a_finished_output_is_done_whatever_checkpoint_a_crash_left_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = FileJob {
+            input: "a.jsonl".into(),
+            output: dir.path().join("a.npy"),
+        };
+        let checkpoint = dir.path().join("a.npy.checkpoint");
+        let partial = dir.path().join("a.npy.partial");
+        assert!(!job.is_done().unwrap());
+        // Interrupted: a partial output and its checkpoint (an older output beside them).
+        for path in [&job.output, &checkpoint, &partial] {
+            std::fs::write(path, b"").unwrap();
+        }
+        assert!(!job.is_done().unwrap());
+        assert!(checkpoint.exists());
+        // Renamed into place, the process gone before removing the checkpoint.
+        std::fs::remove_file(&partial).unwrap();
+        assert!(job.is_done().unwrap());
+        assert!(!checkpoint.exists(), "the stale checkpoint is removed");
+        assert!(job.is_done().unwrap());
     }
 }
