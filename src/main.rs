@@ -209,7 +209,8 @@ struct EmbedArgs {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// Shard outputs in shard order (0/N first), all .npy, all .jsonl or all .parquet.
+    /// The outputs of one job's `--shard 0/N` .. `N-1/N` runs (any order; each with the
+    /// `.shard.json` its run wrote beside it), all .npy, all .jsonl or all .parquet.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
     /// The merged file.
@@ -550,10 +551,20 @@ fn print_job_summary(summary: &job::JobSummary, options: &JobOptions, backend_na
 }
 
 fn merge(args: MergeArgs) -> Result<()> {
-    let rows = index::merge::merge(&args.shards, &args.output)?;
+    let merged = index::merge::merge(&args.shards, &args.output)?;
+    let rejected = if merged.rejected > 0 {
+        format!(
+            ", {} rejected (see {}.rejects.jsonl)",
+            merged.rejected,
+            args.output.display()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "merged {} shards: {rows} rows -> {}",
+        "merged {} shards: {} rows{rejected} -> {}",
         args.shards.len(),
+        merged.rows,
         args.output.display()
     );
     Ok(())

@@ -395,22 +395,79 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         }
         let merged = path_str("merged");
         let mut args = vec!["merge", "--output", &merged];
-        args.extend(shards.iter().map(String::as_str));
+        // In any order: each shard's record says which it is.
+        args.extend(shards.iter().rev().map(String::as_str));
         let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
             .args(&args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = stderr_of(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("51 rows, 3 rejected"), "{stderr}");
         assert_eq!(
             std::fs::read(&merged).unwrap(),
             std::fs::read(&whole).unwrap(),
             "merged {extension} {dtype} shards differ from the unsharded run"
         );
+        let rejects = |output: &str| std::fs::read(format!("{output}.rejects.jsonl")).unwrap();
+        assert_eq!(rejects(&merged), rejects(&whole), "{extension} {dtype}");
     }
+
+    // Refused, naming the fault, with nothing written: a missing shard, one given twice, one
+    // of another job, one without its record.
+    let shard = |i: usize| dir.path().join(format!("shard{i}.jsonl"));
+    let merged = dir.path().join("refused.jsonl");
+    let refused = |shards: &[PathBuf], message: &str| {
+        let mut args = vec!["merge".to_string(), "--output".into()];
+        args.push(merged.to_str().unwrap().into());
+        args.extend(shards.iter().map(|p| p.to_str().unwrap().to_string()));
+        let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr_of(&out).contains(message), "{}", stderr_of(&out));
+        assert!(!merged.exists() && !dir.path().join("refused.jsonl.partial").exists());
+    };
+    refused(&[shard(0), shard(2)], "refused.jsonl: shards missing: 1/3");
+    refused(
+        &[shard(0), shard(1), shard(1)],
+        "shard1.jsonl: shard 1/3, as",
+    );
+    let other = dir.path().join("other1.jsonl");
+    run_ok(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        other.to_str().unwrap(),
+        "--on-error",
+        "skip",
+        "--shard",
+        "1/3",
+        "--dimensions",
+        "16",
+    ]);
+    refused(
+        &[shard(0), other.clone(), shard(2)],
+        "a shard of another job than the first shard's (dimensions: 48 -> 16)",
+    );
+    let mut args = vec!["merge".to_string(), "--output".into()];
+    args.extend([shard(0), shard(0), shard(1), shard(2)].map(|p| p.to_str().unwrap().to_string()));
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&out).contains("shard0.jsonl: is the --output"),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::copy(shard(2), dir.path().join("copy2.jsonl")).unwrap();
+    refused(
+        &[shard(0), shard(1), dir.path().join("copy2.jsonl")],
+        "copy2.jsonl.shard.json beside it",
+    );
     // Rows of the f32 .jsonl against each document alone; ids in input order.
     let rows: Vec<Value> = std::fs::read_to_string(dir.path().join("whole.jsonl"))
         .unwrap()

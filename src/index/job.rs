@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::checkpoint::{sibling, Checkpoint};
+use super::merge::ShardRecord;
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{DirectoryListing, ReadPosition, RecordReader};
 use super::{Content, InputColumns, InputFormat, OutputFormat, Record};
@@ -183,6 +184,20 @@ impl JobOptions {
         let mut params = self.output_params();
         if let Some(fields) = params.as_object_mut() {
             fields.remove("on_error");
+        }
+        params
+    }
+
+    /// What every shard of one `--shard I/N` job shares ([`ShardRecord::params`]): the output
+    /// parameters and the input's format and size (the checkpoint `fingerprint`'s), no paths.
+    fn shard_params(&self, fingerprint: &Value) -> Value {
+        let mut params = self.manifest_params();
+        if let Some(fields) = params.as_object_mut() {
+            fields.remove("shard");
+            fields.remove("job");
+            for field in ["input_len", "input_format"] {
+                fields.insert(field.into(), fingerprint[field].clone());
+            }
         }
         params
     }
@@ -363,6 +378,7 @@ fn run_from(
     let mut writer = Writer {
         options,
         params,
+        input_docs: start_position.docs,
         output,
         rejects,
         summary: JobSummary {
@@ -552,6 +568,8 @@ impl Rejects {
 struct Writer<'a> {
     options: &'a JobOptions,
     params: Value,
+    /// Documents of the input read so far, every shard's (the whole input's at the end).
+    input_docs: u64,
     output: OutputWriter,
     rejects: Option<Rejects>,
     summary: JobSummary,
@@ -594,6 +612,7 @@ impl Writer<'_> {
                 }
             }
         }
+        self.input_docs = chunk.end.docs;
         if self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
             self.checkpoint(chunk.end)?;
         }
@@ -631,6 +650,30 @@ impl Writer<'_> {
         summary.seconds = self.progress.start.elapsed().as_secs_f64();
         self.progress.done();
         let output = &self.options.output;
+        let shard = self.options.shard;
+        if shard.count > 1 {
+            ShardRecord {
+                index: shard.index,
+                count: shard.count,
+                input_docs: self.input_docs,
+                rows: self.output.rows(),
+                rejected: self.rejects.as_ref().map_or(0, |rejects| rejects.lines),
+                params: self.options.shard_params(&self.params),
+            }
+            .store(output)?;
+        } else {
+            // One an earlier sharded run left under this name no longer describes the output.
+            let record = ShardRecord::path(output);
+            match std::fs::remove_file(&record) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        path: record,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
         summary.rows = self.output.finish(&self.options.partial_path(), output)?;
         if let Some(rejects) = self.rejects {
             rejects.sync()?;

@@ -1,23 +1,102 @@
 //! `gemma-embed merge`: put the outputs of `--shard 0/N` .. `--shard N-1/N` back into input
 //! order. Document `k` of the input went to shard `k % N`, so rows are taken round robin; a
 //! document a shard skipped (listed in its `.rejects.jsonl`) has no row there and is passed over.
+//! Each shard's job records which shard it is and of how many documents ([`ShardRecord`]), so
+//! shards are taken in their order whatever the command line's, and a missing, repeated or
+//! foreign shard is refused before anything is written. The shards' rejects merge too.
 //! Parquet shards merge into row groups of the shards' size, as the unsharded job writes them.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::checkpoint::sibling;
-use super::output::{Dtype, OutputWriter, NPY_HEADER_LEN};
+use super::output::{remove_partial, Dtype, OutputWriter, NPY_HEADER_LEN};
 use super::parquet_output::{self, DEFAULT_ROW_GROUP_ROWS};
-use super::OutputFormat;
+use super::{AtomicFile, OutputFormat};
 use crate::{Error, Result};
+
+/// What a `--shard I/N` job writes beside its output (`OUT.shard.json`, before the output is put
+/// in place) for `merge` to check its shards by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub index: u64,
+    pub count: u64,
+    /// Documents in the whole input, every shard's, bad ones included.
+    pub input_docs: u64,
+    /// The shard's rows, and its documents rejected (`--on-error skip`).
+    pub rows: u64,
+    pub rejected: u64,
+    /// What shapes the rows, and the input's size: equal in every shard of one job. Paths are
+    /// left out (the machines that split a corpus may keep it and the model in other places).
+    pub params: Value,
+}
+
+impl ShardRecord {
+    /// Where the record of `output` is.
+    pub fn path(output: &Path) -> PathBuf {
+        sibling(output, ".shard.json")
+    }
+
+    /// Write the record of `output` (whole, under a temporary name first).
+    pub fn store(&self, output: &Path) -> Result<()> {
+        let mut file = AtomicFile::create(&Self::path(output))?;
+        let text = serde_json::to_string_pretty(self).expect("a shard record serializes") + "\n";
+        file.writer()
+            .write_all(text.as_bytes())
+            .map_err(|e| file.io_error(e))?;
+        file.commit()
+    }
+
+    fn load(output: &Path) -> Result<Self> {
+        let path = Self::path(output);
+        let text = std::fs::read_to_string(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                Error::File {
+                    path: output.into(),
+                    message: format!(
+                        "no {} beside it: merge takes the outputs of `embed --shard I/N` jobs, \
+                         each with the record of its shard",
+                        path.display()
+                    ),
+                }
+            } else {
+                Error::Io {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+    }
+
+    /// The documents shard `index` of `count` holds: `index`, `index + count`, ... below
+    /// `input_docs`.
+    fn expected_docs(&self) -> u64 {
+        self.input_docs
+            .saturating_sub(self.index)
+            .div_ceil(self.count)
+    }
+
+    fn name(&self) -> String {
+        format!("{}/{}", self.index, self.count)
+    }
+}
+
+/// What [`merge`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Merged {
+    pub rows: u64,
+    /// Rejected documents, listed in the output's `.rejects.jsonl`.
+    pub rejected: u64,
+}
 
 /// One shard's rows, read one at a time.
 enum ShardRows {
@@ -40,8 +119,10 @@ enum ShardRows {
 
 struct ShardFile {
     path: PathBuf,
+    record: ShardRecord,
     rows: ShardRows,
-    rejected: HashSet<u64>,
+    /// The lines of its rejects file by document index.
+    rejected: BTreeMap<u64, String>,
     dim: usize,
     dtype: Dtype,
     row_group_rows: usize,
@@ -106,6 +187,7 @@ impl ShardFile {
         };
         Ok(Self {
             path: path.into(),
+            record: ShardRecord::load(path)?,
             rows,
             rejected: read_rejected(&sibling(path, ".rejects.jsonl"))?,
             dim,
@@ -238,11 +320,11 @@ fn parse_npy_header(header: &[u8]) -> Option<(u64, usize, Dtype)> {
     ))
 }
 
-/// Document indices listed in a rejects file (none if there is no such file).
-fn read_rejected(path: &Path) -> Result<HashSet<u64>> {
+/// The lines of a rejects file by their document index (none if there is no such file).
+fn read_rejected(path: &Path) -> Result<BTreeMap<u64, String>> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(source) => {
             return Err(Error::Io {
                 path: path.into(),
@@ -258,24 +340,107 @@ fn read_rejected(path: &Path) -> Result<HashSet<u64>> {
                 path: path.into(),
                 source,
             })?;
-            serde_json::from_str::<Value>(&line)
+            let doc = serde_json::from_str::<Value>(&line)
                 .ok()
                 .and_then(|v| v["doc"].as_u64())
                 .ok_or_else(|| Error::Line {
                     source_name: path.display().to_string(),
                     line: i + 1,
                     message: "expected a JSON object with a `doc` index".into(),
-                })
+                })?;
+            Ok((doc, line))
         })
         .collect()
 }
 
-/// Merge `shards` (in shard order 0..N) into `output`; returns the rows written.
-pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
+/// Check that `files` are the shards 0/N .. N-1/N of one job, each once and whole, and put
+/// them in shard order.
+fn put_in_shard_order(files: &mut [ShardFile], output: &Path) -> Result<()> {
+    let first = files[0].record.clone();
+    let mut taken: Vec<Option<&Path>> = vec![None; first.count as usize];
+    for file in files.iter() {
+        let refuse = |message: String| Error::File {
+            path: file.path.clone(),
+            message,
+        };
+        let record = &file.record;
+        if record.count != first.count || record.input_docs != first.input_docs {
+            return Err(refuse(format!(
+                "shard {} of an input of {} documents, the first shard is {} of {}",
+                record.name(),
+                record.input_docs,
+                first.name(),
+                first.input_docs
+            )));
+        }
+        if record.params != first.params {
+            return Err(refuse(format!(
+                "a shard of another job than the first shard's ({})",
+                super::job::differences(&first.params, &record.params)
+            )));
+        }
+        let slot = taken
+            .get_mut(record.index as usize)
+            .ok_or_else(|| refuse(format!("shard {} is not a shard", record.name())))?;
+        if let Some(other) = slot.replace(&file.path) {
+            return Err(refuse(format!(
+                "shard {}, as {} is",
+                record.name(),
+                other.display()
+            )));
+        }
+        if record.rows + record.rejected != record.expected_docs()
+            || file.rejected.len() as u64 != record.rejected
+        {
+            return Err(refuse(format!(
+                "shard {} of {} documents holds {}, but its record says {} rows and {} rejected \
+                 and its rejects file lists {}",
+                record.name(),
+                record.input_docs,
+                record.expected_docs(),
+                record.rows,
+                record.rejected,
+                file.rejected.len()
+            )));
+        }
+        if let Some(doc) = file
+            .rejected
+            .keys()
+            .find(|&&doc| doc % record.count != record.index || doc >= record.input_docs)
+        {
+            return Err(refuse(format!(
+                "its rejects file lists document {doc}, not one of shard {}",
+                record.name()
+            )));
+        }
+    }
+    let missing: Vec<String> = (0..first.count)
+        .filter(|&i| taken[i as usize].is_none())
+        .map(|i| format!("{i}/{}", first.count))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::File {
+            path: output.into(),
+            message: format!("shards missing: {}", missing.join(", ")),
+        });
+    }
+    files.sort_by_key(|file| file.record.index);
+    Ok(())
+}
+
+/// Merge the outputs of one job's shards (in any order) into `output`, and their rejects into
+/// its `.rejects.jsonl`.
+pub fn merge(shards: &[PathBuf], output: &Path) -> Result<Merged> {
     let format = OutputFormat::from_path(output)?;
     let mut files = shards
         .iter()
         .map(|path| {
+            if super::many::same_file(path, output) {
+                return Err(Error::File {
+                    path: path.clone(),
+                    message: "is the --output: the merged rows would overwrite it".into(),
+                });
+            }
             if OutputFormat::from_path(path)? != format {
                 return Err(Error::File {
                     path: path.clone(),
@@ -301,45 +466,102 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<u64> {
             ),
         });
     }
+    put_in_shard_order(&mut files, output)?;
     let partial = sibling(output, ".partial");
-    let mut writer: Option<OutputWriter> = None;
-    let count = files.len() as u64;
-    let mut exhausted = vec![false; files.len()];
-    let mut live = files.len();
-    let mut row = Vec::with_capacity(dim);
-    let mut doc = 0u64;
-    while live > 0 {
-        let shard = (doc % count) as usize;
-        let file = &mut files[shard];
-        if !exhausted[shard] && !file.rejected.contains(&doc) {
-            match file.next_row(&mut row)? {
-                Some(id) => {
-                    let writer = match &mut writer {
-                        Some(w) => w,
-                        None => writer.insert(OutputWriter::open(
-                            &partial,
-                            format,
-                            dtype,
-                            row.len(),
-                            row_group_rows,
-                            None,
-                        )?),
-                    };
-                    write_row(writer, &id, &row, &file.path)?;
-                }
-                None => {
-                    exhausted[shard] = true;
-                    live -= 1;
-                }
-            }
-        }
-        doc += 1;
+    let merged =
+        merge_rows(&mut files, &partial, format, dtype, dim, row_group_rows).and_then(|writer| {
+            let rejected = write_rejects(&files, output)?;
+            Ok(Merged {
+                rows: writer.finish(&partial, output)?,
+                rejected,
+            })
+        });
+    if merged.is_err() {
+        let _ = remove_partial(&partial);
     }
-    let writer = match writer {
-        Some(w) => w,
-        None => OutputWriter::open(&partial, format, dtype, dim, row_group_rows, None)?,
-    };
-    writer.finish(&partial, output)
+    merged
+}
+
+/// The shards' rows round robin into an output writer at `partial`.
+fn merge_rows(
+    files: &mut [ShardFile],
+    partial: &Path,
+    format: OutputFormat,
+    dtype: Dtype,
+    dim: usize,
+    row_group_rows: usize,
+) -> Result<OutputWriter> {
+    let count = files.len() as u64;
+    let input_docs = files[0].record.input_docs;
+    let mut writer: Option<OutputWriter> = None;
+    let mut row = Vec::with_capacity(dim);
+    for doc in 0..input_docs {
+        let file = &mut files[(doc % count) as usize];
+        if file.rejected.contains_key(&doc) {
+            continue;
+        }
+        let Some(id) = file.next_row(&mut row)? else {
+            return Err(Error::File {
+                path: file.path.clone(),
+                message: format!(
+                    "fewer rows than its record's {} (it ends before document {doc})",
+                    file.record.rows
+                ),
+            });
+        };
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(OutputWriter::open(
+                partial,
+                format,
+                dtype,
+                row.len(),
+                row_group_rows,
+                None,
+            )?),
+        };
+        write_row(writer, &id, &row, &file.path)?;
+    }
+    for file in files.iter_mut() {
+        if file.next_row(&mut row)?.is_some() {
+            return Err(Error::File {
+                path: file.path.clone(),
+                message: format!("more rows than its record's {}", file.record.rows),
+            });
+        }
+    }
+    match writer {
+        Some(w) => Ok(w),
+        None => OutputWriter::open(partial, format, dtype, dim, row_group_rows, None),
+    }
+}
+
+/// Every shard's rejects, in document order, into `output`'s `.rejects.jsonl` (none left there
+/// when there are none, as a job leaves none); how many.
+fn write_rejects(files: &[ShardFile], output: &Path) -> Result<u64> {
+    let path = sibling(output, ".rejects.jsonl");
+    let rejected: BTreeMap<u64, &str> = files
+        .iter()
+        .flat_map(|file| {
+            file.rejected
+                .iter()
+                .map(|(&doc, line)| (doc, line.as_str()))
+        })
+        .collect();
+    if rejected.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Io { path, source: e })
+            }
+            _ => Ok(0),
+        };
+    }
+    let mut file = AtomicFile::create(&path)?;
+    for line in rejected.values() {
+        writeln!(file.writer(), "{line}").map_err(|e| file.io_error(e))?;
+    }
+    file.commit()?;
+    Ok(rejected.len() as u64)
 }
 
 fn write_row(writer: &mut OutputWriter, id: &Value, row: &[f32], path: &Path) -> Result<()> {
