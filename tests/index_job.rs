@@ -503,7 +503,7 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     assert_eq!(
         summary,
         [
-            (51, 50, Value::Null),
+            (51, 50, Value::from("bad-prompt")),
             (52, 51, Value::from("bad-ids")),
             (54, 52, Value::Null)
         ]

@@ -458,21 +458,30 @@ fn read_chunks(
     };
     reader.keep_only(options.shard);
     while let Some(document) = reader.next_document()? {
-        let (line, doc, known_id) = (document.line, document.doc, document.known_id);
-        match document
-            .record
-            .and_then(|record| to_input(engine, options, record))
-        {
+        let (line, doc) = (document.line, document.doc);
+        // A document that cannot be read is named in the rejects by what is known of it; one
+        // read but refused (an unknown prompt) by the id its row would have had.
+        let outcome = match document.record {
+            Ok(record) => {
+                let id = record.output_id();
+                match to_input(engine, options, record) {
+                    Ok(input) => Ok((id, input)),
+                    Err(err) => Err((Some(id), err)),
+                }
+            }
+            Err(err) => Err((document.known_id, err)),
+        };
+        match outcome {
             Ok((id, input)) => {
                 slots.push(Slot::Embed { line, doc, id });
                 inputs.push(input);
             }
-            Err(err) => match options.on_error {
+            Err((id, err)) => match options.on_error {
                 OnError::Fail => return Err(err),
                 OnError::Skip => slots.push(Slot::Reject {
                     line,
                     doc,
-                    id: known_id,
+                    id,
                     error: line_message(err),
                 }),
             },
@@ -491,10 +500,9 @@ fn read_chunks(
     Ok(())
 }
 
-/// The output id and engine input of a record.
-fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Value, Input)> {
-    let id = record.output_id();
-    let input = match record.content {
+/// The engine input of a record.
+fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<Input> {
+    Ok(match record.content {
         Content::Ids(ids) => Input::Ids(ids),
         Content::Text(text) => {
             let prompt = record
@@ -504,8 +512,7 @@ fn to_input(engine: &Engine, options: &JobOptions, record: Record) -> Result<(Va
                 .map(String::from);
             Input::Text { text, prompt }
         }
-    };
-    Ok((id, input))
+    })
 }
 
 /// An error about the document at 1-based `line` (a row number in Parquet).
