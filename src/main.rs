@@ -595,11 +595,15 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
             out.commit()?;
         }
         None => {
-            let mut stdout = std::io::stdout().lock();
-            for line in lines {
-                stdout
-                    .write_all(line.as_bytes())
-                    .context("writing to stdout")?;
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = lines
+                .into_iter()
+                .try_for_each(|line| stdout.write_all(line.as_bytes()))
+                .and_then(|()| stdout.flush());
+            match written {
+                // The reader has what it wanted (`| head`): stop quietly, as `cat` would.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written.context("writing to stdout")?,
             }
         }
     }
@@ -766,9 +770,10 @@ struct BenchArgs {
     /// Add the mixed workload: lengths uniform in 16..=1024 (the draw of tools/bench_reference.py).
     #[arg(long)]
     mixed: bool,
-    /// Add a corpus workload: the documents of this file (JSON Lines, text, CSV or Parquet, as
-    /// for `embed`), tokenized with their prompts, truncated to max_seq_length (tokenization is
-    /// not timed). Without --lengths, the only workload.
+    /// Add a corpus workload: the documents of this input, read as `embed` reads it (JSON Lines,
+    /// text or CSV, each perhaps gzip- or zstd-compressed, Parquet, a directory, or `-`),
+    /// tokenized with their prompts, truncated to max_seq_length (tokenization is not timed).
+    /// Without --lengths, the only workload.
     #[arg(long)]
     corpus: Option<String>,
     /// Corpus: only its first N documents (the rest of the file is not read).
@@ -1033,8 +1038,8 @@ struct ServeArgs {
     /// The model name answered in `model` fields and /info [default: the --model argument].
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Bearer token required on every route but the health checks (/health, GET /, /ping) and
-    /// /metrics.
+    /// Bearer token required on every route but the health checks (/health, GET /, /ping),
+    /// /metrics and the OpenAPI document (/openapi.json, /api-doc/openapi.json).
     #[arg(long, env = "GEMMA_EMBED_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Token budget of one forward batch [default: 16384 on a GPU, 8192 on the CPU].

@@ -332,6 +332,34 @@ fn tokenize_reads_stdin() {
 }
 
 #[test]
+fn tokenize_into_a_pipe_closed_early_stops_quietly() {
+    // `gemma-embed tokenize ... | head`: the reader goes after a few lines.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("many.jsonl");
+    let lines: String = (0..20_000)
+        .map(|i| format!("{{\"text\": \"line {i}\"}}\n"))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["tokenize", "--model"])
+        .arg(common::tiny_model_dir())
+        .arg("--input")
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 15];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"{\"id\":1,\"ids\":[");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
 fn bad_input_names_the_line_and_writes_nothing() {
     let Some(model) = common::real_model_dir() else {
         return;
