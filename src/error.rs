@@ -72,6 +72,10 @@ pub enum Error {
     /// The engine's queue budgets are full (a server answers 429).
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A request larger than the engine's whole queue budgets: it can never be admitted (a
+    /// server answers 413).
+    #[error("too large: {0}")]
+    BeyondQueueCapacity(String),
     #[error("the engine has stopped")]
     EngineStopped,
     #[error("engine configuration: {0}")]

@@ -385,7 +385,11 @@ fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
         overloaded.err()
     );
     let too_big = engine.submit(ids_request(&vec![vec![2, 1]; 4], 4), Admission::Wait);
-    assert!(matches!(too_big, Err(Error::Overloaded(_))));
+    assert!(
+        matches!(&too_big, Err(Error::BeyondQueueCapacity(m)) if m.contains("max_queued_inputs = 3")),
+        "{:?}",
+        too_big.err()
+    );
     drop(dropped);
     for _ in 0..3 {
         open_gate.send(()).unwrap();

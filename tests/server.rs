@@ -851,19 +851,53 @@ fn a_body_far_past_the_payload_limit_gets_its_413_not_a_reset_connection() {
 }
 
 #[test]
-fn a_request_beyond_the_queue_budget_gets_429_at_once() {
+fn a_wrong_method_gets_405_in_the_route_s_error_shape() {
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--api-key", "k"],
+    );
+    for (method, path, allow, shape) in [
+        ("GET", "/v1/embeddings", "POST", Flavor::OpenAi),
+        ("DELETE", "/v1/embeddings", "POST", Flavor::OpenAi),
+        ("GET", "/embed", "POST", Flavor::Tei),
+        ("DELETE", "/health", "GET,HEAD", Flavor::Tei),
+    ] {
+        let answer = if method == "GET" {
+            server.get(path, &[])
+        } else {
+            server.delete(path)
+        };
+        let name = format!("{method} {path}");
+        assert_eq!(answer.status, 405, "{name}: {}", answer.body);
+        assert_eq!(answer.header("allow"), Some(allow), "{name}");
+        let message = error_message(&name, &answer.json(), shape);
+        assert_eq!(
+            message,
+            format!("{path} does not answer {method} (see the Allow header)")
+        );
+    }
+}
+
+#[test]
+fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
+    // It could never be admitted: 413, not a 429 that a client would retry.
     let server = Server::start(
         &common::tiny_model_dir(),
         &["--backend", "cpu", "--max-queued-inputs", "4"],
     );
     let start = std::time::Instant::now();
     let answer = server.post("/v1/embeddings", &json!({"input": vec!["x"; 5]}));
-    assert_eq!(answer.status, 429, "{}", answer.body);
+    assert_eq!(answer.status, 413, "{}", answer.body);
     assert!(start.elapsed() < std::time::Duration::from_secs(5));
-    assert_eq!(answer.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(answer.json()["error"]["code"], "request_too_large");
+    let message = error_message("openai", &answer.json(), Flavor::OpenAi);
+    assert!(
+        message.contains("a request of 5 inputs") && message.contains("max_queued_inputs = 4"),
+        "{message}"
+    );
     let tei = server.post("/embed", &json!({"inputs": vec!["x"; 5]}));
-    assert_eq!(tei.status, 429);
-    assert_eq!(tei.json()["error_type"], "Overloaded");
+    assert_eq!(tei.status, 413);
+    assert_eq!(tei.json()["error_type"], "Validation");
     assert_eq!(
         server
             .post("/embed", &json!({"inputs": vec!["x"; 4]}))

@@ -11,7 +11,8 @@
 //! - Admission is counted in inputs and in tokens. Before tokenization a text's token count is
 //!   bounded from above (one token per byte plus the special tokens, capped at `max_seq_len`);
 //!   the reservation shrinks to the real count once tokenized and is released when the input's
-//!   batch has run. A full budget either fails at once with [`Error::Overloaded`]
+//!   batch has run. A request larger than a whole budget fails with
+//!   [`Error::BeyondQueueCapacity`]. A full budget either fails at once with [`Error::Overloaded`]
 //!   ([`Admission::Reject`], for servers) or waits for room ([`Admission::Wait`], for jobs).
 //! - The scheduler packs by `max_batch_tokens` and `max_batch_sequences`, without padding. The
 //!   oldest queued input always goes into the next batch (no starvation, even for an input longer
@@ -223,9 +224,10 @@ struct Budget {
 impl Budget {
     fn reserve(&self, inputs: usize, tokens: usize, admission: Admission) -> Result<()> {
         if inputs > self.max_inputs || tokens > self.max_tokens {
-            return Err(Error::Overloaded(format!(
-                "a request of {inputs} inputs and up to {tokens} tokens exceeds the queue \
-                 capacity ({} inputs, {} tokens)",
+            return Err(Error::BeyondQueueCapacity(format!(
+                "a request of {inputs} inputs and up to {tokens} tokens (one per byte before \
+                 tokenization) is more than the whole queue holds (max_queued_inputs = {}, \
+                 max_queued_tokens = {})",
                 self.max_inputs, self.max_tokens
             )));
         }

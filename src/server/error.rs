@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Overloaded,
     /// No such route (404).
     NotFound,
+    /// A route asked with a method it does not answer (405).
+    MethodNotAllowed,
     /// The backend failed or the engine stopped (500; TEI: 424).
     Backend,
     /// The health probe failed (503).
@@ -109,6 +111,7 @@ impl ApiError {
             (ErrorKind::Unauthorized, _) => StatusCode::UNAUTHORIZED,
             (ErrorKind::Overloaded, _) => StatusCode::TOO_MANY_REQUESTS,
             (ErrorKind::NotFound, _) => StatusCode::NOT_FOUND,
+            (ErrorKind::MethodNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
             (ErrorKind::Backend, Flavor::OpenAi) => StatusCode::INTERNAL_SERVER_ERROR,
             (ErrorKind::Backend, Flavor::Tei) => StatusCode::FAILED_DEPENDENCY,
             (ErrorKind::Unhealthy, _) => StatusCode::SERVICE_UNAVAILABLE,
@@ -119,9 +122,10 @@ impl ApiError {
         match flavor {
             Flavor::OpenAi => {
                 let (error_type, code) = match self.kind {
-                    ErrorKind::Malformed | ErrorKind::Validation | ErrorKind::NotFound => {
-                        ("invalid_request_error", None)
-                    }
+                    ErrorKind::Malformed
+                    | ErrorKind::Validation
+                    | ErrorKind::NotFound
+                    | ErrorKind::MethodNotAllowed => ("invalid_request_error", None),
                     ErrorKind::TooLarge => ("invalid_request_error", Some("request_too_large")),
                     ErrorKind::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
                     ErrorKind::Overloaded => ("rate_limit_error", Some("rate_limit_exceeded")),
@@ -142,6 +146,7 @@ impl ApiError {
                     ErrorKind::Unauthorized => "Unauthorized",
                     ErrorKind::Overloaded => "Overloaded",
                     ErrorKind::NotFound => "NotFound",
+                    ErrorKind::MethodNotAllowed => "MethodNotAllowed",
                     ErrorKind::Backend => "Backend",
                     ErrorKind::Unhealthy => "Unhealthy",
                 };
@@ -155,6 +160,7 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let kind = match &error {
             Error::Overloaded(_) => ErrorKind::Overloaded,
+            Error::BeyondQueueCapacity(_) => ErrorKind::TooLarge,
             Error::Input { .. }
             | Error::Dimensions { .. }
             | Error::EmptyRequest

@@ -222,6 +222,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/api-doc/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             record_request,
@@ -423,6 +424,19 @@ async fn record_request(
         start.elapsed(),
     );
     response
+}
+
+/// A route asked with another method (the `Allow` header, which axum adds, lists its methods).
+async fn method_not_allowed(request: HttpRequest) -> Response {
+    let path = request.uri().path();
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "{path} does not answer {} (see the Allow header)",
+            request.method()
+        ),
+    )
+    .respond(flavor_of(path))
 }
 
 async fn not_found(request: HttpRequest) -> Response {

@@ -282,6 +282,10 @@ impl Server {
         Self::answer(request.call())
     }
 
+    pub fn delete(&self, path: &str) -> HttpAnswer {
+        Self::answer(http_agent().delete(format!("{}{path}", self.url)).call())
+    }
+
     /// An OPTIONS request (a CORS preflight) with `headers`.
     pub fn options(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
         let mut request = http_agent().options(format!("{}{path}", self.url));
