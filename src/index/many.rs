@@ -63,7 +63,9 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
     let mut jobs: Vec<FileJob> = Vec::with_capacity(inputs.len());
     // Each input's resolved path, and each output's input: one look-up per input, not a scan.
     let mut resolved_inputs: HashMap<PathBuf, &str> = HashMap::with_capacity(inputs.len());
-    let mut output_inputs: HashMap<PathBuf, &str> = HashMap::with_capacity(inputs.len());
+    // Keyed by the output name in lower case: names that differ only in case would be one file
+    // on a case-insensitive file system (macOS, Windows), the second passed over as done.
+    let mut output_inputs: HashMap<String, &str> = HashMap::with_capacity(inputs.len());
     for input in inputs {
         let refuse = |message: &str| Error::File {
             path: input.into(),
@@ -87,11 +89,12 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
         if resolved_inputs.insert(resolved, input).is_some() {
             return Err(refuse("given twice"));
         }
-        let output = dir.join(output_name(input, format)?);
-        if let Some(other) = output_inputs.insert(output.clone(), input) {
+        let name = output_name(input, format)?;
+        let output = dir.join(&name);
+        if let Some(other) = output_inputs.insert(name.to_lowercase(), input) {
             return Err(refuse(&format!(
-                "its output would be {}, as {other}'s is: inputs of several folders need \
-                 distinct names",
+                "its output would be {}, as {other}'s is (names are compared regardless of case): \
+                 inputs of several folders need distinct names",
                 output.display(),
             )));
         }
@@ -256,7 +259,22 @@ fn publish(path: &Path, params: &Value) -> Result<bool> {
         .map_err(io_error(&tmp))?;
     let linked = std::fs::hard_link(&tmp, path);
     std::fs::remove_file(&tmp).map_err(io_error(&tmp))?;
-    match linked {
+    let written = match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            // A file system without hard links (some FUSE and network mounts): create the name
+            // exclusively and write it in place, one small write.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|mut file| {
+                    file.write_all(text.as_bytes())?;
+                    file.sync_all()
+                })
+        }
+        linked => linked,
+    };
+    match written {
         Ok(()) => {
             checkpoint::sync_dir(path)?;
             Ok(true)
@@ -333,6 +351,14 @@ mod tests {
                 "{}: its output would be out/x.npy, as {}'s is",
                 clash[1], clash[0]
             )),
+            "{err}"
+        );
+        let case = files(root, &["a/Data.jsonl", "b/data.txt"]);
+        let err = plan(&case, Path::new("out"), OutputFormat::Npy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("its output would be out/data.npy, as") && err.contains("Data.jsonl's is"),
             "{err}"
         );
         // A missing input is named before anything is embedded; one given twice is refused.
