@@ -438,12 +438,12 @@ fn embed(args: EmbedArgs) -> Result<()> {
         // Batch sizes are left out on purpose: embeddings do not depend on them.
         params: serde_json::json!({
             "model": display_dir(&dir),
+            "model_sample": index::content_sample(&model_files(&dir)?)?,
             "backend": backend_name,
         }),
     };
-    if several {
-        index::many::claim_directory(&args.output, &options.manifest_params())?;
-    }
+    let manifest_written =
+        several && index::many::claim_directory(&args.output, &options.manifest_params())?;
     let start = std::time::Instant::now();
     let mut total = job::JobSummary::default();
     let (mut embedded, mut done_before) = (0, 0);
@@ -483,8 +483,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
         Ok(())
     };
     if let Err(error) = run_jobs() {
-        // Nothing written: the directory goes back unclaimed, for the rerun with fixed flags.
-        if several && index::many::release_directory(&args.output).unwrap_or(false) {
+        // Nothing written: the directory goes back unclaimed, for the rerun with fixed flags
+        // (only by the run that claimed it, not by one of the shards that found it claimed).
+        if manifest_written && index::many::release_directory(&args.output).unwrap_or(false) {
             eprintln!(
                 "{} holds no output: its manifest is removed",
                 args.output.display()
@@ -519,6 +520,27 @@ fn embed(args: EmbedArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The files that make the model's numbers: its config and every safetensors file, the Dense
+/// layers' in their folders included.
+fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = vec![dir.join("config.json")];
+    let mut folders = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            folders.push(path);
+        }
+    }
+    folders[1..].sort();
+    for folder in folders {
+        let weights = folder.join("model.safetensors");
+        if weights.is_file() {
+            files.push(weights);
+        }
+    }
+    Ok(files)
 }
 
 /// One job's closing line: documents, tokens, time and rate, the output and its rows.

@@ -429,7 +429,10 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         assert!(stderr_of(&out).contains(message), "{}", stderr_of(&out));
         assert!(!merged.exists() && !dir.path().join("refused.jsonl.partial").exists());
     };
-    refused(&[shard(0), shard(2)], "refused.jsonl: shards missing: 1/3");
+    refused(
+        &[shard(0), shard(2)],
+        "refused.jsonl: shards missing: 2 given of 3 (1/3)",
+    );
     refused(
         &[shard(0), shard(1), shard(1)],
         "shard1.jsonl: shard 1/3, as",
@@ -462,6 +465,56 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         stderr_of(&out).contains("shard0.jsonl: is the --output"),
         "{}",
         stderr_of(&out)
+    );
+    // A shard of another input of the same size (one letter changed).
+    let content = std::fs::read_to_string(input).unwrap();
+    let changed = dir.path().join("changed.jsonl");
+    std::fs::write(&changed, content.replacen("the end", "the End", 1)).unwrap();
+    let foreign = dir.path().join("foreign1.jsonl");
+    run_ok(&[
+        "embed",
+        "--input",
+        changed.to_str().unwrap(),
+        "--output",
+        foreign.to_str().unwrap(),
+        "--on-error",
+        "skip",
+        "--shard",
+        "1/3",
+    ]);
+    refused(
+        &[shard(0), foreign, shard(2)],
+        "a shard of another job than the first shard's (input_sample: ",
+    );
+    // A shard made with another model: the tiny one with its last weight changed.
+    let model = dir.path().join("model");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(common::tiny_model_dir())
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let mut weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    *weights.last_mut().unwrap() ^= 0x40;
+    std::fs::write(model.join("model.safetensors"), weights).unwrap();
+    let other_model = dir.path().join("model1.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args([
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input,
+        ])
+        .args(["--output", other_model.to_str().unwrap()])
+        .args(["--on-error", "skip", "--shard", "1/3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    refused(
+        &[shard(0), other_model, shard(2)],
+        "a shard of another job than the first shard's (job: ",
     );
     std::fs::copy(shard(2), dir.path().join("copy2.jsonl")).unwrap();
     refused(
@@ -517,6 +570,19 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         .as_str()
         .unwrap()
         .contains("invalid JSON"));
+
+    // Rerun under `fail` on the good documents: no rejects file is left from the `skip` run.
+    let good = dir.path().join("good.jsonl");
+    write_jsonl(&good, &texts[..5]);
+    let whole = dir.path().join("whole.jsonl");
+    run_ok(&[
+        "embed",
+        "--input",
+        good.to_str().unwrap(),
+        "--output",
+        whole.to_str().unwrap(),
+    ]);
+    assert!(!dir.path().join("whole.jsonl.rejects.jsonl").exists());
 }
 
 #[test]

@@ -846,6 +846,28 @@ fn a_body_far_past_the_payload_limit_gets_its_413_not_a_reset_connection() {
             }
         }
     }
+    // A client that waits for `100 Continue` before sending 10 MB is refused at once, and
+    // never invited to send them.
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!(
+            "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 413") && answer.contains("--payload-limit"),
+        "{answer}"
+    );
     let fine = server.post("/v1/embeddings", &json!({"input": "a"}));
     assert_eq!(fine.status, 200, "{}", fine.body);
 }

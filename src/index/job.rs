@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::checkpoint::{sibling, Checkpoint};
+use super::checkpoint::{sibling, sync_dir, Checkpoint};
 use super::merge::ShardRecord;
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{DirectoryListing, ReadPosition, RecordReader};
@@ -189,17 +189,27 @@ impl JobOptions {
     }
 
     /// What every shard of one `--shard I/N` job shares ([`ShardRecord::params`]): the output
-    /// parameters and the input's format and size (the checkpoint `fingerprint`'s), no paths.
-    fn shard_params(&self, fingerprint: &Value) -> Value {
+    /// parameters, the job's but the model's path, and the input's format, size and content
+    /// sample ([`super::content_sample`]; a directory's file count only); no paths.
+    fn shard_params(&self, fingerprint: &Value) -> Result<Value> {
         let mut params = self.manifest_params();
-        if let Some(fields) = params.as_object_mut() {
-            fields.remove("shard");
-            fields.remove("job");
-            for field in ["input_len", "input_format"] {
-                fields.insert(field.into(), fingerprint[field].clone());
-            }
+        let fields = params
+            .as_object_mut()
+            .expect("output parameters are an object");
+        fields.remove("shard");
+        if let Some(job) = fields.get_mut("job").and_then(Value::as_object_mut) {
+            job.remove("model");
         }
-        params
+        for field in ["input_len", "input_format"] {
+            fields.insert(field.into(), fingerprint[field].clone());
+        }
+        if self.input_format != InputFormat::Directory && self.input != "-" {
+            fields.insert(
+                "input_sample".into(),
+                json!(super::content_sample(&[PathBuf::from(&self.input)])?),
+            );
+        }
+        Ok(params)
     }
 
     /// Everything that shapes the output, the input file's size and modification time included.
@@ -657,49 +667,54 @@ impl Writer<'_> {
         summary.seconds = self.progress.start.elapsed().as_secs_f64();
         self.progress.done();
         let output = &self.options.output;
+        // The rejects are complete before the output is in place: an output that is there has
+        // all of its rejects. Under `fail` there are none, whatever an earlier run left.
+        match &self.rejects {
+            Some(rejects) => {
+                rejects.sync()?;
+                summary.rejected = rejects.lines;
+                if rejects.lines == 0 {
+                    remove_if_there(&rejects.path)?;
+                }
+            }
+            None => {
+                remove_if_there(&self.options.rejects_path())?;
+            }
+        }
+        // The shard record goes before the output it describes comes, and is written after:
+        // a crash between the two leaves an output without a record, which merge refuses,
+        // never a record describing another output.
+        let record = ShardRecord::path(output);
+        if remove_if_there(&record)? {
+            sync_dir(&record)?;
+        }
+        summary.rows = self.output.finish(&self.options.partial_path(), output)?;
         let shard = self.options.shard;
         if shard.count > 1 {
             ShardRecord {
                 index: shard.index,
                 count: shard.count,
                 input_docs: self.input_docs,
-                rows: self.output.rows(),
-                rejected: self.rejects.as_ref().map_or(0, |rejects| rejects.lines),
-                params: self.options.shard_params(&self.params),
+                rows: summary.rows,
+                rejected: summary.rejected,
+                params: self.options.shard_params(&self.params)?,
             }
             .store(output)?;
-        } else {
-            // One an earlier sharded run left under this name no longer describes the output.
-            let record = ShardRecord::path(output);
-            match std::fs::remove_file(&record) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::Io {
-                        path: record,
-                        source: e,
-                    })
-                }
-                _ => {}
-            }
         }
-        summary.rows = self.output.finish(&self.options.partial_path(), output)?;
-        if let Some(rejects) = self.rejects {
-            rejects.sync()?;
-            summary.rejected = rejects.lines;
-            if rejects.lines == 0 {
-                let _ = std::fs::remove_file(&rejects.path);
-            }
-        }
-        let checkpoint = self.options.checkpoint_path();
-        match std::fs::remove_file(&checkpoint) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::Io {
-                    path: checkpoint,
-                    source: e,
-                })
-            }
-            _ => {}
-        }
+        remove_if_there(&self.options.checkpoint_path())?;
         Ok(summary)
+    }
+}
+
+/// Remove the file at `path` if there is one; whether there was.
+fn remove_if_there(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 

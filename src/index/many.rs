@@ -93,8 +93,8 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
         let output = dir.join(&name);
         if let Some(other) = output_inputs.insert(name.to_lowercase(), input) {
             return Err(refuse(&format!(
-                "its output would be {}, as {other}'s is (names are compared regardless of case): \
-                 inputs of several folders need distinct names",
+                "its output would be {}, as {other}'s is (names are compared regardless of case, \
+                 as macOS and Windows do): inputs need distinct names, whatever their folders",
                 output.display(),
             )));
         }
@@ -168,8 +168,8 @@ fn output_name(input: &str, format: OutputFormat) -> Result<String> {
 /// Make `dir` if need be and check its manifest against `params` (writing it when absent): a
 /// directory of outputs made with other parameters is refused, naming the differences. Jobs
 /// started together on one directory (the shards of its files) agree on one manifest: it is
-/// published without replacing one already there.
-pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
+/// published without replacing one already there. Whether this call wrote it.
+pub fn claim_directory(dir: &Path, params: &Value) -> Result<bool> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.into(),
         source,
@@ -198,11 +198,11 @@ pub fn claim_directory(dir: &Path, params: &Value) -> Result<()> {
                         ),
                     });
                 }
-                return Ok(());
+                return Ok(false);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if publish(&path, params)? {
-                    return Ok(());
+                    return Ok(true);
                 }
                 // Another job published one first: compare with it.
             }
@@ -401,10 +401,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let params = serde_json::json!({"dimensions": 768, "prompt": null});
-        claim_directory(&out, &params).unwrap();
+        assert!(claim_directory(&out, &params).unwrap(), "written");
         assert!(out.join(MANIFEST_NAME).is_file());
         // The same parameters again: a rerun goes on.
-        claim_directory(&out, &params).unwrap();
+        assert!(!claim_directory(&out, &params).unwrap(), "found");
         // Jobs claiming a fresh directory at once agree on one manifest: the first one's.
         let fresh = dir.path().join("fresh");
         let claims: Vec<bool> = std::thread::scope(|scope| {

@@ -357,6 +357,29 @@ fn read_rejected(path: &Path) -> Result<BTreeMap<u64, String>> {
 /// them in shard order.
 fn put_in_shard_order(files: &mut [ShardFile], output: &Path) -> Result<()> {
     let first = files[0].record.clone();
+    if first.count > files.len() as u64 {
+        let given: std::collections::HashSet<u64> =
+            files.iter().map(|file| file.record.index).collect();
+        let missing: Vec<String> = (0..first.count)
+            .filter(|i| !given.contains(i))
+            .take(8)
+            .map(|i| format!("{i}/{}", first.count))
+            .collect();
+        return Err(Error::File {
+            path: output.into(),
+            message: format!(
+                "shards missing: {} given of {} ({}{})",
+                files.len(),
+                first.count,
+                missing.join(", "),
+                if first.count - (files.len() as u64) > 8 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     let mut taken: Vec<Option<&Path>> = vec![None; first.count as usize];
     for file in files.iter() {
         let refuse = |message: String| Error::File {
@@ -414,16 +437,7 @@ fn put_in_shard_order(files: &mut [ShardFile], output: &Path) -> Result<()> {
             )));
         }
     }
-    let missing: Vec<String> = (0..first.count)
-        .filter(|&i| taken[i as usize].is_none())
-        .map(|i| format!("{i}/{}", first.count))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::File {
-            path: output.into(),
-            message: format!("shards missing: {}", missing.join(", ")),
-        });
-    }
+    // As many shards as the count, none twice: every one is there.
     files.sort_by_key(|file| file.record.index);
     Ok(())
 }

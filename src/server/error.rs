@@ -35,6 +35,8 @@ pub enum ErrorKind {
     NotFound,
     /// A route asked with a method it does not answer (405).
     MethodNotAllowed,
+    /// The request body stopped arriving (408).
+    Timeout,
     /// The backend failed or the engine stopped (500; TEI: 424).
     Backend,
     /// The health probe failed (503).
@@ -112,6 +114,7 @@ impl ApiError {
             (ErrorKind::Overloaded, _) => StatusCode::TOO_MANY_REQUESTS,
             (ErrorKind::NotFound, _) => StatusCode::NOT_FOUND,
             (ErrorKind::MethodNotAllowed, _) => StatusCode::METHOD_NOT_ALLOWED,
+            (ErrorKind::Timeout, _) => StatusCode::REQUEST_TIMEOUT,
             (ErrorKind::Backend, Flavor::OpenAi) => StatusCode::INTERNAL_SERVER_ERROR,
             (ErrorKind::Backend, Flavor::Tei) => StatusCode::FAILED_DEPENDENCY,
             (ErrorKind::Unhealthy, _) => StatusCode::SERVICE_UNAVAILABLE,
@@ -125,7 +128,8 @@ impl ApiError {
                     ErrorKind::Malformed
                     | ErrorKind::Validation
                     | ErrorKind::NotFound
-                    | ErrorKind::MethodNotAllowed => ("invalid_request_error", None),
+                    | ErrorKind::MethodNotAllowed
+                    | ErrorKind::Timeout => ("invalid_request_error", None),
                     ErrorKind::TooLarge => ("invalid_request_error", Some("request_too_large")),
                     ErrorKind::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
                     ErrorKind::Overloaded => ("rate_limit_error", Some("rate_limit_exceeded")),
@@ -147,6 +151,7 @@ impl ApiError {
                     ErrorKind::Overloaded => "Overloaded",
                     ErrorKind::NotFound => "NotFound",
                     ErrorKind::MethodNotAllowed => "MethodNotAllowed",
+                    ErrorKind::Timeout => "Timeout",
                     ErrorKind::Backend => "Backend",
                     ErrorKind::Unhealthy => "Unhealthy",
                 };

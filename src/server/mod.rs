@@ -310,13 +310,17 @@ async fn require_api_key(
 
 /// How much of a body past the payload limit is read on and thrown away before the 413 answer,
 /// and for how long: a client still writing its body then reads the answer instead of a reset
-/// connection. Past either bound the answer goes at once and the connection is closed.
-const REFUSED_BODY_DRAIN_BYTES: usize = 64 << 20;
+/// connection. Past either bound (or declared past the first) the answer goes at once and the
+/// connection is closed.
+const REFUSED_BODY_DRAIN_BYTES: u64 = 64 << 20;
 const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(10);
+/// How long a body may go without a byte arriving (408 beyond).
+const BODY_IDLE_TIME: Duration = Duration::from_secs(30);
 
 /// Reads an API request's body, at most [`ServerConfig::payload_limit`] bytes, before its
 /// handler runs. A longer body (by its Content-Length, or counted as it arrives when chunked) is
-/// refused with 413 once the client has finished sending it, within the drain bounds above.
+/// refused with 413 once the client has finished sending it, within the drain bounds above; a
+/// client that asked `Expect: 100-continue` is refused before it sends anything.
 async fn read_limited_body(
     State(state): State<Arc<AppState>>,
     request: HttpRequest,
@@ -330,26 +334,48 @@ async fn read_limited_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return refuse_oversized_body(body, 0, limit, flavor).await;
+    if let Some(length) = declared.filter(|&length| length > limit as u64) {
+        let awaits_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let drain = !awaits_continue && length - limit as u64 <= REFUSED_BODY_DRAIN_BYTES;
+        return refuse_oversized_body(drain.then_some(body), limit, flavor).await;
     }
-    let mut read = Vec::with_capacity(declared.map_or(0, |length| length as usize));
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
+    // Grown as bytes come, not reserved on the client's word.
+    let mut read = Vec::with_capacity(declared.map_or(0, |length| length.min(64 << 10) as usize));
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE_TIME, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(error))) => {
                 return ApiError::new(
                     ErrorKind::Malformed,
                     format!("cannot read the body: {error}"),
                 )
                 .respond(flavor)
             }
+            Err(_) => {
+                let mut response = ApiError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the body stopped coming: no byte for {} s after {} bytes",
+                        BODY_IDLE_TIME.as_secs(),
+                        read.len()
+                    ),
+                )
+                .respond(flavor);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
         };
         let Ok(data) = frame.into_data() else {
             continue;
         };
         if read.len() + data.len() > limit {
-            return refuse_oversized_body(body, read.len() + data.len(), limit, flavor).await;
+            return refuse_oversized_body(Some(body), limit, flavor).await;
         }
         read.extend_from_slice(&data);
     }
@@ -357,26 +383,24 @@ async fn read_limited_body(
         .await
 }
 
-/// The 413 answer to a body past `limit`, of which `read` bytes were already read: the rest is
-/// read and dropped first (see [`REFUSED_BODY_DRAIN_BYTES`]).
-async fn refuse_oversized_body(
-    mut body: Body,
-    read: usize,
-    limit: usize,
-    flavor: Flavor,
-) -> Response {
-    let drained = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, async {
-        let mut read = read;
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, Bytes::len);
-            if read > REFUSED_BODY_DRAIN_BYTES {
-                return false;
+/// The 413 answer to a body past `limit`. The rest of `body` is read and dropped first, within
+/// the drain bounds; without one the answer goes at once and closes the connection.
+async fn refuse_oversized_body(body: Option<Body>, limit: usize, flavor: Flavor) -> Response {
+    let drained = match body {
+        Some(mut body) => tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, async {
+            let mut drained = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                drained += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if drained > REFUSED_BODY_DRAIN_BYTES {
+                    return false;
+                }
             }
-        }
-        true
-    })
-    .await
-    .unwrap_or(false);
+            true
+        })
+        .await
+        .unwrap_or(false),
+        None => false,
+    };
     let mut response = ApiError::new(
         ErrorKind::TooLarge,
         format!(
