@@ -1524,4 +1524,28 @@ fn a_failed_run_of_several_inputs_can_be_rerun_with_fixed_flags() {
     assert_eq!(values, reference_rows(&texts[3..5]).concat());
     let rejects = std::fs::read_to_string(out_dir.join("more.npy.rejects.jsonl")).unwrap();
     assert_eq!(rejects.lines().count(), 1, "{rejects}");
+
+    // The same model in another place (another machine's cache) shares the directory.
+    let model = dir.path().join("model-copy");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(common::tiny_model_dir())
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["embed", "--model", model.to_str().unwrap(), "--input"])
+        .args([&good, &bad])
+        .arg("--output")
+        .arg(&out_dir)
+        .args(["--output-format", "npy", "--on-error", "skip"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 files: 0 embedded in this run, 2 done before"),
+        "{stderr}"
+    );
 }

@@ -179,27 +179,28 @@ impl JobOptions {
     /// What a directory of outputs records of them ([`super::many::MANIFEST_NAME`]): the
     /// output parameters but `--on-error`, so that files a run stopped at can be rerun with
     /// `--on-error skip` (a file finished under `fail` had no bad document: `skip` writes the same
-    /// rows).
+    /// rows), and but the model's path (its content sample stays), so that machines that keep
+    /// the model in other places share one directory.
     pub fn manifest_params(&self) -> Value {
         let mut params = self.output_params();
         if let Some(fields) = params.as_object_mut() {
             fields.remove("on_error");
+            if let Some(job) = fields.get_mut("job").and_then(Value::as_object_mut) {
+                job.remove("model");
+            }
         }
         params
     }
 
-    /// What every shard of one `--shard I/N` job shares ([`ShardRecord::params`]): the output
-    /// parameters, the job's but the model's path, and the input's format, size and content
-    /// sample ([`super::content_sample`]; a directory's file count only); no paths.
+    /// What every shard of one `--shard I/N` job shares ([`ShardRecord::params`]): the
+    /// manifest's parameters and the input's format, size and content sample
+    /// ([`super::content_sample`]; a directory's file count only); no paths.
     fn shard_params(&self, fingerprint: &Value) -> Result<Value> {
         let mut params = self.manifest_params();
         let fields = params
             .as_object_mut()
             .expect("output parameters are an object");
         fields.remove("shard");
-        if let Some(job) = fields.get_mut("job").and_then(Value::as_object_mut) {
-            job.remove("model");
-        }
         for field in ["input_len", "input_format"] {
             fields.insert(field.into(), fingerprint[field].clone());
         }
