@@ -70,6 +70,33 @@ impl Checkpoint {
     }
 }
 
+/// Where a job writes output `OUT` until it is complete (`OUT.partial`).
+pub fn partial_path(output: &Path) -> PathBuf {
+    sibling(output, ".partial")
+}
+
+/// The checkpoint of the job writing `output` (`OUT.checkpoint`).
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    sibling(output, ".checkpoint")
+}
+
+/// The documents skipped under `--on-error skip` (`OUT.rejects.jsonl`).
+pub fn rejects_path(output: &Path) -> PathBuf {
+    sibling(output, ".rejects.jsonl")
+}
+
+/// Remove the file at `path` if there is one; whether there was.
+pub fn remove_if_there(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Io {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
 /// `path` with `suffix` appended to its file name.
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

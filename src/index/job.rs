@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::checkpoint::{sibling, sync_dir, Checkpoint};
+use super::checkpoint::{self, remove_if_there, sync_dir, Checkpoint};
 use super::merge::ShardRecord;
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{DirectoryListing, ReadPosition, RecordReader};
@@ -141,15 +141,15 @@ pub struct JobOptions {
 
 impl JobOptions {
     pub fn partial_path(&self) -> PathBuf {
-        sibling(&self.output, ".partial")
+        checkpoint::partial_path(&self.output)
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {
-        sibling(&self.output, ".checkpoint")
+        checkpoint::checkpoint_path(&self.output)
     }
 
     pub fn rejects_path(&self) -> PathBuf {
-        sibling(&self.output, ".rejects.jsonl")
+        checkpoint::rejects_path(&self.output)
     }
 
     /// What shapes the rows whatever the input: model, backend, prompt, columns, format,
@@ -704,18 +704,6 @@ impl Writer<'_> {
         }
         remove_if_there(&self.options.checkpoint_path())?;
         Ok(summary)
-    }
-}
-
-/// Remove the file at `path` if there is one; whether there was.
-fn remove_if_there(path: &Path) -> Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(Error::Io {
-            path: path.into(),
-            source,
-        }),
     }
 }
 

@@ -33,17 +33,14 @@ impl FileJob {
         if !self.output.exists() {
             return Ok(false);
         }
-        let checkpoint = checkpoint::sibling(&self.output, ".checkpoint");
+        let checkpoint = checkpoint::checkpoint_path(&self.output);
         if !checkpoint.exists() {
             return Ok(true);
         }
-        if checkpoint::sibling(&self.output, ".partial").exists() {
+        if checkpoint::partial_path(&self.output).exists() {
             return Ok(false);
         }
-        std::fs::remove_file(&checkpoint).map_err(|source| Error::Io {
-            path: checkpoint,
-            source,
-        })?;
+        checkpoint::remove_if_there(&checkpoint)?;
         Ok(true)
     }
 }
@@ -228,12 +225,7 @@ pub fn release_directory(dir: &Path) -> Result<bool> {
             return Ok(false);
         }
     }
-    let path = dir.join(MANIFEST_NAME);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(Error::Io { path, source }),
-    }
+    checkpoint::remove_if_there(&dir.join(MANIFEST_NAME))
 }
 
 /// Write `params` to `path` unless a file is there already (written whole under a temporary

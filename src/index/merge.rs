@@ -17,7 +17,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::checkpoint::sibling;
+use super::checkpoint::{checkpoint_path, partial_path, rejects_path, remove_if_there, sibling};
 use super::output::{remove_partial, Dtype, OutputWriter, NPY_HEADER_LEN};
 use super::parquet_output::{self, DEFAULT_ROW_GROUP_ROWS};
 use super::{AtomicFile, OutputFormat};
@@ -134,7 +134,7 @@ impl ShardFile {
             path: path.into(),
             message,
         };
-        if sibling(path, ".checkpoint").exists() {
+        if checkpoint_path(path).exists() {
             return Err(file_error(
                 "this shard's job has not finished (its checkpoint is still there)".into(),
             ));
@@ -189,7 +189,7 @@ impl ShardFile {
             path: path.into(),
             record: ShardRecord::load(path)?,
             rows,
-            rejected: read_rejected(&sibling(path, ".rejects.jsonl"))?,
+            rejected: read_rejected(&rejects_path(path))?,
             dim,
             dtype,
             row_group_rows,
@@ -481,7 +481,7 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<Merged> {
         });
     }
     put_in_shard_order(&mut files, output)?;
-    let partial = sibling(output, ".partial");
+    let partial = partial_path(output);
     let merged =
         merge_rows(&mut files, &partial, format, dtype, dim, row_group_rows).and_then(|writer| {
             let rejected = write_rejects(&files, output)?;
@@ -553,7 +553,7 @@ fn merge_rows(
 /// Every shard's rejects, in document order, into `output`'s `.rejects.jsonl` (none left there
 /// when there are none, as a job leaves none); how many.
 fn write_rejects(files: &[ShardFile], output: &Path) -> Result<u64> {
-    let path = sibling(output, ".rejects.jsonl");
+    let path = rejects_path(output);
     let rejected: BTreeMap<u64, &str> = files
         .iter()
         .flat_map(|file| {
@@ -563,12 +563,8 @@ fn write_rejects(files: &[ShardFile], output: &Path) -> Result<u64> {
         })
         .collect();
     if rejected.is_empty() {
-        return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::Io { path, source: e })
-            }
-            _ => Ok(0),
-        };
+        remove_if_there(&path)?;
+        return Ok(0);
     }
     let mut file = AtomicFile::create(&path)?;
     for line in rejected.values() {

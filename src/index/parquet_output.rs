@@ -38,7 +38,7 @@ use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde_json::Value;
 
-use super::checkpoint::sync_dir;
+use super::checkpoint::{remove_if_there, sync_dir};
 use super::output::{open_resumable, Dtype};
 use super::AtomicFile;
 use crate::{Error, Result};
@@ -351,13 +351,7 @@ impl ParquetWriter {
             self.staging_created = false;
         }
         for group in self.removed_below..self.checkpointed_group {
-            let path = self.dir.join(rows_name(group));
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_error(&path)(e))
-                }
-                _ => {}
-            }
+            remove_if_there(&self.dir.join(rows_name(group)))?;
         }
         self.removed_below = self.checkpointed_group;
         self.checkpointed_group = self.group();
