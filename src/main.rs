@@ -438,7 +438,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         // Batch sizes are left out on purpose: embeddings do not depend on them.
         params: serde_json::json!({
             "model": display_dir(&dir),
-            "model_sample": index::content_sample(&model_files(&dir)?)?,
+            "model_sample": index::content_sample(&gemma_embed::model::weight_files(&dir)?)?,
             "backend": backend_name,
         }),
     };
@@ -520,27 +520,6 @@ fn embed(args: EmbedArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The files that make the model's numbers: its config and every safetensors file, the Dense
-/// layers' in their folders included.
-fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = vec![dir.join("config.json")];
-    let mut folders = vec![dir.to_path_buf()];
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            folders.push(path);
-        }
-    }
-    folders[1..].sort();
-    for folder in folders {
-        let weights = folder.join("model.safetensors");
-        if weights.is_file() {
-            files.push(weights);
-        }
-    }
-    Ok(files)
 }
 
 /// One job's closing line: documents, tokens, time and rate, the output and its rows.

@@ -293,6 +293,13 @@ pub(crate) struct DenseModule {
     pub out_features: usize,
 }
 
+impl DenseModule {
+    /// The module's weights (`2_Dense/model.safetensors`).
+    pub fn weights_path(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+}
+
 /// What the sentence-transformers files say: `modules.json` (Transformer, Pooling, Dense...,
 /// Normalize), the pooling and Dense configs, prompts and max_seq_length.
 #[derive(Clone, Debug)]

@@ -80,7 +80,7 @@ impl ModelWeights {
         let mut dense = Vec::with_capacity(modules.dense.len());
         let mut in_features = h;
         for (module, &out_features) in modules.dense.iter().zip(&config.dense_out_features) {
-            let file = TensorFile::open(&module.dir.join("model.safetensors"))?;
+            let file = TensorFile::open(&module.weights_path())?;
             dense.push(file.load("linear.weight", &[out_features, in_features])?);
             in_features = out_features;
         }
@@ -94,6 +94,16 @@ impl ModelWeights {
             dense_folded,
         })
     }
+}
+
+/// The files whose bytes make the model's numbers: `config.json`, `model.safetensors` and each
+/// Dense module's weights, in pipeline order (the files [`ModelWeights::load`] reads).
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let modules = SentenceTransformerModules::load(dir)?;
+    Ok([dir.join("config.json"), dir.join("model.safetensors")]
+        .into_iter()
+        .chain(modules.dense.iter().map(|module| module.weights_path()))
+        .collect())
 }
 
 /// `W_last · … · W_first` in f64, rounded once to f32: `[out_last, in_first]`.
