@@ -340,15 +340,26 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
     result
 }
 
-/// `a: x -> y` for every top-level field that differs.
+/// `a: x -> y` for every top-level field that differs, one only side has included (`null` on
+/// the other: a `--title-column` given once and not again).
 pub(super) fn differences(old: &Value, new: &Value) -> String {
     let (Value::Object(old), Value::Object(new)) = (old, new) else {
         return "different parameters".into();
     };
+    let gone = old.keys().filter(|k| !new.contains_key(*k));
     let fields: Vec<String> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k}: {} -> {v}", old.get(k).unwrap_or(&Value::Null)))
+        .keys()
+        .chain(gone)
+        .filter_map(|k| {
+            let (was, is) = (old.get(k), new.get(k));
+            (was != is).then(|| {
+                format!(
+                    "{k}: {} -> {}",
+                    was.unwrap_or(&Value::Null),
+                    is.unwrap_or(&Value::Null)
+                )
+            })
+        })
         .collect();
     fields.join(", ")
 }
@@ -781,6 +792,17 @@ mod tests {
         assert!("4/4".parse::<Shard>().is_err());
         assert!("1".parse::<Shard>().is_err());
         assert!("a/2".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn differences_name_fields_on_either_side() {
+        let old = json!({"dimensions": 768, "title_column": "title", "prompt": null});
+        let new = json!({"dimensions": 256, "prompt": null, "dtype": "F16"});
+        assert_eq!(
+            differences(&old, &new),
+            "dimensions: 768 -> 256, dtype: null -> \"F16\", title_column: \"title\" -> null"
+        );
+        assert_eq!(differences(&old, &old), "");
     }
 
     #[test]
