@@ -356,19 +356,17 @@ async fn read_limited_body(
                 .respond(flavor)
             }
             Err(_) => {
-                let mut response = ApiError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the body stopped coming: no byte for {} s after {} bytes",
-                        BODY_IDLE_TIME.as_secs(),
-                        read.len()
-                    ),
+                return closing(
+                    ApiError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the body stopped coming: no byte for {} s after {} bytes",
+                            BODY_IDLE_TIME.as_secs(),
+                            read.len()
+                        ),
+                    )
+                    .respond(flavor),
                 )
-                .respond(flavor);
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
             }
         };
         let Ok(data) = frame.into_data() else {
@@ -401,7 +399,7 @@ async fn refuse_oversized_body(body: Option<Body>, limit: usize, flavor: Flavor)
         .unwrap_or(false),
         None => false,
     };
-    let mut response = ApiError::new(
+    let response = ApiError::new(
         ErrorKind::TooLarge,
         format!(
             "the request body is larger than the payload limit of {limit} bytes (the server's \
@@ -409,11 +407,19 @@ async fn refuse_oversized_body(body: Option<Body>, limit: usize, flavor: Flavor)
         ),
     )
     .respond(flavor);
-    if !drained {
+    if drained {
         response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else {
+        closing(response)
     }
+}
+
+/// `response` with `Connection: close`: the rest of the request's body was not read, so the
+/// connection cannot carry another request.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
