@@ -279,6 +279,18 @@ fn assert_killed_and_resumed_to(args: &[&str], output: &Path, whole: &Path) {
 }
 
 /// `args` as the `&str`s [`run_ok`] and [`gemma_embed`] take.
+/// A copy of the tiny model's directory at `dest`, as another machine would keep it.
+fn copy_of_tiny_model(dest: &Path) -> PathBuf {
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(common::tiny_model_dir())
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    dest.to_path_buf()
+}
+
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -416,18 +428,39 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     // Refused, naming the fault, with nothing written: a missing shard, one given twice, one
     // of another job, one without its record.
     let shard = |i: usize| dir.path().join(format!("shard{i}.jsonl"));
+    let merge = |output: &Path, shards: &[PathBuf]| {
+        Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .arg("merge")
+            .arg("--output")
+            .arg(output)
+            .args(shards)
+            .output()
+            .unwrap()
+    };
     let merged = dir.path().join("refused.jsonl");
     let refused = |shards: &[PathBuf], message: &str| {
-        let mut args = vec!["merge".to_string(), "--output".into()];
-        args.push(merged.to_str().unwrap().into());
-        args.extend(shards.iter().map(|p| p.to_str().unwrap().to_string()));
-        let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?}");
+        let out = merge(&merged, shards);
+        assert!(!out.status.success(), "{shards:?}");
         assert!(stderr_of(&out).contains(message), "{}", stderr_of(&out));
         assert!(!merged.exists() && !dir.path().join("refused.jsonl.partial").exists());
+    };
+    // Shard 1/3 (skipping bad documents, as the shards above) of `input` by `model`.
+    let second_shard = |model: &Path, input: &Path, name: &str, extra: &[&str]| {
+        let output = dir.path().join(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .arg("embed")
+            .arg("--model")
+            .arg(model)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(&output)
+            .args(["--on-error", "skip", "--shard", "1/3"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        output
     };
     refused(
         &[shard(0), shard(2)],
@@ -437,30 +470,14 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         &[shard(0), shard(1), shard(1)],
         "shard1.jsonl: shard 1/3, as",
     );
-    let other = dir.path().join("other1.jsonl");
-    run_ok(&[
-        "embed",
-        "--input",
-        input,
-        "--output",
-        other.to_str().unwrap(),
-        "--on-error",
-        "skip",
-        "--shard",
-        "1/3",
-        "--dimensions",
-        "16",
-    ]);
+    let tiny = common::tiny_model_dir();
+    let input = Path::new(input);
+    let other = second_shard(&tiny, input, "other1.jsonl", &["--dimensions", "16"]);
     refused(
-        &[shard(0), other.clone(), shard(2)],
+        &[shard(0), other, shard(2)],
         "a shard of another job than the first shard's (dimensions: 48 -> 16)",
     );
-    let mut args = vec!["merge".to_string(), "--output".into()];
-    args.extend([shard(0), shard(0), shard(1), shard(2)].map(|p| p.to_str().unwrap().to_string()));
-    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = merge(&shard(0), &[shard(0), shard(1), shard(2)]);
     assert!(
         stderr_of(&out).contains("shard0.jsonl: is the --output"),
         "{}",
@@ -470,48 +487,17 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     let content = std::fs::read_to_string(input).unwrap();
     let changed = dir.path().join("changed.jsonl");
     std::fs::write(&changed, content.replacen("the end", "the End", 1)).unwrap();
-    let foreign = dir.path().join("foreign1.jsonl");
-    run_ok(&[
-        "embed",
-        "--input",
-        changed.to_str().unwrap(),
-        "--output",
-        foreign.to_str().unwrap(),
-        "--on-error",
-        "skip",
-        "--shard",
-        "1/3",
-    ]);
+    let foreign = second_shard(&tiny, &changed, "foreign1.jsonl", &[]);
     refused(
         &[shard(0), foreign, shard(2)],
         "a shard of another job than the first shard's (input_sample: ",
     );
     // A shard made with another model: the tiny one with its last weight changed.
-    let model = dir.path().join("model");
-    let copied = Command::new("cp")
-        .arg("-r")
-        .arg(common::tiny_model_dir())
-        .arg(&model)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    let model = copy_of_tiny_model(&dir.path().join("model"));
     let mut weights = std::fs::read(model.join("model.safetensors")).unwrap();
     *weights.last_mut().unwrap() ^= 0x40;
     std::fs::write(model.join("model.safetensors"), weights).unwrap();
-    let other_model = dir.path().join("model1.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-        .args([
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input,
-        ])
-        .args(["--output", other_model.to_str().unwrap()])
-        .args(["--on-error", "skip", "--shard", "1/3"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    let other_model = second_shard(&model, input, "model1.jsonl", &[]);
     refused(
         &[shard(0), other_model, shard(2)],
         "a shard of another job than the first shard's (job: ",
@@ -1526,14 +1512,7 @@ fn a_failed_run_of_several_inputs_can_be_rerun_with_fixed_flags() {
     assert_eq!(rejects.lines().count(), 1, "{rejects}");
 
     // The same model in another place (another machine's cache) shares the directory.
-    let model = dir.path().join("model-copy");
-    let copied = Command::new("cp")
-        .arg("-r")
-        .arg(common::tiny_model_dir())
-        .arg(&model)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    let model = copy_of_tiny_model(&dir.path().join("model-copy"));
     let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
         .args(["embed", "--model", model.to_str().unwrap(), "--input"])
         .args([&good, &bad])
