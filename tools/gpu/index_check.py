@@ -58,19 +58,31 @@ def default_sources():
     return sorted(found)
 
 
-def paragraphs(paths):
+def unembeddable_tokens(model):
+    """The text of every special token of the model's tokenizer whose id is past its embedding
+    table (Gemma's `<image_soft_token>`, id 262144 of 262144 rows): a document holding one is
+    refused by `embed`, as sentence-transformers fails on it, so the corpus leaves it out (the
+    repository's tests and sources quote it)."""
+    with open(os.path.join(model, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    with open(os.path.join(model, "tokenizer.json"), encoding="utf-8") as f:
+        added = json.load(f).get("added_tokens", [])
+    return [t["content"] for t in added if t["id"] >= vocab]
+
+
+def paragraphs(paths, leave_out):
     out = []
     for path in paths:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         out += [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
-    return [p for p in out if len(p) >= 20]
+    return [p for p in out if len(p) >= 20 and not any(t in p for t in leave_out)]
 
 
-def write_corpus(path, sources, least_chars, seed):
-    """Documents of 1..8 consecutive paragraphs until they hold `least_chars` characters of text;
-    returns their count."""
-    paras = paragraphs(sources)
+def write_corpus(path, sources, least_chars, seed, leave_out):
+    """Documents of 1..8 consecutive paragraphs (none holding a string of `leave_out`) until
+    they hold `least_chars` characters of text; returns their count."""
+    paras = paragraphs(sources, leave_out)
     if not paras:
         sys.exit(f"index_check: no paragraphs in {sources}")
     rng = random.Random(seed)
@@ -206,7 +218,7 @@ def main():
         model = model_with_tokenizer(model, args.tokenizer, args.work)
     corpus = os.path.join(args.work, "corpus.jsonl")
     sources = args.source or default_sources()
-    docs = write_corpus(corpus, sources, args.chars, args.seed)
+    docs = write_corpus(corpus, sources, args.chars, args.seed, unembeddable_tokens(model))
     print(f"index_check: {docs} documents from {len(sources)} source files -> {corpus}", flush=True)
     command = gemma + ["embed", "--model", model, "--backend", args.backend, "--input", corpus] + extra
     full, crash = os.path.join(args.work, "full.npy"), os.path.join(args.work, "crash.npy")
