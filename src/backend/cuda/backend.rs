@@ -508,7 +508,7 @@ impl CudaBackend {
                         norms,
                         &mut act.attention_in,
                     )?;
-                    mark(QkvKernel::Wgmma.name())?;
+                    mark(qkv_proj.name())?;
                 }
             }
             attend(layer.window, &act.attention_in, &mut act.attention_out)?;

@@ -128,6 +128,10 @@ mod device {
             Ok(Self { func, kernel })
         }
 
+        pub fn name(&self) -> &'static str {
+            self.kernel.name()
+        }
+
         /// Q, K, V for `tokens` from x = bf16(residual) `[num_tokens, hidden]`, its inverse RMS
         /// `[num_tokens]` and the QKV weight `[(num_heads + 2)·head_dim, hidden]` (columns
         /// scaled by `1 + input_layernorm`): what the cuBLAS projection and `qkv_post` compute,
