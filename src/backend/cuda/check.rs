@@ -1086,8 +1086,13 @@ fn check_gate_up_geglu(
         k.geglu(dev, n, gate_up, r, out)
     };
 
-    // Odd row count: the last row block is partial.
-    let m = GEMM_CHECK_ROWS;
+    // Odd row count: the last row block is partial. Enough row blocks that the persistent
+    // kernels' CTAs (one per SM) walk more than one tile, even at the widest tiles.
+    let col_blocks = i / mlp::WIDE_BLOCK_OUT;
+    let mut m = GEMM_CHECK_ROWS;
+    while m.div_ceil(mlp::BLOCK_M) * col_blocks <= dev.multiprocessors as usize {
+        m += GEMM_CHECK_ROWS;
+    }
     let x_bits = rng.bf16s(m * h, -2.0, 2.0);
     let inv_rms_host = rng.f32s(m, 0.05, 2.0);
     let x = dev.upload(&x_bits, "x")?;
