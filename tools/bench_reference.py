@@ -187,16 +187,27 @@ def main():
     on_gpu = args.device.startswith("cuda")
     dtype_name = args.dtype or ("bf16" if on_gpu else "f32")
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
+    def default(value, otherwise):
+        return otherwise if value is None else value
+
     if args.full:
-        args.lengths = args.lengths or [16, 128, 512, 2048]
+        args.lengths = default(args.lengths, [16, 128, 512, 2048])
         args.mixed = True
-        args.tokens = args.tokens or (262144 if on_gpu else 16384)
-        args.repeats = args.repeats or 5
+        args.tokens = default(args.tokens, 262144 if on_gpu else 16384)
+        args.repeats = default(args.repeats, 5)
     if args.lengths is None:
         args.lengths = [] if args.corpus else ([128, 512, 2048] if on_gpu else [128, 512])
-    args.tokens = args.tokens or (65536 if on_gpu else 1024)
-    args.repeats = args.repeats or (3 if on_gpu else 2)
-    args.max_batch_tokens = args.max_batch_tokens or (16384 if on_gpu else 4096)
+    args.tokens = default(args.tokens, 65536 if on_gpu else 1024)
+    args.repeats = default(args.repeats, 3 if on_gpu else 2)
+    args.max_batch_tokens = default(args.max_batch_tokens, 16384 if on_gpu else 4096)
+    for flag, value in (("--tokens", args.tokens), ("--repeats", args.repeats),
+                        ("--max-batch-tokens", args.max_batch_tokens)):
+        if value < 1:
+            ap.error(f"{flag} must be at least 1, not {value}")
+    if any(n < 1 for n in args.lengths):
+        ap.error(f"--lengths must be at least 1 each, not {args.lengths}")
+    if args.warmup < 0:
+        ap.error(f"--warmup must be at least 0, not {args.warmup}")
 
     start = time.time()
     model = SentenceTransformer(args.model, device=args.device,
@@ -205,8 +216,11 @@ def main():
     model.eval()
     auto = hf_backbone(model)
     cfg = auto.config.to_dict()
-    # transformers turns the raw bidirectional window w into an exclusive bound w/2 + 1 at load.
-    radius = cfg["sliding_window"] - 1
+    # The window radius from the raw config.json, as gemma-embed reads it (|i - j| <= w/2):
+    # transformers turns the raw window w into the exclusive bound w/2 + 1 on the attribute, but
+    # `to_dict()` gives the raw value in some versions and the converted one in others.
+    raw_cfg, _ = type(auto.config).get_config_dict(auto.config._name_or_path)
+    radius = raw_cfg["sliding_window"] // 2
     dense_shapes = [(m.linear.in_features, m.linear.out_features) for m in model if hasattr(m, "linear")]
     print(f"bench_reference: {args.device} {next(model.parameters()).dtype} "
           f"attention {auto.config._attn_implementation}, loaded in {time.time() - start:.1f} s", file=sys.stderr)
@@ -258,7 +272,10 @@ def main():
             "num_sequences": len(lengths),
             "num_tokens": num_tokens,
             "num_batches": len(batches),
-            "batch_fill": num_tokens / padded,
+            # Padded tokens over the budget of its batches (gemma-embed's batch_fill: tokens
+            # over the budget, as it pads nothing), and how many of them are real tokens.
+            "batch_fill": padded / (len(batches) * args.max_batch_tokens),
+            "padding_efficiency": num_tokens / padded,
             "seconds": seconds,
             "seconds_median": med,
             "tokens_per_s": num_tokens / med,
@@ -271,7 +288,8 @@ def main():
         r = results[-1]
         print(f"{r['name']:>16}: {r['tokens_per_s']:>12,.0f} tok/s  ({r['tokens_per_s_min']:,.0f}.."
               f"{r['tokens_per_s_max']:,.0f})  {r['sequences_per_s']:>9,.1f} seq/s  "
-              f"{r['tflops_per_s']:>7.2f} TFLOP/s  fill {r['batch_fill']:.2f}", file=sys.stderr)
+              f"{r['tflops_per_s']:>7.2f} TFLOP/s  real/padded tokens {r['padding_efficiency']:.2f}",
+              file=sys.stderr)
 
     import sentence_transformers
     import transformers
