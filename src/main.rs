@@ -677,6 +677,22 @@ fn info(args: InfoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Fail now, before any measuring, on a report path that cannot be written (no such directory,
+/// no permission), instead of after the runs with their results lost. A file that was not there
+/// is removed again; one that was is left as it is.
+fn check_writable(path: &Path, flag: &str) -> Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("{flag} {}: cannot write there", path.display()))?;
+    if !existed {
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
     if args.list_families {
         for family in backend::cuda::CheckFamily::ALL {
@@ -725,6 +741,9 @@ fn profile(args: ProfileArgs) -> Result<()> {
         warmup: args.warmup,
         seed: args.seed,
     };
+    if let Some(path) = &args.json {
+        check_writable(path, "--json")?;
+    }
     let model = Model::load(&args.model.model)?;
     options.check(&model.config)?;
     let mut backend = backend::cuda::CudaBackend::new(&model)?;
@@ -901,9 +920,13 @@ fn bench(args: BenchArgs) -> Result<()> {
             loads
         }
     };
-    // Fail on a bad plot path or a missing font before measuring anything.
+    // Fail on a bad output path or a missing font before measuring anything.
     if let Some(path) = &args.plot {
         bench::plot::prepare(path)?;
+        check_writable(path, "--plot")?;
+    }
+    if let Some(path) = &args.json {
+        check_writable(path, "--json")?;
     }
     let other = args
         .compare
@@ -936,11 +959,16 @@ fn bench(args: BenchArgs) -> Result<()> {
     let peak_tflops = args
         .peak_tflops
         .or_else(|| device.as_deref().and_then(bench::known_peak_tflops));
+    // The report's workloads are drawn with its seed (the mixed lengths): so are ours.
+    let seed = match (&from_other, &other) {
+        (Some(_), Some(other)) => other.seed(),
+        _ => args.seed,
+    };
     let options = bench::BenchOptions {
         repeats: args.repeats,
         warmup: args.warmup,
         dimensions: args.dimensions.unwrap_or(model.config.embedding_dim),
-        seed: args.seed,
+        seed,
         inputs_per_request: args.inputs_per_request,
         peak_tflops,
     };

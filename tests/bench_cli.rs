@@ -205,7 +205,7 @@ fn compare_matches_the_reference_report_by_workload() {
         "--lengths",
         "16,32",
         "--tokens",
-        "512",
+        "1024",
         "--compare",
         reference.to_str().unwrap(),
     ]);
@@ -236,10 +236,12 @@ fn compare_matches_the_reference_report_by_workload() {
         .split_whitespace()
         .map(String::from)
         .collect();
+    // workload, our setting (`offline mbt=…`), ours, their setting, theirs, ratio.
     assert_eq!(fields[3], format!("{ours_16:.0}"), "{fields:?}");
-    assert_eq!(fields[4], format!("{theirs_16:.0}"), "{fields:?}");
+    assert_eq!(fields[4..6], ["offline", "mbt=4096"], "{fields:?}");
+    assert_eq!(fields[6], format!("{theirs_16:.0}"), "{fields:?}");
     assert_eq!(
-        fields[5],
+        fields[7],
         format!("{:.2}x", ours_16 / theirs_16),
         "{fields:?}"
     );
@@ -314,6 +316,16 @@ fn bad_flags_are_refused_before_measuring() {
         &["--mode", "online", "--concurrency", "0", "--lengths", "8"],
         "--concurrency must be at least 1",
     );
+    refused(
+        &["--mode", "online", "--rate", "1e-300", "--lengths", "8"],
+        "--rate 1e-300: request 1 would arrive",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let unwritable = dir.path().join("no such folder/report.json");
+    refused(
+        &["--lengths", "8", "--json", unwritable.to_str().unwrap()],
+        "cannot write there",
+    );
 }
 
 #[test]
@@ -329,6 +341,11 @@ fn compare_without_workload_flags_runs_the_reports_workloads() {
     assert_eq!(names, vec!["fixed-16", "fixed-64"]);
     assert_eq!(ours["settings"]["tokens_per_run"], 1024);
     assert_eq!(rows(&ours)[1]["num_sequences"], 16);
+    // Both count the same FLOPs for the same workload (the window radius from the raw config).
+    let theirs = read_json(&reference);
+    for (our, their) in rows(&ours).iter().zip(rows(&theirs)) {
+        assert_eq!(our["flops"], their["flops"], "{}", our["name"]);
+    }
     let compare = table.split("compared with").nth(1).unwrap();
     assert!(
         !compare.contains("no match") && !compare.contains("(not run here)"),

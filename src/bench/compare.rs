@@ -47,6 +47,51 @@ pub struct OtherWorkload {
     pub concurrency: Option<usize>,
     #[serde(default)]
     pub rate: Option<f64>,
+    /// Absent in schema version 1.
+    #[serde(default)]
+    pub num_sequences: Option<usize>,
+    #[serde(default)]
+    pub num_tokens: Option<usize>,
+}
+
+impl OtherWorkload {
+    /// `offline` when the report does not say (schema version 1 is offline only).
+    fn mode(&self) -> &str {
+        self.mode.as_deref().unwrap_or("offline")
+    }
+
+    /// The setting, as [`WorkloadResult::setting_label`] writes ours (`?` for what the report
+    /// does not record).
+    pub fn setting_label(&self) -> String {
+        let load = match (self.concurrency, self.rate) {
+            (Some(c), _) => format!("c={c}"),
+            (None, Some(r)) => format!("r={r}/s"),
+            (None, None) => self.mode().to_string(),
+        };
+        match self.max_batch_tokens {
+            Some(budget) => format!("{load} mbt={budget}"),
+            None => format!("{load} mbt=?"),
+        }
+    }
+
+    /// Why this row of the same name did not measure what `ours` did: another mode (offline
+    /// throughput against online latency), or another workload under the same name (other
+    /// tokens per run, another draw of the mixed lengths, another corpus of the same stem).
+    fn differs_from(&self, ours: &WorkloadResult) -> Option<String> {
+        if self.mode() != ours.mode {
+            return Some(format!("theirs is {}, ours {}", self.mode(), ours.mode));
+        }
+        let theirs = (
+            self.num_sequences.unwrap_or(ours.num_sequences),
+            self.num_tokens.unwrap_or(ours.num_tokens),
+        );
+        (theirs != (ours.num_sequences, ours.num_tokens)).then(|| {
+            format!(
+                "theirs ran {} sequences of {} tokens in all, ours {} of {}",
+                theirs.0, theirs.1, ours.num_sequences, ours.num_tokens
+            )
+        })
+    }
 }
 
 impl OtherReport {
@@ -77,7 +122,7 @@ impl OtherReport {
             match w.seq_len {
                 Some(n) => out.push(Workload::fixed(n, tokens)),
                 None => {
-                    let mixed = Workload::mixed(tokens, self.settings.seed.unwrap_or(0));
+                    let mixed = Workload::mixed(tokens, self.seed());
                     if mixed.name == w.name {
                         out.push(mixed);
                     }
@@ -85,6 +130,11 @@ impl OtherReport {
             }
         }
         Some(out)
+    }
+
+    /// The seed of the report's random draws (0 when it does not record one).
+    pub fn seed(&self) -> u64 {
+        self.settings.seed.unwrap_or(0)
     }
 
     /// `engine backend dtype`, e.g. `sentence-transformers cpu f32`.
@@ -97,33 +147,50 @@ impl OtherReport {
     }
 }
 
-/// For each of our rows, the index of the other report's row of the same workload name: the one
-/// with the same setting (mode, batch budget, concurrency, rate) when there is one, else the
-/// fastest of that name; `None` when it has no workload of that name.
-pub fn match_rows(ours: &[WorkloadResult], theirs: &[OtherWorkload]) -> Vec<Option<usize>> {
+/// How one of our rows pairs with the other report's rows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowMatch {
+    /// The row that measured the same workload in the same mode: the one with the same setting
+    /// (batch budget, concurrency, rate) when there is one, else the fastest.
+    Row(usize),
+    /// Rows of the same name, none of which measured the same thing; why the first did not.
+    Differs(String),
+    /// No row of that name.
+    Missing,
+}
+
+/// For each of our rows, the other report's row to compare it with ([`RowMatch`]).
+pub fn match_rows(ours: &[WorkloadResult], theirs: &[OtherWorkload]) -> Vec<RowMatch> {
     ours.iter()
         .map(|our| {
             let same_name = || {
                 theirs
                     .iter()
                     .enumerate()
-                    .filter(move |(_, t)| t.name == our.name)
+                    .filter(|(_, t)| t.name == our.name)
             };
-            let same_setting = same_name().find(|(_, t)| {
-                t.mode.as_deref() == Some(our.mode)
-                    && t.max_batch_tokens == Some(our.max_batch_tokens)
+            let comparable = || same_name().filter(|(_, t)| t.differs_from(our).is_none());
+            let same_setting = comparable().find(|(_, t)| {
+                t.max_batch_tokens == Some(our.max_batch_tokens)
                     && t.concurrency == our.concurrency
                     && t.rate == our.rate
             });
             let fastest =
-                || same_name().max_by(|(_, a), (_, b)| a.tokens_per_s.total_cmp(&b.tokens_per_s));
-            same_setting.or_else(fastest).map(|(j, _)| j)
+                || comparable().max_by(|(_, a), (_, b)| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+            match same_setting.or_else(fastest) {
+                Some((j, _)) => RowMatch::Row(j),
+                None => match same_name().find_map(|(_, t)| t.differs_from(our)) {
+                    Some(why) => RowMatch::Differs(why),
+                    None => RowMatch::Missing,
+                },
+            }
         })
         .collect()
 }
 
-/// The comparison table: per row, our tokens/s, theirs and the ratio; then the other report's
-/// workloads we did not run.
+/// The comparison table: per row, our tokens/s, the setting and tokens/s of the row of theirs
+/// it is compared with, and the ratio; rows that share only a name with theirs get no ratio and
+/// a note saying why; then the other report's workloads we did not run.
 pub fn table(ours: &[WorkloadResult], other: &OtherReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -135,23 +202,37 @@ pub fn table(ours: &[WorkloadResult], other: &OtherReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:<18} {:>12} {:>12} {:>8}",
-        "workload", "setting", "ours tok/s", "theirs tok/s", "ratio"
+        "{:<16} {:<18} {:>12} {:<18} {:>12} {:>8}",
+        "workload", "setting", "ours tok/s", "their setting", "theirs tok/s", "ratio"
     );
-    for (our, theirs) in ours.iter().zip(match_rows(ours, &other.workloads)) {
-        let (theirs, ratio) = match theirs {
-            Some(j) => {
-                let t = other.workloads[j].tokens_per_s;
-                (format!("{t:.0}"), format!("{:.2}x", our.tokens_per_s / t))
+    let mut notes = Vec::new();
+    for (our, matched) in ours.iter().zip(match_rows(ours, &other.workloads)) {
+        let (setting, theirs, ratio) = match matched {
+            RowMatch::Row(j) => {
+                let t = &other.workloads[j];
+                (
+                    t.setting_label(),
+                    format!("{:.0}", t.tokens_per_s),
+                    format!("{:.2}x", our.tokens_per_s / t.tokens_per_s),
+                )
             }
-            None => ("-".to_string(), "no match".to_string()),
+            RowMatch::Differs(why) => {
+                notes.push(format!(
+                    "{} [{}]: not compared, {why}",
+                    our.name,
+                    our.setting_label()
+                ));
+                ("-".into(), "-".into(), "differs".into())
+            }
+            RowMatch::Missing => ("-".into(), "-".into(), "no match".into()),
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<18} {:>12.0} {:>12} {:>8}",
+            "{:<16} {:<18} {:>12.0} {:<18} {:>12} {:>8}",
             our.name,
             our.setting_label(),
             our.tokens_per_s,
+            setting,
             theirs,
             ratio
         );
@@ -161,10 +242,18 @@ pub fn table(ours: &[WorkloadResult], other: &OtherReport) -> String {
         if !ours.iter().any(|o| o.name == t.name) {
             let _ = writeln!(
                 out,
-                "{:<16} {:<18} {:>12} {:>12.0} {:>8}",
-                t.name, "(not run here)", "-", t.tokens_per_s, "-"
+                "{:<16} {:<18} {:>12} {:<18} {:>12.0} {:>8}",
+                t.name,
+                "(not run here)",
+                "-",
+                t.setting_label(),
+                t.tokens_per_s,
+                "-"
             );
         }
+    }
+    for note in notes {
+        let _ = writeln!(out, "{note}");
     }
     out
 }
@@ -235,7 +324,53 @@ mod tests {
         ];
         assert_eq!(
             match_rows(&rows, &other.workloads),
-            vec![Some(0), Some(2), Some(1), None]
+            vec![
+                RowMatch::Row(0),
+                RowMatch::Row(2),
+                RowMatch::Row(1),
+                RowMatch::Missing
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_that_share_only_a_name_get_no_ratio() {
+        let other: OtherReport = serde_json::from_str(
+            r#"{"schema": "gemma-embed-bench/2", "engine": "sentence-transformers", "backend": "cpu",
+                "workloads": [
+                  {"name": "fixed-16", "mode": "offline", "max_batch_tokens": 4096,
+                   "num_sequences": 32, "num_tokens": 512, "tokens_per_s": 50},
+                  {"name": "fixed-128", "mode": "offline", "max_batch_tokens": 4096,
+                   "num_sequences": 1, "num_tokens": 100, "tokens_per_s": 50}
+                ]}"#,
+        )
+        .unwrap();
+        // Ours ran one sequence of 100 tokens: the fixed-16 row of theirs ran 32 of 512.
+        let rows = [
+            ours("fixed-16", "offline", 8192, None),
+            ours("fixed-128", "online", 4096, Some(1)),
+            ours("fixed-128", "offline", 8192, None),
+        ];
+        let matches = match_rows(&rows, &other.workloads);
+        assert_eq!(
+            matches[0],
+            RowMatch::Differs("theirs ran 32 sequences of 512 tokens in all, ours 1 of 100".into())
+        );
+        assert_eq!(
+            matches[1],
+            RowMatch::Differs("theirs is offline, ours online".into())
+        );
+        // Same workload and mode at another budget: compared, their setting shown.
+        assert_eq!(matches[2], RowMatch::Row(1));
+        let table = table(&rows, &other);
+        assert!(
+            table.contains("not compared, theirs ran 32 sequences"),
+            "{table}"
+        );
+        assert_eq!(table.matches("differs").count(), 2, "{table}");
+        assert!(
+            table.contains("offline mbt=4096") && table.contains("2.00x"),
+            "{table}"
         );
     }
 

@@ -253,7 +253,6 @@ pub fn run(
 ) -> Result<Vec<WorkloadResult>> {
     check_options(model, workloads, settings, options)?;
     let mut backend = SharedBackend::new(backend);
-    let mut rng = SplitMix64::new(options.seed);
     let mut results = Vec::with_capacity(workloads.len() * settings.len());
     // Online runs start an engine each; the tokenizer is parsed once for all of them.
     let tokenizer = if settings.iter().any(|s| s.load != Load::Offline) {
@@ -266,6 +265,7 @@ pub fn run(
         let sequences: &[Vec<u32>] = match &w.token_ids {
             Some(ids) => ids,
             None => {
+                let mut rng = stream(options.seed, &format!("ids of {}", w.name));
                 random = random_sequences(&w.lengths, model.config.vocab_size, &mut rng);
                 &random
             }
@@ -277,7 +277,8 @@ pub fn run(
                     let arrivals = match load {
                         Load::Rate(rate) => {
                             let n = sequences.len().div_ceil(options.inputs_per_request);
-                            online::poisson_arrivals(n, rate, &mut rng)
+                            let what = format!("arrivals of {} at {rate}/s", w.name);
+                            online::poisson_arrivals(n, rate, &mut stream(options.seed, &what))?
                         }
                         _ => Vec::new(),
                     };
@@ -293,6 +294,14 @@ pub fn run(
         }
     }
     Ok(results)
+}
+
+/// The generator of one draw (`what`: a workload's token ids, a run's arrival times), seeded
+/// from `--seed` and `what`: a draw does not depend on the other workloads and settings of the
+/// command (`--rate 5` arrives as it does in `--rate 1,5`).
+fn stream(seed: u64, what: &str) -> SplitMix64 {
+    let salt = u64::from(crc32fast::hash(what.as_bytes()));
+    SplitMix64::new(seed ^ (salt << 32 | salt))
 }
 
 /// Warm-up runs, then the measured runs (each `run_once` times itself) with the host and

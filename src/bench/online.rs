@@ -3,15 +3,16 @@
 //!
 //! - Closed loop (`Load::Concurrency(c)`): `c` clients, each submitting its next request as soon
 //!   as the previous one is answered. Latency counts from the submit call.
-//! - Open loop (`Load::Rate(r)`): requests arrive at Poisson times (exponential gaps of mean
-//!   `1/r` s, drawn from the seeded rng) whether or not earlier ones were answered. Latency
-//!   counts from the scheduled arrival, so a submitter running late does not hide queueing
-//!   (no coordinated omission).
+//! - Open loop (`Load::Rate(r)`): requests arrive at Poisson times (the first at the start, then
+//!   exponential gaps of mean `1/r` s, drawn from a seeded rng) whether or not earlier ones were
+//!   answered. Latency counts from the scheduled arrival, so a submitter running late does not
+//!   hide queueing (no coordinated omission).
 //!
 //! Inputs are token ids ([`Input::Ids`]): the engine validates them but does not tokenize, so
 //! the measurement covers admission, queueing, batching, the forward pass and answer routing.
 //! One thread submits and collects: every ticket is polled with a waker that reports the
 //! instant the answer arrived, so latencies do not depend on the order answers are collected.
+//! An answer that comes before a ticket's first poll is stamped at that poll (an upper bound).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,24 +60,35 @@ pub fn requests_of(sequences: &[Vec<u32>], per_request: usize, dimensions: usize
         .collect()
 }
 
-/// Arrival offsets of `n` requests from the start of an open-loop run: cumulative exponential
-/// gaps of mean `1 / rate` seconds (the first request arrives after one gap).
-pub fn poisson_arrivals(n: usize, rate: f64, rng: &mut SplitMix64) -> Vec<Duration> {
+/// Arrival offsets of `n` requests from the start of an open-loop run: the first at once, then
+/// cumulative exponential gaps of mean `1 / rate` seconds. Fails when the schedule does not fit
+/// a [`Duration`] (a rate so small that the gaps overflow it).
+pub fn poisson_arrivals(n: usize, rate: f64, rng: &mut SplitMix64) -> Result<Vec<Duration>> {
     let mut t = 0.0;
     (0..n)
-        .map(|_| {
-            // 53 random bits -> u in (0, 1]: ln(u) is finite.
-            let u = ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
-            t += -u.ln() / rate;
-            Duration::from_secs_f64(t)
+        .map(|i| {
+            if i > 0 {
+                // 53 random bits -> u in (0, 1]: ln(u) is finite.
+                let u = ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+                t += -u.ln() / rate;
+            }
+            Duration::try_from_secs_f64(t).map_err(|_| {
+                Error::Bench(format!(
+                    "--rate {rate:e}: request {i} would arrive {t:e} s after the start"
+                ))
+            })
         })
         .collect()
 }
 
+/// News of ticket `index`: when its answer woke it, or `None` for the poll right after its
+/// submission (an answer already there then came at some instant before the poll).
+type TicketEvent = (usize, Option<Instant>);
+
 /// Tells the collector which ticket has news, and when.
 struct TicketWaker {
     index: usize,
-    events: Sender<(usize, Instant)>,
+    events: Sender<TicketEvent>,
 }
 
 impl Wake for TicketWaker {
@@ -86,7 +98,7 @@ impl Wake for TicketWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         // The collector outlives every ticket it polls; a send can only fail after it is done.
-        let _ = self.events.send((self.index, Instant::now()));
+        let _ = self.events.send((self.index, Some(Instant::now())));
     }
 }
 
@@ -128,8 +140,8 @@ pub fn run_requests(
             index: i,
             events: events.clone(),
         }));
-        // The first poll registers the waker; an answer that is already there wakes it at once.
-        waker.wake_by_ref();
+        // The first poll registers the waker: ask for it now.
+        let _ = events.send((i, None));
         Ok(InFlight {
             ticket,
             waker,
@@ -178,6 +190,9 @@ pub fn run_requests(
             Poll::Pending => continue,
             Poll::Ready(response) => response?,
         };
+        // An answer that came before the first poll registered the waker woke nothing; it came
+        // by now, the latest instant it can have (a latency never under-reported).
+        let woke_at = woke_at.unwrap_or_else(Instant::now);
         let flight = in_flight[i].take().expect("polled above");
         check_response(i, flight.inputs, &response)?;
         latencies[i] = woke_at
@@ -231,11 +246,21 @@ mod tests {
     #[test]
     fn poisson_arrivals_increase_with_the_requested_mean_gap() {
         let mut rng = SplitMix64::new(3);
-        let arrivals = poisson_arrivals(20_000, 50.0, &mut rng);
+        let arrivals = poisson_arrivals(20_001, 50.0, &mut rng).unwrap();
+        assert_eq!(arrivals[0], Duration::ZERO);
         assert!(arrivals.windows(2).all(|w| w[0] <= w[1]));
-        // Mean gap 1/50 s: 20000 arrivals take about 400 s (the sum of n exponentials has a
+        // Mean gap 1/50 s: 20000 gaps take about 400 s (the sum of n exponentials has a
         // standard deviation of sqrt(n)/rate = 2.8 s).
         let total = arrivals.last().unwrap().as_secs_f64();
         assert!((total - 400.0).abs() < 15.0, "{total}");
+    }
+
+    #[test]
+    fn a_rate_too_small_for_its_schedule_is_an_error() {
+        let mut rng = SplitMix64::new(3);
+        let err = poisson_arrivals(3, 1e-300, &mut rng)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--rate 1e-300"), "{err}");
     }
 }
