@@ -1090,9 +1090,10 @@ struct ServeArgs {
     /// Inputs admitted and not yet answered, at most (429 beyond).
     #[arg(long, default_value_t = 16384)]
     max_queued_inputs: usize,
-    /// Tokens admitted and not yet answered, at most (429 beyond; counted before tokenization
-    /// as an upper bound of one token per byte).
-    #[arg(long, default_value_t = 1 << 21)]
+    /// Tokens admitted and not yet answered, at most (429 beyond; until a request is tokenized
+    /// its texts count one token per byte, at most this whole budget, then their real count; a
+    /// request whose real count is past it gets 413) [default: 2048 inputs of 2048 tokens].
+    #[arg(long, default_value_t = 1 << 22)]
     max_queued_tokens: usize,
     /// How long a thin queue waits for more inputs before a partial batch goes, in ms.
     #[arg(long, default_value_t = 2)]
@@ -1138,6 +1139,19 @@ fn serve(args: ServeArgs) -> Result<()> {
              never be admitted",
             args.max_queued_tokens,
             model.config.max_seq_len
+        );
+    }
+    let largest_request = args
+        .max_client_batch_size
+        .saturating_mul(model.config.max_seq_len);
+    if largest_request > args.max_queued_tokens {
+        eprintln!(
+            "note: --max-queued-tokens {} is below --max-client-batch-size {} inputs of \
+             max_seq_length {} tokens: a request past {} tokens gets 413",
+            args.max_queued_tokens,
+            args.max_client_batch_size,
+            model.config.max_seq_len,
+            args.max_queued_tokens
         );
     }
     let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;

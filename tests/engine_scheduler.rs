@@ -446,3 +446,68 @@ fn a_batch_tokenization_error_names_the_first_bad_text() {
         }
     }
 }
+
+#[test]
+fn the_token_budget_is_settled_on_real_counts_once_tokenized() {
+    let (tokenizer, config) = tiny_tokenizer();
+    let max_queued_tokens = 2 * config.max_seq_len;
+    let engine = Engine::start(
+        Box::new(Recording {
+            batches: Arc::new(Mutex::new(Vec::new())),
+            gate: None,
+        }),
+        tokenizer,
+        4,
+        EngineConfig {
+            max_batch_tokens: 1000,
+            max_batch_sequences: 64,
+            max_wait: Duration::ZERO,
+            max_queued_inputs: 64,
+            max_queued_tokens,
+            tokenizer_workers: 1,
+        },
+    )
+    .unwrap();
+    let texts = |inputs: usize, text: &str| Request {
+        inputs: (0..inputs)
+            .map(|_| Input::Text {
+                text: text.into(),
+                prompt: None,
+            })
+            .collect(),
+        dimensions: 4,
+        truncation: Truncation::Truncate,
+    };
+    // 8 texts of 5 words in 50 bytes: bounded by 8 · (50 + 2) bytes, past the whole budget,
+    // but 8 · 7 tokens once tokenized.
+    let padded = format!("{:<50}", "word word word word word");
+    let fits = engine
+        .submit(texts(8, &padded), Admission::Reject)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(fits.outputs.iter().all(|o| o.is_ok()));
+    assert_eq!(engine.stats().queued_tokens, 0);
+    // 64 inputs truncated to max_seq_len tokens each: really past the budget, refused as a whole
+    // once counted, and the reservation is given back.
+    let long = "word ".repeat(4 * config.max_seq_len);
+    let response = engine
+        .submit(texts(64, &long), Admission::Reject)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let expected = format!(
+        "a request of 64 inputs and {} tokens is more than the whole queue holds \
+         (max_queued_tokens = {max_queued_tokens})",
+        64 * config.max_seq_len
+    );
+    for output in response.outputs {
+        assert!(
+            matches!(&output, Err(Error::BeyondQueueCapacity(m)) if *m == expected),
+            "{:?}",
+            output.err()
+        );
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.queued_inputs, stats.queued_tokens), (0, 0));
+}

@@ -10,10 +10,11 @@
 //!
 //! - Admission is counted in inputs and in tokens. Before tokenization a text's token count is
 //!   bounded from above (one token per byte plus the special tokens, capped at `max_seq_len`);
-//!   the reservation shrinks to the real count once tokenized and is released when the input's
-//!   batch has run. A request larger than a whole budget fails with
-//!   [`Error::BeyondQueueCapacity`]. A full budget either fails at once with [`Error::Overloaded`]
-//!   ([`Admission::Reject`], for servers) or waits for room ([`Admission::Wait`], for jobs).
+//!   a request reserves at most the whole token budget, settles on the real count once
+//!   tokenized, and releases it when its batches have run. A request larger than a whole budget
+//!   (inputs at admission, tokens once tokenized) fails with [`Error::BeyondQueueCapacity`]. A
+//!   full budget either fails at once with [`Error::Overloaded`] ([`Admission::Reject`], for
+//!   servers) or waits for room ([`Admission::Wait`], for jobs).
 //! - The scheduler packs by `max_batch_tokens` and `max_batch_sequences`, without padding. The
 //!   oldest queued input always goes into the next batch (no starvation, even for an input longer
 //!   than the budget: it runs alone); later inputs that fit fill the rest. When the queue holds
@@ -29,7 +30,7 @@ mod queue;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -222,15 +223,17 @@ struct Budget {
 }
 
 impl Budget {
+    /// Admit `inputs` inputs and `tokens` tokens (at most the whole budget: see
+    /// [`Engine::submit`]), failing or waiting while they do not fit.
     fn reserve(&self, inputs: usize, tokens: usize, admission: Admission) -> Result<()> {
-        if inputs > self.max_inputs || tokens > self.max_tokens {
+        if inputs > self.max_inputs {
             return Err(Error::BeyondQueueCapacity(format!(
-                "a request of {inputs} inputs and up to {tokens} tokens (one per byte before \
-                 tokenization) is more than the whole queue holds (max_queued_inputs = {}, \
-                 max_queued_tokens = {})",
-                self.max_inputs, self.max_tokens
+                "a request of {inputs} inputs is more than the whole queue holds \
+                 (max_queued_inputs = {})",
+                self.max_inputs
             )));
         }
+        debug_assert!(tokens <= self.max_tokens, "reservations are capped");
         let mut usage = lock(&self.usage);
         loop {
             let fits = usage.inputs + inputs <= self.max_inputs
@@ -258,9 +261,18 @@ impl Budget {
     }
 
     fn release(&self, inputs: usize, tokens: usize) {
+        self.settle(inputs, tokens, 0);
+    }
+
+    /// Release `inputs` inputs, and settle a token reservation of `reserved` on the `real`
+    /// count: give back what it reserved beyond it, or take what the real count needs beyond
+    /// it without waiting (the request was admitted already; a tokenizer worker that waited
+    /// could wait on reservations of jobs queued behind it).
+    fn settle(&self, inputs: usize, reserved: usize, real: usize) {
         let mut usage = lock(&self.usage);
         usage.inputs -= inputs;
-        usage.tokens -= tokens;
+        // The usage holds the reservation: no underflow.
+        usage.tokens = usage.tokens + real - reserved;
         drop(usage);
         self.freed.notify_all();
     }
@@ -324,8 +336,8 @@ struct Job {
     inputs: Vec<Input>,
     dimensions: usize,
     truncation: Truncation,
-    /// Token upper bound reserved per input.
-    reserved: Vec<usize>,
+    /// Tokens reserved at admission (an upper bound, capped at the whole budget).
+    reserved_tokens: usize,
 }
 
 /// A batch built for the backend and where its rows go.
@@ -359,7 +371,7 @@ impl Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     tokenizer: Arc<Tokenizer>,
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<Sender<Job>>,
     tokenizer_threads: Vec<JoinHandle<()>>,
     scheduler_thread: Option<JoinHandle<()>>,
     backend_thread: Option<JoinHandle<()>>,
@@ -406,8 +418,9 @@ impl Engine {
         let tokenizer = Arc::new(tokenizer);
         let backend_name = backend.name();
 
-        // Admission bounds the requests in flight, so this channel never blocks a sender.
-        let (jobs, job_receiver) = mpsc::sync_channel::<Job>(config.max_queued_inputs);
+        // Admission bounds the requests in flight (each holds an input of the budget), so this
+        // channel needs no bound of its own (a bounded one would allocate all its slots now).
+        let (jobs, job_receiver) = mpsc::channel::<Job>();
         let job_receiver = Arc::new(Mutex::new(job_receiver));
         let tokenizer_threads = (0..config.tokenizer_workers)
             .map(|i| {
@@ -494,7 +507,7 @@ impl Engine {
             });
         }
         let max_len = self.tokenizer.max_seq_len();
-        let reserved: Vec<usize> = inputs
+        let upper_bound: usize = inputs
             .iter()
             .map(|input| match input {
                 Input::Ids(ids) => ids.len().min(max_len),
@@ -504,10 +517,14 @@ impl Engine {
                     (bytes + self.tokenizer.added_tokens()).min(max_len)
                 }
             })
-            .collect();
+            .sum();
+        // One token per byte is about four times too many for English text: a bound past the
+        // whole budget may still fit once tokenized, which settles it (and refuses a request
+        // whose real count is past the budget).
+        let reserved_tokens = upper_bound.min(self.shared.budget.max_tokens);
         self.shared
             .budget
-            .reserve(inputs.len(), reserved.iter().sum(), admission)?;
+            .reserve(inputs.len(), reserved_tokens, admission)?;
         let (sender, receiver) = oneshot::channel();
         let pending = Arc::new(Pending {
             outputs: Mutex::new((0..inputs.len()).map(|_| None).collect()),
@@ -520,13 +537,13 @@ impl Engine {
             inputs,
             dimensions,
             truncation,
-            reserved,
+            reserved_tokens,
         };
         let jobs = self.jobs.as_ref().expect("open until drop");
         if let Err(mpsc::SendError(job)) = jobs.send(job) {
             self.shared
                 .budget
-                .release(job.inputs.len(), job.reserved.iter().sum());
+                .release(job.inputs.len(), job.reserved_tokens);
             return Err(Error::EngineStopped);
         }
         Ok(Ticket { receiver })
@@ -567,8 +584,7 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
         let start = Instant::now();
         let mut tokenized = Vec::with_capacity(job.inputs.len());
         let mut failures = Vec::new();
-        let (mut released_inputs, mut released_tokens) = (0, 0);
-        for (index, (input, &reserved)) in job.inputs.iter().zip(&job.reserved).enumerate() {
+        for (index, input) in job.inputs.iter().enumerate() {
             let ids = match input {
                 Input::Text { text, prompt } => {
                     tokenizer.encode(index, prompt.as_deref(), text, job.truncation)
@@ -576,17 +592,24 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
                 Input::Ids(ids) => tokenizer.check_ids(index, ids).map(|()| ids.clone()),
             };
             match ids {
-                Ok(ids) => {
-                    // The real count is at most the reservation: give back the difference.
-                    released_tokens += reserved - ids.len();
-                    tokenized.push((index, ids));
-                }
-                Err(err) => {
-                    released_inputs += 1;
-                    released_tokens += reserved;
-                    failures.push((index, err));
-                }
+                Ok(ids) => tokenized.push((index, ids)),
+                Err(err) => failures.push((index, err)),
             }
+        }
+        let mut tokens: usize = tokenized.iter().map(|(_, ids)| ids.len()).sum();
+        if tokens > shared.budget.max_tokens {
+            let message = format!(
+                "a request of {} inputs and {tokens} tokens is more than the whole queue holds \
+                 (max_queued_tokens = {})",
+                job.inputs.len(),
+                shared.budget.max_tokens
+            );
+            failures.extend(
+                tokenized
+                    .drain(..)
+                    .map(|(index, _)| (index, Error::BeyondQueueCapacity(message.clone()))),
+            );
+            tokens = 0;
         }
         let now = Instant::now();
         {
@@ -594,7 +617,9 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
             times.tokenization = now - start;
             times.tokenized_at = Some(now);
         }
-        shared.budget.release(released_inputs, released_tokens);
+        shared
+            .budget
+            .settle(failures.len(), job.reserved_tokens, tokens);
         for (index, err) in failures {
             job.pending.finish(index, Err(err));
         }
