@@ -562,3 +562,92 @@ fn unknown_model_id_says_how_to_get_it() {
         "{message}"
     );
 }
+
+/// A copy of the tiny fixture model (weights and tokenizer) with the configuration files of
+/// `tests/fixtures/tiny-st6`: what sentence-transformers 6.2.0 with transformers 5.24.0 writes
+/// for it (`SentenceTransformer("tests/fixtures/tiny").save(DIR)`; its tokenizer.json is
+/// byte-equal to the fixture's). New module type paths, `pooling_mode: "mean"`, no
+/// max_seq_length in sentence_bert_config.json (the tokenizer's model_max_length instead),
+/// `rope_parameters` instead of `rope_theta` and `rope_local_base_freq`.
+fn tiny_saved_by_sentence_transformers_6() -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, name: &str| {
+        let to = tmp.path().join(name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(name), to).unwrap();
+    };
+    for name in [
+        "modules.json",
+        "config.json",
+        "config_sentence_transformers.json",
+        "sentence_bert_config.json",
+        "tokenizer_config.json",
+        "1_Pooling/config.json",
+        "2_Dense/config.json",
+        "3_Dense/config.json",
+        "4_Normalize/config.json",
+    ] {
+        copy(&root.join("tiny-st6"), name);
+    }
+    for name in [
+        "model.safetensors",
+        "2_Dense/model.safetensors",
+        "3_Dense/model.safetensors",
+        "tokenizer.json",
+    ] {
+        copy(&root.join("tiny"), name);
+    }
+    tmp
+}
+
+#[test]
+fn a_model_saved_by_sentence_transformers_6_is_the_same_model() {
+    let tmp = tiny_saved_by_sentence_transformers_6();
+    let saved = ModelConfig::load(tmp.path()).unwrap();
+    let original = ModelConfig::load(&common::tiny_model_dir()).unwrap();
+    assert_eq!(saved, original);
+    assert_eq!(saved.max_seq_len, 64, "the tokenizer's model_max_length");
+    assert_eq!(
+        (saved.rope_theta_sliding, saved.rope_theta_full),
+        (1e4, 1e6)
+    );
+}
+
+#[test]
+fn sentence_transformers_6_files_are_checked_like_the_older_ones() {
+    let cases: [(&str, &str, fn(&mut Value)); 3] = [
+        ("1_Pooling/config.json", "pooling_mode", |c| {
+            c["pooling_mode"] = json!("cls")
+        }),
+        (
+            "config.json",
+            "rope_parameters.full_attention.rope_type",
+            |c| c["rope_parameters"]["full_attention"]["rope_type"] = json!("yarn"),
+        ),
+        ("config.json", "rope_parameters.sliding_attention", |c| {
+            c["rope_parameters"]
+                .as_object_mut()
+                .unwrap()
+                .remove("sliding_attention");
+        }),
+    ];
+    for (file, field, edit) in cases {
+        let tmp = tiny_saved_by_sentence_transformers_6();
+        edit_json(tmp.path().join(file), edit);
+        let err = ModelConfig::load(tmp.path()).unwrap_err();
+        assert_config_error(err, file, field);
+    }
+    // Without sentence_bert_config.json's max_seq_length or the tokenizer's model_max_length,
+    // max_position_embeddings (128) bounds it, as in sentence-transformers.
+    let tmp = tiny_saved_by_sentence_transformers_6();
+    edit_json(tmp.path().join("tokenizer_config.json"), |c| {
+        c.as_object_mut().unwrap().remove("model_max_length");
+    });
+    assert_eq!(ModelConfig::load(tmp.path()).unwrap().max_seq_len, 128);
+    // A null prompt prepends nothing, as in sentence-transformers.
+    edit_json(tmp.path().join("config_sentence_transformers.json"), |c| {
+        c["prompts"]["query"] = Value::Null
+    });
+    assert_eq!(ModelConfig::load(tmp.path()).unwrap().prompts["query"], "");
+}

@@ -108,23 +108,30 @@ impl ModelConfig {
             ));
         }
         let sliding_window = hf.positive("sliding_window")?;
+        let (rope_theta_sliding, rope_theta_full) = rope_thetas(&hf)?;
         let layer_kinds = layer_schedule(&hf, num_layers)?;
         let max_position_embeddings = hf.positive("max_position_embeddings")?;
 
-        let max_seq_len = modules.max_seq_len.unwrap_or(max_position_embeddings);
-        if max_seq_len > max_position_embeddings {
-            return Err(Error::Config {
-                path: dir.join("sentence_bert_config.json"),
-                field: "max_seq_length".into(),
-                message: format!(
-                    "{max_seq_len} exceeds max_position_embeddings = {max_position_embeddings}"
-                ),
-            });
-        }
+        // sentence-transformers: sentence_bert_config.json's max_seq_length, else the
+        // tokenizer's model_max_length (what version 6 saves) capped at the positions.
+        let max_seq_len = match modules.max_seq_len {
+            Some(n) if n > max_position_embeddings => {
+                return Err(Error::Config {
+                    path: dir.join("sentence_bert_config.json"),
+                    field: "max_seq_length".into(),
+                    message: format!(
+                        "{n} exceeds max_position_embeddings = {max_position_embeddings}"
+                    ),
+                })
+            }
+            Some(n) => n,
+            None => tokenizer_max_length(dir)?
+                .map_or(max_position_embeddings, |n| n.min(max_position_embeddings)),
+        };
         if modules.pooling_dim != hidden_size {
             return Err(Error::Config {
                 path: modules.pooling_path.clone(),
-                field: "word_embedding_dimension".into(),
+                field: modules.pooling_dim_field.into(),
                 message: format!(
                     "{} differs from hidden_size = {hidden_size}",
                     modules.pooling_dim
@@ -159,8 +166,8 @@ impl ModelConfig {
             // transformers turns the raw value into the exclusive bound `sliding_window/2 + 1`
             // for bidirectional models (configuration_gemma3.py), i.e. |i - j| <= sliding_window/2.
             window_radius: sliding_window / 2,
-            rope_theta_sliding: hf.f64("rope_local_base_freq")? as f32,
-            rope_theta_full: hf.f64("rope_theta")? as f32,
+            rope_theta_sliding,
+            rope_theta_full,
             layer_kinds,
             max_position_embeddings,
             max_seq_len,
@@ -200,6 +207,58 @@ impl ModelConfig {
     pub fn embed_scale(&self) -> f32 {
         (self.hidden_size as f32).sqrt()
     }
+}
+
+/// RoPE's theta on sliding and on full layers: `rope_local_base_freq` and `rope_theta`, or,
+/// as transformers 5 writes them, `rope_parameters.sliding_attention.rope_theta` and
+/// `rope_parameters.full_attention.rope_theta`. Only plain RoPE (`rope_type` `default`) is
+/// implemented: a scaled one is refused rather than ignored.
+fn rope_thetas(hf: &JsonFile) -> Result<(f32, f32)> {
+    let Some(params) = hf.get("rope_parameters").filter(|v| !v.is_null()) else {
+        return Ok((
+            hf.f64("rope_local_base_freq")? as f32,
+            hf.f64("rope_theta")? as f32,
+        ));
+    };
+    let theta = |kind: &str| -> Result<f32> {
+        let field = format!("rope_parameters.{kind}");
+        let entry = params
+            .get(kind)
+            .filter(|v| v.is_object())
+            .ok_or_else(|| hf.refuse(&field, "missing or not an object"))?;
+        match entry.get("rope_type").and_then(Value::as_str) {
+            None | Some("default") => {}
+            Some(other) => {
+                return Err(hf.refuse(
+                    &format!("{field}.rope_type"),
+                    format!("`{other}` is not implemented (only `default`)"),
+                ))
+            }
+        }
+        match entry.get("rope_theta").and_then(Value::as_f64) {
+            Some(theta) if theta.is_finite() && theta > 0.0 => Ok(theta as f32),
+            _ => Err(hf.refuse(
+                &format!("{field}.rope_theta"),
+                "missing, or not a positive number",
+            )),
+        }
+    };
+    Ok((theta("sliding_attention")?, theta("full_attention")?))
+}
+
+/// The tokenizer's `model_max_length` from `tokenizer_config.json`, where the file gives one as
+/// an integer (transformers writes a huge float for "no limit").
+fn tokenizer_max_length(dir: &Path) -> Result<Option<usize>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file = JsonFile::read(&path)?;
+    Ok(file
+        .get("model_max_length")
+        .and_then(Value::as_u64)
+        .filter(|&n| n > 0)
+        .map(|n| n as usize))
 }
 
 /// Layer kinds from `layer_types`, or from the sliding-window pattern when that list is absent
@@ -306,17 +365,24 @@ impl DenseModule {
 pub(crate) struct SentenceTransformerModules {
     pub pooling_path: PathBuf,
     pub pooling_dim: usize,
+    /// `word_embedding_dimension`, or `embedding_dimension` (sentence-transformers 6).
+    pub pooling_dim_field: &'static str,
     pub dense: Vec<DenseModule>,
     pub prompts: BTreeMap<String, String>,
     pub default_prompt_name: Option<String>,
     pub max_seq_len: Option<usize>,
 }
 
-const TRANSFORMER: &str = "sentence_transformers.models.Transformer";
-const POOLING: &str = "sentence_transformers.models.Pooling";
-const DENSE: &str = "sentence_transformers.models.Dense";
-const NORMALIZE: &str = "sentence_transformers.models.Normalize";
 const IDENTITY: &str = "torch.nn.modules.linear.Identity";
+
+/// The class of a sentence-transformers module type: `Dense` for
+/// `sentence_transformers.models.Dense` (what versions up to 5 write) and for
+/// `sentence_transformers.base.modules.dense.Dense` (version 6); `None` for other packages.
+fn module_class(kind: &str) -> Option<&str> {
+    kind.strip_prefix("sentence_transformers.")?
+        .rsplit('.')
+        .next()
+}
 
 impl SentenceTransformerModules {
     pub(crate) fn load(dir: &Path) -> Result<Self> {
@@ -337,18 +403,17 @@ impl SentenceTransformerModules {
                 .and_then(Value::as_str)
                 .ok_or_else(|| modules_file.refuse(&field("path"), "missing or not a string"))?;
             let expected = match i {
-                0 => &[TRANSFORMER][..],
-                1 => &[POOLING][..],
-                _ if i + 1 == modules.len() => &[NORMALIZE][..],
-                _ => &[DENSE][..],
+                0 => "Transformer",
+                1 => "Pooling",
+                _ if i + 1 == modules.len() => "Normalize",
+                _ => "Dense",
             };
-            if !expected.contains(&kind) {
+            if module_class(kind) != Some(expected) {
                 return Err(modules_file.refuse(
                     &field("type"),
                     format!(
                         "`{kind}` is not supported here: the engine runs Transformer, Pooling, \
-                         Dense..., Normalize (expected `{}`)",
-                        expected[0]
+                         Dense..., Normalize (expected sentence-transformers' `{expected}`)"
                     ),
                 ));
             }
@@ -365,30 +430,30 @@ impl SentenceTransformerModules {
         }
 
         let pooling = JsonFile::read(&stages[1].1.join("config.json"))?;
-        let modes = pooling.value.as_object().map(|o| {
-            o.iter()
-                .filter(|(k, v)| k.starts_with("pooling_mode_") && v.as_bool() == Some(true))
-                .map(|(k, _)| k.clone())
-                .collect::<Vec<_>>()
-        });
-        match modes.as_deref() {
-            Some([mode]) if mode == "pooling_mode_mean_tokens" => {}
-            Some(modes) => {
-                let other = modes.iter().find(|m| *m != "pooling_mode_mean_tokens");
+        let (pooling_dim, pooling_dim_field) = if pooling.get("pooling_mode").is_some() {
+            // sentence-transformers 6: one mode by name, and the width as embedding_dimension.
+            let mode = pooling.str("pooling_mode")?;
+            if mode != "mean" {
                 return Err(pooling.refuse(
-                    other.map_or("pooling_mode_mean_tokens", String::as_str),
-                    "only mean pooling (`pooling_mode_mean_tokens` alone) is implemented",
+                    "pooling_mode",
+                    format!("`{mode}`: only mean pooling (`mean`) is implemented"),
                 ));
             }
-            None => return Err(pooling.refuse("(root)", "must be an object")),
-        }
+            (
+                pooling.positive("embedding_dimension")?,
+                "embedding_dimension",
+            )
+        } else {
+            check_pooling_flags(&pooling)?;
+            let field = "word_embedding_dimension";
+            (pooling.positive(field)?, field)
+        };
         if !pooling.is_null_or_absent("include_prompt") && !pooling.bool("include_prompt")? {
             return Err(pooling.refuse(
                 "include_prompt",
                 "must be true: pooling without the prompt tokens is not implemented",
             ));
         }
-        let pooling_dim = pooling.positive("word_embedding_dimension")?;
 
         let mut dense = Vec::new();
         for (_, module_dir) in &stages[2..stages.len() - 1] {
@@ -430,7 +495,12 @@ impl SentenceTransformerModules {
                     "must be false: lower-casing is not implemented",
                 ));
             }
-            Some(bert.positive("max_seq_length")?)
+            // Absent where sentence-transformers 6 saved the model (the tokenizer has it).
+            if bert.is_null_or_absent("max_seq_length") {
+                None
+            } else {
+                Some(bert.positive("max_seq_length")?)
+            }
         } else {
             None
         };
@@ -438,11 +508,34 @@ impl SentenceTransformerModules {
         Ok(Self {
             pooling_path: pooling.path,
             pooling_dim,
+            pooling_dim_field,
             dense,
             prompts,
             default_prompt_name,
             max_seq_len,
         })
+    }
+}
+
+/// The pooling flags of sentence-transformers up to version 5: `pooling_mode_mean_tokens` must
+/// be the only one set.
+fn check_pooling_flags(pooling: &JsonFile) -> Result<()> {
+    let modes = pooling.value.as_object().map(|o| {
+        o.iter()
+            .filter(|(k, v)| k.starts_with("pooling_mode_") && v.as_bool() == Some(true))
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
+    });
+    match modes.as_deref() {
+        Some([mode]) if mode == "pooling_mode_mean_tokens" => Ok(()),
+        Some(modes) => {
+            let other = modes.iter().find(|m| *m != "pooling_mode_mean_tokens");
+            Err(pooling.refuse(
+                other.map_or("pooling_mode_mean_tokens", String::as_str),
+                "only mean pooling (`pooling_mode_mean_tokens` alone) is implemented",
+            ))
+        }
+        None => Err(pooling.refuse("(root)", "must be an object")),
     }
 }
 
@@ -458,9 +551,13 @@ fn read_prompts(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>
             .as_object()
             .ok_or_else(|| file.refuse("prompts", "must be an object of strings"))?;
         for (name, prompt) in map {
-            let prompt = prompt
-                .as_str()
-                .ok_or_else(|| file.refuse(&format!("prompts.{name}"), "must be a string"))?;
+            // A null prompt prepends nothing, as in sentence-transformers.
+            let prompt = match prompt {
+                Value::Null => "",
+                other => other.as_str().ok_or_else(|| {
+                    file.refuse(&format!("prompts.{name}"), "must be a string or null")
+                })?,
+            };
             prompts.insert(name.clone(), prompt.to_string());
         }
     }
