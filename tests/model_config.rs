@@ -616,7 +616,8 @@ fn a_model_saved_by_sentence_transformers_6_is_the_same_model() {
 
 #[test]
 fn sentence_transformers_6_files_are_checked_like_the_older_ones() {
-    let cases: [(&str, &str, fn(&mut Value)); 3] = [
+    type Edit = fn(&mut Value);
+    let cases: [(&str, &str, Edit); 3] = [
         ("1_Pooling/config.json", "pooling_mode", |c| {
             c["pooling_mode"] = json!("cls")
         }),
