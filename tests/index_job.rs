@@ -1132,9 +1132,26 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
         "{}",
         stderr_of(&out)
     );
-    // The input needs fixing: nothing is left to resume.
-    assert!(!dir.path().join("failed.jsonl.checkpoint").exists());
-    assert!(!dir.path().join("failed.jsonl.partial").exists());
+    // What the checkpoint holds is kept, and the same command with --on-error skip goes on
+    // from it, rejecting the file.
+    assert!(
+        stderr_of(&out).contains("rows before it are kept: rerun with --on-error skip"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(checkpoint_rows(&dir.path().join("failed.jsonl.checkpoint")).unwrap() > 0);
+    let out = run_ok(&strs(
+        &[&failing[..], &["--on-error".into(), "skip".into()]].concat(),
+    ));
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("failed.jsonl")).unwrap(),
+        std::fs::read(&skipped).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("failed.jsonl.rejects.jsonl")).unwrap(),
+        std::fs::read(dir.path().join("skipped.jsonl.rejects.jsonl")).unwrap()
+    );
 }
 
 /// `bytes` gzip-compressed, as `parts` members one after the other (as `cat a.gz b.gz` makes).
@@ -1250,57 +1267,24 @@ fn compressed_inputs_embed_like_plain_ones_and_resume() {
     assert!(checkpoint_rows(&dir.path().join("damaged.npy.checkpoint")).unwrap() > 0);
 }
 
-/// A JSON Lines job checkpointed before JSON fields could be named resumes only where the two
-/// readings agree: with `--on-error skip` its rejects could hold lines that are embedded now.
-/// And a title column has no place in a directory's files: refused before anything is done.
+/// A job killed under `--on-error fail` resumes under `skip` (`--on-error` decides what happens
+/// to a bad document, not what the rows are). And a title column has no place in a directory's
+/// files: refused before anything is done.
 #[test]
-fn checkpoints_and_columns_that_do_not_fit_are_refused() {
+fn checkpoints_resume_across_on_error_and_columns_that_do_not_fit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, &corpus(1500));
     let input = input.to_str().unwrap();
     let output = dir.path().join("out.npy");
     let checkpoint = dir.path().join("out.npy.checkpoint");
-    let args = killable_embed(input, &output, &["--on-error", "skip"]);
-    let args = strs(&args);
-    assert!(
-        kill_twice(&args, &checkpoint, 1) >= 1,
-        "finished before the kill"
-    );
-    let mut stored: Value =
-        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
-    assert_eq!(
-        stored["params"]["json_fields"],
-        Value::from("named; other fields ignored")
-    );
-    // As an earlier build wrote it.
-    stored["params"]
-        .as_object_mut()
-        .unwrap()
-        .remove("json_fields");
-    std::fs::write(&checkpoint, stored.to_string()).unwrap();
-    let out = gemma_embed(&args).output().unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("a checkpoint of another command")
-            && stderr_of(&out).contains("json_fields"),
-        "{}",
-        stderr_of(&out)
-    );
-
-    // Without rejects and with the default fields, nothing changed: an earlier checkpoint
-    // resumes.
-    std::fs::remove_file(&checkpoint).unwrap();
     let args = killable_embed(input, &output, &[]);
-    let args = strs(&args);
     assert!(
-        kill_twice(&args, &checkpoint, 1) >= 1,
+        kill_twice(&strs(&args), &checkpoint, 1) >= 1,
         "finished before the kill"
     );
-    let stored: Value =
-        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
-    assert!(stored["params"].get("json_fields").is_none());
-    let out = run_ok(&args);
+    let skip = [&args[..], &["--on-error".into(), "skip".into()]].concat();
+    let out = run_ok(&strs(&skip));
     assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
 
     let docs = dir.path().join("docs");

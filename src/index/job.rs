@@ -166,7 +166,6 @@ impl JobOptions {
             "prompt": self.job_prompt,
             "truncation": format!("{:?}", self.truncation),
             "shard": format!("{}/{}", self.shard.index, self.shard.count),
-            "on_error": format!("{:?}", self.on_error),
             "job": self.params,
         });
         // Only when set, so that checkpoints written before titles existed still resume.
@@ -177,17 +176,12 @@ impl JobOptions {
     }
 
     /// What a directory of outputs records of them ([`super::many::MANIFEST_NAME`]): the
-    /// output parameters but `--on-error`, so that files a run stopped at can be rerun with
-    /// `--on-error skip` (a file finished under `fail` had no bad document: `skip` writes the same
-    /// rows), and but the model's path (its content sample stays), so that machines that keep
-    /// the model in other places share one directory.
+    /// output parameters but the model's path (its content sample stays), so that machines that
+    /// keep the model in other places share one directory.
     pub fn manifest_params(&self) -> Value {
         let mut params = self.output_params();
-        if let Some(fields) = params.as_object_mut() {
-            fields.remove("on_error");
-            if let Some(job) = fields.get_mut("job").and_then(Value::as_object_mut) {
-                job.remove("model");
-            }
+        if let Some(job) = params.get_mut("job").and_then(Value::as_object_mut) {
+            job.remove("model");
         }
         params
     }
@@ -238,16 +232,6 @@ impl JobOptions {
         params["input_len"] = json!(len);
         params["input_modified"] = json!(modified);
         params["input_format"] = json!(format!("{:?}", self.input_format));
-        // JSON lines used to ignore --text-column and --id-column and to reject lines with other
-        // fields. A checkpoint of such a job is refused where resuming would mix the two
-        // readings: with named fields, or with rejects (lines once rejected are now embedded).
-        // Otherwise the old job stopped at the first such line, before its checkpoint.
-        let named_fields = self.columns.text != "text" || self.columns.id.is_some();
-        if self.input_format == InputFormat::Jsonl
-            && (named_fields || self.on_error == OnError::Skip)
-        {
-            params["json_fields"] = json!("named; other fields ignored");
-        }
         Ok(params)
     }
 }
@@ -326,15 +310,28 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
         }
         None => None,
     };
-    let result = run_from(engine, options, params, resume.as_ref(), listing);
-    if matches!(
-        result,
-        Err(Error::Line { .. } | Error::Row { .. } | Error::DirectoryFile { .. })
-    ) {
-        // A bad document under --on-error fail: the input needs fixing, so what was written
-        // cannot be continued.
-        for path in [checkpoint_path, partial_path, options.rejects_path()] {
-            let _ = remove_partial(&path);
+    let mut result = run_from(engine, options, params, resume.as_ref(), listing);
+    if let Err(
+        Error::Line { message, .. }
+        | Error::Row { message, .. }
+        | Error::DirectoryFile { message, .. },
+    ) = &mut result
+    {
+        // A bad document under --on-error fail. What its last checkpoint holds is kept: the same
+        // command with --on-error skip goes on from there (a fixed input is another command).
+        let _ = remove_partial(&options.rejects_path());
+        match Checkpoint::load(&checkpoint_path) {
+            Ok(Some(checkpoint)) if checkpoint.rows > 0 => {
+                message.push_str(&format!(
+                    " ({} rows before it are kept: rerun with --on-error skip to go on from them)",
+                    checkpoint.rows
+                ));
+            }
+            _ => {
+                for path in [checkpoint_path, partial_path] {
+                    let _ = remove_partial(&path);
+                }
+            }
         }
     }
     result
