@@ -595,30 +595,45 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
             }
             out.commit()?;
         }
-        None => {
-            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = lines
-                .into_iter()
-                .try_for_each(|line| stdout.write_all(line.as_bytes()))
-                .and_then(|()| stdout.flush());
-            match written {
-                // The reader has what it wanted (`| head`): stop quietly, as `cat` would.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                written => written.context("writing to stdout")?,
-            }
-        }
+        None => write_stdout(lines)?,
     }
     Ok(())
 }
 
+/// Write `texts` to stdout; a reader that has what it wanted (`| head`) stops it quietly, as
+/// `cat` would, instead of the panic of `println!`.
+fn write_stdout<T: AsRef<str>>(texts: impl IntoIterator<Item = T>) -> Result<()> {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = texts
+        .into_iter()
+        .try_for_each(|text| stdout.write_all(text.as_ref().as_bytes()))
+        .and_then(|()| stdout.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing to stdout"),
+    }
+}
+
 fn info(args: InfoArgs) -> Result<()> {
     let archs = backend::cuda::EMBEDDED_ARCHS;
-    println!(
-        "cuda kernels:   {}",
+    let kernels = format!(
+        "cuda kernels:   {}\n",
         if archs.is_empty() { "none" } else { archs }
     );
-    let dir = resolve_model_dir(&args.model.model)?;
-    let c = ModelConfig::load(&dir)?;
+    let dir = match resolve_model_dir(&args.model.model) {
+        Ok(dir) => dir,
+        Err(err) => {
+            write_stdout([kernels])?;
+            return Err(err.into());
+        }
+    };
+    let c = match ModelConfig::load(&dir) {
+        Ok(c) => c,
+        Err(err) => {
+            write_stdout([kernels])?;
+            return Err(err.into());
+        }
+    };
     let schedule: String = c
         .layer_kinds
         .iter()
@@ -627,54 +642,54 @@ fn info(args: InfoArgs) -> Result<()> {
             gemma_embed::model::LayerKind::Full => 'F',
         })
         .collect();
-    println!("model:          {}", display_dir(&dir));
-    println!("weights dtype:  {} (computed in float32)", c.weight_dtype);
-    println!(
-        "layers:         {} (schedule {schedule}: S = sliding window, F = full attention)",
-        c.num_layers
-    );
-    println!(
-        "hidden:         {} (MLP {}, vocab {})",
-        c.hidden_size, c.intermediate_size, c.vocab_size
-    );
-    println!(
-        "heads:          {} query, {} key/value, head_dim {}",
-        c.num_heads, c.num_kv_heads, c.head_dim
-    );
-    println!(
-        "window:         |i - j| <= {} on sliding layers",
-        c.window_radius
-    );
-    println!(
-        "rope theta:     {} sliding, {} full",
-        c.rope_theta_sliding, c.rope_theta_full
-    );
-    println!("max_seq_len:    {}", c.max_seq_len);
-    println!(
-        "embedding:      {} (Dense {:?}, mean pooling, L2 normalized)",
-        c.embedding_dim, c.dense_out_features
-    );
-    println!(
-        "prompts:        {}",
-        if c.prompts.is_empty() {
-            "(none)".to_string()
-        } else {
-            c.prompts
-                .iter()
-                .map(|(name, prompt)| format!("{name} = {prompt:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    );
-    println!(
-        "default prompt: {}",
-        c.default_prompt_name.as_deref().unwrap_or("(none)")
-    );
-    println!(
-        "backends:       {}",
-        backend::available_backends().join(", ")
-    );
-    Ok(())
+    let prompts = if c.prompts.is_empty() {
+        "(none)".to_string()
+    } else {
+        c.prompts
+            .iter()
+            .map(|(name, prompt)| format!("{name} = {prompt:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let lines = [
+        format!("model:          {}", display_dir(&dir)),
+        format!("weights dtype:  {} (computed in float32)", c.weight_dtype),
+        format!(
+            "layers:         {} (schedule {schedule}: S = sliding window, F = full attention)",
+            c.num_layers
+        ),
+        format!(
+            "hidden:         {} (MLP {}, vocab {})",
+            c.hidden_size, c.intermediate_size, c.vocab_size
+        ),
+        format!(
+            "heads:          {} query, {} key/value, head_dim {}",
+            c.num_heads, c.num_kv_heads, c.head_dim
+        ),
+        format!(
+            "window:         |i - j| <= {} on sliding layers",
+            c.window_radius
+        ),
+        format!(
+            "rope theta:     {} sliding, {} full",
+            c.rope_theta_sliding, c.rope_theta_full
+        ),
+        format!("max_seq_len:    {}", c.max_seq_len),
+        format!(
+            "embedding:      {} (Dense {:?}, mean pooling, L2 normalized)",
+            c.embedding_dim, c.dense_out_features
+        ),
+        format!("prompts:        {prompts}"),
+        format!(
+            "default prompt: {}",
+            c.default_prompt_name.as_deref().unwrap_or("(none)")
+        ),
+        format!(
+            "backends:       {}",
+            backend::available_backends().join(", ")
+        ),
+    ];
+    write_stdout(std::iter::once(kernels).chain(lines.map(|line| line + "\n")))
 }
 
 /// Fail now, before any measuring, on a report path that cannot be written (no such directory,
@@ -695,9 +710,8 @@ fn check_writable(path: &Path, flag: &str) -> Result<()> {
 
 fn check_kernels(args: CheckKernelsArgs) -> Result<()> {
     if args.list_families {
-        for family in backend::cuda::CheckFamily::ALL {
-            println!("{}", family.name());
-        }
+        let names = backend::cuda::CheckFamily::ALL.map(|family| format!("{}\n", family.name()));
+        write_stdout(names)?;
         return Ok(());
     }
     let seed = match args.seed {

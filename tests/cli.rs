@@ -357,6 +357,24 @@ fn tokenize_into_a_pipe_closed_early_stops_quietly() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
+
+    // `gemma-embed info | head -0`, and the families' list: the pipe is closed before they
+    // write (they print only after reading the model, or at once), no panic.
+    for args in [
+        vec!["info".into(), "--model".into(), common::tiny_model_dir()],
+        vec!["check-kernels".into(), "--list-families".into()],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
 }
 
 #[test]
