@@ -668,9 +668,16 @@ impl RecordReader {
                 }),
                 Ok(text) => parse_json_line(line, text, &self.columns).map_err(error),
             };
+            // A line refused for its text still names itself by its own id, where it has one.
+            let known_id = match (&record, text) {
+                (Err(_), Ok(text)) if self.format == InputFormat::Jsonl => {
+                    json_line_id(text, &self.columns)
+                }
+                _ => None,
+            };
             return Ok(Some(Document {
                 doc,
-                known_id: None,
+                known_id,
                 line,
                 record,
             }));
@@ -819,6 +826,13 @@ impl RecordReader {
 
 /// A JSON line's record, its text and id from the fields `columns` names (other fields left
 /// alone); the error message is about the line (the caller names it).
+/// The id of a JSON line (its `--id-column` field, else `id`) where it is a string or a number.
+fn json_line_id(text: &str, columns: &InputColumns) -> Option<Value> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let id = value.get(columns.id.as_deref().unwrap_or("id"))?;
+    (id.is_string() || id.is_number()).then(|| id.clone())
+}
+
 fn parse_json_line(
     line: usize,
     text: &str,
@@ -976,6 +990,33 @@ mod tests {
         assert_eq!((middle.line, middle.docs), (3, 2));
         let rest = read_all(path, InputFormat::Jsonl, middle);
         assert_eq!(rest, [(2, 4, true), (3, 5, true)]);
+    }
+
+    #[test]
+    fn a_refused_json_line_keeps_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\": \"x1\", \"text\": null}\n{\"id\": 7, \"ids\": [-1]}\nnot json\n{\"id\": [1], \"text\": 2}\n",
+        )
+        .unwrap();
+        let mut reader = RecordReader::open(
+            path.to_str().unwrap(),
+            InputFormat::Jsonl,
+            &InputColumns::default(),
+            ReadPosition::default(),
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        while let Some(d) = reader.next_document().unwrap() {
+            assert!(d.record.is_err());
+            ids.push(d.known_id);
+        }
+        assert_eq!(
+            ids,
+            [Some(Value::from("x1")), Some(Value::from(7)), None, None]
+        );
     }
 
     #[test]
