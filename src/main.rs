@@ -1106,7 +1106,7 @@ struct ServeArgs {
     max_queued_inputs: usize,
     /// Tokens admitted and not yet answered, at most (429 beyond; until a request is tokenized
     /// its texts count one token per byte, at most this whole budget, then their real count; a
-    /// request whose real count is past it gets 413) [default: 2048 inputs of 2048 tokens].
+    /// request whose real count is past it gets 413). The default is 2048 inputs of 2048 tokens.
     #[arg(long, default_value_t = 1 << 22)]
     max_queued_tokens: usize,
     /// How long a thin queue waits for more inputs before a partial batch goes, in ms.
@@ -1135,6 +1135,12 @@ struct ServeArgs {
 fn serve(args: ServeArgs) -> Result<()> {
     if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
         bail!("--shutdown-timeout must be a non-negative number of seconds");
+    }
+    if args.max_client_batch_size == 0 {
+        bail!("--max-client-batch-size must be at least 1 (inputs per request)");
+    }
+    if args.payload_limit == 0 {
+        bail!("--payload-limit must be at least 1 (bytes per request body)");
     }
     let cors = server::CorsOrigins::parse(&args.cors_allow_origins)?;
     let dir = resolve_model_dir(&args.model.model)?;

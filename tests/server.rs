@@ -1293,3 +1293,30 @@ fn tei_root_sagemaker_and_vertex_routes_answer_as_embed() {
         assert!(text.contains(message), "{body}: {text}");
     }
 }
+
+#[test]
+fn limits_that_admit_nothing_are_refused_at_start() {
+    for (flag, value, message) in [
+        (
+            "--max-client-batch-size",
+            "0",
+            "--max-client-batch-size must be at least 1",
+        ),
+        ("--payload-limit", "0", "--payload-limit must be at least 1"),
+        (
+            "--max-queued-tokens",
+            "10",
+            "is below the model's max_seq_length 64",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
+            .arg(common::tiny_model_dir())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} started: {stderr}");
+        assert!(stderr.contains(message), "{flag} {value}: {stderr}");
+    }
+}
