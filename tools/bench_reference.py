@@ -180,8 +180,12 @@ def main():
     if args.title_column and args.prompt_name:
         ap.error("--title-column and --prompt-name both choose the prompt: give one")
 
-    import torch
-    from sentence_transformers import SentenceTransformer
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        sys.exit(f"bench_reference.py needs torch and sentence-transformers ({e}); "
+                 "e.g. python3 -m pip install torch sentence-transformers")
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = args.device.startswith("cuda")

@@ -11,7 +11,19 @@ if [ -f "$hub/models--google--embeddinggemma-300m/refs/main" ]; then
   echo "model: google/embeddinggemma-300m is in the Hugging Face cache ($hub)"
 elif [ -f "$fetch" ]; then
   echo "model: fetching with $fetch"
-  bash "$fetch"
+  dir="$(bash "$fetch" | tail -n 1)"
+  echo "model: $dir"
+  # The fetch script links the model into $HF_HOME/hub; where $HF_HUB_CACHE points elsewhere,
+  # link it there too, in the same layout, so that gemma-embed finds it.
+  linked="${HF_HOME:-$HOME/.cache/huggingface}/hub/models--google--embeddinggemma-300m"
+  wanted="$hub/models--google--embeddinggemma-300m"
+  if [ ! -f "$wanted/refs/main" ] && [ -f "$linked/refs/main" ]; then
+    rev="$(cat "$linked/refs/main")"
+    mkdir -p "$wanted/refs" "$wanted/snapshots"
+    printf '%s' "$rev" > "$wanted/refs/main"
+    ln -sfn "$dir" "$wanted/snapshots/$rev"
+    echo "model: linked into $hub"
+  fi
 else
   echo "model: not cached and no fetch script; embed with HF_TOKEN set (build with --features hub)" >&2
   echo "       or pass --model /path/to/embeddinggemma-300m" >&2
