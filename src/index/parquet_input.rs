@@ -38,8 +38,15 @@ pub struct ParquetRow {
     pub title: Option<Option<String>>,
 }
 
+/// Why a row cannot be used, with its id where the id column could be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowError {
+    pub id: Option<Value>,
+    pub message: String,
+}
+
 /// One row, or why it cannot be used.
-pub type Row = std::result::Result<ParquetRow, String>;
+pub type Row = std::result::Result<ParquetRow, RowError>;
 
 /// Reads the text (and id and title) of each row of a Parquet file, in order.
 pub struct ParquetInput {
@@ -229,12 +236,42 @@ impl ParquetInput {
     }
 
     fn row(&self, batch: &BatchColumns, i: usize) -> Row {
+        let id = self
+            .id(batch, i)
+            .map_err(|message| RowError { id: None, message })?;
+        // A row refused for its text or title still names itself by its id.
+        let refuse = |message: String| RowError {
+            id: id.clone(),
+            message,
+        };
         let text = match string_at(&batch.text, i) {
             Some(Some(text)) => text.to_string(),
-            Some(None) => return Err(format!("null text (--text-column `{}`)", self.columns.text)),
-            None => return Err(format!("column `{}` is not a string", self.columns.text)),
+            Some(None) => {
+                return Err(refuse(format!(
+                    "null text (--text-column `{}`)",
+                    self.columns.text
+                )))
+            }
+            None => {
+                return Err(refuse(format!(
+                    "column `{}` is not a string",
+                    self.columns.text
+                )))
+            }
         };
-        let id = match (&self.columns.id, &batch.id) {
+        let title = match (&self.columns.title, &batch.title) {
+            (Some(name), Some(titles)) => match string_at(titles, i) {
+                Some(title) => Some(title.map(String::from)),
+                None => return Err(refuse(format!("column `{name}` is not a string"))),
+            },
+            _ => None,
+        };
+        Ok(ParquetRow { text, id, title })
+    }
+
+    /// The id column's value at row `i` (with an id column).
+    fn id(&self, batch: &BatchColumns, i: usize) -> std::result::Result<Option<Value>, String> {
+        Ok(match (&self.columns.id, &batch.id) {
             (Some(name), Some(ids)) => {
                 if ids.is_null(i) {
                     return Err(format!("null id (--id-column `{name}`)"));
@@ -246,15 +283,7 @@ impl ParquetInput {
                 Some(id.ok_or_else(|| format!("column `{name}` is not a string or integer"))?)
             }
             _ => None,
-        };
-        let title = match (&self.columns.title, &batch.title) {
-            (Some(name), Some(titles)) => match string_at(titles, i) {
-                Some(title) => Some(title.map(String::from)),
-                None => return Err(format!("column `{name}` is not a string")),
-            },
-            _ => None,
-        };
-        Ok(ParquetRow { text, id, title })
+        })
     }
 }
 
@@ -468,8 +497,15 @@ mod tests {
             rows,
             [
                 row("a", Some(Value::from("k1"))),
-                Err("null text (--text-column `text`)".to_string()),
-                Err("null id (--id-column `key`)".to_string()),
+                // Refused for its text, the row keeps its id.
+                Err(RowError {
+                    id: Some(Value::from("k2")),
+                    message: "null text (--text-column `text`)".into()
+                }),
+                Err(RowError {
+                    id: None,
+                    message: "null id (--id-column `key`)".into()
+                }),
             ]
         );
         let not_parquet = dir.path().join("not.parquet");

@@ -17,7 +17,7 @@ use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 use serde_json::Value;
 
 use super::job::Shard;
-use super::parquet_input::ParquetInput;
+use super::parquet_input::{ParquetInput, RowError};
 use super::{source_name, titled_prompt, Content, InputColumns, InputFormat, PromptChoice, Record};
 use crate::tokenize::TRUNCATED_TEXT_BYTES;
 use crate::{Error, Result};
@@ -744,6 +744,7 @@ impl RecordReader {
         };
         let doc = self.position.docs;
         let number = doc + 1;
+        let mut known_id = None;
         let record = match row {
             Ok(row) => Ok(Record {
                 line: number as usize,
@@ -754,11 +755,14 @@ impl RecordReader {
                     None => PromptChoice::Inherit,
                 },
             }),
-            Err(message) => Err(Error::Row {
-                source_name: self.name.clone(),
-                row: number,
-                message,
-            }),
+            Err(RowError { id, message }) => {
+                known_id = id;
+                Err(Error::Row {
+                    source_name: self.name.clone(),
+                    row: number,
+                    message,
+                })
+            }
         };
         self.position = ReadPosition {
             offset: number,
@@ -767,7 +771,7 @@ impl RecordReader {
         };
         Ok(Some(Document {
             doc,
-            known_id: None,
+            known_id,
             line: number as usize,
             record,
         }))
