@@ -616,24 +616,13 @@ fn write_stdout<T: AsRef<str>>(texts: impl IntoIterator<Item = T>) -> Result<()>
 
 fn info(args: InfoArgs) -> Result<()> {
     let archs = backend::cuda::EMBEDDED_ARCHS;
-    let kernels = format!(
+    // The build's own line comes first, whether or not the model loads.
+    write_stdout([format!(
         "cuda kernels:   {}\n",
         if archs.is_empty() { "none" } else { archs }
-    );
-    let dir = match resolve_model_dir(&args.model.model) {
-        Ok(dir) => dir,
-        Err(err) => {
-            write_stdout([kernels])?;
-            return Err(err.into());
-        }
-    };
-    let c = match ModelConfig::load(&dir) {
-        Ok(c) => c,
-        Err(err) => {
-            write_stdout([kernels])?;
-            return Err(err.into());
-        }
-    };
+    )])?;
+    let dir = resolve_model_dir(&args.model.model)?;
+    let c = ModelConfig::load(&dir)?;
     let schedule: String = c
         .layer_kinds
         .iter()
@@ -689,7 +678,7 @@ fn info(args: InfoArgs) -> Result<()> {
             backend::available_backends().join(", ")
         ),
     ];
-    write_stdout(std::iter::once(kernels).chain(lines.map(|line| line + "\n")))
+    write_stdout(lines.map(|line| line + "\n"))
 }
 
 /// Fail now, before any measuring, on a report path that cannot be written (no such directory,
