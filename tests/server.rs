@@ -1202,14 +1202,8 @@ fn cors_headers_go_only_to_allowed_origins() {
         "https://App.example",
         "app.example",
     ] {
-        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-            .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
-            .arg(common::tiny_model_dir())
-            .args(["--cors-allow-origin", origin])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert_eq!(refused.status.code(), Some(1), "{origin}: {stderr}");
+        let (status, stderr) = serve_refused(&["--cors-allow-origin", origin]);
+        assert_eq!(status.code(), Some(1), "{origin}: {stderr}");
         assert!(
             stderr.contains("CORS origin") && stderr.contains("not an origin as browsers send it"),
             "{origin}: {stderr}"
@@ -1294,6 +1288,21 @@ fn tei_root_sagemaker_and_vertex_routes_answer_as_embed() {
     }
 }
 
+/// `gemma-embed serve` on the tiny model with `args`, for flags refused before it listens: its
+/// exit status and stderr.
+fn serve_refused(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
+        .arg(common::tiny_model_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn limits_that_admit_nothing_are_refused_at_start() {
     for (flag, value, message) in [
@@ -1309,14 +1318,8 @@ fn limits_that_admit_nothing_are_refused_at_start() {
             "is below the model's max_seq_length 64",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-            .args(["serve", "--backend", "cpu", "--port", "0", "--model"])
-            .arg(common::tiny_model_dir())
-            .args([flag, value])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{flag} {value} started: {stderr}");
+        let (status, stderr) = serve_refused(&[flag, value]);
+        assert!(!status.success(), "{flag} {value} started: {stderr}");
         assert!(stderr.contains(message), "{flag} {value}: {stderr}");
     }
 }
