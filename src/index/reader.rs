@@ -957,13 +957,20 @@ mod tests {
     use super::super::read_records;
     use super::*;
 
-    fn read_all(path: &str, format: InputFormat, start: ReadPosition) -> Vec<(u64, usize, bool)> {
+    fn documents(path: &str, format: InputFormat, start: ReadPosition) -> Vec<Document> {
         let mut reader = RecordReader::open(path, format, &InputColumns::default(), start).unwrap();
         let mut docs = Vec::new();
         while let Some(d) = reader.next_document().unwrap() {
-            docs.push((d.doc, d.line, d.record.is_ok()));
+            docs.push(d);
         }
         docs
+    }
+
+    fn read_all(path: &str, format: InputFormat, start: ReadPosition) -> Vec<(u64, usize, bool)> {
+        documents(path, format, start)
+            .into_iter()
+            .map(|d| (d.doc, d.line, d.record.is_ok()))
+            .collect()
     }
 
     #[test]
@@ -1005,18 +1012,13 @@ mod tests {
             "{\"id\": \"x1\", \"text\": null}\n{\"id\": 7, \"ids\": [-1]}\nnot json\n{\"id\": [1], \"text\": 2}\n",
         )
         .unwrap();
-        let mut reader = RecordReader::open(
+        let docs = documents(
             path.to_str().unwrap(),
             InputFormat::Jsonl,
-            &InputColumns::default(),
             ReadPosition::default(),
-        )
-        .unwrap();
-        let mut ids = Vec::new();
-        while let Some(d) = reader.next_document().unwrap() {
-            assert!(d.record.is_err());
-            ids.push(d.known_id);
-        }
+        );
+        assert!(docs.iter().all(|d| d.record.is_err()));
+        let ids: Vec<Option<Value>> = docs.into_iter().map(|d| d.known_id).collect();
         assert_eq!(
             ids,
             [Some(Value::from("x1")), Some(Value::from(7)), None, None]
