@@ -27,7 +27,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadPosition {
     pub offset: u64,
-    /// 1-based number of the last line (Parquet: row) read (0 before the first).
+    /// 1-based number of the last line (Parquet: row) read (0 before the first). In a CSV
+    /// input, the line breaks before `offset`: a last line with none after it is not counted.
     pub line: usize,
     /// Documents (non-blank JSON lines, every text line) seen so far, bad ones included.
     pub docs: u64,
@@ -266,7 +267,7 @@ impl FileStream {
 enum Source {
     Lines(Box<dyn BufRead + Send>),
     Csv {
-        reader: csv::Reader<FileStream>,
+        reader: csv::Reader<CsvInput>,
         record: csv::StringRecord,
         places: CsvPlaces,
     },
@@ -381,6 +382,89 @@ fn directory_files(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A CSV input as the `csv` reader takes it, keeping the bytes taken since the last record so
+/// that the reader can count their lines itself. The `csv` crate's own count lags behind
+/// blank lines and behind the `\n` of a CRLF, which it takes only with the next record
+/// (BurntSushi/rust-csv#395). Lines end at `\n`, `\r\n` or a lone `\r`, as the `csv` reader's
+/// records do.
+struct CsvInput {
+    stream: FileStream,
+    /// Bytes taken from `stream` and not yet counted, from byte `counted_to` on.
+    uncounted: Vec<u8>,
+    counted_to: u64,
+    /// The last byte counted is a `\r`: a `\n` right after it ends the same line.
+    after_cr: bool,
+}
+
+/// The line breaks in a stretch of CSV input that begins a record: before the record's first
+/// byte (blank lines, the end of a CRLF), and in all of it.
+struct LineBreaks {
+    leading: usize,
+    all: usize,
+}
+
+impl CsvInput {
+    fn new(stream: FileStream) -> Self {
+        Self {
+            stream,
+            uncounted: Vec::new(),
+            counted_to: 0,
+            after_cr: false,
+        }
+    }
+
+    /// Count the line breaks in the bytes from the last count up to byte `end` (where the
+    /// `csv` reader stands after a record), and forget those bytes.
+    fn count_to(&mut self, end: u64) -> LineBreaks {
+        let taken = (end.saturating_sub(self.counted_to) as usize).min(self.uncounted.len());
+        let mut breaks = LineBreaks { leading: 0, all: 0 };
+        let mut in_leading = true;
+        for &byte in &self.uncounted[..taken] {
+            let is_break = byte == b'\r' || (byte == b'\n' && !self.after_cr);
+            in_leading &= byte == b'\r' || byte == b'\n';
+            breaks.all += usize::from(is_break);
+            breaks.leading += usize::from(is_break && in_leading);
+            self.after_cr = byte == b'\r';
+        }
+        self.uncounted.drain(..taken);
+        self.counted_to += taken as u64;
+        breaks
+    }
+}
+
+impl Read for CsvInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.stream.read(buf)?;
+        self.uncounted.extend_from_slice(&buf[..read]);
+        Ok(read)
+    }
+}
+
+/// A seek to byte `p` reads the byte before it, so that a `\n` at `p` is known to end a CRLF
+/// or a line of its own.
+impl Seek for CsvInput {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        let SeekFrom::Start(offset) = position else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a CSV input seeks only to an offset from its start",
+            ));
+        };
+        self.after_cr = false;
+        if offset > 0 {
+            self.stream.seek(SeekFrom::Start(offset - 1))?;
+            let mut before = [0u8];
+            self.stream.read_exact(&mut before)?;
+            self.after_cr = before[0] == b'\r';
+        } else {
+            self.stream.seek(SeekFrom::Start(0))?;
+        }
+        self.uncounted.clear();
+        self.counted_to = offset;
+        Ok(offset)
+    }
+}
+
 /// The indices of a CSV input's text, id and title columns.
 struct CsvPlaces {
     text: usize,
@@ -388,21 +472,24 @@ struct CsvPlaces {
     title: Option<usize>,
 }
 
-/// A CSV reader on `stream` (the file `path`) past its header, with the places of the columns.
+/// A CSV reader on `stream` (the file `path`) past its header, with the places of the columns
+/// and the header's lines.
 fn open_csv(
     stream: FileStream,
     path: &str,
     columns: &InputColumns,
-) -> Result<(csv::Reader<FileStream>, CsvPlaces)> {
+) -> Result<(csv::Reader<CsvInput>, CsvPlaces, usize)> {
     let file_error = |message: String| Error::File {
         path: path.into(),
         message,
     };
-    let mut reader = csv::ReaderBuilder::new().from_reader(stream);
+    let mut reader = csv::ReaderBuilder::new().from_reader(CsvInput::new(stream));
     let headers = reader
         .headers()
         .map_err(|e| file_error(format!("CSV header: {e}")))?
         .clone();
+    let header_end = reader.position().byte();
+    let header_lines = reader.get_mut().count_to(header_end).all;
     let find = |name: &str, flag: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
             file_error(format!(
@@ -424,29 +511,29 @@ fn open_csv(
             .map(|name| find(name, "--title-column"))
             .transpose()?,
     };
-    Ok((reader, places))
+    Ok((reader, places, header_lines))
 }
 
 /// Move a CSV reader past its header to `start`: a seek in a plain file; in a compressed one,
 /// reading the records before it again.
-fn resume_csv(reader: &mut csv::Reader<FileStream>, path: &str, start: ReadPosition) -> Result<()> {
+fn resume_csv(reader: &mut csv::Reader<CsvInput>, path: &str, start: ReadPosition) -> Result<()> {
     let resume_error = |message: String| Error::File {
         path: path.into(),
         message: format!("cannot resume at byte {}: {message}", start.offset),
     };
-    if matches!(reader.get_ref(), FileStream::Plain(_)) {
+    if matches!(reader.get_ref().stream, FileStream::Plain(_)) {
         let mut position = csv::Position::new();
-        position
-            .set_byte(start.offset)
-            .set_line(start.line as u64 + 1)
-            .set_record(start.docs + 1);
+        position.set_byte(start.offset).set_record(start.docs + 1);
         return reader
             .seek(position)
             .map_err(|e| resume_error(e.to_string()));
     }
     let mut record = csv::ByteRecord::new();
     while reader.position().byte() < start.offset {
-        match reader.read_byte_record(&mut record) {
+        let read = reader.read_byte_record(&mut record);
+        let end = reader.position().byte();
+        reader.get_mut().count_to(end);
+        match read {
             Ok(true) => {}
             Ok(false) => return Err(resume_error("the decompressed input ends before it".into())),
             // A bad row before the resume point was a bad document then: read on.
@@ -498,10 +585,16 @@ impl RecordReader {
                 });
             }
             let (stream, compressed_read) = FileStream::open(path)?;
-            let (mut reader, places) = open_csv(stream, path, columns)?;
-            if start.offset > 0 {
+            let (mut reader, places, header_lines) = open_csv(stream, path, columns)?;
+            let position = if start.offset > 0 {
                 resume_csv(&mut reader, path, start)?;
-            }
+                start
+            } else {
+                ReadPosition {
+                    line: header_lines,
+                    ..start
+                }
+            };
             return Ok(Self {
                 source: Source::Csv {
                     reader,
@@ -511,7 +604,7 @@ impl RecordReader {
                 name,
                 format,
                 columns: columns.clone(),
-                position: start,
+                position,
                 compressed_read,
                 shard: Shard::default(),
                 buf: Vec::new(),
@@ -786,9 +879,10 @@ impl RecordReader {
         else {
             return Ok(None);
         };
-        let line = reader.position().line() as usize;
         let read = reader.read_record(record);
-        let next = reader.position();
+        let next = reader.position().byte();
+        let breaks = reader.get_mut().count_to(next);
+        let line = self.position.line + breaks.leading + 1;
         let line_error = |message: String| Error::Line {
             source_name: self.name.clone(),
             line,
@@ -803,7 +897,7 @@ impl RecordReader {
                     message: e.to_string(),
                 })
             }
-            Err(e) => Err(line_error(format!("CSV: {e}"))),
+            Err(e) => Err(line_error(format!("CSV: {}", csv_row_problem(&e)))),
             // Every record has the header's fields (a row of another length is a CSV error).
             Ok(true) => Ok(Record {
                 line,
@@ -815,8 +909,8 @@ impl RecordReader {
                 },
             }),
         };
-        self.position.offset = next.byte();
-        self.position.line = next.line() as usize - 1;
+        self.position.offset = next;
+        self.position.line += breaks.all;
         let doc = self.position.docs;
         self.position.docs += 1;
         Ok(Some(Document {
@@ -825,6 +919,22 @@ impl RecordReader {
             line,
             record,
         }))
+    }
+}
+
+/// What is wrong with a CSV row, without the `csv` crate's own line number, which lags
+/// behind ours (the caller names the line).
+fn csv_row_problem(error: &csv::Error) -> String {
+    match error.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("the row has {len} fields, the header {expected_len}"),
+        csv::ErrorKind::Utf8 { err, .. } => format!(
+            "field {} is not UTF-8 (from its byte {} on)",
+            err.field() + 1,
+            err.valid_up_to()
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -1318,6 +1428,62 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn csv_lines_are_counted_across_blank_lines_and_in_every_line_ending() {
+        // Line 1 the header, 2 k1, 3 blank, 4-5 k2 (quoted over two lines), 6 k3 (a short
+        // row), 7 k4 (no line break after it).
+        let lf = "key,text\nk1,plain\n\nk2,\"two\nlines\"\nk3\nk4,last";
+        let dir = tempfile::tempdir().unwrap();
+        for ending in ["\n", "\r\n", "\r"] {
+            let content = lf.replace('\n', ending);
+            let plain = dir.path().join("in.csv");
+            std::fs::write(&plain, &content).unwrap();
+            let compressed = dir.path().join("in.csv.gz");
+            std::fs::write(&compressed, compressed_in_two(&content, false)).unwrap();
+            for path in [&plain, &compressed] {
+                let path = path.to_str().unwrap();
+                let all = documents_from(path, InputFormat::Csv, ReadPosition::default());
+                let lines: Vec<_> = all.iter().map(|((_, line, _), _)| *line).collect();
+                assert_eq!(lines, [2, 4, 6, 7], "{path} with {ending:?}");
+                let k2 = format!(
+                    "Some(String(\"k2\")) Text(\"two{}lines\")",
+                    ending.escape_debug()
+                );
+                assert_eq!(all[1].0 .2, k2, "{path} with {ending:?}");
+                assert!(
+                    all[2]
+                        .0
+                         .2
+                        .ends_with("line 6: CSV: the row has 1 fields, the header 2"),
+                    "{}",
+                    all[2].0 .2
+                );
+                // The line breaks read, and the lines of the documents after a resume there.
+                let ends: Vec<_> = all.iter().map(|(_, end)| end.line).collect();
+                assert_eq!(ends, [2, 5, 6, 6], "{path} with {ending:?}");
+                for (i, (_, end)) in all.iter().enumerate() {
+                    let rest = documents_from(path, InputFormat::Csv, *end);
+                    assert_eq!(rest, all[i + 1..], "{path} with {ending:?} after {i}");
+                }
+            }
+        }
+        let path = dir.path().join("latin1.csv");
+        std::fs::write(&path, b"key,text\r\nk1,caf\xe9\r\n").unwrap();
+        let all = documents_from(
+            path.to_str().unwrap(),
+            InputFormat::Csv,
+            ReadPosition::default(),
+        );
+        assert!(
+            all[0]
+                .0
+                 .2
+                .ends_with("line 2: CSV: field 2 is not UTF-8 (from its byte 3 on)"),
+            "{}",
+            all[0].0 .2
+        );
     }
 
     /// Every document of `path` from `start` as (doc, line, record or error), with the
