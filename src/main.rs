@@ -1118,12 +1118,19 @@ struct ServeArgs {
     /// On SIGTERM/SIGINT, how long requests in flight may still take, in seconds.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Close a connection whose client takes longer than this to send a request's headers, or
+    /// leaves it idle between requests longer than this, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout: f64,
 }
 
 /// `gemma-embed serve`: load and warm up the model, then listen until SIGTERM or SIGINT.
 fn serve(args: ServeArgs) -> Result<()> {
     if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
         bail!("--shutdown-timeout must be a non-negative number of seconds");
+    }
+    if !(args.header_timeout.is_finite() && args.header_timeout > 0.0) {
+        bail!("--header-timeout must be a positive number of seconds");
     }
     if args.max_client_batch_size == 0 {
         bail!("--max-client-batch-size must be at least 1 (inputs per request)");
@@ -1224,6 +1231,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             Arc::clone(&state),
             shutdown_signal(),
             std::time::Duration::from_secs_f64(args.shutdown_timeout),
+            std::time::Duration::from_secs_f64(args.header_timeout),
         )
         .await
         .context("serving")

@@ -1313,6 +1313,11 @@ fn limits_that_admit_nothing_are_refused_at_start() {
         ),
         ("--payload-limit", "0", "--payload-limit must be at least 1"),
         (
+            "--header-timeout",
+            "0",
+            "--header-timeout must be a positive number",
+        ),
+        (
             "--max-queued-tokens",
             "10",
             "is below the model's max_seq_length 64",
@@ -1322,4 +1327,69 @@ fn limits_that_admit_nothing_are_refused_at_start() {
         assert!(!status.success(), "{flag} {value} started: {stderr}");
         assert!(stderr.contains(message), "{flag} {value}: {stderr}");
     }
+}
+
+#[test]
+fn clients_that_never_finish_a_request_are_disconnected() {
+    use std::io::{Read, Write};
+    let server = Server::start(
+        &common::tiny_model_dir(),
+        &["--backend", "cpu", "--header-timeout", "1"],
+    );
+    let address = server.url.trim_start_matches("http://");
+    let connect = || {
+        let stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    // Headers cut off: the connection is closed (with a 408 or without an answer).
+    let mut unfinished = connect();
+    unfinished
+        .write_all(format!("POST /embed HTTP/1.1\r\nHost: {address}\r\nAuth").as_bytes())
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut answer = String::new();
+    unfinished.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    // A keep-alive connection left idle after its answer is closed too.
+    let mut idle = connect();
+    let body = r#"{"inputs": "hi"}"#;
+    idle.write_all(
+        format!(
+            "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    idle.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    // Requests that finish in time are served as before, and an invented method is counted
+    // as `OTHER`, not under its own name.
+    assert_eq!(server.post("/embed", &json!({"inputs": "hi"})).status, 200);
+    let mut invented = connect();
+    invented
+        .write_all(format!("FROBNICATE /embed HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 12];
+    invented.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 405");
+    let metrics = server.get("/metrics", &[]).body;
+    assert!(!metrics.contains("FROBNICATE"), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "gemma_embed_requests_total{method=\"OTHER\",route=\"/embed\",status=\"405\"}"
+        ),
+        1.0
+    );
 }

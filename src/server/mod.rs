@@ -254,35 +254,55 @@ async fn openapi() -> Response {
 }
 
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight requests
-/// finish for at most `deadline`, and return (the count of connections still open is logged).
+/// finish for at most `deadline`, and return. A connection is closed when its client takes
+/// longer than `header_time` to send a request's headers or to start its next request, so that
+/// clients that never finish (or never start) one do not hold the server's file descriptors.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     deadline: Duration,
+    header_time: Duration,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        eprintln!(
-            "shutting down: no new connections; waiting up to {:.1} s for requests in flight",
-            deadline.as_secs_f64()
-        );
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_rx = stop_rx;
-    let expired = async move {
-        let _ = stop_rx.wait_for(|stopped| *stopped).await;
-        tokio::time::sleep(deadline).await;
-    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_time);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, say: the connections being served go on; try again.
+                Err(e) => {
+                    eprintln!("cannot accept a connection: {e} (trying again in 1 s)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection =
+            connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A connection ends in an error when its client goes away or times out: nothing to do.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    eprintln!(
+        "shutting down: no new connections; waiting up to {:.1} s for requests in flight",
+        deadline.as_secs_f64()
+    );
     tokio::select! {
-        result = server => result,
-        () = expired => {
-            eprintln!("shutdown deadline reached: dropping the requests still in flight");
-            Ok(())
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(deadline) => {
+            eprintln!("shutdown deadline reached: closing the connections still open");
         }
     }
+    Ok(())
 }
 
 async fn require_api_key(
@@ -448,12 +468,32 @@ async fn record_request(
     let method = request.method().clone();
     let response = next.run(request).await;
     state.metrics.record_request(
-        method.as_str(),
+        method_label(&method),
         route.as_ref().map_or("unmatched", MatchedPath::as_str),
         response.status().as_u16(),
         start.elapsed(),
     );
     response
+}
+
+/// The metrics label of a request's method: the methods of RFC 9110 and PATCH by name, any
+/// other as `OTHER` (a client inventing methods must not add series without end).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("OTHER", Method::as_str)
 }
 
 /// A route asked with another method (the `Allow` header, which axum adds, lists its methods).
