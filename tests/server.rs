@@ -926,6 +926,24 @@ fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
             .status,
         200
     );
+    // Vertex instances asking for the same embedding are admitted together, as one /embed
+    // body's inputs are: too many for the queue in all is 413 too, and what fits goes through
+    // (apart, the two halves raced each other and one got 429).
+    let vertex = |sizes: [usize; 2]| {
+        let instances: Vec<Value> = sizes
+            .iter()
+            .map(|&n| json!({"inputs": vec!["x"; n]}))
+            .collect();
+        server.post("/vertex", &json!({ "instances": instances }))
+    };
+    let too_many = vertex([3, 2]);
+    assert_eq!(too_many.status, 413, "{}", too_many.body);
+    assert_eq!(too_many.json()["error_type"], "Validation");
+    for _ in 0..5 {
+        let fits = vertex([2, 2]);
+        assert_eq!(fits.status, 200, "{}", fits.body);
+        assert_eq!(fits.json()["predictions"][1].as_array().unwrap().len(), 2);
+    }
 }
 
 /// The value of an unlabelled or labelled sample in Prometheus text.

@@ -796,35 +796,69 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     request::within_client_limit(instances.len(), limit, || {
         format!("`instances` holds {} instances", instances.len())
     })?;
-    let mut queries = Vec::with_capacity(instances.len());
+    let total_instances = instances.len();
+    let mut queries = Vec::with_capacity(total_instances);
     for (i, instance) in instances.into_iter().enumerate() {
         let field = format!("instances[{i}]");
         let Value::Object(mut instance) = instance else {
             return Err(ApiError::field(&field, "must be an object (an /embed body)").into());
         };
-        queries.push(tei_embed_query(&mut instance, &state.config).map_err(|e| e.within(&field))?);
+        let query = tei_embed_query(&mut instance, &state.config).map_err(|e| e.within(&field))?;
+        // Checked here, where the instance is known (instances are embedded in groups).
+        state
+            .engine
+            .tokenizer()
+            .named_or_default_prompt(query.prompt_name.as_deref())
+            .map_err(|e| ApiError::from(e).within(&field))?;
+        queries.push(query);
     }
     let total: usize = queries.iter().map(|q| q.inputs.len()).sum();
     request::within_client_limit(total, limit, || {
         format!("the instances hold {total} inputs in all")
     })?;
-    let mut running = tokio::task::JoinSet::new();
+    // Instances asking for the same embedding (prompt, dimensions, truncation) go to the engine
+    // as one request, admitted or refused as a whole as /embed's inputs are: two halves admitted
+    // apart would race each other for the queue.
+    let mut groups: Vec<(EmbedQuery, Vec<(usize, usize)>)> = Vec::new();
     for (i, query) in queries.into_iter().enumerate() {
-        let state = Arc::clone(&state);
-        running.spawn(async move {
-            let answer = embed(&state, query).await;
-            (i, answer.map_err(|e| e.within(&format!("instances[{i}]"))))
-        });
-    }
-    let mut predictions = vec![Vec::new(); running.len()];
-    while let Some(done) = running.join_next().await {
-        let (i, answer) =
-            done.map_err(|e| ApiError::new(ErrorKind::Backend, format!("embedding failed: {e}")))?;
-        predictions[i] = answer?
-            .embeddings
-            .into_iter()
-            .map(|e| e.embedding)
+        let names: Vec<String> = (0..query.inputs.len())
+            .map(|j| format!("instances[{i}].{}", query.input_names.name(j)))
             .collect();
+        let count = query.inputs.len();
+        let same = groups.iter_mut().find(|(group, _)| {
+            (&group.prompt_name, group.dimensions, group.truncation)
+                == (&query.prompt_name, query.dimensions, query.truncation)
+        });
+        match same {
+            Some((group, members)) => {
+                group.inputs.extend(query.inputs);
+                if let InputNames::Each(all) = &mut group.input_names {
+                    all.extend(names);
+                }
+                members.push((i, count));
+            }
+            None => groups.push((
+                EmbedQuery {
+                    input_names: InputNames::Each(names),
+                    ..query
+                },
+                vec![(i, count)],
+            )),
+        }
+    }
+    let mut running = tokio::task::JoinSet::new();
+    for (query, members) in groups {
+        let state = Arc::clone(&state);
+        running.spawn(async move { (members, embed(&state, query).await) });
+    }
+    let mut predictions = vec![Vec::new(); total_instances];
+    while let Some(done) = running.join_next().await {
+        let (members, answer) =
+            done.map_err(|e| ApiError::new(ErrorKind::Backend, format!("embedding failed: {e}")))?;
+        let mut embeddings = answer?.embeddings.into_iter().map(|e| e.embedding);
+        for (i, count) in members {
+            predictions[i] = embeddings.by_ref().take(count).collect();
+        }
     }
     Ok(Json(VertexResponse { predictions }).into_response())
 }

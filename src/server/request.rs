@@ -15,7 +15,7 @@ pub enum RawInput {
 }
 
 /// How a request names its inputs in errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputNames {
     /// One input given alone (a string, or one array of token ids): the field itself.
     Single(&'static str),
@@ -23,16 +23,20 @@ pub enum InputNames {
     List(&'static str),
     /// TEI's similarity: the source sentence first, then `inputs.sentences[i]`.
     Similarity,
+    /// Inputs gathered from several parts of a request (the instances of a `/vertex` body):
+    /// each one's name.
+    Each(Vec<String>),
 }
 
 impl InputNames {
     /// The request field of input `index`.
-    pub fn name(self, index: usize) -> String {
+    pub fn name(&self, index: usize) -> String {
         match (self, index) {
             (Self::Single(field), _) => field.to_string(),
             (Self::List(field), i) => format!("{field}[{i}]"),
             (Self::Similarity, 0) => "inputs.source_sentence".to_string(),
             (Self::Similarity, i) => format!("inputs.sentences[{}]", i - 1),
+            (Self::Each(names), i) => names[i].clone(),
         }
     }
 }
