@@ -275,6 +275,8 @@ typedef struct {
     const uint32_t *seq_offsets; /* [num_seqs + 1] */
     const float *dense;       /* [embed_dim, hidden] the Dense chain folded into one matrix */
     float *out;               /* [num_seqs, out_dim] */
+    float *norms;             /* [num_seqs] what each out row was divided by: out * norm is the
+                                 Dense output's first out_dim components, un-normalized */
     uint32_t num_seqs;
     uint32_t hidden;
     uint32_t embed_dim;

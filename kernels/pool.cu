@@ -2,7 +2,8 @@
 //
 // Layout: residual f32 [num_tokens, hidden], inv_rms f32 [num_tokens] (of the last residual),
 // final_norm f32 [hidden], seq_offsets u32 [num_seqs + 1], dense f32 [embed_dim, hidden] (the
-// Dense chain folded into one matrix); out f32 [num_seqs, out_dim]. hidden % 4 == 0.
+// Dense chain folded into one matrix); out f32 [num_seqs, out_dim], norms f32 [num_seqs].
+// hidden % 4 == 0.
 // Launch: one POOL_BLOCK-thread block per sequence. Thread i works on column quad i % (hidden/4)
 // for token group i / (hidden/4); group g sums tokens g, g + groups, ... with 16-byte loads, four
 // tokens in flight. Dynamic shared memory: (groups + 1) * hidden + embed_dim floats.
@@ -12,6 +13,8 @@
 //   y = dense . pooled
 //   z = y / max(|y|, 1e-12)                              (sentence-transformers Normalize)
 //   out = z[:out_dim] / max(|z[:out_dim]|, 1e-12)        (Matryoshka truncation, renormalized)
+//   norm = max(|y|, 1e-12) * max(|z[:out_dim]|, 1e-12)   (out * norm = y[:out_dim], for callers
+//                                                          that want the un-normalized vector)
 #include "common.cuh"
 
 __device__ __forceinline__ void add_scaled(float4& acc, float scale, const float4& x) {
@@ -91,4 +94,5 @@ extern "C" __global__ void __launch_bounds__(POOL_BLOCK) pool_embeddings(PoolPar
 
     for (uint32_t o = threadIdx.x; o < p.out_dim; o += blockDim.x)
         p.out[static_cast<size_t>(seq) * p.out_dim + o] = projected[o] / full_norm / kept_norm;
+    if (threadIdx.x == 0) p.norms[seq] = full_norm * kept_norm;
 }

@@ -342,14 +342,17 @@ fn mean_pool_averages_each_sequence() {
 }
 
 fn normalized_ref(row: &[f32]) -> Vec<f64> {
-    let norm = row
-        .iter()
-        .map(|&v| f64::from(v).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let norm = norm_ref(row);
     row.iter()
         .map(|&v| f64::from(v) / norm.max(1e-12))
         .collect()
+}
+
+fn norm_ref(row: &[f32]) -> f64 {
+    row.iter()
+        .map(|&v| f64::from(v).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[test]
@@ -358,19 +361,24 @@ fn l2_normalize_and_matryoshka_truncation() {
     let dim = 40;
     let x = random_vec(&mut rng, 3 * dim, 5.0);
     let mut got = x.clone();
-    ops::l2_normalize(&mut got, dim);
+    let norms = ops::l2_normalize(&mut got, dim);
     let want: Vec<f64> = x.chunks(dim).flat_map(normalized_ref).collect();
     assert_close(&got, &want, 1e-6);
+    // Each row's divisor is its norm: row * norm is the input again.
+    let norms_ref: Vec<f64> = x.chunks(dim).map(norm_ref).collect();
+    assert_close(&norms, &norms_ref, 1e-5);
 
-    let truncated = ops::truncate_normalize(&got, dim, 12);
+    let (truncated, kept_norms) = ops::truncate_normalize(&got, dim, 12);
     let want: Vec<f64> = got
         .chunks(dim)
         .flat_map(|r| normalized_ref(&r[..12]))
         .collect();
     assert_close(&truncated, &want, 1e-6);
+    let kept_ref: Vec<f64> = got.chunks(dim).map(|r| norm_ref(&r[..12])).collect();
+    assert_close(&kept_norms, &kept_ref, 1e-6);
 
     // A zero vector stays zero instead of becoming NaN.
     let mut zero = vec![0.0f32; dim];
-    ops::l2_normalize(&mut zero, dim);
+    assert_eq!(ops::l2_normalize(&mut zero, dim), [1e-12]);
     assert!(zero.iter().all(|&v| v == 0.0));
 }

@@ -86,15 +86,23 @@ impl Backend for Recording {
         Ok(Embeddings {
             dim: dimensions,
             data,
+            // The sequence's length: what an un-normalized answer is scaled by.
+            norms: (0..batch.num_sequences())
+                .map(|s| batch.sequence(s).len() as f32)
+                .collect(),
         })
     }
 }
+
+/// One request of a client thread: its inputs, dimensions and whether it normalizes.
+type ClientRequest = (Vec<Vec<u32>>, usize, bool);
 
 fn ids_request(inputs: &[Vec<u32>], dimensions: usize) -> Request {
     Request {
         inputs: inputs.iter().cloned().map(Input::Ids).collect(),
         dimensions,
         truncation: Truncation::Truncate,
+        normalize: true,
     }
 }
 
@@ -140,15 +148,16 @@ fn packing_answers_every_input_once_within_budgets() {
             Some(observer),
         )
         .unwrap();
-        // Several client threads, each with a few requests of 1..10 inputs and mixed dimensions.
-        let requests: Vec<Vec<(Vec<Vec<u32>>, usize)>> = (0..1 + rng.below(4))
+        // Several client threads, each with a few requests of 1..10 inputs, mixed dimensions,
+        // normalized or not.
+        let requests: Vec<Vec<ClientRequest>> = (0..1 + rng.below(4))
             .map(|_| {
                 (0..1 + rng.below(5))
                     .map(|_| {
                         let inputs = (0..1 + rng.below(10))
                             .map(|_| rng.ids(config.max_seq_len, config.vocab_size))
                             .collect();
-                        (inputs, [8, 4][rng.below(2)])
+                        (inputs, [8, 4][rng.below(2)], rng.below(2) == 0)
                     })
                     .collect()
             })
@@ -159,15 +168,28 @@ fn packing_answers_every_input_once_within_budgets() {
                 scope.spawn(move || {
                     let tickets: Vec<_> = client
                         .iter()
-                        .map(|(inputs, dims)| {
-                            engine
-                                .submit(ids_request(inputs, *dims), Admission::Wait)
-                                .unwrap()
+                        .map(|(inputs, dims, normalize)| {
+                            let request = Request {
+                                normalize: *normalize,
+                                ..ids_request(inputs, *dims)
+                            };
+                            engine.submit(request, Admission::Wait).unwrap()
                         })
                         .collect();
-                    for (ticket, (inputs, dims)) in tickets.into_iter().zip(client) {
+                    for (ticket, (inputs, dims, normalize)) in tickets.into_iter().zip(client) {
                         let got = embeddings(ticket.wait().unwrap());
-                        let want: Vec<_> = inputs.iter().map(|ids| signature(ids, *dims)).collect();
+                        // Un-normalized: the row times its norm (the recording backend's is
+                        // the sequence's length).
+                        let want: Vec<_> = inputs
+                            .iter()
+                            .map(|ids| {
+                                let scale = if *normalize { 1.0 } else { ids.len() as f32 };
+                                signature(ids, *dims)
+                                    .iter()
+                                    .map(|v| v * scale)
+                                    .collect::<Vec<_>>()
+                            })
+                            .collect();
                         assert_eq!(got, want, "case {case}: answers out of order or misrouted");
                     }
                 });
@@ -176,7 +198,7 @@ fn packing_answers_every_input_once_within_budgets() {
         let stats = engine.stats();
         drop(engine);
         let batches = batches.lock().unwrap();
-        let total_inputs: usize = requests.iter().flatten().map(|(i, _)| i.len()).sum();
+        let total_inputs: usize = requests.iter().flatten().map(|(i, _, _)| i.len()).sum();
         let run: usize = batches.iter().map(Batch::num_sequences).sum();
         assert_eq!(
             run, total_inputs,
@@ -305,6 +327,7 @@ fn text_inputs_are_tokenized_with_their_prompt_and_errors_stay_per_input() {
                 ],
                 dimensions: 16,
                 truncation: Truncation::Truncate,
+                normalize: true,
             },
             Admission::Reject,
         )
@@ -477,6 +500,7 @@ fn the_token_budget_is_settled_on_real_counts_once_tokenized() {
             .collect(),
         dimensions: 4,
         truncation: Truncation::Truncate,
+        normalize: true,
     };
     // 8 texts of 5 words in 50 bytes: bounded by 8 · (50 + 2) bytes, past the whole budget,
     // but 8 · 7 tokens once tokenized.

@@ -128,6 +128,27 @@ fn token_id_inputs_match_sentence_transformers_on_every_route() {
             &renormalized_prefix(&case.embedding, dims),
         );
     }
+
+    // TEI's `normalize: false`: the Dense output before the pipeline's Normalize (its first
+    // `dimensions` values), as sentence-transformers computes it without that module.
+    for dims in [None, Some(16)] {
+        let mut body = json!({"inputs": ids, "normalize": false});
+        if let Some(dims) = dims {
+            body["dimensions"] = json!(dims);
+        }
+        let answer = server.post("/embed", &body);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let vectors = answer.json();
+        for (case, got) in expected.cases.iter().zip(vectors.as_array().unwrap()) {
+            let width = dims.unwrap_or(case.embedding.len());
+            let want: Vec<f32> = case.embedding[..width]
+                .iter()
+                .map(|v| v * case.dense_norm)
+                .collect();
+            let name = format!("normalize false, dimensions {dims:?}, {}", case.name);
+            assert_close(&name, &floats(got), &want);
+        }
+    }
 }
 
 /// The ids `/tokenize` reports for `text` (special tokens included).
@@ -465,7 +486,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
         ("tei malformed", tei(b"{"), 400, Tei, "not valid JSON"),
         (
             "tei normalize",
-            tei(br#"{"inputs": "a", "normalize": false}"#),
+            tei(br#"{"inputs": "a", "normalize": "no"}"#),
             422,
             Tei,
             "`normalize`",

@@ -224,6 +224,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     reference = {}
+    dense_norms = {}
     for attn in ["eager", "sdpa"]:
         st = SentenceTransformer(str(out), device="cpu", model_kwargs={"attn_implementation": attn})
         st.eval()
@@ -240,7 +241,11 @@ def main() -> None:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
         with torch.no_grad():
-            batched = st({"input_ids": input_ids, "attention_mask": mask})["sentence_embedding"]
+            features = {"input_ids": input_ids, "attention_mask": mask}
+            batched = st(dict(features))["sentence_embedding"]
+            # The pipeline without its Normalize module: what TEI's `normalize: false` answers.
+            before_normalize = torch.nn.Sequential(*list(st)[:-1])(dict(features))["sentence_embedding"]
+            dense_norms[attn] = before_normalize.norm(dim=1)
             for row, case in enumerate(cases):
                 ids = torch.tensor([case["token_ids"]])
                 alone = st({"input_ids": ids, "attention_mask": torch.ones_like(ids)})["sentence_embedding"]
@@ -255,6 +260,8 @@ def main() -> None:
 
     for row, case in enumerate(cases):
         case["embedding"] = reference["eager"][row].tolist()
+        # The L2 norm of the Dense output: embedding * dense_norm is that output.
+        case["dense_norm"] = dense_norms["eager"][row].item()
     write_json(
         out / "expected.json",
         {

@@ -114,6 +114,9 @@ impl Batch {
 pub struct Embeddings {
     pub dim: usize,
     pub data: Vec<f32>,
+    /// Per row, what it was divided by: row * norm is the model's output before its Normalize
+    /// module (the Dense projection's first `dim` components), as TEI's `normalize: false` asks.
+    pub norms: Vec<f32>,
 }
 
 impl Embeddings {

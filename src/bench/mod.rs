@@ -458,6 +458,7 @@ mod tests {
             Ok(Embeddings {
                 dim: dimensions,
                 data: vec![0.0; batch.num_sequences() * dimensions],
+                norms: vec![1.0; batch.num_sequences()],
             })
         }
     }

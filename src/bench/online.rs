@@ -56,6 +56,7 @@ pub fn requests_of(sequences: &[Vec<u32>], per_request: usize, dimensions: usize
             inputs: chunk.iter().map(|ids| Input::Ids(ids.clone())).collect(),
             dimensions,
             truncation: Truncation::Refuse,
+            normalize: true,
         })
         .collect()
 }

@@ -110,6 +110,10 @@ pub struct Request {
     /// Matryoshka size of the embeddings (the model's full size when it is the embedding dim).
     pub dimensions: usize,
     pub truncation: Truncation,
+    /// L2-normalize the embeddings, as the model's sentence-transformers pipeline ends; when
+    /// false, the Dense projection's first `dimensions` components as they are (TEI's
+    /// `normalize: false`).
+    pub normalize: bool,
 }
 
 /// What [`Engine::submit`] does when the queue budgets are full.
@@ -126,7 +130,7 @@ pub enum Admission {
 pub struct Embedded {
     /// Tokens the input ran with (prompt and special tokens included).
     pub tokens: usize,
-    /// L2-normalized, `dimensions` long.
+    /// `dimensions` long; L2-normalized unless the request said otherwise.
     pub embedding: Vec<f32>,
 }
 
@@ -280,6 +284,8 @@ impl Budget {
 
 /// A request between submission and its answer.
 struct Pending {
+    /// The request's [`Request::normalize`].
+    normalize: bool,
     outputs: Mutex<Vec<Option<Result<Embedded>>>>,
     remaining: AtomicUsize,
     sender: Mutex<Option<oneshot::Sender<Response>>>,
@@ -496,6 +502,7 @@ impl Engine {
             inputs,
             dimensions,
             truncation,
+            normalize,
         } = request;
         if inputs.is_empty() {
             return Err(Error::EmptyRequest);
@@ -527,6 +534,7 @@ impl Engine {
             .reserve(inputs.len(), reserved_tokens, admission)?;
         let (sender, receiver) = oneshot::channel();
         let pending = Arc::new(Pending {
+            normalize,
             outputs: Mutex::new((0..inputs.len()).map(|_| None).collect()),
             remaining: AtomicUsize::new(inputs.len()),
             sender: Mutex::new(Some(sender)),
@@ -737,10 +745,17 @@ fn backend_worker(
                 times.last_batch_end = Some(end);
             }
             let outcome = match &result {
-                Ok(embeddings) => Ok(Embedded {
-                    tokens: entry.ids.len(),
-                    embedding: embeddings.row(s).to_vec(),
-                }),
+                Ok(embeddings) => {
+                    let mut embedding = embeddings.row(s).to_vec();
+                    if !entry.pending.normalize {
+                        let norm = embeddings.norms[s];
+                        embedding.iter_mut().for_each(|v| *v *= norm);
+                    }
+                    Ok(Embedded {
+                        tokens: entry.ids.len(),
+                        embedding,
+                    })
+                }
                 Err(err) => Err(Error::Backend(err.to_string())),
             };
             entry.pending.finish(entry.index, outcome);

@@ -108,6 +108,7 @@ mod tests {
     ) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let pending = Pending {
+            normalize: true,
             outputs: Mutex::new(Vec::new()),
             remaining: AtomicUsize::new(0),
             sender: Mutex::new(Some(sender)),

@@ -463,6 +463,7 @@ fn read_chunks(
                     inputs,
                     dimensions: options.dimensions,
                     truncation: options.truncation,
+                    normalize: true,
                 },
                 Admission::Wait,
             )?)

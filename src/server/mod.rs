@@ -111,6 +111,7 @@ impl AppState {
                 inputs: vec![Input::Text { text, prompt: None }],
                 dimensions: self.engine.embedding_dim(),
                 truncation: Truncation::Truncate,
+                normalize: true,
             };
             let response = self.engine.submit(request, Admission::Wait)?.wait()?;
             response.outputs.into_iter().try_for_each(|o| o.map(drop))?;
@@ -522,6 +523,8 @@ struct EmbedQuery {
     prompt_name: Option<String>,
     dimensions: Option<usize>,
     truncation: Truncation,
+    /// TEI's `normalize` (default true; OpenAI's route always normalizes).
+    normalize: bool,
 }
 
 /// The engine's answer: one embedding per input, in order.
@@ -590,6 +593,7 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
             .dimensions
             .unwrap_or_else(|| state.engine.embedding_dim()),
         truncation: query.truncation,
+        normalize: query.normalize,
     };
     let response = state.engine.submit(request, Admission::Reject)?.await?;
     let embeddings = response
@@ -671,6 +675,7 @@ async fn openai_embeddings(
         prompt_name: prompt_name(&body)?,
         dimensions: request::optional_count(&body, "dimensions")?,
         truncation: truncation(&body, state.config.auto_truncate, false)?,
+        normalize: true,
     };
     let answer = embed(&state, query).await?;
     let tokens = answer.tokens();
@@ -749,13 +754,6 @@ fn tei_embed_query(
     body: &mut Map<String, Value>,
     config: &ServerConfig,
 ) -> Result<EmbedQuery, ApiError> {
-    if request::optional_bool(body, "normalize")? == Some(false) {
-        return Err(ApiError::field(
-            "normalize",
-            "`false` is not supported: this model's sentence-transformers pipeline ends in \
-             Normalize, and the engine returns only unit vectors",
-        ));
-    }
     let (inputs, input_names) = request::inputs(body, "inputs", config.max_client_batch_size)?;
     Ok(EmbedQuery {
         inputs,
@@ -763,6 +761,7 @@ fn tei_embed_query(
         prompt_name: prompt_name(body)?,
         dimensions: request::optional_count(body, "dimensions")?,
         truncation: truncation(body, config.auto_truncate, true)?,
+        normalize: request::optional_bool(body, "normalize")?.unwrap_or(true),
     })
 }
 
@@ -816,7 +815,8 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     request::within_client_limit(total, limit, || {
         format!("the instances hold {total} inputs in all")
     })?;
-    // Instances asking for the same embedding (prompt, dimensions, truncation) go to the engine
+    // Instances asking for the same embedding (prompt, dimensions, truncation, normalization)
+    // go to the engine
     // as one request, admitted or refused as a whole as /embed's inputs are: two halves admitted
     // apart would race each other for the queue.
     let mut groups: Vec<(EmbedQuery, Vec<(usize, usize)>)> = Vec::new();
@@ -826,8 +826,17 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             .collect();
         let count = query.inputs.len();
         let same = groups.iter_mut().find(|(group, _)| {
-            (&group.prompt_name, group.dimensions, group.truncation)
-                == (&query.prompt_name, query.dimensions, query.truncation)
+            (
+                &group.prompt_name,
+                group.dimensions,
+                group.truncation,
+                group.normalize,
+            ) == (
+                &query.prompt_name,
+                query.dimensions,
+                query.truncation,
+                query.normalize,
+            )
         });
         match same {
             Some((group, members)) => {
@@ -887,6 +896,8 @@ async fn tei_similarity(
         dimensions: None,
         truncation: truncation(&parameters, state.config.auto_truncate, true)
             .map_err(|e| e.within("parameters"))?,
+        // Cosine similarity is the dot product of unit vectors.
+        normalize: true,
     };
     let answer = embed(&state, query).await?;
     let (source, sentences) = answer
@@ -973,6 +984,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiErr
         }],
         dimensions: engine.embedding_dim(),
         truncation: Truncation::Truncate,
+        normalize: true,
     };
     let timeout = state.config.health_timeout;
     match engine.submit(probe, Admission::Reject) {

@@ -119,6 +119,8 @@ pub struct TinyCase {
     pub text: Option<String>,
     pub token_ids: Vec<u32>,
     pub embedding: Vec<f32>,
+    /// The L2 norm of the pipeline's output before its Normalize module (the Dense output).
+    pub dense_norm: f32,
 }
 
 pub fn tiny_expected() -> TinyExpected {

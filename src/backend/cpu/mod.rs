@@ -201,15 +201,24 @@ impl Backend for CpuBackend {
             pooled = projected;
             in_features = out_features;
         }
-        ops::l2_normalize(&mut pooled, in_features);
-        let data = if dimensions == in_features {
-            pooled
+        // As the pooling kernel: normalized, then truncated and renormalized; the divisors'
+        // product takes a row back to the Dense output's first `dimensions` components.
+        let full_norms = ops::l2_normalize(&mut pooled, in_features);
+        let (data, norms) = if dimensions == in_features {
+            (pooled, full_norms)
         } else {
-            ops::truncate_normalize(&pooled, in_features, dimensions)
+            let (kept, kept_norms) = ops::truncate_normalize(&pooled, in_features, dimensions);
+            let norms = full_norms
+                .iter()
+                .zip(kept_norms)
+                .map(|(f, k)| f * k)
+                .collect();
+            (kept, norms)
         };
         Ok(Embeddings {
             dim: dimensions,
             data,
+            norms,
         })
     }
 }

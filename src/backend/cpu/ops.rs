@@ -516,23 +516,26 @@ pub fn mean_pool(x: &[f32], hidden: usize, seq_offsets: &[u32], out: &mut [f32])
 }
 
 /// L2-normalize every row of `dim` elements in place: `y / max(||y||, 1e-12)`
-/// (`torch.nn.functional.normalize`).
-pub fn l2_normalize(x: &mut [f32], dim: usize) {
-    for row in x.chunks_exact_mut(dim) {
-        let norm = sum_of_squares(row).sqrt() as f32;
-        let inv = 1.0 / norm.max(1e-12);
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
+/// (`torch.nn.functional.normalize`). Returns each row's `max(||y||, 1e-12)`.
+pub fn l2_normalize(x: &mut [f32], dim: usize) -> Vec<f32> {
+    x.chunks_exact_mut(dim)
+        .map(|row| {
+            let norm = (sum_of_squares(row).sqrt() as f32).max(1e-12);
+            let inv = 1.0 / norm;
+            row.iter_mut().for_each(|v| *v *= inv);
+            norm
+        })
+        .collect()
 }
 
 /// Matryoshka truncation: the first `dimensions` components of every `dim`-wide row,
-/// renormalized to unit length. Returns `[rows, dimensions]`.
-pub fn truncate_normalize(x: &[f32], dim: usize, dimensions: usize) -> Vec<f32> {
+/// renormalized to unit length. Returns `[rows, dimensions]` and each row's divisor.
+pub fn truncate_normalize(x: &[f32], dim: usize, dimensions: usize) -> (Vec<f32>, Vec<f32>) {
     assert!(dimensions <= dim);
     let mut out: Vec<f32> = x
         .chunks_exact(dim)
         .flat_map(|row| row[..dimensions].iter().copied())
         .collect();
-    l2_normalize(&mut out, dimensions);
-    out
+    let norms = l2_normalize(&mut out, dimensions);
+    (out, norms)
 }

@@ -19,7 +19,7 @@ use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
-    rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
+    rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, Pooled, QkNorms, QkvBuffers, Residual,
     RopeTable, Tokens,
 };
 use super::options::{BranchStorage, CudaOptions};
@@ -62,7 +62,7 @@ struct Activations {
     /// cuBLAS's gate|up output; one unused element with the fused kernel.
     gate_up: CudaSlice<u16>,
     mlp: CudaSlice<u16>,
-    embeddings: CudaSlice<f32>,
+    pooled: Pooled,
 }
 
 impl Activations {
@@ -108,7 +108,10 @@ impl Activations {
             branch: Branch::alloc(dev, branch, capacity * d.hidden)?,
             gate_up: dev.alloc(gate_up_len, "gate|up")?,
             mlp: dev.alloc(capacity * d.intermediate, "GEGLU output")?,
-            embeddings: dev.alloc(seq_capacity * d.embed_dim, "embeddings")?,
+            pooled: Pooled {
+                embeddings: dev.alloc(seq_capacity * d.embed_dim, "embeddings")?,
+                norms: dev.alloc(seq_capacity, "embedding norms")?,
+            },
         })
     }
 }
@@ -367,6 +370,7 @@ impl Backend for CudaBackend {
             return Ok(Embeddings {
                 dim: dimensions,
                 data: Vec::new(),
+                norms: Vec::new(),
             });
         }
         self.dev
@@ -560,14 +564,18 @@ impl CudaBackend {
             &act.residual,
             (&self.final_norm, &self.dense_folded),
             dimensions,
-            &mut act.embeddings,
+            &mut act.pooled,
         )?;
         mark("pool_embeddings")?;
 
         let mut data = vec![0.0f32; b * dimensions];
         stream
-            .memcpy_dtoh(&act.embeddings.slice(..b * dimensions), &mut data)
+            .memcpy_dtoh(&act.pooled.embeddings.slice(..b * dimensions), &mut data)
             .map_err(driver_err("download embeddings"))?;
+        let mut norms = vec![0.0f32; b];
+        stream
+            .memcpy_dtoh(&act.pooled.norms.slice(..b), &mut norms)
+            .map_err(driver_err("download embedding norms"))?;
         mark("download embeddings")?;
         dev.synchronize()?;
         if let Some(t) = timeline {
@@ -576,6 +584,7 @@ impl CudaBackend {
         Ok(Embeddings {
             dim: dimensions,
             data,
+            norms,
         })
     }
 }

@@ -17,7 +17,7 @@ use super::device::{driver_err, Device};
 use super::gemm::{linear, GemmOut};
 use super::mlp::{self, interleave_gate_up, GateUpGeglu, MlpKernel};
 use super::ops::{
-    rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, QkNorms, QkvBuffers, Residual,
+    rope_tables, to_bf16_bits, Branch, Kernels, ModelDims, Pooled, QkNorms, QkvBuffers, Residual,
     RopeTable, Tokens,
 };
 use super::options::{BranchStorage, KernelChoice};
@@ -1211,11 +1211,14 @@ fn check_pool(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<Ker
     cpu::mean_pool(&normed, h, &case.seq_offsets, &mut pooled);
     let mut projected = vec![0.0f32; b * e];
     cpu::linear(&pooled, &dense_host, h, e, &mut projected);
-    cpu::l2_normalize(&mut projected, e);
+    let full_norms = cpu::l2_normalize(&mut projected, e);
 
     let mut checks = Vec::new();
     for out_dim in [e, 128.min(e)] {
-        let mut out = poisoned(dev, b * out_dim, F32_POISON, "embeddings")?;
+        let mut out = Pooled {
+            embeddings: poisoned(dev, b * out_dim, F32_POISON, "embeddings")?,
+            norms: poisoned(dev, b, F32_POISON, "embedding norms")?,
+        };
         k.pool(
             dev,
             &tokens,
@@ -1224,14 +1227,31 @@ fn check_pool(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<Ker
             out_dim,
             &mut out,
         )?;
-        let got = download(dev, &out, b * out_dim, "embeddings")?;
-        let reference = cpu::truncate_normalize(&projected, e, out_dim);
+        let got = download(dev, &out.embeddings, b * out_dim, "embeddings")?;
+        let (reference, kept_norms) = cpu::truncate_normalize(&projected, e, out_dim);
         let name = format!("pool_embeddings/d{out_dim}");
         checks.push(KernelCheck::compare(
             &name,
             case.describe(),
             &got,
             &reference,
+            (1e-5, 1e-5),
+        ));
+        // What takes each row back to the Dense output (TEI's `normalize: false`), relative.
+        let got_norms = download(dev, &out.norms, b, "embedding norms")?;
+        let relative = |norms: &[f32]| -> Vec<f32> {
+            norms.iter().zip(&full_norms).map(|(n, f)| n / f).collect()
+        };
+        let reference_norms: Vec<f32> = full_norms
+            .iter()
+            .zip(&kept_norms)
+            .map(|(f, k)| f * k)
+            .collect();
+        checks.push(KernelCheck::compare(
+            &format!("{name}/norms"),
+            case.describe(),
+            &relative(&got_norms),
+            &relative(&reference_norms),
             (1e-5, 1e-5),
         ));
     }
@@ -1244,7 +1264,10 @@ fn check_pool(dev: &Device, k: &Kernels, rng: &mut SplitMix64) -> Result<Vec<Ker
     };
     let tokens = timed.device_tokens(dev, &vec![0; timed.n])?;
     let tb = timed.lengths.len();
-    let mut out = poisoned(dev, tb * e, F32_POISON, "embeddings")?;
+    let mut out = Pooled {
+        embeddings: poisoned(dev, tb * e, F32_POISON, "embeddings")?,
+        norms: poisoned(dev, tb, F32_POISON, "embedding norms")?,
+    };
     let us = time_launches(dev, || {
         k.pool(dev, &tokens, &residual, (&final_norm, &dense), e, &mut out)
     })?;

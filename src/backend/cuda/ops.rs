@@ -93,6 +93,13 @@ pub struct Residual {
     pub inv_rms: CudaSlice<f32>,
 }
 
+/// The pooling epilogue's output: `[num_seqs, out_dim]` L2-normalized embeddings, and per
+/// sequence what its row was divided by (row * norm is the un-normalized embedding).
+pub struct Pooled {
+    pub embeddings: CudaSlice<f32>,
+    pub norms: CudaSlice<f32>,
+}
+
 /// The O or down projection's output, stored as [`BranchStorage`] chose: what
 /// [`Kernels::residual_norm`] adds to the residual stream.
 pub enum Branch {
@@ -529,7 +536,7 @@ impl Kernels {
         residual: &Residual,
         weights: (&CudaSlice<f32>, &CudaSlice<f32>),
         out_dim: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut Pooled,
     ) -> Result<()> {
         let (final_norm, dense) = weights;
         let d = &self.dims;
@@ -545,7 +552,8 @@ impl Kernels {
         check_len(final_norm, d.hidden, "pool final_norm")?;
         check_len(dense, d.embed_dim * d.hidden, "pool dense")?;
         check_len(&tokens.seq_offsets, b + 1, "pool seq_offsets")?;
-        check_len(out, b * out_dim, "pool out")?;
+        check_len(&out.embeddings, b * out_dim, "pool embeddings")?;
+        check_len(&out.norms, b, "pool norms")?;
         let s = &dev.stream;
         let params = PoolParams {
             residual: residual.x.device_ptr(s).0 as _,
@@ -553,7 +561,8 @@ impl Kernels {
             final_norm: final_norm.device_ptr(s).0 as _,
             seq_offsets: tokens.seq_offsets.device_ptr(s).0 as _,
             dense: dense.device_ptr(s).0 as _,
-            out: out.device_ptr(s).0 as _,
+            out: out.embeddings.device_ptr(s).0 as _,
+            norms: out.norms.device_ptr(s).0 as _,
             num_seqs: u32_of(b, "num_seqs")?,
             hidden: u32_of(d.hidden, "hidden")?,
             embed_dim: u32_of(d.embed_dim, "embed_dim")?,
