@@ -1513,3 +1513,89 @@ fn a_failed_run_of_several_inputs_can_be_rerun_with_fixed_flags() {
         "{stderr}"
     );
 }
+
+/// A run under `--on-error skip` killed after it rejected documents, resumed under `fail`: the
+/// rejects it recorded are kept (they name rows missing from the output) whether the `fail` run
+/// finishes or stops at a later bad document, and a `skip` run after that ends with the
+/// uninterrupted run's output and rejects.
+#[test]
+fn rejects_of_an_interrupted_skip_run_survive_a_resume_under_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    for late_bad_doc in [false, true] {
+        let mut lines: Vec<String> = corpus(1500)
+            .iter()
+            .enumerate()
+            .map(|(i, t)| serde_json::json!({"id": format!("doc-{i}"), "text": t}).to_string())
+            .collect();
+        lines[5] = r#"{"id": "bad-5", "text": 5}"#.into();
+        lines[6] = r#"{"id": "bad-6", "text": 6}"#.into();
+        if late_bad_doc {
+            lines[1400] = r#"{"id": "bad-1400", "text": 1400}"#.into();
+        }
+        let input = dir.path().join(format!("in-{late_bad_doc}.jsonl"));
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        let input = input.to_str().unwrap();
+        let skip = ["--on-error", "skip"];
+        let whole = dir.path().join(format!("whole-{late_bad_doc}.jsonl"));
+        run_ok(&strs(&killable_embed(input, &whole, &skip)));
+
+        let output = dir.path().join(format!("out-{late_bad_doc}.jsonl"));
+        let checkpoint = dir
+            .path()
+            .join(format!("out-{late_bad_doc}.jsonl.checkpoint"));
+        let rejects_of = |path: &Path| {
+            std::fs::read_to_string(format!("{}.rejects.jsonl", path.display())).unwrap_or_default()
+        };
+        let mut child = gemma_embed(&strs(&killable_embed(input, &output, &skip)))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let recorded_rejects = || {
+            let text = std::fs::read_to_string(&checkpoint).ok()?;
+            serde_json::from_str::<Value>(&text).ok()?["rejects"].as_u64()
+        };
+        while recorded_rejects().unwrap_or(0) < 2
+            && start.elapsed() < Duration::from_secs(60)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(rejects_of(&output).lines().count(), 2);
+
+        let fail = killable_embed(input, &output, &[]);
+        if late_bad_doc {
+            let out = gemma_embed(&strs(&fail)).output().unwrap();
+            assert!(!out.status.success());
+            assert!(
+                stderr_of(&out).contains("rerun with --on-error skip"),
+                "{}",
+                stderr_of(&out)
+            );
+            assert_eq!(rejects_of(&output).lines().count(), 2);
+            run_ok(&strs(&killable_embed(input, &output, &skip)));
+        } else {
+            let out = run_ok(&strs(&fail));
+            assert!(
+                stderr_of(&out).contains("2 rejected"),
+                "{}",
+                stderr_of(&out)
+            );
+        }
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            std::fs::read(&whole).unwrap()
+        );
+        assert_eq!(
+            rejects_of(&output),
+            rejects_of(&whole),
+            "late bad doc {late_bad_doc}"
+        );
+    }
+}

@@ -317,9 +317,9 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
         | Error::DirectoryFile { message, .. },
     ) = &mut result
     {
-        // A bad document under --on-error fail. What its last checkpoint holds is kept: the same
-        // command with --on-error skip goes on from there (a fixed input is another command).
-        let _ = remove_partial(&options.rejects_path());
+        // A bad document under --on-error fail. What its last checkpoint holds is kept, with
+        // the rejects it counts (of an earlier run under skip): the same command with
+        // --on-error skip goes on from there (a fixed input is another command).
         match Checkpoint::load(&checkpoint_path) {
             Ok(Some(checkpoint)) if checkpoint.rows > 0 => {
                 message.push_str(&format!(
@@ -328,7 +328,7 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
                 ));
             }
             _ => {
-                for path in [checkpoint_path, partial_path] {
+                for path in [checkpoint_path, partial_path, options.rejects_path()] {
                     let _ = remove_partial(&path);
                 }
             }
@@ -386,12 +386,15 @@ fn run_from(
         options.row_group_rows,
         resume.map(|c| (c.rows, c.output_bytes)),
     )?;
+    // Under fail, a resumed run still carries the documents an interrupted run under skip
+    // rejected: their rows are missing from the output, and the rejects file says which.
+    let carried_rejects = resume.is_some_and(|c| c.rejects > 0);
     let rejects = match options.on_error {
-        OnError::Skip => Some(Rejects::open(
+        OnError::Fail if !carried_rejects => None,
+        OnError::Skip | OnError::Fail => Some(Rejects::open(
             &options.rejects_path(),
             resume.map(|c| (c.rejects, c.rejects_bytes)),
         )?),
-        OnError::Fail => None,
     };
     let input_len = reader.extent(&options.input);
     let mut writer = Writer {
@@ -598,6 +601,8 @@ struct Writer<'a> {
     /// Documents of the input read so far, every shard's (the whole input's at the end).
     input_docs: u64,
     output: OutputWriter,
+    /// Under skip; under fail, only when resuming a run that rejected documents under skip
+    /// (they are kept, and no more are added).
     rejects: Option<Rejects>,
     summary: JobSummary,
     progress: Progress,
@@ -621,10 +626,14 @@ impl Writer<'_> {
                             self.summary.tokens += embedded.tokens as u64;
                         }
                         // A bad input; backend failures fail the job whatever the policy.
-                        Err(Error::Input { message, .. }) => match &mut self.rejects {
-                            Some(rejects) => rejects.write(line, doc, Some(&id), &message)?,
-                            None => return Err(document_error(self.options, line, message)),
-                        },
+                        Err(Error::Input { message, .. }) => {
+                            match (&mut self.rejects, self.options.on_error) {
+                                (Some(rejects), OnError::Skip) => {
+                                    rejects.write(line, doc, Some(&id), &message)?
+                                }
+                                _ => return Err(document_error(self.options, line, message)),
+                            }
+                        }
                         Err(other) => return Err(other),
                     }
                 }
