@@ -572,6 +572,14 @@ fn merge(args: MergeArgs) -> Result<()> {
 }
 
 fn tokenize(args: TokenizeArgs) -> Result<()> {
+    if let Some(output) = &args.output {
+        if index::many::same_file(Path::new(args.input.single()?), output) {
+            bail!(
+                "--output {} is the input: the token ids would overwrite it",
+                output.display()
+            );
+        }
+    }
     let dir = resolve_model_dir(&args.model.model)?;
     let config = ModelConfig::load(&dir)?;
     let tokenizer = Tokenizer::load(&dir, &config)?;

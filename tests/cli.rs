@@ -489,3 +489,31 @@ fn an_error_says_its_cause_once() {
         )
     );
 }
+
+#[test]
+fn tokenize_refuses_to_write_over_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"w1 w2\"}\n").unwrap();
+    let input = input.to_str().unwrap();
+    let model = common::tiny_model_dir();
+    let out = run(&[
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input,
+        "--output",
+        input,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is the input: the token ids would overwrite it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(input).unwrap(),
+        "{\"text\": \"w1 w2\"}\n"
+    );
+}
