@@ -65,15 +65,29 @@ impl Default for InputColumns {
 }
 
 impl InputColumns {
-    /// Refuse columns the input format has no place for (a title beside a text line or file).
+    /// Refuse columns the input format has no place for (a title beside a text line or file,
+    /// a text or id column in one).
     pub fn check_fit(&self, path: &str, format: InputFormat) -> Result<()> {
-        if self.title.is_some() && matches!(format, InputFormat::Text | InputFormat::Directory) {
-            return Err(Error::File {
+        if !matches!(format, InputFormat::Text | InputFormat::Directory) {
+            return Ok(());
+        }
+        let refuse = |message: &str| {
+            Err(Error::File {
                 path: source_name(path).into(),
-                message: "--title-column needs JSON Lines, CSV or Parquet input (a title field \
-                          or column beside the text)"
-                    .into(),
-            });
+                message: message.into(),
+            })
+        };
+        if self.title.is_some() {
+            return refuse(
+                "--title-column needs JSON Lines, CSV or Parquet input (a title field or column \
+                 beside the text)",
+            );
+        }
+        if self.text != Self::default().text || self.id.is_some() {
+            return refuse(
+                "--text-column and --id-column need JSON Lines, CSV or Parquet input (a text \
+                 line or file is the text; its id is its line number or path)",
+            );
         }
         Ok(())
     }

@@ -1427,6 +1427,27 @@ mod tests {
                 err.contains("--title-column needs JSON Lines, CSV or Parquet input"),
                 "{err}"
             );
+            // Nor a text or id column: a text line or file is the text, its id its place.
+            for columns in [
+                InputColumns {
+                    text: "body".into(),
+                    ..InputColumns::default()
+                },
+                InputColumns {
+                    id: Some("key".into()),
+                    ..InputColumns::default()
+                },
+            ] {
+                let path = dir.path().to_str().unwrap();
+                let err = RecordReader::open(path, format, &columns, ReadPosition::default())
+                    .err()
+                    .unwrap()
+                    .to_string();
+                assert!(
+                    err.contains("--text-column and --id-column need JSON Lines, CSV or Parquet"),
+                    "{format:?} {columns:?}: {err}"
+                );
+            }
         }
     }
 
