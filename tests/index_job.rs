@@ -1599,3 +1599,91 @@ fn rejects_of_an_interrupted_skip_run_survive_a_resume_under_fail() {
         );
     }
 }
+
+/// Two runs on one output: the second is refused while the first runs (they used to write one
+/// partial file together and could finish with rows of both); a killed run leaves its lock file,
+/// which does not stop the rerun; a finished one removes it. An input that is one of the job's
+/// own files, and in several-files mode an output named as another's side file, are refused.
+#[test]
+fn one_run_at_a_time_writes_an_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &corpus(1500));
+    let input = input.to_str().unwrap();
+    let output = dir.path().join("out.npy");
+    let checkpoint = dir.path().join("out.npy.checkpoint");
+    let lock = dir.path().join("out.npy.lock");
+    let args = killable_embed(input, &output, &[]);
+    let mut first = gemma_embed(&strs(&args))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_rows(&checkpoint).is_none() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "finished before the second run"
+    );
+    let second = gemma_embed(&strs(&args)).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        stderr_of(&second).contains("another gemma-embed run is writing it (it holds"),
+        "{}",
+        stderr_of(&second)
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(lock.exists());
+    let out = run_ok(&strs(&args));
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert!(!lock.exists());
+    let (rows, _) = read_npy_f32(&output);
+    assert_eq!(rows, 1500);
+
+    let own = dir.path().join("x.npy.partial");
+    std::fs::copy(input, &own).unwrap();
+    let out = gemma_embed(&[
+        "embed",
+        "--input",
+        own.to_str().unwrap(),
+        "--input-format",
+        "jsonl",
+        "--output",
+        dir.path().join("x.npy").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("is where the job writing"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(own.exists(), "the input was removed");
+
+    let a = dir.path().join("a.jsonl");
+    let a_rejects = dir.path().join("a.jsonl.rejects.jsonl");
+    for path in [&a, &a_rejects] {
+        std::fs::copy(input, path).unwrap();
+    }
+    let out = gemma_embed(&[
+        "embed",
+        "--input",
+        a.to_str().unwrap(),
+        a_rejects.to_str().unwrap(),
+        "--output",
+        dir.path().join("several").to_str().unwrap(),
+        "--output-format",
+        "jsonl",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("a file the job of"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -85,6 +85,95 @@ pub fn rejects_path(output: &Path) -> PathBuf {
     sibling(output, ".rejects.jsonl")
 }
 
+/// Held by the job writing `OUT` (`OUT.lock`, locked with `flock`): a second run on the same
+/// output is refused instead of writing the same partial file. The kernel drops the lock when
+/// its process dies, so a killed run never blocks the next one.
+pub fn lock_path(output: &Path) -> PathBuf {
+    sibling(output, ".lock")
+}
+
+/// The files a job writes beside its output `OUT` while and after it runs.
+pub fn side_files(output: &Path) -> [PathBuf; 6] {
+    [
+        partial_path(output),
+        checkpoint_path(output),
+        sibling(&checkpoint_path(output), ".tmp"),
+        rejects_path(output),
+        super::merge::ShardRecord::path(output),
+        lock_path(output),
+    ]
+}
+
+/// The lock of one job's output, released (and its file removed) when dropped.
+pub struct OutputLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl OutputLock {
+    /// Lock `output`'s lock file, or fail at once when another run holds it.
+    pub fn acquire(output: &Path) -> Result<Self> {
+        let path = lock_path(output);
+        let io_error = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        loop {
+            let file = match File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::File {
+                        path: output.into(),
+                        message: "its folder does not exist".into(),
+                    })
+                }
+                Err(source) => return Err(io_error(source)),
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::File {
+                        path: output.into(),
+                        message: format!(
+                            "another gemma-embed run is writing it (it holds {}): wait for that \
+                             run, or stop it and rerun this command to resume its work",
+                            path.display()
+                        ),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
+            }
+            // The run that held it may have finished and removed the file between the open and
+            // the lock: then this lock is on a file no longer there, and the next open makes a
+            // new one.
+            let held = file.metadata().map_err(io_error)?;
+            match std::fs::metadata(&path) {
+                Ok(there) if same_inode(&held, &there) => return Ok(Self { path, _file: file }),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(io_error(source)),
+            }
+        }
+    }
+}
+
+fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still locked: a run waiting on this file finds it gone and retries.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Remove the file at `path` if there is one; whether there was.
 pub fn remove_if_there(path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {

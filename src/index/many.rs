@@ -100,6 +100,23 @@ pub fn plan(inputs: &[String], dir: &Path, format: OutputFormat) -> Result<Vec<F
             output,
         });
     }
+    // An output named as another's checkpoint, rejects, ... file would be taken for it.
+    for job in &jobs {
+        for side in super::checkpoint::side_files(&job.output) {
+            let name = side.file_name().unwrap_or_default().to_string_lossy();
+            if let Some(other) = output_inputs.get(&name.to_lowercase()) {
+                return Err(Error::File {
+                    path: (*other).into(),
+                    message: format!(
+                        "its output would be {}, a file the job of {} writes beside its own \
+                         output: inputs need names that are not another's plus a suffix",
+                        side.display(),
+                        job.input
+                    ),
+                });
+            }
+        }
+    }
     // An input in `dir` named as its own output would pass for done (or be overwritten). A
     // directory not made yet holds no input.
     let dir = dir.canonicalize().ok();
