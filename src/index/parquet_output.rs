@@ -464,7 +464,7 @@ mod tests {
     }
 
     fn id(i: u64) -> Value {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             Value::from(i)
         } else {
             Value::from(format!("doc-{i}"))

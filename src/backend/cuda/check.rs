@@ -305,7 +305,7 @@ impl L2Probe {
         sum: &mut CudaSlice<u32>,
         reps: u32,
     ) -> Result<()> {
-        if buffer.len() % 4 != 0 || sum.is_empty() {
+        if !buffer.len().is_multiple_of(4) || sum.is_empty() {
             return Err(Error::Cuda(format!(
                 "{L2_PROBE_KERNEL}: the buffer ({} words) must be whole 16-byte chunks and the \
                  sum one word ({})",

@@ -107,8 +107,8 @@ impl MlpKernel {
     /// without edge handling in either: refuse a model whose shape does not divide.
     pub fn check_shape(self, hidden: usize, intermediate: usize) -> Result<()> {
         let block_out = self.block_out();
-        if hidden % BLOCK_K != 0
-            || intermediate % block_out != 0
+        if !hidden.is_multiple_of(BLOCK_K)
+            || !intermediate.is_multiple_of(block_out)
             || hidden == 0
             || intermediate == 0
         {

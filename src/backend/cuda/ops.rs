@@ -219,17 +219,17 @@ fn check_row_shapes(
     head_dim: usize,
 ) -> std::result::Result<(), String> {
     let (max_hidden, max_head_dim) = (RESIDUAL_NORM_MAX_HIDDEN, QKV_POST_MAX_HEAD_DIM);
-    if hidden % 8 != 0 || hidden == 0 || hidden > max_hidden {
+    if !hidden.is_multiple_of(8) || hidden == 0 || hidden > max_hidden {
         return Err(format!(
             "hidden {hidden}: residual_norm needs a positive multiple of 8, at most {max_hidden}"
         ));
     }
-    if intermediate % 8 != 0 || intermediate == 0 {
+    if !intermediate.is_multiple_of(8) || intermediate == 0 {
         return Err(format!(
             "intermediate {intermediate}: geglu needs a positive multiple of 8"
         ));
     }
-    if head_dim % 16 != 0 || head_dim == 0 || head_dim > max_head_dim {
+    if !head_dim.is_multiple_of(16) || head_dim == 0 || head_dim > max_head_dim {
         return Err(format!(
             "head_dim {head_dim}: qkv_post needs a positive multiple of 16, at most {max_head_dim}"
         ));
@@ -569,7 +569,7 @@ impl Kernels {
             out_dim: u32_of(out_dim, "out_dim")?,
         };
         let quads = d.hidden / 4;
-        if d.hidden % 4 != 0 || quads > POOL_BLOCK as usize {
+        if !d.hidden.is_multiple_of(4) || quads > POOL_BLOCK as usize {
             return Err(Error::Cuda(format!(
                 "pool_embeddings needs hidden % 4 == 0 and hidden / 4 <= {POOL_BLOCK}, got hidden {}",
                 d.hidden

@@ -73,7 +73,7 @@ impl QkvKernel {
 /// The fused kernel computes one head of [`HEAD_DIM`] per CTA and tiles k by [`TILE_K`]
 /// without edge handling: refuse a model whose shape does not fit.
 pub fn check_shape(hidden: usize, head_dim: usize) -> Result<()> {
-    if head_dim != HEAD_DIM || hidden % TILE_K != 0 || hidden == 0 {
+    if head_dim != HEAD_DIM || !hidden.is_multiple_of(TILE_K) || hidden == 0 {
         return Err(Error::Cuda(format!(
             "{WGMMA_KERNEL} needs head_dim {HEAD_DIM} and hidden a multiple of {TILE_K}; the \
              model has head_dim {head_dim}, hidden {hidden} (unset GEMMA_EMBED_QKV to use \

@@ -43,7 +43,7 @@ pub const TMA_KERNEL: &str = "proj_residual_norm_tma";
 /// One cluster covers a whole row of [`CLUSTER`]·[`SLICE`] outputs, and k is tiled by
 /// [`TILE_K`] without edge handling: refuse a projection whose shape does not fit.
 pub fn check_shape(hidden: usize, k_dim: usize) -> Result<()> {
-    if hidden != CLUSTER * SLICE || k_dim % TILE_K != 0 || k_dim == 0 {
+    if hidden != CLUSTER * SLICE || !k_dim.is_multiple_of(TILE_K) || k_dim == 0 {
         return Err(Error::Cuda(format!(
             "{KERNEL} and {TMA_KERNEL} need hidden {} and the projection's input width a multiple \
              of {TILE_K}; got hidden {hidden}, input width {k_dim} (unset GEMMA_EMBED_BRANCH to \

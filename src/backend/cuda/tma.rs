@@ -85,9 +85,9 @@ fn check_box(ptr: u64, rows: usize, cols: usize, box_rows: usize, box_cols: usiz
         ))
     } else if box_rows == 0 || box_rows > MAX_BOX_ROWS {
         Some(format!("a box of {box_rows} rows (1..={MAX_BOX_ROWS})"))
-    } else if rows == 0 || cols == 0 || cols % box_cols != 0 {
+    } else if rows == 0 || cols == 0 || !cols.is_multiple_of(box_cols) {
         Some(format!("{cols} columns are not whole boxes of {box_cols}"))
-    } else if ptr % 16 != 0 {
+    } else if !ptr.is_multiple_of(16) {
         Some(format!("address {ptr:#x} is not 16-byte aligned"))
     } else {
         None
