@@ -435,15 +435,16 @@ fn embed(args: EmbedArgs) -> Result<()> {
         } else {
             ProgressMode::for_stderr()
         },
-        // Batch sizes are left out on purpose: embeddings do not depend on them.
+        // Batch sizes are left out on purpose: embeddings do not depend on them. So is the
+        // model's path: its content sample names it wherever it lies (a Hugging Face cache
+        // moving to a new snapshot of the same weights, a copied directory).
         params: serde_json::json!({
-            "model": display_dir(&dir),
             "model_sample": index::content_sample(&gemma_embed::model::weight_files(&dir)?)?,
             "backend": backend_name,
         }),
     };
     let manifest_written =
-        several && index::many::claim_directory(&args.output, &options.manifest_params())?;
+        several && index::many::claim_directory(&args.output, &options.output_params())?;
     let start = std::time::Instant::now();
     let mut total = job::JobSummary::default();
     let (mut embedded, mut done_before) = (0, 0);

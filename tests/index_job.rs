@@ -1687,3 +1687,37 @@ fn one_run_at_a_time_writes_an_output() {
         stderr_of(&out)
     );
 }
+
+/// A job names its model by content, not by path: killed, and rerun with the same weights in
+/// another folder (a Hugging Face cache on a new snapshot, a copied directory), it resumes.
+#[test]
+fn a_job_resumes_with_the_same_model_in_another_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &corpus(1500));
+    let input = input.to_str().unwrap();
+    let whole = dir.path().join("whole.npy");
+    let args = killable_embed(input, &whole, &[]);
+    run_ok(&strs(&args));
+    let output = dir.path().join("out.npy");
+    let args = killable_embed(input, &output, &[]);
+    let checkpoint = dir.path().join("out.npy.checkpoint");
+    assert!(
+        kill_twice(&strs(&args), &checkpoint, 1) >= 1,
+        "finished before the kill"
+    );
+    let moved = copy_of_tiny_model(&dir.path().join("moved-model"));
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .arg("embed")
+        .arg("--model")
+        .arg(&moved)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+}

@@ -152,8 +152,9 @@ impl JobOptions {
         checkpoint::rejects_path(&self.output)
     }
 
-    /// What shapes the rows whatever the input: model, backend, prompt, columns, format,
-    /// dimensions, ... (one record for the many outputs of a job over many files).
+    /// What shapes the rows whatever the input: model (by its content sample, not its path, so
+    /// that machines that keep it in other places share one job), backend, prompt, columns,
+    /// format, dimensions, ... (one record for the many outputs of a job over many files).
     pub fn output_params(&self) -> Value {
         let row_group_rows =
             (self.output_format == OutputFormat::Parquet).then_some(self.row_group_rows);
@@ -175,22 +176,11 @@ impl JobOptions {
         params
     }
 
-    /// What a directory of outputs records of them ([`super::many::MANIFEST_NAME`]): the
-    /// output parameters but the model's path (its content sample stays), so that machines that
-    /// keep the model in other places share one directory.
-    pub fn manifest_params(&self) -> Value {
-        let mut params = self.output_params();
-        if let Some(job) = params.get_mut("job").and_then(Value::as_object_mut) {
-            job.remove("model");
-        }
-        params
-    }
-
     /// What every shard of one `--shard I/N` job shares ([`ShardRecord::params`]): the
     /// manifest's parameters and the input's format, size and content sample
     /// ([`super::content_sample`]; a directory's file count only); no paths.
     fn shard_params(&self, fingerprint: &Value) -> Result<Value> {
-        let mut params = self.manifest_params();
+        let mut params = self.output_params();
         let fields = params
             .as_object_mut()
             .expect("output parameters are an object");
