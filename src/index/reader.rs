@@ -735,6 +735,12 @@ impl RecordReader {
             let line = self.position.line;
             let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            // A byte-order mark opening the file (as Windows tools write UTF-8) is no text, as
+            // the CSV reader and pandas take it.
+            let raw = match line {
+                1 => raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw),
+                _ => raw,
+            };
             let error = |message: String| Error::Line {
                 source_name: self.name.clone(),
                 line,
@@ -1250,6 +1256,22 @@ mod tests {
         assert_eq!(empty_line.len(), 1);
         assert_eq!(empty_line[0].content, Content::Text(String::new()));
         assert!(read("in.txt", b"", InputFormat::Text).unwrap().is_empty());
+        // A byte-order mark opening the file is no text; one further on is kept as it is.
+        let marked = read(
+            "in.txt",
+            b"\xef\xbb\xbfone\n\xef\xbb\xbftwo\n",
+            InputFormat::Text,
+        )
+        .unwrap();
+        assert_eq!(marked[0].content, Content::Text("one".into()));
+        assert_eq!(marked[1].content, Content::Text("\u{feff}two".into()));
+        let json = read(
+            "in.jsonl",
+            b"\xef\xbb\xbf{\"text\": \"a\"}\n",
+            InputFormat::Jsonl,
+        )
+        .unwrap();
+        assert_eq!(json[0].content, Content::Text("a".into()));
     }
 
     #[test]
