@@ -978,6 +978,19 @@ fn bad_parquet_inputs_are_named() {
             "line": 3, "doc": 2, "id": 12, "error": "null text (--text-column `text`)"
         })
     );
+    // Without an id column, its row number: the id its row would have had.
+    run_ok(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        output,
+        "--on-error",
+        "skip",
+    ]);
+    let rejects = std::fs::read_to_string(dir.path().join("out.jsonl.rejects.jsonl")).unwrap();
+    let reject: Value = serde_json::from_str(rejects.trim()).unwrap();
+    assert_eq!(reject["id"], 3, "{reject}");
 }
 
 #[test]

@@ -767,11 +767,13 @@ impl RecordReader {
                 }),
                 Ok(text) => parse_json_line(line, text, &self.columns).map_err(error),
             };
-            // A line refused for its text still names itself by its own id, where it has one.
+            // A line refused for its text still names itself by the id its row would have had,
+            // where that is known.
             let known_id = match (&record, text) {
                 (Err(_), Ok(text)) if self.format == InputFormat::Jsonl => {
-                    json_line_id(text, &self.columns)
+                    json_line_id(line, text, &self.columns)
                 }
+                (Err(_), _) if self.format == InputFormat::Text => Some(Value::from(line)),
                 _ => None,
             };
             return Ok(Some(Document {
@@ -855,7 +857,8 @@ impl RecordReader {
                 },
             }),
             Err(RowError { id, message }) => {
-                known_id = id;
+                // Without an id column, the id its row would have had is its number.
+                known_id = id.or_else(|| self.columns.id.is_none().then(|| Value::from(number)));
                 Err(Error::Row {
                     source_name: self.name.clone(),
                     row: number,
@@ -915,13 +918,15 @@ impl RecordReader {
                 },
             }),
         };
+        // A bad row is named by the id its row would have had where that is its line number.
+        let known_id = (record.is_err() && places.id.is_none()).then(|| Value::from(line));
         self.position.offset = next;
         self.position.line += breaks.all;
         let doc = self.position.docs;
         self.position.docs += 1;
         Ok(Some(Document {
             doc,
-            known_id: None,
+            known_id,
             line,
             record,
         }))
@@ -944,14 +949,23 @@ fn csv_row_problem(error: &csv::Error) -> String {
     }
 }
 
+/// The id the row of JSON line `line` would have had: its `--id-column` field, else its `id`
+/// where that is a string or a number, else (no `id` field) its line number. `None` where the
+/// line is not JSON, or its id field is missing or of another type.
+fn json_line_id(line: usize, text: &str, columns: &InputColumns) -> Option<Value> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    match (
+        value.get(columns.id.as_deref().unwrap_or("id")),
+        &columns.id,
+    ) {
+        (Some(id), _) => (id.is_string() || id.is_number()).then(|| id.clone()),
+        (None, None) => Some(Value::from(line)),
+        (None, Some(_)) => None,
+    }
+}
+
 /// A JSON line's record, its text and id from the fields `columns` names (other fields left
 /// alone); the error message is about the line (the caller names it).
-/// The id of a JSON line (its `--id-column` field, else `id`) where it is a string or a number.
-fn json_line_id(text: &str, columns: &InputColumns) -> Option<Value> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    let id = value.get(columns.id.as_deref().unwrap_or("id"))?;
-    (id.is_string() || id.is_number()).then(|| id.clone())
-}
 
 fn parse_json_line(
     line: usize,
@@ -1125,7 +1139,8 @@ mod tests {
         let path = dir.path().join("in.jsonl");
         std::fs::write(
             &path,
-            "{\"id\": \"x1\", \"text\": null}\n{\"id\": 7, \"ids\": [-1]}\nnot json\n{\"id\": [1], \"text\": 2}\n",
+            "{\"id\": \"x1\", \"text\": null}\n{\"id\": 7, \"ids\": [-1]}\nnot json\n{\"id\": [1], \"text\": 2}\n\
+             {\"text\": 3}\n",
         )
         .unwrap();
         let docs = documents(
@@ -1137,7 +1152,14 @@ mod tests {
         let ids: Vec<Option<Value>> = docs.into_iter().map(|d| d.known_id).collect();
         assert_eq!(
             ids,
-            [Some(Value::from("x1")), Some(Value::from(7)), None, None]
+            [
+                Some(Value::from("x1")),
+                Some(Value::from(7)),
+                None,
+                None,
+                // No id of its own: its line number, as its row's id would have been.
+                Some(Value::from(5))
+            ]
         );
     }
 
