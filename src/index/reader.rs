@@ -966,7 +966,6 @@ fn json_line_id(line: usize, text: &str, columns: &InputColumns) -> Option<Value
 
 /// A JSON line's record, its text and id from the fields `columns` names (other fields left
 /// alone); the error message is about the line (the caller names it).
-
 fn parse_json_line(
     line: usize,
     text: &str,
