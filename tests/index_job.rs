@@ -597,8 +597,28 @@ fn a_checkpoint_of_other_parameters_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("a checkpoint of another command") && stderr.contains("dimensions: 1 ->"),
+        stderr.contains("a checkpoint of another command")
+            && stderr.contains("dimensions: 1 ->")
+            && stderr.contains("rerun that command to finish it"),
         "{stderr}"
+    );
+    // A file that is no checkpoint at all is named, with the way out.
+    std::fs::write(dir.path().join("out.npy.checkpoint"), "garbage").unwrap();
+    let out = gemma_embed(&[
+        "embed",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("out.npy.checkpoint: not a checkpoint (")
+            && stderr_of(&out).contains("out.npy.partial to start over"),
+        "{}",
+        stderr_of(&out)
     );
 }
 
@@ -1076,7 +1096,8 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
         let out = gemma_embed(&killed_args).output().unwrap();
         assert!(!out.status.success());
         assert!(
-            stderr_of(&out).contains("a checkpoint of another command"),
+            stderr_of(&out).contains("a checkpoint of another command")
+                && stderr_of(&out).contains("the input changed since"),
             "{}",
             stderr_of(&out)
         );

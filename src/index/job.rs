@@ -293,17 +293,41 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
         .then(|| DirectoryListing::read(Path::new(&options.input)))
         .transpose()?;
     let params = options.fingerprint(listing.as_ref())?;
-    let resume = match Checkpoint::load(&checkpoint_path)? {
+    let loaded = Checkpoint::load(&checkpoint_path).map_err(|e| match e {
+        Error::Json { path, source } => Error::File {
+            path,
+            message: format!(
+                "not a checkpoint ({source}): delete it and {} to start over",
+                partial_path.display()
+            ),
+        },
+        other => other,
+    })?;
+    let resume = match loaded {
         Some(checkpoint) if checkpoint.params != params => {
+            let input_only = ["input_len", "input_modified"].iter().fold(
+                checkpoint.params.clone(),
+                |mut old, key| {
+                    old[*key] = params[*key].clone();
+                    old
+                },
+            ) == params;
+            let partial = partial_path.display();
+            let remedy = if input_only {
+                format!(
+                    "the input changed since, and its rows are the old input's: delete this file \
+                     and {partial} to start over"
+                )
+            } else {
+                format!("rerun that command to finish it, or delete this file and {partial} to start over")
+            };
             return Err(Error::File {
                 path: checkpoint_path,
                 message: format!(
-                    "a checkpoint of another command ({}); rerun that command to finish it, or \
-                     delete this file and {} to start over",
+                    "a checkpoint of another command ({}); {remedy}",
                     differences(&checkpoint.params, &params),
-                    partial_path.display()
                 ),
-            })
+            });
         }
         Some(checkpoint) if partial_path.exists() => Some(checkpoint),
         Some(_) => {

@@ -614,7 +614,9 @@ impl RecordReader {
             if start.offset != 0 {
                 return Err(Error::File {
                     path: name.into(),
-                    message: "standard input cannot be resumed: give a file".into(),
+                    message: "standard input cannot be resumed: give a file, or delete the job's \
+                              checkpoint to start over"
+                        .into(),
                 });
             }
             let stdin = BufReader::with_capacity(1 << 20, std::io::stdin());
