@@ -491,7 +491,7 @@ fn an_error_says_its_cause_once() {
 }
 
 #[test]
-fn tokenize_refuses_to_write_over_its_input() {
+fn tokenize_refuses_to_write_over_its_input_or_into_a_missing_folder() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"text\": \"w1 w2\"}\n").unwrap();
@@ -515,5 +515,22 @@ fn tokenize_refuses_to_write_over_its_input() {
     assert_eq!(
         std::fs::read_to_string(input).unwrap(),
         "{\"text\": \"w1 w2\"}\n"
+    );
+    // An output in a folder that is not there is named as given, not by its temporary name.
+    let missing = dir.path().join("no-such-folder/ids.jsonl");
+    let out = run(&[
+        "tokenize",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input,
+        "--output",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no-such-folder/ids.jsonl: its folder does not exist"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -460,9 +460,16 @@ impl AtomicFile {
 
     /// Written as `tmp`, which must be on the file system of `dest` (for the rename).
     pub fn create_at(dest: &Path, tmp: PathBuf) -> Result<Self> {
-        let file = File::create(&tmp).map_err(|source| Error::Io {
-            path: tmp.clone(),
-            source,
+        let file = File::create(&tmp).map_err(|source| match source.kind() {
+            // Named by the file the caller asked for: the temporary name means nothing to them.
+            std::io::ErrorKind::NotFound => Error::File {
+                path: dest.into(),
+                message: "its folder does not exist".into(),
+            },
+            _ => Error::Io {
+                path: tmp.clone(),
+                source,
+            },
         })?;
         Ok(Self {
             dest: dest.into(),
