@@ -493,10 +493,10 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
         ),
         (
             "tei direction",
-            tei(br#"{"inputs": "a", "truncate": true, "truncation_direction": "up"}"#),
+            tei(br#"{"inputs": "a", "truncate": true, "truncation_direction": "Up"}"#),
             422,
             Tei,
-            "`truncation_direction`",
+            "`truncation_direction`: must be `Right` or `Left`, got `Up`",
         ),
         (
             "tei direction without truncate",

@@ -627,9 +627,10 @@ fn truncation(
     } else {
         None
     };
-    let truncation = match direction.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("right") => Truncation::Truncate,
-        Some("left") => Truncation::TruncateLeft,
+    let truncation = match direction {
+        None => Truncation::Truncate,
+        Some(given) if given.eq_ignore_ascii_case("right") => Truncation::Truncate,
+        Some(given) if given.eq_ignore_ascii_case("left") => Truncation::TruncateLeft,
         Some(other) => {
             return Err(ApiError::field(
                 "truncation_direction",
