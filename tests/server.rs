@@ -1369,11 +1369,18 @@ fn limits_that_admit_nothing_are_refused_at_start() {
 }
 
 #[test]
-fn clients_that_never_finish_a_request_are_disconnected() {
+fn clients_that_never_finish_a_request_are_disconnected_and_counted() {
     use std::io::{Read, Write};
     let server = Server::start(
         &common::tiny_model_dir(),
-        &["--backend", "cpu", "--header-timeout", "1"],
+        &[
+            "--backend",
+            "cpu",
+            "--header-timeout",
+            "1",
+            "--max-client-batch-size",
+            "20000",
+        ],
     );
     let address = server.url.trim_start_matches("http://");
     let connect = || {
@@ -1422,6 +1429,28 @@ fn clients_that_never_finish_a_request_are_disconnected() {
     let mut answer = [0u8; 12];
     invented.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 405");
+    // A client that goes away before its answer is counted as 499, as nginx logs it.
+    let mut gone = connect();
+    let body = json!({"inputs": vec!["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10"; 12000]}).to_string();
+    gone.write_all(
+        format!(
+            "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(gone);
+    let closed = r#"gemma_embed_requests_total{method="POST",route="/embed",status="499"}"#;
+    let start = std::time::Instant::now();
+    while !server.get("/metrics", &[]).body.contains(closed) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no 499 counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let metrics = server.get("/metrics", &[]).body;
     assert!(!metrics.contains("FROBNICATE"), "{metrics}");
     assert_eq!(

@@ -463,18 +463,43 @@ async fn record_request(
     request: HttpRequest,
     next: Next,
 ) -> Response {
-    let start = Instant::now();
     // A shared handle to the route's pattern: no copy of the string per request.
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
+    let mut record = RequestRecord {
+        state: &state,
+        method: method_label(request.method()),
+        route,
+        start: Instant::now(),
+        status: CLIENT_CLOSED_REQUEST,
+    };
     let response = next.run(request).await;
-    state.metrics.record_request(
-        method_label(&method),
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        response.status().as_u16(),
-        start.elapsed(),
-    );
+    record.status = response.status().as_u16();
     response
+}
+
+/// The status counted for a request whose client went away before its answer (its handler
+/// dropped mid-way), as nginx logs it.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// One request's line in the metrics, written when the request ends: answered, or dropped
+/// with its connection ([`CLIENT_CLOSED_REQUEST`]).
+struct RequestRecord<'a> {
+    state: &'a AppState,
+    method: &'static str,
+    route: Option<MatchedPath>,
+    start: Instant,
+    status: u16,
+}
+
+impl Drop for RequestRecord<'_> {
+    fn drop(&mut self) {
+        self.state.metrics.record_request(
+            self.method,
+            self.route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            self.status,
+            self.start.elapsed(),
+        );
+    }
 }
 
 /// The metrics label of a request's method: the methods of RFC 9110 and PATCH by name, any
