@@ -42,7 +42,7 @@ fn cuda_embeddings_match_sentence_transformers_with_every_kernel_choice() {
     let Some(dir) = common::real_model_dir() else {
         return;
     };
-    let model = Model::load_dir(&dir).expect("load the real model");
+    let model = std::sync::Arc::new(Model::load_dir(&dir).expect("load the real model"));
     let golden = common::golden();
     let batch = golden.batch();
     let dim = model.config.embedding_dim;
@@ -62,6 +62,12 @@ fn cuda_embeddings_match_sentence_transformers_with_every_kernel_choice() {
             }
         }
     }
+    // The CPU backend's divisors, what takes each row back to the Dense output (TEI's
+    // `normalize: false`): bf16 activations move them by far less than 1 %.
+    let cpu_norms = gemma_embed::backend::cpu::CpuBackend::new(std::sync::Arc::clone(&model))
+        .and_then(|mut cpu| cpu.forward(&batch, dim))
+        .expect("CPU forward")
+        .norms;
     for options in combinations {
         let label = options.describe();
         let out = cuda_forward(&model, options, &batch).expect("CUDA forward");
@@ -70,5 +76,12 @@ fn cuda_embeddings_match_sentence_transformers_with_every_kernel_choice() {
             worst >= PARITY,
             "{label}: worst cosine {worst:.6} < {PARITY}"
         );
+        for (i, (got, want)) in out.norms.iter().zip(&cpu_norms).enumerate() {
+            assert!(
+                ((got - want) / want).abs() < 1e-2,
+                "{label}: sequence {i}: norm {got} against the CPU's {want}"
+            );
+        }
+        assert_eq!(out.norms.len(), cpu_norms.len(), "{label}");
     }
 }
