@@ -436,10 +436,10 @@ fn embed(args: EmbedArgs) -> Result<()> {
             ProgressMode::for_stderr()
         },
         // Batch sizes are left out on purpose: embeddings do not depend on them. So is the
-        // model's path: its content sample names it wherever it lies (a Hugging Face cache
+        // model's path: the CRC of its weights names it wherever it lies (a Hugging Face cache
         // moving to a new snapshot of the same weights, a copied directory).
         params: serde_json::json!({
-            "model_sample": index::content_sample(&gemma_embed::model::weight_files(&dir)?)?,
+            "model_crc32": index::content_crc32(&gemma_embed::model::weight_files(&dir)?)?,
             "backend": backend_name,
         }),
     };
@@ -1135,11 +1135,14 @@ struct ServeArgs {
 
 /// `gemma-embed serve`: load and warm up the model, then listen until SIGTERM or SIGINT.
 fn serve(args: ServeArgs) -> Result<()> {
-    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
-        bail!("--shutdown-timeout must be a non-negative number of seconds");
+    // At most a day: longer is no timeout a client could tell apart, and a deadline past the
+    // clock's range would overflow.
+    const DAY: f64 = 86_400.0;
+    if !(0.0..=DAY).contains(&args.shutdown_timeout) {
+        bail!("--shutdown-timeout must be a number of seconds from 0 to {DAY} (a day)");
     }
-    if !(args.header_timeout.is_finite() && args.header_timeout > 0.0) {
-        bail!("--header-timeout must be a positive number of seconds");
+    if !(args.header_timeout > 0.0 && args.header_timeout <= DAY) {
+        bail!("--header-timeout must be a positive number of seconds, at most {DAY} (a day)");
     }
     if args.max_client_batch_size == 0 {
         bail!("--max-client-batch-size must be at least 1 (inputs per request)");

@@ -602,6 +602,39 @@ fn a_checkpoint_of_other_parameters_is_refused() {
             && stderr.contains("rerun that command to finish it"),
         "{stderr}"
     );
+    // Parameters of another shape, and an earlier version's (the model named by path), are
+    // refused with what can be done.
+    for (params, expected) in [
+        ("[1]", "rerun that command"),
+        (
+            r#"{"job": {"model": "/m", "model_sample": "crc32:0"}}"#,
+            "written by an earlier gemma-embed: finish it with that version",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join("out.npy.checkpoint"),
+            format!(
+                r#"{{"params": {params}, "rows": 0, "output_bytes": 0, "rejects": 0,
+                    "rejects_bytes": 0, "input_offset": 0, "input_line": 0, "input_docs": 0}}"#
+            ),
+        )
+        .unwrap();
+        let out = gemma_embed(&[
+            "embed",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(expected),
+            "{params}: {}",
+            stderr_of(&out)
+        );
+    }
     // A file that is no checkpoint at all is named, with the way out.
     std::fs::write(dir.path().join("out.npy.checkpoint"), "garbage").unwrap();
     let out = gemma_embed(&[

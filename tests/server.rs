@@ -1319,6 +1319,11 @@ fn tei_root_sagemaker_and_vertex_routes_answer_as_embed() {
             422,
             "`instances[1].inputs[0]`: token 1: id 99999 is outside",
         ),
+        (
+            json!({"instances": [{"inputs": "w1"}, {"inputs": "w2", "dimensions": 100000}]}),
+            422,
+            "`instances[1].dimensions`: must be in 1..=",
+        ),
     ] {
         let answer = server.post_bytes("/vertex", body.to_string().as_bytes(), &key);
         assert_eq!(answer.status, status, "{body}: {}", answer.body);
@@ -1355,6 +1360,16 @@ fn limits_that_admit_nothing_are_refused_at_start() {
             "--header-timeout",
             "0",
             "--header-timeout must be a positive number",
+        ),
+        (
+            "--header-timeout",
+            "1e19",
+            "--header-timeout must be a positive number of seconds, at most 86400",
+        ),
+        (
+            "--shutdown-timeout",
+            "1e20",
+            "--shutdown-timeout must be a number of seconds from 0 to 86400",
         ),
         (
             "--max-queued-tokens",

@@ -146,6 +146,17 @@ impl OutputLock {
                         ),
                     })
                 }
+                // A file system without locks (some network mounts): run, and say what is lost.
+                Err(std::fs::TryLockError::Error(e))
+                    if e.kind() == std::io::ErrorKind::Unsupported =>
+                {
+                    eprintln!(
+                        "warning: {}: cannot lock ({e}); a second run on this output would not be \
+                         refused",
+                        path.display()
+                    );
+                    return Ok(Self { path, _file: file });
+                }
                 Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
             }
             // The run that held it may have finished and removed the file between the open and

@@ -152,7 +152,7 @@ impl JobOptions {
         checkpoint::rejects_path(&self.output)
     }
 
-    /// What shapes the rows whatever the input: model (by its content sample, not its path, so
+    /// What shapes the rows whatever the input: model (by its weights' CRC, not its path, so
     /// that machines that keep it in other places share one job), backend, prompt, columns,
     /// format, dimensions, ... (one record for the many outputs of a job over many files).
     pub fn output_params(&self) -> Value {
@@ -305,15 +305,26 @@ pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
     })?;
     let resume = match loaded {
         Some(checkpoint) if checkpoint.params != params => {
-            let input_only = ["input_len", "input_modified"].iter().fold(
-                checkpoint.params.clone(),
-                |mut old, key| {
-                    old[*key] = params[*key].clone();
-                    old
-                },
-            ) == params;
+            let input_only = match checkpoint.params.clone() {
+                Value::Object(mut old) => {
+                    for key in ["input_len", "input_modified"] {
+                        old.insert(key.into(), params[key].clone());
+                    }
+                    Value::Object(old) == params
+                }
+                _ => false,
+            };
+            // Before the model was named by its weights' CRC (it was by path and sample).
+            let earlier_version = checkpoint.params["job"]
+                .as_object()
+                .is_some_and(|job| !job.contains_key("model_crc32"));
             let partial = partial_path.display();
-            let remedy = if input_only {
+            let remedy = if earlier_version {
+                format!(
+                    "it was written by an earlier gemma-embed: finish it with that version, or \
+                     delete this file and {partial} to start over"
+                )
+            } else if input_only {
                 format!(
                     "the input changed since, and its rows are the old input's: delete this file \
                      and {partial} to start over"

@@ -260,6 +260,31 @@ pub fn content_sample(paths: &[PathBuf]) -> Result<String> {
     Ok(format!("crc32:{:08x}", crc.finalize()))
 }
 
+/// The identity of the content of `paths`, every byte of it: a CRC-32 over each file's length
+/// and bytes, `crc32:XXXXXXXX`. For the model's weights, which a job names by content (a
+/// fine-tune of the same size differs somewhere in the middle, where [`content_sample`] does not
+/// look); they are read at load anyway.
+pub fn content_crc32(paths: &[PathBuf]) -> Result<String> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    for path in paths {
+        let io_error = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io_error)?;
+        crc.update(&file.metadata().map_err(io_error)?.len().to_le_bytes());
+        loop {
+            let read = file.read(&mut buffer).map_err(io_error)?;
+            if read == 0 {
+                break;
+            }
+            crc.update(&buffer[..read]);
+        }
+    }
+    Ok(format!("crc32:{:08x}", crc.finalize()))
+}
+
 /// The display name of an input path (`<stdin>` for `-`).
 pub fn source_name(path: &str) -> &str {
     if path == "-" {
@@ -523,7 +548,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn a_content_sample_follows_content_not_place() {
+    fn content_identities_follow_content_not_place() {
         let dir = tempfile::tempdir().unwrap();
         let sample = |name: &str, bytes: &[u8]| {
             let path = dir.path().join(name);
@@ -543,6 +568,15 @@ mod tests {
         assert_ne!(sample("first", &changed(10)), whole);
         assert_ne!(sample("last", &changed(base.len() - 10)), whole);
         assert_ne!(sample("longer", &[&base[..], b"x"].concat()), whole);
+        // The whole content's CRC sees the middle too.
+        let crc = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            content_crc32(&[path]).unwrap()
+        };
+        let whole = crc("crc-a", &base);
+        assert_eq!(crc("crc-elsewhere", &base), whole);
+        assert_ne!(crc("crc-middle", &changed(3 << 19)), whole);
         // The middle MiB is not read: the price of a cheap identity.
         assert_eq!(sample("middle", &changed(base.len() / 2)), whole);
         // A small file is read whole.

@@ -275,11 +275,20 @@ pub async fn serve(
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                // One client's connection gone before it was taken: the next.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                ) => continue,
                 // Out of file descriptors, say: the connections being served go on; try again.
                 Err(e) => {
                     eprintln!("cannot accept a connection: {e} (trying again in 1 s)");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
@@ -835,6 +844,15 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             .tokenizer()
             .named_or_default_prompt(query.prompt_name.as_deref())
             .map_err(|e| ApiError::from(e).within(&field))?;
+        let width = state.engine.embedding_dim();
+        if let Some(dimensions) = query.dimensions.filter(|d| !(1..=width).contains(d)) {
+            return Err(ApiError::field(
+                "dimensions",
+                format!("must be in 1..={width}, got {dimensions}"),
+            )
+            .within(&field)
+            .into());
+        }
         queries.push(query);
     }
     let total: usize = queries.iter().map(|q| q.inputs.len()).sum();
