@@ -497,40 +497,29 @@ fn tokenize_refuses_to_write_over_its_input_or_into_a_missing_folder() {
     std::fs::write(&input, "{\"text\": \"w1 w2\"}\n").unwrap();
     let input = input.to_str().unwrap();
     let model = common::tiny_model_dir();
-    let out = run(&[
-        "tokenize",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input,
-        "--output",
-        input,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("is the input: the token ids would overwrite it"),
-        "{}",
-        stderr(&out)
-    );
+    let missing = dir.path().join("no-such-folder/ids.jsonl");
+    for (output, message) in [
+        (input, "is the input: the token ids would overwrite it"),
+        // Named as given, not by its temporary name.
+        (
+            missing.to_str().unwrap(),
+            "no-such-folder/ids.jsonl: its folder does not exist",
+        ),
+    ] {
+        let out = run(&[
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input,
+            "--output",
+            output,
+        ]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(message), "{}", stderr(&out));
+    }
     assert_eq!(
         std::fs::read_to_string(input).unwrap(),
         "{\"text\": \"w1 w2\"}\n"
-    );
-    // An output in a folder that is not there is named as given, not by its temporary name.
-    let missing = dir.path().join("no-such-folder/ids.jsonl");
-    let out = run(&[
-        "tokenize",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input,
-        "--output",
-        missing.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no-such-folder/ids.jsonl: its folder does not exist"),
-        "{}",
-        stderr(&out)
     );
 }

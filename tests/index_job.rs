@@ -260,6 +260,27 @@ fn killable_embed(input: &str, output: &Path, extra: &[&str]) -> Vec<String> {
     .collect()
 }
 
+/// A 1,500-document input `in.jsonl` and the [`killable_embed`] job writing it to `out.npy`.
+struct KillableJob {
+    input: String,
+    output: PathBuf,
+    checkpoint: PathBuf,
+    args: Vec<String>,
+}
+
+fn killable_job(dir: &Path) -> KillableJob {
+    let input = dir.join("in.jsonl");
+    write_jsonl(&input, &corpus(1500));
+    let input = input.to_str().unwrap().to_string();
+    let output = dir.join("out.npy");
+    KillableJob {
+        args: killable_embed(&input, &output, &[]),
+        checkpoint: dir.join("out.npy.checkpoint"),
+        input,
+        output,
+    }
+}
+
 /// Run the job of `args` (writing `output`), SIGKILL it mid-run, rerun it: it resumes, and its
 /// output is byte for byte the uninterrupted run's `whole`.
 #[track_caller]
@@ -289,6 +310,18 @@ fn copy_of_tiny_model(dest: &Path) -> PathBuf {
         .unwrap();
     assert!(copied.success());
     dest.to_path_buf()
+}
+
+/// Run `args`, which must fail (exit 1) with `part` in its message.
+#[track_caller]
+fn assert_refused(args: &[&str], part: &str) {
+    let out = gemma_embed(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(part),
+        "{args:?}: {}",
+        stderr_of(&out)
+    );
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -579,46 +612,40 @@ fn a_checkpoint_of_other_parameters_is_refused() {
     let output = dir.path().join("out.npy");
     let partial = dir.path().join("out.npy.partial");
     std::fs::write(&partial, b"").unwrap();
-    std::fs::write(
-        dir.path().join("out.npy.checkpoint"),
-        r#"{"params": {"dimensions": 1}, "rows": 0, "output_bytes": 0, "rejects": 0,
-            "rejects_bytes": 0, "input_offset": 0, "input_line": 0, "input_docs": 0}"#,
-    )
-    .unwrap();
-    let out = gemma_embed(&[
-        "embed",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("a checkpoint of another command")
-            && stderr.contains("dimensions: 1 ->")
-            && stderr.contains("rerun that command to finish it"),
-        "{stderr}"
-    );
-    // Parameters of another shape, and an earlier version's (the model named by path), are
-    // refused with what can be done.
-    for (params, expected) in [
-        ("[1]", "rerun that command"),
-        (
-            r#"{"job": {"model": "/m", "model_sample": "crc32:0"}}"#,
-            "written by an earlier gemma-embed: finish it with that version",
-        ),
-    ] {
-        std::fs::write(
-            dir.path().join("out.npy.checkpoint"),
-            format!(
-                r#"{{"params": {params}, "rows": 0, "output_bytes": 0, "rejects": 0,
-                    "rejects_bytes": 0, "input_offset": 0, "input_line": 0, "input_docs": 0}}"#
-            ),
+    // Each checkpoint is refused, naming what is wrong and what can be done.
+    let checkpoint_of = |params: &str| {
+        format!(
+            r#"{{"params": {params}, "rows": 0, "output_bytes": 0, "rejects": 0,
+                "rejects_bytes": 0, "input_offset": 0, "input_line": 0, "input_docs": 0}}"#
         )
-        .unwrap();
+    };
+    let cases = [
+        (
+            checkpoint_of(r#"{"dimensions": 1}"#),
+            vec![
+                "a checkpoint of another command",
+                "dimensions: 1 ->",
+                "rerun that command to finish it",
+            ],
+        ),
+        // Parameters of another shape.
+        (checkpoint_of("[1]"), vec!["rerun that command"]),
+        // An earlier version's (the model named by path and sample).
+        (
+            checkpoint_of(r#"{"job": {"model": "/m", "model_sample": "crc32:0"}}"#),
+            vec!["written by an earlier gemma-embed: finish it with that version"],
+        ),
+        // A file that is no checkpoint at all.
+        (
+            "garbage".to_string(),
+            vec![
+                "out.npy.checkpoint: not a checkpoint (",
+                "out.npy.partial to start over",
+            ],
+        ),
+    ];
+    for (checkpoint, expected) in cases {
+        std::fs::write(dir.path().join("out.npy.checkpoint"), &checkpoint).unwrap();
         let out = gemma_embed(&[
             "embed",
             "--input",
@@ -629,30 +656,14 @@ fn a_checkpoint_of_other_parameters_is_refused() {
         .output()
         .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-        assert!(
-            stderr_of(&out).contains(expected),
-            "{params}: {}",
-            stderr_of(&out)
-        );
+        for part in expected {
+            assert!(
+                stderr_of(&out).contains(part),
+                "{checkpoint}: {}",
+                stderr_of(&out)
+            );
+        }
     }
-    // A file that is no checkpoint at all is named, with the way out.
-    std::fs::write(dir.path().join("out.npy.checkpoint"), "garbage").unwrap();
-    let out = gemma_embed(&[
-        "embed",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("out.npy.checkpoint: not a checkpoint (")
-            && stderr_of(&out).contains("out.npy.partial to start over"),
-        "{}",
-        stderr_of(&out)
-    );
 }
 
 #[test]
@@ -1341,12 +1352,9 @@ fn compressed_inputs_embed_like_plain_ones_and_resume() {
 #[test]
 fn checkpoints_resume_across_on_error_and_columns_that_do_not_fit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write_jsonl(&input, &corpus(1500));
-    let input = input.to_str().unwrap();
-    let output = dir.path().join("out.npy");
-    let checkpoint = dir.path().join("out.npy.checkpoint");
-    let args = killable_embed(input, &output, &[]);
+    let KillableJob {
+        checkpoint, args, ..
+    } = killable_job(dir.path());
     assert!(
         kill_twice(&strs(&args), &checkpoint, 1) >= 1,
         "finished before the kill"
@@ -1674,13 +1682,14 @@ fn rejects_of_an_interrupted_skip_run_survive_a_resume_under_fail() {
 #[test]
 fn one_run_at_a_time_writes_an_output() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write_jsonl(&input, &corpus(1500));
-    let input = input.to_str().unwrap();
-    let output = dir.path().join("out.npy");
-    let checkpoint = dir.path().join("out.npy.checkpoint");
+    let KillableJob {
+        input,
+        output,
+        checkpoint,
+        args,
+    } = killable_job(dir.path());
+    let input = input.as_str();
     let lock = dir.path().join("out.npy.lock");
-    let args = killable_embed(input, &output, &[]);
     let mut first = gemma_embed(&strs(&args))
         .stderr(Stdio::null())
         .spawn()
@@ -1693,12 +1702,9 @@ fn one_run_at_a_time_writes_an_output() {
         first.try_wait().unwrap().is_none(),
         "finished before the second run"
     );
-    let second = gemma_embed(&strs(&args)).output().unwrap();
-    assert!(!second.status.success());
-    assert!(
-        stderr_of(&second).contains("another gemma-embed run is writing it (it holds"),
-        "{}",
-        stderr_of(&second)
+    assert_refused(
+        &strs(&args),
+        "another gemma-embed run is writing it (it holds",
     );
     first.kill().unwrap();
     first.wait().unwrap();
@@ -1711,22 +1717,17 @@ fn one_run_at_a_time_writes_an_output() {
 
     let own = dir.path().join("x.npy.partial");
     std::fs::copy(input, &own).unwrap();
-    let out = gemma_embed(&[
-        "embed",
-        "--input",
-        own.to_str().unwrap(),
-        "--input-format",
-        "jsonl",
-        "--output",
-        dir.path().join("x.npy").to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("is where the job writing"),
-        "{}",
-        stderr_of(&out)
+    assert_refused(
+        &[
+            "embed",
+            "--input",
+            own.to_str().unwrap(),
+            "--input-format",
+            "jsonl",
+            "--output",
+            dir.path().join("x.npy").to_str().unwrap(),
+        ],
+        "is where the job writing",
     );
     assert!(own.exists(), "the input was removed");
 
@@ -1735,23 +1736,18 @@ fn one_run_at_a_time_writes_an_output() {
     for path in [&a, &a_rejects] {
         std::fs::copy(input, path).unwrap();
     }
-    let out = gemma_embed(&[
-        "embed",
-        "--input",
-        a.to_str().unwrap(),
-        a_rejects.to_str().unwrap(),
-        "--output",
-        dir.path().join("several").to_str().unwrap(),
-        "--output-format",
-        "jsonl",
-    ])
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr_of(&out).contains("a file the job of"),
-        "{}",
-        stderr_of(&out)
+    assert_refused(
+        &[
+            "embed",
+            "--input",
+            a.to_str().unwrap(),
+            a_rejects.to_str().unwrap(),
+            "--output",
+            dir.path().join("several").to_str().unwrap(),
+            "--output-format",
+            "jsonl",
+        ],
+        "a file the job of",
     );
 }
 
@@ -1760,15 +1756,14 @@ fn one_run_at_a_time_writes_an_output() {
 #[test]
 fn a_job_resumes_with_the_same_model_in_another_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write_jsonl(&input, &corpus(1500));
-    let input = input.to_str().unwrap();
+    let KillableJob {
+        input,
+        output,
+        checkpoint,
+        args,
+    } = killable_job(dir.path());
     let whole = dir.path().join("whole.npy");
-    let args = killable_embed(input, &whole, &[]);
-    run_ok(&strs(&args));
-    let output = dir.path().join("out.npy");
-    let args = killable_embed(input, &output, &[]);
-    let checkpoint = dir.path().join("out.npy.checkpoint");
+    run_ok(&strs(&killable_embed(&input, &whole, &[])));
     assert!(
         kill_twice(&strs(&args), &checkpoint, 1) >= 1,
         "finished before the kill"
