@@ -375,6 +375,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
                 args.output.display()
             );
         }
+        // A run already writing the output refuses this one now, not after the model loads
+        // (the job takes the lock again for its whole run).
+        drop(job::lock_output(&input.input[0], &args.output)?);
         vec![index::many::FileJob {
             input: input.input[0].clone(),
             output: args.output.clone(),

@@ -312,9 +312,9 @@ fn copy_of_tiny_model(dest: &Path) -> PathBuf {
     dest.to_path_buf()
 }
 
-/// Run `args`, which must fail (exit 1) with `part` in its message.
+/// Run `args`, which must fail (exit 1) with `part` in its message; its stderr.
 #[track_caller]
-fn assert_refused(args: &[&str], part: &str) {
+fn assert_refused(args: &[&str], part: &str) -> String {
     let out = gemma_embed(args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
     assert!(
@@ -322,6 +322,7 @@ fn assert_refused(args: &[&str], part: &str) {
         "{args:?}: {}",
         stderr_of(&out)
     );
+    stderr_of(&out)
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -1702,10 +1703,12 @@ fn one_run_at_a_time_writes_an_output() {
         first.try_wait().unwrap().is_none(),
         "finished before the second run"
     );
-    assert_refused(
+    let refused = assert_refused(
         &strs(&args),
         "another gemma-embed run is writing it (it holds",
     );
+    // Before it loaded the model and opened a backend.
+    assert!(!refused.contains("backend:"), "{refused}");
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(lock.exists());

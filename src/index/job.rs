@@ -264,28 +264,33 @@ struct Chunk {
     progress: u64,
 }
 
+/// The lock of the job writing `output` from `input`: refused when another run holds it, or
+/// when the input is one of the files the job keeps beside its output (it would be removed).
+pub fn lock_output(input: &str, output: &Path) -> Result<checkpoint::OutputLock> {
+    if let Some(side) = checkpoint::side_files(output)
+        .into_iter()
+        .find(|side| super::many::same_file(Path::new(input), side))
+    {
+        return Err(Error::File {
+            path: input.into(),
+            message: format!(
+                "it is where the job writing {} keeps its own files ({}): rename the input or \
+                 choose another --output",
+                output.display(),
+                side.display()
+            ),
+        });
+    }
+    checkpoint::OutputLock::acquire(output)
+}
+
 /// Run the job to its end (resuming if a checkpoint of the same parameters exists).
 pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
     options
         .columns
         .check_fit(&options.input, options.input_format)?;
-    let input = Path::new(&options.input);
-    if let Some(side) = checkpoint::side_files(&options.output)
-        .into_iter()
-        .find(|side| super::many::same_file(input, side))
-    {
-        return Err(Error::File {
-            path: options.input.clone().into(),
-            message: format!(
-                "it is where the job writing {} keeps its own files ({}): rename the input or \
-                 choose another --output",
-                options.output.display(),
-                side.display()
-            ),
-        });
-    }
     // Held until the job ends: a second run on this output is refused, not interleaved.
-    let _lock = checkpoint::OutputLock::acquire(&options.output)?;
+    let _lock = lock_output(&options.input, &options.output)?;
     let checkpoint_path = options.checkpoint_path();
     let partial_path = options.partial_path();
     // A directory is listed once: the fingerprint and the reader see the same files.
