@@ -1322,7 +1322,7 @@ fn tei_root_sagemaker_and_vertex_routes_answer_as_embed() {
         (
             json!({"instances": [{"inputs": "w1"}, {"inputs": "w2", "dimensions": 100000}]}),
             422,
-            "`instances[1].dimensions`: must be in 1..=",
+            "`instances[1].dimensions`: dimensions must be in 1..=",
         ),
     ] {
         let answer = server.post_bytes("/vertex", body.to_string().as_bytes(), &key);

@@ -483,6 +483,18 @@ impl Engine {
         self.embedding_dim
     }
 
+    /// A Matryoshka size the model has: 1 to its embedding dimension.
+    pub fn check_dimensions(&self, dimensions: usize) -> Result<()> {
+        if (1..=self.embedding_dim).contains(&dimensions) {
+            Ok(())
+        } else {
+            Err(Error::Dimensions {
+                got: dimensions,
+                max: self.embedding_dim,
+            })
+        }
+    }
+
     pub fn stats(&self) -> EngineStats {
         let usage = lock(&self.shared.budget.usage);
         EngineStats {
@@ -507,12 +519,7 @@ impl Engine {
         if inputs.is_empty() {
             return Err(Error::EmptyRequest);
         }
-        if !(1..=self.embedding_dim).contains(&dimensions) {
-            return Err(Error::Dimensions {
-                got: dimensions,
-                max: self.embedding_dim,
-            });
-        }
+        self.check_dimensions(dimensions)?;
         let max_len = self.tokenizer.max_seq_len();
         let upper_bound: usize = inputs
             .iter()

@@ -561,6 +561,23 @@ struct EmbedQuery {
     normalize: bool,
 }
 
+impl EmbedQuery {
+    /// Whether `other` asks for the same kind of embedding (its inputs aside).
+    fn same_embedding(&self, other: &Self) -> bool {
+        (
+            &self.prompt_name,
+            self.dimensions,
+            self.truncation,
+            self.normalize,
+        ) == (
+            &other.prompt_name,
+            other.dimensions,
+            other.truncation,
+            other.normalize,
+        )
+    }
+}
+
 /// The engine's answer: one embedding per input, in order.
 struct Answer {
     embeddings: Vec<Embedded>,
@@ -844,14 +861,11 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             .tokenizer()
             .named_or_default_prompt(query.prompt_name.as_deref())
             .map_err(|e| ApiError::from(e).within(&field))?;
-        let width = state.engine.embedding_dim();
-        if let Some(dimensions) = query.dimensions.filter(|d| !(1..=width).contains(d)) {
-            return Err(ApiError::field(
-                "dimensions",
-                format!("must be in 1..={width}, got {dimensions}"),
-            )
-            .within(&field)
-            .into());
+        if let Some(dimensions) = query.dimensions {
+            state
+                .engine
+                .check_dimensions(dimensions)
+                .map_err(|e| ApiError::from(e).within(&field))?;
         }
         queries.push(query);
     }
@@ -859,48 +873,34 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     request::within_client_limit(total, limit, || {
         format!("the instances hold {total} inputs in all")
     })?;
-    // Instances asking for the same embedding (prompt, dimensions, truncation, normalization)
-    // go to the engine
-    // as one request, admitted or refused as a whole as /embed's inputs are: two halves admitted
-    // apart would race each other for the queue.
-    let mut groups: Vec<(EmbedQuery, Vec<(usize, usize)>)> = Vec::new();
+    // Instances asking for the same embedding go to the engine as one request, admitted or
+    // refused as a whole as /embed's inputs are: two halves admitted apart would race each
+    // other for the queue. Each group: its query, its inputs' names, (instance, inputs) of each
+    // of its instances in order.
+    let mut groups: Vec<(EmbedQuery, Vec<String>, Vec<(usize, usize)>)> = Vec::new();
     for (i, query) in queries.into_iter().enumerate() {
         let names: Vec<String> = (0..query.inputs.len())
             .map(|j| format!("instances[{i}].{}", query.input_names.name(j)))
             .collect();
-        let count = query.inputs.len();
-        let same = groups.iter_mut().find(|(group, _)| {
-            (
-                &group.prompt_name,
-                group.dimensions,
-                group.truncation,
-                group.normalize,
-            ) == (
-                &query.prompt_name,
-                query.dimensions,
-                query.truncation,
-                query.normalize,
-            )
-        });
-        match same {
-            Some((group, members)) => {
+        let member = (i, query.inputs.len());
+        match groups
+            .iter_mut()
+            .find(|(group, ..)| group.same_embedding(&query))
+        {
+            Some((group, group_names, members)) => {
                 group.inputs.extend(query.inputs);
-                if let InputNames::Each(all) = &mut group.input_names {
-                    all.extend(names);
-                }
-                members.push((i, count));
+                group_names.extend(names);
+                members.push(member);
             }
-            None => groups.push((
-                EmbedQuery {
-                    input_names: InputNames::Each(names),
-                    ..query
-                },
-                vec![(i, count)],
-            )),
+            None => groups.push((query, names, vec![member])),
         }
     }
     let mut running = tokio::task::JoinSet::new();
-    for (query, members) in groups {
+    for (query, names, members) in groups {
+        let query = EmbedQuery {
+            input_names: InputNames::Each(names),
+            ..query
+        };
         let state = Arc::clone(&state);
         running.spawn(async move { (members, embed(&state, query).await) });
     }
