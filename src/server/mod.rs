@@ -875,32 +875,33 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     })?;
     // Instances asking for the same embedding go to the engine as one request, admitted or
     // refused as a whole as /embed's inputs are: two halves admitted apart would race each
-    // other for the queue. Each group: its query, its inputs' names, (instance, inputs) of each
-    // of its instances in order.
-    let mut groups: Vec<(EmbedQuery, Vec<String>, Vec<(usize, usize)>)> = Vec::new();
+    // other for the queue.
+    let mut groups: Vec<VertexGroup> = Vec::new();
     for (i, query) in queries.into_iter().enumerate() {
         let names: Vec<String> = (0..query.inputs.len())
             .map(|j| format!("instances[{i}].{}", query.input_names.name(j)))
             .collect();
         let member = (i, query.inputs.len());
-        match groups
-            .iter_mut()
-            .find(|(group, ..)| group.same_embedding(&query))
-        {
-            Some((group, group_names, members)) => {
-                group.inputs.extend(query.inputs);
-                group_names.extend(names);
-                members.push(member);
+        match groups.iter_mut().find(|g| g.query.same_embedding(&query)) {
+            Some(group) => {
+                group.query.inputs.extend(query.inputs);
+                group.names.extend(names);
+                group.members.push(member);
             }
-            None => groups.push((query, names, vec![member])),
+            None => groups.push(VertexGroup {
+                query,
+                names,
+                members: vec![member],
+            }),
         }
     }
     let mut running = tokio::task::JoinSet::new();
-    for (query, names, members) in groups {
+    for group in groups {
         let query = EmbedQuery {
-            input_names: InputNames::Each(names),
-            ..query
+            input_names: InputNames::Each(group.names),
+            ..group.query
         };
+        let members = group.members;
         let state = Arc::clone(&state);
         running.spawn(async move { (members, embed(&state, query).await) });
     }
@@ -914,6 +915,16 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         }
     }
     Ok(Json(VertexResponse { predictions }).into_response())
+}
+
+/// Instances of one `/vertex` body that ask for the same embedding.
+struct VertexGroup {
+    /// The first instance's query, with every instance's inputs.
+    query: EmbedQuery,
+    /// Each input's name (`instances[i].inputs[j]`).
+    names: Vec<String>,
+    /// (instance, its number of inputs), in order.
+    members: Vec<(usize, usize)>,
 }
 
 /// `/vertex`'s answer (f32 written in their shortest form, as `/embed` writes them).
