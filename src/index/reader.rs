@@ -775,7 +775,7 @@ impl RecordReader {
                 (Err(_), Ok(text)) if self.format == InputFormat::Jsonl => {
                     json_line_id(line, text, &self.columns)
                 }
-                (Err(_), _) if self.format == InputFormat::Text => Some(Value::from(line)),
+                (Err(_), _) if self.format == InputFormat::Text => place_id(&self.columns, line),
                 _ => None,
             };
             return Ok(Some(Document {
@@ -860,7 +860,7 @@ impl RecordReader {
             }),
             Err(RowError { id, message }) => {
                 // Without an id column, the id its row would have had is its number.
-                known_id = id.or_else(|| self.columns.id.is_none().then(|| Value::from(number)));
+                known_id = id.or_else(|| place_id(&self.columns, number as usize));
                 Err(Error::Row {
                     source_name: self.name.clone(),
                     row: number,
@@ -921,7 +921,10 @@ impl RecordReader {
             }),
         };
         // A bad row is named by the id its row would have had where that is its line number.
-        let known_id = (record.is_err() && places.id.is_none()).then(|| Value::from(line));
+        let known_id = record
+            .is_err()
+            .then(|| place_id(&self.columns, line))
+            .flatten();
         self.position.offset = next;
         self.position.line += breaks.all;
         let doc = self.position.docs;
@@ -956,14 +959,16 @@ fn csv_row_problem(error: &csv::Error) -> String {
 /// line is not JSON, or its id field is missing or of another type.
 fn json_line_id(line: usize, text: &str, columns: &InputColumns) -> Option<Value> {
     let value: Value = serde_json::from_str(text).ok()?;
-    match (
-        value.get(columns.id.as_deref().unwrap_or("id")),
-        &columns.id,
-    ) {
-        (Some(id), _) => (id.is_string() || id.is_number()).then(|| id.clone()),
-        (None, None) => Some(Value::from(line)),
-        (None, Some(_)) => None,
+    match value.get(columns.id.as_deref().unwrap_or("id")) {
+        Some(id) => (id.is_string() || id.is_number()).then(|| id.clone()),
+        None => place_id(columns, line),
     }
+}
+
+/// The id of the document on line (Parquet: row) `line` by its place, where no `--id-column`
+/// names another: its line number, as [`Record::output_id`] gives it.
+fn place_id(columns: &InputColumns, line: usize) -> Option<Value> {
+    columns.id.is_none().then(|| Value::from(line))
 }
 
 /// A JSON line's record, its text and id from the fields `columns` names (other fields left
