@@ -235,29 +235,18 @@ impl Record {
 /// and last MiB, `crc32:XXXXXXXX`.
 pub fn content_sample(paths: &[PathBuf]) -> Result<String> {
     const SAMPLE: u64 = 1 << 20;
-    let mut crc = crc32fast::Hasher::new();
-    for path in paths {
-        let io_error = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(io_error)?;
-        let len = file.metadata().map_err(io_error)?.len();
-        crc.update(&len.to_le_bytes());
+    crc32_of(paths, |file, len, crc| {
         let mut buffer = Vec::new();
         // The first MiB, then the last one: the rest of a file under 2 MiB, nothing of one
         // under 1 MiB (a read past the end is empty).
         for start in [0, len.saturating_sub(SAMPLE).max(SAMPLE)] {
             buffer.clear();
-            file.seek(SeekFrom::Start(start)).map_err(io_error)?;
-            (&mut file)
-                .take(SAMPLE)
-                .read_to_end(&mut buffer)
-                .map_err(io_error)?;
+            file.seek(SeekFrom::Start(start))?;
+            file.take(SAMPLE).read_to_end(&mut buffer)?;
             crc.update(&buffer);
         }
-    }
-    Ok(format!("crc32:{:08x}", crc.finalize()))
+        Ok(())
+    })
 }
 
 /// The identity of the content of `paths`, every byte of it: a CRC-32 over each file's length
@@ -265,22 +254,31 @@ pub fn content_sample(paths: &[PathBuf]) -> Result<String> {
 /// fine-tune of the same size differs somewhere in the middle, where [`content_sample`] does not
 /// look); they are read at load anyway.
 pub fn content_crc32(paths: &[PathBuf]) -> Result<String> {
-    let mut crc = crc32fast::Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
+    crc32_of(paths, |file, _, crc| loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(());
+        }
+        crc.update(&buffer[..read]);
+    })
+}
+
+/// `crc32:XXXXXXXX` over each file's length and what `read` feeds the CRC of it.
+fn crc32_of(
+    paths: &[PathBuf],
+    mut read: impl FnMut(&mut File, u64, &mut crc32fast::Hasher) -> std::io::Result<()>,
+) -> Result<String> {
+    let mut crc = crc32fast::Hasher::new();
     for path in paths {
         let io_error = |source| Error::Io {
             path: path.clone(),
             source,
         };
-        let mut file = std::fs::File::open(path).map_err(io_error)?;
-        crc.update(&file.metadata().map_err(io_error)?.len().to_le_bytes());
-        loop {
-            let read = file.read(&mut buffer).map_err(io_error)?;
-            if read == 0 {
-                break;
-            }
-            crc.update(&buffer[..read]);
-        }
+        let mut file = File::open(path).map_err(io_error)?;
+        let len = file.metadata().map_err(io_error)?.len();
+        crc.update(&len.to_le_bytes());
+        read(&mut file, len, &mut crc).map_err(io_error)?;
     }
     Ok(format!("crc32:{:08x}", crc.finalize()))
 }
