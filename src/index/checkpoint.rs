@@ -127,10 +127,7 @@ impl OutputLock {
             {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::File {
-                        path: output.into(),
-                        message: "its folder does not exist".into(),
-                    })
+                    return Err(super::folder_missing(output))
                 }
                 Err(source) => return Err(io_error(source)),
             };

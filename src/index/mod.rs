@@ -283,6 +283,15 @@ fn crc32_of(
     Ok(format!("crc32:{:08x}", crc.finalize()))
 }
 
+/// A file the caller named cannot be made because its folder is not there (named as given:
+/// the lock or temporary file beside it means nothing to them).
+fn folder_missing(file: &Path) -> Error {
+    Error::File {
+        path: file.into(),
+        message: "its folder does not exist".into(),
+    }
+}
+
 /// The display name of an input path (`<stdin>` for `-`).
 pub fn source_name(path: &str) -> &str {
     if path == "-" {
@@ -484,11 +493,7 @@ impl AtomicFile {
     /// Written as `tmp`, which must be on the file system of `dest` (for the rename).
     pub fn create_at(dest: &Path, tmp: PathBuf) -> Result<Self> {
         let file = File::create(&tmp).map_err(|source| match source.kind() {
-            // Named by the file the caller asked for: the temporary name means nothing to them.
-            std::io::ErrorKind::NotFound => Error::File {
-                path: dest.into(),
-                message: "its folder does not exist".into(),
-            },
+            std::io::ErrorKind::NotFound => folder_missing(dest),
             _ => Error::Io {
                 path: tmp.clone(),
                 source,
