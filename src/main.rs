@@ -369,12 +369,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let jobs = if several {
         index::many::plan(&input.input, &args.output, output_format)?
     } else {
-        if index::many::same_file(Path::new(&input.input[0]), &args.output) {
-            bail!(
-                "--output {} is the input: the embeddings would overwrite it",
-                args.output.display()
-            );
-        }
+        refuse_output_over_input(&input.input[0], &args.output, "embeddings")?;
         // A run already writing the output refuses this one now, not after the model loads
         // (the job takes the lock again for its whole run).
         drop(job::lock_output(&input.input[0], &args.output)?);
@@ -575,14 +570,20 @@ fn merge(args: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `output` must not be the file `input`: the `what` written there would replace it.
+fn refuse_output_over_input(input: &str, output: &Path, what: &str) -> Result<()> {
+    if index::many::same_file(Path::new(input), output) {
+        bail!(
+            "--output {} is the input: the {what} would overwrite it",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
 fn tokenize(args: TokenizeArgs) -> Result<()> {
     if let Some(output) = &args.output {
-        if index::many::same_file(Path::new(args.input.single()?), output) {
-            bail!(
-                "--output {} is the input: the token ids would overwrite it",
-                output.display()
-            );
-        }
+        refuse_output_over_input(args.input.single()?, output, "token ids")?;
     }
     let dir = resolve_model_dir(&args.model.model)?;
     let config = ModelConfig::load(&dir)?;
