@@ -78,6 +78,9 @@ pub enum Error {
     BeyondQueueCapacity(String),
     #[error("the engine has stopped")]
     EngineStopped,
+    /// The backend did not show it works within the health timeout.
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
     #[error("engine configuration: {0}")]
     EngineConfig(String),
     #[error("server configuration: {0}")]

@@ -449,6 +449,82 @@ fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
 }
 
 #[test]
+fn a_busy_engine_is_healthy_while_batches_succeed_and_a_failing_one_is_not() {
+    let (tokenizer, _) = tiny_tokenizer();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let (open_gate, gate) = mpsc::channel();
+    let backend = Recording {
+        batches: Arc::clone(&batches),
+        gate: Some(gate),
+    };
+    let engine = Engine::start(
+        Box::new(backend),
+        tokenizer,
+        4,
+        EngineConfig {
+            max_batch_tokens: 100,
+            max_batch_sequences: 1,
+            max_wait: Duration::ZERO,
+            max_queued_inputs: 3,
+            max_queued_tokens: 1000,
+            tokenizer_workers: 1,
+        },
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let backlog = engine
+        .submit(
+            ids_request(&[vec![2, 10, 1], vec![2, 11, 1], vec![2, 12, 1]], 4),
+            Admission::Reject,
+        )
+        .unwrap();
+    // A full queue and a held backend: no probe is admitted and nothing finishes.
+    let held = runtime.block_on(engine.health(Duration::from_millis(200)));
+    assert!(
+        matches!(&held, Err(Error::Unhealthy(m)) if m.contains("within 0.2 s")),
+        "{held:?}"
+    );
+    // One batch succeeding shows the backend works, with the queue still full.
+    let release_one = || async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open_gate.send(()).unwrap();
+    };
+    let (full, ()) = runtime
+        .block_on(async { tokio::join!(engine.health(Duration::from_secs(60)), release_one()) });
+    assert!(full.is_ok(), "{full:?}");
+    // Within the timeout of that success: healthy at once, with nothing more run.
+    let recent = runtime.block_on(engine.health(Duration::from_secs(60)));
+    assert!(recent.is_ok(), "{recent:?}");
+    // Once it is older than the timeout, a probe is admitted behind the two inputs left, and
+    // the next batch answers first.
+    std::thread::sleep(Duration::from_millis(400));
+    let (busy, ()) = runtime
+        .block_on(async { tokio::join!(engine.health(Duration::from_millis(300)), release_one()) });
+    assert!(busy.is_ok(), "{busy:?}");
+    let ran: Vec<u32> = batches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.sequence(0)[1])
+        .collect();
+    assert_eq!(ran, [10, 11], "health did not wait for its own probe");
+    // A backend that fails every batch: once its last success is older than the timeout, the
+    // probe's own failure is the answer.
+    drop(open_gate);
+    std::thread::sleep(Duration::from_millis(400));
+    let failing = runtime.block_on(engine.health(Duration::from_millis(300)));
+    assert!(
+        matches!(&failing, Err(Error::Backend(m)) if m.contains("gate closed")),
+        "{failing:?}"
+    );
+    let answers = backlog.wait().unwrap().outputs;
+    assert!(answers[0].is_ok() && answers[1].is_ok() && answers[2].is_err());
+}
+
+#[test]
 fn a_batch_tokenization_error_names_the_first_bad_text() {
     let (tokenizer, config) = tiny_tokenizer();
     // The first bad text is slow to tokenize, the later ones are quick: another thread meets a

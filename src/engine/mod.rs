@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::backend::{Backend, Batch};
 use crate::tokenize::{Tokenizer, Truncation};
@@ -361,6 +361,8 @@ struct Shared {
     batch_sequences: AtomicU64,
     batch_tokens: AtomicU64,
     forward_nanos: AtomicU64,
+    /// When the backend last finished a batch without error, for [`Engine::health`].
+    last_success: watch::Sender<Option<Instant>>,
 }
 
 impl Shared {
@@ -420,6 +422,7 @@ impl Engine {
             batch_sequences: AtomicU64::new(0),
             batch_tokens: AtomicU64::new(0),
             forward_nanos: AtomicU64::new(0),
+            last_success: watch::Sender::new(None),
         });
         let tokenizer = Arc::new(tokenizer);
         let backend_name = backend.name();
@@ -505,6 +508,53 @@ impl Engine {
             batch_tokens: self.shared.batch_tokens.load(Ordering::Relaxed),
             forward_time: Duration::from_nanos(self.shared.forward_nanos.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Whether the backend works: `Ok` at once if a batch succeeded within the last `timeout`;
+    /// else once a one-input probe has gone through the whole path (tokenizer, queue, backend),
+    /// or as soon as any batch succeeds. Behind a long queue the probe would wait for all of
+    /// it, while any batch finishing proves as much; a full queue, where the probe is not
+    /// admitted, is healthy on the same terms. So a busy engine answers at once, and one whose
+    /// batches keep failing or stop finishing turns unhealthy at most `timeout` after its last
+    /// success. Fails with the probe's error, or when nothing succeeded within `timeout`.
+    pub async fn health(&self, timeout: Duration) -> Result<()> {
+        // Marks the last success as seen: `changed` waits for the next one.
+        let mut succeeded = self.shared.last_success.subscribe();
+        if succeeded.borrow().is_some_and(|at| at.elapsed() <= timeout) {
+            return Ok(());
+        }
+        let probe = Request {
+            inputs: vec![Input::Text {
+                text: "health".to_string(),
+                prompt: None,
+            }],
+            dimensions: self.embedding_dim,
+            truncation: Truncation::Truncate,
+            normalize: true,
+        };
+        let ticket = match self.submit(probe, Admission::Reject) {
+            Ok(ticket) => Some(ticket),
+            Err(Error::Overloaded(_)) => None,
+            Err(error) => return Err(error),
+        };
+        let answered = async {
+            match ticket {
+                Some(ticket) => tokio::select! {
+                    response = ticket => match response?.outputs.into_iter().next() {
+                        Some(outcome) => outcome.map(|_| ()),
+                        None => Err(Error::EngineStopped),
+                    },
+                    Ok(()) = succeeded.changed() => Ok(()),
+                },
+                None => succeeded.changed().await.map_err(|_| Error::EngineStopped),
+            }
+        };
+        tokio::time::timeout(timeout, answered).await.map_err(|_| {
+            Error::Unhealthy(format!(
+                "no batch succeeded and the probe got no answer within {:.1} s",
+                timeout.as_secs_f64()
+            ))
+        })?
     }
 
     /// Admit a request and queue it for tokenization. Fails at once on an empty request, bad
@@ -766,6 +816,10 @@ fn backend_worker(
                 Err(err) => Err(Error::Backend(err.to_string())),
             };
             entry.pending.finish(entry.index, outcome);
+        }
+        // A success once its answers are out and its budget is free.
+        if result.is_ok() {
+            shared.last_success.send_replace(Some(Instant::now()));
         }
     }
 }

@@ -11,7 +11,7 @@
 //! | `POST /similarity` | TEI: `inputs.source_sentence`, `inputs.sentences`, `parameters` (`truncate`, `truncation_direction`, `prompt_name`) | `[f32]`: each sentence's cosine similarity to the source |
 //! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
 //! | `POST /decode` | TEI: `ids` (one list or a list of lists), `skip_special_tokens` | `[string]` |
-//! | `GET /health`, `GET /`, `GET /ping` | | 200 when a probe went through the backend, else 503 |
+//! | `GET /health`, `GET /`, `GET /ping` | | 200 when a batch succeeded lately or a probe goes through the backend, else 503 |
 //! | `GET /info` | | model, dims, prompts, backend, limits, version |
 //! | `GET /metrics` | | Prometheus text |
 //! | `GET /openapi.json`, `GET /api-doc/openapi.json` | | this API's OpenAPI 3.1 description (`openapi.json`) |
@@ -1026,51 +1026,18 @@ async fn tei_decode(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     Ok(Json(texts).into_response())
 }
 
-/// 200 when a one-input probe goes through the backend within the health timeout. A full queue
-/// is not a failure as long as the backend keeps finishing batches.
+/// 200 when the backend shows it works within the health timeout (see [`Engine::health`]):
+/// a busy server stays healthy while its batches keep succeeding.
 async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiError> {
-    let unhealthy = |message: String| TeiError(ApiError::new(ErrorKind::Unhealthy, message));
-    let engine = &state.engine;
-    // Tokenized by the engine's workers, like any input: the probe goes through the whole path.
-    let probe = Request {
-        inputs: vec![Input::Text {
-            text: "health".to_string(),
-            prompt: None,
-        }],
-        dimensions: engine.embedding_dim(),
-        truncation: Truncation::Truncate,
-        normalize: true,
-    };
-    let timeout = state.config.health_timeout;
-    match engine.submit(probe, Admission::Reject) {
-        Ok(ticket) => match tokio::time::timeout(timeout, ticket).await {
-            Ok(Ok(response)) => match response.outputs.into_iter().next() {
-                Some(Ok(_)) => Ok(StatusCode::OK),
-                Some(Err(e)) => Err(unhealthy(format!("probe failed: {e}"))),
-                None => Err(unhealthy("probe got no answer".to_string())),
-            },
-            Ok(Err(e)) => Err(unhealthy(format!("probe failed: {e}"))),
-            Err(_) => Err(unhealthy(format!(
-                "probe not answered within {:.1} s",
-                timeout.as_secs_f64()
-            ))),
-        },
-        Err(Error::Overloaded(_)) => {
-            // Busy: healthy if batches keep finishing.
-            let before = engine.stats().batches;
-            let deadline = Instant::now() + timeout;
-            while Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                if engine.stats().batches > before {
-                    return Ok(StatusCode::OK);
-                }
-            }
-            Err(unhealthy(format!(
-                "the queue is full and no batch finished within {:.1} s",
-                timeout.as_secs_f64()
-            )))
+    match state.engine.health(state.config.health_timeout).await {
+        Ok(()) => Ok(StatusCode::OK),
+        Err(Error::Unhealthy(message)) => {
+            Err(TeiError(ApiError::new(ErrorKind::Unhealthy, message)))
         }
-        Err(e) => Err(unhealthy(format!("probe failed: {e}"))),
+        Err(error) => Err(TeiError(ApiError::new(
+            ErrorKind::Unhealthy,
+            format!("probe failed: {error}"),
+        ))),
     }
 }
 
