@@ -172,9 +172,10 @@ struct EmbedArgs {
     /// Element type of a .npy or .parquet output: f32 or f16.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
-    /// Rows per row group of a .parquet output (each is written out once full).
-    #[arg(long, default_value_t = index::parquet_output::DEFAULT_ROW_GROUP_ROWS)]
-    row_group_rows: usize,
+    /// Rows per row group of a .parquet output (each is written out once full) [default:
+    /// 8192].
+    #[arg(long)]
+    row_group_rows: Option<usize>,
     /// Embed only every N-th document starting at document I (0-based), e.g. `--shard 1/4`;
     /// `gemma-embed merge` puts the shard outputs back together. With several inputs, every
     /// N-th file instead (their outputs need no merge).
@@ -350,8 +351,14 @@ fn embed(args: EmbedArgs) -> Result<()> {
     if args.dtype == Dtype::F16 && output_format == OutputFormat::Jsonl {
         bail!("--dtype f16 is for .npy and .parquet outputs");
     }
+    if args.row_group_rows.is_some() && output_format != OutputFormat::Parquet {
+        bail!("--row-group-rows is for .parquet outputs");
+    }
+    let row_group_rows = args
+        .row_group_rows
+        .unwrap_or(index::parquet_output::DEFAULT_ROW_GROUP_ROWS);
     for (flag, value) in [
-        ("--row-group-rows", args.row_group_rows),
+        ("--row-group-rows", row_group_rows),
         ("--max-batch-tokens", args.max_batch_tokens),
         ("--max-batch-sequences", args.max_batch_sequences),
         ("--docs-per-request", args.docs_per_request),
@@ -416,7 +423,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         output_format,
         dtype: args.dtype,
         dimensions,
-        row_group_rows: args.row_group_rows,
+        row_group_rows,
         job_prompt,
         truncation: input.truncation(),
         // Several inputs are split by file: each file's job embeds all of it.

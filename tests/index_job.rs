@@ -414,20 +414,21 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     ] {
         let path = |name: &str| dir.path().join(format!("{name}.{extension}"));
         let path_str = |name: &str| path(name).to_str().unwrap().to_string();
-        let common = [
+        let mut common = vec![
             "--on-error",
             "skip",
             "--dtype",
             dtype,
             "--docs-per-request",
             "3",
-            // Parquet: the unsharded 51 rows in 7 groups, each shard's 17 in 3.
-            "--row-group-rows",
-            "8",
         ];
+        if extension == "parquet" {
+            // The unsharded 51 rows in 7 groups, each shard's 17 in 3.
+            common.extend(["--row-group-rows", "8"]);
+        }
         let whole = path_str("whole");
         let mut args = vec!["embed", "--input", input, "--output", &whole];
-        args.extend(common);
+        args.extend(&common);
         let out = run_ok(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("3 rejected"), "{stderr}");
@@ -435,7 +436,7 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         for (i, shard_path) in shards.iter().enumerate() {
             let spec = format!("{i}/3");
             let mut args = vec!["embed", "--input", input, "--output", shard_path];
-            args.extend(common);
+            args.extend(&common);
             args.extend(["--shard", &spec]);
             run_ok(&args);
         }
@@ -848,13 +849,14 @@ fn parquet_output_holds_the_npy_rows() {
             dtype,
             "--dimensions",
             dimensions,
-            "--row-group-rows",
-            "16",
         ];
         for ext in ["npy", "parquet"] {
             let output = path(ext);
             let mut args = vec!["embed", "--output", output.to_str().unwrap()];
             args.extend(common);
+            if ext == "parquet" {
+                args.extend(["--row-group-rows", "16"]);
+            }
             run_ok(&args);
         }
         let parquet = read_parquet_output(&path("parquet"));
@@ -1752,6 +1754,43 @@ fn one_run_at_a_time_writes_an_output() {
         ],
         "a file the job of",
     );
+}
+
+#[test]
+fn output_options_for_another_format_are_refused_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &corpus(3));
+    for (name, flags, part) in [
+        (
+            "out.npy",
+            ["--row-group-rows", "8"],
+            "--row-group-rows is for .parquet outputs",
+        ),
+        (
+            "out.jsonl",
+            ["--row-group-rows", "8"],
+            "--row-group-rows is for .parquet outputs",
+        ),
+        (
+            "out.jsonl",
+            ["--dtype", "f16"],
+            "--dtype f16 is for .npy and .parquet outputs",
+        ),
+    ] {
+        let output = dir.path().join(name);
+        let mut args = vec![
+            "embed",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend(flags);
+        let refused = assert_refused(&args, part);
+        assert!(!refused.contains("backend:"), "{refused}");
+        assert!(!output.exists(), "{name}");
+    }
 }
 
 /// A job names its model by content, not by path: killed, and rerun with the same weights in
