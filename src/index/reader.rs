@@ -971,6 +971,10 @@ fn place_id(columns: &InputColumns, line: usize) -> Option<Value> {
     columns.id.is_none().then(|| Value::from(line))
 }
 
+/// 2^53: from here on a float no longer holds every integer. A JSON number id read as a float
+/// this large (any integer past i64 and u64) may have lost digits.
+const F64_EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
 /// A JSON line's record, its text and id from the fields `columns` names (other fields left
 /// alone); the error message is about the line (the caller names it).
 fn parse_json_line(
@@ -1029,6 +1033,15 @@ fn parse_json_line(
     let id = match map.get(id_field) {
         None if columns.id.is_some() => return Err(missing(id_field, "--id-column", "")),
         None => None,
+        Some(Value::Number(id))
+            if id.is_f64() && id.as_f64().is_some_and(|v| v.abs() >= F64_EXACT_INTEGERS) =>
+        {
+            // Past i64/u64 a number is read as a float, which has lost its last digits.
+            return Err(format!(
+                "`{id_field}` (the id) is a number too large to keep exactly (read as {id}); \
+                 write it as a string"
+            ));
+        }
         Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
         Some(other) => {
             return Err(format!(
@@ -1348,6 +1361,36 @@ mod tests {
             records.push(d.record);
         }
         records
+    }
+
+    #[test]
+    fn number_ids_are_kept_exactly_or_refused() {
+        let records = jsonl_with(
+            "{\"id\": 18446744073709551615, \"text\": \"a\"}\n\
+             {\"id\": -9223372036854775808, \"text\": \"a\"}\n\
+             {\"id\": 2.5, \"text\": \"a\"}\n\
+             {\"id\": 18446744073709551616, \"text\": \"a\"}\n\
+             {\"id\": -9007199254740992.0, \"text\": \"a\"}\n",
+            &InputColumns::default(),
+        );
+        let ids: Vec<String> = records[..3]
+            .iter()
+            .map(|r| r.as_ref().unwrap().output_id().to_string())
+            .collect();
+        assert_eq!(ids, ["18446744073709551615", "-9223372036854775808", "2.5"]);
+        for (record, read_as) in records[3..]
+            .iter()
+            .zip(["1.8446744073709552e+19", "-9007199254740992.0"])
+        {
+            let error = record.as_ref().unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "`id` (the id) is a number too large to keep exactly (read as {read_as}); \
+                     write it as a string"
+                )),
+                "{error}"
+            );
+        }
     }
 
     #[test]
