@@ -12,6 +12,7 @@ use gemma_embed::backend::{self, BackendKind};
 use gemma_embed::bench;
 use gemma_embed::engine::{Engine, EngineConfig};
 use gemma_embed::index::job::{self, JobOptions, OnError, ProgressMode, Shard};
+use gemma_embed::index::many::FileTurn;
 use gemma_embed::index::output::Dtype;
 use gemma_embed::index::{self, AtomicFile, InputColumns, InputFormat, OutputFormat, Record};
 use gemma_embed::model::{resolve_model_dir, Model, ModelConfig, DEFAULT_MODEL_ID};
@@ -452,7 +453,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         several && index::many::claim_directory(&args.output, &options.output_params())?;
     let start = std::time::Instant::now();
     let mut total = job::JobSummary::default();
-    let (mut embedded, mut done_before) = (0, 0);
+    let (mut embedded, mut done_before, mut passed_over) = (0, 0, 0);
     let mine: Vec<usize> = (0..jobs.len())
         .filter(|&i| !several || args.shard.holds(i as u64))
         .collect();
@@ -465,22 +466,34 @@ fn embed(args: EmbedArgs) -> Result<()> {
                 output: job.output.clone(),
                 ..options.clone()
             };
-            if several {
-                let done = job.is_done()?;
+            let summary = if several {
+                let turn = FileTurn::of(job)?;
                 eprintln!(
                     "[{}/{}] {} -> {}{}",
                     n + 1,
                     mine.len(),
                     job.input,
                     job.output.display(),
-                    if done { ": done before" } else { "" }
+                    match turn {
+                        FileTurn::Embed(_) => "",
+                        FileTurn::Done => ": done before",
+                        FileTurn::TakenByAnother => ": another run is writing it, passed over",
+                    }
                 );
-                if done {
-                    done_before += 1;
-                    continue;
+                match turn {
+                    FileTurn::Embed(lock) => job::run_holding(&engine, &options, &lock)?,
+                    FileTurn::Done => {
+                        done_before += 1;
+                        continue;
+                    }
+                    FileTurn::TakenByAnother => {
+                        passed_over += 1;
+                        continue;
+                    }
                 }
-            }
-            let summary = job::run(&engine, &options)?;
+            } else {
+                job::run(&engine, &options)?
+            };
             print_job_summary(&summary, &options, backend_name);
             embedded += 1;
             total.docs += summary.docs;
@@ -504,9 +517,17 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     if several {
         eprintln!(
-            "{} files: {embedded} embedded in this run, {done_before} done before; {} docs, {} \
+            "{} files: {embedded} embedded in this run, {done_before} done before{}; {} docs, {} \
              tokens in {seconds:.2} s ({:.0} tokens/s) -> {}",
             mine.len(),
+            if passed_over > 0 {
+                format!(
+                    ", {passed_over} passed over while another run wrote them (rerun once the \
+                     other runs end to check every output is complete)"
+                )
+            } else {
+                String::new()
+            },
             total.docs,
             total.tokens,
             total.tokens as f64 / seconds.max(1e-9),

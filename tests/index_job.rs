@@ -1480,6 +1480,80 @@ fn several_inputs_write_one_output_each_and_resume() {
         }
     }
 
+    // Runs on the same files share them. A file another run is writing (its lock held here) is
+    // passed over, and the rerun embeds it.
+    let shared_dir = dir.path().join("shared");
+    let in_dir = |out_dir: &Path| {
+        let mut args = several(&[]);
+        let at = args.iter().position(|a| a == "--output").unwrap();
+        args[at + 1] = out_dir.to_str().unwrap().to_string();
+        args
+    };
+    std::fs::create_dir(&shared_dir).unwrap();
+    let held = std::fs::File::create(shared_dir.join("b.npy.lock")).unwrap();
+    held.try_lock().unwrap();
+    let stderr = stderr_of(&run_ok(&strs(&in_dir(&shared_dir))));
+    let b_output = shared_dir.join("b.npy");
+    assert!(
+        stderr.contains(&format!(
+            "[2/3] {} -> {}: another run is writing it, passed over",
+            inputs[1],
+            b_output.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "3 files: 2 embedded in this run, 0 done before, 1 passed over while another run \
+             wrote them (rerun once the other runs end to check every output is complete)"
+        ),
+        "{stderr}"
+    );
+    assert!(!b_output.exists());
+    drop(held);
+    let stderr = stderr_of(&run_ok(&strs(&in_dir(&shared_dir))));
+    assert!(
+        stderr.contains("3 files: 1 embedded in this run, 2 done before;"),
+        "{stderr}"
+    );
+    // Two real runs at once: whatever the interleaving, each file is embedded by one of them.
+    let together_dir = dir.path().join("together");
+    let together = in_dir(&together_dir);
+    let first = gemma_embed(&strs(&together))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_rows(&together_dir.join("b.npy.checkpoint")).is_none()
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let second = stderr_of(&run_ok(&strs(&together)));
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    let embedded_by = |stderr: &str| -> usize {
+        let summary = stderr.split("3 files: ").nth(1).expect(stderr);
+        summary.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        embedded_by(&stderr_of(&first)) + embedded_by(&second),
+        3,
+        "first: {}\nsecond: {second}",
+        stderr_of(&first)
+    );
+    for (dir, (name, alone)) in [&shared_dir, &together_dir]
+        .into_iter()
+        .flat_map(|dir| std::iter::repeat(dir).zip(["a.npy", "b.npy", "c.npy"].iter().zip(&alone)))
+    {
+        assert_eq!(
+            &std::fs::read(dir.join(name)).unwrap(),
+            alone,
+            "{}",
+            dir.display()
+        );
+    }
+
     // Refused: other parameters in the same directory, no output format, one output name twice.
     let refused = |args: Vec<String>, message: &str| {
         let out = gemma_embed(&strs(&args)).output().unwrap();

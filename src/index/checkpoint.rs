@@ -113,6 +113,18 @@ pub struct OutputLock {
 impl OutputLock {
     /// Lock `output`'s lock file, or fail at once when another run holds it.
     pub fn acquire(output: &Path) -> Result<Self> {
+        Self::try_acquire(output)?.ok_or_else(|| Error::File {
+            path: output.into(),
+            message: format!(
+                "another gemma-embed run is writing it (it holds {}): wait for that run, or stop \
+                 it and rerun this command to resume its work",
+                lock_path(output).display()
+            ),
+        })
+    }
+
+    /// Lock `output`'s lock file; `None` at once when another run holds it.
+    pub fn try_acquire(output: &Path) -> Result<Option<Self>> {
         let path = lock_path(output);
         let io_error = |source| Error::Io {
             path: path.clone(),
@@ -133,16 +145,7 @@ impl OutputLock {
             };
             match file.try_lock() {
                 Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(Error::File {
-                        path: output.into(),
-                        message: format!(
-                            "another gemma-embed run is writing it (it holds {}): wait for that \
-                             run, or stop it and rerun this command to resume its work",
-                            path.display()
-                        ),
-                    })
-                }
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
                 // A file system without locks (some network mounts): run, and say what is lost.
                 Err(std::fs::TryLockError::Error(e))
                     if e.kind() == std::io::ErrorKind::Unsupported =>
@@ -152,7 +155,7 @@ impl OutputLock {
                          refused",
                         path.display()
                     );
-                    return Ok(Self { path, _file: file });
+                    return Ok(Some(Self { path, _file: file }));
                 }
                 Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
             }
@@ -161,7 +164,9 @@ impl OutputLock {
             // new one.
             let held = file.metadata().map_err(io_error)?;
             match std::fs::metadata(&path) {
-                Ok(there) if same_inode(&held, &there) => return Ok(Self { path, _file: file }),
+                Ok(there) if same_inode(&held, &there) => {
+                    return Ok(Some(Self { path, _file: file }))
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(io_error(source)),

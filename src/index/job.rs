@@ -267,6 +267,18 @@ struct Chunk {
 /// The lock of the job writing `output` from `input`: refused when another run holds it, or
 /// when the input is one of the files the job keeps beside its output (it would be removed).
 pub fn lock_output(input: &str, output: &Path) -> Result<checkpoint::OutputLock> {
+    check_side_files(input, output)?;
+    checkpoint::OutputLock::acquire(output)
+}
+
+/// [`lock_output`], with `None` when another run holds the lock.
+pub fn try_lock_output(input: &str, output: &Path) -> Result<Option<checkpoint::OutputLock>> {
+    check_side_files(input, output)?;
+    checkpoint::OutputLock::try_acquire(output)
+}
+
+/// Refuse an input that is one of the files the job writing `output` keeps beside it.
+fn check_side_files(input: &str, output: &Path) -> Result<()> {
     if let Some(side) = checkpoint::side_files(output)
         .into_iter()
         .find(|side| super::many::same_file(Path::new(input), side))
@@ -281,16 +293,25 @@ pub fn lock_output(input: &str, output: &Path) -> Result<checkpoint::OutputLock>
             ),
         });
     }
-    checkpoint::OutputLock::acquire(output)
+    Ok(())
 }
 
 /// Run the job to its end (resuming if a checkpoint of the same parameters exists).
 pub fn run(engine: &Engine, options: &JobOptions) -> Result<JobSummary> {
+    // Held until the job ends: a second run on this output is refused, not interleaved.
+    let lock = lock_output(&options.input, &options.output)?;
+    run_holding(engine, options, &lock)
+}
+
+/// [`run`] for a caller that holds the output's lock already ([`try_lock_output`]).
+pub fn run_holding(
+    engine: &Engine,
+    options: &JobOptions,
+    _lock: &checkpoint::OutputLock,
+) -> Result<JobSummary> {
     options
         .columns
         .check_fit(&options.input, options.input_format)?;
-    // Held until the job ends: a second run on this output is refused, not interleaved.
-    let _lock = lock_output(&options.input, &options.output)?;
     let checkpoint_path = options.checkpoint_path();
     let partial_path = options.partial_path();
     // A directory is listed once: the fingerprint and the reader see the same files.

@@ -2,7 +2,8 @@
 //! in DIR, each written by a job of its own (its own checkpoint, so an interrupted file resumes
 //! where it stopped); a file whose output is already there is passed over. `DIR/.gemma-embed.json`
 //! records what shapes every output (model, prompt, dimensions, ...), so that a rerun with other
-//! parameters is refused instead of leaving outputs of two kinds side by side.
+//! parameters is refused instead of leaving outputs of two kinds side by side. Runs started on
+//! the same files share them: each passes over the one another is writing ([`FileTurn`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -42,6 +43,33 @@ impl FileJob {
         }
         checkpoint::remove_if_there(&checkpoint)?;
         Ok(true)
+    }
+}
+
+/// What a run of several files does with one of them. Runs sharing the directory (one per GPU,
+/// say) share its files: each embeds the files no other is writing.
+pub enum FileTurn {
+    /// Embed it, holding its output's lock.
+    Embed(checkpoint::OutputLock),
+    /// Its output is complete (from an earlier run, or another run just now).
+    Done,
+    /// Another run holds its output's lock: passed over.
+    TakenByAnother,
+}
+
+impl FileTurn {
+    pub fn of(job: &FileJob) -> Result<Self> {
+        if job.is_done()? {
+            return Ok(Self::Done);
+        }
+        Ok(
+            match super::job::try_lock_output(&job.input, &job.output)? {
+                // Another run may have finished it between the look and the lock.
+                Some(_) if job.is_done()? => Self::Done,
+                Some(lock) => Self::Embed(lock),
+                None => Self::TakenByAnother,
+            },
+        )
     }
 }
 
