@@ -367,8 +367,9 @@ fn text_inputs_are_tokenized_with_their_prompt_and_errors_stay_per_input() {
     ));
 }
 
-#[test]
-fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
+/// An engine of 4 dimensions on a [`Recording`] backend held by a gate (each message lets one
+/// batch through): batches of one sequence, sent at once, and room for three queued inputs.
+fn gated_engine() -> (Engine, mpsc::Sender<()>, Arc<Mutex<Vec<Batch>>>) {
     let (tokenizer, _) = tiny_tokenizer();
     let batches = Arc::new(Mutex::new(Vec::new()));
     let (open_gate, gate) = mpsc::channel();
@@ -390,6 +391,12 @@ fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
         },
     )
     .unwrap();
+    (engine, open_gate, batches)
+}
+
+#[test]
+fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
+    let (engine, open_gate, batches) = gated_engine();
     let first = engine
         .submit(ids_request(&[vec![2, 10, 1]], 4), Admission::Reject)
         .unwrap();
@@ -450,27 +457,7 @@ fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
 
 #[test]
 fn a_busy_engine_is_healthy_while_batches_succeed_and_a_failing_one_is_not() {
-    let (tokenizer, _) = tiny_tokenizer();
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let (open_gate, gate) = mpsc::channel();
-    let backend = Recording {
-        batches: Arc::clone(&batches),
-        gate: Some(gate),
-    };
-    let engine = Engine::start(
-        Box::new(backend),
-        tokenizer,
-        4,
-        EngineConfig {
-            max_batch_tokens: 100,
-            max_batch_sequences: 1,
-            max_wait: Duration::ZERO,
-            max_queued_inputs: 3,
-            max_queued_tokens: 1000,
-            tokenizer_workers: 1,
-        },
-    )
-    .unwrap();
+    let (engine, open_gate, batches) = gated_engine();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

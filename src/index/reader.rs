@@ -723,12 +723,10 @@ impl RecordReader {
         };
         loop {
             self.buf.clear();
-            let read = input
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| Error::Io {
-                    path: self.name.clone().into(),
-                    source,
-                })?;
+            let read = read_line(input, &mut self.buf).map_err(|source| Error::Io {
+                path: self.name.clone().into(),
+                source,
+            })?;
             if read == 0 {
                 return Ok(None);
             }
@@ -951,6 +949,55 @@ fn csv_row_problem(error: &csv::Error) -> String {
             err.valid_up_to()
         ),
         _ => error.to_string(),
+    }
+}
+
+/// Append the next line of `input` to `buf`, its end included: `\n`, `\r\n` or a lone `\r`
+/// (old Mac files), as Python's universal newlines and the CSV reader take them. The bytes
+/// read; 0 at the end of the input.
+fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut read = 0;
+    loop {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(read);
+        }
+        match available.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                let taken = available.len();
+                buf.extend_from_slice(available);
+                input.consume(taken);
+                read += taken;
+            }
+            Some(end) => {
+                let is_cr = available[end] == b'\r';
+                buf.extend_from_slice(&available[..=end]);
+                input.consume(end + 1);
+                read += end + 1;
+                // The `\n` of a `\r\n` may start the next chunk.
+                if is_cr && next_byte(input)? == Some(b'\n') {
+                    buf.push(b'\n');
+                    input.consume(1);
+                    read += 1;
+                }
+                return Ok(read);
+            }
+        }
+    }
+}
+
+/// The next byte of `input`, left unread; `None` at the end.
+fn next_byte(input: &mut dyn BufRead) -> std::io::Result<Option<u8>> {
+    loop {
+        match input.fill_buf() {
+            Ok(available) => return Ok(available.first().copied()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -1278,6 +1325,63 @@ mod tests {
         assert_eq!(records[2].content, Content::Ids(vec![2, 5, 1]));
         assert_eq!(records[2].output_id(), Value::from(7));
         assert_eq!(records[2].prompt, PromptChoice::NoPrompt);
+    }
+
+    #[test]
+    fn text_and_json_lines_end_at_lf_crlf_or_a_lone_cr() {
+        let dir = tempfile::tempdir().unwrap();
+        for (format, lf) in [
+            (InputFormat::Text, "one\n\ntwo\nthree"),
+            (
+                InputFormat::Jsonl,
+                "{\"text\": \"one\"}\n\n{\"text\": \"two\"}\n{\"text\": \"three\"}",
+            ),
+        ] {
+            for ending in ["\n", "\r\n", "\r"] {
+                let path = dir.path().join("in");
+                std::fs::write(&path, lf.replace('\n', ending)).unwrap();
+                let path = path.to_str().unwrap();
+                let all = documents(path, format, ReadPosition::default());
+                let got: Vec<_> = all
+                    .iter()
+                    .map(|d| match &d.record.as_ref().unwrap().content {
+                        Content::Text(text) => (d.line, text.clone()),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                // Text keeps the blank line as an empty document; JSON Lines skips it.
+                let mut want = vec![(1, "one"), (2, ""), (3, "two"), (4, "three")];
+                if format == InputFormat::Jsonl {
+                    want.remove(1);
+                }
+                let want: Vec<_> = want.into_iter().map(|(l, t)| (l, t.to_string())).collect();
+                assert_eq!(got, want, "{format:?} with {ending:?}");
+                // A resume after the second document reads the rest, at the same lines.
+                let mut reader = RecordReader::open(
+                    path,
+                    format,
+                    &InputColumns::default(),
+                    ReadPosition::default(),
+                )
+                .unwrap();
+                reader.next_document().unwrap();
+                reader.next_document().unwrap();
+                let rest = documents(path, format, reader.position());
+                let lines: Vec<_> = rest.iter().map(|d| d.line).collect();
+                assert_eq!(lines, want[2..].iter().map(|(l, _)| *l).collect::<Vec<_>>());
+            }
+        }
+        // A `\r\n` split between two reads of the stream is one line end.
+        let mut input = BufReader::with_capacity(1, &b"a\r\nb\rc"[..]);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if read_line(&mut input, &mut line).unwrap() == 0 {
+                break;
+            }
+            lines.push(line);
+        }
+        assert_eq!(lines, [&b"a\r\n"[..], b"b\r", b"c"]);
     }
 
     #[test]
