@@ -1867,6 +1867,59 @@ fn output_options_for_another_format_are_refused_before_the_model_loads() {
     }
 }
 
+/// A run killed while removing a Parquet output's partial directory (its last step, after the
+/// checkpoint went) leaves a finished output beside the rest of it: done, and the rest removed.
+#[test]
+fn a_parquet_partial_directory_left_beside_a_finished_output_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(format!("{name}.jsonl"));
+            write_jsonl(&path, &corpus(20));
+            path.to_str().unwrap().to_string()
+        })
+        .collect();
+    let out = dir.path().join("out");
+    let args = [
+        "embed",
+        "--input",
+        &inputs[0],
+        &inputs[1],
+        "--output",
+        out.to_str().unwrap(),
+        "--output-format",
+        "parquet",
+        "--row-group-rows",
+        "4",
+    ];
+    run_ok(&args);
+    let output = out.join("a.parquet");
+    let finished = std::fs::read(&output).unwrap();
+    let leftover = out.join("a.parquet.partial");
+    assert!(
+        !leftover.exists(),
+        "a finished run leaves no partial directory"
+    );
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join("part-3.parquet"), b"half removed").unwrap();
+    let stderr = stderr_of(&run_ok(&args));
+    assert!(
+        stderr.contains(&format!(
+            "{} -> {}: done before",
+            inputs[0],
+            output.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 files: 0 embedded in this run, 2 done before"),
+        "{stderr}"
+    );
+    assert!(!leftover.exists());
+    assert_eq!(std::fs::read(&output).unwrap(), finished);
+}
+
 /// A job names its model by content, not by path: killed, and rerun with the same weights in
 /// another folder (a Hugging Face cache on a new snapshot, a copied directory), it resumes.
 #[test]

@@ -789,6 +789,13 @@ impl Writer<'_> {
             .store(output)?;
         }
         remove_if_there(&self.options.checkpoint_path())?;
+        // Last: a kill while a Parquet output's directory goes leaves a finished output beside
+        // its leftovers (removed by the next run of it), not beside its checkpoint.
+        let partial = self.options.partial_path();
+        remove_partial(&partial).map_err(|source| Error::Io {
+            path: partial,
+            source,
+        })?;
         Ok(summary)
     }
 }

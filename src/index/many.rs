@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
+use super::output::remove_partial;
 use super::{checkpoint, InputFormat, OutputFormat};
 use crate::{Error, Result};
 
@@ -59,14 +60,22 @@ pub enum FileTurn {
 
 impl FileTurn {
     pub fn of(job: &FileJob) -> Result<Self> {
-        if job.is_done()? {
-            return Ok(Self::Done);
-        }
+        let done = job.is_done()?;
         Ok(
             match super::job::try_lock_output(&job.input, &job.output)? {
-                // Another run may have finished it between the look and the lock.
-                Some(_) if job.is_done()? => Self::Done,
+                // Done before the lock, or finished by another run between the look and the lock.
+                Some(_lock) if done || job.is_done()? => {
+                    // A run killed while removing a Parquet output's partial directory, its last
+                    // step, left the rest of it.
+                    let partial = checkpoint::partial_path(&job.output);
+                    remove_partial(&partial).map_err(|source| Error::Io {
+                        path: partial,
+                        source,
+                    })?;
+                    Self::Done
+                }
                 Some(lock) => Self::Embed(lock),
+                None if done => Self::Done,
                 None => Self::TakenByAnother,
             },
         )

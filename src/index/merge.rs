@@ -490,10 +490,14 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<Merged> {
                 rejected,
             })
         });
-    if merged.is_err() {
-        let _ = remove_partial(&partial);
-    }
-    merged
+    // A Parquet output's partial directory is left by `finish`, whatever became of it.
+    let removed = remove_partial(&partial);
+    let merged = merged?;
+    removed.map_err(|source| Error::Io {
+        path: partial,
+        source,
+    })?;
+    Ok(merged)
 }
 
 /// The shards' rows round robin into an output writer at `partial`.

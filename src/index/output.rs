@@ -320,7 +320,9 @@ impl OutputWriter {
         }
     }
 
-    /// Complete the output at `partial` and move it onto `dest`; returns the rows.
+    /// Complete the output at `partial` and move it onto `dest`; returns the rows. A Parquet
+    /// output's partial directory is left for [`remove_partial`], once the caller has removed
+    /// what says the output is unfinished.
     pub fn finish(self, partial: &Path, dest: &Path) -> Result<u64> {
         let rows = match self {
             Self::Rows(w) => {

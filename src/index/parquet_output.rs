@@ -17,7 +17,9 @@
 //!
 //! At the end the last, shorter group is written and the parts are spliced into the final file
 //! (their encoded column chunks copied as they are, footer written once) under a temporary
-//! name, fsync'd and renamed over the destination; then the directory goes. Row-group
+//! name, fsync'd and renamed over the destination. The directory is left for the caller to
+//! remove once nothing says the output is unfinished: a run killed while removing it (a large
+//! directory takes a while) must not leave a checkpoint beside a half-removed directory. Row-group
 //! boundaries are fixed row counts and encoding is deterministic, so a run killed at any moment
 //! and rerun writes the same bytes as an uninterrupted run. The cost: the final file is copied
 //! once at the end, and the disk holds the output twice for that moment.
@@ -358,7 +360,8 @@ impl ParquetWriter {
         Ok((self.rows, self.staging_bytes))
     }
 
-    /// Write the last group, splice the parts into `dest` and remove the directory.
+    /// Write the last group and splice the parts into `dest`; the directory stays (for
+    /// [`super::output::remove_partial`]).
     pub fn finish(mut self, dest: &Path) -> Result<u64> {
         if !self.pending_ids.is_empty() {
             self.write_part(self.group())?;
@@ -404,7 +407,6 @@ impl ParquetWriter {
         }
         file_writer.close().map_err(|e| parquet_error(&tmp, e))?;
         file.commit()?;
-        std::fs::remove_dir_all(&self.dir).map_err(io_error(&self.dir))?;
         Ok(self.rows)
     }
 }
@@ -480,7 +482,7 @@ mod tests {
             writer.write_row(&id(i), &row(i)).unwrap();
         }
         assert_eq!(writer.finish(&dest).unwrap(), total);
-        assert!(!partial.exists());
+        super::super::output::remove_partial(&partial).unwrap();
         std::fs::read(dest).unwrap()
     }
 

@@ -1002,12 +1002,15 @@ fn next_byte(input: &mut dyn BufRead) -> std::io::Result<Option<u8>> {
 }
 
 /// The id the row of JSON line `line` would have had: its `--id-column` field, else its `id`
-/// where that is a string or a number, else (no `id` field) its line number. `None` where the
-/// line is not JSON, or its id field is missing or of another type.
+/// where that is a string or a number kept exactly, else (no `id` field) its line number. `None`
+/// where the line is not JSON, or its id field is missing, of another type or a number too large.
 fn json_line_id(line: usize, text: &str, columns: &InputColumns) -> Option<Value> {
     let value: Value = serde_json::from_str(text).ok()?;
     match value.get(columns.id.as_deref().unwrap_or("id")) {
-        Some(id) => (id.is_string() || id.is_number()).then(|| id.clone()),
+        // A number id refused as too large is not known either: its digits are lost.
+        Some(id @ Value::String(_)) => Some(id.clone()),
+        Some(id @ Value::Number(number)) if kept_exactly(number) => Some(id.clone()),
+        Some(_) => None,
         None => place_id(columns, line),
     }
 }
@@ -1018,9 +1021,15 @@ fn place_id(columns: &InputColumns, line: usize) -> Option<Value> {
     columns.id.is_none().then(|| Value::from(line))
 }
 
-/// 2^53: from here on a float no longer holds every integer. A JSON number id read as a float
-/// this large (any integer past i64 and u64) may have lost digits.
+/// 2^53: from here on a float no longer holds every integer.
 const F64_EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// Whether a JSON number id is written out as it was read: an integer within i64 or u64, or a
+/// float below [`F64_EXACT_INTEGERS`]. A larger float (any integer past i64 and u64, read as a
+/// float) may have lost digits.
+fn kept_exactly(id: &serde_json::Number) -> bool {
+    !id.is_f64() || id.as_f64().is_some_and(|v| v.abs() < F64_EXACT_INTEGERS)
+}
 
 /// A JSON line's record, its text and id from the fields `columns` names (other fields left
 /// alone); the error message is about the line (the caller names it).
@@ -1080,9 +1089,7 @@ fn parse_json_line(
     let id = match map.get(id_field) {
         None if columns.id.is_some() => return Err(missing(id_field, "--id-column", "")),
         None => None,
-        Some(Value::Number(id))
-            if id.is_f64() && id.as_f64().is_some_and(|v| v.abs() >= F64_EXACT_INTEGERS) =>
-        {
+        Some(Value::Number(id)) if !kept_exactly(id) => {
             // Past i64/u64 a number is read as a float, which has lost its last digits.
             return Err(format!(
                 "`{id_field}` (the id) is a number too large to keep exactly (read as {id}); \
@@ -1482,6 +1489,22 @@ mod tests {
             .map(|r| r.as_ref().unwrap().output_id().to_string())
             .collect();
         assert_eq!(ids, ["18446744073709551615", "-9223372036854775808", "2.5"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\": 1e300, \"text\": 5}\n{\"id\": 7, \"text\": 5}\n",
+        )
+        .unwrap();
+        let known: Vec<_> = documents(
+            path.to_str().unwrap(),
+            InputFormat::Jsonl,
+            ReadPosition::default(),
+        )
+        .into_iter()
+        .map(|d| d.known_id)
+        .collect();
+        assert_eq!(known, [None, Some(Value::from(7))], "a refused line's id");
         for (record, read_as) in records[3..]
             .iter()
             .zip(["1.8446744073709552e+19", "-9007199254740992.0"])
