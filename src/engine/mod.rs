@@ -361,8 +361,8 @@ struct Shared {
     batch_sequences: AtomicU64,
     batch_tokens: AtomicU64,
     forward_nanos: AtomicU64,
-    /// When the backend last finished a batch without error, for [`Engine::health`].
-    last_success: watch::Sender<Option<Instant>>,
+    /// How the backend's latest batch ended, for [`Engine::health`].
+    last_batch: watch::Sender<Option<BatchOutcome>>,
 }
 
 impl Shared {
@@ -373,6 +373,13 @@ impl Shared {
             self.budget.release(entries.len(), tokens);
         }
     }
+}
+
+/// How a batch ended, and when.
+#[derive(Clone, Copy, Debug)]
+struct BatchOutcome {
+    ended: Instant,
+    succeeded: bool,
 }
 
 /// The running engine. Dropping it drains what was submitted, then stops its threads.
@@ -422,7 +429,7 @@ impl Engine {
             batch_sequences: AtomicU64::new(0),
             batch_tokens: AtomicU64::new(0),
             forward_nanos: AtomicU64::new(0),
-            last_success: watch::Sender::new(None),
+            last_batch: watch::Sender::new(None),
         });
         let tokenizer = Arc::new(tokenizer);
         let backend_name = backend.name();
@@ -510,17 +517,21 @@ impl Engine {
         }
     }
 
-    /// Whether the backend works: `Ok` at once if a batch succeeded within the last `timeout`;
-    /// else once a one-input probe has gone through the whole path (tokenizer, queue, backend),
-    /// or as soon as any batch succeeds. Behind a long queue the probe would wait for all of
-    /// it, while any batch finishing proves as much; a full queue, where the probe is not
-    /// admitted, is healthy on the same terms. So a busy engine answers at once, and one whose
-    /// batches keep failing or stop finishing turns unhealthy at most `timeout` after its last
-    /// success. Fails with the probe's error, or when nothing succeeded within `timeout`.
+    /// Whether the backend works: `Ok` at once if its latest batch succeeded within the last
+    /// `timeout`; else once a one-input probe has gone through the whole path (tokenizer,
+    /// queue, backend), or as soon as any batch succeeds. Behind a long queue the probe would
+    /// wait for all of it, while any batch succeeding proves as much; a full queue, where the
+    /// probe is not admitted, is healthy on the same terms. So a busy engine answers at once;
+    /// one whose latest batch failed answers with its probe, and one whose batches stop
+    /// finishing turns unhealthy at most `timeout` after the last. Fails with the probe's error,
+    /// or when nothing succeeded within `timeout`.
     pub async fn health(&self, timeout: Duration) -> Result<()> {
-        // Marks the last success as seen: `changed` waits for the next one.
-        let mut succeeded = self.shared.last_success.subscribe();
-        if succeeded.borrow().is_some_and(|at| at.elapsed() <= timeout) {
+        // Marks the latest outcome as seen: `changed` waits for the next.
+        let mut outcomes = self.shared.last_batch.subscribe();
+        let succeeded_lately = |outcome: &Option<BatchOutcome>| {
+            outcome.is_some_and(|b| b.succeeded && b.ended.elapsed() <= timeout)
+        };
+        if succeeded_lately(&outcomes.borrow()) {
             return Ok(());
         }
         let probe = Request {
@@ -537,6 +548,16 @@ impl Engine {
             Err(Error::Overloaded(_)) => None,
             Err(error) => return Err(error),
         };
+        let queued = ticket.is_some();
+        // Resolves at the next batch that succeeds (never while the engine runs, if none does).
+        let next_success = async {
+            while outcomes.changed().await.is_ok() {
+                if outcomes.borrow().is_some_and(|b| b.succeeded) {
+                    return;
+                }
+            }
+            std::future::pending().await
+        };
         let answered = async {
             match ticket {
                 Some(ticket) => tokio::select! {
@@ -544,16 +565,21 @@ impl Engine {
                         Some(outcome) => outcome.map(|_| ()),
                         None => Err(Error::EngineStopped),
                     },
-                    Ok(()) = succeeded.changed() => Ok(()),
+                    () = next_success => Ok(()),
                 },
-                None => succeeded.changed().await.map_err(|_| Error::EngineStopped),
+                None => {
+                    next_success.await;
+                    Ok(())
+                }
             }
         };
+        let seconds = timeout.as_secs_f64();
         tokio::time::timeout(timeout, answered).await.map_err(|_| {
-            Error::Unhealthy(format!(
-                "no batch succeeded and the probe got no answer within {:.1} s",
-                timeout.as_secs_f64()
-            ))
+            Error::Unhealthy(if queued {
+                format!("no batch succeeded and the probe got no answer within {seconds:.1} s")
+            } else {
+                format!("the queue is full and no batch succeeded within {seconds:.1} s")
+            })
         })?
     }
 
@@ -817,9 +843,10 @@ fn backend_worker(
             };
             entry.pending.finish(entry.index, outcome);
         }
-        // A success once its answers are out and its budget is free.
-        if result.is_ok() {
-            shared.last_success.send_replace(Some(Instant::now()));
-        }
+        // Told once its answers are out and its budget is free.
+        shared.last_batch.send_replace(Some(BatchOutcome {
+            ended: Instant::now(),
+            succeeded: result.is_ok(),
+        }));
     }
 }

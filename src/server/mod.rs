@@ -11,7 +11,7 @@
 //! | `POST /similarity` | TEI: `inputs.source_sentence`, `inputs.sentences`, `parameters` (`truncate`, `truncation_direction`, `prompt_name`) | `[f32]`: each sentence's cosine similarity to the source |
 //! | `POST /tokenize` | TEI: `inputs`, `add_special_tokens`, `prompt_name` | tokens with offsets |
 //! | `POST /decode` | TEI: `ids` (one list or a list of lists), `skip_special_tokens` | `[string]` |
-//! | `GET /health`, `GET /`, `GET /ping` | | 200 when a batch succeeded lately or a probe goes through the backend, else 503 |
+//! | `GET /health`, `GET /`, `GET /ping` | | 200 when the latest batch succeeded lately or a probe goes through the backend, else 503 |
 //! | `GET /info` | | model, dims, prompts, backend, limits, version |
 //! | `GET /metrics` | | Prometheus text |
 //! | `GET /openapi.json`, `GET /api-doc/openapi.json` | | this API's OpenAPI 3.1 description (`openapi.json`) |
