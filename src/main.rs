@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use gemma_embed::backend::{self, BackendKind};
 use gemma_embed::bench;
 use gemma_embed::engine::{Engine, EngineConfig};
+use gemma_embed::index::checkpoint::OutputLock;
 use gemma_embed::index::job::{self, JobOptions, OnError, ProgressMode, Shard};
 use gemma_embed::index::many::FileTurn;
 use gemma_embed::index::output::Dtype;
@@ -453,51 +454,89 @@ fn embed(args: EmbedArgs) -> Result<()> {
         several && index::many::claim_directory(&args.output, &options.output_params())?;
     let start = std::time::Instant::now();
     let mut total = job::JobSummary::default();
-    let (mut embedded, mut done_before, mut passed_over) = (0, 0, 0);
+    let (mut embedded, mut done_before, mut done_by_others) = (0, 0, 0);
     let mine: Vec<usize> = (0..jobs.len())
         .filter(|&i| !several || args.shard.holds(i as u64))
         .collect();
+    let options_of = |i: usize| JobOptions {
+        input: jobs[i].input.clone(),
+        input_format: input_formats[i],
+        output: jobs[i].output.clone(),
+        ..options.clone()
+    };
     let mut run_jobs = || -> Result<()> {
-        for (n, &i) in mine.iter().enumerate() {
-            let job = &jobs[i];
-            let options = JobOptions {
-                input: job.input.clone(),
-                input_format: input_formats[i],
-                output: job.output.clone(),
-                ..options.clone()
+        let mut run_job = |options: &JobOptions, lock: Option<&OutputLock>| -> Result<()> {
+            let summary = match lock {
+                Some(lock) => job::run_holding(&engine, options, lock)?,
+                None => job::run(&engine, options)?,
             };
-            let summary = if several {
-                let turn = FileTurn::of(job)?;
-                eprintln!(
-                    "[{}/{}] {} -> {}{}",
-                    n + 1,
-                    mine.len(),
-                    job.input,
-                    job.output.display(),
-                    match turn {
-                        FileTurn::Embed(_) => "",
-                        FileTurn::Done => ": done before",
-                        FileTurn::TakenByAnother => ": another run is writing it, passed over",
-                    }
-                );
-                match turn {
-                    FileTurn::Embed(lock) => job::run_holding(&engine, &options, &lock)?,
-                    FileTurn::Done => {
-                        done_before += 1;
-                        continue;
-                    }
-                    FileTurn::TakenByAnother => {
-                        passed_over += 1;
-                        continue;
-                    }
-                }
-            } else {
-                job::run(&engine, &options)?
-            };
-            print_job_summary(&summary, &options, backend_name);
+            print_job_summary(&summary, options, backend_name);
             embedded += 1;
             total.docs += summary.docs;
             total.tokens += summary.tokens;
+            Ok(())
+        };
+        if !several {
+            return run_job(&options_of(0), None);
+        }
+        let file = |n: usize, i: usize| {
+            format!(
+                "[{}/{}] {} -> {}",
+                n + 1,
+                mine.len(),
+                jobs[i].input,
+                jobs[i].output.display()
+            )
+        };
+        // Files another run is writing (runs started on the same files share them): come back
+        // to once this run's own are done.
+        let mut taken = Vec::new();
+        for (n, &i) in mine.iter().enumerate() {
+            match FileTurn::of(&jobs[i])? {
+                FileTurn::Embed(lock) => {
+                    eprintln!("{}", file(n, i));
+                    run_job(&options_of(i), Some(&lock))?;
+                }
+                FileTurn::Done => {
+                    eprintln!("{}: done before", file(n, i));
+                    done_before += 1;
+                }
+                FileTurn::TakenByAnother => {
+                    eprintln!(
+                        "{}: another run is writing it, back to it at the end",
+                        file(n, i)
+                    );
+                    taken.push((n, i));
+                }
+            }
+        }
+        // Each one is finished by its run, or taken over (resumed) when that run stopped: an
+        // exit without error means every file's output is complete.
+        for (n, i) in taken {
+            let mut told = false;
+            let lock = loop {
+                match FileTurn::of(&jobs[i])? {
+                    FileTurn::Embed(lock) => break Some(lock),
+                    FileTurn::Done => break None,
+                    FileTurn::TakenByAnother => {
+                        if !told {
+                            eprintln!("{}: waiting for the run writing it", file(n, i));
+                            told = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+            };
+            match lock {
+                Some(lock) => {
+                    eprintln!("{}: its run stopped; taking it over", file(n, i));
+                    run_job(&options_of(i), Some(&lock))?;
+                }
+                None => {
+                    eprintln!("{}: done by the other run", file(n, i));
+                    done_by_others += 1;
+                }
+            }
         }
         Ok(())
     };
@@ -520,11 +559,8 @@ fn embed(args: EmbedArgs) -> Result<()> {
             "{} files: {embedded} embedded in this run, {done_before} done before{}; {} docs, {} \
              tokens in {seconds:.2} s ({:.0} tokens/s) -> {}",
             mine.len(),
-            if passed_over > 0 {
-                format!(
-                    ", {passed_over} passed over while another run wrote them (rerun once the \
-                     other runs end to check every output is complete)"
-                )
+            if done_by_others > 0 {
+                format!(", {done_by_others} by other runs meanwhile")
             } else {
                 String::new()
             },

@@ -1481,41 +1481,64 @@ fn several_inputs_write_one_output_each_and_resume() {
     }
 
     // Runs on the same files share them. A file another run is writing (its lock held here) is
-    // passed over, and the rerun embeds it.
-    let shared_dir = dir.path().join("shared");
+    // come back to at the end: taken over when that run stops without finishing it, or found
+    // finished by it.
     let in_dir = |out_dir: &Path| {
         let mut args = several(&[]);
         let at = args.iter().position(|a| a == "--output").unwrap();
         args[at + 1] = out_dir.to_str().unwrap().to_string();
         args
     };
-    std::fs::create_dir(&shared_dir).unwrap();
-    let held = std::fs::File::create(shared_dir.join("b.npy.lock")).unwrap();
-    held.try_lock().unwrap();
-    let stderr = stderr_of(&run_ok(&strs(&in_dir(&shared_dir))));
-    let b_output = shared_dir.join("b.npy");
-    assert!(
-        stderr.contains(&format!(
-            "[2/3] {} -> {}: another run is writing it, passed over",
-            inputs[1],
-            b_output.display()
-        )),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(
-            "3 files: 2 embedded in this run, 0 done before, 1 passed over while another run \
-             wrote them (rerun once the other runs end to check every output is complete)"
-        ),
-        "{stderr}"
-    );
-    assert!(!b_output.exists());
-    drop(held);
-    let stderr = stderr_of(&run_ok(&strs(&in_dir(&shared_dir))));
-    assert!(
-        stderr.contains("3 files: 1 embedded in this run, 2 done before;"),
-        "{stderr}"
-    );
+    for (name, finished_by_holder) in [("taken-over", false), ("done-by-other", true)] {
+        let out_dir = dir.path().join(name);
+        std::fs::create_dir(&out_dir).unwrap();
+        let b_output = out_dir.join("b.npy");
+        let held = File::create(out_dir.join("b.npy.lock")).unwrap();
+        held.try_lock().unwrap();
+        let mut run = gemma_embed(&strs(&in_dir(&out_dir)))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+        let mut seen = String::new();
+        while !seen.contains("waiting for the run writing it") {
+            let read = std::io::BufRead::read_line(&mut stderr, &mut seen).unwrap();
+            assert!(read > 0, "{name}: ended without waiting: {seen}");
+        }
+        assert!(!b_output.exists(), "{name}");
+        if finished_by_holder {
+            std::fs::write(&b_output, &alone[1]).unwrap();
+        }
+        drop(held);
+        std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+        assert!(run.wait().unwrap().success(), "{name}: {seen}");
+        let b_file = format!("[2/3] {} -> {}", inputs[1], b_output.display());
+        let (end, summary) = if finished_by_holder {
+            (
+                "done by the other run",
+                "2 embedded in this run, 0 done before, 1 by other runs",
+            )
+        } else {
+            (
+                "its run stopped; taking it over",
+                "3 embedded in this run, 0 done before;",
+            )
+        };
+        for line in [
+            format!("{b_file}: another run is writing it, back to it at the end"),
+            format!("{b_file}: {end}"),
+            format!("3 files: {summary}"),
+        ] {
+            assert!(seen.contains(&line), "{name}: no `{line}` in {seen}");
+        }
+        for (file, alone) in ["a.npy", "b.npy", "c.npy"].iter().zip(&alone) {
+            assert_eq!(
+                &std::fs::read(out_dir.join(file)).unwrap(),
+                alone,
+                "{name}: {file}"
+            );
+        }
+    }
     // Two real runs at once: whatever the interleaving, each file is embedded by one of them.
     let together_dir = dir.path().join("together");
     let together = in_dir(&together_dir);
@@ -1542,15 +1565,11 @@ fn several_inputs_write_one_output_each_and_resume() {
         "first: {}\nsecond: {second}",
         stderr_of(&first)
     );
-    for (dir, (name, alone)) in [&shared_dir, &together_dir]
-        .into_iter()
-        .flat_map(|dir| std::iter::repeat(dir).zip(["a.npy", "b.npy", "c.npy"].iter().zip(&alone)))
-    {
+    for (name, alone) in ["a.npy", "b.npy", "c.npy"].iter().zip(&alone) {
         assert_eq!(
-            &std::fs::read(dir.join(name)).unwrap(),
+            &std::fs::read(together_dir.join(name)).unwrap(),
             alone,
-            "{}",
-            dir.display()
+            "{name}"
         );
     }
 

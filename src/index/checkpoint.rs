@@ -152,7 +152,8 @@ impl OutputLock {
                 {
                     eprintln!(
                         "warning: {}: cannot lock ({e}); a second run on this output would not be \
-                         refused",
+                         refused, nor would runs sharing several files keep apart (split them \
+                         with --shard)",
                         path.display()
                     );
                     return Ok(Some(Self { path, _file: file }));
