@@ -637,6 +637,11 @@ fn a_checkpoint_of_other_parameters_is_refused() {
             checkpoint_of(r#"{"job": {"model": "/m", "model_sample": "crc32:0"}}"#),
             vec!["written by an earlier gemma-embed: finish it with that version"],
         ),
+        // An earlier version's of a text input (lines ended only at LF).
+        (
+            checkpoint_of(r#"{"job": {"model_crc32": "crc32:0"}}"#),
+            vec!["written by an earlier gemma-embed: finish it with that version"],
+        ),
         // A file that is no checkpoint at all.
         (
             "garbage".to_string(),

@@ -185,8 +185,10 @@ impl JobOptions {
             .as_object_mut()
             .expect("output parameters are an object");
         fields.remove("shard");
-        for field in ["input_len", "input_format"] {
-            fields.insert(field.into(), fingerprint[field].clone());
+        for field in ["input_len", "input_format", "line_ends"] {
+            if let Some(value) = fingerprint.get(field) {
+                fields.insert(field.into(), value.clone());
+            }
         }
         if self.input_format != InputFormat::Directory && self.input != "-" {
             fields.insert(
@@ -222,6 +224,9 @@ impl JobOptions {
         params["input_len"] = json!(len);
         params["input_modified"] = json!(modified);
         params["input_format"] = json!(format!("{:?}", self.input_format));
+        if let Some(line_ends) = super::reader::line_ends(self.input_format) {
+            params["line_ends"] = json!(line_ends);
+        }
         Ok(params)
     }
 }
@@ -340,10 +345,13 @@ pub fn run_holding(
                 }
                 _ => false,
             };
-            // Before the model was named by its weights' CRC (it was by path and sample).
-            let earlier_version = checkpoint.params["job"]
-                .as_object()
-                .is_some_and(|job| !job.contains_key("model_crc32"));
+            // Before the model was named by its weights' CRC (it was by path and sample), or
+            // before a lone CR ended a line.
+            let earlier_version = checkpoint.params["job"].as_object().is_some_and(|job| {
+                !job.contains_key("model_crc32")
+                    || (params.get("line_ends").is_some()
+                        && checkpoint.params.get("line_ends").is_none())
+            });
             let partial = partial_path.display();
             let remedy = if earlier_version {
                 format!(

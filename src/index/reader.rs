@@ -952,6 +952,12 @@ fn csv_row_problem(error: &csv::Error) -> String {
     }
 }
 
+/// How a text or JSON Lines input's lines end, as checkpoints and shard records name it (an
+/// earlier version split them at LF only): `None` for inputs without lines of their own.
+pub fn line_ends(format: InputFormat) -> Option<&'static str> {
+    matches!(format, InputFormat::Text | InputFormat::Jsonl).then_some("LF, CRLF or lone CR")
+}
+
 /// Append the next line of `input` to `buf`, its end included: `\n`, `\r\n` or a lone `\r`
 /// (old Mac files), as Python's universal newlines and the CSV reader take them. The bytes
 /// read; 0 at the end of the input.
@@ -966,7 +972,7 @@ fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<usiz
         if available.is_empty() {
             return Ok(read);
         }
-        match available.iter().position(|&b| b == b'\n' || b == b'\r') {
+        match memchr::memchr2(b'\n', b'\r', available) {
             None => {
                 let taken = available.len();
                 buf.extend_from_slice(available);
