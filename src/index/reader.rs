@@ -1175,6 +1175,17 @@ mod tests {
         docs
     }
 
+    /// A reader of `path` from its start, with the default columns.
+    fn open_at_start(path: &str, format: InputFormat) -> RecordReader {
+        RecordReader::open(
+            path,
+            format,
+            &InputColumns::default(),
+            ReadPosition::default(),
+        )
+        .unwrap()
+    }
+
     fn read_all(path: &str, format: InputFormat, start: ReadPosition) -> Vec<(u64, usize, bool)> {
         documents(path, format, start)
             .into_iter()
@@ -1197,13 +1208,7 @@ mod tests {
             all,
             [(0, 1, true), (1, 3, false), (2, 4, true), (3, 5, true)]
         );
-        let mut reader = RecordReader::open(
-            path,
-            InputFormat::Jsonl,
-            &InputColumns::default(),
-            ReadPosition::default(),
-        )
-        .unwrap();
+        let mut reader = open_at_start(path, InputFormat::Jsonl);
         reader.next_document().unwrap();
         reader.next_document().unwrap();
         let middle = reader.position();
@@ -1370,13 +1375,7 @@ mod tests {
                 let want: Vec<_> = want.into_iter().map(|(l, t)| (l, t.to_string())).collect();
                 assert_eq!(got, want, "{format:?} with {ending:?}");
                 // A resume after the second document reads the rest, at the same lines.
-                let mut reader = RecordReader::open(
-                    path,
-                    format,
-                    &InputColumns::default(),
-                    ReadPosition::default(),
-                )
-                .unwrap();
+                let mut reader = open_at_start(path, format);
                 reader.next_document().unwrap();
                 reader.next_document().unwrap();
                 let rest = documents(path, format, reader.position());
@@ -1825,13 +1824,7 @@ mod tests {
                 );
             }
             // Progress is in compressed bytes and ends at the file's length.
-            let mut reader = RecordReader::open(
-                compressed,
-                format,
-                &InputColumns::default(),
-                ReadPosition::default(),
-            )
-            .unwrap();
+            let mut reader = open_at_start(compressed, format);
             while reader.next_document().unwrap().is_some() {}
             assert_eq!(reader.progress(), bytes.len() as u64);
             assert_eq!(reader.extent(compressed), Some(bytes.len() as u64));
@@ -1878,13 +1871,7 @@ mod tests {
         for (path, format) in inputs {
             let path = path.to_str().unwrap();
             let summaries = |shard: Shard| {
-                let mut reader = RecordReader::open(
-                    path,
-                    format,
-                    &InputColumns::default(),
-                    ReadPosition::default(),
-                )
-                .unwrap();
+                let mut reader = open_at_start(path, format);
                 reader.keep_only(shard);
                 let mut seen = Vec::new();
                 while let Some(d) = reader.next_document().unwrap() {
