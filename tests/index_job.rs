@@ -1891,6 +1891,77 @@ fn output_options_for_another_format_are_refused_before_the_model_loads() {
     }
 }
 
+#[test]
+fn merge_refuses_to_write_over_a_shards_files_and_to_read_fortran_order_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &corpus(10));
+    let mut content = std::fs::read_to_string(&input).unwrap();
+    content += "{not json\n";
+    std::fs::write(&input, content).unwrap();
+    let merge = |output: &Path, shards: &[PathBuf]| {
+        Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+            .arg("merge")
+            .arg("--output")
+            .arg(output)
+            .args(shards)
+            .output()
+            .unwrap()
+    };
+    for extension in ["jsonl", "npy"] {
+        let shards: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                let shard = dir.path().join(format!("s{i}.{extension}"));
+                run_ok(&[
+                    "embed",
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--output",
+                    shard.to_str().unwrap(),
+                    "--shard",
+                    &format!("{i}/2"),
+                    "--on-error",
+                    "skip",
+                ]);
+                shard
+            })
+            .collect();
+        let rejects = dir.path().join("s0.jsonl.rejects.jsonl");
+        if extension == "jsonl" {
+            // The bad line is document 10: shard 0's.
+            let before = std::fs::read(&rejects).unwrap();
+            let out = merge(&rejects, &shards);
+            assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+            assert!(
+                stderr_of(&out).contains(&format!(
+                    "the merge would write {}, which shard {} keeps beside it",
+                    rejects.display(),
+                    shards[0].display()
+                )),
+                "{}",
+                stderr_of(&out)
+            );
+            assert_eq!(std::fs::read(&rejects).unwrap(), before);
+        } else {
+            // The same rows, declared column by column (as numpy's asfortranarray saves them).
+            let mut bytes = std::fs::read(&shards[1]).unwrap();
+            let (from, to) = (b"'fortran_order': False, ", b"'fortran_order': True,  ");
+            let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+            bytes[at..at + to.len()].copy_from_slice(to);
+            std::fs::write(&shards[1], bytes).unwrap();
+            let output = dir.path().join("merged.npy");
+            let out = merge(&output, &shards);
+            assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+            assert!(
+                stderr_of(&out).contains("rows of float32 or float16, C order"),
+                "{}",
+                stderr_of(&out)
+            );
+            assert!(!output.exists());
+        }
+    }
+}
+
 /// A run killed while removing a Parquet output's partial directory (its last step, after the
 /// checkpoint went) leaves a finished output beside the rest of it: done, and the rest removed.
 #[test]

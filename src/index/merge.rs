@@ -167,7 +167,7 @@ impl ShardFile {
                 let mut header = [0u8; NPY_HEADER_LEN];
                 file.read_exact(&mut header).map_err(io_error)?;
                 let (rows, dim, dtype) = parse_npy_header(&header)
-                    .ok_or_else(|| file_error("not a .npy file written by gemma-embed".into()))?;
+                    .ok_or_else(|| file_error("not a .npy file written by gemma-embed (rows of float32 or float16, C order)".into()))?;
                 let rows = ShardRows::Npy {
                     file,
                     rows_left: rows,
@@ -311,6 +311,10 @@ impl ShardFile {
 fn parse_npy_header(header: &[u8]) -> Option<(u64, usize, Dtype)> {
     let text = std::str::from_utf8(header.strip_prefix(b"\x93NUMPY\x01\x00")?.get(2..)?).ok()?;
     let descr = text.split("'descr': '").nth(1)?.split('\'').next()?;
+    // Rows stored column by column would be read as other rows.
+    if !text.contains("'fortran_order': False") {
+        return None;
+    }
     let shape = text.split("'shape': (").nth(1)?.split(')').next()?;
     let (rows, dim) = shape.split_once(',')?;
     Some((
@@ -454,6 +458,24 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<Merged> {
                     path: path.clone(),
                     message: "is the --output: the merged rows would overwrite it".into(),
                 });
+            }
+            // The merge writes its output and the output's rejects file: neither may be a file
+            // a shard keeps beside it (its rejects, its record).
+            for written in [output.to_path_buf(), rejects_path(output)] {
+                if let Some(side) = super::checkpoint::side_files(path)
+                    .into_iter()
+                    .find(|side| super::many::same_file(&written, side))
+                {
+                    return Err(Error::File {
+                        path: output.into(),
+                        message: format!(
+                            "the merge would write {}, which shard {} keeps beside it: choose \
+                             another --output",
+                            side.display(),
+                            path.display()
+                        ),
+                    });
+                }
             }
             if OutputFormat::from_path(path)? != format {
                 return Err(Error::File {
