@@ -883,9 +883,9 @@ struct BenchArgs {
     /// [default: from the extension].
     #[arg(long)]
     corpus_format: Option<InputFormat>,
-    /// Corpus: the column (JSON Lines: the field) holding the text.
-    #[arg(long, default_value = "text")]
-    text_column: String,
+    /// Corpus: the column (JSON Lines: the field) holding the text [default: text].
+    #[arg(long)]
+    text_column: Option<String>,
     /// Corpus: the column (JSON Lines: the field) holding a title, for EmbeddingGemma's document
     /// prompt `title: {title} | text: `, as `embed --title-column`.
     #[arg(long, conflicts_with = "prompt_name")]
@@ -948,7 +948,7 @@ fn corpus_workload(args: &BenchArgs, path: &str, model: &Model) -> Result<bench:
         None => InputFormat::from_path(path)?,
     };
     let columns = InputColumns {
-        text: args.text_column.clone(),
+        text: args.text_column.clone().unwrap_or_else(|| "text".into()),
         id: None,
         title: args.title_column.clone(),
     };
@@ -1000,6 +1000,51 @@ fn bench(args: BenchArgs) -> Result<()> {
             loads
         }
     };
+    if args.corpus.is_none() {
+        let corpus_flags: Vec<&str> = [
+            ("--corpus-docs", args.corpus_docs.is_some()),
+            ("--corpus-format", args.corpus_format.is_some()),
+            ("--text-column", args.text_column.is_some()),
+            ("--title-column", args.title_column.is_some()),
+            ("--prompt-name", args.prompt_name.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        if !corpus_flags.is_empty() {
+            bail!(
+                "{} describe the --corpus workload: give --corpus FILE",
+                corpus_flags.join(", ")
+            );
+        }
+    }
+    if let Some(tokens) = args.tokens {
+        if !(1..=bench::MAX_TOKENS_PER_RUN).contains(&tokens) {
+            bail!("--tokens must be in 1..={}", bench::MAX_TOKENS_PER_RUN);
+        }
+        let synthetic = args.mixed || args.lengths.as_ref().is_some_and(|l| !l.is_empty());
+        if args.corpus.is_some() && !synthetic {
+            bail!(
+                "--tokens sizes the synthetic workloads (--lengths, --mixed); a --corpus workload \
+                 is its documents (--corpus-docs N takes the first N)"
+            );
+        }
+    }
+    // Each file written is no other one named: the last written would be all that is left.
+    let files = [
+        ("--json", &args.json),
+        ("--plot", &args.plot),
+        ("--compare", &args.compare),
+    ];
+    for (i, (flag, path)) in files.iter().enumerate() {
+        for (other, other_path) in &files[i + 1..] {
+            if let (Some(a), Some(b)) = (path, other_path) {
+                if index::many::same_file(a, b) {
+                    bail!("{flag} and {other} name one file, {}", a.display());
+                }
+            }
+        }
+    }
     // Fail on a bad output path or a missing font before measuring anything.
     if let Some(path) = &args.plot {
         bench::plot::prepare(path)?;
@@ -1014,6 +1059,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         .map(bench::compare::OtherReport::load)
         .transpose()?;
     let model = Arc::new(Model::load(&args.model.model)?);
+    if let (Some(other), Some(path)) = (&other, &args.compare) {
+        other.check_model(path, &model.config)?;
+    }
     let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;
     eprintln!("backend: {note}");
     let on_cpu = backend.name() == "cpu";

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn tiny() -> String {
     common::tiny_model_dir().display().to_string()
@@ -320,7 +320,95 @@ fn bad_flags_are_refused_before_measuring() {
         &["--mode", "online", "--rate", "1e-300", "--lengths", "8"],
         "--rate 1e-300: request 1 would arrive",
     );
+    refused(
+        &["--mode", "online", "--rate", "1e-9", "--lengths", "8"],
+        "(more than a day): raise the rate",
+    );
+    refused(
+        &["--lengths", "8", "--tokens", "0"],
+        "--tokens must be in 1..=268435456",
+    );
+    refused(
+        &["--lengths", "8", "--tokens", "10000000000000"],
+        "--tokens must be in 1..=268435456",
+    );
+    refused(
+        &[
+            "--lengths",
+            "8",
+            "--corpus-docs",
+            "5",
+            "--prompt-name",
+            "query",
+        ],
+        "--corpus-docs, --prompt-name describe the --corpus workload: give --corpus FILE",
+    );
     let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, "one\ntwo\n").unwrap();
+    refused(
+        &["--corpus", corpus.to_str().unwrap(), "--tokens", "100"],
+        "--tokens sizes the synthetic workloads",
+    );
+    let report = dir.path().join("r.json");
+    refused(
+        &[
+            "--lengths",
+            "8",
+            "--json",
+            report.to_str().unwrap(),
+            "--plot",
+            report.to_str().unwrap(),
+        ],
+        "--json and --plot name one file",
+    );
+    refused(
+        &[
+            "--lengths",
+            "8",
+            "--json",
+            report.to_str().unwrap(),
+            "--compare",
+            report.to_str().unwrap(),
+        ],
+        "--json and --compare name one file",
+    );
+    // Reports that cannot be compared with: another model's, impossible numbers.
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bench_reference_tiny.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for (field, value, message) in [
+        (
+            "/model/num_layers",
+            json!(24),
+            "a report of another model (layers 24, here 4): compare runs of the same model",
+        ),
+        (
+            "/settings/tokens_per_run",
+            json!(1e13),
+            "not a bench report",
+        ),
+        (
+            "/settings/tokens_per_run",
+            json!(10_000_000_000_000u64),
+            "tokens_per_run 10000000000000 is not in 1..=268435456",
+        ),
+        (
+            "/workloads/0/tokens_per_s",
+            json!(-5.0),
+            "workload fixed-16: tokens_per_s -5 is not a throughput",
+        ),
+    ] {
+        let mut other = reference.clone();
+        *other.pointer_mut(field).unwrap() = value;
+        let path = dir.path().join("other.json");
+        std::fs::write(&path, other.to_string()).unwrap();
+        refused(&["--compare", path.to_str().unwrap()], message);
+    }
     let unwritable = dir.path().join("no such folder/report.json");
     refused(
         &["--lengths", "8", "--json", unwritable.to_str().unwrap()],

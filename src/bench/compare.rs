@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{Workload, WorkloadResult};
+use super::{Workload, WorkloadResult, MAX_TOKENS_PER_RUN};
+use crate::model::ModelConfig;
 use crate::{Error, Result};
 
 /// The parts of a report that a comparison reads (any `gemma-embed-bench/*` schema).
@@ -20,6 +21,20 @@ pub struct OtherReport {
     #[serde(default)]
     pub settings: OtherSettings,
     pub workloads: Vec<OtherWorkload>,
+    /// The model it measured, where it says.
+    #[serde(default)]
+    pub model: OtherModel,
+}
+
+/// A report's model shape: what decides the work behind its rows.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct OtherModel {
+    #[serde(default)]
+    pub num_layers: Option<usize>,
+    #[serde(default)]
+    pub hidden_size: Option<usize>,
+    #[serde(default)]
+    pub embedding_dim: Option<usize>,
 }
 
 /// The settings a comparison can reuse to run the same workloads.
@@ -106,7 +121,51 @@ impl OtherReport {
                 report.schema
             )));
         }
+        if let Some(tokens) = report.settings.tokens_per_run {
+            if !(1..=MAX_TOKENS_PER_RUN).contains(&tokens) {
+                return Err(bad(format!(
+                    "tokens_per_run {tokens} is not in 1..={MAX_TOKENS_PER_RUN}"
+                )));
+            }
+        }
+        if let Some(w) = report
+            .workloads
+            .iter()
+            .find(|w| !(w.tokens_per_s.is_finite() && w.tokens_per_s > 0.0))
+        {
+            return Err(bad(format!(
+                "workload {}: tokens_per_s {} is not a throughput",
+                w.name, w.tokens_per_s
+            )));
+        }
         Ok(report)
+    }
+
+    /// Refuse the report (`path`) of a model of another shape than `config`: its rows measured
+    /// other work.
+    pub fn check_model(&self, path: &Path, config: &ModelConfig) -> Result<()> {
+        let theirs = &self.model;
+        let pairs = [
+            ("layers", theirs.num_layers, config.num_layers),
+            ("hidden size", theirs.hidden_size, config.hidden_size),
+            ("embedding size", theirs.embedding_dim, config.embedding_dim),
+        ];
+        let differences: Vec<String> = pairs
+            .iter()
+            .filter_map(|&(what, theirs, ours)| {
+                theirs
+                    .filter(|&theirs| theirs != ours)
+                    .map(|theirs| format!("{what} {theirs}, here {ours}"))
+            })
+            .collect();
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Bench(format!(
+            "--compare {}: a report of another model ({}): compare runs of the same model",
+            path.display(),
+            differences.join("; ")
+        )))
     }
 
     /// The workloads of this report, rebuilt: one fixed-length workload per distinct `seq_len`,

@@ -39,6 +39,9 @@ use crate::{Error, Result};
 /// Mixed workloads draw lengths uniformly from this range (inclusive).
 pub const MIXED_MIN_LEN: usize = 16;
 pub const MIXED_MAX_LEN: usize = 1024;
+/// The most tokens one measured run may hold (`--tokens`, or a compared report's): 2^28, a GiB
+/// of token ids, minutes of work on a GPU.
+pub const MAX_TOKENS_PER_RUN: usize = 1 << 28;
 /// Token ids below this are special tokens (`<pad>`, `<eos>`, `<bos>`, `<unk>`, ...).
 const FIRST_ORDINARY_ID: u64 = 6;
 

@@ -61,9 +61,12 @@ pub fn requests_of(sequences: &[Vec<u32>], per_request: usize, dimensions: usize
         .collect()
 }
 
+/// The latest arrival an open-loop schedule may hold: a day.
+const MAX_SCHEDULE_SECONDS: f64 = 86_400.0;
+
 /// Arrival offsets of `n` requests from the start of an open-loop run: the first at once, then
-/// cumulative exponential gaps of mean `1 / rate` seconds. Fails when the schedule does not fit
-/// a [`Duration`] (a rate so small that the gaps overflow it).
+/// cumulative exponential gaps of mean `1 / rate` seconds. Fails when the schedule runs past
+/// [`MAX_SCHEDULE_SECONDS`] (a rate so small that the run would seem to hang, or overflow).
 pub fn poisson_arrivals(n: usize, rate: f64, rng: &mut SplitMix64) -> Result<Vec<Duration>> {
     let mut t = 0.0;
     (0..n)
@@ -73,11 +76,13 @@ pub fn poisson_arrivals(n: usize, rate: f64, rng: &mut SplitMix64) -> Result<Vec
                 let u = ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
                 t += -u.ln() / rate;
             }
-            Duration::try_from_secs_f64(t).map_err(|_| {
-                Error::Bench(format!(
-                    "--rate {rate:e}: request {i} would arrive {t:e} s after the start"
-                ))
-            })
+            if t > MAX_SCHEDULE_SECONDS {
+                return Err(Error::Bench(format!(
+                    "--rate {rate:e}: request {i} would arrive {t:e} s after the start (more \
+                     than a day): raise the rate"
+                )));
+            }
+            Ok(Duration::from_secs_f64(t))
         })
         .collect()
 }

@@ -58,16 +58,16 @@ fn plot_error(e: impl std::fmt::Display) -> Error {
 }
 
 /// The font file to draw text with, or why there is none.
-fn find_font() -> Result<PathBuf> {
+fn find_font() -> std::result::Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("GEMMA_EMBED_FONT") {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(Error::Bench(format!(
+            Err(format!(
                 "--plot: GEMMA_EMBED_FONT={} is not a file",
                 path.display()
-            )))
+            ))
         };
     }
     if let Some(path) = FONT_CANDIDATES
@@ -83,13 +83,13 @@ fn find_font() -> Result<PathBuf> {
     }
     found.sort();
     found.into_iter().next().ok_or_else(|| {
-        Error::Bench(format!(
+        format!(
             "--plot needs a TrueType font to draw text and found none (looked at \
              GEMMA_EMBED_FONT, {} and any .ttf under {}); install one (Debian: \
              `apt-get install fonts-dejavu-core`) or set GEMMA_EMBED_FONT=/path/to/font.ttf",
             FONT_CANDIDATES.join(", "),
             FONT_DIRS.join(", ")
-        ))
+        )
     })
 }
 
@@ -116,7 +116,7 @@ pub fn prepare(path: &Path) -> Result<PathBuf> {
     format_of(path)?;
     static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     FONT.get_or_init(|| {
-        let font = find_font().map_err(|e| e.to_string())?;
+        let font = find_font()?;
         let bytes = std::fs::read(&font).map_err(|e| format!("--plot: {}: {e}", font.display()))?;
         // plotters keeps fonts for the life of the process.
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
