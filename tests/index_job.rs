@@ -1942,6 +1942,17 @@ fn merge_refuses_to_write_over_a_shards_files_and_to_read_fortran_order_rows() {
                 stderr_of(&out)
             );
             assert_eq!(std::fs::read(&rejects).unwrap(), before);
+            // A damaged row is named by its line.
+            let text = std::fs::read_to_string(&shards[1]).unwrap();
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines[1] = "{\"embedding\": [1, 2";
+            std::fs::write(&shards[1], lines.join("\n") + "\n").unwrap();
+            let out = merge(&dir.path().join("merged.jsonl"), &shards);
+            assert!(
+                stderr_of(&out).contains(&format!("{}: line 2: invalid JSON", shards[1].display())),
+                "{}",
+                stderr_of(&out)
+            );
         } else {
             // The same rows, declared column by column (as numpy's asfortranarray saves them).
             let mut bytes = std::fs::read(&shards[1]).unwrap();

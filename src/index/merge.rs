@@ -108,6 +108,8 @@ enum ShardRows {
     },
     Jsonl {
         lines: std::io::Lines<BufReader<File>>,
+        /// Lines read so far (the 1-based number of the last).
+        line: usize,
     },
     Parquet {
         batches: ParquetRecordBatchReader,
@@ -178,7 +180,7 @@ impl ShardFile {
             OutputFormat::Jsonl => {
                 let lines = BufReader::new(file).lines();
                 (
-                    ShardRows::Jsonl { lines },
+                    ShardRows::Jsonl { lines, line: 0 },
                     0,
                     Dtype::F32,
                     DEFAULT_ROW_GROUP_ROWS,
@@ -229,20 +231,20 @@ impl ShardFile {
                 }
                 Ok(Some(Value::Null))
             }
-            ShardRows::Jsonl { lines } => {
-                let Some(line) = lines.next() else {
+            ShardRows::Jsonl { lines, line } => {
+                let Some(text) = lines.next() else {
                     return Ok(None);
                 };
-                let line = line.map_err(io_error)?;
-                let mut value: Value =
-                    serde_json::from_str(&line).map_err(|source| Error::Json {
-                        path: self.path.clone(),
-                        source,
-                    })?;
-                let no_embedding = || Error::File {
-                    path: self.path.clone(),
-                    message: "a line without an `embedding` array".into(),
+                let text = text.map_err(io_error)?;
+                *line += 1;
+                let line_error = |message: String| Error::Line {
+                    source_name: self.path.display().to_string(),
+                    line: *line,
+                    message,
                 };
+                let mut value: Value = serde_json::from_str(&text)
+                    .map_err(|e| line_error(format!("invalid JSON: {e}")))?;
+                let no_embedding = || line_error("no `embedding` array of numbers".into());
                 for v in value["embedding"].as_array().ok_or_else(no_embedding)? {
                     row.push(v.as_f64().ok_or_else(no_embedding)? as f32);
                 }
