@@ -35,4 +35,13 @@ fn resolves_local_dirs_and_cached_hub_ids() {
 
     let err = resolve_model_dir("not an id").unwrap_err();
     assert!(err.to_string().contains("not a Hugging Face id"), "{err}");
+
+    // A file (a corpus given as --model by mistake) is named as one.
+    let file = local.path().join("corpus.jsonl");
+    std::fs::write(&file, "{}").unwrap();
+    let err = resolve_model_dir(file.to_str().unwrap()).unwrap_err();
+    assert!(
+        err.to_string().contains("a file, not a model directory"),
+        "{err}"
+    );
 }

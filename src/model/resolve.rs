@@ -16,6 +16,14 @@ pub fn resolve_model_dir(model: &str) -> Result<PathBuf> {
     if local.is_dir() {
         return Ok(local.to_path_buf());
     }
+    if local.is_file() {
+        return Err(Error::ModelNotFound {
+            model: model.into(),
+            message: "a file, not a model directory (the folder holding config.json, the \
+                      tokenizer and the safetensors weights)"
+                .into(),
+        });
+    }
     let Some((org, name)) = model.split_once('/').filter(|(org, name)| {
         !org.is_empty() && !name.is_empty() && !name.contains('/') && !model.starts_with('.')
     }) else {
