@@ -35,6 +35,19 @@ fn gemma_embed(args: &[&str]) -> Command {
     command
 }
 
+/// `embed --input INPUT --output OUTPUT EXTRA...`, as arguments.
+fn embed_args<'a>(input: &'a Path, output: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "embed",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[track_caller]
 fn run_ok(args: &[&str]) -> Output {
     let out = gemma_embed(args).output().unwrap();
@@ -596,13 +609,7 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     let good = dir.path().join("good.jsonl");
     write_jsonl(&good, &texts[..5]);
     let whole = dir.path().join("whole.jsonl");
-    run_ok(&[
-        "embed",
-        "--input",
-        good.to_str().unwrap(),
-        "--output",
-        whole.to_str().unwrap(),
-    ]);
+    run_ok(&embed_args(&good, &whole, &[]));
     assert!(!dir.path().join("whole.jsonl.rejects.jsonl").exists());
 }
 
@@ -653,15 +660,9 @@ fn a_checkpoint_of_other_parameters_is_refused() {
     ];
     for (checkpoint, expected) in cases {
         std::fs::write(dir.path().join("out.npy.checkpoint"), &checkpoint).unwrap();
-        let out = gemma_embed(&[
-            "embed",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+        let out = gemma_embed(&embed_args(&input, &output, &[]))
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
         for part in expected {
             assert!(
@@ -691,24 +692,12 @@ fn csv_input_embeds_like_json_lines() {
     std::fs::write(&csv_path, csv).unwrap();
     let from_jsonl = dir.path().join("a.jsonl");
     let from_csv = dir.path().join("b.jsonl");
-    run_ok(&[
-        "embed",
-        "--input",
-        jsonl.to_str().unwrap(),
-        "--output",
-        from_jsonl.to_str().unwrap(),
-    ]);
-    run_ok(&[
-        "embed",
-        "--input",
-        csv_path.to_str().unwrap(),
-        "--output",
-        from_csv.to_str().unwrap(),
-        "--text-column",
-        "body",
-        "--id-column",
-        "key",
-    ]);
+    run_ok(&embed_args(&jsonl, &from_jsonl, &[]));
+    run_ok(&embed_args(
+        &csv_path,
+        &from_csv,
+        &["--text-column", "body", "--id-column", "key"],
+    ));
     assert_eq!(
         std::fs::read(&from_csv).unwrap(),
         std::fs::read(&from_jsonl).unwrap()
@@ -734,13 +723,7 @@ fn parquet_input_embeds_like_json_lines() {
     texts[5] = "Ünïcödé, \"quoted\"\nand a new line".into();
     let path = |name: &str| dir.path().join(name);
     let embed = |input: &Path, output: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "embed",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ];
+        let mut args = embed_args(&input, &output, &[]);
         args.extend(extra);
         run_ok(&args)
     };
@@ -1175,13 +1158,7 @@ fn a_directory_embeds_each_file_as_one_document_and_resumes() {
     assert!(long.len() > 1 << 20 && !long.is_char_boundary(1 << 20));
     std::fs::write(big.join("long.txt"), &long).unwrap();
     let big_out = dir.path().join("big.jsonl");
-    run_ok(&[
-        "embed",
-        "--input",
-        big.to_str().unwrap(),
-        "--output",
-        big_out.to_str().unwrap(),
-    ]);
+    run_ok(&embed_args(&big, &big_out, &[]));
     let row: Value = serde_json::from_str(&std::fs::read_to_string(&big_out).unwrap()).unwrap();
     let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
     assert_eq!(got, reference_rows(&[long])[0]);
@@ -1375,17 +1352,9 @@ fn checkpoints_resume_across_on_error_and_columns_that_do_not_fit_are_refused() 
     std::fs::create_dir(&docs).unwrap();
     std::fs::write(docs.join("a.txt"), "alpha").unwrap();
     let titled = dir.path().join("titled.npy");
-    let out = gemma_embed(&[
-        "embed",
-        "--input",
-        docs.to_str().unwrap(),
-        "--output",
-        titled.to_str().unwrap(),
-        "--title-column",
-        "title",
-    ])
-    .output()
-    .unwrap();
+    let out = gemma_embed(&embed_args(&docs, &titled, &["--title-column", "title"]))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         stderr_of(&out).contains("--title-column needs JSON Lines, CSV or Parquet input"),
@@ -1877,13 +1846,7 @@ fn output_options_for_another_format_are_refused_before_the_model_loads() {
         ),
     ] {
         let output = dir.path().join(name);
-        let mut args = vec![
-            "embed",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ];
+        let mut args = embed_args(&input, &output, &[]);
         args.extend(flags);
         let refused = assert_refused(&args, part);
         assert!(!refused.contains("backend:"), "{refused}");
@@ -1912,17 +1875,11 @@ fn merge_refuses_to_write_over_a_shards_files_and_to_read_fortran_order_rows() {
         let shards: Vec<PathBuf> = (0..2)
             .map(|i| {
                 let shard = dir.path().join(format!("s{i}.{extension}"));
-                run_ok(&[
-                    "embed",
-                    "--input",
-                    input.to_str().unwrap(),
-                    "--output",
-                    shard.to_str().unwrap(),
-                    "--shard",
-                    &format!("{i}/2"),
-                    "--on-error",
-                    "skip",
-                ]);
+                run_ok(&embed_args(
+                    &input,
+                    &shard,
+                    &["--shard", &format!("{i}/2"), "--on-error", "skip"],
+                ));
                 shard
             })
             .collect();
