@@ -48,6 +48,17 @@ fn embed_args<'a>(input: &'a Path, output: &'a Path, extra: &[&'a str]) -> Vec<&
     args
 }
 
+/// `gemma-embed merge --output OUTPUT SHARDS...`, run.
+fn merge(output: &Path, shards: &[PathBuf]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
+        .arg("merge")
+        .arg("--output")
+        .arg(output)
+        .args(shards)
+        .output()
+        .unwrap()
+}
+
 #[track_caller]
 fn run_ok(args: &[&str]) -> Output {
     let out = gemma_embed(args).output().unwrap();
@@ -476,15 +487,6 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     // Refused, naming the fault, with nothing written: a missing shard, one given twice, one
     // of another job, one without its record.
     let shard = |i: usize| dir.path().join(format!("shard{i}.jsonl"));
-    let merge = |output: &Path, shards: &[PathBuf]| {
-        Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-            .arg("merge")
-            .arg("--output")
-            .arg(output)
-            .args(shards)
-            .output()
-            .unwrap()
-    };
     let merged = dir.path().join("refused.jsonl");
     let refused = |shards: &[PathBuf], message: &str| {
         let out = merge(&merged, shards);
@@ -723,7 +725,7 @@ fn parquet_input_embeds_like_json_lines() {
     texts[5] = "Ünïcödé, \"quoted\"\nand a new line".into();
     let path = |name: &str| dir.path().join(name);
     let embed = |input: &Path, output: &Path, extra: &[&str]| {
-        let mut args = embed_args(&input, &output, &[]);
+        let mut args = embed_args(input, output, &[]);
         args.extend(extra);
         run_ok(&args)
     };
@@ -1862,15 +1864,6 @@ fn merge_refuses_to_write_over_a_shards_files_and_to_read_fortran_order_rows() {
     let mut content = std::fs::read_to_string(&input).unwrap();
     content += "{not json\n";
     std::fs::write(&input, content).unwrap();
-    let merge = |output: &Path, shards: &[PathBuf]| {
-        Command::new(env!("CARGO_BIN_EXE_gemma-embed"))
-            .arg("merge")
-            .arg("--output")
-            .arg(output)
-            .args(shards)
-            .output()
-            .unwrap()
-    };
     for extension in ["jsonl", "npy"] {
         let shards: Vec<PathBuf> = (0..2)
             .map(|i| {
