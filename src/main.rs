@@ -1018,6 +1018,11 @@ fn bench(args: BenchArgs) -> Result<()> {
             );
         }
     }
+    if let Some(peak) = args.peak_tflops {
+        if !(peak.is_finite() && peak > 0.0) {
+            bail!("--peak-tflops must be a positive number of TFLOP/s, got {peak}");
+        }
+    }
     if let Some(tokens) = args.tokens {
         if !(1..=bench::MAX_TOKENS_PER_RUN).contains(&tokens) {
             bail!("--tokens must be in 1..={}", bench::MAX_TOKENS_PER_RUN);
