@@ -762,6 +762,9 @@ fn info(args: InfoArgs) -> Result<()> {
 /// no permission), instead of after the runs with their results lost. A file that was not there
 /// is removed again; one that was is left as it is.
 fn check_writable(path: &Path, flag: &str) -> Result<()> {
+    if path == Path::new("-") {
+        bail!("{flag} -: give a file name (standard output carries the table)");
+    }
     let existed = path.exists();
     std::fs::OpenOptions::new()
         .append(true)

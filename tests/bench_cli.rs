@@ -329,6 +329,10 @@ fn bad_flags_are_refused_before_measuring() {
         "--tokens must be in 1..=268435456",
     );
     refused(
+        &["--lengths", "8", "--json", "-"],
+        "--json -: give a file name (standard output carries the table)",
+    );
+    refused(
         &["--lengths", "8", "--peak-tflops", "0"],
         "--peak-tflops must be a positive number of TFLOP/s, got 0",
     );
