@@ -303,54 +303,59 @@ fn bad_flags_are_refused_before_measuring() {
         assert!(out.stdout.is_empty(), "{args:?} printed a table");
         assert!(!stderr.contains("tokens/s"), "{args:?} measured: {stderr}");
     };
-    refused(
-        &["--concurrency", "2", "--lengths", "8"],
-        "are for --mode online",
-    );
-    refused(
-        &["--mode", "online", "--lengths", "8"],
-        "--concurrency C or --rate R",
-    );
-    refused(&["--lengths", "8", "--plot", "chart.gif"], ".png or .svg");
-    refused(
-        &["--mode", "online", "--concurrency", "0", "--lengths", "8"],
-        "--concurrency must be at least 1",
-    );
-    refused(
-        &["--mode", "online", "--rate", "1e-300", "--lengths", "8"],
-        "--rate 1e-300: request 1 would arrive",
-    );
-    refused(
-        &["--mode", "online", "--rate", "1e-9", "--lengths", "8"],
-        "(more than a day): raise the rate",
-    );
-    refused(
-        &["--lengths", "8", "--tokens", "0"],
-        "--tokens must be in 1..=268435456",
-    );
-    refused(
-        &["--lengths", "8", "--json", "-"],
-        "--json -: give a file name (standard output carries the table)",
-    );
-    refused(
-        &["--lengths", "8", "--peak-tflops", "0"],
-        "--peak-tflops must be a positive number of TFLOP/s, got 0",
-    );
-    refused(
-        &["--lengths", "8", "--tokens", "10000000000000"],
-        "--tokens must be in 1..=268435456",
-    );
-    refused(
-        &[
-            "--lengths",
-            "8",
-            "--corpus-docs",
-            "5",
-            "--prompt-name",
-            "query",
-        ],
-        "--corpus-docs, --prompt-name describe the --corpus workload: give --corpus FILE",
-    );
+    let cases: [(&[&str], &str); 11] = [
+        (
+            &["--concurrency", "2", "--lengths", "8"],
+            "are for --mode online",
+        ),
+        (
+            &["--mode", "online", "--lengths", "8"],
+            "--concurrency C or --rate R",
+        ),
+        (&["--lengths", "8", "--plot", "chart.gif"], ".png or .svg"),
+        (
+            &["--mode", "online", "--concurrency", "0", "--lengths", "8"],
+            "--concurrency must be at least 1",
+        ),
+        (
+            &["--mode", "online", "--rate", "1e-300", "--lengths", "8"],
+            "--rate 1e-300: request 1 would arrive",
+        ),
+        (
+            &["--mode", "online", "--rate", "1e-9", "--lengths", "8"],
+            "(more than a day): raise the rate",
+        ),
+        (
+            &["--lengths", "8", "--tokens", "0"],
+            "--tokens must be in 1..=268435456",
+        ),
+        (
+            &["--lengths", "8", "--tokens", "10000000000000"],
+            "--tokens must be in 1..=268435456",
+        ),
+        (
+            &["--lengths", "8", "--json", "-"],
+            "--json -: give a file name (standard output carries the table)",
+        ),
+        (
+            &["--lengths", "8", "--peak-tflops", "0"],
+            "--peak-tflops must be a positive number of TFLOP/s, got 0",
+        ),
+        (
+            &[
+                "--lengths",
+                "8",
+                "--corpus-docs",
+                "5",
+                "--prompt-name",
+                "query",
+            ],
+            "--corpus-docs, --prompt-name describe the --corpus workload: give --corpus FILE",
+        ),
+    ];
+    for (args, message) in cases {
+        refused(args, message);
+    }
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "one\ntwo\n").unwrap();
