@@ -59,7 +59,7 @@ fn renormalized_prefix(v: &[f32], n: usize) -> Vec<f32> {
 
 #[test]
 fn token_id_inputs_match_sentence_transformers_on_every_route() {
-    let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let server = Server::tiny_on_cpu(&[]);
     let expected = tiny_expected();
     let ids: Vec<&Vec<u32>> = expected.cases.iter().map(|c| &c.token_ids).collect();
     let total_tokens: usize = ids.iter().map(|i| i.len()).sum();
@@ -182,7 +182,7 @@ fn text_cases(expected: &common::TinyExpected) -> Vec<(&common::TinyCase, &str)>
 
 #[test]
 fn text_inputs_embed_as_their_tokens_with_prompts_and_truncation() {
-    let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let server = Server::tiny_on_cpu(&[]);
     // The fixture's text cases: sentence-transformers' token ids and embeddings.
     let expected = tiny_expected();
     let text_cases = text_cases(&expected);
@@ -324,17 +324,8 @@ fn error_message(name: &str, body: &Value, shape: Flavor) -> String {
 
 #[test]
 fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &[
-            "--backend",
-            "cpu",
-            "--payload-limit",
-            "100000",
-            "--max-client-batch-size",
-            "64",
-        ],
-    );
+    let server =
+        Server::tiny_on_cpu(&["--payload-limit", "100000", "--max-client-batch-size", "64"]);
     let openai = |body: &[u8]| server.post_bytes("/v1/embeddings", body, &[]);
     let tei = |body: &[u8]| server.post_bytes("/embed", body, &[]);
     let huge = format!(r#"{{"input": "{}"}}"#, "a ".repeat(100_000));
@@ -728,7 +719,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_server_healthy() {
 
 #[test]
 fn similarity_and_decode_answer_as_tei_does() {
-    let server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let server = Server::tiny_on_cpu(&[]);
     let expected = tiny_expected();
     let text_cases = text_cases(&expected);
     assert!(text_cases.len() >= 2, "the fixture has text cases");
@@ -810,10 +801,7 @@ fn similarity_and_decode_answer_as_tei_does() {
 
 #[test]
 fn api_key_guards_every_route_but_health_and_metrics() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--api-key", "s3cret"],
-    );
+    let server = Server::tiny_on_cpu(&["--api-key", "s3cret"]);
     let body = json!({"input": "hi"}).to_string();
     let denied = server.post_bytes("/v1/embeddings", body.as_bytes(), &[]);
     assert_eq!(denied.status, 401);
@@ -844,10 +832,7 @@ fn a_body_far_past_the_payload_limit_gets_its_413_not_a_reset_connection() {
     // Without draining, the server answers after reading the first 100 kB and closes the
     // connection while a 4 MB body is still being written: the client sees a broken pipe or a
     // reset instead of the answer.
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--payload-limit", "100000"],
-    );
+    let server = Server::tiny_on_cpu(&["--payload-limit", "100000"]);
     let body = format!(r#"{{"input": "{}"}}"#, "a ".repeat(2_000_000));
     for round in 0..3 {
         for (path, shape) in [("/v1/embeddings", Flavor::OpenAi), ("/embed", Flavor::Tei)] {
@@ -895,10 +880,7 @@ fn a_body_far_past_the_payload_limit_gets_its_413_not_a_reset_connection() {
 
 #[test]
 fn a_wrong_method_gets_405_in_the_route_s_error_shape() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--api-key", "k"],
-    );
+    let server = Server::tiny_on_cpu(&["--api-key", "k"]);
     for (method, path, allow, shape) in [
         ("GET", "/v1/embeddings", "POST", Flavor::OpenAi),
         ("DELETE", "/v1/embeddings", "POST", Flavor::OpenAi),
@@ -924,10 +906,7 @@ fn a_wrong_method_gets_405_in_the_route_s_error_shape() {
 #[test]
 fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
     // It could never be admitted: 413, not a 429 that a client would retry.
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--max-queued-inputs", "4"],
-    );
+    let server = Server::tiny_on_cpu(&["--max-queued-inputs", "4"]);
     let start = std::time::Instant::now();
     let answer = server.post("/v1/embeddings", &json!({"input": vec!["x"; 5]}));
     assert_eq!(answer.status, 413, "{}", answer.body);
@@ -979,21 +958,16 @@ fn sample(metrics: &str, name: &str) -> f64 {
 
 #[test]
 fn info_and_metrics_describe_the_server() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &[
-            "--backend",
-            "cpu",
-            "--served-model-name",
-            "tiny-gemma",
-            "--max-batch-tokens",
-            "4096",
-            "--max-queued-inputs",
-            "77",
-            "--tokenization-workers",
-            "1",
-        ],
-    );
+    let server = Server::tiny_on_cpu(&[
+        "--served-model-name",
+        "tiny-gemma",
+        "--max-batch-tokens",
+        "4096",
+        "--max-queued-inputs",
+        "77",
+        "--tokenization-workers",
+        "1",
+    ]);
     let info = server.get("/info", &[]).json();
     assert_eq!(info["model_id"], "tiny-gemma");
     // The engine's limits, as the flags set them.
@@ -1044,7 +1018,7 @@ fn info_and_metrics_describe_the_server() {
 
 #[test]
 fn sigterm_stops_the_server_with_exit_code_zero() {
-    let mut server = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let mut server = Server::tiny_on_cpu(&[]);
     assert_eq!(server.post("/embed", &json!({"inputs": "hi"})).status, 200);
     let status = server.terminate(std::time::Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", server.log());
@@ -1056,10 +1030,7 @@ fn sigterm_stops_the_server_with_exit_code_zero() {
 
 #[test]
 fn auto_truncate_makes_truncation_the_default() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--auto-truncate"],
-    );
+    let server = Server::tiny_on_cpu(&["--auto-truncate"]);
     let long = (0..100)
         .map(|i| format!("w{i}"))
         .collect::<Vec<_>>()
@@ -1084,7 +1055,7 @@ fn a_default_prompt_applies_to_texts_that_name_none() {
     let expected = tiny_expected();
     let text_cases = text_cases(&expected);
     let (_, text) = text_cases[0];
-    let plain = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let plain = Server::tiny_on_cpu(&[]);
     let query_prompt = plain.get("/info", &[]).json()["prompts"]["query"]
         .as_str()
         .unwrap()
@@ -1094,10 +1065,7 @@ fn a_default_prompt_applies_to_texts_that_name_none() {
     let unprompted = openai_vectors(&plain.post("/v1/embeddings", &json!({"input": text})));
     assert_ne!(prompted, unprompted);
 
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--default-prompt-name", "query"],
-    );
+    let server = Server::tiny_on_cpu(&["--default-prompt-name", "query"]);
     let info = server.get("/info", &[]).json();
     assert_eq!(info["default_prompt_name"], "query");
     assert_eq!(info["default_prompt"], query_prompt.as_str());
@@ -1125,10 +1093,7 @@ fn a_default_prompt_applies_to_texts_that_name_none() {
     );
     drop(server);
 
-    let literal = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--default-prompt", "w1 w2 "],
-    );
+    let literal = Server::tiny_on_cpu(&["--default-prompt", "w1 w2 "]);
     let info = literal.get("/info", &[]).json();
     assert_eq!(info["default_prompt_name"], Value::Null);
     assert_eq!(info["default_prompt"], "w1 w2 ");
@@ -1156,19 +1121,14 @@ fn a_default_prompt_applies_to_texts_that_name_none() {
 #[test]
 fn cors_headers_go_only_to_allowed_origins() {
     let allowed = "https://app.example";
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &[
-            "--backend",
-            "cpu",
-            "--api-key",
-            "s3cret",
-            "--cors-allow-origin",
-            allowed,
-            "--cors-allow-origin",
-            "http://localhost:3000",
-        ],
-    );
+    let server = Server::tiny_on_cpu(&[
+        "--api-key",
+        "s3cret",
+        "--cors-allow-origin",
+        allowed,
+        "--cors-allow-origin",
+        "http://localhost:3000",
+    ]);
     // The preflight is answered without the API key, and allows the headers it asks for (OpenAI's
     // JavaScript SDK sends `x-stainless-*` ones).
     let preflight = server.options(
@@ -1221,15 +1181,12 @@ fn cors_headers_go_only_to_allowed_origins() {
     assert_eq!(refused.status, 401);
     assert_eq!(refused.header("access-control-allow-origin"), Some(allowed));
 
-    let any = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--cors-allow-origin", "*"],
-    );
+    let any = Server::tiny_on_cpu(&["--cors-allow-origin", "*"]);
     let answer = any.post_bytes("/embed", body.as_bytes(), &[("origin", allowed)]);
     assert_eq!(answer.header("access-control-allow-origin"), Some("*"));
     drop(any);
 
-    let plain = Server::start(&common::tiny_model_dir(), &["--backend", "cpu"]);
+    let plain = Server::tiny_on_cpu(&[]);
     let answer = plain.post_bytes("/embed", body.as_bytes(), &[("origin", allowed)]);
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("access-control-allow-origin"), None);
@@ -1252,10 +1209,7 @@ fn cors_headers_go_only_to_allowed_origins() {
 
 #[test]
 fn tei_root_sagemaker_and_vertex_routes_answer_as_embed() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--api-key", "s3cret"],
-    );
+    let server = Server::tiny_on_cpu(&["--api-key", "s3cret"]);
     let key = [("authorization", "Bearer s3cret")];
     let post = |path: &str, body: &Value| {
         let answer = server.post_bytes(path, body.to_string().as_bytes(), &key);
@@ -1386,17 +1340,8 @@ fn limits_that_admit_nothing_are_refused_at_start() {
 #[test]
 fn clients_that_never_finish_a_request_are_disconnected_and_counted() {
     use std::io::{Read, Write};
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &[
-            "--backend",
-            "cpu",
-            "--header-timeout",
-            "1",
-            "--max-client-batch-size",
-            "20000",
-        ],
-    );
+    let server =
+        Server::tiny_on_cpu(&["--header-timeout", "1", "--max-client-batch-size", "20000"]);
     let address = server.url.trim_start_matches("http://");
     let connect = || {
         let stream = std::net::TcpStream::connect(address).unwrap();

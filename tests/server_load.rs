@@ -12,10 +12,7 @@ use common::Server;
 
 #[test]
 fn many_concurrent_clients_get_correct_answers_or_429_and_memory_stays_bounded() {
-    let server = Server::start(
-        &common::tiny_model_dir(),
-        &["--backend", "cpu", "--max-queued-inputs", "96"],
-    );
+    let server = Server::tiny_on_cpu(&["--max-queued-inputs", "96"]);
     let rss_before_kb = server.memory_kb("VmRSS");
     let requests = 3000;
     let output = Command::new(env!("CARGO_BIN_EXE_gemma-embed-loadgen"))

@@ -130,8 +130,7 @@ fn call(
 
 #[test]
 fn the_openapi_document_describes_every_answer() {
-    let tiny = common::tiny_model_dir();
-    let server = Server::start(&tiny, &["--backend", "cpu", "--api-key", API_KEY]);
+    let server = Server::tiny_on_cpu(&["--api-key", API_KEY]);
     let document = server.get("/openapi.json", &[]);
     assert_eq!(document.status, 200, "{}", document.body);
     let document = document.json();

@@ -193,6 +193,11 @@ impl HttpAnswer {
 }
 
 impl Server {
+    /// A server of the tiny fixture model on the CPU backend, with `args` after.
+    pub fn tiny_on_cpu(args: &[&str]) -> Self {
+        Self::start(&tiny_model_dir(), &[&["--backend", "cpu"], args].concat())
+    }
+
     /// Start `gemma-embed serve --model MODEL --port 0 ARGS...` and wait until it listens.
     pub fn start(model: &Path, args: &[&str]) -> Self {
         use std::io::BufRead;
