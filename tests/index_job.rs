@@ -1754,20 +1754,15 @@ fn rejects_of_an_interrupted_skip_run_survive_a_resume_under_fail() {
 #[test]
 fn one_run_at_a_time_writes_an_output() {
     let dir = tempfile::tempdir().unwrap();
-    let KillableJob {
-        input,
-        output,
-        checkpoint,
-        args,
-    } = killable_job(dir.path());
-    let input = input.as_str();
+    let job = killable_job(dir.path());
+    let input = job.input.as_str();
     let lock = dir.path().join("out.npy.lock");
-    let mut first = gemma_embed(&strs(&args))
+    let mut first = gemma_embed(&strs(&job.args))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while checkpoint_rows(&checkpoint).is_none() && start.elapsed() < Duration::from_secs(60) {
+    while checkpoint_rows(&job.checkpoint).is_none() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(
@@ -1775,7 +1770,7 @@ fn one_run_at_a_time_writes_an_output() {
         "finished before the second run"
     );
     let refused = assert_refused(
-        &strs(&args),
+        &strs(&job.args),
         "another gemma-embed run is writing it (it holds",
     );
     // Before it loaded the model and opened a backend.
@@ -1783,10 +1778,10 @@ fn one_run_at_a_time_writes_an_output() {
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(lock.exists());
-    let out = run_ok(&strs(&args));
+    let out = run_ok(&strs(&job.args));
     assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
     assert!(!lock.exists());
-    let (rows, _) = read_npy_f32(&output);
+    let (rows, _) = read_npy_f32(&job.output);
     assert_eq!(rows, 1500);
 
     let own = dir.path().join("x.npy.partial");
@@ -1981,16 +1976,11 @@ fn a_parquet_partial_directory_left_beside_a_finished_output_is_removed() {
 #[test]
 fn a_job_resumes_with_the_same_model_in_another_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let KillableJob {
-        input,
-        output,
-        checkpoint,
-        args,
-    } = killable_job(dir.path());
+    let job = killable_job(dir.path());
     let whole = dir.path().join("whole.npy");
-    run_ok(&strs(&killable_embed(&input, &whole, &[])));
+    run_ok(&strs(&killable_embed(&job.input, &whole, &[])));
     assert!(
-        kill_twice(&strs(&args), &checkpoint, 1) >= 1,
+        kill_twice(&strs(&job.args), &job.checkpoint, 1) >= 1,
         "finished before the kill"
     );
     let moved = copy_of_tiny_model(&dir.path().join("moved-model"));
@@ -1998,13 +1988,13 @@ fn a_job_resumes_with_the_same_model_in_another_folder() {
         .arg("embed")
         .arg("--model")
         .arg(&moved)
-        .args(&args[1..])
+        .args(&job.args[1..])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("resuming"), "{}", stderr_of(&out));
     assert_eq!(
-        std::fs::read(&output).unwrap(),
+        std::fs::read(&job.output).unwrap(),
         std::fs::read(&whole).unwrap()
     );
 }
