@@ -558,19 +558,20 @@ impl Engine {
             }
             std::future::pending().await
         };
-        let answered = async {
+        // The probe's own answer; never, where the full queue admitted none.
+        let probed = async {
             match ticket {
-                Some(ticket) => tokio::select! {
-                    response = ticket => match response?.outputs.into_iter().next() {
-                        Some(outcome) => outcome.map(|_| ()),
-                        None => Err(Error::EngineStopped),
-                    },
-                    () = next_success => Ok(()),
+                Some(ticket) => match ticket.await?.outputs.into_iter().next() {
+                    Some(outcome) => outcome.map(|_| ()),
+                    None => Err(Error::EngineStopped),
                 },
-                None => {
-                    next_success.await;
-                    Ok(())
-                }
+                None => std::future::pending().await,
+            }
+        };
+        let answered = async {
+            tokio::select! {
+                result = probed => result,
+                () = next_success => Ok(()),
             }
         };
         let seconds = timeout.as_secs_f64();
@@ -845,7 +846,7 @@ fn backend_worker(
         }
         // Told once its answers are out and its budget is free.
         shared.last_batch.send_replace(Some(BatchOutcome {
-            ended: Instant::now(),
+            ended: end,
             succeeded: result.is_ok(),
         }));
     }

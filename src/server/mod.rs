@@ -1029,16 +1029,12 @@ async fn tei_decode(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
 /// 200 when the backend shows it works within the health timeout (see [`Engine::health`]):
 /// a busy server stays healthy while its batches keep succeeding.
 async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiError> {
-    match state.engine.health(state.config.health_timeout).await {
-        Ok(()) => Ok(StatusCode::OK),
-        Err(Error::Unhealthy(message)) => {
-            Err(TeiError(ApiError::new(ErrorKind::Unhealthy, message)))
-        }
-        Err(error) => Err(TeiError(ApiError::new(
-            ErrorKind::Unhealthy,
-            format!("probe failed: {error}"),
-        ))),
-    }
+    let message = match state.engine.health(state.config.health_timeout).await {
+        Ok(()) => return Ok(StatusCode::OK),
+        Err(Error::Unhealthy(message)) => message,
+        Err(error) => format!("probe failed: {error}"),
+    };
+    Err(TeiError(ApiError::new(ErrorKind::Unhealthy, message)))
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
