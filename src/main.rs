@@ -390,13 +390,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let dir = resolve_model_dir(&args.model.model)?;
     let config = ModelConfig::load(&dir)?;
     let dimensions = args.dimensions.unwrap_or(config.embedding_dim);
-    if !(1..=config.embedding_dim).contains(&dimensions) {
-        return Err(gemma_embed::Error::Dimensions {
-            got: dimensions,
-            max: config.embedding_dim,
-        }
-        .into());
-    }
+    gemma_embed::model::check_dimensions(dimensions, config.embedding_dim)?;
     let tokenizer = Tokenizer::load(&dir, &config)?;
     let job_prompt = input.job_prompt(&tokenizer)?.map(String::from);
     let model = Arc::new(Model::load_dir(&dir)?);

@@ -495,14 +495,7 @@ impl Engine {
 
     /// A Matryoshka size the model has: 1 to its embedding dimension.
     pub fn check_dimensions(&self, dimensions: usize) -> Result<()> {
-        if (1..=self.embedding_dim).contains(&dimensions) {
-            Ok(())
-        } else {
-            Err(Error::Dimensions {
-                got: dimensions,
-                max: self.embedding_dim,
-            })
-        }
+        crate::model::check_dimensions(dimensions, self.embedding_dim)
     }
 
     pub fn stats(&self) -> EngineStats {

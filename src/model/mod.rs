@@ -12,7 +12,19 @@ pub use weights::{weight_files, LayerWeights, ModelWeights};
 
 use std::path::{Path, PathBuf};
 
-use crate::Result;
+use crate::{Error, Result};
+
+/// A Matryoshka size a model of `embedding_dim` has: 1 to `embedding_dim`.
+pub fn check_dimensions(dimensions: usize, embedding_dim: usize) -> Result<()> {
+    if (1..=embedding_dim).contains(&dimensions) {
+        Ok(())
+    } else {
+        Err(Error::Dimensions {
+            got: dimensions,
+            max: embedding_dim,
+        })
+    }
+}
 
 /// A loaded EmbeddingGemma model: everything a backend needs, in float32 on the host.
 pub struct Model {

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::backend::{Backend, Batch, Embeddings};
 use crate::model::Model;
-use crate::{Error, Result};
+use crate::Result;
 
 use ops::AttentionShape;
 
@@ -93,12 +93,7 @@ impl Backend for CpuBackend {
         let model = &*self.model;
         let config = &model.config;
         let weights = &model.weights;
-        if dimensions == 0 || dimensions > config.embedding_dim {
-            return Err(Error::Dimensions {
-                got: dimensions,
-                max: config.embedding_dim,
-            });
-        }
+        crate::model::check_dimensions(dimensions, config.embedding_dim)?;
         batch.validate(config.vocab_size, config.max_seq_len)?;
 
         let tokens = batch.num_tokens();

@@ -358,12 +358,7 @@ impl Backend for CudaBackend {
 
     fn forward(&mut self, batch: &Batch, dimensions: usize) -> Result<Embeddings> {
         let d = self.kernels.dims;
-        if dimensions == 0 || dimensions > d.embed_dim {
-            return Err(Error::Dimensions {
-                got: dimensions,
-                max: d.embed_dim,
-            });
-        }
+        crate::model::check_dimensions(dimensions, d.embed_dim)?;
         batch.validate(self.vocab_size, self.max_seq_len)?;
         let (n, b) = (batch.num_tokens(), batch.num_sequences());
         if b == 0 {

@@ -541,12 +541,7 @@ impl Kernels {
         let (final_norm, dense) = weights;
         let d = &self.dims;
         let (n, b) = (tokens.num_tokens, tokens.num_seqs);
-        if out_dim == 0 || out_dim > d.embed_dim {
-            return Err(Error::Dimensions {
-                got: out_dim,
-                max: d.embed_dim,
-            });
-        }
+        crate::model::check_dimensions(out_dim, d.embed_dim)?;
         check_len(&residual.x, n * d.hidden, "pool residual")?;
         check_len(&residual.inv_rms, n, "pool inv_rms")?;
         check_len(final_norm, d.hidden, "pool final_norm")?;
