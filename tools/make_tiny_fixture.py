@@ -254,6 +254,8 @@ def main() -> None:
         reference[attn] = batched
     gap = (reference["eager"] - reference["sdpa"]).abs().max().item()
     assert gap < 1e-5, f"eager vs sdpa differ by {gap}"
+    norm_gap = ((dense_norms["eager"] - dense_norms["sdpa"]).abs() / dense_norms["eager"]).max().item()
+    assert norm_gap < 1e-5, f"eager vs sdpa Dense norms differ by {norm_gap} (relative)"
 
     import sentence_transformers
     import transformers
