@@ -1350,6 +1350,16 @@ fn clients_that_never_finish_a_request_are_disconnected_and_counted() {
             .unwrap();
         stream
     };
+    // A whole POST /embed of a JSON body, written by hand.
+    let post_embed = |stream: &mut std::net::TcpStream, body: &str| {
+        let head = format!(
+            "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+    };
     // Headers cut off: the connection is closed (with a 408 or without an answer).
     let mut unfinished = connect();
     unfinished
@@ -1365,16 +1375,7 @@ fn clients_that_never_finish_a_request_are_disconnected_and_counted() {
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
     // A keep-alive connection left idle after its answer is closed too.
     let mut idle = connect();
-    let body = r#"{"inputs": "hi"}"#;
-    idle.write_all(
-        format!(
-            "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    post_embed(&mut idle, r#"{"inputs": "hi"}"#);
     let mut answer = String::new();
     idle.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -1392,15 +1393,7 @@ fn clients_that_never_finish_a_request_are_disconnected_and_counted() {
     // A client that goes away before its answer is counted as 499, as nginx logs it.
     let mut gone = connect();
     let body = json!({"inputs": vec!["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10"; 12000]}).to_string();
-    gone.write_all(
-        format!(
-            "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    post_embed(&mut gone, &body);
     drop(gone);
     let closed = r#"gemma_embed_requests_total{method="POST",route="/embed",status="499"}"#;
     let start = std::time::Instant::now();
