@@ -815,6 +815,11 @@ fn backend_worker(
             .fetch_add(batch.num_tokens() as u64, Ordering::Relaxed);
         // One release (and one wake-up of waiting submitters) for the whole batch.
         shared.budget.release(entries.len(), batch.num_tokens());
+        // Told before the answers go out: whoever holds an answer sees its batch's outcome.
+        shared.last_batch.send_replace(Some(BatchOutcome {
+            ended: end,
+            succeeded: result.is_ok(),
+        }));
         for (s, entry) in entries.into_iter().enumerate() {
             {
                 let mut times = lock(&entry.pending.times);
@@ -837,10 +842,5 @@ fn backend_worker(
             };
             entry.pending.finish(entry.index, outcome);
         }
-        // Told once its answers are out and its budget is free.
-        shared.last_batch.send_replace(Some(BatchOutcome {
-            ended: end,
-            succeeded: result.is_ok(),
-        }));
     }
 }
