@@ -485,15 +485,24 @@ fn embed(args: EmbedArgs) -> Result<()> {
         // Files another run is writing (runs started on the same files share them): come back
         // to once this run's own are done.
         let mut taken = Vec::new();
+        // Told apart from the files another run finishes while this one works on its own.
+        let done_at_start = mine
+            .iter()
+            .map(|&i| jobs[i].is_done())
+            .collect::<gemma_embed::Result<Vec<bool>>>()?;
         for (n, &i) in mine.iter().enumerate() {
             match FileTurn::of(&jobs[i])? {
                 FileTurn::Embed(lock) => {
                     eprintln!("{}", file(n, i));
                     run_job(&options_of(i), Some(&lock))?;
                 }
-                FileTurn::Done => {
+                FileTurn::Done if done_at_start[n] => {
                     eprintln!("{}: done before", file(n, i));
                     done_before += 1;
+                }
+                FileTurn::Done => {
+                    eprintln!("{}: done by another run meanwhile", file(n, i));
+                    done_by_others += 1;
                 }
                 FileTurn::TakenByAnother => {
                     eprintln!(
@@ -1063,6 +1072,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     let model = Arc::new(Model::load(&args.model.model)?);
     if let (Some(other), Some(path)) = (&other, &args.compare) {
         other.check_model(path, &model.config)?;
+        let mode = match args.mode {
+            BenchMode::Offline => "offline",
+            BenchMode::Online => "online",
+        };
+        if let Some(hint) = other.mode_hint(mode) {
+            eprintln!("note: --compare {}: {hint}", path.display());
+        }
     }
     let (backend, note) = backend::open(args.backend, Arc::clone(&model))?;
     eprintln!("backend: {note}");

@@ -1531,16 +1531,51 @@ fn several_inputs_write_one_output_each_and_resume() {
     let second = stderr_of(&run_ok(&strs(&together)));
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", stderr_of(&first));
-    let embedded_by = |stderr: &str| -> usize {
+    // Each run's files: embedded by it, done before it started, done by the other meanwhile.
+    let counts = |stderr: &str| -> [usize; 3] {
         let summary = stderr.split("3 files: ").nth(1).expect(stderr);
-        summary.split(' ').next().unwrap().parse().unwrap()
+        let count = |after: &str| -> usize {
+            summary
+                .split(after)
+                .next()
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let by_others = if summary.contains(" by other runs meanwhile") {
+            count(" by other runs meanwhile")
+        } else {
+            0
+        };
+        [
+            count(" embedded in this run"),
+            count(" done before"),
+            by_others,
+        ]
     };
+    let first_stderr = stderr_of(&first);
+    let both = || format!("first: {first_stderr}\nsecond: {second}");
+    let [first_embedded, first_before, first_by_other] = counts(&first_stderr);
+    let [second_embedded, second_before, second_by_other] = counts(&second);
+    assert_eq!(first_embedded + second_embedded, 3, "{}", both());
     assert_eq!(
-        embedded_by(&stderr_of(&first)) + embedded_by(&second),
+        first_embedded + first_before + first_by_other,
         3,
-        "first: {}\nsecond: {second}",
-        stderr_of(&first)
+        "{}",
+        both()
     );
+    assert_eq!(
+        second_embedded + second_before + second_by_other,
+        3,
+        "{}",
+        both()
+    );
+    // The first started on an empty directory; the second once the first was into b.
+    assert_eq!(first_before, 0, "{}", both());
+    assert!(second_before >= 1, "{}", both());
     for (name, alone) in ["a.npy", "b.npy", "c.npy"].iter().zip(&alone) {
         assert_eq!(
             &std::fs::read(together_dir.join(name)).unwrap(),

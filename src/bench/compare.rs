@@ -191,6 +191,50 @@ impl OtherReport {
         Some(out)
     }
 
+    /// When none of the report's rows ran in `our_mode`: what they measured and the flags that
+    /// would run the same, for a note before a run whose rows would all differ.
+    pub fn mode_hint(&self, our_mode: &str) -> Option<String> {
+        if self.workloads.is_empty() || self.workloads.iter().any(|w| w.mode() == our_mode) {
+            return None;
+        }
+        if our_mode == "online" {
+            return Some(
+                "its rows measured offline throughput and this run is online: drop --mode \
+                 online to compare them"
+                    .into(),
+            );
+        }
+        let mut concurrency: Vec<usize> = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.concurrency)
+            .collect();
+        concurrency.sort_unstable();
+        concurrency.dedup();
+        let mut rates: Vec<f64> = self.workloads.iter().filter_map(|w| w.rate).collect();
+        rates.sort_by(f64::total_cmp);
+        rates.dedup();
+        let list = |values: Vec<String>| values.join(",");
+        let mut flags = "--mode online".to_string();
+        if !concurrency.is_empty() {
+            let _ = write!(
+                flags,
+                " --concurrency {}",
+                list(concurrency.iter().map(usize::to_string).collect())
+            );
+        }
+        if !rates.is_empty() {
+            let _ = write!(
+                flags,
+                " --rate {}",
+                list(rates.iter().map(f64::to_string).collect())
+            );
+        }
+        Some(format!(
+            "its rows measured online latency and this run is offline: add {flags} to compare them"
+        ))
+    }
+
     /// The seed of the report's random draws (0 when it does not record one).
     pub fn seed(&self) -> u64 {
         self.settings.seed.unwrap_or(0)
@@ -314,6 +358,9 @@ pub fn table(ours: &[WorkloadResult], other: &OtherReport) -> String {
     for note in notes {
         let _ = writeln!(out, "{note}");
     }
+    if let Some(hint) = ours.first().and_then(|our| other.mode_hint(our.mode)) {
+        let _ = writeln!(out, "{hint}");
+    }
     out
 }
 
@@ -390,6 +437,42 @@ mod tests {
                 RowMatch::Missing
             ]
         );
+    }
+
+    #[test]
+    fn a_report_of_the_other_mode_names_the_flags_that_would_compare() {
+        let online: OtherReport = serde_json::from_str(
+            r#"{"schema": "gemma-embed-bench/2", "engine": "gemma-embed", "backend": "cpu",
+                "workloads": [
+                  {"name": "fixed-128", "mode": "online", "concurrency": 16, "tokens_per_s": 9},
+                  {"name": "fixed-128", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
+                  {"name": "fixed-512", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
+                  {"name": "fixed-512", "mode": "online", "rate": 2.5, "tokens_per_s": 9}
+                ]}"#,
+        )
+        .unwrap();
+        let hint = "its rows measured online latency and this run is offline: add --mode online \
+                    --concurrency 4,16 --rate 2.5 to compare them";
+        assert_eq!(online.mode_hint("offline").as_deref(), Some(hint));
+        assert_eq!(online.mode_hint("online"), None);
+        let table = table(&[ours("fixed-128", "offline", 8192, None)], &online);
+        assert!(table.ends_with(&format!("{hint}\n")), "{table}");
+        let offline: OtherReport = serde_json::from_str(REFERENCE_V1).unwrap();
+        assert_eq!(offline.mode_hint("offline"), None);
+        assert!(offline
+            .mode_hint("online")
+            .is_some_and(|h| h.contains("drop --mode online")));
+        // A report with a row of each mode compares rows of either.
+        let both: OtherReport = serde_json::from_str(
+            r#"{"schema": "gemma-embed-bench/2", "engine": "gemma-embed", "backend": "cpu",
+                "workloads": [
+                  {"name": "fixed-128", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
+                  {"name": "fixed-128", "mode": "offline", "tokens_per_s": 9}
+                ]}"#,
+        )
+        .unwrap();
+        assert_eq!(both.mode_hint("offline"), None);
+        assert_eq!(both.mode_hint("online"), None);
     }
 
     #[test]
