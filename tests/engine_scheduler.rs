@@ -495,9 +495,11 @@ fn a_busy_engine_is_healthy_while_batches_succeed_and_a_failing_one_is_not() {
     assert!(recent.is_ok(), "{recent:?}");
     // Once it is older than the timeout, a probe is admitted behind the two inputs left, and
     // the next batch to succeed answers first (the probe never runs: the gate holds it).
-    std::thread::sleep(Duration::from_millis(400));
+    // (A second for the batch to run once released: time for a stalled thread on a loaded
+    // machine.)
+    std::thread::sleep(Duration::from_millis(1200));
     let (busy, ()) = runtime
-        .block_on(async { tokio::join!(engine.health(Duration::from_millis(300)), release_one()) });
+        .block_on(async { tokio::join!(engine.health(Duration::from_secs(1)), release_one()) });
     assert!(busy.is_ok(), "{busy:?}");
     // The backend fails from now on: its latest batch failed, so a success a moment ago no
     // longer answers, and the probe's own failure does.

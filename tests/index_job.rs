@@ -1800,6 +1800,12 @@ fn one_run_at_a_time_writes_an_output() {
     while checkpoint_rows(&job.checkpoint).is_none() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Stopped where it is, holding its lock, however slowly the second run starts.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
     assert!(
         first.try_wait().unwrap().is_none(),
         "finished before the second run"

@@ -97,10 +97,11 @@ fn golden_embeddings_over_http_and_a_disconnect_drops_queued_work() {
         body.len()
     )
     .unwrap();
-    let tokens_before = metric(&server, "gemma_embed_batch_tokens_total");
+    // Half of it or more still queued (the first batches finish about a second apart).
     wait_for("the request to be queued", Duration::from_secs(60), || {
-        metric(&server, "gemma_embed_queue_inputs") >= 40.0
+        metric(&server, "gemma_embed_queue_inputs") >= 24.0
     });
+    let tokens_before = metric(&server, "gemma_embed_batch_tokens_total");
     drop(stream);
     wait_for("the queue to empty", Duration::from_secs(120), || {
         metric(&server, "gemma_embed_queue_inputs") == 0.0
@@ -197,7 +198,7 @@ fn sigterm_lets_a_request_in_flight_finish() {
             "300",
         ],
     );
-    let texts = long_texts(8);
+    let texts = long_texts(16);
     let client = {
         let url = format!("{}/v1/embeddings", server.url);
         let body = json!({"input": texts}).to_string();
@@ -206,12 +207,13 @@ fn sigterm_lets_a_request_in_flight_finish() {
             (answer.status, answer.json())
         })
     };
+    // In flight: admitted and not yet answered (about four batches of a second each).
     wait_for("the request to be queued", Duration::from_secs(60), || {
-        metric(&server, "gemma_embed_queue_inputs") >= 8.0
+        metric(&server, "gemma_embed_queue_inputs") >= 1.0
     });
     let status = server.terminate(Duration::from_secs(300));
     let (code, body) = client.join().unwrap();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["data"].as_array().unwrap().len(), 8);
+    assert_eq!(body["data"].as_array().unwrap().len(), 16);
     assert_eq!(status.code(), Some(0), "{}", server.log());
 }

@@ -170,6 +170,8 @@ pub struct Server {
     pub url: String,
     /// Everything the server wrote to stderr so far.
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread filling `log`: it ends once the server's stderr closes.
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// One HTTP answer: status, body and headers (names lowercase).
@@ -213,7 +215,7 @@ impl Server {
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let log_writer = std::sync::Arc::clone(&log);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 if let Some(url) = line.strip_prefix("listening on ") {
@@ -231,7 +233,12 @@ impl Server {
                 panic!("the server did not start: {}", log.lock().unwrap());
             }
         };
-        Self { child, url, log }
+        Self {
+            child,
+            url,
+            log,
+            log_reader: Some(log_reader),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -302,7 +309,8 @@ impl Server {
         Self::answer(request.call())
     }
 
-    /// Send SIGTERM and wait (at most `within`) for the exit status.
+    /// Send SIGTERM and wait (at most `within`) for the exit status; [`Self::log`] then holds
+    /// all the server wrote.
     pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -312,6 +320,9 @@ impl Server {
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                if let Some(reader) = self.log_reader.take() {
+                    reader.join().expect("the log reader");
+                }
                 return status;
             }
             assert!(
