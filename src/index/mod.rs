@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod job;
+mod json_line;
 pub mod many;
 pub mod merge;
 pub mod output;

@@ -17,6 +17,7 @@ use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 use serde_json::Value;
 
 use super::job::Shard;
+use super::json_line;
 use super::parquet_input::{ParquetInput, RowError};
 use super::{source_name, titled_prompt, Content, InputColumns, InputFormat, PromptChoice, Record};
 use crate::tokenize::TRUNCATED_TEXT_BYTES;
@@ -1011,8 +1012,9 @@ fn next_byte(input: &mut dyn BufRead) -> std::io::Result<Option<u8>> {
 /// where that is a string or a number kept exactly, else (no `id` field) its line number. `None`
 /// where the line is not JSON, or its id field is missing, of another type or a number too large.
 fn json_line_id(line: usize, text: &str, columns: &InputColumns) -> Option<Value> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    match value.get(columns.id.as_deref().unwrap_or("id")) {
+    let id_field = columns.id.as_deref().unwrap_or("id");
+    let object = json_line::parse(text, &[id_field]).ok()??;
+    match object.get(id_field) {
         // A number id refused as too large is not known either: its digits are lost.
         Some(id @ Value::String(_)) => Some(id.clone()),
         Some(id @ Value::Number(number)) if kept_exactly(number) => Some(id.clone()),
@@ -1044,19 +1046,17 @@ fn parse_json_line(
     text: &str,
     columns: &InputColumns,
 ) -> std::result::Result<Record, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Value::Object(map) = value else {
+    let text_field = columns.text.as_str();
+    let id_field = columns.id.as_deref().unwrap_or("id");
+    let mut wanted = vec![text_field, "ids", id_field, "prompt_name"];
+    wanted.extend(columns.title.as_deref());
+    let Some(map) = json_line::parse(text, &wanted)? else {
         return Err(format!(
             "expected a JSON object with `{}` or `ids`",
             columns.text
         ));
     };
-    let fields = || {
-        map.keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let fields = || map.names();
     // A field named on the command line must be there (a misspelt name would otherwise give
     // every line the line number as id, or no title).
     let missing = |field: &str, flag: &str, what: &str| {
@@ -1065,7 +1065,6 @@ fn parse_json_line(
             fields()
         )
     };
-    let text_field = columns.text.as_str();
     let content = match (map.get(text_field), map.get("ids")) {
         (Some(Value::String(text)), None) => Content::Text(text.clone()),
         (Some(other), None) => return Err(format!("`{text_field}` must be a string, got {other}")),
@@ -1091,7 +1090,6 @@ fn parse_json_line(
             ));
         }
     };
-    let id_field = columns.id.as_deref().unwrap_or("id");
     let id = match map.get(id_field) {
         None if columns.id.is_some() => return Err(missing(id_field, "--id-column", "")),
         None => None,
@@ -1343,6 +1341,13 @@ mod tests {
         assert_eq!(records[2].content, Content::Ids(vec![2, 5, 1]));
         assert_eq!(records[2].output_id(), Value::from(7));
         assert_eq!(records[2].prompt, PromptChoice::NoPrompt);
+        // Fields not read are skipped, whatever their numbers (Python's json.dumps writes NaN).
+        let records = jsonl(
+            "{\"id\": \"n\", \"text\": \"c\", \"score\": NaN, \"big\": 1e400, \"low\": -Infinity}\n",
+        )
+        .unwrap();
+        assert_eq!(records[0].content, Content::Text("c".into()));
+        assert_eq!(records[0].output_id(), Value::from("n"));
     }
 
     #[test]
