@@ -757,7 +757,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn finish(self) -> Result<JobSummary> {
+    fn finish(mut self) -> Result<JobSummary> {
         let mut summary = self.summary;
         summary.seconds = self.progress.start.elapsed().as_secs_f64();
         self.progress.done();
@@ -831,35 +831,67 @@ impl Progress {
         }
         self.last = Instant::now();
         let seconds = self.start.elapsed().as_secs_f64().max(1e-9);
+        // Short, for a bar within 80 columns at a billion rows.
         let mut line = format!(
-            "{rows} docs written, {:.0} docs/s, {:.0} tokens/s",
+            "{rows} docs, {:.0} docs/s, {:.0} tokens/s",
             summary.docs as f64 / seconds,
             summary.tokens as f64 / seconds
         );
         if let Some(len) = self.input_len.filter(|&l| l > 0) {
             let done = progress.saturating_sub(self.start_progress) as f64;
             let left = len.saturating_sub(progress) as f64;
-            line += &format!(
-                ", {:.1}% of the input",
-                100.0 * progress as f64 / len as f64
-            );
+            line += &format!(", {:.1}%", 100.0 * progress as f64 / len as f64);
             if done > 0.0 {
                 line += &format!(", ETA {}", clock(seconds * left / done));
             }
         }
         if self.mode == ProgressMode::Bar {
-            eprint!("\r{line}\x1b[K");
+            // A line wider than the terminal wraps, and `\r` goes back to its last row only:
+            // each redraw would leave the rows above behind.
+            let columns = stderr_columns().unwrap_or(80);
+            eprint!("\r{}\x1b[K", fit_to_columns(&line, columns));
             self.drawn = true;
         } else {
             eprintln!("{line}");
         }
     }
 
-    fn done(&self) {
+    /// End the bar's line, so that what comes next (the summary, or an error) has its own.
+    fn done(&mut self) {
         if self.drawn {
             eprintln!();
+            self.drawn = false;
         }
     }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// The width of the terminal on stderr, where it is one and says.
+fn stderr_columns() -> Option<usize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which points at one; on a
+    // descriptor that is not a terminal it fails and writes nothing.
+    let status = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (status == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// The start of `line` that fits in `columns` columns with one to spare (a character in the
+/// last column wraps on some terminals).
+fn fit_to_columns(line: &str, columns: usize) -> &str {
+    let keep = columns.saturating_sub(1);
+    line.char_indices()
+        .nth(keep)
+        .map_or(line, |(end, _)| &line[..end])
 }
 
 /// `1h02m03s`, `2m03s`, `3s`.
@@ -893,6 +925,17 @@ mod tests {
             "dimensions: 768 -> 256, dtype: null -> \"F16\", title_column: \"title\" -> null"
         );
         assert_eq!(differences(&old, &old), "");
+    }
+
+    #[test]
+    fn the_progress_line_fits_the_terminal() {
+        let line = "1048576 docs, 2100 docs/s, 520000 tokens/s, 10.5%, ETA 1h23m45s";
+        assert_eq!(fit_to_columns(line, 200), line);
+        assert_eq!(fit_to_columns(line, line.len() + 1), line);
+        assert_eq!(fit_to_columns(line, 40).len(), 39);
+        assert_eq!(fit_to_columns(line, 14), "1048576 docs,");
+        assert_eq!(fit_to_columns("é€x", 3), "é€");
+        assert_eq!(fit_to_columns(line, 0), "");
     }
 
     #[test]
