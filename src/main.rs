@@ -590,6 +590,19 @@ fn embed(args: EmbedArgs) -> Result<()> {
 
 /// One job's closing line: documents, tokens, time and rate, the output and its rows.
 fn print_job_summary(summary: &job::JobSummary, options: &JobOptions, backend_name: &str) {
+    if summary.done_before {
+        eprintln!(
+            "{}: shard {}/{} done before, by a run of the same job ({} rows, {} rejected; its record \
+             is {}): nothing to do; delete it to embed it again",
+            options.output.display(),
+            options.shard.index,
+            options.shard.count,
+            summary.rows,
+            summary.rejected,
+            index::merge::ShardRecord::path(&options.output).display()
+        );
+        return;
+    }
     let rejected = if summary.rejected > 0 {
         format!(
             ", {} rejected (see {})",

@@ -484,6 +484,35 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         assert_eq!(rejects(&merged), rejects(&whole), "{extension} {dtype}");
     }
 
+    // A finished shard is passed over by a rerun of its job, not by a run of another job.
+    let again = dir.path().join("again.jsonl");
+    let shard_run = |extra: &[&str]| {
+        let mut args = vec![
+            "embed",
+            "--input",
+            input,
+            "--output",
+            again.to_str().unwrap(),
+        ];
+        args.extend(["--on-error", "skip", "--shard", "0/3"]);
+        args.extend(extra);
+        stderr_of(&run_ok(&args))
+    };
+    let first = shard_run(&[]);
+    assert!(first.contains("embedded 17 docs"), "{first}");
+    let finished = std::fs::read(&again).unwrap();
+    let rerun = shard_run(&[]);
+    assert!(
+        rerun.contains(&format!(
+            "{}: shard 0/3 done before, by a run of the same job (17 rows, 1 rejected",
+            again.display()
+        )) && !rerun.contains("embedded"),
+        "{rerun}"
+    );
+    assert_eq!(std::fs::read(&again).unwrap(), finished);
+    let other_job = shard_run(&["--dimensions", "32"]);
+    assert!(other_job.contains("embedded 17 docs"), "{other_job}");
+
     // Refused, naming the fault, with nothing written: a missing shard, one given twice, one
     // of another job, one without its record.
     let shard = |i: usize| dir.path().join(format!("shard{i}.jsonl"));

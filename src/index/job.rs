@@ -243,6 +243,8 @@ pub struct JobSummary {
     pub docs: u64,
     pub tokens: u64,
     pub seconds: f64,
+    /// A `--shard I/N` output finished by an earlier run of the same job: nothing was done.
+    pub done_before: bool,
 }
 
 /// One document's place in a chunk.
@@ -334,6 +336,21 @@ pub fn run_holding(
         },
         other => other,
     })?;
+    // A shard's finished output, with the record of this job's shard beside it: rerunning the
+    // loop that started N shards redoes only those that did not finish.
+    if loaded.is_none() && options.shard.count > 1 {
+        let shard_params = options.shard_params(&params)?;
+        if let Some(record) =
+            ShardRecord::of_finished(&options.output, options.shard, &shard_params)
+        {
+            return Ok(JobSummary {
+                rows: record.rows,
+                rejected: record.rejected,
+                done_before: true,
+                ..JobSummary::default()
+            });
+        }
+    }
     let resume = match loaded {
         Some(checkpoint) if checkpoint.params != params => {
             let input_only = match checkpoint.params.clone() {

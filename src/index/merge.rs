@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::checkpoint::{checkpoint_path, partial_path, rejects_path, remove_if_there, sibling};
+use super::job::Shard;
 use super::output::{remove_partial, Dtype, OutputWriter, NPY_HEADER_LEN};
 use super::parquet_output::{self, DEFAULT_ROW_GROUP_ROWS};
 use super::{AtomicFile, OutputFormat};
@@ -75,6 +76,16 @@ impl ShardRecord {
             }
         })?;
         serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+    }
+
+    /// The record of `output` where it is there, whole, and says `output` is `shard` of the job
+    /// of `params` (what [`Self::params`] would be now), and `output` is there too.
+    pub fn of_finished(output: &Path, shard: Shard, params: &Value) -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path(output)).ok()?;
+        let record: Self = serde_json::from_str(&text).ok()?;
+        let this_job =
+            (record.index, record.count) == (shard.index, shard.count) && &record.params == params;
+        (this_job && output.exists()).then_some(record)
     }
 
     /// The documents shard `index` of `count` holds: `index`, `index + count`, ... below
