@@ -1395,14 +1395,16 @@ fn serve(args: ServeArgs) -> Result<()> {
         .await
         .context("serving")
     })?;
-    drop(runtime);
+    // Tasks still running are dropped, their requests cancelled; a `/tokenize` or `/decode`
+    // still tokenizing on a blocking thread is waited for a second at most.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     // The last reference: the engine drains what it still holds and stops its threads.
     drop(state);
     eprintln!("stopped");
     Ok(())
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
+/// Resolves on the first SIGINT or SIGTERM; a second one then kills the process.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate =
@@ -1417,5 +1419,12 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = interrupt => {}
         _ = terminate.recv() => {}
+    }
+    // A second signal stops the process at once, as if no handler were set: the way out of a
+    // shutdown that waits on work no deadline can cut short (a batch running on the device).
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `signal` with SIG_DFL installs no handler of ours; it only takes back the
+        // handler tokio set for this signal, which nothing listens to any more.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
     }
 }

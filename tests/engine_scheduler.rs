@@ -514,6 +514,71 @@ fn a_busy_engine_is_healthy_while_batches_succeed_and_a_failing_one_is_not() {
 }
 
 #[test]
+fn a_request_dropped_before_its_tokenization_gives_its_budget_back_unrun() {
+    let (tokenizer, _) = tiny_tokenizer();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let engine = Engine::start(
+        Box::new(Recording {
+            batches: Arc::clone(&batches),
+            gate: None,
+        }),
+        tokenizer,
+        4,
+        EngineConfig {
+            max_batch_tokens: 1000,
+            max_batch_sequences: 64,
+            max_wait: Duration::ZERO,
+            max_queued_inputs: 1000,
+            max_queued_tokens: 10_000_000,
+            tokenizer_workers: 1,
+        },
+    )
+    .unwrap();
+    let text_request = |text: String, inputs: usize, truncation: Truncation| Request {
+        inputs: (0..inputs)
+            .map(|_| Input::Text {
+                text: text.clone(),
+                prompt: None,
+            })
+            .collect(),
+        dimensions: 4,
+        truncation,
+        normalize: true,
+    };
+    // A second of tokenizing or more on the one worker (every byte of a text truncated from the
+    // left is tokenized): the next request is dropped before its turn, as a client leaves.
+    let slow = engine
+        .submit(
+            text_request("abc def ghi ".repeat(300_000), 1, Truncation::TruncateLeft),
+            Admission::Reject,
+        )
+        .unwrap();
+    let left = engine
+        .submit(
+            text_request("abc def ghi ".repeat(100_000), 3, Truncation::TruncateLeft),
+            Admission::Reject,
+        )
+        .unwrap();
+    drop(left);
+    assert!(slow.wait().unwrap().outputs[0].is_ok());
+    let after = engine
+        .submit(ids_request(&[vec![2, 7, 1]], 4), Admission::Reject)
+        .unwrap();
+    assert!(after.wait().unwrap().outputs[0].is_ok());
+    // The worker takes jobs in order: the dropped one's turn came before the last one's.
+    let stats = engine.stats();
+    assert_eq!((stats.queued_inputs, stats.queued_tokens), (0, 0));
+    drop(engine);
+    let sequences: usize = batches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Batch::num_sequences)
+        .sum();
+    assert_eq!(sequences, 2, "only the slow request and the last one ran");
+}
+
+#[test]
 fn a_batch_tokenization_error_names_the_first_bad_text() {
     let (tokenizer, config) = tiny_tokenizer();
     // The first bad text is slow to tokenize, the later ones are quick: another thread meets a

@@ -1029,6 +1029,57 @@ fn sigterm_stops_the_server_with_exit_code_zero() {
 }
 
 #[test]
+fn a_second_sigterm_ends_a_shutdown_that_waits_on_work() {
+    use std::io::Write;
+    let mut server = Server::tiny_on_cpu(&["--shutdown-timeout", "300"]);
+    // Seconds of tokenizing: 7 MB truncated from the left, so every byte is tokenized.
+    let text = "abc def ghi ".repeat(600_000);
+    let body =
+        json!({"inputs": text, "truncate": true, "truncation_direction": "Left"}).to_string();
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        client,
+        "POST /embed HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while sample(
+        &server.get("/metrics", &[]).body,
+        "gemma_embed_queue_inputs",
+    ) < 1.0
+    {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the request was not admitted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.send_sigterm();
+    while !server.log().contains("shutting down") {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "no shutdown: {}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The first one waits for the request (up to 300 s); the second one is SIGTERM's own end.
+    server.send_sigterm();
+    let status = server.wait_for_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(15),
+        "{status:?}: {}",
+        server.log()
+    );
+    assert!(!server.log().contains("stopped"), "{}", server.log());
+    drop(client);
+}
+
+#[test]
 fn auto_truncate_makes_truncation_the_default() {
     let server = Server::tiny_on_cpu(&["--auto-truncate"]);
     let long = (0..100)

@@ -137,7 +137,8 @@ pub struct Embedded {
 /// Where a request's time went.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
-    /// Tokenization of all its inputs.
+    /// From admission to the end of tokenization of all its inputs, the wait for a tokenizer
+    /// worker included (behind a long text, it is most of it).
     pub tokenization: Duration,
     /// From the end of tokenization to the start of its first batch.
     pub queue: Duration,
@@ -344,6 +345,7 @@ struct Job {
     truncation: Truncation,
     /// Tokens reserved at admission (an upper bound, capped at the whole budget).
     reserved_tokens: usize,
+    admitted: Instant,
 }
 
 /// A batch built for the backend and where its rows go.
@@ -623,6 +625,7 @@ impl Engine {
             dimensions,
             truncation,
             reserved_tokens,
+            admitted: Instant::now(),
         };
         let jobs = self.jobs.as_ref().expect("open until drop");
         if let Err(mpsc::SendError(job)) = jobs.send(job) {
@@ -662,14 +665,21 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 }
 
 fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Receiver<Job>>) {
-    loop {
+    'jobs: loop {
         // Hold the lock only while taking one job.
         let job = lock(receiver).recv();
         let Ok(job) = job else { return };
-        let start = Instant::now();
         let mut tokenized = Vec::with_capacity(job.inputs.len());
         let mut failures = Vec::new();
         for (index, input) in job.inputs.iter().enumerate() {
+            // A request whose client left (or an engine shutting down, whose server dropped
+            // it) costs no more tokenizing: its budget goes back, its texts with the job.
+            if job.pending.cancelled() {
+                shared
+                    .budget
+                    .settle(job.inputs.len(), job.reserved_tokens, 0);
+                continue 'jobs;
+            }
             let ids = match input {
                 Input::Text { text, prompt } => {
                     tokenizer.encode(index, prompt.as_deref(), text, job.truncation)
@@ -699,7 +709,7 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
         let now = Instant::now();
         {
             let mut times = lock(&job.pending.times);
-            times.tokenization = now - start;
+            times.tokenization = now - job.admitted;
             times.tokenized_at = Some(now);
         }
         shared

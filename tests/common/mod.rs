@@ -312,11 +312,21 @@ impl Server {
     /// Send SIGTERM and wait (at most `within`) for the exit status; [`Self::log`] then holds
     /// all the server wrote.
     pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_for_exit(within)
+    }
+
+    pub fn send_sigterm(&self) {
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
+    }
+
+    /// Wait (at most `within`) for the exit status; [`Self::log`] then holds all the server
+    /// wrote.
+    pub fn wait_for_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the server") {
@@ -327,7 +337,7 @@ impl Server {
             }
             assert!(
                 start.elapsed() < within,
-                "the server did not exit within {within:?} of SIGTERM: {}",
+                "the server did not exit within {within:?}: {}",
                 self.log()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
