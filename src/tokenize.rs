@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
-use tokenizers::{PostProcessor, TruncationDirection};
+use tokenizers::{ModelWrapper, PostProcessor, TruncationDirection};
 
 use crate::model::{Model, ModelConfig};
 use crate::{Error, Result};
@@ -49,6 +49,30 @@ fn text_to_tokenize(text: &str, truncation: Truncation) -> &str {
     }
 }
 
+/// The most bytes of text one token of `tokenizer` covers, where each byte of a text is covered
+/// by exactly one token: a byte-fallback BPE (no unknown token standing for any length of text)
+/// with no normalizer but Gemma's, which writes each space as `▁` (so a token's `▁` covers one
+/// byte). `None` for other tokenizers, whose normalizers may shrink a text.
+fn longest_token_bytes(tokenizer: &tokenizers::Tokenizer) -> Option<usize> {
+    let byte_fallback =
+        matches!(tokenizer.get_model(), ModelWrapper::BPE(bpe) if bpe.byte_fallback);
+    let gemma_normalizer = serde_json::json!({
+        "type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"
+    });
+    let normalizer_fits = tokenizer.get_normalizer().is_none_or(|normalizer| {
+        serde_json::to_value(normalizer).is_ok_and(|value| value == gemma_normalizer)
+    });
+    (byte_fallback && normalizer_fits).then(|| {
+        tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(|token| token.replace('\u{2581}', " ").len())
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    })
+}
+
 /// The prompt of texts that name none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DefaultPrompt {
@@ -83,6 +107,9 @@ pub struct Tokenizer {
     max_seq_len: usize,
     /// Special tokens the post-processor adds around a single sequence (`<bos>`, `<eos>`).
     added_tokens: usize,
+    /// The most bytes of a text one token stands for, where every byte is some token's
+    /// ([`longest_token_bytes`]): a text of `n` bytes is at least `n / this` tokens.
+    longest_token_bytes: Option<usize>,
 }
 
 impl Tokenizer {
@@ -110,8 +137,10 @@ impl Tokenizer {
                 config.max_seq_len
             )));
         }
+        let longest_token_bytes = longest_token_bytes(&inner);
         Ok(Self {
             inner,
+            longest_token_bytes,
             prompts: config.prompts.clone(),
             default_prompt: match &config.default_prompt_name {
                 Some(name) => DefaultPrompt::Named(name.clone()),
@@ -233,6 +262,24 @@ impl Tokenizer {
             index,
             message: format!("tokenizer: {e}"),
         };
+        if truncation == Truncation::Refuse {
+            // A text too long for any tokenizing to save is refused without it: a multi-megabyte
+            // text would take seconds.
+            if let Some(longest) = self.longest_token_bytes {
+                let fewest = text.len().div_ceil(longest) + self.added_tokens;
+                if fewest > self.max_seq_len {
+                    return Err(Error::Input {
+                        index,
+                        message: format!(
+                            "{} bytes, at least {fewest} tokens, more than max_seq_length = {} \
+                             (truncation is off)",
+                            text.len(),
+                            self.max_seq_len
+                        ),
+                    });
+                }
+            }
+        }
         let text = text_to_tokenize(text, truncation);
         let mut encoding = self
             .inner

@@ -93,6 +93,30 @@ fn truncation_keeps_eos_or_refuses_naming_the_length() {
     assert_eq!(ids[1], hello[1]);
     assert!(ids[2..2047].iter().all(|&id| id == hello[2]));
     assert_eq!(ids[2047], 1);
+
+    // The vocabulary's longest tokens stand for 48 bytes (`─` x 16, three bytes each): a text
+    // longer than 2046 of them cannot fit, and is refused without being tokenized; one of 2046
+    // is tokenized, and fits exactly.
+    let rule = "─".repeat(16);
+    let widest = rule.repeat(2046);
+    let ids = tokenizer
+        .encode(0, None, &widest, Truncation::Refuse)
+        .unwrap();
+    assert_eq!(ids.len(), 2048);
+    let err = tokenizer
+        .encode(5, None, &format!("{widest}x"), Truncation::Refuse)
+        .unwrap_err();
+    assert!(matches!(err, Error::Input { index: 5, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("98209 bytes, at least 2049 tokens, more than max_seq_length = 2048"),
+        "{err}"
+    );
+    // Truncated, it is tokenized as ever.
+    let ids = tokenizer
+        .encode(0, None, &format!("{widest}x"), Truncation::Truncate)
+        .unwrap();
+    assert_eq!(ids.len(), 2048);
 }
 
 #[test]
