@@ -90,15 +90,21 @@ pub struct AppState {
     engine: Engine,
     metrics: Arc<Metrics>,
     config: ServerConfig,
+    /// `/tokenize` and `/decode` at once, at most as many as the engine has tokenizer workers:
+    /// the others wait their turn (a multi-megabyte text's tokens take hundreds of megabytes).
+    standalone_tokenizing: tokio::sync::Semaphore,
 }
 
 impl AppState {
     /// `metrics` must be the one whose [`Metrics::batch_observer`] the engine was started with.
     pub fn new(engine: Engine, metrics: Arc<Metrics>, config: ServerConfig) -> Arc<Self> {
+        let standalone_tokenizing =
+            tokio::sync::Semaphore::new(engine.config().tokenizer_workers.max(1));
         Arc::new(Self {
             engine,
             metrics,
             config,
+            standalone_tokenizing,
         })
     }
 
@@ -981,8 +987,11 @@ async fn tei_tokenize(
         request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
     let prompt_name = prompt_name(&body)?;
-    // Tokenization is CPU work: off the async workers.
+    // Tokenization is CPU work: off the async workers, a few at a time.
+    let _turn = state.standalone_tokenizing.acquire().await;
+    let worker_state = Arc::clone(&state);
     let tokens = tokio::task::spawn_blocking(move || {
+        let state = worker_state;
         let tokenizer = state.engine.tokenizer();
         let prompt = tokenizer.named_or_default_prompt(prompt_name.as_deref())?;
         inputs
@@ -1009,7 +1018,10 @@ async fn tei_decode(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let body = request::object(&body)?;
     let lists = request::id_lists(&body, "ids", state.config.max_client_batch_size)?;
     let skip_special_tokens = request::optional_bool(&body, "skip_special_tokens")?.unwrap_or(true);
+    let _turn = state.standalone_tokenizing.acquire().await;
+    let worker_state = Arc::clone(&state);
     let texts = tokio::task::spawn_blocking(move || {
+        let state = worker_state;
         let tokenizer = state.engine.tokenizer();
         lists
             .iter()
