@@ -1014,6 +1014,17 @@ fn info_and_metrics_describe_the_server() {
     assert!(sample(text, "gemma_embed_batch_sequences_count") >= 2.0);
     assert_eq!(sample(text, "gemma_embed_queue_inputs"), 0.0);
     assert_eq!(sample(text, "gemma_embed_tokenization_seconds_count"), 4.0);
+    // One family per name in OpenMetrics' model, where a counter `x_total` is the family `x`:
+    // no counter may share it with a histogram or gauge.
+    let mut families = std::collections::BTreeSet::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        let family = match kind {
+            "counter" => name.strip_suffix("_total").unwrap_or(name),
+            _ => name,
+        };
+        assert!(families.insert(family.to_string()), "two families {family}");
+    }
 }
 
 #[test]

@@ -101,12 +101,12 @@ fn golden_embeddings_over_http_and_a_disconnect_drops_queued_work() {
     wait_for("the request to be queued", Duration::from_secs(60), || {
         metric(&server, "gemma_embed_queue_inputs") >= 24.0
     });
-    let tokens_before = metric(&server, "gemma_embed_batch_tokens_total");
+    let tokens_before = metric(&server, "gemma_embed_batched_tokens_total");
     drop(stream);
     wait_for("the queue to empty", Duration::from_secs(120), || {
         metric(&server, "gemma_embed_queue_inputs") == 0.0
     });
-    let computed = metric(&server, "gemma_embed_batch_tokens_total") - tokens_before;
+    let computed = metric(&server, "gemma_embed_batched_tokens_total") - tokens_before;
     // Only the batch running and the one prepared behind it may still run (~2 x 1024 tokens of
     // the ~12000 the request holds).
     assert!(

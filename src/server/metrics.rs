@@ -229,7 +229,7 @@ impl Metrics {
                 engine.batches,
             ),
             (
-                "gemma_embed_batch_tokens_total",
+                "gemma_embed_batched_tokens_total",
                 "Tokens in the batches the backend ran.",
                 engine.batch_tokens,
             ),
