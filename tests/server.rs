@@ -939,6 +939,15 @@ fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
     let too_many = vertex([3, 2]);
     assert_eq!(too_many.status, 413, "{}", too_many.body);
     assert_eq!(too_many.json()["error_type"], "Validation");
+    // Instances of other options are admitted apart, but answered together: 413 as well.
+    let instances = json!([{"inputs": vec!["x"; 4]}, {"inputs": "x", "dimensions": 16}]);
+    let apart = server.post("/vertex", &json!({ "instances": instances }));
+    assert_eq!(apart.status, 413, "{}", apart.body);
+    assert!(
+        apart.body.contains("the instances hold 5 inputs in all"),
+        "{}",
+        apart.body
+    );
     for _ in 0..5 {
         let fits = vertex([2, 2]);
         assert_eq!(fits.status, 200, "{}", fits.body);

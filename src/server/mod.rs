@@ -710,7 +710,7 @@ async fn openai_embeddings(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, OpenAiError> {
-    let mut body = request::object(&body)?;
+    let mut body = request::object(body)?;
     let as_base64 = match request::optional_str(&body, "encoding_format")? {
         None | Some("float") => false,
         Some("base64") => true,
@@ -824,7 +824,7 @@ fn tei_embed_query(
 }
 
 async fn tei_embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, TeiError> {
-    let query = tei_embed_query(&mut request::object(&body)?, &state.config)?;
+    let query = tei_embed_query(&mut request::object(body)?, &state.config)?;
     let answer = embed(&state, query).await?;
     let vectors: Vec<&[f32]> = answer
         .embeddings
@@ -838,7 +838,7 @@ async fn tei_embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Re
 /// `{"predictions": [EMBEDDINGS, ...]}`, one `/embed` answer per instance. The instances go to
 /// the engine together.
 async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, TeiError> {
-    let mut body = request::object(&body)?;
+    let mut body = request::object(body)?;
     let instances = match body.remove("instances").filter(|v| !v.is_null()) {
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) => {
@@ -879,6 +879,15 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     request::within_client_limit(total, limit, || {
         format!("the instances hold {total} inputs in all")
     })?;
+    // Their groups are admitted apart, but answered together: all of them must fit at once.
+    let max_queued_inputs = state.engine.config().max_queued_inputs;
+    if total > max_queued_inputs {
+        return Err(ApiError::from(crate::Error::BeyondQueueCapacity(format!(
+            "the instances hold {total} inputs in all, more than the whole queue holds \
+             (max_queued_inputs = {max_queued_inputs})"
+        )))
+        .into());
+    }
     // Instances asking for the same embedding go to the engine as one request, admitted or
     // refused as a whole as /embed's inputs are: two halves admitted apart would race each
     // other for the queue.
@@ -946,7 +955,7 @@ async fn tei_similarity(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, TeiError> {
-    let mut body = request::object(&body)?;
+    let mut body = request::object(body)?;
     let (source, sentences) =
         request::similarity_inputs(&mut body, state.config.max_client_batch_size)?;
     let parameters = request::optional_object(&body, "parameters")?.unwrap_or_default();
@@ -982,7 +991,7 @@ async fn tei_tokenize(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, TeiError> {
-    let mut body = request::object(&body)?;
+    let mut body = request::object(body)?;
     let (inputs, input_names) =
         request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
@@ -1015,7 +1024,7 @@ async fn tei_tokenize(
 
 /// TEI's `/decode`: the text of each list of token ids.
 async fn tei_decode(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, TeiError> {
-    let body = request::object(&body)?;
+    let body = request::object(body)?;
     let lists = request::id_lists(&body, "ids", state.config.max_client_batch_size)?;
     let skip_special_tokens = request::optional_bool(&body, "skip_special_tokens")?.unwrap_or(true);
     let _turn = state.standalone_tokenizing.acquire().await;

@@ -1,6 +1,7 @@
 //! Reading request bodies field by field, so that every error names the field (and the input
 //! index) at fault instead of a position in the JSON text.
 
+use axum::body::Bytes;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ErrorKind};
@@ -41,9 +42,10 @@ impl InputNames {
     }
 }
 
-/// The body as a JSON object.
-pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+/// The body as a JSON object. The raw bytes go here: a handler keeps only the parsed request
+/// while it waits for the engine (a large body is not held twice).
+pub fn object(body: Bytes) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorKind::Malformed,
             format!("the body is not valid JSON: {e}"),
@@ -457,7 +459,10 @@ mod tests {
         assert!(optional_str(body, "s").is_err());
         assert_eq!(optional_count(body, "n").unwrap(), None);
         assert_eq!(optional_count(body, "missing").unwrap(), None);
-        assert!(object(b"[1]").is_err());
-        assert_eq!(object(b"{oops").unwrap_err().kind, ErrorKind::Malformed);
+        assert!(object(Bytes::from_static(b"[1]")).is_err());
+        assert_eq!(
+            object(Bytes::from_static(b"{oops")).unwrap_err().kind,
+            ErrorKind::Malformed
+        );
     }
 }
