@@ -1250,8 +1250,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 16384)]
     max_queued_inputs: usize,
     /// Tokens admitted and not yet answered, at most (429 beyond; until a request is tokenized
-    /// its texts count one token per byte, at most this whole budget, then their real count; a
-    /// request whose real count is past it gets 413). The default is 2048 inputs of 2048 tokens.
+    /// each text counts one token per byte, at most max_seq_length, and a request at most this
+    /// whole budget, then their real count; a request whose real count is past it gets 413).
+    /// The default is 2048 inputs of 2048 tokens.
     #[arg(long, default_value_t = 1 << 22)]
     max_queued_tokens: usize,
     /// How long a thin queue waits for more inputs before a partial batch goes, in ms.

@@ -1049,9 +1049,10 @@ fn sigterm_stops_the_server_with_exit_code_zero() {
 }
 
 #[test]
-fn a_second_sigterm_ends_a_shutdown_that_waits_on_work() {
+fn a_full_queue_says_when_to_retry_and_a_second_sigterm_ends_a_shutdown() {
     use std::io::Write;
-    let mut server = Server::tiny_on_cpu(&["--shutdown-timeout", "300"]);
+    let mut server =
+        Server::tiny_on_cpu(&["--shutdown-timeout", "300", "--max-queued-inputs", "1"]);
     // Seconds of tokenizing: 7 MB truncated from the left, so every byte is tokenized.
     let text = "abc def ghi ".repeat(600_000);
     let body =
@@ -1077,6 +1078,11 @@ fn a_second_sigterm_ends_a_shutdown_that_waits_on_work() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // The queue holds that one input: a 429, with when to try again.
+    let refused = server.post("/v1/embeddings", &json!({"input": "x"}));
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
     server.send_sigterm();
     while !server.log().contains("shutting down") {
         assert!(

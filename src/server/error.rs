@@ -4,7 +4,7 @@
 //! An [`ApiError`] says what went wrong; a route picks the shape through its error type,
 //! [`OpenAiError`] or [`TeiError`], into which `?` converts every [`ApiError`].
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -100,9 +100,16 @@ impl ApiError {
         self
     }
 
-    /// The answer in `flavor`'s shape.
+    /// The answer in `flavor`'s shape. A full queue's 429 says when to try again (`Retry-After`,
+    /// which the `openai` clients honour): about when a batch or two will have gone.
     pub fn respond(self, flavor: Flavor) -> Response {
-        (self.status(flavor), Json(self.body(flavor))).into_response()
+        let mut response = (self.status(flavor), Json(self.body(flavor))).into_response();
+        if self.kind == ErrorKind::Overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 
     pub fn status(&self, flavor: Flavor) -> StatusCode {
