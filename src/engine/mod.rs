@@ -23,7 +23,8 @@
 //!   while the backend computes batch N.
 //! - A request's answers come back in its input order, whatever the packing; each input's
 //!   embedding depends only on its own tokens (the backend guarantees per-sequence independence).
-//! - A request whose [`Ticket`] is dropped is skipped when its inputs reach the scheduler.
+//! - A request whose [`Ticket`] is dropped is skipped: by its tokenizer worker (between two inputs)
+//!   and when its inputs reach the scheduler.
 
 mod queue;
 
