@@ -1408,18 +1408,17 @@ fn serve(args: ServeArgs) -> Result<()> {
 /// Resolves on the first SIGINT or SIGTERM; a second one then kills the process.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(e) => {
-                eprintln!("cannot listen for SIGTERM ({e}); only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
             }
-        };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
+        }
+        Err(e) => {
+            eprintln!("cannot listen for SIGTERM ({e}); only SIGINT stops the server");
+            let _ = interrupt.await;
+        }
     }
     // A second signal stops the process at once, as if no handler were set: the way out of a
     // shutdown that waits on work no deadline can cut short (a batch running on the device).

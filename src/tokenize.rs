@@ -51,8 +51,10 @@ fn text_to_tokenize(text: &str, truncation: Truncation) -> &str {
 
 /// The most bytes of text one token of `tokenizer` covers, where each byte of a text is covered
 /// by exactly one token: a byte-fallback BPE (no unknown token standing for any length of text)
-/// with no normalizer but Gemma's, which writes each space as `▁` (so a token's `▁` covers one
-/// byte). `None` for other tokenizers, whose normalizers may shrink a text.
+/// with no normalizer but Gemma's, which only lengthens a text (each space becomes a three-byte
+/// `▁`), so that no token covers more bytes of the text than its own string has. Added tokens,
+/// matched in the text as it is (Gemma's runs of up to 31 `▁`, 93 bytes), count alike. `None`
+/// for other tokenizers, whose normalizers may shorten a text.
 fn longest_token_bytes(tokenizer: &tokenizers::Tokenizer) -> Option<usize> {
     let byte_fallback =
         matches!(tokenizer.get_model(), ModelWrapper::BPE(bpe) if bpe.byte_fallback);
@@ -66,7 +68,7 @@ fn longest_token_bytes(tokenizer: &tokenizers::Tokenizer) -> Option<usize> {
         tokenizer
             .get_vocab(true)
             .keys()
-            .map(|token| token.replace('\u{2581}', " ").len())
+            .map(String::len)
             .max()
             .unwrap_or(1)
             .max(1)
@@ -108,7 +110,8 @@ pub struct Tokenizer {
     /// Special tokens the post-processor adds around a single sequence (`<bos>`, `<eos>`).
     added_tokens: usize,
     /// The most bytes of a text one token stands for, where every byte is some token's
-    /// ([`longest_token_bytes`]): a text of `n` bytes is at least `n / this` tokens.
+    /// ([`longest_token_bytes`]): a text of `n` bytes is at least `n / this` tokens (93 for
+    /// Gemma).
     longest_token_bytes: Option<usize>,
 }
 

@@ -94,11 +94,11 @@ fn truncation_keeps_eos_or_refuses_naming_the_length() {
     assert!(ids[2..2047].iter().all(|&id| id == hello[2]));
     assert_eq!(ids[2047], 1);
 
-    // The vocabulary's longest tokens stand for 48 bytes (`─` x 16, three bytes each): a text
-    // longer than 2046 of them cannot fit, and is refused without being tokenized; one of 2046
-    // is tokenized, and fits exactly.
-    let rule = "─".repeat(16);
-    let widest = rule.repeat(2046);
+    // The vocabulary's longest tokens are 93 bytes (an added token of 31 `▁`, three bytes each,
+    // matched in the text as it is): a text longer than 2046 of them cannot fit, and is refused
+    // without being tokenized; one of 2046 is tokenized, and fits exactly.
+    let run = "\u{2581}".repeat(31);
+    let widest = run.repeat(2046);
     let ids = tokenizer
         .encode(0, None, &widest, Truncation::Refuse)
         .unwrap();
@@ -109,7 +109,7 @@ fn truncation_keeps_eos_or_refuses_naming_the_length() {
     assert!(matches!(err, Error::Input { index: 5, .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("98209 bytes, at least 2049 tokens, more than max_seq_length = 2048"),
+            .contains("190279 bytes, at least 2049 tokens, more than max_seq_length = 2048"),
         "{err}"
     );
     // Truncated, it is tokenized as ever.
@@ -117,6 +117,16 @@ fn truncation_keeps_eos_or_refuses_naming_the_length() {
         .encode(0, None, &format!("{widest}x"), Truncation::Truncate)
         .unwrap();
     assert_eq!(ids.len(), 2048);
+    // Text of the longest ordinary tokens (`─` x 16, 48 bytes) past the bound's 93 bytes per
+    // token is tokenized, and refused with its exact count.
+    let rules = "─".repeat(16).repeat(2047);
+    let err = tokenizer
+        .encode(0, None, &rules, Truncation::Refuse)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(": 2049 tokens, more than"),
+        "{err}"
+    );
 }
 
 #[test]

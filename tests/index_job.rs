@@ -512,6 +512,64 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     assert_eq!(std::fs::read(&again).unwrap(), finished);
     let other_job = shard_run(&["--dimensions", "32"]);
     assert!(other_job.contains("embedded 17 docs"), "{other_job}");
+    assert!(shard_run(&["--dimensions", "32"]).contains("done before"));
+    // Nor by a run on an input changed since (its modification time, here), nor by one under
+    // `--on-error fail`, which must not pass the shard's rejected document.
+    File::options()
+        .append(true)
+        .open(input)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let changed = shard_run(&["--dimensions", "32"]);
+    assert!(changed.contains("embedded 17 docs"), "{changed}");
+    let again_str = again.to_str().unwrap();
+    let failing = gemma_embed(&[
+        "embed",
+        "--input",
+        input,
+        "--output",
+        again_str,
+        "--shard",
+        "0/3",
+        "--dimensions",
+        "32",
+        "--on-error",
+        "fail",
+    ])
+    .output()
+    .unwrap();
+    assert!(!failing.status.success(), "{}", stderr_of(&failing));
+    assert!(!stderr_of(&failing).contains("done before"));
+    // Nor, from standard input, by any run: none can tell one stream from another.
+    let from_stdin = dir.path().join("stdin.jsonl");
+    for _ in 0..2 {
+        let mut child = gemma_embed(&[
+            "embed",
+            "--input",
+            "-",
+            "--output",
+            from_stdin.to_str().unwrap(),
+            "--shard",
+            "0/3",
+            "--on-error",
+            "skip",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, &std::fs::read(input).unwrap()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("embedded 17 docs"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
 
     // Refused, naming the fault, with nothing written: a missing shard, one given twice, one
     // of another job, one without its record.

@@ -948,6 +948,22 @@ fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
         "{}",
         apart.body
     );
+    // Nor may their tokens, as reserved before tokenization (one per byte, at most
+    // max_seq_length = 64 a text): 2 x 5 x 64 = 640, more than 512. As one set of options the
+    // same texts fit (the request reserves at most the whole budget, then its real count).
+    let server = Server::tiny_on_cpu(&["--max-queued-tokens", "512"]);
+    let texts = vec!["word ".repeat(30); 5];
+    let instances = json!([{"inputs": texts}, {"inputs": texts, "dimensions": 16}]);
+    let apart = server.post("/vertex", &json!({ "instances": instances }));
+    assert_eq!(apart.status, 413, "{}", apart.body);
+    assert!(
+        apart.body.contains("reserve 640 tokens of the queue") && apart.body.contains("= 512"),
+        "{}",
+        apart.body
+    );
+    let all_texts = [texts.clone(), texts].concat();
+    let together = server.post("/embed", &json!({ "inputs": all_texts }));
+    assert_eq!(together.status, 200, "{}", together.body);
     for _ in 0..5 {
         let fits = vertex([2, 2]);
         assert_eq!(fits.status, 200, "{}", fits.body);

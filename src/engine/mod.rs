@@ -484,7 +484,7 @@ impl Engine {
     }
 
     /// The tokenizer the engine uses (for prompts, limits and standalone tokenization).
-    pub fn tokenizer(&self) -> &Tokenizer {
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
     }
 
@@ -580,19 +580,9 @@ impl Engine {
         })?
     }
 
-    /// Admit a request and queue it for tokenization. Fails at once on an empty request, bad
-    /// `dimensions`, or (with [`Admission::Reject`]) a full queue.
-    pub fn submit(&self, request: Request, admission: Admission) -> Result<Ticket> {
-        let Request {
-            inputs,
-            dimensions,
-            truncation,
-            normalize,
-        } = request;
-        if inputs.is_empty() {
-            return Err(Error::EmptyRequest);
-        }
-        self.check_dimensions(dimensions)?;
+    /// The tokens a request of `inputs` reserves of the queue's budget at admission, until it is
+    /// tokenized: an upper bound of their count, at most the whole budget.
+    pub fn tokens_reserved(&self, inputs: &[Input]) -> usize {
         let max_len = self.tokenizer.max_seq_len();
         let upper_bound: usize = inputs
             .iter()
@@ -608,7 +598,23 @@ impl Engine {
         // One token per byte is about four times too many for English text: a bound past the
         // whole budget may still fit once tokenized, which settles it (and refuses a request
         // whose real count is past the budget).
-        let reserved_tokens = upper_bound.min(self.shared.budget.max_tokens);
+        upper_bound.min(self.shared.budget.max_tokens)
+    }
+
+    /// Admit a request and queue it for tokenization. Fails at once on an empty request, bad
+    /// `dimensions`, or (with [`Admission::Reject`]) a full queue.
+    pub fn submit(&self, request: Request, admission: Admission) -> Result<Ticket> {
+        let Request {
+            inputs,
+            dimensions,
+            truncation,
+            normalize,
+        } = request;
+        if inputs.is_empty() {
+            return Err(Error::EmptyRequest);
+        }
+        self.check_dimensions(dimensions)?;
+        let reserved_tokens = self.tokens_reserved(&inputs);
         self.shared
             .budget
             .reserve(inputs.len(), reserved_tokens, admission)?;

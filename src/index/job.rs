@@ -199,6 +199,19 @@ impl JobOptions {
         Ok(params)
     }
 
+    /// What a rerun of this run must share to pass over its finished shard
+    /// ([`ShardRecord::rerun`]): the whole `fingerprint` (the input's path, size and modification
+    /// time, or a directory's listing) and `--on-error` (a `fail` run must not pass over a
+    /// `skip` run's rejects). `None` for standard input, which no rerun can tell apart.
+    fn rerun_key(&self, fingerprint: &Value) -> Option<Value> {
+        (self.input != "-").then(|| {
+            json!({
+                "fingerprint": fingerprint,
+                "on_error": format!("{:?}", self.on_error),
+            })
+        })
+    }
+
     /// Everything that shapes the output, the input file's size and modification time included.
     fn fingerprint(&self, listing: Option<&DirectoryListing>) -> Result<Value> {
         let (len, modified) = if let Some(listing) = listing {
@@ -336,13 +349,21 @@ pub fn run_holding(
         },
         other => other,
     })?;
-    // A shard's finished output, with the record of this job's shard beside it: rerunning the
+    // A shard's finished output, with the record of this run's shard beside it: rerunning the
     // loop that started N shards redoes only those that did not finish.
     if loaded.is_none() && options.shard.count > 1 {
         let shard_params = options.shard_params(&params)?;
-        if let Some(record) =
-            ShardRecord::of_finished(&options.output, options.shard, &shard_params)
-        {
+        if let Some(record) = ShardRecord::of_finished(
+            &options.output,
+            options.shard,
+            &shard_params,
+            &options.rerun_key(&params),
+        ) {
+            // A kill while a Parquet output's partial directory went left the rest of it.
+            remove_partial(&partial_path).map_err(|source| Error::Io {
+                path: partial_path.clone(),
+                source,
+            })?;
             return Ok(JobSummary {
                 rows: record.rows,
                 rejected: record.rejected,
@@ -810,6 +831,7 @@ impl Writer<'_> {
                 rows: summary.rows,
                 rejected: summary.rejected,
                 params: self.options.shard_params(&self.params)?,
+                rerun: self.options.rerun_key(&self.params),
             }
             .store(output)?;
         }

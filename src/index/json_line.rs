@@ -39,20 +39,33 @@ impl JsonObject {
 /// `text` read as a JSON object keeping the `wanted` fields' values: `Ok(None)` for JSON that is
 /// not an object, `Err` (the message) for a line that is not JSON.
 pub fn parse(text: &str, wanted: &[&str]) -> Result<Option<JsonObject>, String> {
-    let first_error = match object(text, wanted) {
-        Ok(object) => return Ok(Some(object)),
-        Err(error) => error,
-    };
-    if first_error.is_data() {
-        // JSON of another type, or a line that is not JSON either (`[1,`): the whole line says.
-        return match serde_json::from_str::<IgnoredAny>(text) {
-            Ok(_) => Ok(None),
-            Err(error) => Err(format!("invalid JSON: {error}")),
-        };
+    match object(text, wanted) {
+        Ok(object) => Ok(Some(object)),
+        Err(error) if error.is_data() => not_an_object(text),
+        Err(error) => match non_finite_as_null(text) {
+            None => Err(format!("invalid JSON: {error}")),
+            Some(text) => match object(&text, wanted) {
+                Ok(object) => Ok(Some(object)),
+                Err(error) if error.is_data() => not_an_object(&text),
+                // Its own fault, placed in the line as read with `null`s.
+                Err(error) => Err(format!(
+                    "invalid JSON: {error} (with NaN and Infinity read as null)"
+                )),
+            },
+        },
     }
-    match non_finite_as_null(text).map(|text| object(&text, wanted)) {
-        Some(Ok(object)) => Ok(Some(object)),
-        _ => Err(format!("invalid JSON: {first_error}")),
+}
+
+/// The answer for a `text` that is not an object: JSON of another type, or a line that is not
+/// JSON either (`[1,`), as the whole line says.
+fn not_an_object(text: &str) -> Result<Option<JsonObject>, String> {
+    let is_json = |text: &str| serde_json::from_str::<IgnoredAny>(text).map(drop);
+    match is_json(text) {
+        Ok(()) => Ok(None),
+        Err(error) => match non_finite_as_null(text).map(|text| is_json(&text)) {
+            Some(Ok(())) => Ok(None),
+            _ => Err(format!("invalid JSON: {error}")),
+        },
     }
 }
 
@@ -161,9 +174,22 @@ mod tests {
         let line = r#"{"text": "say \"NaN\"", "s": NaN}"#;
         let object = parse(line, &["text"]).unwrap().unwrap();
         assert_eq!(object.get("text"), Some(&json!("say \"NaN\"")));
-        // Other broken JSON keeps its own message.
+        // Other broken JSON keeps its own message, beside a NaN too; a list is not an object.
         let error = parse(r#"{"text": "a", "s": NaN"#, &["text"]).unwrap_err();
-        assert!(error.starts_with("invalid JSON: expected value"), "{error}");
+        assert!(
+            error.starts_with("invalid JSON: EOF while parsing"),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("(with NaN and Infinity read as null)"),
+            "{error}"
+        );
+        let error = parse(r#"{"s": NaN, "id": 1e400, "text": "a"}"#, &["id", "text"]).unwrap_err();
+        assert!(
+            error.starts_with("invalid JSON: number out of range"),
+            "{error}"
+        );
+        assert_eq!(parse("[NaN]", &["text"]), Ok(None));
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct ShardRecord {
     /// What shapes the rows, and the input's size: equal in every shard of one job. Paths are
     /// left out (the machines that split a corpus may keep it and the model in other places).
     pub params: Value,
+    /// What a rerun of this shard's command on this machine must share to pass over it (the
+    /// input's path, size and modification time, `--on-error`, ...); none for standard input.
+    /// Not compared by merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<Value>,
 }
 
 impl ShardRecord {
@@ -79,13 +84,21 @@ impl ShardRecord {
     }
 
     /// The record of `output` where it is there, whole, and says `output` is `shard` of the job
-    /// of `params` (what [`Self::params`] would be now), and `output` is there too.
-    pub fn of_finished(output: &Path, shard: Shard, params: &Value) -> Option<Self> {
+    /// of `params` (what [`Self::params`] would be now) made by a run like this one (`rerun`,
+    /// what [`Self::rerun`] would be now; never for `None`), and `output` is there too.
+    pub fn of_finished(
+        output: &Path,
+        shard: Shard,
+        params: &Value,
+        rerun: &Option<Value>,
+    ) -> Option<Self> {
         let text = std::fs::read_to_string(Self::path(output)).ok()?;
         let record: Self = serde_json::from_str(&text).ok()?;
-        let this_job =
-            (record.index, record.count) == (shard.index, shard.count) && &record.params == params;
-        (this_job && output.exists()).then_some(record)
+        let this_run = (record.index, record.count) == (shard.index, shard.count)
+            && &record.params == params
+            && rerun.is_some()
+            && &record.rerun == rerun;
+        (this_run && output.exists()).then_some(record)
     }
 
     /// The documents shard `index` of `count` holds: `index`, `index + count`, ... below

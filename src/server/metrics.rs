@@ -272,7 +272,7 @@ impl Metrics {
             ),
             (
                 "gemma_embed_tokenization_seconds",
-                "Tokenization time per request.",
+                "Time per request from admission to the end of its tokenization (the wait for a tokenizer worker included).",
                 &self.tokenization_seconds,
             ),
             (

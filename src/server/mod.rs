@@ -49,7 +49,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::engine::{Admission, Embedded, Engine, Input, Request, Timings};
-use crate::tokenize::Truncation;
+use crate::tokenize::{Tokenizer, Truncation};
 use crate::Error;
 
 use request::{InputNames, RawInput};
@@ -92,20 +92,45 @@ pub struct AppState {
     config: ServerConfig,
     /// `/tokenize` and `/decode` at once, at most as many as the engine has tokenizer workers:
     /// the others wait their turn (a multi-megabyte text's tokens take hundreds of megabytes).
-    standalone_tokenizing: tokio::sync::Semaphore,
+    standalone_tokenizing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// `metrics` must be the one whose [`Metrics::batch_observer`] the engine was started with.
     pub fn new(engine: Engine, metrics: Arc<Metrics>, config: ServerConfig) -> Arc<Self> {
-        let standalone_tokenizing =
-            tokio::sync::Semaphore::new(engine.config().tokenizer_workers.max(1));
+        let standalone_tokenizing = Arc::new(tokio::sync::Semaphore::new(
+            engine.config().tokenizer_workers.max(1),
+        ));
         Arc::new(Self {
             engine,
             metrics,
             config,
             standalone_tokenizing,
         })
+    }
+
+    /// Run `work` with the tokenizer on a blocking thread (tokenizing is CPU work, kept off the
+    /// async workers), at most as many at once as the engine has tokenizer workers. The turn
+    /// goes with the work, not with the request: one whose client left holds it until its work
+    /// ends.
+    async fn tokenizing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Tokenizer) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ApiError::new(ErrorKind::Backend, format!("tokenizing failed: {e}"))
+        };
+        let turn = Arc::clone(&self.standalone_tokenizing)
+            .acquire_owned()
+            .await
+            .map_err(|e| failed(&e))?;
+        let tokenizer = Arc::clone(self.engine.tokenizer());
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work(&tokenizer)
+        })
+        .await
+        .map_err(|e| failed(&e))
     }
 
     /// Run a short text, then a longest-possible one, through the whole path (buffers at their
@@ -620,6 +645,18 @@ impl Answer {
 }
 
 async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> {
+    run_embedding(state, prepare_embedding(state, query)?).await
+}
+
+/// An engine request made of a query, with what its answer needs.
+struct PreparedEmbedding {
+    request: Request,
+    input_names: InputNames,
+    characters: usize,
+    start: Instant,
+}
+
+fn prepare_embedding(state: &AppState, query: EmbedQuery) -> Result<PreparedEmbedding, ApiError> {
     let start = Instant::now();
     let tokenizer = state.engine.tokenizer();
     let prompt = tokenizer
@@ -652,12 +689,27 @@ async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> 
         truncation: query.truncation,
         normalize: query.normalize,
     };
+    Ok(PreparedEmbedding {
+        request,
+        input_names: query.input_names,
+        characters,
+        start,
+    })
+}
+
+async fn run_embedding(state: &AppState, prepared: PreparedEmbedding) -> Result<Answer, ApiError> {
+    let PreparedEmbedding {
+        request,
+        input_names,
+        characters,
+        start,
+    } = prepared;
     let response = state.engine.submit(request, Admission::Reject)?.await?;
     let embeddings = response
         .outputs
         .into_iter()
         .collect::<Result<Vec<_>, Error>>()
-        .map_err(|error| ApiError::naming_input(error, |index| query.input_names.name(index)))?;
+        .map_err(|error| ApiError::naming_input(error, |index| input_names.name(index)))?;
     let answer = Answer {
         embeddings,
         timings: response.timings,
@@ -910,15 +962,34 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             }),
         }
     }
+    let prepared = groups
+        .into_iter()
+        .map(|group| {
+            let query = EmbedQuery {
+                input_names: InputNames::Each(group.names),
+                ..group.query
+            };
+            Ok((group.members, prepare_embedding(&state, query)?))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    // Nor may their reservations of the token budget (until tokenized) be more than all of it.
+    let reserved: usize = prepared
+        .iter()
+        .map(|(_, p)| state.engine.tokens_reserved(&p.request.inputs))
+        .sum();
+    let max_queued_tokens = state.engine.config().max_queued_tokens;
+    if reserved > max_queued_tokens {
+        return Err(ApiError::from(crate::Error::BeyondQueueCapacity(format!(
+            "the instances' sets of options reserve {reserved} tokens of the queue in all until \
+             they are tokenized (a text one token per byte, at most max_seq_length), more than \
+             it holds (max_queued_tokens = {max_queued_tokens}): send them in separate requests"
+        )))
+        .into());
+    }
     let mut running = tokio::task::JoinSet::new();
-    for group in groups {
-        let query = EmbedQuery {
-            input_names: InputNames::Each(group.names),
-            ..group.query
-        };
-        let members = group.members;
+    for (members, prepared) in prepared {
         let state = Arc::clone(&state);
-        running.spawn(async move { (members, embed(&state, query).await) });
+        running.spawn(async move { (members, run_embedding(&state, prepared).await) });
     }
     let mut predictions = vec![Vec::new(); total_instances];
     while let Some(done) = running.join_next().await {
@@ -996,29 +1067,24 @@ async fn tei_tokenize(
         request::inputs(&mut body, "inputs", state.config.max_client_batch_size)?;
     let add_special_tokens = request::optional_bool(&body, "add_special_tokens")?.unwrap_or(true);
     let prompt_name = prompt_name(&body)?;
-    // Tokenization is CPU work: off the async workers, a few at a time.
-    let _turn = state.standalone_tokenizing.acquire().await;
-    let worker_state = Arc::clone(&state);
-    let tokens = tokio::task::spawn_blocking(move || {
-        let state = worker_state;
-        let tokenizer = state.engine.tokenizer();
-        let prompt = tokenizer.named_or_default_prompt(prompt_name.as_deref())?;
-        inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| match input {
-                RawInput::Text(text) => tokenizer
-                    .tokens(prompt, text, add_special_tokens)
-                    .map_err(ApiError::from),
-                RawInput::Ids(_) => Err(ApiError::field(
-                    &input_names.name(i),
-                    "must be a string (token ids are already tokenized)",
-                )),
-            })
-            .collect::<Result<Vec<_>, ApiError>>()
-    })
-    .await
-    .map_err(|e| ApiError::new(ErrorKind::Backend, format!("tokenization failed: {e}")))??;
+    let tokens = state
+        .tokenizing(move |tokenizer| {
+            let prompt = tokenizer.named_or_default_prompt(prompt_name.as_deref())?;
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| match input {
+                    RawInput::Text(text) => tokenizer
+                        .tokens(prompt, text, add_special_tokens)
+                        .map_err(ApiError::from),
+                    RawInput::Ids(_) => Err(ApiError::field(
+                        &input_names.name(i),
+                        "must be a string (token ids are already tokenized)",
+                    )),
+                })
+                .collect::<Result<Vec<_>, ApiError>>()
+        })
+        .await??;
     Ok(Json(tokens).into_response())
 }
 
@@ -1027,23 +1093,19 @@ async fn tei_decode(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let body = request::object(body)?;
     let lists = request::id_lists(&body, "ids", state.config.max_client_batch_size)?;
     let skip_special_tokens = request::optional_bool(&body, "skip_special_tokens")?.unwrap_or(true);
-    let _turn = state.standalone_tokenizing.acquire().await;
-    let worker_state = Arc::clone(&state);
-    let texts = tokio::task::spawn_blocking(move || {
-        let state = worker_state;
-        let tokenizer = state.engine.tokenizer();
-        lists
-            .iter()
-            .enumerate()
-            .map(|(i, (field, ids))| {
-                tokenizer
-                    .decode(i, ids, skip_special_tokens)
-                    .map_err(|error| ApiError::naming_input(error, |_| field.clone()))
-            })
-            .collect::<Result<Vec<String>, ApiError>>()
-    })
-    .await
-    .map_err(|e| ApiError::new(ErrorKind::Backend, format!("decoding failed: {e}")))??;
+    let texts = state
+        .tokenizing(move |tokenizer| {
+            lists
+                .iter()
+                .enumerate()
+                .map(|(i, (field, ids))| {
+                    tokenizer
+                        .decode(i, ids, skip_special_tokens)
+                        .map_err(|error| ApiError::naming_input(error, |_| field.clone()))
+                })
+                .collect::<Result<Vec<String>, ApiError>>()
+        })
+        .await??;
     Ok(Json(texts).into_response())
 }
 
