@@ -186,8 +186,10 @@ else
     serve_load=(--requests 2000 --concurrency 64 --inputs-per-request 8 --texts 48 --tolerance 0.01)
 fi
 if [ $cpu_only = 1 ]; then
-    # Small requests and a checkpoint after each, so the short CPU job can be killed mid-way.
-    index_size=(--chars 24000); index_embed_args=(--docs-per-request 4 --checkpoint-interval-ms 0)
+    # Small requests and batches (one document of ~1000 tokens each: packed together the whole
+    # corpus is one batch) and a checkpoint after each, so the short CPU job can be killed mid-way.
+    index_size=(--chars 24000)
+    index_embed_args=(--docs-per-request 4 --max-batch-tokens 2048 --checkpoint-interval-ms 0)
 else
     index_size=(--chars 16000000); index_embed_args=()
 fi
