@@ -1121,6 +1121,68 @@ fn a_full_queue_says_when_to_retry_and_a_second_sigterm_ends_a_shutdown() {
     drop(client);
 }
 
+/// A client with a small receive buffer that pipelines five large requests on one connection;
+/// SIGTERMs the server (its pid, argv[2]) while the first answer is on its way, then reads to the
+/// end. Prints the whole answers it got, the bytes left over, and how the connection ended.
+const PIPELINING_CLIENT: &str = r#"
+import json, os, signal, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+body = json.dumps({"inputs": ["w%d" % i for i in range(2048)]}).encode()
+request = b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", port))
+s.sendall(request * 5)
+time.sleep(2)
+os.kill(pid, signal.SIGTERM)
+time.sleep(1)
+s.settimeout(60)
+data, end = b"", "eof"
+while True:
+    try:
+        chunk = s.recv(65536)
+    except OSError as e:
+        end = type(e).__name__
+        break
+    if not chunk:
+        break
+    data += chunk
+answers = 0
+while b"\r\n\r\n" in data:
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0]
+    if len(rest) < length:
+        break
+    json.loads(rest[:length])
+    answers, data = answers + 1, rest[length:]
+print(json.dumps({"answers": answers, "leftover": len(data), "end": end}))
+"#;
+
+#[test]
+fn pipelined_requests_at_a_graceful_shutdown_get_whole_answers_and_a_clean_end() {
+    let mut server = Server::tiny_on_cpu(&["--shutdown-timeout", "30"]);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let python = std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = std::process::Command::new(python)
+        .args(["-c", PIPELINING_CLIENT, &port, &server.pid().to_string()])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_str(&stdout).unwrap();
+    // Closed with unread requests, the socket used to reset the connection: the kernel dropped
+    // the end of the answer being sent (about 1 MB of its 1.15 MB reached the client).
+    assert_eq!(got["end"], "eof", "{got}");
+    assert_eq!(got["leftover"], 0, "{got}");
+    assert!(got["answers"].as_u64() >= Some(1), "{got}");
+    let status = server.wait_for_exit(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+}
+
 #[test]
 fn auto_truncate_makes_truncation_the_default() {
     let server = Server::tiny_on_cpu(&["--auto-truncate"]);

@@ -25,6 +25,7 @@
 //! With [`ServerConfig::cors`], CORS preflights are answered ahead of the API key check.
 
 mod error;
+mod linger;
 mod metrics;
 mod request;
 
@@ -325,8 +326,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection =
-            connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let connection = connections.watch(http.serve_connection(
+            hyper_util::rt::TokioIo::new(linger::LingeringClose::new(stream)),
+            service,
+        ));
         tokio::spawn(async move {
             // A connection ends in an error when its client goes away or times out: nothing to do.
             let _ = connection.await;
