@@ -394,6 +394,45 @@ fn gated_engine() -> (Engine, mpsc::Sender<()>, Arc<Mutex<Vec<Batch>>>) {
     (engine, open_gate, batches)
 }
 
+/// A recording engine of the tiny tokenizer with one tokenizer worker (jobs tokenized in order),
+/// batches of up to 1000 tokens, and these queue budgets.
+fn one_worker_engine(
+    max_queued_inputs: usize,
+    max_queued_tokens: usize,
+) -> (Engine, Arc<Mutex<Vec<Batch>>>) {
+    let (tokenizer, _) = tiny_tokenizer();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let backend = Recording {
+        batches: Arc::clone(&batches),
+        gate: None,
+    };
+    let config = EngineConfig {
+        max_batch_tokens: 1000,
+        max_batch_sequences: 64,
+        max_wait: Duration::ZERO,
+        max_queued_inputs,
+        max_queued_tokens,
+        tokenizer_workers: 1,
+    };
+    let engine = Engine::start(Box::new(backend), tokenizer, 4, config).unwrap();
+    (engine, batches)
+}
+
+/// `inputs` copies of `text`, without a prompt, embedded in 4 dimensions.
+fn texts(inputs: usize, text: &str, truncation: Truncation) -> Request {
+    Request {
+        inputs: (0..inputs)
+            .map(|_| Input::Text {
+                text: text.into(),
+                prompt: None,
+            })
+            .collect(),
+        dimensions: 4,
+        truncation,
+        normalize: true,
+    }
+}
+
 #[test]
 fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
     let (engine, open_gate, batches) = gated_engine();
@@ -515,47 +554,18 @@ fn a_busy_engine_is_healthy_while_batches_succeed_and_a_failing_one_is_not() {
 
 #[test]
 fn a_request_dropped_before_its_tokenization_gives_its_budget_back_unrun() {
-    let (tokenizer, _) = tiny_tokenizer();
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let engine = Engine::start(
-        Box::new(Recording {
-            batches: Arc::clone(&batches),
-            gate: None,
-        }),
-        tokenizer,
-        4,
-        EngineConfig {
-            max_batch_tokens: 1000,
-            max_batch_sequences: 64,
-            max_wait: Duration::ZERO,
-            max_queued_inputs: 1000,
-            max_queued_tokens: 10_000_000,
-            tokenizer_workers: 1,
-        },
-    )
-    .unwrap();
-    let text_request = |text: String, inputs: usize, truncation: Truncation| Request {
-        inputs: (0..inputs)
-            .map(|_| Input::Text {
-                text: text.clone(),
-                prompt: None,
-            })
-            .collect(),
-        dimensions: 4,
-        truncation,
-        normalize: true,
-    };
+    let (engine, batches) = one_worker_engine(1000, 10_000_000);
     // A second of tokenizing or more on the one worker (every byte of a text truncated from the
     // left is tokenized): the next request is dropped before its turn, as a client leaves.
     let slow = engine
         .submit(
-            text_request("abc def ghi ".repeat(300_000), 1, Truncation::TruncateLeft),
+            texts(1, &"abc def ghi ".repeat(300_000), Truncation::TruncateLeft),
             Admission::Reject,
         )
         .unwrap();
     let left = engine
         .submit(
-            text_request("abc def ghi ".repeat(100_000), 3, Truncation::TruncateLeft),
+            texts(3, &"abc def ghi ".repeat(100_000), Truncation::TruncateLeft),
             Admission::Reject,
         )
         .unwrap();
@@ -602,41 +612,14 @@ fn a_batch_tokenization_error_names_the_first_bad_text() {
 
 #[test]
 fn the_token_budget_is_settled_on_real_counts_once_tokenized() {
-    let (tokenizer, config) = tiny_tokenizer();
+    let (_, config) = tiny_tokenizer();
     let max_queued_tokens = 2 * config.max_seq_len;
-    let engine = Engine::start(
-        Box::new(Recording {
-            batches: Arc::new(Mutex::new(Vec::new())),
-            gate: None,
-        }),
-        tokenizer,
-        4,
-        EngineConfig {
-            max_batch_tokens: 1000,
-            max_batch_sequences: 64,
-            max_wait: Duration::ZERO,
-            max_queued_inputs: 64,
-            max_queued_tokens,
-            tokenizer_workers: 1,
-        },
-    )
-    .unwrap();
-    let texts = |inputs: usize, text: &str| Request {
-        inputs: (0..inputs)
-            .map(|_| Input::Text {
-                text: text.into(),
-                prompt: None,
-            })
-            .collect(),
-        dimensions: 4,
-        truncation: Truncation::Truncate,
-        normalize: true,
-    };
+    let (engine, _) = one_worker_engine(64, max_queued_tokens);
     // 8 texts of 5 words in 50 bytes: bounded by 8 · (50 + 2) bytes, past the whole budget,
     // but 8 · 7 tokens once tokenized.
     let padded = format!("{:<50}", "word word word word word");
     let fits = engine
-        .submit(texts(8, &padded), Admission::Reject)
+        .submit(texts(8, &padded, Truncation::Truncate), Admission::Reject)
         .unwrap()
         .wait()
         .unwrap();
@@ -646,7 +629,7 @@ fn the_token_budget_is_settled_on_real_counts_once_tokenized() {
     // once counted, and the reservation is given back.
     let long = "word ".repeat(4 * config.max_seq_len);
     let response = engine
-        .submit(texts(64, &long), Admission::Reject)
+        .submit(texts(64, &long, Truncation::Truncate), Admission::Reject)
         .unwrap()
         .wait()
         .unwrap();
