@@ -204,34 +204,31 @@ impl OtherReport {
                     .into(),
             );
         }
-        let mut concurrency: Vec<usize> = self
-            .workloads
-            .iter()
-            .filter_map(|w| w.concurrency)
-            .collect();
-        concurrency.sort_unstable();
-        concurrency.dedup();
-        let mut rates: Vec<f64> = self.workloads.iter().filter_map(|w| w.rate).collect();
-        rates.sort_by(f64::total_cmp);
-        rates.dedup();
-        let list = |values: Vec<String>| values.join(",");
-        let mut flags = "--mode online".to_string();
-        if !concurrency.is_empty() {
-            let _ = write!(
-                flags,
-                " --concurrency {}",
-                list(concurrency.iter().map(usize::to_string).collect())
-            );
-        }
-        if !rates.is_empty() {
-            let _ = write!(
-                flags,
-                " --rate {}",
-                list(rates.iter().map(f64::to_string).collect())
-            );
-        }
+        // Each kind of load of theirs as the flag that runs it (`--concurrency 4,16`).
+        let flag = |name: &str, mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values.dedup();
+            let values: Vec<String> = values.iter().map(f64::to_string).collect();
+            if values.is_empty() {
+                String::new()
+            } else {
+                format!(" --{name} {}", values.join(","))
+            }
+        };
+        let concurrency = flag(
+            "concurrency",
+            self.workloads
+                .iter()
+                .filter_map(|w| w.concurrency.map(|c| c as f64))
+                .collect(),
+        );
+        let rate = flag(
+            "rate",
+            self.workloads.iter().filter_map(|w| w.rate).collect(),
+        );
         Some(format!(
-            "its rows measured online latency and this run is offline: add {flags} to compare them"
+            "its rows measured online latency and this run is offline: add --mode \
+             online{concurrency}{rate} to compare them"
         ))
     }
 
@@ -439,18 +436,23 @@ mod tests {
         );
     }
 
+    /// A gemma-embed report of schema 2 with these workload rows.
+    fn v2_report(workloads: &str) -> OtherReport {
+        let text = format!(
+            r#"{{"schema": "gemma-embed-bench/2", "engine": "gemma-embed", "backend": "cpu",
+                 "workloads": [{workloads}]}}"#
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
     #[test]
     fn a_report_of_the_other_mode_names_the_flags_that_would_compare() {
-        let online: OtherReport = serde_json::from_str(
-            r#"{"schema": "gemma-embed-bench/2", "engine": "gemma-embed", "backend": "cpu",
-                "workloads": [
-                  {"name": "fixed-128", "mode": "online", "concurrency": 16, "tokens_per_s": 9},
-                  {"name": "fixed-128", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
-                  {"name": "fixed-512", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
-                  {"name": "fixed-512", "mode": "online", "rate": 2.5, "tokens_per_s": 9}
-                ]}"#,
-        )
-        .unwrap();
+        let online = v2_report(
+            r#"{"name": "fixed-128", "mode": "online", "concurrency": 16, "tokens_per_s": 9},
+               {"name": "fixed-128", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
+               {"name": "fixed-512", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
+               {"name": "fixed-512", "mode": "online", "rate": 2.5, "tokens_per_s": 9}"#,
+        );
         let hint = "its rows measured online latency and this run is offline: add --mode online \
                     --concurrency 4,16 --rate 2.5 to compare them";
         assert_eq!(online.mode_hint("offline").as_deref(), Some(hint));
@@ -463,14 +465,10 @@ mod tests {
             .mode_hint("online")
             .is_some_and(|h| h.contains("drop --mode online")));
         // A report with a row of each mode compares rows of either.
-        let both: OtherReport = serde_json::from_str(
-            r#"{"schema": "gemma-embed-bench/2", "engine": "gemma-embed", "backend": "cpu",
-                "workloads": [
-                  {"name": "fixed-128", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
-                  {"name": "fixed-128", "mode": "offline", "tokens_per_s": 9}
-                ]}"#,
-        )
-        .unwrap();
+        let both = v2_report(
+            r#"{"name": "fixed-128", "mode": "online", "concurrency": 4, "tokens_per_s": 9},
+               {"name": "fixed-128", "mode": "offline", "tokens_per_s": 9}"#,
+        );
         assert_eq!(both.mode_hint("offline"), None);
         assert_eq!(both.mode_hint("online"), None);
     }
