@@ -364,28 +364,13 @@ fn bad_flags_are_refused_before_measuring() {
         "--tokens sizes the synthetic workloads",
     );
     let report = dir.path().join("r.json");
-    refused(
-        &[
-            "--lengths",
-            "8",
-            "--json",
-            report.to_str().unwrap(),
-            "--plot",
-            report.to_str().unwrap(),
-        ],
-        "--json and --plot name one file",
-    );
-    refused(
-        &[
-            "--lengths",
-            "8",
-            "--json",
-            report.to_str().unwrap(),
-            "--compare",
-            report.to_str().unwrap(),
-        ],
-        "--json and --compare name one file",
-    );
+    for other in ["--plot", "--compare"] {
+        let report = report.to_str().unwrap();
+        refused(
+            &["--lengths", "8", "--json", report, other, report],
+            &format!("--json and {other} name one file"),
+        );
+    }
     // Reports that cannot be compared with: another model's, impossible numbers.
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(
@@ -535,7 +520,7 @@ fn the_reference_reads_a_corpus_as_gemma_embed_does() {
         return;
     };
     let model = model.to_str().unwrap();
-    let python = std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);

@@ -11,14 +11,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-
-use gemma_embed::backend::cuda::attention::AttentionKernel;
-use gemma_embed::backend::cuda::{mlp::MlpKernel, qkv::QkvKernel, BranchStorage, KernelChoice};
 use std::process::{Command, Output};
 
-fn python() -> String {
-    std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
+use common::python;
+use gemma_embed::backend::cuda::attention::AttentionKernel;
+use gemma_embed::backend::cuda::{mlp::MlpKernel, qkv::QkvKernel, BranchStorage, KernelChoice};
 
 fn tool(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

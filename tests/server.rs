@@ -1162,7 +1162,7 @@ print(json.dumps({"answers": answers, "leftover": len(data), "end": end}))
 fn pipelined_requests_at_a_graceful_shutdown_get_whole_answers_and_a_clean_end() {
     let mut server = Server::tiny_on_cpu(&["--shutdown-timeout", "30"]);
     let port = server.url.rsplit(':').next().unwrap().to_string();
-    let python = std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = common::python();
     let out = std::process::Command::new(python)
         .args(["-c", PIPELINING_CLIENT, &port, &server.pid().to_string()])
         .output()

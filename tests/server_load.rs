@@ -97,7 +97,7 @@ server.serve_forever()
 #[test]
 fn the_load_generator_drives_another_server_under_its_model_name() {
     use std::io::BufRead;
-    let python = std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = common::python();
     /// Kills the stand-in server however the test ends.
     struct Killed(std::process::Child);
     impl Drop for Killed {

@@ -17,7 +17,7 @@ use gemma_embed::tokenize::{Tokenizer, Truncation};
 use serde_json::json;
 
 fn python_with_openai() -> Option<String> {
-    let python = std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = common::python();
     let found = Command::new(&python)
         .args(["-c", "import openai"])
         .status()

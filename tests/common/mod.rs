@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The Python the tests run: `$GEMMA_EMBED_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
 const SKIP_MESSAGE: &str =
     "SKIPPED: real model not found (run ../shared/models/fetch-embeddinggemma-300m.sh)";
 
