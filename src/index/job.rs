@@ -351,7 +351,8 @@ pub fn run_holding(
     })?;
     // A shard's finished output, with the record of this run's shard beside it: rerunning the
     // loop that started N shards redoes only those that did not finish.
-    if loaded.is_none() && options.shard.count > 1 {
+    // (Looked for only where there is an output: the parameters read the input's sample.)
+    if loaded.is_none() && options.shard.count > 1 && options.output.exists() {
         let shard_params = options.shard_params(&params)?;
         if let Some(record) = ShardRecord::of_finished(
             &options.output,

@@ -85,7 +85,7 @@ impl ShardRecord {
 
     /// The record of `output` where it is there, whole, and says `output` is `shard` of the job
     /// of `params` (what [`Self::params`] would be now) made by a run like this one (`rerun`,
-    /// what [`Self::rerun`] would be now; never for `None`), and `output` is there too.
+    /// what [`Self::rerun`] would be now; never for `None`). The caller has seen `output` there.
     pub fn of_finished(
         output: &Path,
         shard: Shard,
@@ -98,7 +98,7 @@ impl ShardRecord {
             && &record.params == params
             && rerun.is_some()
             && &record.rerun == rerun;
-        (this_run && output.exists()).then_some(record)
+        this_run.then_some(record)
     }
 
     /// The documents shard `index` of `count` holds: `index`, `index + count`, ... below
