@@ -495,6 +495,49 @@ fn a_full_queue_is_an_overload_error_and_dropped_requests_are_skipped() {
 }
 
 #[test]
+fn requests_submitted_together_are_admitted_together_or_not_at_all() {
+    let (engine, open_gate, _) = gated_engine();
+    let held = engine
+        .submit(
+            ids_request(&[vec![2, 10, 1], vec![2, 11, 1]], 4),
+            Admission::Reject,
+        )
+        .unwrap();
+    // One of the three inputs is free: neither of two one-input requests goes in alone.
+    let pair = || {
+        vec![
+            ids_request(&[vec![2, 12, 1]], 4),
+            ids_request(&[vec![2, 13, 1]], 2),
+        ]
+    };
+    let refused = engine.submit_together(pair(), Admission::Reject);
+    assert!(
+        matches!(&refused, Err(Error::Overloaded(_))),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(engine.stats().queued_inputs, 2);
+    // More than the whole queue in all: never admitted.
+    let four = [pair(), pair()].concat();
+    let too_big = engine.submit_together(four, Admission::Wait);
+    assert!(
+        matches!(&too_big, Err(Error::BeyondQueueCapacity(m)) if m.contains("a request of 4 inputs")),
+        "{:?}",
+        too_big.err()
+    );
+    for _ in 0..4 {
+        open_gate.send(()).unwrap();
+    }
+    assert!(held.wait().unwrap().outputs.iter().all(Result::is_ok));
+    let tickets = engine.submit_together(pair(), Admission::Reject).unwrap();
+    let lengths: Vec<usize> = tickets
+        .into_iter()
+        .map(|t| embeddings(t.wait().unwrap())[0].len())
+        .collect();
+    assert_eq!(lengths, [4, 2]);
+}
+
+#[test]
 fn a_busy_engine_is_healthy_while_batches_succeed_and_a_failing_one_is_not() {
     let (engine, open_gate, _) = gated_engine();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -944,7 +944,9 @@ fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
     let apart = server.post("/vertex", &json!({ "instances": instances }));
     assert_eq!(apart.status, 413, "{}", apart.body);
     assert!(
-        apart.body.contains("the instances hold 5 inputs in all"),
+        apart
+            .body
+            .contains("a request of 5 inputs is more than the whole queue holds"),
         "{}",
         apart.body
     );
@@ -957,7 +959,10 @@ fn a_request_larger_than_the_whole_queue_gets_413_at_once() {
     let apart = server.post("/vertex", &json!({ "instances": instances }));
     assert_eq!(apart.status, 413, "{}", apart.body);
     assert!(
-        apart.body.contains("reserve 640 tokens of the queue") && apart.body.contains("= 512"),
+        apart
+            .body
+            .contains("requests reserving 640 tokens until tokenized")
+            && apart.body.contains("(max_queued_tokens = 512)"),
         "{}",
         apart.body
     );

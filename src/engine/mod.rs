@@ -14,7 +14,8 @@
 //!   tokenized, and releases it when its batches have run. A request larger than a whole budget
 //!   (inputs at admission, tokens once tokenized) fails with [`Error::BeyondQueueCapacity`]. A
 //!   full budget either fails at once with [`Error::Overloaded`] ([`Admission::Reject`], for
-//!   servers) or waits for room ([`Admission::Wait`], for jobs).
+//!   servers) or waits for room ([`Admission::Wait`], for jobs). Requests answered together
+//!   ([`Engine::submit_together`]) are admitted as one.
 //! - The scheduler packs by `max_batch_tokens` and `max_batch_sequences`, without padding. The
 //!   oldest queued input always goes into the next batch (no starvation, even for an input longer
 //!   than the budget: it runs alone); later inputs that fit fill the rest. When the queue holds
@@ -229,8 +230,8 @@ struct Budget {
 }
 
 impl Budget {
-    /// Admit `inputs` inputs and `tokens` tokens (at most the whole budget: see
-    /// [`Engine::submit`]), failing or waiting while they do not fit.
+    /// Admit `inputs` inputs and `tokens` tokens (one request's are at most the whole budget:
+    /// see [`Engine::submit`]), failing or waiting while they do not fit.
     fn reserve(&self, inputs: usize, tokens: usize, admission: Admission) -> Result<()> {
         if inputs > self.max_inputs {
             return Err(Error::BeyondQueueCapacity(format!(
@@ -239,7 +240,14 @@ impl Budget {
                 self.max_inputs
             )));
         }
-        debug_assert!(tokens <= self.max_tokens, "reservations are capped");
+        if tokens > self.max_tokens {
+            // Only requests admitted together reserve more than the whole budget.
+            return Err(Error::BeyondQueueCapacity(format!(
+                "requests reserving {tokens} tokens until tokenized (a text one per byte, at most \
+                 max_seq_length) are more than the whole queue holds (max_queued_tokens = {})",
+                self.max_tokens
+            )));
+        }
         let mut usage = lock(&self.usage);
         loop {
             let fits = usage.inputs + inputs <= self.max_inputs
@@ -582,7 +590,7 @@ impl Engine {
 
     /// The tokens a request of `inputs` reserves of the queue's budget at admission, until it is
     /// tokenized: an upper bound of their count, at most the whole budget.
-    pub fn tokens_reserved(&self, inputs: &[Input]) -> usize {
+    fn tokens_reserved(&self, inputs: &[Input]) -> usize {
         let max_len = self.tokenizer.max_seq_len();
         let upper_bound: usize = inputs
             .iter()
@@ -604,20 +612,49 @@ impl Engine {
     /// Admit a request and queue it for tokenization. Fails at once on an empty request, bad
     /// `dimensions`, or (with [`Admission::Reject`]) a full queue.
     pub fn submit(&self, request: Request, admission: Admission) -> Result<Ticket> {
+        let mut tickets = self.submit_together(vec![request], admission)?;
+        Ok(tickets.remove(0))
+    }
+
+    /// Admit several requests as one, or none of them: their inputs and reserved tokens together
+    /// must fit the queue (a request larger than the whole of it fails with
+    /// [`Error::BeyondQueueCapacity`]). For requests answered together, such as `/vertex`'s
+    /// instances of several sets of options: admitted apart, a later one could be refused with
+    /// the earlier ones queued.
+    pub fn submit_together(
+        &self,
+        requests: Vec<Request>,
+        admission: Admission,
+    ) -> Result<Vec<Ticket>> {
+        let mut reserved = Vec::with_capacity(requests.len());
+        for request in &requests {
+            if request.inputs.is_empty() {
+                return Err(Error::EmptyRequest);
+            }
+            self.check_dimensions(request.dimensions)?;
+            reserved.push(self.tokens_reserved(&request.inputs));
+        }
+        let inputs = requests.iter().map(|r| r.inputs.len()).sum();
+        self.shared
+            .budget
+            .reserve(inputs, reserved.iter().sum(), admission)?;
+        // Every one is queued or gives its reservation back, whatever happens to the others.
+        let queued: Vec<Result<Ticket>> = requests
+            .into_iter()
+            .zip(reserved)
+            .map(|(request, reserved_tokens)| self.queue(request, reserved_tokens))
+            .collect();
+        queued.into_iter().collect()
+    }
+
+    /// Queue an admitted request, holding `reserved_tokens`, for tokenization.
+    fn queue(&self, request: Request, reserved_tokens: usize) -> Result<Ticket> {
         let Request {
             inputs,
             dimensions,
             truncation,
             normalize,
         } = request;
-        if inputs.is_empty() {
-            return Err(Error::EmptyRequest);
-        }
-        self.check_dimensions(dimensions)?;
-        let reserved_tokens = self.tokens_reserved(&inputs);
-        self.shared
-            .budget
-            .reserve(inputs.len(), reserved_tokens, admission)?;
         let (sender, receiver) = oneshot::channel();
         let pending = Arc::new(Pending {
             normalize,

@@ -49,7 +49,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::engine::{Admission, Embedded, Engine, Input, Request, Timings};
+use crate::engine::{Admission, Embedded, Engine, Input, Request, Ticket, Timings};
 use crate::tokenize::{Tokenizer, Truncation};
 use crate::Error;
 
@@ -648,18 +648,20 @@ impl Answer {
 }
 
 async fn embed(state: &AppState, query: EmbedQuery) -> Result<Answer, ApiError> {
-    run_embedding(state, prepare_embedding(state, query)?).await
+    let (request, answering) = engine_request(state, query)?;
+    let ticket = state.engine.submit(request, Admission::Reject)?;
+    answer(state, ticket, answering).await
 }
 
-/// An engine request made of a query, with what its answer needs.
-struct PreparedEmbedding {
-    request: Request,
+/// What an answer needs of its query besides the engine's response.
+struct Answering {
     input_names: InputNames,
     characters: usize,
     start: Instant,
 }
 
-fn prepare_embedding(state: &AppState, query: EmbedQuery) -> Result<PreparedEmbedding, ApiError> {
+/// The engine request of a query, and what its answer needs.
+fn engine_request(state: &AppState, query: EmbedQuery) -> Result<(Request, Answering), ApiError> {
     let start = Instant::now();
     let tokenizer = state.engine.tokenizer();
     let prompt = tokenizer
@@ -692,22 +694,25 @@ fn prepare_embedding(state: &AppState, query: EmbedQuery) -> Result<PreparedEmbe
         truncation: query.truncation,
         normalize: query.normalize,
     };
-    Ok(PreparedEmbedding {
-        request,
+    let answering = Answering {
         input_names: query.input_names,
         characters,
         start,
-    })
+    };
+    Ok((request, answering))
 }
 
-async fn run_embedding(state: &AppState, prepared: PreparedEmbedding) -> Result<Answer, ApiError> {
-    let PreparedEmbedding {
-        request,
+async fn answer(
+    state: &AppState,
+    ticket: Ticket,
+    answering: Answering,
+) -> Result<Answer, ApiError> {
+    let Answering {
         input_names,
         characters,
         start,
-    } = prepared;
-    let response = state.engine.submit(request, Admission::Reject)?.await?;
+    } = answering;
+    let response = ticket.await?;
     let embeddings = response
         .outputs
         .into_iter()
@@ -934,18 +939,7 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     request::within_client_limit(total, limit, || {
         format!("the instances hold {total} inputs in all")
     })?;
-    // Their groups are admitted apart, but answered together: all of them must fit at once.
-    let max_queued_inputs = state.engine.config().max_queued_inputs;
-    if total > max_queued_inputs {
-        return Err(ApiError::from(crate::Error::BeyondQueueCapacity(format!(
-            "the instances hold {total} inputs in all, more than the whole queue holds \
-             (max_queued_inputs = {max_queued_inputs})"
-        )))
-        .into());
-    }
-    // Instances asking for the same embedding go to the engine as one request, admitted or
-    // refused as a whole as /embed's inputs are: two halves admitted apart would race each
-    // other for the queue.
+    // Instances asking for the same embedding go to the engine as one request.
     let mut groups: Vec<VertexGroup> = Vec::new();
     for (i, query) in queries.into_iter().enumerate() {
         let names: Vec<String> = (0..query.inputs.len())
@@ -965,34 +959,26 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             }),
         }
     }
-    let prepared = groups
-        .into_iter()
-        .map(|group| {
-            let query = EmbedQuery {
-                input_names: InputNames::Each(group.names),
-                ..group.query
-            };
-            Ok((group.members, prepare_embedding(&state, query)?))
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    // Nor may their reservations of the token budget (until tokenized) be more than all of it.
-    let reserved: usize = prepared
-        .iter()
-        .map(|(_, p)| state.engine.tokens_reserved(&p.request.inputs))
-        .sum();
-    let max_queued_tokens = state.engine.config().max_queued_tokens;
-    if reserved > max_queued_tokens {
-        return Err(ApiError::from(crate::Error::BeyondQueueCapacity(format!(
-            "the instances' sets of options reserve {reserved} tokens of the queue in all until \
-             they are tokenized (a text one token per byte, at most max_seq_length), more than \
-             it holds (max_queued_tokens = {max_queued_tokens}): send them in separate requests"
-        )))
-        .into());
+    let mut requests = Vec::with_capacity(groups.len());
+    let mut answers = Vec::with_capacity(groups.len());
+    for group in groups {
+        let query = EmbedQuery {
+            input_names: InputNames::Each(group.names),
+            ..group.query
+        };
+        let (request, answering) = engine_request(&state, query)?;
+        requests.push(request);
+        answers.push((group.members, answering));
     }
+    // Answered together, so admitted together: all of them fit the queue at once, or none goes.
+    let tickets = state
+        .engine
+        .submit_together(requests, Admission::Reject)
+        .map_err(ApiError::from)?;
     let mut running = tokio::task::JoinSet::new();
-    for (members, prepared) in prepared {
+    for ((members, answering), ticket) in answers.into_iter().zip(tickets) {
         let state = Arc::clone(&state);
-        running.spawn(async move { (members, run_embedding(&state, prepared).await) });
+        running.spawn(async move { (members, answer(&state, ticket, answering).await) });
     }
     let mut predictions = vec![Vec::new(); total_instances];
     while let Some(done) = running.join_next().await {
