@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use tokenizers::{ModelWrapper, PostProcessor, TruncationDirection};
@@ -111,8 +112,8 @@ pub struct Tokenizer {
     added_tokens: usize,
     /// The most bytes of a text one token stands for, where every byte is some token's
     /// ([`longest_token_bytes`]): a text of `n` bytes is at least `n / this` tokens (93 for
-    /// Gemma).
-    longest_token_bytes: Option<usize>,
+    /// Gemma). Found at the first text long enough to ask (it reads the whole vocabulary).
+    longest_token_bytes: OnceLock<Option<usize>>,
 }
 
 impl Tokenizer {
@@ -140,10 +141,9 @@ impl Tokenizer {
                 config.max_seq_len
             )));
         }
-        let longest_token_bytes = longest_token_bytes(&inner);
         Ok(Self {
             inner,
-            longest_token_bytes,
+            longest_token_bytes: OnceLock::new(),
             prompts: config.prompts.clone(),
             default_prompt: match &config.default_prompt_name {
                 Some(name) => DefaultPrompt::Named(name.clone()),
@@ -265,10 +265,14 @@ impl Tokenizer {
             index,
             message: format!("tokenizer: {e}"),
         };
-        if truncation == Truncation::Refuse {
+        // (A token covers a byte at least: a text of fewer bytes than the limit fits.)
+        if truncation == Truncation::Refuse && text.len() + self.added_tokens > self.max_seq_len {
             // A text too long for any tokenizing to save is refused without it: a multi-megabyte
             // text would take seconds.
-            if let Some(longest) = self.longest_token_bytes {
+            let longest = self
+                .longest_token_bytes
+                .get_or_init(|| longest_token_bytes(&self.inner));
+            if let Some(longest) = *longest {
                 let fewest = text.len().div_ceil(longest) + self.added_tokens;
                 if fewest > self.max_seq_len {
                     return Err(Error::Input {
