@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the CPU ops at EmbeddingGemma-300m's shapes (`config.json`: hidden
 //! 768, intermediate 1152, 3 query heads and 1 KV head of 256, window radius 256), with all
-//! tokens of a 2048-token batch as GEMM rows, as the CPU engine runs them.
+//! tokens of a 2048-token batch as GEMM rows, as the CPU engine runs them (the projections also
+//! at 128 rows, and with the weight in both layouts: the engine's input-major and PyTorch's).
 //!
 //!     cargo bench --bench cpu_ops
 //!
@@ -41,16 +42,32 @@ fn gemm_shapes(c: &mut Criterion) {
         ("gate_up_proj", HIDDEN, INTERMEDIATE),
         ("down_proj", INTERMEDIATE, HIDDEN),
     ] {
-        let x = filled(TOKENS * in_features, 1);
         let w = filled(out_features * in_features, 2);
-        let mut out = vec![0.0; TOKENS * out_features];
-        group.throughput(Throughput::Elements(
-            (2 * TOKENS * in_features * out_features) as u64,
-        ));
-        group.bench_function(
-            BenchmarkId::new(name, format!("{TOKENS}x{in_features}->{out_features}")),
-            |b| b.iter(|| ops::linear(&x, &w, in_features, out_features, &mut out)),
-        );
+        let w_t: Vec<f32> = (0..w.len())
+            .map(|i| w[(i % out_features) * in_features + i / out_features])
+            .collect();
+        // A whole batch's tokens, and one short request's (where gemm's packing of an
+        // output-major weight weighs most).
+        for rows in [TOKENS, 128] {
+            let x = filled(rows * in_features, 1);
+            let mut out = vec![0.0; rows * out_features];
+            group.throughput(Throughput::Elements(
+                (2 * rows * in_features * out_features) as u64,
+            ));
+            let shape = format!("{rows}x{in_features}->{out_features}");
+            group.bench_function(
+                BenchmarkId::new(format!("{name}/input_major"), &shape),
+                |b| {
+                    b.iter(|| {
+                        ops::linear_input_major(&x, &w_t, in_features, out_features, &mut out)
+                    })
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new(format!("{name}/output_major"), &shape),
+                |b| b.iter(|| ops::linear(&x, &w, in_features, out_features, &mut out)),
+            );
+        }
     }
     group.finish();
 }

@@ -214,6 +214,30 @@ fn linear_multiplies_by_the_transposed_weight() {
 }
 
 #[test]
+fn linear_gives_the_same_bits_from_an_input_major_weight() {
+    let mut rng = SplitMix64::new(16);
+    // Row counts on both sides of the padding to gemm's blocked kernel (65 rows for a narrow
+    // output over a long input, else 256 / out + 1), and a gemm tile's edges.
+    for (k, n) in [(600usize, 48usize), (96, 70), (257, 33), (48, 300)] {
+        let w = random_vec(&mut rng, n * k, 1.0);
+        let w_t: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        for rows in [1usize, 2, 7, 8, 9, 64, 65, 66, 130] {
+            let x = random_vec(&mut rng, rows * k, 1.0);
+            let mut want = vec![f32::NAN; rows * n];
+            ops::linear(&x, &w, k, n, &mut want);
+            let mut got = vec![f32::NAN; rows * n];
+            ops::linear_input_major(&x, &w_t, k, n, &mut got);
+            let differ = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{rows} rows, {k} -> {n}: {differ} values differ");
+        }
+    }
+}
+
+#[test]
 fn gated_mlp_matches_naive_loops() {
     let mut rng = SplitMix64::new(7);
     let (rows, hidden, inter) = (9, 48, 80);

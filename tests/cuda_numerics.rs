@@ -185,9 +185,10 @@ fn cuda_model_forward(model: &Model, batch: &Batch, rounding: Rounding) -> Vec<f
     let tables = |theta| cpu::rope_tables(c.max_seq_len, &cpu::rope_inv_freq(hd, theta));
     let (sliding, full) = (tables(c.rope_theta_sliding), tables(c.rope_theta_full));
     for (i, l) in w.layers.iter().enumerate() {
-        let qkv_w = folded(&[&l.q_proj, &l.k_proj, &l.v_proj], &l.input_layernorm);
-        let gate_up_w = folded(&[&l.gate_proj, &l.up_proj], &l.pre_feedforward_layernorm);
-        let (o_w, down_w) = (rounded(&l.o_proj), rounded(&l.down_proj));
+        let p = l.output_major_projections();
+        let qkv_w = folded(&[&p.q, &p.k, &p.v], &l.input_layernorm);
+        let gate_up_w = folded(&[&p.gate, &p.up], &l.pre_feedforward_layernorm);
+        let (o_w, down_w) = (rounded(&p.o), rounded(&p.down));
 
         let inv = cpu::inverse_rms_rows_f64(&x, h, c.rms_norm_eps);
         let width = (heads + 2) * hd;

@@ -64,9 +64,10 @@ fn real_model_loads_quickly_with_every_tensor() {
     assert_eq!(w.dense.len(), 2);
     assert_eq!(w.dense_folded.len(), 768 * 768);
     // The fold against a plain f64 dot product, on a few entries.
+    let (first, second) = (w.dense[0].to_output_major(), w.dense[1].to_output_major());
     for (r, c) in [(0, 0), (17, 700), (767, 767), (400, 3)] {
         let expected: f64 = (0..3072)
-            .map(|k| w.dense[1][r * 3072 + k] as f64 * w.dense[0][k * 768 + c] as f64)
+            .map(|k| second[r * 3072 + k] as f64 * first[k * 768 + c] as f64)
             .sum();
         let got = w.dense_folded[r * 768 + c] as f64;
         assert!(
@@ -319,7 +320,7 @@ fn tiny_model_loads_in_every_dtype() {
         assert_eq!(&w.embed_tokens, find("embed_tokens.weight"));
         assert_eq!(&w.final_norm, find("norm.weight"));
         assert_eq!(
-            &w.layers[2].q_proj,
+            &w.layers[2].q_proj.to_output_major(),
             find("layers.2.self_attn.q_proj.weight")
         );
         assert_eq!(
@@ -327,15 +328,15 @@ fn tiny_model_loads_in_every_dtype() {
             find("layers.1.self_attn.k_norm.weight")
         );
         assert_eq!(
-            &w.layers[0].down_proj,
+            &w.layers[0].down_proj.to_output_major(),
             find("layers.0.mlp.down_proj.weight")
         );
         assert_eq!(
             &w.layers[2].post_feedforward_layernorm,
             find("layers.2.post_feedforward_layernorm.weight")
         );
-        assert_eq!(w.dense[0], dense_tensors(0)[0].2);
-        assert_eq!(w.dense[1], dense_tensors(1)[0].2);
+        assert_eq!(w.dense[0].to_output_major(), dense_tensors(0)[0].2);
+        assert_eq!(w.dense[1].to_output_major(), dense_tensors(1)[0].2);
     }
 }
 

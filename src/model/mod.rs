@@ -8,7 +8,7 @@ mod weights;
 
 pub use config::{LayerKind, ModelConfig};
 pub use resolve::{hub_cache_dir, resolve_model_dir, DEFAULT_MODEL_ID};
-pub use weights::{weight_files, LayerWeights, ModelWeights};
+pub use weights::{weight_files, LayerWeights, Linear, ModelWeights, OutputMajorProjections};
 
 use std::path::{Path, PathBuf};
 

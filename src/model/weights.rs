@@ -1,6 +1,7 @@
 //! Weights from `model.safetensors`, `2_Dense/model.safetensors`, `3_Dense/model.safetensors`,
-//! memory-mapped and converted to float32 (F32, BF16 and F16 files are accepted). Every
-//! matrix is row-major `[out, in]` as stored (PyTorch Linear convention).
+//! memory-mapped and converted to float32 (F32, BF16 and F16 files are accepted). The Linear
+//! layers' weights are held input-major ([`Linear`]), the transpose of the files' `[out, in]`;
+//! every other matrix is row-major as stored.
 
 use std::path::{Path, PathBuf};
 
@@ -17,18 +18,44 @@ use crate::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
     pub input_layernorm: Vec<f32>,            // [hidden]
-    pub q_proj: Vec<f32>,                     // [heads*head_dim, hidden]
-    pub k_proj: Vec<f32>,                     // [kv_heads*head_dim, hidden]
-    pub v_proj: Vec<f32>,                     // [kv_heads*head_dim, hidden]
+    pub q_proj: Linear,                       // hidden -> heads*head_dim
+    pub k_proj: Linear,                       // hidden -> kv_heads*head_dim
+    pub v_proj: Linear,                       // hidden -> kv_heads*head_dim
     pub q_norm: Vec<f32>,                     // [head_dim]
     pub k_norm: Vec<f32>,                     // [head_dim]
-    pub o_proj: Vec<f32>,                     // [hidden, heads*head_dim]
+    pub o_proj: Linear,                       // heads*head_dim -> hidden
     pub post_attention_layernorm: Vec<f32>,   // [hidden]
     pub pre_feedforward_layernorm: Vec<f32>,  // [hidden]
-    pub gate_proj: Vec<f32>,                  // [intermediate, hidden]
-    pub up_proj: Vec<f32>,                    // [intermediate, hidden]
-    pub down_proj: Vec<f32>,                  // [hidden, intermediate]
+    pub gate_proj: Linear,                    // hidden -> intermediate
+    pub up_proj: Linear,                      // hidden -> intermediate
+    pub down_proj: Linear,                    // intermediate -> hidden
     pub post_feedforward_layernorm: Vec<f32>, // [hidden]
+}
+
+/// A layer's projection weights in PyTorch's `[out, in]` layout (copies), as the CUDA kernels
+/// and cuBLAS read them.
+pub struct OutputMajorProjections {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
+impl LayerWeights {
+    pub fn output_major_projections(&self) -> OutputMajorProjections {
+        OutputMajorProjections {
+            q: self.q_proj.to_output_major(),
+            k: self.k_proj.to_output_major(),
+            v: self.v_proj.to_output_major(),
+            o: self.o_proj.to_output_major(),
+            gate: self.gate_proj.to_output_major(),
+            up: self.up_proj.to_output_major(),
+            down: self.down_proj.to_output_major(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -36,8 +63,8 @@ pub struct ModelWeights {
     pub embed_tokens: Vec<f32>, // [vocab, hidden]
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>, // [hidden]
-    /// The Dense modules in order, each `[out, in]` (`2_Dense` [3072,768], `3_Dense` [768,3072]).
-    pub dense: Vec<Vec<f32>>,
+    /// The Dense modules in order (`2_Dense` 768 -> 3072, `3_Dense` 3072 -> 768).
+    pub dense: Vec<Linear>,
     /// The Dense chain folded into one `[embedding_dim, hidden]` matrix, computed in f64
     /// (`W_last · … · W_first`) and rounded once to f32.
     pub dense_folded: Vec<f32>,
@@ -58,19 +85,27 @@ impl ModelWeights {
             .map(|i| {
                 let t =
                     |name: &str, shape: &[usize]| main.load(&format!("layers.{i}.{name}"), shape);
+                let linear = |name: &str, out_features: usize, in_features: usize| {
+                    let weight = t(name, &[out_features, in_features])?;
+                    Ok::<_, Error>(Linear::from_output_major(
+                        &weight,
+                        out_features,
+                        in_features,
+                    ))
+                };
                 Ok(LayerWeights {
                     input_layernorm: t("input_layernorm.weight", &[h])?,
-                    q_proj: t("self_attn.q_proj.weight", &[q_width, h])?,
-                    k_proj: t("self_attn.k_proj.weight", &[kv_width, h])?,
-                    v_proj: t("self_attn.v_proj.weight", &[kv_width, h])?,
+                    q_proj: linear("self_attn.q_proj.weight", q_width, h)?,
+                    k_proj: linear("self_attn.k_proj.weight", kv_width, h)?,
+                    v_proj: linear("self_attn.v_proj.weight", kv_width, h)?,
                     q_norm: t("self_attn.q_norm.weight", &[config.head_dim])?,
                     k_norm: t("self_attn.k_norm.weight", &[config.head_dim])?,
-                    o_proj: t("self_attn.o_proj.weight", &[h, q_width])?,
+                    o_proj: linear("self_attn.o_proj.weight", h, q_width)?,
                     post_attention_layernorm: t("post_attention_layernorm.weight", &[h])?,
                     pre_feedforward_layernorm: t("pre_feedforward_layernorm.weight", &[h])?,
-                    gate_proj: t("mlp.gate_proj.weight", &[inter, h])?,
-                    up_proj: t("mlp.up_proj.weight", &[inter, h])?,
-                    down_proj: t("mlp.down_proj.weight", &[h, inter])?,
+                    gate_proj: linear("mlp.gate_proj.weight", inter, h)?,
+                    up_proj: linear("mlp.up_proj.weight", inter, h)?,
+                    down_proj: linear("mlp.down_proj.weight", h, inter)?,
                     post_feedforward_layernorm: t("post_feedforward_layernorm.weight", &[h])?,
                 })
             })
@@ -81,10 +116,15 @@ impl ModelWeights {
         let mut in_features = h;
         for (module, &out_features) in modules.dense.iter().zip(&config.dense_out_features) {
             let file = TensorFile::open(&module.weights_path())?;
-            dense.push(file.load("linear.weight", &[out_features, in_features])?);
+            let weight = file.load("linear.weight", &[out_features, in_features])?;
+            dense.push(Linear::from_output_major(
+                &weight,
+                out_features,
+                in_features,
+            ));
             in_features = out_features;
         }
-        let dense_folded = fold_dense(&dense, h);
+        let dense_folded = fold_dense(&dense);
 
         Ok(Self {
             embed_tokens,
@@ -107,12 +147,17 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// `W_last · … · W_first` in f64, rounded once to f32: `[out_last, in_first]`.
-fn fold_dense(dense: &[Vec<f32>], in_features: usize) -> Vec<f32> {
-    let mut folded: Vec<f64> = dense[0].iter().map(|&x| x as f64).collect();
-    let mut rows = dense[0].len() / in_features;
+fn fold_dense(dense: &[Linear]) -> Vec<f32> {
+    let in_features = dense[0].in_features();
+    let mut folded: Vec<f64> = dense[0]
+        .to_output_major()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let mut rows = dense[0].out_features();
     for w in &dense[1..] {
-        let out = w.len() / rows;
-        let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+        let out = w.out_features();
+        let w64: Vec<f64> = w.to_output_major().into_iter().map(f64::from).collect();
         let mut next = vec![0f64; out * in_features];
         // SAFETY: `w64` is [out, rows], `folded` is [rows, in_features] and `next` is
         // [out, in_features], all row-major with the strides given; the buffers do not overlap.
@@ -143,6 +188,69 @@ fn fold_dense(dense: &[Vec<f32>], in_features: usize) -> Vec<f32> {
         rows = out;
     }
     folded.into_iter().map(|x| x as f32).collect()
+}
+
+/// A Linear layer's weight, PyTorch's `[out_features, in_features]` matrix `W` of
+/// `y = x · Wᵀ`, held input-major: `[in_features, out_features]` row-major, which is `Wᵀ`.
+/// The CPU GEMM reads `Wᵀ` in this layout as it is; in the files' layout it would copy the
+/// whole weight into packed panels at every call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    in_features: usize,
+    out_features: usize,
+    input_major: Vec<f32>,
+}
+
+impl Linear {
+    /// From `weight` in PyTorch's layout, `[out_features, in_features]` row-major.
+    pub fn from_output_major(weight: &[f32], out_features: usize, in_features: usize) -> Self {
+        Self {
+            in_features,
+            out_features,
+            input_major: transpose(weight, out_features, in_features),
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// `[in_features, out_features]` row-major: element `(k, n)` is `W[n][k]`.
+    pub fn input_major(&self) -> &[f32] {
+        &self.input_major
+    }
+
+    /// A copy in PyTorch's layout, `[out_features, in_features]` row-major.
+    pub fn to_output_major(&self) -> Vec<f32> {
+        transpose(&self.input_major, self.in_features, self.out_features)
+    }
+}
+
+/// `matrix` (`[rows, cols]` row-major) transposed: `[cols, rows]` row-major. Bands of output
+/// rows go to the rayon pool; each band reads its columns of every input row in turn.
+fn transpose(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(matrix.len(), rows * cols);
+    const BAND: usize = 32;
+    let mut out = vec![0f32; matrix.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(BAND * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let first_col = band * BAND;
+            let band_cols = out.len() / rows;
+            for (r, row) in matrix.chunks_exact(cols).enumerate() {
+                for (c, &value) in row[first_col..first_col + band_cols].iter().enumerate() {
+                    out[c * rows + r] = value;
+                }
+            }
+        });
+    out
 }
 
 /// A memory-mapped safetensors file with its parsed header.
@@ -233,4 +341,32 @@ fn convert<const N: usize>(bytes: &[u8], out: &mut [f32], decode: impl Fn([u8; N
                 *x = decode(b.try_into().expect("chunks_exact yields N bytes"));
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linear_weight_is_held_as_its_transpose_and_given_back_as_loaded() {
+        // Shapes around the transpose's 32-column bands: one band, a band and a piece, several.
+        for (out_features, in_features) in [(3, 5), (40, 7), (7, 70), (65, 33), (1, 1)] {
+            let weight: Vec<f32> = (0..out_features * in_features)
+                .map(|i| i as f32 * 0.5 - 3.0)
+                .collect();
+            let linear = Linear::from_output_major(&weight, out_features, in_features);
+            assert_eq!(linear.in_features(), in_features);
+            assert_eq!(linear.out_features(), out_features);
+            for n in 0..out_features {
+                for k in 0..in_features {
+                    assert_eq!(
+                        linear.input_major()[k * out_features + n],
+                        weight[n * in_features + k],
+                        "{out_features}x{in_features}: ({n}, {k})"
+                    );
+                }
+            }
+            assert_eq!(linear.to_output_major(), weight);
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::backend::{Backend, Batch, Embeddings};
-use crate::model::Model;
+use crate::model::{Linear, Model};
 use crate::Result;
 
 use ops::AttentionShape;
@@ -135,9 +135,9 @@ impl Backend for CpuBackend {
             };
 
             par_rms_norm(residual, &lw.input_layernorm, eps, normed);
-            ops::linear(normed, &lw.q_proj, hidden, q_width, q);
-            ops::linear(normed, &lw.k_proj, hidden, kv_width, k);
-            ops::linear(normed, &lw.v_proj, hidden, kv_width, v);
+            project(normed, &lw.q_proj, q);
+            project(normed, &lw.k_proj, k);
+            project(normed, &lw.v_proj, v);
             for (x, width, norm_weight, heads) in [
                 (&mut *q, q_width, &lw.q_norm, config.num_heads),
                 (&mut *k, kv_width, &lw.k_norm, config.num_kv_heads),
@@ -157,7 +157,7 @@ impl Backend for CpuBackend {
                 scale: config.attention_scale(),
             };
             ops::attention(q, k, v, offsets, shape, attn);
-            ops::linear(attn, &lw.o_proj, q_width, hidden, branch);
+            project(attn, &lw.o_proj, branch);
             residual
                 .par_chunks_mut(chunk * hidden)
                 .zip(branch.par_chunks(chunk * hidden))
@@ -167,8 +167,8 @@ impl Backend for CpuBackend {
                     ops::rms_norm(res, &lw.pre_feedforward_layernorm, eps, out);
                 });
 
-            ops::linear(normed, &lw.gate_proj, hidden, intermediate, gate);
-            ops::linear(normed, &lw.up_proj, hidden, intermediate, up);
+            project(normed, &lw.gate_proj, gate);
+            project(normed, &lw.up_proj, up);
             gate.par_chunks_mut(chunk * intermediate)
                 .zip(up.par_chunks(chunk * intermediate))
                 .for_each(|(g, u)| {
@@ -176,7 +176,7 @@ impl Backend for CpuBackend {
                         .zip(u)
                         .for_each(|(g, &u)| *g = ops::gelu_tanh(*g) * u)
                 });
-            ops::linear(gate, &lw.down_proj, intermediate, hidden, branch);
+            project(gate, &lw.down_proj, branch);
             residual
                 .par_chunks_mut(chunk * hidden)
                 .zip(branch.par_chunks(chunk * hidden))
@@ -189,20 +189,19 @@ impl Backend for CpuBackend {
         let num_seqs = batch.num_sequences();
         let mut pooled = vec![0.0; num_seqs * hidden];
         ops::mean_pool(normed, hidden, offsets, &mut pooled);
-        let mut in_features = hidden;
-        for (dense, &out_features) in weights.dense.iter().zip(&config.dense_out_features) {
-            let mut projected = vec![0.0; num_seqs * out_features];
-            ops::linear(&pooled, dense, in_features, out_features, &mut projected);
+        for dense in &weights.dense {
+            let mut projected = vec![0.0; num_seqs * dense.out_features()];
+            project(&pooled, dense, &mut projected);
             pooled = projected;
-            in_features = out_features;
         }
+        let width = weights.dense.last().map_or(hidden, Linear::out_features);
         // As the pooling kernel: normalized, then truncated and renormalized; the divisors'
         // product takes a row back to the Dense output's first `dimensions` components.
-        let full_norms = ops::l2_normalize(&mut pooled, in_features);
-        let (data, norms) = if dimensions == in_features {
+        let full_norms = ops::l2_normalize(&mut pooled, width);
+        let (data, norms) = if dimensions == width {
             (pooled, full_norms)
         } else {
-            let (kept, kept_norms) = ops::truncate_normalize(&pooled, in_features, dimensions);
+            let (kept, kept_norms) = ops::truncate_normalize(&pooled, width, dimensions);
             let norms = full_norms
                 .iter()
                 .zip(kept_norms)
@@ -216,6 +215,12 @@ impl Backend for CpuBackend {
             norms,
         })
     }
+}
+
+/// `out = x · Wᵀ` for the rows of `x` ([`ops::linear_input_major`]).
+fn project(x: &[f32], weight: &Linear, out: &mut [f32]) {
+    let (in_features, out_features) = (weight.in_features(), weight.out_features());
+    ops::linear_input_major(x, weight.input_major(), in_features, out_features, out);
 }
 
 /// [`ops::rms_norm`] over row chunks on the rayon pool.

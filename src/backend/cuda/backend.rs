@@ -239,14 +239,15 @@ impl CudaBackend {
                 |data: &[f32], what: &str| dev.upload(data, &format!("layer {i} {what}"));
             let upload_bf16 =
                 |data: Vec<u16>, what: &str| dev.upload(&data, &format!("layer {i} {what}"));
-            let gate_up =
-                fold_norm_into_columns(&[&l.gate_proj, &l.up_proj], &l.pre_feedforward_layernorm);
+            // The kernels and cuBLAS read every weight in PyTorch's [out, in] layout.
+            let p = l.output_major_projections();
+            let gate_up = fold_norm_into_columns(&[&p.gate, &p.up], &l.pre_feedforward_layernorm);
             layers.push(LayerOnDevice {
                 qkv: upload_bf16(
-                    fold_norm_into_columns(&[&l.q_proj, &l.k_proj, &l.v_proj], &l.input_layernorm),
+                    fold_norm_into_columns(&[&p.q, &p.k, &p.v], &l.input_layernorm),
                     "qkv_proj",
                 )?,
-                o: upload_bf16(to_bf16_bits(&l.o_proj), "o_proj")?,
+                o: upload_bf16(to_bf16_bits(&p.o), "o_proj")?,
                 gate_up: upload_bf16(
                     if mlp.uses_cublas() {
                         gate_up
@@ -255,7 +256,7 @@ impl CudaBackend {
                     },
                     "gate|up_proj",
                 )?,
-                down: upload_bf16(to_bf16_bits(&l.down_proj), "down_proj")?,
+                down: upload_bf16(to_bf16_bits(&p.down), "down_proj")?,
                 q_norm: upload_f32(&l.q_norm, "q_norm")?,
                 k_norm: upload_f32(&l.k_norm, "k_norm")?,
                 post_attention_norm: upload_f32(
