@@ -413,14 +413,28 @@ pub fn attention(
     }
 
     blocks.into_par_iter().zip(out_blocks).for_each_init(
-        Vec::new,
-        |scores, ((start, end, b), out_block)| {
-            attention_block(q, k, v, shape, start, end, b, out_block, scores);
+        AttentionScratch::default,
+        |scratch, ((start, end, b), out_block)| {
+            attention_block(q, k, v, shape, start, end, b, out_block, scratch);
         },
     );
 }
 
-/// One query block `[b, b + rows)` of the sequence `[start, end)`; see [`attention`].
+/// One attention task's buffers, kept from block to block.
+#[derive(Default)]
+struct AttentionScratch {
+    /// The block's query rows of one KV head's group: `[rows * group, head_dim]`, row
+    /// `i * group + j` for query `b + i` and the group's head `j`.
+    queries: Vec<f32>,
+    /// Their scores, then probabilities: `[rows * group, keys]`.
+    scores: Vec<f32>,
+    /// Their outputs, in the layout of `queries`.
+    outputs: Vec<f32>,
+}
+
+/// One query block `[b, b + rows)` of the sequence `[start, end)`; see [`attention`]. The query
+/// heads that share a KV head go through one pair of GEMMs, as rows of their own: the keys and
+/// values are then read once for the group, not once per head.
 #[allow(clippy::too_many_arguments)]
 fn attention_block(
     q: &[f32],
@@ -431,7 +445,7 @@ fn attention_block(
     end: usize,
     b: usize,
     out: &mut [f32],
-    scores: &mut Vec<f32>,
+    scratch: &mut AttentionScratch,
 ) {
     let AttentionShape {
         num_heads,
@@ -443,35 +457,48 @@ fn attention_block(
     let q_width = num_heads * head_dim;
     let kv_width = num_kv_heads * head_dim;
     let group = num_heads / num_kv_heads;
+    let group_width = group * head_dim;
     let rows = out.len() / q_width;
+    let stacked = rows * group;
     // Keys any query of the block may see, as absolute token indices [k0, k1).
     let (k0, k1) = match window {
         Some(r) => (b.saturating_sub(r).max(start), (b + rows + r).min(end)),
         None => (start, end),
     };
     let keys = k1 - k0;
-    scores.resize(rows * keys, 0.0);
+    let AttentionScratch {
+        queries,
+        scores,
+        outputs,
+    } = scratch;
+    queries.resize(stacked * head_dim, 0.0);
+    scores.resize(stacked * keys, 0.0);
+    outputs.resize(stacked * head_dim, 0.0);
 
-    for head in 0..num_heads {
-        let kv_head = head / group;
-        let q_head = &q[b * q_width + head * head_dim..];
+    for kv_head in 0..num_kv_heads {
+        // Query i's heads of this group are one contiguous span of its row.
+        let first_column = kv_head * group_width;
+        for (i, stacked_rows) in queries.chunks_exact_mut(group_width).enumerate() {
+            let row = (b + i) * q_width + first_column;
+            stacked_rows.copy_from_slice(&q[row..row + group_width]);
+        }
         let k_head = &k[k0 * kv_width + kv_head * head_dim..];
         let v_head = &v[k0 * kv_width + kv_head * head_dim..];
-        // SAFETY: lhs reads `rows` query rows of `head_dim` at stride q_width from q_head; rhs
-        // element (d, j) is key j's component d at j * kv_width + d in k_head, j < keys; dst
-        // is the [rows, keys] scores buffer resized above. All rows lie inside the slices.
+        // SAFETY: lhs is the [stacked, head_dim] query buffer resized above; rhs element (d, j)
+        // is key j's component d at j * kv_width + d in k_head, j < keys; dst is the
+        // [stacked, keys] scores buffer resized above. All rows lie inside the slices.
         unsafe {
             gemm::gemm(
-                rows,
+                stacked,
                 keys,
                 head_dim,
                 scores.as_mut_ptr(),
                 1,
                 keys as isize,
                 false,
-                q_head.as_ptr(),
+                queries.as_ptr(),
                 1,
-                q_width as isize,
+                head_dim as isize,
                 k_head.as_ptr(),
                 kv_width as isize,
                 1,
@@ -483,8 +510,8 @@ fn attention_block(
                 Parallelism::None,
             );
         }
-        for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-            let query = b + i;
+        for (stacked_row, row) in scores.chunks_exact_mut(keys).enumerate() {
+            let query = b + stacked_row / group;
             let (lo, hi) = match window {
                 Some(r) => (
                     query.saturating_sub(r).max(k0) - k0,
@@ -494,17 +521,17 @@ fn attention_block(
             };
             softmax_in_window(row, lo, hi);
         }
-        // SAFETY: lhs is the [rows, keys] probability buffer; rhs element (j, d) is value j's
-        // component d at j * kv_width + d in v_head, j < keys; dst writes `rows` output rows of
-        // `head_dim` at stride q_width starting at this head's column inside `out`.
+        // SAFETY: lhs is the [stacked, keys] probability buffer; rhs element (j, d) is value j's
+        // component d at j * kv_width + d in v_head, j < keys; dst is the [stacked, head_dim]
+        // output buffer resized above.
         unsafe {
             gemm::gemm(
-                rows,
+                stacked,
                 head_dim,
                 keys,
-                out.as_mut_ptr().add(head * head_dim),
+                outputs.as_mut_ptr(),
                 1,
-                q_width as isize,
+                head_dim as isize,
                 false,
                 scores.as_ptr(),
                 1,
@@ -519,6 +546,12 @@ fn attention_block(
                 false,
                 Parallelism::None,
             );
+        }
+        for (out_row, stacked_rows) in out
+            .chunks_exact_mut(q_width)
+            .zip(outputs.chunks_exact(group_width))
+        {
+            out_row[first_column..first_column + group_width].copy_from_slice(stacked_rows);
         }
     }
 }
