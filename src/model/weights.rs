@@ -192,8 +192,9 @@ fn fold_dense(dense: &[Linear]) -> Vec<f32> {
 
 /// A Linear layer's weight, PyTorch's `[out_features, in_features]` matrix `W` of
 /// `y = x · Wᵀ`, held input-major: `[in_features, out_features]` row-major, which is `Wᵀ`.
-/// The CPU GEMM reads `Wᵀ` in this layout as it is; in the files' layout it would copy the
-/// whole weight into packed panels at every call.
+/// The CPU GEMM packs `Wᵀ` in this layout inside its threads, from contiguous columns (or reads
+/// it as it is for a short batch); in the files' layout it packs the whole weight on one thread,
+/// through strided reads, before every call ([`crate::backend::cpu::ops::linear_input_major`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
     in_features: usize,

@@ -222,10 +222,13 @@ pub(crate) fn linear_with(
 }
 
 /// [`linear`] for the weight held input-major, `w_t = [in_features, out_features]` (the
-/// transpose of PyTorch's layout): the same sums in the same order, so the same bits, but gemm
-/// reads this layout as it is, where it copies an `[out, in]` weight into packed panels at every
-/// call. For a short batch that copy of the weights was most of the time (128 rows of
-/// EmbeddingGemma's shapes ran at 70-139 GFLOP/s with it and 168-176 without it, 2-vCPU VM).
+/// transpose of PyTorch's layout): the same sums in the same order, so the same bits. gemm swaps
+/// the operands for a row-major output, so the weight is its left-hand side. An `[out, in]` weight
+/// it packs whole at every call, through strided reads, on the calling thread alone before its
+/// threads start; an input-major one it packs inside its threads from contiguous columns, or reads
+/// as it is when a call has at most 96 rows on several threads. For a short batch the serial pack
+/// was most of the time (128 rows of EmbeddingGemma's shapes: 86-150 GFLOP/s against 189-205,
+/// `cargo bench --bench cpu_ops -- linear` on a 2-vCPU VM).
 pub fn linear_input_major(
     x: &[f32],
     w_t: &[f32],
