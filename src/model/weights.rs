@@ -350,8 +350,11 @@ mod tests {
 
     #[test]
     fn a_linear_weight_is_held_as_its_transpose_and_given_back_as_loaded() {
-        // Shapes around the transpose's 32-column bands: one band, a band and a piece, several.
-        for (out_features, in_features) in [(3, 5), (40, 7), (7, 70), (65, 33), (1, 1)] {
+        // Shapes around the transpose's 32-column bands: one band, a band and a piece, several;
+        // and empty ones.
+        for (out_features, in_features) in
+            [(3, 5), (40, 7), (7, 70), (65, 33), (1, 1), (0, 5), (5, 0)]
+        {
             let weight: Vec<f32> = (0..out_features * in_features)
                 .map(|i| i as f32 * 0.5 - 3.0)
                 .collect();
