@@ -11,6 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gemma_embed::backend::cpu::ops::{self, AttentionShape};
+use gemma_embed::model::Linear;
 
 const TOKENS: usize = 2048;
 const HIDDEN: usize = 768;
@@ -43,9 +44,8 @@ fn gemm_shapes(c: &mut Criterion) {
         ("down_proj", INTERMEDIATE, HIDDEN),
     ] {
         let w = filled(out_features * in_features, 2);
-        let w_t: Vec<f32> = (0..w.len())
-            .map(|i| w[(i % out_features) * in_features + i / out_features])
-            .collect();
+        let linear = Linear::from_output_major(&w, out_features, in_features);
+        let w_t = linear.input_major();
         // A whole batch's tokens, and one short request's (where gemm's packing of an
         // output-major weight weighs most).
         for rows in [TOKENS, 128] {
@@ -58,9 +58,7 @@ fn gemm_shapes(c: &mut Criterion) {
             group.bench_function(
                 BenchmarkId::new(format!("{name}/input_major"), &shape),
                 |b| {
-                    b.iter(|| {
-                        ops::linear_input_major(&x, &w_t, in_features, out_features, &mut out)
-                    })
+                    b.iter(|| ops::linear_input_major(&x, w_t, in_features, out_features, &mut out))
                 },
             );
             group.bench_function(

@@ -1,6 +1,7 @@
 //! Every op of `backend::cpu::ops` against a straightforward f64 loop on random inputs.
 
 use gemma_embed::backend::cpu::ops::{self, AttentionShape};
+use gemma_embed::model::Linear;
 use gemma_embed::rng::SplitMix64;
 
 /// `len` uniform numbers in `[-scale, scale)`.
@@ -220,13 +221,14 @@ fn linear_gives_the_same_bits_from_an_input_major_weight() {
     // output over a long input, else 256 / out + 1), and a gemm tile's edges.
     for (k, n) in [(600usize, 48usize), (96, 70), (257, 33), (48, 300)] {
         let w = random_vec(&mut rng, n * k, 1.0);
-        let w_t: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        let linear = Linear::from_output_major(&w, n, k);
         for rows in [1usize, 2, 7, 8, 9, 64, 65, 66, 130] {
             let x = random_vec(&mut rng, rows * k, 1.0);
             let mut want = vec![f32::NAN; rows * n];
             ops::linear(&x, &w, k, n, &mut want);
             let mut got = vec![f32::NAN; rows * n];
-            ops::linear_input_major(&x, &w_t, k, n, &mut got);
+            ops::linear_input_major(&x, linear.input_major(), k, n, &mut got);
+            assert_close(&got, &linear_ref(&x, &w, k, n), 1e-5);
             let differ = got
                 .iter()
                 .zip(&want)

@@ -116,15 +116,17 @@ impl ModelWeights {
         let mut in_features = h;
         for (module, &out_features) in modules.dense.iter().zip(&config.dense_out_features) {
             let file = TensorFile::open(&module.weights_path())?;
-            let weight = file.load("linear.weight", &[out_features, in_features])?;
-            dense.push(Linear::from_output_major(
-                &weight,
-                out_features,
-                in_features,
-            ));
+            dense.push(file.load("linear.weight", &[out_features, in_features])?);
             in_features = out_features;
         }
-        let dense_folded = fold_dense(&dense);
+        let dense_folded = fold_dense(&dense, h);
+        let dense = dense
+            .iter()
+            .zip(&config.dense_out_features)
+            .map(|(weight, &out_features)| {
+                Linear::from_output_major(weight, out_features, weight.len() / out_features)
+            })
+            .collect();
 
         Ok(Self {
             embed_tokens,
@@ -146,18 +148,14 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// `W_last · … · W_first` in f64, rounded once to f32: `[out_last, in_first]`.
-fn fold_dense(dense: &[Linear]) -> Vec<f32> {
-    let in_features = dense[0].in_features();
-    let mut folded: Vec<f64> = dense[0]
-        .to_output_major()
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    let mut rows = dense[0].out_features();
+/// `W_last · … · W_first` in f64, rounded once to f32: `[out_last, in_first]`, from the Dense
+/// weights in the files' `[out, in]` layout.
+fn fold_dense(dense: &[Vec<f32>], in_features: usize) -> Vec<f32> {
+    let mut folded: Vec<f64> = dense[0].iter().map(|&x| x as f64).collect();
+    let mut rows = dense[0].len() / in_features;
     for w in &dense[1..] {
-        let out = w.out_features();
-        let w64: Vec<f64> = w.to_output_major().into_iter().map(f64::from).collect();
+        let out = w.len() / rows;
+        let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
         let mut next = vec![0f64; out * in_features];
         // SAFETY: `w64` is [out, rows], `folded` is [rows, in_features] and `next` is
         // [out, in_features], all row-major with the strides given; the buffers do not overlap.
@@ -195,7 +193,7 @@ fn fold_dense(dense: &[Linear]) -> Vec<f32> {
 /// The CPU GEMM packs `Wᵀ` in this layout inside its threads, from contiguous columns (or reads
 /// it as it is for a short batch); in the files' layout it packs the whole weight on one thread,
 /// through strided reads, before every call ([`crate::backend::cpu::ops::linear_input_major`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Linear {
     in_features: usize,
     out_features: usize,

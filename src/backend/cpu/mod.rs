@@ -194,7 +194,7 @@ impl Backend for CpuBackend {
             project(&pooled, dense, &mut projected);
             pooled = projected;
         }
-        let width = weights.dense.last().map_or(hidden, Linear::out_features);
+        let width = config.embedding_dim;
         // As the pooling kernel: normalized, then truncated and renormalized; the divisors'
         // product takes a row back to the Dense output's first `dimensions` components.
         let full_norms = ops::l2_normalize(&mut pooled, width);
