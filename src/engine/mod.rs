@@ -240,14 +240,7 @@ impl Budget {
                 self.max_inputs
             )));
         }
-        if tokens > self.max_tokens {
-            // Only requests admitted together reserve more than the whole budget.
-            return Err(Error::BeyondQueueCapacity(format!(
-                "requests reserving {tokens} tokens until tokenized (a text one per byte, at most \
-                 max_seq_length) are more than the whole queue holds (max_queued_tokens = {})",
-                self.max_tokens
-            )));
-        }
+        debug_assert!(tokens <= self.max_tokens, "reservations are capped");
         let mut usage = lock(&self.usage);
         loop {
             let fits = usage.inputs + inputs <= self.max_inputs
@@ -627,12 +620,17 @@ impl Engine {
         admission: Admission,
     ) -> Result<Vec<Ticket>> {
         let mut reserved = Vec::with_capacity(requests.len());
+        // Together as one request: their bounds are capped at the whole budget between them,
+        // and each settles on its real count once tokenized.
+        let mut budget_left = self.shared.budget.max_tokens;
         for request in &requests {
             if request.inputs.is_empty() {
                 return Err(Error::EmptyRequest);
             }
             self.check_dimensions(request.dimensions)?;
-            reserved.push(self.tokens_reserved(&request.inputs));
+            let tokens = self.tokens_reserved(&request.inputs).min(budget_left);
+            budget_left -= tokens;
+            reserved.push(tokens);
         }
         let inputs = requests.iter().map(|r| r.inputs.len()).sum();
         self.shared
@@ -719,9 +717,7 @@ fn tokenizer_worker(shared: &Shared, tokenizer: &Tokenizer, receiver: &Mutex<Rec
             // A request whose client left (or an engine shutting down, whose server dropped
             // it) costs no more tokenizing: its budget goes back, its texts with the job.
             if job.pending.cancelled() {
-                shared
-                    .budget
-                    .settle(job.inputs.len(), job.reserved_tokens, 0);
+                shared.budget.release(job.inputs.len(), job.reserved_tokens);
                 continue 'jobs;
             }
             let ids = match input {

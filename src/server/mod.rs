@@ -118,20 +118,17 @@ impl AppState {
         &self,
         work: impl FnOnce(&Tokenizer) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            ApiError::new(ErrorKind::Backend, format!("tokenizing failed: {e}"))
-        };
         let turn = Arc::clone(&self.standalone_tokenizing)
             .acquire_owned()
             .await
-            .map_err(|e| failed(&e))?;
+            .expect("the semaphore is never closed");
         let tokenizer = Arc::clone(self.engine.tokenizer());
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
             work(&tokenizer)
         })
         .await
-        .map_err(|e| failed(&e))
+        .map_err(|e| ApiError::new(ErrorKind::Backend, format!("tokenizing failed: {e}")))
     }
 
     /// Run a short text, then a longest-possible one, through the whole path (buffers at their
@@ -975,16 +972,11 @@ async fn tei_vertex(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         .engine
         .submit_together(requests, Admission::Reject)
         .map_err(ApiError::from)?;
-    let mut running = tokio::task::JoinSet::new();
-    for ((members, answering), ticket) in answers.into_iter().zip(tickets) {
-        let state = Arc::clone(&state);
-        running.spawn(async move { (members, answer(&state, ticket, answering).await) });
-    }
+    // The engine runs every group's ticket already; their answers are taken in turn.
     let mut predictions = vec![Vec::new(); total_instances];
-    while let Some(done) = running.join_next().await {
-        let (members, answer) =
-            done.map_err(|e| ApiError::new(ErrorKind::Backend, format!("embedding failed: {e}")))?;
-        let mut embeddings = answer?.embeddings.into_iter().map(|e| e.embedding);
+    for ((members, answering), ticket) in answers.into_iter().zip(tickets) {
+        let answer = answer(&state, ticket, answering).await?;
+        let mut embeddings = answer.embeddings.into_iter().map(|e| e.embedding);
         for (i, count) in members {
             predictions[i] = embeddings.by_ref().take(count).collect();
         }
