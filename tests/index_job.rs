@@ -487,16 +487,8 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     // A finished shard is passed over by a rerun of its job, not by a run of another job.
     let again = dir.path().join("again.jsonl");
     let shard_run = |extra: &[&str]| {
-        let mut args = vec![
-            "embed",
-            "--input",
-            input,
-            "--output",
-            again.to_str().unwrap(),
-        ];
-        args.extend(["--on-error", "skip", "--shard", "0/3"]);
-        args.extend(extra);
-        stderr_of(&run_ok(&args))
+        let extra = [&["--on-error", "skip", "--shard", "0/3"][..], extra].concat();
+        stderr_of(&run_ok(&embed_args(Path::new(input), &again, &extra)))
     };
     let first = shard_run(&[]);
     assert!(first.contains("embedded 17 docs"), "{first}");
@@ -523,20 +515,11 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         .unwrap();
     let changed = shard_run(&["--dimensions", "32"]);
     assert!(changed.contains("embedded 17 docs"), "{changed}");
-    let again_str = again.to_str().unwrap();
-    let failing = gemma_embed(&[
-        "embed",
-        "--input",
-        input,
-        "--output",
-        again_str,
-        "--shard",
-        "0/3",
-        "--dimensions",
-        "32",
-        "--on-error",
-        "fail",
-    ])
+    let failing = gemma_embed(&embed_args(
+        Path::new(input),
+        &again,
+        &["--shard", "0/3", "--dimensions", "32", "--on-error", "fail"],
+    ))
     .output()
     .unwrap();
     assert!(!failing.status.success(), "{}", stderr_of(&failing));
@@ -544,17 +527,11 @@ fn sharded_runs_merge_to_the_unsharded_output() {
     // Nor, from standard input, by any run: none can tell one stream from another.
     let from_stdin = dir.path().join("stdin.jsonl");
     for _ in 0..2 {
-        let mut child = gemma_embed(&[
-            "embed",
-            "--input",
-            "-",
-            "--output",
-            from_stdin.to_str().unwrap(),
-            "--shard",
-            "0/3",
-            "--on-error",
-            "skip",
-        ])
+        let mut child = gemma_embed(&embed_args(
+            Path::new("-"),
+            &from_stdin,
+            &["--shard", "0/3", "--on-error", "skip"],
+        ))
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
