@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gemma_embed::backend::cpu::CpuBackend;
 use gemma_embed::backend::{Backend, Batch, Embeddings};
@@ -600,6 +600,7 @@ fn a_request_dropped_before_its_tokenization_gives_its_budget_back_unrun() {
     let (engine, batches) = one_worker_engine(1000, 10_000_000);
     // A second of tokenizing or more on the one worker (every byte of a text truncated from the
     // left is tokenized): the next request is dropped before its turn, as a client leaves.
+    let started = Instant::now();
     let slow = engine
         .submit(
             texts(1, &"abc def ghi ".repeat(300_000), Truncation::TruncateLeft),
@@ -608,16 +609,25 @@ fn a_request_dropped_before_its_tokenization_gives_its_budget_back_unrun() {
         .unwrap();
     let left = engine
         .submit(
-            texts(3, &"abc def ghi ".repeat(100_000), Truncation::TruncateLeft),
+            texts(3, &"abc def ghi ".repeat(200_000), Truncation::TruncateLeft),
             Admission::Reject,
         )
         .unwrap();
     drop(left);
     assert!(slow.wait().unwrap().outputs[0].is_ok());
+    let slow_took = started.elapsed();
+    let started = Instant::now();
     let after = engine
         .submit(ids_request(&[vec![2, 7, 1]], 4), Admission::Reject)
         .unwrap();
     assert!(after.wait().unwrap().outputs[0].is_ok());
+    // Its texts (twice the slow one's bytes) were not tokenized: had they been, the worker would
+    // still be at them, and the last request would wait longer than the slow one took.
+    let after_took = started.elapsed();
+    assert!(
+        after_took < slow_took / 2,
+        "the last request took {after_took:?}, the slow one {slow_took:?}"
+    );
     // The worker takes jobs in order: the dropped one's turn came before the last one's.
     let stats = engine.stats();
     assert_eq!((stats.queued_inputs, stats.queued_tokens), (0, 0));
