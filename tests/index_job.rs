@@ -502,6 +502,13 @@ fn sharded_runs_merge_to_the_unsharded_output() {
         "{rerun}"
     );
     assert_eq!(std::fs::read(&again).unwrap(), finished);
+    // Also after a crash between putting the output in place and removing the checkpoint (a
+    // checkpoint, no partial output): the leftover checkpoint goes.
+    let checkpoint = PathBuf::from(format!("{}.checkpoint", again.display()));
+    std::fs::write(&checkpoint, "{}").unwrap();
+    assert!(shard_run(&[]).contains("shard 0/3 done before"));
+    assert!(!checkpoint.exists());
+    assert_eq!(std::fs::read(&again).unwrap(), finished);
     let other_job = shard_run(&["--dimensions", "32"]);
     assert!(other_job.contains("embedded 17 docs"), "{other_job}");
     assert!(shard_run(&["--dimensions", "32"]).contains("done before"));

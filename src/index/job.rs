@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::checkpoint::{self, remove_if_there, sync_dir, Checkpoint};
+use super::many::output_is_done;
 use super::merge::ShardRecord;
 use super::output::{open_resumable, remove_partial, Dtype, OutputWriter};
 use super::reader::{DirectoryListing, ReadPosition, RecordReader};
@@ -339,6 +340,22 @@ pub fn run_holding(
         .then(|| DirectoryListing::read(Path::new(&options.input)))
         .transpose()?;
     let params = options.fingerprint(listing.as_ref())?;
+    // A shard's finished output, with the record of this run's shard beside it: rerunning the
+    // loop that started N shards redoes only those that did not finish.
+    if let Some(rerun) = options.rerun_key(&params) {
+        if options.shard.count > 1 && output_is_done(&options.output)? {
+            if let Some(record) = ShardRecord::of_finished(&options.output, &rerun) {
+                // A kill while a Parquet output's partial directory went left the rest of it.
+                remove_partial(&partial_path)?;
+                return Ok(JobSummary {
+                    rows: record.rows,
+                    rejected: record.rejected,
+                    done_before: true,
+                    ..JobSummary::default()
+                });
+            }
+        }
+    }
     let loaded = Checkpoint::load(&checkpoint_path).map_err(|e| match e {
         Error::Json { path, source } => Error::File {
             path,
@@ -349,30 +366,6 @@ pub fn run_holding(
         },
         other => other,
     })?;
-    // A shard's finished output, with the record of this run's shard beside it: rerunning the
-    // loop that started N shards redoes only those that did not finish.
-    // (Looked for only where there is an output: the parameters read the input's sample.)
-    if loaded.is_none() && options.shard.count > 1 && options.output.exists() {
-        let shard_params = options.shard_params(&params)?;
-        if let Some(record) = ShardRecord::of_finished(
-            &options.output,
-            options.shard,
-            &shard_params,
-            &options.rerun_key(&params),
-        ) {
-            // A kill while a Parquet output's partial directory went left the rest of it.
-            remove_partial(&partial_path).map_err(|source| Error::Io {
-                path: partial_path.clone(),
-                source,
-            })?;
-            return Ok(JobSummary {
-                rows: record.rows,
-                rejected: record.rejected,
-                done_before: true,
-                ..JobSummary::default()
-            });
-        }
-    }
     let resume = match loaded {
         Some(checkpoint) if checkpoint.params != params => {
             let input_only = match checkpoint.params.clone() {
@@ -839,11 +832,7 @@ impl Writer<'_> {
         remove_if_there(&self.options.checkpoint_path())?;
         // Last: a kill while a Parquet output's directory goes leaves a finished output beside
         // its leftovers (removed by the next run of it), not beside its checkpoint.
-        let partial = self.options.partial_path();
-        remove_partial(&partial).map_err(|source| Error::Io {
-            path: partial,
-            source,
-        })?;
+        remove_partial(&self.options.partial_path())?;
         Ok(summary)
     }
 }

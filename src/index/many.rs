@@ -32,19 +32,24 @@ impl FileJob {
     /// its checkpoint: a checkpoint without a partial output beside a finished one is what a
     /// crash between the two leaves, and is removed here.
     pub fn is_done(&self) -> Result<bool> {
-        if !self.output.exists() {
-            return Ok(false);
-        }
-        let checkpoint = checkpoint::checkpoint_path(&self.output);
-        if !checkpoint.exists() {
-            return Ok(true);
-        }
-        if checkpoint::partial_path(&self.output).exists() {
-            return Ok(false);
-        }
-        checkpoint::remove_if_there(&checkpoint)?;
-        Ok(true)
+        output_is_done(&self.output)
     }
+}
+
+/// [`FileJob::is_done`] for `output`.
+pub fn output_is_done(output: &Path) -> Result<bool> {
+    if !output.exists() {
+        return Ok(false);
+    }
+    let checkpoint = checkpoint::checkpoint_path(output);
+    if !checkpoint.exists() {
+        return Ok(true);
+    }
+    if checkpoint::partial_path(output).exists() {
+        return Ok(false);
+    }
+    checkpoint::remove_if_there(&checkpoint)?;
+    Ok(true)
 }
 
 /// What a run of several files does with one of them. Runs sharing the directory (one per GPU,
@@ -67,11 +72,7 @@ impl FileTurn {
                 Some(_lock) if done || job.is_done()? => {
                     // A run killed while removing a Parquet output's partial directory, its last
                     // step, left the rest of it.
-                    let partial = checkpoint::partial_path(&job.output);
-                    remove_partial(&partial).map_err(|source| Error::Io {
-                        path: partial,
-                        source,
-                    })?;
+                    remove_partial(&checkpoint::partial_path(&job.output))?;
                     Self::Done
                 }
                 Some(lock) => Self::Embed(lock),

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::checkpoint::{checkpoint_path, partial_path, rejects_path, remove_if_there, sibling};
-use super::job::Shard;
 use super::output::{remove_partial, Dtype, OutputWriter, NPY_HEADER_LEN};
 use super::parquet_output::{self, DEFAULT_ROW_GROUP_ROWS};
 use super::{AtomicFile, OutputFormat};
@@ -83,22 +82,13 @@ impl ShardRecord {
         serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
     }
 
-    /// The record of `output` where it is there, whole, and says `output` is `shard` of the job
-    /// of `params` (what [`Self::params`] would be now) made by a run like this one (`rerun`,
-    /// what [`Self::rerun`] would be now; never for `None`). The caller has seen `output` there.
-    pub fn of_finished(
-        output: &Path,
-        shard: Shard,
-        params: &Value,
-        rerun: &Option<Value>,
-    ) -> Option<Self> {
+    /// The record of the finished `output` where it says a run like this one made it: its
+    /// [`Self::rerun`] is `rerun` (what it would be now, the shard and every parameter of the
+    /// job included).
+    pub fn of_finished(output: &Path, rerun: &Value) -> Option<Self> {
         let text = std::fs::read_to_string(Self::path(output)).ok()?;
         let record: Self = serde_json::from_str(&text).ok()?;
-        let this_run = (record.index, record.count) == (shard.index, shard.count)
-            && &record.params == params
-            && rerun.is_some()
-            && &record.rerun == rerun;
-        this_run.then_some(record)
+        (record.rerun.as_ref() == Some(rerun)).then_some(record)
     }
 
     /// The documents shard `index` of `count` holds: `index`, `index + count`, ... below
@@ -541,10 +531,7 @@ pub fn merge(shards: &[PathBuf], output: &Path) -> Result<Merged> {
     // A Parquet output's partial directory is left by `finish`, whatever became of it.
     let removed = remove_partial(&partial);
     let merged = merged?;
-    removed.map_err(|source| Error::Io {
-        path: partial,
-        source,
-    })?;
+    removed?;
     Ok(merged)
 }
 

@@ -341,13 +341,17 @@ impl OutputWriter {
 }
 
 /// Remove a partial output (a file, or a Parquet output's directory), if there is one.
-pub fn remove_partial(path: &Path) -> std::io::Result<()> {
-    match std::fs::metadata(path) {
+pub fn remove_partial(path: &Path) -> Result<()> {
+    let removed = match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-    }
+    };
+    removed.map_err(|source| Error::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
