@@ -39,34 +39,18 @@ impl JsonObject {
 /// `text` read as a JSON object keeping the `wanted` fields' values: `Ok(None)` for JSON that is
 /// not an object, `Err` (the message) for a line that is not JSON.
 pub fn parse(text: &str, wanted: &[&str]) -> Result<Option<JsonObject>, String> {
-    match object(text, wanted) {
+    // An object, or JSON of another type, as the whole line says.
+    let read = |text: &str| match object(text, wanted) {
         Ok(object) => Ok(Some(object)),
-        Err(error) if error.is_data() => not_an_object(text),
-        Err(error) => match non_finite_as_null(text) {
-            None => Err(format!("invalid JSON: {error}")),
-            Some(text) => match object(&text, wanted) {
-                Ok(object) => Ok(Some(object)),
-                Err(error) if error.is_data() => not_an_object(&text),
-                // Its own fault, placed in the line as read with `null`s.
-                Err(error) => Err(format!(
-                    "invalid JSON: {error} (with NaN and Infinity read as null)"
-                )),
-            },
-        },
-    }
-}
-
-/// The answer for a `text` that is not an object: JSON of another type, or a line that is not
-/// JSON either (`[1,`), as the whole line says.
-fn not_an_object(text: &str) -> Result<Option<JsonObject>, String> {
-    let is_json = |text: &str| serde_json::from_str::<IgnoredAny>(text).map(drop);
-    match is_json(text) {
-        Ok(()) => Ok(None),
-        Err(error) => match non_finite_as_null(text).map(|text| is_json(&text)) {
-            Some(Ok(())) => Ok(None),
-            _ => Err(format!("invalid JSON: {error}")),
-        },
-    }
+        Err(error) if error.is_data() => serde_json::from_str::<IgnoredAny>(text).map(|_| None),
+        Err(error) => Err(error),
+    };
+    read(text).or_else(|error| match non_finite_as_null(text) {
+        None => Err(format!("invalid JSON: {error}")),
+        // Its own fault, placed in the line as read with `null`s.
+        Some(text) => read(&text)
+            .map_err(|error| format!("invalid JSON: {error} (with NaN and Infinity read as null)")),
+    })
 }
 
 fn object(text: &str, wanted: &[&str]) -> serde_json::Result<JsonObject> {
