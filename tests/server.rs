@@ -1168,13 +1168,7 @@ fn pipelined_requests_at_a_graceful_shutdown_get_whole_answers_and_a_clean_end()
         .args(["-c", PIPELINING_CLIENT, &port, &server.pid().to_string()])
         .output()
         .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_str(&stdout).unwrap();
+    let got = common::json_stdout("the pipelining client", &out);
     // Closed with unread requests, the socket used to reset the connection: the kernel dropped
     // the end of the answer being sent (about 1 MB of its 1.15 MB reached the client).
     assert_eq!(got["end"], "eof", "{got}");

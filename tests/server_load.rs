@@ -27,13 +27,7 @@ fn many_concurrent_clients_get_correct_answers_or_429_and_memory_stays_bounded()
         .args(["--requests", &requests.to_string(), "--max-seconds", "300"])
         .output()
         .expect("run gemma-embed-loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+    let summary = common::json_stdout("loadgen", &output);
     let statuses = summary["statuses"].as_object().unwrap();
     let answered: u64 = statuses.values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(answered, requests, "{summary}");
@@ -136,9 +130,7 @@ fn the_load_generator_drives_another_server_under_its_model_name() {
         command.output().expect("run gemma-embed-loadgen")
     };
     let served = loadgen(Some("served/model"));
-    let stdout = String::from_utf8_lossy(&served.stdout);
-    assert!(served.status.success(), "{stdout}\n{served:?}");
-    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+    let summary = common::json_stdout("loadgen", &served);
     assert_eq!(summary["statuses"]["200"], 40, "{summary}");
     assert_eq!(summary["mismatches"], 0, "{summary}");
     // Under the default name the reference embeddings are refused.

@@ -10,6 +10,19 @@ pub fn python() -> String {
     std::env::var("GEMMA_EMBED_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// The JSON a tool printed on stdout, once it has succeeded (else a failure with both its
+/// streams; `what` names the tool).
+pub fn json_stdout(what: &str, output: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {stdout}"))
+}
+
 const SKIP_MESSAGE: &str =
     "SKIPPED: real model not found (run ../shared/models/fetch-embeddinggemma-300m.sh)";
 
